@@ -1,0 +1,31 @@
+// Package lua holds sluice's Redis scripts, the cross-language contract of the
+// shared limiter. Each script is one file; lib.lua is a prelude of helpers that
+// is prepended to every script, so the text a client must load (EVAL/EVALSHA)
+// is Source(name), not the file alone. docs/lua.md documents KEYS, ARGV,
+// replies and the key schema; each file repeats its own part at the top.
+package lua
+
+import (
+	"embed"
+	"fmt"
+)
+
+//go:embed *.lua
+var files embed.FS
+
+// Names lists the scripts, without the .lua suffix, in a stable order.
+var Names = []string{"register", "acquire", "set_scale", "set_pressure", "breaker", "cooldown", "heartbeat", "status"}
+
+// Source returns the complete text of the named script: lib.lua followed by
+// <name>.lua. It panics on a name not in Names, a programming error.
+func Source(name string) string {
+	lib, err := files.ReadFile("lib.lua")
+	if err != nil {
+		panic(err)
+	}
+	body, err := files.ReadFile(name + ".lua")
+	if err != nil {
+		panic(fmt.Sprintf("lua: no script %q", name))
+	}
+	return string(lib) + "\n" + string(body)
+}

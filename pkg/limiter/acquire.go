@@ -1,0 +1,259 @@
+package limiter
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"time"
+)
+
+// Reason says why a decision was taken.
+type Reason string
+
+// Reasons of a Decision. They are the strings acquire.lua returns.
+const (
+	ReasonOK              Reason = "ok"               // granted
+	ReasonProbe           Reason = "probe"            // granted as the half-open breaker's single probe: report its outcome
+	ReasonRateLimited     Reason = "rate_limited"     // not enough tokens yet; RetryAfter says when
+	ReasonPaused          Reason = "paused"           // scale is 0; no estimate (RetryAfter -1)
+	ReasonCooldown        Reason = "cooldown"         // a shared cooldown is active; RetryAfter is what is left of it
+	ReasonCircuitOpen     Reason = "circuit_open"     // breaker open or probe in flight; RetryAfter is when a probe may go
+	ReasonExceedsCapacity Reason = "exceeds_capacity" // n > capacity; no wait will do (RetryAfter -1)
+)
+
+func (r Reason) err() error {
+	switch r {
+	case ReasonRateLimited:
+		return ErrRateLimited
+	case ReasonPaused:
+		return ErrPaused
+	case ReasonCooldown:
+		return ErrCoolingDown
+	case ReasonCircuitOpen:
+		return ErrCircuitOpen
+	case ReasonExceedsCapacity:
+		return ErrExceedsCapacity
+	}
+	return nil
+}
+
+// Source says who took a decision.
+type Source string
+
+// Sources of a Decision.
+const (
+	SourceRedis    Source = "redis"     // the shared bucket
+	SourceLocal    Source = "local"     // the LocalFallback bucket, during an outage
+	SourceFailOpen Source = "fail_open" // granted without asking, during an outage (FailOpen)
+)
+
+// Decision is the answer to one TryAcquire.
+type Decision struct {
+	// Allowed is true when the tokens were taken.
+	Allowed bool
+	// Reason says why (ReasonOK or ReasonProbe when allowed).
+	Reason Reason
+	// Remaining is the tokens left in the bucket after the decision.
+	Remaining float64
+	// RetryAfter is 0 when allowed; -1 when no wait will do (paused, n >
+	// capacity); otherwise the wait until the request could be granted if
+	// nothing else changes.
+	RetryAfter time.Duration
+	// Scale is the scale factor in force; Level the pressure level recorded.
+	Scale float64
+	Level string
+	// Capacity and RefillRate are the provider's config (RefillRate unscaled).
+	Capacity   int64
+	RefillRate float64
+	// Breaker is the shared breaker's state after the decision: closed, open or half_open.
+	Breaker string
+	// Now is the time of the decision: Redis time, or local time when Source is not SourceRedis.
+	Now time.Time
+	// Source is who decided.
+	Source Source
+}
+
+// TryAcquire takes n tokens from provider's shared bucket if it can, and
+// never waits: it is one round trip to Redis (the "Allow" of x/time/rate). A
+// denial is not an error; errors are for unknown providers, bad n, and Redis
+// outages under FailClosed.
+func (c *Coordinator) TryAcquire(ctx context.Context, provider string, n int) (Decision, error) {
+	d, err := c.decide(ctx, provider, n)
+	c.count(provider, d, err)
+	return d, err
+}
+
+// Acquire blocks until provider grants n tokens, and returns nil then. Most
+// callers should use Acquire. It waits out rate limits, cooldowns and an open
+// breaker, waking with jitter; while the provider is paused (scale 0) it waits
+// for a notification that the scale changed, re-checking every PausedRecheck,
+// without polling Redis. It returns at once a *DeniedError when n exceeds the
+// capacity, or when the known wait would outlast ctx's deadline; when ctx ends
+// while paused, an error matching both ErrPaused and ctx.Err(). If the grant
+// is a half-open probe, report the call's outcome with RecordSuccess or
+// RecordFailure.
+func (c *Coordinator) Acquire(ctx context.Context, provider string, n int) error {
+	start := time.Now()
+	d, err := c.acquire(ctx, provider, n)
+	c.count(provider, d, err)
+	if err == nil {
+		c.m.wait.WithLabelValues(provider).Observe(time.Since(start).Seconds())
+	}
+	return err
+}
+
+func (c *Coordinator) acquire(ctx context.Context, provider string, n int) (Decision, error) {
+	var wake <-chan struct{} // set while paused: closed when the scale may have changed
+	for {
+		if err := ctx.Err(); err != nil {
+			return Decision{}, err
+		}
+		d, err := c.decide(ctx, provider, n)
+		if err != nil || d.Allowed {
+			return d, err
+		}
+		if d.Reason == ReasonPaused {
+			if d.Source == SourceRedis && wake == nil {
+				// Subscribe first, then look again: a change between the
+				// two is then either seen by the check or notified.
+				wake = c.notifier.watch(ctx, providerKeys(c.opts.Prefix, provider).notify)
+				continue
+			}
+			recheck := c.opts.PausedRecheck
+			if d.Source != SourceRedis {
+				recheck = min(recheck, c.opts.RedisRetry)
+			}
+			if err := sleep(ctx, recheck, wake); err != nil {
+				return d, fmt.Errorf("%w: provider %q: %w", ErrPaused, provider, err)
+			}
+			if wake != nil {
+				wake = c.notifier.watch(ctx, providerKeys(c.opts.Prefix, provider).notify)
+			}
+			if err := sleep(ctx, c.jitter(), nil); err != nil {
+				return d, fmt.Errorf("%w: provider %q: %w", ErrPaused, provider, err)
+			}
+			continue
+		}
+		wake = nil
+		if d.RetryAfter < 0 {
+			return d, &DeniedError{Provider: provider, N: n, Decision: d}
+		}
+		if deadline, ok := ctx.Deadline(); ok && time.Until(deadline) < d.RetryAfter {
+			return d, &DeniedError{Provider: provider, N: n, Decision: d}
+		}
+		if err := sleep(ctx, d.RetryAfter+c.jitter(), nil); err != nil {
+			return d, err
+		}
+	}
+}
+
+func (c *Coordinator) jitter() time.Duration {
+	return rand.N(c.opts.WakeJitter)
+}
+
+// sleep waits for d, for wake to be closed (nil: never), or for ctx to end.
+func sleep(ctx context.Context, d time.Duration, wake <-chan struct{}) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-wake:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// decide takes one decision: from Redis, or from the outage mode.
+func (c *Coordinator) decide(ctx context.Context, provider string, n int) (Decision, error) {
+	if n < 1 || n > 1e9 {
+		return Decision{}, &ArgumentError{"n", n, "an integer in [1, 1000000000]"}
+	}
+	st, err := c.state(provider)
+	if err != nil {
+		return Decision{}, err
+	}
+	now := c.opts.Now()
+	if c.health.skip(now) {
+		return c.outage(st, n, now, ErrRedisUnavailable)
+	}
+	k := st.keys
+	res, err := c.run(ctx, st, acquireScript, []string{k.config, k.bucket, k.scale, k.breaker, k.cooldown}, n)
+	if err != nil {
+		if isOutage(err) {
+			c.redisDown(err)
+			return c.outage(st, n, now, err)
+		}
+		return Decision{}, err
+	}
+	c.redisUp()
+	d, err := parseDecision(res)
+	if err != nil {
+		return Decision{}, err
+	}
+	st.remember(d, now)
+	c.m.decision(provider, d)
+	return d, nil
+}
+
+func (c *Coordinator) redisDown(err error) {
+	if c.health.set(false, c.opts.Now()) {
+		c.log.Warn("redis unreachable; limiter in outage mode", "mode", c.opts.Outage.String(), "err", err)
+		c.m.redisUp.Set(0)
+	}
+}
+
+func (c *Coordinator) redisUp() {
+	if c.health.set(true, c.opts.Now()) {
+		c.log.Info("redis reachable again; limiter back on the shared bucket")
+		c.m.redisUp.Set(1)
+	}
+}
+
+// count records the outcome of a public acquisition call.
+func (c *Coordinator) count(provider string, d Decision, err error) {
+	result := string(d.Reason)
+	switch {
+	case errors.Is(err, ErrPaused):
+		result = string(ReasonPaused)
+	case errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded):
+		result = "canceled"
+	case err != nil && d.Reason == "":
+		result = "error"
+	case d.Source == SourceFailOpen:
+		result = "fail_open"
+	case d.Source == SourceLocal:
+		result = "fallback_" + result
+	}
+	c.m.acquisitions.WithLabelValues(provider, result).Inc()
+}
+
+func parseDecision(res any) (Decision, error) {
+	r, err := replyArray(res, 10)
+	if err != nil {
+		return Decision{}, err
+	}
+	return Decision{
+		Allowed:    r.int(0) == 1,
+		Remaining:  r.float(1),
+		RetryAfter: micros(r.int(2)),
+		Scale:      r.float(3),
+		Reason:     Reason(r.str(4)),
+		Level:      r.str(5),
+		Capacity:   int64(r.float(6)),
+		RefillRate: r.float(7),
+		Breaker:    r.str(8),
+		Now:        time.UnixMicro(r.int(9)),
+		Source:     SourceRedis,
+	}, nil
+}
+
+// micros converts a script's microsecond count; -1 stays -1.
+func micros(us int64) time.Duration {
+	if us < 0 {
+		return -1
+	}
+	return time.Duration(us) * time.Microsecond
+}

@@ -1,0 +1,145 @@
+package limiter
+
+import (
+	"math"
+	"regexp"
+	"strconv"
+	"time"
+)
+
+// ProviderConfig is one provider's shared bucket and breaker, as stored in
+// Redis (<prefix>:{<provider>}:config). The zero value is not valid; start
+// from DefaultProviderConfig.
+type ProviderConfig struct {
+	// Capacity is the most tokens the bucket holds (the burst), in [1, 1e9].
+	// It is not scaled.
+	Capacity int64
+	// RefillRate is the base rate in tokens per second, in (0, 1e9]. The rate
+	// in force is RefillRate × scale.
+	RefillRate float64
+	// Cooldown is how long TriggerCooldown stops every replica, in [0, 24h].
+	// 0 makes TriggerCooldown without an explicit duration a no-op.
+	Cooldown time.Duration
+	// BreakerThreshold is the number of consecutive failures that opens the
+	// shared breaker, in [0, 1e6]; 0 disables the breaker.
+	BreakerThreshold int
+	// BreakerTimeout is how long an open breaker refuses before it lets one
+	// probe through, in (0, 24h].
+	BreakerTimeout time.Duration
+	// MaxScale is the highest scale SetBudgetScale accepts, in [1, 100];
+	// 0 means 1 (scales above 1 are refused).
+	MaxScale float64
+}
+
+// DefaultProviderConfig returns the seed's defaults: capacity 60, 60 tokens/s,
+// cooldown 600 s, breaker after 5 failures for 60 s, scale at most 1.
+func DefaultProviderConfig() ProviderConfig {
+	return ProviderConfig{
+		Capacity:         60,
+		RefillRate:       60,
+		Cooldown:         600 * time.Second,
+		BreakerThreshold: 5,
+		BreakerTimeout:   60 * time.Second,
+		MaxScale:         1,
+	}
+}
+
+const maxDuration = 24 * time.Hour
+
+// Validate returns a *ArgumentError for the first field out of range.
+func (c ProviderConfig) Validate() error {
+	switch {
+	case c.Capacity < 1 || c.Capacity > 1e9:
+		return &ArgumentError{"capacity", c.Capacity, "an integer in [1, 1000000000]"}
+	case !finite(c.RefillRate) || c.RefillRate <= 0 || c.RefillRate > 1e9:
+		return &ArgumentError{"refill_rate", c.RefillRate, "a number in (0, 1000000000]"}
+	case c.Cooldown < 0 || c.Cooldown > maxDuration:
+		return &ArgumentError{"cooldown", c.Cooldown, "a duration in [0, 24h]"}
+	case c.BreakerThreshold < 0 || c.BreakerThreshold > 1e6:
+		return &ArgumentError{"breaker_threshold", c.BreakerThreshold, "an integer in [0, 1000000]"}
+	case c.BreakerTimeout <= 0 || c.BreakerTimeout > maxDuration:
+		return &ArgumentError{"breaker_timeout", c.BreakerTimeout, "a duration in (0, 24h]"}
+	case c.MaxScale != 0 && (!finite(c.MaxScale) || c.MaxScale < 1 || c.MaxScale > 100):
+		return &ArgumentError{"max_scale", c.MaxScale, "0 (meaning 1) or a number in [1, 100]"}
+	}
+	return nil
+}
+
+func (c ProviderConfig) maxScale() float64 {
+	if c.MaxScale == 0 {
+		return 1
+	}
+	return c.MaxScale
+}
+
+// args returns the config as register.lua's ARGV.
+func (c ProviderConfig) args() []any {
+	return []any{
+		c.Capacity, formatFloat(c.RefillRate), formatFloat(c.Cooldown.Seconds()),
+		c.BreakerThreshold, formatFloat(c.BreakerTimeout.Seconds()), formatFloat(c.maxScale()),
+	}
+}
+
+// configFromHash parses the config hash as stored by register.lua.
+func configFromHash(h map[string]string) ProviderConfig {
+	return ProviderConfig{
+		Capacity:         int64(parseFloat(h["capacity"])),
+		RefillRate:       parseFloat(h["refill_rate"]),
+		Cooldown:         seconds(parseFloat(h["cooldown_sec"])),
+		BreakerThreshold: int(parseFloat(h["breaker_threshold"])),
+		BreakerTimeout:   seconds(parseFloat(h["breaker_timeout_sec"])),
+		MaxScale:         parseFloat(h["max_scale"]),
+	}
+}
+
+var nameRE = regexp.MustCompile(`^[A-Za-z0-9_.\-]{1,64}$`)
+
+// validName checks a provider name or key prefix: 1 to 64 of [A-Za-z0-9_.-],
+// so that it can never break the {hash tag} of the keys.
+func validName(field, s string) error {
+	if !nameRE.MatchString(s) {
+		return &ArgumentError{field, strconv.Quote(s), "1 to 64 characters of [A-Za-z0-9_.-]"}
+	}
+	return nil
+}
+
+func validScale(s float64) error {
+	if !finite(s) || s < 0 {
+		return &ArgumentError{"scale", s, "a finite number in [0, max_scale]"}
+	}
+	return nil
+}
+
+// Pressure levels accepted by SetGlobalPressure.
+const (
+	LevelOK   = "ok"
+	LevelSoft = "soft"
+	LevelHard = "hard"
+)
+
+// levelValue maps a level to its metric value: ok 0, soft 1, hard 2, else -1.
+func levelValue(level string) float64 {
+	switch level {
+	case LevelOK:
+		return 0
+	case LevelSoft:
+		return 1
+	case LevelHard:
+		return 2
+	}
+	return -1
+}
+
+func finite(f float64) bool { return !math.IsNaN(f) && !math.IsInf(f, 0) }
+
+func formatFloat(f float64) string { return strconv.FormatFloat(f, 'g', -1, 64) }
+
+func parseFloat(s string) float64 {
+	f, err := strconv.ParseFloat(s, 64)
+	if err != nil {
+		return 0
+	}
+	return f
+}
+
+func seconds(s float64) time.Duration { return time.Duration(s * float64(time.Second)) }

@@ -1,0 +1,434 @@
+package limiter
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/sluice-dev/sluice/lua"
+)
+
+// The scripts are built once; Run sends EVALSHA and falls back to EVAL on
+// NOSCRIPT, so a SCRIPT FLUSH or a Redis restart costs one round trip more.
+var (
+	registerScript    = redis.NewScript(lua.Source("register"))
+	acquireScript     = redis.NewScript(lua.Source("acquire"))
+	setScaleScript    = redis.NewScript(lua.Source("set_scale"))
+	setPressureScript = redis.NewScript(lua.Source("set_pressure"))
+	breakerScript     = redis.NewScript(lua.Source("breaker"))
+	cooldownScript    = redis.NewScript(lua.Source("cooldown"))
+	heartbeatScript   = redis.NewScript(lua.Source("heartbeat"))
+	statusScript      = redis.NewScript(lua.Source("status"))
+)
+
+// OutageMode is what TryAcquire and Acquire do while Redis cannot be reached.
+type OutageMode int
+
+const (
+	// FailClosed refuses: calls return an error wrapping ErrRedisUnavailable.
+	FailClosed OutageMode = iota
+	// FailOpen grants every request (Decision.Source == SourceFailOpen).
+	FailOpen
+	// LocalFallback grants from an in-process bucket refilled at
+	// base rate × last known scale ÷ live replicas, with capacity ÷ live
+	// replicas, starting empty; a cooldown or open breaker seen last is
+	// honoured. Without any earlier answer from Redis about the provider it
+	// behaves as FailClosed.
+	LocalFallback
+)
+
+var outageNames = []string{"fail_closed", "fail_open", "local_fallback"}
+
+func (m OutageMode) String() string {
+	if m >= 0 && int(m) < len(outageNames) {
+		return outageNames[m]
+	}
+	return fmt.Sprintf("OutageMode(%d)", int(m))
+}
+
+// ParseOutageMode parses "fail_closed", "fail_open" or "local_fallback".
+func ParseOutageMode(s string) (OutageMode, error) {
+	for i, n := range outageNames {
+		if s == n {
+			return OutageMode(i), nil
+		}
+	}
+	return 0, &ArgumentError{"outage_mode", s, "one of " + strings.Join(outageNames, ", ")}
+}
+
+// Options configure a Coordinator. The zero value is usable: every zero field
+// takes the default its comment gives.
+type Options struct {
+	// Prefix starts every key and channel; default "sluice".
+	Prefix string
+	// ReplicaID names this replica in the replica registry; default
+	// <hostname>-<pid>-<random>.
+	ReplicaID string
+	// Outage is what to do when Redis cannot be reached; default FailClosed.
+	Outage OutageMode
+	// Registerer receives the metrics; nil registers none.
+	Registerer prometheus.Registerer
+	// Logger receives warnings (outages, re-registration); default slog.Default().
+	Logger *slog.Logger
+	// PausedRecheck is how often a waiter paused at scale 0 re-checks Redis
+	// in case a wake-up notification was lost; default 5s.
+	PausedRecheck time.Duration
+	// WakeJitter is the upper bound of the random delay added to every wait,
+	// so waiters do not all retry at the same instant; default 5ms.
+	WakeJitter time.Duration
+	// Heartbeat is how often this replica renews its entry in the replica
+	// registry (the entry lives 3 heartbeats); default 2s.
+	Heartbeat time.Duration
+	// RedisRetry is how long after a failed call the next call tries Redis
+	// again; calls in between go straight to the outage mode; default 1s.
+	RedisRetry time.Duration
+	// Now is the clock of the local fallback bucket; default time.Now.
+	// Everything shared uses Redis time instead.
+	Now func() time.Time
+}
+
+func (o Options) withDefaults() Options {
+	def := func(d *time.Duration, v time.Duration) {
+		if *d <= 0 {
+			*d = v
+		}
+	}
+	if o.Prefix == "" {
+		o.Prefix = DefaultPrefix
+	}
+	if o.ReplicaID == "" {
+		o.ReplicaID = defaultReplicaID()
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	def(&o.PausedRecheck, 5*time.Second)
+	def(&o.WakeJitter, 5*time.Millisecond)
+	def(&o.Heartbeat, 2*time.Second)
+	def(&o.RedisRetry, time.Second)
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	return o
+}
+
+func defaultReplicaID() string {
+	host, _ := os.Hostname()
+	if host == "" {
+		host = "replica"
+	}
+	b := make([]byte, 3)
+	_, _ = rand.Read(b)
+	return fmt.Sprintf("%s-%d-%s", host, os.Getpid(), hex.EncodeToString(b))
+}
+
+// Coordinator shares one token bucket per provider among every replica that
+// talks to the same Redis: each bucket holds at most its capacity and refills
+// at base rate × scale tokens per second, where the scale (0 pauses) lives in
+// Redis so a change reaches every replica at its next acquisition. Every
+// decision is one Lua script at Redis time. A Coordinator is safe for
+// concurrent use by many goroutines, and many processes may each have one.
+type Coordinator struct {
+	rdb      redis.UniversalClient
+	opts     Options
+	log      *slog.Logger
+	m        *metrics
+	health   health
+	notifier *notifier
+
+	mu        sync.Mutex
+	providers map[string]*providerState
+	closed    bool
+
+	stop chan struct{}
+	wg   sync.WaitGroup
+}
+
+// providerState is what this replica knows locally about one provider.
+type providerState struct {
+	name string
+	keys keys
+
+	mu         sync.Mutex
+	registered *ProviderConfig // set by Register: re-registered if Redis loses it
+	last       Decision        // last decision from Redis
+	lastAt     time.Time       // local time of last
+	haveLast   bool
+	replicas   int          // live replicas at the last heartbeat (>= 1)
+	local      *localBucket // the fallback bucket during an outage
+}
+
+// New returns a Coordinator on rdb, which may be a *redis.Client,
+// *redis.ClusterClient or *redis.Ring (any redis.UniversalClient). It starts
+// the heartbeat goroutine; Close stops it.
+func New(rdb redis.UniversalClient, opts Options) (*Coordinator, error) {
+	if rdb == nil {
+		return nil, &ArgumentError{"client", nil, "a Redis client"}
+	}
+	opts = opts.withDefaults()
+	if err := validName("prefix", opts.Prefix); err != nil {
+		return nil, err
+	}
+	if len(opts.ReplicaID) > 128 || strings.ContainsAny(opts.ReplicaID, " \t\r\n") {
+		return nil, &ArgumentError{"replica_id", opts.ReplicaID, "at most 128 characters without spaces"}
+	}
+	if opts.Outage < FailClosed || opts.Outage > LocalFallback {
+		return nil, &ArgumentError{"outage_mode", opts.Outage, "one of " + strings.Join(outageNames, ", ")}
+	}
+	m, err := newMetrics(opts.Registerer)
+	if err != nil {
+		return nil, fmt.Errorf("limiter: %w", err)
+	}
+	m.redisUp.Set(1)
+	c := &Coordinator{
+		rdb:       rdb,
+		opts:      opts,
+		log:       opts.Logger.With("component", "limiter", "replica", opts.ReplicaID),
+		m:         m,
+		providers: map[string]*providerState{},
+		stop:      make(chan struct{}),
+	}
+	c.health.retry = opts.RedisRetry
+	c.notifier = newNotifier(rdb, c.log, opts.PausedRecheck)
+	c.wg.Add(1)
+	go c.heartbeatLoop()
+	return c, nil
+}
+
+// ReplicaID returns the id this replica heartbeats under.
+func (c *Coordinator) ReplicaID() string { return c.opts.ReplicaID }
+
+// Close stops the heartbeat and the notification subscription and removes
+// this replica from the registry of every provider it used. Calls after Close
+// return ErrClosed. Close does not close the Redis client.
+func (c *Coordinator) Close() error {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return nil
+	}
+	c.closed = true
+	states := c.statesLocked()
+	c.mu.Unlock()
+	close(c.stop)
+	c.wg.Wait()
+	c.notifier.close()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	for _, st := range states {
+		_, _ = heartbeatScript.Run(ctx, c.rdb, []string{st.keys.replicas}, "leave", c.opts.ReplicaID, c.heartbeatTTL().Milliseconds()).Result()
+	}
+	return nil
+}
+
+// state returns the local state of provider, creating it (and heartbeating
+// for it from now on) on first use.
+func (c *Coordinator) state(provider string) (*providerState, error) {
+	if err := validName("provider", provider); err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return nil, ErrClosed
+	}
+	st := c.providers[provider]
+	if st == nil {
+		st = &providerState{name: provider, keys: providerKeys(c.opts.Prefix, provider), replicas: 1}
+		c.providers[provider] = st
+		c.wg.Add(1)
+		go func() {
+			defer c.wg.Done()
+			ctx, cancel := context.WithTimeout(context.Background(), c.opts.Heartbeat)
+			defer cancel()
+			c.beat(ctx, st)
+		}()
+	}
+	return st, nil
+}
+
+func (c *Coordinator) statesLocked() []*providerState {
+	out := make([]*providerState, 0, len(c.providers))
+	for _, st := range c.providers {
+		out = append(out, st)
+	}
+	return out
+}
+
+// RegisterResult says what Register changed.
+type RegisterResult string
+
+// Results of Register.
+const (
+	Created   RegisterResult = "created"   // the provider did not exist
+	Updated   RegisterResult = "updated"   // it existed with another config
+	Unchanged RegisterResult = "unchanged" // it existed with this config
+)
+
+// Register creates or updates provider's config in Redis, shared by every
+// replica. It is idempotent. A new provider starts with a full bucket and
+// scale 1; an update settles the bucket at the old rate first and caps it at
+// the new capacity; the scale in force is kept. This replica remembers cfg and
+// registers it again if Redis loses the provider (a restart without
+// persistence).
+func (c *Coordinator) Register(ctx context.Context, provider string, cfg ProviderConfig) (RegisterResult, error) {
+	if err := cfg.Validate(); err != nil {
+		return "", err
+	}
+	st, err := c.state(provider)
+	if err != nil {
+		return "", err
+	}
+	res, err := c.register(ctx, st, cfg)
+	if err != nil {
+		return "", err
+	}
+	st.mu.Lock()
+	st.registered = &cfg
+	st.mu.Unlock()
+	if res == Updated {
+		c.log.Warn("provider config changed", "provider", provider, "capacity", cfg.Capacity, "refill_rate", cfg.RefillRate)
+	}
+	c.beat(ctx, st)
+	return res, nil
+}
+
+func (c *Coordinator) register(ctx context.Context, st *providerState, cfg ProviderConfig) (RegisterResult, error) {
+	k := st.keys
+	s, err := registerScript.Run(ctx, c.rdb, []string{k.config, k.bucket, k.scale}, cfg.args()...).Text()
+	if err != nil {
+		return "", c.mapErr(st.name, err)
+	}
+	if err := c.rdb.SAdd(ctx, providersKey(c.opts.Prefix), st.name).Err(); err != nil {
+		return "", c.mapErr(st.name, err)
+	}
+	return RegisterResult(s), nil
+}
+
+// Providers lists the registered providers, sorted.
+func (c *Coordinator) Providers(ctx context.Context) ([]string, error) {
+	names, err := c.rdb.SMembers(ctx, providersKey(c.opts.Prefix)).Result()
+	if err != nil {
+		return nil, c.mapErr("", err)
+	}
+	slices.Sort(names)
+	return names, nil
+}
+
+// run runs a script for provider. If Redis answers UNKNOWN_PROVIDER for a
+// provider this replica registered, it registers it again and retries once.
+func (c *Coordinator) run(ctx context.Context, st *providerState, s *redis.Script, keys []string, args ...any) (any, error) {
+	res, err := s.Run(ctx, c.rdb, keys, args...).Result()
+	if err == nil || !isUnknownProvider(err) {
+		return res, c.mapErr(st.name, err)
+	}
+	st.mu.Lock()
+	cfg := st.registered
+	st.mu.Unlock()
+	if cfg == nil {
+		return nil, c.mapErr(st.name, err)
+	}
+	c.log.Warn("provider missing from Redis, registering it again", "provider", st.name)
+	if _, rerr := c.register(ctx, st, *cfg); rerr != nil {
+		return nil, rerr
+	}
+	res, err = s.Run(ctx, c.rdb, keys, args...).Result()
+	return res, c.mapErr(st.name, err)
+}
+
+func isUnknownProvider(err error) bool {
+	var rerr redis.Error
+	return errors.As(err, &rerr) && strings.HasPrefix(rerr.Error(), "UNKNOWN_PROVIDER")
+}
+
+// mapErr turns script error replies into this package's errors and
+// connection failures into ErrRedisUnavailable.
+func (c *Coordinator) mapErr(provider string, err error) error {
+	if err == nil {
+		return nil
+	}
+	var rerr redis.Error
+	if errors.As(err, &rerr) {
+		msg := rerr.Error()
+		switch {
+		case strings.HasPrefix(msg, "UNKNOWN_PROVIDER"):
+			return fmt.Errorf("%w %q", ErrUnknownProvider, provider)
+		case strings.HasPrefix(msg, "INVALID_ARGUMENT "):
+			return parseArgumentError(strings.TrimPrefix(msg, "INVALID_ARGUMENT "))
+		}
+	}
+	if isOutage(err) {
+		return fmt.Errorf("%w: %v", ErrRedisUnavailable, err)
+	}
+	return fmt.Errorf("limiter: %w", err)
+}
+
+// parseArgumentError reads "<field>=<value> must be <range>" from a script.
+func parseArgumentError(s string) error {
+	field, rest, _ := strings.Cut(s, "=")
+	value, rng, _ := strings.Cut(rest, " must be ")
+	return &ArgumentError{Field: field, Value: value, Range: rng}
+}
+
+// isOutage reports whether err means Redis could not serve the call (network,
+// pool, loading, failover), as opposed to an answer or the caller's context.
+func isOutage(err error) bool {
+	if err == nil || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return false
+	}
+	var rerr redis.Error
+	if errors.As(err, &rerr) {
+		for _, p := range []string{"LOADING", "CLUSTERDOWN", "MASTERDOWN", "TRYAGAIN", "READONLY", "BUSY"} {
+			if strings.HasPrefix(rerr.Error(), p) {
+				return true
+			}
+		}
+		return false
+	}
+	return !errors.Is(err, redis.ErrClosed)
+}
+
+// health tracks whether Redis answers. After a failure, calls skip Redis for
+// the retry interval, except one caller per interval that probes it.
+type health struct {
+	mu        sync.Mutex
+	retry     time.Duration
+	down      bool
+	nextProbe time.Time
+}
+
+// skip reports whether a call should go straight to the outage mode.
+func (h *health) skip(now time.Time) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if !h.down || !now.Before(h.nextProbe) {
+		if h.down {
+			h.nextProbe = now.Add(h.retry) // this caller probes; others wait
+		}
+		return false
+	}
+	return true
+}
+
+// set records the outcome of a call; it returns true when the state changed.
+func (h *health) set(up bool, now time.Time) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	changed := h.down == up
+	h.down = !up
+	if !up {
+		h.nextProbe = now.Add(h.retry)
+	}
+	return changed
+}

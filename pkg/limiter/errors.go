@@ -1,0 +1,72 @@
+package limiter
+
+import (
+	"errors"
+	"fmt"
+	"time"
+)
+
+// Sentinel errors, for errors.Is. Errors returned by this package wrap them
+// with the provider and the numbers involved.
+var (
+	// ErrUnknownProvider: the provider has no config in Redis (never
+	// registered, or Redis lost its data and this process cannot re-register it).
+	ErrUnknownProvider = errors.New("limiter: unknown provider")
+	// ErrInvalidArgument: a config field, scale, level, n or name is out of range.
+	// The error is a *ArgumentError naming the field and the allowed range.
+	ErrInvalidArgument = errors.New("limiter: invalid argument")
+	// ErrExceedsCapacity: n is larger than the provider's capacity, so no wait can grant it.
+	ErrExceedsCapacity = errors.New("limiter: n exceeds capacity")
+	// ErrRateLimited: the tokens will not be there before the context's deadline.
+	ErrRateLimited = errors.New("limiter: rate limited")
+	// ErrPaused: the provider's scale is 0 and the context ended before it rose.
+	ErrPaused = errors.New("limiter: provider paused")
+	// ErrCoolingDown: a shared cooldown lasts beyond the context's deadline.
+	ErrCoolingDown = errors.New("limiter: cooling down")
+	// ErrCircuitOpen: the shared breaker is open (or its probe is in flight)
+	// beyond the context's deadline.
+	ErrCircuitOpen = errors.New("limiter: circuit open")
+	// ErrRedisUnavailable: Redis could not be reached and the outage mode is
+	// FailClosed (or LocalFallback without anything known about the provider).
+	ErrRedisUnavailable = errors.New("limiter: redis unavailable")
+	// ErrClosed: the Coordinator was closed.
+	ErrClosed = errors.New("limiter: coordinator closed")
+)
+
+// ArgumentError reports a bad argument: which field, the value given and the
+// allowed range. It matches ErrInvalidArgument with errors.Is.
+type ArgumentError struct {
+	Field string // e.g. "capacity", "scale", "n", "provider"
+	Value any    // the value that was refused
+	Range string // e.g. "an integer in [1, 1000000000]"
+}
+
+func (e *ArgumentError) Error() string {
+	return fmt.Sprintf("limiter: %s=%v must be %s", e.Field, e.Value, e.Range)
+}
+
+// Unwrap makes errors.Is(err, ErrInvalidArgument) true.
+func (e *ArgumentError) Unwrap() error { return ErrInvalidArgument }
+
+// DeniedError is returned by Acquire when the provider will not grant n tokens
+// before the context's deadline. It matches the sentinel of its reason with
+// errors.Is (ErrRateLimited, ErrCoolingDown, ErrCircuitOpen, ErrExceedsCapacity).
+type DeniedError struct {
+	Provider string
+	N        int
+	Decision Decision // the last decision; Decision.RetryAfter says how long the wait would have been
+}
+
+func (e *DeniedError) Error() string {
+	msg := fmt.Sprintf("%v: provider %q, n=%d", e.Unwrap(), e.Provider, e.N)
+	switch {
+	case e.Decision.Reason == ReasonExceedsCapacity:
+		return msg + fmt.Sprintf(" > capacity %d", e.Decision.Capacity)
+	case e.Decision.RetryAfter >= 0:
+		return msg + fmt.Sprintf(", retry after %v", e.Decision.RetryAfter.Round(time.Millisecond))
+	}
+	return msg
+}
+
+// Unwrap returns the sentinel error of the denial's reason.
+func (e *DeniedError) Unwrap() error { return e.Decision.Reason.err() }

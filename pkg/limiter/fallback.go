@@ -1,0 +1,86 @@
+package limiter
+
+import (
+	"fmt"
+	"time"
+)
+
+// remember keeps the last decision Redis took, for the outage modes, and
+// drops the fallback bucket: the shared one is back in charge.
+func (st *providerState) remember(d Decision, now time.Time) {
+	st.mu.Lock()
+	st.last, st.lastAt, st.haveLast = d, now, true
+	st.local = nil
+	st.mu.Unlock()
+}
+
+// outage decides while Redis is unreachable, by the configured mode.
+func (c *Coordinator) outage(st *providerState, n int, now time.Time, cause error) (Decision, error) {
+	switch c.opts.Outage {
+	case FailOpen:
+		return Decision{Allowed: true, Reason: ReasonOK, RetryAfter: 0, Scale: 1, Now: now, Source: SourceFailOpen}, nil
+	case LocalFallback:
+		st.mu.Lock()
+		defer st.mu.Unlock()
+		if st.haveLast {
+			return st.fallback(n, now), nil
+		}
+	}
+	return Decision{}, fmt.Errorf("%w: provider %q (%s): %v", ErrRedisUnavailable, st.name, c.opts.Outage, cause)
+}
+
+// fallback decides from the local bucket; st.mu is held.
+func (st *providerState) fallback(n int, now time.Time) Decision {
+	last := st.last
+	d := Decision{
+		Scale: last.Scale, Level: last.Level, Capacity: last.Capacity, RefillRate: last.RefillRate,
+		Breaker: last.Breaker, Now: now, Source: SourceLocal,
+	}
+	if int64(n) > last.Capacity {
+		d.Reason, d.RetryAfter = ReasonExceedsCapacity, -1
+		return d
+	}
+	// A cooldown or open breaker seen last still holds: it is shared.
+	if last.Reason == ReasonCooldown || last.Reason == ReasonCircuitOpen {
+		if left := st.lastAt.Add(last.RetryAfter).Sub(now); left > 0 {
+			d.Reason, d.RetryAfter = last.Reason, left
+			return d
+		}
+	}
+	if st.local == nil {
+		replicas := max(st.replicas, 1)
+		st.local = &localBucket{
+			capacity: max(float64(last.Capacity)/float64(replicas), float64(n)),
+			rate:     last.RefillRate * last.Scale / float64(replicas),
+			ts:       now,
+		}
+	}
+	b := st.local
+	b.settle(now)
+	d.Remaining = b.tokens
+	switch {
+	case b.rate <= 0:
+		d.Reason, d.RetryAfter = ReasonPaused, -1
+	case b.tokens < float64(n):
+		d.Reason = ReasonRateLimited
+		d.RetryAfter = time.Duration((float64(n) - b.tokens) / b.rate * float64(time.Second))
+	default:
+		b.tokens -= float64(n)
+		d.Allowed, d.Reason, d.Remaining = true, ReasonOK, b.tokens
+	}
+	return d
+}
+
+// localBucket is an in-process token bucket with the same arithmetic as the
+// shared one. It starts empty, so an outage never adds a burst.
+type localBucket struct {
+	capacity, rate, tokens float64
+	ts                     time.Time
+}
+
+func (b *localBucket) settle(now time.Time) {
+	if elapsed := now.Sub(b.ts); elapsed > 0 {
+		b.tokens = min(b.capacity, b.tokens+elapsed.Seconds()*b.rate)
+	}
+	b.ts = now
+}

@@ -1,0 +1,76 @@
+package limiter_test
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/sluice-dev/sluice/pkg/limiter"
+)
+
+var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
+
+// newCoord returns a Coordinator on rdb with its own registry, closed when t ends.
+func newCoord(t testing.TB, rdb redis.UniversalClient, opts limiter.Options) (*limiter.Coordinator, *prometheus.Registry) {
+	t.Helper()
+	reg := prometheus.NewRegistry()
+	if opts.Registerer == nil {
+		opts.Registerer = reg
+	}
+	if opts.Logger == nil {
+		opts.Logger = quiet
+	}
+	c, err := limiter.New(rdb, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c, reg
+}
+
+func register(t testing.TB, c *limiter.Coordinator, provider string, capacity int64, rate float64) {
+	t.Helper()
+	cfg := limiter.DefaultProviderConfig()
+	cfg.Capacity, cfg.RefillRate = capacity, rate
+	if _, err := c.Register(context.Background(), provider, cfg); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func mustStatus(t testing.TB, c *limiter.Coordinator, provider string) limiter.Status {
+	t.Helper()
+	s, err := c.Status(context.Background(), provider)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func try(t testing.TB, c *limiter.Coordinator, provider string, n int) limiter.Decision {
+	t.Helper()
+	d, err := c.TryAcquire(context.Background(), provider, n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+// drain takes every whole token from the bucket.
+func drain(t testing.TB, c *limiter.Coordinator, provider string) {
+	t.Helper()
+	for range 1_000_000 {
+		if d := try(t, c, provider, 1); !d.Allowed {
+			return
+		}
+	}
+	t.Fatal("bucket never drained")
+}
+
+func near(a, b, eps float64) bool { return a-b <= eps && b-a <= eps }
+
+var t0 = time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)

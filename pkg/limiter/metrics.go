@@ -1,0 +1,75 @@
+package limiter
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/sluice-dev/sluice/internal/promutil"
+)
+
+// metrics are the pipeline-side series. Names keep the seed's
+// rate_coordinator_ prefix so dashboards written for it still work.
+type metrics struct {
+	scale        *prometheus.GaugeVec     // scale factor in force, per provider
+	pressure     *prometheus.GaugeVec     // 0 ok, 1 soft, 2 hard
+	acquisitions *prometheus.CounterVec   // by provider and result
+	wait         *prometheus.HistogramVec // time Acquire blocked before a grant
+	breaker      *prometheus.GaugeVec     // 0 closed, 1 half_open, 2 open
+	replicas     *prometheus.GaugeVec     // live replicas seen at the last heartbeat
+	redisUp      prometheus.Gauge         // 1 while Redis answers, 0 during an outage
+}
+
+func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+	r := &promutil.Registrar{Reg: reg}
+	m := &metrics{
+		scale: r.GaugeVec(prometheus.GaugeOpts{
+			Name: "rate_coordinator_scale_factor",
+			Help: "Scale factor applied to the provider's base refill rate (0 = paused).",
+		}, "provider"),
+		pressure: r.GaugeVec(prometheus.GaugeOpts{
+			Name: "rate_coordinator_pressure_state",
+			Help: "Backpressure level recorded for the provider: 0 ok, 1 soft, 2 hard.",
+		}, "provider"),
+		acquisitions: r.CounterVec(prometheus.CounterOpts{
+			Name: "rate_coordinator_acquisitions_total",
+			Help: "Acquire and TryAcquire calls by outcome (ok, probe, rate_limited, paused, cooldown, circuit_open, exceeds_capacity, fail_open, fallback_*, canceled, error).",
+		}, "provider", "result"),
+		wait: r.HistogramVec(prometheus.HistogramOpts{
+			Name:    "rate_coordinator_acquire_wait_seconds",
+			Help:    "Time Acquire waited before its tokens were granted.",
+			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60},
+		}, "provider"),
+		breaker: r.GaugeVec(prometheus.GaugeOpts{
+			Name: "rate_coordinator_breaker_state",
+			Help: "Shared circuit breaker: 0 closed, 1 half_open, 2 open.",
+		}, "provider"),
+		replicas: r.GaugeVec(prometheus.GaugeOpts{
+			Name: "rate_coordinator_live_replicas",
+			Help: "Pipeline replicas sharing the provider, as of this replica's last heartbeat.",
+		}, "provider"),
+	}
+	up := r.GaugeVec(prometheus.GaugeOpts{
+		Name: "rate_coordinator_redis_up",
+		Help: "1 while Redis answers the limiter, 0 during an outage.",
+	})
+	m.redisUp = up.WithLabelValues()
+	return m, r.Err
+}
+
+func breakerValue(state string) float64 {
+	switch state {
+	case "half_open":
+		return 1
+	case "open":
+		return 2
+	}
+	return 0
+}
+
+// decision records what a decision from Redis says about shared state.
+func (m *metrics) decision(provider string, d Decision) {
+	m.scale.WithLabelValues(provider).Set(d.Scale)
+	if v := levelValue(d.Level); v >= 0 {
+		m.pressure.WithLabelValues(provider).Set(v)
+	}
+	m.breaker.WithLabelValues(provider).Set(breakerValue(d.Breaker))
+}

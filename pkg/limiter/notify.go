@@ -1,0 +1,112 @@
+package limiter
+
+import (
+	"context"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// notifier wakes paused waiters when a provider's notify channel says its
+// scale (or breaker, or cooldown) changed. One subscription per Coordinator
+// serves every waiter; a waiter costs Redis nothing while it waits.
+type notifier struct {
+	rdb         redis.UniversalClient
+	log         *slog.Logger
+	healthCheck time.Duration
+
+	mu     sync.Mutex
+	ps     *redis.PubSub
+	subs   map[string]*subscription
+	closed bool
+}
+
+type subscription struct {
+	ready     chan struct{} // closed once Redis confirmed the subscription
+	confirmed bool
+	gen       chan struct{} // closed and replaced at every notification
+}
+
+func newNotifier(rdb redis.UniversalClient, log *slog.Logger, healthCheck time.Duration) *notifier {
+	return &notifier{rdb: rdb, log: log, healthCheck: healthCheck, subs: map[string]*subscription{}}
+}
+
+// watch returns a channel that is closed at the next notification on
+// channel. It subscribes on first use and waits (up to a second, or ctx) for
+// Redis to confirm, so that a check made after watch returns cannot miss a
+// change. If Redis cannot confirm, the waiter still has its slow re-check.
+func (n *notifier) watch(ctx context.Context, channel string) <-chan struct{} {
+	n.mu.Lock()
+	if n.closed {
+		n.mu.Unlock()
+		return nil
+	}
+	s := n.subs[channel]
+	subscribe := s == nil
+	if subscribe {
+		s = &subscription{ready: make(chan struct{}), gen: make(chan struct{})}
+		n.subs[channel] = s
+		if n.ps == nil {
+			n.ps = n.rdb.Subscribe(context.Background())
+			go n.loop(n.ps.ChannelWithSubscriptions(redis.WithChannelHealthCheckInterval(n.healthCheck)))
+		}
+	}
+	ps, gen, ready := n.ps, s.gen, s.ready
+	n.mu.Unlock()
+
+	if subscribe {
+		if err := ps.Subscribe(ctx, channel); err != nil {
+			n.log.Debug("subscribe failed; paused waiters rely on their re-check timer", "channel", channel, "err", err)
+		}
+	}
+	t := time.NewTimer(time.Second)
+	defer t.Stop()
+	select {
+	case <-ready:
+	case <-t.C:
+	case <-ctx.Done():
+	}
+	return gen
+}
+
+func (n *notifier) loop(ch <-chan any) {
+	for msg := range ch {
+		switch m := msg.(type) {
+		case *redis.Subscription:
+			if m.Kind == "subscribe" {
+				// First confirmation: ready. Later ones follow a reconnect,
+				// during which notifications may have been lost: wake all.
+				n.fire(m.Channel, true)
+			}
+		case *redis.Message:
+			n.fire(m.Channel, false)
+		}
+	}
+}
+
+func (n *notifier) fire(channel string, subscribed bool) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	s := n.subs[channel]
+	if s == nil {
+		return
+	}
+	if subscribed && !s.confirmed {
+		s.confirmed = true
+		close(s.ready)
+		return
+	}
+	close(s.gen)
+	s.gen = make(chan struct{})
+}
+
+func (n *notifier) close() {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.closed = true
+	if n.ps != nil {
+		_ = n.ps.Close()
+	}
+}

@@ -1,0 +1,55 @@
+package limiter
+
+import (
+	"context"
+	"time"
+)
+
+func (c *Coordinator) heartbeatTTL() time.Duration { return 3 * c.opts.Heartbeat }
+
+func (c *Coordinator) heartbeatLoop() {
+	defer c.wg.Done()
+	t := time.NewTicker(c.opts.Heartbeat)
+	defer t.Stop()
+	for {
+		select {
+		case <-c.stop:
+			return
+		case <-t.C:
+		}
+		c.mu.Lock()
+		states := c.statesLocked()
+		c.mu.Unlock()
+		ctx, cancel := context.WithTimeout(context.Background(), c.opts.Heartbeat)
+		for _, st := range states {
+			c.beat(ctx, st)
+		}
+		cancel()
+	}
+}
+
+// beat renews this replica in provider's registry and learns how many live
+// replicas share it. On failure the last count stays.
+func (c *Coordinator) beat(ctx context.Context, st *providerState) {
+	n, err := heartbeatScript.Run(ctx, c.rdb, []string{st.keys.replicas}, "beat", c.opts.ReplicaID, c.heartbeatTTL().Milliseconds()).Int()
+	if err != nil {
+		c.log.Debug("heartbeat failed", "provider", st.name, "err", err)
+		return
+	}
+	st.mu.Lock()
+	st.replicas = max(n, 1)
+	st.mu.Unlock()
+	c.m.replicas.WithLabelValues(st.name).Set(float64(n))
+}
+
+// LiveReplicas returns how many replicas shared provider at this replica's
+// last heartbeat (at least 1: this one). It never calls Redis.
+func (c *Coordinator) LiveReplicas(provider string) int {
+	st, err := c.state(provider)
+	if err != nil {
+		return 1
+	}
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	return st.replicas
+}
