@@ -27,7 +27,8 @@
 -- not even from banked tokens), tokens. A grant while the breaker's timeout has
 -- passed is the half-open probe (reason "probe"): the breaker becomes half_open
 -- and refuses everyone else until the probe is reported (breaker.lua) or
--- breaker_timeout_sec passes again. A denial writes nothing.
+-- breaker_timeout_sec passes again. A denial writes nothing, except to move
+-- the bucket's ts back to now when Redis's clock went backwards.
 -- Errors: UNKNOWN_PROVIDER <config key>; INVALID_ARGUMENT n=<value> ...
 
 local n = tonumber(ARGV[1])
@@ -51,7 +52,10 @@ local function reply(allowed, tokens, retry, reason)
     dec(cfg.capacity), dec(cfg.refill_rate), state, now}
 end
 
-local tokens = settle(KEYS[2], now, cfg.capacity, cfg.refill_rate, scale)
+local tokens, behind = settle(KEYS[2], now, cfg.capacity, cfg.refill_rate, scale)
+if behind then
+  store_bucket(KEYS[2], tokens, now)
+end
 
 if n > cfg.capacity then
   return reply(0, tokens, -1, 'exceeds_capacity')

@@ -54,13 +54,15 @@ local function load_scale(key)
 end
 
 -- settle returns the bucket's tokens at now: the stored tokens plus refill at
--- rate * scale per second since ts, capped at capacity. A clock that went
--- backwards refills nothing. A missing bucket is full.
+-- rate * scale per second since ts, capped at capacity. A missing bucket is
+-- full. The second result is true when ts is ahead of now (Redis's clock went
+-- backwards, e.g. after a failover): nothing is refilled, and the caller
+-- should store the bucket at now so refill resumes from there.
 local function settle(bucket_key, now, capacity, rate, scale)
   local b = redis.call('HMGET', bucket_key, 'tokens', 'ts')
   local tokens, ts = tonumber(b[1]), tonumber(b[2])
   if tokens == nil or ts == nil then
-    return capacity
+    return capacity, false
   end
   local elapsed = now - ts
   if elapsed > 0 then
@@ -69,7 +71,7 @@ local function settle(bucket_key, now, capacity, rate, scale)
   if tokens > capacity then
     tokens = capacity
   end
-  return tokens
+  return tokens, elapsed < 0
 end
 
 local function store_bucket(bucket_key, tokens, now)

@@ -10,9 +10,10 @@
 -- ARGV[3]  channel       pub/sub channel told "scale <new>" when the scale changed
 --                        ("" = publish nothing); waiters paused at scale 0 listen there
 --
--- Reply: array of 5
+-- Reply: array of 6
 --   [1] old scale (string)  [2] new scale (string)  [3] changed (1|0)
 --   [4] seq (integer, +1 on every change)  [5] tokens at the change (string)
+--   [6] now_us (integer, Redis time of the call)
 -- Setting the scale already in force writes nothing and publishes nothing.
 -- Errors: UNKNOWN_PROVIDER <config key>; INVALID_ARGUMENT scale=<value> ...
 
@@ -30,7 +31,7 @@ local old = load_scale(KEYS[3])
 local tokens = settle(KEYS[2], now, cfg.capacity, cfg.refill_rate, old)
 local seq = tonumber(redis.call('HGET', KEYS[3], 'seq')) or 0
 if old == new then
-  return {dec(old), dec(new), 0, seq, dec(tokens)}
+  return {dec(old), dec(new), 0, seq, dec(tokens), now}
 end
 
 store_bucket(KEYS[2], tokens, now)
@@ -39,4 +40,4 @@ redis.call('HSET', KEYS[3], 'scale', dec(new), 'source', ARGV[2], 'updated_at', 
 if ARGV[3] ~= '' then
   redis.call('PUBLISH', ARGV[3], 'scale ' .. dec(new))
 end
-return {dec(old), dec(new), 1, seq, dec(tokens)}
+return {dec(old), dec(new), 1, seq, dec(tokens), now}

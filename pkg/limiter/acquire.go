@@ -79,37 +79,63 @@ type Decision struct {
 // denial is not an error; errors are for unknown providers, bad n, and Redis
 // outages under FailClosed.
 func (c *Coordinator) TryAcquire(ctx context.Context, provider string, n int) (Decision, error) {
-	d, err := c.decide(ctx, provider, n)
+	st, err := c.state(provider)
+	if err != nil {
+		return Decision{}, err
+	}
+	d, err := c.decide(ctx, st, n)
 	c.count(provider, d, err)
 	return d, err
 }
 
 // Acquire blocks until provider grants n tokens, and returns nil then. Most
-// callers should use Acquire. It waits out rate limits, cooldowns and an open
-// breaker, waking with jitter; while the provider is paused (scale 0) it waits
-// for a notification that the scale changed, re-checking every PausedRecheck,
-// without polling Redis. It returns at once a *DeniedError when n exceeds the
-// capacity, or when the known wait would outlast ctx's deadline; when ctx ends
-// while paused, an error matching both ErrPaused and ctx.Err(). If the grant
-// is a half-open probe, report the call's outcome with RecordSuccess or
-// RecordFailure.
+// callers should use Acquire (or Wait, which also returns the decision). It
+// waits out rate limits, cooldowns and an open breaker, waking with jitter;
+// while the provider is paused (scale 0) it waits for a notification that the
+// scale changed, re-checking every PausedRecheck, without polling Redis. It
+// returns at once a *DeniedError when n exceeds the capacity, or when the
+// known wait would outlast ctx's deadline; when ctx ends while paused, an
+// error matching both ErrPaused and ctx.Err().
 func (c *Coordinator) Acquire(ctx context.Context, provider string, n int) error {
+	_, err := c.Wait(ctx, provider, n)
+	return err
+}
+
+// Wait is Acquire returning the decision that granted the tokens. When its
+// Reason is ReasonProbe the call is the half-open breaker's single probe:
+// report its outcome with RecordSuccess or RecordFailure.
+func (c *Coordinator) Wait(ctx context.Context, provider string, n int) (Decision, error) {
 	start := time.Now()
 	d, err := c.acquire(ctx, provider, n)
 	c.count(provider, d, err)
 	if err == nil {
 		c.m.wait.WithLabelValues(provider).Observe(time.Since(start).Seconds())
 	}
-	return err
+	return d, err
 }
 
 func (c *Coordinator) acquire(ctx context.Context, provider string, n int) (Decision, error) {
+	st, err := c.state(provider)
+	if err != nil {
+		return Decision{}, err
+	}
+	// While rate limited (or cooling down, or the breaker is open), the
+	// waiters of one provider in this process take turns: only the one
+	// holding st.turn polls Redis, the others wait for it to be granted.
+	// Redis sees about one call per replica per grant, not one per waiter,
+	// and waiters of one process are served in order.
+	holding := false
+	defer func() {
+		if holding {
+			<-st.turn
+		}
+	}()
 	var wake <-chan struct{} // set while paused: closed when the scale may have changed
 	for {
 		if err := ctx.Err(); err != nil {
 			return Decision{}, err
 		}
-		d, err := c.decide(ctx, provider, n)
+		d, err := c.decide(ctx, st, n)
 		if err != nil || d.Allowed {
 			return d, err
 		}
@@ -117,21 +143,14 @@ func (c *Coordinator) acquire(ctx context.Context, provider string, n int) (Deci
 			if d.Source == SourceRedis && wake == nil {
 				// Subscribe first, then look again: a change between the
 				// two is then either seen by the check or notified.
-				wake = c.notifier.watch(ctx, providerKeys(c.opts.Prefix, provider).notify)
+				wake = c.notifier.watch(ctx, st.keys.notify)
 				continue
 			}
-			recheck := c.opts.PausedRecheck
-			if d.Source != SourceRedis {
-				recheck = min(recheck, c.opts.RedisRetry)
-			}
-			if err := sleep(ctx, recheck, wake); err != nil {
+			if err := c.waitPaused(ctx, st, d, wake); err != nil {
 				return d, fmt.Errorf("%w: provider %q: %w", ErrPaused, provider, err)
 			}
 			if wake != nil {
-				wake = c.notifier.watch(ctx, providerKeys(c.opts.Prefix, provider).notify)
-			}
-			if err := sleep(ctx, c.jitter(), nil); err != nil {
-				return d, fmt.Errorf("%w: provider %q: %w", ErrPaused, provider, err)
+				wake = c.notifier.watch(ctx, st.keys.notify)
 			}
 			continue
 		}
@@ -142,10 +161,41 @@ func (c *Coordinator) acquire(ctx context.Context, provider string, n int) (Deci
 		if deadline, ok := ctx.Deadline(); ok && time.Until(deadline) < d.RetryAfter {
 			return d, &DeniedError{Provider: provider, N: n, Decision: d}
 		}
+		if !holding {
+			select {
+			case st.turn <- struct{}{}: // nobody polls: this waiter does
+				holding = true
+			default:
+				select {
+				case st.turn <- struct{}{}: // our turn came: time passed, look again now
+					holding = true
+					continue
+				case <-ctx.Done():
+					return d, fmt.Errorf("%w: provider %q: %w", d.Reason.err(), provider, ctx.Err())
+				}
+			}
+		}
 		if err := sleep(ctx, d.RetryAfter+c.jitter(), nil); err != nil {
 			return d, err
 		}
 	}
+}
+
+// waitPaused waits while provider is paused: for wake (a notification), the
+// slow re-check, or ctx; then a little jitter so resumed waiters spread out.
+func (c *Coordinator) waitPaused(ctx context.Context, st *providerState, d Decision, wake <-chan struct{}) error {
+	recheck := c.opts.PausedRecheck
+	if d.Source != SourceRedis {
+		recheck = min(recheck, c.opts.RedisRetry) // no notification comes during an outage
+	}
+	paused := c.m.paused.WithLabelValues(st.name)
+	paused.Inc()
+	err := sleep(ctx, recheck, wake)
+	paused.Dec()
+	if err != nil {
+		return err
+	}
+	return sleep(ctx, c.jitter(), nil)
 }
 
 func (c *Coordinator) jitter() time.Duration {
@@ -167,22 +217,18 @@ func sleep(ctx context.Context, d time.Duration, wake <-chan struct{}) error {
 }
 
 // decide takes one decision: from Redis, or from the outage mode.
-func (c *Coordinator) decide(ctx context.Context, provider string, n int) (Decision, error) {
+func (c *Coordinator) decide(ctx context.Context, st *providerState, n int) (Decision, error) {
 	if n < 1 || n > 1e9 {
 		return Decision{}, &ArgumentError{"n", n, "an integer in [1, 1000000000]"}
 	}
-	st, err := c.state(provider)
-	if err != nil {
-		return Decision{}, err
-	}
 	now := c.opts.Now()
-	if c.health.skip(now) {
+	if c.health.isDown() {
 		return c.outage(st, n, now, ErrRedisUnavailable)
 	}
 	k := st.keys
 	res, err := c.run(ctx, st, acquireScript, []string{k.config, k.bucket, k.scale, k.breaker, k.cooldown}, n)
 	if err != nil {
-		if isOutage(err) {
+		if errors.Is(err, ErrRedisUnavailable) {
 			c.redisDown(err)
 			return c.outage(st, n, now, err)
 		}
@@ -194,21 +240,48 @@ func (c *Coordinator) decide(ctx context.Context, provider string, n int) (Decis
 		return Decision{}, err
 	}
 	st.remember(d, now)
-	c.m.decision(provider, d)
+	c.m.decision(st.name, d)
 	return d, nil
 }
 
 func (c *Coordinator) redisDown(err error) {
-	if c.health.set(false, c.opts.Now()) {
+	changed, probe := c.health.markDown()
+	if changed {
 		c.log.Warn("redis unreachable; limiter in outage mode", "mode", c.opts.Outage.String(), "err", err)
 		c.m.redisUp.Set(0)
+	}
+	if probe {
+		c.wg.Add(1)
+		go c.probe()
 	}
 }
 
 func (c *Coordinator) redisUp() {
-	if c.health.set(true, c.opts.Now()) {
+	if c.health.markUp() {
 		c.log.Info("redis reachable again; limiter back on the shared bucket")
 		c.m.redisUp.Set(1)
+	}
+}
+
+// probe PINGs Redis every RedisRetry until it answers or Close.
+func (c *Coordinator) probe() {
+	defer c.wg.Done()
+	defer c.health.probeDone()
+	t := time.NewTicker(c.opts.RedisRetry)
+	defer t.Stop()
+	for {
+		select {
+		case <-c.stop:
+			return
+		case <-t.C:
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), c.opts.RedisRetry)
+		err := c.rdb.Ping(ctx).Err()
+		cancel()
+		if err == nil {
+			c.redisUp()
+			return
+		}
 	}
 }
 

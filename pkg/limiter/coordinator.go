@@ -90,8 +90,9 @@ type Options struct {
 	// Heartbeat is how often this replica renews its entry in the replica
 	// registry (the entry lives 3 heartbeats); default 2s.
 	Heartbeat time.Duration
-	// RedisRetry is how long after a failed call the next call tries Redis
-	// again; calls in between go straight to the outage mode; default 1s.
+	// RedisRetry is how often Redis is probed (PING, in the background)
+	// once a call found it unreachable; until a probe succeeds, calls go
+	// straight to the outage mode without touching Redis; default 1s.
 	RedisRetry time.Duration
 	// Now is the clock of the local fallback bucket; default time.Now.
 	// Everything shared uses Redis time instead.
@@ -167,6 +168,8 @@ type providerState struct {
 	haveLast   bool
 	replicas   int          // live replicas at the last heartbeat (>= 1)
 	local      *localBucket // the fallback bucket during an outage
+
+	turn chan struct{} // held by the one rate-limited waiter that polls Redis
 }
 
 // New returns a Coordinator on rdb, which may be a *redis.Client,
@@ -199,7 +202,6 @@ func New(rdb redis.UniversalClient, opts Options) (*Coordinator, error) {
 		providers: map[string]*providerState{},
 		stop:      make(chan struct{}),
 	}
-	c.health.retry = opts.RedisRetry
 	c.notifier = newNotifier(rdb, c.log, opts.PausedRecheck)
 	c.wg.Add(1)
 	go c.heartbeatLoop()
@@ -245,7 +247,7 @@ func (c *Coordinator) state(provider string) (*providerState, error) {
 	}
 	st := c.providers[provider]
 	if st == nil {
-		st = &providerState{name: provider, keys: providerKeys(c.opts.Prefix, provider), replicas: 1}
+		st = &providerState{name: provider, keys: providerKeys(c.opts.Prefix, provider), replicas: 1, turn: make(chan struct{}, 1)}
 		c.providers[provider] = st
 		c.wg.Add(1)
 		go func() {
@@ -399,36 +401,44 @@ func isOutage(err error) bool {
 	return !errors.Is(err, redis.ErrClosed)
 }
 
-// health tracks whether Redis answers. After a failure, calls skip Redis for
-// the retry interval, except one caller per interval that probes it.
+// health tracks whether Redis answers. While it does not, calls go straight
+// to the outage mode and a single background goroutine probes Redis (PING)
+// every RedisRetry; callers never wait on a dead server's dial retries.
 type health struct {
-	mu        sync.Mutex
-	retry     time.Duration
-	down      bool
-	nextProbe time.Time
+	mu      sync.Mutex
+	down    bool
+	probing bool
 }
 
-// skip reports whether a call should go straight to the outage mode.
-func (h *health) skip(now time.Time) bool {
+func (h *health) isDown() bool {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if !h.down || !now.Before(h.nextProbe) {
-		if h.down {
-			h.nextProbe = now.Add(h.retry) // this caller probes; others wait
-		}
-		return false
-	}
-	return true
+	return h.down
 }
 
-// set records the outcome of a call; it returns true when the state changed.
-func (h *health) set(up bool, now time.Time) bool {
+// markDown records a failure; it returns whether Redis was up until now, and
+// whether the caller must start the prober.
+func (h *health) markDown() (changed, probe bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	changed := h.down == up
-	h.down = !up
-	if !up {
-		h.nextProbe = now.Add(h.retry)
-	}
+	changed = !h.down
+	h.down = true
+	probe = !h.probing
+	h.probing = true
+	return changed, probe
+}
+
+// markUp records an answer; it returns whether Redis was down until now.
+func (h *health) markUp() bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	changed := h.down
+	h.down = false
 	return changed
+}
+
+func (h *health) probeDone() {
+	h.mu.Lock()
+	h.probing = false
+	h.mu.Unlock()
 }

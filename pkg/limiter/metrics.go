@@ -15,6 +15,7 @@ type metrics struct {
 	wait         *prometheus.HistogramVec // time Acquire blocked before a grant
 	breaker      *prometheus.GaugeVec     // 0 closed, 1 half_open, 2 open
 	replicas     *prometheus.GaugeVec     // live replicas seen at the last heartbeat
+	paused       *prometheus.GaugeVec     // Acquire calls now waiting for a paused provider to resume
 	redisUp      prometheus.Gauge         // 1 while Redis answers, 0 during an outage
 }
 
@@ -45,6 +46,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		replicas: r.GaugeVec(prometheus.GaugeOpts{
 			Name: "rate_coordinator_live_replicas",
 			Help: "Pipeline replicas sharing the provider, as of this replica's last heartbeat.",
+		}, "provider"),
+		paused: r.GaugeVec(prometheus.GaugeOpts{
+			Name: "rate_coordinator_paused_waiters",
+			Help: "Acquire calls of this replica waiting for the paused provider (scale 0) to resume.",
 		}, "provider"),
 	}
 	up := r.GaugeVec(prometheus.GaugeOpts{

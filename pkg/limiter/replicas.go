@@ -45,8 +45,10 @@ func (c *Coordinator) beat(ctx context.Context, st *providerState) {
 // LiveReplicas returns how many replicas shared provider at this replica's
 // last heartbeat (at least 1: this one). It never calls Redis.
 func (c *Coordinator) LiveReplicas(provider string) int {
-	st, err := c.state(provider)
-	if err != nil {
+	c.mu.Lock()
+	st := c.providers[provider]
+	c.mu.Unlock()
+	if st == nil {
 		return 1
 	}
 	st.mu.Lock()

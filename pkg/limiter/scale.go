@@ -10,10 +10,11 @@ const SourceAPI = "api"
 
 // ScaleChange is what SetBudgetScaleFrom did.
 type ScaleChange struct {
-	Old, New float64 // scale before and after
-	Changed  bool    // false when New was already in force (nothing written)
-	Seq      int64   // the scale hash's seq after the call (+1 per change)
-	Tokens   float64 // the bucket at the instant of the change, settled at the old scale
+	Old, New float64   // scale before and after
+	Changed  bool      // false when New was already in force (nothing written)
+	Seq      int64     // the scale hash's seq after the call (+1 per change)
+	Tokens   float64   // the bucket at the instant of the change, settled at the old scale
+	At       time.Time // Redis time of the call
 }
 
 // SetBudgetScale sets provider's scale factor for every replica: the rate in
@@ -44,11 +45,11 @@ func (c *Coordinator) SetBudgetScaleFrom(ctx context.Context, provider string, s
 	if err != nil {
 		return ScaleChange{}, err
 	}
-	r, err := replyArray(res, 5)
+	r, err := replyArray(res, 6)
 	if err != nil {
 		return ScaleChange{}, err
 	}
-	ch := ScaleChange{Old: r.float(0), New: r.float(1), Changed: r.int(2) == 1, Seq: r.int(3), Tokens: r.float(4)}
+	ch := ScaleChange{Old: r.float(0), New: r.float(1), Changed: r.int(2) == 1, Seq: r.int(3), Tokens: r.float(4), At: time.UnixMicro(r.int(5))}
 	c.m.scale.WithLabelValues(provider).Set(ch.New)
 	if ch.Changed {
 		c.log.Info("budget scale changed", "provider", provider, "old", ch.Old, "new", ch.New, "source", source)

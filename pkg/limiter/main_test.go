@@ -1,0 +1,121 @@
+package limiter_test
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/sluice-dev/sluice/pkg/limiter"
+)
+
+// The test binary doubles as a pipeline replica process: with helperEnv set
+// it runs runReplica instead of the tests.
+const helperEnv = "SLUICE_LIMITER_TEST_REPLICA"
+
+func TestMain(m *testing.M) {
+	redis.SetLogger(silent{}) // dial failures are expected in outage tests
+	if os.Getenv(helperEnv) != "" {
+		os.Exit(runReplica())
+	}
+	os.Exit(m.Run())
+}
+
+// replicaResult is what a replica process prints when it stops.
+type replicaResult struct {
+	Admitted int64 `json:"admitted"`
+}
+
+// runReplica acquires one token at a time from a provider with several
+// goroutines until it reads "stop" on stdin, then prints its replicaResult.
+// It prints "ready" once its first decision came back (the provider is
+// paused when the test starts it).
+func runReplica() int {
+	addr, provider := os.Getenv("REDIS_ADDR"), os.Getenv("PROVIDER")
+	workers, _ := strconv.Atoi(os.Getenv("WORKERS"))
+	rdb := redis.NewClient(&redis.Options{Addr: addr, PoolSize: workers + 2})
+	defer rdb.Close()
+	c, err := limiter.New(rdb, limiter.Options{Logger: quiet})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	}
+	defer c.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if _, err := c.TryAcquire(ctx, provider, 1); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	}
+	fmt.Println("ready")
+	var admitted atomic.Int64
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Go(func() {
+			for c.Acquire(ctx, provider, 1) == nil {
+				admitted.Add(1)
+			}
+		})
+	}
+	_, _ = bufio.NewReader(os.Stdin).ReadString('\n')
+	cancel()
+	wg.Wait()
+	out, _ := json.Marshal(replicaResult{Admitted: admitted.Load()})
+	fmt.Println(string(out))
+	return 0
+}
+
+// replicaProc is a running replica process.
+type replicaProc struct {
+	cmd   *exec.Cmd
+	stdin interface{ Close() error }
+	out   *bufio.Scanner
+}
+
+func startReplica(t *testing.T, addr, provider string, workers int) *replicaProc {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), helperEnv+"=1", "REDIS_ADDR="+addr, "PROVIDER="+provider, "WORKERS="+strconv.Itoa(workers))
+	cmd.Stderr = os.Stderr
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	p := &replicaProc{cmd: cmd, stdin: stdin, out: bufio.NewScanner(stdout)}
+	if !p.out.Scan() || p.out.Text() != "ready" {
+		t.Fatalf("replica process did not get ready: %q %v", p.out.Text(), p.out.Err())
+	}
+	return p
+}
+
+// stop tells the replica to stop and returns its result.
+func (p *replicaProc) stop(t *testing.T) replicaResult {
+	t.Helper()
+	_ = p.stdin.Close()
+	var r replicaResult
+	if !p.out.Scan() || json.Unmarshal([]byte(strings.TrimSpace(p.out.Text())), &r) != nil {
+		t.Fatalf("replica result: %q %v", p.out.Text(), p.out.Err())
+	}
+	return r
+}
+
+type silent struct{}
+
+func (silent) Printf(context.Context, string, ...any) {}

@@ -1,0 +1,357 @@
+package limiter_test
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/sluice-dev/sluice/internal/redistest"
+	"github.com/sluice-dev/sluice/pkg/limiter"
+)
+
+// TestScriptFlushAndRestart: calls keep working after SCRIPT FLUSH (NOSCRIPT
+// -> EVAL) and after a restart that lost every key (the replica that
+// registered the provider registers it again).
+func TestScriptFlushAndRestart(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short")
+	}
+	srv := redistest.Start(t)
+	rdb := srv.Client(t)
+	ctx := context.Background()
+	c, _ := newCoord(t, rdb, limiter.Options{})
+	register(t, c, "p", 100, 100)
+	if d := try(t, c, "p", 1); !d.Allowed {
+		t.Fatalf("%+v", d)
+	}
+	if err := rdb.ScriptFlush(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.SetBudgetScale(ctx, "p", 0.5); err != nil {
+		t.Fatalf("after SCRIPT FLUSH: %v", err)
+	}
+	if d := try(t, c, "p", 1); !d.Allowed || d.Scale != 0.5 {
+		t.Fatalf("after SCRIPT FLUSH: %+v", d)
+	}
+
+	srv.Restart(t) // no persistence: keys and scripts are gone
+	waitRedis(t, rdb)
+	d := try(t, c, "p", 1)
+	if !d.Allowed || d.Source != limiter.SourceRedis || d.Capacity != 100 {
+		t.Fatalf("after restart: %+v, want a grant from the re-registered bucket", d)
+	}
+	// A replica that never registered the provider learns it is unknown
+	// until someone registers it; it does not invent a config.
+	other, _ := newCoord(t, srv.Client(t), limiter.Options{})
+	srv.Restart(t)
+	waitRedis(t, rdb)
+	if _, err := other.TryAcquire(ctx, "p", 1); !errors.Is(err, limiter.ErrUnknownProvider) {
+		t.Fatalf("unregistered replica after data loss: %v", err)
+	}
+}
+
+func waitRedis(t *testing.T, rdb *redis.Client) {
+	t.Helper()
+	for range 100 {
+		if rdb.Ping(context.Background()).Err() == nil {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatal("redis did not come back")
+}
+
+// fakeClock is a settable clock for the local fallback bucket.
+type fakeClock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func (f *fakeClock) Now() time.Time { f.mu.Lock(); defer f.mu.Unlock(); return f.now }
+func (f *fakeClock) Add(d time.Duration) {
+	f.mu.Lock()
+	f.now = f.now.Add(d)
+	f.mu.Unlock()
+}
+
+// TestOutageModes stops Redis under each mode, checks what the limiter does,
+// starts Redis again and checks that it goes back to the shared bucket by
+// itself.
+func TestOutageModes(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short")
+	}
+	ctx := context.Background()
+	setup := func(t *testing.T, mode limiter.OutageMode) (*redistest.Server, *limiter.Coordinator, *fakeClock) {
+		srv := redistest.Start(t)
+		clock := &fakeClock{now: time.Now()}
+		c, _ := newCoord(t, redis.NewClient(&redis.Options{Addr: srv.Addr, MaxRetries: -1}), limiter.Options{Outage: mode, Now: clock.Now, RedisRetry: 50 * time.Millisecond})
+		register(t, c, "p", 100, 100)
+		if d := try(t, c, "p", 1); !d.Allowed {
+			t.Fatal(d)
+		}
+		return srv, c, clock
+	}
+	recovers := func(t *testing.T, srv *redistest.Server, c *limiter.Coordinator) {
+		t.Helper()
+		srv.Restart(t)
+		// The background probe finds Redis within a few RedisRetry periods.
+		for start := time.Now(); time.Since(start) < 5*time.Second; time.Sleep(10 * time.Millisecond) {
+			d, err := c.TryAcquire(ctx, "p", 1)
+			if err == nil && d.Allowed && d.Source == limiter.SourceRedis {
+				return
+			}
+		}
+		t.Fatal("the limiter did not go back to Redis within 5s after it came back")
+	}
+
+	t.Run("fail_closed", func(t *testing.T) {
+		srv, c, _ := setup(t, limiter.FailClosed)
+		srv.Stop()
+		for range 3 {
+			if _, err := c.TryAcquire(ctx, "p", 1); !errors.Is(err, limiter.ErrRedisUnavailable) {
+				t.Fatalf("err = %v, want ErrRedisUnavailable", err)
+			}
+		}
+		if err := c.Acquire(ctx, "p", 1); !errors.Is(err, limiter.ErrRedisUnavailable) {
+			t.Fatalf("Acquire: err = %v, want ErrRedisUnavailable at once", err)
+		}
+		if err := c.SetBudgetScale(ctx, "p", 0.5); !errors.Is(err, limiter.ErrRedisUnavailable) {
+			t.Fatalf("SetBudgetScale: err = %v", err)
+		}
+		recovers(t, srv, c)
+	})
+
+	t.Run("fail_open", func(t *testing.T) {
+		srv, c, _ := setup(t, limiter.FailOpen)
+		srv.Stop()
+		for range 1000 {
+			if d := try(t, c, "p", 1); !d.Allowed || d.Source != limiter.SourceFailOpen {
+				t.Fatalf("%+v, want granted by fail_open", d)
+			}
+		}
+		recovers(t, srv, c)
+	})
+
+	t.Run("local_fallback", func(t *testing.T) {
+		srv, c, clock := setup(t, limiter.LocalFallback)
+		// A second replica of the provider: the local rate is shared by 2.
+		peer, _ := newCoord(t, srv.Client(t), limiter.Options{})
+		register(t, peer, "p", 100, 100)
+		if err := c.SetBudgetScale(ctx, "p", 0.5); err != nil {
+			t.Fatal(err)
+		}
+		register(t, c, "p", 100, 100) // heartbeats now: 2 live replicas
+		if n := c.LiveReplicas("p"); n != 2 {
+			t.Fatalf("live replicas %d, want 2", n)
+		}
+		try(t, c, "p", 1) // learn the scale 0.5
+		srv.Stop()
+		// 100/s × 0.5 ÷ 2 replicas = 25/s, burst 100 ÷ 2 = 50, starting empty.
+		d := try(t, c, "p", 1)
+		if d.Allowed || d.Source != limiter.SourceLocal || d.RetryAfter != 40*time.Millisecond {
+			t.Fatalf("first outage decision %+v, want local, empty, retry 40ms", d)
+		}
+		clock.Add(time.Second)
+		granted := 0
+		for try(t, c, "p", 1).Allowed {
+			granted++
+		}
+		if granted != 25 {
+			t.Fatalf("granted %d in 1s of outage, want 25 (rate × scale ÷ replicas)", granted)
+		}
+		clock.Add(time.Hour)
+		granted = 0
+		for try(t, c, "p", 1).Allowed {
+			granted++
+		}
+		if granted != 50 {
+			t.Fatalf("granted %d after an hour, want the local burst 50", granted)
+		}
+		recovers(t, srv, c)
+	})
+}
+
+// TestRestartUnderLoad: Redis is stopped and started again while replicas
+// acquire (local fallback): nothing panics, grants continue during the
+// outage at the local rate, and every replica is back on Redis afterwards.
+func TestRestartUnderLoad(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short")
+	}
+	srv := redistest.Start(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var replicas []*limiter.Coordinator
+	for range 3 {
+		rdb := redis.NewClient(&redis.Options{Addr: srv.Addr, MaxRetries: -1, DialTimeout: 100 * time.Millisecond})
+		t.Cleanup(func() { rdb.Close() })
+		c, _ := newCoord(t, rdb, limiter.Options{Outage: limiter.LocalFallback, RedisRetry: 100 * time.Millisecond, Heartbeat: 100 * time.Millisecond})
+		register(t, c, "p", 20, 300)
+		replicas = append(replicas, c)
+	}
+	var bySource sync.Map // limiter.Source -> *atomic.Int64
+	var errs atomic.Int64
+	var wg sync.WaitGroup
+	for _, c := range replicas {
+		wg.Go(func() {
+			for ctx.Err() == nil {
+				d, err := c.Wait(ctx, "p", 1)
+				if err != nil {
+					if ctx.Err() == nil {
+						errs.Add(1)
+					}
+					continue
+				}
+				n, _ := bySource.LoadOrStore(d.Source, new(atomic.Int64))
+				n.(*atomic.Int64).Add(1)
+			}
+		})
+	}
+	count := func(s limiter.Source) int64 {
+		n, ok := bySource.Load(s)
+		if !ok {
+			return 0
+		}
+		return n.(*atomic.Int64).Load()
+	}
+	time.Sleep(500 * time.Millisecond) // several heartbeats: each replica knows there are 3
+	for i, c := range replicas {
+		if n := c.LiveReplicas("p"); n != 3 {
+			t.Fatalf("replica %d sees %d live replicas, want 3", i, n)
+		}
+	}
+	down := time.Now()
+	srv.Stop()
+	time.Sleep(time.Second)
+	local := count(limiter.SourceLocal)
+	window := time.Since(down)
+	srv.Restart(t)
+	before := count(limiter.SourceRedis)
+	time.Sleep(time.Second)
+	cancel()
+	wg.Wait()
+	t.Logf("grants: %d from Redis before and after, %d local during a %v outage; %d errors", count(limiter.SourceRedis), local, window, errs.Load())
+	if errs.Load() != 0 {
+		t.Fatalf("%d errors under local fallback", errs.Load())
+	}
+	// 300/s shared by 3 replicas, each local bucket starting empty: never
+	// more than the global rate over the outage, and well above nothing.
+	if bound := 300 * window.Seconds(); local == 0 || float64(local) > bound {
+		t.Fatalf("%d local grants during a %v outage, want (0, %.0f]", local, window, bound)
+	}
+	if count(limiter.SourceRedis) <= before {
+		t.Fatal("no grant from Redis after it came back")
+	}
+}
+
+// TestBreakerAndCooldownAcrossReplicas: one replica's failures open the
+// breaker for all; half-open lets exactly one probe through; its success
+// closes it for all. A cooldown triggered by one replica stops every one.
+func TestBreakerAndCooldownAcrossReplicas(t *testing.T) {
+	redistest.Each(t, func(t *testing.T, b redistest.Backend) {
+		ctx := context.Background()
+		clock := newRedisClock(b)
+		var rs []*limiter.Coordinator
+		for range 3 {
+			c, _ := newCoord(t, b.Client(t), limiter.Options{})
+			rs = append(rs, c)
+		}
+		conf := cfg(100, 1000)
+		conf.BreakerThreshold, conf.BreakerTimeout, conf.Cooldown = 3, 200*time.Millisecond, 300*time.Millisecond
+		if _, err := rs[0].Register(ctx, "p", conf); err != nil {
+			t.Fatal(err)
+		}
+		for range 3 {
+			if _, err := rs[0].RecordFailure(ctx, "p"); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for i, c := range rs {
+			if d := try(t, c, "p", 1); d.Allowed || d.Reason != limiter.ReasonCircuitOpen {
+				t.Fatalf("replica %d: %+v, want circuit_open", i, d)
+			}
+		}
+		clock.advance(250 * time.Millisecond)
+		// Several replicas race for the probe: exactly one wins.
+		var probes, open atomic.Int64
+		var wg sync.WaitGroup
+		for _, c := range rs {
+			wg.Go(func() {
+				d := try(t, c, "p", 1)
+				switch {
+				case d.Reason == limiter.ReasonProbe:
+					probes.Add(1)
+				case d.Reason == limiter.ReasonCircuitOpen:
+					open.Add(1)
+				}
+			})
+		}
+		wg.Wait()
+		if probes.Load() != 1 || open.Load() != 2 {
+			t.Fatalf("%d probes and %d refusals, want 1 and 2", probes.Load(), open.Load())
+		}
+		if _, err := rs[2].RecordSuccess(ctx, "p"); err != nil {
+			t.Fatal(err)
+		}
+		for i, c := range rs {
+			if d := try(t, c, "p", 1); !d.Allowed || d.Breaker != "closed" {
+				t.Fatalf("replica %d after the probe succeeded: %+v", i, d)
+			}
+		}
+
+		until, err := rs[1].TriggerCooldown(ctx, "p", "pacing")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, c := range rs {
+			if d := try(t, c, "p", 1); d.Allowed || d.Reason != limiter.ReasonCooldown || d.RetryAfter > 300*time.Millisecond {
+				t.Fatalf("replica %d during cooldown: %+v", i, d)
+			}
+		}
+		if s := mustStatus(t, rs[0], "p"); s.Cooldown == nil || s.Cooldown.Scope != "pacing" || !s.Cooldown.Until.Equal(until) {
+			t.Fatalf("status cooldown %+v, want pacing until %v", s.Cooldown, until)
+		}
+		if b.Mini != nil {
+			clock.advance(300 * time.Millisecond)
+			if d := try(t, rs[0], "p", 1); !d.Allowed {
+				t.Fatalf("after cooldown: %+v", d)
+			}
+			return
+		}
+		// On the real server, Acquire waits the cooldown out.
+		d, err := rs[0].Wait(ctx, "p", 1)
+		if err != nil || d.Now.Before(until) {
+			t.Fatalf("Wait during cooldown returned %+v %v, before the cooldown ended at %v", d, err, until)
+		}
+	})
+}
+
+// redisClock moves Redis time forward: miniredis's fixed clock, or real time
+// on a real server.
+type redisClock struct {
+	b   redistest.Backend
+	now time.Time
+}
+
+func newRedisClock(b redistest.Backend) *redisClock {
+	c := &redisClock{b: b, now: time.Now()}
+	if b.Mini != nil {
+		b.Mini.SetTime(c.now)
+	}
+	return c
+}
+
+func (c *redisClock) advance(d time.Duration) {
+	if c.b.Mini == nil {
+		time.Sleep(d)
+		return
+	}
+	c.now = c.now.Add(d)
+	c.b.Mini.SetTime(c.now)
+}
