@@ -1,0 +1,31 @@
+# sluice: make test runs every test (installing redis-server when missing),
+# make lint the static checks, make bench the benchmarks.
+GO          ?= go
+STATICCHECK ?= $(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2
+
+.PHONY: all build test test-short bench lint redis-server
+
+all: lint test
+
+build:
+	$(GO) build ./...
+
+# The full suite: unit tests on miniredis, every Lua script on a real
+# redis-server started by the tests, multi-process tests. -race on.
+test: redis-server
+	$(GO) test -race -count=1 ./...
+
+# The quick loop: miniredis only, no real redis-server, no long runs.
+test-short:
+	$(GO) test -short -count=1 ./...
+
+bench: redis-server
+	$(GO) test -run '^$$' -bench . -benchmem ./...
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change: $$out"; exit 1; fi
+	$(GO) vet ./...
+	$(STATICCHECK) ./...
+
+redis-server:
+	@./scripts/ensure-redis-server.sh
