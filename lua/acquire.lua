@@ -35,71 +35,79 @@ local n = tonumber(ARGV[1])
 if not (n ~= nil and n == math.floor(n) and n >= 1 and n <= 1e9) then
   return invalid('n', ARGV[1], 'an integer in [1, 1000000000]')
 end
-local cfg = load_config(KEYS[1])
-if cfg == nil then
+-- Hot path: read only the fields needed, and reply with the strings as
+-- stored rather than formatting numbers again.
+local cfg = redis.call('HMGET', KEYS[1], 'capacity', 'refill_rate', 'breaker_timeout_sec')
+if not cfg[1] then
   return unknown_provider(KEYS[1])
 end
+local capacity, rate = tonumber(cfg[1]), tonumber(cfg[2])
 
 local now = now_us()
 local sh = redis.call('HMGET', KEYS[3], 'scale', 'level')
-local scale = tonumber(sh[1]) or 1
+local scale_s = sh[1] or '1'
+local scale = tonumber(scale_s)
 local level = sh[2] or 'ok'
-local br = redis.call('HMGET', KEYS[4], 'state', 'opened_at', 'probe_until')
+-- Usually there is neither breaker state nor a cooldown: one EXISTS for both.
+local guarded = redis.call('EXISTS', KEYS[4], KEYS[5]) > 0
+local br = {false, false, false}
+if guarded then
+  br = redis.call('HMGET', KEYS[4], 'state', 'opened_at', 'probe_until')
+end
 local state = br[1] or 'closed'
 
-local function reply(allowed, tokens, retry, reason)
-  return {allowed, dec(tokens), retry, dec(scale), reason, level,
-    dec(cfg.capacity), dec(cfg.refill_rate), state, now}
-end
-
-local tokens, behind = settle(KEYS[2], now, cfg.capacity, cfg.refill_rate, scale)
+local tokens, behind = settle(KEYS[2], now, capacity, rate, scale)
 if behind then
   store_bucket(KEYS[2], tokens, now)
 end
 
-if n > cfg.capacity then
-  return reply(0, tokens, -1, 'exceeds_capacity')
+local function reply(allowed, retry, reason, tokens_s)
+  return {allowed, tokens_s or dec(tokens), retry, scale_s, reason, level, cfg[1], cfg[2], state, now}
 end
 
-local cd = redis.call('GET', KEYS[5])
+if n > capacity then
+  return reply(0, -1, 'exceeds_capacity')
+end
+
+local cd = guarded and redis.call('GET', KEYS[5])
 if cd then
   local ok, c = pcall(cjson.decode, cd)
   local until_us = ok and type(c) == 'table' and tonumber(c.until_ms) and tonumber(c.until_ms) * 1000
   if until_us and until_us > now then
-    return reply(0, tokens, math.ceil(until_us - now), 'cooldown')
+    return reply(0, math.ceil(until_us - now), 'cooldown')
   end
 end
 
 local probe = false
-local timeout_us = cfg.breaker_timeout_sec * 1000000
+local timeout_us = (tonumber(cfg[3]) or 0) * 1000000
 if state == 'open' then
   local reopen = (tonumber(br[2]) or 0) + timeout_us
   if reopen > now then
-    return reply(0, tokens, math.ceil(reopen - now), 'circuit_open')
+    return reply(0, math.ceil(reopen - now), 'circuit_open')
   end
   probe = true
 elseif state == 'half_open' then
   local probe_until = tonumber(br[3]) or 0
   if probe_until > now then
-    return reply(0, tokens, math.ceil(probe_until - now), 'circuit_open')
+    return reply(0, math.ceil(probe_until - now), 'circuit_open')
   end
   probe = true
 end
 
 if scale <= 0 then
-  return reply(0, tokens, -1, 'paused')
+  return reply(0, -1, 'paused')
 end
 
 if tokens < n then
-  local rate = cfg.refill_rate * scale
-  return reply(0, tokens, math.ceil((n - tokens) * 1000000 / rate), 'rate_limited')
+  return reply(0, math.ceil((n - tokens) * 1000000 / (rate * scale)), 'rate_limited')
 end
 
 tokens = tokens - n
-store_bucket(KEYS[2], tokens, now)
+local tokens_s = dec(tokens)
+redis.call('HSET', KEYS[2], 'tokens', tokens_s, 'ts', int(now))
 if probe then
   state = 'half_open'
   redis.call('HSET', KEYS[4], 'state', state, 'probe_until', int(now + timeout_us))
-  return reply(1, tokens, 0, 'probe')
+  return reply(1, 0, 'probe', tokens_s)
 end
-return reply(1, tokens, 0, 'ok')
+return reply(1, 0, 'ok', tokens_s)

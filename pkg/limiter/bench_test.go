@@ -1,0 +1,81 @@
+package limiter_test
+
+import (
+	"context"
+	"fmt"
+	"testing"
+
+	"github.com/go-redis/redis_rate/v10"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/sluice-dev/sluice/internal/redistest"
+	"github.com/sluice-dev/sluice/pkg/limiter"
+)
+
+// BenchmarkDecision compares one non-blocking decision of sluice
+// (TryAcquire: config, cooldown, breaker, scale and bucket in one script)
+// with redis_rate's AllowN (GCRA, one script), side by side on the same
+// real redis-server, serially and from parallel goroutines. The limits are
+// high enough that every call is granted, so both do their write path.
+//
+//	go test -run '^$' -bench Decision -benchtime 3s ./pkg/limiter/
+func BenchmarkDecision(b *testing.B) {
+	srv := redistest.Start(b)
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr, PoolSize: 64})
+	defer rdb.Close()
+	ctx := context.Background()
+
+	c, err := limiter.New(rdb, limiter.Options{Logger: quiet})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	cfg := limiter.DefaultProviderConfig()
+	cfg.Capacity, cfg.RefillRate = 1e9, 1e9
+	if _, err := c.Register(ctx, "bench", cfg); err != nil {
+		b.Fatal(err)
+	}
+	peer := redis_rate.NewLimiter(rdb)
+	limit := redis_rate.Limit{Rate: 1e9, Burst: 1e9, Period: 1e9}
+
+	impls := []struct {
+		name string
+		call func() (bool, error)
+	}{
+		{"sluice", func() (bool, error) {
+			d, err := c.TryAcquire(ctx, "bench", 1)
+			return d.Allowed, err
+		}},
+		{"redis_rate", func() (bool, error) {
+			r, err := peer.AllowN(ctx, "bench", limit, 1)
+			if err != nil {
+				return false, err
+			}
+			return r.Allowed > 0, nil
+		}},
+	}
+	for _, par := range []int{1, 16} {
+		for _, impl := range impls {
+			b.Run(fmt.Sprintf("%s/goroutines=%d", impl.name, par), func(b *testing.B) {
+				b.SetParallelism(par)
+				b.ReportAllocs()
+				if par == 1 {
+					for b.Loop() {
+						if ok, err := impl.call(); err != nil || !ok {
+							b.Fatal(ok, err)
+						}
+					}
+					return
+				}
+				b.RunParallel(func(pb *testing.PB) {
+					for pb.Next() {
+						if ok, err := impl.call(); err != nil || !ok {
+							b.Error(ok, err)
+							return
+						}
+					}
+				})
+			})
+		}
+	}
+}
