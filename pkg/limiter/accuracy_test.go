@@ -85,7 +85,7 @@ func TestGlobalAccuracy(t *testing.T) {
 	}
 	time.Sleep(200 * time.Millisecond) // let the goroutines reach their paused wait
 	admin.ConfigResetStat(ctx)
-	start, err := ctl.SetBudgetScaleFrom(ctx, "acc", 1, "test")
+	start, err := ctl.Rescale(ctx, "acc", 1, "test")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -153,12 +153,12 @@ func TestRescaleMidRun(t *testing.T) {
 		})
 	}
 	time.Sleep(200 * time.Millisecond)
-	start, err := ctl.SetBudgetScaleFrom(ctx, "rs", 1, "test")
+	start, err := ctl.Rescale(ctx, "rs", 1, "test")
 	if err != nil {
 		t.Fatal(err)
 	}
 	time.Sleep(1500 * time.Millisecond)
-	change, err := ctl.SetBudgetScaleFrom(ctx, "rs", 0.5, "test")
+	change, err := ctl.Rescale(ctx, "rs", 0.5, "test")
 	if err != nil {
 		t.Fatal(err)
 	}

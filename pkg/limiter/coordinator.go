@@ -25,7 +25,7 @@ var (
 	registerScript    = redis.NewScript(lua.Source("register"))
 	acquireScript     = redis.NewScript(lua.Source("acquire"))
 	setScaleScript    = redis.NewScript(lua.Source("set_scale"))
-	setPressureScript = redis.NewScript(lua.Source("set_pressure"))
+	annotateScript    = redis.NewScript(lua.Source("annotate"))
 	breakerScript     = redis.NewScript(lua.Source("breaker"))
 	cooldownScript    = redis.NewScript(lua.Source("cooldown"))
 	heartbeatScript   = redis.NewScript(lua.Source("heartbeat"))

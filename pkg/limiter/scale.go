@@ -2,7 +2,10 @@ package limiter
 
 import (
 	"context"
+	"fmt"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 )
 
 // SourceAPI is the scale hash's source when SetBudgetScale is called without one.
@@ -26,13 +29,19 @@ type ScaleChange struct {
 // was registered with a higher MaxScale); anything else is a *ArgumentError
 // and changes nothing.
 func (c *Coordinator) SetBudgetScale(ctx context.Context, provider string, scale float64) error {
-	_, err := c.SetBudgetScaleFrom(ctx, provider, scale, SourceAPI)
+	_, err := c.Rescale(ctx, provider, scale, SourceAPI)
 	return err
 }
 
 // SetBudgetScaleFrom is SetBudgetScale recording who asked (source, stored
-// in the scale hash for operators), and reporting the change.
-func (c *Coordinator) SetBudgetScaleFrom(ctx context.Context, provider string, scale float64, source string) (ScaleChange, error) {
+// in the scale hash for operators).
+func (c *Coordinator) SetBudgetScaleFrom(ctx context.Context, provider string, scale float64, source string) error {
+	_, err := c.Rescale(ctx, provider, scale, source)
+	return err
+}
+
+// Rescale is SetBudgetScaleFrom reporting what changed.
+func (c *Coordinator) Rescale(ctx context.Context, provider string, scale float64, source string) (ScaleChange, error) {
 	if err := validScale(scale); err != nil {
 		return ScaleChange{}, err
 	}
@@ -57,6 +66,48 @@ func (c *Coordinator) SetBudgetScaleFrom(ctx context.Context, provider string, s
 	return ch, nil
 }
 
+// CurrentScale returns provider's scale in force and the Redis time it was
+// last changed (zero if never), in one read. A feedback handler uses it so
+// that its dwell time is measured from the same instant on every replica.
+func (c *Coordinator) CurrentScale(ctx context.Context, provider string) (float64, time.Time, error) {
+	st, err := c.state(provider)
+	if err != nil {
+		return 0, time.Time{}, err
+	}
+	var fields *redis.SliceCmd
+	var exists *redis.IntCmd
+	_, err = c.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		exists = p.Exists(ctx, st.keys.config)
+		fields = p.HMGet(ctx, st.keys.scale, "scale", "updated_at")
+		return nil
+	})
+	if err != nil {
+		return 0, time.Time{}, c.mapErr(provider, err)
+	}
+	if exists.Val() == 0 {
+		return 0, time.Time{}, fmt.Errorf("%w %q", ErrUnknownProvider, provider)
+	}
+	v := fields.Val()
+	scale, since := 1.0, time.Time{}
+	if s, ok := v[0].(string); ok {
+		scale = parseFloat(s)
+	}
+	if s, ok := v[1].(string); ok {
+		since = time.UnixMicro(int64(parseFloat(s)))
+	}
+	return scale, since, nil
+}
+
+// SetShadowScale records, beside the scale in force, the scale a feedback
+// handler in shadow mode would have set (fields shadow_scale, shadow_source,
+// shadow_updated_at of the scale hash). The rate does not change.
+func (c *Coordinator) SetShadowScale(ctx context.Context, provider string, scale float64, source string) error {
+	if err := validScale(scale); err != nil {
+		return err
+	}
+	return c.annotate(ctx, provider, "shadow", formatFloat(scale), source)
+}
+
 // SetGlobalPressure records the pressure level (ok, soft or hard) that
 // applies to provider, in the scale hash and the pressure metric. It does not
 // change the rate; SetBudgetScale does.
@@ -69,16 +120,20 @@ func (c *Coordinator) SetGlobalPressureFrom(ctx context.Context, provider, level
 	if levelValue(level) < 0 {
 		return &ArgumentError{"level", level, "one of ok, soft, hard"}
 	}
-	st, err := c.state(provider)
-	if err != nil {
-		return err
-	}
-	k := st.keys
-	if _, err := c.run(ctx, st, setPressureScript, []string{k.config, k.scale}, level, source); err != nil {
+	if err := c.annotate(ctx, provider, "level", level, source); err != nil {
 		return err
 	}
 	c.m.pressure.WithLabelValues(provider).Set(levelValue(level))
 	return nil
+}
+
+func (c *Coordinator) annotate(ctx context.Context, provider, kind, value, source string) error {
+	st, err := c.state(provider)
+	if err != nil {
+		return err
+	}
+	_, err = c.run(ctx, st, annotateScript, []string{st.keys.config, st.keys.scale}, kind, value, source)
+	return err
 }
 
 // BreakerStatus is the shared circuit breaker of a provider.

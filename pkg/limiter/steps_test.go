@@ -230,7 +230,7 @@ func TestSetScaleReportsChange(t *testing.T) {
 	ctx := context.Background()
 	drain(t, c, "p")
 	m.SetTime(t0.Add(300 * ms))
-	ch, err := c.SetBudgetScaleFrom(ctx, "p", 0.5, "feedback:c1")
+	ch, err := c.Rescale(ctx, "p", 0.5, "feedback:c1")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -241,7 +241,7 @@ func TestSetScaleReportsChange(t *testing.T) {
 	if ch != (limiter.ScaleChange{Old: 1, New: 0.5, Changed: true, Seq: 1, Tokens: 3}) {
 		t.Fatalf("change = %+v", ch)
 	}
-	ch, _ = c.SetBudgetScaleFrom(ctx, "p", 0.5, "feedback:c1")
+	ch, _ = c.Rescale(ctx, "p", 0.5, "feedback:c1")
 	if ch.Changed || ch.Seq != 1 {
 		t.Fatalf("same scale again: %+v, want unchanged with seq 1", ch)
 	}
@@ -358,4 +358,36 @@ func TestInvalidN(t *testing.T) {
 	if _, err := c.TryAcquire(context.Background(), "nope", 1); !errors.Is(err, limiter.ErrUnknownProvider) {
 		t.Fatalf("unknown provider: %v", err)
 	}
+}
+
+func TestCurrentScaleAndShadow(t *testing.T) {
+	redistest.Each(t, func(t *testing.T, b redistest.Backend) {
+		c, _ := newCoord(t, b.Client(t), limiter.Options{})
+		ctx := context.Background()
+		if _, _, err := c.CurrentScale(ctx, "p"); !errors.Is(err, limiter.ErrUnknownProvider) {
+			t.Fatalf("unknown provider: %v", err)
+		}
+		register(t, c, "p", 10, 10)
+		ch, err := c.Rescale(ctx, "p", 0.5, "test")
+		if err != nil {
+			t.Fatal(err)
+		}
+		s, since, err := c.CurrentScale(ctx, "p")
+		if err != nil || s != 0.5 || !since.Equal(ch.At) {
+			t.Fatalf("CurrentScale = %v %v %v, want 0.5 since %v", s, since, err, ch.At)
+		}
+		if err := c.SetShadowScale(ctx, "p", 0.25, "feedback"); err != nil {
+			t.Fatal(err)
+		}
+		h := b.Client(t).HGetAll(ctx, "sluice:{p}:scale").Val()
+		if h["shadow_scale"] != "0.25" || h["shadow_source"] != "feedback" || h["scale"] != "0.5" {
+			t.Fatalf("scale hash after shadow: %v", h)
+		}
+		if err := c.SetShadowScale(ctx, "p", 3, "feedback"); !errors.Is(err, limiter.ErrInvalidArgument) {
+			t.Fatalf("shadow 3 > max_scale: %v", err)
+		}
+		if d := try(t, c, "p", 1); d.Scale != 0.5 {
+			t.Fatalf("shadow changed the rate: %+v", d)
+		}
+	})
 }
