@@ -1,0 +1,205 @@
+// Package feedback carries the store's backpressure to the pipeline: pressure
+// events, the buses that move them (in-process, Redis pub/sub plus keys,
+// HTTP), and the Handler that turns pressure into a scale factor for the
+// shared rate budget. It drives the rate coordinator only through the small
+// RateCoordinator interface defined here; it never imports the limiter.
+package feedback
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"regexp"
+	"strconv"
+	"time"
+)
+
+// Level is a write coordinator's backpressure level.
+type Level string
+
+// Levels, from no pressure to the most.
+const (
+	OK   Level = "ok"
+	Soft Level = "soft"
+	Hard Level = "hard"
+)
+
+// Levels lists the levels from least to most pressure.
+var Levels = []Level{OK, Soft, Hard}
+
+// Rank orders levels: ok 0, soft 1, hard 2; -1 for anything else.
+func (l Level) Rank() int {
+	switch l {
+	case OK:
+		return 0
+	case Soft:
+		return 1
+	case Hard:
+		return 2
+	}
+	return -1
+}
+
+// ParseLevel parses "ok", "soft" or "hard".
+func ParseLevel(s string) (Level, error) {
+	if l := Level(s); l.Rank() >= 0 {
+		return l, nil
+	}
+	return "", &FieldError{Field: "level", Value: strconv.Quote(s), Rule: "one of ok, soft, hard"}
+}
+
+// Event is one report of a write coordinator's queue. Its JSON form:
+//
+//	{"coordinator_id":"store-0","queue_size":800,"capacity":1000,
+//	 "level":"soft","seq":1764230000123457,"ts":"2026-11-27T09:00:00.123Z"}
+//
+// coordinator_id is 1–64 of [A-Za-z0-9_.-]; capacity in [1, 1e9]; queue_size
+// in [0, capacity]; level ok, soft or hard; seq ≥ 1 and increasing per
+// coordinator, across its restarts too (the Go coordinator starts it at its
+// start time in Unix microseconds); ts is RFC 3339 and optional (receivers
+// use the time of receipt). Unknown fields are ignored.
+type Event struct {
+	CoordinatorID string    `json:"coordinator_id"`
+	QueueSize     int       `json:"queue_size"`
+	Capacity      int       `json:"capacity"`
+	Level         Level     `json:"level"`
+	Seq           uint64    `json:"seq"`
+	TS            time.Time `json:"ts,omitzero"`
+}
+
+// Fill is QueueSize ÷ Capacity, in [0, 1] for a valid event.
+func (e Event) Fill() float64 {
+	if e.Capacity <= 0 {
+		return 0
+	}
+	return float64(e.QueueSize) / float64(e.Capacity)
+}
+
+// ErrInvalidEvent is matched by every *FieldError.
+var ErrInvalidEvent = errors.New("feedback: invalid event")
+
+// FieldError names the event field that is missing, malformed or out of range.
+type FieldError struct {
+	Field string
+	Value string // as received ("" when missing)
+	Rule  string // what it must be
+}
+
+func (e *FieldError) Error() string {
+	if e.Value == "" {
+		return fmt.Sprintf("feedback: event field %s is missing: must be %s", e.Field, e.Rule)
+	}
+	return fmt.Sprintf("feedback: event field %s=%s: must be %s", e.Field, e.Value, e.Rule)
+}
+
+// Unwrap makes errors.Is(err, ErrInvalidEvent) true.
+func (e *FieldError) Unwrap() error { return ErrInvalidEvent }
+
+var idRE = regexp.MustCompile(`^[A-Za-z0-9_.\-]{1,64}$`)
+
+// Validate returns a *FieldError for the first field out of range.
+func (e Event) Validate() error {
+	switch {
+	case !idRE.MatchString(e.CoordinatorID):
+		return &FieldError{"coordinator_id", strconv.Quote(e.CoordinatorID), "1 to 64 characters of [A-Za-z0-9_.-]"}
+	case e.Capacity < 1 || e.Capacity > 1e9:
+		return &FieldError{"capacity", strconv.Itoa(e.Capacity), "an integer in [1, 1000000000]"}
+	case e.QueueSize < 0 || e.QueueSize > e.Capacity:
+		return &FieldError{"queue_size", strconv.Itoa(e.QueueSize), fmt.Sprintf("an integer in [0, capacity=%d]", e.Capacity)}
+	case e.Level.Rank() < 0:
+		return &FieldError{"level", strconv.Quote(string(e.Level)), "one of ok, soft, hard"}
+	case e.Seq < 1:
+		return &FieldError{"seq", "0", "an integer >= 1, increasing per coordinator"}
+	}
+	return nil
+}
+
+// wireEvent detects missing fields: every field is a pointer.
+type wireEvent struct {
+	CoordinatorID *string          `json:"coordinator_id"`
+	QueueSize     *json.RawMessage `json:"queue_size"`
+	Capacity      *json.RawMessage `json:"capacity"`
+	Level         *string          `json:"level"`
+	Seq           *json.RawMessage `json:"seq"`
+	TS            *json.RawMessage `json:"ts"`
+}
+
+// DecodeEvent reads exactly one JSON event from r and validates it. Errors
+// name the field (a *FieldError) or say the JSON is malformed.
+func DecodeEvent(r io.Reader) (Event, error) {
+	dec := json.NewDecoder(r)
+	var w wireEvent
+	if err := dec.Decode(&w); err != nil {
+		var te *json.UnmarshalTypeError
+		if errors.As(err, &te) && te.Field != "" {
+			return Event{}, &FieldError{te.Field, "(a JSON " + te.Value + ")", "of JSON type " + jsonType(te.Field)}
+		}
+		return Event{}, fmt.Errorf("%w: malformed JSON: %v", ErrInvalidEvent, err)
+	}
+	if dec.More() {
+		return Event{}, fmt.Errorf("%w: malformed JSON: more than one value", ErrInvalidEvent)
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return Event{}, fmt.Errorf("%w: malformed JSON: trailing data", ErrInvalidEvent)
+	}
+	var e Event
+	var err error
+	if w.CoordinatorID == nil {
+		return Event{}, &FieldError{"coordinator_id", "", "1 to 64 characters of [A-Za-z0-9_.-]"}
+	}
+	e.CoordinatorID = *w.CoordinatorID
+	if e.Capacity, err = intField("capacity", w.Capacity, 1e9); err != nil {
+		return Event{}, err
+	}
+	if e.QueueSize, err = intField("queue_size", w.QueueSize, 1e9); err != nil {
+		return Event{}, err
+	}
+	if w.Level == nil {
+		return Event{}, &FieldError{"level", "", "one of ok, soft, hard"}
+	}
+	e.Level = Level(*w.Level)
+	if w.Seq == nil {
+		return Event{}, &FieldError{"seq", "", "an integer >= 1, increasing per coordinator"}
+	}
+	if e.Seq, err = strconv.ParseUint(string(*w.Seq), 10, 64); err != nil {
+		return Event{}, &FieldError{"seq", string(*w.Seq), "an integer >= 1, increasing per coordinator"}
+	}
+	if w.TS != nil && !bytes.Equal(*w.TS, []byte("null")) {
+		if err := json.Unmarshal(*w.TS, &e.TS); err != nil {
+			return Event{}, &FieldError{"ts", string(*w.TS), "an RFC 3339 time string"}
+		}
+	}
+	return e, e.Validate()
+}
+
+// intField parses a JSON integer (not a string, not a fraction).
+func intField(name string, raw *json.RawMessage, maxValue int64) (int, error) {
+	rule := "an integer in [0, 1000000000]"
+	if name == "capacity" {
+		rule = "an integer in [1, 1000000000]"
+	}
+	if raw == nil {
+		return 0, &FieldError{name, "", rule}
+	}
+	v, err := strconv.ParseInt(string(*raw), 10, 64)
+	if err != nil || v < 0 || v > maxValue {
+		return 0, &FieldError{name, string(*raw), rule}
+	}
+	return int(v), nil
+}
+
+func jsonType(field string) string {
+	switch field {
+	case "coordinator_id", "level", "ts":
+		return "string"
+	}
+	return "number"
+}
+
+// Encode returns the event's JSON form.
+func (e Event) Encode() []byte {
+	b, _ := json.Marshal(e) // cannot fail: plain fields
+	return b
+}

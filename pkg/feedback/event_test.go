@@ -1,0 +1,123 @@
+package feedback_test
+
+import (
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sluice-dev/sluice/pkg/feedback"
+)
+
+func TestDecodeEvent(t *testing.T) {
+	e, err := feedback.DecodeEvent(strings.NewReader(`{"coordinator_id":"store-0","queue_size":800,"capacity":1000,"level":"soft","seq":7,"ts":"2026-11-27T09:00:00.5Z","extra":1}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := feedback.Event{CoordinatorID: "store-0", QueueSize: 800, Capacity: 1000, Level: feedback.Soft, Seq: 7,
+		TS: time.Date(2026, 11, 27, 9, 0, 0, 5e8, time.UTC)}
+	if e != want {
+		t.Fatalf("decoded %+v, want %+v", e, want)
+	}
+	back, err := feedback.DecodeEvent(strings.NewReader(string(e.Encode())))
+	if err != nil || !back.TS.Equal(e.TS) || back.Seq != e.Seq || back.Level != e.Level {
+		t.Fatalf("round trip: %+v %v", back, err)
+	}
+	// ts is optional.
+	if e, err := feedback.DecodeEvent(strings.NewReader(`{"coordinator_id":"c","queue_size":0,"capacity":1,"level":"ok","seq":1}`)); err != nil || !e.TS.IsZero() {
+		t.Fatalf("without ts: %+v %v", e, err)
+	}
+}
+
+func TestDecodeEventRejects(t *testing.T) {
+	valid := map[string]string{
+		"coordinator_id": `"c1"`, "queue_size": `5`, "capacity": `10`, "level": `"hard"`, "seq": `3`,
+	}
+	body := func(edit map[string]string) string {
+		parts := []string{}
+		for k, v := range valid {
+			if nv, ok := edit[k]; ok {
+				if nv == "" {
+					continue // removed
+				}
+				v = nv
+			}
+			parts = append(parts, `"`+k+`":`+v)
+		}
+		for k, v := range edit {
+			if _, ok := valid[k]; !ok {
+				parts = append(parts, `"`+k+`":`+v)
+			}
+		}
+		return "{" + strings.Join(parts, ",") + "}"
+	}
+	for _, tc := range []struct {
+		field string
+		edit  map[string]string
+	}{
+		{"coordinator_id", map[string]string{"coordinator_id": ""}},
+		{"coordinator_id", map[string]string{"coordinator_id": `"a b"`}},
+		{"coordinator_id", map[string]string{"coordinator_id": `"x{y}"`}},
+		{"coordinator_id", map[string]string{"coordinator_id": `7`}},
+		{"queue_size", map[string]string{"queue_size": ""}},
+		{"queue_size", map[string]string{"queue_size": `-1`}},
+		{"queue_size", map[string]string{"queue_size": `11`}},
+		{"queue_size", map[string]string{"queue_size": `2.5`}},
+		{"queue_size", map[string]string{"queue_size": `"5"`}},
+		{"capacity", map[string]string{"capacity": `0`}},
+		{"capacity", map[string]string{"capacity": ""}},
+		{"level", map[string]string{"level": `"critical"`}},
+		{"level", map[string]string{"level": ""}},
+		{"seq", map[string]string{"seq": `0`}},
+		{"seq", map[string]string{"seq": `-4`}},
+		{"seq", map[string]string{"seq": ""}},
+		{"ts", map[string]string{"ts": `"yesterday"`}},
+	} {
+		b := body(tc.edit)
+		_, err := feedback.DecodeEvent(strings.NewReader(b))
+		var fe *feedback.FieldError
+		if !errors.As(err, &fe) || fe.Field != tc.field || !errors.Is(err, feedback.ErrInvalidEvent) {
+			t.Errorf("%s: err = %v, want a FieldError on %s", b, err, tc.field)
+		}
+	}
+	for _, b := range []string{``, `{`, `[]`, `{"coordinator_id":"c"} {}`, `null x`} {
+		if _, err := feedback.DecodeEvent(strings.NewReader(b)); !errors.Is(err, feedback.ErrInvalidEvent) {
+			t.Errorf("%q: err = %v, want ErrInvalidEvent", b, err)
+		}
+	}
+}
+
+func TestPolicies(t *testing.T) {
+	ev := func(l feedback.Level, q int) feedback.Event {
+		return feedback.Event{CoordinatorID: "c", Level: l, QueueSize: q, Capacity: 100, Seq: 1}
+	}
+	step := feedback.DefaultStepPolicy
+	for l, want := range map[feedback.Level]float64{feedback.OK: 1, feedback.Soft: 0.5, feedback.Hard: 0} {
+		if got := step.Scale(ev(l, 0)); got != want {
+			t.Errorf("step %s = %v, want %v", l, got, want)
+		}
+	}
+	prop := feedback.DefaultProportionalPolicy // 1 at <= 50%, 0 at >= 90%
+	for _, tc := range []struct {
+		l    feedback.Level
+		q    int
+		want float64
+	}{{feedback.OK, 10, 1}, {feedback.OK, 50, 1}, {feedback.Soft, 70, 0.5}, {feedback.Soft, 80, 0.25}, {feedback.Soft, 95, 0}, {feedback.Hard, 10, 0}} {
+		if got := prop.Scale(ev(tc.l, tc.q)); got < tc.want-1e-9 || got > tc.want+1e-9 {
+			t.Errorf("proportional %s %d%% = %v, want %v", tc.l, tc.q, got, tc.want)
+		}
+	}
+	p, err := feedback.ParsePolicy("step:soft=0.7,hard=0.1")
+	if err != nil || p.(feedback.StepPolicy) != (feedback.StepPolicy{OK: 1, Soft: 0.7, Hard: 0.1}) {
+		t.Fatalf("parse step: %+v %v", p, err)
+	}
+	p, err = feedback.ParsePolicy("proportional:start=0.4,stop=0.8")
+	if err != nil || p.(feedback.ProportionalPolicy) != (feedback.ProportionalPolicy{Start: 0.4, Stop: 0.8}) {
+		t.Fatalf("parse proportional: %+v %v", p, err)
+	}
+	for _, bad := range []string{"", "pid", "step:soft=2", "step:soft=x", "step:medium=0.5", "proportional:start=0.9,stop=0.5", "proportional:floor=1"} {
+		if _, err := feedback.ParsePolicy(bad); err == nil {
+			t.Errorf("ParsePolicy(%q) accepted", bad)
+		}
+	}
+}

@@ -1,0 +1,407 @@
+package feedback
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// RateCoordinator is what the Handler drives: the seed's Protocol. Any type
+// with these two methods satisfies it; *limiter.Coordinator does.
+type RateCoordinator interface {
+	SetGlobalPressure(ctx context.Context, provider, level string) error
+	SetBudgetScale(ctx context.Context, provider string, scale float64) error
+}
+
+// ScaleReader is optionally implemented by a RateCoordinator that keeps the
+// scale somewhere shared (limiter.Coordinator: in Redis). The Handler then
+// measures its dwell time from the shared time of the last change and
+// compares its target with the shared scale, so the handlers of every
+// replica agree and a scale lost or overwritten in Redis is set again.
+type ScaleReader interface {
+	CurrentScale(ctx context.Context, provider string) (scale float64, changedAt time.Time, err error)
+}
+
+// SourceRecorder is optionally implemented by a RateCoordinator that records
+// who changed the scale and the level (the Handler passes Options.Source).
+type SourceRecorder interface {
+	SetBudgetScaleFrom(ctx context.Context, provider string, scale float64, source string) error
+	SetGlobalPressureFrom(ctx context.Context, provider, level, source string) error
+}
+
+// ShadowRecorder is optionally implemented by a RateCoordinator that can
+// show the scale a shadow-mode Handler would set, without applying it.
+type ShadowRecorder interface {
+	SetShadowScale(ctx context.Context, provider string, scale float64, source string) error
+}
+
+// Combine says how the scales wanted for several live coordinators combine.
+type Combine string
+
+// Ways to combine.
+const (
+	CombineMin  Combine = "min"  // the most loaded coordinator wins (default)
+	CombineMean Combine = "mean" // the average of their scales
+)
+
+// Expiry says what a coordinator that stopped reporting (for longer than
+// CoordinatorTTL) counts as.
+type Expiry string
+
+// What an expired coordinator counts as.
+const (
+	ExpiryForget Expiry = "forget" // nothing: the others decide; with none left, ok (default)
+	ExpiryHold   Expiry = "hold"   // its last report, until it reports again
+	ExpirySoft   Expiry = "soft"   // soft pressure, until it reports again
+	ExpiryHard   Expiry = "hard"   // hard pressure, until it reports again
+)
+
+// Options configure a Handler. Zero fields take the defaults their comments give.
+type Options struct {
+	// Providers whose budget the Handler scales; at least one.
+	Providers []string
+	// Policy maps pressure to a scale; default DefaultStepPolicy (ok 1, soft 0.5, hard 0).
+	Policy Policy
+	// Combine is how several coordinators combine; default CombineMin.
+	Combine Combine
+	// Dwell is the time the scale must have stayed unchanged before it may
+	// rise again; decreases apply at once. Default 5s; negative disables.
+	Dwell time.Duration
+	// MaxRise is the largest increase in one step (a soft start: from a
+	// pause to full speed in 1/MaxRise steps, one per Dwell); 0 jumps
+	// straight to the target.
+	MaxRise float64
+	// CoordinatorTTL is how long a coordinator counts as live after its last
+	// report; default 10s. Expiry says what it counts as afterwards.
+	CoordinatorTTL time.Duration
+	Expiry         Expiry
+	// Shadow computes and reports (logs, metrics, the shadow_scale field)
+	// the scale it would set, and sets nothing but the pressure level.
+	Shadow bool
+	// Tick is how often Run re-evaluates (dwell and ramp progress, expiry,
+	// re-assertion of the scale); default 1s.
+	Tick time.Duration
+	// Source is recorded with every change; default "feedback".
+	Source string
+	// Clock is the Handler's time; default time.Now.
+	Clock func() time.Time
+	// Logger receives one line per adjustment; default slog.Default().
+	Logger *slog.Logger
+	// Registerer receives the metrics; nil registers none.
+	Registerer prometheus.Registerer
+}
+
+// Handler turns pressure events into the pressure level and scale factor of
+// the providers it governs. It keeps the last event of every coordinator
+// (older or repeated sequence numbers are ignored), asks the Policy for each
+// live one, combines, and moves the scale towards the result: down at once,
+// up only after Dwell and by at most MaxRise per step. It is safe for
+// concurrent use; Handle and Publish may be called from any goroutine, Run
+// drives time-based progress.
+type Handler struct {
+	rate RateCoordinator
+	o    Options
+	log  *slog.Logger
+	m    *metrics
+
+	mu     sync.Mutex
+	coords map[string]*coordState
+	provs  map[string]*provState
+}
+
+type coordState struct {
+	last Event
+	seen time.Time // local time of the last accepted event
+}
+
+// provState is what this Handler last did for a provider.
+type provState struct {
+	level     Level
+	scale     float64   // last scale set (or shadowed)
+	changedAt time.Time // when (local time)
+	known     bool
+}
+
+// NewHandler returns a Handler driving rate. It fails on a bad option.
+func NewHandler(rate RateCoordinator, o Options) (*Handler, error) {
+	if rate == nil {
+		return nil, errors.New("feedback: handler needs a RateCoordinator")
+	}
+	if len(o.Providers) == 0 {
+		return nil, errors.New("feedback: handler needs at least one provider (Options.Providers)")
+	}
+	if o.Policy == nil {
+		o.Policy = DefaultStepPolicy
+	}
+	if v, ok := o.Policy.(interface{ Validate() error }); ok {
+		if err := v.Validate(); err != nil {
+			return nil, err
+		}
+	}
+	switch o.Combine {
+	case "":
+		o.Combine = CombineMin
+	case CombineMin, CombineMean:
+	default:
+		return nil, fmt.Errorf("feedback: combine=%q: must be min or mean", o.Combine)
+	}
+	switch o.Expiry {
+	case "":
+		o.Expiry = ExpiryForget
+	case ExpiryForget, ExpiryHold, ExpirySoft, ExpiryHard:
+	default:
+		return nil, fmt.Errorf("feedback: expiry=%q: must be forget, hold, soft or hard", o.Expiry)
+	}
+	if math.IsNaN(o.MaxRise) || o.MaxRise < 0 || o.MaxRise > 1 {
+		return nil, fmt.Errorf("feedback: max_rise=%v: must be in [0, 1] (0 = no ramp)", o.MaxRise)
+	}
+	if o.Dwell == 0 {
+		o.Dwell = 5 * time.Second
+	}
+	if o.CoordinatorTTL <= 0 {
+		o.CoordinatorTTL = 10 * time.Second
+	}
+	if o.Tick <= 0 {
+		o.Tick = time.Second
+	}
+	if o.Source == "" {
+		o.Source = "feedback"
+	}
+	if o.Clock == nil {
+		o.Clock = time.Now
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	m, err := newMetrics(o.Registerer)
+	if err != nil {
+		return nil, err
+	}
+	m.shadow.Set(b2f(o.Shadow))
+	return &Handler{
+		rate: rate, o: o, m: m,
+		log:    o.Logger.With("component", "feedback"),
+		coords: map[string]*coordState{},
+		provs:  map[string]*provState{},
+	}, nil
+}
+
+// Publish is Handle, so that a Handler can stand where a Publisher is
+// expected (a monolith's write coordinator publishing straight to it).
+func (h *Handler) Publish(ctx context.Context, e Event) error { return h.Handle(ctx, e) }
+
+// Handle takes one event. An invalid event is refused with a *FieldError; an
+// event whose seq is not above the coordinator's last is ignored (nil). It
+// then re-evaluates every provider and returns the first error of the rate
+// coordinator (after trying all providers).
+func (h *Handler) Handle(ctx context.Context, e Event) error {
+	if err := e.Validate(); err != nil {
+		h.m.ignored.WithLabelValues("invalid").Inc()
+		return err
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	now := h.o.Clock()
+	if e.TS.IsZero() {
+		e.TS = now
+	}
+	if c := h.coords[e.CoordinatorID]; c != nil && e.Seq <= c.last.Seq {
+		reason := "stale"
+		if e.Seq == c.last.Seq {
+			reason = "duplicate"
+		}
+		h.m.ignored.WithLabelValues(reason).Inc()
+		return nil
+	}
+	h.coords[e.CoordinatorID] = &coordState{last: e, seen: now}
+	h.m.events.WithLabelValues(string(e.Level)).Inc()
+	return h.reconcile(ctx, now)
+}
+
+// Run re-evaluates every Tick until ctx ends, so that a pending rise
+// happens after its dwell, a ramp proceeds, silent coordinators expire and
+// the scale is set again if something else changed it. It returns ctx.Err().
+func (h *Handler) Run(ctx context.Context) error {
+	t := time.NewTicker(h.o.Tick)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+		}
+		if err := h.Reevaluate(ctx); err != nil && ctx.Err() == nil {
+			h.log.Warn("feedback: re-evaluation failed", "err", err)
+		}
+	}
+}
+
+// Reevaluate does now what Run does every Tick.
+func (h *Handler) Reevaluate(ctx context.Context) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.reconcile(ctx, h.o.Clock())
+}
+
+// Target returns the level and scale the current reports call for, before
+// dwell and ramp.
+func (h *Handler) Target() (Level, float64) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.target(h.o.Clock())
+}
+
+// target combines the live coordinators; h.mu is held. Expired coordinators
+// are handled as Options.Expiry says.
+func (h *Handler) target(now time.Time) (Level, float64) {
+	level := OK
+	scales := make([]float64, 0, len(h.coords))
+	for id, c := range h.coords {
+		e := c.last
+		if now.Sub(c.seen) > h.o.CoordinatorTTL {
+			switch h.o.Expiry {
+			case ExpiryForget:
+				delete(h.coords, id)
+				h.m.expired.Inc()
+				h.log.Warn("coordinator stopped reporting; forgotten", "coordinator", id, "last_level", e.Level)
+				continue
+			case ExpirySoft, ExpiryHard:
+				e.Level = Level(h.o.Expiry)
+			}
+		}
+		if e.Level.Rank() > level.Rank() {
+			level = e.Level
+		}
+		scales = append(scales, clampUnit(h.o.Policy.Scale(e)))
+	}
+	h.m.live.Set(float64(len(scales)))
+	if len(scales) == 0 {
+		return OK, clampUnit(h.o.Policy.Scale(Event{Level: OK, Capacity: 1}))
+	}
+	out := scales[0]
+	switch h.o.Combine {
+	case CombineMean:
+		sum := 0.0
+		for _, s := range scales {
+			sum += s
+		}
+		out = sum / float64(len(scales))
+	default:
+		for _, s := range scales {
+			out = min(out, s)
+		}
+	}
+	return level, out
+}
+
+// reconcile moves every provider towards the target; h.mu is held.
+func (h *Handler) reconcile(ctx context.Context, now time.Time) error {
+	level, target := h.target(now)
+	var errs []error
+	for _, p := range h.o.Providers {
+		if err := h.apply(ctx, p, level, target, now); err != nil {
+			h.m.errors.Inc()
+			errs = append(errs, fmt.Errorf("feedback: provider %q: %w", p, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (h *Handler) apply(ctx context.Context, p string, level Level, target float64, now time.Time) error {
+	ps := h.provs[p]
+	if ps == nil {
+		ps = &provState{scale: 1}
+		h.provs[p] = ps
+	}
+	h.m.target.WithLabelValues(p).Set(target)
+	if !ps.known || ps.level != level {
+		if err := h.setLevel(ctx, p, level); err != nil {
+			return err
+		}
+		ps.level = level
+		h.m.level.WithLabelValues(p).Set(float64(level.Rank()))
+	}
+
+	cur, since := ps.scale, ps.changedAt
+	if r, ok := h.rate.(ScaleReader); ok && !h.o.Shadow {
+		var err error
+		if cur, since, err = r.CurrentScale(ctx, p); err != nil {
+			return err
+		}
+	}
+	next := govern(cur, since, target, now, h.o.Dwell, h.o.MaxRise)
+	if ps.known && next == cur {
+		return nil
+	}
+	if h.o.Shadow {
+		if sr, ok := h.rate.(ShadowRecorder); ok {
+			if err := sr.SetShadowScale(ctx, p, next, h.o.Source); err != nil {
+				return err
+			}
+		}
+	} else if err := h.setScale(ctx, p, next); err != nil {
+		return err
+	}
+	if next != cur {
+		dir := "down"
+		if next > cur {
+			dir = "up"
+		}
+		h.m.adjustments.WithLabelValues(p, dir).Inc()
+		h.log.Info("feedback adjusted scale", "provider", p, "level", level, "from", cur, "to", next,
+			"target", target, "shadow", h.o.Shadow, "coordinators", len(h.coords))
+		ps.changedAt = now
+	}
+	ps.scale, ps.known = next, true
+	h.m.applied.WithLabelValues(p).Set(next)
+	return nil
+}
+
+func (h *Handler) setLevel(ctx context.Context, p string, level Level) error {
+	if sr, ok := h.rate.(SourceRecorder); ok {
+		return sr.SetGlobalPressureFrom(ctx, p, string(level), h.o.Source)
+	}
+	return h.rate.SetGlobalPressure(ctx, p, string(level))
+}
+
+func (h *Handler) setScale(ctx context.Context, p string, scale float64) error {
+	if sr, ok := h.rate.(SourceRecorder); ok {
+		return sr.SetBudgetScaleFrom(ctx, p, scale, h.o.Source)
+	}
+	return h.rate.SetBudgetScale(ctx, p, scale)
+}
+
+// govern returns the scale to set, moving from cur (unchanged since
+// changedAt) towards target: a decrease at once; an increase only once
+// dwell has passed since the last change, by at most maxRise (0: no limit).
+func govern(cur float64, changedAt time.Time, target float64, now time.Time, dwell time.Duration, maxRise float64) float64 {
+	switch {
+	case target <= cur:
+		return target
+	case dwell > 0 && !changedAt.IsZero() && now.Sub(changedAt) < dwell:
+		return cur
+	case maxRise > 0 && target-cur > maxRise:
+		return math.Round((cur+maxRise)*1e9) / 1e9
+	}
+	return target
+}
+
+func clampUnit(f float64) float64 {
+	if math.IsNaN(f) {
+		return 0
+	}
+	return min(max(f, 0), 1)
+}
+
+func b2f(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}

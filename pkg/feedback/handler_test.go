@@ -1,0 +1,234 @@
+package feedback_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/sluice-dev/sluice/pkg/feedback"
+)
+
+var errUnknown = errors.New("unknown provider")
+
+// fakeRate records what the handler asks of the seed's Protocol.
+type fakeRate struct {
+	mu     sync.Mutex
+	scales map[string]float64
+	levels map[string]string
+	sets   []float64 // every SetBudgetScale value, in order
+}
+
+func newFakeRate(providers ...string) *fakeRate {
+	f := &fakeRate{scales: map[string]float64{}, levels: map[string]string{}}
+	for _, p := range providers {
+		f.scales[p], f.levels[p] = 1, "ok"
+	}
+	return f
+}
+
+func (f *fakeRate) SetGlobalPressure(_ context.Context, p, level string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if _, ok := f.levels[p]; !ok {
+		return fmt.Errorf("%w %q", errUnknown, p)
+	}
+	f.levels[p] = level
+	return nil
+}
+
+func (f *fakeRate) SetBudgetScale(_ context.Context, p string, s float64) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if _, ok := f.scales[p]; !ok {
+		return fmt.Errorf("%w %q", errUnknown, p)
+	}
+	f.scales[p] = s
+	f.sets = append(f.sets, s)
+	return nil
+}
+
+func (f *fakeRate) scale(p string) float64 { f.mu.Lock(); defer f.mu.Unlock(); return f.scales[p] }
+func (f *fakeRate) level(p string) string  { f.mu.Lock(); defer f.mu.Unlock(); return f.levels[p] }
+
+type clock struct{ now time.Time }
+
+func (c *clock) Now() time.Time      { return c.now }
+func (c *clock) Add(d time.Duration) { c.now = c.now.Add(d) }
+func newClock() *clock               { return &clock{now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)} }
+func quiet() *slog.Logger            { return slog.New(slog.NewTextHandler(discard{}, nil)) }
+
+type discard struct{}
+
+func (discard) Write(p []byte) (int, error) { return len(p), nil }
+
+// event builds a valid event of coordinator c.
+func event(c string, seq uint64, l feedback.Level) feedback.Event {
+	q := map[feedback.Level]int{feedback.OK: 100, feedback.Soft: 700, feedback.Hard: 950}[l]
+	return feedback.Event{CoordinatorID: c, QueueSize: q, Capacity: 1000, Level: l, Seq: seq}
+}
+
+func newHandler(t *testing.T, rate feedback.RateCoordinator, o feedback.Options) (*feedback.Handler, *prometheus.Registry) {
+	t.Helper()
+	reg := prometheus.NewRegistry()
+	if o.Providers == nil {
+		o.Providers = []string{"ibkr"}
+	}
+	if o.Logger == nil {
+		o.Logger = quiet()
+	}
+	o.Registerer = reg
+	h, err := feedback.NewHandler(rate, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h, reg
+}
+
+func handle(t *testing.T, h *feedback.Handler, e feedback.Event) {
+	t.Helper()
+	if err := h.Handle(context.Background(), e); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// The seed's eight FeedbackHandler tests.
+
+func TestSeedHandleOKSetsScaleOne(t *testing.T) {
+	rate := newFakeRate("ibkr")
+	h, _ := newHandler(t, rate, feedback.Options{Dwell: -1})
+	handle(t, h, event("store", 1, feedback.Hard))
+	handle(t, h, event("store", 2, feedback.OK))
+	if s := rate.scale("ibkr"); s != 1 {
+		t.Fatalf("scale %v, want 1.0", s)
+	}
+}
+
+func TestSeedHandleSoftSetsScaleHalf(t *testing.T) {
+	rate := newFakeRate("ibkr")
+	h, _ := newHandler(t, rate, feedback.Options{})
+	handle(t, h, event("store", 1, feedback.Soft))
+	if s := rate.scale("ibkr"); s != 0.5 {
+		t.Fatalf("scale %v, want 0.5", s)
+	}
+}
+
+func TestSeedHandleHardSetsScaleZero(t *testing.T) {
+	rate := newFakeRate("ibkr")
+	h, _ := newHandler(t, rate, feedback.Options{})
+	handle(t, h, event("store", 1, feedback.Hard))
+	if s := rate.scale("ibkr"); s != 0 {
+		t.Fatalf("scale %v, want 0.0", s)
+	}
+}
+
+func TestSeedHandleUpdatesPressureState(t *testing.T) {
+	rate := newFakeRate("ibkr")
+	h, _ := newHandler(t, rate, feedback.Options{})
+	for seq, l := range []feedback.Level{feedback.Soft, feedback.Hard, feedback.OK} {
+		handle(t, h, event("store", uint64(seq+1), l))
+		if got := rate.level("ibkr"); got != string(l) {
+			t.Fatalf("after %s: pressure %q", l, got)
+		}
+	}
+}
+
+func TestSeedHandleLogsAdjustment(t *testing.T) {
+	var buf bytes.Buffer
+	rate := newFakeRate("ibkr")
+	h, _ := newHandler(t, rate, feedback.Options{Logger: slog.New(slog.NewTextHandler(&buf, nil))})
+	handle(t, h, event("store", 1, feedback.Soft))
+	line := buf.String()
+	for _, want := range []string{"feedback adjusted scale", "provider=ibkr", "level=soft", "from=1", "to=0.5"} {
+		if !strings.Contains(line, want) {
+			t.Fatalf("log %q lacks %q", line, want)
+		}
+	}
+}
+
+func TestSeedHandleWithMissingProvider(t *testing.T) {
+	rate := newFakeRate("ibkr") // "ghost" is not registered
+	h, reg := newHandler(t, rate, feedback.Options{Providers: []string{"ghost", "ibkr"}})
+	err := h.Handle(context.Background(), event("store", 1, feedback.Soft))
+	if !errors.Is(err, errUnknown) || !strings.Contains(err.Error(), `"ghost"`) {
+		t.Fatalf("err = %v, want the unknown provider named", err)
+	}
+	if s := rate.scale("ibkr"); s != 0.5 {
+		t.Fatalf("the known provider was not scaled: %v", s)
+	}
+	if n := testutil.ToFloat64(gaugeOf(t, reg, "feedback_errors_total")); n != 1 {
+		t.Fatalf("feedback_errors_total = %v, want 1", n)
+	}
+}
+
+func TestSeedHandleMetricsIncremented(t *testing.T) {
+	rate := newFakeRate("ibkr")
+	h, reg := newHandler(t, rate, feedback.Options{})
+	handle(t, h, event("store", 1, feedback.Soft))
+	handle(t, h, event("store", 2, feedback.Soft))
+	handle(t, h, event("store", 3, feedback.Hard))
+	want := `
+# HELP feedback_events_total Pressure events accepted by the feedback handler, by level.
+# TYPE feedback_events_total counter
+feedback_events_total{level="hard"} 1
+feedback_events_total{level="soft"} 2
+# HELP feedback_scale_adjustments_total Scale changes made by the handler, by direction (up, down).
+# TYPE feedback_scale_adjustments_total counter
+feedback_scale_adjustments_total{direction="down",provider="ibkr"} 2
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "feedback_events_total", "feedback_scale_adjustments_total"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestSeedCustomPolicy(t *testing.T) {
+	// The seed subclassed the handler; here a Policy replaces the default.
+	rate := newFakeRate("ibkr")
+	policy := feedback.PolicyFunc(func(e feedback.Event) float64 { return 1 - e.Fill() })
+	h, _ := newHandler(t, rate, feedback.Options{Policy: policy})
+	handle(t, h, feedback.Event{CoordinatorID: "store", QueueSize: 300, Capacity: 1000, Level: feedback.OK, Seq: 1})
+	if s := rate.scale("ibkr"); s != 0.7 {
+		t.Fatalf("scale %v, want 0.7 from the custom policy", s)
+	}
+}
+
+// gaugeOf returns a gauge holding the value of the series name{labels...}.
+func gaugeOf(t *testing.T, reg *prometheus.Registry, name string, labels ...string) prometheus.Gauge {
+	t.Helper()
+	mfs, _ := reg.Gather()
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+	series:
+		for _, m := range mf.GetMetric() {
+			have := map[string]string{}
+			for _, l := range m.GetLabel() {
+				have[l.GetName()] = l.GetValue()
+			}
+			for i := 0; i+1 < len(labels); i += 2 {
+				if have[labels[i]] != labels[i+1] {
+					continue series
+				}
+			}
+			g := prometheus.NewGauge(prometheus.GaugeOpts{Name: name})
+			switch {
+			case m.Counter != nil:
+				g.Set(m.GetCounter().GetValue())
+			case m.Gauge != nil:
+				g.Set(m.GetGauge().GetValue())
+			}
+			return g
+		}
+	}
+	t.Fatalf("metric %s%v not found", name, labels)
+	return nil
+}

@@ -1,0 +1,282 @@
+package feedback_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/sluice-dev/sluice/pkg/feedback"
+)
+
+// sharedRate is a rate coordinator whose scale is shared by several handlers
+// (as in Redis): it implements the optional interfaces, with change times
+// from the test's clock.
+type sharedRate struct {
+	*fakeRate
+	clock     *clock
+	changedAt map[string]time.Time
+	sources   map[string]string
+	shadow    map[string]float64
+}
+
+func newSharedRate(c *clock, providers ...string) *sharedRate {
+	return &sharedRate{fakeRate: newFakeRate(providers...), clock: c,
+		changedAt: map[string]time.Time{}, sources: map[string]string{}, shadow: map[string]float64{}}
+}
+
+func (s *sharedRate) CurrentScale(_ context.Context, p string) (float64, time.Time, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.scales[p], s.changedAt[p], nil
+}
+
+func (s *sharedRate) SetBudgetScaleFrom(ctx context.Context, p string, v float64, source string) error {
+	old := s.scale(p)
+	if err := s.SetBudgetScale(ctx, p, v); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if v != old {
+		s.changedAt[p] = s.clock.now
+	}
+	s.sources[p] = source
+	return nil
+}
+
+func (s *sharedRate) SetGlobalPressureFrom(ctx context.Context, p, level, _ string) error {
+	return s.SetGlobalPressure(ctx, p, level)
+}
+
+func (s *sharedRate) SetShadowScale(_ context.Context, p string, v float64, _ string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.shadow[p] = v
+	return nil
+}
+
+// TestOscillationRisesAtMostOncePerDwell: levels flip every 50 ms for 20 s;
+// the scale never rises twice within one dwell period, and never rises
+// sooner than the dwell after any change.
+func TestOscillationRisesAtMostOncePerDwell(t *testing.T) {
+	for _, shared := range []bool{false, true} {
+		t.Run(map[bool]string{false: "local", true: "shared"}[shared], func(t *testing.T) {
+			c := newClock()
+			const dwell = 2 * time.Second
+			var rate feedback.RateCoordinator
+			fr := newFakeRate("ibkr")
+			rate = fr
+			if shared {
+				sr := newSharedRate(c, "ibkr")
+				rate, fr = sr, sr.fakeRate
+			}
+			h, _ := newHandler(t, rate, feedback.Options{Dwell: dwell, Clock: c.Now})
+			levels := []feedback.Level{feedback.OK, feedback.Soft, feedback.Hard, feedback.Soft, feedback.OK, feedback.Hard}
+			var lastChange, lastRise time.Time
+			rises := 0
+			prev := fr.scale("ibkr")
+			for i := range 400 {
+				handle(t, h, event("store", uint64(i+1), levels[i%len(levels)]))
+				if i%4 == 0 {
+					if err := h.Reevaluate(context.Background()); err != nil {
+						t.Fatal(err)
+					}
+				}
+				if s := fr.scale("ibkr"); s != prev {
+					if s > prev {
+						rises++
+						if !lastRise.IsZero() && c.now.Sub(lastRise) < dwell {
+							t.Fatalf("rise at %v only %v after the previous rise", c.now, c.now.Sub(lastRise))
+						}
+						if !lastChange.IsZero() && c.now.Sub(lastChange) < dwell {
+							t.Fatalf("rise at %v only %v after the previous change", c.now, c.now.Sub(lastChange))
+						}
+						lastRise = c.now
+					}
+					lastChange, prev = c.now, s
+				}
+				c.Add(50 * time.Millisecond)
+			}
+			if rises == 0 || rises > 10 {
+				t.Fatalf("%d rises in 20 s with a 2 s dwell, want 1..10", rises)
+			}
+			t.Logf("%d rises, %d scale changes in 20 s of oscillation", rises, len(fr.sets))
+		})
+	}
+}
+
+func TestOutOfOrderEventsIgnored(t *testing.T) {
+	rate := newFakeRate("ibkr")
+	h, reg := newHandler(t, rate, feedback.Options{Dwell: -1})
+	handle(t, h, event("store", 5, feedback.Hard))
+	handle(t, h, event("store", 4, feedback.OK)) // late, older
+	handle(t, h, event("store", 5, feedback.OK)) // duplicate seq
+	if s := rate.scale("ibkr"); s != 0 {
+		t.Fatalf("scale %v: an older event overrode a newer one", s)
+	}
+	for reason, want := range map[string]float64{"stale": 1, "duplicate": 1} {
+		if got := testutil.ToFloat64(gaugeOf(t, reg, "feedback_events_ignored_total", "reason", reason)); got != want {
+			t.Fatalf("ignored{%s} = %v, want %v", reason, got, want)
+		}
+	}
+	// Another coordinator's sequence is its own.
+	handle(t, h, event("other", 1, feedback.Soft))
+	if s := rate.scale("ibkr"); s != 0 {
+		t.Fatalf("scale %v: hard from store must still win", s)
+	}
+	handle(t, h, event("store", 6, feedback.OK))
+	if s := rate.scale("ibkr"); s != 0.5 {
+		t.Fatalf("scale %v, want 0.5 (other is soft)", s)
+	}
+}
+
+func TestCombine(t *testing.T) {
+	for _, tc := range []struct {
+		combine feedback.Combine
+		want    float64
+	}{{feedback.CombineMin, 0}, {feedback.CombineMean, 0.5}} {
+		rate := newFakeRate("ibkr")
+		h, _ := newHandler(t, rate, feedback.Options{Combine: tc.combine, Dwell: -1})
+		handle(t, h, event("a", 1, feedback.OK))
+		handle(t, h, event("b", 1, feedback.Hard))
+		if s := rate.scale("ibkr"); s != tc.want {
+			t.Errorf("%s: scale %v, want %v", tc.combine, s, tc.want)
+		}
+		if l := rate.level("ibkr"); l != "hard" {
+			t.Errorf("%s: level %q, want the worst, hard", tc.combine, l)
+		}
+	}
+}
+
+func TestCoordinatorExpiry(t *testing.T) {
+	for _, tc := range []struct {
+		expiry feedback.Expiry
+		scale  float64
+		level  string
+	}{
+		{feedback.ExpiryForget, 1, "ok"},
+		{feedback.ExpiryHold, 0.5, "soft"},
+		{feedback.ExpiryHard, 0, "hard"},
+		{feedback.ExpirySoft, 0.5, "soft"},
+	} {
+		t.Run(string(tc.expiry), func(t *testing.T) {
+			c := newClock()
+			rate := newFakeRate("ibkr")
+			h, reg := newHandler(t, rate, feedback.Options{Expiry: tc.expiry, CoordinatorTTL: 10 * time.Second, Dwell: -1, Clock: c.Now})
+			handle(t, h, event("store", 1, feedback.Soft))
+			c.Add(9 * time.Second)
+			if err := h.Reevaluate(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			if s := rate.scale("ibkr"); s != 0.5 {
+				t.Fatalf("before the TTL: scale %v", s)
+			}
+			c.Add(2 * time.Second)
+			if err := h.Reevaluate(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			if s, l := rate.scale("ibkr"), rate.level("ibkr"); s != tc.scale || l != tc.level {
+				t.Fatalf("after the TTL: scale %v level %s, want %v %s", s, l, tc.scale, tc.level)
+			}
+			live := testutil.ToFloat64(gaugeOf(t, reg, "feedback_coordinators_live"))
+			if want := map[bool]float64{true: 0, false: 1}[tc.expiry == feedback.ExpiryForget]; live != want {
+				t.Fatalf("live coordinators %v, want %v", live, want)
+			}
+			// It comes back: its new report counts.
+			handle(t, h, event("store", 2, feedback.OK))
+			if s := rate.scale("ibkr"); s != 1 {
+				t.Fatalf("after it reported again: scale %v", s)
+			}
+		})
+	}
+}
+
+func TestSoftStartRamp(t *testing.T) {
+	c := newClock()
+	rate := newFakeRate("ibkr")
+	h, _ := newHandler(t, rate, feedback.Options{Dwell: time.Second, MaxRise: 0.25, Clock: c.Now})
+	handle(t, h, event("store", 1, feedback.Hard))
+	handle(t, h, event("store", 2, feedback.OK))
+	var got []float64
+	for range 12 {
+		c.Add(500 * time.Millisecond)
+		if err := h.Reevaluate(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, rate.scale("ibkr"))
+	}
+	want := []float64{0, 0.25, 0.25, 0.5, 0.5, 0.75, 0.75, 1, 1, 1, 1, 1}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Fatalf("ramp every 500 ms = %v, want %v", got, want)
+		}
+	}
+}
+
+func TestShadowMode(t *testing.T) {
+	c := newClock()
+	rate := newSharedRate(c, "ibkr")
+	h, reg := newHandler(t, rate, feedback.Options{Shadow: true, Clock: c.Now})
+	handle(t, h, event("store", 1, feedback.Hard))
+	if s := rate.scale("ibkr"); s != 1 || len(rate.sets) != 0 {
+		t.Fatalf("shadow mode changed the scale: %v %v", s, rate.sets)
+	}
+	if rate.shadow["ibkr"] != 0 || rate.level("ibkr") != "hard" {
+		t.Fatalf("shadow scale %v level %s, want 0 and hard recorded", rate.shadow["ibkr"], rate.level("ibkr"))
+	}
+	if v := testutil.ToFloat64(gaugeOf(t, reg, "feedback_scale_applied", "provider", "ibkr")); v != 0 {
+		t.Fatalf("feedback_scale_applied = %v, want the would-be 0", v)
+	}
+}
+
+// TestSharedScaleIsReasserted: with a shared scale, another writer (a
+// restarted Redis, an operator) cannot leave it wrong: the next evaluation
+// sets it again; and a handler that starts late measures the dwell from
+// the shared change time.
+func TestSharedScaleIsReasserted(t *testing.T) {
+	c := newClock()
+	rate := newSharedRate(c, "ibkr")
+	h, _ := newHandler(t, rate, feedback.Options{Dwell: 5 * time.Second, Clock: c.Now})
+	handle(t, h, event("store", 1, feedback.Hard))
+	rate.mu.Lock()
+	rate.scales["ibkr"] = 1 // lost: Redis restarted, the provider re-registered at scale 1
+	rate.mu.Unlock()
+	if err := h.Reevaluate(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if s := rate.scale("ibkr"); s != 0 || rate.sources["ibkr"] != "feedback" {
+		t.Fatalf("scale %v (source %q) after a lost write, want 0 set again by feedback", s, rate.sources["ibkr"])
+	}
+	// A second replica's handler starts 3 s later and sees ok: it must wait
+	// for the dwell since the shared change, not since its own start.
+	c.Add(3 * time.Second)
+	late, _ := newHandler(t, rate, feedback.Options{Dwell: 5 * time.Second, Clock: c.Now})
+	handle(t, late, event("store", 2, feedback.OK))
+	if s := rate.scale("ibkr"); s != 0 {
+		t.Fatalf("late handler raised after %v < dwell: scale %v", 3*time.Second, s)
+	}
+	c.Add(2 * time.Second)
+	if err := late.Reevaluate(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if s := rate.scale("ibkr"); s != 1 {
+		t.Fatalf("after the dwell: scale %v, want 1", s)
+	}
+}
+
+func TestHandlerOptionErrors(t *testing.T) {
+	rate := newFakeRate("ibkr")
+	for _, o := range []feedback.Options{
+		{},
+		{Providers: []string{"p"}, Combine: "max"},
+		{Providers: []string{"p"}, Expiry: "later"},
+		{Providers: []string{"p"}, MaxRise: 2},
+		{Providers: []string{"p"}, Policy: feedback.StepPolicy{OK: 1, Soft: 1.5}},
+	} {
+		if _, err := feedback.NewHandler(rate, o); err == nil {
+			t.Errorf("NewHandler(%+v) accepted", o)
+		}
+	}
+}
