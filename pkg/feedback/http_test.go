@@ -1,0 +1,158 @@
+package feedback_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/sluice-dev/sluice/pkg/feedback"
+)
+
+func newReceiver(t *testing.T, deliver feedback.Deliver, ready func(context.Context) error) *httptest.Server {
+	t.Helper()
+	reg := prometheus.NewRegistry()
+	h, err := feedback.NewReceiver(feedback.ReceiverOptions{
+		Deliver: deliver, Token: "s3cret", MaxBody: 512, Gatherer: reg, Registerer: reg, Ready: ready, Logger: quiet(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(h)
+	t.Cleanup(srv.Close)
+	return srv
+}
+
+func TestReceiver(t *testing.T) {
+	var got []feedback.Event
+	srv := newReceiver(t, func(_ context.Context, e feedback.Event) error {
+		if e.CoordinatorID == "broken" {
+			return errors.New("redis down")
+		}
+		got = append(got, e)
+		return nil
+	}, nil)
+	valid := `{"coordinator_id":"store-0","queue_size":800,"capacity":1000,"level":"soft","seq":1}`
+	for _, tc := range []struct {
+		name, method, ctype, auth, body string
+		code                            int
+		field                           string
+	}{
+		{"valid", "POST", "application/json", "Bearer s3cret", valid, 204, ""},
+		{"charset param", "POST", "application/json; charset=utf-8", "Bearer s3cret", strings.Replace(valid, `"seq":1`, `"seq":2`, 1), 204, ""},
+		{"no token", "POST", "application/json", "", valid, 401, ""},
+		{"wrong token", "POST", "application/json", "Bearer guess", valid, 401, ""},
+		{"GET", "GET", "", "Bearer s3cret", "", 405, ""},
+		{"text", "POST", "text/plain", "Bearer s3cret", valid, 415, ""},
+		{"no type", "POST", "", "Bearer s3cret", valid, 415, ""},
+		{"too big", "POST", "application/json", "Bearer s3cret", `{"coordinator_id":"` + strings.Repeat("x", 600) + `"}`, 413, ""},
+		{"malformed", "POST", "application/json", "Bearer s3cret", `{"coordinator_id":`, 400, ""},
+		{"out of range", "POST", "application/json", "Bearer s3cret", strings.Replace(valid, "800", "1800", 1), 400, "queue_size"},
+		{"bad level", "POST", "application/json", "Bearer s3cret", strings.Replace(valid, "soft", "panic", 1), 400, "level"},
+		{"delivery fails", "POST", "application/json", "Bearer s3cret", strings.Replace(valid, "store-0", "broken", 1), 503, ""},
+	} {
+		req, _ := http.NewRequest(tc.method, srv.URL+"/feedback", strings.NewReader(tc.body))
+		if tc.ctype != "" {
+			req.Header.Set("Content-Type", tc.ctype)
+		}
+		if tc.auth != "" {
+			req.Header.Set("Authorization", tc.auth)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != tc.code {
+			t.Errorf("%s: %d %s, want %d", tc.name, resp.StatusCode, body, tc.code)
+			continue
+		}
+		if tc.code >= 400 {
+			var eb struct{ Error, Field string }
+			if err := json.Unmarshal(body, &eb); err != nil || eb.Error == "" || eb.Field != tc.field {
+				t.Errorf("%s: error body %s, want field %q", tc.name, body, tc.field)
+			}
+		}
+	}
+	if len(got) != 2 || got[0].Level != feedback.Soft {
+		t.Fatalf("delivered %+v, want the 2 valid events", got)
+	}
+
+	for path, want := range map[string]int{"/healthz": 200, "/readyz": 200, "/metrics": 200, "/nope": 404} {
+		resp, err := http.Get(srv.URL + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != want {
+			t.Errorf("GET %s: %d, want %d", path, resp.StatusCode, want)
+		}
+		if path == "/metrics" && !strings.Contains(string(body), `feedback_http_requests_total{code="401"} 2`) {
+			t.Errorf("/metrics lacks the request counts:\n%s", body)
+		}
+	}
+}
+
+func TestReceiverNotReady(t *testing.T) {
+	srv := newReceiver(t, func(context.Context, feedback.Event) error { return nil },
+		func(context.Context) error { return errors.New("redis: connection refused") })
+	resp, err := http.Get(srv.URL + "/readyz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 503 {
+		t.Fatalf("/readyz = %d, want 503", resp.StatusCode)
+	}
+}
+
+func TestHTTPClientRetries(t *testing.T) {
+	var calls atomic.Int32
+	var delivered atomic.Int32
+	srv := newReceiver(t, func(_ context.Context, e feedback.Event) error {
+		if calls.Add(1) <= 2 {
+			return errors.New("transient")
+		}
+		delivered.Add(1)
+		return nil
+	}, nil)
+	c, err := feedback.NewHTTPClient(feedback.HTTPClientOptions{URL: srv.URL + "/feedback", Token: "s3cret", Backoff: time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Publish(context.Background(), event("store-0", 1, feedback.Hard)); err != nil {
+		t.Fatalf("after two 503s: %v", err)
+	}
+	if calls.Load() != 3 || delivered.Load() != 1 {
+		t.Fatalf("calls %d delivered %d, want 3 and 1", calls.Load(), delivered.Load())
+	}
+
+	// A 4xx is final: no retry.
+	bad, _ := feedback.NewHTTPClient(feedback.HTTPClientOptions{URL: srv.URL + "/feedback", Token: "wrong", Backoff: time.Millisecond})
+	before := calls.Load()
+	err = bad.Publish(context.Background(), event("store-0", 2, feedback.Hard))
+	var se *feedback.StatusError
+	if !errors.As(err, &se) || se.Code != 401 || calls.Load() != before {
+		t.Fatalf("wrong token: %v (calls %d -> %d)", err, before, calls.Load())
+	}
+	// Nobody listening: retried, then the network error.
+	gone, _ := feedback.NewHTTPClient(feedback.HTTPClientOptions{URL: "http://127.0.0.1:1/feedback", Retries: 2, Backoff: time.Millisecond})
+	if err := gone.Publish(context.Background(), event("store-0", 3, feedback.Hard)); err == nil {
+		t.Fatal("publish to a closed port succeeded")
+	}
+	for _, u := range []string{"", "ftp://x/feedback", "http://", "::"} {
+		if _, err := feedback.NewHTTPClient(feedback.HTTPClientOptions{URL: u}); err == nil {
+			t.Errorf("NewHTTPClient(%q) accepted", u)
+		}
+	}
+}
