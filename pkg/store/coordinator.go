@@ -1,0 +1,407 @@
+// Package store is the write side of sluice: a WriteCoordinator queues items
+// for the user's store, writes them in batches with retries, measures its
+// queue against watermarks, and publishes the resulting pressure level (ok,
+// soft, hard) through a feedback.Publisher so that the pipeline upstream
+// slows down. It never imports the limiter.
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"regexp"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/sluice-dev/sluice/pkg/feedback"
+)
+
+// Sink writes a batch to the user's store. A returned error means nothing of
+// the batch should be assumed written: the batch is retried whole.
+type Sink[T any] interface {
+	Write(ctx context.Context, batch []T) error
+}
+
+// SinkFunc adapts a function to Sink.
+type SinkFunc[T any] func(ctx context.Context, batch []T) error
+
+// Write calls f.
+func (f SinkFunc[T]) Write(ctx context.Context, batch []T) error { return f(ctx, batch) }
+
+// ErrClosed is returned by Submit after Close.
+var ErrClosed = errors.New("store: write coordinator closed")
+
+// Options configure a WriteCoordinator. Zero fields take the defaults given.
+type Options[T any] struct {
+	// ID names the coordinator in events, metrics and Redis keys: 1 to 64 of
+	// [A-Za-z0-9_.-]. Required.
+	ID string
+	// Capacity is the queue's size; default 10000.
+	Capacity int
+	// Workers write batches concurrently; default 4.
+	Workers int
+	// BatchSize is the most items per write; default 100.
+	BatchSize int
+	// Linger is how long a worker waits to fill a batch before writing a
+	// smaller one; default 50ms.
+	Linger time.Duration
+	// Watermarks set the pressure levels; default DefaultWatermarks.
+	Watermarks Watermarks
+	// Publisher receives an event at every level change and every
+	// Heartbeat; nil publishes nothing.
+	Publisher feedback.Publisher
+	// Heartbeat is the period of events while the level stays; default 2s.
+	// Keep it well under the feedback handler's coordinator TTL.
+	Heartbeat time.Duration
+	// Retries after a failed write, with Backoff doubling up to 2s; default 3, 50ms.
+	Retries int
+	Backoff time.Duration
+	// WriteTimeout bounds each call to the sink; default 30s.
+	WriteTimeout time.Duration
+	// DeadLetter receives batches that still fail after the retries; nil
+	// logs them (as errors, with their size) and counts them.
+	DeadLetter Sink[T]
+	// Registerer receives the metrics; nil registers none.
+	Registerer prometheus.Registerer
+	Logger     *slog.Logger
+}
+
+var idRE = regexp.MustCompile(`^[A-Za-z0-9_.\-]{1,64}$`)
+
+func (o *Options[T]) setDefaults() error {
+	if !idRE.MatchString(o.ID) {
+		return fmt.Errorf("store: id=%q: must be 1 to 64 characters of [A-Za-z0-9_.-]", o.ID)
+	}
+	def := func(v *int, d int) {
+		if *v == 0 {
+			*v = d
+		}
+	}
+	def(&o.Capacity, 10000)
+	def(&o.Workers, 4)
+	def(&o.BatchSize, 100)
+	def(&o.Retries, 3)
+	switch {
+	case o.Capacity < 1 || o.Capacity > 1e9:
+		return fmt.Errorf("store: capacity=%d: must be in [1, 1000000000]", o.Capacity)
+	case o.Workers < 1 || o.Workers > 1024:
+		return fmt.Errorf("store: workers=%d: must be in [1, 1024]", o.Workers)
+	case o.BatchSize < 1:
+		return fmt.Errorf("store: batch_size=%d: must be >= 1", o.BatchSize)
+	case o.Retries < 0:
+		return fmt.Errorf("store: retries=%d: must be >= 0", o.Retries)
+	}
+	if o.Watermarks == (Watermarks{}) {
+		o.Watermarks = DefaultWatermarks
+	}
+	if err := o.Watermarks.Validate(); err != nil {
+		return err
+	}
+	dur := func(v *time.Duration, d time.Duration) {
+		if *v <= 0 {
+			*v = d
+		}
+	}
+	dur(&o.Linger, 50*time.Millisecond)
+	dur(&o.Heartbeat, 2*time.Second)
+	dur(&o.Backoff, 50*time.Millisecond)
+	dur(&o.WriteTimeout, 30*time.Second)
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	return nil
+}
+
+// WriteCoordinator is a bounded queue in front of a Sink, written by
+// Workers in batches. It never drops an item silently: Submit blocks while
+// the queue is full (bounded by its context); failed writes are retried with
+// backoff; what still fails goes to the dead-letter sink and is counted;
+// Close drains the queue. Its pressure level follows the queue's fill through
+// the watermarks, and is published at every change and every heartbeat. Safe
+// for concurrent use.
+type WriteCoordinator[T any] struct {
+	sink Sink[T]
+	o    Options[T]
+	log  *slog.Logger
+	m    *metrics
+
+	mu      sync.RWMutex // Submit holds it shared while sending; Close exclusively to close q
+	closed  bool
+	closing chan struct{} // closed first by Close: releases Submits blocked on a full queue
+	q       chan T
+
+	levelMu sync.Mutex
+	level   feedback.Level
+	changed chan struct{} // a level change for the monitor to publish (capacity 1)
+
+	seq                             atomic.Uint64
+	maxDepth                        atomic.Int64
+	written, deadLettered, blocked  atomic.Int64
+	transitions, submitted, dlFails atomic.Int64
+
+	closeOnce sync.Once
+	workers   sync.WaitGroup
+	stop      chan struct{}
+	monitor   chan struct{} // closed when the monitor has published its last event
+}
+
+// New starts a WriteCoordinator writing to sink.
+func New[T any](sink Sink[T], o Options[T]) (*WriteCoordinator[T], error) {
+	if sink == nil {
+		return nil, errors.New("store: a Sink is required")
+	}
+	if err := o.setDefaults(); err != nil {
+		return nil, err
+	}
+	m, err := newMetrics(o.Registerer, o.ID)
+	if err != nil {
+		return nil, err
+	}
+	w := &WriteCoordinator[T]{
+		sink: sink, o: o, m: m,
+		log:     o.Logger.With("component", "store", "coordinator", o.ID),
+		q:       make(chan T, o.Capacity),
+		level:   feedback.OK,
+		changed: make(chan struct{}, 1),
+		stop:    make(chan struct{}),
+		monitor: make(chan struct{}),
+		closing: make(chan struct{}),
+	}
+	// Sequence numbers keep increasing across restarts: they start at the
+	// start time in microseconds.
+	w.seq.Store(uint64(time.Now().UnixMicro()))
+	m.setLevel(feedback.OK)
+	for range o.Workers {
+		w.workers.Add(1)
+		go w.work()
+	}
+	go w.run()
+	return w, nil
+}
+
+// Submit queues item. While the queue is full it blocks until there is room
+// or ctx ends (then it returns ctx.Err() and the item is not queued). After
+// Close, or when Close begins while it waits, it returns ErrClosed (the item
+// is not queued).
+func (w *WriteCoordinator[T]) Submit(ctx context.Context, item T) error {
+	w.mu.RLock()
+	defer w.mu.RUnlock()
+	if w.closed {
+		return ErrClosed
+	}
+	select {
+	case w.q <- item:
+	default:
+		w.blocked.Add(1)
+		w.m.blocked.Inc()
+		select {
+		case w.q <- item:
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-w.closing:
+			return ErrClosed
+		}
+	}
+	w.submitted.Add(1)
+	w.observe()
+	return nil
+}
+
+// observe re-evaluates the level after the queue changed.
+func (w *WriteCoordinator[T]) observe() {
+	depth := len(w.q)
+	for {
+		m := w.maxDepth.Load()
+		if int64(depth) <= m || w.maxDepth.CompareAndSwap(m, int64(depth)) {
+			break
+		}
+	}
+	w.m.depth.Set(float64(depth))
+	w.levelMu.Lock()
+	next := w.o.Watermarks.Next(w.level, float64(depth)/float64(w.o.Capacity))
+	prev := w.level
+	w.level = next
+	w.levelMu.Unlock()
+	if next == prev {
+		return
+	}
+	w.transitions.Add(1)
+	w.m.transition(prev, next)
+	select {
+	case w.changed <- struct{}{}:
+	default: // the monitor will publish the latest state anyway
+	}
+}
+
+func (w *WriteCoordinator[T]) work() {
+	defer w.workers.Done()
+	batch := make([]T, 0, w.o.BatchSize)
+	for {
+		item, ok := <-w.q
+		if !ok {
+			return
+		}
+		batch = append(batch[:0], item)
+		timer := time.NewTimer(w.o.Linger)
+	fill:
+		for len(batch) < w.o.BatchSize {
+			select {
+			case it, ok := <-w.q:
+				if !ok {
+					break fill
+				}
+				batch = append(batch, it)
+			case <-timer.C:
+				break fill
+			}
+		}
+		timer.Stop()
+		w.observe()
+		w.write(batch)
+	}
+}
+
+// write delivers batch to the sink, retrying, else to the dead-letter sink.
+func (w *WriteCoordinator[T]) write(batch []T) {
+	start := time.Now()
+	backoff := w.o.Backoff
+	var err error
+	for attempt := 0; ; attempt++ {
+		ctx, cancel := context.WithTimeout(context.Background(), w.o.WriteTimeout)
+		err = w.sink.Write(ctx, batch)
+		cancel()
+		if err == nil {
+			w.written.Add(int64(len(batch)))
+			w.m.written.Add(float64(len(batch)))
+			w.m.batch.Observe(time.Since(start).Seconds())
+			return
+		}
+		w.m.writeErrors.Inc()
+		if attempt >= w.o.Retries {
+			break
+		}
+		time.Sleep(backoff)
+		backoff = min(2*backoff, 2*time.Second)
+	}
+	w.deadLetter(batch, err)
+}
+
+func (w *WriteCoordinator[T]) deadLetter(batch []T, cause error) {
+	w.deadLettered.Add(int64(len(batch)))
+	w.m.deadLettered.Add(float64(len(batch)))
+	if w.o.DeadLetter == nil {
+		w.log.Error("batch failed after retries; no dead-letter sink, items lost", "items", len(batch), "retries", w.o.Retries, "err", cause)
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), w.o.WriteTimeout)
+	defer cancel()
+	if err := w.o.DeadLetter.Write(ctx, batch); err != nil {
+		w.dlFails.Add(int64(len(batch)))
+		w.log.Error("dead-letter sink failed too; items lost", "items", len(batch), "err", err, "cause", cause)
+		return
+	}
+	w.log.Warn("batch dead-lettered after retries", "items", len(batch), "err", cause)
+}
+
+// run publishes an event at every level change and every heartbeat, and a
+// last one when the coordinator closes.
+func (w *WriteCoordinator[T]) run() {
+	defer close(w.monitor)
+	t := time.NewTicker(w.o.Heartbeat)
+	defer t.Stop()
+	w.publish()
+	for {
+		select {
+		case <-w.changed:
+		case <-t.C:
+		case <-w.stop:
+			w.publish()
+			return
+		}
+		w.publish()
+	}
+}
+
+// Event returns the coordinator's current state as a pressure event, with
+// the next sequence number.
+func (w *WriteCoordinator[T]) Event() feedback.Event {
+	w.levelMu.Lock()
+	level := w.level
+	w.levelMu.Unlock()
+	return feedback.Event{
+		CoordinatorID: w.o.ID, QueueSize: len(w.q), Capacity: w.o.Capacity,
+		Level: level, Seq: w.seq.Add(1), TS: time.Now(),
+	}
+}
+
+func (w *WriteCoordinator[T]) publish() {
+	if w.o.Publisher == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), w.o.Heartbeat)
+	defer cancel()
+	e := w.Event()
+	if err := w.o.Publisher.Publish(ctx, e); err != nil {
+		w.m.publishErrors.Inc()
+		w.log.Warn("publishing pressure failed", "level", e.Level, "err", err)
+	}
+}
+
+// Close stops accepting items, waits until every queued item is written (or
+// dead-lettered), publishes a last event and returns. If ctx ends first it
+// returns an error saying how many items were still queued; the workers go
+// on draining in the background.
+func (w *WriteCoordinator[T]) Close(ctx context.Context) error {
+	w.closeOnce.Do(func() { close(w.closing) })
+	w.mu.Lock()
+	if w.closed {
+		w.mu.Unlock()
+		return nil
+	}
+	w.closed = true
+	close(w.q)
+	w.mu.Unlock()
+
+	drained := make(chan struct{})
+	go func() { w.workers.Wait(); close(drained) }()
+	select {
+	case <-drained:
+	case <-ctx.Done():
+		return fmt.Errorf("store: close: %d items still queued: %w", len(w.q), ctx.Err())
+	}
+	w.observe()
+	close(w.stop)
+	<-w.monitor
+	return nil
+}
+
+// Stats is a snapshot of a coordinator's counters.
+type Stats struct {
+	Capacity, Depth, MaxDepth int
+	Level                     feedback.Level
+	Submitted, Written        int64
+	DeadLettered              int64 // items that failed after retries (Lost counts those the dead-letter sink refused too)
+	Lost                      int64 // items neither written nor accepted by a dead-letter sink (logged as errors)
+	SubmitsBlocked            int64 // Submit calls that found the queue full
+	Transitions               int64 // level changes
+}
+
+// Stats returns the counters so far.
+func (w *WriteCoordinator[T]) Stats() Stats {
+	w.levelMu.Lock()
+	level := w.level
+	w.levelMu.Unlock()
+	lost := w.dlFails.Load()
+	if w.o.DeadLetter == nil {
+		lost = w.deadLettered.Load()
+	}
+	return Stats{
+		Capacity: w.o.Capacity, Depth: len(w.q), MaxDepth: int(w.maxDepth.Load()), Level: level,
+		Submitted: w.submitted.Load(), Written: w.written.Load(), DeadLettered: w.deadLettered.Load(),
+		Lost: lost, SubmitsBlocked: w.blocked.Load(), Transitions: w.transitions.Load(),
+	}
+}

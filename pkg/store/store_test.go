@@ -1,0 +1,363 @@
+package store_test
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/sluice-dev/sluice/pkg/feedback"
+	"github.com/sluice-dev/sluice/pkg/store"
+)
+
+var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
+
+func TestWatermarksHysteresis(t *testing.T) {
+	w := store.DefaultWatermarks // soft 0.6/0.4, hard 0.85/0.7
+	ok, soft, hard := feedback.OK, feedback.Soft, feedback.Hard
+	for _, tc := range []struct {
+		cur  feedback.Level
+		fill float64
+		want feedback.Level
+	}{
+		{ok, 0.59, ok}, {ok, 0.6, soft}, {ok, 0.85, hard}, {ok, 1, hard},
+		{soft, 0.5, soft}, {soft, 0.4, soft}, {soft, 0.39, ok}, {soft, 0.84, soft}, {soft, 0.85, hard},
+		{hard, 0.7, hard}, {hard, 0.69, soft}, {hard, 0.4, soft}, {hard, 0.39, ok}, {hard, 0, ok},
+	} {
+		if got := w.Next(tc.cur, tc.fill); got != tc.want {
+			t.Errorf("Next(%s, %v) = %s, want %s", tc.cur, tc.fill, got, tc.want)
+		}
+	}
+	for _, bad := range []store.Watermarks{
+		{SoftHigh: 0.4, SoftLow: 0.6, HardHigh: 0.9, HardLow: 0.8},
+		{SoftHigh: 0.6, SoftLow: 0.4, HardHigh: 0.5, HardLow: 0.45},
+		{SoftHigh: 0.6, SoftLow: 0.4, HardHigh: 1.2, HardLow: 0.8},
+	} {
+		if bad.Validate() == nil {
+			t.Errorf("%+v accepted", bad)
+		}
+	}
+}
+
+// recordingSink records every item written; it can be gated and made to fail.
+type recordingSink struct {
+	mu      sync.Mutex
+	items   map[int]int // item -> times written
+	batches []int       // batch sizes
+	gate    chan struct{}
+	fail    atomic.Int32 // fail this many more writes
+	delay   time.Duration
+	open    func()
+	once    sync.Once
+}
+
+func newSink() *recordingSink { return &recordingSink{items: map[int]int{}} }
+
+// gated makes Write wait until open is called. newCoordinator's cleanup
+// opens it before closing the coordinator, so a failing test does not hang.
+func (s *recordingSink) gated() (open func()) {
+	s.gate = make(chan struct{})
+	s.open = func() { s.once.Do(func() { close(s.gate) }) }
+	return s.open
+}
+
+func (s *recordingSink) Write(ctx context.Context, batch []int) error {
+	if s.gate != nil {
+		select {
+		case <-s.gate:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	time.Sleep(s.delay)
+	if s.fail.Add(-1) >= 0 {
+		return errors.New("store unavailable")
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, it := range batch {
+		s.items[it]++
+	}
+	s.batches = append(s.batches, len(batch))
+	return nil
+}
+
+func newCoordinator(t *testing.T, sink store.Sink[int], o store.Options[int]) *store.WriteCoordinator[int] {
+	t.Helper()
+	if o.ID == "" {
+		o.ID = "test"
+	}
+	o.Logger = quiet
+	w, err := store.New(sink, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if rs, ok := sink.(*recordingSink); ok && rs.open != nil {
+			rs.open()
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_ = w.Close(ctx)
+	})
+	return w
+}
+
+func TestEveryItemWrittenOnce(t *testing.T) {
+	sink := newSink()
+	w := newCoordinator(t, sink, store.Options[int]{Capacity: 100, Workers: 3, BatchSize: 16, Linger: 5 * time.Millisecond})
+	var wg sync.WaitGroup
+	for p := range 4 {
+		wg.Go(func() {
+			for i := range 1000 {
+				if err := w.Submit(context.Background(), p*1000+i); err != nil {
+					t.Error(err)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if err := w.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if len(sink.items) != 4000 {
+		t.Fatalf("%d distinct items written, want 4000", len(sink.items))
+	}
+	for it, n := range sink.items {
+		if n != 1 {
+			t.Fatalf("item %d written %d times", it, n)
+		}
+	}
+	for _, b := range sink.batches {
+		if b > 16 {
+			t.Fatalf("batch of %d > BatchSize 16", b)
+		}
+	}
+	if st := w.Stats(); st.Written != 4000 || st.Submitted != 4000 || st.Lost != 0 || st.Depth != 0 {
+		t.Fatalf("stats %+v", st)
+	}
+	if err := w.Submit(context.Background(), 1); !errors.Is(err, store.ErrClosed) {
+		t.Fatalf("Submit after Close: %v", err)
+	}
+}
+
+func TestSubmitBlocksWhenFull(t *testing.T) {
+	sink := newSink()
+	open := sink.gated()
+	w := newCoordinator(t, sink, store.Options[int]{Capacity: 4, Workers: 1, BatchSize: 1, Linger: time.Millisecond})
+	// One item is taken by the worker (stuck at the gate), four fill the queue.
+	if err := w.Submit(context.Background(), 0); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool { return w.Stats().Depth == 0 })
+	for i := 1; i < 5; i++ {
+		if err := w.Submit(context.Background(), i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if err := w.Submit(ctx, 99); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Submit on a full queue: %v, want DeadlineExceeded", err)
+	}
+	if st := w.Stats(); st.SubmitsBlocked != 1 || st.Submitted != 5 || st.MaxDepth != 4 || st.Level != feedback.Hard {
+		t.Fatalf("stats %+v", st)
+	}
+	// A Submit waiting when Close begins is released with ErrClosed.
+	errc := make(chan error)
+	go func() { errc <- w.Submit(context.Background(), 100) }()
+	time.Sleep(20 * time.Millisecond)
+	closed := make(chan error)
+	go func() { closed <- w.Close(context.Background()) }()
+	if err := <-errc; !errors.Is(err, store.ErrClosed) {
+		t.Fatalf("blocked Submit during Close: %v", err)
+	}
+	open()
+	if err := <-closed; err != nil {
+		t.Fatal(err)
+	}
+	if len(sink.items) != 5 || sink.items[99] != 0 || sink.items[100] != 0 {
+		t.Fatalf("written %v, want exactly the 5 accepted items", sink.items)
+	}
+}
+
+func TestRetriesAndDeadLetter(t *testing.T) {
+	t.Run("retried", func(t *testing.T) {
+		sink := newSink()
+		sink.fail.Store(2)
+		reg := prometheus.NewRegistry()
+		w := newCoordinator(t, sink, store.Options[int]{BatchSize: 10, Backoff: time.Millisecond, Registerer: reg})
+		for i := range 10 {
+			_ = w.Submit(context.Background(), i)
+		}
+		if err := w.Close(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		if st := w.Stats(); st.Written != 10 || st.DeadLettered != 0 {
+			t.Fatalf("stats %+v", st)
+		}
+		if n := testutil.ToFloat64(counterOf(t, reg, "coordinator_write_errors_total")); n != 2 {
+			t.Fatalf("write errors %v, want 2", n)
+		}
+	})
+	t.Run("dead-lettered", func(t *testing.T) {
+		sink := newSink()
+		sink.fail.Store(1 << 30)
+		dl := newSink()
+		w := newCoordinator(t, sink, store.Options[int]{BatchSize: 5, Retries: 2, Backoff: time.Millisecond, DeadLetter: dl})
+		for i := range 12 {
+			_ = w.Submit(context.Background(), i)
+		}
+		if err := w.Close(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		if st := w.Stats(); st.DeadLettered != 12 || st.Lost != 0 || len(dl.items) != 12 {
+			t.Fatalf("stats %+v, dead-letter got %d", st, len(dl.items))
+		}
+	})
+	t.Run("no dead-letter sink", func(t *testing.T) {
+		sink := newSink()
+		sink.fail.Store(1 << 30)
+		w := newCoordinator(t, sink, store.Options[int]{Retries: 1, Backoff: time.Millisecond})
+		_ = w.Submit(context.Background(), 1)
+		_ = w.Close(context.Background())
+		if st := w.Stats(); st.Lost != 1 {
+			t.Fatalf("stats %+v: the failed item must be counted as lost", st)
+		}
+	})
+}
+
+func TestCloseTimesOutWithCount(t *testing.T) {
+	sink := newSink()
+	open := sink.gated()
+	w := newCoordinator(t, sink, store.Options[int]{Capacity: 10, Workers: 1, BatchSize: 1})
+	for i := range 6 {
+		_ = w.Submit(context.Background(), i)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Millisecond)
+	defer cancel()
+	err := w.Close(ctx)
+	if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "items still queued") {
+		t.Fatalf("Close = %v", err)
+	}
+	open()
+}
+
+// TestEventsAndMetrics: an event at every level change and heartbeat, with
+// increasing seq; the seed's metric names.
+func TestEventsAndMetrics(t *testing.T) {
+	var mu sync.Mutex
+	var events []feedback.Event
+	var bus feedback.Bus
+	bus.Subscribe(func(_ context.Context, e feedback.Event) error {
+		mu.Lock()
+		events = append(events, e)
+		mu.Unlock()
+		return nil
+	})
+	sink := newSink()
+	open := sink.gated()
+	reg := prometheus.NewRegistry()
+	w := newCoordinator(t, sink, store.Options[int]{ID: "store-0", Capacity: 10, Workers: 1, BatchSize: 1, Linger: time.Millisecond,
+		Publisher: &bus, Heartbeat: 50 * time.Millisecond, Registerer: reg})
+	for i := range 10 { // 1 in the worker, 9 queued: 90% -> hard
+		_ = w.Submit(context.Background(), i)
+	}
+	waitFor(t, func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(events) > 0 && events[len(events)-1].Level == feedback.Hard
+	})
+	want := `
+# HELP coordinator_backpressure_hard 1 while the coordinator's backpressure level is hard.
+# TYPE coordinator_backpressure_hard gauge
+coordinator_backpressure_hard{coordinator_id="store-0"} 1
+# HELP coordinator_backpressure_ok 1 while the coordinator's backpressure level is ok.
+# TYPE coordinator_backpressure_ok gauge
+coordinator_backpressure_ok{coordinator_id="store-0"} 0
+# HELP coordinator_backpressure_soft 1 while the coordinator's backpressure level is soft.
+# TYPE coordinator_backpressure_soft gauge
+coordinator_backpressure_soft{coordinator_id="store-0"} 0
+# HELP coordinator_queue_depth Items waiting in the write coordinator's queue.
+# TYPE coordinator_queue_depth gauge
+coordinator_queue_depth{coordinator_id="store-0"} 9
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "coordinator_queue_depth",
+		"coordinator_backpressure_ok", "coordinator_backpressure_soft", "coordinator_backpressure_hard"); err != nil {
+		t.Fatal(err)
+	}
+	open() // drains: back to ok
+	waitFor(t, func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return events[len(events)-1].Level == feedback.OK && events[len(events)-1].QueueSize == 0
+	})
+	time.Sleep(120 * time.Millisecond) // heartbeats while ok
+	mu.Lock()
+	defer mu.Unlock()
+	seen := map[feedback.Level]bool{}
+	for i, e := range events {
+		seen[e.Level] = true
+		if e.CoordinatorID != "store-0" || e.Capacity != 10 || e.Validate() != nil {
+			t.Fatalf("event %+v", e)
+		}
+		if i > 0 && e.Seq <= events[i-1].Seq {
+			t.Fatalf("seq not increasing: %d then %d", events[i-1].Seq, e.Seq)
+		}
+	}
+	if !seen[feedback.OK] || !seen[feedback.Hard] || len(events) < 4 {
+		t.Fatalf("events %+v, want ok, hard, and heartbeats", events)
+	}
+	if n := testutil.ToFloat64(counterOf(t, reg, "coordinator_level_transitions_total")); n < 2 {
+		t.Fatalf("transitions %v", n)
+	}
+}
+
+func TestOptionErrors(t *testing.T) {
+	for _, o := range []store.Options[int]{
+		{},
+		{ID: "a b"},
+		{ID: "x", Capacity: -1},
+		{ID: "x", Workers: -2},
+		{ID: "x", Watermarks: store.Watermarks{SoftHigh: 0.9, SoftLow: 0.1, HardHigh: 0.5, HardLow: 0.2}},
+	} {
+		if _, err := store.New[int](newSink(), o); err == nil {
+			t.Errorf("New(%+v) accepted", o)
+		}
+	}
+}
+
+func waitFor(t *testing.T, ok func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(2 * time.Millisecond) {
+		if ok() {
+			return
+		}
+	}
+	t.Fatal("condition not reached within 5s")
+}
+
+// counterOf sums every series of a counter family.
+func counterOf(t *testing.T, reg *prometheus.Registry, name string) prometheus.Gauge {
+	t.Helper()
+	mfs, _ := reg.Gather()
+	g := prometheus.NewGauge(prometheus.GaugeOpts{Name: name})
+	for _, mf := range mfs {
+		if mf.GetName() == name {
+			for _, m := range mf.GetMetric() {
+				g.Add(m.GetCounter().GetValue())
+			}
+			return g
+		}
+	}
+	t.Fatalf("metric %s not found", name)
+	return nil
+}
