@@ -113,6 +113,7 @@ type Handler struct {
 	mu     sync.Mutex
 	coords map[string]*coordState
 	provs  map[string]*provState
+	news   time.Time // when the last event was accepted or a coordinator expired
 }
 
 type coordState struct {
@@ -220,6 +221,7 @@ func (h *Handler) Handle(ctx context.Context, e Event) error {
 		return nil
 	}
 	h.coords[e.CoordinatorID] = &coordState{last: e, seen: now}
+	h.news = now
 	h.m.events.WithLabelValues(string(e.Level)).Inc()
 	return h.reconcile(ctx, now)
 }
@@ -268,6 +270,7 @@ func (h *Handler) target(now time.Time) (Level, float64) {
 			switch h.o.Expiry {
 			case ExpiryForget:
 				delete(h.coords, id)
+				h.news = now
 				h.m.expired.Inc()
 				h.log.Warn("coordinator stopped reporting; forgotten", "coordinator", id, "last_level", e.Level)
 				continue
@@ -336,6 +339,12 @@ func (h *Handler) apply(ctx context.Context, p string, level Level, target float
 		}
 	}
 	next := govern(cur, since, target, now, h.o.Dwell, h.o.MaxRise)
+	if next > cur && cur != ps.scale && !h.news.After(since) {
+		// Another replica's handler changed the shared scale after the
+		// last news this one had: it may know better. Do not raise it
+		// until this handler hears something newer.
+		next = cur
+	}
 	if ps.known && next == cur {
 		return nil
 	}

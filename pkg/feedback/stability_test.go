@@ -266,6 +266,32 @@ func TestSharedScaleIsReasserted(t *testing.T) {
 	}
 }
 
+// TestNoRaiseOnStaleNews: two handlers share a scale; one hears hard and
+// lowers it; the other, which has not heard it yet, must not raise it back
+// on its periodic evaluation, even with no dwell.
+func TestNoRaiseOnStaleNews(t *testing.T) {
+	c := newClock()
+	rate := newSharedRate(c, "ibkr")
+	a, _ := newHandler(t, rate, feedback.Options{Dwell: -1, Clock: c.Now})
+	b, _ := newHandler(t, rate, feedback.Options{Dwell: -1, Clock: c.Now})
+	handle(t, a, event("store", 1, feedback.OK))
+	handle(t, b, event("store", 1, feedback.OK))
+	c.Add(time.Second)
+	handle(t, a, event("store", 2, feedback.Hard))
+	c.Add(10 * time.Millisecond)
+	if err := b.Reevaluate(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if s := rate.scale("ibkr"); s != 0 {
+		t.Fatalf("a handler with stale news raised the shared scale to %v", s)
+	}
+	handle(t, b, event("store", 2, feedback.Hard))
+	handle(t, b, event("store", 3, feedback.OK)) // news after the change: b may raise
+	if s := rate.scale("ibkr"); s != 1 {
+		t.Fatalf("scale %v after b heard ok, want 1", s)
+	}
+}
+
 func TestHandlerOptionErrors(t *testing.T) {
 	rate := newFakeRate("ibkr")
 	for _, o := range []feedback.Options{
