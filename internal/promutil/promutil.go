@@ -62,3 +62,42 @@ func add[T prometheus.Collector](r *Registrar, c T) T {
 	}
 	return got
 }
+
+// Sum gathers g and returns the sum of the values of every series of the
+// named counter, gauge or histogram (its sample count) whose labels include
+// want, and whether any matched. For tests and the CLI's status views.
+func Sum(g prometheus.Gatherer, name string, want map[string]string) (float64, bool) {
+	mfs, err := g.Gather()
+	if err != nil {
+		return 0, false
+	}
+	var sum float64
+	found := false
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+	series:
+		for _, m := range mf.GetMetric() {
+			have := map[string]string{}
+			for _, l := range m.GetLabel() {
+				have[l.GetName()] = l.GetValue()
+			}
+			for k, v := range want {
+				if have[k] != v {
+					continue series
+				}
+			}
+			found = true
+			switch {
+			case m.Gauge != nil:
+				sum += m.GetGauge().GetValue()
+			case m.Counter != nil:
+				sum += m.GetCounter().GetValue()
+			case m.Histogram != nil:
+				sum += float64(m.GetHistogram().GetSampleCount())
+			}
+		}
+	}
+	return sum, found
+}

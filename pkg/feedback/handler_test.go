@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/sluice-dev/sluice/internal/promutil"
 	"github.com/sluice-dev/sluice/pkg/feedback"
 )
 
@@ -164,7 +165,7 @@ func TestSeedHandleWithMissingProvider(t *testing.T) {
 	if s := rate.scale("ibkr"); s != 0.5 {
 		t.Fatalf("the known provider was not scaled: %v", s)
 	}
-	if n := testutil.ToFloat64(gaugeOf(t, reg, "feedback_errors_total")); n != 1 {
+	if n := metric(t, reg, "feedback_errors_total"); n != 1 {
 		t.Fatalf("feedback_errors_total = %v, want 1", n)
 	}
 }
@@ -200,35 +201,16 @@ func TestSeedCustomPolicy(t *testing.T) {
 	}
 }
 
-// gaugeOf returns a gauge holding the value of the series name{labels...}.
-func gaugeOf(t *testing.T, reg *prometheus.Registry, name string, labels ...string) prometheus.Gauge {
+// metric reads the series name{labels...} (summed), failing if absent.
+func metric(t *testing.T, reg *prometheus.Registry, name string, labels ...string) float64 {
 	t.Helper()
-	mfs, _ := reg.Gather()
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-	series:
-		for _, m := range mf.GetMetric() {
-			have := map[string]string{}
-			for _, l := range m.GetLabel() {
-				have[l.GetName()] = l.GetValue()
-			}
-			for i := 0; i+1 < len(labels); i += 2 {
-				if have[labels[i]] != labels[i+1] {
-					continue series
-				}
-			}
-			g := prometheus.NewGauge(prometheus.GaugeOpts{Name: name})
-			switch {
-			case m.Counter != nil:
-				g.Set(m.GetCounter().GetValue())
-			case m.Gauge != nil:
-				g.Set(m.GetGauge().GetValue())
-			}
-			return g
-		}
+	want := map[string]string{}
+	for i := 0; i+1 < len(labels); i += 2 {
+		want[labels[i]] = labels[i+1]
 	}
-	t.Fatalf("metric %s%v not found", name, labels)
-	return nil
+	v, ok := promutil.Sum(reg, name, want)
+	if !ok {
+		t.Fatalf("metric %s%v not found", name, labels)
+	}
+	return v
 }

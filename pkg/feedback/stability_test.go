@@ -5,8 +5,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus/testutil"
-
 	"github.com/sluice-dev/sluice/pkg/feedback"
 )
 
@@ -117,7 +115,7 @@ func TestOutOfOrderEventsIgnored(t *testing.T) {
 		t.Fatalf("scale %v: an older event overrode a newer one", s)
 	}
 	for reason, want := range map[string]float64{"stale": 1, "duplicate": 1} {
-		if got := testutil.ToFloat64(gaugeOf(t, reg, "feedback_events_ignored_total", "reason", reason)); got != want {
+		if got := metric(t, reg, "feedback_events_ignored_total", "reason", reason); got != want {
 			t.Fatalf("ignored{%s} = %v, want %v", reason, got, want)
 		}
 	}
@@ -180,7 +178,7 @@ func TestCoordinatorExpiry(t *testing.T) {
 			if s, l := rate.scale("ibkr"), rate.level("ibkr"); s != tc.scale || l != tc.level {
 				t.Fatalf("after the TTL: scale %v level %s, want %v %s", s, l, tc.scale, tc.level)
 			}
-			live := testutil.ToFloat64(gaugeOf(t, reg, "feedback_coordinators_live"))
+			live := metric(t, reg, "feedback_coordinators_live")
 			if want := map[bool]float64{true: 0, false: 1}[tc.expiry == feedback.ExpiryForget]; live != want {
 				t.Fatalf("live coordinators %v, want %v", live, want)
 			}
@@ -226,7 +224,7 @@ func TestShadowMode(t *testing.T) {
 	if rate.shadow["ibkr"] != 0 || rate.level("ibkr") != "hard" {
 		t.Fatalf("shadow scale %v level %s, want 0 and hard recorded", rate.shadow["ibkr"], rate.level("ibkr"))
 	}
-	if v := testutil.ToFloat64(gaugeOf(t, reg, "feedback_scale_applied", "provider", "ibkr")); v != 0 {
+	if v := metric(t, reg, "feedback_scale_applied", "provider", "ibkr"); v != 0 {
 		t.Fatalf("feedback_scale_applied = %v, want the would-be 0", v)
 	}
 }

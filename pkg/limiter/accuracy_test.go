@@ -12,6 +12,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/sluice-dev/sluice/internal/promutil"
 	"github.com/sluice-dev/sluice/internal/redistest"
 	"github.com/sluice-dev/sluice/pkg/limiter"
 )
@@ -210,7 +211,7 @@ func TestPauseAndResume(t *testing.T) {
 	for i := range 2 {
 		c, reg := newCoord(t, srv.Client(t), limiter.Options{PausedRecheck: time.Minute})
 		regs = append(regs, func() float64 {
-			v, _ := metricValue(t, reg, "rate_coordinator_paused_waiters", map[string]string{"provider": "pz"})
+			v, _ := promutil.Sum(reg, "rate_coordinator_paused_waiters", map[string]string{"provider": "pz"})
 			return v
 		})
 		for range waiters / 2 {

@@ -252,7 +252,10 @@ func (c *Coordinator) redisDown(err error) {
 	}
 	if probe {
 		c.wg.Add(1)
-		go c.probe()
+		go func() {
+			defer c.health.probeDone()
+			c.every(c.opts.RedisRetry, c.probeOnce)
+		}()
 	}
 }
 
@@ -263,26 +266,15 @@ func (c *Coordinator) redisUp() {
 	}
 }
 
-// probe PINGs Redis every RedisRetry until it answers or Close.
-func (c *Coordinator) probe() {
-	defer c.wg.Done()
-	defer c.health.probeDone()
-	t := time.NewTicker(c.opts.RedisRetry)
-	defer t.Stop()
-	for {
-		select {
-		case <-c.stop:
-			return
-		case <-t.C:
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), c.opts.RedisRetry)
-		err := c.rdb.Ping(ctx).Err()
-		cancel()
-		if err == nil {
-			c.redisUp()
-			return
-		}
+// probeOnce PINGs Redis; it returns false (stop probing) once Redis answers.
+func (c *Coordinator) probeOnce() bool {
+	ctx, cancel := context.WithTimeout(context.Background(), c.opts.RedisRetry)
+	defer cancel()
+	if c.rdb.Ping(ctx).Err() != nil {
+		return true
 	}
+	c.redisUp()
+	return false
 }
 
 // count records the outcome of a public acquisition call.

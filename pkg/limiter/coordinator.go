@@ -204,7 +204,7 @@ func New(rdb redis.UniversalClient, opts Options) (*Coordinator, error) {
 	}
 	c.notifier = newNotifier(rdb, c.log, opts.PausedRecheck)
 	c.wg.Add(1)
-	go c.heartbeatLoop()
+	go c.every(opts.Heartbeat, c.beatAll)
 	return c, nil
 }
 
@@ -258,6 +258,24 @@ func (c *Coordinator) state(provider string) (*providerState, error) {
 		}()
 	}
 	return st, nil
+}
+
+// every calls fn every d until Close, or until fn returns false. It runs in
+// the caller's goroutine and calls c.wg.Done when it returns.
+func (c *Coordinator) every(d time.Duration, fn func() bool) {
+	defer c.wg.Done()
+	t := time.NewTicker(d)
+	defer t.Stop()
+	for {
+		select {
+		case <-c.stop:
+			return
+		case <-t.C:
+		}
+		if !fn() {
+			return
+		}
+	}
 }
 
 func (c *Coordinator) statesLocked() []*providerState {

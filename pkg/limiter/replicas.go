@@ -7,25 +7,18 @@ import (
 
 func (c *Coordinator) heartbeatTTL() time.Duration { return 3 * c.opts.Heartbeat }
 
-func (c *Coordinator) heartbeatLoop() {
-	defer c.wg.Done()
-	t := time.NewTicker(c.opts.Heartbeat)
-	defer t.Stop()
-	for {
-		select {
-		case <-c.stop:
-			return
-		case <-t.C:
-		}
-		c.mu.Lock()
-		states := c.statesLocked()
-		c.mu.Unlock()
-		ctx, cancel := context.WithTimeout(context.Background(), c.opts.Heartbeat)
-		for _, st := range states {
-			c.beat(ctx, st)
-		}
-		cancel()
+// beatAll heartbeats for every provider this replica used; it always
+// returns true (keep going).
+func (c *Coordinator) beatAll() bool {
+	c.mu.Lock()
+	states := c.statesLocked()
+	c.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), c.opts.Heartbeat)
+	defer cancel()
+	for _, st := range states {
+		c.beat(ctx, st)
 	}
+	return true
 }
 
 // beat renews this replica in provider's registry and learns how many live

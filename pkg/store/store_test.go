@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/sluice-dev/sluice/internal/promutil"
 	"github.com/sluice-dev/sluice/pkg/feedback"
 	"github.com/sluice-dev/sluice/pkg/store"
 )
@@ -204,7 +205,7 @@ func TestRetriesAndDeadLetter(t *testing.T) {
 		if st := w.Stats(); st.Written != 10 || st.DeadLettered != 0 {
 			t.Fatalf("stats %+v", st)
 		}
-		if n := testutil.ToFloat64(counterOf(t, reg, "coordinator_write_errors_total")); n != 2 {
+		if n := counter(t, reg, "coordinator_write_errors_total"); n != 2 {
 			t.Fatalf("write errors %v, want 2", n)
 		}
 	})
@@ -316,7 +317,7 @@ coordinator_queue_depth{coordinator_id="store-0"} 9
 	if !seen[feedback.OK] || !seen[feedback.Hard] || len(events) < 4 {
 		t.Fatalf("events %+v, want ok, hard, and heartbeats", events)
 	}
-	if n := testutil.ToFloat64(counterOf(t, reg, "coordinator_level_transitions_total")); n < 2 {
+	if n := counter(t, reg, "coordinator_level_transitions_total"); n < 2 {
 		t.Fatalf("transitions %v", n)
 	}
 }
@@ -345,19 +346,12 @@ func waitFor(t *testing.T, ok func() bool) {
 	t.Fatal("condition not reached within 5s")
 }
 
-// counterOf sums every series of a counter family.
-func counterOf(t *testing.T, reg *prometheus.Registry, name string) prometheus.Gauge {
+// counter sums every series of a counter family, failing if absent.
+func counter(t *testing.T, reg *prometheus.Registry, name string) float64 {
 	t.Helper()
-	mfs, _ := reg.Gather()
-	g := prometheus.NewGauge(prometheus.GaugeOpts{Name: name})
-	for _, mf := range mfs {
-		if mf.GetName() == name {
-			for _, m := range mf.GetMetric() {
-				g.Add(m.GetCounter().GetValue())
-			}
-			return g
-		}
+	v, ok := promutil.Sum(reg, name, nil)
+	if !ok {
+		t.Fatalf("metric %s not found", name)
 	}
-	t.Fatalf("metric %s not found", name)
-	return nil
+	return v
 }
