@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -170,6 +171,11 @@ type providerState struct {
 	local      *localBucket // the fallback bucket during an outage
 
 	turn chan struct{} // held by the one rate-limited waiter that polls Redis
+
+	// active is set at the first acquisition: from then on this replica
+	// heartbeats for the provider. Operator calls (Register, Status,
+	// SetBudgetScale, ...) never make a process count as a replica.
+	active atomic.Bool
 }
 
 // New returns a Coordinator on rdb, which may be a *redis.Client,
@@ -229,13 +235,14 @@ func (c *Coordinator) Close() error {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
 	for _, st := range states {
-		_, _ = heartbeatScript.Run(ctx, c.rdb, []string{st.keys.replicas}, "leave", c.opts.ReplicaID, c.heartbeatTTL().Milliseconds()).Result()
+		if st.active.Load() {
+			_, _ = heartbeatScript.Run(ctx, c.rdb, []string{st.keys.replicas}, "leave", c.opts.ReplicaID, c.heartbeatTTL().Milliseconds()).Result()
+		}
 	}
 	return nil
 }
 
-// state returns the local state of provider, creating it (and heartbeating
-// for it from now on) on first use.
+// state returns the local state of provider, creating it on first use.
 func (c *Coordinator) state(provider string) (*providerState, error) {
 	if err := validName("provider", provider); err != nil {
 		return nil, err
@@ -249,13 +256,6 @@ func (c *Coordinator) state(provider string) (*providerState, error) {
 	if st == nil {
 		st = &providerState{name: provider, keys: providerKeys(c.opts.Prefix, provider), replicas: 1, turn: make(chan struct{}, 1)}
 		c.providers[provider] = st
-		c.wg.Add(1)
-		go func() {
-			defer c.wg.Done()
-			ctx, cancel := context.WithTimeout(context.Background(), c.opts.Heartbeat)
-			defer cancel()
-			c.beat(ctx, st)
-		}()
 	}
 	return st, nil
 }
@@ -320,7 +320,6 @@ func (c *Coordinator) Register(ctx context.Context, provider string, cfg Provide
 	if res == Updated {
 		c.log.Warn("provider config changed", "provider", provider, "capacity", cfg.Capacity, "refill_rate", cfg.RefillRate)
 	}
-	c.beat(ctx, st)
 	return res, nil
 }
 

@@ -90,7 +90,7 @@ func TestOutageModes(t *testing.T) {
 	setup := func(t *testing.T, mode limiter.OutageMode) (*redistest.Server, *limiter.Coordinator, *fakeClock) {
 		srv := redistest.Start(t)
 		clock := &fakeClock{now: time.Now()}
-		c, _ := newCoord(t, redis.NewClient(&redis.Options{Addr: srv.Addr, MaxRetries: -1}), limiter.Options{Outage: mode, Now: clock.Now, RedisRetry: 50 * time.Millisecond})
+		c, _ := newCoord(t, redis.NewClient(&redis.Options{Addr: srv.Addr, MaxRetries: -1}), limiter.Options{Outage: mode, Now: clock.Now, RedisRetry: 50 * time.Millisecond, Heartbeat: 50 * time.Millisecond})
 		register(t, c, "p", 100, 100)
 		if d := try(t, c, "p", 1); !d.Allowed {
 			t.Fatal(d)
@@ -142,13 +142,14 @@ func TestOutageModes(t *testing.T) {
 		srv, c, clock := setup(t, limiter.LocalFallback)
 		// A second replica of the provider: the local rate is shared by 2.
 		peer, _ := newCoord(t, srv.Client(t), limiter.Options{})
-		register(t, peer, "p", 100, 100)
+		try(t, peer, "p", 1) // the first acquisition joins the replica registry
 		if err := c.SetBudgetScale(ctx, "p", 0.5); err != nil {
 			t.Fatal(err)
 		}
-		register(t, c, "p", 100, 100) // heartbeats now: 2 live replicas
-		if n := c.LiveReplicas("p"); n != 2 {
-			t.Fatalf("live replicas %d, want 2", n)
+		for start := time.Now(); c.LiveReplicas("p") != 2; time.Sleep(10 * time.Millisecond) {
+			if time.Since(start) > 5*time.Second { // c learns at its next heartbeat
+				t.Fatalf("live replicas %d, want 2", c.LiveReplicas("p"))
+			}
 		}
 		try(t, c, "p", 1) // learn the scale 0.5
 		srv.Stop()
@@ -193,6 +194,7 @@ func TestRestartUnderLoad(t *testing.T) {
 		t.Cleanup(func() { rdb.Close() })
 		c, _ := newCoord(t, rdb, limiter.Options{Outage: limiter.LocalFallback, RedisRetry: 100 * time.Millisecond, Heartbeat: 100 * time.Millisecond})
 		register(t, c, "p", 20, 300)
+		try(t, c, "p", 1)
 		replicas = append(replicas, c)
 	}
 	var bySource sync.Map // limiter.Source -> *atomic.Int64

@@ -7,8 +7,8 @@ import (
 
 func (c *Coordinator) heartbeatTTL() time.Duration { return 3 * c.opts.Heartbeat }
 
-// beatAll heartbeats for every provider this replica used; it always
-// returns true (keep going).
+// beatAll heartbeats for every provider this replica acquired from; it
+// always returns true (keep going).
 func (c *Coordinator) beatAll() bool {
 	c.mu.Lock()
 	states := c.statesLocked()
@@ -16,7 +16,9 @@ func (c *Coordinator) beatAll() bool {
 	ctx, cancel := context.WithTimeout(context.Background(), c.opts.Heartbeat)
 	defer cancel()
 	for _, st := range states {
-		c.beat(ctx, st)
+		if st.active.Load() {
+			c.beat(ctx, st)
+		}
 	}
 	return true
 }
@@ -36,7 +38,8 @@ func (c *Coordinator) beat(ctx context.Context, st *providerState) {
 }
 
 // LiveReplicas returns how many replicas shared provider at this replica's
-// last heartbeat (at least 1: this one). It never calls Redis.
+// last heartbeat (at least 1: this one). A process becomes a replica of a
+// provider at its first acquisition from it. It never calls Redis.
 func (c *Coordinator) LiveReplicas(provider string) int {
 	c.mu.Lock()
 	st := c.providers[provider]

@@ -391,3 +391,32 @@ func TestCurrentScaleAndShadow(t *testing.T) {
 		}
 	})
 }
+
+// TestOnlyAcquiringProcessesAreReplicas: registering, inspecting and
+// rescaling (an operator's CLI) do not make a process a replica; the first
+// acquisition does, and Close leaves.
+func TestOnlyAcquiringProcessesAreReplicas(t *testing.T) {
+	redistest.Each(t, func(t *testing.T, b redistest.Backend) {
+		ctx := context.Background()
+		op, _ := newCoord(t, b.Client(t), limiter.Options{})
+		register(t, op, "p", 10, 10)
+		if err := op.SetBudgetScale(ctx, "p", 0.5); err != nil {
+			t.Fatal(err)
+		}
+		if s := mustStatus(t, op, "p"); len(s.Replicas) != 0 {
+			t.Fatalf("replicas %v after operator calls, want none", s.Replicas)
+		}
+		r, err := limiter.New(b.Client(t), limiter.Options{Logger: quiet, ReplicaID: "pod-a"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		try(t, r, "p", 1)
+		if s := mustStatus(t, op, "p"); len(s.Replicas) != 1 || s.Replicas[0].ID != "pod-a" {
+			t.Fatalf("replicas %v, want pod-a", s.Replicas)
+		}
+		r.Close()
+		if s := mustStatus(t, op, "p"); len(s.Replicas) != 0 {
+			t.Fatalf("replicas %v after Close, want none", s.Replicas)
+		}
+	})
+}
