@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -184,43 +185,60 @@ func (s *RedisSubscriber) deliver(ctx context.Context, deliver Deliver, e Event)
 	}
 }
 
-// Snapshot reads every coordinator's stored pressure (expired ones are
-// dropped from the index and the level sets).
-func (s *RedisSubscriber) Snapshot(ctx context.Context) ([]Event, error) {
-	ids, err := s.rdb.SMembers(ctx, s.keys.Coordinators()).Result()
+// ReadPressure returns the stored pressure of every coordinator in the index,
+// and the ids whose hash has expired. It writes nothing.
+func ReadPressure(ctx context.Context, rdb redis.UniversalClient, keys RedisKeys) (live []Event, expired []string, err error) {
+	ids, err := rdb.SMembers(ctx, keys.Coordinators()).Result()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
+	sort.Strings(ids)
 	cmds := make([]*redis.MapStringStringCmd, len(ids))
-	if _, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+	if _, err := rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for i, id := range ids {
-			cmds[i] = p.HGetAll(ctx, s.keys.Pressure(id))
+			cmds[i] = p.HGetAll(ctx, keys.Pressure(id))
 		}
 		return nil
 	}); err != nil {
+		return nil, nil, err
+	}
+	for i, id := range ids {
+		h := cmds[i].Val()
+		if len(h) == 0 {
+			expired = append(expired, id)
+			continue
+		}
+		e, err := eventFromHash(id, h)
+		if err != nil {
+			return nil, nil, fmt.Errorf("feedback: malformed pressure hash %s: %w", keys.Pressure(id), err)
+		}
+		live = append(live, e)
+	}
+	return live, expired, nil
+}
+
+// Snapshot reads every coordinator's stored pressure, drops the expired ones
+// from the index and the level sets, and repairs the sets' membership.
+func (s *RedisSubscriber) Snapshot(ctx context.Context) ([]Event, error) {
+	live, expired, err := ReadPressure(ctx, s.rdb, s.keys)
+	if err != nil {
 		return nil, err
 	}
-	var out []Event
+	if len(live)+len(expired) == 0 {
+		return nil, nil
+	}
 	_, err = s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		for i, id := range ids {
-			h := cmds[i].Val()
-			if len(h) == 0 { // expired: the coordinator stopped reporting
-				p.SRem(ctx, s.keys.Coordinators(), id)
-				p.SRem(ctx, s.keys.LevelSet(Soft), id)
-				p.SRem(ctx, s.keys.LevelSet(Hard), id)
-				continue
-			}
-			e, err := eventFromHash(id, h)
-			if err != nil {
-				s.log.Warn("ignoring malformed pressure hash", "key", s.keys.Pressure(id), "err", err)
-				continue
-			}
-			s.keys.setMembership(ctx, p, id, e.Level)
-			out = append(out, e)
+		for _, id := range expired { // the coordinator stopped reporting
+			p.SRem(ctx, s.keys.Coordinators(), id)
+			p.SRem(ctx, s.keys.LevelSet(Soft), id)
+			p.SRem(ctx, s.keys.LevelSet(Hard), id)
+		}
+		for _, e := range live {
+			s.keys.setMembership(ctx, p, e.CoordinatorID, e.Level)
 		}
 		return nil
 	})
-	return out, err
+	return live, err
 }
 
 func (s *RedisSubscriber) snapshot(ctx context.Context, deliver Deliver) {
