@@ -185,60 +185,76 @@ func (s *RedisSubscriber) deliver(ctx context.Context, deliver Deliver, e Event)
 	}
 }
 
-// ReadPressure returns the stored pressure of every coordinator in the index,
-// and the ids whose hash has expired. It writes nothing.
-func ReadPressure(ctx context.Context, rdb redis.UniversalClient, keys RedisKeys) (live []Event, expired []string, err error) {
+// Pressure is what Redis holds about the write coordinators.
+type Pressure struct {
+	Live      []Event          // coordinators with a pressure hash, by id
+	Expired   []string         // in the index, but their hash expired
+	Malformed map[string]error // hashes that do not decode (skipped)
+}
+
+// ReadPressure reads the stored pressure of every coordinator in the index.
+// It writes nothing.
+func ReadPressure(ctx context.Context, rdb redis.UniversalClient, keys RedisKeys) (Pressure, error) {
+	var p Pressure
 	ids, err := rdb.SMembers(ctx, keys.Coordinators()).Result()
 	if err != nil {
-		return nil, nil, err
+		return p, err
 	}
 	sort.Strings(ids)
 	cmds := make([]*redis.MapStringStringCmd, len(ids))
-	if _, err := rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+	if _, err := rdb.Pipelined(ctx, func(pipe redis.Pipeliner) error {
 		for i, id := range ids {
-			cmds[i] = p.HGetAll(ctx, keys.Pressure(id))
+			cmds[i] = pipe.HGetAll(ctx, keys.Pressure(id))
 		}
 		return nil
 	}); err != nil {
-		return nil, nil, err
+		return p, err
 	}
 	for i, id := range ids {
 		h := cmds[i].Val()
 		if len(h) == 0 {
-			expired = append(expired, id)
+			p.Expired = append(p.Expired, id)
 			continue
 		}
 		e, err := eventFromHash(id, h)
 		if err != nil {
-			return nil, nil, fmt.Errorf("feedback: malformed pressure hash %s: %w", keys.Pressure(id), err)
+			if p.Malformed == nil {
+				p.Malformed = map[string]error{}
+			}
+			p.Malformed[id] = err
+			continue
 		}
-		live = append(live, e)
+		p.Live = append(p.Live, e)
 	}
-	return live, expired, nil
+	return p, nil
 }
 
 // Snapshot reads every coordinator's stored pressure, drops the expired ones
-// from the index and the level sets, and repairs the sets' membership.
+// from the index and the level sets, repairs the sets' membership, and logs
+// malformed hashes.
 func (s *RedisSubscriber) Snapshot(ctx context.Context) ([]Event, error) {
-	live, expired, err := ReadPressure(ctx, s.rdb, s.keys)
+	p, err := ReadPressure(ctx, s.rdb, s.keys)
 	if err != nil {
 		return nil, err
 	}
-	if len(live)+len(expired) == 0 {
+	for id, err := range p.Malformed {
+		s.log.Warn("ignoring malformed pressure hash", "key", s.keys.Pressure(id), "err", err)
+	}
+	if len(p.Live)+len(p.Expired) == 0 {
 		return nil, nil
 	}
-	_, err = s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		for _, id := range expired { // the coordinator stopped reporting
-			p.SRem(ctx, s.keys.Coordinators(), id)
-			p.SRem(ctx, s.keys.LevelSet(Soft), id)
-			p.SRem(ctx, s.keys.LevelSet(Hard), id)
+	_, err = s.rdb.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+		for _, id := range p.Expired { // the coordinator stopped reporting
+			pipe.SRem(ctx, s.keys.Coordinators(), id)
+			pipe.SRem(ctx, s.keys.LevelSet(Soft), id)
+			pipe.SRem(ctx, s.keys.LevelSet(Hard), id)
 		}
-		for _, e := range live {
-			s.keys.setMembership(ctx, p, e.CoordinatorID, e.Level)
+		for _, e := range p.Live {
+			s.keys.setMembership(ctx, pipe, e.CoordinatorID, e.Level)
 		}
 		return nil
 	})
-	return live, err
+	return p.Live, err
 }
 
 func (s *RedisSubscriber) snapshot(ctx context.Context, deliver Deliver) {

@@ -148,6 +148,12 @@ func TestRedisSnapshotReapsExpired(t *testing.T) {
 			t.Fatal(err)
 		}
 		rdb.Del(ctx, "sluice:pressure:{dead}") // as its TTL would
+		rdb.SAdd(ctx, "sluice:pressure:coordinators", "garbled")
+		rdb.HSet(ctx, "sluice:pressure:{garbled}", "level", "panic")
+		p, err := feedback.ReadPressure(ctx, rdb, feedback.RedisKeys{})
+		if err != nil || len(p.Live) != 1 || len(p.Expired) != 1 || p.Expired[0] != "dead" || p.Malformed["garbled"] == nil {
+			t.Fatalf("ReadPressure = %+v %v", p, err)
+		}
 		sub := feedback.NewRedisSubscriber(rdb, feedback.RedisKeys{}, time.Hour, quiet())
 		events, err := sub.Snapshot(ctx)
 		if err != nil || len(events) != 1 || events[0].CoordinatorID != "alive" {
@@ -156,8 +162,12 @@ func TestRedisSnapshotReapsExpired(t *testing.T) {
 		if n := rdb.SCard(ctx, "sluice:pressure:hard").Val(); n != 0 {
 			t.Fatalf("SCARD hard = %d after reaping", n)
 		}
-		if m := rdb.SMembers(ctx, "sluice:pressure:coordinators").Val(); len(m) != 1 || m[0] != "alive" {
-			t.Fatalf("index %v", m)
+		// The expired one left the index; the malformed one is reported, not deleted.
+		if ok, _ := rdb.SIsMember(ctx, "sluice:pressure:coordinators", "dead").Result(); ok {
+			t.Fatal("the expired coordinator is still in the index")
+		}
+		if n := rdb.SCard(ctx, "sluice:pressure:coordinators").Val(); n != 2 {
+			t.Fatalf("index has %d members, want alive and garbled", n)
 		}
 	})
 }
