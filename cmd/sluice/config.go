@@ -191,11 +191,17 @@ func (l layers) env(environ []string) {
 // providerDefaults fills the fields of every provider mentioned anywhere.
 func (l layers) providerDefaults() {
 	for _, name := range l.providers() {
-		for _, pf := range providerFields {
-			k := providersKey + name + "." + pf.name
-			if _, ok := l[k]; !ok {
-				l[k] = value{pf.def, "default"}
-			}
+		l.addProvider(name)
+	}
+}
+
+// addProvider gives provider name every field, the missing ones from the
+// seed's defaults.
+func (l layers) addProvider(name string) {
+	for _, pf := range providerFields {
+		k := providersKey + name + "." + pf.name
+		if _, ok := l[k]; !ok {
+			l[k] = value{pf.def, "default"}
 		}
 	}
 }
@@ -231,7 +237,7 @@ type Config struct {
 	RedisURL, RedisClusterURL, Prefix string
 	LogFormat, LogLevel               string
 
-	FeedbackEnabled bool
+	FeedbackEnabled  bool
 	FeedbackProvider string
 	Policy           feedback.Policy
 	Dwell            time.Duration
@@ -335,7 +341,7 @@ func (l layers) parse() (*Config, error) {
 			if key == "" {
 				key = field
 			}
-			errs = append(errs, l.errorf(k(key), err.(*limiter.ArgumentError).Range))
+			errs = append(errs, l.errorf(k(key), "must be "+err.(*limiter.ArgumentError).Range))
 		}
 		c.Providers[name] = pc
 	}

@@ -204,7 +204,7 @@ func (c *Coordinator) TriggerCooldownFor(ctx context.Context, provider, scope, r
 	}
 	until, err := c.cooldownOp(ctx, provider, "set", scope, reason, dur)
 	if err == nil && !until.IsZero() {
-		c.log.Warn("cooldown triggered", "provider", provider, "scope", scope, "reason", reason, "until", until)
+		c.log.Info("cooldown triggered", "provider", provider, "scope", scope, "reason", reason, "until", until)
 	}
 	return until, err
 }

@@ -1,0 +1,324 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/urfave/cli/v2"
+
+	"github.com/sluice-dev/sluice/pkg/limiter"
+)
+
+// usageError is a mistake in how sluice was called: exit code 2.
+type usageError struct{ msg string }
+
+func (e *usageError) Error() string { return e.msg }
+
+func usagef(format string, args ...any) error {
+	return &usageError{fmt.Sprintf(format, args...)}
+}
+
+// app is one invocation: where it writes and what environment it sees.
+type app struct {
+	stdout, stderr io.Writer
+	environ        []string
+	notFound       string
+	service        bool // a long-running command: log at info by default
+}
+
+// run runs sluice with args and returns the exit code: 0 ok, 1 failure, 2
+// bad usage. Errors are one line on stderr, never a stack trace.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer, environ []string) int {
+	redis.SetLogger(silentRedis{}) // its dial retries would add lines; our errors say what failed
+	a := &app{stdout: stdout, stderr: stderr, environ: environ}
+	cliApp := a.cli()
+	err := cliApp.RunContext(ctx, flagsFirst(cliApp, args))
+	if err == nil && a.notFound != "" {
+		err = usagef("no command %q (see sluice --help)", a.notFound)
+	}
+	if err == nil {
+		return 0
+	}
+	fmt.Fprintf(stderr, "sluice: %s\n", strings.ReplaceAll(err.Error(), "\n", "; "))
+	var ue *usageError
+	if errors.As(err, &ue) {
+		return 2
+	}
+	return 1
+}
+
+func onUsageError(_ *cli.Context, err error, _ bool) error {
+	return usagef("%v (see --help)", err)
+}
+
+func (a *app) cli() *cli.App {
+	cmds := []*cli.Command{
+		a.demoCmd(), a.statusCmd(), a.registerCmd(), a.scaleCmd(), a.pressureCmd(),
+		a.cooldownCmd(), a.breakerCmd(), a.receiverCmd(), a.configCmd(), a.scriptsCmd(),
+	}
+	for _, c := range cmds {
+		setUsageErrors(c)
+	}
+	return &cli.App{
+		Name:  "sluice",
+		Usage: "one global rate budget per provider, shared through Redis, that follows the store's backpressure",
+		UsageText: `sluice [global options] command [options] [arguments]
+
+Configuration: flags > environment > YAML file (--config) > defaults;
+` + "`sluice config print`" + ` shows every value and where it came from.`,
+		Flags:           globalFlags(),
+		Commands:        cmds,
+		Writer:          a.stdout,
+		ErrWriter:       a.stderr,
+		HideHelpCommand: true,
+		ExitErrHandler:  func(*cli.Context, error) {}, // run prints errors and picks the exit code
+		OnUsageError:    onUsageError,
+		CommandNotFound: func(_ *cli.Context, name string) { a.notFound = name },
+	}
+}
+
+func setUsageErrors(c *cli.Command) {
+	c.OnUsageError = onUsageError
+	for _, s := range c.Subcommands {
+		setUsageErrors(s)
+	}
+}
+
+func globalFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.StringFlag{Name: "config", Usage: "YAML configuration file (env SLUICE_CONFIG)"},
+		&cli.StringFlag{Name: "redis", Usage: "Redis URL, redis://[user:password@]host:port/db or rediss:// (env SLUICE_REDIS_URL)"},
+		&cli.StringFlag{Name: "redis-cluster", Usage: "Redis Cluster URL, redis://host:port?addr=host2:port&addr=... (env SLUICE_REDIS_CLUSTER_URL)"},
+		&cli.StringFlag{Name: "prefix", Usage: "prefix of every Redis key (env SLUICE_REDIS_PREFIX; default sluice)"},
+		&cli.StringFlag{Name: "log-format", Usage: "text or json (env SLUICE_LOG_FORMAT)"},
+		&cli.StringFlag{Name: "log-level", Usage: "debug, info, warn or error (env SLUICE_LOG_LEVEL)"},
+	}
+}
+
+// config loads the configuration for the running command.
+func (a *app) config(c *cli.Context) (*Config, error) {
+	l, err := a.layers(c)
+	if err != nil {
+		return nil, err
+	}
+	return l.parse()
+}
+
+// layers loads the configuration layers for the running command, before
+// parsing, for commands that add flags of their own.
+func (a *app) layers(c *cli.Context) (layers, error) {
+	flags := map[string]string{}
+	for _, s := range settings {
+		if s.flag != "" && c.IsSet(s.flag) {
+			flags[s.flag] = c.String(s.flag)
+		}
+	}
+	path := c.String("config")
+	if path == "" {
+		path = lookupEnv(a.environ, "SLUICE_CONFIG")
+	}
+	return loadLayers(path, a.environ, flags)
+}
+
+func lookupEnv(environ []string, name string) string {
+	for _, kv := range environ {
+		if k, v, ok := strings.Cut(kv, "="); ok && k == name {
+			return v
+		}
+	}
+	return ""
+}
+
+// logger writes to stderr in the configured format and level. One-shot
+// commands print their result on stdout, so unless a level was configured
+// they log only warnings and errors.
+func (a *app) logger(cfg *Config) *slog.Logger {
+	var level slog.Level
+	_ = level.UnmarshalText([]byte(cfg.LogLevel))
+	if !a.service && cfg.layers["log.level"].Source == "default" {
+		level = slog.LevelWarn
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	if cfg.LogFormat == "json" {
+		return slog.New(slog.NewJSONHandler(a.stderr, opts))
+	}
+	return slog.New(slog.NewTextHandler(a.stderr, opts))
+}
+
+// connect opens the configured Redis and checks that it answers.
+func connect(ctx context.Context, cfg *Config) (redis.UniversalClient, error) {
+	var rdb redis.UniversalClient
+	key, raw := "redis.url", cfg.RedisURL
+	if cfg.RedisClusterURL != "" {
+		key, raw = "redis.cluster_url", cfg.RedisClusterURL
+		opt, err := redis.ParseClusterURL(raw)
+		if err != nil {
+			return nil, cfg.layers.errorf(key, "must be redis://[user:password@]host:port?addr=host:port...: "+err.Error())
+		}
+		opt.DialTimeout = orDefault(opt.DialTimeout, 2*time.Second)
+		opt.DialerRetries = max(opt.DialerRetries, 2)
+		rdb = redis.NewClusterClient(opt)
+	} else {
+		opt, err := redis.ParseURL(raw)
+		if err != nil {
+			return nil, cfg.layers.errorf(key, "must be redis://[user:password@]host:port/db or rediss://...: "+err.Error())
+		}
+		opt.DialTimeout = orDefault(opt.DialTimeout, 2*time.Second)
+		opt.DialerRetries = max(opt.DialerRetries, 2)
+		rdb = redis.NewClient(opt)
+	}
+	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if err := rdb.Ping(pctx).Err(); err != nil {
+		rdb.Close()
+		return nil, fmt.Errorf("redis at %s unreachable: %v", redact(raw), err)
+	}
+	return rdb, nil
+}
+
+func orDefault(d, def time.Duration) time.Duration {
+	if d == 0 {
+		return def
+	}
+	return d
+}
+
+// redact hides a password in a Redis URL.
+func redact(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "(invalid URL)"
+	}
+	return u.Redacted()
+}
+
+// session is what most commands need: config, logger, Redis and a limiter.
+type session struct {
+	cfg *Config
+	log *slog.Logger
+	rdb redis.UniversalClient
+	lim *limiter.Coordinator
+}
+
+func (a *app) open(c *cli.Context) (*session, error) {
+	cfg, err := a.config(c)
+	if err != nil {
+		return nil, err
+	}
+	return a.openWith(c.Context, cfg)
+}
+
+func (a *app) openWith(ctx context.Context, cfg *Config) (*session, error) {
+	log := a.logger(cfg)
+	rdb, err := connect(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	lim, err := limiter.New(rdb, limiter.Options{Prefix: cfg.Prefix, Outage: cfg.Outage, Logger: log})
+	if err != nil {
+		rdb.Close()
+		return nil, err
+	}
+	return &session{cfg: cfg, log: log, rdb: rdb, lim: lim}, nil
+}
+
+func (s *session) Close() {
+	s.lim.Close()
+	s.rdb.Close()
+}
+
+// args checks the number of positional arguments.
+func args(c *cli.Context, want int, usage string) ([]string, error) {
+	if c.NArg() != want {
+		return nil, usagef("%s: want %d argument(s): %s, got %d", c.Command.FullName(), want, usage, c.NArg())
+	}
+	return c.Args().Slice(), nil
+}
+
+type silentRedis struct{}
+
+func (silentRedis) Printf(context.Context, string, ...any) {}
+
+// flagsFirst moves a command's flags before its positional arguments, so
+// that `sluice cooldown ibkr --for 5m` works: urfave/cli v2 stops reading
+// flags at the first argument. Everything after "--" stays as it is.
+func flagsFirst(app *cli.App, args []string) []string {
+	if len(args) < 2 {
+		return args
+	}
+	out := []string{args[0]}
+	rest := args[1:]
+	flags := app.Flags
+	cmds := app.Commands
+	for {
+		// Leading flags of this level.
+		for len(rest) > 0 && isFlag(rest[0]) {
+			n := flagArity(flags, rest[0])
+			n = min(n, len(rest))
+			out, rest = append(out, rest[:n]...), rest[n:]
+		}
+		if len(rest) == 0 {
+			return out
+		}
+		var cmd *cli.Command
+		for _, c := range cmds {
+			if c.HasName(rest[0]) {
+				cmd = c
+			}
+		}
+		if cmd == nil { // positionals of the last command: move its flags first
+			var pos []string
+			for len(rest) > 0 {
+				switch {
+				case rest[0] == "--":
+					return append(append(out, "--"), append(pos, rest[1:]...)...)
+				case isFlag(rest[0]):
+					n := min(flagArity(flags, rest[0]), len(rest))
+					out, rest = append(out, rest[:n]...), rest[n:]
+				default:
+					pos, rest = append(pos, rest[0]), rest[1:]
+				}
+			}
+			return append(out, pos...)
+		}
+		out, rest = append(out, rest[0]), rest[1:]
+		flags, cmds = cmd.Flags, cmd.Subcommands
+	}
+}
+
+// isFlag tells a flag from a positional argument; "-1" is a number.
+func isFlag(arg string) bool {
+	if !strings.HasPrefix(arg, "-") || arg == "-" || arg == "--" {
+		return false
+	}
+	_, err := strconv.ParseFloat(arg, 64)
+	return err != nil
+}
+
+// flagArity says how many arguments the flag arg uses: 1 for a bool flag,
+// for --name=value or an unknown flag; 2 for a flag that takes a value.
+func flagArity(flags []cli.Flag, arg string) int {
+	name := strings.TrimLeft(arg, "-")
+	if strings.Contains(name, "=") {
+		return 1
+	}
+	for _, f := range flags {
+		for _, n := range f.Names() {
+			if n == name {
+				if _, isBool := f.(*cli.BoolFlag); isBool {
+					return 1
+				}
+				return 2
+			}
+		}
+	}
+	return 1
+}

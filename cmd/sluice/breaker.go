@@ -1,0 +1,41 @@
+package main
+
+import (
+	"fmt"
+
+	"github.com/urfave/cli/v2"
+)
+
+func (a *app) breakerCmd() *cli.Command {
+	return &cli.Command{
+		Name:  "breaker",
+		Usage: "operate a provider's shared circuit breaker",
+		Subcommands: []*cli.Command{{
+			Name:      "reset",
+			Usage:     "close the breaker of PROVIDER now, whatever its state",
+			ArgsUsage: "PROVIDER",
+			Description: `Closes the shared breaker and clears its failure count, for every replica;
+replicas waiting on it are told at once.
+
+Example:
+   sluice breaker reset ibkr`,
+			Action: func(c *cli.Context) error {
+				argv, err := args(c, 1, "PROVIDER")
+				if err != nil {
+					return err
+				}
+				s, err := a.open(c)
+				if err != nil {
+					return err
+				}
+				defer s.Close()
+				b, err := s.lim.ResetBreaker(c.Context, argv[0])
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(a.stdout, "%s: breaker %s\n", argv[0], b.State)
+				return nil
+			},
+		}},
+	}
+}

@@ -1,0 +1,174 @@
+package main
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+const testYAML = `
+redis:
+  url: redis://file-host:6379/1
+  prefix: fileprefix
+log:
+  format: json
+feedback:
+  enable_feedback: false
+  provider_name: "IBKR"
+  dwell: 7s
+  policy: proportional
+rate_coordinator:
+  outage_mode: local_fallback
+  providers:
+    IBKR: {capacity: 100, refill_rate: 60, cooldown_sec: 300}
+receiver:
+  listen: ":9090"
+`
+
+func writeFile(t *testing.T, body string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "sluice.yaml")
+	if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// TestConfigPrecedence checks flags > env > file > defaults, key by key.
+func TestConfigPrecedence(t *testing.T) {
+	file := writeFile(t, testYAML)
+	for _, tc := range []struct {
+		key, envName, flag string
+		def, fromFile      string
+		envVal, flagVal    string
+	}{
+		{"redis.url", "SLUICE_REDIS_URL", "redis", "redis://127.0.0.1:6379/0", "redis://file-host:6379/1", "redis://env-host:6379/2", "redis://flag-host:6379/3"},
+		{"redis.prefix", "SLUICE_REDIS_PREFIX", "prefix", "sluice", "fileprefix", "envprefix", "flagprefix"},
+		{"log.format", "SLUICE_LOG_FORMAT", "log-format", "text", "json", "text", "json"},
+		{"receiver.listen", "SLUICE_RECEIVER_LISTEN", "listen", ":8080", ":9090", ":7070", ":6060"},
+		{"feedback.enable_feedback", "MDP_FB_ENABLE_FEEDBACK", "", "true", "false", "true", ""},
+		{"feedback.provider_name", "MDP_FB_PROVIDER_NAME", "", "ibkr", "IBKR", "other", ""},
+		{"feedback.dwell", "MDP_FB_DWELL", "", "5s", "7s", "9s", ""},
+		{"feedback.policy", "MDP_FB_POLICY", "", "step", "proportional", "step:soft=0.6", ""},
+		{"rate_coordinator.outage_mode", "MDP_RATE_OUTAGE_MODE", "", "fail_closed", "local_fallback", "fail_open", ""},
+		{"rate_coordinator.providers.IBKR.capacity", "MDP_RATE_IBKR_CAPACITY", "", "", "100", "120", ""},
+		{"rate_coordinator.providers.IBKR.refill_rate", "MDP_RATE_IBKR_REFILL_RATE", "", "", "60", "75.5", ""},
+		{"rate_coordinator.providers.IBKR.cooldown_sec", "MDP_RATE_IBKR_COOLDOWN_SEC", "", "", "300", "30", ""},
+		{"rate_coordinator.providers.IBKR.breaker_threshold", "MDP_RATE_IBKR_BREAKER_THRESHOLD", "", "", "", "9", ""},
+	} {
+		steps := []struct {
+			name              string
+			path, env, flag   string
+			wantVal, wantFrom string
+		}{
+			{"defaults", "", "", "", tc.def, "default"},
+			{"file", file, "", "", tc.fromFile, "file " + file},
+			{"env over file", file, tc.envVal, "", tc.envVal, "env " + tc.envName},
+			{"flag over env", file, tc.envVal, tc.flagVal, tc.flagVal, "flag --" + tc.flag},
+		}
+		for _, s := range steps {
+			if s.name == "flag over env" && tc.flag == "" {
+				continue // no flag for this key
+			}
+			if s.name == "defaults" && tc.def == "" {
+				continue // provider keys exist only once the provider is named
+			}
+			wantVal, wantFrom := s.wantVal, s.wantFrom
+			if s.name == "file" && tc.fromFile == "" { // not in the file: the seed's default for a named provider
+				wantVal, wantFrom = "5", "default"
+			}
+			var env []string
+			if s.env != "" {
+				env = []string{tc.envName + "=" + s.env}
+			}
+			flags := map[string]string{}
+			if s.flag != "" {
+				flags[tc.flag] = s.flag
+			}
+			l, err := loadLayers(s.path, env, flags)
+			if err != nil {
+				t.Fatalf("%s / %s: %v", tc.key, s.name, err)
+			}
+			if got := l[tc.key]; got.Value != wantVal || got.Source != wantFrom {
+				t.Errorf("%s / %s: %q from %q, want %q from %q", tc.key, s.name, got.Value, got.Source, wantVal, wantFrom)
+			}
+			if _, err := l.parse(); err != nil {
+				t.Errorf("%s / %s: parse: %v", tc.key, s.name, err)
+			}
+		}
+	}
+}
+
+func TestConfigProvidersFromEnvOnly(t *testing.T) {
+	l, err := loadLayers("", []string{"MDP_RATE_POLYGON_CAPACITY=10", "MDP_RATE_POLYGON_BREAKER_TIMEOUT=2.5"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := l.parse()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, ok := c.Providers["polygon"]
+	if !ok || p.Capacity != 10 || p.RefillRate != 60 || p.BreakerTimeout != 2500*time.Millisecond || p.Cooldown != 600*time.Second {
+		t.Fatalf("providers %+v", c.Providers)
+	}
+}
+
+func TestConfigErrors(t *testing.T) {
+	for _, tc := range []struct {
+		yaml, env, want string
+	}{
+		{"redis:\n  urll: x\n", "", `unknown key "redis.urll"`},
+		{"redis: [1, 2]\n", "", `key "redis": must be a scalar or a mapping`},
+		{"redis:\n  url: [\n", "", "sluice.yaml"},
+		{"", "MDP_FB_ENABLE_FEEDBACK=maybe", `feedback.enable_feedback="maybe" (from env MDP_FB_ENABLE_FEEDBACK): must be true or false`},
+		{"", "MDP_RATE_IBKR_REFILL_RATE=0", `rate_coordinator.providers.ibkr.refill_rate="0" (from env MDP_RATE_IBKR_REFILL_RATE): must be a number in (0, 1000000000]`},
+		{"", "MDP_FB_POLICY=step:soft=3", `feedback.policy="step:soft=3"`},
+		{"", "MDP_FB_EXPIRY=never", "must be one of forget, hold, soft, hard"},
+	} {
+		path := ""
+		if tc.yaml != "" {
+			path = writeFile(t, tc.yaml)
+		}
+		var env []string
+		if tc.env != "" {
+			env = []string{tc.env}
+		}
+		l, err := loadLayers(path, env, nil)
+		if err == nil {
+			_, err = l.parse()
+		}
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%q %q: err = %v, want %q", tc.yaml, tc.env, err, tc.want)
+		}
+	}
+	if _, err := loadLayers("/nonexistent/sluice.yaml", nil, nil); err == nil || !strings.Contains(err.Error(), "/nonexistent/sluice.yaml") {
+		t.Errorf("missing file: %v", err)
+	}
+}
+
+// TestConfigPrintExec: the same precedence through the binary.
+func TestConfigPrintExec(t *testing.T) {
+	file := writeFile(t, testYAML)
+	r := sluice(t, []string{"SLUICE_CONFIG=" + file, "MDP_RATE_IBKR_CAPACITY=150", "SLUICE_RECEIVER_TOKEN=hush"},
+		"--prefix", "cli", "config", "print", "--json").ok(t)
+	var got map[string]value
+	if err := json.Unmarshal([]byte(r.stdout), &got); err != nil {
+		t.Fatalf("%v\n%s", err, r.stdout)
+	}
+	for key, want := range map[string]value{
+		"redis.prefix": {"cli", "flag --prefix"},
+		"redis.url":    {"redis://file-host:6379/1", "file " + file},
+		"rate_coordinator.providers.IBKR.capacity":          {"150", "env MDP_RATE_IBKR_CAPACITY"},
+		"rate_coordinator.providers.IBKR.breaker_threshold": {"5", "default"},
+		"log.level":      {"info", "default"},
+		"receiver.token": {"(set)", "env SLUICE_RECEIVER_TOKEN"},
+	} {
+		if got[key] != want {
+			t.Errorf("%s = %+v, want %+v", key, got[key], want)
+		}
+	}
+}

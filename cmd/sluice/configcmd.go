@@ -1,0 +1,62 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"text/tabwriter"
+
+	"github.com/urfave/cli/v2"
+)
+
+func (a *app) configCmd() *cli.Command {
+	var asJSON bool
+	return &cli.Command{
+		Name:  "config",
+		Usage: "show the effective configuration",
+		Subcommands: []*cli.Command{{
+			Name:  "print",
+			Usage: "print every setting, its value and where it came from",
+			Description: `Precedence: flags > environment > YAML file (--config or SLUICE_CONFIG) >
+defaults. The seed's names work: MDP_FB_ENABLE_FEEDBACK, MDP_FB_PROVIDER_NAME,
+MDP_RATE_<PROVIDER>_CAPACITY, MDP_RATE_<PROVIDER>_REFILL_RATE, ... The
+configuration is validated: a bad value is an error naming the key, the value
+and its source.
+
+Examples:
+   sluice --config sluice.yaml config print
+   MDP_RATE_IBKR_CAPACITY=100 sluice config print --json`,
+			Flags: []cli.Flag{&cli.BoolFlag{Name: "json", Usage: "print JSON", Destination: &asJSON}},
+			Action: func(c *cli.Context) error {
+				l, err := a.layers(c)
+				if err != nil {
+					return err
+				}
+				if _, err := l.parse(); err != nil {
+					return err
+				}
+				if asJSON {
+					out := map[string]value{}
+					for k, v := range l {
+						if k == "receiver.token" && v.Value != "" {
+							v.Value = "(set)"
+						}
+						out[k] = v
+					}
+					enc := json.NewEncoder(a.stdout)
+					enc.SetIndent("", "  ")
+					return enc.Encode(out)
+				}
+				tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
+				fmt.Fprintln(tw, "KEY\tVALUE\tFROM")
+				for _, k := range l.keys() {
+					v := l[k]
+					if k == "receiver.token" && v.Value != "" {
+						v.Value = "(set)"
+					}
+					fmt.Fprintf(tw, "%s\t%s\t%s\n", k, v.Value, v.Source)
+				}
+				return tw.Flush()
+			},
+		}},
+	}
+}

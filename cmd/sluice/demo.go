@@ -1,0 +1,207 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/redis/go-redis/v9"
+	"github.com/urfave/cli/v2"
+
+	"github.com/sluice-dev/sluice/internal/sim"
+	"github.com/sluice-dev/sluice/pkg/feedback"
+)
+
+// demoArgs holds everything a demo run needs, independently of the CLI.
+type demoArgs struct {
+	Duration, Interval, Dwell time.Duration
+	Replicas, Queue           int
+	Rate, SinkRate, MaxRise   float64
+	Burst                     int64
+	Policy                    string
+	OpenLoop, JSON            bool
+	Report                    string
+}
+
+func (a *app) demoCmd() *cli.Command {
+	var d demoArgs
+	return &cli.Command{
+		Name:  "demo",
+		Usage: "run the whole loop for a while on an embedded Redis and report",
+		Description: `Starts an embedded Redis (unless --redis or --redis-cluster is given), then
+runs --replicas pipeline replicas, each with its own Redis client, pulling
+market-data ticks from a simulated provider whose pacing limit is --rate, into
+a write coordinator whose sink writes only --sink-rate items per second. The
+store's pressure flows back through Redis to every replica's feedback handler.
+Prints a line per --interval and a summary; --open-loop runs the same without
+feedback, for comparison. With a real Redis the keys use the prefix
+sluice-demo unless --prefix is given.
+
+Examples:
+   sluice demo
+   sluice demo --open-loop
+   sluice demo --duration 1m --replicas 5 --policy proportional --report demo.html
+   sluice --redis redis://localhost:6379/0 demo --json`,
+		Flags: []cli.Flag{
+			&cli.DurationFlag{Name: "duration", Value: 20 * time.Second, Usage: "how long to run", Destination: &d.Duration},
+			&cli.DurationFlag{Name: "interval", Value: time.Second, Usage: "time between progress lines", Destination: &d.Interval},
+			&cli.IntFlag{Name: "replicas", Value: 3, Usage: "pipeline replicas", Destination: &d.Replicas},
+			&cli.Float64Flag{Name: "rate", Value: 600, Usage: "the provider's pacing limit, requests/s (the budget)", Destination: &d.Rate},
+			&cli.Int64Flag{Name: "burst", Value: 20, Usage: "the budget's burst", Destination: &d.Burst},
+			&cli.Float64Flag{Name: "sink-rate", Value: 300, Usage: "items/s the store can write", Destination: &d.SinkRate},
+			&cli.IntFlag{Name: "queue", Value: 1000, Usage: "the write coordinator's queue capacity", Destination: &d.Queue},
+			&cli.StringFlag{Name: "policy", Value: "step", Usage: "step[:ok=1,soft=0.5,hard=0] or proportional[:start=..,stop=..,floor=..]", Destination: &d.Policy},
+			&cli.DurationFlag{Name: "dwell", Value: time.Second, Usage: "time the scale stays before it may rise", Destination: &d.Dwell},
+			&cli.Float64Flag{Name: "max-rise", Usage: "soft start: largest rise per step (0 = jump)", Destination: &d.MaxRise},
+			&cli.BoolFlag{Name: "open-loop", Usage: "no feedback: the budget never follows the store", Destination: &d.OpenLoop},
+			&cli.StringFlag{Name: "report", Usage: "write a self-contained HTML report with charts to this file", Destination: &d.Report},
+			&cli.BoolFlag{Name: "json", Usage: "print only the summary, as JSON", Destination: &d.JSON},
+		},
+		Action: func(c *cli.Context) error {
+			if c.NArg() > 0 {
+				return usagef("demo takes no arguments, got %q", c.Args().First())
+			}
+			cfg, err := a.config(c)
+			if err != nil {
+				return err
+			}
+			log := a.logger(cfg) // warnings only, unless configured: the progress lines are the output
+			where := "embedded Redis"
+			var newClient func() redis.UniversalClient
+			prefix := cfg.Prefix
+			if c.IsSet("redis") || c.IsSet("redis-cluster") {
+				rdb, err := connect(c.Context, cfg)
+				if err != nil {
+					return err
+				}
+				rdb.Close()
+				newClient = func() redis.UniversalClient { c, _ := connect(context.Background(), cfg); return c }
+				if !c.IsSet("prefix") {
+					prefix = "sluice-demo"
+				}
+				where = "Redis at " + redact(cfg.RedisURL)
+				if cfg.RedisClusterURL != "" {
+					where = "Redis Cluster at " + redact(cfg.RedisClusterURL)
+				}
+			} else {
+				mr, err := miniredis.Run()
+				if err != nil {
+					return fmt.Errorf("demo: embedded Redis: %w", err)
+				}
+				defer mr.Close()
+				newClient = func() redis.UniversalClient { return redis.NewClient(&redis.Options{Addr: mr.Addr()}) }
+			}
+			res, err := runDemo(c.Context, d, newClient, prefix, where, a.stdout, log)
+			if err != nil {
+				return err
+			}
+			if d.Report != "" {
+				if err := writeReport(d.Report, res, d); err != nil {
+					return err
+				}
+				if !d.JSON {
+					fmt.Fprintf(a.stdout, "report written to %s\n", d.Report)
+				}
+			}
+			return nil
+		},
+	}
+}
+
+// demoSummary is the JSON form of a demo's result.
+type demoSummary struct {
+	Feedback         bool    `json:"feedback"`
+	DurationSec      float64 `json:"duration_sec"`
+	Replicas         int     `json:"replicas"`
+	Rate             float64 `json:"rate"`
+	SinkRate         float64 `json:"sink_rate"`
+	Fetched          int64   `json:"fetched"`
+	Written          int64   `json:"written"`
+	Lost             int64   `json:"lost"`
+	MaxQueueFill     float64 `json:"max_queue_fill"`
+	LevelChanges     int64   `json:"level_changes"`
+	LevelChangesPerM float64 `json:"level_changes_per_min"`
+	SubmitsBlocked   int64   `json:"submits_blocked"`
+	Utilisation      float64 `json:"sink_utilisation"`
+	PacingViolations int64   `json:"pacing_violations"`
+}
+
+// runDemo runs the loop and prints progress and the summary to w.
+func runDemo(ctx context.Context, d demoArgs, newClient func() redis.UniversalClient, prefix, where string, w io.Writer, log *slog.Logger) (sim.Result, error) {
+	policy, err := feedback.ParsePolicy(d.Policy)
+	if err != nil {
+		return sim.Result{}, usagef("demo: --policy: %v", err)
+	}
+	switch {
+	case d.Duration < time.Second || d.Duration > 24*time.Hour:
+		return sim.Result{}, usagef("demo: --duration=%v: must be in [1s, 24h]", d.Duration)
+	case d.Interval < 100*time.Millisecond:
+		return sim.Result{}, usagef("demo: --interval=%v: must be at least 100ms", d.Interval)
+	case d.Replicas < 1 || d.Replicas > 64:
+		return sim.Result{}, usagef("demo: --replicas=%d: must be in [1, 64]", d.Replicas)
+	case !(d.Rate > 0 && d.Rate <= 100000) || !(d.SinkRate > 0 && d.SinkRate <= 100000):
+		return sim.Result{}, usagef("demo: --rate=%v --sink-rate=%v: must be in (0, 100000]", d.Rate, d.SinkRate)
+	case d.Burst < 1 || d.Queue < 10 || d.Queue > 1e7:
+		return sim.Result{}, usagef("demo: --burst=%d --queue=%d: burst must be >= 1, queue in [10, 10000000]", d.Burst, d.Queue)
+	case d.MaxRise < 0 || d.MaxRise > 1:
+		return sim.Result{}, usagef("demo: --max-rise=%v: must be in [0, 1]", d.MaxRise)
+	}
+	loop := "feedback on (" + d.Policy + " policy)"
+	if d.OpenLoop {
+		loop = "feedback off (open loop)"
+	}
+	if !d.JSON {
+		fmt.Fprintf(w, "sluice demo: %d replicas pull ticks from provider %q (pacing limit %g/s, burst %d)\n", d.Replicas, "ibkr", d.Rate, d.Burst)
+		fmt.Fprintf(w, "into a store that writes %g/s (queue %d); %s; %s; %v\n\n", d.SinkRate, d.Queue, loop, where, d.Duration)
+		fmt.Fprintf(w, "%6s  %10s  %-22s  %5s  %-5s  %6s  %8s\n", "t", "admitted/s", "per replica", "scale", "level", "queue", "written")
+	}
+	res, err := sim.Run(ctx, sim.Config{
+		NewClient: newClient, Prefix: prefix, Provider: "ibkr",
+		Rate: d.Rate, Burst: d.Burst, Replicas: d.Replicas, SinkRate: d.SinkRate, QueueCapacity: d.Queue,
+		Feedback: !d.OpenLoop, Policy: policy, Dwell: d.Dwell, MaxRise: d.MaxRise,
+		Duration: d.Duration, Interval: d.Interval, Logger: log,
+		OnSample: func(s sim.Sample) {
+			if d.JSON {
+				return
+			}
+			per := make([]string, len(s.PerReplica))
+			for i, r := range s.PerReplica {
+				per[i] = fmt.Sprintf("%.0f", r)
+			}
+			fmt.Fprintf(w, "%6s  %10.1f  %-22s  %5.2f  %-5s  %6d  %8d\n", s.T.Round(time.Second), s.Admitted,
+				truncate(strings.Join(per, "/"), 22), s.Scale, s.Level, s.QueueDepth, s.Written)
+		},
+	})
+	if err != nil {
+		return res, err
+	}
+	sum := demoSummary{
+		Feedback: !d.OpenLoop, DurationSec: d.Duration.Seconds(), Replicas: d.Replicas, Rate: d.Rate, SinkRate: d.SinkRate,
+		Fetched: res.Fetched, Written: res.Written, Lost: res.Lost, MaxQueueFill: res.MaxQueueFill,
+		LevelChanges: res.LevelChanges, LevelChangesPerM: res.LevelChangesPerM, SubmitsBlocked: res.SubmitsBlocked,
+		Utilisation: res.Utilisation, PacingViolations: res.PacingViolations,
+	}
+	if d.JSON {
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		return res, enc.Encode(sum)
+	}
+	fmt.Fprintf(w, "\nsummary (%s):\n", loop)
+	fmt.Fprintf(w, "  produced %d, written %d, lost %d\n", sum.Fetched, sum.Written, sum.Lost)
+	fmt.Fprintf(w, "  max queue fill %.0f%%, %d level changes (%.1f/min), %d submits blocked on a full queue\n",
+		100*sum.MaxQueueFill, sum.LevelChanges, sum.LevelChangesPerM, sum.SubmitsBlocked)
+	fmt.Fprintf(w, "  sink utilisation %.1f%% (steady state), %d pacing violations at the provider\n", 100*sum.Utilisation, sum.PacingViolations)
+	return res, nil
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n-1] + "…"
+}

@@ -1,0 +1,324 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/sluice-dev/sluice/internal/redistest"
+	"github.com/sluice-dev/sluice/lua"
+)
+
+// bin is the sluice binary, built once for the tests that run it as a user would.
+var bin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "sluice-bin")
+	if err != nil {
+		panic(err)
+	}
+	bin = filepath.Join(dir, "sluice")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		os.Stderr.Write(out)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+type result struct {
+	stdout, stderr string
+	code           int
+}
+
+// sluice runs the binary with args and extra environment (on top of a clean one).
+func sluice(t *testing.T, env []string, args ...string) result {
+	t.Helper()
+	cmd := exec.Command(bin, args...)
+	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH"), "HOME=" + t.TempDir()}, env...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	return result{out.String(), errb.String(), code}
+}
+
+func (r result) ok(t *testing.T) result {
+	t.Helper()
+	if r.code != 0 {
+		t.Fatalf("exit %d\nstdout: %s\nstderr: %s", r.code, r.stdout, r.stderr)
+	}
+	return r
+}
+
+func statusJSON(t *testing.T, env []string) statusReport {
+	t.Helper()
+	var rep statusReport
+	r := sluice(t, env, "status", "--json").ok(t)
+	if err := json.Unmarshal([]byte(r.stdout), &rep); err != nil {
+		t.Fatalf("status --json: %v\n%s", err, r.stdout)
+	}
+	return rep
+}
+
+func TestOverridesShowInStatus(t *testing.T) {
+	srv := redistest.Start(t)
+	env := []string{"SLUICE_REDIS_URL=" + srv.URL()}
+	sluice(t, env, "register", "ibkr", "--capacity", "100", "--refill-rate", "60").ok(t)
+	if r := sluice(t, env, "register", "ibkr", "--capacity", "100", "--refill-rate", "60").ok(t); !strings.Contains(r.stdout, "unchanged") {
+		t.Fatalf("second register: %s", r.stdout)
+	}
+	sluice(t, env, "scale", "ibkr", "0.25", "--source", "test-op").ok(t)
+	sluice(t, env, "pressure", "set", "store-0", "hard", "--queue-size", "950").ok(t)
+	sluice(t, env, "cooldown", "ibkr", "--for", "1m", "--reason", "drill").ok(t)
+
+	rep := statusJSON(t, env)
+	if len(rep.Providers) != 1 {
+		t.Fatalf("providers %+v", rep.Providers)
+	}
+	p := rep.Providers[0]
+	if p.Provider != "ibkr" || p.BaseRate != 60 || p.Scale != 0.25 || p.EffectiveRate != 15 || p.Capacity != 100 || p.Source != "test-op" {
+		t.Fatalf("provider view %+v", p)
+	}
+	if p.Cooldown == nil || p.Cooldown.Reason != "drill" || time.Until(p.Cooldown.Until) < 50*time.Second {
+		t.Fatalf("cooldown %+v", p.Cooldown)
+	}
+	if len(rep.Coordinators) != 1 || rep.Coordinators[0].CoordinatorID != "store-0" || rep.Coordinators[0].QueueSize != 950 {
+		t.Fatalf("coordinators %+v", rep.Coordinators)
+	}
+	// The operator's commands did not make this process a replica.
+	if len(p.Replicas) != 0 {
+		t.Fatalf("replicas %v", p.Replicas)
+	}
+
+	sluice(t, env, "cooldown", "ibkr", "--clear").ok(t)
+	sluice(t, env, "breaker", "reset", "ibkr").ok(t)
+	sluice(t, env, "pressure", "clear", "store-0").ok(t)
+	rep = statusJSON(t, env)
+	if rep.Providers[0].Cooldown != nil || len(rep.Coordinators) != 0 {
+		t.Fatalf("after clearing: %+v", rep)
+	}
+	if r := sluice(t, env, "status").ok(t); !strings.Contains(r.stdout, "ibkr") || !strings.Contains(r.stdout, "0.25") {
+		t.Fatalf("status table:\n%s", r.stdout)
+	}
+}
+
+// TestBadInput: one clear line on stderr, a non-zero exit, no stack trace,
+// and nothing half-applied.
+func TestBadInput(t *testing.T) {
+	srv := redistest.Start(t)
+	env := []string{"SLUICE_REDIS_URL=" + srv.URL()}
+	sluice(t, env, "register", "ibkr").ok(t)
+	sluice(t, env, "scale", "ibkr", "0.5").ok(t)
+	for _, tc := range []struct {
+		args []string
+		env  []string
+		want string
+	}{
+		{[]string{"scale", "ibkr", "1.5"}, nil, "scale=1.5 must be a finite number in [0, 1]"},
+		{[]string{"scale", "ibkr", "NaN"}, nil, "scale=NaN"},
+		{[]string{"scale", "ibkr", "-1"}, nil, "scale=-1"},
+		{[]string{"scale", "ibkr", "half"}, nil, `FACTOR="half"`},
+		{[]string{"scale", "nope", "0.5"}, nil, `unknown provider "nope"`},
+		{[]string{"scale", "ibkr"}, nil, "want 2 argument(s)"},
+		{[]string{"scale", "ibkr", "0.5", "--bogus"}, nil, "flag provided but not defined: -bogus"},
+		{[]string{"register", "ibkr", "--capacity", "0"}, nil, `rate_coordinator.providers.ibkr.capacity="0" (from flag --capacity): must be an integer in [1, 1000000000]`},
+		{[]string{"status"}, []string{"SLUICE_REDIS_URL=redis://127.0.0.1:1/0"}, "redis at redis://127.0.0.1:1/0 unreachable"},
+		{[]string{"status"}, []string{"SLUICE_REDIS_URL=http://x"}, `redis.url="http://x" (from env SLUICE_REDIS_URL)`},
+		{[]string{"--redis", "redis://u:secret@127.0.0.1:1/0", "status"}, nil, "redis://u:xxxxx@127.0.0.1:1/0 unreachable"},
+		{[]string{"pressure", "set", "store-0", "critical"}, nil, `LEVEL="critical"`},
+		{[]string{"cooldown", "ibkr", "--for", "48h"}, nil, "--for=48h0m0s: must be in [0, 24h]"},
+		{[]string{"frobnicate"}, nil, `no command "frobnicate"`},
+		{[]string{"demo", "--duration", "0s"}, nil, "--duration=0s"},
+		{[]string{"config", "print"}, []string{"MDP_FB_DWELL=soon"}, `feedback.dwell="soon" (from env MDP_FB_DWELL)`},
+	} {
+		r := sluice(t, append(append([]string{}, env...), tc.env...), tc.args...)
+		lines := strings.Split(strings.TrimRight(r.stderr, "\n"), "\n")
+		if r.code == 0 || len(lines) != 1 || !strings.HasPrefix(lines[0], "sluice: ") || !strings.Contains(lines[0], tc.want) ||
+			strings.Contains(r.stderr, "goroutine") || strings.Contains(r.stderr, "secret") {
+			t.Errorf("%v: exit %d, stderr %q; want one line containing %q", tc.args, r.code, r.stderr, tc.want)
+		}
+	}
+	// Nothing half-applied: the scale is still the last good one.
+	if p := statusJSON(t, env).Providers[0]; p.Scale != 0.5 || p.Capacity != 60 {
+		t.Fatalf("after the refused commands: %+v", p)
+	}
+}
+
+func TestDemoClosedVersusOpenLoop(t *testing.T) {
+	srv := redistest.Start(t)
+	demo := func(extra ...string) demoSummary {
+		args := append([]string{"--redis", srv.URL(), "demo", "--duration", "6s", "--json"}, extra...)
+		r := sluice(t, nil, args...).ok(t)
+		var s demoSummary
+		if err := json.Unmarshal([]byte(r.stdout), &s); err != nil {
+			t.Fatalf("demo --json: %v\n%s", err, r.stdout)
+		}
+		return s
+	}
+	closed := demo()
+	open := demo("--open-loop")
+	t.Logf("closed: %+v", closed)
+	t.Logf("open:   %+v", open)
+	if closed.Lost != 0 || open.Lost != 0 || closed.Written == 0 {
+		t.Fatalf("lost: closed %d, open %d", closed.Lost, open.Lost)
+	}
+	if closed.SubmitsBlocked >= open.SubmitsBlocked {
+		t.Fatalf("closed loop blocked %d submits, open loop %d: feedback must block fewer", closed.SubmitsBlocked, open.SubmitsBlocked)
+	}
+}
+
+func TestDemoEmbeddedWithReport(t *testing.T) {
+	report := filepath.Join(t.TempDir(), "demo.html")
+	r := sluice(t, nil, "demo", "--duration", "3s", "--report", report).ok(t)
+	for _, want := range []string{"embedded Redis", "admitted/s", "summary", "lost 0", "report written"} {
+		if !strings.Contains(r.stdout, want) {
+			t.Fatalf("demo output lacks %q:\n%s", want, r.stdout)
+		}
+	}
+	html, err := os.ReadFile(report)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"<svg", "Queue depth", "Scale factor", "Rate (items/s)", "<polyline"} {
+		if !strings.Contains(string(html), want) {
+			t.Fatalf("report lacks %q", want)
+		}
+	}
+	if strings.Contains(string(html), "http://") || strings.Contains(string(html), "https://") {
+		t.Fatal("the report must not load anything from the network")
+	}
+}
+
+func TestReceiver(t *testing.T) {
+	srv := redistest.Start(t)
+	l, _ := net.Listen("tcp", "127.0.0.1:0")
+	addr := l.Addr().String()
+	l.Close()
+	cmd := exec.Command(bin, "--redis", srv.URL(), "receiver", "--listen", addr, "--token", "t0ken")
+	stdout, _ := cmd.StdoutPipe()
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	if line, _ := bufio.NewReader(stdout).ReadString('\n'); !strings.Contains(line, "receiver listening on http://"+addr) {
+		t.Fatalf("receiver said %q; stderr %s", line, stderr.String())
+	}
+	post := func(token, ctype, body string) int {
+		req, _ := http.NewRequest("POST", "http://"+addr+"/feedback", strings.NewReader(body))
+		req.Header.Set("Authorization", "Bearer "+token)
+		req.Header.Set("Content-Type", ctype)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	valid := `{"coordinator_id":"py-store","queue_size":900,"capacity":1000,"level":"hard","seq":7}`
+	for _, tc := range []struct {
+		token, ctype, body string
+		code               int
+	}{
+		{"t0ken", "application/json", valid, 204},
+		{"wrong", "application/json", valid, 401},
+		{"t0ken", "text/plain", valid, 415},
+		{"t0ken", "application/json", `{"coordinator_id":"py-store","queue_size":-1}`, 400},
+		{"t0ken", "application/json", `{not json`, 400},
+	} {
+		if code := post(tc.token, tc.ctype, tc.body); code != tc.code {
+			t.Errorf("POST %s (token %s, %s): %d, want %d", tc.body, tc.token, tc.ctype, code, tc.code)
+		}
+	}
+	rdb := srv.Client(t)
+	if h := rdb.HGetAll(context.Background(), "sluice:pressure:{py-store}").Val(); h["level"] != "hard" || h["seq"] != "7" {
+		t.Fatalf("pressure hash %v", h)
+	}
+	if n := rdb.SCard(context.Background(), "sluice:pressure:hard").Val(); n != 1 {
+		t.Fatalf("SCARD hard = %d", n)
+	}
+	for path, want := range map[string]int{"/healthz": 200, "/readyz": 200, "/metrics": 200} {
+		resp, err := http.Get("http://" + addr + path)
+		if err != nil || resp.StatusCode != want {
+			t.Fatalf("GET %s: %v %v", path, resp, err)
+		}
+		resp.Body.Close()
+	}
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("receiver exited with %v after SIGTERM; stderr %s", err, stderr.String())
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("receiver did not stop after SIGTERM")
+	}
+}
+
+func TestHelpHasExamples(t *testing.T) {
+	app := (&app{}).cli()
+	for _, c := range app.Commands {
+		paths := [][]string{{c.Name}}
+		if len(c.Subcommands) > 0 {
+			paths = nil
+			for _, s := range c.Subcommands {
+				paths = append(paths, []string{c.Name, s.Name})
+			}
+		}
+		for _, p := range paths {
+			r := sluice(t, nil, append(p, "--help")...).ok(t)
+			if !strings.Contains(r.stdout, "Example") || !strings.Contains(r.stdout, "sluice "+strings.Join(p, " ")) {
+				t.Errorf("sluice %s --help has no example:\n%s", strings.Join(p, " "), r.stdout)
+			}
+		}
+	}
+}
+
+func TestScriptsDump(t *testing.T) {
+	dir := t.TempDir()
+	sluice(t, nil, "scripts", "dump", dir).ok(t)
+	for _, name := range lua.Names {
+		b, err := os.ReadFile(filepath.Join(dir, name+".lua"))
+		if err != nil || string(b) != lua.Source(name) {
+			t.Fatalf("%s.lua: %v (equal: %v)", name, err, string(b) == lua.Source(name))
+		}
+	}
+}
+
+func TestFlagsFirst(t *testing.T) {
+	a := (&app{}).cli()
+	for _, tc := range []struct{ in, want string }{
+		{"sluice cooldown ibkr --for 5m", "sluice cooldown --for 5m ibkr"},
+		{"sluice --redis u scale ibkr 0.5 --source me", "sluice --redis u scale --source me ibkr 0.5"},
+		{"sluice status --watch ibkr", "sluice status --watch ibkr"},
+		{"sluice pressure set s hard --ttl=1m", "sluice pressure set --ttl=1m s hard"},
+		{"sluice scale ibkr -- -1", "sluice scale -- ibkr -1"},
+		{"sluice scale ibkr -1", "sluice scale ibkr -1"},
+	} {
+		if got := strings.Join(flagsFirst(a, strings.Fields(tc.in)), " "); got != tc.want {
+			t.Errorf("flagsFirst(%q) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+}

@@ -1,0 +1,95 @@
+package main
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/sluice-dev/sluice/pkg/feedback"
+)
+
+func (a *app) pressureCmd() *cli.Command {
+	var queue, capacity int
+	var ttl time.Duration
+	return &cli.Command{
+		Name:  "pressure",
+		Usage: "report or clear a write coordinator's pressure by hand",
+		Subcommands: []*cli.Command{{
+			Name:      "set",
+			Usage:     "publish a pressure event as COORDINATOR (ok, soft or hard)",
+			ArgsUsage: "COORDINATOR LEVEL",
+			Description: `Publishes one event through Redis as if COORDINATOR had sent it: stored in
+<prefix>:pressure:{COORDINATOR} (expiring after --ttl), counted in the level
+sets, announced on <prefix>:feedback. Every replica's feedback handler acts on
+it. Useful to rehearse the loop, or to hold the pipeline while a store is
+repaired (the event expires unless repeated).
+
+Examples:
+   sluice pressure set store-0 hard
+   sluice pressure set store-0 soft --queue-size 700 --capacity 1000 --ttl 1m`,
+			Flags: []cli.Flag{
+				&cli.IntFlag{Name: "queue-size", Usage: "queue size to report (default: a fill typical of LEVEL)", Value: -1, Destination: &queue},
+				&cli.IntFlag{Name: "capacity", Usage: "queue capacity to report", Value: 1000, Destination: &capacity},
+				&cli.DurationFlag{Name: "ttl", Usage: "how long the report counts", Value: 30 * time.Second, Destination: &ttl},
+			},
+			Action: func(c *cli.Context) error {
+				argv, err := args(c, 2, "COORDINATOR LEVEL")
+				if err != nil {
+					return err
+				}
+				level, err := feedback.ParseLevel(argv[1])
+				if err != nil {
+					return usagef("pressure set: LEVEL=%q: must be ok, soft or hard", argv[1])
+				}
+				if ttl <= 0 {
+					return usagef("pressure set: --ttl=%v: must be positive", ttl)
+				}
+				if queue < 0 {
+					queue = capacity * map[feedback.Level]int{feedback.OK: 0, feedback.Soft: 70, feedback.Hard: 90}[level] / 100
+				}
+				e := feedback.Event{CoordinatorID: argv[0], QueueSize: queue, Capacity: capacity, Level: level,
+					Seq: uint64(time.Now().UnixMicro()), TS: time.Now()}
+				if err := e.Validate(); err != nil {
+					return usagef("pressure set: %v", err)
+				}
+				s, err := a.open(c)
+				if err != nil {
+					return err
+				}
+				defer s.Close()
+				pub := feedback.NewRedisPublisher(s.rdb, feedback.RedisKeys{Prefix: s.cfg.Prefix}, ttl)
+				if err := pub.Publish(c.Context, e); err != nil {
+					return err
+				}
+				fmt.Fprintf(a.stdout, "%s: %s (%d/%d) published, counts for %v\n", e.CoordinatorID, e.Level, e.QueueSize, e.Capacity, ttl)
+				return nil
+			},
+		}, {
+			Name:      "clear",
+			Usage:     "remove COORDINATOR's pressure from Redis",
+			ArgsUsage: "COORDINATOR",
+			Description: `Deletes the coordinator's pressure hash and its set memberships. Handlers
+forget it when its TTL passes (feedback.coordinator_ttl).
+
+Example:
+   sluice pressure clear store-0`,
+			Action: func(c *cli.Context) error {
+				argv, err := args(c, 1, "COORDINATOR")
+				if err != nil {
+					return err
+				}
+				s, err := a.open(c)
+				if err != nil {
+					return err
+				}
+				defer s.Close()
+				if err := feedback.NewRedisPublisher(s.rdb, feedback.RedisKeys{Prefix: s.cfg.Prefix}, 0).Withdraw(c.Context, argv[0]); err != nil {
+					return err
+				}
+				fmt.Fprintf(a.stdout, "%s: cleared\n", argv[0])
+				return nil
+			},
+		}},
+	}
+}

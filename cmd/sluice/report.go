@@ -1,0 +1,146 @@
+package main
+
+import (
+	"fmt"
+	"html/template"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/sluice-dev/sluice/internal/sim"
+)
+
+// writeReport writes a self-contained HTML page (inline SVG, no network)
+// with the demo's queue depth, scale and admitted rate over time.
+func writeReport(path string, res sim.Result, d demoArgs) error {
+	var xs []float64
+	var queue, scale, admitted, written []float64
+	for _, s := range res.Samples {
+		xs = append(xs, s.T.Seconds())
+		queue = append(queue, float64(s.QueueDepth))
+		scale = append(scale, s.Scale)
+		admitted = append(admitted, s.Admitted)
+		written = append(written, s.WriteRate)
+	}
+	loop := "closed loop (feedback on, " + d.Policy + " policy)"
+	if d.OpenLoop {
+		loop = "open loop (feedback off)"
+	}
+	q := float64(d.Queue)
+	charts := []template.HTML{
+		chart("Queue depth (items)", xs, q*1.05, []series{{"queue depth", queue, "#2563eb"}},
+			[]ref{{q, "capacity", "#dc2626"}, {0.85 * q, "hard", "#f97316"}, {0.6 * q, "soft", "#eab308"}}),
+		chart("Scale factor", xs, 1.05, []series{{"scale", scale, "#16a34a"}}, nil),
+		chart("Rate (items/s)", xs, maxOf(admitted, d.Rate)*1.1,
+			[]series{{"admitted (all replicas)", admitted, "#7c3aed"}, {"written by the sink", written, "#0891b2"}},
+			[]ref{{d.Rate, "provider limit", "#dc2626"}, {d.SinkRate, "sink capacity", "#64748b"}}),
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return fmt.Errorf("report: %w", err)
+	}
+	defer f.Close()
+	err = reportPage.Execute(f, map[string]any{
+		"Loop": loop, "Res": res, "Args": d, "Charts": charts, "When": time.Now().Format(time.RFC1123),
+		"Fill": fmt.Sprintf("%.0f%%", 100*res.MaxQueueFill), "Util": fmt.Sprintf("%.1f%%", 100*res.Utilisation),
+	})
+	if err != nil {
+		return fmt.Errorf("report: %w", err)
+	}
+	return f.Close()
+}
+
+type series struct {
+	name   string
+	ys     []float64
+	colour string
+}
+
+type ref struct {
+	y      float64
+	label  string
+	colour string
+}
+
+func maxOf(ys []float64, floor float64) float64 {
+	m := floor
+	for _, y := range ys {
+		m = max(m, y)
+	}
+	return m
+}
+
+// chart draws line series over xs as an inline SVG, y from 0 to ymax, with
+// dashed horizontal reference lines.
+func chart(title string, xs []float64, ymax float64, ss []series, refs []ref) template.HTML {
+	const w, h, left, right, top, bottom = 760.0, 220.0, 56.0, 150.0, 24.0, 28.0
+	pw, ph := w-left-right, h-top-bottom
+	xmax := 1.0
+	if len(xs) > 0 {
+		xmax = max(xs[len(xs)-1], 1)
+	}
+	if ymax <= 0 {
+		ymax = 1
+	}
+	px := func(x float64) float64 { return left + pw*x/xmax }
+	py := func(y float64) float64 { return top + ph*(1-min(max(y/ymax, 0), 1)) }
+	var b strings.Builder
+	fmt.Fprintf(&b, `<svg viewBox="0 0 %g %g" width="%g" height="%g" role="img" aria-label="%s">`, w, h, w, h, template.HTMLEscapeString(title))
+	fmt.Fprintf(&b, `<text x="%g" y="16" class="title">%s</text>`, left, template.HTMLEscapeString(title))
+	for i := 0; i <= 4; i++ { // y grid and labels
+		y := ymax * float64(i) / 4
+		fmt.Fprintf(&b, `<line x1="%g" x2="%g" y1="%.1f" y2="%.1f" class="grid"/><text x="%g" y="%.1f" class="tick" text-anchor="end">%s</text>`,
+			left, left+pw, py(y), py(y), left-6, py(y)+4, short(y))
+	}
+	for i := 0; i <= 5; i++ { // x labels
+		x := xmax * float64(i) / 5
+		fmt.Fprintf(&b, `<text x="%.1f" y="%g" class="tick" text-anchor="middle">%.0fs</text>`, px(x), h-8, x)
+	}
+	legend := 0
+	for _, r := range refs {
+		fmt.Fprintf(&b, `<line x1="%g" x2="%g" y1="%.1f" y2="%.1f" stroke="%s" stroke-dasharray="5 4"/>`, left, left+pw, py(r.y), py(r.y), r.colour)
+		fmt.Fprintf(&b, `<text x="%g" y="%.1f" class="tick" fill="%s">%s</text>`, left+pw+6, py(r.y)+4, r.colour, template.HTMLEscapeString(r.label))
+	}
+	for _, s := range ss {
+		var pts []string
+		for i, y := range s.ys {
+			pts = append(pts, fmt.Sprintf("%.1f,%.1f", px(xs[i]), py(y)))
+		}
+		fmt.Fprintf(&b, `<polyline fill="none" stroke="%s" stroke-width="2" points="%s"/>`, s.colour, strings.Join(pts, " "))
+		fmt.Fprintf(&b, `<rect x="%g" y="%d" width="10" height="3" fill="%s"/><text x="%g" y="%d" class="tick">%s</text>`,
+			left+pw+6, int(top)+legend*16+60, s.colour, left+pw+20, int(top)+legend*16+64, template.HTMLEscapeString(s.name))
+		legend++
+	}
+	b.WriteString(`</svg>`)
+	return template.HTML(b.String()) // built from numbers and escaped labels only
+}
+
+func short(v float64) string {
+	if v >= 1000 {
+		return fmt.Sprintf("%.1fk", v/1000)
+	}
+	if v == float64(int(v)) {
+		return fmt.Sprintf("%d", int(v))
+	}
+	return fmt.Sprintf("%.2f", v)
+}
+
+var reportPage = template.Must(template.New("report").Parse(`<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>sluice demo: {{.Loop}}</title>
+<style>
+body{font:14px/1.45 system-ui,sans-serif;margin:2rem auto;max-width:800px;color:#0f172a}
+h1{font-size:1.3rem} table{border-collapse:collapse;margin:1rem 0} td,th{padding:.2rem .8rem;border-bottom:1px solid #e2e8f0;text-align:left}
+svg{display:block;margin:1.2rem 0;background:#f8fafc;border:1px solid #e2e8f0}
+.title{font-weight:600;font-size:13px}.tick{font-size:11px;fill:#475569}.grid{stroke:#e2e8f0}
+</style></head><body>
+<h1>sluice demo — {{.Loop}}</h1>
+<p>{{.Args.Replicas}} replicas pulled ticks from one provider (pacing limit {{.Args.Rate}}/s, burst {{.Args.Burst}})
+into a store that writes {{.Args.SinkRate}}/s (queue {{.Args.Queue}}), for {{.Args.Duration}}. {{.When}}.</p>
+<table>
+<tr><th>produced</th><td>{{.Res.Fetched}}</td><th>written</th><td>{{.Res.Written}}</td><th>lost</th><td>{{.Res.Lost}}</td></tr>
+<tr><th>max queue fill</th><td>{{.Fill}}</td><th>level changes</th><td>{{.Res.LevelChanges}}</td><th>submits blocked</th><td>{{.Res.SubmitsBlocked}}</td></tr>
+<tr><th>sink utilisation</th><td>{{.Util}}</td><th>pacing violations</th><td>{{.Res.PacingViolations}}</td><th></th><td></td></tr>
+</table>
+{{range .Charts}}{{.}}{{end}}
+</body></html>
+`))

@@ -1,0 +1,50 @@
+package main
+
+import (
+	"fmt"
+	"strconv"
+
+	"github.com/urfave/cli/v2"
+)
+
+func (a *app) scaleCmd() *cli.Command {
+	var source string
+	return &cli.Command{
+		Name:      "scale",
+		Usage:     "set a provider's scale factor for every replica (0 pauses)",
+		ArgsUsage: "PROVIDER FACTOR",
+		Description: `Sets the rate in force to base rate × FACTOR for every replica, from now on
+(the bucket is settled at the old scale first). FACTOR is in [0, max_scale]
+(1 unless registered higher); 0 pauses the provider. While a feedback handler
+runs, it sets the scale again at its next evaluation: use shadow mode or turn
+feedback off to override for longer.
+
+Examples:
+   sluice scale ibkr 0.5
+   sluice scale ibkr 0 --source "incident 4711"`,
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "source", Usage: "recorded as who set it", Value: "operator", Destination: &source},
+		},
+		Action: func(c *cli.Context) error {
+			argv, err := args(c, 2, "PROVIDER FACTOR")
+			if err != nil {
+				return err
+			}
+			factor, err := strconv.ParseFloat(argv[1], 64)
+			if err != nil {
+				return usagef("scale: FACTOR=%q: must be a number in [0, max_scale]", argv[1])
+			}
+			s, err := a.open(c)
+			if err != nil {
+				return err
+			}
+			defer s.Close()
+			ch, err := s.lim.Rescale(c.Context, argv[0], factor, source)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(a.stdout, "%s: scale %g -> %g (seq %d, tokens %.1f)\n", argv[0], ch.Old, ch.New, ch.Seq, ch.Tokens)
+			return nil
+		},
+	}
+}
