@@ -1,14 +1,19 @@
-# sluice: make test runs every test (installing redis-server when missing),
-# make lint the static checks, make bench the benchmarks.
+# sluice: make demo runs the whole loop on an embedded Redis; make test runs
+# every test (installing redis-server when missing); make lint the static
+# checks; make bench the benchmarks.
 GO          ?= go
 STATICCHECK ?= $(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
-.PHONY: all build test test-short bench lint redis-server
+.PHONY: all build demo test test-short bench lint redis-server
 
 all: lint test
 
 build:
-	$(GO) build ./...
+	$(GO) build -o bin/sluice ./cmd/sluice
+
+# The whole loop for 20 s on an embedded Redis: needs nothing but Go.
+demo:
+	$(GO) run ./cmd/sluice demo $(DEMO_ARGS)
 
 # The full suite: unit tests on miniredis, every Lua script on a real
 # redis-server started by the tests, multi-process tests. -race on.
