@@ -3,7 +3,9 @@ package main
 import (
 	"fmt"
 	"html/template"
+	"math"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -28,9 +30,9 @@ func writeReport(path string, res sim.Result, d demoArgs) error {
 	}
 	q := float64(d.Queue)
 	charts := []template.HTML{
-		chart("Queue depth (items)", xs, q*1.05, []series{{"queue depth", queue, "#2563eb"}},
+		chart("Queue depth (items)", xs, q, []series{{"queue depth", queue, "#2563eb"}},
 			[]ref{{q, "capacity", "#dc2626"}, {0.85 * q, "hard", "#f97316"}, {0.6 * q, "soft", "#eab308"}}),
-		chart("Scale factor", xs, 1.05, []series{{"scale", scale, "#16a34a"}}, nil),
+		chart("Scale factor", xs, 1, []series{{"scale", scale, "#16a34a"}}, nil),
 		chart("Rate (items/s)", xs, maxOf(admitted, d.Rate)*1.1,
 			[]series{{"admitted (all replicas)", admitted, "#7c3aed"}, {"written by the sink", written, "#0891b2"}},
 			[]ref{{d.Rate, "provider limit", "#dc2626"}, {d.SinkRate, "sink capacity", "#64748b"}}),
@@ -70,33 +72,36 @@ func maxOf(ys []float64, floor float64) float64 {
 	return m
 }
 
-// chart draws line series over xs as an inline SVG, y from 0 to ymax, with
-// dashed horizontal reference lines.
+// chart draws line series over xs as an inline SVG, y from 0 to about
+// ymax (rounded up to a tick), with dashed horizontal reference lines.
 func chart(title string, xs []float64, ymax float64, ss []series, refs []ref) template.HTML {
-	const w, h, left, right, top, bottom = 760.0, 220.0, 56.0, 150.0, 24.0, 28.0
+	const w, h, left, right, top, bottom = 760.0, 220.0, 56.0, 110.0, 30.0, 28.0
 	pw, ph := w-left-right, h-top-bottom
 	xmax := 1.0
 	if len(xs) > 0 {
 		xmax = max(xs[len(xs)-1], 1)
 	}
-	if ymax <= 0 {
-		ymax = 1
-	}
+	ystep := niceStep(max(ymax, 1e-9) / 4)
+	ytop := ystep * math.Ceil(ymax/ystep)
 	px := func(x float64) float64 { return left + pw*x/xmax }
-	py := func(y float64) float64 { return top + ph*(1-min(max(y/ymax, 0), 1)) }
+	py := func(y float64) float64 { return top + ph*(1-min(max(y/ytop, 0), 1)) }
 	var b strings.Builder
 	fmt.Fprintf(&b, `<svg viewBox="0 0 %g %g" width="%g" height="%g" role="img" aria-label="%s">`, w, h, w, h, template.HTMLEscapeString(title))
-	fmt.Fprintf(&b, `<text x="%g" y="16" class="title">%s</text>`, left, template.HTMLEscapeString(title))
-	for i := 0; i <= 4; i++ { // y grid and labels
-		y := ymax * float64(i) / 4
+	fmt.Fprintf(&b, `<text x="%g" y="18" class="title">%s</text>`, left, template.HTMLEscapeString(title))
+	lx := left + 8*float64(len(title)) + 24 // legend, in the title row
+	for _, s := range ss {
+		fmt.Fprintf(&b, `<rect x="%.0f" y="11" width="14" height="3" fill="%s"/><text x="%.0f" y="17" class="tick">%s</text>`,
+			lx, s.colour, lx+18, template.HTMLEscapeString(s.name))
+		lx += 18 + 7*float64(len(s.name)) + 24
+	}
+	for y := 0.0; y <= ytop+ystep/2; y += ystep {
 		fmt.Fprintf(&b, `<line x1="%g" x2="%g" y1="%.1f" y2="%.1f" class="grid"/><text x="%g" y="%.1f" class="tick" text-anchor="end">%s</text>`,
 			left, left+pw, py(y), py(y), left-6, py(y)+4, short(y))
 	}
-	for i := 0; i <= 5; i++ { // x labels
-		x := xmax * float64(i) / 5
-		fmt.Fprintf(&b, `<text x="%.1f" y="%g" class="tick" text-anchor="middle">%.0fs</text>`, px(x), h-8, x)
+	xstep := niceStep(xmax / 6)
+	for x := 0.0; x <= xmax+xstep/100; x += xstep {
+		fmt.Fprintf(&b, `<text x="%.1f" y="%g" class="tick" text-anchor="middle">%ss</text>`, px(x), h-8, short(x))
 	}
-	legend := 0
 	for _, r := range refs {
 		fmt.Fprintf(&b, `<line x1="%g" x2="%g" y1="%.1f" y2="%.1f" stroke="%s" stroke-dasharray="5 4"/>`, left, left+pw, py(r.y), py(r.y), r.colour)
 		fmt.Fprintf(&b, `<text x="%g" y="%.1f" class="tick" fill="%s">%s</text>`, left+pw+6, py(r.y)+4, r.colour, template.HTMLEscapeString(r.label))
@@ -107,22 +112,27 @@ func chart(title string, xs []float64, ymax float64, ss []series, refs []ref) te
 			pts = append(pts, fmt.Sprintf("%.1f,%.1f", px(xs[i]), py(y)))
 		}
 		fmt.Fprintf(&b, `<polyline fill="none" stroke="%s" stroke-width="2" points="%s"/>`, s.colour, strings.Join(pts, " "))
-		fmt.Fprintf(&b, `<rect x="%g" y="%d" width="10" height="3" fill="%s"/><text x="%g" y="%d" class="tick">%s</text>`,
-			left+pw+6, int(top)+legend*16+60, s.colour, left+pw+20, int(top)+legend*16+64, template.HTMLEscapeString(s.name))
-		legend++
 	}
 	b.WriteString(`</svg>`)
 	return template.HTML(b.String()) // built from numbers and escaped labels only
 }
 
+// niceStep rounds raw up to 1, 2, 2.5 or 5 times a power of ten.
+func niceStep(raw float64) float64 {
+	mag := math.Pow(10, math.Floor(math.Log10(raw)))
+	for _, m := range []float64{1, 2, 2.5, 5, 10} {
+		if m*mag >= raw {
+			return m * mag
+		}
+	}
+	return 10 * mag
+}
+
 func short(v float64) string {
 	if v >= 1000 {
-		return fmt.Sprintf("%.1fk", v/1000)
+		return strconv.FormatFloat(v/1000, 'f', -1, 64) + "k"
 	}
-	if v == float64(int(v)) {
-		return fmt.Sprintf("%d", int(v))
-	}
-	return fmt.Sprintf("%.2f", v)
+	return strconv.FormatFloat(math.Round(v*1000)/1000, 'f', -1, 64)
 }
 
 var reportPage = template.Must(template.New("report").Parse(`<!doctype html>
