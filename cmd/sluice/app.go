@@ -235,6 +235,30 @@ func (s *session) Close() {
 	s.rdb.Close()
 }
 
+// withSession returns an action that checks there are n positional
+// arguments (described by usage), runs check on them (before connecting, so
+// that bad input is refused even without Redis; nil: none), opens a session
+// and runs fn.
+func (a *app) withSession(n int, usage string, check func(argv []string) error, fn func(c *cli.Context, s *session, argv []string) error) cli.ActionFunc {
+	return func(c *cli.Context) error {
+		argv, err := args(c, n, usage)
+		if err != nil {
+			return err
+		}
+		if check != nil {
+			if err := check(argv); err != nil {
+				return err
+			}
+		}
+		s, err := a.open(c)
+		if err != nil {
+			return err
+		}
+		defer s.Close()
+		return fn(c, s, argv)
+	}
+}
+
 // args checks the number of positional arguments.
 func args(c *cli.Context, want int, usage string) ([]string, error) {
 	if c.NArg() != want {

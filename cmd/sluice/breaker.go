@@ -19,23 +19,14 @@ replicas waiting on it are told at once.
 
 Example:
    sluice breaker reset ibkr`,
-			Action: func(c *cli.Context) error {
-				argv, err := args(c, 1, "PROVIDER")
-				if err != nil {
-					return err
-				}
-				s, err := a.open(c)
-				if err != nil {
-					return err
-				}
-				defer s.Close()
+			Action: a.withSession(1, "PROVIDER", nil, func(c *cli.Context, s *session, argv []string) error {
 				b, err := s.lim.ResetBreaker(c.Context, argv[0])
 				if err != nil {
 					return err
 				}
 				fmt.Fprintf(a.stdout, "%s: breaker %s\n", argv[0], b.State)
 				return nil
-			},
+			}),
 		}},
 	}
 }

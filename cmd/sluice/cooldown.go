@@ -28,19 +28,12 @@ Examples:
 			&cli.StringFlag{Name: "reason", Usage: "free text", Destination: &reason},
 			&cli.BoolFlag{Name: "clear", Usage: "end the cooldown now", Destination: &clear},
 		},
-		Action: func(c *cli.Context) error {
-			argv, err := args(c, 1, "PROVIDER")
-			if err != nil {
-				return err
-			}
+		Action: a.withSession(1, "PROVIDER", func([]string) error {
 			if d < 0 || d > 24*time.Hour {
 				return usagef("cooldown: --for=%v: must be in [0, 24h]", d)
 			}
-			s, err := a.open(c)
-			if err != nil {
-				return err
-			}
-			defer s.Close()
+			return nil
+		}, func(c *cli.Context, s *session, argv []string) error {
 			if clear {
 				if err := s.lim.ClearCooldown(c.Context, argv[0]); err != nil {
 					return err
@@ -58,6 +51,6 @@ Examples:
 			}
 			fmt.Fprintf(a.stdout, "%s: cooling down until %s (%v from now)\n", argv[0], until.Format(time.RFC3339), time.Until(until).Round(time.Second))
 			return nil
-		},
+		}),
 	}
 }

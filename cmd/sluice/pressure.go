@@ -12,6 +12,7 @@ import (
 func (a *app) pressureCmd() *cli.Command {
 	var queue, capacity int
 	var ttl time.Duration
+	var e feedback.Event // built by the check, published by the action
 	return &cli.Command{
 		Name:  "pressure",
 		Usage: "report or clear a write coordinator's pressure by hand",
@@ -33,11 +34,7 @@ Examples:
 				&cli.IntFlag{Name: "capacity", Usage: "queue capacity to report", Value: 1000, Destination: &capacity},
 				&cli.DurationFlag{Name: "ttl", Usage: "how long the report counts", Value: 30 * time.Second, Destination: &ttl},
 			},
-			Action: func(c *cli.Context) error {
-				argv, err := args(c, 2, "COORDINATOR LEVEL")
-				if err != nil {
-					return err
-				}
+			Action: a.withSession(2, "COORDINATOR LEVEL", func(argv []string) error {
 				level, err := feedback.ParseLevel(argv[1])
 				if err != nil {
 					return usagef("pressure set: LEVEL=%q: must be ok, soft or hard", argv[1])
@@ -48,23 +45,20 @@ Examples:
 				if queue < 0 {
 					queue = capacity * map[feedback.Level]int{feedback.OK: 0, feedback.Soft: 70, feedback.Hard: 90}[level] / 100
 				}
-				e := feedback.Event{CoordinatorID: argv[0], QueueSize: queue, Capacity: capacity, Level: level,
+				e = feedback.Event{CoordinatorID: argv[0], QueueSize: queue, Capacity: capacity, Level: level,
 					Seq: uint64(time.Now().UnixMicro()), TS: time.Now()}
 				if err := e.Validate(); err != nil {
 					return usagef("pressure set: %v", err)
 				}
-				s, err := a.open(c)
-				if err != nil {
-					return err
-				}
-				defer s.Close()
+				return nil
+			}, func(c *cli.Context, s *session, argv []string) error {
 				pub := feedback.NewRedisPublisher(s.rdb, feedback.RedisKeys{Prefix: s.cfg.Prefix}, ttl)
 				if err := pub.Publish(c.Context, e); err != nil {
 					return err
 				}
 				fmt.Fprintf(a.stdout, "%s: %s (%d/%d) published, counts for %v\n", e.CoordinatorID, e.Level, e.QueueSize, e.Capacity, ttl)
 				return nil
-			},
+			}),
 		}, {
 			Name:      "clear",
 			Usage:     "remove COORDINATOR's pressure from Redis",
@@ -74,22 +68,13 @@ forget it when its TTL passes (feedback.coordinator_ttl).
 
 Example:
    sluice pressure clear store-0`,
-			Action: func(c *cli.Context) error {
-				argv, err := args(c, 1, "COORDINATOR")
-				if err != nil {
-					return err
-				}
-				s, err := a.open(c)
-				if err != nil {
-					return err
-				}
-				defer s.Close()
+			Action: a.withSession(1, "COORDINATOR", nil, func(c *cli.Context, s *session, argv []string) error {
 				if err := feedback.NewRedisPublisher(s.rdb, feedback.RedisKeys{Prefix: s.cfg.Prefix}, 0).Withdraw(c.Context, argv[0]); err != nil {
 					return err
 				}
 				fmt.Fprintf(a.stdout, "%s: cleared\n", argv[0])
 				return nil
-			},
+			}),
 		}},
 	}
 }

@@ -25,26 +25,19 @@ Examples:
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "source", Usage: "recorded as who set it", Value: "operator", Destination: &source},
 		},
-		Action: func(c *cli.Context) error {
-			argv, err := args(c, 2, "PROVIDER FACTOR")
-			if err != nil {
-				return err
-			}
-			factor, err := strconv.ParseFloat(argv[1], 64)
-			if err != nil {
+		Action: a.withSession(2, "PROVIDER FACTOR", func(argv []string) error {
+			if _, err := strconv.ParseFloat(argv[1], 64); err != nil {
 				return usagef("scale: FACTOR=%q: must be a number in [0, max_scale]", argv[1])
 			}
-			s, err := a.open(c)
-			if err != nil {
-				return err
-			}
-			defer s.Close()
+			return nil
+		}, func(c *cli.Context, s *session, argv []string) error {
+			factor, _ := strconv.ParseFloat(argv[1], 64)
 			ch, err := s.lim.Rescale(c.Context, argv[0], factor, source)
 			if err != nil {
 				return err
 			}
 			fmt.Fprintf(a.stdout, "%s: scale %g -> %g (seq %d, tokens %.1f)\n", argv[0], ch.Old, ch.New, ch.Seq, ch.Tokens)
 			return nil
-		},
+		}),
 	}
 }
