@@ -221,7 +221,7 @@ func (c *Coordinator) decide(ctx context.Context, st *providerState, n int) (Dec
 	if n < 1 || n > 1e9 {
 		return Decision{}, &ArgumentError{"n", n, "an integer in [1, 1000000000]"}
 	}
-	if !st.active.Swap(true) { // first acquisition: join the replica registry now
+	if !st.active.Load() && !st.active.Swap(true) { // first acquisition: join the replica registry now
 		c.beat(ctx, st)
 	}
 	now := c.opts.Now()
