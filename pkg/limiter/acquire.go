@@ -255,10 +255,7 @@ func (c *Coordinator) redisDown(err error) {
 	}
 	if probe {
 		c.wg.Add(1)
-		go func() {
-			defer c.health.probeDone()
-			c.every(c.opts.RedisRetry, c.probeOnce)
-		}()
+		go c.every(c.opts.RedisRetry, c.probeOnce)
 	}
 }
 

@@ -421,41 +421,29 @@ func isOutage(err error) bool {
 // health tracks whether Redis answers. While it does not, calls go straight
 // to the outage mode and a single background goroutine probes Redis (PING)
 // every RedisRetry; callers never wait on a dead server's dial retries.
+// Going up also ends the probing duty, in one step: a failure that follows
+// at once then starts a new prober, never finds a finished one still marked
+// as running. Lock-free, because isDown and markUp run on every decision.
 type health struct {
-	mu      sync.Mutex
-	down    bool
-	probing bool
+	down    atomic.Bool
+	probing atomic.Bool
 }
 
-func (h *health) isDown() bool {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return h.down
-}
+func (h *health) isDown() bool { return h.down.Load() }
 
 // markDown records a failure; it returns whether Redis was up until now, and
 // whether the caller must start the prober.
 func (h *health) markDown() (changed, probe bool) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	changed = !h.down
-	h.down = true
-	probe = !h.probing
-	h.probing = true
+	changed = h.down.CompareAndSwap(false, true)
+	probe = h.probing.CompareAndSwap(false, true)
 	return changed, probe
 }
 
 // markUp records an answer; it returns whether Redis was down until now.
 func (h *health) markUp() bool {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	changed := h.down
-	h.down = false
-	return changed
-}
-
-func (h *health) probeDone() {
-	h.mu.Lock()
-	h.probing = false
-	h.mu.Unlock()
+	if !h.down.Load() { // the common case: no write to a shared cache line
+		return false
+	}
+	h.probing.Store(false)
+	return h.down.CompareAndSwap(true, false)
 }
