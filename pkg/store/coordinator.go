@@ -144,6 +144,7 @@ type WriteCoordinator[T any] struct {
 	transitions, submitted, dlFails atomic.Int64
 
 	closeOnce sync.Once
+	done      chan struct{} // closed when Close has drained and published the last event
 	workers   sync.WaitGroup
 	stop      chan struct{}
 	monitor   chan struct{} // closed when the monitor has published its last event
@@ -170,6 +171,7 @@ func New[T any](sink Sink[T], o Options[T]) (*WriteCoordinator[T], error) {
 		stop:    make(chan struct{}),
 		monitor: make(chan struct{}),
 		closing: make(chan struct{}),
+		done:    make(chan struct{}),
 	}
 	// Sequence numbers keep increasing across restarts: they start at the
 	// start time in microseconds.
@@ -225,12 +227,16 @@ func (w *WriteCoordinator[T]) observe() {
 	next := w.o.Watermarks.Next(w.level, float64(depth)/float64(w.o.Capacity))
 	prev := w.level
 	w.level = next
+	if next != prev {
+		// Under the lock: two transitions racing must not leave the
+		// level gauges (what KEDA reads) showing the older one.
+		w.transitions.Add(1)
+		w.m.transition(prev, next)
+	}
 	w.levelMu.Unlock()
 	if next == prev {
 		return
 	}
-	w.transitions.Add(1)
-	w.m.transition(prev, next)
 	select {
 	case w.changed <- struct{}{}:
 	default: // the monitor will publish the latest state anyway
@@ -355,28 +361,29 @@ func (w *WriteCoordinator[T]) publish() {
 // dead-lettered), publishes a last event and returns. If ctx ends first it
 // returns an error saying how many items were still queued; the workers go
 // on draining in the background.
+// Close may be called again (after a timeout, say): every call waits for
+// the same drain.
 func (w *WriteCoordinator[T]) Close(ctx context.Context) error {
-	w.closeOnce.Do(func() { close(w.closing) })
-	w.mu.Lock()
-	if w.closed {
+	w.closeOnce.Do(func() {
+		close(w.closing)
+		w.mu.Lock() // waits for Submits in flight
+		w.closed = true
+		close(w.q)
 		w.mu.Unlock()
-		return nil
-	}
-	w.closed = true
-	close(w.q)
-	w.mu.Unlock()
-
-	drained := make(chan struct{})
-	go func() { w.workers.Wait(); close(drained) }()
+		go func() {
+			w.workers.Wait()
+			w.observe()
+			close(w.stop)
+			<-w.monitor
+			close(w.done)
+		}()
+	})
 	select {
-	case <-drained:
+	case <-w.done:
+		return nil
 	case <-ctx.Done():
 		return fmt.Errorf("store: close: %d items still queued: %w", len(w.q), ctx.Err())
 	}
-	w.observe()
-	close(w.stop)
-	<-w.monitor
-	return nil
 }
 
 // Stats is a snapshot of a coordinator's counters.

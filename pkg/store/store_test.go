@@ -250,6 +250,13 @@ func TestCloseTimesOutWithCount(t *testing.T) {
 		t.Fatalf("Close = %v", err)
 	}
 	open()
+	// Closing again waits for the same drain: when it returns, all is written.
+	if err := w.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if st := w.Stats(); st.Written != 6 || st.Depth != 0 {
+		t.Fatalf("after the second Close: %+v, want all 6 written", st)
+	}
 }
 
 // TestEventsAndMetrics: an event at every level change and heartbeat, with
