@@ -153,33 +153,45 @@ func (a *app) logger(cfg *Config) *slog.Logger {
 	return slog.New(slog.NewTextHandler(a.stderr, opts))
 }
 
+// newRedisClient builds a client for the configured Redis (no I/O yet). Unless
+// the URL says otherwise, dialling gives up after 2s and 2 attempts, so an
+// outage is noticed quickly.
+func newRedisClient(cfg *Config) (redis.UniversalClient, error) {
+	if cfg.RedisClusterURL != "" {
+		opt, err := redis.ParseClusterURL(cfg.RedisClusterURL)
+		if err != nil {
+			return nil, cfg.layers.errorf("redis.cluster_url", "must be redis://[user:password@]host:port?addr=host:port...: "+err.Error())
+		}
+		opt.DialTimeout, opt.DialerRetries = orDefault(opt.DialTimeout, 2*time.Second), max(opt.DialerRetries, 2)
+		return redis.NewClusterClient(opt), nil
+	}
+	opt, err := redis.ParseURL(cfg.RedisURL)
+	if err != nil {
+		return nil, cfg.layers.errorf("redis.url", "must be redis://[user:password@]host:port/db or rediss://...: "+err.Error())
+	}
+	opt.DialTimeout, opt.DialerRetries = orDefault(opt.DialTimeout, 2*time.Second), max(opt.DialerRetries, 2)
+	return redis.NewClient(opt), nil
+}
+
+// redisURL is the configured URL in force, with its password hidden.
+func (cfg *Config) redisURL() string {
+	if cfg.RedisClusterURL != "" {
+		return redact(cfg.RedisClusterURL)
+	}
+	return redact(cfg.RedisURL)
+}
+
 // connect opens the configured Redis and checks that it answers.
 func connect(ctx context.Context, cfg *Config) (redis.UniversalClient, error) {
-	var rdb redis.UniversalClient
-	key, raw := "redis.url", cfg.RedisURL
-	if cfg.RedisClusterURL != "" {
-		key, raw = "redis.cluster_url", cfg.RedisClusterURL
-		opt, err := redis.ParseClusterURL(raw)
-		if err != nil {
-			return nil, cfg.layers.errorf(key, "must be redis://[user:password@]host:port?addr=host:port...: "+err.Error())
-		}
-		opt.DialTimeout = orDefault(opt.DialTimeout, 2*time.Second)
-		opt.DialerRetries = max(opt.DialerRetries, 2)
-		rdb = redis.NewClusterClient(opt)
-	} else {
-		opt, err := redis.ParseURL(raw)
-		if err != nil {
-			return nil, cfg.layers.errorf(key, "must be redis://[user:password@]host:port/db or rediss://...: "+err.Error())
-		}
-		opt.DialTimeout = orDefault(opt.DialTimeout, 2*time.Second)
-		opt.DialerRetries = max(opt.DialerRetries, 2)
-		rdb = redis.NewClient(opt)
+	rdb, err := newRedisClient(cfg)
+	if err != nil {
+		return nil, err
 	}
 	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	if err := rdb.Ping(pctx).Err(); err != nil {
 		rdb.Close()
-		return nil, fmt.Errorf("redis at %s unreachable: %v", redact(raw), err)
+		return nil, fmt.Errorf("redis at %s unreachable: %v", cfg.redisURL(), err)
 	}
 	return rdb, nil
 }

@@ -80,14 +80,12 @@ Examples:
 					return err
 				}
 				rdb.Close()
-				newClient = func() redis.UniversalClient { c, _ := connect(context.Background(), cfg); return c }
+				// The URL parsed just now: building more clients from it cannot fail.
+				newClient = func() redis.UniversalClient { c, _ := newRedisClient(cfg); return c }
 				if !c.IsSet("prefix") {
 					prefix = "sluice-demo"
 				}
-				where = "Redis at " + redact(cfg.RedisURL)
-				if cfg.RedisClusterURL != "" {
-					where = "Redis Cluster at " + redact(cfg.RedisClusterURL)
-				}
+				where = "Redis at " + cfg.redisURL()
 			} else {
 				mr, err := miniredis.Run()
 				if err != nil {
