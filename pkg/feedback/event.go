@@ -26,9 +26,6 @@ const (
 	Hard Level = "hard"
 )
 
-// Levels lists the levels from least to most pressure.
-var Levels = []Level{OK, Soft, Hard}
-
 // Rank orders levels: ok 0, soft 1, hard 2; -1 for anything else.
 func (l Level) Rank() int {
 	switch l {

@@ -251,14 +251,6 @@ func (h *Handler) Reevaluate(ctx context.Context) error {
 	return h.reconcile(ctx, h.o.Clock())
 }
 
-// Target returns the level and scale the current reports call for, before
-// dwell and ramp.
-func (h *Handler) Target() (Level, float64) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return h.target(h.o.Clock())
-}
-
 // target combines the live coordinators; h.mu is held. Expired coordinators
 // are handled as Options.Expiry says.
 func (h *Handler) target(now time.Time) (Level, float64) {
