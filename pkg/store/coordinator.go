@@ -213,23 +213,21 @@ func (w *WriteCoordinator[T]) Submit(ctx context.Context, item T) error {
 	return nil
 }
 
-// observe re-evaluates the level after the queue changed.
+// observe re-evaluates the level after the queue changed. The depth is read
+// under the lock: every change of the queue is followed by an observe, so
+// the last observe to take the lock sees the latest depth, and a stale read
+// can never leave the level (or the gauges) behind the queue.
 func (w *WriteCoordinator[T]) observe() {
+	w.levelMu.Lock()
 	depth := len(w.q)
-	for {
-		m := w.maxDepth.Load()
-		if int64(depth) <= m || w.maxDepth.CompareAndSwap(m, int64(depth)) {
-			break
-		}
+	if int64(depth) > w.maxDepth.Load() {
+		w.maxDepth.Store(int64(depth))
 	}
 	w.m.depth.Set(float64(depth))
-	w.levelMu.Lock()
 	next := w.o.Watermarks.Next(w.level, float64(depth)/float64(w.o.Capacity))
 	prev := w.level
 	w.level = next
 	if next != prev {
-		// Under the lock: two transitions racing must not leave the
-		// level gauges (what KEDA reads) showing the older one.
 		w.transitions.Add(1)
 		w.m.transition(prev, next)
 	}

@@ -362,3 +362,32 @@ func counter(t *testing.T, reg *prometheus.Registry, name string) float64 {
 	}
 	return v
 }
+
+// TestLevelFollowsDepthUnderConcurrency: submitters and workers observe the
+// queue at once; whatever the interleaving, once the queue is still the
+// level and the gauges match its final depth (a stale depth read must never
+// win and leave the level behind the queue).
+func TestLevelFollowsDepthUnderConcurrency(t *testing.T) {
+	for i := range 200 {
+		sink := newSink()
+		open := sink.gated()
+		reg := prometheus.NewRegistry()
+		w := newCoordinator(t, sink, store.Options[int]{ID: "c", Capacity: 20, Workers: 4, BatchSize: 1, Linger: time.Millisecond, Registerer: reg})
+		var wg sync.WaitGroup
+		for g := range 8 { // 21 items: 4 held by the gated workers, 17 queued (85%: hard)
+			wg.Go(func() {
+				for j := g; j < 21; j += 8 {
+					_ = w.Submit(context.Background(), j)
+				}
+			})
+		}
+		wg.Wait()
+		waitFor(t, func() bool { return w.Stats().Depth == 17 })
+		st := w.Stats()
+		if st.Level != feedback.Hard || counter(t, reg, "coordinator_backpressure_hard") != 1 || counter(t, reg, "coordinator_queue_depth") != 17 {
+			t.Fatalf("iteration %d: depth %d but level %s (hard gauge %v, depth gauge %v)", i, st.Depth, st.Level,
+				counter(t, reg, "coordinator_backpressure_hard"), counter(t, reg, "coordinator_queue_depth"))
+		}
+		open()
+	}
+}
