@@ -20,7 +20,8 @@ demo:
 test: redis-server
 	$(GO) test -race -count=1 ./...
 
-# The quick loop: miniredis only, no real redis-server, no long runs.
+# The quick loop: miniredis only (redistest.Start skips under -short), no
+# long runs, no process started.
 test-short:
 	$(GO) test -short -count=1 ./...
 
@@ -29,6 +30,7 @@ bench: redis-server
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change: $$out"; exit 1; fi
+	$(GO) mod tidy -diff
 	$(GO) vet ./...
 	$(STATICCHECK) ./...
 

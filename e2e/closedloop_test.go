@@ -29,7 +29,7 @@ func TestClosedLoop(t *testing.T) {
 		res, err := sim.Run(context.Background(), sim.Config{
 			NewClient: func() redis.UniversalClient { return redis.NewClient(&redis.Options{Addr: srv.Addr}) },
 			Rate:      600, Burst: 20, SinkRate: 300, QueueCapacity: 1000, Replicas: 3,
-			Feedback: feedback, Duration: 12 * time.Second, Logger: quiet,
+			Feedback: feedback, Duration: 8 * time.Second, Logger: quiet,
 		})
 		if err != nil {
 			t.Fatal(err)

@@ -12,32 +12,40 @@ import (
 
 	"github.com/sluice-dev/sluice/internal/redistest"
 	"github.com/sluice-dev/sluice/pkg/feedback"
+	"github.com/sluice-dev/sluice/pkg/feedback/httpbus"
+	"github.com/sluice-dev/sluice/pkg/feedback/redisbus"
 	"github.com/sluice-dev/sluice/pkg/limiter"
+	"github.com/sluice-dev/sluice/pkg/pipeline"
+	"github.com/sluice-dev/sluice/pkg/state"
 	"github.com/sluice-dev/sluice/pkg/store"
 )
 
-func newLimiter(t *testing.T, rdb redis.UniversalClient, provider string) *limiter.Coordinator {
+// newReplica starts a pipeline replica with feedback on provider "ibkr"
+// (registered: 100 tokens, 100/s), fed by events (nil: Redis), closed when
+// t ends. Its handler rises as soon as the pressure allows (1 ms dwell).
+func newReplica(t *testing.T, rdb redis.UniversalClient, events feedback.Subscriber, source string) *pipeline.Replica {
 	t.Helper()
-	c, err := limiter.New(rdb, limiter.Options{Logger: quiet})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
+	ctx := context.Background()
 	cfg := limiter.DefaultProviderConfig()
 	cfg.Capacity, cfg.RefillRate = 100, 100
-	if _, err := c.Register(context.Background(), provider, cfg); err != nil {
-		t.Fatal(err)
-	}
-	return c
-}
-
-func newHandler(t *testing.T, rate feedback.RateCoordinator, source string) *feedback.Handler {
-	t.Helper()
-	h, err := feedback.NewHandler(rate, feedback.Options{Providers: []string{"ibkr"}, Dwell: -1, Source: source, Logger: quiet})
+	reg, err := limiter.New(rdb, limiter.Options{Logger: quiet})
 	if err != nil {
 		t.Fatal(err)
 	}
-	return h
+	defer reg.Close()
+	if _, err := reg.Register(ctx, "ibkr", cfg); err != nil {
+		t.Fatal(err)
+	}
+	r, err := pipeline.New(ctx, rdb, pipeline.Options{
+		Limiter:  limiter.Options{Source: source, Logger: quiet},
+		Feedback: &feedback.Options{Providers: []string{"ibkr"}, Dwell: time.Millisecond, Logger: quiet},
+		Events:   events,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close() })
+	return r
 }
 
 // gatedStore is a write coordinator whose sink waits for open, so a test
@@ -73,12 +81,13 @@ func fill(t *testing.T, w *store.WriteCoordinator[int], n int) {
 	}
 }
 
-func waitScale(t *testing.T, c *limiter.Coordinator, want float64) {
+// waitScale waits until the replica's limiter sees the scale want.
+func waitScale(t *testing.T, r *pipeline.Replica, want float64) {
 	t.Helper()
 	var got float64
-	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
-		got, _, _ = c.CurrentScale(context.Background(), "ibkr")
-		if got == want {
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		st, err := r.Limiter().Status(context.Background(), "ibkr")
+		if got = st.Scale; err == nil && got == want {
 			return
 		}
 	}
@@ -89,20 +98,18 @@ func waitScale(t *testing.T, c *limiter.Coordinator, want float64) {
 // -> handler -> limiter, in one process.
 func TestInProcessLoop(t *testing.T) {
 	redistest.Each(t, func(t *testing.T, b redistest.Backend) {
-		lim := newLimiter(t, b.Client(t), "ibkr")
-		h := newHandler(t, lim, "feedback")
 		var bus feedback.Bus
-		bus.Subscribe(h.Handle)
+		r := newReplica(t, b.Client(t), &bus, "")
 		w, open := gatedStore(t, &bus)
 		fill(t, w, 1+70) // one in the worker, 70% queued: soft
-		waitScale(t, lim, 0.5)
+		waitScale(t, r, 0.5)
 		fill(t, w, 20) // 90%: hard
-		waitScale(t, lim, 0)
-		if s, _ := lim.Status(context.Background(), "ibkr"); s.Level != "hard" || s.Source != "feedback" {
+		waitScale(t, r, 0)
+		if s, _ := r.Limiter().Status(context.Background(), "ibkr"); s.Level != state.Hard || s.Source != "feedback" {
 			t.Fatalf("status %+v, want level hard set by feedback", s)
 		}
 		open() // drains: ok
-		waitScale(t, lim, 1)
+		waitScale(t, r, 1)
 	})
 }
 
@@ -112,41 +119,31 @@ func TestInProcessLoop(t *testing.T) {
 // converges too.
 func TestRedisLoopThreeReplicas(t *testing.T) {
 	redistest.Each(t, func(t *testing.T, b redistest.Backend) {
-		ctx, cancel := context.WithCancel(context.Background())
-		defer cancel()
-		var wg sync.WaitGroup
-		defer wg.Wait()
-		defer cancel()
-		var replicas []*limiter.Coordinator
-		start := func(i int) *limiter.Coordinator {
-			rdb := b.Client(t)
-			lim := newLimiter(t, rdb, "ibkr")
-			h := newHandler(t, lim, fmt.Sprintf("feedback:r%d", i))
-			sub := feedback.NewRedisSubscriber(rdb, feedback.RedisKeys{}, time.Second, quiet)
-			wg.Go(func() { _ = sub.Run(ctx, h.Handle) })
-			wg.Go(func() { _ = h.Run(ctx) })
-			return lim
+		ctx := context.Background()
+		var replicas []*pipeline.Replica
+		for i := range 3 { // each returns subscribed: nothing published later is missed
+			replicas = append(replicas, newReplica(t, b.Client(t), nil, fmt.Sprintf("feedback:r%d", i)))
 		}
-		for i := range 3 {
-			replicas = append(replicas, start(i))
+		pub, err := redisbus.NewPublisher(b.Client(t), redisbus.Options{TTL: 5 * time.Second})
+		if err != nil {
+			t.Fatal(err)
 		}
-		time.Sleep(100 * time.Millisecond)
-		w, open := gatedStore(t, feedback.NewRedisPublisher(b.Client(t), feedback.RedisKeys{}, 5*time.Second))
+		w, open := gatedStore(t, pub)
 		fill(t, w, 1+90)
-		for _, lim := range replicas {
-			waitScale(t, lim, 0)
-			if d, err := lim.TryAcquire(ctx, "ibkr", 1); err != nil || d.Reason != limiter.ReasonPaused {
+		for _, r := range replicas {
+			waitScale(t, r, 0)
+			if d, err := r.Limiter().TryAcquire(ctx, "ibkr", 1); err != nil || d.Reason != limiter.ReasonPaused {
 				t.Fatalf("replica decision %+v %v, want paused", d, err)
 			}
 		}
-		late := start(3)
+		late := newReplica(t, b.Client(t), nil, "feedback:r3")
 		waitScale(t, late, 0)
 		if n := b.Client(t).SCard(ctx, "sluice:pressure:hard").Val(); n != 1 {
 			t.Fatalf("SCARD sluice:pressure:hard = %d, want 1 (KEDA's view)", n)
 		}
 		open()
-		for _, lim := range append(replicas, late) {
-			waitScale(t, lim, 1)
+		for _, r := range append(replicas, late) {
+			waitScale(t, r, 1)
 		}
 	})
 }
@@ -155,25 +152,25 @@ func TestRedisLoopThreeReplicas(t *testing.T) {
 // the receiver, which drives the handler and the limiter.
 func TestHTTPLoop(t *testing.T) {
 	redistest.Each(t, func(t *testing.T, b redistest.Backend) {
-		lim := newLimiter(t, b.Client(t), "ibkr")
-		h := newHandler(t, lim, "feedback:http")
-		recv, err := feedback.NewReceiver(feedback.ReceiverOptions{Deliver: h.Handle, Token: "t0k", Logger: quiet})
+		var bus feedback.Bus
+		r := newReplica(t, b.Client(t), &bus, "feedback:http")
+		recv, err := httpbus.NewReceiver(httpbus.ReceiverOptions{Deliver: bus.Publish, Token: "t0k", Logger: quiet})
 		if err != nil {
 			t.Fatal(err)
 		}
 		srv := httptest.NewServer(recv)
 		defer srv.Close()
-		client, err := feedback.NewHTTPClient(feedback.HTTPClientOptions{URL: srv.URL + "/feedback", Token: "t0k"})
+		client, err := httpbus.NewClient(httpbus.ClientOptions{URL: srv.URL + "/feedback", Token: "t0k"})
 		if err != nil {
 			t.Fatal(err)
 		}
 		w, open := gatedStore(t, client)
 		fill(t, w, 1+70)
-		waitScale(t, lim, 0.5)
-		if s, _ := lim.Status(context.Background(), "ibkr"); s.Source != "feedback:http" || s.Level != "soft" {
+		waitScale(t, r, 0.5)
+		if s, _ := r.Limiter().Status(context.Background(), "ibkr"); s.Source != "feedback:http" || s.Level != state.Soft {
 			t.Fatalf("status %+v", s)
 		}
 		open()
-		waitScale(t, lim, 1)
+		waitScale(t, r, 1)
 	})
 }

@@ -6,7 +6,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net/url"
+	"maps"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -14,6 +15,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"github.com/urfave/cli/v2"
 
+	"github.com/sluice-dev/sluice/pkg/config"
 	"github.com/sluice-dev/sluice/pkg/limiter"
 )
 
@@ -103,29 +105,28 @@ func globalFlags() []cli.Flag {
 	}
 }
 
-// config loads the configuration for the running command.
-func (a *app) config(c *cli.Context) (*Config, error) {
-	l, err := a.layers(c)
-	if err != nil {
-		return nil, err
-	}
-	return l.parse()
+// flagKeys maps the flags that set a configuration key to the key.
+var flagKeys = map[string]string{
+	"redis": "redis.url", "redis-cluster": "redis.cluster_url", "prefix": "redis.prefix",
+	"log-format": "log.format", "log-level": "log.level",
+	"listen": "receiver.listen", "token": "receiver.token", "max-body": "receiver.max_body",
 }
 
-// layers loads the configuration layers for the running command, before
-// parsing, for commands that add flags of their own.
-func (a *app) layers(c *cli.Context) (layers, error) {
-	flags := map[string]string{}
-	for _, s := range settings {
-		if s.flag != "" && c.IsSet(s.flag) {
-			flags[s.flag] = c.String(s.flag)
+// config loads the configuration for the running command: the file
+// (--config or SLUICE_CONFIG), the environment, the flags that were set,
+// and extra overrides (a command's own flags).
+func (a *app) config(c *cli.Context, extra ...config.Value) (*config.Settings, error) {
+	var overrides []config.Value
+	for _, name := range slices.Sorted(maps.Keys(flagKeys)) {
+		if c.IsSet(name) {
+			overrides = append(overrides, config.Value{Key: flagKeys[name], Value: c.String(name), Source: "flag --" + name})
 		}
 	}
 	path := c.String("config")
 	if path == "" {
 		path = lookupEnv(a.environ, "SLUICE_CONFIG")
 	}
-	return loadLayers(path, a.environ, flags)
+	return config.Load(config.Sources{File: path, Environ: a.environ, Overrides: append(overrides, extra...)})
 }
 
 func lookupEnv(environ []string, name string) string {
@@ -140,50 +141,22 @@ func lookupEnv(environ []string, name string) string {
 // logger writes to stderr in the configured format and level. One-shot
 // commands print their result on stdout, so unless a level was configured
 // they log only warnings and errors.
-func (a *app) logger(cfg *Config) *slog.Logger {
+func (a *app) logger(cfg *config.Settings) *slog.Logger {
 	var level slog.Level
-	_ = level.UnmarshalText([]byte(cfg.LogLevel))
-	if !a.service && cfg.layers["log.level"].Source == "default" {
+	_ = level.UnmarshalText([]byte(cfg.Log.Level))
+	if !a.service && cfg.Source("log.level") == "default" {
 		level = slog.LevelWarn
 	}
 	opts := &slog.HandlerOptions{Level: level}
-	if cfg.LogFormat == "json" {
+	if cfg.Log.Format == "json" {
 		return slog.New(slog.NewJSONHandler(a.stderr, opts))
 	}
 	return slog.New(slog.NewTextHandler(a.stderr, opts))
 }
 
-// newRedisClient builds a client for the configured Redis (no I/O yet). Unless
-// the URL says otherwise, dialling gives up after 2s and 2 attempts, so an
-// outage is noticed quickly.
-func newRedisClient(cfg *Config) (redis.UniversalClient, error) {
-	if cfg.RedisClusterURL != "" {
-		opt, err := redis.ParseClusterURL(cfg.RedisClusterURL)
-		if err != nil {
-			return nil, cfg.layers.errorf("redis.cluster_url", "must be redis://[user:password@]host:port?addr=host:port...: "+err.Error())
-		}
-		opt.DialTimeout, opt.DialerRetries = orDefault(opt.DialTimeout, 2*time.Second), max(opt.DialerRetries, 2)
-		return redis.NewClusterClient(opt), nil
-	}
-	opt, err := redis.ParseURL(cfg.RedisURL)
-	if err != nil {
-		return nil, cfg.layers.errorf("redis.url", "must be redis://[user:password@]host:port/db or rediss://...: "+err.Error())
-	}
-	opt.DialTimeout, opt.DialerRetries = orDefault(opt.DialTimeout, 2*time.Second), max(opt.DialerRetries, 2)
-	return redis.NewClient(opt), nil
-}
-
-// redisURL is the configured URL in force, with its password hidden.
-func (cfg *Config) redisURL() string {
-	if cfg.RedisClusterURL != "" {
-		return redact(cfg.RedisClusterURL)
-	}
-	return redact(cfg.RedisURL)
-}
-
 // connect opens the configured Redis and checks that it answers.
-func connect(ctx context.Context, cfg *Config) (redis.UniversalClient, error) {
-	rdb, err := newRedisClient(cfg)
+func connect(ctx context.Context, cfg *config.Settings) (redis.UniversalClient, error) {
+	rdb, err := cfg.RedisClient()
 	if err != nil {
 		return nil, err
 	}
@@ -191,50 +164,35 @@ func connect(ctx context.Context, cfg *Config) (redis.UniversalClient, error) {
 	defer cancel()
 	if err := rdb.Ping(pctx).Err(); err != nil {
 		rdb.Close()
-		return nil, fmt.Errorf("redis at %s unreachable: %v", cfg.redisURL(), err)
+		return nil, fmt.Errorf("redis at %s unreachable: %v", cfg.RedisURL(), err)
 	}
 	return rdb, nil
 }
 
-func orDefault(d, def time.Duration) time.Duration {
-	if d == 0 {
-		return def
-	}
-	return d
-}
-
-// redact hides a password in a Redis URL.
-func redact(raw string) string {
-	u, err := url.Parse(raw)
-	if err != nil {
-		return "(invalid URL)"
-	}
-	return u.Redacted()
-}
-
-// session is what most commands need: config, logger, Redis and a limiter.
+// session is what most commands need: config, logger, Redis and a limiter
+// whose changes are recorded as made by source.
 type session struct {
-	cfg *Config
+	cfg *config.Settings
 	log *slog.Logger
 	rdb redis.UniversalClient
 	lim *limiter.Coordinator
 }
 
-func (a *app) open(c *cli.Context) (*session, error) {
+func (a *app) open(c *cli.Context, source string) (*session, error) {
 	cfg, err := a.config(c)
 	if err != nil {
 		return nil, err
 	}
-	return a.openWith(c.Context, cfg)
+	return a.openWith(c.Context, cfg, source)
 }
 
-func (a *app) openWith(ctx context.Context, cfg *Config) (*session, error) {
+func (a *app) openWith(ctx context.Context, cfg *config.Settings, source string) (*session, error) {
 	log := a.logger(cfg)
 	rdb, err := connect(ctx, cfg)
 	if err != nil {
 		return nil, err
 	}
-	lim, err := limiter.New(rdb, limiter.Options{Prefix: cfg.Prefix, Outage: cfg.Outage, Logger: log})
+	lim, err := limiter.New(rdb, limiter.Options{Prefix: cfg.Redis.Prefix, Source: source, Outage: cfg.Outage, Logger: log})
 	if err != nil {
 		rdb.Close()
 		return nil, err
@@ -250,8 +208,14 @@ func (s *session) Close() {
 // withSession returns an action that checks there are n positional
 // arguments (described by usage), runs check on them (before connecting, so
 // that bad input is refused even without Redis; nil: none), opens a session
-// and runs fn.
+// recording changes as made by "operator" and runs fn.
 func (a *app) withSession(n int, usage string, check func(argv []string) error, fn func(c *cli.Context, s *session, argv []string) error) cli.ActionFunc {
+	return a.withSessionAs(func() string { return "operator" }, n, usage, check, fn)
+}
+
+// withSessionAs is withSession recording changes as made by source(),
+// read once the flags are parsed.
+func (a *app) withSessionAs(source func() string, n int, usage string, check func(argv []string) error, fn func(c *cli.Context, s *session, argv []string) error) cli.ActionFunc {
 	return func(c *cli.Context) error {
 		argv, err := args(c, n, usage)
 		if err != nil {
@@ -262,7 +226,7 @@ func (a *app) withSession(n int, usage string, check func(argv []string) error, 
 				return err
 			}
 		}
-		s, err := a.open(c)
+		s, err := a.open(c, source())
 		if err != nil {
 			return err
 		}

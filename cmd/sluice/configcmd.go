@@ -6,6 +6,8 @@ import (
 	"text/tabwriter"
 
 	"github.com/urfave/cli/v2"
+
+	"github.com/sluice-dev/sluice/pkg/config"
 )
 
 func (a *app) configCmd() *cli.Command {
@@ -27,20 +29,14 @@ Examples:
    MDP_RATE_IBKR_CAPACITY=100 sluice config print --json`,
 			Flags: []cli.Flag{&cli.BoolFlag{Name: "json", Usage: "print JSON", Destination: &asJSON}},
 			Action: func(c *cli.Context) error {
-				l, err := a.layers(c)
+				cfg, err := a.config(c)
 				if err != nil {
 					return err
 				}
-				if _, err := l.parse(); err != nil {
-					return err
-				}
 				if asJSON {
-					out := map[string]value{}
-					for k, v := range l {
-						if k == "receiver.token" && v.Value != "" {
-							v.Value = "(set)"
-						}
-						out[k] = v
+					out := map[string]config.Value{}
+					for _, v := range cfg.Values() {
+						out[v.Key] = v
 					}
 					enc := json.NewEncoder(a.stdout)
 					enc.SetIndent("", "  ")
@@ -48,12 +44,8 @@ Examples:
 				}
 				tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
 				fmt.Fprintln(tw, "KEY\tVALUE\tFROM")
-				for _, k := range l.keys() {
-					v := l[k]
-					if k == "receiver.token" && v.Value != "" {
-						v.Value = "(set)"
-					}
-					fmt.Fprintf(tw, "%s\t%s\t%s\n", k, v.Value, v.Source)
+				for _, v := range cfg.Values() {
+					fmt.Fprintf(tw, "%s\t%s\t%s\n", v.Key, v.Value, v.Source)
 				}
 				return tw.Flush()
 			},

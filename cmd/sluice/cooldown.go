@@ -41,7 +41,7 @@ Examples:
 				fmt.Fprintf(a.stdout, "%s: cooldown cleared\n", argv[0])
 				return nil
 			}
-			until, err := s.lim.TriggerCooldownFor(c.Context, argv[0], scope, reason, d)
+			until, err := s.lim.TriggerCooldown(c.Context, argv[0], scope, reason, d)
 			if err != nil {
 				return err
 			}

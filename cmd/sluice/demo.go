@@ -73,7 +73,7 @@ Examples:
 			log := a.logger(cfg) // warnings only, unless configured: the progress lines are the output
 			where := "embedded Redis"
 			var newClient func() redis.UniversalClient
-			prefix := cfg.Prefix
+			prefix := cfg.Redis.Prefix
 			if c.IsSet("redis") || c.IsSet("redis-cluster") {
 				rdb, err := connect(c.Context, cfg)
 				if err != nil {
@@ -81,11 +81,11 @@ Examples:
 				}
 				rdb.Close()
 				// The URL parsed just now: building more clients from it cannot fail.
-				newClient = func() redis.UniversalClient { c, _ := newRedisClient(cfg); return c }
+				newClient = func() redis.UniversalClient { c, _ := cfg.RedisClient(); return c }
 				if !c.IsSet("prefix") {
 					prefix = "sluice-demo"
 				}
-				where = "Redis at " + cfg.redisURL()
+				where = "Redis at " + cfg.RedisURL()
 			} else {
 				mr, err := miniredis.Run()
 				if err != nil {

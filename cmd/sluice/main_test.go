@@ -17,45 +17,20 @@ import (
 
 	"github.com/sluice-dev/sluice/internal/redistest"
 	"github.com/sluice-dev/sluice/lua"
+	"github.com/sluice-dev/sluice/pkg/config"
 )
-
-// bin is the sluice binary, built once for the tests that run it as a user would.
-var bin string
-
-func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "sluice-bin")
-	if err != nil {
-		panic(err)
-	}
-	bin = filepath.Join(dir, "sluice")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		os.Stderr.Write(out)
-		os.Exit(1)
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
-}
 
 type result struct {
 	stdout, stderr string
 	code           int
 }
 
-// sluice runs the binary with args and extra environment (on top of a clean one).
+// sluice runs the command in-process, as `sluice args...` with only env in
+// its environment.
 func sluice(t *testing.T, env []string, args ...string) result {
 	t.Helper()
-	cmd := exec.Command(bin, args...)
-	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH"), "HOME=" + t.TempDir()}, env...)
 	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	err := cmd.Run()
-	code := 0
-	if ee, ok := err.(*exec.ExitError); ok {
-		code = ee.ExitCode()
-	} else if err != nil {
-		t.Fatal(err)
-	}
+	code := run(context.Background(), append([]string{"sluice"}, args...), &out, &errb, env)
 	return result{out.String(), errb.String(), code}
 }
 
@@ -65,6 +40,17 @@ func (r result) ok(t *testing.T) result {
 		t.Fatalf("exit %d\nstdout: %s\nstderr: %s", r.code, r.stdout, r.stderr)
 	}
 	return r
+}
+
+// buildBinary builds the sluice binary, for the one test that must signal a
+// process; the others run the command in-process.
+func buildBinary(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "sluice")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	return bin
 }
 
 func statusJSON(t *testing.T, env []string) statusReport {
@@ -161,32 +147,26 @@ func TestBadInput(t *testing.T) {
 	}
 }
 
-func TestDemoClosedVersusOpenLoop(t *testing.T) {
+// TestDemoOnRedis: the demo on a real Redis, as JSON: everything fetched is
+// written, and its keys use the demo's own prefix.
+func TestDemoOnRedis(t *testing.T) {
 	srv := redistest.Start(t)
-	demo := func(extra ...string) demoSummary {
-		args := append([]string{"--redis", srv.URL(), "demo", "--duration", "6s", "--json"}, extra...)
-		r := sluice(t, nil, args...).ok(t)
-		var s demoSummary
-		if err := json.Unmarshal([]byte(r.stdout), &s); err != nil {
-			t.Fatalf("demo --json: %v\n%s", err, r.stdout)
-		}
-		return s
+	r := sluice(t, nil, "--redis", srv.URL(), "demo", "--duration", "1s", "--interval", "250ms", "--json").ok(t)
+	var s demoSummary
+	if err := json.Unmarshal([]byte(r.stdout), &s); err != nil {
+		t.Fatalf("demo --json: %v\n%s", err, r.stdout)
 	}
-	closed := demo()
-	open := demo("--open-loop")
-	t.Logf("closed: %+v", closed)
-	t.Logf("open:   %+v", open)
-	if closed.Lost != 0 || open.Lost != 0 || closed.Written == 0 {
-		t.Fatalf("lost: closed %d, open %d", closed.Lost, open.Lost)
+	if !s.Feedback || s.Lost != 0 || s.Written != s.Fetched || s.Replicas != 3 {
+		t.Fatalf("summary %+v: want feedback on, 3 replicas, nothing lost", s)
 	}
-	if closed.SubmitsBlocked >= open.SubmitsBlocked {
-		t.Fatalf("closed loop blocked %d submits, open loop %d: feedback must block fewer", closed.SubmitsBlocked, open.SubmitsBlocked)
+	if n := srv.Client(t).Exists(context.Background(), "sluice-demo:{ibkr}:config").Val(); n != 1 {
+		t.Fatal("the demo's provider is not under the sluice-demo prefix")
 	}
 }
 
 func TestDemoEmbeddedWithReport(t *testing.T) {
 	report := filepath.Join(t.TempDir(), "demo.html")
-	r := sluice(t, nil, "demo", "--duration", "3s", "--report", report).ok(t)
+	r := sluice(t, nil, "demo", "--duration", "1s", "--interval", "250ms", "--report", report).ok(t)
 	for _, want := range []string{"embedded Redis", "admitted/s", "summary", "lost 0", "report written"} {
 		if !strings.Contains(r.stdout, want) {
 			t.Fatalf("demo output lacks %q:\n%s", want, r.stdout)
@@ -206,8 +186,10 @@ func TestDemoEmbeddedWithReport(t *testing.T) {
 	}
 }
 
+// TestReceiver runs the receiver as a process and stops it with SIGTERM.
 func TestReceiver(t *testing.T) {
 	srv := redistest.Start(t)
+	bin := buildBinary(t)
 	l, _ := net.Listen("tcp", "127.0.0.1:0")
 	addr := l.Addr().String()
 	l.Close()
@@ -272,7 +254,7 @@ func TestReceiver(t *testing.T) {
 		if err != nil {
 			t.Fatalf("receiver exited with %v after SIGTERM; stderr %s", err, stderr.String())
 		}
-	case <-time.After(15 * time.Second):
+	case <-time.After(60 * time.Second):
 		t.Fatal("receiver did not stop after SIGTERM")
 	}
 }
@@ -320,5 +302,36 @@ func TestFlagsFirst(t *testing.T) {
 		if got := strings.Join(flagsFirst(a, strings.Fields(tc.in)), " "); got != tc.want {
 			t.Errorf("flagsFirst(%q) = %q, want %q", tc.in, got, tc.want)
 		}
+	}
+}
+
+// TestConfigPrint: flags > env > file > defaults through the command, with
+// the token hidden.
+func TestConfigPrint(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "sluice.yaml")
+	yaml := "redis:\n  url: redis://file-host:6379/1\nrate_coordinator:\n  providers:\n    IBKR: {capacity: 100}\n"
+	if err := os.WriteFile(file, []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r := sluice(t, []string{"SLUICE_CONFIG=" + file, "MDP_RATE_IBKR_CAPACITY=150", "SLUICE_RECEIVER_TOKEN=hush"},
+		"--prefix", "cli", "config", "print", "--json").ok(t)
+	var got map[string]config.Value
+	if err := json.Unmarshal([]byte(r.stdout), &got); err != nil {
+		t.Fatalf("%v\n%s", err, r.stdout)
+	}
+	for key, want := range map[string]config.Value{
+		"redis.prefix": {Value: "cli", Source: "flag --prefix"},
+		"redis.url":    {Value: "redis://file-host:6379/1", Source: "file " + file},
+		"rate_coordinator.providers.IBKR.capacity":          {Value: "150", Source: "env MDP_RATE_IBKR_CAPACITY"},
+		"rate_coordinator.providers.IBKR.breaker_threshold": {Value: "5", Source: "default"},
+		"log.level":      {Value: "info", Source: "default"},
+		"receiver.token": {Value: "(set)", Source: "env SLUICE_RECEIVER_TOKEN"},
+	} {
+		if got[key] != want {
+			t.Errorf("%s = %+v, want %+v", key, got[key], want)
+		}
+	}
+	if r := sluice(t, []string{"SLUICE_CONFIG=" + file}, "config", "print").ok(t); !strings.Contains(r.stdout, "redis.url") || !strings.Contains(r.stdout, "file "+file) {
+		t.Fatalf("config print table:\n%s", r.stdout)
 	}
 }

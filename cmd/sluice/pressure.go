@@ -7,6 +7,8 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/sluice-dev/sluice/pkg/feedback"
+	"github.com/sluice-dev/sluice/pkg/feedback/redisbus"
+	"github.com/sluice-dev/sluice/pkg/state"
 )
 
 func (a *app) pressureCmd() *cli.Command {
@@ -35,7 +37,7 @@ Examples:
 				&cli.DurationFlag{Name: "ttl", Usage: "how long the report counts", Value: 30 * time.Second, Destination: &ttl},
 			},
 			Action: a.withSession(2, "COORDINATOR LEVEL", func(argv []string) error {
-				level, err := feedback.ParseLevel(argv[1])
+				level, err := state.ParseLevel(argv[1])
 				if err != nil {
 					return usagef("pressure set: LEVEL=%q: must be ok, soft or hard", argv[1])
 				}
@@ -43,7 +45,7 @@ Examples:
 					return usagef("pressure set: --ttl=%v: must be positive", ttl)
 				}
 				if queue < 0 {
-					queue = capacity * map[feedback.Level]int{feedback.OK: 0, feedback.Soft: 70, feedback.Hard: 90}[level] / 100
+					queue = capacity * map[state.Level]int{state.OK: 0, state.Soft: 70, state.Hard: 90}[level] / 100
 				}
 				e = feedback.Event{CoordinatorID: argv[0], QueueSize: queue, Capacity: capacity, Level: level,
 					Seq: uint64(time.Now().UnixMicro()), TS: time.Now()}
@@ -52,7 +54,10 @@ Examples:
 				}
 				return nil
 			}, func(c *cli.Context, s *session, argv []string) error {
-				pub := feedback.NewRedisPublisher(s.rdb, feedback.RedisKeys{Prefix: s.cfg.Prefix}, ttl)
+				pub, err := redisbus.NewPublisher(s.rdb, redisbus.Options{Prefix: s.cfg.Redis.Prefix, TTL: ttl})
+				if err != nil {
+					return err
+				}
 				if err := pub.Publish(c.Context, e); err != nil {
 					return err
 				}
@@ -69,7 +74,11 @@ forget it when its TTL passes (feedback.coordinator_ttl).
 Example:
    sluice pressure clear store-0`,
 			Action: a.withSession(1, "COORDINATOR", nil, func(c *cli.Context, s *session, argv []string) error {
-				if err := feedback.NewRedisPublisher(s.rdb, feedback.RedisKeys{Prefix: s.cfg.Prefix}, 0).Withdraw(c.Context, argv[0]); err != nil {
+				pub, err := redisbus.NewPublisher(s.rdb, redisbus.Options{Prefix: s.cfg.Redis.Prefix})
+				if err != nil {
+					return err
+				}
+				if err := pub.Withdraw(c.Context, argv[0]); err != nil {
 					return err
 				}
 				fmt.Fprintf(a.stdout, "%s: cleared\n", argv[0])

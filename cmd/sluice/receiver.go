@@ -13,7 +13,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/urfave/cli/v2"
 
-	"github.com/sluice-dev/sluice/pkg/feedback"
+	"github.com/sluice-dev/sluice/pkg/feedback/httpbus"
+	"github.com/sluice-dev/sluice/pkg/feedback/redisbus"
 )
 
 func (a *app) receiverCmd() *cli.Command {
@@ -38,23 +39,26 @@ Examples:
 		},
 		Action: func(c *cli.Context) error {
 			a.service = true
-			s, err := a.open(c)
+			s, err := a.open(c, "receiver")
 			if err != nil {
 				return err
 			}
 			defer s.Close()
 			reg := prometheus.NewRegistry()
 			reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-			pub := feedback.NewRedisPublisher(s.rdb, feedback.RedisKeys{Prefix: s.cfg.Prefix}, s.cfg.CoordinatorTTL)
-			h, err := feedback.NewReceiver(feedback.ReceiverOptions{
-				Deliver: pub.Publish, Token: s.cfg.Token, MaxBody: s.cfg.MaxBody,
+			pub, err := redisbus.NewPublisher(s.rdb, redisbus.Options{Prefix: s.cfg.Redis.Prefix, TTL: s.cfg.Feedback.Options.CoordinatorTTL})
+			if err != nil {
+				return err
+			}
+			h, err := httpbus.NewReceiver(httpbus.ReceiverOptions{
+				Deliver: pub.Publish, Token: s.cfg.Receiver.Token, MaxBody: s.cfg.Receiver.MaxBody,
 				Gatherer: reg, Registerer: reg, Logger: s.log,
 				Ready: func(ctx context.Context) error { return s.rdb.Ping(ctx).Err() },
 			})
 			if err != nil {
 				return err
 			}
-			return serve(c.Context, s.cfg.Listen, h, s.log, func(addr net.Addr) {
+			return serve(c.Context, s.cfg.Receiver.Listen, h, s.log, func(addr net.Addr) {
 				fmt.Fprintf(a.stdout, "receiver listening on http://%s (POST /feedback)\n", addr)
 			})
 		},

@@ -2,15 +2,20 @@ package main
 
 import (
 	"fmt"
+	"maps"
+	"slices"
 	"strings"
 
 	"github.com/urfave/cli/v2"
+
+	"github.com/sluice-dev/sluice/pkg/config"
+	"github.com/sluice-dev/sluice/pkg/limiter"
 )
 
 func (a *app) registerCmd() *cli.Command {
 	flags := []cli.Flag{}
-	for _, pf := range providerFields {
-		flags = append(flags, &cli.StringFlag{Name: strings.ReplaceAll(pf.name, "_", "-"), Usage: pf.help})
+	for _, f := range config.ProviderFields {
+		flags = append(flags, &cli.StringFlag{Name: strings.ReplaceAll(f.Name, "_", "-"), Usage: f.Help})
 	}
 	return &cli.Command{
 		Name:      "register",
@@ -32,40 +37,37 @@ Examples:
 			if c.NArg() > 1 {
 				return usagef("register: want at most one PROVIDER, got %d arguments", c.NArg())
 			}
-			l, err := a.layers(c)
-			if err != nil {
-				return err
-			}
 			name := c.Args().First()
-			for _, pf := range providerFields {
-				if flag := strings.ReplaceAll(pf.name, "_", "-"); c.IsSet(flag) {
+			var extra []config.Value
+			for _, f := range config.ProviderFields {
+				if flag := strings.ReplaceAll(f.Name, "_", "-"); c.IsSet(flag) {
 					if name == "" {
 						return usagef("register: --%s needs a PROVIDER argument", flag)
 					}
-					l[providersKey+name+"."+pf.name] = value{c.String(flag), "flag --" + flag}
+					extra = append(extra, config.Value{Key: config.ProviderKey(name, f.Name), Value: c.String(flag), Source: "flag --" + flag})
 				}
 			}
-			if name != "" {
-				l.addProvider(name)
-			}
-			cfg, err := l.parse()
+			cfg, err := a.config(c, extra...)
 			if err != nil {
 				return err
 			}
 			names := []string{name}
 			if name == "" {
-				names = l.providers()
+				names = slices.Sorted(maps.Keys(cfg.Providers))
 				if len(names) == 0 {
 					return usagef("register: no provider configured: name one (sluice register ibkr --capacity 60) or set rate_coordinator.providers")
 				}
 			}
-			s, err := a.openWith(c.Context, cfg)
+			s, err := a.openWith(c.Context, cfg, "register")
 			if err != nil {
 				return err
 			}
 			defer s.Close()
 			for _, n := range names {
-				pc := cfg.Providers[n]
+				pc, ok := cfg.Providers[n]
+				if !ok { // named on the command line only: the seed's defaults
+					pc = limiter.DefaultProviderConfig()
+				}
 				res, err := s.lim.Register(c.Context, n, pc)
 				if err != nil {
 					return err

@@ -25,14 +25,14 @@ Examples:
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "source", Usage: "recorded as who set it", Value: "operator", Destination: &source},
 		},
-		Action: a.withSession(2, "PROVIDER FACTOR", func(argv []string) error {
+		Action: a.withSessionAs(func() string { return source }, 2, "PROVIDER FACTOR", func(argv []string) error {
 			if _, err := strconv.ParseFloat(argv[1], 64); err != nil {
 				return usagef("scale: FACTOR=%q: must be a number in [0, max_scale]", argv[1])
 			}
 			return nil
 		}, func(c *cli.Context, s *session, argv []string) error {
 			factor, _ := strconv.ParseFloat(argv[1], 64)
-			ch, err := s.lim.Rescale(c.Context, argv[0], factor, source)
+			ch, err := s.lim.SetBudgetScale(c.Context, argv[0], factor)
 			if err != nil {
 				return err
 			}

@@ -12,7 +12,9 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/sluice-dev/sluice/pkg/feedback"
+	"github.com/sluice-dev/sluice/pkg/feedback/redisbus"
 	"github.com/sluice-dev/sluice/pkg/limiter"
+	"github.com/sluice-dev/sluice/pkg/state"
 )
 
 func (a *app) statusCmd() *cli.Command {
@@ -38,7 +40,7 @@ Examples:
 			if every <= 0 {
 				return usagef("status: --interval=%v: must be positive", every)
 			}
-			s, err := a.open(c)
+			s, err := a.open(c, "status")
 			if err != nil {
 				return err
 			}
@@ -78,11 +80,11 @@ type providerView struct {
 	EffectiveRate float64         `json:"effective_rate"`
 	Tokens        float64         `json:"tokens"`
 	Capacity      int64           `json:"capacity"`
-	Level         string          `json:"level"`
+	Level         state.Level     `json:"level"`
 	Source        string          `json:"source"`
 	UpdatedAt     time.Time       `json:"updated_at,omitzero"`
-	ShadowScale   string          `json:"shadow_scale,omitempty"`
-	Breaker       string          `json:"breaker"`
+	ShadowScale   *float64        `json:"shadow_scale,omitempty"`
+	Breaker       state.Breaker   `json:"breaker"`
 	Failures      int             `json:"breaker_failures"`
 	BreakerRetry  string          `json:"breaker_retry_after,omitempty"`
 	Cooldown      *cooldownView   `json:"cooldown,omitempty"`
@@ -127,7 +129,7 @@ func collectStatus(ctx context.Context, s *session, providers []string) (statusR
 		}
 		rep.Providers = append(rep.Providers, viewOf(st))
 	}
-	pressure, err := feedback.ReadPressure(ctx, s.rdb, feedback.RedisKeys{Prefix: s.cfg.Prefix})
+	pressure, err := redisbus.Read(ctx, s.rdb, s.cfg.Redis.Prefix)
 	if err != nil {
 		return rep, err
 	}
@@ -140,8 +142,7 @@ func viewOf(st limiter.Status) providerView {
 	v := providerView{
 		Provider: st.Provider, BaseRate: st.Config.RefillRate, Scale: st.Scale, EffectiveRate: st.EffectiveRate,
 		Tokens: st.Tokens, Capacity: st.Config.Capacity, Level: st.Level, Source: st.Source, UpdatedAt: st.UpdatedAt,
-		ShadowScale: st.Raw["shadow_scale"], Breaker: st.Breaker.State, Failures: st.Breaker.Failures,
-		Replicas: []string{},
+		Breaker: st.Breaker.State, Failures: st.Breaker.Failures, Replicas: append([]string{}, st.Replicas...),
 		Config: providerSummary{
 			CooldownSec: st.Config.Cooldown.Seconds(), BreakerThreshold: st.Config.BreakerThreshold,
 			BreakerTimeout: st.Config.BreakerTimeout.Seconds(), MaxScale: st.Config.MaxScale,
@@ -153,8 +154,8 @@ func viewOf(st limiter.Status) providerView {
 	if cd := st.Cooldown; cd != nil {
 		v.Cooldown = &cooldownView{Scope: cd.Scope, Reason: cd.Reason, Until: cd.Until}
 	}
-	for _, r := range st.Replicas {
-		v.Replicas = append(v.Replicas, r.ID)
+	if st.ShadowSource != "" {
+		v.ShadowScale = &st.ShadowScale
 	}
 	return v
 }
@@ -164,10 +165,10 @@ func printStatus(w io.Writer, rep statusReport) {
 	fmt.Fprintln(tw, "PROVIDER\tBASE/S\tSCALE\tEFFECTIVE/S\tTOKENS\tLEVEL\tSET BY\tBREAKER\tCOOLDOWN\tREPLICAS")
 	for _, p := range rep.Providers {
 		scale := fmt.Sprintf("%g", p.Scale)
-		if p.ShadowScale != "" {
-			scale += " (shadow " + p.ShadowScale + ")"
+		if p.ShadowScale != nil {
+			scale += fmt.Sprintf(" (shadow %g)", *p.ShadowScale)
 		}
-		breaker := p.Breaker
+		breaker := string(p.Breaker)
 		if p.Failures > 0 {
 			breaker += fmt.Sprintf(" (%d failures)", p.Failures)
 		}

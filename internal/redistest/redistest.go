@@ -31,10 +31,14 @@ type Server struct {
 }
 
 // Start starts a redis-server for tb on a free loopback port and stops it
-// when tb ends. It fails the test, saying how to install it, when
-// redis-server is not on PATH.
+// when tb ends. Under -short it skips tb: the quick loop runs on miniredis
+// only. It fails the test, saying how to install it, when redis-server is
+// not on PATH.
 func Start(tb testing.TB) *Server {
 	tb.Helper()
+	if testing.Short() {
+		tb.Skip("-short: real redis-server skipped")
+	}
 	if _, err := exec.LookPath("redis-server"); err != nil {
 		tb.Fatal("redistest: redis-server not found on PATH; run `make test` (it installs it) or `apt-get install -y redis-server`")
 	}
@@ -176,9 +180,6 @@ func Each(t *testing.T, body func(t *testing.T, b Backend)) {
 		}})
 	})
 	t.Run("redis-server", func(t *testing.T) {
-		if testing.Short() {
-			t.Skip("-short: real redis-server skipped")
-		}
 		s := Start(t)
 		body(t, Backend{Name: "redis-server", Real: s, Client: s.Client})
 	})

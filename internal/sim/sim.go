@@ -20,7 +20,10 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/sluice-dev/sluice/pkg/feedback"
+	"github.com/sluice-dev/sluice/pkg/feedback/redisbus"
 	"github.com/sluice-dev/sluice/pkg/limiter"
+	"github.com/sluice-dev/sluice/pkg/pipeline"
+	"github.com/sluice-dev/sluice/pkg/state"
 	"github.com/sluice-dev/sluice/pkg/store"
 )
 
@@ -45,7 +48,8 @@ type Config struct {
 	QueueCapacity int
 	// Feedback closes the loop; false runs the same without handlers (open loop).
 	Feedback bool
-	// Policy, Dwell and MaxRise of the handlers; defaults: step policy, 1s, 0.
+	// Policy, Dwell and MaxRise of the handlers; defaults: step policy, 1s,
+	// the handler's default.
 	Policy  feedback.Policy
 	Dwell   time.Duration
 	MaxRise float64
@@ -78,7 +82,7 @@ func (c *Config) defaults() error {
 			*v = d
 		}
 	}
-	setS(&c.Prefix, limiter.DefaultPrefix)
+	setS(&c.Prefix, "sluice")
 	setS(&c.Provider, "ibkr")
 	setF(&c.Rate, 600)
 	setF(&c.SinkRate, 300)
@@ -127,7 +131,7 @@ type Sample struct {
 	Admitted   float64       // grants per second across replicas, over the last interval
 	PerReplica []float64     // the same, per replica
 	Scale      float64       // the provider's scale in force
-	Level      feedback.Level
+	Level      state.Level
 	QueueDepth int
 	Written    int64   // items written so far
 	WriteRate  float64 // items written per second over the last interval
@@ -167,7 +171,7 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	}()
 
 	// The controller registers the provider (as an operator would) and reads the scale.
-	ctl, err := limiter.New(newClient(), limiter.Options{Prefix: cfg.Prefix, Logger: log})
+	ctl, err := limiter.New(newClient(), limiter.Options{Prefix: cfg.Prefix, Source: "sim", Logger: log})
 	if err != nil {
 		return Result{}, err
 	}
@@ -178,18 +182,20 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	if _, err := ctl.Register(ctx, cfg.Provider, pc); err != nil {
 		return Result{}, fmt.Errorf("sim: register provider: %w", err)
 	}
-	if err := ctl.SetBudgetScaleFrom(ctx, cfg.Provider, 1, "sim"); err != nil {
+	if _, err := ctl.SetBudgetScale(ctx, cfg.Provider, 1); err != nil {
 		return Result{}, err
 	}
 
 	// The store: a write coordinator in front of a slow sink, publishing its
 	// pressure through Redis.
-	keys := feedback.RedisKeys{Prefix: cfg.Prefix}
 	sink := &pacedSink{rate: cfg.SinkRate}
+	pub, err := redisbus.NewPublisher(newClient(), redisbus.Options{Prefix: cfg.Prefix, TTL: 5 * time.Second})
+	if err != nil {
+		return Result{}, err
+	}
 	wc, err := store.New[Tick](sink, store.Options[Tick]{
 		ID: "store-0", Capacity: cfg.QueueCapacity, Workers: 4, BatchSize: 50, Linger: 20 * time.Millisecond,
-		Publisher: feedback.NewRedisPublisher(newClient(), keys, 5*time.Second),
-		Heartbeat: 500 * time.Millisecond, Logger: log,
+		Publisher: pub, Heartbeat: 500 * time.Millisecond, Logger: log,
 	})
 	if err != nil {
 		return Result{}, err
@@ -202,19 +208,15 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	var fetched atomic.Int64
 	replicas := make([]*replica, cfg.Replicas)
 	for i := range replicas {
-		r, err := newReplica(i, newClient(), cfg, keys, log)
+		r, err := newReplica(ctx, i, newClient(), cfg, log)
 		if err != nil {
 			stop()
 			wg.Wait()
 			_ = wc.Close(context.Background())
 			return Result{}, err
 		}
-		defer r.lim.Close()
+		defer r.Close()
 		replicas[i] = r
-		if r.handler != nil {
-			wg.Go(func() { _ = r.handler.Run(runCtx) })
-			wg.Go(func() { _ = r.sub.Run(runCtx, r.handler.Handle) })
-		}
 		wg.Go(func() { r.produce(runCtx, cfg, upstream, wc, &fetched) })
 	}
 
@@ -242,8 +244,8 @@ sampling:
 			s.Admitted += rate
 		}
 		s.WriteRate = float64(s.Written-last.Written) / secs
-		if scale, _, err := ctl.CurrentScale(runCtx, cfg.Provider); err == nil {
-			s.Scale = scale
+		if st, err := ctl.Status(runCtx, cfg.Provider); err == nil {
+			s.Scale = st.Scale
 		}
 		res.Samples = append(res.Samples, s)
 		last = s
@@ -270,55 +272,48 @@ sampling:
 }
 
 // replica is one pipeline replica: its own client, limiter and, with
-// feedback, its own subscriber and handler.
+// feedback, its own subscriber and handler (a pipeline.Replica).
 type replica struct {
+	*pipeline.Replica
 	id       int
-	lim      *limiter.Coordinator
-	handler  *feedback.Handler
-	sub      *feedback.RedisSubscriber
 	admitted atomic.Int64
 }
 
-func newReplica(id int, rdb redis.UniversalClient, cfg Config, keys feedback.RedisKeys, log *slog.Logger) (*replica, error) {
-	lim, err := limiter.New(rdb, limiter.Options{Prefix: cfg.Prefix, ReplicaID: fmt.Sprintf("replica-%d", id), Logger: log})
+func newReplica(ctx context.Context, id int, rdb redis.UniversalClient, cfg Config, log *slog.Logger) (*replica, error) {
+	o := pipeline.Options{Limiter: limiter.Options{Prefix: cfg.Prefix, ReplicaID: fmt.Sprintf("replica-%d", id), Logger: log}}
+	if cfg.Feedback {
+		o.Limiter.Source = fmt.Sprintf("feedback:replica-%d", id)
+		o.Feedback = &feedback.Options{
+			Providers: []string{cfg.Provider}, Policy: cfg.Policy, Dwell: cfg.Dwell, MaxRise: cfg.MaxRise,
+			CoordinatorTTL: 5 * time.Second, Tick: 250 * time.Millisecond, Logger: log,
+		}
+	}
+	p, err := pipeline.New(ctx, rdb, o)
 	if err != nil {
 		return nil, err
 	}
-	r := &replica{id: id, lim: lim}
-	if !cfg.Feedback {
-		return r, nil
-	}
-	r.handler, err = feedback.NewHandler(lim, feedback.Options{
-		Providers: []string{cfg.Provider}, Policy: cfg.Policy, Dwell: cfg.Dwell, MaxRise: cfg.MaxRise,
-		CoordinatorTTL: 5 * time.Second, Tick: 250 * time.Millisecond,
-		Source: fmt.Sprintf("feedback:replica-%d", id), Logger: log,
-	})
-	if err != nil {
-		lim.Close()
-		return nil, err
-	}
-	r.sub = feedback.NewRedisSubscriber(rdb, keys, 5*time.Second, log)
-	return r, nil
+	return &replica{Replica: p, id: id}, nil
 }
 
 // produce pulls ticks while ctx lasts. A fetched tick is always submitted,
 // even after ctx ends, so that nothing fetched is lost.
 func (r *replica) produce(ctx context.Context, cfg Config, up *provider, wc *store.WriteCoordinator[Tick], fetched *atomic.Int64) {
 	rnd := rand.New(rand.NewPCG(uint64(r.id), 42))
+	lim := r.Limiter()
 	for ctx.Err() == nil {
-		d, err := r.lim.Wait(ctx, cfg.Provider, 1)
+		d, err := lim.Acquire(ctx, cfg.Provider, 1)
 		if err != nil {
 			continue // ctx ended, or a transient error: the loop condition decides
 		}
 		r.admitted.Add(1)
 		tick, err := up.fetch(cfg.Symbols[rnd.IntN(len(cfg.Symbols))], rnd)
 		if err != nil { // a pacing violation: what a real pipeline must report
-			_, _ = r.lim.RecordFailure(context.Background(), cfg.Provider)
-			_, _ = r.lim.TriggerCooldown(context.Background(), cfg.Provider, "pacing")
+			_ = lim.RecordFailure(context.Background(), cfg.Provider)
+			_, _ = lim.TriggerCooldown(context.Background(), cfg.Provider, "pacing", "the provider refused a call", 0)
 			continue
 		}
 		if d.Reason == limiter.ReasonProbe {
-			_, _ = r.lim.RecordSuccess(context.Background(), cfg.Provider)
+			_ = lim.RecordSuccess(context.Background(), cfg.Provider)
 		}
 		fetched.Add(1)
 		if err := wc.Submit(context.Background(), tick); err != nil {

@@ -1,8 +1,10 @@
-// Package feedback carries the store's backpressure to the pipeline: pressure
-// events, the buses that move them (in-process, Redis pub/sub plus keys,
-// HTTP), and the Handler that turns pressure into a scale factor for the
-// shared rate budget. It drives the rate coordinator only through the small
-// RateCoordinator interface defined here; it never imports the limiter.
+// Package feedback is the core of sluice's backpressure loop: the pressure
+// Event a write coordinator reports, the Policy that maps pressure to a scale
+// factor, and the Handler that combines every coordinator's pressure and
+// steers the shared rate budget through the small Rate interface defined
+// here. It moves events in process (Bus); the Redis and HTTP transports are
+// the packages redisbus and httpbus. It imports neither go-redis nor
+// net/http, and never the limiter.
 package feedback
 
 import (
@@ -14,38 +16,9 @@ import (
 	"regexp"
 	"strconv"
 	"time"
+
+	"github.com/sluice-dev/sluice/pkg/state"
 )
-
-// Level is a write coordinator's backpressure level.
-type Level string
-
-// Levels, from no pressure to the most.
-const (
-	OK   Level = "ok"
-	Soft Level = "soft"
-	Hard Level = "hard"
-)
-
-// Rank orders levels: ok 0, soft 1, hard 2; -1 for anything else.
-func (l Level) Rank() int {
-	switch l {
-	case OK:
-		return 0
-	case Soft:
-		return 1
-	case Hard:
-		return 2
-	}
-	return -1
-}
-
-// ParseLevel parses "ok", "soft" or "hard".
-func ParseLevel(s string) (Level, error) {
-	if l := Level(s); l.Rank() >= 0 {
-		return l, nil
-	}
-	return "", &FieldError{Field: "level", Value: strconv.Quote(s), Rule: "one of ok, soft, hard"}
-}
 
 // Event is one report of a write coordinator's queue. Its JSON form:
 //
@@ -58,12 +31,12 @@ func ParseLevel(s string) (Level, error) {
 // start time in Unix microseconds); ts is RFC 3339 and optional (receivers
 // use the time of receipt). Unknown fields are ignored.
 type Event struct {
-	CoordinatorID string    `json:"coordinator_id"`
-	QueueSize     int       `json:"queue_size"`
-	Capacity      int       `json:"capacity"`
-	Level         Level     `json:"level"`
-	Seq           uint64    `json:"seq"`
-	TS            time.Time `json:"ts,omitzero"`
+	CoordinatorID string      `json:"coordinator_id"`
+	QueueSize     int         `json:"queue_size"`
+	Capacity      int         `json:"capacity"`
+	Level         state.Level `json:"level"`
+	Seq           uint64      `json:"seq"`
+	TS            time.Time   `json:"ts,omitzero"`
 }
 
 // Fill is QueueSize ÷ Capacity, in [0, 1] for a valid event.
@@ -156,7 +129,7 @@ func DecodeEvent(r io.Reader) (Event, error) {
 	if w.Level == nil {
 		return Event{}, &FieldError{"level", "", "one of ok, soft, hard"}
 	}
-	e.Level = Level(*w.Level)
+	e.Level = state.Level(*w.Level)
 	if w.Seq == nil {
 		return Event{}, &FieldError{"seq", "", "an integer >= 1, increasing per coordinator"}
 	}

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/sluice-dev/sluice/pkg/feedback"
+	"github.com/sluice-dev/sluice/pkg/state"
 )
 
 func TestDecodeEvent(t *testing.T) {
@@ -14,7 +15,7 @@ func TestDecodeEvent(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := feedback.Event{CoordinatorID: "store-0", QueueSize: 800, Capacity: 1000, Level: feedback.Soft, Seq: 7,
+	want := feedback.Event{CoordinatorID: "store-0", QueueSize: 800, Capacity: 1000, Level: state.Soft, Seq: 7,
 		TS: time.Date(2026, 11, 27, 9, 0, 0, 5e8, time.UTC)}
 	if e != want {
 		t.Fatalf("decoded %+v, want %+v", e, want)
@@ -88,21 +89,21 @@ func TestDecodeEventRejects(t *testing.T) {
 }
 
 func TestPolicies(t *testing.T) {
-	ev := func(l feedback.Level, q int) feedback.Event {
+	ev := func(l state.Level, q int) feedback.Event {
 		return feedback.Event{CoordinatorID: "c", Level: l, QueueSize: q, Capacity: 100, Seq: 1}
 	}
 	step := feedback.DefaultStepPolicy
-	for l, want := range map[feedback.Level]float64{feedback.OK: 1, feedback.Soft: 0.5, feedback.Hard: 0} {
+	for l, want := range map[state.Level]float64{state.OK: 1, state.Soft: 0.5, state.Hard: 0} {
 		if got := step.Scale(ev(l, 0)); got != want {
 			t.Errorf("step %s = %v, want %v", l, got, want)
 		}
 	}
 	prop := feedback.DefaultProportionalPolicy // 1 at <= 50%, 0 at >= 90%
 	for _, tc := range []struct {
-		l    feedback.Level
+		l    state.Level
 		q    int
 		want float64
-	}{{feedback.OK, 10, 1}, {feedback.OK, 50, 1}, {feedback.Soft, 70, 0.5}, {feedback.Soft, 80, 0.25}, {feedback.Soft, 95, 0}, {feedback.Hard, 10, 0}} {
+	}{{state.OK, 10, 1}, {state.OK, 50, 1}, {state.Soft, 70, 0.5}, {state.Soft, 80, 0.25}, {state.Soft, 95, 0}, {state.Hard, 10, 0}} {
 		if got := prop.Scale(ev(tc.l, tc.q)); got < tc.want-1e-9 || got > tc.want+1e-9 {
 			t.Errorf("proportional %s %d%% = %v, want %v", tc.l, tc.q, got, tc.want)
 		}

@@ -10,35 +10,28 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/sluice-dev/sluice/pkg/internal/opts"
+	"github.com/sluice-dev/sluice/pkg/state"
 )
 
-// RateCoordinator is what the Handler drives: the seed's Protocol. Any type
-// with these two methods satisfies it; *limiter.Coordinator does.
-type RateCoordinator interface {
-	SetGlobalPressure(ctx context.Context, provider, level string) error
+// Rate is what a Handler steers: the shared rate budget of each provider,
+// as the seed's RateCoordinator protocol (set the pressure level, set the
+// budget scale) plus what the Handler needs to share that budget with other
+// handlers: a read of the scale in force and of when it last changed, and a
+// place to record the scale a shadow-mode Handler would set. pipeline
+// provides one over a limiter.Coordinator, keeping everything in Redis.
+type Rate interface {
+	// SetPressure records the pressure level that applies to provider.
+	SetPressure(ctx context.Context, provider string, level state.Level) error
+	// SetBudgetScale sets provider's scale factor, in [0, 1], for everyone.
 	SetBudgetScale(ctx context.Context, provider string, scale float64) error
-}
-
-// ScaleReader is optionally implemented by a RateCoordinator that keeps the
-// scale somewhere shared (limiter.Coordinator: in Redis). The Handler then
-// measures its dwell time from the shared time of the last change and
-// compares its target with the shared scale, so the handlers of every
-// replica agree and a scale lost or overwritten in Redis is set again.
-type ScaleReader interface {
-	CurrentScale(ctx context.Context, provider string) (scale float64, changedAt time.Time, err error)
-}
-
-// SourceRecorder is optionally implemented by a RateCoordinator that records
-// who changed the scale and the level (the Handler passes Options.Source).
-type SourceRecorder interface {
-	SetBudgetScaleFrom(ctx context.Context, provider string, scale float64, source string) error
-	SetGlobalPressureFrom(ctx context.Context, provider, level, source string) error
-}
-
-// ShadowRecorder is optionally implemented by a RateCoordinator that can
-// show the scale a shadow-mode Handler would set, without applying it.
-type ShadowRecorder interface {
-	SetShadowScale(ctx context.Context, provider string, scale float64, source string) error
+	// SetShadowScale records scale as the one a shadow-mode Handler would
+	// set, without changing the rate.
+	SetShadowScale(ctx context.Context, provider string, scale float64) error
+	// BudgetScale returns provider's scale in force and when it last
+	// changed (the zero time if never), as every handler sees it.
+	BudgetScale(ctx context.Context, provider string) (scale float64, changedAt time.Time, err error)
 }
 
 // Combine says how the scales wanted for several live coordinators combine.
@@ -62,7 +55,8 @@ const (
 	ExpiryHard   Expiry = "hard"   // hard pressure, until it reports again
 )
 
-// Options configure a Handler. Zero fields take the defaults their comments give.
+// Options configure a Handler. Only Providers is required: every other zero
+// field takes the default its comment gives (nil Registerer: no metrics).
 type Options struct {
 	// Providers whose budget the Handler scales; at least one.
 	Providers []string
@@ -71,24 +65,25 @@ type Options struct {
 	// Combine is how several coordinators combine; default CombineMin.
 	Combine Combine
 	// Dwell is the time the scale must have stayed unchanged before it may
-	// rise again; decreases apply at once. Default 5s; negative disables.
+	// rise again; decreases apply at once. Default 5s. It cannot be turned
+	// off: it is what keeps the loop from thrashing.
 	Dwell time.Duration
-	// MaxRise is the largest increase in one step (a soft start: from a
-	// pause to full speed in 1/MaxRise steps, one per Dwell); 0 jumps
-	// straight to the target.
+	// MaxRise is the largest increase of the scale in one step, in (0, 1]:
+	// a soft start, from a pause to full speed in 1/MaxRise steps, one per
+	// Dwell. Default 1: straight to the target.
 	MaxRise float64
 	// CoordinatorTTL is how long a coordinator counts as live after its last
-	// report; default 10s. Expiry says what it counts as afterwards.
+	// report; default 10s. Expiry says what it counts as afterwards; default
+	// ExpiryForget.
 	CoordinatorTTL time.Duration
 	Expiry         Expiry
-	// Shadow computes and reports (logs, metrics, the shadow_scale field)
-	// the scale it would set, and sets nothing but the pressure level.
+	// Shadow computes and reports (logs, metrics, Rate.SetShadowScale) the
+	// scale it would set, and sets nothing but the pressure level. Default
+	// off.
 	Shadow bool
 	// Tick is how often Run re-evaluates (dwell and ramp progress, expiry,
 	// re-assertion of the scale); default 1s.
 	Tick time.Duration
-	// Source is recorded with every change; default "feedback".
-	Source string
 	// Clock is the Handler's time; default time.Now.
 	Clock func() time.Time
 	// Logger receives one line per adjustment; default slog.Default().
@@ -102,10 +97,10 @@ type Options struct {
 // (older or repeated sequence numbers are ignored), asks the Policy for each
 // live one, combines, and moves the scale towards the result: down at once,
 // up only after Dwell and by at most MaxRise per step. It is safe for
-// concurrent use; Handle and Publish may be called from any goroutine, Run
-// drives time-based progress.
+// concurrent use: Handle may be called from any goroutine (a Subscriber's
+// deliveries, an HTTP receiver), while Run drives time-based progress.
 type Handler struct {
-	rate RateCoordinator
+	rate Rate
 	o    Options
 	log  *slog.Logger
 	m    *metrics
@@ -123,16 +118,17 @@ type coordState struct {
 
 // provState is what this Handler last did for a provider.
 type provState struct {
-	level     Level
+	level     state.Level
 	scale     float64   // last scale set (or shadowed)
 	changedAt time.Time // when (local time)
 	known     bool
 }
 
-// NewHandler returns a Handler driving rate. It fails on a bad option.
-func NewHandler(rate RateCoordinator, o Options) (*Handler, error) {
+// NewHandler returns a Handler steering rate. A bad option is an error that
+// names it and its allowed values.
+func NewHandler(rate Rate, o Options) (*Handler, error) {
 	if rate == nil {
-		return nil, errors.New("feedback: handler needs a RateCoordinator")
+		return nil, errors.New("feedback: handler needs a Rate")
 	}
 	if len(o.Providers) == 0 {
 		return nil, errors.New("feedback: handler needs at least one provider (Options.Providers)")
@@ -159,20 +155,18 @@ func NewHandler(rate RateCoordinator, o Options) (*Handler, error) {
 	default:
 		return nil, fmt.Errorf("feedback: expiry=%q: must be forget, hold, soft or hard", o.Expiry)
 	}
-	if math.IsNaN(o.MaxRise) || o.MaxRise < 0 || o.MaxRise > 1 {
-		return nil, fmt.Errorf("feedback: max_rise=%v: must be in [0, 1] (0 = no ramp)", o.MaxRise)
+	if o.MaxRise == 0 {
+		o.MaxRise = 1
 	}
-	if o.Dwell == 0 {
-		o.Dwell = 5 * time.Second
+	if !(o.MaxRise > 0 && o.MaxRise <= 1) {
+		return nil, fmt.Errorf("feedback: max_rise=%v: must be in (0, 1] (1: no ramp)", o.MaxRise)
 	}
-	if o.CoordinatorTTL <= 0 {
-		o.CoordinatorTTL = 10 * time.Second
-	}
-	if o.Tick <= 0 {
-		o.Tick = time.Second
-	}
-	if o.Source == "" {
-		o.Source = "feedback"
+	if err := opts.Check(
+		opts.Positive("feedback: dwell", &o.Dwell, 5*time.Second),
+		opts.Positive("feedback: coordinator_ttl", &o.CoordinatorTTL, 10*time.Second),
+		opts.Positive("feedback: tick", &o.Tick, time.Second),
+	); err != nil {
+		return nil, err
 	}
 	if o.Clock == nil {
 		o.Clock = time.Now
@@ -192,10 +186,6 @@ func NewHandler(rate RateCoordinator, o Options) (*Handler, error) {
 		provs:  map[string]*provState{},
 	}, nil
 }
-
-// Publish is Handle, so that a Handler can stand where a Publisher is
-// expected (a monolith's write coordinator publishing straight to it).
-func (h *Handler) Publish(ctx context.Context, e Event) error { return h.Handle(ctx, e) }
 
 // Handle takes one event. An invalid event is refused with a *FieldError; an
 // event whose seq is not above the coordinator's last is ignored (nil). It
@@ -253,8 +243,8 @@ func (h *Handler) Reevaluate(ctx context.Context) error {
 
 // target combines the live coordinators; h.mu is held. Expired coordinators
 // are handled as Options.Expiry says.
-func (h *Handler) target(now time.Time) (Level, float64) {
-	level := OK
+func (h *Handler) target(now time.Time) (state.Level, float64) {
+	level := state.OK
 	scales := make([]float64, 0, len(h.coords))
 	for id, c := range h.coords {
 		e := c.last
@@ -267,7 +257,7 @@ func (h *Handler) target(now time.Time) (Level, float64) {
 				h.log.Warn("coordinator stopped reporting; forgotten", "coordinator", id, "last_level", e.Level)
 				continue
 			case ExpirySoft, ExpiryHard:
-				e.Level = Level(h.o.Expiry)
+				e.Level = state.Level(h.o.Expiry)
 			}
 		}
 		if e.Level.Rank() > level.Rank() {
@@ -277,7 +267,7 @@ func (h *Handler) target(now time.Time) (Level, float64) {
 	}
 	h.m.live.Set(float64(len(scales)))
 	if len(scales) == 0 {
-		return OK, clampUnit(h.o.Policy.Scale(Event{Level: OK, Capacity: 1}))
+		return state.OK, clampUnit(h.o.Policy.Scale(Event{Level: state.OK, Capacity: 1}))
 	}
 	out := scales[0]
 	switch h.o.Combine {
@@ -308,7 +298,7 @@ func (h *Handler) reconcile(ctx context.Context, now time.Time) error {
 	return errors.Join(errs...)
 }
 
-func (h *Handler) apply(ctx context.Context, p string, level Level, target float64, now time.Time) error {
+func (h *Handler) apply(ctx context.Context, p string, level state.Level, target float64, now time.Time) error {
 	ps := h.provs[p]
 	if ps == nil {
 		ps = &provState{scale: 1}
@@ -316,7 +306,7 @@ func (h *Handler) apply(ctx context.Context, p string, level Level, target float
 	}
 	h.m.target.WithLabelValues(p).Set(target)
 	if !ps.known || ps.level != level {
-		if err := h.setLevel(ctx, p, level); err != nil {
+		if err := h.rate.SetPressure(ctx, p, level); err != nil {
 			return err
 		}
 		ps.level = level
@@ -324,9 +314,9 @@ func (h *Handler) apply(ctx context.Context, p string, level Level, target float
 	}
 
 	cur, since := ps.scale, ps.changedAt
-	if r, ok := h.rate.(ScaleReader); ok && !h.o.Shadow {
+	if !h.o.Shadow { // the shared scale: another handler or an operator may have changed it
 		var err error
-		if cur, since, err = r.CurrentScale(ctx, p); err != nil {
+		if cur, since, err = h.rate.BudgetScale(ctx, p); err != nil {
 			return err
 		}
 	}
@@ -340,13 +330,11 @@ func (h *Handler) apply(ctx context.Context, p string, level Level, target float
 	if ps.known && next == cur {
 		return nil
 	}
+	set := h.rate.SetBudgetScale
 	if h.o.Shadow {
-		if sr, ok := h.rate.(ShadowRecorder); ok {
-			if err := sr.SetShadowScale(ctx, p, next, h.o.Source); err != nil {
-				return err
-			}
-		}
-	} else if err := h.setScale(ctx, p, next); err != nil {
+		set = h.rate.SetShadowScale
+	}
+	if err := set(ctx, p, next); err != nil {
 		return err
 	}
 	if next != cur {
@@ -364,30 +352,16 @@ func (h *Handler) apply(ctx context.Context, p string, level Level, target float
 	return nil
 }
 
-func (h *Handler) setLevel(ctx context.Context, p string, level Level) error {
-	if sr, ok := h.rate.(SourceRecorder); ok {
-		return sr.SetGlobalPressureFrom(ctx, p, string(level), h.o.Source)
-	}
-	return h.rate.SetGlobalPressure(ctx, p, string(level))
-}
-
-func (h *Handler) setScale(ctx context.Context, p string, scale float64) error {
-	if sr, ok := h.rate.(SourceRecorder); ok {
-		return sr.SetBudgetScaleFrom(ctx, p, scale, h.o.Source)
-	}
-	return h.rate.SetBudgetScale(ctx, p, scale)
-}
-
 // govern returns the scale to set, moving from cur (unchanged since
 // changedAt) towards target: a decrease at once; an increase only once
-// dwell has passed since the last change, by at most maxRise (0: no limit).
+// dwell has passed since the last change, by at most maxRise.
 func govern(cur float64, changedAt time.Time, target float64, now time.Time, dwell time.Duration, maxRise float64) float64 {
 	switch {
 	case target <= cur:
 		return target
-	case dwell > 0 && !changedAt.IsZero() && now.Sub(changedAt) < dwell:
+	case !changedAt.IsZero() && now.Sub(changedAt) < dwell:
 		return cur
-	case maxRise > 0 && target-cur > maxRise:
+	case target-cur > maxRise:
 		return math.Round((cur+maxRise)*1e9) / 1e9
 	}
 	return target

@@ -14,33 +14,47 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
-	"github.com/sluice-dev/sluice/internal/promutil"
 	"github.com/sluice-dev/sluice/pkg/feedback"
+	"github.com/sluice-dev/sluice/pkg/internal/promutil"
+	"github.com/sluice-dev/sluice/pkg/state"
 )
 
 var errUnknown = errors.New("unknown provider")
 
-// fakeRate records what the handler asks of the seed's Protocol.
+// fakeRate is a shared rate budget as Redis holds it: the scale of each
+// provider, when it last changed (by the test's clock), the level, and the
+// shadow scale. It records every scale set, in order.
 type fakeRate struct {
-	mu     sync.Mutex
-	scales map[string]float64
-	levels map[string]string
-	sets   []float64 // every SetBudgetScale value, in order
+	mu        sync.Mutex
+	clock     func() time.Time
+	scales    map[string]float64
+	changedAt map[string]time.Time
+	levels    map[string]state.Level
+	shadow    map[string]float64
+	sets      []float64 // every SetBudgetScale value, in order
 }
 
-func newFakeRate(providers ...string) *fakeRate {
-	f := &fakeRate{scales: map[string]float64{}, levels: map[string]string{}}
+func newFakeRate(clock func() time.Time, providers ...string) *fakeRate {
+	f := &fakeRate{clock: clock, scales: map[string]float64{}, changedAt: map[string]time.Time{},
+		levels: map[string]state.Level{}, shadow: map[string]float64{}}
 	for _, p := range providers {
-		f.scales[p], f.levels[p] = 1, "ok"
+		f.scales[p], f.levels[p] = 1, state.OK
 	}
 	return f
 }
 
-func (f *fakeRate) SetGlobalPressure(_ context.Context, p, level string) error {
+func (f *fakeRate) known(p string) error {
+	if _, ok := f.scales[p]; !ok {
+		return fmt.Errorf("%w %q", errUnknown, p)
+	}
+	return nil
+}
+
+func (f *fakeRate) SetPressure(_ context.Context, p string, level state.Level) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if _, ok := f.levels[p]; !ok {
-		return fmt.Errorf("%w %q", errUnknown, p)
+	if err := f.known(p); err != nil {
+		return err
 	}
 	f.levels[p] = level
 	return nil
@@ -49,16 +63,47 @@ func (f *fakeRate) SetGlobalPressure(_ context.Context, p, level string) error {
 func (f *fakeRate) SetBudgetScale(_ context.Context, p string, s float64) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if _, ok := f.scales[p]; !ok {
-		return fmt.Errorf("%w %q", errUnknown, p)
+	if err := f.known(p); err != nil {
+		return err
+	}
+	if s != f.scales[p] {
+		f.changedAt[p] = f.clock()
 	}
 	f.scales[p] = s
 	f.sets = append(f.sets, s)
 	return nil
 }
 
+func (f *fakeRate) SetShadowScale(_ context.Context, p string, s float64) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.known(p); err != nil {
+		return err
+	}
+	f.shadow[p] = s
+	return nil
+}
+
+func (f *fakeRate) BudgetScale(_ context.Context, p string) (float64, time.Time, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.scales[p], f.changedAt[p], f.known(p)
+}
+
+// set changes the shared scale behind the handlers' backs (an operator, a
+// Redis that lost it).
+func (f *fakeRate) set(p string, s float64) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.scales[p], f.changedAt[p] = s, f.clock()
+}
+
 func (f *fakeRate) scale(p string) float64 { f.mu.Lock(); defer f.mu.Unlock(); return f.scales[p] }
-func (f *fakeRate) level(p string) string  { f.mu.Lock(); defer f.mu.Unlock(); return f.levels[p] }
+func (f *fakeRate) level(p string) state.Level {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.levels[p]
+}
 
 type clock struct{ now time.Time }
 
@@ -72,14 +117,18 @@ type discard struct{}
 func (discard) Write(p []byte) (int, error) { return len(p), nil }
 
 // event builds a valid event of coordinator c.
-func event(c string, seq uint64, l feedback.Level) feedback.Event {
-	q := map[feedback.Level]int{feedback.OK: 100, feedback.Soft: 700, feedback.Hard: 950}[l]
+func event(c string, seq uint64, l state.Level) feedback.Event {
+	q := map[state.Level]int{state.OK: 100, state.Soft: 700, state.Hard: 950}[l]
 	return feedback.Event{CoordinatorID: c, QueueSize: q, Capacity: 1000, Level: l, Seq: seq}
 }
 
-func newHandler(t *testing.T, rate feedback.RateCoordinator, o feedback.Options) (*feedback.Handler, *prometheus.Registry) {
+// newHandler returns a handler on rate, on rate's clock unless o has one.
+func newHandler(t *testing.T, rate *fakeRate, o feedback.Options) (*feedback.Handler, *prometheus.Registry) {
 	t.Helper()
 	reg := prometheus.NewRegistry()
+	if o.Clock == nil {
+		o.Clock = rate.clock
+	}
 	if o.Providers == nil {
 		o.Providers = []string{"ibkr"}
 	}
@@ -104,39 +153,41 @@ func handle(t *testing.T, h *feedback.Handler, e feedback.Event) {
 // The seed's eight FeedbackHandler tests.
 
 func TestSeedHandleOKSetsScaleOne(t *testing.T) {
-	rate := newFakeRate("ibkr")
-	h, _ := newHandler(t, rate, feedback.Options{Dwell: -1})
-	handle(t, h, event("store", 1, feedback.Hard))
-	handle(t, h, event("store", 2, feedback.OK))
+	c := newClock()
+	rate := newFakeRate(c.Now, "ibkr")
+	h, _ := newHandler(t, rate, feedback.Options{Dwell: time.Second})
+	handle(t, h, event("store", 1, state.Hard))
+	c.Add(time.Second) // the dwell before a rise
+	handle(t, h, event("store", 2, state.OK))
 	if s := rate.scale("ibkr"); s != 1 {
 		t.Fatalf("scale %v, want 1.0", s)
 	}
 }
 
 func TestSeedHandleSoftSetsScaleHalf(t *testing.T) {
-	rate := newFakeRate("ibkr")
+	rate := newFakeRate(newClock().Now, "ibkr")
 	h, _ := newHandler(t, rate, feedback.Options{})
-	handle(t, h, event("store", 1, feedback.Soft))
+	handle(t, h, event("store", 1, state.Soft))
 	if s := rate.scale("ibkr"); s != 0.5 {
 		t.Fatalf("scale %v, want 0.5", s)
 	}
 }
 
 func TestSeedHandleHardSetsScaleZero(t *testing.T) {
-	rate := newFakeRate("ibkr")
+	rate := newFakeRate(newClock().Now, "ibkr")
 	h, _ := newHandler(t, rate, feedback.Options{})
-	handle(t, h, event("store", 1, feedback.Hard))
+	handle(t, h, event("store", 1, state.Hard))
 	if s := rate.scale("ibkr"); s != 0 {
 		t.Fatalf("scale %v, want 0.0", s)
 	}
 }
 
 func TestSeedHandleUpdatesPressureState(t *testing.T) {
-	rate := newFakeRate("ibkr")
+	rate := newFakeRate(newClock().Now, "ibkr")
 	h, _ := newHandler(t, rate, feedback.Options{})
-	for seq, l := range []feedback.Level{feedback.Soft, feedback.Hard, feedback.OK} {
+	for seq, l := range []state.Level{state.Soft, state.Hard, state.OK} {
 		handle(t, h, event("store", uint64(seq+1), l))
-		if got := rate.level("ibkr"); got != string(l) {
+		if got := rate.level("ibkr"); got != l {
 			t.Fatalf("after %s: pressure %q", l, got)
 		}
 	}
@@ -144,9 +195,9 @@ func TestSeedHandleUpdatesPressureState(t *testing.T) {
 
 func TestSeedHandleLogsAdjustment(t *testing.T) {
 	var buf bytes.Buffer
-	rate := newFakeRate("ibkr")
+	rate := newFakeRate(newClock().Now, "ibkr")
 	h, _ := newHandler(t, rate, feedback.Options{Logger: slog.New(slog.NewTextHandler(&buf, nil))})
-	handle(t, h, event("store", 1, feedback.Soft))
+	handle(t, h, event("store", 1, state.Soft))
 	line := buf.String()
 	for _, want := range []string{"feedback adjusted scale", "provider=ibkr", "level=soft", "from=1", "to=0.5"} {
 		if !strings.Contains(line, want) {
@@ -156,9 +207,9 @@ func TestSeedHandleLogsAdjustment(t *testing.T) {
 }
 
 func TestSeedHandleWithMissingProvider(t *testing.T) {
-	rate := newFakeRate("ibkr") // "ghost" is not registered
+	rate := newFakeRate(newClock().Now, "ibkr") // "ghost" is not registered
 	h, reg := newHandler(t, rate, feedback.Options{Providers: []string{"ghost", "ibkr"}})
-	err := h.Handle(context.Background(), event("store", 1, feedback.Soft))
+	err := h.Handle(context.Background(), event("store", 1, state.Soft))
 	if !errors.Is(err, errUnknown) || !strings.Contains(err.Error(), `"ghost"`) {
 		t.Fatalf("err = %v, want the unknown provider named", err)
 	}
@@ -171,11 +222,11 @@ func TestSeedHandleWithMissingProvider(t *testing.T) {
 }
 
 func TestSeedHandleMetricsIncremented(t *testing.T) {
-	rate := newFakeRate("ibkr")
+	rate := newFakeRate(newClock().Now, "ibkr")
 	h, reg := newHandler(t, rate, feedback.Options{})
-	handle(t, h, event("store", 1, feedback.Soft))
-	handle(t, h, event("store", 2, feedback.Soft))
-	handle(t, h, event("store", 3, feedback.Hard))
+	handle(t, h, event("store", 1, state.Soft))
+	handle(t, h, event("store", 2, state.Soft))
+	handle(t, h, event("store", 3, state.Hard))
 	want := `
 # HELP feedback_events_total Pressure events accepted by the feedback handler, by level.
 # TYPE feedback_events_total counter
@@ -192,10 +243,10 @@ feedback_scale_adjustments_total{direction="down",provider="ibkr"} 2
 
 func TestSeedCustomPolicy(t *testing.T) {
 	// The seed subclassed the handler; here a Policy replaces the default.
-	rate := newFakeRate("ibkr")
+	rate := newFakeRate(newClock().Now, "ibkr")
 	policy := feedback.PolicyFunc(func(e feedback.Event) float64 { return 1 - e.Fill() })
 	h, _ := newHandler(t, rate, feedback.Options{Policy: policy})
-	handle(t, h, feedback.Event{CoordinatorID: "store", QueueSize: 300, Capacity: 1000, Level: feedback.OK, Seq: 1})
+	handle(t, h, feedback.Event{CoordinatorID: "store", QueueSize: 300, Capacity: 1000, Level: state.OK, Seq: 1})
 	if s := rate.scale("ibkr"); s != 0.7 {
 		t.Fatalf("scale %v, want 0.7 from the custom policy", s)
 	}

@@ -3,7 +3,7 @@ package feedback
 import (
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/sluice-dev/sluice/internal/promutil"
+	"github.com/sluice-dev/sluice/pkg/internal/promutil"
 )
 
 type metrics struct {

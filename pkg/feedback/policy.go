@@ -5,6 +5,8 @@ import (
 	"math"
 	"strconv"
 	"strings"
+
+	"github.com/sluice-dev/sluice/pkg/state"
 )
 
 // Policy maps one coordinator's pressure to the scale factor the pipeline
@@ -32,9 +34,9 @@ var DefaultStepPolicy = StepPolicy{OK: 1, Soft: 0.5, Hard: 0}
 // Scale returns the scale of e's level.
 func (p StepPolicy) Scale(e Event) float64 {
 	switch e.Level {
-	case Hard:
+	case state.Hard:
 		return p.Hard
-	case Soft:
+	case state.Soft:
 		return p.Soft
 	}
 	return p.OK
@@ -69,7 +71,7 @@ var DefaultProportionalPolicy = ProportionalPolicy{Start: 0.5, Stop: 0.9, Floor:
 func (p ProportionalPolicy) Scale(e Event) float64 {
 	f := e.Fill()
 	switch {
-	case e.Level == Hard || f >= p.Stop:
+	case e.Level == state.Hard || f >= p.Stop:
 		return p.Floor
 	case f <= p.Start:
 		return 1

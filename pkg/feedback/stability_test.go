@@ -6,75 +6,34 @@ import (
 	"time"
 
 	"github.com/sluice-dev/sluice/pkg/feedback"
+	"github.com/sluice-dev/sluice/pkg/state"
 )
-
-// sharedRate is a rate coordinator whose scale is shared by several handlers
-// (as in Redis): it implements the optional interfaces, with change times
-// from the test's clock.
-type sharedRate struct {
-	*fakeRate
-	clock     *clock
-	changedAt map[string]time.Time
-	sources   map[string]string
-	shadow    map[string]float64
-}
-
-func newSharedRate(c *clock, providers ...string) *sharedRate {
-	return &sharedRate{fakeRate: newFakeRate(providers...), clock: c,
-		changedAt: map[string]time.Time{}, sources: map[string]string{}, shadow: map[string]float64{}}
-}
-
-func (s *sharedRate) CurrentScale(_ context.Context, p string) (float64, time.Time, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.scales[p], s.changedAt[p], nil
-}
-
-func (s *sharedRate) SetBudgetScaleFrom(ctx context.Context, p string, v float64, source string) error {
-	old := s.scale(p)
-	if err := s.SetBudgetScale(ctx, p, v); err != nil {
-		return err
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if v != old {
-		s.changedAt[p] = s.clock.now
-	}
-	s.sources[p] = source
-	return nil
-}
-
-func (s *sharedRate) SetGlobalPressureFrom(ctx context.Context, p, level, _ string) error {
-	return s.SetGlobalPressure(ctx, p, level)
-}
-
-func (s *sharedRate) SetShadowScale(_ context.Context, p string, v float64, _ string) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.shadow[p] = v
-	return nil
-}
 
 // TestOscillationRisesAtMostOncePerDwell: levels flip every 50 ms for 20 s;
 // the scale never rises twice within one dwell period, and never rises
 // sooner than the dwell after any change.
 func TestOscillationRisesAtMostOncePerDwell(t *testing.T) {
-	for _, shared := range []bool{false, true} {
-		t.Run(map[bool]string{false: "local", true: "shared"}[shared], func(t *testing.T) {
+	for _, shadow := range []bool{false, true} {
+		t.Run(map[bool]string{false: "shared", true: "shadow"}[shadow], func(t *testing.T) {
 			c := newClock()
 			const dwell = 2 * time.Second
-			var rate feedback.RateCoordinator
-			fr := newFakeRate("ibkr")
-			rate = fr
-			if shared {
-				sr := newSharedRate(c, "ibkr")
-				rate, fr = sr, sr.fakeRate
+			fr := newFakeRate(c.Now, "ibkr")
+			h, _ := newHandler(t, fr, feedback.Options{Dwell: dwell, Shadow: shadow})
+			scale := func() float64 {
+				if shadow {
+					fr.mu.Lock()
+					defer fr.mu.Unlock()
+					if v, ok := fr.shadow["ibkr"]; ok {
+						return v
+					}
+					return 1
+				}
+				return fr.scale("ibkr")
 			}
-			h, _ := newHandler(t, rate, feedback.Options{Dwell: dwell, Clock: c.Now})
-			levels := []feedback.Level{feedback.OK, feedback.Soft, feedback.Hard, feedback.Soft, feedback.OK, feedback.Hard}
+			levels := []state.Level{state.OK, state.Soft, state.Hard, state.Soft, state.OK, state.Hard}
 			var lastChange, lastRise time.Time
 			rises := 0
-			prev := fr.scale("ibkr")
+			prev := scale()
 			for i := range 400 {
 				handle(t, h, event("store", uint64(i+1), levels[i%len(levels)]))
 				if i%4 == 0 {
@@ -82,7 +41,7 @@ func TestOscillationRisesAtMostOncePerDwell(t *testing.T) {
 						t.Fatal(err)
 					}
 				}
-				if s := fr.scale("ibkr"); s != prev {
+				if s := scale(); s != prev {
 					if s > prev {
 						rises++
 						if !lastRise.IsZero() && c.now.Sub(lastRise) < dwell {
@@ -100,17 +59,18 @@ func TestOscillationRisesAtMostOncePerDwell(t *testing.T) {
 			if rises == 0 || rises > 10 {
 				t.Fatalf("%d rises in 20 s with a 2 s dwell, want 1..10", rises)
 			}
-			t.Logf("%d rises, %d scale changes in 20 s of oscillation", rises, len(fr.sets))
+			t.Logf("%d rises in 20 s of oscillation", rises)
 		})
 	}
 }
 
 func TestOutOfOrderEventsIgnored(t *testing.T) {
-	rate := newFakeRate("ibkr")
-	h, reg := newHandler(t, rate, feedback.Options{Dwell: -1})
-	handle(t, h, event("store", 5, feedback.Hard))
-	handle(t, h, event("store", 4, feedback.OK)) // late, older
-	handle(t, h, event("store", 5, feedback.OK)) // duplicate seq
+	c := newClock()
+	rate := newFakeRate(c.Now, "ibkr")
+	h, reg := newHandler(t, rate, feedback.Options{Dwell: time.Second})
+	handle(t, h, event("store", 5, state.Hard))
+	handle(t, h, event("store", 4, state.OK)) // late, older
+	handle(t, h, event("store", 5, state.OK)) // duplicate seq
 	if s := rate.scale("ibkr"); s != 0 {
 		t.Fatalf("scale %v: an older event overrode a newer one", s)
 	}
@@ -120,11 +80,12 @@ func TestOutOfOrderEventsIgnored(t *testing.T) {
 		}
 	}
 	// Another coordinator's sequence is its own.
-	handle(t, h, event("other", 1, feedback.Soft))
+	handle(t, h, event("other", 1, state.Soft))
 	if s := rate.scale("ibkr"); s != 0 {
 		t.Fatalf("scale %v: hard from store must still win", s)
 	}
-	handle(t, h, event("store", 6, feedback.OK))
+	c.Add(time.Second) // the dwell before a rise
+	handle(t, h, event("store", 6, state.OK))
 	if s := rate.scale("ibkr"); s != 0.5 {
 		t.Fatalf("scale %v, want 0.5 (other is soft)", s)
 	}
@@ -135,10 +96,10 @@ func TestCombine(t *testing.T) {
 		combine feedback.Combine
 		want    float64
 	}{{feedback.CombineMin, 0}, {feedback.CombineMean, 0.5}} {
-		rate := newFakeRate("ibkr")
-		h, _ := newHandler(t, rate, feedback.Options{Combine: tc.combine, Dwell: -1})
-		handle(t, h, event("a", 1, feedback.OK))
-		handle(t, h, event("b", 1, feedback.Hard))
+		rate := newFakeRate(newClock().Now, "ibkr")
+		h, _ := newHandler(t, rate, feedback.Options{Combine: tc.combine})
+		handle(t, h, event("a", 1, state.OK))
+		handle(t, h, event("b", 1, state.Hard))
 		if s := rate.scale("ibkr"); s != tc.want {
 			t.Errorf("%s: scale %v, want %v", tc.combine, s, tc.want)
 		}
@@ -161,9 +122,9 @@ func TestCoordinatorExpiry(t *testing.T) {
 	} {
 		t.Run(string(tc.expiry), func(t *testing.T) {
 			c := newClock()
-			rate := newFakeRate("ibkr")
-			h, reg := newHandler(t, rate, feedback.Options{Expiry: tc.expiry, CoordinatorTTL: 10 * time.Second, Dwell: -1, Clock: c.Now})
-			handle(t, h, event("store", 1, feedback.Soft))
+			rate := newFakeRate(c.Now, "ibkr")
+			h, reg := newHandler(t, rate, feedback.Options{Expiry: tc.expiry, CoordinatorTTL: 10 * time.Second, Dwell: time.Second})
+			handle(t, h, event("store", 1, state.Soft))
 			c.Add(9 * time.Second)
 			if err := h.Reevaluate(context.Background()); err != nil {
 				t.Fatal(err)
@@ -175,15 +136,16 @@ func TestCoordinatorExpiry(t *testing.T) {
 			if err := h.Reevaluate(context.Background()); err != nil {
 				t.Fatal(err)
 			}
-			if s, l := rate.scale("ibkr"), rate.level("ibkr"); s != tc.scale || l != tc.level {
+			if s, l := rate.scale("ibkr"), rate.level("ibkr"); s != tc.scale || string(l) != tc.level {
 				t.Fatalf("after the TTL: scale %v level %s, want %v %s", s, l, tc.scale, tc.level)
 			}
 			live := metric(t, reg, "feedback_coordinators_live")
 			if want := map[bool]float64{true: 0, false: 1}[tc.expiry == feedback.ExpiryForget]; live != want {
 				t.Fatalf("live coordinators %v, want %v", live, want)
 			}
-			// It comes back: its new report counts.
-			handle(t, h, event("store", 2, feedback.OK))
+			// It comes back: its new report counts (after the dwell).
+			c.Add(time.Second)
+			handle(t, h, event("store", 2, state.OK))
 			if s := rate.scale("ibkr"); s != 1 {
 				t.Fatalf("after it reported again: scale %v", s)
 			}
@@ -193,10 +155,10 @@ func TestCoordinatorExpiry(t *testing.T) {
 
 func TestSoftStartRamp(t *testing.T) {
 	c := newClock()
-	rate := newFakeRate("ibkr")
-	h, _ := newHandler(t, rate, feedback.Options{Dwell: time.Second, MaxRise: 0.25, Clock: c.Now})
-	handle(t, h, event("store", 1, feedback.Hard))
-	handle(t, h, event("store", 2, feedback.OK))
+	rate := newFakeRate(c.Now, "ibkr")
+	h, _ := newHandler(t, rate, feedback.Options{Dwell: time.Second, MaxRise: 0.25})
+	handle(t, h, event("store", 1, state.Hard))
+	handle(t, h, event("store", 2, state.OK))
 	var got []float64
 	for range 12 {
 		c.Add(500 * time.Millisecond)
@@ -215,13 +177,13 @@ func TestSoftStartRamp(t *testing.T) {
 
 func TestShadowMode(t *testing.T) {
 	c := newClock()
-	rate := newSharedRate(c, "ibkr")
-	h, reg := newHandler(t, rate, feedback.Options{Shadow: true, Clock: c.Now})
-	handle(t, h, event("store", 1, feedback.Hard))
+	rate := newFakeRate(c.Now, "ibkr")
+	h, reg := newHandler(t, rate, feedback.Options{Shadow: true})
+	handle(t, h, event("store", 1, state.Hard))
 	if s := rate.scale("ibkr"); s != 1 || len(rate.sets) != 0 {
 		t.Fatalf("shadow mode changed the scale: %v %v", s, rate.sets)
 	}
-	if rate.shadow["ibkr"] != 0 || rate.level("ibkr") != "hard" {
+	if rate.shadow["ibkr"] != 0 || rate.level("ibkr") != state.Hard {
 		t.Fatalf("shadow scale %v level %s, want 0 and hard recorded", rate.shadow["ibkr"], rate.level("ibkr"))
 	}
 	if v := metric(t, reg, "feedback_scale_applied", "provider", "ibkr"); v != 0 {
@@ -235,23 +197,21 @@ func TestShadowMode(t *testing.T) {
 // the shared change time.
 func TestSharedScaleIsReasserted(t *testing.T) {
 	c := newClock()
-	rate := newSharedRate(c, "ibkr")
-	h, _ := newHandler(t, rate, feedback.Options{Dwell: 5 * time.Second, Clock: c.Now})
-	handle(t, h, event("store", 1, feedback.Hard))
-	rate.mu.Lock()
-	rate.scales["ibkr"] = 1 // lost: Redis restarted, the provider re-registered at scale 1
-	rate.mu.Unlock()
+	rate := newFakeRate(c.Now, "ibkr")
+	h, _ := newHandler(t, rate, feedback.Options{Dwell: 5 * time.Second})
+	handle(t, h, event("store", 1, state.Hard))
+	rate.set("ibkr", 1) // lost: Redis restarted, the provider re-registered at scale 1
 	if err := h.Reevaluate(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	if s := rate.scale("ibkr"); s != 0 || rate.sources["ibkr"] != "feedback" {
-		t.Fatalf("scale %v (source %q) after a lost write, want 0 set again by feedback", s, rate.sources["ibkr"])
+	if s := rate.scale("ibkr"); s != 0 {
+		t.Fatalf("scale %v after a lost write, want 0 set again", s)
 	}
 	// A second replica's handler starts 3 s later and sees ok: it must wait
 	// for the dwell since the shared change, not since its own start.
 	c.Add(3 * time.Second)
-	late, _ := newHandler(t, rate, feedback.Options{Dwell: 5 * time.Second, Clock: c.Now})
-	handle(t, late, event("store", 2, feedback.OK))
+	late, _ := newHandler(t, rate, feedback.Options{Dwell: 5 * time.Second})
+	handle(t, late, event("store", 2, state.OK))
 	if s := rate.scale("ibkr"); s != 0 {
 		t.Fatalf("late handler raised after %v < dwell: scale %v", 3*time.Second, s)
 	}
@@ -266,16 +226,16 @@ func TestSharedScaleIsReasserted(t *testing.T) {
 
 // TestNoRaiseOnStaleNews: two handlers share a scale; one hears hard and
 // lowers it; the other, which has not heard it yet, must not raise it back
-// on its periodic evaluation, even with no dwell.
+// on its periodic evaluation, even once the dwell has passed.
 func TestNoRaiseOnStaleNews(t *testing.T) {
 	c := newClock()
-	rate := newSharedRate(c, "ibkr")
-	a, _ := newHandler(t, rate, feedback.Options{Dwell: -1, Clock: c.Now})
-	b, _ := newHandler(t, rate, feedback.Options{Dwell: -1, Clock: c.Now})
-	handle(t, a, event("store", 1, feedback.OK))
-	handle(t, b, event("store", 1, feedback.OK))
+	rate := newFakeRate(c.Now, "ibkr")
+	a, _ := newHandler(t, rate, feedback.Options{Dwell: 5 * time.Millisecond})
+	b, _ := newHandler(t, rate, feedback.Options{Dwell: 5 * time.Millisecond})
+	handle(t, a, event("store", 1, state.OK))
+	handle(t, b, event("store", 1, state.OK))
 	c.Add(time.Second)
-	handle(t, a, event("store", 2, feedback.Hard))
+	handle(t, a, event("store", 2, state.Hard))
 	c.Add(10 * time.Millisecond)
 	if err := b.Reevaluate(context.Background()); err != nil {
 		t.Fatal(err)
@@ -283,20 +243,24 @@ func TestNoRaiseOnStaleNews(t *testing.T) {
 	if s := rate.scale("ibkr"); s != 0 {
 		t.Fatalf("a handler with stale news raised the shared scale to %v", s)
 	}
-	handle(t, b, event("store", 2, feedback.Hard))
-	handle(t, b, event("store", 3, feedback.OK)) // news after the change: b may raise
+	handle(t, b, event("store", 2, state.Hard))
+	handle(t, b, event("store", 3, state.OK)) // news after the change: b may raise
 	if s := rate.scale("ibkr"); s != 1 {
 		t.Fatalf("scale %v after b heard ok, want 1", s)
 	}
 }
 
 func TestHandlerOptionErrors(t *testing.T) {
-	rate := newFakeRate("ibkr")
+	rate := newFakeRate(newClock().Now, "ibkr")
 	for _, o := range []feedback.Options{
 		{},
 		{Providers: []string{"p"}, Combine: "max"},
 		{Providers: []string{"p"}, Expiry: "later"},
 		{Providers: []string{"p"}, MaxRise: 2},
+		{Providers: []string{"p"}, MaxRise: -0.5},
+		{Providers: []string{"p"}, Dwell: -time.Second},
+		{Providers: []string{"p"}, CoordinatorTTL: -time.Second},
+		{Providers: []string{"p"}, Tick: -time.Second},
 		{Providers: []string{"p"}, Policy: feedback.StepPolicy{OK: 1, Soft: 1.5}},
 	} {
 		if _, err := feedback.NewHandler(rate, o); err == nil {

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"time"
+
+	"github.com/sluice-dev/sluice/pkg/state"
 )
 
 // Reason says why a decision was taken.
@@ -38,17 +40,7 @@ func (r Reason) err() error {
 	return nil
 }
 
-// Source says who took a decision.
-type Source string
-
-// Sources of a Decision.
-const (
-	SourceRedis    Source = "redis"     // the shared bucket
-	SourceLocal    Source = "local"     // the LocalFallback bucket, during an outage
-	SourceFailOpen Source = "fail_open" // granted without asking, during an outage (FailOpen)
-)
-
-// Decision is the answer to one TryAcquire.
+// Decision is the answer to one TryAcquire or Acquire.
 type Decision struct {
 	// Allowed is true when the tokens were taken.
 	Allowed bool
@@ -62,16 +54,18 @@ type Decision struct {
 	RetryAfter time.Duration
 	// Scale is the scale factor in force; Level the pressure level recorded.
 	Scale float64
-	Level string
+	Level state.Level
 	// Capacity and RefillRate are the provider's config (RefillRate unscaled).
 	Capacity   int64
 	RefillRate float64
-	// Breaker is the shared breaker's state after the decision: closed, open or half_open.
-	Breaker string
-	// Now is the time of the decision: Redis time, or local time when Source is not SourceRedis.
+	// Breaker is the shared breaker's state after the decision.
+	Breaker state.Breaker
+	// Now is the time of the decision: Redis time, or local time when Local.
 	Now time.Time
-	// Source is who decided.
-	Source Source
+	// Local is true when Redis could not be reached and the decision was
+	// taken in this process by Options.Outage (FailOpen or LocalFallback),
+	// not by the shared bucket.
+	Local bool
 }
 
 // TryAcquire takes n tokens from provider's shared bucket if it can, and
@@ -88,23 +82,20 @@ func (c *Coordinator) TryAcquire(ctx context.Context, provider string, n int) (D
 	return d, err
 }
 
-// Acquire blocks until provider grants n tokens, and returns nil then. Most
-// callers should use Acquire (or Wait, which also returns the decision). It
-// waits out rate limits, cooldowns and an open breaker, waking with jitter;
-// while the provider is paused (scale 0) it waits for a notification that the
-// scale changed, re-checking every PausedRecheck, without polling Redis. It
-// returns at once a *DeniedError when n exceeds the capacity, or when the
-// known wait would outlast ctx's deadline; when ctx ends while paused, an
-// error matching both ErrPaused and ctx.Err().
-func (c *Coordinator) Acquire(ctx context.Context, provider string, n int) error {
-	_, err := c.Wait(ctx, provider, n)
-	return err
-}
-
-// Wait is Acquire returning the decision that granted the tokens. When its
-// Reason is ReasonProbe the call is the half-open breaker's single probe:
-// report its outcome with RecordSuccess or RecordFailure.
-func (c *Coordinator) Wait(ctx context.Context, provider string, n int) (Decision, error) {
+// Acquire blocks until provider grants n tokens, and returns the granting
+// decision with a nil error. Most callers should use Acquire. When the
+// decision's Reason is ReasonProbe the call is the half-open breaker's
+// single probe: report its outcome with RecordSuccess or RecordFailure.
+//
+// Acquire waits out rate limits, cooldowns and an open breaker, waking with
+// jitter; while the provider is paused (scale 0) it waits for a notification
+// that the scale changed, re-checking every PausedRecheck, without polling
+// Redis. It returns at once, with the refusing decision and an error
+// matching its reason's sentinel (ErrExceedsCapacity, ErrRateLimited,
+// ErrCoolingDown, ErrCircuitOpen), when n exceeds the capacity or when the
+// known wait would outlast ctx's deadline; when ctx ends while it waits, an
+// error matching both the reason's sentinel (ErrPaused, ...) and ctx.Err().
+func (c *Coordinator) Acquire(ctx context.Context, provider string, n int) (Decision, error) {
 	start := time.Now()
 	d, err := c.acquire(ctx, provider, n)
 	c.count(provider, d, err)
@@ -140,7 +131,7 @@ func (c *Coordinator) acquire(ctx context.Context, provider string, n int) (Deci
 			return d, err
 		}
 		if d.Reason == ReasonPaused {
-			if d.Source == SourceRedis && wake == nil {
+			if !d.Local && wake == nil {
 				// Subscribe first, then look again: a change between the
 				// two is then either seen by the check or notified.
 				wake = c.notifier.watch(ctx, st.keys.notify)
@@ -156,10 +147,10 @@ func (c *Coordinator) acquire(ctx context.Context, provider string, n int) (Deci
 		}
 		wake = nil
 		if d.RetryAfter < 0 {
-			return d, &DeniedError{Provider: provider, N: n, Decision: d}
+			return d, denied(provider, n, d)
 		}
 		if deadline, ok := ctx.Deadline(); ok && time.Until(deadline) < d.RetryAfter {
-			return d, &DeniedError{Provider: provider, N: n, Decision: d}
+			return d, denied(provider, n, d)
 		}
 		if !holding {
 			select {
@@ -176,7 +167,7 @@ func (c *Coordinator) acquire(ctx context.Context, provider string, n int) (Deci
 			}
 		}
 		if err := sleep(ctx, d.RetryAfter+c.jitter(), nil); err != nil {
-			return d, err
+			return d, fmt.Errorf("%w: provider %q: %w", d.Reason.err(), provider, err)
 		}
 	}
 }
@@ -185,7 +176,7 @@ func (c *Coordinator) acquire(ctx context.Context, provider string, n int) (Deci
 // slow re-check, or ctx; then a little jitter so resumed waiters spread out.
 func (c *Coordinator) waitPaused(ctx context.Context, st *providerState, d Decision, wake <-chan struct{}) error {
 	recheck := c.opts.PausedRecheck
-	if d.Source != SourceRedis {
+	if d.Local {
 		recheck = min(recheck, c.opts.RedisRetry) // no notification comes during an outage
 	}
 	paused := c.m.paused.WithLabelValues(st.name)
@@ -287,9 +278,9 @@ func (c *Coordinator) count(provider string, d Decision, err error) {
 		result = "canceled"
 	case err != nil && d.Reason == "":
 		result = "error"
-	case d.Source == SourceFailOpen:
+	case d.Local && c.opts.Outage == FailOpen:
 		result = "fail_open"
-	case d.Source == SourceLocal:
+	case d.Local:
 		result = "fallback_" + result
 	}
 	c.m.acquisitions.WithLabelValues(provider, result).Inc()
@@ -306,12 +297,11 @@ func parseDecision(res any) (Decision, error) {
 		RetryAfter: micros(r.int(2)),
 		Scale:      r.float(3),
 		Reason:     Reason(r.str(4)),
-		Level:      r.str(5),
+		Level:      state.Level(r.str(5)),
 		Capacity:   int64(r.float(6)),
 		RefillRate: r.float(7),
-		Breaker:    r.str(8),
+		Breaker:    state.Breaker(r.str(8)),
 		Now:        time.UnixMicro(r.int(9)),
-		Source:     SourceRedis,
 	}, nil
 }
 

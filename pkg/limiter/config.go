@@ -110,26 +110,6 @@ func validScale(s float64) error {
 	return nil
 }
 
-// Pressure levels accepted by SetGlobalPressure.
-const (
-	LevelOK   = "ok"
-	LevelSoft = "soft"
-	LevelHard = "hard"
-)
-
-// levelValue maps a level to its metric value: ok 0, soft 1, hard 2, else -1.
-func levelValue(level string) float64 {
-	switch level {
-	case LevelOK:
-		return 0
-	case LevelSoft:
-		return 1
-	case LevelHard:
-		return 2
-	}
-	return -1
-}
-
 func finite(f float64) bool { return !math.IsNaN(f) && !math.IsInf(f, 0) }
 
 func formatFloat(f float64) string { return strconv.FormatFloat(f, 'g', -1, 64) }

@@ -9,15 +9,18 @@ import (
 	"log/slog"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/sluice-dev/sluice/lua"
+	"github.com/sluice-dev/sluice/pkg/internal/opts"
 )
 
 // The scripts are built once; Run sends EVALSHA and falls back to EVAL on
@@ -39,18 +42,20 @@ type OutageMode int
 const (
 	// FailClosed refuses: calls return an error wrapping ErrRedisUnavailable.
 	FailClosed OutageMode = iota
-	// FailOpen grants every request (Decision.Source == SourceFailOpen).
+	// FailOpen grants every request (Decision.Local is set).
 	FailOpen
-	// LocalFallback grants from an in-process bucket refilled at
-	// base rate × last known scale ÷ live replicas, with capacity ÷ live
-	// replicas, starting empty; a cooldown or open breaker seen last is
-	// honoured. Without any earlier answer from Redis about the provider it
-	// behaves as FailClosed.
+	// LocalFallback decides from an in-process bucket (Decision.Local is
+	// set) refilled at base rate × last known scale ÷ live replicas, with
+	// capacity ÷ live replicas, starting empty; a cooldown or open breaker
+	// seen last is honoured. Without any earlier answer from Redis about
+	// the provider it behaves as FailClosed.
 	LocalFallback
 )
 
 var outageNames = []string{"fail_closed", "fail_open", "local_fallback"}
 
+// String returns the mode's name in configuration: fail_closed, fail_open
+// or local_fallback.
 func (m OutageMode) String() string {
 	if m >= 0 && int(m) < len(outageNames) {
 		return outageNames[m]
@@ -58,24 +63,30 @@ func (m OutageMode) String() string {
 	return fmt.Sprintf("OutageMode(%d)", int(m))
 }
 
-// ParseOutageMode parses "fail_closed", "fail_open" or "local_fallback".
-func ParseOutageMode(s string) (OutageMode, error) {
+// UnmarshalText sets m from its name (fail_closed, fail_open or
+// local_fallback); anything else is a *ArgumentError and leaves m alone.
+func (m *OutageMode) UnmarshalText(text []byte) error {
 	for i, n := range outageNames {
-		if s == n {
-			return OutageMode(i), nil
+		if string(text) == n {
+			*m = OutageMode(i)
+			return nil
 		}
 	}
-	return 0, &ArgumentError{"outage_mode", s, "one of " + strings.Join(outageNames, ", ")}
+	return &ArgumentError{"outage_mode", string(text), "one of " + strings.Join(outageNames, ", ")}
 }
 
-// Options configure a Coordinator. The zero value is usable: every zero field
-// takes the default its comment gives.
+// Options configure a Coordinator. The zero value is ready to use: a zero
+// field takes the default its comment gives (nil Registerer: no metrics).
 type Options struct {
 	// Prefix starts every key and channel; default "sluice".
 	Prefix string
 	// ReplicaID names this replica in the replica registry; default
 	// <hostname>-<pid>-<random>.
 	ReplicaID string
+	// Source is recorded in the scale hash as who changed the scale, the
+	// shadow scale or the pressure level through this Coordinator (e.g.
+	// "operator", "feedback:pod-3"); default "api".
+	Source string
 	// Outage is what to do when Redis cannot be reached; default FailClosed.
 	Outage OutageMode
 	// Registerer receives the metrics; nil registers none.
@@ -100,14 +111,12 @@ type Options struct {
 	Now func() time.Time
 }
 
-func (o Options) withDefaults() Options {
-	def := func(d *time.Duration, v time.Duration) {
-		if *d <= 0 {
-			*d = v
-		}
-	}
+func (o Options) withDefaults() (Options, error) {
 	if o.Prefix == "" {
-		o.Prefix = DefaultPrefix
+		o.Prefix = defaultPrefix
+	}
+	if o.Source == "" {
+		o.Source = "api"
 	}
 	if o.ReplicaID == "" {
 		o.ReplicaID = defaultReplicaID()
@@ -115,14 +124,15 @@ func (o Options) withDefaults() Options {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
-	def(&o.PausedRecheck, 5*time.Second)
-	def(&o.WakeJitter, 5*time.Millisecond)
-	def(&o.Heartbeat, 2*time.Second)
-	def(&o.RedisRetry, time.Second)
 	if o.Now == nil {
 		o.Now = time.Now
 	}
-	return o
+	return o, opts.Check(
+		opts.Positive("limiter: paused_recheck", &o.PausedRecheck, 5*time.Second),
+		opts.Positive("limiter: wake_jitter", &o.WakeJitter, 5*time.Millisecond),
+		opts.Positive("limiter: heartbeat", &o.Heartbeat, 2*time.Second),
+		opts.Positive("limiter: redis_retry", &o.RedisRetry, time.Second),
+	)
 }
 
 func defaultReplicaID() string {
@@ -181,41 +191,44 @@ type providerState struct {
 // New returns a Coordinator on rdb, which may be a *redis.Client,
 // *redis.ClusterClient or *redis.Ring (any redis.UniversalClient). It starts
 // the heartbeat goroutine; Close stops it.
-func New(rdb redis.UniversalClient, opts Options) (*Coordinator, error) {
+func New(rdb redis.UniversalClient, o Options) (*Coordinator, error) {
 	if rdb == nil {
 		return nil, &ArgumentError{"client", nil, "a Redis client"}
 	}
-	opts = opts.withDefaults()
-	if err := validName("prefix", opts.Prefix); err != nil {
+	o, err := o.withDefaults()
+	if err != nil {
 		return nil, err
 	}
-	if len(opts.ReplicaID) > 128 || strings.ContainsAny(opts.ReplicaID, " \t\r\n") {
-		return nil, &ArgumentError{"replica_id", opts.ReplicaID, "at most 128 characters without spaces"}
+	if err := validName("prefix", o.Prefix); err != nil {
+		return nil, err
 	}
-	if opts.Outage < FailClosed || opts.Outage > LocalFallback {
-		return nil, &ArgumentError{"outage_mode", opts.Outage, "one of " + strings.Join(outageNames, ", ")}
+	if len(o.ReplicaID) > 128 || strings.ContainsAny(o.ReplicaID, " \t\r\n") {
+		return nil, &ArgumentError{"replica_id", strconv.Quote(o.ReplicaID), "at most 128 characters without spaces"}
 	}
-	m, err := newMetrics(opts.Registerer)
+	if len(o.Source) > 128 || strings.ContainsFunc(o.Source, unicode.IsControl) {
+		return nil, &ArgumentError{"source", strconv.Quote(o.Source), "at most 128 characters without control characters"}
+	}
+	if o.Outage < FailClosed || o.Outage > LocalFallback {
+		return nil, &ArgumentError{"outage_mode", o.Outage, "one of " + strings.Join(outageNames, ", ")}
+	}
+	m, err := newMetrics(o.Registerer)
 	if err != nil {
 		return nil, fmt.Errorf("limiter: %w", err)
 	}
 	m.redisUp.Set(1)
 	c := &Coordinator{
 		rdb:       rdb,
-		opts:      opts,
-		log:       opts.Logger.With("component", "limiter", "replica", opts.ReplicaID),
+		opts:      o,
+		log:       o.Logger.With("component", "limiter", "replica", o.ReplicaID),
 		m:         m,
 		providers: map[string]*providerState{},
 		stop:      make(chan struct{}),
 	}
-	c.notifier = newNotifier(rdb, c.log, opts.PausedRecheck)
+	c.notifier = newNotifier(rdb, c.log, o.PausedRecheck)
 	c.wg.Add(1)
-	go c.every(opts.Heartbeat, c.beatAll)
+	go c.every(o.Heartbeat, c.beatAll)
 	return c, nil
 }
-
-// ReplicaID returns the id this replica heartbeats under.
-func (c *Coordinator) ReplicaID() string { return c.opts.ReplicaID }
 
 // Close stops the heartbeat and the notification subscription and removes
 // this replica from the registry of every provider it used. Calls after Close

@@ -4,24 +4,26 @@
 // A provider's bucket holds at most Capacity tokens and refills at
 // RefillRate × scale tokens per second. The scale factor (1 by default, 0
 // pauses, at most MaxScale) lives in Redis beside the bucket, so a change
-// made by one process — the feedback handler, an operator — reaches every
-// replica at its next acquisition. Each decision is one Lua script (package
-// lua) that reads the config, bucket, scale, breaker and cooldown and decides
-// atomically at Redis time; replicas' clocks are never used.
+// made by one process — a feedback handler, the controller, an operator —
+// reaches every replica at its next acquisition. Each decision is one Lua
+// script (package lua) that reads the config, bucket, scale, breaker and
+// cooldown and decides atomically at Redis time; replicas' clocks are never
+// used.
 //
-// Three ways to ask, as in golang.org/x/time/rate:
+// Two ways to ask, as in golang.org/x/time/rate:
 //
 //   - TryAcquire: don't wait; the Decision says allowed, remaining,
 //     retry-after, scale and reason.
-//   - Acquire: block until granted, honouring the context. Most callers
-//     should use Acquire.
-//   - Wait: Acquire returning the granting Decision (needed to notice the
-//     breaker's half-open probe).
+//   - Acquire: block until granted, honouring the context, and return the
+//     granting Decision. Most callers should use Acquire.
 //
-// The same Redis holds a circuit breaker and a cooldown per provider, shared
-// by all replicas (RecordFailure, RecordSuccess, TriggerCooldown), and a
-// registry of live replicas (heartbeats), used by the LocalFallback outage
-// mode to split the rate.
+// One way to change each shared setting: SetBudgetScale (the rate, for
+// every replica), SetPressure (the level operators see), SetShadowScale (what
+// a feedback handler on trial would set); RecordFailure and RecordSuccess
+// drive the shared circuit breaker, TriggerCooldown stops every replica for
+// a while, ResetBreaker and ClearCooldown are the operator's overrides. Who
+// made a change is Options.Source, recorded in Redis beside it. Status reads
+// it all back.
 //
 // Keys are <prefix>:{<provider>}:config|bucket|scale|breaker|cooldown and
 // <prefix>:replicas:{<provider>}; the hash tag puts one provider in one

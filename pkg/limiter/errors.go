@@ -48,25 +48,11 @@ func (e *ArgumentError) Error() string {
 // Unwrap makes errors.Is(err, ErrInvalidArgument) true.
 func (e *ArgumentError) Unwrap() error { return ErrInvalidArgument }
 
-// DeniedError is returned by Acquire when the provider will not grant n tokens
-// before the context's deadline. It matches the sentinel of its reason with
-// errors.Is (ErrRateLimited, ErrCoolingDown, ErrCircuitOpen, ErrExceedsCapacity).
-type DeniedError struct {
-	Provider string
-	N        int
-	Decision Decision // the last decision; Decision.RetryAfter says how long the wait would have been
-}
-
-func (e *DeniedError) Error() string {
-	msg := fmt.Sprintf("%v: provider %q, n=%d", e.Unwrap(), e.Provider, e.N)
-	switch {
-	case e.Decision.Reason == ReasonExceedsCapacity:
-		return msg + fmt.Sprintf(" > capacity %d", e.Decision.Capacity)
-	case e.Decision.RetryAfter >= 0:
-		return msg + fmt.Sprintf(", retry after %v", e.Decision.RetryAfter.Round(time.Millisecond))
+// denied is Acquire's error for a refusal no wait within ctx can turn into a
+// grant: it matches the sentinel of d's reason.
+func denied(provider string, n int, d Decision) error {
+	if d.Reason == ReasonExceedsCapacity {
+		return fmt.Errorf("%w: provider %q, n=%d > capacity %d", ErrExceedsCapacity, provider, n, d.Capacity)
 	}
-	return msg
+	return fmt.Errorf("%w: provider %q, n=%d, retry after %v", d.Reason.err(), provider, n, d.RetryAfter.Round(time.Millisecond))
 }
-
-// Unwrap returns the sentinel error of the denial's reason.
-func (e *DeniedError) Unwrap() error { return e.Decision.Reason.err() }

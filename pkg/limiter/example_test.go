@@ -30,12 +30,12 @@ func Example() {
 	if _, err := c.Register(ctx, "ibkr", cfg); err != nil {
 		panic(err)
 	}
-	if err := c.Acquire(ctx, "ibkr", 4); err != nil { // blocks until granted
+	if _, err := c.Acquire(ctx, "ibkr", 4); err != nil { // blocks until granted
 		panic(err)
 	}
 
 	// The store is falling behind: half the budget, for every replica.
-	if err := c.SetBudgetScale(ctx, "ibkr", 0.5); err != nil {
+	if _, err := c.SetBudgetScale(ctx, "ibkr", 0.5); err != nil {
 		panic(err)
 	}
 	d, _ := c.TryAcquire(ctx, "ibkr", 6)
@@ -44,7 +44,7 @@ func Example() {
 	d, _ = c.TryAcquire(ctx, "ibkr", 1)
 	fmt.Println(d.Allowed, d.Reason, "retry after", d.RetryAfter) // 1 token at 50/s
 
-	err = c.SetBudgetScale(ctx, "ibkr", 1.5)
+	_, err = c.SetBudgetScale(ctx, "ibkr", 1.5)
 	fmt.Println(err)
 	// Output:
 	// true ok 0.5

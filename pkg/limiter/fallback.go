@@ -18,7 +18,7 @@ func (st *providerState) remember(d Decision, now time.Time) {
 func (c *Coordinator) outage(st *providerState, n int, now time.Time, cause error) (Decision, error) {
 	switch c.opts.Outage {
 	case FailOpen:
-		return Decision{Allowed: true, Reason: ReasonOK, RetryAfter: 0, Scale: 1, Now: now, Source: SourceFailOpen}, nil
+		return Decision{Allowed: true, Reason: ReasonOK, RetryAfter: 0, Scale: 1, Now: now, Local: true}, nil
 	case LocalFallback:
 		st.mu.Lock()
 		defer st.mu.Unlock()
@@ -34,7 +34,7 @@ func (st *providerState) fallback(n int, now time.Time) Decision {
 	last := st.last
 	d := Decision{
 		Scale: last.Scale, Level: last.Level, Capacity: last.Capacity, RefillRate: last.RefillRate,
-		Breaker: last.Breaker, Now: now, Source: SourceLocal,
+		Breaker: last.Breaker, Now: now, Local: true,
 	}
 	if int64(n) > last.Capacity {
 		d.Reason, d.RetryAfter = ReasonExceedsCapacity, -1

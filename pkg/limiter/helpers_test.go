@@ -60,15 +60,17 @@ func try(t testing.TB, c *limiter.Coordinator, provider string, n int) limiter.D
 	return d
 }
 
-// drain takes every whole token from the bucket.
-func drain(t testing.TB, c *limiter.Coordinator, provider string) {
+// drain takes every whole token from the bucket, one at a time, and returns
+// the first refusal.
+func drain(t testing.TB, c *limiter.Coordinator, provider string) limiter.Decision {
 	t.Helper()
 	for range 1_000_000 {
 		if d := try(t, c, provider, 1); !d.Allowed {
-			return
+			return d
 		}
 	}
 	t.Fatal("bucket never drained")
+	return limiter.Decision{}
 }
 
 func near(a, b, eps float64) bool { return a-b <= eps && b-a <= eps }

@@ -1,7 +1,7 @@
 package limiter
 
-// DefaultPrefix starts every key and channel name unless Options.Prefix says otherwise.
-const DefaultPrefix = "sluice"
+// defaultPrefix starts every key and channel name unless Options.Prefix says otherwise.
+const defaultPrefix = "sluice"
 
 // keys are the Redis names of one provider. Every key carries the hash tag
 // {provider}, so one script touches one cluster slot.

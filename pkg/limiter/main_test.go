@@ -12,7 +12,9 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/sluice-dev/sluice/pkg/limiter"
@@ -37,14 +39,15 @@ type replicaResult struct {
 
 // runReplica acquires one token at a time from a provider with several
 // goroutines until it reads "stop" on stdin, then prints its replicaResult.
-// It prints "ready" once its first decision came back (the provider is
-// paused when the test starts it).
+// The provider is paused when the test starts it: it prints "ready" once
+// every worker waits for the pause to end.
 func runReplica() int {
 	addr, provider := os.Getenv("REDIS_ADDR"), os.Getenv("PROVIDER")
 	workers, _ := strconv.Atoi(os.Getenv("WORKERS"))
 	rdb := redis.NewClient(&redis.Options{Addr: addr, PoolSize: workers + 2})
 	defer rdb.Close()
-	c, err := limiter.New(rdb, limiter.Options{Logger: quiet})
+	reg := prometheus.NewRegistry()
+	c, err := limiter.New(rdb, limiter.Options{Logger: quiet, Registerer: reg})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 2
@@ -52,20 +55,19 @@ func runReplica() int {
 	defer c.Close()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	if _, err := c.TryAcquire(ctx, provider, 1); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 2
-	}
-	fmt.Println("ready")
 	var admitted atomic.Int64
 	var wg sync.WaitGroup
 	for range workers {
 		wg.Go(func() {
-			for c.Acquire(ctx, provider, 1) == nil {
+			for _, err := c.Acquire(ctx, provider, 1); err == nil; _, err = c.Acquire(ctx, provider, 1) {
 				admitted.Add(1)
 			}
 		})
 	}
+	for pausedWaiters(reg, provider) < float64(workers) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	fmt.Println("ready")
 	_, _ = bufio.NewReader(os.Stdin).ReadString('\n')
 	cancel()
 	wg.Wait()

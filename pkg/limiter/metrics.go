@@ -3,7 +3,7 @@ package limiter
 import (
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/sluice-dev/sluice/internal/promutil"
+	"github.com/sluice-dev/sluice/pkg/internal/promutil"
 )
 
 // metrics are the pipeline-side series. Names keep the seed's
@@ -60,21 +60,13 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	return m, r.Err
 }
 
-func breakerValue(state string) float64 {
-	switch state {
-	case "half_open":
-		return 1
-	case "open":
-		return 2
-	}
-	return 0
-}
-
 // decision records what a decision from Redis says about shared state.
 func (m *metrics) decision(provider string, d Decision) {
 	m.scale.WithLabelValues(provider).Set(d.Scale)
-	if v := levelValue(d.Level); v >= 0 {
-		m.pressure.WithLabelValues(provider).Set(v)
+	if v := d.Level.Rank(); v >= 0 {
+		m.pressure.WithLabelValues(provider).Set(float64(v))
 	}
-	m.breaker.WithLabelValues(provider).Set(breakerValue(d.Breaker))
+	if v := d.Breaker.Rank(); v >= 0 {
+		m.breaker.WithLabelValues(provider).Set(float64(v))
+	}
 }

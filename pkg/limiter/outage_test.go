@@ -3,11 +3,13 @@ package limiter_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/sluice-dev/sluice/internal/redistest"
@@ -32,7 +34,7 @@ func TestScriptFlushAndRestart(t *testing.T) {
 	if err := rdb.ScriptFlush(ctx).Err(); err != nil {
 		t.Fatal(err)
 	}
-	if err := c.SetBudgetScale(ctx, "p", 0.5); err != nil {
+	if _, err := c.SetBudgetScale(ctx, "p", 0.5); err != nil {
 		t.Fatalf("after SCRIPT FLUSH: %v", err)
 	}
 	if d := try(t, c, "p", 1); !d.Allowed || d.Scale != 0.5 {
@@ -42,7 +44,7 @@ func TestScriptFlushAndRestart(t *testing.T) {
 	srv.Restart(t) // no persistence: keys and scripts are gone
 	waitRedis(t, rdb)
 	d := try(t, c, "p", 1)
-	if !d.Allowed || d.Source != limiter.SourceRedis || d.Capacity != 100 {
+	if !d.Allowed || d.Local || d.Capacity != 100 {
 		t.Fatalf("after restart: %+v, want a grant from the re-registered bucket", d)
 	}
 	// A replica that never registered the provider learns it is unknown
@@ -87,51 +89,48 @@ func TestOutageModes(t *testing.T) {
 		t.Skip("-short")
 	}
 	ctx := context.Background()
-	setup := func(t *testing.T, mode limiter.OutageMode) (*redistest.Server, *limiter.Coordinator, *fakeClock) {
+	setup := func(t *testing.T, mode limiter.OutageMode) (*redistest.Server, *limiter.Coordinator, *fakeClock, *prometheus.Registry) {
 		srv := redistest.Start(t)
 		clock := &fakeClock{now: time.Now()}
-		c, _ := newCoord(t, redis.NewClient(&redis.Options{Addr: srv.Addr, MaxRetries: -1}), limiter.Options{Outage: mode, Now: clock.Now, RedisRetry: 50 * time.Millisecond, Heartbeat: 50 * time.Millisecond})
+		c, reg := newCoord(t, redis.NewClient(&redis.Options{Addr: srv.Addr, MaxRetries: -1}), limiter.Options{Outage: mode, Now: clock.Now, RedisRetry: 50 * time.Millisecond, Heartbeat: 50 * time.Millisecond})
 		register(t, c, "p", 100, 100)
 		if d := try(t, c, "p", 1); !d.Allowed {
 			t.Fatal(d)
 		}
-		return srv, c, clock
+		return srv, c, clock, reg
 	}
 	recovers := func(t *testing.T, srv *redistest.Server, c *limiter.Coordinator) {
 		t.Helper()
 		srv.Restart(t)
 		// The background probe finds Redis within a few RedisRetry periods.
-		for start := time.Now(); time.Since(start) < 5*time.Second; time.Sleep(10 * time.Millisecond) {
+		waitFor(t, "the limiter back on Redis", func() bool {
 			d, err := c.TryAcquire(ctx, "p", 1)
-			if err == nil && d.Allowed && d.Source == limiter.SourceRedis {
-				return
-			}
-		}
-		t.Fatal("the limiter did not go back to Redis within 5s after it came back")
+			return err == nil && d.Allowed && !d.Local
+		})
 	}
 
 	t.Run("fail_closed", func(t *testing.T) {
-		srv, c, _ := setup(t, limiter.FailClosed)
+		srv, c, _, _ := setup(t, limiter.FailClosed)
 		srv.Stop()
 		for range 3 {
 			if _, err := c.TryAcquire(ctx, "p", 1); !errors.Is(err, limiter.ErrRedisUnavailable) {
 				t.Fatalf("err = %v, want ErrRedisUnavailable", err)
 			}
 		}
-		if err := c.Acquire(ctx, "p", 1); !errors.Is(err, limiter.ErrRedisUnavailable) {
+		if _, err := c.Acquire(ctx, "p", 1); !errors.Is(err, limiter.ErrRedisUnavailable) {
 			t.Fatalf("Acquire: err = %v, want ErrRedisUnavailable at once", err)
 		}
-		if err := c.SetBudgetScale(ctx, "p", 0.5); !errors.Is(err, limiter.ErrRedisUnavailable) {
+		if _, err := c.SetBudgetScale(ctx, "p", 0.5); !errors.Is(err, limiter.ErrRedisUnavailable) {
 			t.Fatalf("SetBudgetScale: err = %v", err)
 		}
 		recovers(t, srv, c)
 	})
 
 	t.Run("fail_open", func(t *testing.T) {
-		srv, c, _ := setup(t, limiter.FailOpen)
+		srv, c, _, _ := setup(t, limiter.FailOpen)
 		srv.Stop()
 		for range 1000 {
-			if d := try(t, c, "p", 1); !d.Allowed || d.Source != limiter.SourceFailOpen {
+			if d := try(t, c, "p", 1); !d.Allowed || !d.Local {
 				t.Fatalf("%+v, want granted by fail_open", d)
 			}
 		}
@@ -139,23 +138,20 @@ func TestOutageModes(t *testing.T) {
 	})
 
 	t.Run("local_fallback", func(t *testing.T) {
-		srv, c, clock := setup(t, limiter.LocalFallback)
+		srv, c, clock, reg := setup(t, limiter.LocalFallback)
 		// A second replica of the provider: the local rate is shared by 2.
 		peer, _ := newCoord(t, srv.Client(t), limiter.Options{})
 		try(t, peer, "p", 1) // the first acquisition joins the replica registry
-		if err := c.SetBudgetScale(ctx, "p", 0.5); err != nil {
+		if _, err := c.SetBudgetScale(ctx, "p", 0.5); err != nil {
 			t.Fatal(err)
 		}
-		for start := time.Now(); c.LiveReplicas("p") != 2; time.Sleep(10 * time.Millisecond) {
-			if time.Since(start) > 5*time.Second { // c learns at its next heartbeat
-				t.Fatalf("live replicas %d, want 2", c.LiveReplicas("p"))
-			}
-		}
+		// c learns at its next heartbeat.
+		waitFor(t, "2 live replicas", func() bool { return liveReplicas(t, reg, "p") == 2 })
 		try(t, c, "p", 1) // learn the scale 0.5
 		srv.Stop()
 		// 100/s × 0.5 ÷ 2 replicas = 25/s, burst 100 ÷ 2 = 50, starting empty.
 		d := try(t, c, "p", 1)
-		if d.Allowed || d.Source != limiter.SourceLocal || d.RetryAfter != 40*time.Millisecond {
+		if d.Allowed || !d.Local || d.RetryAfter != 40*time.Millisecond {
 			t.Fatalf("first outage decision %+v, want local, empty, retry 40ms", d)
 		}
 		clock.Add(time.Second)
@@ -189,56 +185,56 @@ func TestRestartUnderLoad(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	var replicas []*limiter.Coordinator
+	var regs []*prometheus.Registry
 	for range 3 {
 		rdb := redis.NewClient(&redis.Options{Addr: srv.Addr, MaxRetries: -1, DialTimeout: 100 * time.Millisecond})
 		t.Cleanup(func() { rdb.Close() })
-		c, _ := newCoord(t, rdb, limiter.Options{Outage: limiter.LocalFallback, RedisRetry: 100 * time.Millisecond, Heartbeat: 100 * time.Millisecond})
+		c, reg := newCoord(t, rdb, limiter.Options{Outage: limiter.LocalFallback, RedisRetry: 100 * time.Millisecond, Heartbeat: 100 * time.Millisecond})
 		register(t, c, "p", 20, 300)
 		try(t, c, "p", 1)
-		replicas = append(replicas, c)
+		replicas, regs = append(replicas, c), append(regs, reg)
 	}
-	var bySource sync.Map // limiter.Source -> *atomic.Int64
+	// Each replica learns that there are 3 at a heartbeat.
+	for i, reg := range regs {
+		waitFor(t, fmt.Sprintf("replica %d to see 3 live replicas", i), func() bool { return liveReplicas(t, reg, "p") == 3 })
+	}
+	var bySource sync.Map // local? -> *atomic.Int64
 	var errs atomic.Int64
 	var wg sync.WaitGroup
 	for _, c := range replicas {
 		wg.Go(func() {
 			for ctx.Err() == nil {
-				d, err := c.Wait(ctx, "p", 1)
+				d, err := c.Acquire(ctx, "p", 1)
 				if err != nil {
 					if ctx.Err() == nil {
 						errs.Add(1)
 					}
 					continue
 				}
-				n, _ := bySource.LoadOrStore(d.Source, new(atomic.Int64))
+				n, _ := bySource.LoadOrStore(d.Local, new(atomic.Int64))
 				n.(*atomic.Int64).Add(1)
 			}
 		})
 	}
-	count := func(s limiter.Source) int64 {
-		n, ok := bySource.Load(s)
+	count := func(local bool) int64 {
+		n, ok := bySource.Load(local)
 		if !ok {
 			return 0
 		}
 		return n.(*atomic.Int64).Load()
 	}
-	time.Sleep(500 * time.Millisecond) // several heartbeats: each replica knows there are 3
-	for i, c := range replicas {
-		if n := c.LiveReplicas("p"); n != 3 {
-			t.Fatalf("replica %d sees %d live replicas, want 3", i, n)
-		}
-	}
+	waitFor(t, "grants from Redis", func() bool { return count(false) > 0 })
 	down := time.Now()
 	srv.Stop()
-	time.Sleep(time.Second)
-	local := count(limiter.SourceLocal)
+	time.Sleep(time.Second) // the outage
+	local := count(true)
 	window := time.Since(down)
 	srv.Restart(t)
-	before := count(limiter.SourceRedis)
-	time.Sleep(time.Second)
+	before := count(false)
+	waitFor(t, "grants from Redis after the restart", func() bool { return count(false) > before })
 	cancel()
 	wg.Wait()
-	t.Logf("grants: %d from Redis before and after, %d local during a %v outage; %d errors", count(limiter.SourceRedis), local, window, errs.Load())
+	t.Logf("grants: %d from Redis before and after, %d local during a %v outage; %d errors", count(false), local, window, errs.Load())
 	if errs.Load() != 0 {
 		t.Fatalf("%d errors under local fallback", errs.Load())
 	}
@@ -246,9 +242,6 @@ func TestRestartUnderLoad(t *testing.T) {
 	// more than the global rate over the outage, and well above nothing.
 	if bound := 300 * window.Seconds(); local == 0 || float64(local) > bound {
 		t.Fatalf("%d local grants during a %v outage, want (0, %.0f]", local, window, bound)
-	}
-	if count(limiter.SourceRedis) <= before {
-		t.Fatal("no grant from Redis after it came back")
 	}
 }
 
@@ -264,13 +257,15 @@ func TestBreakerAndCooldownAcrossReplicas(t *testing.T) {
 			c, _ := newCoord(t, b.Client(t), limiter.Options{})
 			rs = append(rs, c)
 		}
+		// Timeouts of a second: on the real server, a test stalled that long
+		// by a busy machine would see the breaker's state move on.
 		conf := cfg(100, 1000)
-		conf.BreakerThreshold, conf.BreakerTimeout, conf.Cooldown = 3, 200*time.Millisecond, 300*time.Millisecond
+		conf.BreakerThreshold, conf.BreakerTimeout, conf.Cooldown = 3, time.Second, time.Second
 		if _, err := rs[0].Register(ctx, "p", conf); err != nil {
 			t.Fatal(err)
 		}
 		for range 3 {
-			if _, err := rs[0].RecordFailure(ctx, "p"); err != nil {
+			if err := rs[0].RecordFailure(ctx, "p"); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -279,7 +274,7 @@ func TestBreakerAndCooldownAcrossReplicas(t *testing.T) {
 				t.Fatalf("replica %d: %+v, want circuit_open", i, d)
 			}
 		}
-		clock.advance(250 * time.Millisecond)
+		clock.advance(time.Second + 50*time.Millisecond)
 		// Several replicas race for the probe: exactly one wins.
 		var probes, open atomic.Int64
 		var wg sync.WaitGroup
@@ -298,7 +293,7 @@ func TestBreakerAndCooldownAcrossReplicas(t *testing.T) {
 		if probes.Load() != 1 || open.Load() != 2 {
 			t.Fatalf("%d probes and %d refusals, want 1 and 2", probes.Load(), open.Load())
 		}
-		if _, err := rs[2].RecordSuccess(ctx, "p"); err != nil {
+		if err := rs[2].RecordSuccess(ctx, "p"); err != nil {
 			t.Fatal(err)
 		}
 		for i, c := range rs {
@@ -307,29 +302,30 @@ func TestBreakerAndCooldownAcrossReplicas(t *testing.T) {
 			}
 		}
 
-		until, err := rs[1].TriggerCooldown(ctx, "p", "pacing")
+		until, err := rs[1].TriggerCooldown(ctx, "p", "pacing", "", 0)
 		if err != nil {
 			t.Fatal(err)
 		}
 		for i, c := range rs {
-			if d := try(t, c, "p", 1); d.Allowed || d.Reason != limiter.ReasonCooldown || d.RetryAfter > 300*time.Millisecond {
+			d := try(t, c, "p", 1)
+			if d.Now.Before(until) && (d.Allowed || d.Reason != limiter.ReasonCooldown || d.RetryAfter > time.Second) {
 				t.Fatalf("replica %d during cooldown: %+v", i, d)
 			}
 		}
-		if s := mustStatus(t, rs[0], "p"); s.Cooldown == nil || s.Cooldown.Scope != "pacing" || !s.Cooldown.Until.Equal(until) {
+		if s := mustStatus(t, rs[0], "p"); s.Now.Before(until) && (s.Cooldown == nil || s.Cooldown.Scope != "pacing" || !s.Cooldown.Until.Equal(until)) {
 			t.Fatalf("status cooldown %+v, want pacing until %v", s.Cooldown, until)
 		}
 		if b.Mini != nil {
-			clock.advance(300 * time.Millisecond)
+			clock.advance(time.Second)
 			if d := try(t, rs[0], "p", 1); !d.Allowed {
 				t.Fatalf("after cooldown: %+v", d)
 			}
 			return
 		}
 		// On the real server, Acquire waits the cooldown out.
-		d, err := rs[0].Wait(ctx, "p", 1)
+		d, err := rs[0].Acquire(ctx, "p", 1)
 		if err != nil || d.Now.Before(until) {
-			t.Fatalf("Wait during cooldown returned %+v %v, before the cooldown ended at %v", d, err, until)
+			t.Fatalf("Acquire during cooldown returned %+v %v, before the cooldown ended at %v", d, err, until)
 		}
 	})
 }

@@ -36,18 +36,3 @@ func (c *Coordinator) beat(ctx context.Context, st *providerState) {
 	st.mu.Unlock()
 	c.m.replicas.WithLabelValues(st.name).Set(float64(n))
 }
-
-// LiveReplicas returns how many replicas shared provider at this replica's
-// last heartbeat (at least 1: this one). A process becomes a replica of a
-// provider at its first acquisition from it. It never calls Redis.
-func (c *Coordinator) LiveReplicas(provider string) int {
-	c.mu.Lock()
-	st := c.providers[provider]
-	c.mu.Unlock()
-	if st == nil {
-		return 1
-	}
-	st.mu.Lock()
-	defer st.mu.Unlock()
-	return st.replicas
-}

@@ -2,16 +2,12 @@ package limiter
 
 import (
 	"context"
-	"fmt"
 	"time"
 
-	"github.com/redis/go-redis/v9"
+	"github.com/sluice-dev/sluice/pkg/state"
 )
 
-// SourceAPI is the scale hash's source when SetBudgetScale is called without one.
-const SourceAPI = "api"
-
-// ScaleChange is what SetBudgetScaleFrom did.
+// ScaleChange is what SetBudgetScale did.
 type ScaleChange struct {
 	Old, New float64   // scale before and after
 	Changed  bool      // false when New was already in force (nothing written)
@@ -27,21 +23,8 @@ type ScaleChange struct {
 // 0 pauses the provider; paused waiters are notified when it rises. scale
 // must be finite and in [0, max_scale] (max_scale is 1 unless the provider
 // was registered with a higher MaxScale); anything else is a *ArgumentError
-// and changes nothing.
-func (c *Coordinator) SetBudgetScale(ctx context.Context, provider string, scale float64) error {
-	_, err := c.Rescale(ctx, provider, scale, SourceAPI)
-	return err
-}
-
-// SetBudgetScaleFrom is SetBudgetScale recording who asked (source, stored
-// in the scale hash for operators).
-func (c *Coordinator) SetBudgetScaleFrom(ctx context.Context, provider string, scale float64, source string) error {
-	_, err := c.Rescale(ctx, provider, scale, source)
-	return err
-}
-
-// Rescale is SetBudgetScaleFrom reporting what changed.
-func (c *Coordinator) Rescale(ctx context.Context, provider string, scale float64, source string) (ScaleChange, error) {
+// and changes nothing. The scale hash records Options.Source as who set it.
+func (c *Coordinator) SetBudgetScale(ctx context.Context, provider string, scale float64) (ScaleChange, error) {
 	if err := validScale(scale); err != nil {
 		return ScaleChange{}, err
 	}
@@ -50,7 +33,7 @@ func (c *Coordinator) Rescale(ctx context.Context, provider string, scale float6
 		return ScaleChange{}, err
 	}
 	k := st.keys
-	res, err := c.run(ctx, st, setScaleScript, []string{k.config, k.bucket, k.scale}, formatFloat(scale), source, k.notify)
+	res, err := c.run(ctx, st, setScaleScript, []string{k.config, k.bucket, k.scale}, formatFloat(scale), c.opts.Source, k.notify)
 	if err != nil {
 		return ScaleChange{}, err
 	}
@@ -61,84 +44,50 @@ func (c *Coordinator) Rescale(ctx context.Context, provider string, scale float6
 	ch := ScaleChange{Old: r.float(0), New: r.float(1), Changed: r.int(2) == 1, Seq: r.int(3), Tokens: r.float(4), At: time.UnixMicro(r.int(5))}
 	c.m.scale.WithLabelValues(provider).Set(ch.New)
 	if ch.Changed {
-		c.log.Info("budget scale changed", "provider", provider, "old", ch.Old, "new", ch.New, "source", source)
+		c.log.Info("budget scale changed", "provider", provider, "old", ch.Old, "new", ch.New, "source", c.opts.Source)
 	}
 	return ch, nil
 }
 
-// CurrentScale returns provider's scale in force and the Redis time it was
-// last changed (zero if never), in one read. A feedback handler uses it so
-// that its dwell time is measured from the same instant on every replica.
-func (c *Coordinator) CurrentScale(ctx context.Context, provider string) (float64, time.Time, error) {
-	st, err := c.state(provider)
-	if err != nil {
-		return 0, time.Time{}, err
-	}
-	var fields *redis.SliceCmd
-	var exists *redis.IntCmd
-	_, err = c.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		exists = p.Exists(ctx, st.keys.config)
-		fields = p.HMGet(ctx, st.keys.scale, "scale", "updated_at")
-		return nil
-	})
-	if err != nil {
-		return 0, time.Time{}, c.mapErr(provider, err)
-	}
-	if exists.Val() == 0 {
-		return 0, time.Time{}, fmt.Errorf("%w %q", ErrUnknownProvider, provider)
-	}
-	v := fields.Val()
-	scale, since := 1.0, time.Time{}
-	if s, ok := v[0].(string); ok {
-		scale = parseFloat(s)
-	}
-	if s, ok := v[1].(string); ok {
-		since = time.UnixMicro(int64(parseFloat(s)))
-	}
-	return scale, since, nil
-}
-
 // SetShadowScale records, beside the scale in force, the scale a feedback
 // handler in shadow mode would have set (fields shadow_scale, shadow_source,
-// shadow_updated_at of the scale hash). The rate does not change.
-func (c *Coordinator) SetShadowScale(ctx context.Context, provider string, scale float64, source string) error {
+// shadow_updated_at of the scale hash), under the same rules as
+// SetBudgetScale. The rate does not change.
+func (c *Coordinator) SetShadowScale(ctx context.Context, provider string, scale float64) error {
 	if err := validScale(scale); err != nil {
 		return err
 	}
-	return c.annotate(ctx, provider, "shadow", formatFloat(scale), source)
+	return c.annotate(ctx, provider, "shadow", formatFloat(scale))
 }
 
-// SetGlobalPressure records the pressure level (ok, soft or hard) that
-// applies to provider, in the scale hash and the pressure metric. It does not
-// change the rate; SetBudgetScale does.
-func (c *Coordinator) SetGlobalPressure(ctx context.Context, provider string, level string) error {
-	return c.SetGlobalPressureFrom(ctx, provider, level, SourceAPI)
-}
-
-// SetGlobalPressureFrom is SetGlobalPressure recording who reported it.
-func (c *Coordinator) SetGlobalPressureFrom(ctx context.Context, provider, level, source string) error {
-	if levelValue(level) < 0 {
-		return &ArgumentError{"level", level, "one of ok, soft, hard"}
+// SetPressure records the pressure level that applies to provider, in the
+// scale hash (level, level_source, level_updated_at) and the pressure metric,
+// for operators and every replica's decisions. It does not change the rate;
+// SetBudgetScale does. A level other than ok, soft or hard is a
+// *ArgumentError.
+func (c *Coordinator) SetPressure(ctx context.Context, provider string, level state.Level) error {
+	if level.Rank() < 0 {
+		return &ArgumentError{"level", string(level), "one of ok, soft, hard"}
 	}
-	if err := c.annotate(ctx, provider, "level", level, source); err != nil {
+	if err := c.annotate(ctx, provider, "level", string(level)); err != nil {
 		return err
 	}
-	c.m.pressure.WithLabelValues(provider).Set(levelValue(level))
+	c.m.pressure.WithLabelValues(provider).Set(float64(level.Rank()))
 	return nil
 }
 
-func (c *Coordinator) annotate(ctx context.Context, provider, kind, value, source string) error {
+func (c *Coordinator) annotate(ctx context.Context, provider, kind, value string) error {
 	st, err := c.state(provider)
 	if err != nil {
 		return err
 	}
-	_, err = c.run(ctx, st, annotateScript, []string{st.keys.config, st.keys.scale}, kind, value, source)
+	_, err = c.run(ctx, st, annotateScript, []string{st.keys.config, st.keys.scale}, kind, value, c.opts.Source)
 	return err
 }
 
 // BreakerStatus is the shared circuit breaker of a provider.
 type BreakerStatus struct {
-	State      string        // closed, open or half_open
+	State      state.Breaker
 	Failures   int           // consecutive failures counted
 	RetryAfter time.Duration // while open: time until a probe may go; else 0
 }
@@ -146,55 +95,51 @@ type BreakerStatus struct {
 // RecordFailure counts a failed call to provider towards the shared breaker:
 // at BreakerThreshold consecutive failures it opens for every replica, for
 // BreakerTimeout; a failed half-open probe opens it again.
-func (c *Coordinator) RecordFailure(ctx context.Context, provider string) (BreakerStatus, error) {
+func (c *Coordinator) RecordFailure(ctx context.Context, provider string) error {
 	return c.breakerOp(ctx, provider, "failure")
 }
 
 // RecordSuccess reports a successful call: it resets the failure count, and
 // closes a half-open breaker (the probe succeeded). One round trip; it writes
 // nothing when there is nothing to reset.
-func (c *Coordinator) RecordSuccess(ctx context.Context, provider string) (BreakerStatus, error) {
+func (c *Coordinator) RecordSuccess(ctx context.Context, provider string) error {
 	return c.breakerOp(ctx, provider, "success")
 }
 
-// ResetBreaker closes provider's breaker whatever its state (operator override).
-func (c *Coordinator) ResetBreaker(ctx context.Context, provider string) (BreakerStatus, error) {
+// ResetBreaker closes provider's breaker whatever its state (operator
+// override); waiters are told at once.
+func (c *Coordinator) ResetBreaker(ctx context.Context, provider string) error {
 	return c.breakerOp(ctx, provider, "reset")
 }
 
-func (c *Coordinator) breakerOp(ctx context.Context, provider, op string) (BreakerStatus, error) {
+func (c *Coordinator) breakerOp(ctx context.Context, provider, op string) error {
 	st, err := c.state(provider)
 	if err != nil {
-		return BreakerStatus{}, err
+		return err
 	}
 	k := st.keys
 	res, err := c.run(ctx, st, breakerScript, []string{k.config, k.breaker}, op, k.notify)
 	if err != nil {
-		return BreakerStatus{}, err
+		return err
 	}
 	r, err := replyArray(res, 3)
 	if err != nil {
-		return BreakerStatus{}, err
+		return err
 	}
-	b := BreakerStatus{State: r.str(0), Failures: int(r.int(1)), RetryAfter: micros(r.int(2))}
-	c.m.breaker.WithLabelValues(provider).Set(breakerValue(b.State))
-	if op == "failure" && b.State == "open" && b.Failures >= 1 {
-		c.log.Debug("breaker open", "provider", provider, "failures", b.Failures, "retry_after", b.RetryAfter)
+	b := state.Breaker(r.str(0))
+	c.m.breaker.WithLabelValues(provider).Set(float64(b.Rank()))
+	if op == "failure" && b == state.BreakerOpen {
+		c.log.Debug("breaker open", "provider", provider, "failures", r.int(1), "retry_after", micros(r.int(2)))
 	}
-	return b, nil
+	return nil
 }
 
-// TriggerCooldown stops every replica of provider for its configured
-// Cooldown, recording scope (what tripped it, e.g. "pacing"). A cooldown
-// already running that ends later is kept.
-func (c *Coordinator) TriggerCooldown(ctx context.Context, provider, scope string) (time.Time, error) {
-	return c.TriggerCooldownFor(ctx, provider, scope, "", 0)
-}
-
-// TriggerCooldownFor is TriggerCooldown with a reason and an explicit
-// duration d in [0, 24h] (0: the provider's configured Cooldown). It returns
-// when the cooldown in force ends (zero time: none).
-func (c *Coordinator) TriggerCooldownFor(ctx context.Context, provider, scope, reason string, d time.Duration) (time.Time, error) {
+// TriggerCooldown stops every replica of provider for d, in [0, 24h] (0:
+// the provider's configured Cooldown), recording scope (what tripped it,
+// e.g. "pacing") and reason (free text). A cooldown already running that
+// ends later is kept. It returns when the cooldown in force ends; the zero
+// time when there is none (d and the configured Cooldown are both 0).
+func (c *Coordinator) TriggerCooldown(ctx context.Context, provider, scope, reason string, d time.Duration) (time.Time, error) {
 	if d < 0 || d > maxDuration {
 		return time.Time{}, &ArgumentError{"duration", d, "a duration in [0, 24h]"}
 	}
@@ -209,7 +154,8 @@ func (c *Coordinator) TriggerCooldownFor(ctx context.Context, provider, scope, r
 	return until, err
 }
 
-// ClearCooldown ends provider's cooldown now (operator override).
+// ClearCooldown ends provider's cooldown now (operator override); waiters
+// are told at once.
 func (c *Coordinator) ClearCooldown(ctx context.Context, provider string) error {
 	_, err := c.cooldownOp(ctx, provider, "clear", "", "", "")
 	return err

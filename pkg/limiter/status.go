@@ -3,10 +3,14 @@ package limiter
 import (
 	"context"
 	"encoding/json"
+	"slices"
 	"time"
+
+	"github.com/sluice-dev/sluice/pkg/state"
 )
 
-// Status is one consistent snapshot of a provider's shared state.
+// Status is one consistent snapshot of a provider's shared state, read at
+// Redis time in one script.
 type Status struct {
 	Provider string
 	Config   ProviderConfig
@@ -14,38 +18,36 @@ type Status struct {
 	Now time.Time
 	// Tokens is the bucket settled at Now.
 	Tokens float64
-	// Scale, Level, Source, Seq and UpdatedAt are the scale hash.
+	// Scale is the scale factor in force (1 until one is set); Source says
+	// who set it, Seq counts its changes, UpdatedAt is the Redis time of the
+	// last change (zero: never changed).
 	Scale     float64
-	Level     string
 	Source    string
 	Seq       int64
 	UpdatedAt time.Time
 	// EffectiveRate is Config.RefillRate × Scale.
 	EffectiveRate float64
-	Breaker       BreakerStatus
+	// Level is the pressure level recorded by SetPressure (ok until one is).
+	Level state.Level
+	// ShadowScale is the scale a shadow-mode feedback handler would set, and
+	// ShadowSource who reported it ("" and 0 when none has).
+	ShadowScale  float64
+	ShadowSource string
+	Breaker      BreakerStatus
 	// Cooldown is nil when none is active.
 	Cooldown *Cooldown
-	// Replicas are the live replicas, by id.
-	Replicas []Replica
-	// Raw holds the scale hash as stored, for fields added by other components.
-	Raw map[string]string
+	// Replicas are the ids of the live replicas, sorted.
+	Replicas []string
 }
 
 // Cooldown is an active shared cooldown.
 type Cooldown struct {
-	Scope   string    `json:"scope"`
-	Reason  string    `json:"reason"`
-	Until   time.Time `json:"-"`
-	UntilMS int64     `json:"until_ms"`
+	Scope, Reason string
+	Until         time.Time
 }
 
-// Replica is a live pipeline replica in the registry.
-type Replica struct {
-	ID        string
-	ExpiresAt time.Time
-}
-
-// Status returns provider's shared state in one round trip.
+// Status returns provider's shared state in one round trip. It writes
+// nothing and does not make this process a replica of provider.
 func (c *Coordinator) Status(ctx context.Context, provider string) (Status, error) {
 	st, err := c.state(provider)
 	if err != nil {
@@ -61,40 +63,47 @@ func (c *Coordinator) Status(ctx context.Context, provider string) (Status, erro
 		return Status{}, err
 	}
 	now := time.UnixMicro(r.int(0))
-	s := Status{Provider: provider, Config: configFromHash(r.hash(1)), Now: now, Tokens: r.float(6), Raw: r.hash(2)}
-	s.Scale, s.Level, s.Source = 1, LevelOK, s.Raw["source"]
-	if v, ok := s.Raw["scale"]; ok {
+	sh := r.hash(2)
+	s := Status{
+		Provider: provider, Config: configFromHash(r.hash(1)), Now: now, Tokens: r.float(6),
+		Scale: 1, Source: sh["source"], Seq: int64(parseFloat(sh["seq"])), Level: state.OK,
+		ShadowScale: parseFloat(sh["shadow_scale"]), ShadowSource: sh["shadow_source"],
+	}
+	if v, ok := sh["scale"]; ok {
 		s.Scale = parseFloat(v)
 	}
-	if v, ok := s.Raw["level"]; ok {
-		s.Level = v
+	if v, ok := sh["level"]; ok {
+		s.Level = state.Level(v)
 	}
-	s.Seq = int64(parseFloat(s.Raw["seq"]))
-	if us := int64(parseFloat(s.Raw["updated_at"])); us > 0 {
+	if us := int64(parseFloat(sh["updated_at"])); us > 0 {
 		s.UpdatedAt = time.UnixMicro(us)
 	}
 	s.EffectiveRate = s.Config.RefillRate * s.Scale
 
 	b := r.hash(3)
-	s.Breaker = BreakerStatus{State: "closed", Failures: int(parseFloat(b["failures"]))}
-	if state := b["state"]; state != "" {
-		s.Breaker.State = state
+	s.Breaker = BreakerStatus{State: state.BreakerClosed, Failures: int(parseFloat(b["failures"]))}
+	if v := b["state"]; v != "" {
+		s.Breaker.State = state.Breaker(v)
 	}
-	if s.Breaker.State == "open" {
+	if s.Breaker.State == state.BreakerOpen {
 		reopen := time.UnixMicro(int64(parseFloat(b["opened_at"]))).Add(s.Config.BreakerTimeout)
 		s.Breaker.RetryAfter = max(reopen.Sub(now), 0)
 	}
 
 	if raw := r.str(4); raw != "" {
-		var cd Cooldown
+		var cd struct {
+			Scope   string `json:"scope"`
+			Reason  string `json:"reason"`
+			UntilMS int64  `json:"until_ms"`
+		}
 		if json.Unmarshal([]byte(raw), &cd) == nil && cd.UntilMS*1000 > r.int(0) {
-			cd.Until = time.UnixMilli(cd.UntilMS)
-			s.Cooldown = &cd
+			s.Cooldown = &Cooldown{Scope: cd.Scope, Reason: cd.Reason, Until: time.UnixMilli(cd.UntilMS)}
 		}
 	}
 	live, _ := r[5].([]any)
 	for i := 0; i+1 < len(live); i += 2 {
-		s.Replicas = append(s.Replicas, Replica{ID: reply(live).str(i), ExpiresAt: time.UnixMilli(int64(reply(live).float(i + 1)))})
+		s.Replicas = append(s.Replicas, reply(live).str(i))
 	}
+	slices.Sort(s.Replicas)
 	return s, nil
 }

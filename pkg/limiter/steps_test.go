@@ -14,6 +14,7 @@ import (
 
 	"github.com/sluice-dev/sluice/internal/redistest"
 	"github.com/sluice-dev/sluice/pkg/limiter"
+	"github.com/sluice-dev/sluice/pkg/state"
 )
 
 // step is one action at a fixed offset from t0, with what it must give.
@@ -57,13 +58,13 @@ func runSteps(t *testing.T, cfg limiter.ProviderConfig, steps []step) {
 				t.Fatalf("%s: decision time %v, want Redis time %v", where, d.Now, t0.Add(s.at))
 			}
 		case "scale":
-			err = c.SetBudgetScale(ctx, "p", s.x)
+			_, err = c.SetBudgetScale(ctx, "p", s.x)
 		case "fail":
-			_, err = c.RecordFailure(ctx, "p")
+			err = c.RecordFailure(ctx, "p")
 		case "success":
-			_, err = c.RecordSuccess(ctx, "p")
+			err = c.RecordSuccess(ctx, "p")
 		case "cooldown":
-			_, err = c.TriggerCooldownFor(ctx, "p", "pacing", "test", time.Duration(s.x*float64(time.Second)))
+			_, err = c.TriggerCooldown(ctx, "p", "pacing", "test", time.Duration(s.x*float64(time.Second)))
 		default:
 			t.Fatalf("%s: unknown step", where)
 		}
@@ -191,11 +192,11 @@ func TestScaleValidation(t *testing.T) {
 		c, _ := newCoord(t, b.Client(t), limiter.Options{})
 		register(t, c, "p", 10, 10)
 		ctx := context.Background()
-		if err := c.SetBudgetScale(ctx, "p", 0.25); err != nil {
+		if _, err := c.SetBudgetScale(ctx, "p", 0.25); err != nil {
 			t.Fatal(err)
 		}
 		for _, s := range []float64{math.NaN(), math.Inf(1), math.Inf(-1), -0.1, 1.0001, 2} {
-			err := c.SetBudgetScale(ctx, "p", s)
+			_, err := c.SetBudgetScale(ctx, "p", s)
 			var ae *limiter.ArgumentError
 			if !errors.As(err, &ae) || ae.Field != "scale" || !errors.Is(err, limiter.ErrInvalidArgument) {
 				t.Fatalf("scale %v: err = %v, want an ArgumentError on field scale", s, err)
@@ -210,10 +211,10 @@ func TestScaleValidation(t *testing.T) {
 		if _, err := c.Register(ctx, "fast", conf); err != nil {
 			t.Fatal(err)
 		}
-		if err := c.SetBudgetScale(ctx, "fast", 2); err != nil {
+		if _, err := c.SetBudgetScale(ctx, "fast", 2); err != nil {
 			t.Fatal(err)
 		}
-		if err := c.SetBudgetScale(ctx, "fast", 2.5); !errors.Is(err, limiter.ErrInvalidArgument) {
+		if _, err := c.SetBudgetScale(ctx, "fast", 2.5); !errors.Is(err, limiter.ErrInvalidArgument) {
 			t.Fatalf("scale 2.5 > max_scale 2: err = %v", err)
 		}
 		if st := mustStatus(t, c, "fast"); st.EffectiveRate != 20 {
@@ -225,12 +226,12 @@ func TestScaleValidation(t *testing.T) {
 func TestSetScaleReportsChange(t *testing.T) {
 	m, rdb := redistest.Mini(t)
 	m.SetTime(t0)
-	c, _ := newCoord(t, rdb, limiter.Options{})
+	c, _ := newCoord(t, rdb, limiter.Options{Source: "feedback:c1"})
 	register(t, c, "p", 10, 10)
 	ctx := context.Background()
 	drain(t, c, "p")
 	m.SetTime(t0.Add(300 * ms))
-	ch, err := c.Rescale(ctx, "p", 0.5, "feedback:c1")
+	ch, err := c.SetBudgetScale(ctx, "p", 0.5)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -241,7 +242,7 @@ func TestSetScaleReportsChange(t *testing.T) {
 	if ch != (limiter.ScaleChange{Old: 1, New: 0.5, Changed: true, Seq: 1, Tokens: 3}) {
 		t.Fatalf("change = %+v", ch)
 	}
-	ch, _ = c.Rescale(ctx, "p", 0.5, "feedback:c1")
+	ch, _ = c.SetBudgetScale(ctx, "p", 0.5)
 	if ch.Changed || ch.Seq != 1 {
 		t.Fatalf("same scale again: %+v, want unchanged with seq 1", ch)
 	}
@@ -262,7 +263,7 @@ func TestRegister(t *testing.T) {
 				t.Fatalf("register #%d: %v %v, want %v", i, got, err, want)
 			}
 		}
-		if err := c.SetBudgetScale(ctx, "p", 0.5); err != nil {
+		if _, err := c.SetBudgetScale(ctx, "p", 0.5); err != nil {
 			t.Fatal(err)
 		}
 		try(t, c, "p", 4)
@@ -350,9 +351,8 @@ func TestInvalidN(t *testing.T) {
 			t.Fatalf("n=%d: err = %v", n, err)
 		}
 	}
-	err := c.Acquire(context.Background(), "p", 11)
-	var de *limiter.DeniedError
-	if !errors.As(err, &de) || !errors.Is(err, limiter.ErrExceedsCapacity) || de.Decision.Capacity != 10 {
+	d, err := c.Acquire(context.Background(), "p", 11)
+	if !errors.Is(err, limiter.ErrExceedsCapacity) || d.Reason != limiter.ReasonExceedsCapacity || d.Capacity != 10 {
 		t.Fatalf("Acquire n=11 > capacity 10: err = %v, want an immediate ErrExceedsCapacity", err)
 	}
 	if _, err := c.TryAcquire(context.Background(), "nope", 1); !errors.Is(err, limiter.ErrUnknownProvider) {
@@ -360,30 +360,35 @@ func TestInvalidN(t *testing.T) {
 	}
 }
 
-func TestCurrentScaleAndShadow(t *testing.T) {
+func TestStatusScaleAndShadow(t *testing.T) {
 	redistest.Each(t, func(t *testing.T, b redistest.Backend) {
-		c, _ := newCoord(t, b.Client(t), limiter.Options{})
+		c, _ := newCoord(t, b.Client(t), limiter.Options{Source: "feedback:pod-1"})
 		ctx := context.Background()
-		if _, _, err := c.CurrentScale(ctx, "p"); !errors.Is(err, limiter.ErrUnknownProvider) {
+		if _, err := c.Status(ctx, "p"); !errors.Is(err, limiter.ErrUnknownProvider) {
 			t.Fatalf("unknown provider: %v", err)
 		}
 		register(t, c, "p", 10, 10)
-		ch, err := c.Rescale(ctx, "p", 0.5, "test")
+		if s := mustStatus(t, c, "p"); s.Scale != 1 || s.Seq != 0 || s.Source != "register" || s.Level != state.OK {
+			t.Fatalf("a new provider: %+v, want scale 1 from register, never changed, level ok", s)
+		}
+		ch, err := c.SetBudgetScale(ctx, "p", 0.5)
 		if err != nil {
 			t.Fatal(err)
 		}
-		s, since, err := c.CurrentScale(ctx, "p")
-		if err != nil || s != 0.5 || !since.Equal(ch.At) {
-			t.Fatalf("CurrentScale = %v %v %v, want 0.5 since %v", s, since, err, ch.At)
+		if s := mustStatus(t, c, "p"); s.Scale != 0.5 || !s.UpdatedAt.Equal(ch.At) || s.Source != "feedback:pod-1" || s.Seq != 1 {
+			t.Fatalf("status %+v, want 0.5 set by feedback:pod-1 at %v", s, ch.At)
 		}
-		if err := c.SetShadowScale(ctx, "p", 0.25, "feedback"); err != nil {
+		if err := c.SetShadowScale(ctx, "p", 0.25); err != nil {
 			t.Fatal(err)
 		}
 		h := b.Client(t).HGetAll(ctx, "sluice:{p}:scale").Val()
-		if h["shadow_scale"] != "0.25" || h["shadow_source"] != "feedback" || h["scale"] != "0.5" {
+		if h["shadow_scale"] != "0.25" || h["shadow_source"] != "feedback:pod-1" || h["scale"] != "0.5" {
 			t.Fatalf("scale hash after shadow: %v", h)
 		}
-		if err := c.SetShadowScale(ctx, "p", 3, "feedback"); !errors.Is(err, limiter.ErrInvalidArgument) {
+		if s := mustStatus(t, c, "p"); s.ShadowScale != 0.25 || s.ShadowSource != "feedback:pod-1" {
+			t.Fatalf("status shadow %v from %q", s.ShadowScale, s.ShadowSource)
+		}
+		if err := c.SetShadowScale(ctx, "p", 3); !errors.Is(err, limiter.ErrInvalidArgument) {
 			t.Fatalf("shadow 3 > max_scale: %v", err)
 		}
 		if d := try(t, c, "p", 1); d.Scale != 0.5 {
@@ -400,7 +405,7 @@ func TestOnlyAcquiringProcessesAreReplicas(t *testing.T) {
 		ctx := context.Background()
 		op, _ := newCoord(t, b.Client(t), limiter.Options{})
 		register(t, op, "p", 10, 10)
-		if err := op.SetBudgetScale(ctx, "p", 0.5); err != nil {
+		if _, err := op.SetBudgetScale(ctx, "p", 0.5); err != nil {
 			t.Fatal(err)
 		}
 		if s := mustStatus(t, op, "p"); len(s.Replicas) != 0 {
@@ -411,7 +416,7 @@ func TestOnlyAcquiringProcessesAreReplicas(t *testing.T) {
 			t.Fatal(err)
 		}
 		try(t, r, "p", 1)
-		if s := mustStatus(t, op, "p"); len(s.Replicas) != 1 || s.Replicas[0].ID != "pod-a" {
+		if s := mustStatus(t, op, "p"); len(s.Replicas) != 1 || s.Replicas[0] != "pod-a" {
 			t.Fatalf("replicas %v, want pod-a", s.Replicas)
 		}
 		r.Close()

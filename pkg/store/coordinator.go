@@ -18,6 +18,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/sluice-dev/sluice/pkg/feedback"
+	"github.com/sluice-dev/sluice/pkg/internal/opts"
+	"github.com/sluice-dev/sluice/pkg/state"
 )
 
 // Sink writes a batch to the user's store. A returned error means nothing of
@@ -35,7 +37,9 @@ func (f SinkFunc[T]) Write(ctx context.Context, batch []T) error { return f(ctx,
 // ErrClosed is returned by Submit after Close.
 var ErrClosed = errors.New("store: write coordinator closed")
 
-// Options configure a WriteCoordinator. Zero fields take the defaults given.
+// Options configure a WriteCoordinator. Only ID is required: every other
+// zero field takes the default its comment gives (nil Publisher: publish
+// nothing; nil Registerer: no metrics).
 type Options[T any] struct {
 	// ID names the coordinator in events, metrics and Redis keys: 1 to 64 of
 	// [A-Za-z0-9_.-]. Required.
@@ -57,17 +61,20 @@ type Options[T any] struct {
 	// Heartbeat is the period of events while the level stays; default 2s.
 	// Keep it well under the feedback handler's coordinator TTL.
 	Heartbeat time.Duration
-	// Retries after a failed write, with Backoff doubling up to 2s; default 3, 50ms.
-	Retries int
-	Backoff time.Duration
+	// Attempts is how many times a batch is written before it is given up
+	// (to DeadLetter), retrying after Backoff, doubled each time up to 2s;
+	// defaults 4 and 50ms. 1: no retry.
+	Attempts int
+	Backoff  time.Duration
 	// WriteTimeout bounds each call to the sink; default 30s.
 	WriteTimeout time.Duration
 	// DeadLetter receives batches that still fail after the retries; nil
-	// logs them (as errors, with their size) and counts them.
+	// logs them (as errors, with their size) and counts them as lost.
 	DeadLetter Sink[T]
 	// Registerer receives the metrics; nil registers none.
 	Registerer prometheus.Registerer
-	Logger     *slog.Logger
+	// Logger receives failed writes and publications; default slog.Default().
+	Logger *slog.Logger
 }
 
 var idRE = regexp.MustCompile(`^[A-Za-z0-9_.\-]{1,64}$`)
@@ -76,24 +83,23 @@ func (o *Options[T]) setDefaults() error {
 	if !idRE.MatchString(o.ID) {
 		return fmt.Errorf("store: id=%q: must be 1 to 64 characters of [A-Za-z0-9_.-]", o.ID)
 	}
-	def := func(v *int, d int) {
-		if *v == 0 {
-			*v = d
-		}
+	if err := opts.Check(
+		opts.Positive("store: capacity", &o.Capacity, 10000),
+		opts.Positive("store: workers", &o.Workers, 4),
+		opts.Positive("store: batch_size", &o.BatchSize, 100),
+		opts.Positive("store: attempts", &o.Attempts, 4),
+		opts.Positive("store: linger", &o.Linger, 50*time.Millisecond),
+		opts.Positive("store: heartbeat", &o.Heartbeat, 2*time.Second),
+		opts.Positive("store: backoff", &o.Backoff, 50*time.Millisecond),
+		opts.Positive("store: write_timeout", &o.WriteTimeout, 30*time.Second),
+	); err != nil {
+		return err
 	}
-	def(&o.Capacity, 10000)
-	def(&o.Workers, 4)
-	def(&o.BatchSize, 100)
-	def(&o.Retries, 3)
 	switch {
-	case o.Capacity < 1 || o.Capacity > 1e9:
+	case o.Capacity > 1e9:
 		return fmt.Errorf("store: capacity=%d: must be in [1, 1000000000]", o.Capacity)
-	case o.Workers < 1 || o.Workers > 1024:
+	case o.Workers > 1024:
 		return fmt.Errorf("store: workers=%d: must be in [1, 1024]", o.Workers)
-	case o.BatchSize < 1:
-		return fmt.Errorf("store: batch_size=%d: must be >= 1", o.BatchSize)
-	case o.Retries < 0:
-		return fmt.Errorf("store: retries=%d: must be >= 0", o.Retries)
 	}
 	if o.Watermarks == (Watermarks{}) {
 		o.Watermarks = DefaultWatermarks
@@ -101,15 +107,6 @@ func (o *Options[T]) setDefaults() error {
 	if err := o.Watermarks.Validate(); err != nil {
 		return err
 	}
-	dur := func(v *time.Duration, d time.Duration) {
-		if *v <= 0 {
-			*v = d
-		}
-	}
-	dur(&o.Linger, 50*time.Millisecond)
-	dur(&o.Heartbeat, 2*time.Second)
-	dur(&o.Backoff, 50*time.Millisecond)
-	dur(&o.WriteTimeout, 30*time.Second)
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
@@ -135,7 +132,7 @@ type WriteCoordinator[T any] struct {
 	q       chan T
 
 	levelMu sync.Mutex
-	level   feedback.Level
+	level   state.Level
 	changed chan struct{} // a level change for the monitor to publish (capacity 1)
 
 	seq                             atomic.Uint64
@@ -166,7 +163,7 @@ func New[T any](sink Sink[T], o Options[T]) (*WriteCoordinator[T], error) {
 		sink: sink, o: o, m: m,
 		log:     o.Logger.With("component", "store", "coordinator", o.ID),
 		q:       make(chan T, o.Capacity),
-		level:   feedback.OK,
+		level:   state.OK,
 		changed: make(chan struct{}, 1),
 		stop:    make(chan struct{}),
 		monitor: make(chan struct{}),
@@ -176,7 +173,7 @@ func New[T any](sink Sink[T], o Options[T]) (*WriteCoordinator[T], error) {
 	// Sequence numbers keep increasing across restarts: they start at the
 	// start time in microseconds.
 	w.seq.Store(uint64(time.Now().UnixMicro()))
-	m.setLevel(feedback.OK)
+	m.setLevel(state.OK)
 	for range o.Workers {
 		w.workers.Add(1)
 		go w.work()
@@ -285,7 +282,7 @@ func (w *WriteCoordinator[T]) write(batch []T) {
 			return
 		}
 		w.m.writeErrors.Inc()
-		if attempt >= w.o.Retries {
+		if attempt+1 >= w.o.Attempts {
 			break
 		}
 		time.Sleep(backoff)
@@ -298,7 +295,7 @@ func (w *WriteCoordinator[T]) deadLetter(batch []T, cause error) {
 	w.deadLettered.Add(int64(len(batch)))
 	w.m.deadLettered.Add(float64(len(batch)))
 	if w.o.DeadLetter == nil {
-		w.log.Error("batch failed after retries; no dead-letter sink, items lost", "items", len(batch), "retries", w.o.Retries, "err", cause)
+		w.log.Error("batch failed after retries; no dead-letter sink, items lost", "items", len(batch), "attempts", w.o.Attempts, "err", cause)
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), w.o.WriteTimeout)
@@ -330,9 +327,9 @@ func (w *WriteCoordinator[T]) run() {
 	}
 }
 
-// Event returns the coordinator's current state as a pressure event, with
+// event returns the coordinator's current state as a pressure event, with
 // the next sequence number.
-func (w *WriteCoordinator[T]) Event() feedback.Event {
+func (w *WriteCoordinator[T]) event() feedback.Event {
 	w.levelMu.Lock()
 	level := w.level
 	w.levelMu.Unlock()
@@ -348,7 +345,7 @@ func (w *WriteCoordinator[T]) publish() {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), w.o.Heartbeat)
 	defer cancel()
-	e := w.Event()
+	e := w.event()
 	if err := w.o.Publisher.Publish(ctx, e); err != nil {
 		w.m.publishErrors.Inc()
 		w.log.Warn("publishing pressure failed", "level", e.Level, "err", err)
@@ -387,7 +384,7 @@ func (w *WriteCoordinator[T]) Close(ctx context.Context) error {
 // Stats is a snapshot of a coordinator's counters.
 type Stats struct {
 	Capacity, Depth, MaxDepth int
-	Level                     feedback.Level
+	Level                     state.Level
 	Submitted, Written        int64
 	DeadLettered              int64 // items that failed after retries (Lost counts those the dead-letter sink refused too)
 	Lost                      int64 // items neither written nor accepted by a dead-letter sink (logged as errors)

@@ -3,8 +3,8 @@ package store
 import (
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/sluice-dev/sluice/internal/promutil"
-	"github.com/sluice-dev/sluice/pkg/feedback"
+	"github.com/sluice-dev/sluice/pkg/internal/promutil"
+	"github.com/sluice-dev/sluice/pkg/state"
 )
 
 // metrics of one coordinator: the seed's names exactly
@@ -12,7 +12,7 @@ import (
 // labelled coordinator_id.
 type metrics struct {
 	depth                              prometheus.Gauge
-	levels                             map[feedback.Level]prometheus.Gauge
+	levels                             map[state.Level]prometheus.Gauge
 	written, writeErrors, deadLettered prometheus.Counter
 	blocked, publishErrors             prometheus.Counter
 	batch                              prometheus.Observer
@@ -31,10 +31,10 @@ func newMetrics(reg prometheus.Registerer, id string) (*metrics, error) {
 	m := &metrics{
 		id:    id,
 		depth: gauge("coordinator_queue_depth", "Items waiting in the write coordinator's queue."),
-		levels: map[feedback.Level]prometheus.Gauge{
-			feedback.OK:   gauge("coordinator_backpressure_ok", "1 while the coordinator's backpressure level is ok."),
-			feedback.Soft: gauge("coordinator_backpressure_soft", "1 while the coordinator's backpressure level is soft."),
-			feedback.Hard: gauge("coordinator_backpressure_hard", "1 while the coordinator's backpressure level is hard."),
+		levels: map[state.Level]prometheus.Gauge{
+			state.OK:   gauge("coordinator_backpressure_ok", "1 while the coordinator's backpressure level is ok."),
+			state.Soft: gauge("coordinator_backpressure_soft", "1 while the coordinator's backpressure level is soft."),
+			state.Hard: gauge("coordinator_backpressure_hard", "1 while the coordinator's backpressure level is hard."),
 		},
 		written:       counter("coordinator_items_written_total", "Items written to the sink."),
 		writeErrors:   counter("coordinator_write_errors_total", "Failed sink writes (each retry counts)."),
@@ -52,7 +52,7 @@ func newMetrics(reg prometheus.Registerer, id string) (*metrics, error) {
 	return m, r.Err
 }
 
-func (m *metrics) setLevel(l feedback.Level) {
+func (m *metrics) setLevel(l state.Level) {
 	for level, g := range m.levels {
 		if level == l {
 			g.Set(1)
@@ -62,7 +62,7 @@ func (m *metrics) setLevel(l feedback.Level) {
 	}
 }
 
-func (m *metrics) transition(from, to feedback.Level) {
+func (m *metrics) transition(from, to state.Level) {
 	m.transitions.WithLabelValues(m.id, string(from), string(to)).Inc()
 	m.setLevel(to)
 }

@@ -14,8 +14,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
-	"github.com/sluice-dev/sluice/internal/promutil"
 	"github.com/sluice-dev/sluice/pkg/feedback"
+	"github.com/sluice-dev/sluice/pkg/internal/promutil"
+	"github.com/sluice-dev/sluice/pkg/state"
 	"github.com/sluice-dev/sluice/pkg/store"
 )
 
@@ -23,11 +24,11 @@ var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 
 func TestWatermarksHysteresis(t *testing.T) {
 	w := store.DefaultWatermarks // soft 0.6/0.4, hard 0.85/0.7
-	ok, soft, hard := feedback.OK, feedback.Soft, feedback.Hard
+	ok, soft, hard := state.OK, state.Soft, state.Hard
 	for _, tc := range []struct {
-		cur  feedback.Level
+		cur  state.Level
 		fill float64
-		want feedback.Level
+		want state.Level
 	}{
 		{ok, 0.59, ok}, {ok, 0.6, soft}, {ok, 0.85, hard}, {ok, 1, hard},
 		{soft, 0.5, soft}, {soft, 0.4, soft}, {soft, 0.39, ok}, {soft, 0.84, soft}, {soft, 0.85, hard},
@@ -169,13 +170,13 @@ func TestSubmitBlocksWhenFull(t *testing.T) {
 	if err := w.Submit(ctx, 99); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("Submit on a full queue: %v, want DeadlineExceeded", err)
 	}
-	if st := w.Stats(); st.SubmitsBlocked != 1 || st.Submitted != 5 || st.MaxDepth != 4 || st.Level != feedback.Hard {
+	if st := w.Stats(); st.SubmitsBlocked != 1 || st.Submitted != 5 || st.MaxDepth != 4 || st.Level != state.Hard {
 		t.Fatalf("stats %+v", st)
 	}
 	// A Submit waiting when Close begins is released with ErrClosed.
 	errc := make(chan error)
 	go func() { errc <- w.Submit(context.Background(), 100) }()
-	time.Sleep(20 * time.Millisecond)
+	waitFor(t, func() bool { return w.Stats().SubmitsBlocked == 2 }) // it waits for room
 	closed := make(chan error)
 	go func() { closed <- w.Close(context.Background()) }()
 	if err := <-errc; !errors.Is(err, store.ErrClosed) {
@@ -213,7 +214,7 @@ func TestRetriesAndDeadLetter(t *testing.T) {
 		sink := newSink()
 		sink.fail.Store(1 << 30)
 		dl := newSink()
-		w := newCoordinator(t, sink, store.Options[int]{BatchSize: 5, Retries: 2, Backoff: time.Millisecond, DeadLetter: dl})
+		w := newCoordinator(t, sink, store.Options[int]{BatchSize: 5, Attempts: 3, Backoff: time.Millisecond, DeadLetter: dl})
 		for i := range 12 {
 			_ = w.Submit(context.Background(), i)
 		}
@@ -227,11 +228,24 @@ func TestRetriesAndDeadLetter(t *testing.T) {
 	t.Run("no dead-letter sink", func(t *testing.T) {
 		sink := newSink()
 		sink.fail.Store(1 << 30)
-		w := newCoordinator(t, sink, store.Options[int]{Retries: 1, Backoff: time.Millisecond})
+		w := newCoordinator(t, sink, store.Options[int]{Attempts: 2, Backoff: time.Millisecond})
 		_ = w.Submit(context.Background(), 1)
 		_ = w.Close(context.Background())
 		if st := w.Stats(); st.Lost != 1 {
 			t.Fatalf("stats %+v: the failed item must be counted as lost", st)
+		}
+		if n := sink.fail.Load(); n != 1<<30-2 {
+			t.Fatalf("%d writes, want 2 attempts", 1<<30-n)
+		}
+	})
+	t.Run("one attempt", func(t *testing.T) {
+		sink := newSink()
+		sink.fail.Store(1)
+		w := newCoordinator(t, sink, store.Options[int]{Attempts: 1})
+		_ = w.Submit(context.Background(), 1)
+		_ = w.Close(context.Background())
+		if st := w.Stats(); st.Lost != 1 || st.Written != 0 || sink.fail.Load() != 0 {
+			t.Fatalf("stats %+v: with 1 attempt the failed batch is not retried", st)
 		}
 	})
 }
@@ -265,7 +279,7 @@ func TestEventsAndMetrics(t *testing.T) {
 	var mu sync.Mutex
 	var events []feedback.Event
 	var bus feedback.Bus
-	bus.Subscribe(func(_ context.Context, e feedback.Event) error {
+	_, _ = bus.Subscribe(context.Background(), func(_ context.Context, e feedback.Event) error {
 		mu.Lock()
 		events = append(events, e)
 		mu.Unlock()
@@ -282,7 +296,7 @@ func TestEventsAndMetrics(t *testing.T) {
 	waitFor(t, func() bool {
 		mu.Lock()
 		defer mu.Unlock()
-		return len(events) > 0 && events[len(events)-1].Level == feedback.Hard
+		return len(events) > 0 && events[len(events)-1].Level == state.Hard
 	})
 	want := `
 # HELP coordinator_backpressure_hard 1 while the coordinator's backpressure level is hard.
@@ -303,15 +317,21 @@ coordinator_queue_depth{coordinator_id="store-0"} 9
 		t.Fatal(err)
 	}
 	open() // drains: back to ok
+	okAt := 0
 	waitFor(t, func() bool {
 		mu.Lock()
 		defer mu.Unlock()
-		return events[len(events)-1].Level == feedback.OK && events[len(events)-1].QueueSize == 0
+		okAt = len(events)
+		return events[len(events)-1].Level == state.OK && events[len(events)-1].QueueSize == 0
 	})
-	time.Sleep(120 * time.Millisecond) // heartbeats while ok
+	waitFor(t, func() bool { // two heartbeats while ok
+		mu.Lock()
+		defer mu.Unlock()
+		return len(events) >= okAt+2
+	})
 	mu.Lock()
 	defer mu.Unlock()
-	seen := map[feedback.Level]bool{}
+	seen := map[state.Level]bool{}
 	for i, e := range events {
 		seen[e.Level] = true
 		if e.CoordinatorID != "store-0" || e.Capacity != 10 || e.Validate() != nil {
@@ -321,7 +341,7 @@ coordinator_queue_depth{coordinator_id="store-0"} 9
 			t.Fatalf("seq not increasing: %d then %d", events[i-1].Seq, e.Seq)
 		}
 	}
-	if !seen[feedback.OK] || !seen[feedback.Hard] || len(events) < 4 {
+	if !seen[state.OK] || !seen[state.Hard] || len(events) < 4 {
 		t.Fatalf("events %+v, want ok, hard, and heartbeats", events)
 	}
 	if n := counter(t, reg, "coordinator_level_transitions_total"); n < 2 {
@@ -335,6 +355,9 @@ func TestOptionErrors(t *testing.T) {
 		{ID: "a b"},
 		{ID: "x", Capacity: -1},
 		{ID: "x", Workers: -2},
+		{ID: "x", Attempts: -1},
+		{ID: "x", Linger: -time.Second},
+		{ID: "x", Heartbeat: -time.Second},
 		{ID: "x", Watermarks: store.Watermarks{SoftHigh: 0.9, SoftLow: 0.1, HardHigh: 0.5, HardLow: 0.2}},
 	} {
 		if _, err := store.New[int](newSink(), o); err == nil {
@@ -345,12 +368,12 @@ func TestOptionErrors(t *testing.T) {
 
 func waitFor(t *testing.T, ok func() bool) {
 	t.Helper()
-	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(2 * time.Millisecond) {
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(2 * time.Millisecond) {
 		if ok() {
 			return
 		}
 	}
-	t.Fatal("condition not reached within 5s")
+	t.Fatal("condition not reached within 30s")
 }
 
 // counter sums every series of a counter family, failing if absent.
@@ -384,7 +407,7 @@ func TestLevelFollowsDepthUnderConcurrency(t *testing.T) {
 		wg.Wait()
 		waitFor(t, func() bool { return w.Stats().Depth == 17 })
 		st := w.Stats()
-		if st.Level != feedback.Hard || counter(t, reg, "coordinator_backpressure_hard") != 1 || counter(t, reg, "coordinator_queue_depth") != 17 {
+		if st.Level != state.Hard || counter(t, reg, "coordinator_backpressure_hard") != 1 || counter(t, reg, "coordinator_queue_depth") != 17 {
 			t.Fatalf("iteration %d: depth %d but level %s (hard gauge %v, depth gauge %v)", i, st.Depth, st.Level,
 				counter(t, reg, "coordinator_backpressure_hard"), counter(t, reg, "coordinator_queue_depth"))
 		}

@@ -4,7 +4,7 @@ import (
 	"fmt"
 	"math"
 
-	"github.com/sluice-dev/sluice/pkg/feedback"
+	"github.com/sluice-dev/sluice/pkg/state"
 )
 
 // Watermarks are the queue fills (fractions of capacity) at which the
@@ -38,16 +38,16 @@ func (w Watermarks) Validate() error {
 }
 
 // Next returns the level after observing fill while at cur.
-func (w Watermarks) Next(cur feedback.Level, fill float64) feedback.Level {
+func (w Watermarks) Next(cur state.Level, fill float64) state.Level {
 	switch {
 	case fill >= w.HardHigh:
-		return feedback.Hard
-	case cur == feedback.Hard && fill >= w.HardLow:
-		return feedback.Hard
+		return state.Hard
+	case cur == state.Hard && fill >= w.HardLow:
+		return state.Hard
 	case fill >= w.SoftHigh:
-		return feedback.Soft
-	case (cur == feedback.Soft || cur == feedback.Hard) && fill >= w.SoftLow:
-		return feedback.Soft
+		return state.Soft
+	case (cur == state.Soft || cur == state.Hard) && fill >= w.SoftLow:
+		return state.Soft
 	}
-	return feedback.OK
+	return state.OK
 }

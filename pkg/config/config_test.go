@@ -1,13 +1,32 @@
-package main
+package config_test
 
 import (
-	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/sluice-dev/sluice/pkg/config"
+	"github.com/sluice-dev/sluice/pkg/feedback"
+	"github.com/sluice-dev/sluice/pkg/limiter"
 )
+
+// load is config.Load of a file, an environment and flag overrides (flag
+// name -> value; the flag's key is given per test case).
+func load(path string, env []string, overrides ...config.Value) (*config.Settings, error) {
+	return config.Load(config.Sources{File: path, Environ: env, Overrides: overrides})
+}
+
+// value returns the loaded value of key.
+func value(s *config.Settings, key string) config.Value {
+	for _, v := range s.Values() {
+		if v.Key == key {
+			return v
+		}
+	}
+	return config.Value{}
+}
 
 const testYAML = `
 redis:
@@ -84,30 +103,23 @@ func TestConfigPrecedence(t *testing.T) {
 			if s.env != "" {
 				env = []string{tc.envName + "=" + s.env}
 			}
-			flags := map[string]string{}
+			var overrides []config.Value
 			if s.flag != "" {
-				flags[tc.flag] = s.flag
+				overrides = append(overrides, config.Value{Key: tc.key, Value: s.flag, Source: "flag --" + tc.flag})
 			}
-			l, err := loadLayers(s.path, env, flags)
+			got, err := load(s.path, env, overrides...)
 			if err != nil {
 				t.Fatalf("%s / %s: %v", tc.key, s.name, err)
 			}
-			if got := l[tc.key]; got.Value != wantVal || got.Source != wantFrom {
-				t.Errorf("%s / %s: %q from %q, want %q from %q", tc.key, s.name, got.Value, got.Source, wantVal, wantFrom)
-			}
-			if _, err := l.parse(); err != nil {
-				t.Errorf("%s / %s: parse: %v", tc.key, s.name, err)
+			if v := value(got, tc.key); v.Value != wantVal || v.Source != wantFrom {
+				t.Errorf("%s / %s: %q from %q, want %q from %q", tc.key, s.name, v.Value, v.Source, wantVal, wantFrom)
 			}
 		}
 	}
 }
 
 func TestConfigProvidersFromEnvOnly(t *testing.T) {
-	l, err := loadLayers("", []string{"MDP_RATE_POLYGON_CAPACITY=10", "MDP_RATE_POLYGON_BREAKER_TIMEOUT=2.5"}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := l.parse()
+	c, err := load("", []string{"MDP_RATE_POLYGON_CAPACITY=10", "MDP_RATE_POLYGON_BREAKER_TIMEOUT=2.5"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -137,38 +149,48 @@ func TestConfigErrors(t *testing.T) {
 		if tc.env != "" {
 			env = []string{tc.env}
 		}
-		l, err := loadLayers(path, env, nil)
-		if err == nil {
-			_, err = l.parse()
-		}
+		_, err := load(path, env)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%q %q: err = %v, want %q", tc.yaml, tc.env, err, tc.want)
 		}
 	}
-	if _, err := loadLayers("/nonexistent/sluice.yaml", nil, nil); err == nil || !strings.Contains(err.Error(), "/nonexistent/sluice.yaml") {
+	if _, err := load("/nonexistent/sluice.yaml", nil); err == nil || !strings.Contains(err.Error(), "/nonexistent/sluice.yaml") {
 		t.Errorf("missing file: %v", err)
 	}
 }
 
-// TestConfigPrintExec: the same precedence through the binary.
-func TestConfigPrintExec(t *testing.T) {
-	file := writeFile(t, testYAML)
-	r := sluice(t, []string{"SLUICE_CONFIG=" + file, "MDP_RATE_IBKR_CAPACITY=150", "SLUICE_RECEIVER_TOKEN=hush"},
-		"--prefix", "cli", "config", "print", "--json").ok(t)
-	var got map[string]value
-	if err := json.Unmarshal([]byte(r.stdout), &got); err != nil {
-		t.Fatalf("%v\n%s", err, r.stdout)
+// TestTypedSettings: what a library user gets back.
+func TestTypedSettings(t *testing.T) {
+	s, err := load(writeFile(t, testYAML), []string{"MDP_FB_MAX_RISE=0.25", "SLUICE_RECEIVER_TOKEN=hush", "SLUICE_REDIS_URL=redis://u:secret@h:6379/0"})
+	if err != nil {
+		t.Fatal(err)
 	}
-	for key, want := range map[string]value{
-		"redis.prefix": {"cli", "flag --prefix"},
-		"redis.url":    {"redis://file-host:6379/1", "file " + file},
-		"rate_coordinator.providers.IBKR.capacity":          {"150", "env MDP_RATE_IBKR_CAPACITY"},
-		"rate_coordinator.providers.IBKR.breaker_threshold": {"5", "default"},
-		"log.level":      {"info", "default"},
-		"receiver.token": {"(set)", "env SLUICE_RECEIVER_TOKEN"},
-	} {
-		if got[key] != want {
-			t.Errorf("%s = %+v, want %+v", key, got[key], want)
-		}
+	if s.Feedback.Enabled || s.Feedback.Provider != "IBKR" || s.Feedback.Options.Dwell != 7*time.Second ||
+		s.Feedback.Options.MaxRise != 0.25 || len(s.Feedback.Options.Providers) != 1 || s.Feedback.Options.Providers[0] != "IBKR" {
+		t.Fatalf("feedback %+v", s.Feedback)
+	}
+	if _, ok := s.Feedback.Options.Policy.(feedback.ProportionalPolicy); !ok {
+		t.Fatalf("policy %T, want the proportional policy", s.Feedback.Options.Policy)
+	}
+	if s.Outage != limiter.LocalFallback || s.Providers["IBKR"].Capacity != 100 || s.Providers["IBKR"].Cooldown != 300*time.Second {
+		t.Fatalf("outage %v providers %+v", s.Outage, s.Providers)
+	}
+	if v := value(s, "receiver.token"); v.Value != "(set)" || s.Receiver.Token != "hush" {
+		t.Fatalf("token shown as %q", v.Value)
+	}
+	if v := value(s, "redis.url"); strings.Contains(v.Value, "secret") || s.RedisURL() != "redis://u:xxxxx@h:6379/0" {
+		t.Fatalf("redis.url shown as %q, %q", v.Value, s.RedisURL())
+	}
+	// Bad overrides are refused like bad files.
+	if _, err := load("", nil, config.Value{Key: "redis.uri", Value: "x", Source: "flag --x"}); err == nil || !strings.Contains(err.Error(), `unknown key "redis.uri"`) {
+		t.Fatalf("unknown override key: %v", err)
+	}
+	// A URL that does not parse is an error naming the key, not a client.
+	s, err = load("", []string{"SLUICE_REDIS_URL=http://x"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.RedisClient(); err == nil || !strings.Contains(err.Error(), `redis.url="http://x" (from env SLUICE_REDIS_URL)`) {
+		t.Fatalf("RedisClient: %v", err)
 	}
 }

@@ -1,7 +1,9 @@
-package feedback_test
+package redisbus_test
 
 import (
 	"context"
+	"io"
+	"log/slog"
 	"sync"
 	"testing"
 	"time"
@@ -10,7 +12,26 @@ import (
 
 	"github.com/sluice-dev/sluice/internal/redistest"
 	"github.com/sluice-dev/sluice/pkg/feedback"
+	"github.com/sluice-dev/sluice/pkg/feedback/redisbus"
+	"github.com/sluice-dev/sluice/pkg/state"
 )
+
+var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
+
+// event builds a valid event of coordinator c.
+func event(c string, seq uint64, l state.Level) feedback.Event {
+	q := map[state.Level]int{state.OK: 100, state.Soft: 700, state.Hard: 950}[l]
+	return feedback.Event{CoordinatorID: c, QueueSize: q, Capacity: 1000, Level: l, Seq: seq}
+}
+
+func publisher(t *testing.T, rdb redis.UniversalClient, ttl time.Duration) *redisbus.Publisher {
+	t.Helper()
+	pub, err := redisbus.NewPublisher(rdb, redisbus.Options{TTL: ttl})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pub
+}
 
 // collector records delivered events.
 type collector struct {
@@ -29,10 +50,17 @@ func (c *collector) deliver(_ context.Context, e feedback.Event) error {
 	return nil
 }
 
+// all returns the events delivered so far.
+func (c *collector) all() []feedback.Event {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]feedback.Event(nil), c.events...)
+}
+
 // waitFor waits until some delivered event satisfies ok.
 func (c *collector) waitFor(t *testing.T, what string, ok func(feedback.Event) bool) feedback.Event {
 	t.Helper()
-	deadline := time.After(5 * time.Second)
+	deadline := time.After(30 * time.Second)
 	for {
 		c.mu.Lock()
 		for _, e := range c.events {
@@ -45,19 +73,25 @@ func (c *collector) waitFor(t *testing.T, what string, ok func(feedback.Event) b
 		select {
 		case <-c.seen:
 		case <-deadline:
-			t.Fatalf("no %s delivered within 5s; got %+v", what, c.events)
+			t.Fatalf("no %s delivered within 30s; got %+v", what, c.events)
 		}
 	}
 }
 
+// subscribe subscribes a collector; when it returns, the subscription is
+// confirmed and the snapshot delivered.
 func subscribe(t *testing.T, rdb *redis.Client, resync time.Duration) *collector {
 	t.Helper()
 	col := newCollector()
-	sub := feedback.NewRedisSubscriber(rdb, feedback.RedisKeys{}, resync, quiet())
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { _ = sub.Run(ctx, col.deliver); close(done) }()
-	t.Cleanup(func() { cancel(); <-done })
+	sub, err := redisbus.NewSubscriber(rdb, redisbus.Options{Resync: resync, Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop, err := sub.Subscribe(context.Background(), col.deliver)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(stop)
 	return col
 }
 
@@ -65,15 +99,14 @@ func TestRedisBus(t *testing.T) {
 	redistest.Each(t, func(t *testing.T, b redistest.Backend) {
 		ctx := context.Background()
 		rdb := b.Client(t)
-		pub := feedback.NewRedisPublisher(b.Client(t), feedback.RedisKeys{}, 10*time.Second)
+		pub := publisher(t, b.Client(t), 10*time.Second)
 		col := subscribe(t, b.Client(t), time.Hour)
-		time.Sleep(100 * time.Millisecond) // let the subscription start
-		e := event("store-0", 10, feedback.Hard)
+		e := event("store-0", 10, state.Hard)
 		if err := pub.Publish(ctx, e); err != nil {
 			t.Fatal(err)
 		}
 		got := col.waitFor(t, "the hard event", func(g feedback.Event) bool { return g.Seq == 10 })
-		if got.Level != feedback.Hard || got.QueueSize != 950 || got.TS.IsZero() {
+		if got.Level != state.Hard || got.QueueSize != 950 || got.TS.IsZero() {
 			t.Fatalf("delivered %+v", got)
 		}
 		// What redis-cli and KEDA see.
@@ -88,20 +121,20 @@ func TestRedisBus(t *testing.T) {
 			t.Fatalf("SCARD hard = %d, want 1", n)
 		}
 		// An older report is refused by the script: nothing stored, nothing published.
-		if err := pub.Publish(ctx, event("store-0", 9, feedback.OK)); err != nil {
+		if err := pub.Publish(ctx, event("store-0", 9, state.OK)); err != nil {
 			t.Fatal(err)
 		}
 		if l := rdb.HGet(ctx, "sluice:pressure:{store-0}", "level").Val(); l != "hard" {
 			t.Fatalf("older event overwrote the hash: level %s", l)
 		}
-		if err := pub.Publish(ctx, event("store-0", 11, feedback.Soft)); err != nil {
+		if err := pub.Publish(ctx, event("store-0", 11, state.Soft)); err != nil {
 			t.Fatal(err)
 		}
 		col.waitFor(t, "the soft event", func(g feedback.Event) bool { return g.Seq == 11 })
 		if hard, soft := rdb.SCard(ctx, "sluice:pressure:hard").Val(), rdb.SCard(ctx, "sluice:pressure:soft").Val(); hard != 0 || soft != 1 {
 			t.Fatalf("sets after soft: hard %d soft %d", hard, soft)
 		}
-		for _, got := range col.events {
+		for _, got := range col.all() {
 			if got.Seq == 9 {
 				t.Fatal("the older event was published")
 			}
@@ -119,16 +152,16 @@ func TestRedisBus(t *testing.T) {
 // event still gets it, from the keys.
 func TestRedisLateSubscriberConverges(t *testing.T) {
 	redistest.Each(t, func(t *testing.T, b redistest.Backend) {
-		pub := feedback.NewRedisPublisher(b.Client(t), feedback.RedisKeys{}, 10*time.Second)
-		for i, l := range []feedback.Level{feedback.OK, feedback.Soft, feedback.Hard} {
+		pub := publisher(t, b.Client(t), 10*time.Second)
+		for i, l := range []state.Level{state.OK, state.Soft, state.Hard} {
 			if err := pub.Publish(context.Background(), event("store-0", uint64(i+1), l)); err != nil {
 				t.Fatal(err)
 			}
 		}
 		col := subscribe(t, b.Client(t), time.Hour)
-		got := col.waitFor(t, "a snapshot", func(feedback.Event) bool { return true })
-		if got.Seq != 3 || got.Level != feedback.Hard {
-			t.Fatalf("late subscriber got %+v, want the latest (seq 3, hard)", got)
+		// Subscribe returned after the snapshot: no waiting.
+		if got := col.all(); len(got) != 1 || got[0].Seq != 3 || got[0].Level != state.Hard {
+			t.Fatalf("late subscriber got %+v, want only the latest (seq 3, hard)", got)
 		}
 	})
 }
@@ -140,24 +173,27 @@ func TestRedisSnapshotReapsExpired(t *testing.T) {
 	redistest.Each(t, func(t *testing.T, b redistest.Backend) {
 		ctx := context.Background()
 		rdb := b.Client(t)
-		pub := feedback.NewRedisPublisher(b.Client(t), feedback.RedisKeys{}, 10*time.Second)
-		if err := pub.Publish(ctx, event("dead", 1, feedback.Hard)); err != nil {
+		pub := publisher(t, b.Client(t), 10*time.Second)
+		if err := pub.Publish(ctx, event("dead", 1, state.Hard)); err != nil {
 			t.Fatal(err)
 		}
-		if err := pub.Publish(ctx, event("alive", 1, feedback.Soft)); err != nil {
+		if err := pub.Publish(ctx, event("alive", 1, state.Soft)); err != nil {
 			t.Fatal(err)
 		}
 		rdb.Del(ctx, "sluice:pressure:{dead}") // as its TTL would
 		rdb.SAdd(ctx, "sluice:pressure:coordinators", "garbled")
 		rdb.HSet(ctx, "sluice:pressure:{garbled}", "level", "panic")
-		p, err := feedback.ReadPressure(ctx, rdb, feedback.RedisKeys{})
+		p, err := redisbus.Read(ctx, rdb, "")
 		if err != nil || len(p.Live) != 1 || len(p.Expired) != 1 || p.Expired[0] != "dead" || p.Malformed["garbled"] == nil {
-			t.Fatalf("ReadPressure = %+v %v", p, err)
+			t.Fatalf("Read = %+v %v", p, err)
 		}
-		sub := feedback.NewRedisSubscriber(rdb, feedback.RedisKeys{}, time.Hour, quiet())
-		events, err := sub.Snapshot(ctx)
-		if err != nil || len(events) != 1 || events[0].CoordinatorID != "alive" {
-			t.Fatalf("snapshot = %+v %v, want only alive", events, err)
+		if n := rdb.SCard(ctx, "sluice:pressure:hard").Val(); n != 1 {
+			t.Fatalf("SCARD hard = %d: Read must not repair anything", n)
+		}
+		// Subscribe returns once the snapshot is delivered and the sets repaired.
+		col := subscribe(t, rdb, time.Hour)
+		if events := col.all(); len(events) != 1 || events[0].CoordinatorID != "alive" {
+			t.Fatalf("snapshot = %+v, want only alive", events)
 		}
 		if n := rdb.SCard(ctx, "sluice:pressure:hard").Val(); n != 0 {
 			t.Fatalf("SCARD hard = %d after reaping", n)
@@ -180,16 +216,15 @@ func TestRedisSubscriberSurvivesRestart(t *testing.T) {
 	}
 	srv := redistest.Start(t)
 	col := subscribe(t, srv.Client(t), 200*time.Millisecond)
-	pub := feedback.NewRedisPublisher(srv.Client(t), feedback.RedisKeys{}, 10*time.Second)
-	time.Sleep(100 * time.Millisecond)
-	if err := pub.Publish(context.Background(), event("s", 1, feedback.Soft)); err != nil {
+	pub := publisher(t, srv.Client(t), 10*time.Second)
+	if err := pub.Publish(context.Background(), event("s", 1, state.Soft)); err != nil {
 		t.Fatal(err)
 	}
 	col.waitFor(t, "seq 1", func(e feedback.Event) bool { return e.Seq == 1 })
 	srv.Restart(t)
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(30 * time.Second)
 	for seq := uint64(2); ; seq++ { // publish until the resubscribed side hears one
-		_ = pub.Publish(context.Background(), event("s", seq, feedback.Hard))
+		_ = pub.Publish(context.Background(), event("s", seq, state.Hard))
 		col.mu.Lock()
 		n := len(col.events)
 		last := col.events[n-1]

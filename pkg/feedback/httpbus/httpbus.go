@@ -1,4 +1,8 @@
-package feedback
+// Package httpbus carries pressure events over HTTP, for write coordinators
+// in other languages or behind a firewall: a receiver (POST /feedback, with
+// /healthz, /readyz and /metrics) that hands each valid event to a
+// feedback.Deliver, and a Client, a feedback.Publisher that posts to it.
+package httpbus
 
 import (
 	"bytes"
@@ -18,15 +22,19 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
-	"github.com/sluice-dev/sluice/internal/promutil"
+	"github.com/sluice-dev/sluice/pkg/feedback"
+	"github.com/sluice-dev/sluice/pkg/internal/opts"
+	"github.com/sluice-dev/sluice/pkg/internal/promutil"
 )
 
-// ReceiverOptions configure the HTTP receiver.
+// ReceiverOptions configure the HTTP receiver. Only Deliver is required:
+// every other zero field takes the default its comment gives.
 type ReceiverOptions struct {
 	// Deliver receives every valid event (a Handler's Handle, or a
-	// RedisPublisher's Publish to fan it out to every replica). Required.
-	Deliver Deliver
-	// Token, when set, is required as "Authorization: Bearer <token>".
+	// redisbus.Publisher's Publish to fan it out to every replica). Required.
+	Deliver feedback.Deliver
+	// Token, when set, is required as "Authorization: Bearer <token>";
+	// default none.
 	Token string
 	// MaxBody is the largest request body accepted; default 64 KiB.
 	MaxBody int64
@@ -36,7 +44,8 @@ type ReceiverOptions struct {
 	Ready func(ctx context.Context) error
 	// Registerer receives the receiver's request counter; nil registers none.
 	Registerer prometheus.Registerer
-	Logger     *slog.Logger
+	// Logger receives failed deliveries; default slog.Default().
+	Logger *slog.Logger
 }
 
 // NewReceiver returns the HTTP feedback receiver, for stores in other
@@ -53,10 +62,10 @@ type ReceiverOptions struct {
 // Error bodies are JSON: {"error": "...", "field": "queue_size"}.
 func NewReceiver(o ReceiverOptions) (http.Handler, error) {
 	if o.Deliver == nil {
-		return nil, errors.New("feedback: receiver needs Deliver")
+		return nil, errors.New("httpbus: receiver needs Deliver")
 	}
-	if o.MaxBody <= 0 {
-		o.MaxBody = 64 << 10
+	if err := opts.Positive("httpbus: max_body", &o.MaxBody, 64<<10); err != nil {
+		return nil, err
 	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
@@ -125,9 +134,9 @@ func (r *receiver) feedback(w http.ResponseWriter, req *http.Request) {
 		r.fail(w, http.StatusBadRequest, "reading body: "+err.Error(), "")
 		return
 	}
-	e, err := DecodeEvent(bytes.NewReader(body))
+	e, err := feedback.DecodeEvent(bytes.NewReader(body))
 	if err != nil {
-		var fe *FieldError
+		var fe *feedback.FieldError
 		field := ""
 		if errors.As(err, &fe) {
 			field = fe.Field
@@ -136,7 +145,7 @@ func (r *receiver) feedback(w http.ResponseWriter, req *http.Request) {
 		return
 	}
 	if err := r.o.Deliver(req.Context(), e); err != nil {
-		var fe *FieldError
+		var fe *feedback.FieldError
 		if errors.As(err, &fe) {
 			r.fail(w, http.StatusBadRequest, err.Error(), fe.Field)
 			return
@@ -161,45 +170,45 @@ func (r *receiver) ready(w http.ResponseWriter, req *http.Request) {
 	_, _ = io.WriteString(w, "ready\n")
 }
 
-// HTTPClientOptions configure an HTTPClient.
-type HTTPClientOptions struct {
+// ClientOptions configure a Client. Only URL is required: every other zero
+// field takes the default its comment gives.
+type ClientOptions struct {
 	// URL of the receiver's POST /feedback, e.g. http://pipeline:8080/feedback. Required.
 	URL string
-	// Token is sent as a bearer token when set.
+	// Token is sent as a bearer token when set; default none.
 	Token string
 	// Timeout bounds each attempt; default 2s.
 	Timeout time.Duration
-	// Retries after the first attempt, on network errors, 429 and 5xx; default 3.
-	// Negative: none.
-	Retries int
+	// Attempts is how many times Publish posts an event before it gives up,
+	// retrying on network errors, 429 and 5xx; default 4. 1: no retry.
+	Attempts int
 	// Backoff before the first retry, doubled each time; default 100ms.
 	Backoff time.Duration
-	// Client is the HTTP client; default a new http.Client.
-	Client *http.Client
+	// HTTPClient is the HTTP client; default a new http.Client.
+	HTTPClient *http.Client
 }
 
-// HTTPClient is a Publisher that posts events to a receiver.
-type HTTPClient struct{ o HTTPClientOptions }
+// Client is a feedback.Publisher that posts events to a receiver. Safe for
+// concurrent use.
+type Client struct{ o ClientOptions }
 
-// NewHTTPClient checks the options and returns a client.
-func NewHTTPClient(o HTTPClientOptions) (*HTTPClient, error) {
+// NewClient checks the options and returns a Client.
+func NewClient(o ClientOptions) (*Client, error) {
 	u, err := url.Parse(o.URL)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return nil, fmt.Errorf("feedback: url=%q: must be an absolute http(s) URL", o.URL)
+		return nil, fmt.Errorf("httpbus: url=%q: must be an absolute http(s) URL", o.URL)
 	}
-	if o.Timeout <= 0 {
-		o.Timeout = 2 * time.Second
+	if err := opts.Check(
+		opts.Positive("httpbus: timeout", &o.Timeout, 2*time.Second),
+		opts.Positive("httpbus: attempts", &o.Attempts, 4),
+		opts.Positive("httpbus: backoff", &o.Backoff, 100*time.Millisecond),
+	); err != nil {
+		return nil, err
 	}
-	if o.Retries == 0 {
-		o.Retries = 3
+	if o.HTTPClient == nil {
+		o.HTTPClient = &http.Client{}
 	}
-	if o.Backoff <= 0 {
-		o.Backoff = 100 * time.Millisecond
-	}
-	if o.Client == nil {
-		o.Client = &http.Client{}
-	}
-	return &HTTPClient{o: o}, nil
+	return &Client{o: o}, nil
 }
 
 // StatusError is a receiver's refusal that retrying will not fix (4xx other than 429).
@@ -210,12 +219,12 @@ type StatusError struct {
 }
 
 func (e *StatusError) Error() string {
-	return fmt.Sprintf("feedback: receiver answered %d: %s", e.Code, e.Body)
+	return fmt.Sprintf("httpbus: receiver answered %d: %s", e.Code, e.Body)
 }
 
 // Publish posts e, retrying with backoff on network errors, 429 and 5xx,
 // within ctx. A 4xx other than 429 is returned at once as a *StatusError.
-func (c *HTTPClient) Publish(ctx context.Context, e Event) error {
+func (c *Client) Publish(ctx context.Context, e feedback.Event) error {
 	if err := e.Validate(); err != nil {
 		return err
 	}
@@ -225,7 +234,7 @@ func (c *HTTPClient) Publish(ctx context.Context, e Event) error {
 	for attempt := 0; ; attempt++ {
 		var retry bool
 		retry, last = c.post(ctx, body)
-		if last == nil || !retry || attempt >= max(c.o.Retries, 0) {
+		if last == nil || !retry || attempt+1 >= c.o.Attempts {
 			return last
 		}
 		select {
@@ -237,7 +246,7 @@ func (c *HTTPClient) Publish(ctx context.Context, e Event) error {
 	}
 }
 
-func (c *HTTPClient) post(ctx context.Context, body []byte) (retry bool, err error) {
+func (c *Client) post(ctx context.Context, body []byte) (retry bool, err error) {
 	ctx, cancel := context.WithTimeout(ctx, c.o.Timeout)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.o.URL, bytes.NewReader(body))
@@ -248,9 +257,9 @@ func (c *HTTPClient) post(ctx context.Context, body []byte) (retry bool, err err
 	if c.o.Token != "" {
 		req.Header.Set("Authorization", "Bearer "+c.o.Token)
 	}
-	resp, err := c.o.Client.Do(req)
+	resp, err := c.o.HTTPClient.Do(req)
 	if err != nil {
-		return true, fmt.Errorf("feedback: post to %s: %w", c.o.URL, err)
+		return true, fmt.Errorf("httpbus: post to %s: %w", c.o.URL, err)
 	}
 	defer resp.Body.Close()
 	msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))

@@ -1,10 +1,11 @@
-package feedback_test
+package httpbus_test
 
 import (
 	"context"
 	"encoding/json"
 	"errors"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -15,13 +16,21 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/sluice-dev/sluice/pkg/feedback"
+	"github.com/sluice-dev/sluice/pkg/feedback/httpbus"
+	"github.com/sluice-dev/sluice/pkg/state"
 )
+
+var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
+
+func event(c string, seq uint64, l state.Level) feedback.Event {
+	return feedback.Event{CoordinatorID: c, QueueSize: 500, Capacity: 1000, Level: l, Seq: seq}
+}
 
 func newReceiver(t *testing.T, deliver feedback.Deliver, ready func(context.Context) error) *httptest.Server {
 	t.Helper()
 	reg := prometheus.NewRegistry()
-	h, err := feedback.NewReceiver(feedback.ReceiverOptions{
-		Deliver: deliver, Token: "s3cret", MaxBody: 512, Gatherer: reg, Registerer: reg, Ready: ready, Logger: quiet(),
+	h, err := httpbus.NewReceiver(httpbus.ReceiverOptions{
+		Deliver: deliver, Token: "s3cret", MaxBody: 512, Gatherer: reg, Registerer: reg, Ready: ready, Logger: quiet,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -83,7 +92,7 @@ func TestReceiver(t *testing.T) {
 			}
 		}
 	}
-	if len(got) != 2 || got[0].Level != feedback.Soft {
+	if len(got) != 2 || got[0].Level != state.Soft {
 		t.Fatalf("delivered %+v, want the 2 valid events", got)
 	}
 
@@ -126,11 +135,11 @@ func TestHTTPClientRetries(t *testing.T) {
 		delivered.Add(1)
 		return nil
 	}, nil)
-	c, err := feedback.NewHTTPClient(feedback.HTTPClientOptions{URL: srv.URL + "/feedback", Token: "s3cret", Backoff: time.Millisecond})
+	c, err := httpbus.NewClient(httpbus.ClientOptions{URL: srv.URL + "/feedback", Token: "s3cret", Backoff: time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := c.Publish(context.Background(), event("store-0", 1, feedback.Hard)); err != nil {
+	if err := c.Publish(context.Background(), event("store-0", 1, state.Hard)); err != nil {
 		t.Fatalf("after two 503s: %v", err)
 	}
 	if calls.Load() != 3 || delivered.Load() != 1 {
@@ -138,20 +147,31 @@ func TestHTTPClientRetries(t *testing.T) {
 	}
 
 	// A 4xx is final: no retry.
-	bad, _ := feedback.NewHTTPClient(feedback.HTTPClientOptions{URL: srv.URL + "/feedback", Token: "wrong", Backoff: time.Millisecond})
+	bad, _ := httpbus.NewClient(httpbus.ClientOptions{URL: srv.URL + "/feedback", Token: "wrong", Backoff: time.Millisecond})
 	before := calls.Load()
-	err = bad.Publish(context.Background(), event("store-0", 2, feedback.Hard))
-	var se *feedback.StatusError
+	err = bad.Publish(context.Background(), event("store-0", 2, state.Hard))
+	var se *httpbus.StatusError
 	if !errors.As(err, &se) || se.Code != 401 || calls.Load() != before {
 		t.Fatalf("wrong token: %v (calls %d -> %d)", err, before, calls.Load())
 	}
 	// Nobody listening: retried, then the network error.
-	gone, _ := feedback.NewHTTPClient(feedback.HTTPClientOptions{URL: "http://127.0.0.1:1/feedback", Retries: 2, Backoff: time.Millisecond})
-	if err := gone.Publish(context.Background(), event("store-0", 3, feedback.Hard)); err == nil {
+	gone, _ := httpbus.NewClient(httpbus.ClientOptions{URL: "http://127.0.0.1:1/feedback", Attempts: 3, Backoff: time.Millisecond})
+	if err := gone.Publish(context.Background(), event("store-0", 3, state.Hard)); err == nil {
 		t.Fatal("publish to a closed port succeeded")
 	}
+	// Attempts 1: no retry.
+	once, _ := httpbus.NewClient(httpbus.ClientOptions{URL: srv.URL + "/feedback", Token: "s3cret", Attempts: 1})
+	calls.Store(0)
+	if err := once.Publish(context.Background(), event("store-0", 4, state.Hard)); err == nil || calls.Load() != 1 {
+		t.Fatalf("attempts 1 after a 503: err %v, %d calls; want the error after 1 call", err, calls.Load())
+	}
+	for _, o := range []httpbus.ClientOptions{{URL: srv.URL, Attempts: -1}, {URL: srv.URL, Timeout: -time.Second}} {
+		if _, err := httpbus.NewClient(o); err == nil {
+			t.Errorf("NewClient(%+v) accepted", o)
+		}
+	}
 	for _, u := range []string{"", "ftp://x/feedback", "http://", "::"} {
-		if _, err := feedback.NewHTTPClient(feedback.HTTPClientOptions{URL: u}); err == nil {
+		if _, err := httpbus.NewClient(httpbus.ClientOptions{URL: u}); err == nil {
 			t.Errorf("NewHTTPClient(%q) accepted", u)
 		}
 	}

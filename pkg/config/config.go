@@ -1,0 +1,445 @@
+// Package config loads sluice's settings in layers — overrides (the command
+// line) > environment > YAML file > defaults — under the seed's names
+// (MDP_FB_*, MDP_RATE_<PROVIDER>_*, the feedback: and rate_coordinator: YAML
+// sections), validates them and returns them typed, remembering where each
+// value came from. The sluice command loads its configuration with it; a
+// library user can call Load the same way.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"go.yaml.in/yaml/v3"
+
+	"github.com/sluice-dev/sluice/pkg/feedback"
+	"github.com/sluice-dev/sluice/pkg/limiter"
+)
+
+// Key is one fixed setting: its dotted name (the YAML path), its
+// environment variable, its default and what it means.
+type Key struct {
+	Name, Env, Default, Help string
+}
+
+// Keys are the fixed settings, in order. Provider settings
+// (rate_coordinator.providers.<name>.<field>, see ProviderFields) come on
+// top, for every provider a layer names.
+var Keys = []Key{
+	{"redis.url", "SLUICE_REDIS_URL", "redis://127.0.0.1:6379/0", "Redis URL: redis://[user:password@]host:port/db, or rediss:// for TLS"},
+	{"redis.cluster_url", "SLUICE_REDIS_CLUSTER_URL", "", "Redis Cluster: redis://[user:password@]host:port?addr=host2:port&addr=host3:port (overrides redis.url)"},
+	{"redis.prefix", "SLUICE_REDIS_PREFIX", "sluice", "prefix of every Redis key and channel"},
+	{"log.format", "SLUICE_LOG_FORMAT", "text", "log format: text or json"},
+	{"log.level", "SLUICE_LOG_LEVEL", "info", "log level: debug, info, warn or error"},
+	{"feedback.enable_feedback", "MDP_FB_ENABLE_FEEDBACK", "true", "close the loop: let the store's pressure scale the budget"},
+	{"feedback.provider_name", "MDP_FB_PROVIDER_NAME", "ibkr", "the provider whose budget feedback scales"},
+	{"feedback.policy", "MDP_FB_POLICY", "step", "pressure to scale: step[:ok=1,soft=0.5,hard=0] or proportional[:start=0.5,stop=0.9,floor=0]"},
+	{"feedback.dwell", "MDP_FB_DWELL", "5s", "time the scale must stay unchanged before it may rise (> 0)"},
+	{"feedback.max_rise", "MDP_FB_MAX_RISE", "1", "soft start: the largest rise per step, in (0, 1] (1 = straight to the target)"},
+	{"feedback.shadow", "MDP_FB_SHADOW", "false", "compute and report the scale without setting it"},
+	{"feedback.coordinator_ttl", "MDP_FB_COORDINATOR_TTL", "10s", "a write coordinator silent this long expires (> 0)"},
+	{"feedback.expiry", "MDP_FB_EXPIRY", "forget", "what an expired coordinator counts as: forget, hold, soft or hard"},
+	{"rate_coordinator.outage_mode", "MDP_RATE_OUTAGE_MODE", "fail_closed", "while Redis is unreachable: fail_closed, fail_open or local_fallback"},
+	{"receiver.listen", "SLUICE_RECEIVER_LISTEN", ":8080", "address of the HTTP feedback receiver"},
+	{"receiver.token", "SLUICE_RECEIVER_TOKEN", "", "bearer token the receiver requires (empty: none)"},
+	{"receiver.max_body", "SLUICE_RECEIVER_MAX_BODY", "65536", "largest request body the receiver accepts, in bytes"},
+}
+
+// secret keys are shown as "(set)" by Values.
+var secret = map[string]bool{"receiver.token": true}
+
+// ProviderFields are the settings of each provider, with the seed's
+// defaults (those of limiter.DefaultProviderConfig). Their environment
+// variables are MDP_RATE_<PROVIDER>_<FIELD>, upper case.
+var ProviderFields = func() []Key {
+	d := limiter.DefaultProviderConfig()
+	f := func(v float64) string { return strconv.FormatFloat(v, 'g', -1, 64) }
+	return []Key{
+		{"capacity", "", f(float64(d.Capacity)), "most tokens the bucket holds (burst), integer in [1, 1e9]"},
+		{"refill_rate", "", f(d.RefillRate), "base tokens per second at scale 1, in (0, 1e9]"},
+		{"cooldown_sec", "", f(d.Cooldown.Seconds()), "length of a cooldown, seconds in [0, 86400]"},
+		{"breaker_threshold", "", f(float64(d.BreakerThreshold)), "consecutive failures that open the breaker (0 = none)"},
+		{"breaker_timeout", "", f(d.BreakerTimeout.Seconds()), "seconds an open breaker refuses before a probe, in (0, 86400]"},
+		{"max_scale", "", f(d.MaxScale), "highest scale accepted, in [1, 100]"},
+	}
+}()
+
+const providersPrefix = "rate_coordinator.providers."
+
+// ProviderKey is the setting name of a provider's field, e.g.
+// rate_coordinator.providers.ibkr.capacity.
+func ProviderKey(provider, field string) string {
+	return providersPrefix + provider + "." + field
+}
+
+// Value is one setting as loaded: its text and the layer it came from
+// ("default", "file <path>", "env <NAME>", or an override's Source).
+type Value struct {
+	Key    string `json:"-"`
+	Value  string `json:"value"`
+	Source string `json:"source"`
+}
+
+// Sources are the layers Load merges, from the lowest: the defaults, File,
+// Environ, Overrides.
+type Sources struct {
+	// File is a YAML file ("" for none). Unknown keys in it are errors.
+	File string
+	// Environ is the environment, as os.Environ returns it.
+	Environ []string
+	// Overrides win over everything, in order; Source says where each came
+	// from (e.g. "flag --redis") for messages and Values. Their keys must be
+	// fixed Keys or provider keys.
+	Overrides []Value
+}
+
+// Settings is the typed, validated configuration.
+type Settings struct {
+	Redis struct {
+		URL, ClusterURL, Prefix string
+	}
+	Log struct {
+		Format, Level string
+	}
+	Feedback struct {
+		Enabled  bool
+		Provider string
+		// Options holds Policy, Dwell, MaxRise, Shadow, CoordinatorTTL and
+		// Expiry as loaded, with Providers set to Provider.
+		Options feedback.Options
+	}
+	Outage    limiter.OutageMode
+	Providers map[string]limiter.ProviderConfig
+	Receiver  struct {
+		Listen, Token string
+		MaxBody       int64
+	}
+
+	values layers
+}
+
+// Load merges the sources and validates the result. An error names the key,
+// its value and the layer it came from:
+//
+//	config: feedback.dwell="soon" (from env MDP_FB_DWELL): must be a duration like 5s or 250ms, above 0
+func Load(src Sources) (*Settings, error) {
+	l := layers{}
+	for _, k := range Keys {
+		l[k.Name] = Value{k.Name, k.Default, "default"}
+	}
+	if src.File != "" {
+		if err := l.file(src.File); err != nil {
+			return nil, err
+		}
+	}
+	l.env(src.Environ)
+	for _, o := range src.Overrides {
+		if _, known := l[o.Key]; !known && !isProviderKey(o.Key) {
+			return nil, fmt.Errorf("config: unknown key %q (from %s)", o.Key, o.Source)
+		}
+		l[o.Key] = o
+	}
+	l.providerDefaults()
+	return l.parse()
+}
+
+// Values returns every setting with its value and source, sorted by key;
+// secrets show as "(set)" and passwords in URLs as "xxxxx".
+func (s *Settings) Values() []Value {
+	out := make([]Value, 0, len(s.values))
+	for _, k := range s.values.keys() {
+		v := s.values[k]
+		switch {
+		case secret[k] && v.Value != "":
+			v.Value = "(set)"
+		case strings.HasPrefix(k, "redis.") && strings.HasSuffix(k, "url") && v.Value != "":
+			v.Value = Redact(v.Value)
+		}
+		out = append(out, v)
+	}
+	return out
+}
+
+// Source says where the setting key came from; "" for an unknown key.
+func (s *Settings) Source(key string) string { return s.values[key].Source }
+
+// RedisClient builds a client for the configured Redis (a ClusterClient
+// when redis.cluster_url is set), without any I/O. Unless the URL says
+// otherwise, dialling gives up after 2s and 2 attempts, so an outage is
+// noticed quickly. A URL that does not parse is an error naming the key.
+func (s *Settings) RedisClient() (redis.UniversalClient, error) {
+	if s.Redis.ClusterURL != "" {
+		opt, err := redis.ParseClusterURL(s.Redis.ClusterURL)
+		if err != nil {
+			return nil, s.values.errorf("redis.cluster_url", "must be redis://[user:password@]host:port?addr=host:port...: "+err.Error())
+		}
+		opt.DialTimeout, opt.DialerRetries = orDefault(opt.DialTimeout, 2*time.Second), max(opt.DialerRetries, 2)
+		return redis.NewClusterClient(opt), nil
+	}
+	opt, err := redis.ParseURL(s.Redis.URL)
+	if err != nil {
+		return nil, s.values.errorf("redis.url", "must be redis://[user:password@]host:port/db or rediss://...: "+err.Error())
+	}
+	opt.DialTimeout, opt.DialerRetries = orDefault(opt.DialTimeout, 2*time.Second), max(opt.DialerRetries, 2)
+	return redis.NewClient(opt), nil
+}
+
+// RedisURL is the Redis URL in force (the cluster URL when set), with its
+// password hidden.
+func (s *Settings) RedisURL() string {
+	if s.Redis.ClusterURL != "" {
+		return Redact(s.Redis.ClusterURL)
+	}
+	return Redact(s.Redis.URL)
+}
+
+// Redact hides the password of a URL ("(invalid URL)" when it does not parse).
+func Redact(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "(invalid URL)"
+	}
+	return u.Redacted()
+}
+
+func orDefault(d, def time.Duration) time.Duration {
+	if d == 0 {
+		return def
+	}
+	return d
+}
+
+// layers is the merged configuration: key -> value.
+type layers map[string]Value
+
+func (l layers) file(path string) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("config file: %w", err)
+	}
+	var doc map[string]any
+	if err := yaml.Unmarshal(b, &doc); err != nil {
+		return fmt.Errorf("config file %s: %w", path, err)
+	}
+	flat := map[string]string{}
+	if err := flatten("", doc, flat); err != nil {
+		return fmt.Errorf("config file %s: %w", path, err)
+	}
+	for k, v := range flat {
+		if _, known := l[k]; !known && !isProviderKey(k) {
+			return fmt.Errorf("config file %s: unknown key %q", path, k)
+		}
+		l[k] = Value{k, v, "file " + path}
+	}
+	return nil
+}
+
+func flatten(prefix string, m map[string]any, out map[string]string) error {
+	for k, v := range m {
+		key := prefix + k
+		switch x := v.(type) {
+		case map[string]any:
+			if err := flatten(key+".", x, out); err != nil {
+				return err
+			}
+		case []any, nil:
+			return fmt.Errorf("key %q: must be a scalar or a mapping", key)
+		default:
+			out[key] = fmt.Sprint(x)
+		}
+	}
+	return nil
+}
+
+// isProviderKey reports whether k is rate_coordinator.providers.<name>.<field>.
+func isProviderKey(k string) bool {
+	rest, ok := strings.CutPrefix(k, providersPrefix)
+	if !ok {
+		return false
+	}
+	name, field, ok := strings.Cut(rest, ".")
+	return ok && name != "" && slices.ContainsFunc(ProviderFields, func(f Key) bool { return f.Name == field })
+}
+
+// env applies the known variables and MDP_RATE_<PROVIDER>_<FIELD>. A
+// provider named in the file is matched whatever its case; another is named
+// in lower case.
+func (l layers) env(environ []string) {
+	vars := map[string]string{}
+	for _, kv := range environ {
+		if k, v, ok := strings.Cut(kv, "="); ok {
+			vars[k] = v
+		}
+	}
+	for _, k := range Keys {
+		if v, ok := vars[k.Env]; ok {
+			l[k.Name] = Value{k.Name, v, "env " + k.Env}
+		}
+	}
+	names := map[string]string{} // upper case -> name as written in the file
+	for _, name := range l.providers() {
+		names[strings.ToUpper(name)] = name
+	}
+	for k, v := range vars {
+		rest, ok := strings.CutPrefix(k, "MDP_RATE_")
+		if !ok {
+			continue
+		}
+		for _, f := range ProviderFields {
+			upper, ok := strings.CutSuffix(rest, "_"+strings.ToUpper(f.Name))
+			if !ok || upper == "" {
+				continue
+			}
+			name, known := names[upper]
+			if !known {
+				name = strings.ToLower(upper)
+			}
+			key := ProviderKey(name, f.Name)
+			l[key] = Value{key, v, "env " + k}
+			break
+		}
+	}
+}
+
+// providerDefaults gives every provider a layer names every field, the
+// missing ones from the seed's defaults.
+func (l layers) providerDefaults() {
+	for _, name := range l.providers() {
+		for _, f := range ProviderFields {
+			if k := ProviderKey(name, f.Name); l[k].Source == "" {
+				l[k] = Value{k, f.Default, "default"}
+			}
+		}
+	}
+}
+
+// providers returns the provider names the layers mention, sorted.
+func (l layers) providers() []string {
+	var out []string
+	for k := range l {
+		if rest, ok := strings.CutPrefix(k, providersPrefix); ok {
+			name, _, _ := strings.Cut(rest, ".")
+			if !slices.Contains(out, name) {
+				out = append(out, name)
+			}
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// keys returns the keys in order.
+func (l layers) keys() []string {
+	out := make([]string, 0, len(l))
+	for k := range l {
+		out = append(out, k)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// errorf names the key, its value and where it came from.
+func (l layers) errorf(key, rule string) error {
+	v := l[key]
+	return fmt.Errorf("config: %s=%q (from %s): %s", key, v.Value, v.Source, rule)
+}
+
+// parse decodes and validates the layers; the first bad value is the error.
+func (l layers) parse() (*Settings, error) {
+	s := &Settings{values: l, Providers: map[string]limiter.ProviderConfig{}}
+	var errs []error
+	str := func(k string) string { return l[k].Value }
+	fail := func(k, rule string) { errs = append(errs, l.errorf(k, rule)) }
+	boolean := func(k string, dst *bool) {
+		b, err := strconv.ParseBool(str(k))
+		if err != nil {
+			fail(k, "must be true or false")
+		}
+		*dst = b
+	}
+	duration := func(k string, dst *time.Duration) {
+		d, err := time.ParseDuration(str(k))
+		if err != nil || d <= 0 {
+			fail(k, "must be a duration like 5s or 250ms, above 0")
+		}
+		*dst = d
+	}
+	number := func(k string) float64 {
+		f, err := strconv.ParseFloat(str(k), 64)
+		if err != nil {
+			fail(k, "must be a number")
+		}
+		return f
+	}
+	oneOf := func(k string, allowed ...string) string {
+		if !slices.Contains(allowed, str(k)) {
+			fail(k, "must be one of "+strings.Join(allowed, ", "))
+			return allowed[0]
+		}
+		return str(k)
+	}
+
+	s.Redis.URL, s.Redis.ClusterURL, s.Redis.Prefix = str("redis.url"), str("redis.cluster_url"), str("redis.prefix")
+	s.Log.Format = oneOf("log.format", "text", "json")
+	s.Log.Level = oneOf("log.level", "info", "debug", "warn", "error")
+
+	fb := &s.Feedback
+	boolean("feedback.enable_feedback", &fb.Enabled)
+	fb.Provider = str("feedback.provider_name")
+	fb.Options.Providers = []string{fb.Provider}
+	if p, err := feedback.ParsePolicy(str("feedback.policy")); err != nil {
+		fail("feedback.policy", err.Error())
+	} else {
+		fb.Options.Policy = p
+	}
+	duration("feedback.dwell", &fb.Options.Dwell)
+	if fb.Options.MaxRise = number("feedback.max_rise"); !(fb.Options.MaxRise > 0 && fb.Options.MaxRise <= 1) {
+		fail("feedback.max_rise", "must be in (0, 1]")
+	}
+	boolean("feedback.shadow", &fb.Options.Shadow)
+	duration("feedback.coordinator_ttl", &fb.Options.CoordinatorTTL)
+	fb.Options.Expiry = feedback.Expiry(oneOf("feedback.expiry", "forget", "hold", "soft", "hard"))
+
+	if err := s.Outage.UnmarshalText([]byte(str("rate_coordinator.outage_mode"))); err != nil {
+		fail("rate_coordinator.outage_mode", "must be fail_closed, fail_open or local_fallback")
+	}
+	s.Receiver.Listen, s.Receiver.Token = str("receiver.listen"), str("receiver.token")
+	if s.Receiver.MaxBody = int64(number("receiver.max_body")); s.Receiver.MaxBody < 1 {
+		fail("receiver.max_body", "must be a positive number of bytes")
+	}
+
+	// The config field a limiter.ArgumentError names, as a provider setting.
+	fieldKey := map[string]string{"cooldown": "cooldown_sec"}
+	for _, name := range l.providers() {
+		k := func(f string) string { return ProviderKey(name, f) }
+		pc := limiter.ProviderConfig{
+			Capacity:         int64(number(k("capacity"))),
+			RefillRate:       number(k("refill_rate")),
+			Cooldown:         time.Duration(number(k("cooldown_sec")) * float64(time.Second)),
+			BreakerThreshold: int(number(k("breaker_threshold"))),
+			BreakerTimeout:   time.Duration(number(k("breaker_timeout")) * float64(time.Second)),
+			MaxScale:         number(k("max_scale")),
+		}
+		if err := pc.Validate(); err != nil {
+			var ae *limiter.ArgumentError
+			errors.As(err, &ae)
+			field := ae.Field
+			if f, ok := fieldKey[field]; ok {
+				field = f
+			}
+			fail(k(field), "must be "+ae.Range)
+		}
+		s.Providers[name] = pc
+	}
+	if len(errs) > 0 {
+		return nil, errs[0]
+	}
+	return s, nil
+}

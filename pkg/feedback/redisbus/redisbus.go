@@ -1,0 +1,331 @@
+// Package redisbus carries pressure events between processes through Redis:
+// a Publisher for write coordinators and a Subscriber for whoever steers the
+// budget (a pipeline replica's handler, the controller). The keys are the
+// truth and pub/sub is for speed:
+//
+//	<prefix>:pressure:{<coordinator>}   hash with TTL: level, queue_size, capacity, seq, ts
+//	<prefix>:pressure:hard, :soft       sets of the coordinators now at that level (KEDA's redis trigger counts them)
+//	<prefix>:pressure:coordinators      set of every coordinator that reported (an index)
+//	<prefix>:feedback                   pub/sub channel: every event, as JSON
+//
+// docs/feedback.md describes the format for publishers in other languages.
+package redisbus
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/sluice-dev/sluice/lua"
+	"github.com/sluice-dev/sluice/pkg/feedback"
+	"github.com/sluice-dev/sluice/pkg/internal/opts"
+	"github.com/sluice-dev/sluice/pkg/state"
+)
+
+// Options configure a Publisher or a Subscriber. The zero value is ready to
+// use: every zero field takes the default its comment gives.
+type Options struct {
+	// Prefix starts every key and the channel; default "sluice".
+	Prefix string
+	// TTL is how long a coordinator's pressure hash outlives its last event
+	// (Publisher); default 10s. Keep it above the coordinator's heartbeat.
+	TTL time.Duration
+	// Resync is how often a Subscriber reads every coordinator's hash again,
+	// besides at subscription and after every reconnect; default 10s.
+	Resync time.Duration
+	// Logger receives a Subscriber's warnings (malformed messages, failed
+	// deliveries); default slog.Default().
+	Logger *slog.Logger
+}
+
+func (o Options) withDefaults() (Options, error) {
+	if o.Prefix == "" {
+		o.Prefix = "sluice"
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	return o, opts.Check(
+		opts.Positive("redisbus: ttl", &o.TTL, 10*time.Second),
+		opts.Positive("redisbus: resync", &o.Resync, 10*time.Second),
+	)
+}
+
+// keys names the Redis keys under a prefix.
+type keys struct{ prefix string }
+
+func (k keys) pressure(coordinator string) string {
+	return k.prefix + ":pressure:{" + coordinator + "}"
+}
+func (k keys) levelSet(l state.Level) string { return k.prefix + ":pressure:" + string(l) }
+func (k keys) coordinators() string          { return k.prefix + ":pressure:coordinators" }
+func (k keys) channel() string               { return k.prefix + ":feedback" }
+
+var pressureScript = redis.NewScript(lua.Source("pressure"))
+
+// Publisher publishes events through Redis: it stores each in its
+// coordinator's pressure hash (with a TTL, refusing an older seq), updates
+// the level sets, and PUBLISHes it. Safe for concurrent use.
+type Publisher struct {
+	rdb  redis.UniversalClient
+	keys keys
+	ttl  time.Duration
+}
+
+// NewPublisher returns a Publisher on rdb (a Client, ClusterClient or Ring).
+// A negative TTL or Resync is an error.
+func NewPublisher(rdb redis.UniversalClient, o Options) (*Publisher, error) {
+	o, err := o.withDefaults()
+	return &Publisher{rdb: rdb, keys: keys{o.Prefix}, ttl: o.TTL}, err
+}
+
+// Publish stores and announces e. An event older than the stored one (lower
+// seq, e.g. reordered HTTP posts) is dropped without error; an invalid one is
+// refused with a *feedback.FieldError.
+func (p *Publisher) Publish(ctx context.Context, e feedback.Event) error {
+	if err := e.Validate(); err != nil {
+		return err
+	}
+	if e.TS.IsZero() {
+		e.TS = time.Now()
+	}
+	applied, err := pressureScript.Run(ctx, p.rdb, []string{p.keys.pressure(e.CoordinatorID)},
+		string(e.Level), e.QueueSize, e.Capacity, strconv.FormatUint(e.Seq, 10),
+		e.TS.UTC().Format(time.RFC3339Nano), p.ttl.Milliseconds()).Int()
+	if err != nil {
+		return fmt.Errorf("redisbus: store pressure of %q: %w", e.CoordinatorID, err)
+	}
+	if applied == 0 {
+		return nil
+	}
+	_, err = p.rdb.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+		p.keys.setMembership(ctx, pipe, e.CoordinatorID, e.Level)
+		pipe.Publish(ctx, p.keys.channel(), e.Encode())
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("redisbus: publish pressure of %q: %w", e.CoordinatorID, err)
+	}
+	return nil
+}
+
+// Withdraw removes a coordinator that is shutting down from every key.
+func (p *Publisher) Withdraw(ctx context.Context, coordinator string) error {
+	_, err := p.rdb.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+		pipe.Del(ctx, p.keys.pressure(coordinator))
+		p.keys.forget(ctx, pipe, coordinator)
+		return nil
+	})
+	return err
+}
+
+// setMembership queues the commands that put coordinator in the set of its
+// level and out of the other.
+func (k keys) setMembership(ctx context.Context, pipe redis.Pipeliner, coordinator string, l state.Level) {
+	pipe.SAdd(ctx, k.coordinators(), coordinator)
+	for _, s := range []state.Level{state.Soft, state.Hard} {
+		if s == l {
+			pipe.SAdd(ctx, k.levelSet(s), coordinator)
+		} else {
+			pipe.SRem(ctx, k.levelSet(s), coordinator)
+		}
+	}
+}
+
+// forget queues the commands that take coordinator out of the index and the
+// level sets.
+func (k keys) forget(ctx context.Context, pipe redis.Pipeliner, coordinator string) {
+	pipe.SRem(ctx, k.coordinators(), coordinator)
+	pipe.SRem(ctx, k.levelSet(state.Soft), coordinator)
+	pipe.SRem(ctx, k.levelSet(state.Hard), coordinator)
+}
+
+// Subscriber receives events from Redis (a feedback.Subscriber): every
+// message on the channel, and a snapshot of every coordinator's pressure
+// hash when it subscribes, after every reconnect and every Resync, so a
+// replica that starts late or missed messages still converges. The snapshot
+// also repairs the level sets and drops coordinators whose hash expired.
+type Subscriber struct {
+	rdb    redis.UniversalClient
+	keys   keys
+	resync time.Duration
+	log    *slog.Logger
+}
+
+// NewSubscriber returns a Subscriber on rdb (a Client, ClusterClient or
+// Ring). A negative TTL or Resync is an error.
+func NewSubscriber(rdb redis.UniversalClient, o Options) (*Subscriber, error) {
+	o, err := o.withDefaults()
+	return &Subscriber{rdb: rdb, keys: keys{o.Prefix}, resync: o.Resync, log: o.Logger.With("component", "redisbus")}, err
+}
+
+// Subscribe subscribes to the channel, waits (within ctx) until Redis
+// confirms, delivers a snapshot of every live coordinator, and returns; it
+// then delivers every message, and a new snapshot after a reconnect and every
+// Resync, until stop. Invalid messages and hashes are logged and skipped;
+// failed deliveries are logged. It fails when Redis cannot confirm the
+// subscription or answer the first snapshot within ctx.
+func (s *Subscriber) Subscribe(ctx context.Context, deliver feedback.Deliver) (stop func(), err error) {
+	ps := s.rdb.Subscribe(context.Background(), s.keys.channel())
+	if _, err := ps.Receive(ctx); err != nil { // the subscription's confirmation
+		_ = ps.Close()
+		return nil, fmt.Errorf("redisbus: subscribe to %s: %w", s.keys.channel(), err)
+	}
+	if err := s.snapshot(ctx, deliver); err != nil {
+		_ = ps.Close()
+		return nil, err
+	}
+	runCtx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Go(func() { s.run(runCtx, ps, deliver) })
+	return func() {
+		cancel()
+		_ = ps.Close()
+		wg.Wait()
+	}, nil
+}
+
+// run delivers until ctx ends.
+func (s *Subscriber) run(ctx context.Context, ps *redis.PubSub, deliver feedback.Deliver) {
+	ch := ps.ChannelWithSubscriptions(redis.WithChannelHealthCheckInterval(s.resync))
+	t := time.NewTicker(s.resync)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			s.logSnapshot(ctx, deliver)
+		case msg, ok := <-ch:
+			if !ok {
+				return
+			}
+			switch m := msg.(type) {
+			case *redis.Subscription:
+				if m.Kind == "subscribe" { // subscribed again after a reconnect
+					s.logSnapshot(ctx, deliver)
+				}
+			case *redis.Message:
+				e, err := feedback.DecodeEvent(strings.NewReader(m.Payload))
+				if err != nil {
+					s.log.Warn("ignoring malformed feedback message", "err", err)
+					continue
+				}
+				s.deliver(ctx, deliver, e)
+			}
+		}
+	}
+}
+
+func (s *Subscriber) deliver(ctx context.Context, deliver feedback.Deliver, e feedback.Event) {
+	if err := deliver(ctx, e); err != nil && ctx.Err() == nil {
+		s.log.Warn("feedback delivery failed", "coordinator", e.CoordinatorID, "err", err)
+	}
+}
+
+// snapshot reads every coordinator's stored pressure, drops the expired ones
+// from the index and the level sets, repairs the sets' membership, logs
+// malformed hashes, and delivers the live ones.
+func (s *Subscriber) snapshot(ctx context.Context, deliver feedback.Deliver) error {
+	p, err := Read(ctx, s.rdb, s.keys.prefix)
+	if err != nil {
+		return fmt.Errorf("redisbus: read pressure: %w", err)
+	}
+	for id, err := range p.Malformed {
+		s.log.Warn("ignoring malformed pressure hash", "key", s.keys.pressure(id), "err", err)
+	}
+	if len(p.Live)+len(p.Expired) > 0 {
+		_, err = s.rdb.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+			for _, id := range p.Expired { // the coordinator stopped reporting
+				s.keys.forget(ctx, pipe, id)
+			}
+			for _, e := range p.Live {
+				s.keys.setMembership(ctx, pipe, e.CoordinatorID, e.Level)
+			}
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("redisbus: repair pressure sets: %w", err)
+		}
+	}
+	for _, e := range p.Live {
+		s.deliver(ctx, deliver, e)
+	}
+	return nil
+}
+
+func (s *Subscriber) logSnapshot(ctx context.Context, deliver feedback.Deliver) {
+	if err := s.snapshot(ctx, deliver); err != nil && ctx.Err() == nil {
+		s.log.Warn("feedback snapshot failed", "err", err)
+	}
+}
+
+// Pressure is what Redis holds about the write coordinators.
+type Pressure struct {
+	Live      []feedback.Event // coordinators with a pressure hash, by id
+	Expired   []string         // in the index, but their hash expired
+	Malformed map[string]error // hashes that do not decode (skipped)
+}
+
+// Read reads the stored pressure of every coordinator in the index under
+// prefix ("" for the default, "sluice"). It writes nothing.
+func Read(ctx context.Context, rdb redis.UniversalClient, prefix string) (Pressure, error) {
+	k := keys{prefix}
+	if prefix == "" {
+		k.prefix = "sluice"
+	}
+	var p Pressure
+	ids, err := rdb.SMembers(ctx, k.coordinators()).Result()
+	if err != nil {
+		return p, err
+	}
+	sort.Strings(ids)
+	cmds := make([]*redis.MapStringStringCmd, len(ids))
+	if _, err := rdb.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+		for i, id := range ids {
+			cmds[i] = pipe.HGetAll(ctx, k.pressure(id))
+		}
+		return nil
+	}); err != nil {
+		return p, err
+	}
+	for i, id := range ids {
+		h := cmds[i].Val()
+		if len(h) == 0 {
+			p.Expired = append(p.Expired, id)
+			continue
+		}
+		e, err := eventFromHash(id, h)
+		if err != nil {
+			if p.Malformed == nil {
+				p.Malformed = map[string]error{}
+			}
+			p.Malformed[id] = err
+			continue
+		}
+		p.Live = append(p.Live, e)
+	}
+	return p, nil
+}
+
+// eventFromHash reads a pressure hash back into an event.
+func eventFromHash(id string, h map[string]string) (feedback.Event, error) {
+	fields := map[string]any{"coordinator_id": id, "level": h["level"], "ts": h["ts"]}
+	for _, k := range []string{"queue_size", "capacity", "seq"} {
+		fields[k] = json.Number(h[k])
+	}
+	b, err := json.Marshal(fields)
+	if err != nil {
+		return feedback.Event{}, err
+	}
+	return feedback.DecodeEvent(bytes.NewReader(b))
+}

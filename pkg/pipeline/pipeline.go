@@ -1,0 +1,131 @@
+// Package pipeline composes one pipeline replica's side of sluice: a
+// limiter.Coordinator on the shared budget and, with feedback on, a
+// feedback.Handler that follows the store's pressure (from Redis by
+// default) and steers that budget for every replica. The sluice services,
+// its demo, its tests and library users all build a replica with New.
+package pipeline
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/sluice-dev/sluice/pkg/feedback"
+	"github.com/sluice-dev/sluice/pkg/feedback/redisbus"
+	"github.com/sluice-dev/sluice/pkg/limiter"
+	"github.com/sluice-dev/sluice/pkg/state"
+)
+
+// Options configure a Replica. The zero value runs a limiter with its
+// defaults and no feedback.
+type Options struct {
+	// Limiter configures the replica's limiter.Coordinator. With Feedback
+	// set and Limiter.Source empty, changes are recorded as made by
+	// "feedback".
+	Limiter limiter.Options
+	// Feedback, when set, runs a feedback.Handler on these options that
+	// sets the pressure level and the scale of Feedback.Providers from the
+	// events of Events. Nil runs none: the replica only acquires, and the
+	// scale is someone else's (the controller, an operator, nobody).
+	Feedback *feedback.Options
+	// Events is where the handler's pressure events come from; default a
+	// redisbus.Subscriber on the replica's Redis and key prefix. A monolith
+	// passes its in-process *feedback.Bus.
+	Events feedback.Subscriber
+}
+
+// Replica is one pipeline replica: its limiter and, with feedback on, the
+// handler and its event subscription, started by New and stopped by Close.
+// It is safe for concurrent use.
+type Replica struct {
+	lim     *limiter.Coordinator
+	handler *feedback.Handler // nil without feedback
+	stopSub func()
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup
+	once    sync.Once
+}
+
+// New starts a replica on rdb (a Client, ClusterClient or Ring). With
+// feedback on, it returns once the handler is subscribed and has acted on
+// the pressure Redis holds now, so the replica starts at the right scale;
+// ctx bounds that wait. A bad option is an error naming it.
+func New(ctx context.Context, rdb redis.UniversalClient, o Options) (*Replica, error) {
+	if o.Feedback != nil && o.Limiter.Source == "" {
+		o.Limiter.Source = "feedback"
+	}
+	lim, err := limiter.New(rdb, o.Limiter)
+	if err != nil {
+		return nil, err
+	}
+	r := &Replica{lim: lim}
+	if o.Feedback == nil {
+		return r, nil
+	}
+	if r.handler, err = feedback.NewHandler(rate{lim}, *o.Feedback); err != nil {
+		lim.Close()
+		return nil, err
+	}
+	events := o.Events
+	if events == nil {
+		if events, err = redisbus.NewSubscriber(rdb, redisbus.Options{Prefix: o.Limiter.Prefix, Logger: o.Feedback.Logger}); err != nil {
+			lim.Close()
+			return nil, err
+		}
+	}
+	if r.stopSub, err = events.Subscribe(ctx, r.handler.Handle); err != nil {
+		lim.Close()
+		return nil, fmt.Errorf("pipeline: %w", err)
+	}
+	runCtx, cancel := context.WithCancel(context.Background())
+	r.cancel = cancel
+	r.wg.Go(func() { _ = r.handler.Run(runCtx) })
+	return r, nil
+}
+
+// Limiter returns the replica's limiter: acquire through it. Close it
+// through the Replica, not directly.
+func (r *Replica) Limiter() *limiter.Coordinator { return r.lim }
+
+// Handler returns the replica's feedback handler, nil without feedback.
+func (r *Replica) Handler() *feedback.Handler { return r.handler }
+
+// Close stops the event subscription and the handler, then closes the
+// limiter (which leaves the replica registry). It does not close the Redis
+// client. Calls after the first do nothing.
+func (r *Replica) Close() error {
+	r.once.Do(func() {
+		if r.stopSub != nil {
+			r.stopSub()
+			r.cancel()
+			r.wg.Wait()
+		}
+	})
+	return r.lim.Close()
+}
+
+// rate is the feedback.Rate of a limiter: the shared scale in Redis.
+type rate struct{ c *limiter.Coordinator }
+
+func (r rate) SetPressure(ctx context.Context, provider string, level state.Level) error {
+	return r.c.SetPressure(ctx, provider, level)
+}
+
+func (r rate) SetBudgetScale(ctx context.Context, provider string, scale float64) error {
+	_, err := r.c.SetBudgetScale(ctx, provider, scale)
+	return err
+}
+
+func (r rate) SetShadowScale(ctx context.Context, provider string, scale float64) error {
+	return r.c.SetShadowScale(ctx, provider, scale)
+}
+
+func (r rate) BudgetScale(ctx context.Context, provider string) (float64, time.Time, error) {
+	st, err := r.c.Status(ctx, provider)
+	return st.Scale, st.UpdatedAt, err
+}
+
+var _ feedback.Rate = rate{}
