@@ -20,8 +20,8 @@ demo:
 test: redis-server
 	$(GO) test -race -count=1 ./...
 
-# The quick loop: miniredis only (redistest.Start skips under -short), no
-# long runs, no process started.
+# The quick loop: miniredis only (redistest.Start skips under -short): no
+# redis-server, no replica processes, no long runs.
 test-short:
 	$(GO) test -short -count=1 ./...
 

@@ -14,7 +14,7 @@ import (
 
 func (a *app) registerCmd() *cli.Command {
 	flags := []cli.Flag{}
-	for _, f := range config.ProviderFields {
+	for _, f := range config.ProviderFields() {
 		flags = append(flags, &cli.StringFlag{Name: strings.ReplaceAll(f.Name, "_", "-"), Usage: f.Help})
 	}
 	return &cli.Command{
@@ -39,7 +39,7 @@ Examples:
 			}
 			name := c.Args().First()
 			var extra []config.Value
-			for _, f := range config.ProviderFields {
+			for _, f := range config.ProviderFields() {
 				if flag := strings.ReplaceAll(f.Name, "_", "-"); c.IsSet(flag) {
 					if name == "" {
 						return usagef("register: --%s needs a PROVIDER argument", flag)

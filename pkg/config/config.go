@@ -29,10 +29,12 @@ type Key struct {
 	Name, Env, Default, Help string
 }
 
-// Keys are the fixed settings, in order. Provider settings
+// Keys returns the fixed settings, in order. Provider settings
 // (rate_coordinator.providers.<name>.<field>, see ProviderFields) come on
 // top, for every provider a layer names.
-var Keys = []Key{
+func Keys() []Key { return slices.Clone(keys) }
+
+var keys = []Key{
 	{"redis.url", "SLUICE_REDIS_URL", "redis://127.0.0.1:6379/0", "Redis URL: redis://[user:password@]host:port/db, or rediss:// for TLS"},
 	{"redis.cluster_url", "SLUICE_REDIS_CLUSTER_URL", "", "Redis Cluster: redis://[user:password@]host:port?addr=host2:port&addr=host3:port (overrides redis.url)"},
 	{"redis.prefix", "SLUICE_REDIS_PREFIX", "sluice", "prefix of every Redis key and channel"},
@@ -55,10 +57,13 @@ var Keys = []Key{
 // secret keys are shown as "(set)" by Values.
 var secret = map[string]bool{"receiver.token": true}
 
-// ProviderFields are the settings of each provider, with the seed's
+// ProviderFields returns the settings of each provider, with the seed's
 // defaults (those of limiter.DefaultProviderConfig). Their environment
-// variables are MDP_RATE_<PROVIDER>_<FIELD>, upper case.
-var ProviderFields = func() []Key {
+// variables are MDP_RATE_<PROVIDER>_<FIELD>, upper case. A provider named in
+// the configuration cannot contain a dot.
+func ProviderFields() []Key { return slices.Clone(providerFields) }
+
+var providerFields = func() []Key {
 	d := limiter.DefaultProviderConfig()
 	f := func(v float64) string { return strconv.FormatFloat(v, 'g', -1, 64) }
 	return []Key{
@@ -67,7 +72,7 @@ var ProviderFields = func() []Key {
 		{"cooldown_sec", "", f(d.Cooldown.Seconds()), "length of a cooldown, seconds in [0, 86400]"},
 		{"breaker_threshold", "", f(float64(d.BreakerThreshold)), "consecutive failures that open the breaker (0 = none)"},
 		{"breaker_timeout", "", f(d.BreakerTimeout.Seconds()), "seconds an open breaker refuses before a probe, in (0, 86400]"},
-		{"max_scale", "", f(d.MaxScale), "highest scale accepted, in [1, 100]"},
+		{"max_scale", "", f(d.MaxScale), "highest scale accepted, in [1, 100] (0 means 1)"},
 	}
 }()
 
@@ -92,11 +97,12 @@ type Value struct {
 type Sources struct {
 	// File is a YAML file ("" for none). Unknown keys in it are errors.
 	File string
-	// Environ is the environment, as os.Environ returns it.
+	// Environ is the environment, as os.Environ returns it; nil is an empty
+	// environment (pass os.Environ() to read the process's).
 	Environ []string
 	// Overrides win over everything, in order; Source says where each came
-	// from (e.g. "flag --redis") for messages and Values. Their keys must be
-	// fixed Keys or provider keys.
+	// from (e.g. "flag --redis"; "" reads "override") for messages and
+	// Values. Their keys must be fixed Keys or provider keys.
 	Overrides []Value
 }
 
@@ -131,7 +137,7 @@ type Settings struct {
 //	config: feedback.dwell="soon" (from env MDP_FB_DWELL): must be a duration like 5s or 250ms, above 0
 func Load(src Sources) (*Settings, error) {
 	l := layers{}
-	for _, k := range Keys {
+	for _, k := range keys {
 		l[k.Name] = Value{k.Name, k.Default, "default"}
 	}
 	if src.File != "" {
@@ -139,11 +145,16 @@ func Load(src Sources) (*Settings, error) {
 			return nil, err
 		}
 	}
-	l.env(src.Environ)
-	for _, o := range src.Overrides {
-		if _, known := l[o.Key]; !known && !isProviderKey(o.Key) {
-			return nil, fmt.Errorf("config: unknown key %q (from %s)", o.Key, o.Source)
+	for i, o := range src.Overrides {
+		if o.Source == "" {
+			src.Overrides[i].Source = "override"
 		}
+		if _, known := l[o.Key]; !known && !isProviderKey(o.Key) {
+			return nil, fmt.Errorf("config: unknown key %q (from %s)", o.Key, src.Overrides[i].Source)
+		}
+	}
+	l.env(src.Environ, src.Overrides)
+	for _, o := range src.Overrides {
 		l[o.Key] = o
 	}
 	l.providerDefaults()
@@ -160,7 +171,7 @@ func (s *Settings) Values() []Value {
 		case secret[k] && v.Value != "":
 			v.Value = "(set)"
 		case strings.HasPrefix(k, "redis.") && strings.HasSuffix(k, "url") && v.Value != "":
-			v.Value = Redact(v.Value)
+			v.Value = redact(v.Value)
 		}
 		out = append(out, v)
 	}
@@ -195,13 +206,13 @@ func (s *Settings) RedisClient() (redis.UniversalClient, error) {
 // password hidden.
 func (s *Settings) RedisURL() string {
 	if s.Redis.ClusterURL != "" {
-		return Redact(s.Redis.ClusterURL)
+		return redact(s.Redis.ClusterURL)
 	}
-	return Redact(s.Redis.URL)
+	return redact(s.Redis.URL)
 }
 
-// Redact hides the password of a URL ("(invalid URL)" when it does not parse).
-func Redact(raw string) string {
+// redact hides the password of a URL ("(invalid URL)" when it does not parse).
+func redact(raw string) string {
 	u, err := url.Parse(raw)
 	if err != nil {
 		return "(invalid URL)"
@@ -265,34 +276,37 @@ func isProviderKey(k string) bool {
 		return false
 	}
 	name, field, ok := strings.Cut(rest, ".")
-	return ok && name != "" && slices.ContainsFunc(ProviderFields, func(f Key) bool { return f.Name == field })
+	return ok && name != "" && slices.ContainsFunc(providerFields, func(f Key) bool { return f.Name == field })
 }
 
 // env applies the known variables and MDP_RATE_<PROVIDER>_<FIELD>. A
-// provider named in the file is matched whatever its case; another is named
-// in lower case.
-func (l layers) env(environ []string) {
-	vars := map[string]string{}
-	for _, kv := range environ {
-		if k, v, ok := strings.Cut(kv, "="); ok {
-			vars[k] = v
-		}
-	}
-	for _, k := range Keys {
-		if v, ok := vars[k.Env]; ok {
-			l[k.Name] = Value{k.Name, v, "env " + k.Env}
-		}
-	}
-	names := map[string]string{} // upper case -> name as written in the file
-	for _, name := range l.providers() {
+// provider named in the file or in the overrides is matched whatever its
+// case; another is named in lower case. When two variables name the same
+// setting (a name repeated in the environment, or MDP_RATE_IBKR_ and
+// MDP_RATE_ibkr_), the last in environ wins.
+func (l layers) env(environ []string, overrides []Value) {
+	names := map[string]string{} // upper case -> name as written in the file or an override
+	for _, name := range append(l.providers(), toLayers(overrides).providers()...) {
 		names[strings.ToUpper(name)] = name
 	}
-	for k, v := range vars {
+	byEnv := map[string]string{}
+	for _, k := range keys {
+		byEnv[k.Env] = k.Name
+	}
+	for _, kv := range environ {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok {
+			continue
+		}
+		if name, ok := byEnv[k]; ok {
+			l[name] = Value{name, v, "env " + k}
+			continue
+		}
 		rest, ok := strings.CutPrefix(k, "MDP_RATE_")
 		if !ok {
 			continue
 		}
-		for _, f := range ProviderFields {
+		for _, f := range providerFields {
 			upper, ok := strings.CutSuffix(rest, "_"+strings.ToUpper(f.Name))
 			if !ok || upper == "" {
 				continue
@@ -312,12 +326,22 @@ func (l layers) env(environ []string) {
 // missing ones from the seed's defaults.
 func (l layers) providerDefaults() {
 	for _, name := range l.providers() {
-		for _, f := range ProviderFields {
-			if k := ProviderKey(name, f.Name); l[k].Source == "" {
+		for _, f := range providerFields {
+			if k := ProviderKey(name, f.Name); !l.has(k) {
 				l[k] = Value{k, f.Default, "default"}
 			}
 		}
 	}
+}
+
+func (l layers) has(key string) bool { _, ok := l[key]; return ok }
+
+func toLayers(vs []Value) layers {
+	l := layers{}
+	for _, v := range vs {
+		l[v.Key] = v
+	}
+	return l
 }
 
 // providers returns the provider names the layers mention, sorted.

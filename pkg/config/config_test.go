@@ -194,3 +194,31 @@ func TestTypedSettings(t *testing.T) {
 		t.Fatalf("RedisClient: %v", err)
 	}
 }
+
+// TestOverridesAndEnvironment: an override without a source still wins; a
+// provider named by an override (or the file) is matched by its
+// MDP_RATE_ variables whatever their case; of two variables for one
+// setting, the later in the environment wins.
+func TestOverridesAndEnvironment(t *testing.T) {
+	s, err := load("", []string{"MDP_RATE_IBKR_CAPACITY=100", "MDP_RATE_IBKR_COOLDOWN_SEC=5", "MDP_RATE_IBKR_COOLDOWN_SEC=7"},
+		config.Value{Key: config.ProviderKey("IBKR", "refill_rate"), Value: "10"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(s.Providers) != 1 {
+		t.Fatalf("providers %v: the env and the override name one provider", s.Providers)
+	}
+	p := s.Providers["IBKR"]
+	if p.Capacity != 100 || p.RefillRate != 10 || p.Cooldown != 7*time.Second {
+		t.Fatalf("IBKR = %+v, want capacity 100 (env), refill 10 (override), cooldown 7s (the later variable)", p)
+	}
+	if src := s.Source(config.ProviderKey("IBKR", "refill_rate")); src != "override" {
+		t.Fatalf("source %q, want override", src)
+	}
+	// The tables are copies: changing one changes nothing.
+	keys := config.Keys()
+	keys[0].Default = "redis://elsewhere"
+	if s, _ := load("", nil); s.Redis.URL == "redis://elsewhere" {
+		t.Fatal("config.Keys() hands out the table itself")
+	}
+}

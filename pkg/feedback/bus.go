@@ -17,19 +17,23 @@ type Publisher interface {
 type Deliver func(ctx context.Context, e Event) error
 
 // Subscriber is a source of pressure events: Bus, or redisbus.Subscriber.
-// Subscribe returns once deliver is subscribed and has been given the events
-// that make up the current pressure (for Redis, a snapshot of every live
-// coordinator), so a caller acting after it returns misses nothing; ctx
-// bounds only that setup. Deliveries go on until stop is called; after stop
-// returns, no new delivery starts.
+// Subscribe returns once deliver is subscribed, after giving it the events
+// that make up the current pressure if the Subscriber keeps them
+// (redisbus: every live coordinator's stored report; the Bus keeps none),
+// so a caller acting after it returns misses nothing the Subscriber knows;
+// ctx bounds only that setup. Deliveries go on until stop is called; after
+// stop returns, no new delivery starts. stop must not be called from inside
+// a delivery.
 type Subscriber interface {
 	Subscribe(ctx context.Context, deliver Deliver) (stop func(), err error)
 }
 
 // Bus is the in-process bus, for a monolith: Publish hands the event to
 // every subscriber in turn, in the publisher's goroutine, and returns their
-// errors joined. The zero value is ready to use; it is safe for concurrent
-// use. A Deliver must not subscribe to the Bus that calls it.
+// errors joined. It keeps no past events: a subscriber hears the next
+// Publish (a store's next level change or heartbeat). The zero value is
+// ready to use; it is safe for concurrent use. A Deliver must not subscribe
+// to, or publish on, the Bus that calls it.
 type Bus struct {
 	mu   sync.RWMutex
 	subs map[int]Deliver

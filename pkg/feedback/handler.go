@@ -96,9 +96,12 @@ type Options struct {
 // the providers it governs. It keeps the last event of every coordinator
 // (older or repeated sequence numbers are ignored), asks the Policy for each
 // live one, combines, and moves the scale towards the result: down at once,
-// up only after Dwell and by at most MaxRise per step. It is safe for
-// concurrent use: Handle may be called from any goroutine (a Subscriber's
-// deliveries, an HTTP receiver), while Run drives time-based progress.
+// up only after Dwell and by at most MaxRise per step. It never raises a
+// shared scale that was changed (by another handler, an operator) after its
+// own newest news: an accepted event, an expiry, or its creation. It is safe
+// for concurrent use: Handle may be called from any goroutine (a
+// Subscriber's deliveries, an HTTP receiver), while Run drives time-based
+// progress.
 type Handler struct {
 	rate Rate
 	o    Options
@@ -108,7 +111,7 @@ type Handler struct {
 	mu     sync.Mutex
 	coords map[string]*coordState
 	provs  map[string]*provState
-	news   time.Time // when the last event was accepted or a coordinator expired
+	news   time.Time // when the last event was accepted, a coordinator expired, or the Handler was made
 }
 
 type coordState struct {
@@ -162,11 +165,11 @@ func NewHandler(rate Rate, o Options) (*Handler, error) {
 		return nil, fmt.Errorf("feedback: max_rise=%v: must be in (0, 1] (1: no ramp)", o.MaxRise)
 	}
 	if err := opts.Check(
-		opts.Positive("feedback: dwell", &o.Dwell, 5*time.Second),
-		opts.Positive("feedback: coordinator_ttl", &o.CoordinatorTTL, 10*time.Second),
-		opts.Positive("feedback: tick", &o.Tick, time.Second),
+		opts.Positive("dwell", &o.Dwell, 5*time.Second),
+		opts.Positive("coordinator_ttl", &o.CoordinatorTTL, 10*time.Second),
+		opts.Positive("tick", &o.Tick, time.Second),
 	); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("feedback: %w", err)
 	}
 	if o.Clock == nil {
 		o.Clock = time.Now
@@ -180,7 +183,7 @@ func NewHandler(rate Rate, o Options) (*Handler, error) {
 	}
 	m.shadow.Set(b2f(o.Shadow))
 	return &Handler{
-		rate: rate, o: o, m: m,
+		rate: rate, o: o, m: m, news: o.Clock(),
 		log:    o.Logger.With("component", "feedback"),
 		coords: map[string]*coordState{},
 		provs:  map[string]*provState{},
@@ -189,8 +192,8 @@ func NewHandler(rate Rate, o Options) (*Handler, error) {
 
 // Handle takes one event. An invalid event is refused with a *FieldError; an
 // event whose seq is not above the coordinator's last is ignored (nil). It
-// then re-evaluates every provider and returns the first error of the rate
-// coordinator (after trying all providers).
+// then re-evaluates every provider and returns the errors of the Rate for
+// each provider that failed, joined (after trying all providers).
 func (h *Handler) Handle(ctx context.Context, e Event) error {
 	if err := e.Validate(); err != nil {
 		h.m.ignored.WithLabelValues("invalid").Inc()

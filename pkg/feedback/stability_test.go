@@ -268,3 +268,29 @@ func TestHandlerOptionErrors(t *testing.T) {
 		}
 	}
 }
+
+// TestNewHandlerKnowsItsStart: a handler made after the shared scale was
+// lowered, hearing of no coordinator at all, raises it once the dwell since
+// the change has passed (its knowledge starts at its creation); one made
+// before the change does not.
+func TestNewHandlerKnowsItsStart(t *testing.T) {
+	c := newClock()
+	rate := newFakeRate(c.Now, "ibkr")
+	before, _ := newHandler(t, rate, feedback.Options{Dwell: time.Second})
+	c.Add(time.Second)
+	rate.set("ibkr", 0) // a store at hard, since gone, through another handler
+	c.Add(time.Second)
+	after, _ := newHandler(t, rate, feedback.Options{Dwell: time.Second})
+	if err := before.Reevaluate(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if s := rate.scale("ibkr"); s != 0 {
+		t.Fatalf("a handler older than the change raised it to %v", s)
+	}
+	if err := after.Reevaluate(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if s := rate.scale("ibkr"); s != 1 {
+		t.Fatalf("a handler newer than the change left it at %v, want 1", s)
+	}
+}

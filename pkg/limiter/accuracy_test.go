@@ -241,7 +241,7 @@ func TestPauseAndResume(t *testing.T) {
 	done := make(chan time.Time, waiters)
 	var regs []func() float64
 	for i := range 2 {
-		c, reg := newCoord(t, srv.Client(t), limiter.Options{PausedRecheck: time.Hour})
+		c, reg := newCoord(t, srv.Client(t), limiter.Options{PausedRecheck: time.Hour, Heartbeat: time.Hour}) // no heartbeat script in the quiet window
 		regs = append(regs, func() float64 { return pausedWaiters(reg, "pz") })
 		for range waiters / 2 {
 			go func() {

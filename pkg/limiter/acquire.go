@@ -37,7 +37,7 @@ func (r Reason) err() error {
 	case ReasonExceedsCapacity:
 		return ErrExceedsCapacity
 	}
-	return nil
+	return fmt.Errorf("limiter: refused (%s)", string(r)) // a reason this version does not know
 }
 
 // Decision is the answer to one TryAcquire or Acquire.
@@ -96,8 +96,12 @@ func (c *Coordinator) TryAcquire(ctx context.Context, provider string, n int) (D
 // known wait would outlast ctx's deadline; when ctx ends while it waits, an
 // error matching both the reason's sentinel (ErrPaused, ...) and ctx.Err().
 func (c *Coordinator) Acquire(ctx context.Context, provider string, n int) (Decision, error) {
+	st, err := c.state(provider)
+	if err != nil {
+		return Decision{}, err
+	}
 	start := time.Now()
-	d, err := c.acquire(ctx, provider, n)
+	d, err := c.acquire(ctx, st, n)
 	c.count(provider, d, err)
 	if err == nil {
 		c.m.wait.WithLabelValues(provider).Observe(time.Since(start).Seconds())
@@ -105,11 +109,8 @@ func (c *Coordinator) Acquire(ctx context.Context, provider string, n int) (Deci
 	return d, err
 }
 
-func (c *Coordinator) acquire(ctx context.Context, provider string, n int) (Decision, error) {
-	st, err := c.state(provider)
-	if err != nil {
-		return Decision{}, err
-	}
+func (c *Coordinator) acquire(ctx context.Context, st *providerState, n int) (Decision, error) {
+	provider := st.name
 	// While rate limited (or cooling down, or the breaker is open), the
 	// waiters of one provider in this process take turns: only the one
 	// holding st.turn polls Redis, the others wait for it to be granted.
@@ -122,11 +123,16 @@ func (c *Coordinator) acquire(ctx context.Context, provider string, n int) (Deci
 		}
 	}()
 	var wake <-chan struct{} // set while paused: closed when the scale may have changed
+	var last Decision        // the last refusal, once there was one
 	for {
 		if err := ctx.Err(); err != nil {
-			return Decision{}, err
+			if last.Reason == "" {
+				return Decision{}, err
+			}
+			return last, fmt.Errorf("%w: provider %q: %w", last.Reason.err(), provider, err)
 		}
 		d, err := c.decide(ctx, st, n)
+		last = d
 		if err != nil || d.Allowed {
 			return d, err
 		}
@@ -268,16 +274,23 @@ func (c *Coordinator) probeOnce() bool {
 	return false
 }
 
-// count records the outcome of a public acquisition call.
+// count records the outcome of a public acquisition call: the decision's
+// reason ("paused" when a paused wait ended with ctx), "canceled" when ctx
+// ended another wait, "error"; a decision taken without Redis is
+// "fail_open" or "fallback_<reason>".
 func (c *Coordinator) count(provider string, d Decision, err error) {
 	result := string(d.Reason)
 	switch {
 	case errors.Is(err, ErrPaused):
 		result = string(ReasonPaused)
 	case errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded):
-		result = "canceled"
+		c.m.acquisitions.WithLabelValues(provider, "canceled").Inc()
+		return
 	case err != nil && d.Reason == "":
-		result = "error"
+		c.m.acquisitions.WithLabelValues(provider, "error").Inc()
+		return
+	}
+	switch {
 	case d.Local && c.opts.Outage == FailOpen:
 		result = "fail_open"
 	case d.Local:

@@ -127,12 +127,16 @@ func (o Options) withDefaults() (Options, error) {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
-	return o, opts.Check(
-		opts.Positive("limiter: paused_recheck", &o.PausedRecheck, 5*time.Second),
-		opts.Positive("limiter: wake_jitter", &o.WakeJitter, 5*time.Millisecond),
-		opts.Positive("limiter: heartbeat", &o.Heartbeat, 2*time.Second),
-		opts.Positive("limiter: redis_retry", &o.RedisRetry, time.Second),
+	err := opts.Check(
+		opts.Positive("paused_recheck", &o.PausedRecheck, 5*time.Second),
+		opts.Positive("wake_jitter", &o.WakeJitter, 5*time.Millisecond),
+		opts.Positive("heartbeat", &o.Heartbeat, 2*time.Second),
+		opts.Positive("redis_retry", &o.RedisRetry, time.Second),
 	)
+	if oe := (*opts.Error)(nil); errors.As(err, &oe) {
+		return o, &ArgumentError{oe.Field, oe.Value, oe.Rule}
+	}
+	return o, err
 }
 
 func defaultReplicaID() string {

@@ -1,13 +1,17 @@
 package limiter_test
 
 import (
+	"context"
+	"errors"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/sluice-dev/sluice/internal/redistest"
 	"github.com/sluice-dev/sluice/pkg/internal/promutil"
+	"github.com/sluice-dev/sluice/pkg/limiter"
 )
 
 func stringsReader(s string) *strings.Reader { return strings.NewReader(s) }
@@ -46,4 +50,41 @@ func waitFor(t testing.TB, what string, ok func() bool) {
 func pausedWaiters(reg prometheus.Gatherer, p string) float64 {
 	v, _ := promutil.Sum(reg, "rate_coordinator_paused_waiters", map[string]string{"provider": p})
 	return v
+}
+
+// TestAcquisitionLabels: rate_coordinator_acquisitions_total{result} says
+// how calls ended, and a refused provider name never becomes a label.
+func TestAcquisitionLabels(t *testing.T) {
+	_, rdb := redistest.Mini(t)
+	c, reg := newCoord(t, rdb, limiter.Options{})
+	register(t, c, "p", 1, 0.001)
+	ctx := context.Background()
+	try(t, c, "p", 1) // ok
+	try(t, c, "p", 1) // rate_limited
+	short, cancel := context.WithTimeout(ctx, time.Millisecond)
+	defer cancel()
+	<-short.Done()
+	if _, err := c.Acquire(short, "p", 1); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Acquire with an ended context: %v", err)
+	}
+	if _, err := c.SetBudgetScale(ctx, "p", 0); err != nil {
+		t.Fatal(err)
+	}
+	paused, cancel2 := context.WithTimeout(ctx, 50*time.Millisecond)
+	defer cancel2()
+	if _, err := c.Acquire(paused, "p", 1); !errors.Is(err, limiter.ErrPaused) {
+		t.Fatalf("Acquire while paused: %v", err)
+	}
+	if _, err := c.Acquire(ctx, "a b", 1); !errors.Is(err, limiter.ErrInvalidArgument) {
+		t.Fatalf("Acquire on a bad name: %v", err)
+	}
+	for result, want := range map[string]float64{"ok": 1, "rate_limited": 1, "canceled": 1, "paused": 1} {
+		got, _ := promutil.Sum(reg, "rate_coordinator_acquisitions_total", map[string]string{"provider": "p", "result": result})
+		if got != want {
+			t.Errorf("acquisitions{result=%s} = %v, want %v", result, got, want)
+		}
+	}
+	if n, ok := promutil.Sum(reg, "rate_coordinator_acquisitions_total", map[string]string{"provider": "a b"}); ok {
+		t.Errorf("the refused name became a label (%v calls)", n)
+	}
 }

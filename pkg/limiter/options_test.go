@@ -30,8 +30,8 @@ func TestOptionsValidation(t *testing.T) {
 			t.Errorf("New(%+v) accepted", tc.o)
 			continue
 		}
-		if !strings.Contains(err.Error(), tc.want) {
-			t.Errorf("New(%+v) = %v, want it to name %s", tc.o, err, tc.want)
+		if !strings.Contains(err.Error(), tc.want) || !errors.Is(err, limiter.ErrInvalidArgument) {
+			t.Errorf("New(%+v) = %v, want an ErrInvalidArgument naming %s", tc.o, err, tc.want)
 		}
 	}
 	if _, err := limiter.New(nil, limiter.Options{}); !errors.Is(err, limiter.ErrInvalidArgument) {

@@ -28,6 +28,16 @@ func Example() {
 	defer rdb.Close()
 	ctx := context.Background()
 
+	// An operator (or the controller) registers the provider once.
+	admin, err := limiter.New(rdb, limiter.Options{Source: "operator", Logger: quiet})
+	if err != nil {
+		panic(err)
+	}
+	defer admin.Close()
+	if _, err := admin.Register(ctx, "ibkr", limiter.DefaultProviderConfig()); err != nil {
+		panic(err)
+	}
+
 	var bus feedback.Bus // the store's feedback.Publisher
 	r, err := pipeline.New(ctx, rdb, pipeline.Options{
 		Limiter:  limiter.Options{Logger: quiet},
@@ -39,9 +49,6 @@ func Example() {
 	}
 	defer r.Close()
 	lim := r.Limiter()
-	if _, err := lim.Register(ctx, "ibkr", limiter.DefaultProviderConfig()); err != nil {
-		panic(err)
-	}
 
 	report := func(seq uint64, level state.Level, queue int) {
 		// What a store.WriteCoordinator publishes at a level change.

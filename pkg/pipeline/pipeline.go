@@ -23,8 +23,9 @@ import (
 // defaults and no feedback.
 type Options struct {
 	// Limiter configures the replica's limiter.Coordinator. With Feedback
-	// set and Limiter.Source empty, changes are recorded as made by
-	// "feedback".
+	// set and Limiter.Source empty, every change made through the limiter
+	// (the handler's, and any other call on Replica.Limiter) is recorded as
+	// made by "feedback".
 	Limiter limiter.Options
 	// Feedback, when set, runs a feedback.Handler on these options that
 	// sets the pressure level and the scale of Feedback.Providers from the
@@ -51,8 +52,11 @@ type Replica struct {
 
 // New starts a replica on rdb (a Client, ClusterClient or Ring). With
 // feedback on, it returns once the handler is subscribed and has acted on
-// the pressure Redis holds now, so the replica starts at the right scale;
-// ctx bounds that wait. A bad option is an error naming it.
+// the pressure the subscriber holds now (Redis: every live coordinator's
+// stored report), so the replica starts at the right scale, within the
+// dwell; ctx bounds that wait. It fails, starting nothing, on a bad option
+// (the error names it), when the subscription cannot be made, or when the
+// handler cannot set a provider (not registered, Redis gone).
 func New(ctx context.Context, rdb redis.UniversalClient, o Options) (*Replica, error) {
 	if o.Feedback != nil && o.Limiter.Source == "" {
 		o.Limiter.Source = "feedback"
@@ -77,6 +81,12 @@ func New(ctx context.Context, rdb redis.UniversalClient, o Options) (*Replica, e
 		}
 	}
 	if r.stopSub, err = events.Subscribe(ctx, r.handler.Handle); err != nil {
+		lim.Close()
+		return nil, fmt.Errorf("pipeline: %w", err)
+	}
+	// With no event to act on (no live coordinator), act on that.
+	if err := r.handler.Reevaluate(ctx); err != nil {
+		r.stopSub()
 		lim.Close()
 		return nil, fmt.Errorf("pipeline: %w", err)
 	}

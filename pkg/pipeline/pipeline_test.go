@@ -2,6 +2,7 @@ package pipeline_test
 
 import (
 	"context"
+	"errors"
 	"strings"
 	"testing"
 	"time"
@@ -115,8 +116,8 @@ func TestWithoutFeedback(t *testing.T) {
 	}
 }
 
-// TestNewFails: bad options and an unreachable Redis are errors, and leave
-// nothing running.
+// TestNewFails: bad options, an unreachable Redis and a provider the
+// handler cannot set are errors.
 func TestNewFails(t *testing.T) {
 	_, rdb := redistest.Mini(t)
 	ctx := context.Background()
@@ -130,12 +131,48 @@ func TestNewFails(t *testing.T) {
 			t.Errorf("New(%+v) accepted", o)
 		}
 	}
+	// The handler must set ibkr's scale, but nobody registered it.
+	_, err := pipeline.New(ctx, rdb, pipeline.Options{Feedback: &feedback.Options{Providers: []string{"ibkr"}, Logger: quiet}})
+	if !errors.Is(err, limiter.ErrUnknownProvider) {
+		t.Fatalf("New with an unregistered provider: %v, want ErrUnknownProvider", err)
+	}
 	gone := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1", MaxRetries: -1, DialTimeout: 100 * time.Millisecond})
 	defer gone.Close()
 	sctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	_, err := pipeline.New(sctx, gone, pipeline.Options{Feedback: &feedback.Options{Providers: []string{"ibkr"}}})
+	_, err = pipeline.New(sctx, gone, pipeline.Options{Feedback: &feedback.Options{Providers: []string{"ibkr"}}})
 	if err == nil || !strings.Contains(err.Error(), "pipeline: redisbus: subscribe") {
 		t.Fatalf("New on an unreachable Redis: %v", err)
+	}
+}
+
+// TestStartsFromNoPressure: with no coordinator reporting, New still acts:
+// a scale left at 0 in Redis (by a store that has since gone) rises once the
+// dwell since its change has passed, not at the handler's next tick.
+func TestStartsFromNoPressure(t *testing.T) {
+	m, rdb := redistest.Mini(t)
+	m.SetTime(time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC))
+	register(t, rdb)
+	c, err := limiter.New(rdb, limiter.Options{Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.SetBudgetScale(context.Background(), "ibkr", 0); err != nil {
+		t.Fatal(err)
+	}
+	m.SetTime(time.Date(2026, 1, 2, 3, 4, 15, 0, time.UTC)) // Redis time: 10 s later
+	r, err := pipeline.New(context.Background(), rdb, pipeline.Options{
+		Limiter: limiter.Options{Logger: quiet},
+		// The handler's clock says 10 s have passed too: past the 5 s dwell.
+		Feedback: &feedback.Options{Providers: []string{"ibkr"}, Logger: quiet, Tick: time.Hour,
+			Clock: func() time.Time { return time.Date(2026, 1, 2, 3, 4, 15, 0, time.UTC) }},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	if st := status(t, r); st.Scale != 1 || st.Source != "feedback" {
+		t.Fatalf("when New returned: scale %v set by %q, want 1 set by feedback", st.Scale, st.Source)
 	}
 }

@@ -84,16 +84,16 @@ func (o *Options[T]) setDefaults() error {
 		return fmt.Errorf("store: id=%q: must be 1 to 64 characters of [A-Za-z0-9_.-]", o.ID)
 	}
 	if err := opts.Check(
-		opts.Positive("store: capacity", &o.Capacity, 10000),
-		opts.Positive("store: workers", &o.Workers, 4),
-		opts.Positive("store: batch_size", &o.BatchSize, 100),
-		opts.Positive("store: attempts", &o.Attempts, 4),
-		opts.Positive("store: linger", &o.Linger, 50*time.Millisecond),
-		opts.Positive("store: heartbeat", &o.Heartbeat, 2*time.Second),
-		opts.Positive("store: backoff", &o.Backoff, 50*time.Millisecond),
-		opts.Positive("store: write_timeout", &o.WriteTimeout, 30*time.Second),
+		opts.Positive("capacity", &o.Capacity, 10000),
+		opts.Positive("workers", &o.Workers, 4),
+		opts.Positive("batch_size", &o.BatchSize, 100),
+		opts.Positive("attempts", &o.Attempts, 4),
+		opts.Positive("linger", &o.Linger, 50*time.Millisecond),
+		opts.Positive("heartbeat", &o.Heartbeat, 2*time.Second),
+		opts.Positive("backoff", &o.Backoff, 50*time.Millisecond),
+		opts.Positive("write_timeout", &o.WriteTimeout, 30*time.Second),
 	); err != nil {
-		return err
+		return fmt.Errorf("store: %w", err)
 	}
 	switch {
 	case o.Capacity > 1e9:

@@ -64,8 +64,8 @@ func NewReceiver(o ReceiverOptions) (http.Handler, error) {
 	if o.Deliver == nil {
 		return nil, errors.New("httpbus: receiver needs Deliver")
 	}
-	if err := opts.Positive("httpbus: max_body", &o.MaxBody, 64<<10); err != nil {
-		return nil, err
+	if err := opts.Positive("max_body", &o.MaxBody, 64<<10); err != nil {
+		return nil, fmt.Errorf("httpbus: %w", err)
 	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
@@ -199,11 +199,11 @@ func NewClient(o ClientOptions) (*Client, error) {
 		return nil, fmt.Errorf("httpbus: url=%q: must be an absolute http(s) URL", o.URL)
 	}
 	if err := opts.Check(
-		opts.Positive("httpbus: timeout", &o.Timeout, 2*time.Second),
-		opts.Positive("httpbus: attempts", &o.Attempts, 4),
-		opts.Positive("httpbus: backoff", &o.Backoff, 100*time.Millisecond),
+		opts.Positive("timeout", &o.Timeout, 2*time.Second),
+		opts.Positive("attempts", &o.Attempts, 4),
+		opts.Positive("backoff", &o.Backoff, 100*time.Millisecond),
 	); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("httpbus: %w", err)
 	}
 	if o.HTTPClient == nil {
 		o.HTTPClient = &http.Client{}

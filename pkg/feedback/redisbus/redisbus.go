@@ -15,6 +15,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"sort"
@@ -54,10 +55,13 @@ func (o Options) withDefaults() (Options, error) {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
-	return o, opts.Check(
-		opts.Positive("redisbus: ttl", &o.TTL, 10*time.Second),
-		opts.Positive("redisbus: resync", &o.Resync, 10*time.Second),
-	)
+	if err := opts.Check(
+		opts.Positive("ttl", &o.TTL, 10*time.Second),
+		opts.Positive("resync", &o.Resync, 10*time.Second),
+	); err != nil {
+		return o, fmt.Errorf("redisbus: %w", err)
+	}
+	return o, nil
 }
 
 // keys names the Redis keys under a prefix.
@@ -85,7 +89,10 @@ type Publisher struct {
 // A negative TTL or Resync is an error.
 func NewPublisher(rdb redis.UniversalClient, o Options) (*Publisher, error) {
 	o, err := o.withDefaults()
-	return &Publisher{rdb: rdb, keys: keys{o.Prefix}, ttl: o.TTL}, err
+	if err != nil {
+		return nil, err
+	}
+	return &Publisher{rdb: rdb, keys: keys{o.Prefix}, ttl: o.TTL}, nil
 }
 
 // Publish stores and announces e. An event older than the stored one (lower
@@ -165,19 +172,22 @@ type Subscriber struct {
 // Ring). A negative TTL or Resync is an error.
 func NewSubscriber(rdb redis.UniversalClient, o Options) (*Subscriber, error) {
 	o, err := o.withDefaults()
-	return &Subscriber{rdb: rdb, keys: keys{o.Prefix}, resync: o.Resync, log: o.Logger.With("component", "redisbus")}, err
+	if err != nil {
+		return nil, err
+	}
+	return &Subscriber{rdb: rdb, keys: keys{o.Prefix}, resync: o.Resync, log: o.Logger.With("component", "redisbus")}, nil
 }
 
 // Subscribe subscribes to the channel, waits (within ctx) until Redis
 // confirms, delivers a snapshot of every live coordinator, and returns; it
 // then delivers every message, and a new snapshot after a reconnect and every
-// Resync, until stop. Invalid messages and hashes are logged and skipped;
-// failed deliveries are logged. It fails when Redis cannot confirm the
-// subscription or answer the first snapshot within ctx.
+// Resync, until stop. It fails when Redis cannot confirm the subscription or
+// answer the first snapshot within ctx, or when deliver refuses an event of
+// that snapshot (the errors joined). Later, invalid messages and hashes are
+// logged and skipped, and failed deliveries are logged.
 func (s *Subscriber) Subscribe(ctx context.Context, deliver feedback.Deliver) (stop func(), err error) {
-	ps := s.rdb.Subscribe(context.Background(), s.keys.channel())
-	if _, err := ps.Receive(ctx); err != nil { // the subscription's confirmation
-		_ = ps.Close()
+	ps, err := subscribe(ctx, s.rdb, s.keys.channel())
+	if err != nil {
 		return nil, fmt.Errorf("redisbus: subscribe to %s: %w", s.keys.channel(), err)
 	}
 	if err := s.snapshot(ctx, deliver); err != nil {
@@ -192,6 +202,50 @@ func (s *Subscriber) Subscribe(ctx context.Context, deliver feedback.Deliver) (s
 		_ = ps.Close()
 		wg.Wait()
 	}, nil
+}
+
+// subscribe subscribes to channel and waits for Redis to confirm until ctx
+// ends, even when ctx has no deadline (go-redis would then wait for ever on
+// a Redis that accepted the connection and never answers). On ctx's end the
+// connection is closed: a handshake under way still ends by the client's
+// own timeouts.
+func subscribe(ctx context.Context, rdb redis.UniversalClient, channel string) (*redis.PubSub, error) {
+	var (
+		mu       sync.Mutex
+		ps       *redis.PubSub
+		canceled bool
+	)
+	done := make(chan error, 1)
+	go func() {
+		p := rdb.Subscribe(ctx, channel)
+		mu.Lock()
+		ps = p
+		stop := canceled
+		mu.Unlock()
+		if stop {
+			_ = p.Close()
+			done <- ctx.Err()
+			return
+		}
+		_, err := p.Receive(ctx) // the confirmation
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err != nil {
+			_ = ps.Close()
+			return nil, err
+		}
+		return ps, nil
+	case <-ctx.Done():
+		mu.Lock()
+		canceled = true
+		if ps != nil {
+			_ = ps.Close() // ends the Receive
+		}
+		mu.Unlock()
+		return nil, ctx.Err()
+	}
 }
 
 // run delivers until ctx ends.
@@ -220,21 +274,22 @@ func (s *Subscriber) run(ctx context.Context, ps *redis.PubSub, deliver feedback
 					s.log.Warn("ignoring malformed feedback message", "err", err)
 					continue
 				}
-				s.deliver(ctx, deliver, e)
+				if err := deliver(ctx, e); err != nil && ctx.Err() == nil {
+					s.log.Warn("feedback delivery failed", "coordinator", e.CoordinatorID, "err", err)
+				}
 			}
 		}
 	}
 }
 
-func (s *Subscriber) deliver(ctx context.Context, deliver feedback.Deliver, e feedback.Event) {
-	if err := deliver(ctx, e); err != nil && ctx.Err() == nil {
-		s.log.Warn("feedback delivery failed", "coordinator", e.CoordinatorID, "err", err)
-	}
-}
-
-// snapshot reads every coordinator's stored pressure, drops the expired ones
-// from the index and the level sets, repairs the sets' membership, logs
-// malformed hashes, and delivers the live ones.
+// snapshot reads every coordinator's stored pressure and delivers the live
+// ones; it returns the read's error or the deliveries' errors, joined. On
+// the way it repairs the level sets (drops the coordinators whose hash
+// expired, puts the others in the set of their level): a repair that fails
+// (a read-only replica, an ACL) is logged and delivers anyway. The repair is
+// not atomic with the publishers' writes: a coordinator that publishes
+// between the read and the repair may be misfiled until its next event,
+// which files it again (its heartbeat, 2 s by default).
 func (s *Subscriber) snapshot(ctx context.Context, deliver feedback.Deliver) error {
 	p, err := Read(ctx, s.rdb, s.keys.prefix)
 	if err != nil {
@@ -253,14 +308,17 @@ func (s *Subscriber) snapshot(ctx context.Context, deliver feedback.Deliver) err
 			}
 			return nil
 		})
-		if err != nil {
-			return fmt.Errorf("redisbus: repair pressure sets: %w", err)
+		if err != nil && ctx.Err() == nil {
+			s.log.Warn("could not repair the pressure sets", "err", err)
 		}
 	}
+	var errs []error
 	for _, e := range p.Live {
-		s.deliver(ctx, deliver, e)
+		if err := deliver(ctx, e); err != nil {
+			errs = append(errs, fmt.Errorf("redisbus: deliver the pressure of %q: %w", e.CoordinatorID, err))
+		}
 	}
-	return nil
+	return errors.Join(errs...)
 }
 
 func (s *Subscriber) logSnapshot(ctx context.Context, deliver feedback.Deliver) {

@@ -2,8 +2,11 @@ package redisbus_test
 
 import (
 	"context"
+	"errors"
 	"io"
 	"log/slog"
+	"net"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -215,7 +218,9 @@ func TestRedisSubscriberSurvivesRestart(t *testing.T) {
 		t.Skip("-short")
 	}
 	srv := redistest.Start(t)
-	col := subscribe(t, srv.Client(t), 200*time.Millisecond)
+	// No periodic resync within the test: only the snapshot taken when it
+	// subscribes again, or pub/sub, can deliver what follows the restart.
+	col := subscribe(t, srv.Client(t), time.Hour)
 	pub := publisher(t, srv.Client(t), 10*time.Second)
 	if err := pub.Publish(context.Background(), event("s", 1, state.Soft)); err != nil {
 		t.Fatal(err)
@@ -236,5 +241,62 @@ func TestRedisSubscriberSurvivesRestart(t *testing.T) {
 			t.Fatalf("nothing delivered after the restart; last %+v", last)
 		}
 		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// TestSubscribeFails: Subscribe reports what stops it from starting right:
+// a snapshot the deliverer refused, and a Redis that accepts the connection
+// and never answers (the context has no deadline: cancelling it is enough).
+func TestSubscribeFails(t *testing.T) {
+	_, rdb := redistest.Mini(t)
+	if err := publisher(t, rdb, 10*time.Second).Publish(context.Background(), event("store-0", 1, state.Hard)); err != nil {
+		t.Fatal(err)
+	}
+	sub, err := redisbus.NewSubscriber(rdb, redisbus.Options{Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	refuse := errors.New("provider not registered")
+	if _, err := sub.Subscribe(context.Background(), func(context.Context, feedback.Event) error { return refuse }); !errors.Is(err, refuse) {
+		t.Fatalf("Subscribe with a refused snapshot: %v, want the refusal", err)
+	}
+
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() { // accept, read, never answer
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() { _, _ = io.Copy(io.Discard, c) }()
+		}
+	}()
+	mute := redis.NewClient(&redis.Options{Addr: ln.Addr().String(), MaxRetries: -1})
+	defer mute.Close()
+	sub, err = redisbus.NewSubscriber(mute, redisbus.Options{Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		_, err := sub.Subscribe(ctx, func(context.Context, feedback.Event) error { return nil })
+		done <- err
+	}()
+	cancel()
+	select {
+	case err := <-done:
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("Subscribe to a mute Redis after cancel: %v, want context.Canceled", err)
+		}
+	case <-time.After(time.Minute):
+		t.Fatal("Subscribe to a mute Redis ignored the cancelled context")
+	}
+	if _, err := redisbus.NewSubscriber(rdb, redisbus.Options{Resync: -time.Second}); err == nil || !strings.Contains(err.Error(), "redisbus: resync=-1s") {
+		t.Fatalf("negative resync: %v", err)
 	}
 }

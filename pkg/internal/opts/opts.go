@@ -5,14 +5,24 @@ package opts
 
 import "fmt"
 
-// Positive sets *v to def when it is zero. It returns an error naming field
-// (written with its package, e.g. "store: linger") when *v is negative.
+// Error is a field out of range. Callers wrap it with their package's name
+// (or turn it into their own argument error).
+type Error struct {
+	Field string // e.g. "linger"
+	Value any    // the value refused
+	Rule  string // e.g. "positive (0 takes the default, 50ms)"
+}
+
+func (e *Error) Error() string { return fmt.Sprintf("%s=%v: must be %s", e.Field, e.Value, e.Rule) }
+
+// Positive sets *v to def when it is zero, and returns an *Error naming
+// field when *v is negative.
 func Positive[T ~int | ~int64 | ~float64](field string, v *T, def T) error {
 	switch {
 	case *v == 0:
 		*v = def
 	case *v < 0:
-		return fmt.Errorf("%s=%v: must be positive (0 takes the default, %v)", field, *v, def)
+		return &Error{field, *v, fmt.Sprintf("positive (0 takes the default, %v)", def)}
 	}
 	return nil
 }
