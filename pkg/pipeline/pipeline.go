@@ -69,31 +69,40 @@ func New(ctx context.Context, rdb redis.UniversalClient, o Options) (*Replica, e
 	if o.Feedback == nil {
 		return r, nil
 	}
-	if r.handler, err = feedback.NewHandler(rate{lim}, *o.Feedback); err != nil {
+	if err := r.startFeedback(ctx, rdb, o); err != nil {
 		lim.Close()
 		return nil, err
-	}
-	events := o.Events
-	if events == nil {
-		if events, err = redisbus.NewSubscriber(rdb, redisbus.Options{Prefix: o.Limiter.Prefix, Logger: o.Feedback.Logger}); err != nil {
-			lim.Close()
-			return nil, err
-		}
-	}
-	if r.stopSub, err = events.Subscribe(ctx, r.handler.Handle); err != nil {
-		lim.Close()
-		return nil, fmt.Errorf("pipeline: %w", err)
-	}
-	// With no event to act on (no live coordinator), act on that.
-	if err := r.handler.Reevaluate(ctx); err != nil {
-		r.stopSub()
-		lim.Close()
-		return nil, fmt.Errorf("pipeline: %w", err)
 	}
 	runCtx, cancel := context.WithCancel(context.Background())
 	r.cancel = cancel
 	r.wg.Go(func() { _ = r.handler.Run(runCtx) })
 	return r, nil
+}
+
+// startFeedback makes the handler, subscribes it and lets it act once; on
+// an error nothing of it is left running.
+func (r *Replica) startFeedback(ctx context.Context, rdb redis.UniversalClient, o Options) error {
+	var err error
+	if r.handler, err = feedback.NewHandler(rate{r.lim}, *o.Feedback); err != nil {
+		return err
+	}
+	events := o.Events
+	if events == nil {
+		if events, err = redisbus.NewSubscriber(rdb, redisbus.Options{Prefix: o.Limiter.Prefix, Logger: o.Feedback.Logger}); err != nil {
+			return err
+		}
+	}
+	stop, err := events.Subscribe(ctx, r.handler.Handle)
+	if err != nil {
+		return fmt.Errorf("pipeline: %w", err)
+	}
+	// With no event to act on (no live coordinator), act on that.
+	if err := r.handler.Reevaluate(ctx); err != nil {
+		stop()
+		return fmt.Errorf("pipeline: %w", err)
+	}
+	r.stopSub = stop
+	return nil
 }
 
 // Limiter returns the replica's limiter: acquire through it. Close it
