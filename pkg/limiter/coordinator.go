@@ -335,7 +335,8 @@ func (c *Coordinator) Register(ctx context.Context, provider string, cfg Provide
 	st.registered = &cfg
 	st.mu.Unlock()
 	if res == Updated {
-		c.log.Warn("provider config changed", "provider", provider, "capacity", cfg.Capacity, "refill_rate", cfg.RefillRate)
+		c.log.Warn("provider config changed", "provider", provider, "capacity", cfg.Capacity, "refill_rate", cfg.RefillRate,
+			"cooldown", cfg.Cooldown, "breaker_threshold", cfg.BreakerThreshold, "breaker_timeout", cfg.BreakerTimeout, "max_scale", cfg.maxScale())
 	}
 	return res, nil
 }
