@@ -125,7 +125,7 @@ func (c *Coordinator) acquire(ctx context.Context, st *providerState, n int) (De
 	var wake <-chan struct{} // set while paused: closed when the scale may have changed
 	var last Decision        // the last refusal, once there was one
 	for {
-		if err := ctx.Err(); err != nil {
+		if err := ctx.Err(); err != nil { // every wait below comes back here when ctx ends
 			if last.Reason == "" {
 				return Decision{}, err
 			}
@@ -143,8 +143,8 @@ func (c *Coordinator) acquire(ctx context.Context, st *providerState, n int) (De
 				wake = c.notifier.watch(ctx, st.keys.notify)
 				continue
 			}
-			if err := c.waitPaused(ctx, st, d, wake); err != nil {
-				return d, fmt.Errorf("%w: provider %q: %w", ErrPaused, provider, err)
+			if c.waitPaused(ctx, st, d, wake) != nil {
+				continue // ctx ended
 			}
 			if wake != nil {
 				wake = c.notifier.watch(ctx, st.keys.notify)
@@ -168,13 +168,11 @@ func (c *Coordinator) acquire(ctx context.Context, st *providerState, n int) (De
 					holding = true
 					continue
 				case <-ctx.Done():
-					return d, fmt.Errorf("%w: provider %q: %w", d.Reason.err(), provider, ctx.Err())
+					continue
 				}
 			}
 		}
-		if err := sleep(ctx, d.RetryAfter+c.jitter(), nil); err != nil {
-			return d, fmt.Errorf("%w: provider %q: %w", d.Reason.err(), provider, err)
-		}
+		_ = sleep(ctx, d.RetryAfter+c.jitter(), nil) // on ctx's end, the loop's top returns
 	}
 }
 
@@ -281,16 +279,10 @@ func (c *Coordinator) probeOnce() bool {
 func (c *Coordinator) count(provider string, d Decision, err error) {
 	result := string(d.Reason)
 	switch {
-	case errors.Is(err, ErrPaused):
-		result = string(ReasonPaused)
-	case errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded):
-		c.m.acquisitions.WithLabelValues(provider, "canceled").Inc()
-		return
+	case !errors.Is(err, ErrPaused) && (errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)):
+		result = "canceled"
 	case err != nil && d.Reason == "":
-		c.m.acquisitions.WithLabelValues(provider, "error").Inc()
-		return
-	}
-	switch {
+		result = "error"
 	case d.Local && c.opts.Outage == FailOpen:
 		result = "fail_open"
 	case d.Local:

@@ -49,9 +49,6 @@ type Options struct {
 }
 
 func (o Options) withDefaults() (Options, error) {
-	if o.Prefix == "" {
-		o.Prefix = "sluice"
-	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
@@ -66,6 +63,14 @@ func (o Options) withDefaults() (Options, error) {
 
 // keys names the Redis keys under a prefix.
 type keys struct{ prefix string }
+
+// keysFor returns the keys under prefix, "" meaning "sluice".
+func keysFor(prefix string) keys {
+	if prefix == "" {
+		prefix = "sluice"
+	}
+	return keys{prefix}
+}
 
 func (k keys) pressure(coordinator string) string {
 	return k.prefix + ":pressure:{" + coordinator + "}"
@@ -92,7 +97,7 @@ func NewPublisher(rdb redis.UniversalClient, o Options) (*Publisher, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Publisher{rdb: rdb, keys: keys{o.Prefix}, ttl: o.TTL}, nil
+	return &Publisher{rdb: rdb, keys: keysFor(o.Prefix), ttl: o.TTL}, nil
 }
 
 // Publish stores and announces e. An event older than the stored one (lower
@@ -175,7 +180,7 @@ func NewSubscriber(rdb redis.UniversalClient, o Options) (*Subscriber, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Subscriber{rdb: rdb, keys: keys{o.Prefix}, resync: o.Resync, log: o.Logger.With("component", "redisbus")}, nil
+	return &Subscriber{rdb: rdb, keys: keysFor(o.Prefix), resync: o.Resync, log: o.Logger.With("component", "redisbus")}, nil
 }
 
 // Subscribe subscribes to the channel, waits (within ctx) until Redis
@@ -337,10 +342,7 @@ type Pressure struct {
 // Read reads the stored pressure of every coordinator in the index under
 // prefix ("" for the default, "sluice"). It writes nothing.
 func Read(ctx context.Context, rdb redis.UniversalClient, prefix string) (Pressure, error) {
-	k := keys{prefix}
-	if prefix == "" {
-		k.prefix = "sluice"
-	}
+	k := keysFor(prefix)
 	var p Pressure
 	ids, err := rdb.SMembers(ctx, k.coordinators()).Result()
 	if err != nil {
