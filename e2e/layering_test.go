@@ -33,6 +33,7 @@ func TestLayering(t *testing.T) {
 		{"pkg/feedback/redisbus", ours("pkg/limiter", "pkg/store", "pkg/feedback/httpbus"), []string{"net/http"}},
 		{"pkg/feedback/httpbus", append(ours("pkg/limiter", "pkg/store", "pkg/feedback/redisbus"), redis), nil},
 		{"pkg/pipeline", ours("pkg/store", "pkg/config", "internal/sim"), nil},
+		{"pkg/store/redisstream", ours("pkg/limiter", "pkg/feedback/redisbus", "pkg/feedback/httpbus", "pkg/pipeline", "pkg/config"), []string{"net/http"}},
 	} {
 		out, err := exec.Command("go", "list", "-deps", mod+tc.pkg).Output()
 		if err != nil {

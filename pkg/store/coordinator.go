@@ -61,16 +61,32 @@ type Options[T any] struct {
 	// Heartbeat is the period of events while the level stays; default 2s.
 	// Keep it well under the feedback handler's coordinator TTL.
 	Heartbeat time.Duration
-	// Attempts is how many times a batch is written before it is given up
-	// (to DeadLetter), retrying after Backoff, doubled each time up to 2s;
-	// defaults 4 and 50ms. 1: no retry.
-	Attempts int
-	Backoff  time.Duration
+	// Backoff is the wait before the first retry of a failed batch, doubled
+	// at each further retry up to 2s; default 50ms. Without DeadLetter a
+	// batch is retried until the sink takes it: nothing is given up.
+	Backoff time.Duration
 	// WriteTimeout bounds each call to the sink; default 30s.
 	WriteTimeout time.Duration
-	// DeadLetter receives batches that still fail after the retries; nil
-	// logs them (as errors, with their size) and counts them as lost.
+	// HardAfter is how long the sink may keep failing before the level is
+	// hard: a store that cannot write is a store under pressure. From the
+	// first failed write until a write succeeds the level is at least soft.
+	// Default 1s.
+	HardAfter time.Duration
+	// DeadLetter, when set, receives the batches that still fail after
+	// Attempts writes (an explicit choice: they are counted, and leave the
+	// queue); nil (the default) retries every batch until it is written.
 	DeadLetter Sink[T]
+	// Attempts is how many writes a batch gets before it goes to DeadLetter;
+	// default 4. Ignored without DeadLetter.
+	Attempts int
+	// Backlog, when set, returns how many items wait for this coordinator
+	// outside its queue (a stream consumer's group lag). The watermarks
+	// measure the queue plus the backlog; it is read at every re-evaluation
+	// (every queue change and every Sample), so it must be cheap.
+	Backlog func() int
+	// Sample is how often the level is re-evaluated when the queue does not
+	// change (the backlog moved, the sink keeps failing); default 250ms.
+	Sample time.Duration
 	// Registerer receives the metrics; nil registers none.
 	Registerer prometheus.Registerer
 	// Logger receives failed writes and publications; default slog.Default().
@@ -92,6 +108,8 @@ func (o *Options[T]) setDefaults() error {
 		opts.Positive("heartbeat", &o.Heartbeat, 2*time.Second),
 		opts.Positive("backoff", &o.Backoff, 50*time.Millisecond),
 		opts.Positive("write_timeout", &o.WriteTimeout, 30*time.Second),
+		opts.Positive("hard_after", &o.HardAfter, time.Second),
+		opts.Positive("sample", &o.Sample, 250*time.Millisecond),
 	); err != nil {
 		return fmt.Errorf("store: %w", err)
 	}
@@ -115,11 +133,13 @@ func (o *Options[T]) setDefaults() error {
 
 // WriteCoordinator is a bounded queue in front of a Sink, written by
 // Workers in batches. It never drops an item silently: Submit blocks while
-// the queue is full (bounded by its context); failed writes are retried with
-// backoff; what still fails goes to the dead-letter sink and is counted;
-// Close drains the queue. Its pressure level follows the queue's fill through
-// the watermarks, and is published at every change and every heartbeat. Safe
-// for concurrent use.
+// the queue is full (bounded by its context); a failed write is retried with
+// backoff until the sink takes it, or, only when a DeadLetter sink is set,
+// handed to it after Attempts writes and counted; Close drains the queue.
+// Its pressure level follows the queue's fill (plus the Backlog) through the
+// watermarks, and is at least soft while the sink fails and hard once it has
+// failed for HardAfter; it is published at every change and every heartbeat.
+// Safe for concurrent use.
 type WriteCoordinator[T any] struct {
 	sink Sink[T]
 	o    Options[T]
@@ -131,14 +151,20 @@ type WriteCoordinator[T any] struct {
 	closing chan struct{} // closed first by Close: releases Submits blocked on a full queue
 	q       chan T
 
-	levelMu sync.Mutex
-	level   state.Level
-	changed chan struct{} // a level change for the monitor to publish (capacity 1)
+	levelMu    sync.Mutex
+	queueLevel state.Level   // the watermarks' level (their hysteresis needs it alone)
+	level      state.Level   // the published level: queueLevel raised by a failing sink
+	depth      int           // queue plus backlog at the last re-evaluation
+	changed    chan struct{} // a level change for the monitor to publish (capacity 1)
+
+	failingSince atomic.Int64 // UnixNano of the first failed write since the last success; 0: none
+	unwritten    atomic.Int64 // submitted, neither written nor dead-lettered: queued or in a batch
 
 	seq                             atomic.Uint64
 	maxDepth                        atomic.Int64
 	written, deadLettered, blocked  atomic.Int64
 	transitions, submitted, dlFails atomic.Int64
+	writeErrors                     atomic.Int64
 
 	closeOnce sync.Once
 	done      chan struct{} // closed when Close has drained and published the last event
@@ -161,14 +187,15 @@ func New[T any](sink Sink[T], o Options[T]) (*WriteCoordinator[T], error) {
 	}
 	w := &WriteCoordinator[T]{
 		sink: sink, o: o, m: m,
-		log:     o.Logger.With("component", "store", "coordinator", o.ID),
-		q:       make(chan T, o.Capacity),
-		level:   state.OK,
-		changed: make(chan struct{}, 1),
-		stop:    make(chan struct{}),
-		monitor: make(chan struct{}),
-		closing: make(chan struct{}),
-		done:    make(chan struct{}),
+		log:        o.Logger.With("component", "store", "coordinator", o.ID),
+		q:          make(chan T, o.Capacity),
+		queueLevel: state.OK,
+		level:      state.OK,
+		changed:    make(chan struct{}, 1),
+		stop:       make(chan struct{}),
+		monitor:    make(chan struct{}),
+		closing:    make(chan struct{}),
+		done:       make(chan struct{}),
 	}
 	// Sequence numbers keep increasing across restarts: they start at the
 	// start time in microseconds.
@@ -192,6 +219,7 @@ func (w *WriteCoordinator[T]) Submit(ctx context.Context, item T) error {
 	if w.closed {
 		return ErrClosed
 	}
+	w.unwritten.Add(1)
 	select {
 	case w.q <- item:
 	default:
@@ -200,8 +228,10 @@ func (w *WriteCoordinator[T]) Submit(ctx context.Context, item T) error {
 		select {
 		case w.q <- item:
 		case <-ctx.Done():
+			w.unwritten.Add(-1)
 			return ctx.Err()
 		case <-w.closing:
+			w.unwritten.Add(-1)
 			return ErrClosed
 		}
 	}
@@ -210,18 +240,32 @@ func (w *WriteCoordinator[T]) Submit(ctx context.Context, item T) error {
 	return nil
 }
 
-// observe re-evaluates the level after the queue changed. The depth is read
-// under the lock: every change of the queue is followed by an observe, so
-// the last observe to take the lock sees the latest depth, and a stale read
-// can never leave the level (or the gauges) behind the queue.
+// observe re-evaluates the level. The depth is read under the lock: every
+// change of the queue is followed by an observe, so the last observe to take
+// the lock sees the latest depth, and a stale read can never leave the level
+// (or the gauges) behind the queue.
 func (w *WriteCoordinator[T]) observe() {
 	w.levelMu.Lock()
 	depth := len(w.q)
+	if w.o.Backlog != nil {
+		depth += max(0, w.o.Backlog())
+	}
+	w.depth = depth
 	if int64(depth) > w.maxDepth.Load() {
 		w.maxDepth.Store(int64(depth))
 	}
 	w.m.depth.Set(float64(depth))
-	next := w.o.Watermarks.Next(w.level, float64(depth)/float64(w.o.Capacity))
+	w.queueLevel = w.o.Watermarks.Next(w.queueLevel, float64(depth)/float64(w.o.Capacity))
+	next := w.queueLevel
+	if since := w.failingSince.Load(); since != 0 {
+		sinkLevel := state.Soft
+		if time.Since(time.Unix(0, since)) >= w.o.HardAfter {
+			sinkLevel = state.Hard
+		}
+		if sinkLevel.Rank() > next.Rank() {
+			next = sinkLevel
+		}
+	}
 	prev := w.level
 	w.level = next
 	if next != prev {
@@ -266,38 +310,48 @@ func (w *WriteCoordinator[T]) work() {
 	}
 }
 
-// write delivers batch to the sink, retrying, else to the dead-letter sink.
+// write delivers batch to the sink, retrying until it succeeds or, with a
+// dead-letter sink, until Attempts writes failed.
 func (w *WriteCoordinator[T]) write(batch []T) {
 	start := time.Now()
 	backoff := w.o.Backoff
-	var err error
-	for attempt := 0; ; attempt++ {
+	for attempt := 1; ; attempt++ {
 		ctx, cancel := context.WithTimeout(context.Background(), w.o.WriteTimeout)
-		err = w.sink.Write(ctx, batch)
+		err := w.sink.Write(ctx, batch)
 		cancel()
 		if err == nil {
-			w.written.Add(int64(len(batch)))
-			w.m.written.Add(float64(len(batch)))
+			if w.failingSince.Swap(0) != 0 {
+				w.log.Info("sink writes again", "attempt", attempt)
+				w.observe()
+			}
+			w.leave(batch, &w.written, w.m.written)
 			w.m.batch.Observe(time.Since(start).Seconds())
 			return
 		}
+		w.writeErrors.Add(1)
 		w.m.writeErrors.Inc()
-		if attempt+1 >= w.o.Attempts {
-			break
+		if w.failingSince.CompareAndSwap(0, time.Now().UnixNano()) {
+			w.log.Warn("sink write failed; retrying until it takes the batch", "items", len(batch), "err", err)
+		}
+		w.observe()
+		if w.o.DeadLetter != nil && attempt >= w.o.Attempts {
+			w.deadLetter(batch, err)
+			return
 		}
 		time.Sleep(backoff)
 		backoff = min(2*backoff, 2*time.Second)
 	}
-	w.deadLetter(batch, err)
+}
+
+// leave counts batch as leaving the coordinator through counter.
+func (w *WriteCoordinator[T]) leave(batch []T, n *atomic.Int64, c prometheus.Counter) {
+	n.Add(int64(len(batch)))
+	c.Add(float64(len(batch)))
+	w.unwritten.Add(-int64(len(batch)))
 }
 
 func (w *WriteCoordinator[T]) deadLetter(batch []T, cause error) {
-	w.deadLettered.Add(int64(len(batch)))
-	w.m.deadLettered.Add(float64(len(batch)))
-	if w.o.DeadLetter == nil {
-		w.log.Error("batch failed after retries; no dead-letter sink, items lost", "items", len(batch), "attempts", w.o.Attempts, "err", cause)
-		return
-	}
+	w.leave(batch, &w.deadLettered, w.m.deadLettered)
 	ctx, cancel := context.WithTimeout(context.Background(), w.o.WriteTimeout)
 	defer cancel()
 	if err := w.o.DeadLetter.Write(ctx, batch); err != nil {
@@ -305,20 +359,26 @@ func (w *WriteCoordinator[T]) deadLetter(batch []T, cause error) {
 		w.log.Error("dead-letter sink failed too; items lost", "items", len(batch), "err", err, "cause", cause)
 		return
 	}
-	w.log.Warn("batch dead-lettered after retries", "items", len(batch), "err", cause)
+	w.log.Warn("batch dead-lettered after retries", "items", len(batch), "attempts", w.o.Attempts, "err", cause)
 }
 
 // run publishes an event at every level change and every heartbeat, and a
-// last one when the coordinator closes.
+// last one when the coordinator closes; it re-evaluates the level every
+// Sample.
 func (w *WriteCoordinator[T]) run() {
 	defer close(w.monitor)
-	t := time.NewTicker(w.o.Heartbeat)
-	defer t.Stop()
+	beat := time.NewTicker(w.o.Heartbeat)
+	defer beat.Stop()
+	sample := time.NewTicker(w.o.Sample)
+	defer sample.Stop()
 	w.publish()
 	for {
 		select {
+		case <-sample.C:
+			w.observe()
+			continue
 		case <-w.changed:
-		case <-t.C:
+		case <-beat.C:
 		case <-w.stop:
 			w.publish()
 			return
@@ -328,13 +388,14 @@ func (w *WriteCoordinator[T]) run() {
 }
 
 // event returns the coordinator's current state as a pressure event, with
-// the next sequence number.
+// the next sequence number. Its queue size is the measured depth (queue
+// plus backlog), capped at the capacity.
 func (w *WriteCoordinator[T]) event() feedback.Event {
 	w.levelMu.Lock()
-	level := w.level
+	level, depth := w.level, w.depth
 	w.levelMu.Unlock()
 	return feedback.Event{
-		CoordinatorID: w.o.ID, QueueSize: len(w.q), Capacity: w.o.Capacity,
+		CoordinatorID: w.o.ID, QueueSize: min(depth, w.o.Capacity), Capacity: w.o.Capacity,
 		Level: level, Seq: w.seq.Add(1), TS: time.Now(),
 	}
 }
@@ -354,10 +415,10 @@ func (w *WriteCoordinator[T]) publish() {
 
 // Close stops accepting items, waits until every queued item is written (or
 // dead-lettered), publishes a last event and returns. If ctx ends first it
-// returns an error saying how many items were still queued; the workers go
-// on draining in the background.
-// Close may be called again (after a timeout, say): every call waits for
-// the same drain.
+// returns an error saying how many items were not written yet (queued, or
+// in a batch being written or retried); the workers go on in the
+// background. Close may be called again (after a timeout, say): every call
+// waits for the same drain.
 func (w *WriteCoordinator[T]) Close(ctx context.Context) error {
 	w.closeOnce.Do(func() {
 		close(w.closing)
@@ -377,33 +438,37 @@ func (w *WriteCoordinator[T]) Close(ctx context.Context) error {
 	case <-w.done:
 		return nil
 	case <-ctx.Done():
-		return fmt.Errorf("store: close: %d items still queued: %w", len(w.q), ctx.Err())
+		n, queued := w.unwritten.Load(), len(w.q)
+		return fmt.Errorf("store: close: %d items not written yet (%d queued, %d in batches being written): %w",
+			n, queued, n-int64(queued), ctx.Err())
 	}
 }
 
 // Stats is a snapshot of a coordinator's counters.
 type Stats struct {
-	Capacity, Depth, MaxDepth int
-	Level                     state.Level
-	Submitted, Written        int64
-	DeadLettered              int64 // items that failed after retries (Lost counts those the dead-letter sink refused too)
-	Lost                      int64 // items neither written nor accepted by a dead-letter sink (logged as errors)
-	SubmitsBlocked            int64 // Submit calls that found the queue full
-	Transitions               int64 // level changes
+	Capacity       int
+	Depth          int // queue plus backlog at the last re-evaluation
+	MaxDepth       int
+	Level          state.Level
+	Submitted      int64
+	Written        int64
+	Unwritten      int64 // submitted, not yet written nor dead-lettered
+	DeadLettered   int64 // items handed to the dead-letter sink (Lost counts those it refused)
+	Lost           int64 // dead-lettered items the dead-letter sink refused too (logged as errors)
+	WriteErrors    int64 // failed sink writes, each retry counted
+	SubmitsBlocked int64 // Submit calls that found the queue full
+	Transitions    int64 // level changes
 }
 
 // Stats returns the counters so far.
 func (w *WriteCoordinator[T]) Stats() Stats {
 	w.levelMu.Lock()
-	level := w.level
+	level, depth := w.level, w.depth
 	w.levelMu.Unlock()
-	lost := w.dlFails.Load()
-	if w.o.DeadLetter == nil {
-		lost = w.deadLettered.Load()
-	}
 	return Stats{
-		Capacity: w.o.Capacity, Depth: len(w.q), MaxDepth: int(w.maxDepth.Load()), Level: level,
-		Submitted: w.submitted.Load(), Written: w.written.Load(), DeadLettered: w.deadLettered.Load(),
-		Lost: lost, SubmitsBlocked: w.blocked.Load(), Transitions: w.transitions.Load(),
+		Capacity: w.o.Capacity, Depth: depth, MaxDepth: int(w.maxDepth.Load()), Level: level,
+		Submitted: w.submitted.Load(), Written: w.written.Load(), Unwritten: w.unwritten.Load(),
+		DeadLettered: w.deadLettered.Load(), Lost: w.dlFails.Load(), WriteErrors: w.writeErrors.Load(),
+		SubmitsBlocked: w.blocked.Load(), Transitions: w.transitions.Load(),
 	}
 }

@@ -225,14 +225,16 @@ func TestRetriesAndDeadLetter(t *testing.T) {
 			t.Fatalf("stats %+v, dead-letter got %d", st, len(dl.items))
 		}
 	})
-	t.Run("no dead-letter sink", func(t *testing.T) {
+	t.Run("dead-letter sink fails too", func(t *testing.T) {
 		sink := newSink()
 		sink.fail.Store(1 << 30)
-		w := newCoordinator(t, sink, store.Options[int]{Attempts: 2, Backoff: time.Millisecond})
+		dl := newSink()
+		dl.fail.Store(1 << 30)
+		w := newCoordinator(t, sink, store.Options[int]{Attempts: 2, Backoff: time.Millisecond, DeadLetter: dl})
 		_ = w.Submit(context.Background(), 1)
 		_ = w.Close(context.Background())
-		if st := w.Stats(); st.Lost != 1 {
-			t.Fatalf("stats %+v: the failed item must be counted as lost", st)
+		if st := w.Stats(); st.Lost != 1 || st.DeadLettered != 1 || st.Unwritten != 0 {
+			t.Fatalf("stats %+v: the refused item must be counted as lost", st)
 		}
 		if n := sink.fail.Load(); n != 1<<30-2 {
 			t.Fatalf("%d writes, want 2 attempts", 1<<30-n)
@@ -241,13 +243,68 @@ func TestRetriesAndDeadLetter(t *testing.T) {
 	t.Run("one attempt", func(t *testing.T) {
 		sink := newSink()
 		sink.fail.Store(1)
-		w := newCoordinator(t, sink, store.Options[int]{Attempts: 1})
+		dl := newSink()
+		w := newCoordinator(t, sink, store.Options[int]{Attempts: 1, DeadLetter: dl})
 		_ = w.Submit(context.Background(), 1)
 		_ = w.Close(context.Background())
-		if st := w.Stats(); st.Lost != 1 || st.Written != 0 || sink.fail.Load() != 0 {
+		if st := w.Stats(); st.DeadLettered != 1 || st.Written != 0 || sink.fail.Load() != 0 || dl.items[1] != 1 {
 			t.Fatalf("stats %+v: with 1 attempt the failed batch is not retried", st)
 		}
 	})
+}
+
+// TestFailingSinkIsPressure: without a dead-letter sink nothing is given
+// up: a sink that keeps failing makes the level soft at once and hard after
+// HardAfter, and when it writes again every item is written exactly once
+// and the level falls back.
+func TestFailingSinkIsPressure(t *testing.T) {
+	sink := newSink()
+	sink.fail.Store(1 << 30)
+	w := newCoordinator(t, sink, store.Options[int]{
+		Capacity: 1000, BatchSize: 10, Backoff: time.Millisecond, HardAfter: 50 * time.Millisecond, Sample: 5 * time.Millisecond,
+	})
+	for i := range 100 {
+		if err := w.Submit(context.Background(), i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitLevel(t, w, state.Soft, state.Hard) // a 10% full queue: only the failing sink can raise it
+	waitLevel(t, w, state.Hard)
+	if st := w.Stats(); st.Written != 0 || st.Unwritten != 100 || st.WriteErrors == 0 {
+		t.Fatalf("while failing: %+v", st)
+	}
+	sink.fail.Store(0)
+	waitLevel(t, w, state.OK)
+	if err := w.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	st := w.Stats()
+	if st.Written != 100 || st.DeadLettered != 0 || st.Lost != 0 || st.Unwritten != 0 {
+		t.Fatalf("after recovery: %+v, want all 100 written", st)
+	}
+	for i := range 100 {
+		if sink.items[i] != 1 {
+			t.Fatalf("item %d written %d times", i, sink.items[i])
+		}
+	}
+}
+
+// waitLevel waits (up to 10 s) until the coordinator's level is one of want.
+func waitLevel(t *testing.T, w *store.WriteCoordinator[int], want ...state.Level) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		st := w.Stats()
+		for _, l := range want {
+			if st.Level == l {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("level %s, want one of %v: %+v", st.Level, want, st)
+		}
+		time.Sleep(time.Millisecond)
+	}
 }
 
 func TestCloseTimesOutWithCount(t *testing.T) {
@@ -260,7 +317,7 @@ func TestCloseTimesOutWithCount(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Millisecond)
 	defer cancel()
 	err := w.Close(ctx)
-	if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "items still queued") {
+	if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "6 items not written yet (5 queued, 1 in batches being written)") {
 		t.Fatalf("Close = %v", err)
 	}
 	open()
