@@ -63,8 +63,9 @@ func onUsageError(_ *cli.Context, err error, _ bool) error {
 
 func (a *app) cli() *cli.App {
 	cmds := []*cli.Command{
-		a.demoCmd(), a.statusCmd(), a.registerCmd(), a.scaleCmd(), a.pressureCmd(),
-		a.cooldownCmd(), a.breakerCmd(), a.receiverCmd(), a.configCmd(), a.scriptsCmd(),
+		a.demoCmd(), a.upCmd(), a.statusCmd(), a.registerCmd(), a.scaleCmd(), a.pressureCmd(),
+		a.cooldownCmd(), a.breakerCmd(), a.controllerCmd(), a.coordinatorCmd(), a.pipelineCmd(), a.receiverCmd(),
+		a.configCmd(), a.scriptsCmd(),
 	}
 	for _, c := range cmds {
 		setUsageErrors(c)

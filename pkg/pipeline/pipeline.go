@@ -36,6 +36,12 @@ type Options struct {
 	// redisbus.Subscriber on the replica's Redis and key prefix. A monolith
 	// passes its in-process *feedback.Bus.
 	Events feedback.Subscriber
+	// Guard, when set, is asked before every change the handler makes
+	// (pressure level, scale, shadow scale): the change is made within the
+	// context Guard returns, or not at all when it returns an error. The
+	// controller's lease is one: a controller that may have lost its lease
+	// changes nothing.
+	Guard func(ctx context.Context) (context.Context, context.CancelFunc, error)
 }
 
 // Replica is one pipeline replica: its limiter and, with feedback on, the
@@ -83,7 +89,7 @@ func New(ctx context.Context, rdb redis.UniversalClient, o Options) (*Replica, e
 // an error nothing of it is left running.
 func (r *Replica) startFeedback(ctx context.Context, rdb redis.UniversalClient, o Options) error {
 	var err error
-	if r.handler, err = feedback.NewHandler(rate{r.lim}, *o.Feedback); err != nil {
+	if r.handler, err = feedback.NewHandler(rate{r.lim, o.Guard}, *o.Feedback); err != nil {
 		return err
 	}
 	events := o.Events
@@ -126,20 +132,39 @@ func (r *Replica) Close() error {
 	return r.lim.Close()
 }
 
-// rate is the feedback.Rate of a limiter: the shared scale in Redis.
-type rate struct{ c *limiter.Coordinator }
+// rate is the feedback.Rate of a limiter: the shared scale in Redis,
+// changed only as guard allows.
+type rate struct {
+	c     *limiter.Coordinator
+	guard func(ctx context.Context) (context.Context, context.CancelFunc, error)
+}
+
+// change runs fn within the guard's context.
+func (r rate) change(ctx context.Context, fn func(ctx context.Context) error) error {
+	if r.guard == nil {
+		return fn(ctx)
+	}
+	gctx, cancel, err := r.guard(ctx)
+	if err != nil {
+		return err
+	}
+	defer cancel()
+	return fn(gctx)
+}
 
 func (r rate) SetPressure(ctx context.Context, provider string, level state.Level) error {
-	return r.c.SetPressure(ctx, provider, level)
+	return r.change(ctx, func(ctx context.Context) error { return r.c.SetPressure(ctx, provider, level) })
 }
 
 func (r rate) SetBudgetScale(ctx context.Context, provider string, scale float64) error {
-	_, err := r.c.SetBudgetScale(ctx, provider, scale)
-	return err
+	return r.change(ctx, func(ctx context.Context) error {
+		_, err := r.c.SetBudgetScale(ctx, provider, scale)
+		return err
+	})
 }
 
 func (r rate) SetShadowScale(ctx context.Context, provider string, scale float64) error {
-	return r.c.SetShadowScale(ctx, provider, scale)
+	return r.change(ctx, func(ctx context.Context) error { return r.c.SetShadowScale(ctx, provider, scale) })
 }
 
 func (r rate) BudgetScale(ctx context.Context, provider string) (float64, time.Time, error) {

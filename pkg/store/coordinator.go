@@ -246,7 +246,8 @@ func (w *WriteCoordinator[T]) Submit(ctx context.Context, item T) error {
 // (or the gauges) behind the queue.
 func (w *WriteCoordinator[T]) observe() {
 	w.levelMu.Lock()
-	depth := len(w.q)
+	queued := len(w.q)
+	depth := queued
 	if w.o.Backlog != nil {
 		depth += max(0, w.o.Backlog())
 	}
@@ -254,7 +255,7 @@ func (w *WriteCoordinator[T]) observe() {
 	if int64(depth) > w.maxDepth.Load() {
 		w.maxDepth.Store(int64(depth))
 	}
-	w.m.depth.Set(float64(depth))
+	w.m.depth.Set(float64(queued)) // the queue alone: a backlog is shared, and exported by its owner
 	w.queueLevel = w.o.Watermarks.Next(w.queueLevel, float64(depth)/float64(w.o.Capacity))
 	next := w.queueLevel
 	if since := w.failingSince.Load(); since != 0 {

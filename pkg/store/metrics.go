@@ -30,7 +30,7 @@ func newMetrics(reg prometheus.Registerer, id string) (*metrics, error) {
 	}
 	m := &metrics{
 		id:    id,
-		depth: gauge("coordinator_queue_depth", "Items waiting in the write coordinator's queue."),
+		depth: gauge("coordinator_queue_depth", "Items waiting in the write coordinator's own queue (a stream's lag is coordinator_stream_lag)."),
 		levels: map[state.Level]prometheus.Gauge{
 			state.OK:   gauge("coordinator_backpressure_ok", "1 while the coordinator's backpressure level is ok."),
 			state.Soft: gauge("coordinator_backpressure_soft", "1 while the coordinator's backpressure level is soft."),

@@ -303,19 +303,8 @@ func (s *Subscriber) snapshot(ctx context.Context, deliver feedback.Deliver) err
 	for id, err := range p.Malformed {
 		s.log.Warn("ignoring malformed pressure hash", "key", s.keys.pressure(id), "err", err)
 	}
-	if len(p.Live)+len(p.Expired) > 0 {
-		_, err = s.rdb.Pipelined(ctx, func(pipe redis.Pipeliner) error {
-			for _, id := range p.Expired { // the coordinator stopped reporting
-				s.keys.forget(ctx, pipe, id)
-			}
-			for _, e := range p.Live {
-				s.keys.setMembership(ctx, pipe, e.CoordinatorID, e.Level)
-			}
-			return nil
-		})
-		if err != nil && ctx.Err() == nil {
-			s.log.Warn("could not repair the pressure sets", "err", err)
-		}
+	if err := repair(ctx, s.rdb, s.keys, p); err != nil && ctx.Err() == nil {
+		s.log.Warn("could not repair the pressure sets", "err", err)
 	}
 	var errs []error
 	for _, e := range p.Live {
@@ -330,6 +319,39 @@ func (s *Subscriber) logSnapshot(ctx context.Context, deliver feedback.Deliver) 
 	if err := s.snapshot(ctx, deliver); err != nil && ctx.Err() == nil {
 		s.log.Warn("feedback snapshot failed", "err", err)
 	}
+}
+
+// repair drops the coordinators of p whose hash expired from the index and
+// the level sets, and files the live ones in the set of their level.
+func repair(ctx context.Context, rdb redis.UniversalClient, k keys, p Pressure) error {
+	if len(p.Live)+len(p.Expired) == 0 {
+		return nil
+	}
+	_, err := rdb.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+		for _, id := range p.Expired { // the coordinator stopped reporting
+			k.forget(ctx, pipe, id)
+		}
+		for _, e := range p.Live {
+			k.setMembership(ctx, pipe, e.CoordinatorID, e.Level)
+		}
+		return nil
+	})
+	return err
+}
+
+// Reap reads the stored pressure under prefix ("" for "sluice") as Read
+// does, then takes the coordinators whose hash expired out of the index and
+// the level sets (KEDA's redis trigger counts those sets) and files every
+// live one in the set of its level. The controller runs it every second, so
+// that the sets stay true with no pipeline replica running. The repair is
+// not atomic with the publishers' writes: a coordinator that publishes
+// between the read and the repair may be misfiled until its next event.
+func Reap(ctx context.Context, rdb redis.UniversalClient, prefix string) (Pressure, error) {
+	p, err := Read(ctx, rdb, prefix)
+	if err != nil {
+		return p, err
+	}
+	return p, repair(ctx, rdb, keysFor(prefix), p)
 }
 
 // Pressure is what Redis holds about the write coordinators.

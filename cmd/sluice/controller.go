@@ -1,0 +1,97 @@
+package main
+
+import (
+	"os"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/sluice-dev/sluice/pkg/config"
+	"github.com/sluice-dev/sluice/pkg/controller"
+	"github.com/sluice-dev/sluice/pkg/feedback/httpbus"
+	"github.com/sluice-dev/sluice/pkg/feedback/redisbus"
+)
+
+func (a *app) controllerCmd() *cli.Command {
+	var (
+		id       string
+		leaseTTL time.Duration
+		receiver bool
+	)
+	return &cli.Command{
+		Name:  "controller",
+		Usage: "own the shared scale for a fleet: pressure in, scale out (run two: a lease picks the writer)",
+		Description: `Subscribes to the store's pressure on Redis and, while it holds the lease
+<prefix>:controller:lease, registers the configured providers, applies the
+feedback settings (policy, dwell, max rise, shadow, coordinator TTL and
+expiry; feedback.enable_feedback=false leaves the scale alone) to the scale
+of feedback.provider_name, and reaps coordinators whose report expired from
+the pressure sets. A standby takes over within one --lease-ttl when the
+writer dies; on SIGTERM the writer releases the lease at once. With
+--receiver it also serves POST /feedback, publishing each event to Redis.
+
+Examples:
+   sluice --redis redis://redis:6379/0 controller --id "$POD_NAME" --listen :8080
+   MDP_FB_POLICY=proportional MDP_RATE_IBKR_REFILL_RATE=60 sluice controller --receiver`,
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "id", Usage: "this controller's id in the lease (default: the host name)", Destination: &id},
+			&cli.DurationFlag{Name: "lease-ttl", Value: 5 * time.Second, Usage: "the lease's life: a standby takes over within it", Destination: &leaseTTL},
+			&cli.BoolFlag{Name: "receiver", Usage: "also serve POST /feedback (token and body limit: receiver.*)", Destination: &receiver},
+			listenFlag(),
+		},
+		Action: func(c *cli.Context) error {
+			if c.NArg() > 0 {
+				return usagef("controller takes no arguments, got %q", c.Args().First())
+			}
+			s, err := a.startService(c, "controller")
+			if err != nil {
+				return err
+			}
+			if id == "" {
+				id, _ = os.Hostname()
+			}
+			o := controller.Options{
+				Prefix: s.cfg.Redis.Prefix, ID: id, LeaseTTL: leaseTTL, Providers: s.cfg.Providers,
+				Logger: s.log, Registerer: s.reg,
+			}
+			o.Limiter.Outage = s.cfg.Outage
+			if s.cfg.Feedback.Enabled {
+				fb := s.cfg.Feedback.Options
+				o.Feedback = &fb
+			}
+			ctl, err := controller.New(s.rdb, o)
+			if err != nil {
+				return usagef("controller: %v", err)
+			}
+			ready := s.ready(ctl.Ready)
+			h := s.mux(ready)
+			if receiver {
+				pub, err := redisbus.NewPublisher(s.rdb, redisbus.Options{Prefix: s.cfg.Redis.Prefix, TTL: s.cfg.Feedback.Options.CoordinatorTTL})
+				if err != nil {
+					return err
+				}
+				rh, err := httpbus.NewReceiver(httpbus.ReceiverOptions{
+					Deliver: pub.Publish, Token: s.cfg.Receiver.Token, MaxBody: s.cfg.Receiver.MaxBody,
+					Gatherer: s.reg, Registerer: s.reg, Logger: s.log, Ready: ready,
+				})
+				if err != nil {
+					return err
+				}
+				h.Handle("/feedback", rh)
+			}
+			s.log.Info("starting", "id", id, "feedback", s.cfg.Feedback.Enabled, "provider", s.cfg.Feedback.Provider,
+				"policy", setting(s.cfg, "feedback.policy"), "lease_ttl", leaseTTL)
+			return s.run(c.Context, h, ctl.Run)
+		},
+	}
+}
+
+// setting returns the text of a loaded setting.
+func setting(cfg *config.Settings, key string) string {
+	for _, v := range cfg.Values() {
+		if v.Key == key {
+			return v.Value
+		}
+	}
+	return ""
+}

@@ -1,0 +1,114 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/sluice-dev/sluice/pkg/feedback/redisbus"
+	"github.com/sluice-dev/sluice/pkg/store"
+	"github.com/sluice-dev/sluice/pkg/store/redisstream"
+)
+
+func (a *app) coordinatorCmd() *cli.Command {
+	var (
+		id, stream, sinkSpec, failWhile, deadLetter string
+		sinkRate                                    float64
+		capacity, workers, batch, attempts          int
+		claimIdle, drain                            time.Duration
+	)
+	return &cli.Command{
+		Name:  "coordinator",
+		Usage: "write the durable write stream into a store, and publish the store's pressure",
+		Description: `Reads <prefix>:stream:{<stream>} through the consumer group "coordinators"
+into a write coordinator (bounded queue, --workers writing batches of --batch
+to the sink), acknowledges each entry once the sink wrote it, claims entries
+left pending by dead coordinators (idle for --claim-idle), trims the stream
+behind the group, and publishes its pressure (queue fill plus the group's
+lag; a failing sink is pressure too) to Redis for the controller and KEDA.
+A failing write is retried until the sink takes it; --dead-letter is the
+explicit, counted alternative. On SIGTERM it stops reading, drains within
+--drain and withdraws its pressure; what it could not write stays pending.
+
+Sinks: discard; stdout; file:PATH (JSON lines, appended). --sink-rate
+simulates a store that writes that many items/s; --fail-while PATH makes every
+write fail while PATH exists (an outage drill).
+
+Examples:
+   sluice --redis redis://redis:6379/0 coordinator --id "$POD_NAME" --sink file:/data/ticks.jsonl
+   sluice coordinator --sink discard --sink-rate 300`,
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "id", Usage: "coordinator id: consumer name and pressure id (default: the host name)", Destination: &id},
+			&cli.StringFlag{Name: "stream", Value: "store", Usage: "the stream's name", Destination: &stream},
+			&cli.StringFlag{Name: "sink", Value: "discard", Usage: "discard, stdout or file:PATH", Destination: &sinkSpec},
+			&cli.Float64Flag{Name: "sink-rate", Usage: "simulated store speed, items/s (0: as fast as the sink)", Destination: &sinkRate},
+			&cli.StringFlag{Name: "fail-while", Usage: "every write fails while this file exists (outage drill)", Destination: &failWhile},
+			&cli.StringFlag{Name: "dead-letter", Usage: "file:PATH receiving batches that failed --attempts times (default: retry until written)", Destination: &deadLetter},
+			&cli.IntFlag{Name: "attempts", Value: 4, Usage: "writes of a batch before it is dead-lettered (only with --dead-letter)", Destination: &attempts},
+			&cli.IntFlag{Name: "capacity", Value: 10000, Usage: "queue capacity: the watermarks' 100%", Destination: &capacity},
+			&cli.IntFlag{Name: "workers", Value: 4, Usage: "concurrent batch writers", Destination: &workers},
+			&cli.IntFlag{Name: "batch", Value: 100, Usage: "most items per write", Destination: &batch},
+			&cli.DurationFlag{Name: "claim-idle", Value: 30 * time.Second, Usage: "claim entries pending this long on another coordinator", Destination: &claimIdle},
+			&cli.DurationFlag{Name: "drain", Value: 20 * time.Second, Usage: "how long SIGTERM waits for the queue to drain", Destination: &drain},
+			listenFlag(),
+		},
+		Action: func(c *cli.Context) error {
+			if c.NArg() > 0 {
+				return usagef("coordinator takes no arguments, got %q", c.Args().First())
+			}
+			s, err := a.startService(c, "coordinator")
+			if err != nil {
+				return err
+			}
+			if id == "" {
+				id, _ = os.Hostname()
+			}
+			sink, err := openSink(sinkSpec, sinkRate, failWhile, a.stdout)
+			if err != nil {
+				return err
+			}
+			defer sink.Close()
+			pub, err := redisbus.NewPublisher(s.rdb, redisbus.Options{Prefix: s.cfg.Redis.Prefix, TTL: s.cfg.Feedback.Options.CoordinatorTTL})
+			if err != nil {
+				return err
+			}
+			o := redisstream.ConsumerOptions{
+				Options: redisstream.Options{Prefix: s.cfg.Redis.Prefix, Stream: stream},
+				Name:    id, ClaimIdle: claimIdle, Drain: drain, Logger: s.log,
+				Store: store.Options[redisstream.Entry]{
+					Capacity: capacity, Workers: workers, BatchSize: batch, Publisher: pub, Registerer: s.reg, Logger: s.log,
+				},
+			}
+			if deadLetter != "" {
+				dl, err := openSink(deadLetter, 0, "", a.stdout)
+				if err != nil {
+					return fmt.Errorf("--dead-letter: %w", err)
+				}
+				defer dl.Close()
+				o.Store.DeadLetter, o.Store.Attempts = dl, attempts
+			}
+			cons, err := redisstream.NewConsumer(s.rdb, sink, o)
+			if err != nil {
+				return usagef("coordinator: %v", err)
+			}
+			s.log.Info("starting", "id", id, "stream", stream, "sink", sinkSpec, "sink_rate", sinkRate, "capacity", capacity)
+			return s.run(c.Context, s.mux(s.ready(cons.Ready)), func(ctx context.Context) error {
+				err := cons.Run(ctx)
+				wctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+				defer cancel()
+				if werr := pub.Withdraw(wctx, id); werr != nil {
+					s.log.Warn("withdrawing the pressure report failed; it expires by itself", "err", werr)
+				}
+				st := cons.Stats()
+				line, _ := json.Marshal(map[string]any{"service": "coordinator", "id": id, "read": st.Read, "written": st.Written,
+					"claimed": st.Claimed, "acked": st.Acked, "dead_lettered": st.DeadLettered, "unwritten": st.Unwritten})
+				fmt.Fprintln(a.stdout, string(line))
+				return err
+			})
+		},
+	}
+}

@@ -1,0 +1,333 @@
+// Package controller is sluice's feedback controller: the one place where
+// the store's pressure becomes the shared scale for a fleet. Run two or more;
+// a lease in Redis elects the one that writes. The writer registers the
+// configured providers, runs a feedback.Handler (through pipeline.New) on
+// the pressure of the Redis bus, and reaps coordinators whose report expired
+// from the pressure sets that KEDA counts. Pipeline replicas in any language
+// then only acquire.
+package controller
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"regexp"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/sluice-dev/sluice/lua"
+	"github.com/sluice-dev/sluice/pkg/feedback"
+	"github.com/sluice-dev/sluice/pkg/feedback/redisbus"
+	"github.com/sluice-dev/sluice/pkg/internal/opts"
+	"github.com/sluice-dev/sluice/pkg/internal/promutil"
+	"github.com/sluice-dev/sluice/pkg/limiter"
+	"github.com/sluice-dev/sluice/pkg/pipeline"
+)
+
+// ErrNotLeader is returned (through the handler's writes) by a controller
+// that does not hold the lease, or may have lost it.
+var ErrNotLeader = errors.New("controller: not the lease holder")
+
+// Options configure a Controller. ID is required; every other zero field
+// takes the default its comment gives.
+type Options struct {
+	// Prefix starts every key; default "sluice".
+	Prefix string
+	// ID names this controller in the lease: 1 to 64 of [A-Za-z0-9_.-],
+	// unique among the controllers (a pod name). Required.
+	ID string
+	// LeaseTTL is the lease's life; default 5s. The holder renews it every
+	// LeaseTTL/4 and writes nothing from LeaseTTL/5 before it could run out
+	// without a renewal; a standby tries to take it every LeaseTTL/20. So a
+	// standby takes over within LeaseTTL (and a twentieth) of the holder's
+	// death, and two controllers never write at once.
+	LeaseTTL time.Duration
+	// Providers are registered (created, or updated) each time this
+	// controller takes the lease; nil registers none (someone else does).
+	Providers map[string]limiter.ProviderConfig
+	// Feedback, when set, runs a handler on these options while this
+	// controller holds the lease. Nil opens the loop: the scales are left as
+	// they are (an operator's); the providers are still registered and the
+	// pressure sets reaped.
+	Feedback *feedback.Options
+	// Reap is how often the writer reaps the pressure sets; default 1s.
+	Reap time.Duration
+	// Limiter configures the limiter the handler writes through; its
+	// Prefix is Prefix, its Source defaults to "controller".
+	Limiter limiter.Options
+	// Logger receives lease changes and errors; default slog.Default().
+	Logger *slog.Logger
+	// Registerer receives the controller's metrics and its handler's; nil
+	// registers none.
+	Registerer prometheus.Registerer
+}
+
+var idRE = regexp.MustCompile(`^[A-Za-z0-9_.\-]{1,64}$`)
+
+func (o *Options) setDefaults() error {
+	if !idRE.MatchString(o.ID) {
+		return fmt.Errorf("controller: id=%q: must be 1 to 64 characters of [A-Za-z0-9_.-]", o.ID)
+	}
+	if err := opts.Check(
+		opts.Positive("lease_ttl", &o.LeaseTTL, 5*time.Second),
+		opts.Positive("reap", &o.Reap, time.Second),
+	); err != nil {
+		return fmt.Errorf("controller: %w", err)
+	}
+	if o.LeaseTTL < 100*time.Millisecond || o.LeaseTTL > time.Hour {
+		return fmt.Errorf("controller: lease_ttl=%v: must be in [100ms, 1h]", o.LeaseTTL)
+	}
+	if o.Prefix == "" {
+		o.Prefix = "sluice"
+	}
+	o.Limiter.Prefix = o.Prefix
+	if o.Limiter.Source == "" {
+		o.Limiter.Source = "controller"
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.Limiter.Logger == nil {
+		o.Limiter.Logger = o.Logger
+	}
+	if o.Feedback != nil {
+		fb := *o.Feedback
+		if fb.Registerer == nil {
+			fb.Registerer = o.Registerer
+		}
+		if fb.Logger == nil {
+			fb.Logger = o.Logger
+		}
+		o.Feedback = &fb
+	}
+	return nil
+}
+
+var leaseScript = redis.NewScript(lua.Source("lease"))
+
+// Controller competes for the lease and, while it holds it, steers the
+// shared scales. Run drives it; it is safe for concurrent use.
+type Controller struct {
+	rdb redis.UniversalClient
+	o   Options
+	key string
+	log *slog.Logger
+
+	mu         sync.Mutex
+	validUntil time.Time         // writes allowed before this (local clock); zero: not the holder
+	steering   bool              // the providers are registered (and the handler runs, with feedback)
+	replica    *pipeline.Replica // the handler's; nil without feedback
+
+	leader  atomic.Bool
+	lastErr atomic.Pointer[error]
+	m       struct {
+		leader   prometheus.Gauge
+		acquired prometheus.Counter
+		reaped   prometheus.Counter
+	}
+}
+
+// New returns a Controller on rdb (a Client, ClusterClient or Ring); Run
+// starts it. A bad option is an error naming it.
+func New(rdb redis.UniversalClient, o Options) (*Controller, error) {
+	if err := o.setDefaults(); err != nil {
+		return nil, err
+	}
+	c := &Controller{rdb: rdb, o: o, key: o.Prefix + ":controller:lease",
+		log: o.Logger.With("component", "controller", "controller", o.ID)}
+	r := &promutil.Registrar{Reg: o.Registerer}
+	c.m.leader = r.GaugeVec(prometheus.GaugeOpts{Name: "controller_leader",
+		Help: "1 while this controller holds the lease and writes the scales."}, "controller_id").WithLabelValues(o.ID)
+	c.m.acquired = r.CounterVec(prometheus.CounterOpts{Name: "controller_lease_acquired_total",
+		Help: "Times this controller took the lease."}, "controller_id").WithLabelValues(o.ID)
+	c.m.reaped = r.CounterVec(prometheus.CounterOpts{Name: "controller_reaped_coordinators_total",
+		Help: "Coordinators whose report expired, taken out of the pressure sets."}, "controller_id").WithLabelValues(o.ID)
+	return c, r.Err
+}
+
+// Leader reports whether this controller holds the lease now.
+func (c *Controller) Leader() bool { return c.leader.Load() }
+
+// Ready returns nil when the controller's last round trip to Redis (taking
+// or renewing the lease) succeeded, else its error.
+func (c *Controller) Ready() error {
+	if p := c.lastErr.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// Run competes for the lease until ctx ends, steering the scales while it
+// holds it; then it stops the handler, releases the lease (so a standby
+// takes over at once) and returns. Redis errors do not end it: they are
+// logged and reported by Ready, and a holder that cannot renew in time
+// stops writing.
+func (c *Controller) Run(ctx context.Context) error {
+	nextReap := time.Time{}
+	for {
+		c.round(ctx)
+		if c.Leader() && time.Now().After(nextReap) {
+			c.reap(ctx)
+			nextReap = time.Now().Add(c.o.Reap)
+		}
+		wait := c.o.LeaseTTL / 20
+		if c.Leader() {
+			wait = min(c.o.LeaseTTL/4, c.o.Reap)
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			c.stepDown("shutting down")
+			rctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			defer cancel()
+			if _, err := leaseScript.Run(rctx, c.rdb, []string{c.key}, "release", c.o.ID).Result(); err != nil {
+				c.log.Warn("releasing the lease failed; it runs out by itself", "err", err)
+			}
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+// round takes or renews the lease once, and starts or stops the handler.
+func (c *Controller) round(ctx context.Context) {
+	op := "acquire"
+	if c.Leader() {
+		op = "renew"
+	}
+	start := time.Now()
+	rctx, cancel := context.WithTimeout(ctx, c.o.LeaseTTL/5)
+	held, err := leaseScript.Run(rctx, c.rdb, []string{c.key}, op, c.o.ID, c.o.LeaseTTL.Milliseconds()).Int()
+	cancel()
+	if err != nil {
+		if ctx.Err() != nil {
+			return
+		}
+		c.lastErr.Store(&err)
+		c.log.Warn("lease round trip failed", "op", op, "err", err)
+		if c.Leader() && !c.valid() {
+			c.stepDown("could not renew the lease in time")
+		}
+		return
+	}
+	c.lastErr.Store(nil)
+	if held == 0 {
+		if c.Leader() {
+			c.stepDown("another controller holds the lease")
+		}
+		return
+	}
+	c.mu.Lock()
+	// Redis set the TTL after start: the lease lives at least until
+	// start+LeaseTTL; stop writing a fifth of it earlier.
+	c.validUntil = start.Add(c.o.LeaseTTL - c.o.LeaseTTL/5)
+	c.mu.Unlock()
+	if !c.Leader() {
+		c.leader.Store(true)
+		c.m.leader.Set(1)
+		c.m.acquired.Inc()
+		c.log.Info("took the lease: writing the scales", "lease_ttl", c.o.LeaseTTL)
+	}
+	if !c.steering {
+		if err := c.startReplica(ctx); err != nil && ctx.Err() == nil {
+			c.log.Error("cannot steer the scales; retrying", "err", err)
+		}
+	}
+}
+
+// valid reports whether the lease is certainly still held.
+func (c *Controller) valid() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return time.Now().Before(c.validUntil)
+}
+
+// guard lets a write through only while the lease is certainly held, and
+// bounds it by the time it is.
+func (c *Controller) guard(ctx context.Context) (context.Context, context.CancelFunc, error) {
+	c.mu.Lock()
+	until := c.validUntil
+	c.mu.Unlock()
+	if !time.Now().Before(until) {
+		return nil, nil, ErrNotLeader
+	}
+	gctx, cancel := context.WithDeadline(ctx, until)
+	return gctx, cancel, nil
+}
+
+// startReplica registers the providers and starts the handler.
+func (c *Controller) startReplica(ctx context.Context) error {
+	lim, err := limiter.New(c.rdb, c.o.Limiter)
+	if err != nil {
+		return err
+	}
+	for _, name := range slices.Sorted(maps.Keys(c.o.Providers)) {
+		gctx, cancel, err := c.guard(ctx)
+		if err != nil {
+			lim.Close()
+			return err
+		}
+		res, err := lim.Register(gctx, name, c.o.Providers[name])
+		cancel()
+		if err != nil {
+			lim.Close()
+			return fmt.Errorf("register %s: %w", name, err)
+		}
+		c.log.Info("provider registered", "provider", name, "result", res)
+	}
+	lim.Close()
+	if c.o.Feedback == nil {
+		c.log.Info("feedback off: the scales are left as they are")
+		c.steering = true
+		return nil
+	}
+	r, err := pipeline.New(ctx, c.rdb, pipeline.Options{Limiter: c.o.Limiter, Feedback: c.o.Feedback, Guard: c.guard})
+	if err != nil {
+		return err
+	}
+	c.replica, c.steering = r, true
+	return nil
+}
+
+// stepDown stops writing.
+func (c *Controller) stepDown(why string) {
+	c.mu.Lock()
+	c.validUntil = time.Time{}
+	c.mu.Unlock()
+	if c.replica != nil {
+		_ = c.replica.Close()
+	}
+	c.replica, c.steering = nil, false
+	if c.leader.Swap(false) {
+		c.m.leader.Set(0)
+		c.log.Warn("gave up the lease: not writing the scales", "why", why)
+	}
+}
+
+// reap takes expired coordinators out of the pressure sets.
+func (c *Controller) reap(ctx context.Context) {
+	gctx, cancel, err := c.guard(ctx)
+	if err != nil {
+		return
+	}
+	defer cancel()
+	p, err := redisbus.Reap(gctx, c.rdb, c.o.Prefix)
+	if err != nil {
+		if ctx.Err() == nil {
+			c.log.Warn("reaping the pressure sets failed", "err", err)
+		}
+		return
+	}
+	if len(p.Expired) > 0 {
+		c.m.reaped.Add(float64(len(p.Expired)))
+		c.log.Info("coordinators stopped reporting: taken out of the pressure sets", "coordinators", p.Expired)
+	}
+}
