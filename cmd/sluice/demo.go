@@ -38,8 +38,10 @@ runs --replicas pipeline replicas, each with its own Redis client, pulling
 market-data ticks from a simulated provider whose pacing limit is --rate, into
 a write coordinator whose sink writes only --sink-rate items per second. The
 store's pressure flows back through Redis to every replica's feedback handler.
-Prints a line per --interval and a summary; --open-loop runs the same without
-feedback, for comparison. With a real Redis the keys use the prefix
+Prints a line per --interval and a summary; --open-loop (or
+feedback.enable_feedback=false) runs the same without feedback, for
+comparison. feedback.policy, .dwell and .max_rise apply unless the flags of
+the same name are given. With a real Redis the keys use the prefix
 sluice-demo unless --prefix is given.
 
 Examples:
@@ -71,6 +73,18 @@ Examples:
 				return err
 			}
 			log := a.logger(cfg) // warnings only, unless configured: the progress lines are the output
+			// The feedback settings apply unless a flag says otherwise.
+			d.OpenLoop = d.OpenLoop || !cfg.Feedback.Enabled
+			configured := func(flag, key string) bool { return !c.IsSet(flag) && cfg.Source(key) != "default" }
+			if configured("policy", "feedback.policy") {
+				d.Policy = setting(cfg, "feedback.policy")
+			}
+			if configured("dwell", "feedback.dwell") {
+				d.Dwell = cfg.Feedback.Options.Dwell
+			}
+			if configured("max-rise", "feedback.max_rise") {
+				d.MaxRise = cfg.Feedback.Options.MaxRise
+			}
 			where := "embedded Redis"
 			var newClient func() redis.UniversalClient
 			prefix := cfg.Redis.Prefix

@@ -57,10 +57,13 @@ type Options struct {
 	// they are (an operator's); the providers are still registered and the
 	// pressure sets reaped.
 	Feedback *feedback.Options
-	// Reap is how often the writer reaps the pressure sets; default 1s.
+	// Reap is how often the writer reaps the pressure sets; default 250ms,
+	// so that a coordinator that died leaves them within its report TTL
+	// and a quarter of a second.
 	Reap time.Duration
 	// Limiter configures the limiter the handler writes through; its
-	// Prefix is Prefix, its Source defaults to "controller".
+	// Prefix is Prefix, its Source defaults to "controller/<ID>" (the
+	// scale hash then says which controller set it).
 	Limiter limiter.Options
 	// Logger receives lease changes and errors; default slog.Default().
 	Logger *slog.Logger
@@ -77,7 +80,7 @@ func (o *Options) setDefaults() error {
 	}
 	if err := opts.Check(
 		opts.Positive("lease_ttl", &o.LeaseTTL, 5*time.Second),
-		opts.Positive("reap", &o.Reap, time.Second),
+		opts.Positive("reap", &o.Reap, 250*time.Millisecond),
 	); err != nil {
 		return fmt.Errorf("controller: %w", err)
 	}
@@ -89,7 +92,7 @@ func (o *Options) setDefaults() error {
 	}
 	o.Limiter.Prefix = o.Prefix
 	if o.Limiter.Source == "" {
-		o.Limiter.Source = "controller"
+		o.Limiter.Source = "controller/" + o.ID
 	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()

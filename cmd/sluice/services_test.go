@@ -1,0 +1,460 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/sluice-dev/sluice/internal/redistest"
+	"github.com/sluice-dev/sluice/pkg/feedback"
+	"github.com/sluice-dev/sluice/pkg/feedback/redisbus"
+	"github.com/sluice-dev/sluice/pkg/limiter"
+	"github.com/sluice-dev/sluice/pkg/state"
+)
+
+// fleet starts sluice services as OS processes of the real binary against
+// one redis-server, and stops them when the test ends.
+type fleet struct {
+	t   *testing.T
+	bin string
+	srv *redistest.Server
+	rdb *redis.Client
+	env []string
+	dir string
+
+	mu   sync.Mutex
+	logs map[string]*bytes.Buffer
+}
+
+func newFleet(t *testing.T, env ...string) *fleet {
+	srv := redistest.Start(t)
+	f := &fleet{t: t, bin: buildBinary(t), srv: srv, rdb: srv.Client(t), dir: t.TempDir(), logs: map[string]*bytes.Buffer{}}
+	f.env = envWith(os.Environ(), append([]string{"SLUICE_REDIS_URL=" + srv.URL(), "SLUICE_REDIS_PREFIX=sluice",
+		"SLUICE_LOG_FORMAT=json", "SLUICE_RECEIVER_LISTEN=127.0.0.1:0", "MDP_FB_PROVIDER_NAME=ibkr"}, env...)...)
+	return f
+}
+
+// syncBuffer is a log buffer the child's stderr copier and the test share.
+type syncBuffer struct {
+	mu *sync.Mutex
+	b  *bytes.Buffer
+}
+
+func (s syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+// start runs `sluice <args>` and returns it once it serves HTTP.
+func (f *fleet) start(name string, args ...string) *proc {
+	f.t.Helper()
+	buf := &bytes.Buffer{}
+	f.mu.Lock()
+	f.logs[name] = buf
+	f.mu.Unlock()
+	p, err := startProc(f.bin, name, f.env, syncBuffer{&f.mu, buf}, args...)
+	if err != nil {
+		f.t.Fatalf("%v\nlog: %s", err, f.log(name))
+	}
+	f.t.Cleanup(func() {
+		if p.exited() == nil {
+			p.kill()
+		}
+		if f.t.Failed() {
+			f.t.Logf("log of %s:\n%s", name, f.log(name))
+		}
+	})
+	return p
+}
+
+func (f *fleet) log(name string) string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if b := f.logs[name]; b != nil {
+		return b.String()
+	}
+	return ""
+}
+
+// register creates provider ibkr with the given rate and burst.
+func (f *fleet) register(rate float64, burst int64) {
+	f.t.Helper()
+	lim, err := limiter.New(f.rdb, limiter.Options{Source: "test"})
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	defer lim.Close()
+	cfg := limiter.DefaultProviderConfig()
+	cfg.RefillRate, cfg.Capacity = rate, burst
+	if _, err := lim.Register(context.Background(), "ibkr", cfg); err != nil {
+		f.t.Fatal(err)
+	}
+}
+
+// waitFor polls cond every 20ms until it holds, failing after limit.
+func waitFor(t *testing.T, limit time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(limit)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", limit, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func (f *fleet) undrained() int64 {
+	gs, err := f.rdb.XInfoGroups(context.Background(), "sluice:stream:{store}").Result()
+	if err != nil || len(gs) == 0 {
+		return -1
+	}
+	return max(gs[0].Lag, 0) + gs[0].Pending
+}
+
+func (f *fleet) metric(p *proc, name string) float64 {
+	v, _ := p.metric(context.Background(), name)
+	return v
+}
+
+// stopPipelines stops them with SIGTERM and returns how many items they
+// appended.
+func stopPipelines(t *testing.T, ps ...*proc) int64 {
+	t.Helper()
+	var n int64
+	for _, p := range ps {
+		if err := p.stop(30 * time.Second); err != nil {
+			t.Fatalf("stopping %s: %v", p.name, err)
+		}
+		f := p.final()
+		if f == nil || num(f["unappended"]) != 0 {
+			t.Fatalf("%s final counts %v", p.name, f)
+		}
+		n += int64(num(f["appended"]))
+	}
+	return n
+}
+
+// TestCoordinatorKilled: two coordinators share the stream; one is killed
+// with SIGKILL mid-run. Every appended entry is written at least once: the
+// living one claims what the dead one held.
+func TestCoordinatorKilled(t *testing.T) {
+	f := newFleet(t)
+	f.register(1500, 50)
+	var sinks []string
+	var coords []*proc
+	for i := range 2 {
+		sinks = append(sinks, filepath.Join(f.dir, fmt.Sprintf("c%d.jsonl", i)))
+		coords = append(coords, f.start(fmt.Sprintf("c%d", i), "coordinator", "--id", fmt.Sprintf("c%d", i),
+			"--sink", "file:"+sinks[i], "--sink-rate", "1000", "--claim-idle", "2s", "--capacity", "2000"))
+	}
+	p1 := f.start("p1", "pipeline", "--id", "p1")
+	p2 := f.start("p2", "pipeline", "--id", "p2")
+	waitFor(t, 30*time.Second, "c0 to write 500 items", func() bool { return f.metric(coords[0], "coordinator_items_written_total") >= 500 })
+	coords[0].kill()
+	waitFor(t, 30*time.Second, "c1 to write 1000 more", func() bool { return f.metric(coords[1], "coordinator_items_written_total") >= 1000 })
+	produced := stopPipelines(t, p1, p2)
+	waitFor(t, 60*time.Second, "the stream to drain", func() bool { return f.undrained() == 0 })
+	if err := coords[1].stop(30 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	lines, unique, err := countItems(sinks)
+	if err != nil {
+		t.Fatal(err)
+	}
+	claimed := num(coords[1].final()["claimed"])
+	t.Logf("kill -9 of a coordinator: produced %d, written %d lines, %d distinct, lost %d, duplicated %d (claimed %.0f)",
+		produced, lines, unique, produced-unique, lines-unique, claimed)
+	if unique != produced || produced == 0 {
+		t.Fatalf("produced %d, distinct written %d: entries lost", produced, unique)
+	}
+	if claimed == 0 {
+		t.Fatal("nothing claimed: the killed coordinator held nothing, the test proves nothing")
+	}
+}
+
+// TestSinkOutage: the store fails for 10 s. Nothing is lost or
+// dead-lettered; the level reaches hard, the controller pauses the budget
+// (scale 0) and the pipelines stop fetching, through Redis only; when the
+// store is back everything is written.
+func TestSinkOutage(t *testing.T) {
+	f := newFleet(t, "MDP_FB_DWELL=1s", "MDP_RATE_IBKR_REFILL_RATE=400", "MDP_RATE_IBKR_CAPACITY=20")
+	outage := filepath.Join(f.dir, "outage")
+	sink := filepath.Join(f.dir, "c0.jsonl")
+	ctl := f.start("controller", "controller", "--id", "ctl", "--lease-ttl", "1s")
+	c0 := f.start("c0", "coordinator", "--id", "c0", "--sink", "file:"+sink, "--fail-while", outage)
+	waitFor(t, 30*time.Second, "the controller to register ibkr", func() bool {
+		return ctl.ready(context.Background()) && f.rdb.Exists(context.Background(), "sluice:{ibkr}:config").Val() == 1
+	})
+	p1 := f.start("p1", "pipeline", "--id", "p1")
+	waitFor(t, 30*time.Second, "items written", func() bool { return f.metric(c0, "coordinator_items_written_total") >= 200 })
+	if err := os.WriteFile(outage, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	began := time.Now()
+	scaleHash := func() map[string]string { return f.rdb.HGetAll(context.Background(), "sluice:{ibkr}:scale").Val() }
+	waitFor(t, 30*time.Second, "level hard and scale 0", func() bool {
+		h := scaleHash()
+		return h["level"] == "hard" && h["scale"] == "0" && f.rdb.SIsMember(context.Background(), "sluice:pressure:hard", "c0").Val()
+	})
+	t.Logf("outage: level hard and scale 0 after %v", time.Since(began).Round(10*time.Millisecond))
+	// While the scale stays 0 the bucket does not refill: the pipeline can
+	// fetch at most what the bucket holds (its capacity, 20).
+	before, seq := f.metric(p1, "pipeline_items_appended_total"), scaleHash()["seq"]
+	time.Sleep(2 * time.Second)
+	after := f.metric(p1, "pipeline_items_appended_total")
+	if h := scaleHash(); h["seq"] == seq && after-before > 20 {
+		t.Fatalf("scale 0 for 2s, yet the pipeline appended %.0f items", after-before)
+	}
+	time.Sleep(time.Until(began.Add(10 * time.Second)))
+	if err := os.Remove(outage); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 60*time.Second, "the scale back to 1", func() bool { return scaleHash()["scale"] == "1" })
+	produced := stopPipelines(t, p1)
+	waitFor(t, 60*time.Second, "the stream to drain", func() bool { return f.undrained() == 0 })
+	if err := c0.stop(30 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	lines, unique, err := countItems([]string{sink})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fin := c0.final()
+	t.Logf("10 s sink outage: produced %d, written %d lines, %d distinct, lost %d, duplicated %d, dead-lettered %.0f",
+		produced, lines, unique, produced-unique, lines-unique, num(fin["dead_lettered"]))
+	if unique != produced || num(fin["dead_lettered"]) != 0 {
+		t.Fatalf("produced %d, distinct written %d, final %v", produced, unique, fin)
+	}
+}
+
+// leader returns which of the controllers says it holds the lease.
+func leaders(f *fleet, ctls ...*proc) []*proc {
+	var out []*proc
+	for _, c := range ctls {
+		if c.exited() == nil && f.metric(c, "controller_leader") == 1 {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// TestControllerTakeover: the active controller is killed; the standby
+// takes the lease within about one lease TTL. A controller frozen (SIGSTOP)
+// past its lease loses it, and when it thaws it writes nothing: the scale
+// has one writer at a time.
+func TestControllerTakeover(t *testing.T) {
+	f := newFleet(t, "MDP_FB_DWELL=500ms", "MDP_FB_COORDINATOR_TTL=30s")
+	f.register(100, 10)
+	const ttl = 2 * time.Second
+	a := f.start("a", "controller", "--id", "a", "--lease-ttl", ttl.String())
+	b := f.start("b", "controller", "--id", "b", "--lease-ttl", ttl.String())
+	waitFor(t, 20*time.Second, "one leader", func() bool { return len(leaders(f, a, b)) == 1 })
+	first := leaders(f, a, b)[0]
+	standby := a
+	if first == a {
+		standby = b
+	}
+	pub, _ := redisbus.NewPublisher(f.rdb, redisbus.Options{TTL: 30 * time.Second})
+	seq := uint64(0)
+	publish := func(l state.Level) {
+		seq++
+		if err := pub.Publish(context.Background(), feedback.Event{CoordinatorID: "c0", QueueSize: 10, Capacity: 100, Level: l, Seq: seq}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	scale := func() map[string]string { return f.rdb.HGetAll(context.Background(), "sluice:{ibkr}:scale").Val() }
+	publish(state.Soft)
+	waitFor(t, 20*time.Second, "the leader to set 0.5", func() bool {
+		return scale()["scale"] == "0.5" && scale()["source"] == "controller/"+first.name
+	})
+
+	first.kill() // SIGKILL: no release
+	killed := time.Now()
+	waitFor(t, 20*time.Second, "the standby to take over", func() bool { return len(leaders(f, standby)) == 1 })
+	took := time.Since(killed)
+	t.Logf("controller killed: the standby took the lease after %v (lease TTL %v)", took.Round(10*time.Millisecond), ttl)
+	if took > 2*ttl+time.Second {
+		t.Errorf("takeover took %v, want about one lease TTL (%v)", took, ttl)
+	}
+	publish(state.Hard)
+	waitFor(t, 20*time.Second, "the new leader to set 0", func() bool {
+		return scale()["scale"] == "0" && scale()["source"] == "controller/"+standby.name
+	})
+
+	// Freeze the leader past its lease; a fresh controller takes over.
+	c := f.start("c", "controller", "--id", "c", "--lease-ttl", ttl.String())
+	if err := standby.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 20*time.Second, "c to take the lease", func() bool { return len(leaders(f, c)) == 1 })
+	publish(state.OK)
+	waitFor(t, 20*time.Second, "c to raise the scale", func() bool {
+		return scale()["scale"] == "1" && scale()["source"] == "controller/c"
+	})
+	if err := standby.cmd.Process.Signal(syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 20*time.Second, "the thawed controller to step down", func() bool {
+		return strings.Contains(f.log(standby.name), "gave up the lease")
+	})
+	publish(state.Soft)
+	waitFor(t, 20*time.Second, "c to set 0.5", func() bool { return scale()["scale"] == "0.5" })
+	if s := scale()["source"]; s != "controller/c" {
+		t.Fatalf("scale written by %s after the thaw, want only controller/c", s)
+	}
+	// The thawed controller never wrote after it lost the lease.
+	sc := bufio.NewScanner(strings.NewReader(f.log(standby.name)))
+	lost := false
+	for sc.Scan() {
+		line := sc.Text()
+		if strings.Contains(line, "gave up the lease") {
+			lost = true
+		}
+		if lost && strings.Contains(line, `"msg":"feedback adjusted scale"`) {
+			t.Fatalf("%s adjusted the scale after losing the lease: %s", standby.name, line)
+		}
+	}
+}
+
+// TestPressureSetsReaped: with no pipeline running, a coordinator killed at
+// hard leaves the KEDA set sluice:pressure:hard within the report TTL (the
+// controller reaps it).
+func TestPressureSetsReaped(t *testing.T) {
+	f := newFleet(t, "MDP_FB_COORDINATOR_TTL=3s")
+	outage := filepath.Join(f.dir, "outage")
+	if err := os.WriteFile(outage, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	f.start("controller", "controller", "--id", "ctl", "--lease-ttl", "1s")
+	c0 := f.start("c0", "coordinator", "--id", "c0", "--sink", "discard", "--fail-while", outage)
+	f.register(100, 10) // nobody appends: one entry by hand makes the sink fail
+	if err := f.rdb.XAdd(context.Background(), &redis.XAddArgs{Stream: "sluice:stream:{store}", Values: []any{"data", "{}"}}).Err(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 30*time.Second, "c0 in the hard set", func() bool {
+		return f.rdb.SIsMember(context.Background(), "sluice:pressure:hard", "c0").Val()
+	})
+	c0.kill()
+	killed := time.Now()
+	waitFor(t, 30*time.Second, "the hard set to be empty", func() bool {
+		return f.rdb.SCard(context.Background(), "sluice:pressure:hard").Val() == 0
+	})
+	t.Logf("coordinator killed at hard: out of the hard set after %v (report TTL 3s)", time.Since(killed).Round(10*time.Millisecond))
+}
+
+// TestControllerSettings: every feedback setting changes what the
+// controller does (run in-process: the command itself, on real Redis).
+func TestControllerSettings(t *testing.T) {
+	srv := redistest.Start(t)
+	rdb := srv.Client(t)
+	for i, tc := range []struct {
+		name string
+		env  []string
+		// events to publish in order, each once the scale hash shows the
+		// previous want; want is checked against the scale hash.
+		steps []struct {
+			level state.Level
+			want  map[string]string
+		}
+	}{
+		{"defaults", nil, steps(state.Soft, "scale=0.5", state.OK, "scale=1")},
+		{"policy", []string{"MDP_FB_POLICY=step:ok=1,soft=0.3,hard=0.1"}, steps(state.Soft, "scale=0.3", state.Hard, "scale=0.1")},
+		{"shadow", []string{"MDP_FB_SHADOW=true"}, steps(state.Hard, "shadow_scale=0", state.Hard, "scale=1")},
+		{"max_rise and dwell", []string{"MDP_FB_MAX_RISE=0.25", "MDP_FB_DWELL=3s"}, steps(state.Hard, "scale=0", state.OK, "scale=0.25")},
+		{"expiry", []string{"MDP_FB_EXPIRY=hard", "MDP_FB_COORDINATOR_TTL=1s"}, steps(state.OK, "level=hard", state.OK, "scale=0")},
+		{"feedback off", []string{"MDP_FB_ENABLE_FEEDBACK=false"}, steps(state.Hard, "", state.Hard, "scale=1")},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			prefix := fmt.Sprintf("s%d", i)
+			env := append([]string{"SLUICE_REDIS_URL=" + srv.URL(), "SLUICE_REDIS_PREFIX=" + prefix, "SLUICE_RECEIVER_LISTEN=127.0.0.1:0",
+				"MDP_RATE_IBKR_REFILL_RATE=100", "SLUICE_LOG_LEVEL=error"}, tc.env...)
+			ctx, cancel := context.WithCancel(context.Background())
+			exited := make(chan int, 1)
+			var out, errb bytes.Buffer
+			go func() {
+				exited <- run(ctx, []string{"sluice", "controller", "--id", "c", "--lease-ttl", "1s"}, &out, &errb, env)
+			}()
+			defer func() {
+				cancel()
+				if code := <-exited; code != 0 {
+					t.Errorf("controller exited %d: %s", code, errb.String())
+				}
+			}()
+			key := prefix + ":{ibkr}:scale"
+			waitFor(t, 20*time.Second, "ibkr registered", func() bool { return rdb.HGet(context.Background(), key, "scale").Val() == "1" })
+			pub, _ := redisbus.NewPublisher(rdb, redisbus.Options{Prefix: prefix, TTL: time.Minute})
+			for n, st := range tc.steps {
+				if err := pub.Publish(context.Background(), feedback.Event{CoordinatorID: "c0", QueueSize: 1, Capacity: 10, Level: st.level, Seq: uint64(n + 1)}); err != nil {
+					t.Fatal(err)
+				}
+				if st.want == nil {
+					continue
+				}
+				waitFor(t, 20*time.Second, fmt.Sprintf("step %d: %v", n, st.want), func() bool {
+					h := rdb.HGetAll(context.Background(), key).Val()
+					for k, v := range st.want {
+						if h[k] != v {
+							return false
+						}
+					}
+					return true
+				})
+			}
+			if tc.name == "feedback off" {
+				// A coordinator that died at hard is reaped; nothing else is written.
+				rdb.SAdd(context.Background(), prefix+":pressure:coordinators", "gone")
+				rdb.SAdd(context.Background(), prefix+":pressure:hard", "gone")
+				waitFor(t, 20*time.Second, "the dead coordinator reaped", func() bool {
+					return !rdb.SIsMember(context.Background(), prefix+":pressure:hard", "gone").Val()
+				})
+				if h := rdb.HGetAll(context.Background(), key).Val(); h["scale"] != "1" || h["seq"] != "0" || h["source"] != "register" {
+					t.Fatalf("feedback off, yet the scale hash changed: %v", h)
+				}
+			}
+		})
+	}
+}
+
+// steps builds the steps of TestControllerSettings from level, "k=v" pairs
+// ("" wants nothing).
+func steps(args ...any) []struct {
+	level state.Level
+	want  map[string]string
+} {
+	var out []struct {
+		level state.Level
+		want  map[string]string
+	}
+	for i := 0; i < len(args); i += 2 {
+		var want map[string]string
+		if kv := args[i+1].(string); kv != "" {
+			k, v, _ := strings.Cut(kv, "=")
+			want = map[string]string{k: v}
+		}
+		out = append(out, struct {
+			level state.Level
+			want  map[string]string
+		}{args[i].(state.Level), want})
+	}
+	return out
+}
+
+// TestDemoFeedbackSetting: MDP_FB_ENABLE_FEEDBACK=false opens the demo's
+// loop.
+func TestDemoFeedbackSetting(t *testing.T) {
+	r := sluice(t, []string{"MDP_FB_ENABLE_FEEDBACK=false"}, "demo", "--duration", "1s", "--json").ok(t)
+	if !strings.Contains(r.stdout, `"feedback": false`) {
+		t.Fatalf("demo with feedback off: %s", r.stdout)
+	}
+}
