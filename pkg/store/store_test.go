@@ -365,7 +365,7 @@ coordinator_backpressure_ok{coordinator_id="store-0"} 0
 # HELP coordinator_backpressure_soft 1 while the coordinator's backpressure level is soft.
 # TYPE coordinator_backpressure_soft gauge
 coordinator_backpressure_soft{coordinator_id="store-0"} 0
-# HELP coordinator_queue_depth Items waiting in the write coordinator's queue.
+# HELP coordinator_queue_depth Items waiting in the write coordinator's own queue (a stream's lag is coordinator_stream_lag).
 # TYPE coordinator_queue_depth gauge
 coordinator_queue_depth{coordinator_id="store-0"} 9
 `
