@@ -51,6 +51,8 @@ type Options struct {
 	LeaseTTL time.Duration
 	// Providers are registered (created, or updated) each time this
 	// controller takes the lease; nil registers none (someone else does).
+	// A provider of Feedback.Providers that is not here is created with
+	// limiter.DefaultProviderConfig if it does not exist, else left alone.
 	Providers map[string]limiter.ProviderConfig
 	// Feedback, when set, runs a handler on these options while this
 	// controller holds the lease. Nil opens the loop: the scales are left as
@@ -127,6 +129,8 @@ type Controller struct {
 	validUntil time.Time         // writes allowed before this (local clock); zero: not the holder
 	steering   bool              // the providers are registered (and the handler runs, with feedback)
 	replica    *pipeline.Replica // the handler's; nil without feedback
+
+	lastStartErr string // the last failure to start steering, logged once
 
 	leader  atomic.Bool
 	lastErr atomic.Pointer[error]
@@ -240,8 +244,14 @@ func (c *Controller) round(ctx context.Context) {
 		c.log.Info("took the lease: writing the scales", "lease_ttl", c.o.LeaseTTL)
 	}
 	if !c.steering {
-		if err := c.startReplica(ctx); err != nil && ctx.Err() == nil {
+		err := c.startReplica(ctx)
+		if err != nil && ctx.Err() == nil && err.Error() != c.lastStartErr {
 			c.log.Error("cannot steer the scales; retrying", "err", err)
+		}
+		if err != nil {
+			c.lastStartErr = err.Error()
+		} else {
+			c.lastStartErr = ""
 		}
 	}
 }
@@ -286,6 +296,14 @@ func (c *Controller) startReplica(ctx context.Context) error {
 		}
 		c.log.Info("provider registered", "provider", name, "result", res)
 	}
+	if c.o.Feedback != nil {
+		for _, name := range c.o.Feedback.Providers {
+			if err := c.ensure(ctx, lim, name); err != nil {
+				lim.Close()
+				return err
+			}
+		}
+	}
 	lim.Close()
 	if c.o.Feedback == nil {
 		c.log.Info("feedback off: the scales are left as they are")
@@ -297,6 +315,31 @@ func (c *Controller) startReplica(ctx context.Context) error {
 		return err
 	}
 	c.replica, c.steering = r, true
+	return nil
+}
+
+// ensure creates a provider the handler steers, not in Providers, with
+// limiter.DefaultProviderConfig when it does not exist (a configuration
+// that names only feedback.provider_name works out of the box); an
+// existing one is left as it is.
+func (c *Controller) ensure(ctx context.Context, lim *limiter.Coordinator, name string) error {
+	if _, ok := c.o.Providers[name]; ok {
+		return nil
+	}
+	_, err := lim.Status(ctx, name)
+	if !errors.Is(err, limiter.ErrUnknownProvider) {
+		return err
+	}
+	gctx, cancel, err := c.guard(ctx)
+	if err != nil {
+		return err
+	}
+	defer cancel()
+	if _, err := lim.Register(gctx, name, limiter.DefaultProviderConfig()); err != nil {
+		return fmt.Errorf("register %s: %w", name, err)
+	}
+	c.log.Warn("provider was not registered nor configured: created with the defaults", "provider", name,
+		"config", fmt.Sprintf("%+v", limiter.DefaultProviderConfig()))
 	return nil
 }
 
