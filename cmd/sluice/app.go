@@ -149,7 +149,8 @@ func (a *app) logger(cfg *config.Settings) *slog.Logger {
 		level = slog.LevelWarn
 	}
 	opts := &slog.HandlerOptions{Level: level}
-	if cfg.Log.Format == "json" {
+	// Services log JSON unless a format was configured; commands, text.
+	if cfg.Log.Format == "json" || a.service && cfg.Source("log.format") == "default" {
 		return slog.New(slog.NewJSONHandler(a.stderr, opts))
 	}
 	return slog.New(slog.NewTextHandler(a.stderr, opts))

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"os"
 	"time"
 
@@ -81,7 +82,11 @@ Examples:
 			}
 			s.log.Info("starting", "id", id, "feedback", s.cfg.Feedback.Enabled, "provider", s.cfg.Feedback.Provider,
 				"policy", setting(s.cfg, "feedback.policy"), "lease_ttl", leaseTTL)
-			return s.run(c.Context, h, ctl.Run)
+			return s.run(c.Context, h, func(ctx context.Context) error {
+				err := ctl.Run(ctx)
+				s.final(map[string]any{"id": id, "terms": ctl.Terms()})
+				return err
+			})
 		},
 	}
 }

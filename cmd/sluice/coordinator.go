@@ -2,9 +2,10 @@ package main
 
 import (
 	"context"
-	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
+	"sync/atomic"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -83,6 +84,9 @@ Examples:
 					Capacity: capacity, Workers: workers, BatchSize: batch, Publisher: pub, Registerer: s.reg, Logger: s.log,
 				},
 			}
+			if err := o.Validate(); err != nil {
+				return usagef("coordinator: %v", err)
+			}
 			if deadLetter != "" {
 				dl, err := openSink(deadLetter, 0, "", a.stdout)
 				if err != nil {
@@ -91,22 +95,31 @@ Examples:
 				defer dl.Close()
 				o.Store.DeadLetter, o.Store.Attempts = dl, attempts
 			}
-			cons, err := redisstream.NewConsumer(s.rdb, sink, o)
-			if err != nil {
-				return usagef("coordinator: %v", err)
-			}
+			// The consumer starts its coordinator, which publishes: made
+			// once Redis answers (run waits for it before the body).
+			var cons atomic.Pointer[redisstream.Consumer]
+			ready := s.ready(func() error {
+				if c := cons.Load(); c != nil {
+					return c.Ready()
+				}
+				return errors.New("starting")
+			})
 			s.log.Info("starting", "id", id, "stream", stream, "sink", sinkSpec, "sink_rate", sinkRate, "capacity", capacity)
-			return s.run(c.Context, s.mux(s.ready(cons.Ready)), func(ctx context.Context) error {
-				err := cons.Run(ctx)
+			return s.run(c.Context, s.mux(ready), func(ctx context.Context) error {
+				cn, err := redisstream.NewConsumer(s.rdb, sink, o)
+				if err != nil {
+					return err
+				}
+				cons.Store(cn)
+				err = cn.Run(ctx)
 				wctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 				defer cancel()
 				if werr := pub.Withdraw(wctx, id); werr != nil {
 					s.log.Warn("withdrawing the pressure report failed; it expires by itself", "err", werr)
 				}
-				st := cons.Stats()
-				line, _ := json.Marshal(map[string]any{"service": "coordinator", "id": id, "read": st.Read, "written": st.Written,
-					"claimed": st.Claimed, "acked": st.Acked, "dead_lettered": st.DeadLettered, "unwritten": st.Unwritten})
-				fmt.Fprintln(a.stdout, string(line))
+				st := cn.Stats()
+				s.final(map[string]any{"id": id, "read": st.Read, "written": st.Written, "claimed": st.Claimed,
+					"acked": st.Acked, "dead_lettered": st.DeadLettered, "unwritten": st.Unwritten})
 				return err
 			})
 		},

@@ -227,7 +227,7 @@ func TestReceiver(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer cmd.Process.Kill()
-	if line, _ := bufio.NewReader(stdout).ReadString('\n'); !strings.Contains(line, "receiver listening on http://"+addr) {
+	if line, _ := bufio.NewReader(stdout).ReadString('\n'); !strings.Contains(line, `"listening":"http://`+addr+`"`) {
 		t.Fatalf("receiver said %q; stderr %s", line, stderr.String())
 	}
 	post := func(token, ctype, body string) int {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"log/slog"
 	"math/rand/v2"
 	"os"
@@ -92,8 +91,7 @@ Examples:
 				return nil
 			})), func(ctx context.Context) error {
 				p.run(ctx)
-				line, _ := json.Marshal(map[string]any{"service": "pipeline", "id": id, "appended": p.n.Load(), "unappended": p.lost.Load()})
-				fmt.Fprintln(a.stdout, string(line))
+				s.final(map[string]any{"id": id, "appended": p.n.Load(), "unappended": p.lost.Load()})
 				return nil
 			})
 		},

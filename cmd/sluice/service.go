@@ -114,6 +114,14 @@ func (s *service) mux(ready func(ctx context.Context) error) *http.ServeMux {
 	return mux
 }
 
+// final prints the service's counts at exit as one JSON line on stdout,
+// {"service": <name>, ...counts}.
+func (s *service) final(counts map[string]any) {
+	counts["service"] = s.name
+	line, _ := json.Marshal(counts)
+	fmt.Fprintln(s.out, string(line))
+}
+
 // run serves h on the configured address while body runs; when ctx ends
 // (SIGTERM) body is expected to drain and return, then the server stops.
 // The address is announced on stdout as one JSON line, {"listening": ...},

@@ -78,7 +78,15 @@ Examples:
 			if err != nil {
 				return err
 			}
-			return runUp(c.Context, u, a.environ, cfg.Feedback.Enabled, a.stdout)
+			environ := a.environ
+			if path := c.String("config"); path != "" { // the children read the same file
+				abs, err := filepath.Abs(path)
+				if err != nil {
+					return err
+				}
+				environ = envWith(environ, "SLUICE_CONFIG="+abs)
+			}
+			return runUp(c.Context, u, environ, cfg.Feedback.Enabled, a.stdout)
 		},
 	}
 }

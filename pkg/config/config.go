@@ -192,6 +192,7 @@ func (s *Settings) RedisClient() (redis.UniversalClient, error) {
 			return nil, s.values.errorf("redis.cluster_url", "must be redis://[user:password@]host:port?addr=host:port...: "+err.Error())
 		}
 		opt.DialTimeout, opt.DialerRetries = orDefault(opt.DialTimeout, 2*time.Second), max(opt.DialerRetries, 2)
+		opt.ContextTimeoutEnabled = true
 		return redis.NewClusterClient(opt), nil
 	}
 	opt, err := redis.ParseURL(s.Redis.URL)
@@ -199,6 +200,7 @@ func (s *Settings) RedisClient() (redis.UniversalClient, error) {
 		return nil, s.values.errorf("redis.url", "must be redis://[user:password@]host:port/db or rediss://...: "+err.Error())
 	}
 	opt.DialTimeout, opt.DialerRetries = orDefault(opt.DialTimeout, 2*time.Second), max(opt.DialerRetries, 2)
+	opt.ContextTimeoutEnabled = true // a deadline bounds the round trip, not only the wait for a connection
 	return redis.NewClient(opt), nil
 }
 

@@ -44,7 +44,7 @@ type Options struct {
 	// unique among the controllers (a pod name). Required.
 	ID string
 	// LeaseTTL is the lease's life; default 5s. The holder renews it every
-	// LeaseTTL/4 and writes nothing from LeaseTTL/5 before it could run out
+	// LeaseTTL/4 (or every Reap, if shorter) and writes nothing from LeaseTTL/5 before it could run out
 	// without a renewal; a standby tries to take it every LeaseTTL/20. So a
 	// standby takes over within LeaseTTL (and a twentieth) of the holder's
 	// death, and two controllers never write at once.
@@ -133,9 +133,9 @@ type Controller struct {
 	lastStartErr string // the last failure to start steering, logged once
 
 	leader  atomic.Bool
+	terms   atomic.Int64
 	lastErr atomic.Pointer[error]
 	m       struct {
-		leader   prometheus.Gauge
 		acquired prometheus.Counter
 		reaped   prometheus.Counter
 	}
@@ -150,8 +150,13 @@ func New(rdb redis.UniversalClient, o Options) (*Controller, error) {
 	c := &Controller{rdb: rdb, o: o, key: o.Prefix + ":controller:lease",
 		log: o.Logger.With("component", "controller", "controller", o.ID)}
 	r := &promutil.Registrar{Reg: o.Registerer}
-	c.m.leader = r.GaugeVec(prometheus.GaugeOpts{Name: "controller_leader",
-		Help: "1 while this controller holds the lease and writes the scales."}, "controller_id").WithLabelValues(o.ID)
+	r.Add(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "controller_leader", ConstLabels: prometheus.Labels{"controller_id": o.ID},
+		Help: "1 while this controller holds the lease and writes the scales."}, func() float64 {
+		if c.Leader() {
+			return 1
+		}
+		return 0
+	}))
 	c.m.acquired = r.CounterVec(prometheus.CounterOpts{Name: "controller_lease_acquired_total",
 		Help: "Times this controller took the lease."}, "controller_id").WithLabelValues(o.ID)
 	c.m.reaped = r.CounterVec(prometheus.CounterOpts{Name: "controller_reaped_coordinators_total",
@@ -159,8 +164,13 @@ func New(rdb redis.UniversalClient, o Options) (*Controller, error) {
 	return c, r.Err
 }
 
-// Leader reports whether this controller holds the lease now.
-func (c *Controller) Leader() bool { return c.leader.Load() }
+// Leader reports whether this controller holds the lease now: it took or
+// renewed it, and not so long ago that it could have run out (a renewal
+// stuck on a frozen Redis does not keep it the leader).
+func (c *Controller) Leader() bool { return c.leader.Load() && c.valid() }
+
+// Terms returns how many times this controller took the lease.
+func (c *Controller) Terms() int64 { return c.terms.Load() }
 
 // Ready returns nil when the controller's last round trip to Redis (taking
 // or renewing the lease) succeeded, else its error.
@@ -206,8 +216,9 @@ func (c *Controller) Run(ctx context.Context) error {
 
 // round takes or renews the lease once, and starts or stops the handler.
 func (c *Controller) round(ctx context.Context) {
+	held0 := c.leader.Load() // took the lease, and has not stepped down (it may have run out)
 	op := "acquire"
-	if c.Leader() {
+	if held0 {
 		op = "renew"
 	}
 	start := time.Now()
@@ -220,14 +231,14 @@ func (c *Controller) round(ctx context.Context) {
 		}
 		c.lastErr.Store(&err)
 		c.log.Warn("lease round trip failed", "op", op, "err", err)
-		if c.Leader() && !c.valid() {
+		if held0 && !c.valid() {
 			c.stepDown("could not renew the lease in time")
 		}
 		return
 	}
 	c.lastErr.Store(nil)
 	if held == 0 {
-		if c.Leader() {
+		if held0 {
 			c.stepDown("another controller holds the lease")
 		}
 		return
@@ -237,14 +248,20 @@ func (c *Controller) round(ctx context.Context) {
 	// start+LeaseTTL; stop writing a fifth of it earlier.
 	c.validUntil = start.Add(c.o.LeaseTTL - c.o.LeaseTTL/5)
 	c.mu.Unlock()
-	if !c.Leader() {
+	if !held0 {
 		c.leader.Store(true)
-		c.m.leader.Set(1)
 		c.m.acquired.Inc()
+		c.terms.Add(1)
 		c.log.Info("took the lease: writing the scales", "lease_ttl", c.o.LeaseTTL)
 	}
 	if !c.steering {
-		err := c.startReplica(ctx)
+		// Bounded by the lease: a Redis that freezes now cannot hold the
+		// loop (and its renewals) past it.
+		sctx, cancel, err := c.guard(ctx)
+		if err == nil {
+			err = c.startReplica(sctx)
+			cancel()
+		}
 		if err != nil && ctx.Err() == nil && err.Error() != c.lastStartErr {
 			c.log.Error("cannot steer the scales; retrying", "err", err)
 		}
@@ -353,7 +370,6 @@ func (c *Controller) stepDown(why string) {
 	}
 	c.replica, c.steering = nil, false
 	if c.leader.Swap(false) {
-		c.m.leader.Set(0)
 		c.log.Warn("gave up the lease: not writing the scales", "why", why)
 	}
 }

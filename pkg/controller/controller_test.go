@@ -3,8 +3,8 @@ package controller_test
 import (
 	"context"
 	"errors"
-	_ "io"
-	"os"
+	"fmt"
+	"io"
 	"log/slog"
 	"maps"
 	"slices"
@@ -27,7 +27,7 @@ import (
 	"github.com/sluice-dev/sluice/pkg/state"
 )
 
-var quiet = slog.New(slog.NewTextHandler(os.Stderr, nil))
+var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 
 const (
 	leaseKey = "sluice:controller:lease"
@@ -45,8 +45,10 @@ func options(id string) controller.Options {
 		LeaseTTL:  500 * time.Millisecond,
 		Reap:      50 * time.Millisecond,
 		Providers: map[string]limiter.ProviderConfig{"ibkr": limiter.DefaultProviderConfig()},
+		// CoordinatorTTL: a coordinator that published once stays live for
+		// the handler throughout a test, however slow the machine.
 		Feedback: &feedback.Options{Providers: []string{"ibkr"}, Dwell: 100 * time.Millisecond,
-			Tick: 50 * time.Millisecond},
+			Tick: 50 * time.Millisecond, CoordinatorTTL: time.Minute},
 		Logger: quiet,
 	}
 }
@@ -192,14 +194,20 @@ func TestOneWriter(t *testing.T) {
 			time.Sleep(100 * time.Microsecond)
 		}
 	})
-	eventually(t, "one of three controllers leads", func() bool { return len(leaders(cs...)) == 1 })
-	first := leaders(cs...)[0]
+	var first *running
+	eventually(t, "one of three controllers leads", func() bool {
+		l := leaders(cs...)
+		if len(l) == 1 {
+			first = l[0]
+		}
+		return len(l) == 1
+	})
 
 	pub := publisher(t, srv.Client(t), time.Minute)
 	publish(t, pub, "c1", 1, state.Hard)
 	eventually(t, "the leader pauses ibkr on hard pressure", func() bool {
 		st := status(t, lim)
-		return st.Scale == 0 && st.Source == "controller"
+		return st.Scale == 0 && st.Source == "controller/"+first.id
 	})
 	if st := status(t, lim); st.Level != state.Hard {
 		t.Fatalf("scale hash %+v: level %s, want hard", st, st.Level)
@@ -229,10 +237,14 @@ func TestOneWriter(t *testing.T) {
 			rest = append(rest, c)
 		}
 	}
-	eventually(t, "another controller leads", func() bool { return len(leaders(rest...)) == 1 })
-	if n := len(leaders(cs...)); n != 1 {
-		t.Fatalf("%d leaders after the handover", n)
-	}
+	var next *running
+	eventually(t, "another controller leads", func() bool {
+		l := leaders(rest...)
+		if len(l) == 1 {
+			next = l[0]
+		}
+		return len(l) == 1
+	})
 	// The new leader's handler read the stored pressure: still hard.
 	if st := status(t, lim); st.Scale != 0 {
 		t.Fatalf("after the handover, with c1 still at hard: scale %v, want 0", st.Scale)
@@ -241,7 +253,7 @@ func TestOneWriter(t *testing.T) {
 	publish(t, pub, "c1", 2, state.OK)
 	eventually(t, "the new leader raises ibkr once c1 is ok", func() bool {
 		st := status(t, lim)
-		return st.Scale == 1 && st.Source == "controller" && st.Seq > before
+		return st.Scale == 1 && st.Source == "controller/"+next.id && st.Seq > before
 	})
 }
 
@@ -278,7 +290,7 @@ func TestLeaseLost(t *testing.T) {
 			return err
 		}
 		if !maps.Equal(got, want) {
-			return errors.New("changed: " + fmtHash(got) + ", was " + fmtHash(want))
+			return fmt.Errorf("changed: %s, was %s", fmtHash(got), fmtHash(want))
 		}
 		if a.Leader() {
 			return errors.New("the controller leads again while another holds the lease")
@@ -378,7 +390,7 @@ func TestFeedbackOff(t *testing.T) {
 	publish(t, publisher(t, srv.Client(t), time.Minute), "c1", 1, state.Hard)
 	steady(t, time.Second, "ibkr's scale with feedback off", func() error {
 		if st := status(t, lim); st.Scale != 1 || st.Seq != 0 || st.Level != state.OK {
-			return errors.New("scale hash changed: " + st.Source)
+			return fmt.Errorf("scale hash changed: scale %v level %s seq %d source %q", st.Scale, st.Level, st.Seq, st.Source)
 		}
 		return nil
 	})
@@ -399,10 +411,16 @@ func TestRedisGone(t *testing.T) {
 
 	srv.Restart(t)
 	eventually(t, "the controller leads again", func() bool { return a.Leader() && a.Ready() == nil })
-	lim := reader(t, srv.Client(t))
-	eventually(t, "ibkr is registered again, its scale set by the controller", func() bool {
-		st, err := lim.Status(context.Background(), "ibkr")
-		return err == nil && st.Source == "controller" && st.Scale == 1
+	rdb := srv.Client(t)
+	lim := reader(t, rdb)
+	eventually(t, "ibkr is registered again", func() bool {
+		_, err := lim.Status(context.Background(), "ibkr")
+		return err == nil
+	})
+	publish(t, publisher(t, rdb, time.Minute), "c1", 1, state.Hard)
+	eventually(t, "the controller steers again", func() bool {
+		st := status(t, lim)
+		return st.Scale == 0 && st.Source == "controller/ctl-a"
 	})
 }
 
@@ -513,17 +531,26 @@ func TestOnMiniredis(t *testing.T) {
 	lim := reader(t, rdb)
 	a := start(t, newClient(), options("ctl-a"))
 	b := start(t, newClient(), options("ctl-b"))
-	eventually(t, "one controller leads", func() bool { return len(leaders(a, b)) == 1 })
-	leader, standby := a, b
-	if b.Leader() {
-		leader, standby = b, a
-	}
-	eventually(t, "ibkr is registered and steered", func() bool {
-		st, err := lim.Status(context.Background(), "ibkr")
-		return err == nil && st.Source == "controller"
+	var leader, standby *running
+	eventually(t, "one controller leads", func() bool {
+		l := leaders(a, b)
+		if len(l) == 1 {
+			leader, standby = a, b
+			if l[0] == b {
+				leader, standby = b, a
+			}
+		}
+		return len(l) == 1
+	})
+	eventually(t, "ibkr is registered", func() bool {
+		_, err := lim.Status(context.Background(), "ibkr")
+		return err == nil
 	})
 	publish(t, publisher(t, rdb, time.Minute), "c1", 1, state.Hard)
-	eventually(t, "the leader pauses ibkr", func() bool { return status(t, lim).Scale == 0 })
+	eventually(t, "the leader pauses ibkr", func() bool {
+		st := status(t, lim)
+		return st.Scale == 0 && st.Source == "controller/"+leader.id
+	})
 
 	leader.stop(t)
 	if got, _ := m.Get(leaseKey); got == leader.id {

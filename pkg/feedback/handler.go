@@ -115,8 +115,9 @@ type Handler struct {
 }
 
 type coordState struct {
-	last Event
-	seen time.Time // local time of the last accepted event
+	last      Event
+	seen      time.Time // local time of the last accepted event
+	forgotten bool      // expired under ExpiryForget: kept only for its seq, so that a re-read report does not revive it
 }
 
 // provState is what this Handler last did for a provider.
@@ -251,10 +252,13 @@ func (h *Handler) target(now time.Time) (state.Level, float64) {
 	scales := make([]float64, 0, len(h.coords))
 	for id, c := range h.coords {
 		e := c.last
+		if c.forgotten {
+			continue
+		}
 		if now.Sub(c.seen) > h.o.CoordinatorTTL {
 			switch h.o.Expiry {
 			case ExpiryForget:
-				delete(h.coords, id)
+				c.forgotten = true
 				h.news = now
 				h.m.expired.Inc()
 				h.log.Warn("coordinator stopped reporting; forgotten", "coordinator", id, "last_level", e.Level)

@@ -143,6 +143,13 @@ func TestCoordinatorExpiry(t *testing.T) {
 			if want := map[bool]float64{true: 0, false: 1}[tc.expiry == feedback.ExpiryForget]; live != want {
 				t.Fatalf("live coordinators %v, want %v", live, want)
 			}
+			// Its stored report, read again (a Redis resync), is no news:
+			// it neither revives nor refreshes the coordinator.
+			c.Add(time.Second)
+			handle(t, h, event("store", 1, state.Soft))
+			if s, l := rate.scale("ibkr"), rate.level("ibkr"); s != tc.scale || string(l) != tc.level {
+				t.Fatalf("after its old report came again: scale %v level %s, want %v %s", s, l, tc.scale, tc.level)
+			}
 			// It comes back: its new report counts (after the dwell).
 			c.Add(time.Second)
 			handle(t, h, event("store", 2, state.OK))

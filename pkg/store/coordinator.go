@@ -95,6 +95,10 @@ type Options[T any] struct {
 
 var idRE = regexp.MustCompile(`^[A-Za-z0-9_.\-]{1,64}$`)
 
+// Validate returns the error New would return for these options (naming
+// the field and its range), without starting anything.
+func (o Options[T]) Validate() error { return o.setDefaults() }
+
 func (o *Options[T]) setDefaults() error {
 	if !idRE.MatchString(o.ID) {
 		return fmt.Errorf("store: id=%q: must be 1 to 64 characters of [A-Za-z0-9_.-]", o.ID)
@@ -157,7 +161,8 @@ type WriteCoordinator[T any] struct {
 	depth      int           // queue plus backlog at the last re-evaluation
 	changed    chan struct{} // a level change for the monitor to publish (capacity 1)
 
-	failingSince atomic.Int64 // UnixNano of the first failed write since the last success; 0: none
+	failingSince atomic.Int64 // UnixNano since when some batch has been failing; 0: none is
+	failing      atomic.Int64 // batches that failed and have not left yet (written or dead-lettered)
 	unwritten    atomic.Int64 // submitted, neither written nor dead-lettered: queued or in a batch
 
 	seq                             atomic.Uint64
@@ -321,9 +326,8 @@ func (w *WriteCoordinator[T]) write(batch []T) {
 		err := w.sink.Write(ctx, batch)
 		cancel()
 		if err == nil {
-			if w.failingSince.Swap(0) != 0 {
-				w.log.Info("sink writes again", "attempt", attempt)
-				w.observe()
+			if attempt > 1 {
+				w.recovered(attempt)
 			}
 			w.leave(batch, &w.written, w.m.written)
 			w.m.batch.Observe(time.Since(start).Seconds())
@@ -331,17 +335,43 @@ func (w *WriteCoordinator[T]) write(batch []T) {
 		}
 		w.writeErrors.Add(1)
 		w.m.writeErrors.Inc()
+		if attempt == 1 {
+			w.failing.Add(1)
+		}
+		// At every failed attempt: another batch may have just recovered
+		// and cleared it.
 		if w.failingSince.CompareAndSwap(0, time.Now().UnixNano()) {
-			w.log.Warn("sink write failed; retrying until it takes the batch", "items", len(batch), "err", err)
+			if attempt == 1 {
+				if w.o.DeadLetter == nil {
+					w.log.Warn("sink write failed; retrying until it takes the batch", "items", len(batch), "err", err)
+				} else {
+					w.log.Warn("sink write failed; retrying, then dead-lettering", "items", len(batch), "attempts", w.o.Attempts, "err", err)
+				}
+			}
 		}
 		w.observe()
 		if w.o.DeadLetter != nil && attempt >= w.o.Attempts {
 			w.deadLetter(batch, err)
+			w.recovered(0)
 			return
 		}
 		time.Sleep(backoff)
 		backoff = min(2*backoff, 2*time.Second)
 	}
+}
+
+// recovered records that a batch that had failed left (written after
+// attempt writes, or dead-lettered: attempt 0); with no batch failing any
+// more the sink no longer counts as pressure.
+func (w *WriteCoordinator[T]) recovered(attempt int) {
+	if w.failing.Add(-1) > 0 {
+		return
+	}
+	w.failingSince.Store(0)
+	if attempt > 0 {
+		w.log.Info("sink writes again", "attempt", attempt)
+	}
+	w.observe()
 }
 
 // leave counts batch as leaving the coordinator through counter.

@@ -289,6 +289,26 @@ func TestFailingSinkIsPressure(t *testing.T) {
 	}
 }
 
+// TestDeadLetterEndsSinkPressure: once the failing batches left through
+// the dead-letter sink, the sink no longer holds the level up (else a
+// paused pipeline would never send the batch that proves the store is
+// back).
+func TestDeadLetterEndsSinkPressure(t *testing.T) {
+	sink := newSink()
+	sink.fail.Store(1 << 30)
+	dl := newSink()
+	w := newCoordinator(t, sink, store.Options[int]{
+		BatchSize: 1, Attempts: 3, Backoff: 20 * time.Millisecond, HardAfter: 10 * time.Millisecond,
+		Sample: 5 * time.Millisecond, DeadLetter: dl,
+	})
+	_ = w.Submit(context.Background(), 1)
+	waitLevel(t, w, state.Hard)
+	waitLevel(t, w, state.OK)
+	if st := w.Stats(); st.DeadLettered != 1 || st.Unwritten != 0 || dl.items[1] != 1 {
+		t.Fatalf("stats %+v", st)
+	}
+}
+
 // waitLevel waits (up to 10 s) until the coordinator's level is one of want.
 func waitLevel(t *testing.T, w *store.WriteCoordinator[int], want ...state.Level) {
 	t.Helper()

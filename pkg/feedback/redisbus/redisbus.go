@@ -342,7 +342,7 @@ func repair(ctx context.Context, rdb redis.UniversalClient, k keys, p Pressure) 
 // Reap reads the stored pressure under prefix ("" for "sluice") as Read
 // does, then takes the coordinators whose hash expired out of the index and
 // the level sets (KEDA's redis trigger counts those sets) and files every
-// live one in the set of its level. The controller runs it every second, so
+// live one in the set of its level. The controller runs it every 250ms, so
 // that the sets stay true with no pipeline replica running. The repair is
 // not atomic with the publishers' writes: a coordinator that publishes
 // between the read and the repair may be misfiled until its next event.

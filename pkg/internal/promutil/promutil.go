@@ -52,6 +52,10 @@ func (r *Registrar) HistogramVec(opts prometheus.HistogramOpts, labels ...string
 	return add(r, prometheus.NewHistogramVec(opts, labels))
 }
 
+// Add registers c (a GaugeFunc, say). A collector identical to one already
+// registered is not registered again: the first one stays.
+func (r *Registrar) Add(c prometheus.Collector) { add(r, c) }
+
 func add[T prometheus.Collector](r *Registrar, c T) T {
 	got, err := Register(r.Reg, c)
 	if err != nil {

@@ -49,7 +49,9 @@ type ConsumerOptions struct {
 	// not written by then stays pending, for a living consumer to claim.
 	Drain time.Duration
 	// Store configures the WriteCoordinator the entries go through. Its ID
-	// defaults to Name; its Backlog is set to the group's lag.
+	// defaults to Name; its Backlog is set to the group's lag. Entries its
+	// DeadLetter sink takes are acknowledged (they leave the stream); those
+	// it refuses stay pending.
 	Store store.Options[Entry]
 	// Logger receives errors of Redis and the sink; default slog.Default().
 	Logger *slog.Logger
@@ -87,6 +89,15 @@ func (o *ConsumerOptions) setDefaults() error {
 		o.Store.Logger = o.Logger
 	}
 	return nil
+}
+
+// Validate returns the error NewConsumer would return for these options
+// (naming the field and its range), without starting anything.
+func (o ConsumerOptions) Validate() error {
+	if err := o.setDefaults(); err != nil {
+		return err
+	}
+	return o.Store.Validate()
 }
 
 // Consumer reads the stream through its consumer group into a
@@ -154,6 +165,17 @@ func NewConsumer(rdb redis.UniversalClient, sink store.Sink[Entry], o ConsumerOp
 		return nil, r.Err
 	}
 	o.Store.Backlog = func() int { return int(c.lag.Load()) }
+	if dl := o.Store.DeadLetter; dl != nil {
+		// A dead-lettered entry leaves the stream like a written one; one
+		// the dead-letter sink refused too stays pending, to be claimed.
+		o.Store.DeadLetter = store.SinkFunc[Entry](func(ctx context.Context, batch []Entry) error {
+			if err := dl.Write(ctx, batch); err != nil {
+				return err
+			}
+			c.ack(ctx, ids(batch))
+			return nil
+		})
+	}
 	w, err := store.New[Entry](store.SinkFunc[Entry](c.write), o.Store)
 	if err != nil {
 		return nil, err
@@ -182,12 +204,16 @@ func (c *Consumer) write(ctx context.Context, batch []Entry) error {
 	if err := c.sink.Write(ctx, batch); err != nil {
 		return err
 	}
-	ids := make([]string, len(batch))
-	for i, e := range batch {
-		ids[i] = e.ID
-	}
-	c.ack(ctx, ids)
+	c.ack(ctx, ids(batch))
 	return nil
+}
+
+func ids(batch []Entry) []string {
+	out := make([]string, len(batch))
+	for i, e := range batch {
+		out[i] = e.ID
+	}
+	return out
 }
 
 // ack acknowledges ids, or keeps them for a retry.

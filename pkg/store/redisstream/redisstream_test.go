@@ -308,6 +308,27 @@ func TestForeignEntries(t *testing.T) {
 	})
 }
 
+// TestDeadLettered: with a dead-letter sink (an explicit choice), entries
+// the sink keeps refusing go there and are acknowledged: they leave the
+// stream instead of blocking its trimming.
+func TestDeadLettered(t *testing.T) {
+	srv := redistest.Start(t)
+	rdb := srv.Client(t)
+	bad := newSink()
+	bad.failing = true
+	dl := newSink()
+	r := start(t, rdb, bad, redisstream.ConsumerOptions{Name: "a", Store: store.Options[redisstream.Entry]{
+		DeadLetter: dl, Attempts: 2, Backoff: time.Millisecond,
+	}})
+	produce(t, rdb, 0, 50)
+	eventually(t, "50 dead-lettered and acknowledged", func() bool {
+		return dl.distinct() == 50 && pending(t, rdb) == 0 && r.c.Stats().Acked == 50
+	})
+	if st := r.c.Stats(); st.DeadLettered != 50 || st.Written != 0 || st.Acked != 50 {
+		t.Fatalf("stats %+v", st)
+	}
+}
+
 func TestBadOptions(t *testing.T) {
 	_, rdb := redistest.Mini(t)
 	ok := store.SinkFunc[redisstream.Entry](func(context.Context, []redisstream.Entry) error { return nil })
