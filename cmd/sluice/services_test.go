@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -497,4 +498,29 @@ func TestServicesWaitForRedis(t *testing.T) {
 	if f.rdb.Exists(context.Background(), "sluice:controller:lease", "sluice:pressure:{c0}").Val() != 0 {
 		t.Fatal("the lease or the pressure report outlived a clean shutdown")
 	}
+}
+
+// TestUp: `sluice up` runs the distributed loop as processes, loses
+// nothing, and leaves no process behind.
+func TestUp(t *testing.T) {
+	redistest.Start(t) // skips under -short; needs redis-server, which up runs itself
+	bin := buildBinary(t)
+	dir := t.TempDir()
+	out, err := exec.Command(bin, "up", "--duration", "4s", "--dir", dir, "--keep").CombinedOutput()
+	if err != nil {
+		t.Fatalf("sluice up: %v\n%s", err, out)
+	}
+	text := string(out)
+	if !strings.Contains(text, "lost 0, duplicated 0") || !strings.Contains(text, "every process stopped") {
+		t.Fatalf("summary:\n%s", text)
+	}
+	// Every process it started has exited: no process has dir in its command line.
+	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	for _, p := range procs {
+		b, err := os.ReadFile(p)
+		if err == nil && bytes.Contains(b, []byte(dir)) {
+			t.Fatalf("a process started by up still runs: %s", bytes.ReplaceAll(b, []byte{0}, []byte{' '}))
+		}
+	}
+	t.Logf("sluice up:\n%s", text)
 }
