@@ -38,7 +38,7 @@ var keys = []Key{
 	{"redis.url", "SLUICE_REDIS_URL", "redis://127.0.0.1:6379/0", "Redis URL: redis://[user:password@]host:port/db, or rediss:// for TLS"},
 	{"redis.cluster_url", "SLUICE_REDIS_CLUSTER_URL", "", "Redis Cluster: redis://[user:password@]host:port?addr=host2:port&addr=host3:port (overrides redis.url)"},
 	{"redis.prefix", "SLUICE_REDIS_PREFIX", "sluice", "prefix of every Redis key and channel"},
-	{"log.format", "SLUICE_LOG_FORMAT", "text", "log format: text or json"},
+	{"log.format", "SLUICE_LOG_FORMAT", "text", "log format: text or json (the services log json unless it is set)"},
 	{"log.level", "SLUICE_LOG_LEVEL", "info", "log level: debug, info, warn or error"},
 	{"feedback.enable_feedback", "MDP_FB_ENABLE_FEEDBACK", "true", "close the loop: let the store's pressure scale the budget"},
 	{"feedback.provider_name", "MDP_FB_PROVIDER_NAME", "ibkr", "the provider whose budget feedback scales"},
