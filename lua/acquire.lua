@@ -31,7 +31,7 @@
 -- the bucket's ts back to now when Redis's clock went backwards.
 -- Errors: UNKNOWN_PROVIDER <config key>; INVALID_ARGUMENT n=<value> ...
 
-local n = tonumber(ARGV[1])
+local n = num(ARGV[1])
 if not (n ~= nil and n == math.floor(n) and n >= 1 and n <= 1e9) then
   return invalid('n', ARGV[1], 'an integer in [1, 1000000000]')
 end
@@ -41,12 +41,18 @@ local cfg = redis.call('HMGET', KEYS[1], 'capacity', 'refill_rate', 'breaker_tim
 if not cfg[1] then
   return unknown_provider(KEYS[1])
 end
-local capacity, rate = tonumber(cfg[1]), tonumber(cfg[2])
+local capacity, rate = num(cfg[1]), num(cfg[2])
+if not (capacity and rate) then
+  return corrupt(KEYS[1], capacity and 'refill_rate' or 'capacity', capacity and cfg[2] or cfg[1])
+end
 
 local now = now_us()
 local sh = redis.call('HMGET', KEYS[3], 'scale', 'level')
 local scale_s = sh[1] or '1'
-local scale = tonumber(scale_s)
+local scale = num(scale_s)
+if scale == nil then
+  return corrupt(KEYS[3], 'scale', scale_s)
+end
 local level = sh[2] or 'ok'
 -- Usually there is neither breaker state nor a cooldown: one EXISTS for both.
 local guarded = redis.call('EXISTS', KEYS[4], KEYS[5]) > 0
@@ -79,15 +85,15 @@ if cd then
 end
 
 local probe = false
-local timeout_us = (tonumber(cfg[3]) or 0) * 1000000
+local timeout_us = (num(cfg[3]) or 0) * 1000000
 if state == 'open' then
-  local reopen = (tonumber(br[2]) or 0) + timeout_us
+  local reopen = (num(br[2]) or 0) + timeout_us
   if reopen > now then
     return reply(0, math.ceil(reopen - now), 'circuit_open')
   end
   probe = true
 elseif state == 'half_open' then
-  local probe_until = tonumber(br[3]) or 0
+  local probe_until = num(br[3]) or 0
   if probe_until > now then
     return reply(0, math.ceil(probe_until - now), 'circuit_open')
   end

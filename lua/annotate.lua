@@ -13,7 +13,10 @@
 -- Reply: string, the previous value ("" when none).
 -- Errors: UNKNOWN_PROVIDER <config key>; INVALID_ARGUMENT kind|level|scale=<value> ...
 
-local cfg = load_config(KEYS[1])
+local cfg, bad = load_config(KEYS[1])
+if bad then
+  return bad
+end
 if cfg == nil then
   return unknown_provider(KEYS[1])
 end
@@ -25,7 +28,7 @@ if kind == 'level' then
   end
   field = 'level'
 elseif kind == 'shadow' then
-  local s = tonumber(value)
+  local s = num(value)
   if not (finite(s) and s >= 0 and s <= cfg.max_scale) then
     return invalid('scale', value, 'a finite number in [0, ' .. dec(cfg.max_scale) .. '] (max_scale)')
   end

@@ -20,7 +20,10 @@
 --   [3] retry_after_us (integer: time left while open, else 0).
 -- Errors: UNKNOWN_PROVIDER <config key>; INVALID_ARGUMENT op=<value> ...
 
-local cfg = load_config(KEYS[1])
+local cfg, bad = load_config(KEYS[1])
+if bad then
+  return bad
+end
 if cfg == nil then
   return unknown_provider(KEYS[1])
 end
@@ -32,8 +35,8 @@ end
 local now = now_us()
 local b = redis.call('HMGET', KEYS[2], 'state', 'failures', 'opened_at')
 local state = b[1] or 'closed'
-local failures = tonumber(b[2]) or 0
-local opened_at = tonumber(b[3]) or 0
+local failures = num(b[2]) or 0
+local opened_at = num(b[3]) or 0
 local timeout_us = cfg.breaker_timeout_sec * 1000000
 
 local function close()

@@ -15,7 +15,10 @@
 -- Reply: array of 2: [1] until_ms (integer, 0 when none), [2] remaining_ms (integer).
 -- Errors: UNKNOWN_PROVIDER <config key>; INVALID_ARGUMENT op|duration_ms=<value> ...
 
-local cfg = load_config(KEYS[1])
+local cfg, bad = load_config(KEYS[1])
+if bad then
+  return bad
+end
 if cfg == nil then
   return unknown_provider(KEYS[1])
 end
@@ -34,7 +37,7 @@ end
 
 local d = cfg.cooldown_sec * 1000
 if ARGV[4] ~= '' then
-  d = tonumber(ARGV[4])
+  d = num(ARGV[4])
   if not (d ~= nil and d == math.floor(d) and d >= 0 and d <= 86400000) then
     return invalid('duration_ms', ARGV[4], 'an integer in [0, 86400000]')
   end

@@ -12,7 +12,7 @@
 -- Reply: integer, live replicas after the call.
 -- Errors: INVALID_ARGUMENT op|replica|ttl_ms=<value> ...
 
-local op, id, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local op, id, ttl = ARGV[1], ARGV[2], num(ARGV[3])
 if op ~= 'beat' and op ~= 'leave' then
   return invalid('op', op, 'one of beat, leave')
 end

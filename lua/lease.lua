@@ -13,7 +13,7 @@
 -- lease, 0 when another holder has it (or, for renew and release, nobody).
 -- Errors: INVALID_ARGUMENT op|holder|ttl_ms=<value> ...
 
-local op, id, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local op, id, ttl = ARGV[1], ARGV[2], num(ARGV[3])
 if op ~= 'acquire' and op ~= 'renew' and op ~= 'release' then
   return invalid('op', op, 'one of acquire, renew, release')
 end

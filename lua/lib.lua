@@ -19,8 +19,42 @@ local function dec(x)
 end
 
 -- finite reports whether x is a number that is neither NaN nor infinite.
+-- (x - x is 0 for every finite x, NaN for infinities; math.huge is not
+-- infinite in every interpreter: gopher-lua, which miniredis runs, makes it
+-- the largest float.)
 local function finite(x)
-  return x ~= nil and x == x and x ~= math.huge and x ~= -math.huge
+  return type(x) == 'number' and x - x == 0
+end
+
+-- num parses a number strictly: an optional minus sign, decimal digits with
+-- an optional fraction and exponent (what dec and int write, and what any
+-- client's decimal formatting writes). Hex, spaces, underscores, nan and
+-- inf are nil, and so is a number too large to be finite.
+local function num(s)
+  if type(s) ~= 'string' then
+    return nil
+  end
+  local decimal = s:match('^%-?%d+%.?%d*$') or s:match('^%-?%d*%.%d+$')
+    or s:match('^%-?%d+%.?%d*[eE][+-]?%d+$') or s:match('^%-?%d*%.%d+[eE][+-]?%d+$')
+  if not decimal then
+    return nil
+  end
+  local x = tonumber(s)
+  if x == nil then -- an interpreter without exponents in tonumber (gopher-lua)
+    local m, e = s:match('^(.*)[eE]([+-]?%d+)$')
+    x = tonumber(m) * 10 ^ tonumber(e)
+  end
+  if finite(x) then
+    return x
+  end
+  return nil
+end
+
+-- corrupt is the error for a stored field that is not a number any more:
+-- the script refuses to decide on it (it never widens the budget).
+local function corrupt(key, field, value)
+  return redis.error_reply('CORRUPT ' .. key .. ' ' .. field .. '=' .. tostring(value) ..
+    ' is not a finite decimal number: set it again (sluice register / sluice scale) or delete the key')
 end
 
 local function invalid(field, value, range)
@@ -31,38 +65,61 @@ local function unknown_provider(key)
   return redis.error_reply('UNKNOWN_PROVIDER ' .. key)
 end
 
--- load_config reads the provider config hash; nil when the provider is not registered.
+-- load_config reads the provider config hash: nil when the provider is not
+-- registered; nil and a CORRUPT error reply when a field is not a number.
 local function load_config(key)
   local c = redis.call('HMGET', key, 'capacity', 'refill_rate', 'cooldown_sec',
     'breaker_threshold', 'breaker_timeout_sec', 'max_scale')
   if not c[1] then
     return nil
   end
-  return {
-    capacity = tonumber(c[1]),
-    refill_rate = tonumber(c[2]),
-    cooldown_sec = tonumber(c[3]) or 0,
-    breaker_threshold = tonumber(c[4]) or 0,
-    breaker_timeout_sec = tonumber(c[5]) or 0,
-    max_scale = tonumber(c[6]) or 1,
-  }
+  local names = {'capacity', 'refill_rate', 'cooldown_sec', 'breaker_threshold', 'breaker_timeout_sec', 'max_scale'}
+  local defaults = {nil, nil, 0, 0, 0, 1}
+  local v = {}
+  for i, name in ipairs(names) do
+    if c[i] then
+      v[name] = num(c[i])
+      if v[name] == nil then
+        return nil, corrupt(key, name, c[i])
+      end
+    elseif defaults[i] == nil then
+      return nil, corrupt(key, name, '(missing)')
+    else
+      v[name] = defaults[i]
+    end
+  end
+  return v
 end
 
--- load_scale returns the stored scale factor (1 when the hash is absent).
+-- load_scale returns the stored scale factor (1 when the hash or the field
+-- is absent), or nil and a CORRUPT error reply when it is not a number.
 local function load_scale(key)
-  return tonumber(redis.call('HGET', key, 'scale')) or 1
+  local raw = redis.call('HGET', key, 'scale')
+  if not raw then
+    return 1
+  end
+  local s = num(raw)
+  if s == nil then
+    return nil, corrupt(key, 'scale', raw)
+  end
+  return s
 end
 
 -- settle returns the bucket's tokens at now: the stored tokens plus refill at
 -- rate * scale per second since ts, capped at capacity. A missing bucket is
--- full. The second result is true when ts is ahead of now (Redis's clock went
+-- full; a corrupt one (tokens or ts not a number) is empty at now. The second result is true when ts is ahead of now (Redis's clock went
 -- backwards, e.g. after a failover): nothing is refilled, and the caller
 -- should store the bucket at now so refill resumes from there.
 local function settle(bucket_key, now, capacity, rate, scale)
   local b = redis.call('HMGET', bucket_key, 'tokens', 'ts')
-  local tokens, ts = tonumber(b[1]), tonumber(b[2])
-  if tokens == nil or ts == nil then
+  if not b[1] and not b[2] then
     return capacity, false
+  end
+  local tokens, ts = num(b[1]), num(b[2])
+  if tokens == nil or ts == nil then
+    -- Corrupt: repaired empty, as of now (the caller stores it). Never full,
+    -- which would widen the budget.
+    return 0, true
   end
   local elapsed = now - ts
   if elapsed > 0 then

@@ -14,7 +14,7 @@
 -- there (the caller then publishes nothing).
 -- Errors: INVALID_ARGUMENT <field>=<value> ...
 
-local level, q, cap, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[6])
+local level, q, cap, ttl = ARGV[1], num(ARGV[2]), num(ARGV[3]), num(ARGV[6])
 if level ~= 'ok' and level ~= 'soft' and level ~= 'hard' then
   return invalid('level', level, 'one of ok, soft, hard')
 end

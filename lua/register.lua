@@ -21,7 +21,7 @@ local names = {'capacity', 'refill_rate', 'cooldown_sec', 'breaker_threshold',
   'breaker_timeout_sec', 'max_scale'}
 local v = {}
 for i, name in ipairs(names) do
-  v[name] = tonumber(ARGV[i])
+  v[name] = num(ARGV[i])
 end
 
 local function whole(x) return x ~= nil and x == math.floor(x) end
@@ -46,10 +46,18 @@ if not (finite(v.max_scale) and v.max_scale >= 1 and v.max_scale <= 100) then
 end
 
 local now = now_us()
-local old = load_config(KEYS[1])
+-- A corrupt stored config or scale is replaced: the bucket settles without
+-- refill (never more than it held). A corrupt scale stays for the operator
+-- to set (acquire refuses to decide on it).
+local old, corrupt_config = load_config(KEYS[1])
+local scale = load_scale(KEYS[3])
 local result = 'created'
 
-if old == nil then
+if corrupt_config then
+  local tokens = settle(KEYS[2], now, v.capacity, 0, 0)
+  store_bucket(KEYS[2], math.min(tokens, v.capacity), now)
+  result = 'updated'
+elseif old == nil then
   store_bucket(KEYS[2], v.capacity, now)
 else
   local same = true
@@ -59,7 +67,7 @@ else
   if same then
     return {ok = 'unchanged'}
   end
-  local tokens = settle(KEYS[2], now, old.capacity, old.refill_rate, load_scale(KEYS[3]))
+  local tokens = settle(KEYS[2], now, old.capacity, old.refill_rate, scale or 0)
   if tokens > v.capacity then tokens = v.capacity end
   store_bucket(KEYS[2], tokens, now)
   result = 'updated'
@@ -68,14 +76,14 @@ end
 local args = {'HSET', KEYS[1]}
 for i, name in ipairs(names) do
   table.insert(args, name)
-  table.insert(args, ARGV[i])
+  table.insert(args, dec(v[name])) -- as parsed: " 50" or "5e1" is stored as 50
 end
 redis.call(unpack(args))
 
 if redis.call('EXISTS', KEYS[3]) == 0 then
   redis.call('HSET', KEYS[3], 'scale', '1', 'level', 'ok', 'source', 'register',
     'seq', '0', 'updated_at', int(now))
-elseif load_scale(KEYS[3]) > v.max_scale then
+elseif scale and scale > v.max_scale then
   redis.call('HSET', KEYS[3], 'scale', ARGV[6], 'source', 'register', 'updated_at', int(now))
   redis.call('HINCRBY', KEYS[3], 'seq', 1)
 end

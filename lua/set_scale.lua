@@ -17,20 +17,26 @@
 -- Setting the scale already in force writes nothing and publishes nothing.
 -- Errors: UNKNOWN_PROVIDER <config key>; INVALID_ARGUMENT scale=<value> ...
 
-local cfg = load_config(KEYS[1])
+local cfg, bad = load_config(KEYS[1])
+if bad then
+  return bad
+end
 if cfg == nil then
   return unknown_provider(KEYS[1])
 end
-local new = tonumber(ARGV[1])
+local new = num(ARGV[1])
 if not (finite(new) and new >= 0 and new <= cfg.max_scale) then
   return invalid('scale', ARGV[1], 'a finite number in [0, ' .. dec(cfg.max_scale) .. '] (max_scale)')
 end
 
 local now = now_us()
-local old = load_scale(KEYS[3])
-local tokens = settle(KEYS[2], now, cfg.capacity, cfg.refill_rate, old)
-local seq = tonumber(redis.call('HGET', KEYS[3], 'seq')) or 0
-if old == new then
+-- A corrupt stored scale is repaired: the bucket settles without refill
+-- (never more than it held), then the new scale is written.
+local old, corrupt_scale = load_scale(KEYS[3])
+old = old or 0
+local tokens, behind = settle(KEYS[2], now, cfg.capacity, cfg.refill_rate, old)
+local seq = num(redis.call('HGET', KEYS[3], 'seq')) or 0
+if old == new and not corrupt_scale and not behind then
   return {dec(old), dec(new), 0, seq, dec(tokens), now}
 end
 

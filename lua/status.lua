@@ -15,12 +15,19 @@
 --   [8] bucket field/value pairs (HGETALL, as stored)
 -- Errors: UNKNOWN_PROVIDER <config key>.
 
-local cfg = load_config(KEYS[1])
+local cfg, bad = load_config(KEYS[1])
+if bad then
+  return bad
+end
 if cfg == nil then
   return unknown_provider(KEYS[1])
 end
 local now = now_us()
-local tokens = settle(KEYS[2], now, cfg.capacity, cfg.refill_rate, load_scale(KEYS[3]))
+local scale, bad_scale = load_scale(KEYS[3])
+if bad_scale then
+  return bad_scale
+end
+local tokens = settle(KEYS[2], now, cfg.capacity, cfg.refill_rate, scale)
 local live = redis.call('ZRANGEBYSCORE', KEYS[6], '(' .. int(math.floor(now / 1000)), '+inf', 'WITHSCORES')
 return {now, redis.call('HGETALL', KEYS[1]), redis.call('HGETALL', KEYS[3]),
   redis.call('HGETALL', KEYS[4]), redis.call('GET', KEYS[5]) or '', live, dec(tokens),

@@ -403,6 +403,8 @@ func (c *Coordinator) mapErr(provider string, err error) error {
 			return fmt.Errorf("%w %q", ErrUnknownProvider, provider)
 		case strings.HasPrefix(msg, "INVALID_ARGUMENT "):
 			return parseArgumentError(strings.TrimPrefix(msg, "INVALID_ARGUMENT "))
+		case strings.HasPrefix(msg, "CORRUPT "):
+			return fmt.Errorf("%w: %s", ErrCorruptState, strings.TrimPrefix(msg, "CORRUPT "))
 		}
 	}
 	if isOutage(err) {

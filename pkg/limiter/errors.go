@@ -29,6 +29,12 @@ var (
 	// ErrRedisUnavailable: Redis could not be reached and the outage mode is
 	// FailClosed (or LocalFallback without anything known about the provider).
 	ErrRedisUnavailable = errors.New("limiter: redis unavailable")
+	// ErrCorruptState: a value stored in Redis (the provider's config,
+	// scale) is not a finite decimal number. The scripts refuse to decide on
+	// it (a corrupt bucket is repaired empty instead): the budget never
+	// widens. The error names the key and field; Register or SetBudgetScale
+	// writes them again.
+	ErrCorruptState = errors.New("limiter: corrupt state in redis")
 	// ErrClosed: the Coordinator was closed.
 	ErrClosed = errors.New("limiter: coordinator closed")
 )
