@@ -192,7 +192,9 @@ func NewHandler(rate Rate, o Options) (*Handler, error) {
 }
 
 // Handle takes one event. An invalid event is refused with a *FieldError; an
-// event whose seq is not above the coordinator's last is ignored (nil). It
+// event whose seq is not above the coordinator's last is ignored (nil),
+// unless the coordinator has been silent for CoordinatorTTL and the seq is
+// lower (a restart, or the end of a bogus seq's pin): then it counts. It
 // then re-evaluates every provider and returns the errors of the Rate for
 // each provider that failed, joined (after trying all providers).
 func (h *Handler) Handle(ctx context.Context, e Event) error {
@@ -206,7 +208,12 @@ func (h *Handler) Handle(ctx context.Context, e Event) error {
 	if e.TS.IsZero() {
 		e.TS = now
 	}
-	if c := h.coords[e.CoordinatorID]; c != nil && e.Seq <= c.last.Seq {
+	// A repeated seq is never news. A lower one is stale while the
+	// coordinator is live; once it has been silent for CoordinatorTTL it is
+	// a new incarnation (a restart that lost its seq), or the coordinator
+	// is recovering from a bogus seq that pinned it: accepted.
+	if c := h.coords[e.CoordinatorID]; c != nil && (e.Seq == c.last.Seq ||
+		e.Seq < c.last.Seq && now.Sub(c.seen) <= h.o.CoordinatorTTL) {
 		reason := "stale"
 		if e.Seq == c.last.Seq {
 			reason = "duplicate"

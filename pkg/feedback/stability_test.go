@@ -301,3 +301,35 @@ func TestNewHandlerKnowsItsStart(t *testing.T) {
 		t.Fatalf("a handler newer than the change left it at %v, want 1", s)
 	}
 }
+
+// TestBogusSeqPinsOnlyForTTL: an event with a huge seq (or a coordinator
+// restarted with a lower one) makes its real events stale only while the
+// bogus report is live: after CoordinatorTTL of silence a lower seq counts.
+func TestBogusSeqPinsOnlyForTTL(t *testing.T) {
+	for _, expiry := range []feedback.Expiry{feedback.ExpiryForget, feedback.ExpiryHard} {
+		t.Run(string(expiry), func(t *testing.T) {
+			c := newClock()
+			rate := newFakeRate(c.Now, "ibkr")
+			h, _ := newHandler(t, rate, feedback.Options{Expiry: expiry, CoordinatorTTL: 10 * time.Second, Dwell: time.Second})
+			handle(t, h, event("store", 1<<64-1, state.Hard))
+			c.Add(5 * time.Second)
+			handle(t, h, event("store", 7, state.OK)) // stale while the bogus report is live
+			if s := rate.scale("ibkr"); s != 0 {
+				t.Fatalf("within the TTL: scale %v, want 0 (the lower seq is stale)", s)
+			}
+			c.Add(6 * time.Second) // silent past the TTL
+			handle(t, h, event("store", 8, state.OK))
+			c.Add(2 * time.Second)
+			if err := h.Reevaluate(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			if s := rate.scale("ibkr"); s != 1 {
+				t.Fatalf("after the TTL: scale %v, want 1 (the real coordinator counts again)", s)
+			}
+			handle(t, h, event("store", 8, state.Hard)) // a repeated seq is never news
+			if s := rate.scale("ibkr"); s != 1 {
+				t.Fatalf("a repeated seq changed the scale to %v", s)
+			}
+		})
+	}
+}
