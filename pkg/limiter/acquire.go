@@ -228,7 +228,9 @@ func (c *Coordinator) decide(ctx context.Context, st *providerState, n int) (Dec
 	if err != nil {
 		if errors.Is(err, ErrRedisUnavailable) {
 			c.redisDown(err)
-			return c.outage(st, n, now, err)
+			// The time of the failure, not of the call: a call that took
+			// its timeout to fail must not refill the local bucket for it.
+			return c.outage(st, n, c.opts.Now(), err)
 		}
 		return Decision{}, err
 	}

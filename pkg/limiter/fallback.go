@@ -78,9 +78,12 @@ type localBucket struct {
 	ts                     time.Time
 }
 
+// settle refills up to now. Its time never goes back: a decision with an
+// older now (taken by a goroutine that waited on the lock) refills nothing
+// and leaves ts, so no interval is refilled twice.
 func (b *localBucket) settle(now time.Time) {
 	if elapsed := now.Sub(b.ts); elapsed > 0 {
 		b.tokens = min(b.capacity, b.tokens+elapsed.Seconds()*b.rate)
+		b.ts = now
 	}
-	b.ts = now
 }

@@ -174,6 +174,54 @@ func TestOutageModes(t *testing.T) {
 	})
 }
 
+// TestLocalFallbackOutageStart: Redis dies while 16 goroutines acquire;
+// the local fallback grants no more than its rate allows from the moment
+// Redis died (it starts empty), however many calls were in flight.
+func TestLocalFallbackOutageStart(t *testing.T) {
+	srv := redistest.Start(t)
+	ctx := context.Background()
+	c, _ := newCoord(t, redis.NewClient(&redis.Options{Addr: srv.Addr, MaxRetries: -1}),
+		limiter.Options{Outage: limiter.LocalFallback, RedisRetry: 50 * time.Millisecond})
+	register(t, c, "p", 100, 10)
+	var local, shared atomic.Int64
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for range 16 {
+		wg.Go(func() {
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				cctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+				d, err := c.TryAcquire(cctx, "p", 1)
+				cancel()
+				switch {
+				case err != nil || !d.Allowed:
+					time.Sleep(time.Millisecond)
+				case d.Local:
+					local.Add(1)
+				default:
+					shared.Add(1)
+				}
+			}
+		})
+	}
+	waitFor(t, "grants from Redis", func() bool { return shared.Load() >= 100 }) // the burst is spent
+	srv.Stop()
+	stopped := time.Now()
+	time.Sleep(2 * time.Second)
+	close(stop)
+	wg.Wait()
+	elapsed := time.Since(stopped)
+	// 10/s from an empty bucket, for at most the time since Redis died.
+	if bound := int64(10*elapsed.Seconds()) + 1; local.Load() > bound {
+		t.Fatalf("local fallback granted %d in %v of outage, more than rate × time = %d", local.Load(), elapsed, bound)
+	}
+	t.Logf("outage of %v: %d local grants (bound %.0f)", elapsed.Round(time.Millisecond), local.Load(), 10*elapsed.Seconds()+1)
+}
+
 // TestRestartUnderLoad: Redis is stopped and started again while replicas
 // acquire (local fallback): nothing panics, grants continue during the
 // outage at the local rate, and every replica is back on Redis afterwards.
