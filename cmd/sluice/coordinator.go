@@ -68,6 +68,17 @@ Examples:
 			if id == "" {
 				id, _ = os.Hostname()
 			}
+			// Zero would silently take the library default: refuse it here,
+			// naming the flag.
+			for _, f := range []struct {
+				name string
+				v    float64
+			}{{"capacity", float64(capacity)}, {"workers", float64(workers)}, {"batch", float64(batch)},
+				{"attempts", float64(attempts)}, {"claim-idle", claimIdle.Seconds()}, {"drain", drain.Seconds()}} {
+				if f.v <= 0 {
+					return usagef("coordinator: --%s=%v: must be above 0", f.name, f.v)
+				}
+			}
 			sink, err := openSink(sinkSpec, sinkRate, failWhile, a.stdout)
 			if err != nil {
 				return err
@@ -84,9 +95,6 @@ Examples:
 					Capacity: capacity, Workers: workers, BatchSize: batch, Publisher: pub, Registerer: s.reg, Logger: s.log,
 				},
 			}
-			if err := o.Validate(); err != nil {
-				return usagef("coordinator: %v", err)
-			}
 			if deadLetter != "" {
 				dl, err := openSink(deadLetter, 0, "", a.stdout)
 				if err != nil {
@@ -94,6 +102,9 @@ Examples:
 				}
 				defer dl.Close()
 				o.Store.DeadLetter, o.Store.Attempts = dl, attempts
+			}
+			if err := o.Validate(); err != nil {
+				return usagef("coordinator: %v", err)
 			}
 			// The consumer starts its coordinator, which publishes: made
 			// once Redis answers (run waits for it before the body).

@@ -159,6 +159,10 @@ func TestBadInput(t *testing.T) {
 		{[]string{"frobnicate"}, nil, `no command "frobnicate"`},
 		{[]string{"demo", "--duration", "0s"}, nil, "--duration=0s"},
 		{[]string{"config", "print"}, []string{"MDP_FB_DWELL=soon"}, `feedback.dwell="soon" (from env MDP_FB_DWELL)`},
+		{[]string{"coordinator", "--batch", "0"}, nil, "--batch=0: must be above 0"},
+		{[]string{"coordinator", "--dead-letter", "file:" + filepath.Join(t.TempDir(), "dl"), "--attempts", "-1"}, nil, "--attempts=-1"},
+		{[]string{"coordinator", "--id", "bad/id"}, nil, `name="bad/id"`},
+		{[]string{"coordinator", "--sink", "s3://bucket"}, nil, `--sink="s3://bucket": must be discard, stdout or file:PATH`},
 	} {
 		r := sluice(t, append(append([]string{}, env...), tc.env...), tc.args...)
 		lines := strings.Split(strings.TrimRight(r.stderr, "\n"), "\n")
@@ -166,6 +170,10 @@ func TestBadInput(t *testing.T) {
 			strings.Contains(r.stderr, "goroutine") || strings.Contains(r.stderr, "secret") {
 			t.Errorf("%v: exit %d, stderr %q; want one line containing %q", tc.args, r.code, r.stderr, tc.want)
 		}
+	}
+	// A pipeline given a provider name no retry can make valid exits 1.
+	if r := sluice(t, append([]string{"SLUICE_RECEIVER_LISTEN=127.0.0.1:0"}, env...), "pipeline", "--provider", "bad{name"); r.code != 1 || !strings.Contains(r.stderr, "provider") {
+		t.Errorf("pipeline --provider bad{name: exit %d, stderr %q", r.code, r.stderr)
 	}
 	// Nothing half-applied: the scale is still the last good one.
 	if p := statusJSON(t, env).Providers[0]; p.Scale != 0.5 || p.Capacity != 60 {

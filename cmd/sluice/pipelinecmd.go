@@ -90,9 +90,9 @@ Examples:
 				}
 				return nil
 			})), func(ctx context.Context) error {
-				p.run(ctx)
+				err := p.run(ctx)
 				s.final(map[string]any{"id": id, "appended": p.n.Load(), "unappended": p.lost.Load()})
-				return nil
+				return err
 			})
 		},
 	}
@@ -109,14 +109,17 @@ type synthetic struct {
 	n, lost      atomic.Int64
 }
 
-func (p *synthetic) run(ctx context.Context) {
+func (p *synthetic) run(ctx context.Context) error {
 	rnd := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 7))
 	price := map[string]float64{}
 	var warned bool
 	for seq := 1; ctx.Err() == nil; {
 		if _, err := p.lim.Acquire(ctx, p.provider, 1); err != nil {
 			if ctx.Err() != nil {
-				return
+				return nil
+			}
+			if errors.Is(err, limiter.ErrInvalidArgument) { // a bad --provider: no retry will help
+				return err
 			}
 			p.ready.Store(false)
 			if !warned {
@@ -138,13 +141,17 @@ func (p *synthetic) run(ctx context.Context) {
 		seq++
 		p.append(ctx, b)
 	}
+	return nil
 }
 
-// append appends b, retrying until it is stored; after ctx ended it tries
+// append appends b, retrying until it is stored; once ctx ended it tries
 // for 5 more seconds, then counts b as not appended.
 func (p *synthetic) append(ctx context.Context, b []byte) {
-	deadline := time.Now().Add(5 * time.Second)
+	var deadline time.Time // set when ctx ends
 	for wait := 50 * time.Millisecond; ; wait = min(2*wait, time.Second) {
+		if ctx.Err() != nil && deadline.IsZero() {
+			deadline = time.Now().Add(5 * time.Second)
+		}
 		actx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		err := p.prod.Append(actx, b)
 		cancel()
@@ -153,7 +160,7 @@ func (p *synthetic) append(ctx context.Context, b []byte) {
 			p.appended.Inc()
 			return
 		}
-		if ctx.Err() != nil && time.Now().After(deadline) {
+		if !deadline.IsZero() && time.Now().After(deadline) {
 			p.lost.Add(1)
 			p.log.Error("giving up an item at shutdown: not appended", "err", err)
 			return

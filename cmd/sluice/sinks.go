@@ -91,6 +91,11 @@ func (s *lineSink) Write(ctx context.Context, batch []redisstream.Entry) error {
 		s.w.Reset(s.dst) // a failed write is retried whole: drop what is left of it
 		return err
 	}
+	// A file is synced before the entries are acknowledged: written means
+	// on disk, so a node that loses power loses nothing acknowledged.
+	if f, ok := s.dst.(*os.File); ok && f != os.Stdout {
+		return f.Sync()
+	}
 	return nil
 }
 

@@ -67,14 +67,18 @@ type Options[T any] struct {
 	Backoff time.Duration
 	// WriteTimeout bounds each call to the sink; default 30s.
 	WriteTimeout time.Duration
-	// HardAfter is how long the sink may keep failing before the level is
-	// hard: a store that cannot write is a store under pressure. From the
-	// first failed write until a write succeeds the level is at least soft.
-	// Default 1s.
+	// HardAfter is how long the sink may go without a successful write,
+	// while a batch is failing, before the level is hard: a store that
+	// cannot write is a store under pressure. While any batch is failing
+	// (retried, not yet written nor dead-lettered) the level is at least
+	// soft; one batch the sink always refuses keeps it soft, not hard, as
+	// long as other writes succeed. Default 1s.
 	HardAfter time.Duration
 	// DeadLetter, when set, receives the batches that still fail after
 	// Attempts writes (an explicit choice: they are counted, and leave the
-	// queue); nil (the default) retries every batch until it is written.
+	// queue); nil (the default) retries every batch until it is written. A
+	// batch the dead-letter sink refuses stays: it gets Attempts more writes,
+	// then goes to the dead-letter sink again.
 	DeadLetter Sink[T]
 	// Attempts is how many writes a batch gets before it goes to DeadLetter;
 	// default 4. Ignored without DeadLetter.
@@ -161,9 +165,9 @@ type WriteCoordinator[T any] struct {
 	depth      int           // queue plus backlog at the last re-evaluation
 	changed    chan struct{} // a level change for the monitor to publish (capacity 1)
 
-	failingSince atomic.Int64 // UnixNano since when some batch has been failing; 0: none is
-	failing      atomic.Int64 // batches that failed and have not left yet (written or dead-lettered)
-	unwritten    atomic.Int64 // submitted, neither written nor dead-lettered: queued or in a batch
+	lastWrite atomic.Int64 // UnixNano of the last successful sink write (or of New)
+	failing   atomic.Int64 // batches that failed and have not left yet (written or dead-lettered)
+	unwritten atomic.Int64 // submitted, neither written nor dead-lettered: queued or in a batch
 
 	seq                             atomic.Uint64
 	maxDepth                        atomic.Int64
@@ -205,6 +209,7 @@ func New[T any](sink Sink[T], o Options[T]) (*WriteCoordinator[T], error) {
 	// Sequence numbers keep increasing across restarts: they start at the
 	// start time in microseconds.
 	w.seq.Store(uint64(time.Now().UnixMicro()))
+	w.lastWrite.Store(time.Now().UnixNano())
 	m.setLevel(state.OK)
 	for range o.Workers {
 		w.workers.Add(1)
@@ -263,9 +268,9 @@ func (w *WriteCoordinator[T]) observe() {
 	w.m.depth.Set(float64(queued)) // the queue alone: a backlog is shared, and exported by its owner
 	w.queueLevel = w.o.Watermarks.Next(w.queueLevel, float64(depth)/float64(w.o.Capacity))
 	next := w.queueLevel
-	if since := w.failingSince.Load(); since != 0 {
+	if w.failing.Load() > 0 {
 		sinkLevel := state.Soft
-		if time.Since(time.Unix(0, since)) >= w.o.HardAfter {
+		if time.Since(time.Unix(0, w.lastWrite.Load())) >= w.o.HardAfter {
 			sinkLevel = state.Hard
 		}
 		if sinkLevel.Rank() > next.Rank() {
@@ -317,7 +322,9 @@ func (w *WriteCoordinator[T]) work() {
 }
 
 // write delivers batch to the sink, retrying until it succeeds or, with a
-// dead-letter sink, until Attempts writes failed.
+// dead-letter sink, until Attempts writes failed and the dead-letter sink
+// took it; a batch the dead-letter sink refuses too is retried again,
+// never dropped.
 func (w *WriteCoordinator[T]) write(batch []T) {
 	start := time.Now()
 	backoff := w.o.Backoff
@@ -326,52 +333,31 @@ func (w *WriteCoordinator[T]) write(batch []T) {
 		err := w.sink.Write(ctx, batch)
 		cancel()
 		if err == nil {
+			w.lastWrite.Store(time.Now().UnixNano())
 			if attempt > 1 {
-				w.recovered(attempt)
+				w.failing.Add(-1)
+				w.log.Info("a failed batch is written", "attempt", attempt)
 			}
 			w.leave(batch, &w.written, w.m.written)
 			w.m.batch.Observe(time.Since(start).Seconds())
+			w.observe()
 			return
 		}
 		w.writeErrors.Add(1)
 		w.m.writeErrors.Inc()
 		if attempt == 1 {
 			w.failing.Add(1)
-		}
-		// At every failed attempt: another batch may have just recovered
-		// and cleared it.
-		if w.failingSince.CompareAndSwap(0, time.Now().UnixNano()) {
-			if attempt == 1 {
-				if w.o.DeadLetter == nil {
-					w.log.Warn("sink write failed; retrying until it takes the batch", "items", len(batch), "err", err)
-				} else {
-					w.log.Warn("sink write failed; retrying, then dead-lettering", "items", len(batch), "attempts", w.o.Attempts, "err", err)
-				}
-			}
+			w.log.Warn("sink write failed; retrying", "items", len(batch), "err", err)
 		}
 		w.observe()
-		if w.o.DeadLetter != nil && attempt >= w.o.Attempts {
-			w.deadLetter(batch, err)
-			w.recovered(0)
+		if w.o.DeadLetter != nil && attempt%w.o.Attempts == 0 && w.deadLetter(batch, err) {
+			w.failing.Add(-1)
+			w.observe()
 			return
 		}
 		time.Sleep(backoff)
 		backoff = min(2*backoff, 2*time.Second)
 	}
-}
-
-// recovered records that a batch that had failed left (written after
-// attempt writes, or dead-lettered: attempt 0); with no batch failing any
-// more the sink no longer counts as pressure.
-func (w *WriteCoordinator[T]) recovered(attempt int) {
-	if w.failing.Add(-1) > 0 {
-		return
-	}
-	w.failingSince.Store(0)
-	if attempt > 0 {
-		w.log.Info("sink writes again", "attempt", attempt)
-	}
-	w.observe()
 }
 
 // leave counts batch as leaving the coordinator through counter.
@@ -381,16 +367,19 @@ func (w *WriteCoordinator[T]) leave(batch []T, n *atomic.Int64, c prometheus.Cou
 	w.unwritten.Add(-int64(len(batch)))
 }
 
-func (w *WriteCoordinator[T]) deadLetter(batch []T, cause error) {
-	w.leave(batch, &w.deadLettered, w.m.deadLettered)
+// deadLetter hands batch to the dead-letter sink; false when it refused
+// (the batch stays, and is retried).
+func (w *WriteCoordinator[T]) deadLetter(batch []T, cause error) bool {
 	ctx, cancel := context.WithTimeout(context.Background(), w.o.WriteTimeout)
 	defer cancel()
 	if err := w.o.DeadLetter.Write(ctx, batch); err != nil {
 		w.dlFails.Add(int64(len(batch)))
-		w.log.Error("dead-letter sink failed too; items lost", "items", len(batch), "err", err, "cause", cause)
-		return
+		w.log.Error("dead-letter sink failed too; the batch stays and is retried", "items", len(batch), "err", err, "cause", cause)
+		return false
 	}
+	w.leave(batch, &w.deadLettered, w.m.deadLettered)
 	w.log.Warn("batch dead-lettered after retries", "items", len(batch), "attempts", w.o.Attempts, "err", cause)
+	return true
 }
 
 // run publishes an event at every level change and every heartbeat, and a
@@ -484,8 +473,8 @@ type Stats struct {
 	Submitted      int64
 	Written        int64
 	Unwritten      int64 // submitted, not yet written nor dead-lettered
-	DeadLettered   int64 // items handed to the dead-letter sink (Lost counts those it refused)
-	Lost           int64 // dead-lettered items the dead-letter sink refused too (logged as errors)
+	DeadLettered   int64 // items the dead-letter sink took
+	DeadLetterErrs int64 // items the dead-letter sink refused (each refusal counted; they stay and are retried)
 	WriteErrors    int64 // failed sink writes, each retry counted
 	SubmitsBlocked int64 // Submit calls that found the queue full
 	Transitions    int64 // level changes
@@ -499,7 +488,7 @@ func (w *WriteCoordinator[T]) Stats() Stats {
 	return Stats{
 		Capacity: w.o.Capacity, Depth: depth, MaxDepth: int(w.maxDepth.Load()), Level: level,
 		Submitted: w.submitted.Load(), Written: w.written.Load(), Unwritten: w.unwritten.Load(),
-		DeadLettered: w.deadLettered.Load(), Lost: w.dlFails.Load(), WriteErrors: w.writeErrors.Load(),
+		DeadLettered: w.deadLettered.Load(), DeadLetterErrs: w.dlFails.Load(), WriteErrors: w.writeErrors.Load(),
 		SubmitsBlocked: w.blocked.Load(), Transitions: w.transitions.Load(),
 	}
 }

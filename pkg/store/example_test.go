@@ -40,9 +40,9 @@ func Example() {
 		panic(err)
 	}
 	st := w.Stats()
-	fmt.Println("written", written, "lost", st.Lost, "level", st.Level)
+	fmt.Println("written", written, "unwritten", st.Unwritten, "level", st.Level)
 	fmt.Println("last event:", last.CoordinatorID, last.Level, last.QueueSize, "of", last.Capacity)
 	// Output:
-	// written 25 lost 0 level ok
+	// written 25 unwritten 0 level ok
 	// last event: store-0 ok 0 of 100
 }

@@ -143,7 +143,7 @@ func TestEveryItemWrittenOnce(t *testing.T) {
 			t.Fatalf("batch of %d > BatchSize 16", b)
 		}
 	}
-	if st := w.Stats(); st.Written != 4000 || st.Submitted != 4000 || st.Lost != 0 || st.Depth != 0 {
+	if st := w.Stats(); st.Written != 4000 || st.Submitted != 4000 || st.Unwritten != 0 || st.Depth != 0 {
 		t.Fatalf("stats %+v", st)
 	}
 	if err := w.Submit(context.Background(), 1); !errors.Is(err, store.ErrClosed) {
@@ -221,23 +221,27 @@ func TestRetriesAndDeadLetter(t *testing.T) {
 		if err := w.Close(context.Background()); err != nil {
 			t.Fatal(err)
 		}
-		if st := w.Stats(); st.DeadLettered != 12 || st.Lost != 0 || len(dl.items) != 12 {
+		if st := w.Stats(); st.DeadLettered != 12 || st.DeadLetterErrs != 0 || len(dl.items) != 12 {
 			t.Fatalf("stats %+v, dead-letter got %d", st, len(dl.items))
 		}
 	})
 	t.Run("dead-letter sink fails too", func(t *testing.T) {
+		// Nothing is dropped: the batch stays, and after Attempts more
+		// failed writes goes to the dead-letter sink again.
 		sink := newSink()
 		sink.fail.Store(1 << 30)
 		dl := newSink()
-		dl.fail.Store(1 << 30)
+		dl.fail.Store(1)
 		w := newCoordinator(t, sink, store.Options[int]{Attempts: 2, Backoff: time.Millisecond, DeadLetter: dl})
 		_ = w.Submit(context.Background(), 1)
-		_ = w.Close(context.Background())
-		if st := w.Stats(); st.Lost != 1 || st.DeadLettered != 1 || st.Unwritten != 0 {
-			t.Fatalf("stats %+v: the refused item must be counted as lost", st)
+		if err := w.Close(context.Background()); err != nil {
+			t.Fatal(err)
 		}
-		if n := sink.fail.Load(); n != 1<<30-2 {
-			t.Fatalf("%d writes, want 2 attempts", 1<<30-n)
+		if st := w.Stats(); st.DeadLetterErrs != 1 || st.DeadLettered != 1 || st.Unwritten != 0 || dl.items[1] != 1 {
+			t.Fatalf("stats %+v: the refused item must be retried, then dead-lettered", st)
+		}
+		if n := sink.fail.Load(); n != 1<<30-4 {
+			t.Fatalf("%d writes, want 2 attempts, twice", 1<<30-n)
 		}
 	})
 	t.Run("one attempt", func(t *testing.T) {
@@ -279,7 +283,7 @@ func TestFailingSinkIsPressure(t *testing.T) {
 		t.Fatal(err)
 	}
 	st := w.Stats()
-	if st.Written != 100 || st.DeadLettered != 0 || st.Lost != 0 || st.Unwritten != 0 {
+	if st.Written != 100 || st.DeadLettered != 0 || st.Unwritten != 0 {
 		t.Fatalf("after recovery: %+v, want all 100 written", st)
 	}
 	for i := range 100 {
@@ -306,6 +310,42 @@ func TestDeadLetterEndsSinkPressure(t *testing.T) {
 	waitLevel(t, w, state.OK)
 	if st := w.Stats(); st.DeadLettered != 1 || st.Unwritten != 0 || dl.items[1] != 1 {
 		t.Fatalf("stats %+v", st)
+	}
+}
+
+// TestPoisonBatchIsSoftNotHard: one batch the sink always refuses keeps
+// the level soft (visible) but not hard while other writes succeed: the
+// fleet is not paused by one bad item.
+func TestPoisonBatchIsSoftNotHard(t *testing.T) {
+	poisoned := store.SinkFunc[int](func(_ context.Context, batch []int) error {
+		for _, it := range batch {
+			if it == 7 {
+				return errors.New("constraint violation")
+			}
+		}
+		return nil
+	})
+	w, err := store.New(poisoned, store.Options[int]{ID: "p", BatchSize: 1, Backoff: time.Millisecond,
+		HardAfter: 200 * time.Millisecond, Sample: 5 * time.Millisecond, Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Millisecond)
+		defer cancel()
+		_ = w.Close(ctx) // the poison batch never leaves
+	}()
+	for i := range 10 {
+		_ = w.Submit(context.Background(), i)
+	}
+	waitLevel(t, w, state.Soft)
+	deadline := time.Now().Add(time.Second) // several HardAfter periods
+	for time.Now().Before(deadline) {
+		_ = w.Submit(context.Background(), 100) // other writes keep succeeding
+		if st := w.Stats(); st.Level == state.Hard {
+			t.Fatalf("one poison batch made the level hard: %+v", st)
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }
 

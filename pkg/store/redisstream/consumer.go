@@ -147,15 +147,17 @@ func NewConsumer(rdb redis.UniversalClient, sink store.Sink[Entry], o ConsumerOp
 	key, _ := o.Key()
 	c := &Consumer{rdb: rdb, key: key, o: o, sink: sink, held: map[string]struct{}{},
 		log: o.Logger.With("component", "redisstream", "stream", key, "consumer", o.Name)}
+	notYet := errors.New("redisstream: not reading yet")
+	c.readErr.Store(&notYet)
 	r := &promutil.Registrar{Reg: o.Store.Registerer}
 	label := func(v *prometheus.CounterVec) prometheus.Counter { return v.WithLabelValues(o.Store.ID) }
 	c.m = consumerMetrics{
 		lag: r.GaugeVec(prometheus.GaugeOpts{Name: "coordinator_stream_lag",
-			Help: "Entries of the write stream not yet delivered to the consumer group."}, "coordinator_id").WithLabelValues(o.Store.ID),
+			Help: "Entries of the write stream not yet delivered to the consumer group (the group's, so aggregate with max, not sum)."}, "coordinator_id").WithLabelValues(o.Store.ID),
 		claimed: label(r.CounterVec(prometheus.CounterOpts{Name: "coordinator_stream_claimed_total",
 			Help: "Entries claimed from consumers that left them pending."}, "coordinator_id")),
 		acked: label(r.CounterVec(prometheus.CounterOpts{Name: "coordinator_stream_acked_total",
-			Help: "Entries acknowledged after the sink wrote them."}, "coordinator_id")),
+			Help: "Entries acknowledged: written, dead-lettered, or deleted while pending."}, "coordinator_id")),
 		ackErrors: label(r.CounterVec(prometheus.CounterOpts{Name: "coordinator_stream_ack_errors_total",
 			Help: "Failed acknowledgements (retried; the entry may be written twice)."}, "coordinator_id")),
 		reads: label(r.CounterVec(prometheus.CounterOpts{Name: "coordinator_stream_read_entries_total",
@@ -251,7 +253,16 @@ func (c *Consumer) Run(ctx context.Context) error {
 	err := c.w.Close(dctx)
 	stopMaint()
 	wg.Wait()
-	c.retryAcks(dctx)
+	// A fresh context: the drain may have used all of its own, and an entry
+	// written but not acknowledged is written again by whoever claims it.
+	actx, acancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer acancel()
+	c.retryAcks(actx)
+	c.mu.Lock()
+	if n := len(c.unacked); n > 0 {
+		c.log.Warn("written entries left unacknowledged: they will be written again", "entries", n)
+	}
+	c.mu.Unlock()
 	return err
 }
 
