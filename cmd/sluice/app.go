@@ -42,6 +42,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, environ [
 	redis.SetLogger(silentRedis{}) // its dial retries would add lines; our errors say what failed
 	a := &app{stdout: stdout, stderr: stderr, environ: environ}
 	cliApp := a.cli()
+	if len(args) == 2 && args[1] == "help" { // `sluice help`: what --help prints
+		args = []string{args[0], "--help"}
+	}
 	err := cliApp.RunContext(ctx, flagsFirst(cliApp, args))
 	if err == nil && a.notFound != "" {
 		err = usagef("no command %q (see sluice --help)", a.notFound)

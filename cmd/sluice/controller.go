@@ -79,6 +79,7 @@ Examples:
 					return err
 				}
 				h.Handle("/feedback", rh)
+				warnNoToken(s)
 			}
 			s.log.Info("starting", "id", id, "feedback", s.cfg.Feedback.Enabled, "provider", s.cfg.Feedback.Provider,
 				"policy", setting(s.cfg, "feedback.policy"), "lease_ttl", leaseTTL)

@@ -59,11 +59,19 @@ Examples:
 			if err != nil {
 				return err
 			}
+			warnNoToken(s)
 			return s.run(c.Context, h, func(ctx context.Context) error {
 				<-ctx.Done()
 				s.final(map[string]any{"delivered": delivered.Load()})
 				return nil
 			})
 		},
+	}
+}
+
+// warnNoToken says loudly that POST /feedback takes events from anyone.
+func warnNoToken(s *service) {
+	if s.cfg.Receiver.Token == "" {
+		s.log.Warn("POST /feedback requires no token: anyone who reaches it can pause the fleet; set receiver.token (SLUICE_RECEIVER_TOKEN)")
 	}
 }

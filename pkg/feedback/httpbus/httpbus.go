@@ -17,6 +17,7 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -112,9 +113,10 @@ func (r *receiver) feedback(w http.ResponseWriter, req *http.Request) {
 		return
 	}
 	if r.o.Token != "" {
-		got := req.Header.Get("Authorization")
-		want := "Bearer " + r.o.Token
-		if subtle.ConstantTimeCompare([]byte(got), []byte(want)) != 1 {
+		// The scheme is case-insensitive (RFC 9110); the token is not.
+		scheme, got, _ := strings.Cut(strings.TrimSpace(req.Header.Get("Authorization")), " ")
+		if !strings.EqualFold(scheme, "Bearer") ||
+			subtle.ConstantTimeCompare([]byte(strings.TrimSpace(got)), []byte(r.o.Token)) != 1 {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="sluice"`)
 			r.fail(w, http.StatusUnauthorized, "missing or wrong bearer token", "")
 			return

@@ -59,6 +59,9 @@ func TestReceiver(t *testing.T) {
 		{"charset param", "POST", "application/json; charset=utf-8", "Bearer s3cret", strings.Replace(valid, `"seq":1`, `"seq":2`, 1), 204, ""},
 		{"no token", "POST", "application/json", "", valid, 401, ""},
 		{"wrong token", "POST", "application/json", "Bearer guess", valid, 401, ""},
+		{"lower-case scheme", "POST", "application/json", "bearer s3cret", strings.Replace(valid, `"seq":1`, `"seq":3`, 1), 204, ""},
+		{"other scheme", "POST", "application/json", "Basic s3cret", valid, 401, ""},
+		{"token only", "POST", "application/json", "s3cret", valid, 401, ""},
 		{"GET", "GET", "", "Bearer s3cret", "", 405, ""},
 		{"text", "POST", "text/plain", "Bearer s3cret", valid, 415, ""},
 		{"no type", "POST", "", "Bearer s3cret", valid, 415, ""},
@@ -92,8 +95,8 @@ func TestReceiver(t *testing.T) {
 			}
 		}
 	}
-	if len(got) != 2 || got[0].Level != state.Soft {
-		t.Fatalf("delivered %+v, want the 2 valid events", got)
+	if len(got) != 3 || got[0].Level != state.Soft {
+		t.Fatalf("delivered %+v, want the 3 valid events", got)
 	}
 
 	for path, want := range map[string]int{"/healthz": 200, "/readyz": 200, "/metrics": 200, "/nope": 404} {
@@ -106,7 +109,7 @@ func TestReceiver(t *testing.T) {
 		if resp.StatusCode != want {
 			t.Errorf("GET %s: %d, want %d", path, resp.StatusCode, want)
 		}
-		if path == "/metrics" && !strings.Contains(string(body), `feedback_http_requests_total{code="401"} 2`) {
+		if path == "/metrics" && !strings.Contains(string(body), `feedback_http_requests_total{code="401"} 4`) {
 			t.Errorf("/metrics lacks the request counts:\n%s", body)
 		}
 	}
