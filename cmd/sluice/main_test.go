@@ -144,9 +144,12 @@ func TestBadInput(t *testing.T) {
 		want string
 	}{
 		{[]string{"scale", "ibkr", "1.5"}, nil, "scale=1.5 must be a finite number in [0, 1]"},
-		{[]string{"scale", "ibkr", "NaN"}, nil, "scale=NaN"},
+		{[]string{"scale", "ibkr", "NaN"}, nil, `FACTOR="NaN": must be a decimal number`},
 		{[]string{"scale", "ibkr", "-1"}, nil, "scale=-1"},
 		{[]string{"scale", "ibkr", "half"}, nil, `FACTOR="half"`},
+		{[]string{"scale", "ibkr", "0x1p-1"}, nil, `FACTOR="0x1p-1": must be a decimal number`},
+		{[]string{"scale", "ibkr", "1e-400"}, nil, `FACTOR="1e-400": must be 0 or a number that does not round to 0`},
+		{[]string{"register", "ibkr", "--capacity", "1.5"}, nil, `capacity="1.5" (from flag --capacity): must be a whole number`},
 		{[]string{"scale", "nope", "0.5"}, nil, `unknown provider "nope"`},
 		{[]string{"scale", "ibkr"}, nil, "want 2 argument(s)"},
 		{[]string{"scale", "ibkr", "0.5", "--bogus"}, nil, "flag provided but not defined: -bogus"},

@@ -2,9 +2,10 @@ package main
 
 import (
 	"fmt"
-	"strconv"
 
 	"github.com/urfave/cli/v2"
+
+	"github.com/sluice-dev/sluice/pkg/config"
 )
 
 func (a *app) scaleCmd() *cli.Command {
@@ -26,12 +27,12 @@ Examples:
 			&cli.StringFlag{Name: "source", Usage: "recorded as who set it", Value: "operator", Destination: &source},
 		},
 		Action: a.withSessionAs(func() string { return source }, 2, "PROVIDER FACTOR", func(argv []string) error {
-			if _, err := strconv.ParseFloat(argv[1], 64); err != nil {
-				return usagef("scale: FACTOR=%q: must be a number in [0, max_scale]", argv[1])
+			if _, err := config.ParseNumber(argv[1]); err != nil {
+				return usagef("scale: FACTOR=%q: %v, in [0, max_scale]", argv[1], err)
 			}
 			return nil
 		}, func(c *cli.Context, s *session, argv []string) error {
-			factor, _ := strconv.ParseFloat(argv[1], 64)
+			factor, _ := config.ParseNumber(argv[1])
 			ch, err := s.lim.SetBudgetScale(c.Context, argv[0], factor)
 			if err != nil {
 				return err

@@ -9,8 +9,10 @@ package config
 import (
 	"errors"
 	"fmt"
+	"math"
 	"net/url"
 	"os"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -104,6 +106,26 @@ type Sources struct {
 	// from (e.g. "flag --redis"; "" reads "override") for messages and
 	// Values. Their keys must be fixed Keys or provider keys.
 	Overrides []Value
+}
+
+var decimalRE = regexp.MustCompile(`^-?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?$`)
+
+// ParseNumber reads a number strictly, as the Lua scripts do: an optional
+// minus sign, decimal digits with an optional fraction and exponent. Hex,
+// underscores, spaces, nan and inf are refused, and so are numbers too large
+// (infinite) or too small (a non-zero number that would read as 0).
+func ParseNumber(s string) (float64, error) {
+	if !decimalRE.MatchString(s) {
+		return 0, errors.New("must be a decimal number (digits, an optional fraction and exponent)")
+	}
+	f, err := strconv.ParseFloat(s, 64)
+	if err != nil || math.IsInf(f, 0) {
+		return 0, errors.New("must be a decimal number of finite size")
+	}
+	if f == 0 && strings.Trim(strings.SplitN(strings.ToLower(s), "e", 2)[0], "-.0") != "" {
+		return 0, errors.New("must be 0 or a number that does not round to 0")
+	}
+	return f, nil
 }
 
 // Settings is the typed, validated configuration.
@@ -398,9 +420,16 @@ func (l layers) parse() (*Settings, error) {
 		*dst = d
 	}
 	number := func(k string) float64 {
-		f, err := strconv.ParseFloat(str(k), 64)
+		f, err := ParseNumber(str(k))
 		if err != nil {
-			fail(k, "must be a number")
+			fail(k, err.Error())
+		}
+		return f
+	}
+	integer := func(k string) float64 {
+		f := number(k)
+		if f != math.Trunc(f) {
+			fail(k, "must be a whole number")
 		}
 		return f
 	}
@@ -437,7 +466,7 @@ func (l layers) parse() (*Settings, error) {
 		fail("rate_coordinator.outage_mode", "must be fail_closed, fail_open or local_fallback")
 	}
 	s.Receiver.Listen, s.Receiver.Token = str("receiver.listen"), str("receiver.token")
-	if s.Receiver.MaxBody = int64(number("receiver.max_body")); s.Receiver.MaxBody < 1 {
+	if s.Receiver.MaxBody = int64(integer("receiver.max_body")); s.Receiver.MaxBody < 1 {
 		fail("receiver.max_body", "must be a positive number of bytes")
 	}
 
@@ -446,10 +475,10 @@ func (l layers) parse() (*Settings, error) {
 	for _, name := range l.providers() {
 		k := func(f string) string { return ProviderKey(name, f) }
 		pc := limiter.ProviderConfig{
-			Capacity:         int64(number(k("capacity"))),
+			Capacity:         int64(integer(k("capacity"))),
 			RefillRate:       number(k("refill_rate")),
 			Cooldown:         time.Duration(number(k("cooldown_sec")) * float64(time.Second)),
-			BreakerThreshold: int(number(k("breaker_threshold"))),
+			BreakerThreshold: int(integer(k("breaker_threshold"))),
 			BreakerTimeout:   time.Duration(number(k("breaker_timeout")) * float64(time.Second)),
 			MaxScale:         number(k("max_scale")),
 		}

@@ -222,3 +222,33 @@ func TestOverridesAndEnvironment(t *testing.T) {
 		t.Fatal("config.Keys() hands out the table itself")
 	}
 }
+
+// TestStrictNumbers: numbers are decimal only, whole where a count is
+// meant, in every layer; nothing is truncated or read as hex.
+func TestStrictNumbers(t *testing.T) {
+	for _, tc := range []struct{ env, want string }{
+		{"MDP_RATE_IBKR_CAPACITY=2.7", "must be a whole number"},
+		{"MDP_RATE_IBKR_CAPACITY=1_0", "must be a decimal number"},
+		{"MDP_RATE_IBKR_REFILL_RATE=0x1p-1", "must be a decimal number"},
+		{"MDP_RATE_IBKR_REFILL_RATE= 5", "must be a decimal number"},
+		{"MDP_RATE_IBKR_REFILL_RATE=Inf", "must be a decimal number"},
+		{"MDP_RATE_IBKR_REFILL_RATE=1e999", "finite size"},
+		{"MDP_RATE_IBKR_REFILL_RATE=1e-400", "does not round to 0"},
+		{"MDP_RATE_IBKR_BREAKER_THRESHOLD=2.5", "must be a whole number"},
+		{"SLUICE_RECEIVER_MAX_BODY=1e3.5", "must be a decimal number"},
+	} {
+		_, err := config.Load(config.Sources{Environ: []string{tc.env}})
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: %v, want an error saying %q", tc.env, err, tc.want)
+		}
+	}
+	for _, ok := range []string{"60", "60.5", ".5", "6e1", "0", "-0"} {
+		if _, err := config.ParseNumber(ok); err != nil {
+			t.Errorf("ParseNumber(%q) = %v", ok, err)
+		}
+	}
+	s, err := config.Load(config.Sources{Environ: []string{"MDP_RATE_IBKR_CAPACITY=6e1"}})
+	if err != nil || s.Providers["ibkr"].Capacity != 60 {
+		t.Fatalf("6e1: %v %+v", err, s)
+	}
+}
