@@ -133,6 +133,19 @@ func TestOverridesShowInStatus(t *testing.T) {
 
 // TestBadInput: one clear line on stderr, a non-zero exit, no stack trace,
 // and nothing half-applied.
+// TestRegisterKeepsStoredFields: updating one field of an existing
+// provider leaves the others as stored, not reset to the defaults.
+func TestRegisterKeepsStoredFields(t *testing.T) {
+	srv := redistest.Start(t)
+	env := []string{"SLUICE_REDIS_URL=" + srv.URL()}
+	sluice(t, env, "register", "ibkr", "--capacity", "500", "--refill-rate", "250").ok(t)
+	sluice(t, env, "register", "ibkr", "--cooldown-sec", "60").ok(t)
+	p := statusJSON(t, env).Providers[0]
+	if p.Capacity != 500 || p.BaseRate != 250 {
+		t.Fatalf("after changing the cooldown only: %+v", p)
+	}
+}
+
 func TestBadInput(t *testing.T) {
 	srv := redistest.Start(t)
 	env := []string{"SLUICE_REDIS_URL=" + srv.URL()}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"maps"
 	"slices"
@@ -23,8 +24,10 @@ func (a *app) registerCmd() *cli.Command {
 		ArgsUsage: "[PROVIDER]",
 		Description: `Registers PROVIDER, or without it every provider of the configuration
 (rate_coordinator.providers in the file, MDP_RATE_<PROVIDER>_<FIELD> in the
-environment). Flags override both for PROVIDER; missing fields take the
-seed's defaults (capacity 60, refill 60/s, cooldown 600 s, breaker 5 / 60 s).
+environment). Flags override both for PROVIDER. Fields no layer sets keep
+the value stored in Redis for a provider that exists, and take the seed's
+defaults (capacity 60, refill 60/s, cooldown 600 s, breaker 5 / 60 s) for a
+new one.
 Idempotent: the same config twice changes nothing. A new provider starts
 full, at scale 1; an update keeps the scale in force.
 
@@ -68,6 +71,15 @@ Examples:
 				if !ok { // named on the command line only: the seed's defaults
 					pc = limiter.DefaultProviderConfig()
 				}
+				// A provider that exists keeps the fields no layer sets:
+				// `register ibkr --cooldown-sec 60` changes the cooldown only.
+				if st, err := s.lim.Status(c.Context, n); err == nil {
+					keepStored(&pc, st.Config, func(field string) bool {
+						return !ok || cfg.Source(config.ProviderKey(n, field)) == "default"
+					})
+				} else if !errors.Is(err, limiter.ErrUnknownProvider) {
+					return err
+				}
 				res, err := s.lim.Register(c.Context, n, pc)
 				if err != nil {
 					return err
@@ -77,5 +89,28 @@ Examples:
 			}
 			return nil
 		},
+	}
+}
+
+// keepStored copies into pc each field of stored for which unset is true.
+func keepStored(pc *limiter.ProviderConfig, stored limiter.ProviderConfig, unset func(field string) bool) {
+	for _, f := range config.ProviderFields() {
+		if !unset(f.Name) {
+			continue
+		}
+		switch f.Name {
+		case "capacity":
+			pc.Capacity = stored.Capacity
+		case "refill_rate":
+			pc.RefillRate = stored.RefillRate
+		case "cooldown_sec":
+			pc.Cooldown = stored.Cooldown
+		case "breaker_threshold":
+			pc.BreakerThreshold = stored.BreakerThreshold
+		case "breaker_timeout":
+			pc.BreakerTimeout = stored.BreakerTimeout
+		case "max_scale":
+			pc.MaxScale = stored.MaxScale
+		}
 	}
 }
