@@ -30,10 +30,13 @@ Examples:
 		},
 		Action: a.withSession(1, "PROVIDER", func([]string) error {
 			if d < 0 || d > 24*time.Hour {
-				return usagef("cooldown: --for=%v: must be in [0, 24h]", d)
+				return usagef("cooldown: --for=%v: must be in (0, 24h]", d)
 			}
 			return nil
 		}, func(c *cli.Context, s *session, argv []string) error {
+			if c.IsSet("for") && d == 0 { // 0 would mean the provider's default: say what was meant
+				return usagef("cooldown: --for=0s: must be in (0, 24h]; leave it out for the provider's cooldown_sec, or use --clear to end one")
+			}
 			if clear {
 				if err := s.lim.ClearCooldown(c.Context, argv[0]); err != nil {
 					return err
