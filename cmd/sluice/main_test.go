@@ -171,6 +171,7 @@ func TestBadInput(t *testing.T) {
 		{[]string{"status"}, []string{"SLUICE_REDIS_URL=http://x"}, `redis.url="http://x" (from env SLUICE_REDIS_URL)`},
 		{[]string{"--redis", "redis://u:secret@127.0.0.1:1/0", "status"}, nil, "redis://u:xxxxx@127.0.0.1:1/0 unreachable"},
 		{[]string{"pressure", "set", "store-0", "critical"}, nil, `LEVEL="critical"`},
+		{[]string{"pressure", "clear", "nosuch"}, nil, `no coordinator "nosuch" has reported`},
 		{[]string{"cooldown", "ibkr", "--for", "48h"}, nil, "--for=48h0m0s: must be in (0, 24h]"},
 		{[]string{"cooldown", "ibkr", "--for", "0s"}, nil, "--for=0s: must be in (0, 24h]"},
 		{[]string{"frobnicate"}, nil, `no command "frobnicate"`},

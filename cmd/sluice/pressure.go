@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -77,6 +78,15 @@ Example:
 				pub, err := redisbus.NewPublisher(s.rdb, redisbus.Options{Prefix: s.cfg.Redis.Prefix})
 				if err != nil {
 					return err
+				}
+				p, err := redisbus.Read(c.Context, s.rdb, s.cfg.Redis.Prefix)
+				if err != nil {
+					return err
+				}
+				known := slices.Contains(p.Expired, argv[0]) || p.Malformed[argv[0]] != nil ||
+					slices.ContainsFunc(p.Live, func(e feedback.Event) bool { return e.CoordinatorID == argv[0] })
+				if !known {
+					return fmt.Errorf("pressure clear: no coordinator %q has reported (see sluice status)", argv[0])
 				}
 				if err := pub.Withdraw(c.Context, argv[0]); err != nil {
 					return err
