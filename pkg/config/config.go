@@ -108,6 +108,20 @@ type Sources struct {
 	Overrides []Value
 }
 
+// layerRank orders the sources of a value: default, file, environment,
+// flag or override.
+func layerRank(source string) int {
+	switch {
+	case source == "default":
+		return 0
+	case strings.HasPrefix(source, "file "):
+		return 1
+	case strings.HasPrefix(source, "env "):
+		return 2
+	}
+	return 3
+}
+
 var decimalRE = regexp.MustCompile(`^-?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?$`)
 
 // ParseNumber reads a number strictly, as the Lua scripts do: an optional
@@ -175,7 +189,9 @@ func Load(src Sources) (*Settings, error) {
 			return nil, fmt.Errorf("config: unknown key %q (from %s)", o.Key, src.Overrides[i].Source)
 		}
 	}
-	l.env(src.Environ, src.Overrides)
+	if err := l.env(src.Environ, src.Overrides); err != nil {
+		return nil, err
+	}
 	for _, o := range src.Overrides {
 		l[o.Key] = o
 	}
@@ -308,7 +324,10 @@ func isProviderKey(k string) bool {
 // case; another is named in lower case. When two variables name the same
 // setting (a name repeated in the environment, or MDP_RATE_IBKR_ and
 // MDP_RATE_ibkr_), the last in environ wins.
-func (l layers) env(environ []string, overrides []Value) {
+// env reads the environment. A variable in sluice's namespaces (SLUICE_*,
+// MDP_FB_*, MDP_RATE_*) that names no setting is an error, like an unknown
+// key in the file: a typo must not be ignored.
+func (l layers) env(environ []string, overrides []Value) error {
 	names := map[string]string{} // upper case -> name as written in the file or an override
 	for _, name := range append(l.providers(), toLayers(overrides).providers()...) {
 		names[strings.ToUpper(name)] = name
@@ -326,10 +345,17 @@ func (l layers) env(environ []string, overrides []Value) {
 			l[name] = Value{name, v, "env " + k}
 			continue
 		}
+		if k == "SLUICE_CONFIG" {
+			continue // the file's path, read by the CLI
+		}
 		rest, ok := strings.CutPrefix(k, "MDP_RATE_")
 		if !ok {
+			if strings.HasPrefix(k, "SLUICE_") || strings.HasPrefix(k, "MDP_FB_") {
+				return fmt.Errorf("config: unknown environment variable %s: not a setting (sluice config print lists them)", k)
+			}
 			continue
 		}
+		matched := false
 		for _, f := range providerFields {
 			upper, ok := strings.CutSuffix(rest, "_"+strings.ToUpper(f.Name))
 			if !ok || upper == "" {
@@ -341,9 +367,19 @@ func (l layers) env(environ []string, overrides []Value) {
 			}
 			key := ProviderKey(name, f.Name)
 			l[key] = Value{key, v, "env " + k}
+			matched = true
 			break
 		}
+		if !matched {
+			var fields []string
+			for _, f := range providerFields {
+				fields = append(fields, strings.ToUpper(f.Name))
+			}
+			return fmt.Errorf("config: unknown environment variable %s: not MDP_RATE_<PROVIDER>_<FIELD> with FIELD one of %s",
+				k, strings.Join(fields, ", "))
+		}
 	}
+	return nil
 }
 
 // providerDefaults gives every provider a layer names every field, the
@@ -442,6 +478,16 @@ func (l layers) parse() (*Settings, error) {
 	}
 
 	s.Redis.URL, s.Redis.ClusterURL, s.Redis.Prefix = str("redis.url"), str("redis.cluster_url"), str("redis.prefix")
+	// One Redis: a server or a cluster. Set in different layers, the higher
+	// one wins (flags > environment > file); in the same layer, an error.
+	if s.Redis.ClusterURL != "" && l["redis.url"].Source != "default" {
+		switch u, c := layerRank(l["redis.url"].Source), layerRank(l["redis.cluster_url"].Source); {
+		case u == c:
+			fail("redis.cluster_url", "cannot be set with redis.url (from "+l["redis.url"].Source+"): one Redis, a server or a cluster")
+		case u > c:
+			s.Redis.ClusterURL = ""
+		}
+	}
 	s.Log.Format = oneOf("log.format", "text", "json")
 	s.Log.Level = oneOf("log.level", "info", "debug", "warn", "error")
 

@@ -252,3 +252,35 @@ func TestStrictNumbers(t *testing.T) {
 		t.Fatalf("6e1: %v %+v", err, s)
 	}
 }
+
+// TestUnknownEnvironment: a variable in sluice's namespaces that names no
+// setting is an error (a typo is not ignored), like an unknown file key.
+func TestUnknownEnvironment(t *testing.T) {
+	for _, env := range []string{"MDP_FB_DWEL=5s", "SLUICE_REDIS=redis://x", "MDP_RATE_IBKR_CAPACTY=5"} {
+		_, err := config.Load(config.Sources{Environ: []string{env}})
+		if err == nil || !strings.Contains(err.Error(), "unknown environment variable "+strings.SplitN(env, "=", 2)[0]) {
+			t.Errorf("%s: %v, want an unknown-variable error", env, err)
+		}
+	}
+	if _, err := config.Load(config.Sources{Environ: []string{"SLUICE_CONFIG=", "MDP_OTHER=1", "HOME=/root"}}); err != nil {
+		t.Errorf("other variables: %v", err)
+	}
+}
+
+func TestServerAndClusterExclusive(t *testing.T) {
+	_, err := config.Load(config.Sources{Environ: []string{"SLUICE_REDIS_URL=redis://a:1", "SLUICE_REDIS_CLUSTER_URL=redis://b:1"}})
+	if err == nil || !strings.Contains(err.Error(), "cannot be set with redis.url (from env SLUICE_REDIS_URL)") {
+		t.Fatalf("both in the environment: %v", err)
+	}
+	// In different layers the higher one wins.
+	s, err := config.Load(config.Sources{Environ: []string{"SLUICE_REDIS_CLUSTER_URL=redis://b:1"},
+		Overrides: []config.Value{{Key: "redis.url", Value: "redis://a:1", Source: "flag --redis"}}})
+	if err != nil || s.Redis.ClusterURL != "" || s.Redis.URL != "redis://a:1" {
+		t.Fatalf("flag --redis over an env cluster: %v %+v", err, s)
+	}
+	s, err = config.Load(config.Sources{Environ: []string{"SLUICE_REDIS_URL=redis://a:1"},
+		Overrides: []config.Value{{Key: "redis.cluster_url", Value: "redis://b:1", Source: "flag --redis-cluster"}}})
+	if err != nil || s.Redis.ClusterURL != "redis://b:1" {
+		t.Fatalf("flag --redis-cluster over an env server: %v %+v", err, s)
+	}
+}
