@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -124,6 +125,35 @@ func (s *Server) Stop() {
 			c.Close()
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// Pause freezes the server (SIGSTOP): connections stay open, nothing is
+// answered, as with a stalled Redis. Resume (SIGCONT) thaws it; Stop and
+// the test's end thaw it too.
+func (s *Server) Pause(tb testing.TB) { s.signal(tb, syscall.SIGSTOP) }
+
+// Resume thaws a paused server.
+func (s *Server) Resume(tb testing.TB) { s.signal(tb, syscall.SIGCONT) }
+
+func (s *Server) signal(tb testing.TB, sig syscall.Signal) {
+	tb.Helper()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cmd == nil {
+		tb.Fatal("redistest: the server is not running")
+	}
+	if err := s.cmd.Process.Signal(sig); err != nil {
+		tb.Fatal(err)
+	}
+	if sig == syscall.SIGSTOP {
+		tb.Cleanup(func() { // a frozen server cannot be killed cleanly otherwise
+			s.mu.Lock()
+			defer s.mu.Unlock()
+			if s.cmd != nil {
+				_ = s.cmd.Process.Signal(syscall.SIGCONT)
+			}
+		})
 	}
 }
 

@@ -106,6 +106,14 @@ type Options struct {
 	// once a call found it unreachable; until a probe succeeds, calls go
 	// straight to the outage mode without touching Redis; default 1s.
 	RedisRetry time.Duration
+	// CallTimeout bounds each script call: a Redis that gives no answer
+	// within it, while the caller's context is still live, counts as
+	// unreachable (the outage mode decides, and RedisRetry probes), so a
+	// stalled Redis cannot hold a caller; default 500ms. It bounds the
+	// round trip only on a client that honours context deadlines: set
+	// ContextTimeoutEnabled in the go-redis options (the sluice command
+	// does); otherwise the client's ReadTimeout (3s by default) bounds it.
+	CallTimeout time.Duration
 	// Now is the clock of the local fallback bucket; default time.Now.
 	// Everything shared uses Redis time instead.
 	Now func() time.Time
@@ -132,6 +140,7 @@ func (o Options) withDefaults() (Options, error) {
 		opts.Positive("wake_jitter", &o.WakeJitter, 5*time.Millisecond),
 		opts.Positive("heartbeat", &o.Heartbeat, 2*time.Second),
 		opts.Positive("redis_retry", &o.RedisRetry, time.Second),
+		opts.Positive("call_timeout", &o.CallTimeout, 500*time.Millisecond),
 	)
 	if oe := (*opts.Error)(nil); errors.As(err, &oe) {
 		return o, &ArgumentError{oe.Field, oe.Value, oe.Rule}
@@ -366,7 +375,7 @@ func (c *Coordinator) Providers(ctx context.Context) ([]string, error) {
 // run runs a script for provider. If Redis answers UNKNOWN_PROVIDER for a
 // provider this replica registered, it registers it again and retries once.
 func (c *Coordinator) run(ctx context.Context, st *providerState, s *redis.Script, keys []string, args ...any) (any, error) {
-	res, err := s.Run(ctx, c.rdb, keys, args...).Result()
+	res, err := c.script(ctx, s, keys, args...)
 	if err == nil || !isUnknownProvider(err) {
 		return res, c.mapErr(st.name, err)
 	}
@@ -380,9 +389,51 @@ func (c *Coordinator) run(ctx context.Context, st *providerState, s *redis.Scrip
 	if _, rerr := c.register(ctx, st, *cfg); rerr != nil {
 		return nil, rerr
 	}
-	res, err = s.Run(ctx, c.rdb, keys, args...).Result()
+	res, err = c.script(ctx, s, keys, args...)
 	return res, c.mapErr(st.name, err)
 }
+
+// script runs s within CallTimeout. No answer in time, while ctx is still
+// live, is a stall: an outage.
+func (c *Coordinator) script(ctx context.Context, s *redis.Script, keys []string, args ...any) (any, error) {
+	cctx, cancel := context.WithTimeout(ctx, c.opts.CallTimeout)
+	defer cancel()
+	res, err := s.Run(cctx, c.rdb, keys, args...).Result()
+	switch {
+	case err == nil:
+	case ended(ctx): // the caller gave up: its deadline, not an outage
+		cause := ctx.Err()
+		if cause == nil {
+			cause = context.DeadlineExceeded
+		}
+		err = fmt.Errorf("%w (%v)", cause, err)
+	case ended(cctx):
+		err = &stallError{c.opts.CallTimeout, err}
+	}
+	return res, err
+}
+
+// ended reports whether ctx is done or its deadline has passed (a socket
+// deadline set from it may fire a moment before ctx's own timer).
+func ended(ctx context.Context) bool {
+	if ctx.Err() != nil {
+		return true
+	}
+	dl, ok := ctx.Deadline()
+	return ok && !time.Now().Before(dl)
+}
+
+// stallError is a call Redis did not answer within CallTimeout.
+type stallError struct {
+	after time.Duration
+	err   error
+}
+
+func (e *stallError) Error() string {
+	return fmt.Sprintf("no answer from redis within %v (call_timeout): %v", e.after, e.err)
+}
+
+func (e *stallError) Unwrap() error { return e.err }
 
 func isUnknownProvider(err error) bool {
 	var rerr redis.Error
@@ -423,6 +474,9 @@ func parseArgumentError(s string) error {
 // isOutage reports whether err means Redis could not serve the call (network,
 // pool, loading, failover), as opposed to an answer or the caller's context.
 func isOutage(err error) bool {
+	if se := (*stallError)(nil); errors.As(err, &se) {
+		return true
+	}
 	if err == nil || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 		return false
 	}

@@ -174,6 +174,60 @@ func TestOutageModes(t *testing.T) {
 	})
 }
 
+// TestStalledRedis: a Redis that accepts connections and answers nothing
+// (SIGSTOP) does not hold callers: a call gets no answer within
+// CallTimeout and the outage mode decides (fail_closed refuses,
+// local_fallback decides locally), before the caller's deadline; a caller
+// whose deadline is shorter gets its deadline error by then. When Redis
+// thaws, the shared bucket is back.
+func TestStalledRedis(t *testing.T) {
+	ctx := context.Background()
+	for _, mode := range []limiter.OutageMode{limiter.FailClosed, limiter.LocalFallback} {
+		t.Run(mode.String(), func(t *testing.T) {
+			srv := redistest.Start(t)
+			rdb := redis.NewClient(&redis.Options{Addr: srv.Addr, MaxRetries: -1, ContextTimeoutEnabled: true})
+			t.Cleanup(func() { rdb.Close() })
+			c, _ := newCoord(t, rdb, limiter.Options{Outage: mode, CallTimeout: 100 * time.Millisecond, RedisRetry: 50 * time.Millisecond})
+			register(t, c, "p", 100, 100)
+			try(t, c, "p", 1)
+			srv.Pause(t)
+			for range 3 {
+				cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+				d, err := c.TryAcquire(cctx, "p", 1)
+				deadline := cctx.Err()
+				cancel()
+				if deadline != nil {
+					t.Fatal("the caller's 5s deadline passed: the stall held the call")
+				}
+				switch mode {
+				case limiter.FailClosed:
+					if !errors.Is(err, limiter.ErrRedisUnavailable) {
+						t.Fatalf("stalled, fail_closed: %+v, %v; want ErrRedisUnavailable", d, err)
+					}
+				case limiter.LocalFallback:
+					if err != nil || !d.Local {
+						t.Fatalf("stalled, local_fallback: %+v, %v; want a local decision", d, err)
+					}
+				}
+			}
+			// A caller's deadline shorter than CallTimeout bounds the call.
+			c2, _ := newCoord(t, rdb, limiter.Options{Outage: mode, CallTimeout: time.Hour})
+			cctx, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+			start := time.Now()
+			_, err := c2.TryAcquire(cctx, "p", 1)
+			cancel()
+			if !errors.Is(err, context.DeadlineExceeded) || time.Since(start) > 30*time.Second {
+				t.Fatalf("a 100ms deadline on a stalled Redis: %v after %v", err, time.Since(start))
+			}
+			srv.Resume(t)
+			waitFor(t, "the shared bucket back", func() bool {
+				d, err := c.TryAcquire(ctx, "p", 1)
+				return err == nil && !d.Local
+			})
+		})
+	}
+}
+
 // TestLocalFallbackOutageStart: Redis dies while 16 goroutines acquire;
 // the local fallback grants no more than its rate allows from the moment
 // Redis died (it starts empty), however many calls were in flight.
