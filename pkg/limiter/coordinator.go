@@ -193,7 +193,8 @@ type providerState struct {
 	replicas   int          // live replicas at the last heartbeat (>= 1)
 	local      *localBucket // the fallback bucket during an outage
 
-	turn chan struct{} // held by the one rate-limited waiter that polls Redis
+	turn  chan struct{} // held by the one rate-limited waiter that polls Redis
+	rereg sync.Mutex    // one re-registration at a time
 
 	// active is set at the first acquisition: from then on this replica
 	// heartbeats for the provider. Operator calls (Register, Status,
@@ -373,7 +374,10 @@ func (c *Coordinator) Providers(ctx context.Context) ([]string, error) {
 }
 
 // run runs a script for provider. If Redis answers UNKNOWN_PROVIDER for a
-// provider this replica registered, it registers it again and retries once.
+// provider this replica registered (Redis restarted without persistence),
+// it registers it again, restores the last scale it saw if that was not 1
+// (an operator's 0.5 survives the restart), and retries once. Concurrent
+// callers re-register once: the others find the provider back.
 func (c *Coordinator) run(ctx context.Context, st *providerState, s *redis.Script, keys []string, args ...any) (any, error) {
 	res, err := c.script(ctx, s, keys, args...)
 	if err == nil || !isUnknownProvider(err) {
@@ -381,13 +385,27 @@ func (c *Coordinator) run(ctx context.Context, st *providerState, s *redis.Scrip
 	}
 	st.mu.Lock()
 	cfg := st.registered
+	scale, known := st.last.Scale, st.haveLast
 	st.mu.Unlock()
 	if cfg == nil {
 		return nil, c.mapErr(st.name, err)
 	}
+	st.rereg.Lock()
+	defer st.rereg.Unlock()
+	// Another caller may have registered it while this one waited.
+	if res, err = c.script(ctx, s, keys, args...); err == nil || !isUnknownProvider(err) {
+		return res, c.mapErr(st.name, err)
+	}
 	c.log.Warn("provider missing from Redis, registering it again", "provider", st.name)
 	if _, rerr := c.register(ctx, st, *cfg); rerr != nil {
 		return nil, rerr
+	}
+	if known && scale != 1 {
+		if _, serr := c.script(ctx, setScaleScript, []string{st.keys.config, st.keys.bucket, st.keys.scale},
+			formatFloat(scale), c.opts.Source+" (restored after redis lost it)", st.keys.notify); serr != nil {
+			return nil, c.mapErr(st.name, serr)
+		}
+		c.log.Warn("scale restored after redis lost it", "provider", st.name, "scale", scale)
 	}
 	res, err = c.script(ctx, s, keys, args...)
 	return res, c.mapErr(st.name, err)

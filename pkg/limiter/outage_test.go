@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -44,8 +46,25 @@ func TestScriptFlushAndRestart(t *testing.T) {
 	srv.Restart(t) // no persistence: keys and scripts are gone
 	waitRedis(t, rdb)
 	d := try(t, c, "p", 1)
-	if !d.Allowed || d.Local || d.Capacity != 100 {
-		t.Fatalf("after restart: %+v, want a grant from the re-registered bucket", d)
+	if !d.Allowed || d.Local || d.Capacity != 100 || d.Scale != 0.5 {
+		t.Fatalf("after restart: %+v, want a grant from the re-registered bucket at the scale it had, 0.5", d)
+	}
+	if src := rdb.HGet(ctx, "sluice:{p}:scale", "source").Val(); !strings.Contains(src, "restored") {
+		t.Fatalf("scale source after the restore: %q", src)
+	}
+	// Many callers at once re-register once.
+	var logs syncBuf
+	many, _ := newCoord(t, srv.Client(t), limiter.Options{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	register(t, many, "p", 100, 100)
+	srv.Restart(t)
+	waitRedis(t, rdb)
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Go(func() { _, _ = many.TryAcquire(ctx, "p", 1) })
+	}
+	wg.Wait()
+	if n := strings.Count(logs.String(), "registering it again"); n != 1 {
+		t.Fatalf("8 concurrent callers re-registered %d times, want once:\n%s", n, logs.String())
 	}
 	// A replica that never registered the provider learns it is unknown
 	// until someone registers it; it does not invent a config.
@@ -55,6 +74,24 @@ func TestScriptFlushAndRestart(t *testing.T) {
 	if _, err := other.TryAcquire(ctx, "p", 1); !errors.Is(err, limiter.ErrUnknownProvider) {
 		t.Fatalf("unregistered replica after data loss: %v", err)
 	}
+}
+
+// syncBuf is a log buffer safe for concurrent writers.
+type syncBuf struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuf) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuf) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
 
 func waitRedis(t *testing.T, rdb *redis.Client) {
