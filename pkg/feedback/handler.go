@@ -342,6 +342,9 @@ func (h *Handler) apply(ctx context.Context, p string, level state.Level, target
 		next = cur
 	}
 	if ps.known && next == cur {
+		// Nothing to do; the gauge shows the shared scale in force, even
+		// when another handler set it.
+		h.m.applied.WithLabelValues(p).Set(cur)
 		return nil
 	}
 	set := h.rate.SetBudgetScale

@@ -32,7 +32,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "feedback_scale_target", Help: "Scale the live coordinators' pressure calls for, before dwell and ramp.",
 		}, "provider"),
 		applied: r.GaugeVec(prometheus.GaugeOpts{
-			Name: "feedback_scale_applied", Help: "Scale the handler set last (in shadow mode: would have set).",
+			Name: "feedback_scale_applied", Help: "The shared scale in force at the last evaluation, whoever set it (in shadow mode: the scale this handler would have set).",
 		}, "provider"),
 		level: r.GaugeVec(prometheus.GaugeOpts{
 			Name: "feedback_pressure_level", Help: "Combined pressure level: 0 ok, 1 soft, 2 hard.",

@@ -333,3 +333,24 @@ func TestBogusSeqPinsOnlyForTTL(t *testing.T) {
 		})
 	}
 }
+
+// TestAppliedGaugeFollowsSharedScale: a handler whose neighbour set the
+// shared scale reports that scale as applied, not its own stale one.
+func TestAppliedGaugeFollowsSharedScale(t *testing.T) {
+	c := newClock()
+	rate := newFakeRate(c.Now, "ibkr")
+	a, _ := newHandler(t, rate, feedback.Options{Dwell: time.Second})
+	b, regB := newHandler(t, rate, feedback.Options{Dwell: time.Second})
+	if err := b.Reevaluate(context.Background()); err != nil { // b has applied 1
+		t.Fatal(err)
+	}
+	c.Add(time.Second)
+	handle(t, a, event("store", 1, state.Hard)) // a pauses the shared budget
+	c.Add(time.Second)
+	if err := b.Reevaluate(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if got := metric(t, regB, "feedback_scale_applied"); got != 0 {
+		t.Fatalf("b's feedback_scale_applied = %v, want the shared 0", got)
+	}
+}
