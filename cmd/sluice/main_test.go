@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -143,6 +144,33 @@ func TestRegisterKeepsStoredFields(t *testing.T) {
 	p := statusJSON(t, env).Providers[0]
 	if p.Capacity != 500 || p.BaseRate != 250 {
 		t.Fatalf("after changing the cooldown only: %+v", p)
+	}
+}
+
+// TestStatusWatchSurvivesOutage: status --watch goes on through a Redis
+// outage, saying so, and shows the status again when Redis is back.
+func TestStatusWatchSurvivesOutage(t *testing.T) {
+	srv := redistest.Start(t)
+	env := []string{"SLUICE_REDIS_URL=" + srv.URL()}
+	sluice(t, env, "register", "ibkr").ok(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	var out syncBuffer
+	out.mu, out.b = &sync.Mutex{}, &bytes.Buffer{}
+	exited := make(chan int, 1)
+	go func() {
+		exited <- run(ctx, []string{"sluice", "status", "--watch", "--interval", "50ms"}, out, io.Discard, env)
+	}()
+	text := func() string { out.mu.Lock(); defer out.mu.Unlock(); return out.b.String() }
+	waitFor(t, 20*time.Second, "a first report", func() bool { return strings.Contains(text(), "ibkr") })
+	srv.Stop()
+	waitFor(t, 20*time.Second, "the outage reported", func() bool { return strings.Contains(text(), "no status:") })
+	srv.Restart(t)
+	sluice(t, env, "register", "ibkr").ok(t) // the restarted Redis is empty
+	n := strings.Count(text(), "ibkr")
+	waitFor(t, 20*time.Second, "reports again", func() bool { return strings.Count(text(), "ibkr") > n })
+	cancel()
+	if code := <-exited; code != 0 {
+		t.Fatalf("status --watch exited %d", code)
 	}
 }
 

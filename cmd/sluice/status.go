@@ -47,16 +47,19 @@ Examples:
 			defer s.Close()
 			for {
 				rep, err := collectStatus(c.Context, s, c.Args().Slice())
-				if err != nil {
+				switch {
+				case err != nil && watch:
+					// Watching goes on through an outage: say so, and retry.
+					fmt.Fprintf(a.stdout, "%s  no status: %v (retrying every %v)\n", time.Now().Format(time.TimeOnly), err, every)
+				case err != nil:
 					return err
-				}
-				if asJSON {
+				case asJSON:
 					enc := json.NewEncoder(a.stdout)
 					enc.SetIndent("", "  ")
 					if err := enc.Encode(rep); err != nil {
 						return err
 					}
-				} else {
+				default:
 					printStatus(a.stdout, rep)
 				}
 				if !watch {
