@@ -4,7 +4,7 @@
 GO          ?= go
 STATICCHECK ?= $(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
-.PHONY: all build demo test test-short bench lint redis-server
+.PHONY: all build demo test test-short bench lint redis-server fuzz
 
 all: lint test
 
@@ -24,6 +24,12 @@ test: redis-server
 # redis-server, no replica processes, no long runs.
 test-short:
 	$(GO) test -short -count=1 ./...
+
+# A short fuzz run of each target (the seeds also run in make test).
+fuzz:
+	$(GO) test -run '^$$' -fuzz '^FuzzDecodeEvent$$' -fuzztime 10s ./pkg/feedback
+	$(GO) test -run '^$$' -fuzz '^FuzzParseNumber$$' -fuzztime 10s ./pkg/config
+	$(GO) test -run '^$$' -fuzz '^FuzzLoadFile$$' -fuzztime 10s ./pkg/config
 
 bench: redis-server
 	$(GO) test -run '^$$' -bench . -benchmem ./...
