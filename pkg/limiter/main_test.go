@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/sluice-dev/sluice/internal/leaktest"
 	"github.com/sluice-dev/sluice/pkg/limiter"
 )
 
@@ -29,7 +30,7 @@ func TestMain(m *testing.M) {
 	if os.Getenv(helperEnv) != "" {
 		os.Exit(runReplica())
 	}
-	os.Exit(m.Run())
+	leaktest.VerifyTestMain(m) // no goroutine outlives the tests
 }
 
 // replicaResult is what a replica process prints when it stops.

@@ -180,6 +180,9 @@ type WriteCoordinator[T any] struct {
 	workers   sync.WaitGroup
 	stop      chan struct{}
 	monitor   chan struct{} // closed when the monitor has published its last event
+
+	abortCtx context.Context // canceled by Abort: ends sink calls, retries, the monitor
+	abort    context.CancelFunc
 }
 
 // New starts a WriteCoordinator writing to sink.
@@ -206,6 +209,7 @@ func New[T any](sink Sink[T], o Options[T]) (*WriteCoordinator[T], error) {
 		closing:    make(chan struct{}),
 		done:       make(chan struct{}),
 	}
+	w.abortCtx, w.abort = context.WithCancel(context.Background())
 	// Sequence numbers keep increasing across restarts: they start at the
 	// start time in microseconds.
 	w.seq.Store(uint64(time.Now().UnixMicro()))
@@ -297,7 +301,13 @@ func (w *WriteCoordinator[T]) work() {
 	defer w.workers.Done()
 	batch := make([]T, 0, w.o.BatchSize)
 	for {
-		item, ok := <-w.q
+		var item T
+		var ok bool
+		select {
+		case item, ok = <-w.q:
+		case <-w.abortCtx.Done():
+			return
+		}
 		if !ok {
 			return
 		}
@@ -329,7 +339,10 @@ func (w *WriteCoordinator[T]) write(batch []T) {
 	start := time.Now()
 	backoff := w.o.Backoff
 	for attempt := 1; ; attempt++ {
-		ctx, cancel := context.WithTimeout(context.Background(), w.o.WriteTimeout)
+		if w.abortCtx.Err() != nil {
+			return // abandoned: still counted in Unwritten
+		}
+		ctx, cancel := context.WithTimeout(w.abortCtx, w.o.WriteTimeout)
 		err := w.sink.Write(ctx, batch)
 		cancel()
 		if err == nil {
@@ -355,7 +368,12 @@ func (w *WriteCoordinator[T]) write(batch []T) {
 			w.observe()
 			return
 		}
-		time.Sleep(backoff)
+		t := time.NewTimer(backoff)
+		select {
+		case <-t.C:
+		case <-w.abortCtx.Done():
+			t.Stop()
+		}
 		backoff = min(2*backoff, 2*time.Second)
 	}
 }
@@ -370,7 +388,7 @@ func (w *WriteCoordinator[T]) leave(batch []T, n *atomic.Int64, c prometheus.Cou
 // deadLetter hands batch to the dead-letter sink; false when it refused
 // (the batch stays, and is retried).
 func (w *WriteCoordinator[T]) deadLetter(batch []T, cause error) bool {
-	ctx, cancel := context.WithTimeout(context.Background(), w.o.WriteTimeout)
+	ctx, cancel := context.WithTimeout(w.abortCtx, w.o.WriteTimeout)
 	defer cancel()
 	if err := w.o.DeadLetter.Write(ctx, batch); err != nil {
 		w.dlFails.Add(int64(len(batch)))
@@ -401,6 +419,8 @@ func (w *WriteCoordinator[T]) run() {
 		case <-beat.C:
 		case <-w.stop:
 			w.publish()
+			return
+		case <-w.abortCtx.Done():
 			return
 		}
 		w.publish()
@@ -437,8 +457,8 @@ func (w *WriteCoordinator[T]) publish() {
 // dead-lettered), publishes a last event and returns. If ctx ends first it
 // returns an error saying how many items were not written yet (queued, or
 // in a batch being written or retried); the workers go on in the
-// background. Close may be called again (after a timeout, say): every call
-// waits for the same drain.
+// background until they are done or Abort is called. Close may be called
+// again (after a timeout, say): every call waits for the same drain.
 func (w *WriteCoordinator[T]) Close(ctx context.Context) error {
 	w.closeOnce.Do(func() {
 		close(w.closing)
@@ -462,6 +482,19 @@ func (w *WriteCoordinator[T]) Close(ctx context.Context) error {
 		return fmt.Errorf("store: close: %d items not written yet (%d queued, %d in batches being written): %w",
 			n, queued, n-int64(queued), ctx.Err())
 	}
+}
+
+// Abort abandons what Close could not drain: sink calls in flight are
+// canceled, nothing is retried any more, the workers and the monitor stop
+// (no more events). The items left are counted in Stats.Unwritten: an
+// in-memory caller has lost them (Close's error said how many); a stream
+// consumer's stay pending in Redis. Use it after Close timed out; Abort
+// before Close also closes. Calls after the first do nothing.
+func (w *WriteCoordinator[T]) Abort() {
+	w.abort()
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	_ = w.Close(ctx) // stops intake; returns at once
 }
 
 // Stats is a snapshot of a coordinator's counters.

@@ -333,7 +333,13 @@ func TestPoisonBatchIsSoftNotHard(t *testing.T) {
 	defer func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Millisecond)
 		defer cancel()
-		_ = w.Close(ctx) // the poison batch never leaves
+		if err := w.Close(ctx); err == nil { // the poison batch never leaves
+			t.Error("Close drained a poison batch")
+		}
+		w.Abort()
+		if st := w.Stats(); st.Unwritten != 1 {
+			t.Errorf("after Abort: %+v, want the poison item counted unwritten", st)
+		}
 	}()
 	for i := range 10 {
 		_ = w.Submit(context.Background(), i)
@@ -346,6 +352,40 @@ func TestPoisonBatchIsSoftNotHard(t *testing.T) {
 			t.Fatalf("one poison batch made the level hard: %+v", st)
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// TestAbortStopsEverything: after a Close that timed out, Abort ends the
+// retries, the sink call in flight and the events; the rest is counted.
+func TestAbortStopsEverything(t *testing.T) {
+	var events atomic.Int64
+	var bus feedback.Bus
+	_, _ = bus.Subscribe(context.Background(), func(context.Context, feedback.Event) error { events.Add(1); return nil })
+	stuck := store.SinkFunc[int](func(ctx context.Context, _ []int) error { <-ctx.Done(); return ctx.Err() })
+	w, err := store.New(stuck, store.Options[int]{ID: "a", Workers: 2, BatchSize: 1, Heartbeat: 5 * time.Millisecond,
+		Publisher: &bus, Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 5 {
+		_ = w.Submit(context.Background(), i)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel()
+	if err := w.Close(ctx); err == nil {
+		t.Fatal("Close drained a stuck sink")
+	}
+	w.Abort()
+	if err := w.Close(context.Background()); err != nil { // now it ends at once
+		t.Fatalf("Close after Abort: %v", err)
+	}
+	n := events.Load()
+	time.Sleep(50 * time.Millisecond) // ten heartbeats
+	if events.Load() != n {
+		t.Fatal("events published after Abort")
+	}
+	if st := w.Stats(); st.Unwritten != 5 || st.Written != 0 {
+		t.Fatalf("after Abort: %+v", st)
 	}
 }
 

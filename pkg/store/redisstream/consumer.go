@@ -251,6 +251,9 @@ func (c *Consumer) Run(ctx context.Context) error {
 	dctx, cancel := context.WithTimeout(context.Background(), c.o.Drain)
 	defer cancel()
 	err := c.w.Close(dctx)
+	if err != nil {
+		c.w.Abort() // what is left stays pending in Redis, for another consumer
+	}
 	stopMaint()
 	wg.Wait()
 	// A fresh context: the drain may have used all of its own, and an entry
