@@ -62,8 +62,14 @@ func TestClosedLoop(t *testing.T) {
 		t.Errorf("closed loop: %d submits blocked on a full queue", closed.SubmitsBlocked)
 	}
 	// Without feedback the producers run into the full queue: that is what
-	// the loop prevents.
-	if open.MaxQueueFill < 1 || open.SubmitsBlocked == 0 {
+	// the loop prevents. They do when they fetch more than the sink writes
+	// in the run (300/s × 8 s) plus the queue (1000): 3400. A machine too
+	// starved to run them that fast (fewer fetched) cannot show it, and the
+	// comparison is skipped; the closed-loop checks above still stand.
+	switch {
+	case open.Fetched < 3400:
+		t.Logf("open loop: only %d fetched in 8 s (a starved machine): the full-queue comparison is skipped", open.Fetched)
+	case open.MaxQueueFill < 1 || open.SubmitsBlocked == 0:
 		t.Errorf("open loop: max fill %.2f, %d blocked submits: expected a full queue", open.MaxQueueFill, open.SubmitsBlocked)
 	}
 }
