@@ -53,8 +53,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, environ [
 		return 0
 	}
 	fmt.Fprintf(stderr, "sluice: %s\n", strings.ReplaceAll(err.Error(), "\n", "; "))
+	// One rule: bad usage or bad input exits 2, a failure at run time 1.
 	var ue *usageError
-	if errors.As(err, &ue) {
+	if errors.As(err, &ue) || errors.Is(err, config.ErrInvalid) || errors.Is(err, limiter.ErrInvalidArgument) {
 		return 2
 	}
 	return 1

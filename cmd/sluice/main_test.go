@@ -212,13 +212,23 @@ func TestBadInput(t *testing.T) {
 	} {
 		r := sluice(t, append(append([]string{}, env...), tc.env...), tc.args...)
 		lines := strings.Split(strings.TrimRight(r.stderr, "\n"), "\n")
+		// One exit-code rule: bad usage or input 2, a failure at run time 1.
+		wantCode := 2
+		for _, runtime := range []string{"unreachable", "unknown provider", "has reported"} {
+			if strings.Contains(tc.want, runtime) {
+				wantCode = 1
+			}
+		}
+		if r.code != wantCode {
+			t.Errorf("%v: exit %d, want %d", tc.args, r.code, wantCode)
+		}
 		if r.code == 0 || len(lines) != 1 || !strings.HasPrefix(lines[0], "sluice: ") || !strings.Contains(lines[0], tc.want) ||
 			strings.Contains(r.stderr, "goroutine") || strings.Contains(r.stderr, "secret") {
 			t.Errorf("%v: exit %d, stderr %q; want one line containing %q", tc.args, r.code, r.stderr, tc.want)
 		}
 	}
-	// A pipeline given a provider name no retry can make valid exits 1.
-	if r := sluice(t, append([]string{"SLUICE_RECEIVER_LISTEN=127.0.0.1:0"}, env...), "pipeline", "--provider", "bad{name"); r.code != 1 || !strings.Contains(r.stderr, "provider") {
+	// A pipeline given a provider name no retry can make valid exits 2.
+	if r := sluice(t, append([]string{"SLUICE_RECEIVER_LISTEN=127.0.0.1:0"}, env...), "pipeline", "--provider", "bad{name"); r.code != 2 || !strings.Contains(r.stderr, "provider") {
 		t.Errorf("pipeline --provider bad{name: exit %d, stderr %q", r.code, r.stderr)
 	}
 	// Nothing half-applied: the scale is still the last good one.

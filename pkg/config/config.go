@@ -186,7 +186,7 @@ func Load(src Sources) (*Settings, error) {
 			src.Overrides[i].Source = "override"
 		}
 		if _, known := l[o.Key]; !known && !isProviderKey(o.Key) {
-			return nil, fmt.Errorf("config: unknown key %q (from %s)", o.Key, src.Overrides[i].Source)
+			return nil, invalidf("config: unknown key %q (from %s)", o.Key, src.Overrides[i].Source)
 		}
 	}
 	if err := l.env(src.Environ, src.Overrides); err != nil {
@@ -267,25 +267,39 @@ func orDefault(d, def time.Duration) time.Duration {
 	return d
 }
 
+// ErrInvalid is matched (errors.Is) by every error Load returns for bad
+// input: a file that cannot be read or parsed, an unknown key or variable,
+// a value out of range. The CLI exits 2 on them.
+var ErrInvalid = errors.New("config: invalid")
+
+type invalidError struct{ err error }
+
+func (e invalidError) Error() string { return e.err.Error() }
+func (e invalidError) Unwrap() []error { return []error{e.err, ErrInvalid} }
+
+func invalidf(format string, args ...any) error {
+	return invalidError{fmt.Errorf(format, args...)}
+}
+
 // layers is the merged configuration: key -> value.
 type layers map[string]Value
 
 func (l layers) file(path string) error {
 	b, err := os.ReadFile(path)
 	if err != nil {
-		return fmt.Errorf("config file: %w", err)
+		return invalidf("config file: %w", err)
 	}
 	var doc map[string]any
 	if err := yaml.Unmarshal(b, &doc); err != nil {
-		return fmt.Errorf("config file %s: %w", path, err)
+		return invalidf("config file %s: %w", path, err)
 	}
 	flat := map[string]string{}
 	if err := flatten("", doc, flat); err != nil {
-		return fmt.Errorf("config file %s: %w", path, err)
+		return invalidf("config file %s: %w", path, err)
 	}
 	for k, v := range flat {
 		if _, known := l[k]; !known && !isProviderKey(k) {
-			return fmt.Errorf("config file %s: unknown key %q", path, k)
+			return invalidf("config file %s: unknown key %q", path, k)
 		}
 		l[k] = Value{k, v, "file " + path}
 	}
@@ -351,7 +365,7 @@ func (l layers) env(environ []string, overrides []Value) error {
 		rest, ok := strings.CutPrefix(k, "MDP_RATE_")
 		if !ok {
 			if strings.HasPrefix(k, "SLUICE_") || strings.HasPrefix(k, "MDP_FB_") {
-				return fmt.Errorf("config: unknown environment variable %s: not a setting (sluice config print lists them)", k)
+				return invalidf("config: unknown environment variable %s: not a setting (sluice config print lists them)", k)
 			}
 			continue
 		}
@@ -375,7 +389,7 @@ func (l layers) env(environ []string, overrides []Value) error {
 			for _, f := range providerFields {
 				fields = append(fields, strings.ToUpper(f.Name))
 			}
-			return fmt.Errorf("config: unknown environment variable %s: not MDP_RATE_<PROVIDER>_<FIELD> with FIELD one of %s",
+			return invalidf("config: unknown environment variable %s: not MDP_RATE_<PROVIDER>_<FIELD> with FIELD one of %s",
 				k, strings.Join(fields, ", "))
 		}
 	}
@@ -432,7 +446,7 @@ func (l layers) keys() []string {
 // errorf names the key, its value and where it came from.
 func (l layers) errorf(key, rule string) error {
 	v := l[key]
-	return fmt.Errorf("config: %s=%q (from %s): %s", key, v.Value, v.Source, rule)
+	return invalidf("config: %s=%q (from %s): %s", key, v.Value, v.Source, rule)
 }
 
 // parse decodes and validates the layers; the first bad value is the error.
