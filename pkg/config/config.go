@@ -274,7 +274,7 @@ var ErrInvalid = errors.New("config: invalid")
 
 type invalidError struct{ err error }
 
-func (e invalidError) Error() string { return e.err.Error() }
+func (e invalidError) Error() string   { return e.err.Error() }
 func (e invalidError) Unwrap() []error { return []error{e.err, ErrInvalid} }
 
 func invalidf(format string, args ...any) error {
