@@ -266,12 +266,24 @@ func TestSubscribeFails(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ln.Close()
+	var conns []net.Conn
+	var connsMu sync.Mutex
+	defer func() { // ends the handshake the cancelled Subscribe left behind
+		connsMu.Lock()
+		defer connsMu.Unlock()
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
 	go func() { // accept, read, never answer
 		for {
 			c, err := ln.Accept()
 			if err != nil {
 				return
 			}
+			connsMu.Lock()
+			conns = append(conns, c)
+			connsMu.Unlock()
 			go func() { _, _ = io.Copy(io.Discard, c) }()
 		}
 	}()
