@@ -155,7 +155,11 @@ func runUp(ctx context.Context, u upArgs, environ []string, feedbackOn bool, w i
 	}
 	fmt.Fprintf(w, "sluice up: %s; 1 controller, %d coordinators (%g items/s each), %d pipelines sharing %g/s (burst %d); %s; %v\n",
 		where, u.Coordinators, u.SinkRate, u.Pipelines, u.Rate, u.Burst, loop, u.Duration)
-	fmt.Fprintf(w, "logs and written items in %s\n\n", cl.dir)
+	kept := "removed at exit; --keep keeps them"
+	if u.Keep || u.Dir != "" {
+		kept = "kept"
+	}
+	fmt.Fprintf(w, "logs and written items in %s (%s)\n\n", cl.dir, kept)
 	if cl.controller, err = start("controller", "controller", "--id", "controller-0", "--lease-ttl", "2s"); err != nil {
 		return err
 	}
