@@ -174,6 +174,29 @@ func TestStatusWatchSurvivesOutage(t *testing.T) {
 	}
 }
 
+// TestTLS: rediss:// against a redis-server that speaks only TLS, with a
+// certificate from a CA the test makes; the CA is trusted through
+// redis.tls_ca. Without it the server is refused, clearly.
+func TestTLS(t *testing.T) {
+	srv := redistest.StartTLS(t)
+	env := []string{"SLUICE_REDIS_URL=" + srv.URL(), "SLUICE_REDIS_TLS_CA=" + srv.CAFile}
+	sluice(t, env, "register", "ibkr").ok(t)
+	sluice(t, env, "scale", "ibkr", "0.5").ok(t)
+	if p := statusJSON(t, env).Providers[0]; p.Scale != 0.5 {
+		t.Fatalf("over TLS: %+v", p)
+	}
+	if r := sluice(t, env[:1], "status"); r.code != 1 || !strings.Contains(r.stderr, "certificate") {
+		t.Fatalf("without the CA: exit %d, %q; want a certificate error", r.code, r.stderr)
+	}
+	if r := sluice(t, []string{"SLUICE_REDIS_URL=redis://" + srv.Addr}, "status"); r.code != 1 {
+		t.Fatalf("plain redis:// to the TLS port: exit %d, %q", r.code, r.stderr)
+	}
+	if r := sluice(t, []string{"SLUICE_REDIS_URL=redis://" + srv.Addr, "SLUICE_REDIS_TLS_CA=" + srv.CAFile}, "status"); r.code != 2 ||
+		!strings.Contains(r.stderr, "redis.tls_ca") {
+		t.Fatalf("tls_ca with redis://: exit %d, %q; want the setting named", r.code, r.stderr)
+	}
+}
+
 func TestBadInput(t *testing.T) {
 	srv := redistest.Start(t)
 	env := []string{"SLUICE_REDIS_URL=" + srv.URL()}

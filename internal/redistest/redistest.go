@@ -5,11 +5,20 @@ package redistest
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"errors"
 	"fmt"
+	"math/big"
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -25,7 +34,11 @@ import (
 // persistence, so a restart loses every key and every cached script.
 type Server struct {
 	Addr string
-	dir  string
+	// CAFile is the PEM file of the CA that signed a TLS server's
+	// certificate (StartTLS); "" for a plain server.
+	CAFile string
+	dir    string
+	tls    *tls.Config // the test clients' TLS, for a TLS server
 
 	mu  sync.Mutex
 	cmd *exec.Cmd
@@ -37,13 +50,32 @@ type Server struct {
 // not on PATH.
 func Start(tb testing.TB) *Server {
 	tb.Helper()
+	return start(tb, &Server{dir: tb.TempDir()})
+}
+
+// StartTLS is Start for a server that speaks only TLS (rediss://), with a
+// certificate for 127.0.0.1 signed by a CA made for the test (CAFile).
+// Clients need not present a certificate.
+func StartTLS(tb testing.TB) *Server {
+	tb.Helper()
+	s := &Server{dir: tb.TempDir()}
+	pool, err := writeCerts(s.dir)
+	if err != nil {
+		tb.Fatalf("redistest: certificates: %v", err)
+	}
+	s.CAFile = filepath.Join(s.dir, "ca.pem")
+	s.tls = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+	return start(tb, s)
+}
+
+func start(tb testing.TB, s *Server) *Server {
+	tb.Helper()
 	if testing.Short() {
 		tb.Skip("-short: real redis-server skipped")
 	}
 	if _, err := exec.LookPath("redis-server"); err != nil {
 		tb.Fatal("redistest: redis-server not found on PATH; run `make test` (it installs it) or `apt-get install -y redis-server`")
 	}
-	s := &Server{dir: tb.TempDir()}
 	var err error
 	for range 5 { // a free port may be taken between probe and bind: retry
 		var port int
@@ -73,9 +105,14 @@ func freePort() (int, error) {
 
 func (s *Server) start() error {
 	_, port, _ := net.SplitHostPort(s.Addr)
-	cmd := exec.Command("redis-server",
-		"--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-		"--dir", s.dir, "--daemonize", "no", "--protected-mode", "no", "--loglevel", "warning")
+	args := []string{"--port", port}
+	if s.tls != nil {
+		args = []string{"--port", "0", "--tls-port", port, "--tls-cert-file", filepath.Join(s.dir, "server.pem"),
+			"--tls-key-file", filepath.Join(s.dir, "server-key.pem"), "--tls-ca-cert-file", s.CAFile, "--tls-auth-clients", "no"}
+	}
+	cmd := exec.Command("redis-server", append(args,
+		"--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+		"--dir", s.dir, "--daemonize", "no", "--protected-mode", "no", "--loglevel", "warning")...)
 	log, err := os.Create(s.dir + "/redis-" + port + ".log")
 	if err != nil {
 		return err
@@ -87,7 +124,7 @@ func (s *Server) start() error {
 	}
 	exited := make(chan struct{})
 	go func() { _ = cmd.Wait(); close(exited) }()
-	rdb := redis.NewClient(&redis.Options{Addr: s.Addr, MaxRetries: -1, DialTimeout: 200 * time.Millisecond})
+	rdb := redis.NewClient(&redis.Options{Addr: s.Addr, MaxRetries: -1, DialTimeout: 200 * time.Millisecond, TLSConfig: s.tls})
 	defer rdb.Close()
 	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); {
 		select {
@@ -172,15 +209,68 @@ func (s *Server) Restart(tb testing.TB) {
 	tb.Fatalf("redistest: restart: %v", err)
 }
 
+// writeCerts writes a CA (ca.pem) and a server certificate for 127.0.0.1
+// signed by it (server.pem, server-key.pem) into dir, and returns a pool
+// holding the CA.
+func writeCerts(dir string) (*x509.CertPool, error) {
+	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	now := time.Now()
+	ca := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "sluice test CA"},
+		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(24 * time.Hour), IsCA: true, BasicConstraintsValid: true,
+		KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature}
+	caDER, err := x509.CreateCertificate(rand.Reader, ca, ca, &caKey.PublicKey, caKey)
+	if err != nil {
+		return nil, err
+	}
+	caCert, err := x509.ParseCertificate(caDER)
+	if err != nil {
+		return nil, err
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	leaf := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "127.0.0.1"},
+		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(24 * time.Hour), IPAddresses: []net.IP{net.ParseIP("127.0.0.1")},
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
+	leafDER, err := x509.CreateCertificate(rand.Reader, leaf, caCert, &key.PublicKey, caKey)
+	if err != nil {
+		return nil, err
+	}
+	keyDER, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		return nil, err
+	}
+	for name, block := range map[string]*pem.Block{
+		"ca.pem": {Type: "CERTIFICATE", Bytes: caDER}, "server.pem": {Type: "CERTIFICATE", Bytes: leafDER},
+		"server-key.pem": {Type: "EC PRIVATE KEY", Bytes: keyDER},
+	} {
+		if err := os.WriteFile(filepath.Join(dir, name), pem.EncodeToMemory(block), 0o600); err != nil {
+			return nil, err
+		}
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(caCert)
+	return pool, nil
+}
+
 // Client returns a new client of the server, closed when tb ends.
 func (s *Server) Client(tb testing.TB) *redis.Client {
-	rdb := redis.NewClient(&redis.Options{Addr: s.Addr})
+	rdb := redis.NewClient(&redis.Options{Addr: s.Addr, TLSConfig: s.tls})
 	tb.Cleanup(func() { rdb.Close() })
 	return rdb
 }
 
-// URL returns redis://<addr>.
-func (s *Server) URL() string { return "redis://" + s.Addr }
+// URL returns redis://<addr>, or rediss://<addr> for a TLS server.
+func (s *Server) URL() string {
+	if s.tls != nil {
+		return "rediss://" + s.Addr
+	}
+	return "redis://" + s.Addr
+}
 
 // Mini starts an embedded miniredis for tb and returns it with a client.
 func Mini(tb testing.TB) (*miniredis.Miniredis, *redis.Client) {

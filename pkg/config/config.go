@@ -7,6 +7,8 @@
 package config
 
 import (
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"math"
@@ -40,6 +42,7 @@ var keys = []Key{
 	{"redis.url", "SLUICE_REDIS_URL", "redis://127.0.0.1:6379/0", "Redis URL: redis://[user:password@]host:port/db, or rediss:// for TLS"},
 	{"redis.cluster_url", "SLUICE_REDIS_CLUSTER_URL", "", "Redis Cluster: redis://[user:password@]host:port?addr=host2:port&addr=host3:port (overrides redis.url)"},
 	{"redis.prefix", "SLUICE_REDIS_PREFIX", "sluice", "prefix of every Redis key and channel"},
+	{"redis.tls_ca", "SLUICE_REDIS_TLS_CA", "", "PEM file of the CAs to trust for rediss:// (empty: the system's)"},
 	{"log.format", "SLUICE_LOG_FORMAT", "text", "log format: text or json (the services log json unless it is set)"},
 	{"log.level", "SLUICE_LOG_LEVEL", "info", "log level: debug, info, warn or error"},
 	{"feedback.enable_feedback", "MDP_FB_ENABLE_FEEDBACK", "true", "close the loop: let the store's pressure scale the budget"},
@@ -146,6 +149,9 @@ func ParseNumber(s string) (float64, error) {
 type Settings struct {
 	Redis struct {
 		URL, ClusterURL, Prefix string
+		// TLSCA is a PEM file of CAs to trust for rediss:// ("" for the
+		// system's roots).
+		TLSCA string
 	}
 	Log struct {
 		Format, Level string
@@ -231,6 +237,9 @@ func (s *Settings) RedisClient() (redis.UniversalClient, error) {
 		}
 		opt.DialTimeout, opt.DialerRetries = orDefault(opt.DialTimeout, 2*time.Second), max(opt.DialerRetries, 2)
 		opt.ContextTimeoutEnabled = true
+		if err := s.trust(opt.TLSConfig); err != nil {
+			return nil, err
+		}
 		return redis.NewClusterClient(opt), nil
 	}
 	opt, err := redis.ParseURL(s.Redis.URL)
@@ -239,7 +248,30 @@ func (s *Settings) RedisClient() (redis.UniversalClient, error) {
 	}
 	opt.DialTimeout, opt.DialerRetries = orDefault(opt.DialTimeout, 2*time.Second), max(opt.DialerRetries, 2)
 	opt.ContextTimeoutEnabled = true // a deadline bounds the round trip, not only the wait for a connection
+	if err := s.trust(opt.TLSConfig); err != nil {
+		return nil, err
+	}
 	return redis.NewClient(opt), nil
+}
+
+// trust makes a TLS connection (rediss://) trust the CAs of redis.tls_ca.
+func (s *Settings) trust(c *tls.Config) error {
+	if s.Redis.TLSCA == "" {
+		return nil
+	}
+	if c == nil {
+		return s.values.errorf("redis.tls_ca", "needs a rediss:// URL (TLS)")
+	}
+	pem, err := os.ReadFile(s.Redis.TLSCA)
+	if err != nil {
+		return s.values.errorf("redis.tls_ca", "must be a readable PEM file: "+err.Error())
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return s.values.errorf("redis.tls_ca", "must hold at least one PEM certificate")
+	}
+	c.RootCAs = pool
+	return nil
 }
 
 // RedisURL is the Redis URL in force (the cluster URL when set), with its
@@ -492,6 +524,7 @@ func (l layers) parse() (*Settings, error) {
 	}
 
 	s.Redis.URL, s.Redis.ClusterURL, s.Redis.Prefix = str("redis.url"), str("redis.cluster_url"), str("redis.prefix")
+	s.Redis.TLSCA = str("redis.tls_ca")
 	// One Redis: a server or a cluster. Set in different layers, the higher
 	// one wins (flags > environment > file); in the same layer, an error.
 	if s.Redis.ClusterURL != "" && l["redis.url"].Source != "default" {
