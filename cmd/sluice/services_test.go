@@ -524,3 +524,49 @@ func TestUp(t *testing.T) {
 	}
 	t.Logf("sluice up:\n%s", text)
 }
+
+// aclRules are the rules docs/services.md gives for the user of every
+// sluice process: its keys and channels only, no dangerous command.
+var aclRules = []any{"reset", "on", ">pw", "~sluice:*", "&sluice:*", "-@all", "+@connection", "+@read", "+@write",
+	"+@scripting", "+@pubsub", "+time", "-@dangerous", "-script|flush", "-script|kill"}
+
+// TestACLUser: the documented least-privilege ACL user runs the whole
+// loop (controller, coordinator, pipeline as processes) and the operator
+// commands; a user without scripting fails with a clear NOPERM error.
+func TestACLUser(t *testing.T) {
+	f := newFleet(t)
+	ctx := context.Background()
+	if err := f.rdb.Do(ctx, append([]any{"ACL", "SETUSER", "svc"}, aclRules...)...).Err(); err != nil {
+		t.Fatal(err)
+	}
+	user := "SLUICE_REDIS_URL=redis://svc:pw@" + f.srv.Addr + "/0"
+	f.env = envWith(f.env, user)
+	ctl := f.start("controller", "controller", "--id", "c1", "--lease-ttl", "1s")
+	c0 := f.start("c0", "coordinator", "--id", "c0", "--sink", "discard")
+	p1 := f.start("p1", "pipeline", "--id", "p1")
+	waitFor(t, 30*time.Second, "items written", func() bool { return f.metric(c0, "coordinator_items_written_total") >= 100 })
+	produced := stopPipelines(t, p1)
+	waitFor(t, 30*time.Second, "the stream to drain", func() bool { return f.undrained() == 0 })
+	for _, p := range []*proc{c0, ctl} {
+		if err := p.stop(30 * time.Second); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if w := num(c0.final()["written"]); int64(w) != produced {
+		t.Fatalf("as the ACL user: produced %d, written %v", produced, w)
+	}
+	env := []string{user}
+	sluice(t, env, "scale", "ibkr", "0.5").ok(t)
+	sluice(t, env, "cooldown", "ibkr", "--for", "1s").ok(t)
+	sluice(t, env, "status").ok(t)
+	if denied := f.rdb.Do(ctx, "ACL", "LOG").Val(); fmt.Sprint(denied) != "[]" {
+		t.Fatalf("ACL denials: %v", denied)
+	}
+	// Without scripting: refused, saying why.
+	if err := f.rdb.Do(ctx, "ACL", "SETUSER", "svc", "-@scripting").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if r := sluice(t, env, "status"); r.code != 1 || !strings.Contains(r.stderr, "NOPERM") {
+		t.Fatalf("without scripting: exit %d, %q; want a NOPERM error", r.code, r.stderr)
+	}
+}
