@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"os"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -10,7 +9,6 @@ import (
 	"github.com/sluice-dev/sluice/pkg/config"
 	"github.com/sluice-dev/sluice/pkg/controller"
 	"github.com/sluice-dev/sluice/pkg/feedback/httpbus"
-	"github.com/sluice-dev/sluice/pkg/feedback/redisbus"
 )
 
 func (a *app) controllerCmd() *cli.Command {
@@ -41,16 +39,11 @@ Examples:
 			listenFlag(),
 		},
 		Action: func(c *cli.Context) error {
-			if c.NArg() > 0 {
-				return usagef("controller takes no arguments, got %q", c.Args().First())
-			}
 			s, err := a.startService(c, "controller")
 			if err != nil {
 				return err
 			}
-			if id == "" {
-				id, _ = os.Hostname()
-			}
+			id = orHostname(id)
 			o := controller.Options{
 				Prefix: s.cfg.Redis.Prefix, ID: id, LeaseTTL: leaseTTL, Providers: s.cfg.Providers,
 				Logger: s.log, Registerer: s.reg,
@@ -67,7 +60,7 @@ Examples:
 			ready := s.ready(ctl.Ready)
 			h := s.mux(ready)
 			if receiver {
-				pub, err := redisbus.NewPublisher(s.rdb, redisbus.Options{Prefix: s.cfg.Redis.Prefix, TTL: s.cfg.Feedback.Options.CoordinatorTTL})
+				pub, err := s.publisher()
 				if err != nil {
 					return err
 				}

@@ -4,13 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"sync/atomic"
 	"time"
 
 	"github.com/urfave/cli/v2"
 
-	"github.com/sluice-dev/sluice/pkg/feedback/redisbus"
 	"github.com/sluice-dev/sluice/pkg/store"
 	"github.com/sluice-dev/sluice/pkg/store/redisstream"
 )
@@ -58,16 +56,11 @@ Examples:
 			listenFlag(),
 		},
 		Action: func(c *cli.Context) error {
-			if c.NArg() > 0 {
-				return usagef("coordinator takes no arguments, got %q", c.Args().First())
-			}
 			s, err := a.startService(c, "coordinator")
 			if err != nil {
 				return err
 			}
-			if id == "" {
-				id, _ = os.Hostname()
-			}
+			id = orHostname(id)
 			// Zero would silently take the library default: refuse it here,
 			// naming the flag.
 			for _, f := range []struct {
@@ -84,7 +77,7 @@ Examples:
 				return err
 			}
 			defer sink.Close()
-			pub, err := redisbus.NewPublisher(s.rdb, redisbus.Options{Prefix: s.cfg.Redis.Prefix, TTL: s.cfg.Feedback.Options.CoordinatorTTL})
+			pub, err := s.publisher()
 			if err != nil {
 				return err
 			}

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"log/slog"
 	"math/rand/v2"
-	"os"
 	"strconv"
 	"sync/atomic"
 	"time"
@@ -54,16 +53,11 @@ Examples:
 			listenFlag(),
 		},
 		Action: func(c *cli.Context) error {
-			if c.NArg() > 0 {
-				return usagef("pipeline takes no arguments, got %q", c.Args().First())
-			}
 			s, err := a.startService(c, "pipeline")
 			if err != nil {
 				return err
 			}
-			if id == "" {
-				id, _ = os.Hostname()
-			}
+			id = orHostname(id)
 			if provider == "" {
 				provider = s.cfg.Feedback.Provider
 			}

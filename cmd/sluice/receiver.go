@@ -8,7 +8,6 @@ import (
 
 	"github.com/sluice-dev/sluice/pkg/feedback"
 	"github.com/sluice-dev/sluice/pkg/feedback/httpbus"
-	"github.com/sluice-dev/sluice/pkg/feedback/redisbus"
 )
 
 func (a *app) receiverCmd() *cli.Command {
@@ -33,14 +32,11 @@ Examples:
 			&cli.StringFlag{Name: "max-body", Usage: "largest body in bytes (env SLUICE_RECEIVER_MAX_BODY; default 65536)"},
 		},
 		Action: func(c *cli.Context) error {
-			if c.NArg() > 0 {
-				return usagef("receiver takes no arguments, got %q", c.Args().First())
-			}
 			s, err := a.startService(c, "receiver")
 			if err != nil {
 				return err
 			}
-			pub, err := redisbus.NewPublisher(s.rdb, redisbus.Options{Prefix: s.cfg.Redis.Prefix, TTL: s.cfg.Feedback.Options.CoordinatorTTL})
+			pub, err := s.publisher()
 			if err != nil {
 				return err
 			}

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -17,6 +18,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/sluice-dev/sluice/pkg/config"
+	"github.com/sluice-dev/sluice/pkg/feedback/redisbus"
 )
 
 // service is the frame every long-running command shares: its
@@ -36,9 +38,13 @@ func listenFlag() cli.Flag {
 	return &cli.StringFlag{Name: "listen", Usage: "address of /metrics, /healthz and /readyz (env SLUICE_RECEIVER_LISTEN; default :8080)"}
 }
 
-// startService loads the configuration and opens Redis without waiting for
-// it: the service waits (waitRedis) once its HTTP server answers /healthz.
+// startService checks that the service was given no arguments, loads the
+// configuration and opens Redis without waiting for it: the service waits
+// (waitRedis) once its HTTP server answers /healthz.
 func (a *app) startService(c *cli.Context, name string) (*service, error) {
+	if c.NArg() > 0 {
+		return nil, usagef("%s takes no arguments, got %q", name, c.Args().First())
+	}
 	a.service = true
 	cfg, err := a.config(c)
 	if err != nil {
@@ -51,6 +57,20 @@ func (a *app) startService(c *cli.Context, name string) (*service, error) {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return &service{name: name, cfg: cfg, log: a.logger(cfg).With("service", name), reg: reg, rdb: rdb, out: a.stdout}, nil
+}
+
+// publisher returns the Redis bus publisher of the pressure events, with
+// the configured prefix and report TTL (feedback.coordinator_ttl).
+func (s *service) publisher() (*redisbus.Publisher, error) {
+	return redisbus.NewPublisher(s.rdb, redisbus.Options{Prefix: s.cfg.Redis.Prefix, TTL: s.cfg.Feedback.Options.CoordinatorTTL})
+}
+
+// orHostname returns id, or the host name (a pod's name) when id is empty.
+func orHostname(id string) string {
+	if id == "" {
+		id, _ = os.Hostname()
+	}
+	return id
 }
 
 // waitRedis pings Redis until it answers or ctx ends, logging once while it
@@ -71,12 +91,8 @@ func (s *service) waitRedis(ctx context.Context) error {
 			s.log.Warn("waiting for redis", "redis", s.cfg.RedisURL(), "err", err)
 			logged = true
 		}
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		if sleep(ctx, wait); ctx.Err() != nil {
 			return ctx.Err()
-		case <-t.C:
 		}
 		wait = min(2*wait, 2*time.Second)
 	}

@@ -116,12 +116,14 @@ func waitFor(t *testing.T, limit time.Duration, what string, cond func() bool) {
 	}
 }
 
+// undrained is the write stream's lag plus pending entries; -1 until its
+// group exists (or when Redis cannot say).
 func (f *fleet) undrained() int64 {
-	gs, err := f.rdb.XInfoGroups(context.Background(), "sluice:stream:{store}").Result()
-	if err != nil || len(gs) == 0 {
+	g, found, _ := writeGroup(context.Background(), f.rdb)
+	if !found {
 		return -1
 	}
-	return max(gs[0].Lag, 0) + gs[0].Pending
+	return g.Lag + g.Pending
 }
 
 func (f *fleet) metric(p *proc, name string) float64 {

@@ -289,27 +289,33 @@ func worstLevel(ctx context.Context, rdb *redis.Client) state.Level {
 	return worst
 }
 
+// writeGroup reads the consumer group of the write stream (sluice:stream:{store}
+// under the default prefix); found is false while it does not exist.
+func writeGroup(ctx context.Context, rdb *redis.Client) (g redis.XInfoGroup, found bool, err error) {
+	gs, err := rdb.XInfoGroups(ctx, "sluice:stream:{store}").Result()
+	if err != nil || len(gs) == 0 {
+		return g, false, err
+	}
+	g.Lag = max(gs[0].Lag, 0) // -1: unknown
+	g.Pending = gs[0].Pending
+	return g, true, nil
+}
+
 // groupLag returns the write stream's entries not yet delivered to the
 // coordinators (lag) and delivered but not yet acknowledged (pending).
 func groupLag(ctx context.Context, rdb *redis.Client) (lag, pending int64) {
-	gs, err := rdb.XInfoGroups(ctx, "sluice:stream:{store}").Result()
-	if err != nil || len(gs) == 0 {
-		return 0, 0
-	}
-	return max(gs[0].Lag, 0), gs[0].Pending
+	g, _, _ := writeGroup(ctx, rdb)
+	return g.Lag, g.Pending
 }
 
 // undrained is the stream's lag plus its pending entries; -1 when Redis
 // cannot say.
 func undrained(ctx context.Context, rdb *redis.Client) int64 {
-	gs, err := rdb.XInfoGroups(ctx, "sluice:stream:{store}").Result()
+	g, _, err := writeGroup(ctx, rdb)
 	if err != nil {
 		return -1
 	}
-	if len(gs) == 0 {
-		return 0
-	}
-	return max(gs[0].Lag, 0) + gs[0].Pending
+	return g.Lag + g.Pending
 }
 
 // finish stops the pipelines, lets the coordinators write everything, stops
