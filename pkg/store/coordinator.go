@@ -353,7 +353,11 @@ func (w *WriteCoordinator[T]) write(batch []T) {
 			}
 			w.leave(batch, &w.written, w.m.written)
 			w.m.batch.Observe(time.Since(start).Seconds())
-			w.observe()
+			// The write can lower the level only while the sink counts as
+			// failing; otherwise the queue's own observes suffice.
+			if attempt > 1 || w.failing.Load() > 0 {
+				w.observe()
+			}
 			return
 		}
 		w.writeErrors.Add(1)
