@@ -353,10 +353,11 @@ func (c *Coordinator) Register(ctx context.Context, provider string, cfg Provide
 
 func (c *Coordinator) register(ctx context.Context, st *providerState, cfg ProviderConfig) (RegisterResult, error) {
 	k := st.keys
-	s, err := registerScript.Run(ctx, c.rdb, []string{k.config, k.bucket, k.scale}, cfg.args()...).Text()
+	res, err := c.script(ctx, registerScript, []string{k.config, k.bucket, k.scale}, cfg.args()...)
 	if err != nil {
 		return "", c.mapErr(st.name, err)
 	}
+	s, _ := res.(string)
 	if err := c.rdb.SAdd(ctx, providersKey(c.opts.Prefix), st.name).Err(); err != nil {
 		return "", c.mapErr(st.name, err)
 	}

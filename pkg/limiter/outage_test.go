@@ -247,11 +247,20 @@ func TestStalledRedis(t *testing.T) {
 					}
 				}
 			}
+			// A replica's first acquisition (which joins the registry) is
+			// bounded too.
+			first, _ := newCoord(t, rdb, limiter.Options{Outage: mode, CallTimeout: 100 * time.Millisecond})
+			cctx, cancelFirst := context.WithTimeout(ctx, 5*time.Second)
+			_, err := first.TryAcquire(cctx, "p", 1)
+			if cctx.Err() != nil {
+				t.Fatalf("a first acquisition on a stalled Redis held the call past the caller's 5s deadline: %v", err)
+			}
+			cancelFirst()
 			// A caller's deadline shorter than CallTimeout bounds the call.
 			c2, _ := newCoord(t, rdb, limiter.Options{Outage: mode, CallTimeout: time.Hour})
 			cctx, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
 			start := time.Now()
-			_, err := c2.TryAcquire(cctx, "p", 1)
+			_, err = c2.TryAcquire(cctx, "p", 1)
 			cancel()
 			if !errors.Is(err, context.DeadlineExceeded) || time.Since(start) > 30*time.Second {
 				t.Fatalf("a 100ms deadline on a stalled Redis: %v after %v", err, time.Since(start))

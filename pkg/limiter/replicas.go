@@ -2,6 +2,7 @@ package limiter
 
 import (
 	"context"
+	"fmt"
 	"time"
 )
 
@@ -26,13 +27,17 @@ func (c *Coordinator) beatAll() bool {
 // beat renews this replica in provider's registry and learns how many live
 // replicas share it. On failure the last count stays.
 func (c *Coordinator) beat(ctx context.Context, st *providerState) {
-	n, err := heartbeatScript.Run(ctx, c.rdb, []string{st.keys.replicas}, "beat", c.opts.ReplicaID, c.heartbeatTTL().Milliseconds()).Int()
+	res, err := c.script(ctx, heartbeatScript, []string{st.keys.replicas}, "beat", c.opts.ReplicaID, c.heartbeatTTL().Milliseconds())
+	n, ok := res.(int64)
+	if err == nil && !ok {
+		err = fmt.Errorf("heartbeat: reply %v is not an integer", res)
+	}
 	if err != nil {
 		c.log.Debug("heartbeat failed", "provider", st.name, "err", err)
 		return
 	}
 	st.mu.Lock()
-	st.replicas = max(n, 1)
+	st.replicas = max(int(n), 1)
 	st.mu.Unlock()
 	c.m.replicas.WithLabelValues(st.name).Set(float64(n))
 }
