@@ -1,22 +1,29 @@
--- acquire.lua: take n tokens from a provider's shared bucket, or say why not
--- and for how long. One call is the whole decision: config, cooldown, breaker,
--- scale and bucket are read and updated atomically, at Redis time.
+-- acquire.lua: take tokens from a provider's shared bucket for one request,
+-- or for several requests of one process at once (coalesced), or say why not
+-- and for how long. One call is the whole decision: config, cooldown,
+-- breaker, scale and bucket are read and updated atomically, at Redis time.
 --
 -- KEYS[1]  config hash    <prefix>:{<provider>}:config
 -- KEYS[2]  bucket hash    <prefix>:{<provider>}:bucket
 -- KEYS[3]  scale hash     <prefix>:{<provider>}:scale
 -- KEYS[4]  breaker hash   <prefix>:{<provider>}:breaker
 -- KEYS[5]  cooldown key   <prefix>:{<provider>}:cooldown
--- ARGV[1]  n              integer in [1, 1e9]: tokens wanted
+-- ARGV[1]  n              integer in [1, 1e9]: tokens the request wants
+-- ARGV[2..] more requests (optional, at most 1000 in all), each an integer
+--          in [1, 1e9]: requests are granted in order while the tokens last,
+--          and the first that is refused ends the batch
 --
 -- Reply: array of 10
---   [1] allowed         integer 1 or 0
+--   [1] allowed         integer: how many requests were granted, in order
+--                       (one request: 1 or 0)
 --   [2] tokens          string: tokens left in the bucket after this decision
---   [3] retry_after_us  integer: 0 when allowed; -1 when no wait will do
---                       (paused, or n > capacity); else microseconds to wait
+--   [3] retry_after_us  integer: for the first request not granted (0 when
+--                       all were): -1 when no wait will do (paused, or n >
+--                       capacity); else microseconds to wait
 --   [4] scale           string: the scale factor in force
 --   [5] reason          ok | probe | rate_limited | paused | cooldown |
---                       circuit_open | exceeds_capacity
+--                       circuit_open | exceeds_capacity: of the first request
+--                       not granted, or ok / probe when all were
 --   [6] level           string: pressure level in the scale hash (ok/soft/hard)
 --   [7] capacity        string
 --   [8] refill_rate     string: the base rate (not scaled)
@@ -25,15 +32,30 @@
 --
 -- Order of checks: n > capacity, cooldown, breaker, pause (scale 0: no grant,
 -- not even from banked tokens), tokens. A grant while the breaker's timeout has
--- passed is the half-open probe (reason "probe"): the breaker becomes half_open
+-- passed is the half-open probe (reason "probe"): it is the batch's first
+-- request alone; the breaker becomes half_open
 -- and refuses everyone else until the probe is reported (breaker.lua) or
--- breaker_timeout_sec passes again. A denial writes nothing, except to move
--- the bucket's ts back to now when Redis's clock went backwards.
+-- breaker_timeout_sec passes again. After a refusal for exceeds_capacity or a
+-- probe grant, the requests behind it are not decided (ask again); after any
+-- other refusal they are refused for the same reason. A denial writes
+-- nothing, except to move the bucket's ts back to now when Redis's clock went
+-- backwards.
 -- Errors: UNKNOWN_PROVIDER <config key>; INVALID_ARGUMENT n=<value> ...
 
-local n = num(ARGV[1])
-if not (n ~= nil and n == math.floor(n) and n >= 1 and n <= 1e9) then
-  return invalid('n', ARGV[1], 'an integer in [1, 1000000000]')
+if #ARGV > 1000 then
+  return invalid('requests', #ARGV, 'at most 1000 per call')
+end
+local ns = {}
+for i = 1, #ARGV do
+  local n = num(ARGV[i])
+  if not (n ~= nil and n % 1 == 0 and n >= 1 and n <= 1e9) then
+    return invalid('n', ARGV[i], 'an integer in [1, 1000000000]')
+  end
+  ns[i] = n
+end
+local n = ns[1]
+if n == nil then
+  return invalid('n', '(missing)', 'an integer in [1, 1000000000]')
 end
 -- Hot path: read only the fields needed, and reply with the strings as
 -- stored rather than formatting numbers again.
@@ -85,7 +107,7 @@ if cd then
 end
 
 local probe = false
-local timeout_us = (num(cfg[3]) or 0) * 1000000
+local timeout_us = guarded and (num(cfg[3]) or 0) * 1000000
 if state == 'open' then
   local reopen = (num(br[2]) or 0) + timeout_us
   if reopen > now then
@@ -108,12 +130,25 @@ if tokens < n then
   return reply(0, math.ceil((n - tokens) * 1000000 / (rate * scale)), 'rate_limited')
 end
 
-tokens = tokens - n
+-- Grant in order while the tokens last. A probe is one request alone.
+local granted, last = 0, probe and 1 or #ns
+while granted < last and ns[granted + 1] <= tokens do
+  granted = granted + 1
+  tokens = tokens - ns[granted]
+end
+local retry, reason = 0, 'ok'
+local next_n = ns[granted + 1]
+if probe then
+  reason = 'probe'
+elseif next_n and next_n > capacity then
+  retry, reason = -1, 'exceeds_capacity'
+elseif next_n then
+  retry, reason = math.ceil((next_n - tokens) * 1000000 / (rate * scale)), 'rate_limited'
+end
 local tokens_s = dec(tokens)
 redis.call('HSET', KEYS[2], 'tokens', tokens_s, 'ts', int(now))
 if probe then
   state = 'half_open'
   redis.call('HSET', KEYS[4], 'state', state, 'probe_until', int(now + timeout_us))
-  return reply(1, 0, 'probe', tokens_s)
 end
-return reply(1, 0, 'ok', tokens_s)
+return reply(granted, retry, reason, tokens_s)

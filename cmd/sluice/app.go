@@ -69,7 +69,7 @@ func (a *app) cli() *cli.App {
 	cmds := []*cli.Command{
 		a.demoCmd(), a.upCmd(), a.statusCmd(), a.registerCmd(), a.scaleCmd(), a.pressureCmd(),
 		a.cooldownCmd(), a.breakerCmd(), a.controllerCmd(), a.coordinatorCmd(), a.pipelineCmd(), a.receiverCmd(),
-		a.configCmd(), a.scriptsCmd(),
+		a.configCmd(), a.scriptsCmd(), a.benchCmd(),
 	}
 	for _, c := range cmds {
 		setUsageErrors(c)

@@ -232,6 +232,11 @@ func TestBadInput(t *testing.T) {
 		{[]string{"coordinator", "--dead-letter", "file:" + filepath.Join(t.TempDir(), "dl"), "--attempts", "-1"}, nil, "--attempts=-1"},
 		{[]string{"coordinator", "--id", "bad/id"}, nil, `name="bad/id"`},
 		{[]string{"coordinator", "--sink", "s3://bucket"}, nil, `--sink="s3://bucket": must be discard, stdout or file:PATH`},
+		{[]string{"bench", "--callers", "0"}, nil, `--callers: "0" must be an integer in [1, 4096]`},
+		{[]string{"bench", "--procs", "1,x"}, nil, `--procs: "x" must be an integer in [1, 64]`},
+		{[]string{"bench", "--mode", "fast"}, nil, `--mode: "fast" is not unlimited or limited`},
+		{[]string{"bench", "--impls", "sluice,leaky"}, nil, `--impls: "leaky" is not one of`},
+		{[]string{"bench", "--rounds", "0"}, nil, "--rounds=0 must be in [1, 100]"},
 	} {
 		r := sluice(t, append(append([]string{}, env...), tc.env...), tc.args...)
 		lines := strings.Split(strings.TrimRight(r.stderr, "\n"), "\n")

@@ -219,10 +219,18 @@ func (c *Coordinator) decide(ctx context.Context, st *providerState, n int) (Dec
 	if !st.active.Load() && !st.active.Swap(true) { // first acquisition: join the replica registry now
 		c.beat(ctx, st)
 	}
-	now := c.opts.Now()
 	if c.health.isDown() {
-		return c.outage(st, n, now, ErrRedisUnavailable)
+		return c.outage(st, n, c.opts.Now(), ErrRedisUnavailable)
 	}
+	if c.opts.MaxBatch > 1 {
+		return c.batchDecide(ctx, st, n)
+	}
+	return c.decideOne(ctx, st, n)
+}
+
+// decideOne takes the decision for one request in one script call.
+func (c *Coordinator) decideOne(ctx context.Context, st *providerState, n int) (Decision, error) {
+	now := c.opts.Now()
 	k := st.keys
 	res, err := c.run(ctx, st, acquireScript, []string{k.config, k.bucket, k.scale, k.breaker, k.cooldown}, n)
 	if err != nil {
@@ -299,7 +307,7 @@ func parseDecision(res any) (Decision, error) {
 		return Decision{}, err
 	}
 	return Decision{
-		Allowed:    r.int(0) == 1,
+		Allowed:    r.int(0) >= 1, // a batch: how many were granted
 		Remaining:  r.float(1),
 		RetryAfter: micros(r.int(2)),
 		Scale:      r.float(3),

@@ -13,10 +13,12 @@ import (
 )
 
 // BenchmarkDecision compares one non-blocking decision of sluice
-// (TryAcquire: config, cooldown, breaker, scale and bucket in one script)
+// (TryAcquire: config, cooldown, breaker, scale and bucket in one script;
+// "sluice" coalesces concurrent calls, "sluice-single" sends each alone)
 // with redis_rate's AllowN (GCRA, one script), side by side on the same
-// real redis-server, serially and from parallel goroutines. The limits are
-// high enough that every call is granted, so both do their write path.
+// real redis-server, serially and from parallel goroutines. The limits
+// (1e6/s, burst 1e9) grant every call and make every one write. `sluice
+// bench` runs the wider matrix (processes, limited, blocking).
 //
 //	go test -run '^$' -bench Decision -benchtime 3s ./pkg/limiter/
 func BenchmarkDecision(b *testing.B) {
@@ -30,13 +32,18 @@ func BenchmarkDecision(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer c.Close()
+	single, err := limiter.New(rdb, limiter.Options{Logger: quiet, MaxBatch: 1})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer single.Close()
 	cfg := limiter.DefaultProviderConfig()
-	cfg.Capacity, cfg.RefillRate = 1e9, 1e9
+	cfg.Capacity, cfg.RefillRate = 1e9, 1e6 // a rate at which redis_rate writes too
 	if _, err := c.Register(ctx, "bench", cfg); err != nil {
 		b.Fatal(err)
 	}
 	peer := redis_rate.NewLimiter(rdb)
-	limit := redis_rate.Limit{Rate: 1e9, Burst: 1e9, Period: 1e9}
+	limit := redis_rate.Limit{Rate: 1e6, Burst: 1e9, Period: 1e9}
 
 	impls := []struct {
 		name string
@@ -44,6 +51,10 @@ func BenchmarkDecision(b *testing.B) {
 	}{
 		{"sluice", func() (bool, error) {
 			d, err := c.TryAcquire(ctx, "bench", 1)
+			return d.Allowed, err
+		}},
+		{"sluice-single", func() (bool, error) {
+			d, err := single.TryAcquire(ctx, "bench", 1)
 			return d.Allowed, err
 		}},
 		{"redis_rate", func() (bool, error) {

@@ -114,6 +114,13 @@ type Options struct {
 	// ContextTimeoutEnabled in the go-redis options (the sluice command
 	// does); otherwise the client's ReadTimeout (3s by default) bounds it.
 	CallTimeout time.Duration
+	// MaxBatch is the most requests of one provider that one script call
+	// carries: concurrent TryAcquire and Acquire calls in this process are
+	// coalesced (one call in flight per provider; those that arrive
+	// meanwhile go together in the next), which takes the same tokens in
+	// far fewer round trips. 1 sends every request on its own; default
+	// 128; at most 1000.
+	MaxBatch int
 	// Now is the clock of the local fallback bucket; default time.Now.
 	// Everything shared uses Redis time instead.
 	Now func() time.Time
@@ -142,6 +149,12 @@ func (o Options) withDefaults() (Options, error) {
 		opts.Positive("redis_retry", &o.RedisRetry, time.Second),
 		opts.Positive("call_timeout", &o.CallTimeout, 500*time.Millisecond),
 	)
+	if o.MaxBatch == 0 {
+		o.MaxBatch = 128
+	}
+	if err == nil && (o.MaxBatch < 1 || o.MaxBatch > 1000) {
+		return o, &ArgumentError{"max_batch", o.MaxBatch, "an integer in [1, 1000]"}
+	}
 	if oe := (*opts.Error)(nil); errors.As(err, &oe) {
 		return o, &ArgumentError{oe.Field, oe.Value, oe.Rule}
 	}
@@ -194,6 +207,7 @@ type providerState struct {
 	local      *localBucket // the fallback bucket during an outage
 
 	turn  chan struct{} // held by the one rate-limited waiter that polls Redis
+	batch batcher       // coalesces this process's concurrent acquisitions
 	rereg sync.Mutex    // one re-registration at a time
 
 	// active is set at the first acquisition: from then on this replica
@@ -271,9 +285,6 @@ func (c *Coordinator) Close() error {
 
 // state returns the local state of provider, creating it on first use.
 func (c *Coordinator) state(provider string) (*providerState, error) {
-	if err := validName("provider", provider); err != nil {
-		return nil, err
-	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.closed {
@@ -281,6 +292,9 @@ func (c *Coordinator) state(provider string) (*providerState, error) {
 	}
 	st := c.providers[provider]
 	if st == nil {
+		if err := validName("provider", provider); err != nil { // checked once per name
+			return nil, err
+		}
 		st = &providerState{name: provider, keys: providerKeys(c.opts.Prefix, provider), replicas: 1, turn: make(chan struct{}, 1)}
 		c.providers[provider] = st
 	}

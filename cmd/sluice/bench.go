@@ -1,0 +1,141 @@
+package main
+
+import (
+	"encoding/json"
+	"os"
+	"os/exec"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/sluice-dev/sluice/internal/bench"
+)
+
+func (a *app) benchCmd() *cli.Command {
+	return &cli.Command{
+		Name:  "bench",
+		Usage: "measure decisions/s, latency and Redis cost of sluice beside redis_rate and a minimal Lua bucket",
+		Description: `Runs the same workload through each implementation, one after the other in
+rotating order, round after round, on the configured Redis (--redis): every
+caller takes one token at a time as fast as it can, for --duration.
+
+  sluice         the limiter as shipped (concurrent calls of a process coalesced)
+  sluice-single  the limiter sending every request alone (MaxBatch 1)
+  redis_rate     go-redis/redis_rate v10, the reference peer
+  lua            a bare token bucket script (TIME, HMGET, HSET): the floor
+
+Workloads: every --callers total (spread over the processes) × --procs
+processes (one limiter per process, shared by its callers; extra processes
+are this binary started again) × --mode: unlimited (rate 1e6/s, burst 1e9:
+every call granted and written) and limited (1000/s, burst 100), the limited
+ones also with blocking Acquire (redis_rate and lua in a sleep-retry loop)
+unless --blocking=false.
+
+Reported per implementation (medians over rounds): decisions/s, latency
+p50/p99/p99.9 of one call, Redis µs inside the scripts per call and Redis
+CPU per decision (INFO commandstats / cpu), scripts per grant, the worst
+round's admitted ÷ bound (burst + rate × elapsed) and process share, and the
+ratios to redis_rate from the same rounds. Run it on a Redis of its own: it
+writes keys under sluicebench-* and rate:sluicebench-* and deletes them.
+
+Example:
+   sluice --redis redis://127.0.0.1:6379 bench --callers 1,64 --procs 1 --rounds 3`,
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "callers", Value: "1,8,64", Usage: "total callers of each workload, comma-separated, each in [1, 4096]"},
+			&cli.StringFlag{Name: "procs", Value: "1,4", Usage: "processes of each workload, comma-separated, each in [1, 64]"},
+			&cli.StringFlag{Name: "mode", Value: "unlimited,limited", Usage: "unlimited and/or limited"},
+			&cli.BoolFlag{Name: "blocking", Value: true, Usage: "also run the limited workloads with blocking Acquire"},
+			&cli.StringFlag{Name: "impls", Value: strings.Join(bench.Impls, ","), Usage: "implementations to run (redis_rate is needed for the ratios)"},
+			&cli.DurationFlag{Name: "duration", Value: 2 * time.Second, Usage: "length of one run, in (0, 10m]"},
+			&cli.IntFlag{Name: "rounds", Value: 3, Usage: "rounds, in [1, 100]"},
+			&cli.BoolFlag{Name: "json", Usage: "print every run and the summaries as JSON"},
+			&cli.StringFlag{Name: "worker", Hidden: true, Usage: "run as a worker process of a bench (internal)"},
+		},
+		Action: a.bench,
+	}
+}
+
+func (a *app) bench(c *cli.Context) error {
+	if _, err := args(c, 0, "none"); err != nil {
+		return err
+	}
+	cfg, err := a.config(c)
+	if err != nil {
+		return err
+	}
+	rdb, err := connect(c.Context, cfg)
+	if err != nil {
+		return err
+	}
+	defer rdb.Close()
+	if spec := c.String("worker"); spec != "" {
+		return bench.Worker(c.Context, rdb, spec, os.Stdin, a.stdout)
+	}
+
+	bc := bench.Config{Client: rdb, Blocking: c.Bool("blocking"), Duration: c.Duration("duration"), Rounds: c.Int("rounds"), Progress: a.stderr}
+	if bc.Callers, err = intList(c.String("callers"), "--callers", 1, 4096); err != nil {
+		return err
+	}
+	if bc.Procs, err = intList(c.String("procs"), "--procs", 1, 64); err != nil {
+		return err
+	}
+	for _, m := range strings.Split(c.String("mode"), ",") {
+		switch m {
+		case "unlimited", "limited":
+			bc.Limited = append(bc.Limited, m == "limited")
+		default:
+			return usagef("--mode: %q is not unlimited or limited", m)
+		}
+	}
+	for _, impl := range strings.Split(c.String("impls"), ",") {
+		if !slices.Contains(bench.Impls, impl) {
+			return usagef("--impls: %q is not one of %s", impl, strings.Join(bench.Impls, ", "))
+		}
+		bc.Impls = append(bc.Impls, impl)
+	}
+	if bc.Duration <= 0 || bc.Duration > 10*time.Minute {
+		return usagef("--duration=%v must be in (0, 10m]", bc.Duration)
+	}
+	if bc.Rounds < 1 || bc.Rounds > 100 {
+		return usagef("--rounds=%d must be in [1, 100]", bc.Rounds)
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	bc.Worker = func(spec string) *exec.Cmd {
+		cmd := exec.Command(exe, append(slices.Clone(os.Args[1:]), "--worker", spec)...)
+		cmd.Env = a.environ
+		cmd.Stderr = a.stderr
+		setDeathSignal(cmd)
+		return cmd
+	}
+	runs, err := bench.Measure(c.Context, bc)
+	if err != nil {
+		return err
+	}
+	sums := bench.Summarize(runs)
+	if c.Bool("json") {
+		enc := json.NewEncoder(a.stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(map[string]any{"runs": runs, "summaries": sums})
+	}
+	bench.Print(a.stdout, sums)
+	return nil
+}
+
+// intList parses a comma-separated list of integers in [lo, hi].
+func intList(s, flag string, lo, hi int) ([]int, error) {
+	var out []int
+	for _, f := range strings.Split(s, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n < lo || n > hi {
+			return nil, usagef("%s: %q must be an integer in [%d, %d]", flag, f, lo, hi)
+		}
+		out = append(out, n)
+	}
+	return out, nil
+}

@@ -1,0 +1,70 @@
+package main
+
+import (
+	"encoding/json"
+	"os/exec"
+	"strings"
+	"testing"
+
+	"github.com/sluice-dev/sluice/internal/bench"
+	"github.com/sluice-dev/sluice/internal/redistest"
+)
+
+// TestBench runs a short `sluice bench` on a real redis-server, as a user
+// would: every implementation, one and two processes (the second process is
+// the binary started again), limited and unlimited, blocking too. It checks
+// what the report promises, never how fast anything was: every workload
+// ran through every implementation without errors, no limited run admitted
+// more than burst + rate × elapsed, and the run left no keys behind.
+func TestBench(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short")
+	}
+	srv := redistest.Start(t)
+	cmd := exec.Command(buildBinary(t), "--redis", srv.URL(), "bench", "--callers", "1,4", "--procs", "1,2",
+		"--duration", "300ms", "--rounds", "1", "--json")
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("sluice bench: %v\n%s", err, out)
+	}
+	var rep struct {
+		Runs      []bench.Run     `json:"runs"`
+		Summaries []bench.Summary `json:"summaries"`
+	}
+	if err := json.Unmarshal(out, &rep); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	// callers 1 × procs 1; 4 × 1; 4 × 2 (1 caller × 2 procs is skipped):
+	// 3 unlimited, 3 limited, 3 limited blocking; × 4 implementations.
+	if len(rep.Runs) != 9*len(bench.Impls) || len(rep.Summaries) != 9*len(bench.Impls) {
+		t.Fatalf("%d runs, %d summaries, want %d", len(rep.Runs), len(rep.Summaries), 9*len(bench.Impls))
+	}
+	for _, r := range rep.Runs {
+		name := r.Name() + " through " + r.Impl
+		if r.Errors > 0 || r.Decisions == 0 || r.Scripts == 0 {
+			t.Errorf("%s: %d decisions, %d scripts, %d errors (%s)", name, r.Decisions, r.Scripts, r.Errors, r.FirstErr)
+		}
+		if r.Limited && float64(r.Granted) > r.Bound {
+			t.Errorf("%s: admitted %d > bound %.1f", name, r.Granted, r.Bound)
+		}
+		if (r.Procs > 1) != (len(r.Shares) == r.Procs) {
+			t.Errorf("%s: shares %v", name, r.Shares)
+		}
+	}
+	for _, s := range rep.Summaries {
+		if (s.Impl == bench.RedisRate) != (s.Vs == nil) {
+			t.Errorf("%s %s: ratios %+v", s.Workload, s.Impl, s.Vs)
+		}
+	}
+	if keys := srv.Client(t).Keys(t.Context(), "*bench*").Val(); len(keys) > 0 {
+		t.Errorf("keys left behind: %v", keys)
+	}
+	// The text report: one table per workload, a row per implementation.
+	txt := sluice(t, nil, "--redis", srv.URL(), "bench", "--callers", "2", "--procs", "1", "--mode", "limited",
+		"--blocking=false", "--duration", "100ms", "--rounds", "1").ok(t).stdout
+	for _, want := range append([]string{"2 callers × 1 procs, limited 1000/s, TryAcquire"}, bench.Impls...) {
+		if !strings.Contains(txt, want) {
+			t.Errorf("text report lacks %q:\n%s", want, txt)
+		}
+	}
+}

@@ -1,0 +1,420 @@
+package bench
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os/exec"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Workload is one measurement: Callers goroutines in all, spread over Procs
+// processes, each process one replica (one Coordinator or limiter) that its
+// callers share, calling as fast as they can for Duration.
+type Workload struct {
+	Impl     string        `json:"impl"`
+	Callers  int           `json:"callers"`
+	Procs    int           `json:"procs"`
+	Limited  bool          `json:"limited"`  // Limited rather than Unlimited
+	Blocking bool          `json:"blocking"` // Acquire (wait) rather than TryAcquire
+	Duration time.Duration `json:"duration"`
+	Key      string        `json:"key"` // fresh per run: the prefix or key the implementation uses
+}
+
+func (w Workload) limits() Limits {
+	if w.Limited {
+		return Limited
+	}
+	return Unlimited
+}
+
+// Name is the workload without its implementation, e.g. "64 callers × 4
+// procs, limited, Acquire".
+func (w Workload) Name() string {
+	mode, call := "unlimited", "TryAcquire"
+	if w.Limited {
+		mode = fmt.Sprintf("limited %g/s", Limited.Rate)
+	}
+	if w.Blocking {
+		call = "Acquire"
+	}
+	return fmt.Sprintf("%d callers × %d procs, %s, %s", w.Callers, w.Procs, mode, call)
+}
+
+// procResult is what one process measured.
+type procResult struct {
+	Decisions int64   `json:"decisions"`
+	Granted   int64   `json:"granted"`
+	Errors    int64   `json:"errors"`
+	FirstErr  string  `json:"first_err,omitempty"`
+	LatencyUS []int32 `json:"latency_us"` // every call's duration
+}
+
+// runProc runs one process's share of w: callers goroutines on one decider.
+// It calls ready once set up and starts when start is closed.
+func runProc(ctx context.Context, rdb redis.UniversalClient, w Workload, callers int, ready func(), start <-chan struct{}) (procResult, error) {
+	d, err := newDecider(w.Impl, rdb, w.Key, w.limits())
+	if err != nil {
+		return procResult{}, err
+	}
+	defer d.close()
+	var res procResult
+	var mu sync.Mutex
+	var decisions, granted, errs atomic.Int64
+	var wg sync.WaitGroup
+	for range callers {
+		wg.Go(func() {
+			<-start
+			lat := make([]int32, 0, 4096)
+			stop := time.Now().Add(w.Duration)
+			cctx, cancel := context.WithDeadline(ctx, stop.Add(time.Second))
+			defer cancel()
+			for time.Now().Before(stop) {
+				t0 := time.Now()
+				var ok bool
+				var err error
+				if w.Blocking {
+					err = d.wait(cctx)
+					ok = err == nil
+				} else {
+					ok, _, err = d.try(cctx)
+				}
+				lat = append(lat, int32(time.Since(t0).Microseconds()))
+				decisions.Add(1)
+				if ok {
+					granted.Add(1)
+				}
+				if err != nil && cctx.Err() == nil {
+					if errs.Add(1) == 1 {
+						mu.Lock()
+						res.FirstErr = err.Error()
+						mu.Unlock()
+					}
+				}
+			}
+			mu.Lock()
+			res.LatencyUS = append(res.LatencyUS, lat...)
+			mu.Unlock()
+		})
+	}
+	ready()
+	wg.Wait()
+	res.Decisions, res.Granted, res.Errors = decisions.Load(), granted.Load(), errs.Load()
+	return res, nil
+}
+
+type workerSpec struct {
+	Workload Workload `json:"workload"`
+	Callers  int      `json:"callers"`
+}
+
+// Worker is the body of a worker process, given the spec Config.Worker
+// was given (its Workload and share of callers, JSON): it
+// prints "ready", starts at a "go" line on in, and prints its result as
+// JSON.
+func Worker(ctx context.Context, rdb redis.UniversalClient, specJSON string, in io.Reader, out io.Writer) error {
+	var spec workerSpec
+	if err := json.Unmarshal([]byte(specJSON), &spec); err != nil {
+		return fmt.Errorf("bench worker: spec: %w", err)
+	}
+	start := make(chan struct{})
+	go func() {
+		sc := bufio.NewScanner(in)
+		for sc.Scan() {
+			if sc.Text() == "go" {
+				close(start)
+				return
+			}
+		}
+	}()
+	res, err := runProc(ctx, rdb, spec.Workload, spec.Callers, func() { fmt.Fprintln(out, "ready") }, start)
+	if err != nil {
+		return err
+	}
+	return json.NewEncoder(out).Encode(res)
+}
+
+// Config is a whole `sluice bench` run.
+type Config struct {
+	Client   redis.UniversalClient // the parent's client: setup, INFO, one-process runs
+	Callers  []int                 // total callers of a workload, e.g. 1, 8, 64
+	Procs    []int                 // processes, e.g. 1, 4 (more processes than callers: skipped)
+	Limited  []bool                // modes
+	Blocking bool                  // also run the limited workloads with Acquire
+	Impls    []string
+	Duration time.Duration
+	Rounds   int
+	// Worker returns a worker process, not started, that passes spec to
+	// the Worker function: `sluice bench` re-executes itself. Required when
+	// a Procs entry is > 1.
+	Worker func(spec string) *exec.Cmd
+	// Progress, if set, receives one line per finished run.
+	Progress io.Writer
+}
+
+// Run is the outcome of one workload through one implementation.
+type Run struct {
+	Workload
+	Round      int     `json:"round"`
+	Decisions  int64   `json:"decisions"`
+	Granted    int64   `json:"granted"`
+	Errors     int64   `json:"errors"`
+	FirstErr   string  `json:"first_err,omitempty"`
+	Seconds    float64 `json:"seconds"` // from go to the last process's result
+	PerSec     float64 `json:"decisions_per_sec"`
+	P50US      float64 `json:"p50_us"`
+	P99US      float64 `json:"p99_us"`
+	P999US     float64 `json:"p999_us"`
+	Scripts    int64   `json:"scripts"`             // EVAL/EVALSHA calls
+	ScriptUS   float64 `json:"script_us_per_call"`  // Redis time inside those calls
+	RedisCPUUS float64 `json:"redis_cpu_us_per_op"` // Redis process CPU per decision
+	Bound      float64 `json:"bound,omitempty"`     // limited: burst + rate × seconds
+	Shares     []int64 `json:"shares,omitempty"`    // granted per process
+}
+
+// Measure runs every workload of cfg through every implementation, rounds
+// times, interleaved (each round runs the implementations one after the
+// other on the same workload, in a rotating order), and returns the runs.
+func Measure(ctx context.Context, cfg Config) ([]Run, error) {
+	var loads []Workload
+	for _, limited := range cfg.Limited {
+		for _, procs := range cfg.Procs {
+			for _, callers := range cfg.Callers {
+				if callers < procs {
+					continue
+				}
+				loads = append(loads, Workload{Callers: callers, Procs: procs, Limited: limited, Duration: cfg.Duration})
+				if limited && cfg.Blocking {
+					loads = append(loads, Workload{Callers: callers, Procs: procs, Limited: true, Blocking: true, Duration: cfg.Duration})
+				}
+			}
+		}
+	}
+	var runs []Run
+	seq := 0
+	for round := range cfg.Rounds {
+		for _, w := range loads {
+			for i := range cfg.Impls {
+				w.Impl = cfg.Impls[(i+round)%len(cfg.Impls)]
+				seq++
+				w.Key = fmt.Sprintf("sluicebench-%d-%d", time.Now().UnixNano(), seq)
+				r, err := measureOne(ctx, cfg, w)
+				if err != nil {
+					return runs, fmt.Errorf("%s through %s: %w", w.Name(), w.Impl, err)
+				}
+				r.Round = round + 1
+				runs = append(runs, r)
+				if cfg.Progress != nil {
+					fmt.Fprintf(cfg.Progress, "round %d: %s: %s %.0f decisions/s\n", r.Round, w.Name(), w.Impl, r.PerSec)
+				}
+			}
+		}
+	}
+	return runs, nil
+}
+
+func measureOne(ctx context.Context, cfg Config, w Workload) (Run, error) {
+	rdb := cfg.Client
+	if err := setup(ctx, w.Impl, rdb, w.Key, w.limits()); err != nil {
+		return Run{}, err
+	}
+	defer cleanup(rdb, w.Key)
+
+	start := make(chan struct{})
+	results := make([]procResult, w.Procs)
+	errs := make([]error, w.Procs)
+	var readyWG, doneWG sync.WaitGroup
+	for p := range w.Procs {
+		callers := w.Callers / w.Procs
+		if p < w.Callers%w.Procs {
+			callers++
+		}
+		readyWG.Add(1)
+		doneWG.Add(1)
+		if w.Procs == 1 {
+			go func() {
+				defer doneWG.Done()
+				results[p], errs[p] = runProc(ctx, rdb, w, callers, readyWG.Done, start)
+			}()
+			continue
+		}
+		if cfg.Worker == nil {
+			return Run{}, errors.New("bench: more than one process needs Config.Worker")
+		}
+		wp, err := startWorker(cfg.Worker, w, callers)
+		if err != nil {
+			return Run{}, err
+		}
+		go func() {
+			defer doneWG.Done()
+			results[p], errs[p] = wp.result(readyWG.Done, start)
+		}()
+	}
+	readyWG.Wait()
+	before, err := redisStats(ctx, rdb)
+	if err != nil {
+		return Run{}, err
+	}
+	t0 := time.Now()
+	close(start)
+	doneWG.Wait()
+	seconds := time.Since(t0).Seconds()
+	after, err := redisStats(ctx, rdb)
+	if err := errors.Join(append(errs, err)...); err != nil {
+		return Run{}, err
+	}
+
+	r := Run{Workload: w, Seconds: seconds}
+	var lat []int32
+	for _, pr := range results {
+		r.Decisions += pr.Decisions
+		r.Granted += pr.Granted
+		r.Errors += pr.Errors
+		if r.FirstErr == "" {
+			r.FirstErr = pr.FirstErr
+		}
+		r.Shares = append(r.Shares, pr.Granted)
+		lat = append(lat, pr.LatencyUS...)
+	}
+	slices.Sort(lat)
+	r.P50US, r.P99US, r.P999US = quantile(lat, 0.5), quantile(lat, 0.99), quantile(lat, 0.999)
+	r.PerSec = float64(r.Decisions) / w.Duration.Seconds()
+	r.Scripts = after.scripts - before.scripts
+	if r.Scripts > 0 {
+		r.ScriptUS = (after.scriptUS - before.scriptUS) / float64(r.Scripts)
+	}
+	if r.Decisions > 0 {
+		r.RedisCPUUS = (after.cpu - before.cpu) * 1e6 / float64(r.Decisions)
+	}
+	if w.Limited {
+		r.Bound = float64(Limited.Burst) + Limited.Rate*seconds
+	}
+	if w.Procs == 1 {
+		r.Shares = nil
+	}
+	return r, nil
+}
+
+func quantile(sorted []int32, q float64) float64 {
+	if len(sorted) == 0 {
+		return 0
+	}
+	return float64(sorted[min(len(sorted)-1, int(q*float64(len(sorted))))])
+}
+
+// workerProc is a running worker process.
+type workerProc struct {
+	cmd   *exec.Cmd
+	stdin io.WriteCloser
+	out   *bufio.Scanner
+}
+
+func startWorker(mk func(env string) *exec.Cmd, w Workload, callers int) (*workerProc, error) {
+	spec, _ := json.Marshal(workerSpec{Workload: w, Callers: callers})
+	cmd := mk(string(spec))
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		return nil, err
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("bench: start worker: %w", err)
+	}
+	sc := bufio.NewScanner(stdout)
+	sc.Buffer(make([]byte, 1<<20), 1<<30)
+	return &workerProc{cmd: cmd, stdin: stdin, out: sc}, nil
+}
+
+// result waits for the worker's "ready", calls ready, sends "go" once start
+// is closed, and reads the worker's result.
+func (wp *workerProc) result(ready func(), start <-chan struct{}) (procResult, error) {
+	defer wp.cmd.Wait() //nolint:errcheck // the result line says what happened
+	readied := false
+	defer func() {
+		if !readied {
+			ready()
+		}
+	}()
+	if !wp.out.Scan() || wp.out.Text() != "ready" {
+		_ = wp.cmd.Process.Kill()
+		return procResult{}, fmt.Errorf("bench: worker did not get ready (%q)", wp.out.Text())
+	}
+	readied = true
+	ready()
+	<-start
+	fmt.Fprintln(wp.stdin, "go")
+	if !wp.out.Scan() {
+		return procResult{}, fmt.Errorf("bench: worker gave no result: %v", wp.out.Err())
+	}
+	var res procResult
+	if err := json.Unmarshal(wp.out.Bytes(), &res); err != nil {
+		return procResult{}, fmt.Errorf("bench: worker result: %w", err)
+	}
+	return res, wp.stdin.Close()
+}
+
+// stats are the Redis counters a run reads before and after.
+type stats struct {
+	scripts  int64
+	scriptUS float64
+	cpu      float64 // seconds, user + sys
+}
+
+func redisStats(ctx context.Context, rdb redis.UniversalClient) (stats, error) {
+	info, err := rdb.Info(ctx, "commandstats", "cpu").Result()
+	if err != nil {
+		return stats{}, err
+	}
+	var s stats
+	for _, line := range strings.Split(info, "\n") {
+		line = strings.TrimSpace(line)
+		name, rest, ok := strings.Cut(line, ":")
+		if !ok {
+			continue
+		}
+		switch name {
+		case "cmdstat_evalsha", "cmdstat_eval":
+			for _, kv := range strings.Split(rest, ",") {
+				k, v, _ := strings.Cut(kv, "=")
+				switch k {
+				case "calls":
+					n, _ := strconv.ParseInt(v, 10, 64)
+					s.scripts += n
+				case "usec":
+					us, _ := strconv.ParseFloat(v, 64)
+					s.scriptUS += us
+				}
+			}
+		case "used_cpu_user", "used_cpu_sys":
+			sec, _ := strconv.ParseFloat(rest, 64)
+			s.cpu += sec
+		}
+	}
+	return s, nil
+}
+
+// cleanup deletes every key of a run (redis_rate prefixes its keys with
+// "rate:").
+func cleanup(rdb redis.UniversalClient, key string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for _, pattern := range []string{key + "*", "rate:" + key + "*"} {
+		iter := rdb.Scan(ctx, 0, pattern, 1000).Iterator()
+		for iter.Next(ctx) {
+			rdb.Del(ctx, iter.Val())
+		}
+	}
+}
