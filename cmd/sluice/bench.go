@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"slices"
@@ -9,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"github.com/urfave/cli/v2"
 
 	"github.com/sluice-dev/sluice/internal/bench"
@@ -41,8 +43,17 @@ round's admitted ÷ bound (burst + rate × elapsed) and process share, and the
 ratios to redis_rate from the same rounds. Run it on a Redis of its own: it
 writes keys under sluicebench-* and rate:sluicebench-* and deletes them.
 
-Example:
-   sluice --redis redis://127.0.0.1:6379 bench --callers 1,64 --procs 1 --rounds 3`,
+With --propagation it measures instead how fast pressure reaches the
+replicas, beside the floor of a bare PUBLISH to a subscriber: one controller
+(step policy) steering the scale from the Redis bus, --replicas acquire-only
+replicas; a coordinator's hard event → the shared scale written (every
+replica's next decision is paused: checked) and → its notification received;
+then the scale set from 0 to 1 → each of --waiters paused Acquire calls
+granted (they wake on the notification with up to 5ms of jitter, on purpose).
+
+Examples:
+   sluice --redis redis://127.0.0.1:6379 bench --callers 1,64 --procs 1 --rounds 3
+   sluice --redis redis://127.0.0.1:6379 bench --propagation --samples 500`,
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "callers", Value: "1,8,64", Usage: "total callers of each workload, comma-separated, each in [1, 4096]"},
 			&cli.StringFlag{Name: "procs", Value: "1,4", Usage: "processes of each workload, comma-separated, each in [1, 64]"},
@@ -52,6 +63,10 @@ Example:
 			&cli.DurationFlag{Name: "duration", Value: 2 * time.Second, Usage: "length of one run, in (0, 10m]"},
 			&cli.IntFlag{Name: "rounds", Value: 3, Usage: "rounds, in [1, 100]"},
 			&cli.BoolFlag{Name: "json", Usage: "print every run and the summaries as JSON"},
+			&cli.BoolFlag{Name: "propagation", Usage: "measure propagation instead: pressure event → shared scale written → replicas, and scale change → paused waiters"},
+			&cli.IntFlag{Name: "replicas", Value: 3, Usage: "with --propagation: acquire-only replicas, in [1, 64]"},
+			&cli.IntFlag{Name: "waiters", Value: 30, Usage: "with --propagation: paused waiters spread over the replicas, in [1, 10000]"},
+			&cli.IntFlag{Name: "samples", Value: 200, Usage: "with --propagation: level changes and scale changes measured, in [1, 100000]"},
 			&cli.StringFlag{Name: "worker", Hidden: true, Usage: "run as a worker process of a bench (internal)"},
 		},
 		Action: a.bench,
@@ -60,6 +75,10 @@ Example:
 
 func (a *app) bench(c *cli.Context) error {
 	if _, err := args(c, 0, "none"); err != nil {
+		return err
+	}
+	bc, pc, err := benchFlags(c) // bad input is refused before connecting
+	if err != nil {
 		return err
 	}
 	cfg, err := a.config(c)
@@ -74,38 +93,28 @@ func (a *app) bench(c *cli.Context) error {
 	if spec := c.String("worker"); spec != "" {
 		return bench.Worker(c.Context, rdb, spec, os.Stdin, a.stdout)
 	}
+	if c.Bool("propagation") {
+		client, ok := rdb.(*redis.Client)
+		if !ok {
+			return usagef("--propagation needs a single Redis (--redis), not a cluster")
+		}
+		pc.Client = client
+		p, err := bench.MeasurePropagation(c.Context, pc)
+		if err != nil {
+			return err
+		}
+		if c.Bool("json") {
+			return json.NewEncoder(a.stdout).Encode(p)
+		}
+		fmt.Fprint(a.stdout, p)
+		return nil
+	}
 
-	bc := bench.Config{Client: rdb, Blocking: c.Bool("blocking"), Duration: c.Duration("duration"), Rounds: c.Int("rounds"), Progress: a.stderr}
-	if bc.Callers, err = intList(c.String("callers"), "--callers", 1, 4096); err != nil {
-		return err
-	}
-	if bc.Procs, err = intList(c.String("procs"), "--procs", 1, 64); err != nil {
-		return err
-	}
-	for _, m := range strings.Split(c.String("mode"), ",") {
-		switch m {
-		case "unlimited", "limited":
-			bc.Limited = append(bc.Limited, m == "limited")
-		default:
-			return usagef("--mode: %q is not unlimited or limited", m)
-		}
-	}
-	for _, impl := range strings.Split(c.String("impls"), ",") {
-		if !slices.Contains(bench.Impls, impl) {
-			return usagef("--impls: %q is not one of %s", impl, strings.Join(bench.Impls, ", "))
-		}
-		bc.Impls = append(bc.Impls, impl)
-	}
-	if bc.Duration <= 0 || bc.Duration > 10*time.Minute {
-		return usagef("--duration=%v must be in (0, 10m]", bc.Duration)
-	}
-	if bc.Rounds < 1 || bc.Rounds > 100 {
-		return usagef("--rounds=%d must be in [1, 100]", bc.Rounds)
-	}
 	exe, err := os.Executable()
 	if err != nil {
 		return err
 	}
+	bc.Client, bc.Progress = rdb, a.stderr
 	bc.Worker = func(spec string) *exec.Cmd {
 		cmd := exec.Command(exe, append(slices.Clone(os.Args[1:]), "--worker", spec)...)
 		cmd.Env = a.environ
@@ -125,6 +134,45 @@ func (a *app) bench(c *cli.Context) error {
 	}
 	bench.Print(a.stdout, sums)
 	return nil
+}
+
+// benchFlags checks and reads the bench command's flags.
+func benchFlags(c *cli.Context) (bench.Config, bench.PropagationConfig, error) {
+	bc := bench.Config{Blocking: c.Bool("blocking"), Duration: c.Duration("duration"), Rounds: c.Int("rounds")}
+	pc := bench.PropagationConfig{Replicas: c.Int("replicas"), Waiters: c.Int("waiters"), Samples: c.Int("samples")}
+	var err error
+	if bc.Callers, err = intList(c.String("callers"), "--callers", 1, 4096); err != nil {
+		return bc, pc, err
+	}
+	if bc.Procs, err = intList(c.String("procs"), "--procs", 1, 64); err != nil {
+		return bc, pc, err
+	}
+	for _, m := range strings.Split(c.String("mode"), ",") {
+		switch m {
+		case "unlimited", "limited":
+			bc.Limited = append(bc.Limited, m == "limited")
+		default:
+			return bc, pc, usagef("--mode: %q is not unlimited or limited", m)
+		}
+	}
+	for _, impl := range strings.Split(c.String("impls"), ",") {
+		if !slices.Contains(bench.Impls, impl) {
+			return bc, pc, usagef("--impls: %q is not one of %s", impl, strings.Join(bench.Impls, ", "))
+		}
+		bc.Impls = append(bc.Impls, impl)
+	}
+	if bc.Duration <= 0 || bc.Duration > 10*time.Minute {
+		return bc, pc, usagef("--duration=%v must be in (0, 10m]", bc.Duration)
+	}
+	for _, f := range []struct {
+		name        string
+		v, min, max int
+	}{{"rounds", bc.Rounds, 1, 100}, {"replicas", pc.Replicas, 1, 64}, {"waiters", pc.Waiters, 1, 10000}, {"samples", pc.Samples, 1, 100000}} {
+		if f.v < f.min || f.v > f.max {
+			return bc, pc, usagef("--%s=%d must be in [%d, %d]", f.name, f.v, f.min, f.max)
+		}
+	}
+	return bc, pc, nil
 }
 
 // intList parses a comma-separated list of integers in [lo, hi].

@@ -68,3 +68,27 @@ func TestBench(t *testing.T) {
 		}
 	}
 }
+
+// TestBenchPropagation: the propagation measurement on a real redis-server
+// measures every path it reports, and no replica decided other than paused
+// once the controller had written scale 0.
+func TestBenchPropagation(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short")
+	}
+	srv := redistest.Start(t)
+	out := sluice(t, nil, "--redis", srv.URL(), "bench", "--propagation", "--samples", "5", "--replicas", "2", "--waiters", "4", "--json").ok(t).stdout
+	var p bench.Propagation
+	if err := json.Unmarshal([]byte(out), &p); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	if p.Floor.N != 5 || p.Enforced.N != 5 || p.Seen.N != 5 || p.Resumed.N != 20 {
+		t.Fatalf("samples: %+v", p)
+	}
+	if p.Missed != 0 {
+		t.Fatalf("%d replica decisions were not paused after the scale was written", p.Missed)
+	}
+	if p.Enforced.P50 <= 0 || p.Seen.P50 < p.Enforced.P50 {
+		t.Fatalf("the notification cannot come before the write it announces: %+v", p)
+	}
+}

@@ -237,6 +237,7 @@ func TestBadInput(t *testing.T) {
 		{[]string{"bench", "--mode", "fast"}, nil, `--mode: "fast" is not unlimited or limited`},
 		{[]string{"bench", "--impls", "sluice,leaky"}, nil, `--impls: "leaky" is not one of`},
 		{[]string{"bench", "--rounds", "0"}, nil, "--rounds=0 must be in [1, 100]"},
+		{[]string{"bench", "--propagation", "--replicas", "0"}, []string{"SLUICE_REDIS_URL=redis://127.0.0.1:1/0"}, "--replicas=0 must be in [1, 64]"},
 	} {
 		r := sluice(t, append(append([]string{}, env...), tc.env...), tc.args...)
 		lines := strings.Split(strings.TrimRight(r.stderr, "\n"), "\n")
