@@ -78,7 +78,7 @@ func (c *Coordinator) TryAcquire(ctx context.Context, provider string, n int) (D
 		return Decision{}, err
 	}
 	d, err := c.decide(ctx, st, n)
-	c.count(provider, d, err)
+	c.count(st, d, err)
 	return d, err
 }
 
@@ -102,9 +102,9 @@ func (c *Coordinator) Acquire(ctx context.Context, provider string, n int) (Deci
 	}
 	start := time.Now()
 	d, err := c.acquire(ctx, st, n)
-	c.count(provider, d, err)
+	c.count(st, d, err)
 	if err == nil {
-		c.m.wait.WithLabelValues(provider).Observe(time.Since(start).Seconds())
+		st.m.waited(time.Since(start))
 	}
 	return d, err
 }
@@ -248,7 +248,7 @@ func (c *Coordinator) decideOne(ctx context.Context, st *providerState, n int) (
 		return Decision{}, err
 	}
 	st.remember(d, now)
-	c.m.decision(st.name, d)
+	st.m.decision(d)
 	return d, nil
 }
 
@@ -286,7 +286,7 @@ func (c *Coordinator) probeOnce() bool {
 // reason ("paused" when a paused wait ended with ctx), "canceled" when ctx
 // ended another wait, "error"; a decision taken without Redis is
 // "fail_open" or "fallback_<reason>".
-func (c *Coordinator) count(provider string, d Decision, err error) {
+func (c *Coordinator) count(st *providerState, d Decision, err error) {
 	result := string(d.Reason)
 	switch {
 	case !errors.Is(err, ErrPaused) && (errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)):
@@ -298,7 +298,7 @@ func (c *Coordinator) count(provider string, d Decision, err error) {
 	case d.Local:
 		result = "fallback_" + result
 	}
-	c.m.acquisitions.WithLabelValues(provider, result).Inc()
+	st.m.result(result)
 }
 
 func parseDecision(res any) (Decision, error) {

@@ -143,7 +143,7 @@ func (c *Coordinator) decideBatch(st *providerState, batch []*request) []*reques
 	}
 	c.redisUp()
 	st.remember(d, now)
-	c.m.decision(st.name, d)
+	st.m.decision(d)
 
 	ok := d
 	ok.Allowed, ok.RetryAfter = true, 0

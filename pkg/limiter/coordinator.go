@@ -208,7 +208,8 @@ type providerState struct {
 
 	turn  chan struct{} // held by the one rate-limited waiter that polls Redis
 	batch batcher       // coalesces this process's concurrent acquisitions
-	rereg sync.Mutex    // one re-registration at a time
+	m     *providerMetrics
+	rereg sync.Mutex // one re-registration at a time
 
 	// active is set at the first acquisition: from then on this replica
 	// heartbeats for the provider. Operator calls (Register, Status,
@@ -295,7 +296,7 @@ func (c *Coordinator) state(provider string) (*providerState, error) {
 		if err := validName("provider", provider); err != nil { // checked once per name
 			return nil, err
 		}
-		st = &providerState{name: provider, keys: providerKeys(c.opts.Prefix, provider), replicas: 1, turn: make(chan struct{}, 1)}
+		st = &providerState{name: provider, keys: providerKeys(c.opts.Prefix, provider), replicas: 1, turn: make(chan struct{}, 1), m: c.m.forProvider(provider)}
 		c.providers[provider] = st
 	}
 	return st, nil

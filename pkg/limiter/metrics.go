@@ -1,6 +1,9 @@
 package limiter
 
 import (
+	"sync"
+	"time"
+
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/sluice-dev/sluice/pkg/internal/promutil"
@@ -60,13 +63,54 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	return m, r.Err
 }
 
+// providerMetrics are one provider's series, looked up once (a label
+// lookup costs more than the update) and created at first use, so that a
+// provider this process only inspects shows no series.
+type providerMetrics struct {
+	m        *metrics
+	provider string
+
+	once                     sync.Once
+	scale, pressure, breaker prometheus.Gauge
+	wait                     prometheus.Observer
+	results                  sync.Map // result -> prometheus.Counter
+}
+
+func (m *metrics) forProvider(provider string) *providerMetrics {
+	return &providerMetrics{m: m, provider: provider}
+}
+
+func (pm *providerMetrics) init() {
+	pm.once.Do(func() {
+		p := pm.provider
+		pm.scale, pm.pressure, pm.breaker = pm.m.scale.WithLabelValues(p), pm.m.pressure.WithLabelValues(p), pm.m.breaker.WithLabelValues(p)
+		pm.wait = pm.m.wait.WithLabelValues(p)
+	})
+}
+
+// waited records how long an Acquire blocked before its grant.
+func (pm *providerMetrics) waited(d time.Duration) {
+	pm.init()
+	pm.wait.Observe(d.Seconds())
+}
+
+// result counts one acquisition call that ended with result.
+func (pm *providerMetrics) result(result string) {
+	c, ok := pm.results.Load(result)
+	if !ok {
+		c, _ = pm.results.LoadOrStore(result, pm.m.acquisitions.WithLabelValues(pm.provider, result))
+	}
+	c.(prometheus.Counter).Inc()
+}
+
 // decision records what a decision from Redis says about shared state.
-func (m *metrics) decision(provider string, d Decision) {
-	m.scale.WithLabelValues(provider).Set(d.Scale)
+func (pm *providerMetrics) decision(d Decision) {
+	pm.init()
+	pm.scale.Set(d.Scale)
 	if v := d.Level.Rank(); v >= 0 {
-		m.pressure.WithLabelValues(provider).Set(float64(v))
+		pm.pressure.Set(float64(v))
 	}
 	if v := d.Breaker.Rank(); v >= 0 {
-		m.breaker.WithLabelValues(provider).Set(float64(v))
+		pm.breaker.Set(float64(v))
 	}
 }
