@@ -40,7 +40,8 @@ Reported per implementation (medians over rounds): decisions/s, latency
 p50/p99/p99.9 of one call, Redis µs inside the scripts per call and Redis
 CPU per decision (INFO commandstats / cpu), scripts per grant, the worst
 round's admitted ÷ bound (burst + rate × elapsed) and process share, and the
-ratios to redis_rate from the same rounds. Run it on a Redis of its own: it
+ratios to redis_rate from the same rounds; then the Redis memory of one
+provider (MEMORY USAGE of its keys). Run it on a Redis of its own: it
 writes keys under sluicebench-* and rate:sluicebench-* and deletes them.
 
 With --propagation it measures instead how fast pressure reaches the
@@ -127,12 +128,18 @@ func (a *app) bench(c *cli.Context) error {
 		return err
 	}
 	sums := bench.Summarize(runs)
+	mem, err := bench.MeasureMemory(c.Context, rdb)
+	if err != nil {
+		return err
+	}
 	if c.Bool("json") {
 		enc := json.NewEncoder(a.stdout)
 		enc.SetIndent("", "  ")
-		return enc.Encode(map[string]any{"runs": runs, "summaries": sums})
+		return enc.Encode(map[string]any{"runs": runs, "summaries": sums, "memory_per_provider": mem})
 	}
 	bench.Print(a.stdout, sums)
+	fmt.Fprintf(a.stdout, "\nRedis memory per provider, one replica registered (MEMORY USAGE): %d bytes %v; shared by all providers: %v\n",
+		mem.Total, mem.Keys, mem.Shared)
 	return nil
 }
 

@@ -30,6 +30,7 @@ func TestBench(t *testing.T) {
 	var rep struct {
 		Runs      []bench.Run     `json:"runs"`
 		Summaries []bench.Summary `json:"summaries"`
+		Memory    bench.Memory    `json:"memory_per_provider"`
 	}
 	if err := json.Unmarshal(out, &rep); err != nil {
 		t.Fatalf("%v\n%s", err, out)
@@ -55,6 +56,10 @@ func TestBench(t *testing.T) {
 		if (s.Impl == bench.RedisRate) != (s.Vs == nil) {
 			t.Errorf("%s %s: ratios %+v", s.Workload, s.Impl, s.Vs)
 		}
+	}
+	// config, bucket, scale and the replica registry, each sized.
+	if len(rep.Memory.Keys) != 4 || rep.Memory.Total <= 0 {
+		t.Errorf("memory per provider: %+v", rep.Memory)
 	}
 	if keys := srv.Client(t).Keys(t.Context(), "*bench*").Val(); len(keys) > 0 {
 		t.Errorf("keys left behind: %v", keys)

@@ -418,3 +418,51 @@ func cleanup(rdb redis.UniversalClient, key string) {
 		}
 	}
 }
+
+// Memory is what one provider costs in Redis once one replica has used
+// it: MEMORY USAGE of each of its keys (SAMPLES 0: exact), in bytes. The
+// set of provider names is shared by every provider (one member each): it
+// is in Shared, not in Total.
+type Memory struct {
+	Keys   map[string]int64 `json:"keys"`
+	Total  int64            `json:"total"`
+	Shared map[string]int64 `json:"shared"`
+}
+
+// MeasureMemory registers a provider, takes one decision through one
+// replica (which joins the registry), and sizes every key of the provider.
+func MeasureMemory(ctx context.Context, rdb redis.UniversalClient) (Memory, error) {
+	key := fmt.Sprintf("sluicebench-mem-%d", time.Now().UnixNano())
+	defer cleanup(rdb, key)
+	if err := setup(ctx, Sluice, rdb, key, Limited); err != nil {
+		return Memory{}, err
+	}
+	d, err := newDecider(Sluice, rdb, key, Limited)
+	if err != nil {
+		return Memory{}, err
+	}
+	defer d.close() // it would leave the registry: size it with the replica in
+	if _, _, err = d.try(ctx); err != nil {
+		return Memory{}, err
+	}
+	m := Memory{Keys: map[string]int64{}, Shared: map[string]int64{}}
+	var keys []string
+	iter := rdb.Scan(ctx, 0, key+"*", 100).Iterator()
+	for iter.Next(ctx) {
+		keys = append(keys, iter.Val())
+	}
+	for _, k := range keys {
+		n, err := rdb.MemoryUsage(ctx, k, 0).Result()
+		if err != nil {
+			return m, err
+		}
+		name := strings.TrimPrefix(k, key)
+		if !strings.Contains(name, "{") {
+			m.Shared[name] = n
+			continue
+		}
+		m.Keys[name] = n
+		m.Total += n
+	}
+	return m, iter.Err()
+}
