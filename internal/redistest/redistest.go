@@ -31,7 +31,8 @@ import (
 )
 
 // Server is a redis-server process owned by a test. It runs without
-// persistence, so a restart loses every key and every cached script.
+// persistence, so a restart loses every key and every cached script,
+// unless started by StartAOF.
 type Server struct {
 	Addr string
 	// CAFile is the PEM file of the CA that signed a TLS server's
@@ -39,6 +40,7 @@ type Server struct {
 	CAFile string
 	dir    string
 	tls    *tls.Config // the test clients' TLS, for a TLS server
+	aof    bool        // append-only file, fsynced at every write
 
 	mu  sync.Mutex
 	cmd *exec.Cmd
@@ -51,6 +53,15 @@ type Server struct {
 func Start(tb testing.TB) *Server {
 	tb.Helper()
 	return start(tb, &Server{dir: tb.TempDir()})
+}
+
+// StartAOF is Start for a server that persists every write to an
+// append-only file before it answers (appendfsync always): killed and
+// restarted (Stop, Restart), it comes back with every acknowledged write,
+// but not with the scripts it had cached.
+func StartAOF(tb testing.TB) *Server {
+	tb.Helper()
+	return start(tb, &Server{dir: tb.TempDir(), aof: true})
 }
 
 // StartTLS is Start for a server that speaks only TLS (rediss://), with a
@@ -110,8 +121,13 @@ func (s *Server) start() error {
 		args = []string{"--port", "0", "--tls-port", port, "--tls-cert-file", filepath.Join(s.dir, "server.pem"),
 			"--tls-key-file", filepath.Join(s.dir, "server-key.pem"), "--tls-ca-cert-file", s.CAFile, "--tls-auth-clients", "no"}
 	}
+	if s.aof {
+		args = append(args, "--appendonly", "yes", "--appendfsync", "always")
+	} else {
+		args = append(args, "--appendonly", "no")
+	}
 	cmd := exec.Command("redis-server", append(args,
-		"--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+		"--bind", "127.0.0.1", "--save", "",
 		"--dir", s.dir, "--daemonize", "no", "--protected-mode", "no", "--loglevel", "warning")...)
 	log, err := os.Create(s.dir + "/redis-" + port + ".log")
 	if err != nil {
@@ -194,8 +210,8 @@ func (s *Server) signal(tb testing.TB, sig syscall.Signal) {
 	}
 }
 
-// Restart stops the server if it runs and starts it again on the same port,
-// empty. It fails tb if it cannot.
+// Restart stops the server if it runs and starts it again on the same port:
+// empty, or with what its append-only file holds (StartAOF). It fails tb if it cannot.
 func (s *Server) Restart(tb testing.TB) {
 	tb.Helper()
 	s.Stop()

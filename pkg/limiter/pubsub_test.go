@@ -1,0 +1,84 @@
+package limiter_test
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/sluice-dev/sluice/internal/redistest"
+	"github.com/sluice-dev/sluice/pkg/limiter"
+)
+
+// TestPausedWaitersSurvivePubSubCut: the connection that carries the wake-up
+// notifications is killed (CLIENT KILL TYPE pubsub) and kept from coming
+// back (an ACL takes SUBSCRIBE away) while the scale rises, so that
+// notification is lost for sure. Once SUBSCRIBE is allowed again the
+// waiters resume within seconds, not at their slow re-check (30 s here):
+// the subscription comes back by itself, and coming back wakes every waiter
+// to look again.
+func TestPausedWaitersSurvivePubSubCut(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short")
+	}
+	const waiters = 4
+	srv := redistest.Start(t)
+	admin := srv.Client(t)
+	ctx := context.Background()
+	c, reg := newCoord(t, srv.Client(t), limiter.Options{PausedRecheck: 30 * time.Second})
+	register(t, c, "p", 100, 100)
+	if _, err := c.SetBudgetScale(ctx, "p", 0); err != nil {
+		t.Fatal(err)
+	}
+	wctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	resumed := make(chan time.Time, waiters)
+	var wg sync.WaitGroup
+	for range waiters {
+		wg.Go(func() {
+			if _, err := c.Acquire(wctx, "p", 1); err != nil {
+				t.Error(err)
+				return
+			}
+			resumed <- time.Now()
+		})
+	}
+	waitFor(t, "paused waiters", func() bool { return pausedWaiters(reg, "p") == waiters })
+
+	acl := func(rule string) {
+		t.Helper()
+		if err := admin.Do(ctx, "ACL", "SETUSER", "default", rule).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	acl("-subscribe")
+	t.Cleanup(func() { acl("+subscribe") })
+	if n, err := admin.ClientKillByFilter(ctx, "TYPE", "pubsub").Result(); err != nil || n != 1 {
+		t.Fatalf("CLIENT KILL TYPE pubsub: %d killed, %v (want the limiter's one subscription)", n, err)
+	}
+	if _, err := c.SetBudgetScale(ctx, "p", 1); err != nil { // the notification goes nowhere
+		t.Fatal(err)
+	}
+	if n := admin.PubSubNumSub(ctx, "sluice:{p}:notify").Val()["sluice:{p}:notify"]; n != 0 {
+		t.Fatalf("%d subscribers while SUBSCRIBE is denied", n)
+	}
+	time.Sleep(300 * time.Millisecond) // the lost notification, and a failed resubscription or two
+	if len(resumed) != 0 {
+		t.Fatal("a waiter resumed without a notification or its re-check")
+	}
+	allowed := time.Now()
+	acl("+subscribe")
+	wg.Wait()
+	close(resumed)
+	var slowest time.Duration
+	for at := range resumed {
+		slowest = max(slowest, at.Sub(allowed))
+	}
+	t.Logf("every waiter resumed within %v of SUBSCRIBE being allowed again", slowest)
+	if slowest > 5*time.Second {
+		t.Fatalf("waiters resumed %v after the subscription could come back: they waited for the slow re-check", slowest)
+	}
+	waitFor(t, "the notification subscription back", func() bool {
+		return admin.PubSubNumSub(ctx, "sluice:{p}:notify").Val()["sluice:{p}:notify"] == 1
+	})
+}
