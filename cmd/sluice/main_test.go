@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -452,5 +453,69 @@ func TestConfigPrint(t *testing.T) {
 	}
 	if r := sluice(t, []string{"SLUICE_CONFIG=" + file}, "config", "print").ok(t); !strings.Contains(r.stdout, "redis.url") || !strings.Contains(r.stdout, "file "+file) {
 		t.Fatalf("config print table:\n%s", r.stdout)
+	}
+}
+
+// TestReceiverTLS: with receiver.tls_cert and receiver.tls_key the receiver
+// (and every service's HTTP server) speaks HTTPS only: a client that
+// trusts the CA posts an event; plain HTTP gets no answer it can use. A
+// certificate without its key, or a file that is not one, exits 2 naming
+// the setting.
+func TestReceiverTLS(t *testing.T) {
+	srv := redistest.Start(t)
+	dir := t.TempDir()
+	pool, err := redistest.WriteCerts(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, key := filepath.Join(dir, "server.pem"), filepath.Join(dir, "server-key.pem")
+	env := []string{"SLUICE_RECEIVER_TLS_CERT=" + cert, "SLUICE_RECEIVER_TLS_KEY=" + key, "SLUICE_RECEIVER_TOKEN=t0ken"}
+	p, err := startProc(buildBinary(t), "receiver", env, io.Discard, "--redis", srv.URL(), "receiver", "--listen", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.kill()
+	if !strings.HasPrefix(p.url, "https://127.0.0.1:") {
+		t.Fatalf("receiver announced %q, want https://", p.url)
+	}
+	client := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}, Timeout: 10 * time.Second}
+	req, _ := http.NewRequest("POST", p.url+"/feedback",
+		strings.NewReader(`{"coordinator_id":"tls-store","queue_size":900,"capacity":1000,"level":"hard","seq":3}`))
+	req.Header.Set("Authorization", "bearer t0ken")
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 204 {
+		t.Fatalf("POST over HTTPS: %d", resp.StatusCode)
+	}
+	if lvl := srv.Client(t).HGet(context.Background(), "sluice:pressure:{tls-store}", "level").Val(); lvl != "hard" {
+		t.Fatalf("pressure level %q after the post", lvl)
+	}
+	if resp, err := http.Get("http://" + strings.TrimPrefix(p.url, "https://") + "/healthz"); err == nil {
+		resp.Body.Close()
+		if resp.StatusCode == 200 {
+			t.Fatal("plain HTTP got a 200 from the HTTPS server")
+		}
+	}
+	if _, err := (&http.Client{Timeout: 10 * time.Second}).Get(p.url + "/healthz"); err == nil || !strings.Contains(err.Error(), "certificate") {
+		t.Fatalf("a client without the CA: %v, want a certificate error", err)
+	}
+
+	for _, tc := range []struct {
+		env  []string
+		want string
+	}{
+		{[]string{"SLUICE_RECEIVER_TLS_CERT=" + cert}, "receiver.tls_cert"},
+		{[]string{"SLUICE_RECEIVER_TLS_KEY=" + key}, "receiver.tls_key"},
+		{[]string{"SLUICE_RECEIVER_TLS_CERT=" + filepath.Join(dir, "ca.pem"), "SLUICE_RECEIVER_TLS_KEY=" + key}, "receiver.tls_cert"},
+		{[]string{"SLUICE_RECEIVER_TLS_CERT=" + filepath.Join(dir, "nope.pem"), "SLUICE_RECEIVER_TLS_KEY=" + key}, "receiver.tls_cert"},
+	} {
+		r := sluice(t, append([]string{"SLUICE_REDIS_URL=" + srv.URL()}, tc.env...), "receiver", "--listen", "127.0.0.1:0")
+		if r.code != 2 || !strings.Contains(r.stderr, tc.want) {
+			t.Errorf("%v: exit %d, %q; want 2 naming %s", tc.env, r.code, r.stderr, tc.want)
+		}
 	}
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -149,10 +150,14 @@ func (s *service) run(ctx context.Context, h http.Handler, body func(ctx context
 		return fmt.Errorf("%s: listen on %q: %w", s.name, s.cfg.Receiver.Listen, err)
 	}
 	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second,
-		WriteTimeout: 10 * time.Second, IdleTimeout: time.Minute}
+		WriteTimeout: 10 * time.Second, IdleTimeout: time.Minute, TLSConfig: s.cfg.Receiver.TLS}
+	scheme := "http://"
+	if srv.TLSConfig != nil {
+		ln, scheme = tls.NewListener(ln, srv.TLSConfig), "https://"
+	}
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
-	line, _ := json.Marshal(map[string]string{"service": s.name, "listening": "http://" + ln.Addr().String()})
+	line, _ := json.Marshal(map[string]string{"service": s.name, "listening": scheme + ln.Addr().String()})
 	fmt.Fprintln(s.out, string(line))
 	s.log.Info("serving", "addr", ln.Addr().String())
 

@@ -57,6 +57,8 @@ var keys = []Key{
 	{"receiver.listen", "SLUICE_RECEIVER_LISTEN", ":8080", "address of every service's HTTP server (/metrics, /healthz, /readyz; POST /feedback on the receiver)"},
 	{"receiver.token", "SLUICE_RECEIVER_TOKEN", "", "bearer token the receiver requires (empty: none)"},
 	{"receiver.max_body", "SLUICE_RECEIVER_MAX_BODY", "65536", "largest request body the receiver accepts, in bytes"},
+	{"receiver.tls_cert", "SLUICE_RECEIVER_TLS_CERT", "", "PEM certificate (chain) to serve HTTPS with; set with receiver.tls_key (empty: plain HTTP)"},
+	{"receiver.tls_key", "SLUICE_RECEIVER_TLS_KEY", "", "PEM private key of receiver.tls_cert"},
 }
 
 // secret keys are shown as "(set)" by Values.
@@ -168,6 +170,8 @@ type Settings struct {
 	Receiver  struct {
 		Listen, Token string
 		MaxBody       int64
+		// TLS, when set, serves HTTPS with this certificate (nil: HTTP).
+		TLS *tls.Config
 	}
 
 	values layers
@@ -561,6 +565,20 @@ func (l layers) parse() (*Settings, error) {
 	s.Receiver.Listen, s.Receiver.Token = str("receiver.listen"), str("receiver.token")
 	if s.Receiver.MaxBody = int64(integer("receiver.max_body")); s.Receiver.MaxBody < 1 {
 		fail("receiver.max_body", "must be a positive number of bytes")
+	}
+	switch cert, key := str("receiver.tls_cert"), str("receiver.tls_key"); {
+	case cert == "" && key == "":
+	case cert == "":
+		fail("receiver.tls_key", "needs receiver.tls_cert too (both: HTTPS; neither: HTTP)")
+	case key == "":
+		fail("receiver.tls_cert", "needs receiver.tls_key too (both: HTTPS; neither: HTTP)")
+	default:
+		pair, err := tls.LoadX509KeyPair(cert, key)
+		if err != nil {
+			fail("receiver.tls_cert", "must be a readable PEM certificate whose key is receiver.tls_key: "+err.Error())
+			break
+		}
+		s.Receiver.TLS = &tls.Config{Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12}
 	}
 
 	// The config field a limiter.ArgumentError names, as a provider setting.
