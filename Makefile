@@ -30,6 +30,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeEvent$$' -fuzztime 10s ./pkg/feedback
 	$(GO) test -run '^$$' -fuzz '^FuzzParseNumber$$' -fuzztime 10s ./pkg/config
 	$(GO) test -run '^$$' -fuzz '^FuzzLoadFile$$' -fuzztime 10s ./pkg/config
+	$(GO) test -run '^$$' -fuzz '^FuzzReceiver$$' -fuzztime 10s ./pkg/feedback/httpbus
 
 bench: redis-server
 	$(GO) test -run '^$$' -bench . -benchmem ./...
