@@ -109,7 +109,9 @@ type Options struct {
 	// CallTimeout bounds each script call: a Redis that gives no answer
 	// within it, while the caller's context is still live, counts as
 	// unreachable (the outage mode decides, and RedisRetry probes), so a
-	// stalled Redis cannot hold a caller; default 500ms. It bounds the
+	// stalled Redis cannot hold a caller; default 500ms. Keep it above
+	// three round trips to Redis: a call on a new connection waits for the
+	// connection's handshake (HELLO, CLIENT SETINFO) before the script. It bounds the
 	// round trip only on a client that honours context deadlines: set
 	// ContextTimeoutEnabled in the go-redis options (the sluice command
 	// does); otherwise the client's ReadTimeout (3s by default) bounds it.
