@@ -519,3 +519,22 @@ func TestReceiverTLS(t *testing.T) {
 		}
 	}
 }
+
+// TestReceiverWarnsWithoutToken: a receiver that takes events from anyone
+// says so at start, at WARN.
+func TestReceiverWarnsWithoutToken(t *testing.T) {
+	srv := redistest.Start(t)
+	var mu sync.Mutex
+	var buf bytes.Buffer
+	p, err := startProc(buildBinary(t), "receiver", nil, syncBuffer{&mu, &buf}, "--redis", srv.URL(), "receiver", "--listen", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.kill()
+	mu.Lock()
+	s := buf.String()
+	mu.Unlock()
+	if !strings.Contains(s, `"level":"WARN"`) || !strings.Contains(s, "requires no token") {
+		t.Fatalf("no warning about the missing token in %s", s)
+	}
+}
