@@ -4,7 +4,7 @@
 GO          ?= go
 STATICCHECK ?= $(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
-.PHONY: all build demo test test-short bench lint redis-server fuzz
+.PHONY: all build demo test test-short bench lint redis-server fuzz deploy-verify
 
 all: lint test
 
@@ -43,3 +43,14 @@ lint:
 
 redis-server:
 	@./scripts/ensure-redis-server.sh
+
+# deploy/ checked: every manifest decoded strictly, compose and the
+# Dockerfile, every PromQL metric name against the running services, promtool,
+# and KEDA v2.16.1's own scalers against a redis-server and a Prometheus
+# scraping real sluice services. Its own module (deploy/verify): KEDA's
+# dependencies stay out of sluice's. Installs redis-server and prometheus
+# when missing; the first build of KEDA's code takes about 10 minutes.
+deploy-verify: redis-server
+	@./deploy/verify/ensure-prometheus.sh
+	@cd deploy/verify && out=$$(gofmt -l .); if [ -n "$$out" ]; then echo "gofmt would change: $$out"; exit 1; fi
+	cd deploy/verify && $(GO) mod tidy -diff && $(GO) vet ./... && $(GO) test -count=1 -v ./...
