@@ -435,6 +435,7 @@ class ProviderState:
     last_scale: Optional[float] = None  # the scale of the last decision from Redis
     active: bool = False  # acquired from: heartbeats for it
     replicas: int = 1  # live replicas at the last heartbeat
+    turn: Any = None  # held by the one rate-limited waiter of this client that polls Redis
 
 
 class Base:

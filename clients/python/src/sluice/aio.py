@@ -109,7 +109,7 @@ class AsyncLimiter:
         """See Limiter.register."""
         cfg = config if config is not None else ProviderConfig(**fields)
         cfg.validate()
-        st = self._b._state(provider)
+        st = self._state(provider)
         try:
             res = await self._register(provider, st, cfg)
         except _REDIS_ERRORS as e:
@@ -126,7 +126,7 @@ class AsyncLimiter:
     async def try_acquire(self, provider: str, n: int = 1) -> Decision:
         """See Limiter.try_acquire."""
         check_n(n)
-        return await self._decide(provider, self._b._state(provider), n)
+        return await self._decide(provider, self._state(provider), n)
 
     async def _decide(self, provider: str, st: ProviderState, n: int) -> Decision:
         if not st.active:
@@ -146,35 +146,52 @@ class AsyncLimiter:
         check_n(n)
         if timeout is not None and not (finite(timeout) and timeout >= 0):
             raise InvalidArgumentError("timeout", timeout, "None or a number of seconds >= 0")
-        st = self._b._state(provider)
+        st = self._state(provider)
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
+        turn: _AsyncTurn = st.turn  # as Limiter.acquire: one rate-limited waiter polls
+        holding = False
         wake: Optional[asyncio.Event] = None
         last: Optional[Decision] = None
-        while True:
-            left = None if deadline is None else deadline - loop.time()
-            if left is not None and left <= 0 and last is not None:
-                raise refused(provider, n, last, timed_out=True)
-            d = await self._decide(provider, st, n)
-            if d.allowed:
-                return d
-            last = d
-            if d.reason == "paused":
-                if wake is None:
-                    wake = await self._notifier.watch(st.keys.notify, 1.0 if left is None else min(1.0, max(left, 0)))
+        try:
+            while True:
+                left = None if deadline is None else deadline - loop.time()
+                if left is not None and left <= 0 and last is not None:
+                    raise refused(provider, n, last, timed_out=True)
+                d = await self._decide(provider, st, n)
+                if d.allowed:
+                    return d
+                last = d
+                if d.reason == "paused":
+                    if wake is None:
+                        wake = await self._notifier.watch(st.keys.notify, 1.0 if left is None else min(1.0, max(left, 0)))
+                        continue
+                    wait = self._b.paused_recheck if left is None else max(min(self._b.paused_recheck, left), 0)
+                    try:
+                        await asyncio.wait_for(wake.wait(), wait)
+                    except asyncio.TimeoutError:
+                        pass
+                    await self._sleep(self._b._jitter(), deadline)
+                    wake = await self._notifier.watch(st.keys.notify, 0)
                     continue
-                wait = self._b.paused_recheck if left is None else max(min(self._b.paused_recheck, left), 0)
-                try:
-                    await asyncio.wait_for(wake.wait(), wait)
-                except asyncio.TimeoutError:
-                    pass
-                await self._sleep(self._b._jitter(), deadline)
-                wake = await self._notifier.watch(st.keys.notify, 0)
-                continue
-            wake = None
-            if d.retry_after < 0 or (left is not None and left < d.retry_after):
-                raise refused(provider, n, d)
-            await self._sleep(d.retry_after + self._b._jitter(), deadline)
+                wake = None
+                if d.retry_after < 0 or (left is not None and left < d.retry_after):
+                    raise refused(provider, n, d)
+                if not holding:
+                    holding = turn.try_take()
+                    if not holding:
+                        holding = await turn.take(deadline)
+                        continue
+                await self._sleep(d.retry_after + self._b._jitter(), deadline)
+        finally:
+            if holding:
+                turn.release()
+
+    def _state(self, provider: str) -> ProviderState:
+        st = self._b._state(provider)
+        if st.turn is None:
+            st.turn = _AsyncTurn()
+        return st
 
     @staticmethod
     async def _sleep(seconds: float, deadline: Optional[float]) -> None:
@@ -186,7 +203,7 @@ class AsyncLimiter:
     async def set_scale(self, provider: str, scale: float) -> ScaleChange:
         """See Limiter.set_scale."""
         s = check_scale(scale)
-        st = self._b._state(provider)
+        st = self._state(provider)
         k = st.keys
         ch = parse_scale_change(await self._run(provider, st, "set_scale", [k.config, k.bucket, k.scale],
                                                 [fmt(s), self._b.source, k.notify]))
@@ -204,7 +221,7 @@ class AsyncLimiter:
         return await self._annotate(provider, "shadow", fmt(check_scale(scale)))
 
     async def _annotate(self, provider: str, kind: str, value: str) -> str:
-        st = self._b._state(provider)
+        st = self._state(provider)
         return as_str(await self._run(provider, st, "annotate", [st.keys.config, st.keys.scale],
                                       [kind, value, self._b.source]))
 
@@ -221,14 +238,14 @@ class AsyncLimiter:
         return await self._breaker(provider, "reset")
 
     async def _breaker(self, provider: str, op: str) -> BreakerStatus:
-        st = self._b._state(provider)
+        st = self._state(provider)
         return parse_breaker(await self._run(provider, st, "breaker", [st.keys.config, st.keys.breaker],
                                              [op, st.keys.notify]))
 
     async def trigger_cooldown(self, provider: str, scope: str, reason: str = "",
                                duration: Optional[float] = None) -> Optional[float]:
         """See Limiter.trigger_cooldown."""
-        st = self._b._state(provider)
+        st = self._state(provider)
         k = st.keys
         r = await self._run(provider, st, "cooldown", [k.config, k.cooldown],
                             cooldown_args(k, "set", scope, reason, duration))
@@ -237,13 +254,13 @@ class AsyncLimiter:
 
     async def clear_cooldown(self, provider: str) -> None:
         """See Limiter.clear_cooldown."""
-        st = self._b._state(provider)
+        st = self._state(provider)
         k = st.keys
         await self._run(provider, st, "cooldown", [k.config, k.cooldown], cooldown_args(k, "clear", "", "", None))
 
     async def status(self, provider: str) -> Status:
         """See Limiter.status."""
-        st = self._b._state(provider)
+        st = self._state(provider)
         k = st.keys
         return parse_status(provider, await self._run(
             provider, st, "status", [k.config, k.bucket, k.scale, k.breaker, k.cooldown, k.replicas], []))
@@ -295,6 +312,36 @@ class AsyncLimiter:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+
+class _AsyncTurn:
+    """A provider's polling turn among one client's rate-limited waiters."""
+
+    def __init__(self) -> None:
+        self._held = False
+        self._free = asyncio.Event()
+        self._free.set()
+
+    def try_take(self) -> bool:
+        if self._held:
+            return False
+        self._held = True
+        self._free.clear()
+        return True
+
+    async def take(self, deadline: Optional[float]) -> bool:
+        """Take the turn, waiting for it until deadline (loop time; None: for ever)."""
+        loop = asyncio.get_running_loop()
+        while not self.try_take():
+            try:
+                await asyncio.wait_for(self._free.wait(), None if deadline is None else max(deadline - loop.time(), 0))
+            except asyncio.TimeoutError:
+                return False
+        return True
+
+    def release(self) -> None:
+        self._held = False
+        self._free.set()
 
 
 class _AsyncSub:

@@ -94,7 +94,10 @@ class Limiter:
 
     def _state(self, provider: str) -> ProviderState:
         with self._lock:
-            return self._b._state(provider)
+            st = self._b._state(provider)
+            if st.turn is None:
+                st.turn = _Turn()
+            return st
 
     # Script calls.
 
@@ -193,30 +196,45 @@ class Limiter:
             raise InvalidArgumentError("timeout", timeout, "None or a number of seconds >= 0")
         st = self._state(provider)
         deadline = None if timeout is None else time.monotonic() + timeout
+        # While rate limited (or cooling down, or the breaker is open), the
+        # waiters of one provider in this client take turns: only the one
+        # holding the turn polls Redis, the others wait for it to be
+        # granted. Redis sees about one call per grant, not one per waiter.
+        turn: _Turn = st.turn
+        holding = False
         wake: Optional[threading.Event] = None
         last: Optional[Decision] = None
-        while True:
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0 and last is not None:
-                raise refused(provider, n, last, timed_out=True)
-            d = self._decide(provider, st, n)
-            if d.allowed:
-                return d
-            last = d
-            if d.reason == "paused":
-                if wake is None:
-                    # Subscribe first, then look again: a change between the
-                    # two is then either seen by the check or notified.
-                    wake = self._notifier.watch(st.keys.notify, 1.0 if left is None else min(1.0, max(left, 0)))
+        try:
+            while True:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0 and last is not None:
+                    raise refused(provider, n, last, timed_out=True)
+                d = self._decide(provider, st, n)
+                if d.allowed:
+                    return d
+                last = d
+                if d.reason == "paused":
+                    if wake is None:
+                        # Subscribe first, then look again: a change between
+                        # the two is then either seen by the check or notified.
+                        wake = self._notifier.watch(st.keys.notify, 1.0 if left is None else min(1.0, max(left, 0)))
+                        continue
+                    wake.wait(self._b.paused_recheck if left is None else max(min(self._b.paused_recheck, left), 0))
+                    self._sleep(self._b._jitter(), deadline)  # resumed waiters spread out
+                    wake = self._notifier.watch(st.keys.notify, 0)
                     continue
-                wake.wait(self._b.paused_recheck if left is None else max(min(self._b.paused_recheck, left), 0))
-                self._sleep(self._b._jitter(), deadline)  # resumed waiters spread out
-                wake = self._notifier.watch(st.keys.notify, 0)
-                continue
-            wake = None
-            if d.retry_after < 0 or (left is not None and left < d.retry_after):
-                raise refused(provider, n, d)
-            self._sleep(d.retry_after + self._b._jitter(), deadline)
+                wake = None
+                if d.retry_after < 0 or (left is not None and left < d.retry_after):
+                    raise refused(provider, n, d)
+                if not holding:
+                    holding = turn.take(0)  # nobody polls: this waiter does
+                    if not holding:
+                        holding = turn.take(left)  # our turn came: time passed, look again now
+                        continue
+                self._sleep(d.retry_after + self._b._jitter(), deadline)
+        finally:
+            if holding:
+                turn.release()
 
     def _sleep(self, seconds: float, deadline: Optional[float]) -> None:
         if deadline is not None:
@@ -369,6 +387,27 @@ class Limiter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class _Turn:
+    """A provider's polling turn among one client's rate-limited waiters."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._held = False
+
+    def take(self, timeout: Optional[float]) -> bool:
+        """Take the turn, waiting up to timeout (None: for ever) for it."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: not self._held, timeout):
+                return False
+            self._held = True
+            return True
+
+    def release(self) -> None:
+        with self._cond:
+            self._held = False
+            self._cond.notify()
 
 
 class _Sub:
