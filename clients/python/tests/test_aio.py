@@ -160,3 +160,27 @@ def test_waiters_take_turns(r, redis_server) -> None:  # type: ignore[no-untyped
         await lim.close()
         await c.close()
     run(body)
+
+
+def test_paused_waiter_survives_a_lost_subscription(r, redis_server) -> None:  # type: ignore[no-untyped-def]
+    async def body() -> None:
+        c = client(redis_server)
+        lim = AsyncLimiter(c, paused_recheck=60)
+        await lim.register("ibkr", capacity=5, refill_rate=10)
+        await lim.set_scale("ibkr", 0)
+        waiter = asyncio.create_task(lim.acquire("ibkr", timeout=30))
+
+        async def subscribed() -> None:
+            while (await c.pubsub_numsub("sluice:{ibkr}:notify"))[0][1] == 0:
+                await asyncio.sleep(0.01)
+        await subscribed()
+        assert r.client_kill_filter(_type="pubsub") >= 1
+        await asyncio.wait_for(subscribed(), 10)
+        await asyncio.sleep(0.2)
+        assert not waiter.done()
+        await AsyncLimiter(c).set_scale("ibkr", 1)
+        d = await asyncio.wait_for(waiter, 30)
+        assert d.allowed
+        await lim.close()
+        await c.close()
+    run(body)

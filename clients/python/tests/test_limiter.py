@@ -327,3 +327,23 @@ def test_waiters_take_turns(r: "redis.Redis[bytes]") -> None:
     assert len(grants) == 40 and all(d.allowed for d in grants)
     assert calls <= 3 * len(grants), f"{calls} script calls for {len(grants)} grants"
     lim.close()
+
+
+def test_paused_waiter_survives_a_lost_subscription(r: "redis.Redis[bytes]") -> None:
+    """The notify connection is killed while a waiter is paused: the client
+    reconnects and subscribes again, and the waiter still wakes on the next
+    change (its re-check is 60 s)."""
+    lim = Limiter(r, paused_recheck=60)
+    lim.register("ibkr", capacity=5, refill_rate=10)
+    lim.set_scale("ibkr", 0)
+    got: list = []
+    t = threading.Thread(target=lambda: got.append(lim.acquire("ibkr", timeout=30)))
+    t.start()
+    wait_subscribed(r, "sluice:{ibkr}:notify")
+    assert r.client_kill_filter(_type="pubsub") >= 1
+    wait_subscribed(r, "sluice:{ibkr}:notify")  # back
+    time.sleep(0.2)  # the waiter, woken by the re-subscription, is paused again
+    Limiter(r).set_scale("ibkr", 1)
+    t.join(30)
+    assert got and got[0].allowed
+    lim.close()

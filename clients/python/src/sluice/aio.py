@@ -391,11 +391,7 @@ class _AsyncNotifier:
                 except _REDIS_ERRORS as e:
                     log.debug("notification subscription: %s", e)
                     self._pending = pending + self._pending
-                    await asyncio.sleep(0.5)
-                    try:
-                        await ps.connect()  # re-subscribes; the confirmations wake every waiter
-                    except _REDIS_ERRORS:
-                        pass
+                    await asyncio.sleep(0.5)  # the next read reconnects and re-subscribes
                     continue
                 if msg:
                     self._handle(msg)

@@ -149,9 +149,9 @@ class Event:
         level: Union[Level, str] = d["level"]
         if level in ("ok", "soft", "hard"):
             level = Level(level)
-        e = cls(d["coordinator_id"], d["queue_size"], d["capacity"], level, d["seq"], ts)
-        e.validate()
-        return e
+        event = cls(d["coordinator_id"], d["queue_size"], d["capacity"], level, d["seq"], ts)
+        event.validate()
+        return event
 
 
 class Publisher(Protocol):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, List, Sequence, Union
+from typing import Any, Dict, List, Sequence, Union
 
 import redis
 import redis.asyncio
@@ -34,7 +34,7 @@ class AppendError(SluiceError):
         self.total = total
 
 
-def _fields(items: Sequence[Item]) -> List[dict]:
+def _fields(items: Sequence[Item]) -> List[Dict[str, Item]]:
     ts = str(time.time_ns() // 1000)  # Unix microseconds, the producer's clock: for latency only
     out = []
     for it in items:
