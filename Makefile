@@ -1,10 +1,13 @@
 # sluice: make demo runs the whole loop on an embedded Redis; make test runs
-# every test (installing redis-server when missing); make lint the static
-# checks; make bench the benchmarks.
+# every test (installing redis-server and the Python test packages when
+# missing); make lint the static checks; make bench the benchmarks.
 GO          ?= go
 STATICCHECK ?= $(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2
+# Debian's python3 (python3-redis, python3-pytest), named explicitly: a
+# python3 first on PATH may be a pyenv shim without redis-py.
+PYTHON      ?= /usr/bin/python3
 
-.PHONY: all build demo test test-short bench lint redis-server fuzz deploy-verify
+.PHONY: all build demo test test-short bench lint redis-server fuzz deploy-verify test-python python python-scripts
 
 all: lint test
 
@@ -17,8 +20,22 @@ demo:
 
 # The full suite: unit tests on miniredis, every Lua script on a real
 # redis-server started by the tests, multi-process tests. -race on.
-test: redis-server
+test: redis-server test-python
 	$(GO) test -race -count=1 ./...
+
+# The Python client (clients/python): pytest on a real redis-server, then Go
+# and Python replicas sharing one bucket as processes (the figures print
+# as "INTEROP ..."). Under a minute.
+test-python: redis-server python build
+	PYTEST_SLUICE_BIN=$(CURDIR)/bin/sluice GO=$(GO) $(PYTHON) -m pytest -q clients/python/tests
+
+python:
+	@PYTHON=$(PYTHON) ./scripts/ensure-python.sh
+
+# Copies the Lua scripts into the Python package (lua.Source of each: the
+# text the Go code loads). Run it after changing lua/; a test fails until then.
+python-scripts:
+	$(GO) run ./cmd/sluice scripts dump clients/python/src/sluice/lua >/dev/null
 
 # The quick loop: miniredis only (redistest.Start skips under -short): no
 # redis-server, no replica processes, no long runs.

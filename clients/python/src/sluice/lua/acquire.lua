@@ -1,0 +1,293 @@
+-- sluice Lua prelude: prepended to every script in this directory (see docs/lua.md).
+-- It defines helpers only and runs no Redis command by itself.
+
+-- now_us returns the Redis server time in microseconds since the Unix epoch.
+-- Replicas' clocks are never used, so skewed pods cannot cheat.
+local function now_us()
+  local t = redis.call('TIME')
+  return t[1] * 1000000 + t[2] -- arithmetic reads the digit strings: no tonumber calls
+end
+
+-- int formats a whole number without exponent (tostring would print 1.7e+15).
+local function int(x)
+  return string.format('%.0f', x)
+end
+
+-- dec formats a fractional number with 15 significant digits.
+local function dec(x)
+  return string.format('%.15g', x)
+end
+
+-- finite reports whether x is a number that is neither NaN nor infinite.
+-- (x - x is 0 for every finite x, NaN for infinities; math.huge is not
+-- infinite in every interpreter: gopher-lua, which miniredis runs, makes it
+-- the largest float.)
+local function finite(x)
+  return type(x) == 'number' and x - x == 0
+end
+
+-- num parses a number strictly: an optional minus sign, decimal digits with
+-- an optional fraction and exponent (what dec and int write, and what any
+-- client's decimal formatting writes). Hex, spaces, underscores, nan and
+-- inf are nil, and so is a number too large to be finite; so is nil or
+-- false (a missing field). s is a string, nil or false.
+--
+-- It runs on every number acquire reads, so it makes two calls into C (a
+-- call into C costs about as much as a dozen lines of Lua here): one
+-- pattern keeps out what tonumber would read besides decimals (hex needs
+-- an x, inf and nan letters; spaces are not allowed), and tonumber refuses
+-- what the pattern lets through that is not a number ("1.2.3", "1e").
+local function num(s)
+  if not s or not s:find('^%-?[%d.][%d.eE+-]*$') then
+    return nil
+  end
+  local x = tonumber(s)
+  if x == nil then -- an interpreter without exponents in tonumber (gopher-lua)
+    local m, e = s:match('^(%-?%d*%.?%d*)[eE]([+-]?%d+)$')
+    x = m and tonumber(m) and tonumber(m) * 10 ^ tonumber(e)
+  end
+  if x and x - x == 0 then -- finite
+    return x
+  end
+  return nil
+end
+
+-- corrupt is the error for a stored field that is not a number any more:
+-- the script refuses to decide on it (it never widens the budget).
+local function corrupt(key, field, value)
+  return redis.error_reply('CORRUPT ' .. key .. ' ' .. field .. '=' .. tostring(value) ..
+    ' is not a finite decimal number: set it again (sluice register / sluice scale) or delete the key')
+end
+
+local function invalid(field, value, range)
+  return redis.error_reply('INVALID_ARGUMENT ' .. field .. '=' .. tostring(value) .. ' must be ' .. range)
+end
+
+local function unknown_provider(key)
+  return redis.error_reply('UNKNOWN_PROVIDER ' .. key)
+end
+
+-- load_config reads the provider config hash: nil when the provider is not
+-- registered; nil and a CORRUPT error reply when a field is not a number.
+local function load_config(key)
+  local c = redis.call('HMGET', key, 'capacity', 'refill_rate', 'cooldown_sec',
+    'breaker_threshold', 'breaker_timeout_sec', 'max_scale')
+  if not c[1] then
+    return nil
+  end
+  local names = {'capacity', 'refill_rate', 'cooldown_sec', 'breaker_threshold', 'breaker_timeout_sec', 'max_scale'}
+  local defaults = {nil, nil, 0, 0, 0, 1}
+  local v = {}
+  for i, name in ipairs(names) do
+    if c[i] then
+      v[name] = num(c[i])
+      if v[name] == nil then
+        return nil, corrupt(key, name, c[i])
+      end
+    elseif defaults[i] == nil then
+      return nil, corrupt(key, name, '(missing)')
+    else
+      v[name] = defaults[i]
+    end
+  end
+  return v
+end
+
+-- load_scale returns the stored scale factor (1 when the hash or the field
+-- is absent), or nil and a CORRUPT error reply when it is not a number.
+local function load_scale(key)
+  local raw = redis.call('HGET', key, 'scale')
+  if not raw then
+    return 1
+  end
+  local s = num(raw)
+  if s == nil then
+    return nil, corrupt(key, 'scale', raw)
+  end
+  return s
+end
+
+-- settle returns the bucket's tokens at now: the stored tokens plus refill at
+-- rate * scale per second since ts, capped at capacity. A missing bucket is
+-- full; a corrupt one (tokens or ts not a number) is empty at now. The second result is true when ts is ahead of now (Redis's clock went
+-- backwards, e.g. after a failover): nothing is refilled, and the caller
+-- should store the bucket at now so refill resumes from there.
+local function settle(bucket_key, now, capacity, rate, scale)
+  local b = redis.call('HMGET', bucket_key, 'tokens', 'ts')
+  if not b[1] and not b[2] then
+    return capacity, false
+  end
+  local tokens, ts = num(b[1]), num(b[2])
+  if tokens == nil or ts == nil then
+    -- Corrupt: repaired empty, as of now (the caller stores it). Never full,
+    -- which would widen the budget.
+    return 0, true
+  end
+  local elapsed = now - ts
+  if elapsed > 0 then
+    tokens = tokens + elapsed * rate * scale / 1000000
+  end
+  if tokens > capacity then
+    tokens = capacity
+  end
+  return tokens, elapsed < 0
+end
+
+local function store_bucket(bucket_key, tokens, now)
+  redis.call('HSET', bucket_key, 'tokens', dec(tokens), 'ts', int(now))
+end
+
+-- acquire.lua: take tokens from a provider's shared bucket for one request,
+-- or for several requests of one process at once (coalesced), or say why not
+-- and for how long. One call is the whole decision: config, cooldown,
+-- breaker, scale and bucket are read and updated atomically, at Redis time.
+--
+-- KEYS[1]  config hash    <prefix>:{<provider>}:config
+-- KEYS[2]  bucket hash    <prefix>:{<provider>}:bucket
+-- KEYS[3]  scale hash     <prefix>:{<provider>}:scale
+-- KEYS[4]  breaker hash   <prefix>:{<provider>}:breaker
+-- KEYS[5]  cooldown key   <prefix>:{<provider>}:cooldown
+-- ARGV[1]  n              integer in [1, 1e9]: tokens the request wants
+-- ARGV[2..] more requests (optional, at most 1000 in all), each an integer
+--          in [1, 1e9]: requests are granted in order while the tokens last,
+--          and the first that is refused ends the batch
+--
+-- Reply: array of 10
+--   [1] allowed         integer: how many requests were granted, in order
+--                       (one request: 1 or 0)
+--   [2] tokens          string: tokens left in the bucket after this decision
+--   [3] retry_after_us  integer: for the first request not granted (0 when
+--                       all were): -1 when no wait will do (paused, or n >
+--                       capacity); else microseconds to wait
+--   [4] scale           string: the scale factor in force
+--   [5] reason          ok | probe | rate_limited | paused | cooldown |
+--                       circuit_open | exceeds_capacity: of the first request
+--                       not granted, or ok / probe when all were
+--   [6] level           string: pressure level in the scale hash (ok/soft/hard)
+--   [7] capacity        string
+--   [8] refill_rate     string: the base rate (not scaled)
+--   [9] breaker         closed | open | half_open (after this decision)
+--   [10] now_us         integer: Redis time of the decision
+--
+-- Order of checks: n > capacity, cooldown, breaker, pause (scale 0: no grant,
+-- not even from banked tokens), tokens. A grant while the breaker's timeout has
+-- passed is the half-open probe (reason "probe"): it is the batch's first
+-- request alone; the breaker becomes half_open
+-- and refuses everyone else until the probe is reported (breaker.lua) or
+-- breaker_timeout_sec passes again. After a refusal for exceeds_capacity or a
+-- probe grant, the requests behind it are not decided (ask again); after any
+-- other refusal they are refused for the same reason. A denial writes
+-- nothing, except to move the bucket's ts back to now when Redis's clock went
+-- backwards.
+-- Errors: UNKNOWN_PROVIDER <config key>; INVALID_ARGUMENT n=<value> ...
+
+if #ARGV > 1000 then
+  return invalid('requests', #ARGV, 'at most 1000 per call')
+end
+local ns = {}
+for i = 1, #ARGV do
+  local n = num(ARGV[i])
+  if not (n ~= nil and n % 1 == 0 and n >= 1 and n <= 1e9) then
+    return invalid('n', ARGV[i], 'an integer in [1, 1000000000]')
+  end
+  ns[i] = n
+end
+local n = ns[1]
+if n == nil then
+  return invalid('n', '(missing)', 'an integer in [1, 1000000000]')
+end
+-- Hot path: read only the fields needed, and reply with the strings as
+-- stored rather than formatting numbers again.
+local cfg = redis.call('HMGET', KEYS[1], 'capacity', 'refill_rate', 'breaker_timeout_sec')
+if not cfg[1] then
+  return unknown_provider(KEYS[1])
+end
+local capacity, rate = num(cfg[1]), num(cfg[2])
+if not (capacity and rate) then
+  return corrupt(KEYS[1], capacity and 'refill_rate' or 'capacity', capacity and cfg[2] or cfg[1])
+end
+
+local now = now_us()
+local sh = redis.call('HMGET', KEYS[3], 'scale', 'level')
+local scale_s = sh[1] or '1'
+local scale = num(scale_s)
+if scale == nil then
+  return corrupt(KEYS[3], 'scale', scale_s)
+end
+local level = sh[2] or 'ok'
+-- Usually there is neither breaker state nor a cooldown: one EXISTS for both.
+local guarded = redis.call('EXISTS', KEYS[4], KEYS[5]) > 0
+local br = {false, false, false}
+if guarded then
+  br = redis.call('HMGET', KEYS[4], 'state', 'opened_at', 'probe_until')
+end
+local state = br[1] or 'closed'
+
+local tokens, behind = settle(KEYS[2], now, capacity, rate, scale)
+if behind then
+  store_bucket(KEYS[2], tokens, now)
+end
+
+local function reply(allowed, retry, reason, tokens_s)
+  return {allowed, tokens_s or dec(tokens), retry, scale_s, reason, level, cfg[1], cfg[2], state, now}
+end
+
+if n > capacity then
+  return reply(0, -1, 'exceeds_capacity')
+end
+
+local cd = guarded and redis.call('GET', KEYS[5])
+if cd then
+  local ok, c = pcall(cjson.decode, cd)
+  local until_us = ok and type(c) == 'table' and tonumber(c.until_ms) and tonumber(c.until_ms) * 1000
+  if until_us and until_us > now then
+    return reply(0, math.ceil(until_us - now), 'cooldown')
+  end
+end
+
+local probe = false
+local timeout_us = guarded and (num(cfg[3]) or 0) * 1000000
+if state == 'open' then
+  local reopen = (num(br[2]) or 0) + timeout_us
+  if reopen > now then
+    return reply(0, math.ceil(reopen - now), 'circuit_open')
+  end
+  probe = true
+elseif state == 'half_open' then
+  local probe_until = num(br[3]) or 0
+  if probe_until > now then
+    return reply(0, math.ceil(probe_until - now), 'circuit_open')
+  end
+  probe = true
+end
+
+if scale <= 0 then
+  return reply(0, -1, 'paused')
+end
+
+if tokens < n then
+  return reply(0, math.ceil((n - tokens) * 1000000 / (rate * scale)), 'rate_limited')
+end
+
+-- Grant in order while the tokens last. A probe is one request alone.
+local granted, last = 0, probe and 1 or #ns
+while granted < last and ns[granted + 1] <= tokens do
+  granted = granted + 1
+  tokens = tokens - ns[granted]
+end
+local retry, reason = 0, 'ok'
+local next_n = ns[granted + 1]
+if probe then
+  reason = 'probe'
+elseif next_n and next_n > capacity then
+  retry, reason = -1, 'exceeds_capacity'
+elseif next_n then
+  retry, reason = math.ceil((next_n - tokens) * 1000000 / (rate * scale)), 'rate_limited'
+end
+local tokens_s = dec(tokens)
+redis.call('HSET', KEYS[2], 'tokens', tokens_s, 'ts', int(now))
+if probe then
+  state = 'half_open'
+  redis.call('HSET', KEYS[4], 'state', state, 'probe_until', int(now + timeout_us))
+end
+return reply(granted, retry, reason, tokens_s)

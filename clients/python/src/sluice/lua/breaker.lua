@@ -1,0 +1,225 @@
+-- sluice Lua prelude: prepended to every script in this directory (see docs/lua.md).
+-- It defines helpers only and runs no Redis command by itself.
+
+-- now_us returns the Redis server time in microseconds since the Unix epoch.
+-- Replicas' clocks are never used, so skewed pods cannot cheat.
+local function now_us()
+  local t = redis.call('TIME')
+  return t[1] * 1000000 + t[2] -- arithmetic reads the digit strings: no tonumber calls
+end
+
+-- int formats a whole number without exponent (tostring would print 1.7e+15).
+local function int(x)
+  return string.format('%.0f', x)
+end
+
+-- dec formats a fractional number with 15 significant digits.
+local function dec(x)
+  return string.format('%.15g', x)
+end
+
+-- finite reports whether x is a number that is neither NaN nor infinite.
+-- (x - x is 0 for every finite x, NaN for infinities; math.huge is not
+-- infinite in every interpreter: gopher-lua, which miniredis runs, makes it
+-- the largest float.)
+local function finite(x)
+  return type(x) == 'number' and x - x == 0
+end
+
+-- num parses a number strictly: an optional minus sign, decimal digits with
+-- an optional fraction and exponent (what dec and int write, and what any
+-- client's decimal formatting writes). Hex, spaces, underscores, nan and
+-- inf are nil, and so is a number too large to be finite; so is nil or
+-- false (a missing field). s is a string, nil or false.
+--
+-- It runs on every number acquire reads, so it makes two calls into C (a
+-- call into C costs about as much as a dozen lines of Lua here): one
+-- pattern keeps out what tonumber would read besides decimals (hex needs
+-- an x, inf and nan letters; spaces are not allowed), and tonumber refuses
+-- what the pattern lets through that is not a number ("1.2.3", "1e").
+local function num(s)
+  if not s or not s:find('^%-?[%d.][%d.eE+-]*$') then
+    return nil
+  end
+  local x = tonumber(s)
+  if x == nil then -- an interpreter without exponents in tonumber (gopher-lua)
+    local m, e = s:match('^(%-?%d*%.?%d*)[eE]([+-]?%d+)$')
+    x = m and tonumber(m) and tonumber(m) * 10 ^ tonumber(e)
+  end
+  if x and x - x == 0 then -- finite
+    return x
+  end
+  return nil
+end
+
+-- corrupt is the error for a stored field that is not a number any more:
+-- the script refuses to decide on it (it never widens the budget).
+local function corrupt(key, field, value)
+  return redis.error_reply('CORRUPT ' .. key .. ' ' .. field .. '=' .. tostring(value) ..
+    ' is not a finite decimal number: set it again (sluice register / sluice scale) or delete the key')
+end
+
+local function invalid(field, value, range)
+  return redis.error_reply('INVALID_ARGUMENT ' .. field .. '=' .. tostring(value) .. ' must be ' .. range)
+end
+
+local function unknown_provider(key)
+  return redis.error_reply('UNKNOWN_PROVIDER ' .. key)
+end
+
+-- load_config reads the provider config hash: nil when the provider is not
+-- registered; nil and a CORRUPT error reply when a field is not a number.
+local function load_config(key)
+  local c = redis.call('HMGET', key, 'capacity', 'refill_rate', 'cooldown_sec',
+    'breaker_threshold', 'breaker_timeout_sec', 'max_scale')
+  if not c[1] then
+    return nil
+  end
+  local names = {'capacity', 'refill_rate', 'cooldown_sec', 'breaker_threshold', 'breaker_timeout_sec', 'max_scale'}
+  local defaults = {nil, nil, 0, 0, 0, 1}
+  local v = {}
+  for i, name in ipairs(names) do
+    if c[i] then
+      v[name] = num(c[i])
+      if v[name] == nil then
+        return nil, corrupt(key, name, c[i])
+      end
+    elseif defaults[i] == nil then
+      return nil, corrupt(key, name, '(missing)')
+    else
+      v[name] = defaults[i]
+    end
+  end
+  return v
+end
+
+-- load_scale returns the stored scale factor (1 when the hash or the field
+-- is absent), or nil and a CORRUPT error reply when it is not a number.
+local function load_scale(key)
+  local raw = redis.call('HGET', key, 'scale')
+  if not raw then
+    return 1
+  end
+  local s = num(raw)
+  if s == nil then
+    return nil, corrupt(key, 'scale', raw)
+  end
+  return s
+end
+
+-- settle returns the bucket's tokens at now: the stored tokens plus refill at
+-- rate * scale per second since ts, capped at capacity. A missing bucket is
+-- full; a corrupt one (tokens or ts not a number) is empty at now. The second result is true when ts is ahead of now (Redis's clock went
+-- backwards, e.g. after a failover): nothing is refilled, and the caller
+-- should store the bucket at now so refill resumes from there.
+local function settle(bucket_key, now, capacity, rate, scale)
+  local b = redis.call('HMGET', bucket_key, 'tokens', 'ts')
+  if not b[1] and not b[2] then
+    return capacity, false
+  end
+  local tokens, ts = num(b[1]), num(b[2])
+  if tokens == nil or ts == nil then
+    -- Corrupt: repaired empty, as of now (the caller stores it). Never full,
+    -- which would widen the budget.
+    return 0, true
+  end
+  local elapsed = now - ts
+  if elapsed > 0 then
+    tokens = tokens + elapsed * rate * scale / 1000000
+  end
+  if tokens > capacity then
+    tokens = capacity
+  end
+  return tokens, elapsed < 0
+end
+
+local function store_bucket(bucket_key, tokens, now)
+  redis.call('HSET', bucket_key, 'tokens', dec(tokens), 'ts', int(now))
+end
+
+-- breaker.lua: report the outcome of a call to the provider, or reset the
+-- shared circuit breaker. Failures are consecutive: a success in the closed
+-- state sets the count back to 0.
+--
+-- KEYS[1]  config hash    <prefix>:{<provider>}:config
+-- KEYS[2]  breaker hash   <prefix>:{<provider>}:breaker (state, failures, opened_at, probe_until)
+-- ARGV[1]  op             failure | success | reset
+-- ARGV[2]  channel        pub/sub channel told "breaker closed" when it closes ("" = none)
+--
+-- failure: closed -> count it; at breaker_threshold the breaker opens (opened_at = now).
+--          half_open (the probe failed) -> open again from now.
+--          open -> counted; the open period is not extended.
+--          breaker_threshold 0 disables the breaker: nothing is written.
+-- success: closed -> failures back to 0; half_open (the probe succeeded) -> closed;
+--          open -> nothing (the call began before the breaker opened).
+-- reset:   closed, whatever the state (operator override).
+-- A closed breaker with no failures is stored as no key at all.
+--
+-- Reply: array of 3: [1] state after the call, [2] failures (integer),
+--   [3] retry_after_us (integer: time left while open, else 0).
+-- Errors: UNKNOWN_PROVIDER <config key>; INVALID_ARGUMENT op=<value> ...
+
+local cfg, bad = load_config(KEYS[1])
+if bad then
+  return bad
+end
+if cfg == nil then
+  return unknown_provider(KEYS[1])
+end
+local op = ARGV[1]
+if op ~= 'failure' and op ~= 'success' and op ~= 'reset' then
+  return invalid('op', op, 'one of failure, success, reset')
+end
+
+local now = now_us()
+local b = redis.call('HMGET', KEYS[2], 'state', 'failures', 'opened_at')
+local state = b[1] or 'closed'
+local failures = num(b[2]) or 0
+local opened_at = num(b[3]) or 0
+local timeout_us = cfg.breaker_timeout_sec * 1000000
+
+local function close()
+  redis.call('DEL', KEYS[2])
+  if state ~= 'closed' and ARGV[2] ~= '' then
+    redis.call('PUBLISH', ARGV[2], 'breaker closed')
+  end
+  return {'closed', 0, 0}
+end
+
+local function open_reply()
+  local left = opened_at + timeout_us - now
+  if left < 0 then left = 0 end
+  return {state, failures, math.ceil(left)}
+end
+
+if op == 'reset' then
+  return close()
+end
+
+if op == 'success' then
+  if state == 'half_open' or (state == 'closed' and failures > 0) then
+    return close()
+  end
+  if state == 'open' then
+    return open_reply()
+  end
+  return {'closed', 0, 0}
+end
+
+-- failure
+if cfg.breaker_threshold == 0 then
+  return {'closed', 0, 0}
+end
+failures = failures + 1
+if state == 'half_open' or (state == 'closed' and failures >= cfg.breaker_threshold) then
+  state = 'open'
+  opened_at = now
+  redis.call('HSET', KEYS[2], 'state', state, 'failures', failures, 'opened_at', int(now))
+  redis.call('HDEL', KEYS[2], 'probe_until')
+  return open_reply()
+end
+redis.call('HSET', KEYS[2], 'state', state, 'failures', failures)
+if state == 'open' then
+  return open_reply()
+end
+return {state, failures, 0}

@@ -1,0 +1,102 @@
+// Command goreplica is a Go pipeline replica for the Python client's interop
+// tests (clients/python/tests/test_interop.py): it acquires one token at a
+// time from a provider's shared bucket with pkg/limiter, in several
+// goroutines, until SIGTERM or SIGINT, and then prints one JSON line: the
+// Redis time of every grant and the errors it met. It only acquires: the
+// test registers the provider and changes the scale.
+//
+// It prints {"ready":true,"id":...} after its first grant, so the test
+// knows it takes part.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/sluice-dev/sluice/pkg/limiter"
+)
+
+func main() {
+	url := flag.String("redis", "redis://127.0.0.1:6379/0", "Redis URL")
+	provider := flag.String("provider", "interop", "provider to acquire from")
+	goroutines := flag.Int("goroutines", 8, "concurrent acquirers, in [1, 1000]")
+	id := flag.String("id", "go-replica", "replica id")
+	recheck := flag.Duration("paused-recheck", 30*time.Second, "re-check of a paused waiter (long: only a notification wakes it in time)")
+	flag.Parse()
+	if err := run(*url, *provider, *id, *goroutines, *recheck); err != nil {
+		fmt.Fprintln(os.Stderr, "goreplica:", err)
+		os.Exit(1)
+	}
+}
+
+type report struct {
+	ID           string   `json:"id"`
+	Granted      int      `json:"granted"`
+	GrantsUS     []int64  `json:"grants_us"`
+	Errors       int      `json:"errors"`
+	ErrorSamples []string `json:"error_samples"`
+}
+
+func run(url, provider, id string, goroutines int, recheck time.Duration) error {
+	if goroutines < 1 || goroutines > 1000 {
+		return fmt.Errorf("goroutines=%d: must be in [1, 1000]", goroutines)
+	}
+	opt, err := redis.ParseURL(url)
+	if err != nil {
+		return err
+	}
+	opt.ContextTimeoutEnabled = true
+	rdb := redis.NewClient(opt)
+	defer rdb.Close()
+	lim, err := limiter.New(rdb, limiter.Options{ReplicaID: id, Source: "go-replica", PausedRecheck: recheck})
+	if err != nil {
+		return err
+	}
+	defer lim.Close()
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	var (
+		mu    sync.Mutex
+		rep   = report{ID: id, GrantsUS: []int64{}, ErrorSamples: []string{}}
+		ready sync.Once
+		wg    sync.WaitGroup
+	)
+	for range goroutines {
+		wg.Go(func() {
+			for ctx.Err() == nil {
+				d, err := lim.Acquire(ctx, provider, 1)
+				if err != nil && ctx.Err() != nil {
+					return // stopping: not an error
+				}
+				mu.Lock()
+				if err != nil {
+					rep.Errors++
+					if len(rep.ErrorSamples) < 5 {
+						rep.ErrorSamples = append(rep.ErrorSamples, err.Error())
+					}
+				} else {
+					rep.Granted++
+					rep.GrantsUS = append(rep.GrantsUS, d.Now.UnixMicro())
+				}
+				mu.Unlock()
+				if err != nil {
+					time.Sleep(10 * time.Millisecond)
+					continue
+				}
+				ready.Do(func() { fmt.Printf("{\"ready\":true,\"id\":%q}\n", id) })
+			}
+		})
+	}
+	wg.Wait()
+	return json.NewEncoder(os.Stdout).Encode(rep)
+}
