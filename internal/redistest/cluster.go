@@ -106,20 +106,24 @@ func (cl *Cluster) Slot(tb testing.TB, key string) int {
 	return int(n)
 }
 
-// slotMap returns the view of the node at addr: the master's address of
-// every slot ("" for a slot nobody serves).
+// slotMap returns the view of the node rdb: the master's address of every
+// slot ("" for a slot nobody serves).
 func (cl *Cluster) slotMap(ctx context.Context, rdb *redis.Client) ([]string, error) {
-	slots, err := rdb.ClusterSlots(ctx).Result()
+	shards, err := rdb.ClusterShards(ctx).Result()
 	if err != nil {
 		return nil, err
 	}
 	owners := make([]string, 16384)
-	for _, s := range slots {
-		if len(s.Nodes) == 0 {
-			continue
-		}
-		for i := s.Start; i <= s.End && i < len(owners); i++ {
-			owners[i] = s.Nodes[0].Addr
+	for _, sh := range shards {
+		for _, n := range sh.Nodes {
+			if n.Role != "master" {
+				continue
+			}
+			for _, r := range sh.Slots {
+				for i := r.Start; i <= r.End && i < int64(len(owners)); i++ {
+					owners[i] = net.JoinHostPort(n.IP, strconv.FormatInt(n.Port, 10))
+				}
+			}
 		}
 	}
 	return owners, nil
@@ -310,7 +314,7 @@ func (cl *Cluster) Failover(tb testing.TB, master string) string {
 	tb.Helper()
 	ctx := context.Background()
 	id := cl.nodeID(tb, cl.node(tb, master))
-	replicas, err := cl.node(tb, master).ClusterSlaves(ctx, id).Result()
+	replicas, err := cl.node(tb, master).Do(ctx, "cluster", "replicas", id).StringSlice()
 	if err != nil || len(replicas) == 0 {
 		nodes, _ := cl.node(tb, master).ClusterNodes(ctx).Result()
 		tb.Fatalf("redistest: replicas of %s: %v %v\n%s", master, replicas, err, nodes)
