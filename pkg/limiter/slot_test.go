@@ -27,7 +27,8 @@ type faultHook struct {
 	tag     string // "{provider}"
 	err     atomic.Pointer[error]
 	left    atomic.Int64
-	faulted atomic.Int64
+	faulted atomic.Int64 // commands failed
+	scripts atomic.Int64 // of which script calls (the others: the probe's EXISTS)
 }
 
 // set makes the next times commands fail with err (every one when times
@@ -53,6 +54,9 @@ func (h *faultHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 			h.err.Store(nil)
 		}
 		h.faulted.Add(1)
+		if n := cmd.Name(); n == "evalsha" || n == "eval" {
+			h.scripts.Add(1)
+		}
 		cmd.SetErr(*e)
 		return *e
 	}
@@ -116,8 +120,8 @@ func TestSlotInMotionRetried(t *testing.T) {
 // settles, or its node is unreachable) goes to the outage mode alone: its
 // callers get ErrRedisUnavailable without the raw Redis reply, within
 // CallTimeout; the other provider keeps deciding on Redis; only the failed
-// provider's probe touches its keys until it is served again; then it is
-// back by itself.
+// provider's probe touches its keys until it is served again (no
+// acquisition, no heartbeat); then it is back by itself.
 func TestProviderOutageIsolated(t *testing.T) {
 	_, rdb := redistest.Mini(t)
 	for name, fault := range map[string]error{
@@ -129,7 +133,7 @@ func TestProviderOutageIsolated(t *testing.T) {
 			client := redis.NewClient(rdb.Options())
 			t.Cleanup(func() { client.Close() })
 			client.AddHook(hook)
-			c, reg := newCoord(t, client, limiter.Options{CallTimeout: 100 * time.Millisecond, RedisRetry: 20 * time.Millisecond})
+			c, reg := newCoord(t, client, limiter.Options{CallTimeout: 100 * time.Millisecond, RedisRetry: 20 * time.Millisecond, Heartbeat: 20 * time.Millisecond})
 			register(t, c, "a", 100, 100)
 			register(t, c, "b", 100, 100)
 			try(t, c, "a", 1)
@@ -148,16 +152,21 @@ func TestProviderOutageIsolated(t *testing.T) {
 			if up := redisUpGauge(t, reg); up != 0 {
 				t.Fatalf("rate_coordinator_redis_up %v while a is out, want 0", up)
 			}
-			// a's calls go straight to the outage mode: only its prober
-			// meets the fault, once per RedisRetry.
-			before := hook.faulted.Load()
+			// a's calls go straight to the outage mode, and its heartbeat
+			// pauses: only its prober meets the fault, once per RedisRetry.
+			probes := func() int64 { return hook.faulted.Load() - hook.scripts.Load() }
+			waitFor(t, "10 probes", func() bool { return probes() >= 10 }) // 10 RedisRetry: a heartbeat under way at the fault has ended
+			scripts, before := hook.scripts.Load(), probes()
 			for range 50 {
 				if _, err := c.TryAcquire(context.Background(), "a", 1); !errors.Is(err, limiter.ErrRedisUnavailable) {
 					t.Fatalf("a during its outage: %v", err)
 				}
 			}
-			if n := hook.faulted.Load() - before; n > 10 {
-				t.Fatalf("50 calls of a in outage mode made %d calls to Redis, want only the probes", n)
+			waitFor(t, "5 more probes and heartbeat periods", func() bool { return probes() >= before+5 })
+			// At most the last try of a heartbeat descheduled past its end;
+			// a heartbeat of a every 20 ms would make about 2 per period.
+			if n := hook.scripts.Load() - scripts; n > 1 {
+				t.Fatalf("a in outage mode: %d script calls (acquisitions or heartbeats) reached Redis, want only probes", n)
 			}
 			hook.set(nil, 0)
 			waitFor(t, "a back on Redis", func() bool {
