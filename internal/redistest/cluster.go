@@ -99,11 +99,15 @@ func (cl *Cluster) node(tb testing.TB, addr string) *redis.Client {
 // Slot returns the hash slot of key.
 func (cl *Cluster) Slot(tb testing.TB, key string) int {
 	tb.Helper()
-	n, err := cl.node(tb, cl.Nodes[0].Addr).ClusterKeySlot(context.Background(), key).Result()
-	if err != nil {
-		tb.Fatalf("redistest: CLUSTER KEYSLOT %s: %v", key, err)
+	var err error
+	for _, n := range cl.Nodes { // the first that answers: a node may have been killed
+		var slot int64
+		if slot, err = cl.node(tb, n.Addr).ClusterKeySlot(context.Background(), key).Result(); err == nil {
+			return int(slot)
+		}
 	}
-	return int(n)
+	tb.Fatalf("redistest: CLUSTER KEYSLOT %s: %v", key, err)
+	return 0
 }
 
 // slotMap returns the view of the node rdb: the master's address of every
@@ -129,24 +133,31 @@ func (cl *Cluster) slotMap(ctx context.Context, rdb *redis.Client) ([]string, er
 	return owners, nil
 }
 
-// MasterOf returns the address of the master serving slot, as the first
-// node sees it.
+// slotOwners returns the master of every slot as the first live node sees
+// it.
+func (cl *Cluster) slotOwners(tb testing.TB) []string {
+	tb.Helper()
+	var err error
+	for _, n := range cl.Nodes {
+		var owners []string
+		if owners, err = cl.slotMap(context.Background(), cl.node(tb, n.Addr)); err == nil {
+			return owners
+		}
+	}
+	tb.Fatalf("redistest: CLUSTER SHARDS: %v", err)
+	return nil
+}
+
+// MasterOf returns the address of the master serving slot.
 func (cl *Cluster) MasterOf(tb testing.TB, slot int) string {
 	tb.Helper()
-	owners, err := cl.slotMap(context.Background(), cl.node(tb, cl.Nodes[0].Addr))
-	if err != nil {
-		tb.Fatalf("redistest: CLUSTER SLOTS: %v", err)
-	}
-	return owners[slot]
+	return cl.slotOwners(tb)[slot]
 }
 
 // Masters returns the addresses of the masters serving slots, sorted.
 func (cl *Cluster) Masters(tb testing.TB) []string {
 	tb.Helper()
-	owners, err := cl.slotMap(context.Background(), cl.node(tb, cl.Nodes[0].Addr))
-	if err != nil {
-		tb.Fatalf("redistest: CLUSTER SLOTS: %v", err)
-	}
+	owners := slices.Clone(cl.slotOwners(tb))
 	slices.Sort(owners)
 	return slices.Compact(owners)
 }
@@ -347,4 +358,63 @@ func (cl *Cluster) logs() string {
 		fmt.Fprintf(&b, "--- %s\n%s\n", n.Addr, strings.Join(lines[max(0, len(lines)-15):], "\n"))
 	}
 	return b.String()
+}
+
+// Kill kills the master at master (kill -9) and waits until its replica has
+// been elected in its place and every other node says cluster_state:ok and
+// sees the same master for every slot; it returns the new master's address.
+// The killed node stays dead (it is failed in every other node's view).
+func (cl *Cluster) Kill(tb testing.TB, master string) string {
+	tb.Helper()
+	ctx := context.Background()
+	slot := slices.Index(cl.slotOwners(tb), master)
+	var dead *Server
+	var live []*redis.Client
+	for _, n := range cl.Nodes {
+		if n.Addr == master {
+			dead = n
+		} else {
+			live = append(live, cl.node(tb, n.Addr))
+		}
+	}
+	if dead == nil || slot < 0 {
+		tb.Fatalf("redistest: %s is not a master of the cluster", master)
+	}
+	dead.Stop()
+	var why string
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if why = cl.reelected(ctx, live, master); why == "" {
+			return cl.MasterOf(tb, slot)
+		}
+	}
+	tb.Fatalf("redistest: no master elected in place of %s within 30s: %s\n%s", master, why, cl.logs())
+	return ""
+}
+
+// reelected says why the live nodes have not all settled on masters other
+// than dead, or "".
+func (cl *Cluster) reelected(ctx context.Context, live []*redis.Client, dead string) string {
+	var first []string
+	for _, rdb := range live {
+		info, err := rdb.ClusterInfo(ctx).Result()
+		if err != nil {
+			return err.Error()
+		}
+		if !strings.Contains(info, "cluster_state:ok") {
+			return rdb.Options().Addr + ": not ok"
+		}
+		owners, err := cl.slotMap(ctx, rdb)
+		if err != nil {
+			return err.Error()
+		}
+		if slices.Contains(owners, dead) || slices.Contains(owners, "") {
+			return rdb.Options().Addr + ": a slot still on the dead master or unserved"
+		}
+		if first == nil {
+			first = owners
+		} else if !slices.Equal(first, owners) {
+			return rdb.Options().Addr + ": sees another slot map"
+		}
+	}
+	return ""
 }

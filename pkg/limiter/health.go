@@ -82,7 +82,8 @@ func (c *Coordinator) countDown(d int) {
 // only read rights: a cluster routes it to the node of st's slot, and with
 // all five keys of acquire it meets the same refusals (TRYAGAIN while the
 // slot migrates, LOADING, CLUSTERDOWN) as the script would. It returns
-// false (stop probing) once Redis answers. On a single server every
+// false (stop probing) once Redis answers; after a failed probe, a cluster
+// client reloads its slot map. On a single server every
 // provider in outage probes on its own: a handful of EXISTS per RedisRetry,
 // and each provider comes back as soon as its own call would work.
 func (c *Coordinator) probeOnce(st *providerState) bool {
@@ -90,6 +91,12 @@ func (c *Coordinator) probeOnce(st *providerState) bool {
 	defer cancel()
 	k := st.keys
 	if c.rdb.Exists(ctx, k.config, k.bucket, k.scale, k.breaker, k.cooldown).Err() != nil {
+		// A cluster client learns of a new master from a redirect, or
+		// from its reload timer (60 s by default): a dead master sends no
+		// redirect, so ask for the slot map again.
+		if cc, ok := c.rdb.(*redis.ClusterClient); ok {
+			cc.ReloadState(ctx)
+		}
 		return true
 	}
 	c.redisUp(st)
