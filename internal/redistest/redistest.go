@@ -41,6 +41,7 @@ type Server struct {
 	dir    string
 	tls    *tls.Config // the test clients' TLS, for a TLS server
 	aof    bool        // append-only file, fsynced at every write
+	extra  []string    // more redis-server arguments (a cluster node's)
 
 	mu  sync.Mutex
 	cmd *exec.Cmd
@@ -90,7 +91,7 @@ func start(tb testing.TB, s *Server) *Server {
 	var err error
 	for range 5 { // a free port may be taken between probe and bind: retry
 		var port int
-		if port, err = freePort(); err != nil {
+		if port, err = freePort(s.extra != nil); err != nil {
 			continue
 		}
 		s.Addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
@@ -105,13 +106,28 @@ func start(tb testing.TB, s *Server) *Server {
 	return s
 }
 
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
+// freePort returns a free loopback port; with bus, one whose cluster bus
+// port (port + 10000) is free too.
+func freePort(bus bool) (int, error) {
+	for range 50 {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return 0, err
+		}
+		port := l.Addr().(*net.TCPAddr).Port
+		l.Close()
+		if !bus {
+			return port, nil
+		}
+		if port+10000 > 65535 {
+			continue
+		}
+		if b, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port+10000))); err == nil {
+			b.Close()
+			return port, nil
+		}
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
+	return 0, errors.New("no free port pair (port, port+10000) for a cluster node")
 }
 
 func (s *Server) start() error {
@@ -126,9 +142,9 @@ func (s *Server) start() error {
 	} else {
 		args = append(args, "--appendonly", "no")
 	}
-	cmd := exec.Command("redis-server", append(args,
-		"--bind", "127.0.0.1", "--save", "",
-		"--dir", s.dir, "--daemonize", "no", "--protected-mode", "no", "--loglevel", "warning")...)
+	args = append(args, "--bind", "127.0.0.1", "--save", "",
+		"--dir", s.dir, "--daemonize", "no", "--protected-mode", "no", "--loglevel", "warning")
+	cmd := exec.Command("redis-server", append(args, s.extra...)...)
 	log, err := os.Create(s.dir + "/redis-" + port + ".log")
 	if err != nil {
 		return err

@@ -219,7 +219,7 @@ func (c *Coordinator) decide(ctx context.Context, st *providerState, n int) (Dec
 	if !st.active.Load() && !st.active.Swap(true) { // first acquisition: join the replica registry now
 		c.beat(ctx, st)
 	}
-	if c.health.isDown() {
+	if st.health.isDown() {
 		return c.outage(st, n, c.opts.Now(), ErrRedisUnavailable)
 	}
 	if c.opts.MaxBatch > 1 {
@@ -235,14 +235,14 @@ func (c *Coordinator) decideOne(ctx context.Context, st *providerState, n int) (
 	res, err := c.run(ctx, st, acquireScript, []string{k.config, k.bucket, k.scale, k.breaker, k.cooldown}, n)
 	if err != nil {
 		if errors.Is(err, ErrRedisUnavailable) {
-			c.redisDown(err)
+			c.redisDown(st, err)
 			// The time of the failure, not of the call: a call that took
 			// its timeout to fail must not refill the local bucket for it.
 			return c.outage(st, n, c.opts.Now(), err)
 		}
 		return Decision{}, err
 	}
-	c.redisUp()
+	c.redisUp(st)
 	d, err := parseDecision(res)
 	if err != nil {
 		return Decision{}, err
@@ -250,36 +250,6 @@ func (c *Coordinator) decideOne(ctx context.Context, st *providerState, n int) (
 	st.remember(d, now)
 	st.m.decision(d)
 	return d, nil
-}
-
-func (c *Coordinator) redisDown(err error) {
-	changed, probe := c.health.markDown()
-	if changed {
-		c.log.Warn("redis unreachable; limiter in outage mode", "mode", c.opts.Outage.String(), "err", err)
-		c.m.redisUp.Set(0)
-	}
-	if probe {
-		c.wg.Add(1)
-		go c.every(c.opts.RedisRetry, c.probeOnce)
-	}
-}
-
-func (c *Coordinator) redisUp() {
-	if c.health.markUp() {
-		c.log.Info("redis reachable again; limiter back on the shared bucket")
-		c.m.redisUp.Set(1)
-	}
-}
-
-// probeOnce PINGs Redis; it returns false (stop probing) once Redis answers.
-func (c *Coordinator) probeOnce() bool {
-	ctx, cancel := context.WithTimeout(context.Background(), c.opts.RedisRetry)
-	defer cancel()
-	if c.rdb.Ping(ctx).Err() != nil {
-		return true
-	}
-	c.redisUp()
-	return false
 }
 
 // count records the outcome of a public acquisition call: the decision's

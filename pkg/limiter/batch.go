@@ -134,14 +134,14 @@ func (c *Coordinator) decideBatch(st *providerState, batch []*request) []*reques
 		for _, r := range batch {
 			o := outcome{err: err}
 			if errors.Is(err, ErrRedisUnavailable) {
-				c.redisDown(err)
+				c.redisDown(st, err)
 				o.d, o.err = c.outage(st, r.n, c.opts.Now(), err)
 			}
 			r.done <- o
 		}
 		return nil
 	}
-	c.redisUp()
+	c.redisUp(st)
 	st.remember(d, now)
 	st.m.decision(d)
 

@@ -36,7 +36,10 @@ var (
 	statusScript    = redis.NewScript(lua.Source("status"))
 )
 
-// OutageMode is what TryAcquire and Acquire do while Redis cannot be reached.
+// OutageMode is what TryAcquire and Acquire do for a provider while Redis
+// cannot serve it (unreachable, stalled, or, on a cluster, its slot not
+// settled within CallTimeout). Health is per provider: the mode applies to
+// the providers whose calls failed, the others keep using Redis.
 type OutageMode int
 
 const (
@@ -87,7 +90,7 @@ type Options struct {
 	// shadow scale or the pressure level through this Coordinator (e.g.
 	// "operator", "feedback:pod-3"); default "api".
 	Source string
-	// Outage is what to do when Redis cannot be reached; default FailClosed.
+	// Outage is what to do for a provider Redis cannot serve; default FailClosed.
 	Outage OutageMode
 	// Registerer receives the metrics; nil registers none.
 	Registerer prometheus.Registerer
@@ -102,14 +105,21 @@ type Options struct {
 	// Heartbeat is how often this replica renews its entry in the replica
 	// registry (the entry lives 3 heartbeats); default 2s.
 	Heartbeat time.Duration
-	// RedisRetry is how often Redis is probed (PING, in the background)
-	// once a call found it unreachable; until a probe succeeds, calls go
-	// straight to the outage mode without touching Redis; default 1s.
+	// RedisRetry is how often Redis is probed, in the background, for a
+	// provider whose call found Redis unable to serve it (EXISTS on the
+	// provider's keys, so that a cluster routes the probe to the node of
+	// the provider's slot); until a probe succeeds, that provider's calls
+	// go straight to the outage mode without touching Redis. Other
+	// providers are not affected; default 1s.
 	RedisRetry time.Duration
 	// CallTimeout bounds each script call: a Redis that gives no answer
 	// within it, while the caller's context is still live, counts as
-	// unreachable (the outage mode decides, and RedisRetry probes), so a
-	// stalled Redis cannot hold a caller; default 500ms. Keep it above
+	// unreachable for that provider (the outage mode decides, and
+	// RedisRetry probes), so a stalled Redis cannot hold a caller; default
+	// 500ms. On a cluster, a call that meets its slot in motion (TRYAGAIN,
+	// ASK, MOVED or CLUSTERDOWN answers: a migration or a failover) is
+	// tried again after 5–50 ms (jittered) within the same budget; a slot
+	// that does not settle within it counts as unreachable too. Keep it above
 	// three round trips to Redis: a call on a new connection waits for the
 	// connection's handshake (HELLO, CLIENT SETINFO) before the script. It bounds the
 	// round trip only on a client that honours context deadlines: set
@@ -184,8 +194,10 @@ type Coordinator struct {
 	opts     Options
 	log      *slog.Logger
 	m        *metrics
-	health   health
 	notifier *notifier
+
+	downMu sync.Mutex // orders the changes of down and the redis_up gauge
+	down   int        // providers now in outage mode
 
 	mu        sync.Mutex
 	providers map[string]*providerState
@@ -217,6 +229,10 @@ type providerState struct {
 	// heartbeats for the provider. Operator calls (Register, Status,
 	// SetBudgetScale, ...) never make a process count as a replica.
 	active atomic.Bool
+
+	// health says whether Redis serves this provider: per provider, since
+	// on a cluster each lives in its own slot, on its own node.
+	health health
 }
 
 // New returns a Coordinator on rdb, which may be a *redis.Client,
@@ -429,24 +445,38 @@ func (c *Coordinator) run(ctx context.Context, st *providerState, s *redis.Scrip
 	return res, c.mapErr(st.name, err)
 }
 
-// script runs s within CallTimeout. No answer in time, while ctx is still
-// live, is a stall: an outage.
+// script runs s within CallTimeout. While the keys' cluster slot is in
+// motion (isSlotMoving) it tries again after a short backoff, within the
+// same budget. No answer in time, while ctx is still live, is a stall, and
+// a slot still in motion then is a slotError: both are outages. A redirect
+// never reaches the caller as it came.
 func (c *Coordinator) script(ctx context.Context, s *redis.Script, keys []string, args ...any) (any, error) {
 	cctx, cancel := context.WithTimeout(ctx, c.opts.CallTimeout)
 	defer cancel()
-	res, err := s.Run(cctx, c.rdb, keys, args...).Result()
-	switch {
-	case err == nil:
-	case ended(ctx): // the caller gave up: its deadline, not an outage
-		cause := ctx.Err()
-		if cause == nil {
-			cause = context.DeadlineExceeded
+	var moving error // the last answer that said the slot is in motion
+	for attempt := 0; ; attempt++ {
+		res, err := s.Run(cctx, c.rdb, keys, args...).Result()
+		if isSlotMoving(err) {
+			moving = err
+			if sleep(cctx, slotBackoff(attempt), nil) == nil {
+				continue
+			}
 		}
-		err = fmt.Errorf("%w (%v)", cause, err)
-	case ended(cctx):
-		err = &stallError{c.opts.CallTimeout, err}
+		switch {
+		case err == nil:
+		case ended(ctx): // the caller gave up: its deadline, not an outage
+			cause := ctx.Err()
+			if cause == nil {
+				cause = context.DeadlineExceeded
+			}
+			err = fmt.Errorf("%w (%v)", cause, err)
+		case moving != nil && ended(cctx):
+			err = &slotError{c.opts.CallTimeout, moving}
+		case ended(cctx):
+			err = &stallError{c.opts.CallTimeout, err}
+		}
+		return res, err
 	}
-	return res, err
 }
 
 // ended reports whether ctx is done or its deadline has passed (a socket
@@ -508,9 +538,15 @@ func parseArgumentError(s string) error {
 }
 
 // isOutage reports whether err means Redis could not serve the call (network,
-// pool, loading, failover), as opposed to an answer or the caller's context.
+// pool, stall, loading, failover, a cluster slot in motion), as opposed to
+// an answer or the caller's context. mapErr wraps such errors in
+// ErrRedisUnavailable without keeping the Redis reply in the chain, so a
+// redirect (ASK, MOVED) never reaches a caller as it came.
 func isOutage(err error) bool {
 	if se := (*stallError)(nil); errors.As(err, &se) {
+		return true
+	}
+	if se := (*slotError)(nil); errors.As(err, &se) {
 		return true
 	}
 	if err == nil || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
@@ -518,7 +554,7 @@ func isOutage(err error) bool {
 	}
 	var rerr redis.Error
 	if errors.As(err, &rerr) {
-		for _, p := range []string{"LOADING", "CLUSTERDOWN", "MASTERDOWN", "TRYAGAIN", "READONLY", "BUSY"} {
+		for _, p := range []string{"LOADING", "CLUSTERDOWN", "MASTERDOWN", "TRYAGAIN", "MOVED ", "ASK ", "READONLY", "BUSY"} {
 			if strings.HasPrefix(rerr.Error(), p) {
 				return true
 			}
@@ -526,34 +562,4 @@ func isOutage(err error) bool {
 		return false
 	}
 	return !errors.Is(err, redis.ErrClosed)
-}
-
-// health tracks whether Redis answers. While it does not, calls go straight
-// to the outage mode and a single background goroutine probes Redis (PING)
-// every RedisRetry; callers never wait on a dead server's dial retries.
-// Going up also ends the probing duty, in one step: a failure that follows
-// at once then starts a new prober, never finds a finished one still marked
-// as running. Lock-free, because isDown and markUp run on every decision.
-type health struct {
-	down    atomic.Bool
-	probing atomic.Bool
-}
-
-func (h *health) isDown() bool { return h.down.Load() }
-
-// markDown records a failure; it returns whether Redis was up until now, and
-// whether the caller must start the prober.
-func (h *health) markDown() (changed, probe bool) {
-	changed = h.down.CompareAndSwap(false, true)
-	probe = h.probing.CompareAndSwap(false, true)
-	return changed, probe
-}
-
-// markUp records an answer; it returns whether Redis was down until now.
-func (h *health) markUp() bool {
-	if !h.down.Load() { // the common case: no write to a shared cache line
-		return false
-	}
-	h.probing.Store(false)
-	return h.down.CompareAndSwap(true, false)
 }

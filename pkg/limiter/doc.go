@@ -25,6 +25,12 @@
 // made a change is Options.Source, recorded in Redis beside it. Status reads
 // it all back.
 //
+// When Redis cannot serve a provider (unreachable, stalled past
+// Options.CallTimeout, or on a cluster its slot in motion for longer), that
+// provider alone follows Options.Outage until a background probe finds it
+// served again; the others keep using Redis. Cluster redirects and
+// TRYAGAIN are retried within the call's budget, never returned raw.
+//
 // Keys are <prefix>:{<provider>}:config|bucket|scale|breaker|cooldown and
 // <prefix>:replicas:{<provider>}; the hash tag puts one provider in one
 // cluster slot. docs/lua.md is the full contract.

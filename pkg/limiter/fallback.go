@@ -2,6 +2,7 @@ package limiter
 
 import (
 	"fmt"
+	"strings"
 	"time"
 )
 
@@ -14,7 +15,7 @@ func (st *providerState) remember(d Decision, now time.Time) {
 	st.mu.Unlock()
 }
 
-// outage decides while Redis is unreachable, by the configured mode.
+// outage decides for st while Redis cannot serve it, by the configured mode.
 func (c *Coordinator) outage(st *providerState, n int, now time.Time, cause error) (Decision, error) {
 	switch c.opts.Outage {
 	case FailOpen:
@@ -26,7 +27,11 @@ func (c *Coordinator) outage(st *providerState, n int, now time.Time, cause erro
 			return st.fallback(n, now), nil
 		}
 	}
-	return Decision{}, fmt.Errorf("%w: provider %q (%s): %v", ErrRedisUnavailable, st.name, c.opts.Outage, cause)
+	why := strings.TrimPrefix(strings.TrimPrefix(cause.Error(), ErrRedisUnavailable.Error()), ": ") // said once
+	if why == "" {
+		why = "in outage mode until a probe finds redis serving it again"
+	}
+	return Decision{}, fmt.Errorf("%w: provider %q (%s): %s", ErrRedisUnavailable, st.name, c.opts.Outage, why)
 }
 
 // fallback decides from the local bucket; st.mu is held.

@@ -19,7 +19,7 @@ type metrics struct {
 	breaker      *prometheus.GaugeVec     // 0 closed, 1 half_open, 2 open
 	replicas     *prometheus.GaugeVec     // live replicas seen at the last heartbeat
 	paused       *prometheus.GaugeVec     // Acquire calls now waiting for a paused provider to resume
-	redisUp      prometheus.Gauge         // 1 while Redis answers, 0 during an outage
+	redisUp      prometheus.Gauge         // 1 while Redis serves every provider, 0 while any is in outage mode
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -57,7 +57,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	}
 	up := r.GaugeVec(prometheus.GaugeOpts{
 		Name: "rate_coordinator_redis_up",
-		Help: "1 while Redis answers the limiter, 0 during an outage.",
+		Help: "1 while Redis serves every provider of this replica, 0 while any provider is in outage mode (acquisitions_total{result=~\"fail_open|fallback_.*|error\"} says which).",
 	})
 	m.redisUp = up.WithLabelValues()
 	return m, r.Err

@@ -8,8 +8,10 @@ import (
 
 func (c *Coordinator) heartbeatTTL() time.Duration { return 3 * c.opts.Heartbeat }
 
-// beatAll heartbeats for every provider this replica acquired from; it
-// always returns true (keep going).
+// beatAll heartbeats for every provider this replica acquired from, except
+// those in outage mode (their probe watches Redis; on a cluster, a dead
+// node's providers must not spend the others' heartbeat time); it always
+// returns true (keep going).
 func (c *Coordinator) beatAll() bool {
 	c.mu.Lock()
 	states := c.statesLocked()
@@ -17,7 +19,7 @@ func (c *Coordinator) beatAll() bool {
 	ctx, cancel := context.WithTimeout(context.Background(), c.opts.Heartbeat)
 	defer cancel()
 	for _, st := range states {
-		if st.active.Load() {
+		if st.active.Load() && !st.health.isDown() {
 			c.beat(ctx, st)
 		}
 	}

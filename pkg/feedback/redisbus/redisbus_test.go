@@ -83,7 +83,7 @@ func (c *collector) waitFor(t *testing.T, what string, ok func(feedback.Event) b
 
 // subscribe subscribes a collector; when it returns, the subscription is
 // confirmed and the snapshot delivered.
-func subscribe(t *testing.T, rdb *redis.Client, resync time.Duration) *collector {
+func subscribe(t *testing.T, rdb redis.UniversalClient, resync time.Duration) *collector {
 	t.Helper()
 	col := newCollector()
 	sub, err := redisbus.NewSubscriber(rdb, redisbus.Options{Resync: resync, Logger: quiet})

@@ -1,0 +1,140 @@
+package limiter
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// health tracks whether Redis serves one provider. While it does not, the
+// provider's calls go straight to the outage mode and a single background
+// goroutine probes Redis for that provider every RedisRetry; callers never
+// wait on a dead server's dial retries. Health is per provider because on a
+// cluster each provider lives in its own slot, on its own node: one slot in
+// motion or one node down is an outage of the providers there, not of the
+// process. Going up also ends the probing duty, in one step: a failure
+// that follows at once then starts a new prober, never finds a finished one
+// still marked as running. Lock-free, because isDown and markUp run on
+// every decision.
+type health struct {
+	down    atomic.Bool
+	probing atomic.Bool
+}
+
+func (h *health) isDown() bool { return h.down.Load() }
+
+// markDown records a failure; it returns whether the provider was served
+// until now, and whether the caller must start the prober.
+func (h *health) markDown() (changed, probe bool) {
+	changed = h.down.CompareAndSwap(false, true)
+	probe = h.probing.CompareAndSwap(false, true)
+	return changed, probe
+}
+
+// markUp records an answer; it returns whether the provider was down until now.
+func (h *health) markUp() bool {
+	if !h.down.Load() { // the common case: no write to a shared cache line
+		return false
+	}
+	h.probing.Store(false)
+	return h.down.CompareAndSwap(true, false)
+}
+
+// redisDown puts st in outage mode after err and starts its prober.
+func (c *Coordinator) redisDown(st *providerState, err error) {
+	changed, probe := st.health.markDown()
+	if changed {
+		c.log.Warn("redis cannot serve the provider; provider in outage mode", "provider", st.name, "mode", c.opts.Outage.String(), "err", err)
+		c.countDown(1)
+	}
+	if probe {
+		c.wg.Add(1)
+		go c.every(c.opts.RedisRetry, func() bool { return c.probeOnce(st) })
+	}
+}
+
+// redisUp records that Redis served st.
+func (c *Coordinator) redisUp(st *providerState) {
+	if st.health.markUp() {
+		c.log.Info("redis serves the provider again; back on the shared bucket", "provider", st.name)
+		c.countDown(-1)
+	}
+}
+
+// countDown adds d to the providers in outage mode; rate_coordinator_redis_up
+// is 1 while there is none.
+func (c *Coordinator) countDown(d int) {
+	c.downMu.Lock()
+	defer c.downMu.Unlock()
+	c.down += d
+	if c.down == 0 {
+		c.m.redisUp.Set(1)
+	} else {
+		c.m.redisUp.Set(0)
+	}
+}
+
+// probeOnce asks Redis whether st's keys exist, which costs O(1) and needs
+// only read rights: a cluster routes it to the node of st's slot, and with
+// all five keys of acquire it meets the same refusals (TRYAGAIN while the
+// slot migrates, LOADING, CLUSTERDOWN) as the script would. It returns
+// false (stop probing) once Redis answers; after a failed probe, a cluster
+// client reloads its slot map. On a single server every
+// provider in outage probes on its own: a handful of EXISTS per RedisRetry,
+// and each provider comes back as soon as its own call would work.
+func (c *Coordinator) probeOnce(st *providerState) bool {
+	ctx, cancel := context.WithTimeout(context.Background(), min(c.opts.RedisRetry, c.opts.CallTimeout))
+	defer cancel()
+	k := st.keys
+	if c.rdb.Exists(ctx, k.config, k.bucket, k.scale, k.breaker, k.cooldown).Err() != nil {
+		// A cluster client learns of a new master from a redirect, or
+		// from its reload timer (60 s by default): a dead master sends no
+		// redirect, so ask for the slot map again.
+		if cc, ok := c.rdb.(*redis.ClusterClient); ok {
+			cc.ReloadState(ctx)
+		}
+		return true
+	}
+	c.redisUp(st)
+	return false
+}
+
+// isSlotMoving reports whether err is a cluster's answer that the keys'
+// slot is in motion and the call may succeed if sent again: TRYAGAIN (a
+// multi-key call during a migration, some keys on each side), ASK and
+// MOVED (the redirects go-redis follows itself, up to its MaxRedirects)
+// and CLUSTERDOWN (a slot without a master, as during a failover).
+func isSlotMoving(err error) bool {
+	if err == nil {
+		return false
+	}
+	_, moved := redis.IsMovedError(err)
+	_, ask := redis.IsAskError(err)
+	return moved || ask || redis.IsTryAgainError(err) || redis.IsClusterDownError(err)
+}
+
+// slotBackoff is the wait before attempt+1 of a call whose slot is in
+// motion: 10, 20, 40 then 50 ms, each jittered down to half, so the
+// replicas of a provider do not retry in step.
+func slotBackoff(attempt int) time.Duration {
+	d := min(10*time.Millisecond<<min(attempt, 3), 50*time.Millisecond)
+	return d/2 + rand.N(d/2+1)
+}
+
+// slotError is a call whose cluster slot did not settle within CallTimeout:
+// Redis kept answering TRYAGAIN, ASK, MOVED or CLUSTERDOWN. It is an outage
+// of the providers in that slot only.
+type slotError struct {
+	after time.Duration
+	err   error
+}
+
+func (e *slotError) Error() string {
+	return fmt.Sprintf("cluster slot in motion (migration or failover) for %v (call_timeout): %v", e.after, e.err)
+}
+
+func (e *slotError) Unwrap() error { return e.err }
