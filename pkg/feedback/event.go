@@ -23,13 +23,17 @@ import (
 // Event is one report of a write coordinator's queue. Its JSON form:
 //
 //	{"coordinator_id":"store-0","queue_size":800,"capacity":1000,
-//	 "level":"soft","seq":1764230000123457,"ts":"2026-11-27T09:00:00.123Z"}
+//	 "level":"soft","seq":1764230000123457,"ts":"2026-11-27T09:00:00.123Z",
+//	 "kind":"sample"}
 //
 // coordinator_id is 1–64 of [A-Za-z0-9_.-]; capacity in [1, 1e9]; queue_size
 // in [0, capacity]; level ok, soft or hard; seq ≥ 1 and increasing per
 // coordinator, across its restarts too (the Go coordinator starts it at its
-// start time in Unix microseconds); ts is RFC 3339 and optional (receivers
-// use the time of receipt). Unknown fields are ignored.
+// start time in Unix microseconds), samples and reports alike; ts is RFC
+// 3339 and optional (receivers use the time of receipt); kind is optional:
+// "report" (the default: a level change, a heartbeat, a start or a close,
+// stored by the Redis bus as the coordinator's pressure) or "sample" (a fill
+// sample between reports, published only). Unknown fields are ignored.
 type Event struct {
 	CoordinatorID string      `json:"coordinator_id"`
 	QueueSize     int         `json:"queue_size"`
@@ -37,7 +41,17 @@ type Event struct {
 	Level         state.Level `json:"level"`
 	Seq           uint64      `json:"seq"`
 	TS            time.Time   `json:"ts,omitzero"`
+	Kind          string      `json:"kind,omitempty"`
 }
+
+// The kinds of event. An event without a kind is a report.
+const (
+	KindReport = "report" // a level change, a heartbeat, a start or a close: the pressure to keep
+	KindSample = "sample" // a fill sample between reports: for the policy, not kept
+)
+
+// IsSample reports whether e is a fill sample rather than a report.
+func (e Event) IsSample() bool { return e.Kind == KindSample }
 
 // Fill is QueueSize ÷ Capacity, in [0, 1] for a valid event.
 func (e Event) Fill() float64 {
@@ -82,6 +96,8 @@ func (e Event) Validate() error {
 		return &FieldError{"level", strconv.Quote(string(e.Level)), "one of ok, soft, hard"}
 	case e.Seq < 1:
 		return &FieldError{"seq", "0", "an integer >= 1, increasing per coordinator"}
+	case e.Kind != "" && e.Kind != KindReport && e.Kind != KindSample:
+		return &FieldError{"kind", strconv.Quote(e.Kind), "one of report, sample (or absent: report)"}
 	}
 	return nil
 }
@@ -94,6 +110,7 @@ type wireEvent struct {
 	Level         *string          `json:"level"`
 	Seq           *json.RawMessage `json:"seq"`
 	TS            *json.RawMessage `json:"ts"`
+	Kind          *string          `json:"kind"`
 }
 
 // DecodeEvent reads exactly one JSON event from r and validates it. Errors
@@ -141,6 +158,12 @@ func DecodeEvent(r io.Reader) (Event, error) {
 			return Event{}, &FieldError{"ts", string(*w.TS), "an RFC 3339 time string"}
 		}
 	}
+	if w.Kind != nil {
+		if *w.Kind == "" {
+			return Event{}, &FieldError{"kind", `""`, "one of report, sample (or absent: report)"}
+		}
+		e.Kind = *w.Kind
+	}
 	return e, e.Validate()
 }
 
@@ -162,7 +185,7 @@ func intField(name string, raw *json.RawMessage, maxValue int64) (int, error) {
 
 func jsonType(field string) string {
 	switch field {
-	case "coordinator_id", "level", "ts":
+	case "coordinator_id", "level", "ts", "kind":
 		return "string"
 	}
 	return "number"

@@ -24,9 +24,22 @@ func TestDecodeEvent(t *testing.T) {
 	if err != nil || !back.TS.Equal(e.TS) || back.Seq != e.Seq || back.Level != e.Level {
 		t.Fatalf("round trip: %+v %v", back, err)
 	}
-	// ts is optional.
-	if e, err := feedback.DecodeEvent(strings.NewReader(`{"coordinator_id":"c","queue_size":0,"capacity":1,"level":"ok","seq":1}`)); err != nil || !e.TS.IsZero() {
-		t.Fatalf("without ts: %+v %v", e, err)
+	// ts is optional; so is kind (a report), which a report encodes
+	// without, as before samples existed.
+	if e, err := feedback.DecodeEvent(strings.NewReader(`{"coordinator_id":"c","queue_size":0,"capacity":1,"level":"ok","seq":1}`)); err != nil || !e.TS.IsZero() || e.Kind != "" || e.IsSample() {
+		t.Fatalf("without ts and kind: %+v %v", e, err)
+	}
+	if strings.Contains(string(want.Encode()), "kind") {
+		t.Fatalf("a report without a kind encodes one: %s", want.Encode())
+	}
+	for _, kind := range []string{feedback.KindSample, feedback.KindReport} {
+		e, err := feedback.DecodeEvent(strings.NewReader(`{"coordinator_id":"c","queue_size":0,"capacity":1,"level":"ok","seq":1,"kind":"` + kind + `"}`))
+		if err != nil || e.Kind != kind || e.IsSample() != (kind == feedback.KindSample) {
+			t.Fatalf("kind %s: %+v %v", kind, e, err)
+		}
+		if back, err := feedback.DecodeEvent(strings.NewReader(string(e.Encode()))); err != nil || back.Kind != kind {
+			t.Fatalf("kind %s round trip: %+v %v", kind, back, err)
+		}
 	}
 }
 
@@ -73,6 +86,9 @@ func TestDecodeEventRejects(t *testing.T) {
 		{"seq", map[string]string{"seq": `-4`}},
 		{"seq", map[string]string{"seq": ""}},
 		{"ts", map[string]string{"ts": `"yesterday"`}},
+		{"kind", map[string]string{"kind": `"heartbeat"`}},
+		{"kind", map[string]string{"kind": `""`}},
+		{"kind", map[string]string{"kind": `1`}},
 	} {
 		b := body(tc.edit)
 		_, err := feedback.DecodeEvent(strings.NewReader(b))

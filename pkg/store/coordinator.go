@@ -55,11 +55,12 @@ type Options[T any] struct {
 	Linger time.Duration
 	// Watermarks set the pressure levels; default DefaultWatermarks.
 	Watermarks Watermarks
-	// Publisher receives an event at every level change and every
-	// Heartbeat; nil publishes nothing.
+	// Publisher receives a report at every level change and every
+	// Heartbeat, and a fill sample every Sample between them; nil
+	// publishes nothing.
 	Publisher feedback.Publisher
-	// Heartbeat is the period of events while the level stays; default 2s.
-	// Keep it well under the feedback handler's coordinator TTL.
+	// Heartbeat is the period of reports while the level stays; default
+	// 2s. Keep it well under the feedback handler's coordinator TTL.
 	Heartbeat time.Duration
 	// Backoff is the wait before the first retry of a failed batch, doubled
 	// at each further retry up to 2s; default 50ms. Without DeadLetter a
@@ -89,7 +90,10 @@ type Options[T any] struct {
 	// (every queue change and every Sample), so it must be cheap.
 	Backlog func() int
 	// Sample is how often the level is re-evaluated when the queue does not
-	// change (the backlog moved, the sink keeps failing); default 250ms.
+	// change (the backlog moved, the sink keeps failing), and a fill sample
+	// (an event of kind feedback.KindSample) is published when no report
+	// was; default 250ms. The samples are the signal a controlling policy
+	// (feedback.PIPolicy) follows between level changes.
 	Sample time.Duration
 	// Registerer receives the metrics; nil registers none.
 	Registerer prometheus.Registerer
@@ -404,53 +408,64 @@ func (w *WriteCoordinator[T]) deadLetter(batch []T, cause error) bool {
 	return true
 }
 
-// run publishes an event at every level change and every heartbeat, and a
-// last one when the coordinator closes; it re-evaluates the level every
-// Sample.
+// run publishes a report at the start, at every level change, every
+// heartbeat and when the coordinator closes; every Sample it re-evaluates
+// the level and publishes a fill sample, unless a report went out since the
+// last sample.
 func (w *WriteCoordinator[T]) run() {
 	defer close(w.monitor)
 	beat := time.NewTicker(w.o.Heartbeat)
 	defer beat.Stop()
 	sample := time.NewTicker(w.o.Sample)
 	defer sample.Stop()
-	w.publish()
+	w.publish(feedback.KindReport)
+	reported := true // since the last sample
 	for {
 		select {
 		case <-sample.C:
 			w.observe()
+			if reported {
+				reported = false
+				continue
+			}
+			if len(w.changed) > 0 {
+				continue // a report is due: it says the same, and is kept
+			}
+			w.publish(feedback.KindSample)
 			continue
 		case <-w.changed:
 		case <-beat.C:
 		case <-w.stop:
-			w.publish()
+			w.publish(feedback.KindReport)
 			return
 		case <-w.abortCtx.Done():
 			return
 		}
-		w.publish()
+		w.publish(feedback.KindReport)
+		reported = true
 	}
 }
 
-// event returns the coordinator's current state as a pressure event, with
-// the next sequence number. Its queue size is the measured depth (queue
-// plus backlog), capped at the capacity.
-func (w *WriteCoordinator[T]) event() feedback.Event {
+// event returns the coordinator's current state as a pressure event of
+// kind, with the next sequence number. Its queue size is the measured depth
+// (queue plus backlog), capped at the capacity.
+func (w *WriteCoordinator[T]) event(kind string) feedback.Event {
 	w.levelMu.Lock()
 	level, depth := w.level, w.depth
 	w.levelMu.Unlock()
 	return feedback.Event{
 		CoordinatorID: w.o.ID, QueueSize: min(depth, w.o.Capacity), Capacity: w.o.Capacity,
-		Level: level, Seq: w.seq.Add(1), TS: time.Now(),
+		Level: level, Seq: w.seq.Add(1), TS: time.Now(), Kind: kind,
 	}
 }
 
-func (w *WriteCoordinator[T]) publish() {
+func (w *WriteCoordinator[T]) publish(kind string) {
 	if w.o.Publisher == nil {
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), w.o.Heartbeat)
 	defer cancel()
-	e := w.event()
+	e := w.event(kind)
 	if err := w.o.Publisher.Publish(ctx, e); err != nil {
 		w.m.publishErrors.Inc()
 		w.log.Warn("publishing pressure failed", "level", e.Level, "err", err)

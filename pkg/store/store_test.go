@@ -506,6 +506,69 @@ coordinator_queue_depth{coordinator_id="store-0"} 9
 	}
 }
 
+// TestFillSamples: between reports (the start, level changes,
+// heartbeats), the coordinator publishes a fill sample every Sample, with
+// the queue's depth now, so a policy sees the queue move while the level
+// stays; reports and samples share one increasing seq.
+func TestFillSamples(t *testing.T) {
+	var mu sync.Mutex
+	var events []feedback.Event
+	var bus feedback.Bus
+	_, _ = bus.Subscribe(context.Background(), func(_ context.Context, e feedback.Event) error {
+		mu.Lock()
+		events = append(events, e)
+		mu.Unlock()
+		return nil
+	})
+	snapshot := func() []feedback.Event {
+		mu.Lock()
+		defer mu.Unlock()
+		return append([]feedback.Event(nil), events...)
+	}
+	sink := newSink()
+	open := sink.gated()
+	w := newCoordinator(t, sink, store.Options[int]{ID: "store-0", Capacity: 100, Workers: 1, BatchSize: 1, Linger: time.Millisecond,
+		Publisher: &bus, Heartbeat: time.Hour, Sample: 10 * time.Millisecond})
+	// 1 in the worker, 30 queued: 30%, still ok; only samples show it.
+	for i := range 31 {
+		_ = w.Submit(context.Background(), i)
+	}
+	waitFor(t, func() bool {
+		ev := snapshot()
+		return len(ev) > 0 && ev[len(ev)-1].IsSample() && ev[len(ev)-1].QueueSize == 30
+	})
+	for i := 31; i < 71; i++ { // 70%: soft, a report
+		_ = w.Submit(context.Background(), i)
+	}
+	waitFor(t, func() bool {
+		ev := snapshot()
+		return len(ev) > 0 && ev[len(ev)-1].IsSample() && ev[len(ev)-1].Level == state.Soft
+	})
+	open()
+	ev := snapshot()
+	if ev[0].Kind != feedback.KindReport {
+		t.Fatalf("first event %+v, want the start's report", ev[0])
+	}
+	reports := 0
+	for i, e := range ev {
+		if e.Kind != feedback.KindReport && e.Kind != feedback.KindSample {
+			t.Fatalf("event %+v: kind %q", e, e.Kind)
+		}
+		if e.Kind == feedback.KindReport {
+			reports++
+			if i > 0 && e.Level == ev[i-1].Level {
+				t.Fatalf("a report without a level change (heartbeat 1h): %+v after %+v", e, ev[i-1])
+			}
+		}
+		if i > 0 && e.Seq <= ev[i-1].Seq {
+			t.Fatalf("seq not increasing: %d then %d", ev[i-1].Seq, e.Seq)
+		}
+	}
+	if reports != 2 || len(ev) < 4 {
+		t.Fatalf("%d events, %d reports: want the start's and the soft change's, and samples around them", len(ev), reports)
+	}
+}
+
 func TestOptionErrors(t *testing.T) {
 	for _, o := range []store.Options[int]{
 		{},
