@@ -119,7 +119,7 @@ func waitFor(t *testing.T, limit time.Duration, what string, cond func() bool) {
 // undrained is the write stream's lag plus pending entries; -1 until its
 // group exists (or when Redis cannot say).
 func (f *fleet) undrained() int64 {
-	g, found, _ := writeGroup(context.Background(), f.rdb)
+	g, found, _ := writeGroup(context.Background(), f.rdb, "store")
 	if !found {
 		return -1
 	}

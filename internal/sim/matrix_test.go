@@ -40,7 +40,8 @@ func simulate(t *testing.T, sc sim.Scenario, loop sim.Loop) sim.Outcome {
 func TestMatrix(t *testing.T) {
 	var rows []sim.Row
 	stepMisses := 0
-	for _, sc := range sim.Matrix() {
+	for _, c := range sim.Matrix() {
+		sc := c.Scenario()
 		pi := simulate(t, sc, defaultLoop).Row("pi (default)")
 		step := simulate(t, sc, stepLoop).Row("step")
 		rows = append(rows, pi, step)
@@ -64,7 +65,7 @@ func TestMatrix(t *testing.T) {
 
 // TestMatrixDeterministic: a run is a function of its scenario and loop.
 func TestMatrixDeterministic(t *testing.T) {
-	sc := sim.Matrix()[3] // sink/3: the most eventful
+	sc := sim.Matrix()[3].Scenario() // sink/3: the most eventful
 	a, b := simulate(t, sc, defaultLoop), simulate(t, sc, defaultLoop)
 	a.Scenario, b.Scenario = sim.Scenario{}, sim.Scenario{} // holds funcs
 	if !reflect.DeepEqual(a, b) {
@@ -77,7 +78,8 @@ func TestMatrixDeterministic(t *testing.T) {
 // under the hard mark, loses nothing, keeps the sink busy and the level
 // steady; it settles more slowly (docs/feedback.md).
 func TestMatrixLossyBus(t *testing.T) {
-	for _, sc := range sim.Matrix() {
+	for _, c := range sim.Matrix() {
+		sc := c.Scenario()
 		r := simulate(t, sc, sim.Loop{DropEvery: 3}).Row("pi")
 		for _, m := range r.Misses() {
 			if !strings.Contains(m, "settled") {
@@ -90,9 +92,29 @@ func TestMatrixLossyBus(t *testing.T) {
 // TestMatrixOpenLoop: without feedback the queue fills up and the
 // producers block on it: what the loop is for.
 func TestMatrixOpenLoop(t *testing.T) {
-	o := simulate(t, sim.Matrix()[0], sim.Loop{Open: true})
+	o := simulate(t, sim.Matrix()[0].Scenario(), sim.Loop{Open: true})
 	if r := o.Row("open"); r.MaxFill < 1 || r.Lost != 0 {
 		t.Fatalf("open loop at 2x: max fill %v, lost %d: want a full queue and nothing lost", r.MaxFill, r.Lost)
+	}
+}
+
+func TestCases(t *testing.T) {
+	c, err := sim.FindCase("sink/3")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := c.Stores[0]; r.At(0) != 300 || r.At(30*time.Second) != 100 || r.At(59*time.Second) != 100 || r.At(time.Hour) != 300 {
+		t.Fatalf("sink/3 plan: %+v", r)
+	}
+	if st := c.Steps(); len(st) != 2 || !st[0].Sink || st[0].What != "sink 300 -> 100/s" || st[1].At != 60*time.Second {
+		t.Fatalf("sink/3 steps: %+v", st)
+	}
+	b, _ := sim.FindCase("burst")
+	if st := b.Steps(); len(st) != 2 || st[0].Sink || b.Scenario().Demand(31*time.Second) != 600 {
+		t.Fatalf("burst: %+v", st)
+	}
+	if _, err := sim.FindCase("3x"); err == nil || !strings.Contains(err.Error(), "sink/3") {
+		t.Fatalf("an unknown case: %v, want the list of cases", err)
 	}
 }
 
@@ -119,9 +141,9 @@ func TestTrace(t *testing.T) {
 	if os.Getenv("SLUICE_TRACE_POLICY") == "step" {
 		loop = stepLoop
 	}
-	for _, sc := range sim.Matrix() {
-		if sc.Name == name {
-			for _, p := range simulate(t, sc, loop).Points {
+	for _, c := range sim.Matrix() {
+		if c.Name == name {
+			for _, p := range simulate(t, c.Scenario(), loop).Points {
 				fmt.Printf("%6.1f admitted %6.0f scale %.3f fill %.3f %v\n", p.T.Seconds(), p.Admitted, p.Scale, p.Fill, p.Level)
 			}
 		}

@@ -372,14 +372,15 @@ func (m *model) outcome(runEnd time.Duration, bottleneck int) Outcome {
 	for _, st := range m.sc.Steps {
 		at = append(at, st.At)
 	}
-	o.Settle = settle(m.points, at, runEnd, m.sc.Demand)
+	o.Settle = Settle(m.points, at, runEnd, m.sc.Demand)
 	return o
 }
 
-// settle measures, after each step, when the admitted rate came within 10%
-// of the rate it should follow (the bottleneck's sink rate, or the demand
-// when that is lower) for good: until the next step or the end.
-func settle(points []Point, steps []time.Duration, end time.Duration, demand func(time.Duration) float64) []time.Duration {
+// Settle measures, after each instant of steps, when the admitted rate of
+// points came within 10% of the rate it should follow (the point's Sink
+// rate, or demand's when that is lower; nil demand: no limit) and stayed
+// there until the next step or end; -1 when it did not.
+func Settle(points []Point, steps []time.Duration, end time.Duration, demand func(time.Duration) float64) []time.Duration {
 	out := make([]time.Duration, len(steps))
 	for i, from := range steps {
 		to := end

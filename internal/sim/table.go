@@ -1,6 +1,7 @@
 package sim
 
 import (
+	"encoding/json"
 	"fmt"
 	"strings"
 	"time"
@@ -9,30 +10,66 @@ import (
 // Row is one case of a policy's table: what docs/feedback.md reports for
 // the simulated and the process-level runs alike.
 type Row struct {
-	Case, Policy string
+	Case   string `json:"case"`
+	Policy string `json:"policy"`
 	// MaxFill is the highest fill of any store (queue ÷ capacity); HardMark
 	// the lowest hard watermark among them.
-	MaxFill, HardMark float64
+	MaxFill  float64 `json:"max_fill"`
+	HardMark float64 `json:"hard_mark"`
 	// SinkUse is the bottleneck store's: its busy time (simulated), or what
 	// it wrote ÷ what it could have written (process level), after the
 	// first 10 s.
-	SinkUse        float64
-	LevelChangesPM float64
-	Settle         []Settled
-	Lost           int64
+	SinkUse        float64   `json:"sink_use"`
+	LevelChangesPM float64   `json:"level_changes_per_min"`
+	Settle         []Settled `json:"settle"`
+	Lost           int64     `json:"lost"`
 	// MaxRise is the largest single rise of the scale; Jump is true if it
 	// ever went from 0 to 1 in one step.
-	MaxRise float64
-	Jump    bool
+	MaxRise float64 `json:"max_rise"`
+	Jump    bool    `json:"jump_from_pause"`
 }
 
 // Settled is how long after a change the admitted rate came within 10% of
 // the sink rate (or of the demand, when lower) for good; negative: never.
+// Its JSON form: {"after": "sink 300 -> 100/s", "seconds": 2.7, "sink": true},
+// seconds null for never.
 type Settled struct {
 	What  string
 	After time.Duration
 	Sink  bool // a change of a sink rate: the 3 s target applies
 }
+
+type settledJSON struct {
+	What    string   `json:"after"`
+	Seconds *float64 `json:"seconds"`
+	Sink    bool     `json:"sink"`
+}
+
+// MarshalJSON writes the JSON form.
+func (s Settled) MarshalJSON() ([]byte, error) {
+	j := settledJSON{What: s.What, Sink: s.Sink}
+	if s.After >= 0 {
+		sec := s.After.Seconds()
+		j.Seconds = &sec
+	}
+	return json.Marshal(j)
+}
+
+// UnmarshalJSON reads the JSON form.
+func (s *Settled) UnmarshalJSON(b []byte) error {
+	var j settledJSON
+	if err := json.Unmarshal(b, &j); err != nil {
+		return err
+	}
+	*s = Settled{What: j.What, Sink: j.Sink, After: -1}
+	if j.Seconds != nil {
+		s.After = time.Duration(*j.Seconds * float64(time.Second))
+	}
+	return nil
+}
+
+// String is the time it took, in seconds, or "never".
+func (s Settled) String() string { return fmtSettle(s.After) }
 
 // Row returns the outcome as a row of the table.
 func (o Outcome) Row(policy string) Row {
