@@ -16,9 +16,9 @@ import (
 func (a *app) coordinatorCmd() *cli.Command {
 	var (
 		id, stream, sinkSpec, failWhile, deadLetter, rateFile string
-		sinkRate                                    float64
-		capacity, workers, batch, attempts          int
-		claimIdle, drain                            time.Duration
+		sinkRate                                              float64
+		capacity, workers, batch, attempts                    int
+		claimIdle, drain                                      time.Duration
 	)
 	return &cli.Command{
 		Name:  "coordinator",
