@@ -430,7 +430,9 @@ type simStore struct {
 	written     int64
 	transitions int64
 	seq         uint64
-	reported    bool // a report went out since the last sample
+	reported    bool    // a report went out since the last sample
+	area        float64 // ∫ depth dt since the last event, item·ms
+	since       time.Duration
 	nextSample  time.Duration
 	nextBeat    time.Duration
 }
@@ -528,6 +530,7 @@ func (s *simStore) step(m *model, t time.Duration) {
 	if m == nil || m.sc.Duration < t { // draining after the run: no events
 		return
 	}
+	s.area += float64(s.q)
 	next := s.spec.Watermarks.Next(s.level, float64(s.q)/float64(s.spec.Capacity))
 	changed := next != s.level
 	if changed {
@@ -557,8 +560,13 @@ func (s *simStore) step(m *model, t time.Duration) {
 		return
 	}
 	s.seq++
+	mean := float64(s.q) // as WriteCoordinator.event: the depth's mean since the last event
+	if t > s.since {
+		mean = s.area / float64((t-s.since)/tick)
+	}
+	s.area, s.since = 0, t
 	m.publish(feedback.Event{CoordinatorID: s.id, QueueSize: min(s.q, s.spec.Capacity), Capacity: s.spec.Capacity,
-		Level: s.level, Seq: s.seq, TS: m.now, Kind: kind})
+		Level: s.level, Seq: s.seq, TS: m.now, Kind: kind, QueueMean: min(math.Round(mean*10)/10, float64(s.spec.Capacity))})
 }
 
 func bytesReader(b []byte) io.Reader { return bytes.NewReader(b) }

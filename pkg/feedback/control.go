@@ -40,7 +40,8 @@ type ControlState struct {
 }
 
 // PIPolicy holds the queue's fill at SetPoint with a proportional-integral
-// controller on the fill of each coordinator's events. It works on the
+// controller on the fill of each coordinator's events (their mean fill
+// since the previous event when they carry one: Event.MeanFill). It works on the
 // logarithm of the scale, so that its gains act on the rate in proportion
 // to the rate: the same fill error moves a scale of 0.1 (a sink ten times
 // slower than the budget) by the same fraction as a scale of 0.5, and the
@@ -79,7 +80,7 @@ func (p PIPolicy) Scale(e Event) float64 { return DefaultStepPolicy.Scale(e) }
 
 // Control runs one step of the controller on e.
 func (p PIPolicy) Control(m *ControlState, e Event, scale float64) float64 {
-	err := e.Fill() - p.SetPoint
+	err := e.MeanFill() - p.SetPoint
 	inForce := math.Log(max(scale, p.Floor))
 	switch {
 	case m.Last.Seq == 0 || e.TS.Before(m.Last.TS):

@@ -56,6 +56,15 @@ func TestPIPolicyControl(t *testing.T) {
 	if got := step(p, &low, sample("s", 2, 250*time.Millisecond, 0.8), 0.1); !near(got/0.1, want/0.4) {
 		t.Fatalf("at scale 0.1: %v, want %v", got, 0.1*want/0.4)
 	}
+	// The mean fill since the previous event counts, when the event has
+	// one, not the instant queue size.
+	var mm feedback.ControlState
+	step(p, &mm, sample("s", 1, 0, 0.7), 0.4)
+	e := sample("s", 2, 250*time.Millisecond, 0.95) // an instant peak: hard
+	e.Level, e.QueueMean = state.Soft, 800
+	if got := step(p, &mm, e, 0.4); !near(got, want) {
+		t.Fatalf("with queue_mean 800 (size 950): %v, want %v as for a fill of 0.8", got, want)
+	}
 	// A fill below the set point raises it; a long gap counts as MaxStep.
 	var m2 feedback.ControlState
 	step(p, &m2, sample("s", 1, 0, 0.3), 0.5)

@@ -32,6 +32,18 @@ func TestDecodeEvent(t *testing.T) {
 	if strings.Contains(string(want.Encode()), "kind") {
 		t.Fatalf("a report without a kind encodes one: %s", want.Encode())
 	}
+	// queue_mean is optional, fractional, in [0, capacity]; MeanFill
+	// prefers it to the instant queue_size.
+	m, err := feedback.DecodeEvent(strings.NewReader(`{"coordinator_id":"c","queue_size":800,"capacity":1000,"level":"soft","seq":2,"queue_mean":791.5}`))
+	if err != nil || m.QueueMean != 791.5 || m.MeanFill() != 0.7915 || m.Fill() != 0.8 {
+		t.Fatalf("queue_mean: %+v %v", m, err)
+	}
+	if back, err := feedback.DecodeEvent(strings.NewReader(string(m.Encode()))); err != nil || back != m {
+		t.Fatalf("queue_mean round trip: %+v %v", back, err)
+	}
+	if e.MeanFill() != e.Fill() {
+		t.Fatal("without queue_mean, MeanFill is not Fill")
+	}
 	for _, kind := range []string{feedback.KindSample, feedback.KindReport} {
 		e, err := feedback.DecodeEvent(strings.NewReader(`{"coordinator_id":"c","queue_size":0,"capacity":1,"level":"ok","seq":1,"kind":"` + kind + `"}`))
 		if err != nil || e.Kind != kind || e.IsSample() != (kind == feedback.KindSample) {
@@ -89,6 +101,9 @@ func TestDecodeEventRejects(t *testing.T) {
 		{"kind", map[string]string{"kind": `"heartbeat"`}},
 		{"kind", map[string]string{"kind": `""`}},
 		{"kind", map[string]string{"kind": `1`}},
+		{"queue_mean", map[string]string{"queue_mean": `-0.5`}},
+		{"queue_mean", map[string]string{"queue_mean": `10.5`}},
+		{"queue_mean", map[string]string{"queue_mean": `"3"`}},
 	} {
 		b := body(tc.edit)
 		_, err := feedback.DecodeEvent(strings.NewReader(b))

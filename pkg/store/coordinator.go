@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"regexp"
 	"sync"
 	"sync/atomic"
@@ -168,6 +169,10 @@ type WriteCoordinator[T any] struct {
 	level      state.Level   // the published level: queueLevel raised by a failing sink
 	depth      int           // queue plus backlog at the last re-evaluation
 	changed    chan struct{} // a level change for the monitor to publish (capacity 1)
+	// The depth's integral since the last event (item-seconds) and when
+	// the depth last changed and the last event went: an event's QueueMean.
+	area             float64
+	depthAt, eventAt time.Time
 
 	lastWrite atomic.Int64 // UnixNano of the last successful sink write (or of New)
 	failing   atomic.Int64 // batches that failed and have not left yet (written or dead-lettered)
@@ -201,8 +206,9 @@ func New[T any](sink Sink[T], o Options[T]) (*WriteCoordinator[T], error) {
 	if err != nil {
 		return nil, err
 	}
+	now := time.Now()
 	w := &WriteCoordinator[T]{
-		sink: sink, o: o, m: m,
+		sink: sink, o: o, m: m, depthAt: now, eventAt: now,
 		log:        o.Logger.With("component", "store", "coordinator", o.ID),
 		q:          make(chan T, o.Capacity),
 		queueLevel: state.OK,
@@ -269,7 +275,9 @@ func (w *WriteCoordinator[T]) observe() {
 	if w.o.Backlog != nil {
 		depth += max(0, w.o.Backlog())
 	}
-	w.depth = depth
+	now := time.Now()
+	w.area += float64(w.depth) * now.Sub(w.depthAt).Seconds()
+	w.depth, w.depthAt = depth, now
 	if int64(depth) > w.maxDepth.Load() {
 		w.maxDepth.Store(int64(depth))
 	}
@@ -448,14 +456,23 @@ func (w *WriteCoordinator[T]) run() {
 
 // event returns the coordinator's current state as a pressure event of
 // kind, with the next sequence number. Its queue size is the measured depth
-// (queue plus backlog), capped at the capacity.
+// (queue plus backlog) and its queue mean that depth's time-weighted mean
+// since the previous event, both capped at the capacity.
 func (w *WriteCoordinator[T]) event(kind string) feedback.Event {
 	w.levelMu.Lock()
+	now := time.Now()
 	level, depth := w.level, w.depth
+	area := w.area + float64(depth)*now.Sub(w.depthAt).Seconds()
+	mean := float64(depth)
+	if span := now.Sub(w.eventAt).Seconds(); span > 0 {
+		mean = area / span
+	}
+	w.area, w.depthAt, w.eventAt = 0, now, now
 	w.levelMu.Unlock()
 	return feedback.Event{
 		CoordinatorID: w.o.ID, QueueSize: min(depth, w.o.Capacity), Capacity: w.o.Capacity,
-		Level: level, Seq: w.seq.Add(1), TS: time.Now(), Kind: kind,
+		Level: level, Seq: w.seq.Add(1), TS: now, Kind: kind,
+		QueueMean: min(math.Round(mean*10)/10, float64(w.o.Capacity)),
 	}
 }
 

@@ -535,8 +535,12 @@ func TestFillSamples(t *testing.T) {
 	}
 	waitFor(t, func() bool {
 		ev := snapshot()
-		return len(ev) > 0 && ev[len(ev)-1].IsSample() && ev[len(ev)-1].QueueSize == 30
+		return len(ev) > 1 && ev[len(ev)-1].IsSample() && ev[len(ev)-1].QueueSize == 30 && ev[len(ev)-2].QueueSize == 30
 	})
+	// The queue held 30 from one event to the next: their mean is 30.
+	if ev := snapshot(); ev[len(ev)-1].QueueMean != 30 {
+		t.Fatalf("sample %+v after a steady 30: queue_mean %v, want 30", ev[len(ev)-1], ev[len(ev)-1].QueueMean)
+	}
 	for i := 31; i < 71; i++ { // 70%: soft, a report
 		_ = w.Submit(context.Background(), i)
 	}

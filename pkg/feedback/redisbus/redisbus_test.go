@@ -27,7 +27,7 @@ func event(c string, seq uint64, l state.Level) feedback.Event {
 	return feedback.Event{CoordinatorID: c, QueueSize: q, Capacity: 1000, Level: l, Seq: seq}
 }
 
-func publisher(t *testing.T, rdb redis.UniversalClient, ttl time.Duration) *redisbus.Publisher {
+func publisher(t testing.TB, rdb redis.UniversalClient, ttl time.Duration) *redisbus.Publisher {
 	t.Helper()
 	pub, err := redisbus.NewPublisher(rdb, redisbus.Options{TTL: ttl})
 	if err != nil {
