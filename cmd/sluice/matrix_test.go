@@ -31,6 +31,12 @@ func playCase(t *testing.T, bin, name string, env []string, args ...string) upSu
 	if err != nil {
 		t.Fatalf("sluice up --scenario %s: %v\n%s\n%s", name, err, out, stderr.String())
 	}
+	if dir := os.Getenv("SLUICE_MATRIX_OUT"); dir != "" { // the progress lines, for a look at the run
+		file := strings.NewReplacer("/", "_").Replace(name) + "-" + strings.Join(env, "_") + ".log"
+		if err := os.WriteFile(filepath.Join(dir, file), []byte(stderr.String()), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
 	var s upSummary
 	if err := json.Unmarshal(out, &s); err != nil {
 		t.Fatalf("sluice up --scenario %s --json: %v\n%s", name, err, out)
@@ -79,6 +85,7 @@ func TestProcessMatrix(t *testing.T) {
 			began := time.Now()
 			s := playCase(t, bin, c.Name, []string{"MDP_FB_POLICY=" + policy})
 			t.Logf("%s (%v):\n%s", c.Name, time.Since(began).Round(time.Second), strings.Join(s.lines(), "\n"))
+			s.Note = fmt.Sprintf("load average %.0f → %.0f", s.Load[0], s.Load[1])
 			rows = append(rows, s.Row)
 			if policy == "pi" && (s.Lost != 0 || s.MaxFill >= s.HardMark || s.Jump) {
 				t.Errorf("%s: the default policy: lost %d, max fill %.2f (hard mark %.2f), jump %v", c.Name, s.Lost, s.MaxFill, s.HardMark, s.Jump)

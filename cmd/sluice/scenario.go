@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -32,6 +33,7 @@ type scenario struct {
 	// The bottleneck's items written: at 10 s and at the last second.
 	written10, writtenLast sample
 	end                    time.Duration
+	load                   float64 // at the start
 }
 
 type sample struct {
@@ -40,7 +42,7 @@ type sample struct {
 }
 
 func newScenario(c sim.Case, u upArgs, dir string) *scenario {
-	sc := &scenario{c: c, dir: dir, pipelines: u.Pipelines, set: map[string]float64{}, scale: -1, written10: sample{t: -1}}
+	sc := &scenario{c: c, dir: dir, pipelines: u.Pipelines, set: map[string]float64{}, scale: -1, written10: sample{t: -1}, load: loadAverage()}
 	slowest := 0.0
 	for i, s := range c.Stores {
 		sum := 0.0
@@ -141,6 +143,19 @@ type upSummary struct {
 	Duration time.Duration `json:"-"`
 	Produced int64         `json:"produced"`
 	Misses   []string      `json:"misses"`
+	// Load is the machine's 1-minute load average at the start and the end
+	// of the run (Linux; 0 elsewhere): timings on a busy machine mean less.
+	Load [2]float64 `json:"load_average"`
+}
+
+// loadAverage returns the 1-minute load average, 0 where it cannot tell.
+func loadAverage() float64 {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return 0
+	}
+	f, _ := strconv.ParseFloat(strings.Fields(string(b) + " 0")[0], 64)
+	return f
 }
 
 // summary sums the run up, once every process has stopped (their final
@@ -184,7 +199,7 @@ func (sc *scenario) summary(cl *cluster, u upArgs, produced, lost int64) upSumma
 		}
 		r.Settle = append(r.Settle, s)
 	}
-	return upSummary{Row: r, Duration: sc.end, Produced: produced, Misses: r.Misses()}
+	return upSummary{Row: r, Duration: sc.end, Produced: produced, Misses: r.Misses(), Load: [2]float64{sc.load, loadAverage()}}
 }
 
 // lines is the summary for people.
@@ -197,6 +212,7 @@ func (s upSummary) lines() []string {
 		fmt.Sprintf("scenario %s, policy %s: max fill %.0f%% (hard mark %.0f%%), sink use %.1f%% after 10 s, %.1f level changes/min, lost %d, largest rise of the scale %.2f",
 			s.Case, s.Policy, 100*s.MaxFill, 100*s.HardMark, 100*s.SinkUse, s.LevelChangesPM, s.Lost, s.MaxRise),
 		"admitted within 10% of the sink rate after: " + strings.Join(settle, "; "),
+		fmt.Sprintf("load average %.1f at the start, %.1f at the end", s.Load[0], s.Load[1]),
 	}
 	if len(s.Misses) == 0 {
 		return append(out, "targets of issue 10: all met")

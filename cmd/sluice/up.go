@@ -58,7 +58,7 @@ of 50, sink rates and demand changed mid-run as the case says) and reports
 what the table reports: max fill, sink use after 10 s, level changes a
 minute, how long the admitted rate took to come within 10% of the sink rate
 after each change, lost items, the largest rise of the scale. --json prints
-only that summary.
+that summary as JSON on stdout, and the progress on stderr.
 
 Examples:
    sluice up
@@ -75,7 +75,7 @@ Examples:
 			&cli.StringFlag{Name: "dir", Usage: "where the logs and the written items go (default: a temporary directory, removed)", Destination: &u.Dir},
 			&cli.BoolFlag{Name: "keep", Usage: "keep --dir's files", Destination: &u.Keep},
 			&cli.StringFlag{Name: "scenario", Usage: "a case of the feedback matrix: 2x, 5x, 10x, sink/3, burst, two-stores", Destination: &u.Scenario},
-			&cli.BoolFlag{Name: "json", Usage: "print only the summary, as JSON", Destination: &u.JSON},
+			&cli.BoolFlag{Name: "json", Usage: "print the summary as JSON on stdout (the progress lines go to stderr)", Destination: &u.JSON},
 		},
 		Action: func(c *cli.Context) error {
 			if c.NArg() > 0 {
@@ -113,7 +113,7 @@ Examples:
 				}
 				environ = envWith(environ, "SLUICE_CONFIG="+abs)
 			}
-			return runUp(c.Context, u, environ, cfg.Feedback.Enabled, a.stdout)
+			return runUp(c.Context, u, environ, cfg.Feedback.Enabled, a.stdout, a.stderr)
 		},
 	}
 }
@@ -147,7 +147,7 @@ func (cl *cluster) stopAll() {
 	}
 }
 
-func runUp(ctx context.Context, u upArgs, environ []string, feedbackOn bool, w io.Writer) (err error) {
+func runUp(ctx context.Context, u upArgs, environ []string, feedbackOn bool, w, progress io.Writer) (err error) {
 	bin, err := os.Executable()
 	if err != nil {
 		return err
@@ -199,8 +199,8 @@ func runUp(ctx context.Context, u upArgs, environ []string, feedbackOn bool, w i
 		loop = "feedback off (open loop)"
 	}
 	out := w
-	if u.JSON {
-		out = io.Discard
+	if u.JSON { // stdout is the summary's; people watch stderr
+		out = progress
 	}
 	what := fmt.Sprintf("%d coordinators (%g items/s each)", u.Coordinators, u.SinkRate)
 	if cl.play != nil {

@@ -34,24 +34,35 @@ func (a aimd) Control(m *feedback.ControlState, e feedback.Event, scale float64)
 }
 
 // TestAlternatives prints the matrix for the policies that were not
-// chosen (SLUICE_MATRIX_TABLE=1): the proportional policy of the seed's
-// successor and AIMD variants. docs/feedback.md quotes it.
+// chosen (SLUICE_MATRIX_TABLE=1): the proportional policy and AIMD
+// variants; and for the default policy with a third of the events lost on
+// the bus, and with batches of 100 instead of 50. docs/feedback.md quotes
+// it.
 func TestAlternatives(t *testing.T) {
 	if os.Getenv("SLUICE_MATRIX_TABLE") == "" {
 		t.Skip("set SLUICE_MATRIX_TABLE=1 to print the alternatives' table")
 	}
 	loops := []struct {
-		name string
-		loop sim.Loop
+		name  string
+		loop  sim.Loop
+		batch int
 	}{
-		{"proportional", sim.Loop{Policy: feedback.DefaultProportionalPolicy}},
-		{"aimd β 0.85 α 0.05/s", sim.Loop{Policy: aimd{SetPoint: 0.5, Beta: 0.85, Alpha: 0.05}}},
-		{"aimd β 0.7 α 0.2/s", sim.Loop{Policy: aimd{SetPoint: 0.5, Beta: 0.7, Alpha: 0.2}}},
+		{"proportional", sim.Loop{Policy: feedback.DefaultProportionalPolicy}, 0},
+		{"aimd β 0.85 α 0.05/s", sim.Loop{Policy: aimd{SetPoint: 0.5, Beta: 0.85, Alpha: 0.05}}, 0},
+		{"aimd β 0.7 α 0.2/s", sim.Loop{Policy: aimd{SetPoint: 0.5, Beta: 0.7, Alpha: 0.2}}, 0},
+		{"pi, a third of the events lost", sim.Loop{DropEvery: 3}, 0},
+		{"pi, batches of 100", sim.Loop{}, 100},
 	}
 	var rows []sim.Row
 	for _, l := range loops {
 		for _, c := range sim.Matrix() {
-			r := simulate(t, c.Scenario(), l.loop).Row(l.name)
+			sc := c.Scenario()
+			for i := range sc.Stores {
+				if l.batch > 0 {
+					sc.Stores[i].BatchSize = l.batch
+				}
+			}
+			r := simulate(t, sc, l.loop).Row(l.name)
 			rows = append(rows, r)
 			t.Logf("%s %s misses %q", l.name, c.Name, r.Misses())
 		}

@@ -27,6 +27,8 @@ type Row struct {
 	// ever went from 0 to 1 in one step.
 	MaxRise float64 `json:"max_rise"`
 	Jump    bool    `json:"jump_from_pause"`
+	// Note, when set, is a last column of the table (a run's conditions).
+	Note string `json:"-"`
 }
 
 // Settled is how long after a change the admitted rate came within 10% of
@@ -136,9 +138,20 @@ func fmtSettle(d time.Duration) string {
 
 // Markdown formats rows as the table of docs/feedback.md.
 func Markdown(rows []Row) string {
+	notes := false
+	for _, r := range rows {
+		notes = notes || r.Note != ""
+	}
 	var b strings.Builder
-	b.WriteString("| case | policy | max fill | sink use | level changes/min | settled within 10% after | lost | largest rise |\n")
-	b.WriteString("|---|---|---|---|---|---|---|---|\n")
+	b.WriteString("| case | policy | max fill | sink use | level changes/min | settled within 10% after | lost | largest rise |")
+	if notes {
+		b.WriteString(" conditions |")
+	}
+	b.WriteString("\n|---|---|---|---|---|---|---|---|")
+	if notes {
+		b.WriteString("---|")
+	}
+	b.WriteString("\n")
 	for _, r := range rows {
 		var settle []string
 		for _, s := range r.Settle {
@@ -148,8 +161,12 @@ func Markdown(rows []Row) string {
 		if r.Jump {
 			rise += " (0 → 1)"
 		}
-		fmt.Fprintf(&b, "| %s | %s | %.0f%% | %.1f%% | %.1f | %s | %d | %s |\n", r.Case, r.Policy, 100*r.MaxFill,
+		fmt.Fprintf(&b, "| %s | %s | %.0f%% | %.1f%% | %.1f | %s | %d | %s |", r.Case, r.Policy, 100*r.MaxFill,
 			100*r.SinkUse, r.LevelChangesPM, strings.Join(settle, "; "), r.Lost, rise)
+		if notes {
+			fmt.Fprintf(&b, " %s |", r.Note)
+		}
+		b.WriteString("\n")
 	}
 	return b.String()
 }

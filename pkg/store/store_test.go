@@ -430,18 +430,35 @@ func TestCloseTimesOutWithCount(t *testing.T) {
 	}
 }
 
+// eventLog records the events published on a Bus.
+type eventLog struct {
+	mu     sync.Mutex
+	events []feedback.Event
+}
+
+func recordEvents(bus *feedback.Bus) *eventLog {
+	l := &eventLog{}
+	_, _ = bus.Subscribe(context.Background(), func(_ context.Context, e feedback.Event) error {
+		l.mu.Lock()
+		l.events = append(l.events, e)
+		l.mu.Unlock()
+		return nil
+	})
+	return l
+}
+
+// all returns the events so far.
+func (l *eventLog) all() []feedback.Event {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return append([]feedback.Event(nil), l.events...)
+}
+
 // TestEventsAndMetrics: an event at every level change and heartbeat, with
 // increasing seq; the seed's metric names.
 func TestEventsAndMetrics(t *testing.T) {
-	var mu sync.Mutex
-	var events []feedback.Event
 	var bus feedback.Bus
-	_, _ = bus.Subscribe(context.Background(), func(_ context.Context, e feedback.Event) error {
-		mu.Lock()
-		events = append(events, e)
-		mu.Unlock()
-		return nil
-	})
+	rec := recordEvents(&bus)
 	sink := newSink()
 	open := sink.gated()
 	reg := prometheus.NewRegistry()
@@ -451,8 +468,7 @@ func TestEventsAndMetrics(t *testing.T) {
 		_ = w.Submit(context.Background(), i)
 	}
 	waitFor(t, func() bool {
-		mu.Lock()
-		defer mu.Unlock()
+		events := rec.all()
 		return len(events) > 0 && events[len(events)-1].Level == state.Hard
 	})
 	want := `
@@ -476,18 +492,12 @@ coordinator_queue_depth{coordinator_id="store-0"} 9
 	open() // drains: back to ok
 	okAt := 0
 	waitFor(t, func() bool {
-		mu.Lock()
-		defer mu.Unlock()
+		events := rec.all()
 		okAt = len(events)
 		return events[len(events)-1].Level == state.OK && events[len(events)-1].QueueSize == 0
 	})
-	waitFor(t, func() bool { // two heartbeats while ok
-		mu.Lock()
-		defer mu.Unlock()
-		return len(events) >= okAt+2
-	})
-	mu.Lock()
-	defer mu.Unlock()
+	waitFor(t, func() bool { return len(rec.all()) >= okAt+2 }) // two more events (heartbeats, samples) while ok
+	events := rec.all()
 	seen := map[state.Level]bool{}
 	for i, e := range events {
 		seen[e.Level] = true
@@ -511,20 +521,9 @@ coordinator_queue_depth{coordinator_id="store-0"} 9
 // the queue's depth now, so a policy sees the queue move while the level
 // stays; reports and samples share one increasing seq.
 func TestFillSamples(t *testing.T) {
-	var mu sync.Mutex
-	var events []feedback.Event
 	var bus feedback.Bus
-	_, _ = bus.Subscribe(context.Background(), func(_ context.Context, e feedback.Event) error {
-		mu.Lock()
-		events = append(events, e)
-		mu.Unlock()
-		return nil
-	})
-	snapshot := func() []feedback.Event {
-		mu.Lock()
-		defer mu.Unlock()
-		return append([]feedback.Event(nil), events...)
-	}
+	rec := recordEvents(&bus)
+	snapshot := rec.all
 	sink := newSink()
 	open := sink.gated()
 	w := newCoordinator(t, sink, store.Options[int]{ID: "store-0", Capacity: 100, Workers: 1, BatchSize: 1, Linger: time.Millisecond,
