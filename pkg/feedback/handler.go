@@ -99,8 +99,10 @@ type Options struct {
 // Handler turns pressure events into the pressure level and scale factor of
 // the providers it governs. It keeps the last event of every coordinator
 // (older or repeated sequence numbers are ignored), asks the Policy for each
-// live one, combines, and moves the scale towards the result: down at once,
-// up only after Dwell and by at most MaxRise per step. It never raises a
+// live one (a Controller once per event, with its memory of that
+// coordinator), combines, and moves the scale towards the result: down at
+// once; up only after Dwell and by at most MaxRise per step, or under a
+// Controller at its RiseRate. It never raises a
 // shared scale that was changed (by another handler, an operator) after its
 // own newest news: an accepted event, an expiry, or its creation. It is safe
 // for concurrent use: Handle may be called from any goroutine (a
