@@ -55,8 +55,8 @@ type ControlState struct {
 // scale in force within Track instead of running away. The scale never goes
 // below Floor but at a hard level, which pauses (scale 0) as the step
 // policy does: a store past its hard mark, or whose sink fails, stops the
-// fleet; the Handler ramps the scale back at RiseRate per second, the soft
-// start.
+// fleet; during a pause the integral waits (the loop is open), and the
+// Handler ramps the scale back at RiseRate per second, the soft start.
 type PIPolicy struct {
 	SetPoint float64       // the fill to hold, in (0, 1)
 	Kp       float64       // ln scale per unit of fill error, ≥ 0

@@ -333,7 +333,7 @@ func (h *Handler) target(p string, reports []report, cur float64) float64 {
 				m = &ControlState{}
 				r.c.ctl[p] = m
 			}
-			if m.Last.Seq != r.e.Seq || m.Last.Seq == 0 { // a new event: one step of the controller
+			if m.Last.Seq != r.e.Seq { // a new event (seq >= 1): one step of the controller
 				r.c.want[p] = ctl.Control(m, r.e, cur)
 				m.Last = r.e
 			}
