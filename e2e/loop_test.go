@@ -37,8 +37,9 @@ func newReplica(t *testing.T, rdb redis.UniversalClient, events feedback.Subscri
 		t.Fatal(err)
 	}
 	r, err := pipeline.New(ctx, rdb, pipeline.Options{
-		Limiter:  limiter.Options{Source: source, Logger: quiet},
-		Feedback: &feedback.Options{Providers: []string{"ibkr"}, Dwell: time.Millisecond, Logger: quiet},
+		Limiter: limiter.Options{Source: source, Logger: quiet},
+		// The seed's step mapping: these tests follow levels over each bus.
+		Feedback: &feedback.Options{Providers: []string{"ibkr"}, Policy: feedback.DefaultStepPolicy, Dwell: time.Millisecond, Logger: quiet},
 		Events:   events,
 	})
 	if err != nil {

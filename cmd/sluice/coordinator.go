@@ -15,10 +15,10 @@ import (
 
 func (a *app) coordinatorCmd() *cli.Command {
 	var (
-		id, stream, sinkSpec, failWhile, deadLetter string
-		sinkRate                                    float64
-		capacity, workers, batch, attempts          int
-		claimIdle, drain                            time.Duration
+		id, stream, sinkSpec, failWhile, deadLetter, rateFile string
+		sinkRate                                              float64
+		capacity, workers, batch, attempts                    int
+		claimIdle, drain                                      time.Duration
 	)
 	return &cli.Command{
 		Name:  "coordinator",
@@ -34,8 +34,11 @@ explicit, counted alternative. On SIGTERM it stops reading, drains within
 --drain and withdraws its pressure; what it could not write stays pending.
 
 Sinks: discard; stdout; file:PATH (JSON lines, appended). --sink-rate
-simulates a store that writes that many items/s; --fail-while PATH makes every
-write fail while PATH exists (an outage drill).
+simulates a store that writes that many items/s (--sink-rate-file PATH: the
+number PATH holds while it exists, read every 100 ms, so a drill can slow the
+store down mid-run); --fail-while PATH makes every write fail while PATH
+exists (an outage drill). At exit it prints its counts, with the deepest the
+queue and backlog went (max_depth) and its level changes.
 
 Examples:
    sluice --redis redis://redis:6379/0 coordinator --id "$POD_NAME" --sink file:/data/ticks.jsonl
@@ -45,6 +48,7 @@ Examples:
 			&cli.StringFlag{Name: "stream", Value: "store", Usage: "the stream's name", Destination: &stream},
 			&cli.StringFlag{Name: "sink", Value: "discard", Usage: "discard, stdout or file:PATH", Destination: &sinkSpec},
 			&cli.Float64Flag{Name: "sink-rate", Usage: "simulated store speed, items/s (0: as fast as the sink)", Destination: &sinkRate},
+			&cli.StringFlag{Name: "sink-rate-file", Usage: "while this file exists, the number it holds is the simulated store speed (a drill)", Destination: &rateFile},
 			&cli.StringFlag{Name: "fail-while", Usage: "every write fails while this file exists (outage drill)", Destination: &failWhile},
 			&cli.StringFlag{Name: "dead-letter", Usage: "file:PATH receiving batches that failed --attempts times (default: retry until written)", Destination: &deadLetter},
 			&cli.IntFlag{Name: "attempts", Value: 4, Usage: "writes of a batch before it is dead-lettered (only with --dead-letter)", Destination: &attempts},
@@ -72,7 +76,7 @@ Examples:
 					return usagef("coordinator: --%s=%v: must be above 0", f.name, f.v)
 				}
 			}
-			sink, err := openSink(sinkSpec, sinkRate, failWhile, a.stdout)
+			sink, err := openSink(sinkSpec, newKnob(sinkRate, rateFile), failWhile, a.stdout)
 			if err != nil {
 				return err
 			}
@@ -89,7 +93,7 @@ Examples:
 				},
 			}
 			if deadLetter != "" {
-				dl, err := openSink(deadLetter, 0, "", a.stdout)
+				dl, err := openSink(deadLetter, nil, "", a.stdout)
 				if err != nil {
 					return fmt.Errorf("--dead-letter: %w", err)
 				}
@@ -123,7 +127,8 @@ Examples:
 				}
 				st := cn.Stats()
 				s.final(map[string]any{"id": id, "read": st.Read, "written": st.Written, "claimed": st.Claimed,
-					"acked": st.Acked, "dead_lettered": st.DeadLettered, "unwritten": st.Unwritten})
+					"acked": st.Acked, "dead_lettered": st.DeadLettered, "unwritten": st.Unwritten,
+					"max_depth": st.MaxDepth, "capacity": st.Capacity, "level_changes": st.Transitions})
 				return err
 			})
 		},

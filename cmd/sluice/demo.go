@@ -47,7 +47,8 @@ sluice-demo unless --prefix is given.
 Examples:
    sluice demo
    sluice demo --open-loop
-   sluice demo --duration 1m --replicas 5 --policy proportional --report demo.html
+   sluice demo --duration 1m --replicas 5 --report demo.html
+   sluice demo --policy step --sink-rate 120      # the seed's mapping, for comparison
    sluice --redis redis://localhost:6379/0 demo --json`,
 		Flags: []cli.Flag{
 			&cli.DurationFlag{Name: "duration", Value: 20 * time.Second, Usage: "how long to run", Destination: &d.Duration},
@@ -57,9 +58,9 @@ Examples:
 			&cli.Int64Flag{Name: "burst", Value: 20, Usage: "the budget's burst", Destination: &d.Burst},
 			&cli.Float64Flag{Name: "sink-rate", Value: 300, Usage: "items/s the store can write", Destination: &d.SinkRate},
 			&cli.IntFlag{Name: "queue", Value: 1000, Usage: "the write coordinator's queue capacity", Destination: &d.Queue},
-			&cli.StringFlag{Name: "policy", Value: "step", Usage: "step[:ok=1,soft=0.5,hard=0] or proportional[:start=..,stop=..,floor=..]", Destination: &d.Policy},
-			&cli.DurationFlag{Name: "dwell", Value: time.Second, Usage: "time the scale stays before it may rise", Destination: &d.Dwell},
-			&cli.Float64Flag{Name: "max-rise", Usage: "soft start: largest rise per step (0 = jump)", Destination: &d.MaxRise},
+			&cli.StringFlag{Name: "policy", Value: "pi", Usage: "pi[:setpoint=0.5,kp=..,ki=..,rise=..], step[:ok=1,soft=0.5,hard=0] or proportional[:start=..,stop=..,floor=..]", Destination: &d.Policy},
+			&cli.DurationFlag{Name: "dwell", Value: time.Second, Usage: "step and proportional: time the scale stays before it may rise", Destination: &d.Dwell},
+			&cli.Float64Flag{Name: "max-rise", Usage: "step and proportional: soft start, largest rise per step (0 = jump)", Destination: &d.MaxRise},
 			&cli.BoolFlag{Name: "open-loop", Usage: "no feedback: the budget never follows the store", Destination: &d.OpenLoop},
 			&cli.StringFlag{Name: "report", Usage: "write a self-contained HTML report with charts to this file", Destination: &d.Report},
 			&cli.BoolFlag{Name: "json", Usage: "print only the summary, as JSON", Destination: &d.JSON},

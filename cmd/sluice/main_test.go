@@ -296,7 +296,7 @@ func TestDemoEmbeddedWithReport(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"<svg", "Queue depth", "Scale factor", "Rate (items/s)", "<polyline"} {
+	for _, want := range []string{"<svg", "Queue depth", "Scale factor", "Rate (items/s)", "<polyline", "pi policy", "set point"} {
 		if !strings.Contains(string(html), want) {
 			t.Fatalf("report lacks %q", want)
 		}

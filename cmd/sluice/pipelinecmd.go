@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -31,25 +32,31 @@ type tick struct {
 var symbols = []string{"AAPL", "MSFT", "NVDA", "AMZN", "GOOG", "ES", "NQ", "EURUSD"}
 
 func (a *app) pipelineCmd() *cli.Command {
-	var id, provider, stream string
+	var id, provider, stream, demandFile string
+	var demand float64
 	return &cli.Command{
 		Name:  "pipeline",
 		Usage: "a synthetic pipeline replica: acquire from the shared budget, fetch, append to the write stream",
 		Description: `Acquires one token per request from the shared budget of --provider (default
 feedback.provider_name), fetches a synthetic market-data tick and appends it
-(JSON) to <prefix>:stream:{<stream>}, for the coordinators to write. It only
-acquires: the controller registers the provider and steers its scale. It
+(JSON) to <prefix>:stream:{<stream>}, for the coordinators to write; with
+--stream a,b to each of the streams (a fan-out: a database and an archive).
+It only acquires: the controller registers the provider and steers its
+scale. It wants as many ticks as the budget allows, or --demand a second
+(--demand-file PATH: the number PATH holds while it exists, for drills). It
 waits for Redis and for the provider to be registered; a failed append is
 retried, so nothing fetched is dropped. On SIGTERM it stops fetching, appends
 what it holds and prints {"appended": N, ...}.
 
 Examples:
    sluice --redis redis://redis:6379/0 pipeline --id "$POD_NAME"
-   sluice pipeline --provider ibkr --stream store --listen 127.0.0.1:0`,
+   sluice pipeline --provider ibkr --stream store,archive --demand 20 --listen 127.0.0.1:0`,
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "id", Usage: "replica id (default: the host name)", Destination: &id},
 			&cli.StringFlag{Name: "provider", Usage: "the provider to acquire from (default: feedback.provider_name)", Destination: &provider},
-			&cli.StringFlag{Name: "stream", Value: "store", Usage: "the write stream's name", Destination: &stream},
+			&cli.StringFlag{Name: "stream", Value: "store", Usage: "the write stream's name; a,b appends every tick to each", Destination: &stream},
+			&cli.Float64Flag{Name: "demand", Usage: "ticks a second this replica wants (0: as many as the budget allows)", Destination: &demand},
+			&cli.StringFlag{Name: "demand-file", Usage: "while this file exists, the number it holds is --demand (a drill)", Destination: &demandFile},
 			listenFlag(),
 		},
 		Action: func(c *cli.Context) error {
@@ -61,9 +68,16 @@ Examples:
 			if provider == "" {
 				provider = s.cfg.Feedback.Provider
 			}
-			prod, err := redisstream.NewProducer(s.rdb, redisstream.Options{Prefix: s.cfg.Redis.Prefix, Stream: stream})
-			if err != nil {
-				return usagef("pipeline: %v", err)
+			if !(demand >= 0 && demand <= 1e9) {
+				return usagef("pipeline: --demand=%v: must be in [0, 1e9] (0: as many as the budget allows)", demand)
+			}
+			var prods []*redisstream.Producer
+			for _, name := range strings.Split(stream, ",") {
+				prod, err := redisstream.NewProducer(s.rdb, redisstream.Options{Prefix: s.cfg.Redis.Prefix, Stream: name})
+				if err != nil {
+					return usagef("pipeline: --stream: %v", err)
+				}
+				prods = append(prods, prod)
 			}
 			rep, err := pipeline.New(c.Context, s.rdb, pipeline.Options{Limiter: limiter.Options{
 				Prefix: s.cfg.Redis.Prefix, ReplicaID: id, Source: "pipeline", Outage: s.cfg.Outage, Logger: s.log, Registerer: s.reg,
@@ -72,7 +86,8 @@ Examples:
 				return usagef("pipeline: %v", err)
 			}
 			defer rep.Close()
-			p := &synthetic{id: id + "." + strconv.FormatInt(time.Now().UnixMilli(), 36), provider: provider, lim: rep.Limiter(), prod: prod, log: s.log}
+			p := &synthetic{id: id + "." + strconv.FormatInt(time.Now().UnixMilli(), 36), provider: provider, lim: rep.Limiter(),
+				prods: prods, log: s.log, pace: pacer{rate: newKnob(demand, demandFile).Value}}
 			p.appended = prometheus.NewCounter(prometheus.CounterOpts{Name: "pipeline_items_appended_total", Help: "Items appended to the write stream."})
 			s.reg.MustRegister(p.appended)
 			var ready atomic.Bool
@@ -96,7 +111,8 @@ Examples:
 type synthetic struct {
 	id, provider string
 	lim          *limiter.Coordinator
-	prod         *redisstream.Producer
+	prods        []*redisstream.Producer // every tick goes to each
+	pace         pacer
 	log          *slog.Logger
 	appended     prometheus.Counter
 	ready        *atomic.Bool
@@ -108,6 +124,9 @@ func (p *synthetic) run(ctx context.Context) error {
 	price := map[string]float64{}
 	var warned bool
 	for seq := 1; ctx.Err() == nil; {
+		if p.pace.wait(ctx); ctx.Err() != nil {
+			return nil
+		}
 		if _, err := p.lim.Acquire(ctx, p.provider, 1); err != nil {
 			if ctx.Err() != nil {
 				return nil
@@ -138,30 +157,32 @@ func (p *synthetic) run(ctx context.Context) error {
 	return nil
 }
 
-// append appends b, retrying until it is stored; once ctx ended it tries
-// for 5 more seconds, then counts b as not appended.
+// append appends b to every stream, retrying until it is stored; once ctx
+// ended it tries for 5 more seconds, then counts b as not appended.
 func (p *synthetic) append(ctx context.Context, b []byte) {
 	var deadline time.Time // set when ctx ends
-	for wait := 50 * time.Millisecond; ; wait = min(2*wait, time.Second) {
-		if ctx.Err() != nil && deadline.IsZero() {
-			deadline = time.Now().Add(5 * time.Second)
+	for _, prod := range p.prods {
+		for wait := 50 * time.Millisecond; ; wait = min(2*wait, time.Second) {
+			if ctx.Err() != nil && deadline.IsZero() {
+				deadline = time.Now().Add(5 * time.Second)
+			}
+			actx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			err := prod.Append(actx, b)
+			cancel()
+			if err == nil {
+				break
+			}
+			if !deadline.IsZero() && time.Now().After(deadline) {
+				p.lost.Add(1)
+				p.log.Error("giving up an item at shutdown: not appended", "err", err)
+				return
+			}
+			p.log.Warn("append failed; retrying", "err", err)
+			sleep(context.Background(), wait)
 		}
-		actx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		err := p.prod.Append(actx, b)
-		cancel()
-		if err == nil {
-			p.n.Add(1)
-			p.appended.Inc()
-			return
-		}
-		if !deadline.IsZero() && time.Now().After(deadline) {
-			p.lost.Add(1)
-			p.log.Error("giving up an item at shutdown: not appended", "err", err)
-			return
-		}
-		p.log.Warn("append failed; retrying", "err", err)
-		sleep(context.Background(), wait)
 	}
+	p.n.Add(1)
+	p.appended.Inc()
 }
 
 func sleep(ctx context.Context, d time.Duration) {

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/sluice-dev/sluice/internal/sim"
+	"github.com/sluice-dev/sluice/pkg/feedback"
 )
 
 // writeReport writes a self-contained HTML page (inline SVG, no network)
@@ -29,9 +30,14 @@ func writeReport(path string, res sim.Result, d demoArgs) error {
 		loop = "open loop (feedback off)"
 	}
 	q := float64(d.Queue)
+	marks := []ref{{q, "capacity", "#dc2626"}, {0.85 * q, "hard", "#f97316"}, {0.6 * q, "soft", "#eab308"}}
+	if p, err := feedback.ParsePolicy(d.Policy); err == nil && !d.OpenLoop {
+		if pi, ok := p.(feedback.PIPolicy); ok { // the fill the policy holds
+			marks = append(marks, ref{pi.SetPoint * q, "set point", "#16a34a"})
+		}
+	}
 	charts := []template.HTML{
-		chart("Queue depth (items)", xs, q, []series{{"queue depth", queue, "#2563eb"}},
-			[]ref{{q, "capacity", "#dc2626"}, {0.85 * q, "hard", "#f97316"}, {0.6 * q, "soft", "#eab308"}}),
+		chart("Queue depth (items)", xs, q, []series{{"queue depth", queue, "#2563eb"}}, marks),
 		chart("Scale factor", xs, 1, []series{{"scale", scale, "#16a34a"}}, nil),
 		chart("Rate (items/s)", xs, maxOf(admitted, d.Rate)*1.1,
 			[]series{{"admitted (all replicas)", admitted, "#7c3aed"}, {"written by the sink", written, "#0891b2"}},

@@ -119,7 +119,7 @@ func waitFor(t *testing.T, limit time.Duration, what string, cond func() bool) {
 // undrained is the write stream's lag plus pending entries; -1 until its
 // group exists (or when Redis cannot say).
 func (f *fleet) undrained() int64 {
-	g, found, _ := writeGroup(context.Background(), f.rdb)
+	g, found, _ := writeGroup(context.Background(), f.rdb, "store")
 	if !found {
 		return -1
 	}
@@ -258,7 +258,8 @@ func leaders(f *fleet, ctls ...*proc) []*proc {
 // past its lease loses it, and when it thaws it writes nothing: the scale
 // has one writer at a time.
 func TestControllerTakeover(t *testing.T) {
-	f := newFleet(t, "MDP_FB_DWELL=500ms", "MDP_FB_COORDINATOR_TTL=30s")
+	// The step policy: each level shows as its own scale.
+	f := newFleet(t, "MDP_FB_POLICY=step", "MDP_FB_DWELL=500ms", "MDP_FB_COORDINATOR_TTL=30s")
 	f.register(100, 10)
 	const ttl = 2 * time.Second
 	a := f.start("a", "controller", "--id", "a", "--lease-ttl", ttl.String())
@@ -372,10 +373,12 @@ func TestControllerSettings(t *testing.T) {
 			want  map[string]string
 		}
 	}{
-		{"defaults", nil, steps(state.Soft, "scale=0.5", state.OK, "scale=1")},
+		// The default policy (pi): hard pauses, then the ramp brings the scale back.
+		{"defaults", nil, steps(state.Hard, "scale=0", state.OK, "scale=1")},
+		{"step", []string{"MDP_FB_POLICY=step"}, steps(state.Soft, "scale=0.5", state.OK, "scale=1")},
 		{"policy", []string{"MDP_FB_POLICY=step:ok=1,soft=0.3,hard=0.1"}, steps(state.Soft, "scale=0.3", state.Hard, "scale=0.1")},
 		{"shadow", []string{"MDP_FB_SHADOW=true"}, steps(state.Hard, "shadow_scale=0", state.Hard, "scale=1")},
-		{"max_rise and dwell", []string{"MDP_FB_MAX_RISE=0.25", "MDP_FB_DWELL=3s"}, steps(state.Hard, "scale=0", state.OK, "scale=0.25")},
+		{"max_rise and dwell", []string{"MDP_FB_POLICY=step", "MDP_FB_MAX_RISE=0.25", "MDP_FB_DWELL=3s"}, steps(state.Hard, "scale=0", state.OK, "scale=0.25")},
 		{"expiry", []string{"MDP_FB_EXPIRY=hard", "MDP_FB_COORDINATOR_TTL=1s"}, steps(state.OK, "level=hard", state.OK, "scale=0")},
 		{"feedback off", []string{"MDP_FB_ENABLE_FEEDBACK=false"}, steps(state.Hard, "", state.Hard, "scale=1")},
 	} {

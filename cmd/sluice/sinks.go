@@ -17,16 +17,17 @@ import (
 
 // lineSink writes each entry's data as one line (the sluice pipelines write
 // JSON objects, so the output is JSON lines) to w, flushed after every
-// batch. With rate > 0 it simulates a store that writes rate items per
-// second (the demo's slow store); with failWhile set, every write fails
-// while that file exists (a store outage, for drills). Safe for concurrent
-// use: batches are written one at a time.
+// batch. With a rate > 0 it simulates a store that writes rate items per
+// second (the demo's slow store; a drill may change it while it runs);
+// with failWhile set, every write fails while that file exists (a store
+// outage, for drills). Safe for concurrent use: batches are written one at
+// a time.
 type lineSink struct {
 	mu        sync.Mutex
 	w         *bufio.Writer
 	dst       io.Writer
 	close     func() error
-	rate      float64
+	rate      *knob
 	failWhile string
 	next      time.Time // the simulated store is busy until then
 }
@@ -34,8 +35,12 @@ type lineSink struct {
 // errOutage is what a sink in a simulated outage returns.
 var errOutage = errors.New("simulated store outage")
 
-// openSink opens the sink --sink names: discard, stdout or file:PATH.
-func openSink(spec string, rate float64, failWhile string, stdout io.Writer) (*lineSink, error) {
+// openSink opens the sink --sink names: discard, stdout or file:PATH; rate
+// nil writes as fast as it can.
+func openSink(spec string, rate *knob, failWhile string, stdout io.Writer) (*lineSink, error) {
+	if rate == nil {
+		rate = newKnob(0, "")
+	}
 	s := &lineSink{rate: rate, failWhile: failWhile, close: func() error { return nil }}
 	switch {
 	case spec == "discard":
@@ -52,8 +57,8 @@ func openSink(spec string, rate float64, failWhile string, stdout io.Writer) (*l
 		return nil, usagef("--sink=%q: must be discard, stdout or file:PATH", spec)
 	}
 	s.w = bufio.NewWriterSize(s.dst, 1<<16)
-	if !(rate >= 0 && rate <= 1e9) {
-		return nil, usagef("--sink-rate=%v: must be in [0, 1e9] (0: as fast as it can)", rate)
+	if !(rate.def >= 0 && rate.def <= 1e9) {
+		return nil, usagef("--sink-rate=%v: must be in [0, 1e9] (0: as fast as it can)", rate.def)
 	}
 	return s, nil
 }
@@ -67,14 +72,18 @@ func (s *lineSink) Write(ctx context.Context, batch []redisstream.Entry) error {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.rate > 0 {
+	if rate := s.rate.Value(); rate > 0 {
+		// The simulated store's time for a batch includes the real write
+		// (file, fsync) of the one before: a store kept busy starts the
+		// next batch where the last one's time ended, so it writes rate
+		// items a second, not rate less the file's time.
 		now := time.Now()
-		start := now
-		if s.next.After(now) {
-			start = s.next
+		start := s.next
+		if start.Before(now.Add(-100 * time.Millisecond)) {
+			start = now // idle since: a fresh start
 		}
-		s.next = start.Add(time.Duration(float64(len(batch)) / s.rate * float64(time.Second)))
-		t := time.NewTimer(s.next.Sub(now))
+		s.next = start.Add(time.Duration(float64(len(batch)) / rate * float64(time.Second)))
+		t := time.NewTimer(time.Until(s.next))
 		select {
 		case <-ctx.Done():
 			t.Stop()
@@ -83,6 +92,11 @@ func (s *lineSink) Write(ctx context.Context, batch []redisstream.Entry) error {
 		case <-t.C:
 		}
 	}
+	return s.flush(batch)
+}
+
+// flush writes the batch's lines and syncs a file.
+func (s *lineSink) flush(batch []redisstream.Entry) error {
 	for _, e := range batch {
 		_, _ = s.w.Write(e.Data)
 		_ = s.w.WriteByte('\n')

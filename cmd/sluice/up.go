@@ -7,17 +7,21 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/alicebob/miniredis/v2"
 	"github.com/redis/go-redis/v9"
 	"github.com/urfave/cli/v2"
 
+	"github.com/sluice-dev/sluice/internal/sim"
 	"github.com/sluice-dev/sluice/pkg/feedback/redisbus"
 	"github.com/sluice-dev/sluice/pkg/state"
 )
@@ -29,7 +33,9 @@ type upArgs struct {
 	Rate, SinkRate          float64
 	Burst                   int
 	Dir                     string
-	Keep                    bool
+	Keep, JSON              bool
+	Scenario                string
+	Policy                  string // the controller's feedback.policy, for the summary
 }
 
 func (a *app) upCmd() *cli.Command {
@@ -46,10 +52,19 @@ produced, written, lost and duplicated, then stops every process it started.
 Settings in the environment (MDP_FB_*, SLUICE_*) reach every process:
 MDP_FB_ENABLE_FEEDBACK=false sluice up runs the same with the loop open.
 
+--scenario plays a case of the feedback matrix of docs/feedback.md (2x, 5x,
+10x, sink/3, burst, two-stores: the base rate 600/s, queues of 1000, batches
+of 50, sink rates and demand changed mid-run as the case says) and reports
+what the table reports: max fill, sink use after 10 s, level changes a
+minute, how long the admitted rate took to come within 10% of the sink rate
+after each change, lost items, the largest rise of the scale. --json prints
+that summary as JSON on stdout, and the progress on stderr.
+
 Examples:
    sluice up
    sluice up --duration 1m --pipelines 5 --coordinators 3 --sink-rate 200
-   MDP_FB_POLICY=proportional sluice up --keep --dir /tmp/sluice-up`,
+   MDP_FB_POLICY=step sluice up --keep --dir /tmp/sluice-up
+   sluice up --scenario sink/3 --json`,
 		Flags: []cli.Flag{
 			&cli.DurationFlag{Name: "duration", Value: 20 * time.Second, Usage: "how long the pipelines run", Destination: &u.Duration},
 			&cli.IntFlag{Name: "pipelines", Value: 3, Usage: "pipeline replicas", Destination: &u.Pipelines},
@@ -59,6 +74,8 @@ Examples:
 			&cli.Float64Flag{Name: "sink-rate", Value: 150, Usage: "items/s each coordinator's store writes", Destination: &u.SinkRate},
 			&cli.StringFlag{Name: "dir", Usage: "where the logs and the written items go (default: a temporary directory, removed)", Destination: &u.Dir},
 			&cli.BoolFlag{Name: "keep", Usage: "keep --dir's files", Destination: &u.Keep},
+			&cli.StringFlag{Name: "scenario", Usage: "a case of the feedback matrix: 2x, 5x, 10x, sink/3, burst, two-stores", Destination: &u.Scenario},
+			&cli.BoolFlag{Name: "json", Usage: "print the summary as JSON on stdout (the progress lines go to stderr)", Destination: &u.JSON},
 		},
 		Action: func(c *cli.Context) error {
 			if c.NArg() > 0 {
@@ -74,10 +91,20 @@ Examples:
 			case u.Burst < 1 || u.Burst > 1e6:
 				return usagef("up: --burst=%d: must be in [1, 1000000]", u.Burst)
 			}
+			if u.Scenario != "" {
+				cs, err := sim.FindCase(u.Scenario)
+				if err != nil {
+					return usagef("up: --scenario: %v", err)
+				}
+				if !c.IsSet("duration") {
+					u.Duration = cs.Duration
+				}
+			}
 			cfg, err := a.config(c)
 			if err != nil {
 				return err
 			}
+			u.Policy = setting(cfg, "feedback.policy")
 			environ := a.environ
 			if path := c.String("config"); path != "" { // the children read the same file
 				abs, err := filepath.Abs(path)
@@ -86,7 +113,7 @@ Examples:
 				}
 				environ = envWith(environ, "SLUICE_CONFIG="+abs)
 			}
-			return runUp(c.Context, u, environ, cfg.Feedback.Enabled, a.stdout)
+			return runUp(c.Context, u, environ, cfg.Feedback.Enabled, a.stdout, a.stderr)
 		},
 	}
 }
@@ -98,7 +125,15 @@ type cluster struct {
 	stopRedis                    func()
 	controller                   *proc
 	coordinators, pipelines, all []*proc
-	sinks                        []string
+	streams                      map[string][]string // stream -> its coordinators' sink files
+	play                         *scenario           // with --scenario
+}
+
+// coordinatorSpec is one coordinator to start.
+type coordinatorSpec struct {
+	id, stream, rateFile string
+	rate                 float64
+	args                 []string // more flags
 }
 
 func (cl *cluster) stopAll() {
@@ -112,7 +147,7 @@ func (cl *cluster) stopAll() {
 	}
 }
 
-func runUp(ctx context.Context, u upArgs, environ []string, feedbackOn bool, w io.Writer) (err error) {
+func runUp(ctx context.Context, u upArgs, environ []string, feedbackOn bool, w, progress io.Writer) (err error) {
 	bin, err := os.Executable()
 	if err != nil {
 		return err
@@ -149,32 +184,55 @@ func runUp(ctx context.Context, u upArgs, environ []string, feedbackOn bool, w i
 		cl.all = append(cl.all, p)
 		return p, nil
 	}
-	loop := "feedback on"
+	coords := make([]coordinatorSpec, u.Coordinators)
+	pipeArgs := []string{}
+	for i := range coords {
+		coords[i] = coordinatorSpec{id: fmt.Sprintf("coordinator-%d", i), stream: "store", rate: u.SinkRate}
+	}
+	if u.Scenario != "" {
+		cs, _ := sim.FindCase(u.Scenario) // checked by the command
+		cl.play = newScenario(cs, u, cl.dir)
+		coords, pipeArgs = cl.play.specs(u.Pipelines)
+	}
+	loop := "feedback on (" + u.Policy + " policy)"
 	if !feedbackOn {
 		loop = "feedback off (open loop)"
 	}
-	fmt.Fprintf(w, "sluice up: %s; 1 controller, %d coordinators (%g items/s each), %d pipelines sharing %g/s (burst %d); %s; %v\n",
-		where, u.Coordinators, u.SinkRate, u.Pipelines, u.Rate, u.Burst, loop, u.Duration)
+	out := w
+	if u.JSON { // stdout is the summary's; people watch stderr
+		out = progress
+	}
+	what := fmt.Sprintf("%d coordinators (%g items/s each)", u.Coordinators, u.SinkRate)
+	if cl.play != nil {
+		what = "scenario " + u.Scenario + ": " + cl.play.describe()
+	}
+	fmt.Fprintf(out, "sluice up: %s; 1 controller, %s, %d pipelines sharing %g/s (burst %d); %s; %v\n",
+		where, what, u.Pipelines, u.Rate, u.Burst, loop, u.Duration)
 	kept := "removed at exit; --keep keeps them"
 	if u.Keep || u.Dir != "" {
 		kept = "kept"
 	}
-	fmt.Fprintf(w, "logs and written items in %s (%s)\n\n", cl.dir, kept)
+	fmt.Fprintf(out, "logs and written items in %s (%s)\n\n", cl.dir, kept)
 	if cl.controller, err = start("controller", "controller", "--id", "controller-0", "--lease-ttl", "2s"); err != nil {
 		return err
 	}
-	for i := range u.Coordinators {
-		sink := filepath.Join(cl.dir, fmt.Sprintf("coordinator-%d.jsonl", i))
-		cl.sinks = append(cl.sinks, sink)
-		p, err := start(fmt.Sprintf("coordinator-%d", i), "coordinator", "--id", fmt.Sprintf("coordinator-%d", i),
-			"--sink", "file:"+sink, "--sink-rate", strconv.FormatFloat(u.SinkRate, 'g', -1, 64), "--capacity", "1000", "--claim-idle", "10s")
+	cl.streams = map[string][]string{}
+	for _, c := range coords {
+		sink := filepath.Join(cl.dir, c.id+".jsonl")
+		cl.streams[c.stream] = append(cl.streams[c.stream], sink)
+		args := append([]string{"coordinator", "--id", c.id, "--stream", c.stream, "--sink", "file:" + sink,
+			"--sink-rate", strconv.FormatFloat(c.rate, 'g', -1, 64), "--capacity", "1000", "--claim-idle", "10s"}, c.args...)
+		if c.rateFile != "" {
+			args = append(args, "--sink-rate-file", c.rateFile)
+		}
+		p, err := start(c.id, args...)
 		if err != nil {
 			return err
 		}
 		cl.coordinators = append(cl.coordinators, p)
 	}
 	for i := range u.Pipelines {
-		p, err := start(fmt.Sprintf("pipeline-%d", i), "pipeline", "--id", fmt.Sprintf("pipeline-%d", i))
+		p, err := start(fmt.Sprintf("pipeline-%d", i), append([]string{"pipeline", "--id", fmt.Sprintf("pipeline-%d", i)}, pipeArgs...)...)
 		if err != nil {
 			return err
 		}
@@ -182,10 +240,10 @@ func runUp(ctx context.Context, u upArgs, environ []string, feedbackOn bool, w i
 	}
 	rdb := redis.NewClient(&redis.Options{Addr: cl.redisURL[len("redis://"):]})
 	defer rdb.Close()
-	if err := cl.watch(ctx, rdb, u, w); err != nil {
+	if err := cl.watch(ctx, rdb, u, out); err != nil {
 		return err
 	}
-	return cl.finish(ctx, rdb, w)
+	return cl.finish(ctx, rdb, u, out, w)
 }
 
 // startRedis starts redis-server on a free port, else an embedded Redis.
@@ -226,18 +284,27 @@ func (cl *cluster) startRedis(ctx context.Context) (string, error) {
 	return "embedded Redis at " + cl.redisURL + " (no redis-server installed)", nil
 }
 
-// watch prints a line a second until the duration is over.
+// watch prints a line a second until the duration is over; with a
+// scenario it also samples every 100 ms and applies the case's changes.
 func (cl *cluster) watch(ctx context.Context, rdb *redis.Client, u upArgs, w io.Writer) error {
 	fmt.Fprintf(w, "%5s  %5s  %-5s  %10s  %9s  %6s  %6s\n", "t", "scale", "level", "appended/s", "written/s", "queued", "lag")
-	t := time.NewTicker(time.Second)
+	t := time.NewTicker(100 * time.Millisecond)
 	defer t.Stop()
 	began := time.Now()
 	var lastApp, lastWritten float64
-	for {
+	for n := 1; ; n++ {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-t.C:
+		}
+		if cl.play != nil {
+			if err := cl.play.step(ctx, cl, rdb, time.Since(began)); err != nil {
+				return err
+			}
+		}
+		if n%10 != 0 {
+			continue
 		}
 		for _, p := range cl.all {
 			if err := p.exited(); err != nil {
@@ -247,9 +314,8 @@ func (cl *cluster) watch(ctx context.Context, rdb *redis.Client, u upArgs, w io.
 		app, written, queued := cl.sum(ctx, cl.pipelines, "pipeline_items_appended_total"), cl.sum(ctx, cl.coordinators, "coordinator_items_written_total"),
 			cl.sum(ctx, cl.coordinators, "coordinator_queue_depth")
 		scale, _ := rdb.HGet(ctx, "sluice:{ibkr}:scale", "scale").Result()
-		lag, _ := groupLag(ctx, rdb)
 		fmt.Fprintf(w, "%5s  %5s  %-5s  %10.0f  %9.0f  %6.0f  %6d\n", time.Since(began).Round(time.Second), trimScale(scale),
-			worstLevel(ctx, rdb), app-lastApp, written-lastWritten, queued, lag)
+			worstLevel(ctx, rdb), app-lastApp, written-lastWritten, queued, cl.lag(ctx, rdb))
 		lastApp, lastWritten = app, written
 		if time.Since(began) >= u.Duration {
 			return nil
@@ -289,10 +355,10 @@ func worstLevel(ctx context.Context, rdb *redis.Client) state.Level {
 	return worst
 }
 
-// writeGroup reads the consumer group of the write stream (sluice:stream:{store}
-// under the default prefix); found is false while it does not exist.
-func writeGroup(ctx context.Context, rdb *redis.Client) (g redis.XInfoGroup, found bool, err error) {
-	gs, err := rdb.XInfoGroups(ctx, "sluice:stream:{store}").Result()
+// writeGroup reads the consumer group of the write stream
+// sluice:stream:{<stream>}; found is false while it does not exist.
+func writeGroup(ctx context.Context, rdb *redis.Client, stream string) (g redis.XInfoGroup, found bool, err error) {
+	gs, err := rdb.XInfoGroups(ctx, "sluice:stream:{"+stream+"}").Result()
 	if err != nil || len(gs) == 0 {
 		return g, false, err
 	}
@@ -301,26 +367,34 @@ func writeGroup(ctx context.Context, rdb *redis.Client) (g redis.XInfoGroup, fou
 	return g, true, nil
 }
 
-// groupLag returns the write stream's entries not yet delivered to the
-// coordinators (lag) and delivered but not yet acknowledged (pending).
-func groupLag(ctx context.Context, rdb *redis.Client) (lag, pending int64) {
-	g, _, _ := writeGroup(ctx, rdb)
-	return g.Lag, g.Pending
+// lag returns the entries of the write streams not yet delivered to the
+// coordinators.
+func (cl *cluster) lag(ctx context.Context, rdb *redis.Client) int64 {
+	var n int64
+	for stream := range cl.streams {
+		g, _, _ := writeGroup(ctx, rdb, stream)
+		n += g.Lag
+	}
+	return n
 }
 
-// undrained is the stream's lag plus its pending entries; -1 when Redis
+// undrained is the streams' lag plus their pending entries; -1 when Redis
 // cannot say.
-func undrained(ctx context.Context, rdb *redis.Client) int64 {
-	g, _, err := writeGroup(ctx, rdb)
-	if err != nil {
-		return -1
+func (cl *cluster) undrained(ctx context.Context, rdb *redis.Client) int64 {
+	var n int64
+	for stream := range cl.streams {
+		g, _, err := writeGroup(ctx, rdb, stream)
+		if err != nil {
+			return -1
+		}
+		n += g.Lag + g.Pending
 	}
-	return g.Lag + g.Pending
+	return n
 }
 
 // finish stops the pipelines, lets the coordinators write everything, stops
-// the rest and prints the summary.
-func (cl *cluster) finish(ctx context.Context, rdb *redis.Client, w io.Writer) error {
+// the rest and prints the summary (on out; with --json, as JSON on w).
+func (cl *cluster) finish(ctx context.Context, rdb *redis.Client, u upArgs, w, jsonOut io.Writer) error {
 	var produced, unappended int64
 	for _, p := range cl.pipelines {
 		if err := p.stop(15 * time.Second); err != nil {
@@ -332,9 +406,9 @@ func (cl *cluster) finish(ctx context.Context, rdb *redis.Client, w io.Writer) e
 	}
 	fmt.Fprintf(w, "\npipelines stopped; draining the stream...\n")
 	deadline := time.Now().Add(2 * time.Minute)
-	for undrained(ctx, rdb) != 0 {
+	for cl.undrained(ctx, rdb) != 0 {
 		if time.Now().After(deadline) || ctx.Err() != nil {
-			fmt.Fprintf(w, "the stream did not drain in 2 minutes (%d entries left)\n", undrained(ctx, rdb))
+			fmt.Fprintf(w, "the stream did not drain in 2 minutes (%d entries left)\n", cl.undrained(ctx, rdb))
 			break
 		}
 		time.Sleep(200 * time.Millisecond)
@@ -345,15 +419,35 @@ func (cl *cluster) finish(ctx context.Context, rdb *redis.Client, w io.Writer) e
 			return err
 		}
 	}
-	lines, unique, err := countItems(cl.sinks)
-	if err != nil {
-		return err
+	// Every stream must have every item produced (several streams: a fan-out).
+	var lines, lost, dup int64
+	unique := int64(-1)
+	for _, stream := range slices.Sorted(maps.Keys(cl.streams)) {
+		l, u, err := countItems(cl.streams[stream])
+		if err != nil {
+			return err
+		}
+		lines, dup, lost = lines+l, dup+l-u, max(lost, produced-u)
+		if unique < 0 || u < unique {
+			unique = u
+		}
 	}
 	fmt.Fprintf(w, "\nsummary:\n")
 	fmt.Fprintf(w, "  produced %d, written %d (%d distinct), lost %d, duplicated %d, not appended at shutdown %d\n",
-		produced, lines, unique, max(produced-unique, 0), lines-unique, unappended)
+		produced, lines, unique, lost, dup, unappended)
 	fmt.Fprintf(w, "  final scale %s; every process stopped\n", trimScale(scale))
-	if unique < produced {
+	if cl.play != nil {
+		sum := cl.play.summary(cl, u, produced, lost)
+		if u.JSON {
+			enc := json.NewEncoder(jsonOut)
+			enc.SetIndent("", "  ")
+			if err := enc.Encode(sum); err != nil {
+				return err
+			}
+		}
+		fmt.Fprintf(w, "  %s\n", strings.Join(sum.lines(), "\n  "))
+	}
+	if lost > 0 {
 		return fmt.Errorf("up: %d items produced, %d written", produced, unique)
 	}
 	return nil

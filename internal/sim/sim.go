@@ -4,7 +4,8 @@
 // coordinator whose sink is slower than the budget; the coordinator's
 // pressure flows back through Redis to every replica's feedback handler. It
 // uses only the public APIs of limiter, feedback and store, each replica with
-// its own Redis client. `sluice demo` and the closed-loop tests run it.
+// its own Redis client; one handler steers the shared scale, as the
+// controller does in a fleet. `sluice demo` and the closed-loop tests run it.
 package sim
 
 import (
@@ -48,8 +49,8 @@ type Config struct {
 	QueueCapacity int
 	// Feedback closes the loop; false runs the same without handlers (open loop).
 	Feedback bool
-	// Policy, Dwell and MaxRise of the handlers; defaults: step policy, 1s,
-	// the handler's default.
+	// Policy, Dwell and MaxRise of the handlers; defaults: the PI policy,
+	// 1s, the handler's default.
 	Policy  feedback.Policy
 	Dwell   time.Duration
 	MaxRise float64
@@ -96,7 +97,7 @@ func (c *Config) defaults() error {
 		c.QueueCapacity = 1000
 	}
 	if c.Policy == nil {
-		c.Policy = feedback.DefaultStepPolicy
+		c.Policy = feedback.DefaultPIPolicy
 	}
 	setD(&c.Dwell, time.Second)
 	setD(&c.Duration, 20*time.Second)
@@ -201,6 +202,23 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 		return Result{}, err
 	}
 
+	// One handler steers the shared scale, as the controller does in a
+	// fleet: the replicas only acquire.
+	if cfg.Feedback {
+		steer, err := pipeline.New(ctx, newClient(), pipeline.Options{
+			Limiter: limiter.Options{Prefix: cfg.Prefix, ReplicaID: "controller", Source: "controller", Logger: log},
+			Feedback: &feedback.Options{
+				Providers: []string{cfg.Provider}, Policy: cfg.Policy, Dwell: cfg.Dwell, MaxRise: cfg.MaxRise,
+				CoordinatorTTL: 5 * time.Second, Tick: 250 * time.Millisecond, Logger: log,
+			},
+		})
+		if err != nil {
+			_ = wc.Close(context.Background())
+			return Result{}, err
+		}
+		defer steer.Close()
+	}
+
 	upstream := newProvider(cfg.Rate, float64(cfg.Burst))
 	runCtx, stop := context.WithTimeout(ctx, cfg.Duration)
 	defer stop()
@@ -271,8 +289,8 @@ sampling:
 	return res, nil
 }
 
-// replica is one pipeline replica: its own client, limiter and, with
-// feedback, its own subscriber and handler (a pipeline.Replica).
+// replica is one pipeline replica: its own client and limiter (a
+// pipeline.Replica without feedback: the steering handler is another).
 type replica struct {
 	*pipeline.Replica
 	id       int
@@ -281,13 +299,6 @@ type replica struct {
 
 func newReplica(ctx context.Context, id int, rdb redis.UniversalClient, cfg Config, log *slog.Logger) (*replica, error) {
 	o := pipeline.Options{Limiter: limiter.Options{Prefix: cfg.Prefix, ReplicaID: fmt.Sprintf("replica-%d", id), Logger: log}}
-	if cfg.Feedback {
-		o.Limiter.Source = fmt.Sprintf("feedback:replica-%d", id)
-		o.Feedback = &feedback.Options{
-			Providers: []string{cfg.Provider}, Policy: cfg.Policy, Dwell: cfg.Dwell, MaxRise: cfg.MaxRise,
-			CoordinatorTTL: 5 * time.Second, Tick: 250 * time.Millisecond, Logger: log,
-		}
-	}
 	p, err := pipeline.New(ctx, rdb, o)
 	if err != nil {
 		return nil, err

@@ -71,7 +71,7 @@ func TestConfigPrecedence(t *testing.T) {
 		{"feedback.enable_feedback", "MDP_FB_ENABLE_FEEDBACK", "", "true", "false", "true", ""},
 		{"feedback.provider_name", "MDP_FB_PROVIDER_NAME", "", "ibkr", "IBKR", "other", ""},
 		{"feedback.dwell", "MDP_FB_DWELL", "", "5s", "7s", "9s", ""},
-		{"feedback.policy", "MDP_FB_POLICY", "", "step", "proportional", "step:soft=0.6", ""},
+		{"feedback.policy", "MDP_FB_POLICY", "", "pi", "proportional", "step:soft=0.6", ""},
 		{"rate_coordinator.outage_mode", "MDP_RATE_OUTAGE_MODE", "", "fail_closed", "local_fallback", "fail_open", ""},
 		{"rate_coordinator.providers.IBKR.capacity", "MDP_RATE_IBKR_CAPACITY", "", "", "100", "120", ""},
 		{"rate_coordinator.providers.IBKR.refill_rate", "MDP_RATE_IBKR_REFILL_RATE", "", "", "60", "75.5", ""},

@@ -23,13 +23,20 @@ import (
 // Event is one report of a write coordinator's queue. Its JSON form:
 //
 //	{"coordinator_id":"store-0","queue_size":800,"capacity":1000,
-//	 "level":"soft","seq":1764230000123457,"ts":"2026-11-27T09:00:00.123Z"}
+//	 "level":"soft","seq":1764230000123457,"ts":"2026-11-27T09:00:00.123Z",
+//	 "kind":"sample","queue_mean":791.5}
 //
 // coordinator_id is 1–64 of [A-Za-z0-9_.-]; capacity in [1, 1e9]; queue_size
 // in [0, capacity]; level ok, soft or hard; seq ≥ 1 and increasing per
 // coordinator, across its restarts too (the Go coordinator starts it at its
-// start time in Unix microseconds); ts is RFC 3339 and optional (receivers
-// use the time of receipt). Unknown fields are ignored.
+// start time in Unix microseconds), samples and reports alike; ts is RFC
+// 3339 and optional (receivers use the time of receipt); kind is optional:
+// "report" (the default: a level change, a heartbeat, a start or a close,
+// stored by the Redis bus as the coordinator's pressure) or "sample" (a fill
+// sample between reports, published only); queue_mean is optional: the
+// time-weighted mean of the queue size since the coordinator's previous
+// event, a number in [0, capacity] (0 or absent: not measured). Unknown
+// fields are ignored.
 type Event struct {
 	CoordinatorID string      `json:"coordinator_id"`
 	QueueSize     int         `json:"queue_size"`
@@ -37,7 +44,18 @@ type Event struct {
 	Level         state.Level `json:"level"`
 	Seq           uint64      `json:"seq"`
 	TS            time.Time   `json:"ts,omitzero"`
+	Kind          string      `json:"kind,omitempty"`
+	QueueMean     float64     `json:"queue_mean,omitzero"`
 }
+
+// The kinds of event. An event without a kind is a report.
+const (
+	KindReport = "report" // a level change, a heartbeat, a start or a close: the pressure to keep
+	KindSample = "sample" // a fill sample between reports: for the policy, not kept
+)
+
+// IsSample reports whether e is a fill sample rather than a report.
+func (e Event) IsSample() bool { return e.Kind == KindSample }
 
 // Fill is QueueSize ÷ Capacity, in [0, 1] for a valid event.
 func (e Event) Fill() float64 {
@@ -45,6 +63,16 @@ func (e Event) Fill() float64 {
 		return 0
 	}
 	return float64(e.QueueSize) / float64(e.Capacity)
+}
+
+// MeanFill is QueueMean ÷ Capacity when the event has a mean, else Fill:
+// the fill over the time since the coordinator's previous event, free of
+// the queue's jumps as workers take batches.
+func (e Event) MeanFill() float64 {
+	if e.QueueMean > 0 && e.Capacity > 0 {
+		return e.QueueMean / float64(e.Capacity)
+	}
+	return e.Fill()
 }
 
 // ErrInvalidEvent is matched by every *FieldError.
@@ -82,6 +110,10 @@ func (e Event) Validate() error {
 		return &FieldError{"level", strconv.Quote(string(e.Level)), "one of ok, soft, hard"}
 	case e.Seq < 1:
 		return &FieldError{"seq", "0", "an integer >= 1, increasing per coordinator"}
+	case e.Kind != "" && e.Kind != KindReport && e.Kind != KindSample:
+		return &FieldError{"kind", strconv.Quote(e.Kind), "one of report, sample (or absent: report)"}
+	case !(e.QueueMean >= 0 && e.QueueMean <= float64(e.Capacity)):
+		return &FieldError{"queue_mean", strconv.FormatFloat(e.QueueMean, 'g', -1, 64), fmt.Sprintf("a number in [0, capacity=%d]", e.Capacity)}
 	}
 	return nil
 }
@@ -94,6 +126,8 @@ type wireEvent struct {
 	Level         *string          `json:"level"`
 	Seq           *json.RawMessage `json:"seq"`
 	TS            *json.RawMessage `json:"ts"`
+	Kind          *string          `json:"kind"`
+	QueueMean     *float64         `json:"queue_mean"`
 }
 
 // DecodeEvent reads exactly one JSON event from r and validates it. Errors
@@ -141,6 +175,15 @@ func DecodeEvent(r io.Reader) (Event, error) {
 			return Event{}, &FieldError{"ts", string(*w.TS), "an RFC 3339 time string"}
 		}
 	}
+	if w.Kind != nil {
+		if *w.Kind == "" {
+			return Event{}, &FieldError{"kind", `""`, "one of report, sample (or absent: report)"}
+		}
+		e.Kind = *w.Kind
+	}
+	if w.QueueMean != nil {
+		e.QueueMean = *w.QueueMean
+	}
 	return e, e.Validate()
 }
 
@@ -162,7 +205,7 @@ func intField(name string, raw *json.RawMessage, maxValue int64) (int, error) {
 
 func jsonType(field string) string {
 	switch field {
-	case "coordinator_id", "level", "ts":
+	case "coordinator_id", "level", "ts", "kind":
 		return "string"
 	}
 	return "number"

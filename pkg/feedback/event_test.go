@@ -24,9 +24,34 @@ func TestDecodeEvent(t *testing.T) {
 	if err != nil || !back.TS.Equal(e.TS) || back.Seq != e.Seq || back.Level != e.Level {
 		t.Fatalf("round trip: %+v %v", back, err)
 	}
-	// ts is optional.
-	if e, err := feedback.DecodeEvent(strings.NewReader(`{"coordinator_id":"c","queue_size":0,"capacity":1,"level":"ok","seq":1}`)); err != nil || !e.TS.IsZero() {
-		t.Fatalf("without ts: %+v %v", e, err)
+	// ts is optional; so is kind (a report), which a report encodes
+	// without, as before samples existed.
+	if e, err := feedback.DecodeEvent(strings.NewReader(`{"coordinator_id":"c","queue_size":0,"capacity":1,"level":"ok","seq":1}`)); err != nil || !e.TS.IsZero() || e.Kind != "" || e.IsSample() {
+		t.Fatalf("without ts and kind: %+v %v", e, err)
+	}
+	if strings.Contains(string(want.Encode()), "kind") {
+		t.Fatalf("a report without a kind encodes one: %s", want.Encode())
+	}
+	// queue_mean is optional, fractional, in [0, capacity]; MeanFill
+	// prefers it to the instant queue_size.
+	m, err := feedback.DecodeEvent(strings.NewReader(`{"coordinator_id":"c","queue_size":800,"capacity":1000,"level":"soft","seq":2,"queue_mean":791.5}`))
+	if err != nil || m.QueueMean != 791.5 || m.MeanFill() != 0.7915 || m.Fill() != 0.8 {
+		t.Fatalf("queue_mean: %+v %v", m, err)
+	}
+	if back, err := feedback.DecodeEvent(strings.NewReader(string(m.Encode()))); err != nil || back != m {
+		t.Fatalf("queue_mean round trip: %+v %v", back, err)
+	}
+	if e.MeanFill() != e.Fill() {
+		t.Fatal("without queue_mean, MeanFill is not Fill")
+	}
+	for _, kind := range []string{feedback.KindSample, feedback.KindReport} {
+		e, err := feedback.DecodeEvent(strings.NewReader(`{"coordinator_id":"c","queue_size":0,"capacity":1,"level":"ok","seq":1,"kind":"` + kind + `"}`))
+		if err != nil || e.Kind != kind || e.IsSample() != (kind == feedback.KindSample) {
+			t.Fatalf("kind %s: %+v %v", kind, e, err)
+		}
+		if back, err := feedback.DecodeEvent(strings.NewReader(string(e.Encode()))); err != nil || back.Kind != kind {
+			t.Fatalf("kind %s round trip: %+v %v", kind, back, err)
+		}
 	}
 }
 
@@ -73,6 +98,12 @@ func TestDecodeEventRejects(t *testing.T) {
 		{"seq", map[string]string{"seq": `-4`}},
 		{"seq", map[string]string{"seq": ""}},
 		{"ts", map[string]string{"ts": `"yesterday"`}},
+		{"kind", map[string]string{"kind": `"heartbeat"`}},
+		{"kind", map[string]string{"kind": `""`}},
+		{"kind", map[string]string{"kind": `1`}},
+		{"queue_mean", map[string]string{"queue_mean": `-0.5`}},
+		{"queue_mean", map[string]string{"queue_mean": `10.5`}},
+		{"queue_mean", map[string]string{"queue_mean": `"3"`}},
 	} {
 		b := body(tc.edit)
 		_, err := feedback.DecodeEvent(strings.NewReader(b))

@@ -60,13 +60,17 @@ const (
 type Options struct {
 	// Providers whose budget the Handler scales; at least one.
 	Providers []string
-	// Policy maps pressure to a scale; default DefaultStepPolicy (ok 1, soft 0.5, hard 0).
+	// Policy maps pressure to a scale; default DefaultPIPolicy, which holds
+	// the queue at half its capacity. DefaultStepPolicy is the seed's (ok
+	// 1, soft 0.5, hard 0).
 	Policy Policy
 	// Combine is how several coordinators combine; default CombineMin.
 	Combine Combine
 	// Dwell is the time the scale must have stayed unchanged before it may
 	// rise again; decreases apply at once. Default 5s. It cannot be turned
-	// off: it is what keeps the loop from thrashing.
+	// off: it is what keeps the loop from thrashing. A Controller policy
+	// (DefaultPIPolicy) ramps at its RiseRate instead: Dwell and MaxRise do
+	// not apply to it.
 	Dwell time.Duration
 	// MaxRise is the largest increase of the scale in one step, in (0, 1]:
 	// a soft start, from a pause to full speed in 1/MaxRise steps, one per
@@ -95,8 +99,10 @@ type Options struct {
 // Handler turns pressure events into the pressure level and scale factor of
 // the providers it governs. It keeps the last event of every coordinator
 // (older or repeated sequence numbers are ignored), asks the Policy for each
-// live one, combines, and moves the scale towards the result: down at once,
-// up only after Dwell and by at most MaxRise per step. It never raises a
+// live one (a Controller once per event, with its memory of that
+// coordinator), combines, and moves the scale towards the result: down at
+// once; up only after Dwell and by at most MaxRise per step, or under a
+// Controller at its RiseRate. It never raises a
 // shared scale that was changed (by another handler, an operator) after its
 // own newest news: an accepted event, an expiry, or its creation. It is safe
 // for concurrent use: Handle may be called from any goroutine (a
@@ -118,6 +124,10 @@ type coordState struct {
 	last      Event
 	seen      time.Time // local time of the last accepted event
 	forgotten bool      // expired under ExpiryForget: kept only for its seq, so that a re-read report does not revive it
+	// With a Controller, per provider: its memory of the coordinator, and
+	// the scale it asked for at the last event (each event counts once).
+	ctl  map[string]*ControlState
+	want map[string]float64
 }
 
 // provState is what this Handler last did for a provider.
@@ -126,6 +136,8 @@ type provState struct {
 	scale     float64   // last scale set (or shadowed)
 	changedAt time.Time // when (local time)
 	known     bool
+	rise      riseBudget // a Controller's ramp
+	logged    float64    // a Controller's scale at the last Info line
 }
 
 // NewHandler returns a Handler steering rate. A bad option is an error that
@@ -138,7 +150,7 @@ func NewHandler(rate Rate, o Options) (*Handler, error) {
 		return nil, errors.New("feedback: handler needs at least one provider (Options.Providers)")
 	}
 	if o.Policy == nil {
-		o.Policy = DefaultStepPolicy
+		o.Policy = DefaultPIPolicy
 	}
 	if v, ok := o.Policy.(interface{ Validate() error }); ok {
 		if err := v.Validate(); err != nil {
@@ -221,7 +233,11 @@ func (h *Handler) Handle(ctx context.Context, e Event) error {
 		h.m.ignored.WithLabelValues(reason).Inc()
 		return nil
 	}
-	h.coords[e.CoordinatorID] = &coordState{last: e, seen: now}
+	next := &coordState{last: e, seen: now}
+	if c := h.coords[e.CoordinatorID]; c != nil && e.Seq > c.last.Seq && !c.forgotten {
+		next.ctl = c.ctl // the same incarnation goes on: the controller's memory too
+	}
+	h.coords[e.CoordinatorID] = next
 	h.news = now
 	h.m.events.WithLabelValues(string(e.Level)).Inc()
 	return h.reconcile(ctx, now)
@@ -252,13 +268,22 @@ func (h *Handler) Reevaluate(ctx context.Context) error {
 	return h.reconcile(ctx, h.o.Clock())
 }
 
-// target combines the live coordinators; h.mu is held. Expired coordinators
-// are handled as Options.Expiry says.
-func (h *Handler) target(now time.Time) (state.Level, float64) {
+// report is one live coordinator's say: its state and the event that
+// counts for it (its last, or what Expiry makes of it).
+type report struct {
+	c       *coordState
+	e       Event
+	expired bool // counted as Expiry says, not by its own samples
+}
+
+// live returns the reports of the live coordinators and the worst level
+// among them; h.mu is held. Expired coordinators are handled as
+// Options.Expiry says.
+func (h *Handler) live(now time.Time) ([]report, state.Level) {
 	level := state.OK
-	scales := make([]float64, 0, len(h.coords))
+	out := make([]report, 0, len(h.coords))
 	for id, c := range h.coords {
-		e := c.last
+		r := report{c: c, e: c.last}
 		if c.forgotten {
 			continue
 		}
@@ -268,20 +293,53 @@ func (h *Handler) target(now time.Time) (state.Level, float64) {
 				c.forgotten = true
 				h.news = now
 				h.m.expired.Inc()
-				h.log.Warn("coordinator stopped reporting; forgotten", "coordinator", id, "last_level", e.Level)
+				h.log.Warn("coordinator stopped reporting; forgotten", "coordinator", id, "last_level", r.e.Level)
 				continue
 			case ExpirySoft, ExpiryHard:
-				e.Level = state.Level(h.o.Expiry)
+				r.e.Level, r.expired = state.Level(h.o.Expiry), true
 			}
 		}
-		if e.Level.Rank() > level.Rank() {
-			level = e.Level
+		if r.e.Level.Rank() > level.Rank() {
+			level = r.e.Level
 		}
-		scales = append(scales, clampUnit(h.o.Policy.Scale(e)))
+		out = append(out, r)
 	}
-	h.m.live.Set(float64(len(scales)))
-	if len(scales) == 0 {
-		return state.OK, clampUnit(h.o.Policy.Scale(Event{Level: state.OK, Capacity: 1}))
+	h.m.live.Set(float64(len(out)))
+	return out, level
+}
+
+// target combines what the reports call for provider p, whose scale in
+// force is cur; h.mu is held. A Controller is asked once per new event.
+func (h *Handler) target(p string, reports []report, cur float64) float64 {
+	ctl, _ := h.o.Policy.(Controller)
+	if len(reports) == 0 {
+		return clampUnit(h.o.Policy.Scale(Event{Level: state.OK, Capacity: 1}))
+	}
+	scales := make([]float64, 0, len(reports))
+	for _, r := range reports {
+		s := 0.0
+		switch {
+		case ctl == nil || r.expired:
+			s = h.o.Policy.Scale(r.e)
+		default:
+			if r.c.ctl == nil {
+				r.c.ctl = map[string]*ControlState{}
+			}
+			if r.c.want == nil {
+				r.c.want = map[string]float64{}
+			}
+			m := r.c.ctl[p]
+			if m == nil {
+				m = &ControlState{}
+				r.c.ctl[p] = m
+			}
+			if m.Last.Seq != r.e.Seq { // a new event (seq >= 1): one step of the controller
+				r.c.want[p] = ctl.Control(m, r.e, cur)
+				m.Last = r.e
+			}
+			s = r.c.want[p]
+		}
+		scales = append(scales, clampUnit(s))
 	}
 	out := scales[0]
 	switch h.o.Combine {
@@ -296,15 +354,15 @@ func (h *Handler) target(now time.Time) (state.Level, float64) {
 			out = min(out, s)
 		}
 	}
-	return level, out
+	return out
 }
 
 // reconcile moves every provider towards the target; h.mu is held.
 func (h *Handler) reconcile(ctx context.Context, now time.Time) error {
-	level, target := h.target(now)
+	reports, level := h.live(now)
 	var errs []error
 	for _, p := range h.o.Providers {
-		if err := h.apply(ctx, p, level, target, now); err != nil {
+		if err := h.apply(ctx, p, level, reports, now); err != nil {
 			h.m.errors.Inc()
 			errs = append(errs, fmt.Errorf("feedback: provider %q: %w", p, err))
 		}
@@ -312,13 +370,12 @@ func (h *Handler) reconcile(ctx context.Context, now time.Time) error {
 	return errors.Join(errs...)
 }
 
-func (h *Handler) apply(ctx context.Context, p string, level state.Level, target float64, now time.Time) error {
+func (h *Handler) apply(ctx context.Context, p string, level state.Level, reports []report, now time.Time) error {
 	ps := h.provs[p]
 	if ps == nil {
-		ps = &provState{scale: 1}
+		ps = &provState{scale: 1, logged: -1}
 		h.provs[p] = ps
 	}
-	h.m.target.WithLabelValues(p).Set(target)
 	if !ps.known || ps.level != level {
 		if err := h.rate.SetPressure(ctx, p, level); err != nil {
 			return err
@@ -334,11 +391,20 @@ func (h *Handler) apply(ctx context.Context, p string, level state.Level, target
 			return err
 		}
 	}
-	next := govern(cur, since, target, now, h.o.Dwell, h.o.MaxRise)
+	target := h.target(p, reports, cur)
+	h.m.target.WithLabelValues(p).Set(target)
+	var next float64
+	ctl, isCtl := h.o.Policy.(Controller)
+	if isCtl {
+		next = ps.rise.ramp(cur, target, now, ctl.RiseRate())
+	} else {
+		next = govern(cur, since, target, now, h.o.Dwell, h.o.MaxRise)
+	}
 	if next > cur && cur != ps.scale && !h.news.After(since) {
 		// Another replica's handler changed the shared scale after the
 		// last news this one had: it may know better. Do not raise it
 		// until this handler hears something newer.
+		ps.rise.refund(next - cur)
 		next = cur
 	}
 	if ps.known && next == cur {
@@ -360,7 +426,16 @@ func (h *Handler) apply(ctx context.Context, p string, level state.Level, target
 			dir = "up"
 		}
 		h.m.adjustments.WithLabelValues(p, dir).Inc()
-		h.log.Info("feedback adjusted scale", "provider", p, "level", level, "from", cur, "to", next,
+		// A Controller moves the scale at every sample: one Info line per
+		// tenth of the range (or a pause, or a resumption), the rest at
+		// debug level.
+		lvl := slog.LevelInfo
+		if isCtl && math.Abs(next-ps.logged) < 0.1 && (next == 0) == (ps.logged == 0) {
+			lvl = slog.LevelDebug
+		} else {
+			ps.logged = next
+		}
+		h.log.Log(ctx, lvl, "feedback adjusted scale", "provider", p, "level", level, "from", cur, "to", next,
 			"target", target, "shadow", h.o.Shadow, "coordinators", len(h.coords))
 		ps.changedAt = now
 	}
@@ -368,6 +443,41 @@ func (h *Handler) apply(ctx context.Context, p string, level state.Level, target
 	h.m.applied.WithLabelValues(p).Set(next)
 	return nil
 }
+
+// riseBudget is a Controller's ramp: a bucket of allowed rise, refilled at
+// the rise rate up to half a second's worth, spent by rises. Decreases cost
+// nothing, so the ramp limits how fast the scale climbs, however unevenly
+// events and ticks are spaced, without clipping a controller's small moves
+// up and down; and the scale never rises by more than half the rate at once.
+type riseBudget struct {
+	left float64
+	at   time.Time // of the last refill; zero before the first evaluation
+}
+
+// maxRampStep is how much time's worth of rise the budget holds.
+const maxRampStep = 500 * time.Millisecond
+
+// ramp returns the scale to set, moving from cur towards target: a
+// decrease at once; an increase as far as the budget allows. The result is
+// rounded to 1e-6.
+func (b *riseBudget) ramp(cur, target float64, now time.Time, rate float64) float64 {
+	round := func(f float64) float64 { return math.Round(f*1e6) / 1e6 }
+	if !b.at.IsZero() && now.After(b.at) {
+		b.left = min(rate*maxRampStep.Seconds(), b.left+rate*now.Sub(b.at).Seconds())
+	}
+	if b.at.IsZero() || now.After(b.at) {
+		b.at = now
+	}
+	if target <= cur {
+		return round(target)
+	}
+	next := round(min(target, cur+b.left))
+	b.left = max(0, b.left-(next-cur))
+	return max(cur, next)
+}
+
+// refund gives back a rise that was not made.
+func (b *riseBudget) refund(r float64) { b.left += r }
 
 // govern returns the scale to set, moving from cur (unchanged since
 // changedAt) towards target: a decrease at once; an increase only once

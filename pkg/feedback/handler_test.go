@@ -129,6 +129,11 @@ func newHandler(t *testing.T, rate *fakeRate, o feedback.Options) (*feedback.Han
 	if o.Clock == nil {
 		o.Clock = rate.clock
 	}
+	if o.Policy == nil {
+		// The seed's tests, and the handler's own, are about the seed's
+		// step mapping: one setting away from the default.
+		o.Policy = feedback.DefaultStepPolicy
+	}
 	if o.Providers == nil {
 		o.Providers = []string{"ibkr"}
 	}

@@ -5,6 +5,7 @@ import (
 	"math"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/sluice-dev/sluice/pkg/state"
 )
@@ -90,10 +91,13 @@ func (p ProportionalPolicy) Validate() error {
 	return nil
 }
 
-// ParsePolicy reads a policy from its text form:
+// ParsePolicy reads a policy from its text form (missing keys keep the
+// default):
 //
+//	pi                            DefaultPIPolicy: holds the fill at 50%
+//	pi:setpoint=0.4,kp=7,ki=0.35,track=2,rise=0.5,floor=0.001   (track in seconds, rise per second)
 //	step                          the seed's ok 1, soft 0.5, hard 0
-//	step:ok=1,soft=0.6,hard=0.1   steps of your own (missing keys keep the default)
+//	step:ok=1,soft=0.6,hard=0.1   steps of your own
 //	proportional                  from 50% fill to a pause at 90%
 //	proportional:start=0.4,stop=0.8,floor=0.1
 func ParsePolicy(s string) (Policy, error) {
@@ -128,6 +132,18 @@ func ParsePolicy(s string) (Policy, error) {
 		return def
 	}
 	switch name {
+	case "pi":
+		if err := take("setpoint", "kp", "ki", "track", "rise", "floor"); err != nil {
+			return nil, err
+		}
+		d := DefaultPIPolicy
+		track := get("track", d.Track.Seconds())
+		if !(track > 0 && track <= 3600) {
+			return nil, fmt.Errorf("feedback: pi policy track=%v: must be in (0, 3600] seconds", track)
+		}
+		p := PIPolicy{SetPoint: get("setpoint", d.SetPoint), Kp: get("kp", d.Kp), Ki: get("ki", d.Ki),
+			Track: time.Duration(track * float64(time.Second)), Rise: get("rise", d.Rise), Floor: get("floor", d.Floor), MaxStep: d.MaxStep}
+		return p, p.Validate()
 	case "step":
 		if err := take("ok", "soft", "hard"); err != nil {
 			return nil, err
@@ -143,7 +159,7 @@ func ParsePolicy(s string) (Policy, error) {
 		p := ProportionalPolicy{Start: get("start", d.Start), Stop: get("stop", d.Stop), Floor: get("floor", d.Floor)}
 		return p, p.Validate()
 	}
-	return nil, fmt.Errorf("feedback: policy %q: must be step[:ok=..,soft=..,hard=..] or proportional[:start=..,stop=..,floor=..]", s)
+	return nil, fmt.Errorf("feedback: policy %q: must be pi[:setpoint=..,kp=..,ki=..,track=..,rise=..,floor=..], step[:ok=..,soft=..,hard=..] or proportional[:start=..,stop=..,floor=..]", s)
 }
 
 func inUnit(f float64) bool { return !math.IsNaN(f) && f >= 0 && f <= 1 }

@@ -40,8 +40,10 @@ func Example() {
 
 	var bus feedback.Bus // the store's feedback.Publisher
 	r, err := pipeline.New(ctx, rdb, pipeline.Options{
-		Limiter:  limiter.Options{Logger: quiet},
-		Feedback: &feedback.Options{Providers: []string{"ibkr"}, Logger: quiet}, // the seed's step policy, 5 s dwell
+		Limiter: limiter.Options{Logger: quiet},
+		// The seed's step mapping, 5 s dwell; without Policy, the default
+		// PI policy follows the store's fill samples instead of its levels.
+		Feedback: &feedback.Options{Providers: []string{"ibkr"}, Policy: feedback.DefaultStepPolicy, Logger: quiet},
 		Events:   &bus,
 	})
 	if err != nil {

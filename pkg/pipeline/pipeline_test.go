@@ -164,8 +164,9 @@ func TestStartsFromNoPressure(t *testing.T) {
 	m.SetTime(time.Date(2026, 1, 2, 3, 4, 15, 0, time.UTC)) // Redis time: 10 s later
 	r, err := pipeline.New(context.Background(), rdb, pipeline.Options{
 		Limiter: limiter.Options{Logger: quiet},
-		// The handler's clock says 10 s have passed too: past the 5 s dwell.
-		Feedback: &feedback.Options{Providers: []string{"ibkr"}, Logger: quiet, Tick: time.Hour,
+		// The handler's clock says 10 s have passed too: past the 5 s dwell
+		// of the step policy (the PI ramps instead: TestControllerRampsRises).
+		Feedback: &feedback.Options{Providers: []string{"ibkr"}, Policy: feedback.DefaultStepPolicy, Logger: quiet, Tick: time.Hour,
 			Clock: func() time.Time { return time.Date(2026, 1, 2, 3, 4, 15, 0, time.UTC) }},
 	})
 	if err != nil {

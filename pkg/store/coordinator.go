@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"regexp"
 	"sync"
 	"sync/atomic"
@@ -55,11 +56,12 @@ type Options[T any] struct {
 	Linger time.Duration
 	// Watermarks set the pressure levels; default DefaultWatermarks.
 	Watermarks Watermarks
-	// Publisher receives an event at every level change and every
-	// Heartbeat; nil publishes nothing.
+	// Publisher receives a report at every level change and every
+	// Heartbeat, and a fill sample every Sample between them; nil
+	// publishes nothing.
 	Publisher feedback.Publisher
-	// Heartbeat is the period of events while the level stays; default 2s.
-	// Keep it well under the feedback handler's coordinator TTL.
+	// Heartbeat is the period of reports while the level stays; default
+	// 2s. Keep it well under the feedback handler's coordinator TTL.
 	Heartbeat time.Duration
 	// Backoff is the wait before the first retry of a failed batch, doubled
 	// at each further retry up to 2s; default 50ms. Without DeadLetter a
@@ -89,7 +91,10 @@ type Options[T any] struct {
 	// (every queue change and every Sample), so it must be cheap.
 	Backlog func() int
 	// Sample is how often the level is re-evaluated when the queue does not
-	// change (the backlog moved, the sink keeps failing); default 250ms.
+	// change (the backlog moved, the sink keeps failing), and a fill sample
+	// (an event of kind feedback.KindSample) is published when no report
+	// was; default 250ms. The samples are the signal a controlling policy
+	// (feedback.PIPolicy) follows between level changes.
 	Sample time.Duration
 	// Registerer receives the metrics; nil registers none.
 	Registerer prometheus.Registerer
@@ -164,6 +169,10 @@ type WriteCoordinator[T any] struct {
 	level      state.Level   // the published level: queueLevel raised by a failing sink
 	depth      int           // queue plus backlog at the last re-evaluation
 	changed    chan struct{} // a level change for the monitor to publish (capacity 1)
+	// The depth's integral since the last event (item-seconds) and when
+	// the depth last changed and the last event went: an event's QueueMean.
+	area             float64
+	depthAt, eventAt time.Time
 
 	lastWrite atomic.Int64 // UnixNano of the last successful sink write (or of New)
 	failing   atomic.Int64 // batches that failed and have not left yet (written or dead-lettered)
@@ -197,8 +206,9 @@ func New[T any](sink Sink[T], o Options[T]) (*WriteCoordinator[T], error) {
 	if err != nil {
 		return nil, err
 	}
+	now := time.Now()
 	w := &WriteCoordinator[T]{
-		sink: sink, o: o, m: m,
+		sink: sink, o: o, m: m, depthAt: now, eventAt: now,
 		log:        o.Logger.With("component", "store", "coordinator", o.ID),
 		q:          make(chan T, o.Capacity),
 		queueLevel: state.OK,
@@ -265,7 +275,9 @@ func (w *WriteCoordinator[T]) observe() {
 	if w.o.Backlog != nil {
 		depth += max(0, w.o.Backlog())
 	}
-	w.depth = depth
+	now := time.Now()
+	w.area += float64(w.depth) * now.Sub(w.depthAt).Seconds()
+	w.depth, w.depthAt = depth, now
 	if int64(depth) > w.maxDepth.Load() {
 		w.maxDepth.Store(int64(depth))
 	}
@@ -404,53 +416,73 @@ func (w *WriteCoordinator[T]) deadLetter(batch []T, cause error) bool {
 	return true
 }
 
-// run publishes an event at every level change and every heartbeat, and a
-// last one when the coordinator closes; it re-evaluates the level every
-// Sample.
+// run publishes a report at the start, at every level change, every
+// heartbeat and when the coordinator closes; every Sample it re-evaluates
+// the level and publishes a fill sample, unless a report went out since the
+// last sample.
 func (w *WriteCoordinator[T]) run() {
 	defer close(w.monitor)
 	beat := time.NewTicker(w.o.Heartbeat)
 	defer beat.Stop()
 	sample := time.NewTicker(w.o.Sample)
 	defer sample.Stop()
-	w.publish()
+	w.publish(feedback.KindReport)
+	reported := true // since the last sample
 	for {
 		select {
 		case <-sample.C:
 			w.observe()
+			if reported {
+				reported = false
+				continue
+			}
+			if len(w.changed) > 0 {
+				continue // a report is due: it says the same, and is kept
+			}
+			w.publish(feedback.KindSample)
 			continue
 		case <-w.changed:
 		case <-beat.C:
 		case <-w.stop:
-			w.publish()
+			w.publish(feedback.KindReport)
 			return
 		case <-w.abortCtx.Done():
 			return
 		}
-		w.publish()
+		w.publish(feedback.KindReport)
+		reported = true
 	}
 }
 
-// event returns the coordinator's current state as a pressure event, with
-// the next sequence number. Its queue size is the measured depth (queue
-// plus backlog), capped at the capacity.
-func (w *WriteCoordinator[T]) event() feedback.Event {
+// event returns the coordinator's current state as a pressure event of
+// kind, with the next sequence number. Its queue size is the measured depth
+// (queue plus backlog) and its queue mean that depth's time-weighted mean
+// since the previous event, both capped at the capacity.
+func (w *WriteCoordinator[T]) event(kind string) feedback.Event {
 	w.levelMu.Lock()
+	now := time.Now()
 	level, depth := w.level, w.depth
+	area := w.area + float64(depth)*now.Sub(w.depthAt).Seconds()
+	mean := float64(depth)
+	if span := now.Sub(w.eventAt).Seconds(); span > 0 {
+		mean = area / span
+	}
+	w.area, w.depthAt, w.eventAt = 0, now, now
 	w.levelMu.Unlock()
 	return feedback.Event{
 		CoordinatorID: w.o.ID, QueueSize: min(depth, w.o.Capacity), Capacity: w.o.Capacity,
-		Level: level, Seq: w.seq.Add(1), TS: time.Now(),
+		Level: level, Seq: w.seq.Add(1), TS: now, Kind: kind,
+		QueueMean: min(math.Round(mean*10)/10, float64(w.o.Capacity)),
 	}
 }
 
-func (w *WriteCoordinator[T]) publish() {
+func (w *WriteCoordinator[T]) publish(kind string) {
 	if w.o.Publisher == nil {
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), w.o.Heartbeat)
 	defer cancel()
-	e := w.event()
+	e := w.event(kind)
 	if err := w.o.Publisher.Publish(ctx, e); err != nil {
 		w.m.publishErrors.Inc()
 		w.log.Warn("publishing pressure failed", "level", e.Level, "err", err)

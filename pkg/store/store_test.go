@@ -430,18 +430,35 @@ func TestCloseTimesOutWithCount(t *testing.T) {
 	}
 }
 
+// eventLog records the events published on a Bus.
+type eventLog struct {
+	mu     sync.Mutex
+	events []feedback.Event
+}
+
+func recordEvents(bus *feedback.Bus) *eventLog {
+	l := &eventLog{}
+	_, _ = bus.Subscribe(context.Background(), func(_ context.Context, e feedback.Event) error {
+		l.mu.Lock()
+		l.events = append(l.events, e)
+		l.mu.Unlock()
+		return nil
+	})
+	return l
+}
+
+// all returns the events so far.
+func (l *eventLog) all() []feedback.Event {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return append([]feedback.Event(nil), l.events...)
+}
+
 // TestEventsAndMetrics: an event at every level change and heartbeat, with
 // increasing seq; the seed's metric names.
 func TestEventsAndMetrics(t *testing.T) {
-	var mu sync.Mutex
-	var events []feedback.Event
 	var bus feedback.Bus
-	_, _ = bus.Subscribe(context.Background(), func(_ context.Context, e feedback.Event) error {
-		mu.Lock()
-		events = append(events, e)
-		mu.Unlock()
-		return nil
-	})
+	rec := recordEvents(&bus)
 	sink := newSink()
 	open := sink.gated()
 	reg := prometheus.NewRegistry()
@@ -451,8 +468,7 @@ func TestEventsAndMetrics(t *testing.T) {
 		_ = w.Submit(context.Background(), i)
 	}
 	waitFor(t, func() bool {
-		mu.Lock()
-		defer mu.Unlock()
+		events := rec.all()
 		return len(events) > 0 && events[len(events)-1].Level == state.Hard
 	})
 	want := `
@@ -476,18 +492,12 @@ coordinator_queue_depth{coordinator_id="store-0"} 9
 	open() // drains: back to ok
 	okAt := 0
 	waitFor(t, func() bool {
-		mu.Lock()
-		defer mu.Unlock()
+		events := rec.all()
 		okAt = len(events)
 		return events[len(events)-1].Level == state.OK && events[len(events)-1].QueueSize == 0
 	})
-	waitFor(t, func() bool { // two heartbeats while ok
-		mu.Lock()
-		defer mu.Unlock()
-		return len(events) >= okAt+2
-	})
-	mu.Lock()
-	defer mu.Unlock()
+	waitFor(t, func() bool { return len(rec.all()) >= okAt+2 }) // two more events (heartbeats, samples) while ok
+	events := rec.all()
 	seen := map[state.Level]bool{}
 	for i, e := range events {
 		seen[e.Level] = true
@@ -503,6 +513,62 @@ coordinator_queue_depth{coordinator_id="store-0"} 9
 	}
 	if n := counter(t, reg, "coordinator_level_transitions_total"); n < 2 {
 		t.Fatalf("transitions %v", n)
+	}
+}
+
+// TestFillSamples: between reports (the start, level changes,
+// heartbeats), the coordinator publishes a fill sample every Sample, with
+// the queue's depth now, so a policy sees the queue move while the level
+// stays; reports and samples share one increasing seq.
+func TestFillSamples(t *testing.T) {
+	var bus feedback.Bus
+	rec := recordEvents(&bus)
+	snapshot := rec.all
+	sink := newSink()
+	open := sink.gated()
+	w := newCoordinator(t, sink, store.Options[int]{ID: "store-0", Capacity: 100, Workers: 1, BatchSize: 1, Linger: time.Millisecond,
+		Publisher: &bus, Heartbeat: time.Hour, Sample: 10 * time.Millisecond})
+	// 1 in the worker, 30 queued: 30%, still ok; only samples show it.
+	for i := range 31 {
+		_ = w.Submit(context.Background(), i)
+	}
+	waitFor(t, func() bool {
+		ev := snapshot()
+		return len(ev) > 1 && ev[len(ev)-1].IsSample() && ev[len(ev)-1].QueueSize == 30 && ev[len(ev)-2].QueueSize == 30
+	})
+	// The queue held 30 from one event to the next: their mean is 30.
+	if ev := snapshot(); ev[len(ev)-1].QueueMean != 30 {
+		t.Fatalf("sample %+v after a steady 30: queue_mean %v, want 30", ev[len(ev)-1], ev[len(ev)-1].QueueMean)
+	}
+	for i := 31; i < 71; i++ { // 70%: soft, a report
+		_ = w.Submit(context.Background(), i)
+	}
+	waitFor(t, func() bool {
+		ev := snapshot()
+		return len(ev) > 0 && ev[len(ev)-1].IsSample() && ev[len(ev)-1].Level == state.Soft
+	})
+	open()
+	ev := snapshot()
+	if ev[0].Kind != feedback.KindReport {
+		t.Fatalf("first event %+v, want the start's report", ev[0])
+	}
+	reports := 0
+	for i, e := range ev {
+		if e.Kind != feedback.KindReport && e.Kind != feedback.KindSample {
+			t.Fatalf("event %+v: kind %q", e, e.Kind)
+		}
+		if e.Kind == feedback.KindReport {
+			reports++
+			if i > 0 && e.Level == ev[i-1].Level {
+				t.Fatalf("a report without a level change (heartbeat 1h): %+v after %+v", e, ev[i-1])
+			}
+		}
+		if i > 0 && e.Seq <= ev[i-1].Seq {
+			t.Fatalf("seq not increasing: %d then %d", ev[i-1].Seq, e.Seq)
+		}
+	}
+	if reports != 2 || len(ev) < 4 {
+		t.Fatalf("%d events, %d reports: want the start's and the soft change's, and samples around them", len(ev), reports)
 	}
 }
 

@@ -8,6 +8,10 @@
 //	<prefix>:pressure:coordinators      set of every coordinator that reported (an index)
 //	<prefix>:feedback                   pub/sub channel: every event, as JSON
 //
+// A report (a level change, a heartbeat) is stored and published; a fill
+// sample (feedback.KindSample, four a second by default) is only published:
+// it costs one PUBLISH, and the hash keeps what a late subscriber needs.
+//
 // docs/feedback.md describes the format for publishers in other languages.
 package redisbus
 
@@ -81,9 +85,10 @@ func (k keys) channel() string               { return k.prefix + ":feedback" }
 
 var pressureScript = redis.NewScript(lua.Source("pressure"))
 
-// Publisher publishes events through Redis: it stores each in its
+// Publisher publishes events through Redis: it stores each report in its
 // coordinator's pressure hash (with a TTL, refusing an older seq), updates
-// the level sets, and PUBLISHes it. Safe for concurrent use.
+// the level sets, and PUBLISHes it; a fill sample it only PUBLISHes (the
+// subscribers' handlers order events by seq). Safe for concurrent use.
 type Publisher struct {
 	rdb  redis.UniversalClient
 	keys keys
@@ -100,15 +105,22 @@ func NewPublisher(rdb redis.UniversalClient, o Options) (*Publisher, error) {
 	return &Publisher{rdb: rdb, keys: keysFor(o.Prefix), ttl: o.TTL}, nil
 }
 
-// Publish stores and announces e. An event older than the stored one (lower
-// seq, e.g. reordered HTTP posts) is dropped without error; an invalid one is
-// refused with a *feedback.FieldError.
+// Publish stores and announces a report, or announces a sample. A report
+// older than the stored one (lower seq, e.g. reordered HTTP posts) is
+// dropped without error; an invalid event is refused with a
+// *feedback.FieldError.
 func (p *Publisher) Publish(ctx context.Context, e feedback.Event) error {
 	if err := e.Validate(); err != nil {
 		return err
 	}
 	if e.TS.IsZero() {
 		e.TS = time.Now()
+	}
+	if e.IsSample() {
+		if err := p.rdb.Publish(ctx, p.keys.channel(), e.Encode()).Err(); err != nil {
+			return fmt.Errorf("redisbus: publish a sample of %q: %w", e.CoordinatorID, err)
+		}
+		return nil
 	}
 	applied, err := pressureScript.Run(ctx, p.rdb, []string{p.keys.pressure(e.CoordinatorID)},
 		string(e.Level), e.QueueSize, e.Capacity, strconv.FormatUint(e.Seq, 10),

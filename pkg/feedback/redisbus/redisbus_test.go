@@ -27,7 +27,7 @@ func event(c string, seq uint64, l state.Level) feedback.Event {
 	return feedback.Event{CoordinatorID: c, QueueSize: q, Capacity: 1000, Level: l, Seq: seq}
 }
 
-func publisher(t *testing.T, rdb redis.UniversalClient, ttl time.Duration) *redisbus.Publisher {
+func publisher(t testing.TB, rdb redis.UniversalClient, ttl time.Duration) *redisbus.Publisher {
 	t.Helper()
 	pub, err := redisbus.NewPublisher(rdb, redisbus.Options{TTL: ttl})
 	if err != nil {
@@ -147,6 +147,54 @@ func TestRedisBus(t *testing.T) {
 		}
 		if n := rdb.Exists(ctx, "sluice:pressure:{store-0}").Val() + rdb.SCard(ctx, "sluice:pressure:soft").Val(); n != 0 {
 			t.Fatal("withdraw left keys behind")
+		}
+	})
+}
+
+// TestRedisSamples: a fill sample is published, in seq order with the
+// reports, and not stored: the hash, its TTL and the level sets stay the
+// last report's, so a sample costs one PUBLISH.
+func TestRedisSamples(t *testing.T) {
+	redistest.Each(t, func(t *testing.T, b redistest.Backend) {
+		ctx := context.Background()
+		rdb := b.Client(t)
+		pub := publisher(t, b.Client(t), 10*time.Second)
+		col := subscribe(t, b.Client(t), time.Hour)
+		if err := pub.Publish(ctx, event("store-0", 1, state.Soft)); err != nil {
+			t.Fatal(err)
+		}
+		ttl := rdb.PTTL(ctx, "sluice:pressure:{store-0}").Val()
+		s := event("store-0", 2, state.Hard)
+		s.Kind, s.QueueSize = feedback.KindSample, 990
+		if err := pub.Publish(ctx, s); err != nil {
+			t.Fatal(err)
+		}
+		got := col.waitFor(t, "the sample", func(g feedback.Event) bool { return g.Seq == 2 })
+		if !got.IsSample() || got.QueueSize != 990 || got.TS.IsZero() {
+			t.Fatalf("delivered %+v, want the sample with a ts", got)
+		}
+		h := rdb.HGetAll(ctx, "sluice:pressure:{store-0}").Val()
+		if h["seq"] != "1" || h["level"] != "soft" || h["queue_size"] != "700" {
+			t.Fatalf("a sample was stored: %v", h)
+		}
+		if now := rdb.PTTL(ctx, "sluice:pressure:{store-0}").Val(); now > ttl {
+			t.Fatalf("a sample refreshed the hash's TTL: %v -> %v", ttl, now)
+		}
+		if hard := rdb.SCard(ctx, "sluice:pressure:hard").Val(); hard != 0 {
+			t.Fatal("a sample changed the level sets")
+		}
+		// The next report is stored over it, seq order kept.
+		if err := pub.Publish(ctx, event("store-0", 3, state.OK)); err != nil {
+			t.Fatal(err)
+		}
+		if h := rdb.HGet(ctx, "sluice:pressure:{store-0}", "seq").Val(); h != "3" {
+			t.Fatalf("report after a sample: stored seq %s, want 3", h)
+		}
+		// An invalid sample is refused like any event.
+		s.QueueSize = 2000
+		var fe *feedback.FieldError
+		if err := pub.Publish(ctx, s); !errors.As(err, &fe) || fe.Field != "queue_size" {
+			t.Fatalf("invalid sample: %v", err)
 		}
 	})
 }
