@@ -287,7 +287,9 @@ def test_pressure_to_the_go_controller(r: "redis.Redis[bytes]", redis_server, sl
         waiter.start()
         rep.report(100, "ok")
         waiter.join(25)
-        assert got and got[0].allowed and got[0].scale == 1  # woken by the controller's change
+        # Woken by the controller's change: the default policy (PI) raises
+        # the scale in steps, so the first one is above 0, not yet 1.
+        assert got and got[0].allowed and got[0].scale > 0
         ctl.stop()
     finally:
         ctl.kill()
