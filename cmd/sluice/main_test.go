@@ -531,10 +531,21 @@ func TestReceiverWarnsWithoutToken(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer p.kill()
-	mu.Lock()
-	s := buf.String()
-	mu.Unlock()
-	if !strings.Contains(s, `"level":"WARN"`) || !strings.Contains(s, "requires no token") {
-		t.Fatalf("no warning about the missing token in %s", s)
+	// The child's stderr reaches the buffer through a copier of its own:
+	// the warning may land a moment after the address line.
+	warned := func() (bool, string) {
+		mu.Lock()
+		defer mu.Unlock()
+		s := buf.String()
+		return strings.Contains(s, `"level":"WARN"`) && strings.Contains(s, "requires no token"), s
+	}
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		ok, s := warned()
+		if ok {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no warning about the missing token in %s", s)
+		}
 	}
 }
