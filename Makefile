@@ -66,7 +66,7 @@ redis-server:
 # and KEDA v2.16.1's own scalers against a redis-server and a Prometheus
 # scraping real sluice services. Its own module (deploy/verify): KEDA's
 # dependencies stay out of sluice's. Installs redis-server and prometheus
-# when missing; the first build of KEDA's code takes about 10 minutes.
+# when missing; the first build of KEDA's code takes 10 to 20 minutes.
 deploy-verify: redis-server
 	@./deploy/verify/ensure-prometheus.sh
 	@cd deploy/verify && out=$$(gofmt -l .); if [ -n "$$out" ]; then echo "gofmt would change: $$out"; exit 1; fi

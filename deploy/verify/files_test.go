@@ -100,7 +100,6 @@ type manifests struct {
 	base, keda   kustomization
 	namespace    string
 	objects      []client.Object
-	files        map[client.Object]string
 	deployments  map[string]*appsv1.Deployment
 	statefulSets map[string]*appsv1.StatefulSet
 	services     map[string]*corev1.Service
@@ -162,7 +161,7 @@ func readManifests(t *testing.T) (*manifests, []string) {
 	var errs []string
 	fail := func(format string, a ...any) { errs = append(errs, fmt.Sprintf(format, a...)) }
 	m := &manifests{
-		files: map[client.Object]string{}, deployments: map[string]*appsv1.Deployment{},
+		deployments:  map[string]*appsv1.Deployment{},
 		statefulSets: map[string]*appsv1.StatefulSet{}, services: map[string]*corev1.Service{},
 		pdbs: map[string]*policyv1.PodDisruptionBudget{}, secrets: map[string]*corev1.Secret{},
 		scaled: map[string]*kedav1alpha1.ScaledObject{}, triggerAuths: map[string]*kedav1alpha1.TriggerAuthentication{},
@@ -248,46 +247,36 @@ func readManifests(t *testing.T) (*manifests, []string) {
 				obj.SetNamespace(m.namespace) // as kustomize's namespace transformer does
 			}
 			m.objects = append(m.objects, obj)
-			m.files[obj] = f
-			name := obj.GetName()
-			dup := func(seen bool) {
-				if seen {
-					fail("%s: a second %s named %s", f, tm.Kind, name)
-				}
-			}
+			name, dup := obj.GetName(), false
 			switch o := obj.(type) {
 			case *appsv1.Deployment:
-				_, ok := m.deployments[name]
-				dup(ok)
-				m.deployments[name] = o
+				dup = put(m.deployments, name, o)
 			case *appsv1.StatefulSet:
-				_, ok := m.statefulSets[name]
-				dup(ok)
-				m.statefulSets[name] = o
+				dup = put(m.statefulSets, name, o)
 			case *corev1.Service:
-				_, ok := m.services[name]
-				dup(ok)
-				m.services[name] = o
+				dup = put(m.services, name, o)
 			case *policyv1.PodDisruptionBudget:
-				_, ok := m.pdbs[name]
-				dup(ok)
-				m.pdbs[name] = o
+				dup = put(m.pdbs, name, o)
 			case *corev1.Secret:
-				_, ok := m.secrets[name]
-				dup(ok)
-				m.secrets[name] = o
+				dup = put(m.secrets, name, o)
 			case *kedav1alpha1.ScaledObject:
-				_, ok := m.scaled[name]
-				dup(ok)
-				m.scaled[name] = o
+				dup = put(m.scaled, name, o)
 			case *kedav1alpha1.TriggerAuthentication:
-				_, ok := m.triggerAuths[name]
-				dup(ok)
-				m.triggerAuths[name] = o
+				dup = put(m.triggerAuths, name, o)
+			}
+			if dup {
+				fail("%s: a second %s named %s", f, tm.Kind, name)
 			}
 		}
 	}
 	return m, errs
+}
+
+// put files o under name and reports whether the name was taken.
+func put[T any](into map[string]T, name string, o T) (taken bool) {
+	_, taken = into[name]
+	into[name] = o
+	return taken
 }
 
 // secretValue returns a key of a Secret manifest (stringData or data).

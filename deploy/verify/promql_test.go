@@ -6,7 +6,6 @@ import (
 	"os"
 	"os/exec"
 	"regexp"
-	"sort"
 	"strings"
 	"testing"
 
@@ -251,14 +250,4 @@ func need(t *testing.T, prog string) string {
 		t.Fatalf("%s is not installed: run make deploy-verify (it installs Debian's prometheus and redis-server)", prog)
 	}
 	return p
-}
-
-// sortedNames returns a set's members in order.
-func sortedNames(set map[string]bool) []string {
-	out := make([]string, 0, len(set))
-	for k := range set {
-		out = append(out, k)
-	}
-	sort.Strings(out)
-	return out
 }
