@@ -45,16 +45,9 @@ func TestPausedWaitersSurvivePubSubCut(t *testing.T) {
 	}
 	waitFor(t, "paused waiters", func() bool { return pausedWaiters(reg, "p") == waiters })
 
-	acl := func(rule string) {
-		t.Helper()
-		if err := admin.Do(ctx, "ACL", "SETUSER", "default", rule).Err(); err != nil {
-			t.Fatal(err)
-		}
-	}
-	acl("-subscribe")
-	t.Cleanup(func() { acl("+subscribe") })
-	if n, err := admin.ClientKillByFilter(ctx, "TYPE", "pubsub").Result(); err != nil || n != 1 {
-		t.Fatalf("CLIENT KILL TYPE pubsub: %d killed, %v (want the limiter's one subscription)", n, err)
+	killed, allowSubscribe := redistest.CutPubSub(t, admin)
+	if killed != 1 {
+		t.Fatalf("CLIENT KILL TYPE pubsub killed %d, want the limiter's one subscription", killed)
 	}
 	if _, err := c.SetBudgetScale(ctx, "p", 1); err != nil { // the notification goes nowhere
 		t.Fatal(err)
@@ -67,7 +60,7 @@ func TestPausedWaitersSurvivePubSubCut(t *testing.T) {
 		t.Fatal("a waiter resumed without a notification or its re-check")
 	}
 	allowed := time.Now()
-	acl("+subscribe")
+	allowSubscribe()
 	wg.Wait()
 	close(resumed)
 	var slowest time.Duration
