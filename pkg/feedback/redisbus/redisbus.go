@@ -22,7 +22,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"sort"
 	"strconv"
 	"strings"
@@ -34,6 +33,7 @@ import (
 	"github.com/sluice-dev/sluice/lua"
 	"github.com/sluice-dev/sluice/pkg/feedback"
 	"github.com/sluice-dev/sluice/pkg/internal/opts"
+	"github.com/sluice-dev/sluice/pkg/internal/pubsub"
 	"github.com/sluice-dev/sluice/pkg/state"
 )
 
@@ -213,46 +213,14 @@ func (s *Subscriber) Subscribe(ctx context.Context, deliver feedback.Deliver) (s
 		return nil, err
 	}
 	runCtx, cancel := context.WithCancel(context.Background())
-	sub := &subscription{ps: ps}
+	sub := pubsub.New(s.rdb, ps, s.resync, s.keys.channel())
 	var wg sync.WaitGroup
 	wg.Go(func() { s.run(runCtx, sub, deliver) })
 	return func() {
 		cancel()
-		sub.close()
+		sub.Close()
 		wg.Wait()
 	}, nil
-}
-
-// subscription is the Subscriber's pub/sub connection, which run may
-// replace with a new one.
-type subscription struct {
-	mu     sync.Mutex
-	ps     *redis.PubSub
-	closed bool
-}
-
-func (sub *subscription) current() *redis.PubSub {
-	sub.mu.Lock()
-	defer sub.mu.Unlock()
-	return sub.ps
-}
-
-func (sub *subscription) close() {
-	sub.mu.Lock()
-	defer sub.mu.Unlock()
-	sub.closed = true
-	_ = sub.ps.Close()
-}
-
-// renew replaces the connection with a new subscription to channel.
-func (sub *subscription) renew(rdb redis.UniversalClient, channel string) {
-	sub.mu.Lock()
-	defer sub.mu.Unlock()
-	if sub.closed {
-		return
-	}
-	_ = sub.ps.Close()
-	sub.ps = rdb.Subscribe(context.Background(), channel)
 }
 
 // subscribe subscribes to channel and waits for Redis to confirm until ctx
@@ -300,82 +268,36 @@ func subscribe(ctx context.Context, rdb redis.UniversalClient, channel string) (
 }
 
 // run delivers until ctx ends, with a snapshot every Resync and after
-// every (re)subscription. It reads the subscription itself rather than
-// through go-redis's channel, which swallows errors: a connection that came
-// back but whose resubscription Redis refused (LOADING after a restart, an
-// ACL) would stay up subscribed to nothing, and the fill samples, which
-// are published and not stored, would never arrive again. Here a refusal,
-// or a PING left unanswered for a Resync, subscribes again on a new
-// connection (after 0.1 s, doubling up to 5 s while Redis keeps refusing).
-func (s *Subscriber) run(ctx context.Context, sub *subscription, deliver feedback.Deliver) {
+// every (re)subscription. The subscription is a pubsub.Sub: go-redis's own
+// channel swallows a refused resubscription and stays subscribed to
+// nothing, and the fill samples, which are published and not stored, would
+// never arrive again.
+func (s *Subscriber) run(ctx context.Context, sub *pubsub.Sub, deliver feedback.Deliver) {
 	next := time.Now().Add(s.resync)
-	pinged := false // a PING is out and unanswered
-	var backoff time.Duration
-	for ctx.Err() == nil {
+	for {
 		if !time.Now().Before(next) {
 			s.logSnapshot(ctx, deliver)
 			next = time.Now().Add(s.resync)
 		}
-		ps := sub.current()
-		msg, err := ps.ReceiveTimeout(ctx, time.Until(next))
-		var rerr redis.Error
-		switch {
-		case err == nil:
-			pinged = false
-			switch m := msg.(type) {
-			case *redis.Subscription:
-				if m.Kind == "subscribe" { // subscribed again after a reconnect
-					backoff = 0
-					s.logSnapshot(ctx, deliver)
-				}
-			case *redis.Message:
-				e, err := feedback.DecodeEvent(strings.NewReader(m.Payload))
-				if err != nil {
-					s.log.Warn("ignoring malformed feedback message", "err", err)
-					continue
-				}
-				if err := deliver(ctx, e); err != nil && ctx.Err() == nil {
-					s.log.Warn("feedback delivery failed", "coordinator", e.CoordinatorID, "err", err)
-				}
-			}
-		case ctx.Err() != nil || errors.Is(err, redis.ErrClosed):
+		msg, err := sub.Next(ctx, time.Until(next))
+		if err != nil {
 			return
-		case isTimeout(err) && !pinged:
-			pinged = true
-			_ = ps.Ping(ctx) // its PONG comes through ReceiveTimeout
-		case isTimeout(err) || errors.As(err, &rerr):
-			// No PONG within a Resync, or Redis refused a (re)subscription.
-			s.log.Warn("feedback subscription lost; subscribing again", "err", err)
-			backoff = min(max(2*backoff, 100*time.Millisecond), 5*time.Second)
-			if sleepCtx(ctx, backoff) != nil {
-				return
+		}
+		switch m := msg.(type) {
+		case *redis.Subscription:
+			if m.Kind == "subscribe" { // subscribed again after a reconnect
+				s.logSnapshot(ctx, deliver)
 			}
-			sub.renew(s.rdb, s.keys.channel())
-			pinged = false
-		default:
-			// The connection failed: go-redis reconnects and subscribes
-			// again at the next receive. Not in a tight loop while Redis
-			// is down.
-			if sleepCtx(ctx, 100*time.Millisecond) != nil {
-				return
+		case *redis.Message:
+			e, err := feedback.DecodeEvent(strings.NewReader(m.Payload))
+			if err != nil {
+				s.log.Warn("ignoring malformed feedback message", "err", err)
+				continue
+			}
+			if err := deliver(ctx, e); err != nil && ctx.Err() == nil {
+				s.log.Warn("feedback delivery failed", "coordinator", e.CoordinatorID, "err", err)
 			}
 		}
-	}
-}
-
-func isTimeout(err error) bool {
-	var ne net.Error
-	return errors.As(err, &ne) && ne.Timeout()
-}
-
-func sleepCtx(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
 	}
 }
 
