@@ -132,12 +132,13 @@ type coordState struct {
 
 // provState is what this Handler last did for a provider.
 type provState struct {
-	level     state.Level
-	scale     float64   // last scale set (or shadowed)
-	changedAt time.Time // when (local time)
-	known     bool
-	rise      riseBudget // a Controller's ramp
-	logged    float64    // a Controller's scale at the last Info line
+	level      state.Level // last level written
+	levelKnown bool        // level was written
+	scale      float64     // last scale set (or shadowed)
+	changedAt  time.Time   // when (local time)
+	known      bool        // scale was set
+	rise       riseBudget  // a Controller's ramp
+	logged     float64     // a Controller's scale at the last Info line
 }
 
 // NewHandler returns a Handler steering rate. A bad option is an error that
@@ -376,14 +377,26 @@ func (h *Handler) apply(ctx context.Context, p string, level state.Level, report
 		ps = &provState{scale: 1, logged: -1}
 		h.provs[p] = ps
 	}
-	if !ps.known || ps.level != level {
+	// The scale first: it is what every replica enforces, so a level change
+	// reaches them one round trip sooner; the level, which only reports,
+	// follows.
+	if err := h.applyScale(ctx, p, level, reports, now); err != nil {
+		return err
+	}
+	if !ps.levelKnown || ps.level != level {
 		if err := h.rate.SetPressure(ctx, p, level); err != nil {
 			return err
 		}
-		ps.level = level
+		ps.level, ps.levelKnown = level, true
 		h.m.level.WithLabelValues(p).Set(float64(level.Rank()))
 	}
+	return nil
+}
 
+// applyScale moves p's shared scale towards what the reports call for;
+// h.mu is held and h.provs[p] exists.
+func (h *Handler) applyScale(ctx context.Context, p string, level state.Level, reports []report, now time.Time) error {
+	ps := h.provs[p]
 	cur, since := ps.scale, ps.changedAt
 	if !h.o.Shadow { // the shared scale: another handler or an operator may have changed it
 		var err error

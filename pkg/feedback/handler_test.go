@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -32,6 +33,8 @@ type fakeRate struct {
 	levels    map[string]state.Level
 	shadow    map[string]float64
 	sets      []float64 // every SetBudgetScale value, in order
+	writes    []string  // every write ("scale 0", "pressure hard"), in order
+	failLevel error     // SetPressure's error while set
 }
 
 func newFakeRate(clock func() time.Time, providers ...string) *fakeRate {
@@ -56,7 +59,11 @@ func (f *fakeRate) SetPressure(_ context.Context, p string, level state.Level) e
 	if err := f.known(p); err != nil {
 		return err
 	}
+	if f.failLevel != nil {
+		return f.failLevel
+	}
 	f.levels[p] = level
+	f.writes = append(f.writes, "pressure "+string(level))
 	return nil
 }
 
@@ -71,6 +78,7 @@ func (f *fakeRate) SetBudgetScale(_ context.Context, p string, s float64) error 
 	}
 	f.scales[p] = s
 	f.sets = append(f.sets, s)
+	f.writes = append(f.writes, fmt.Sprintf("scale %g", s))
 	return nil
 }
 
@@ -152,6 +160,34 @@ func handle(t *testing.T, h *feedback.Handler, e feedback.Event) {
 	t.Helper()
 	if err := h.Handle(context.Background(), e); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// The scale, which the replicas enforce, is written before the level, which
+// only reports: a level change reaches them a round trip sooner. A level
+// that could not be written is written at the next evaluation, and the
+// scale stands meanwhile.
+func TestScaleWrittenBeforeLevel(t *testing.T) {
+	rate := newFakeRate(newClock().Now, "ibkr")
+	h, _ := newHandler(t, rate, feedback.Options{})
+	handle(t, h, event("store", 1, state.Soft))
+	if want := []string{"scale 0.5", "pressure soft"}; !slices.Equal(rate.writes, want) {
+		t.Fatalf("writes %q, want %q", rate.writes, want)
+	}
+
+	rate.failLevel = errors.New("redis down")
+	if err := h.Handle(context.Background(), event("store", 2, state.Hard)); err == nil {
+		t.Fatal("a failed level write was not reported")
+	}
+	if s, l := rate.scale("ibkr"), rate.level("ibkr"); s != 0 || l != state.Soft {
+		t.Fatalf("after the failed level write: scale %v level %s, want 0 and the old soft", s, l)
+	}
+	rate.failLevel = nil
+	if err := h.Reevaluate(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if l := rate.level("ibkr"); l != state.Hard {
+		t.Fatalf("level %s after the next evaluation, want hard", l)
 	}
 }
 
