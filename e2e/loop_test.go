@@ -85,14 +85,22 @@ func fill(t *testing.T, w *store.WriteCoordinator[int], n int) {
 // waitScale waits until the replica's limiter sees the scale want.
 func waitScale(t *testing.T, r *pipeline.Replica, want float64) {
 	t.Helper()
-	var got float64
+	waitStatus(t, r, fmt.Sprintf("scale %v", want), func(st limiter.Status) bool { return st.Scale == want })
+}
+
+// waitStatus waits until ibkr's status, as r's limiter reads it, satisfies
+// ok. (The handler writes the scale before the level: a test that needs
+// both waits for both.)
+func waitStatus(t *testing.T, r *pipeline.Replica, what string, ok func(limiter.Status) bool) {
+	t.Helper()
+	var st limiter.Status
+	var err error
 	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
-		st, err := r.Limiter().Status(context.Background(), "ibkr")
-		if got = st.Scale; err == nil && got == want {
+		if st, err = r.Limiter().Status(context.Background(), "ibkr"); err == nil && ok(st) {
 			return
 		}
 	}
-	t.Fatalf("scale %v, want %v", got, want)
+	t.Fatalf("status %+v (%v), want %s", st, err, what)
 }
 
 // TestInProcessLoop is the seed's integration test: store -> in-process bus
@@ -106,9 +114,9 @@ func TestInProcessLoop(t *testing.T) {
 		waitScale(t, r, 0.5)
 		fill(t, w, 20) // 90%: hard
 		waitScale(t, r, 0)
-		if s, _ := r.Limiter().Status(context.Background(), "ibkr"); s.Level != state.Hard || s.Source != "feedback" {
-			t.Fatalf("status %+v, want level hard set by feedback", s)
-		}
+		waitStatus(t, r, "level hard set by feedback", func(s limiter.Status) bool {
+			return s.Level == state.Hard && s.Source == "feedback"
+		})
 		open() // drains: ok
 		waitScale(t, r, 1)
 	})
@@ -168,9 +176,9 @@ func TestHTTPLoop(t *testing.T) {
 		w, open := gatedStore(t, client)
 		fill(t, w, 1+70)
 		waitScale(t, r, 0.5)
-		if s, _ := r.Limiter().Status(context.Background(), "ibkr"); s.Source != "feedback:http" || s.Level != state.Soft {
-			t.Fatalf("status %+v", s)
-		}
+		waitStatus(t, r, "level soft set by feedback:http", func(s limiter.Status) bool {
+			return s.Level == state.Soft && s.Source == "feedback:http"
+		})
 		open()
 		waitScale(t, r, 1)
 	})
