@@ -132,13 +132,12 @@ type coordState struct {
 
 // provState is what this Handler last did for a provider.
 type provState struct {
-	level      state.Level // last level written
-	levelKnown bool        // level was written
-	scale      float64     // last scale set (or shadowed)
-	changedAt  time.Time   // when (local time)
-	known      bool        // scale was set
-	rise       riseBudget  // a Controller's ramp
-	logged     float64     // a Controller's scale at the last Info line
+	level     state.Level // last level written ("" before the first, which no level equals)
+	scale     float64     // last scale set (or shadowed)
+	changedAt time.Time   // when (local time)
+	known     bool        // scale was set
+	rise      riseBudget  // a Controller's ramp
+	logged    float64     // a Controller's scale at the last Info line
 }
 
 // NewHandler returns a Handler steering rate. A bad option is an error that
@@ -380,23 +379,22 @@ func (h *Handler) apply(ctx context.Context, p string, level state.Level, report
 	// The scale first: it is what every replica enforces, so a level change
 	// reaches them one round trip sooner; the level, which only reports,
 	// follows.
-	if err := h.applyScale(ctx, p, level, reports, now); err != nil {
+	if err := h.applyScale(ctx, p, ps, level, reports, now); err != nil {
 		return err
 	}
-	if !ps.levelKnown || ps.level != level {
+	if ps.level != level {
 		if err := h.rate.SetPressure(ctx, p, level); err != nil {
 			return err
 		}
-		ps.level, ps.levelKnown = level, true
+		ps.level = level
 		h.m.level.WithLabelValues(p).Set(float64(level.Rank()))
 	}
 	return nil
 }
 
-// applyScale moves p's shared scale towards what the reports call for;
-// h.mu is held and h.provs[p] exists.
-func (h *Handler) applyScale(ctx context.Context, p string, level state.Level, reports []report, now time.Time) error {
-	ps := h.provs[p]
+// applyScale moves p's shared scale towards what the reports call for; ps
+// is p's state, and h.mu is held.
+func (h *Handler) applyScale(ctx context.Context, p string, ps *provState, level state.Level, reports []report, now time.Time) error {
 	cur, since := ps.scale, ps.changedAt
 	if !h.o.Shadow { // the shared scale: another handler or an operator may have changed it
 		var err error
