@@ -13,12 +13,9 @@
 -- Reply: string, the previous value ("" when none).
 -- Errors: UNKNOWN_PROVIDER <config key>; INVALID_ARGUMENT kind|level|scale=<value> ...
 
-local cfg, bad = load_config(KEYS[1])
-if bad then
+local cfg, bad = registered_config(KEYS[1])
+if not cfg then
   return bad
-end
-if cfg == nil then
-  return unknown_provider(KEYS[1])
 end
 local kind, value = ARGV[1], ARGV[2]
 local field

@@ -20,12 +20,9 @@
 --   [3] retry_after_us (integer: time left while open, else 0).
 -- Errors: UNKNOWN_PROVIDER <config key>; INVALID_ARGUMENT op=<value> ...
 
-local cfg, bad = load_config(KEYS[1])
-if bad then
+local cfg, bad = registered_config(KEYS[1])
+if not cfg then
   return bad
-end
-if cfg == nil then
-  return unknown_provider(KEYS[1])
 end
 local op = ARGV[1]
 if op ~= 'failure' and op ~= 'success' and op ~= 'reset' then

@@ -15,12 +15,9 @@
 -- Reply: array of 2: [1] until_ms (integer, 0 when none), [2] remaining_ms (integer).
 -- Errors: UNKNOWN_PROVIDER <config key>; INVALID_ARGUMENT op|duration_ms=<value> ...
 
-local cfg, bad = load_config(KEYS[1])
-if bad then
+local cfg, bad = registered_config(KEYS[1])
+if not cfg then
   return bad
-end
-if cfg == nil then
-  return unknown_provider(KEYS[1])
 end
 local op = ARGV[1]
 if op ~= 'set' and op ~= 'clear' then

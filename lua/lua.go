@@ -14,7 +14,7 @@ import (
 var files embed.FS
 
 // Names lists the scripts, without the .lua suffix, in a stable order.
-var Names = []string{"register", "acquire", "set_scale", "annotate", "breaker", "cooldown", "heartbeat", "status", "pressure", "lease"}
+var Names = []string{"register", "acquire", "set_scale", "annotate", "breaker", "cooldown", "heartbeat", "status", "pressure", "lease", "refund"}
 
 // Source returns the complete text of the named script: lib.lua followed by
 // <name>.lua. It panics on a name not in Names, a programming error.

@@ -17,12 +17,9 @@
 -- Setting the scale already in force writes nothing and publishes nothing.
 -- Errors: UNKNOWN_PROVIDER <config key>; INVALID_ARGUMENT scale=<value> ...
 
-local cfg, bad = load_config(KEYS[1])
-if bad then
+local cfg, bad = registered_config(KEYS[1])
+if not cfg then
   return bad
-end
-if cfg == nil then
-  return unknown_provider(KEYS[1])
 end
 local new = num(ARGV[1])
 if not (finite(new) and new >= 0 and new <= cfg.max_scale) then

@@ -15,12 +15,9 @@
 --   [8] bucket field/value pairs (HGETALL, as stored)
 -- Errors: UNKNOWN_PROVIDER <config key>.
 
-local cfg, bad = load_config(KEYS[1])
-if bad then
+local cfg, bad = registered_config(KEYS[1])
+if not cfg then
   return bad
-end
-if cfg == nil then
-  return unknown_provider(KEYS[1])
 end
 local now = now_us()
 local scale, bad_scale = load_scale(KEYS[3])

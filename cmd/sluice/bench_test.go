@@ -36,7 +36,7 @@ func TestBench(t *testing.T) {
 		t.Fatalf("%v\n%s", err, out)
 	}
 	// callers 1 × procs 1; 4 × 1; 4 × 2 (1 caller × 2 procs is skipped):
-	// 3 unlimited, 3 limited, 3 limited blocking; × 4 implementations.
+	// 3 unlimited, 3 limited, 3 limited blocking; × every implementation.
 	if len(rep.Runs) != 9*len(bench.Impls) || len(rep.Summaries) != 9*len(bench.Impls) {
 		t.Fatalf("%d runs, %d summaries, want %d", len(rep.Runs), len(rep.Summaries), 9*len(bench.Impls))
 	}

@@ -22,12 +22,18 @@ import (
 const (
 	Sluice       = "sluice"        // limiter.Coordinator, coalescing on (the default)
 	SluiceSingle = "sluice-single" // limiter.Coordinator with MaxBatch 1: one script call per request
+	SluiceLease  = "sluice-lease"  // limiter.Coordinator, coalescing and a token lease of LeaseTTL
 	RedisRate    = "redis_rate"    // go-redis/redis_rate v10 (GCRA), the reference peer
 	MinimalLua   = "lua"           // a bare token bucket script: TIME, HMGET, HSET
 )
 
 // Impls lists every implementation, in the order reports show them.
-var Impls = []string{Sluice, SluiceSingle, RedisRate, MinimalLua}
+var Impls = []string{Sluice, SluiceSingle, SluiceLease, RedisRate, MinimalLua}
+
+// LeaseTTL is sluice-lease's Options.TokenLease: how long leased tokens may
+// be handed out after the call that took them (and so how late a scale
+// change may reach a process).
+const LeaseTTL = 2 * time.Millisecond
 
 // Limits of the two modes. Unlimited is a rate at which every implementation
 // takes its write path on every call (redis_rate writes nothing at 1e9/s:
@@ -56,10 +62,13 @@ type decider interface {
 // (registering) is the caller's job once per run: see setup.
 func newDecider(impl string, rdb redis.UniversalClient, key string, lim Limits) (decider, error) {
 	switch impl {
-	case Sluice, SluiceSingle:
+	case Sluice, SluiceSingle, SluiceLease:
 		o := limiter.Options{Prefix: key, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
-		if impl == SluiceSingle {
+		switch impl {
+		case SluiceSingle:
 			o.MaxBatch = 1
+		case SluiceLease:
+			o.TokenLease = LeaseTTL
 		}
 		c, err := limiter.New(rdb, o)
 		if err != nil {
@@ -77,7 +86,7 @@ func newDecider(impl string, rdb redis.UniversalClient, key string, lim Limits) 
 // setup creates impl's state for key at lim: sluice's provider registration;
 // the others start from a missing key.
 func setup(ctx context.Context, impl string, rdb redis.UniversalClient, key string, lim Limits) error {
-	if impl != Sluice && impl != SluiceSingle {
+	if impl != Sluice && impl != SluiceSingle && impl != SluiceLease {
 		return nil
 	}
 	c, err := limiter.New(rdb, limiter.Options{Prefix: key, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})

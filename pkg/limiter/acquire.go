@@ -66,6 +66,12 @@ type Decision struct {
 	// taken in this process by Options.Outage (FailOpen or LocalFallback),
 	// not by the shared bucket.
 	Local bool
+	// Leased is true when the tokens came from this process's token lease
+	// (Options.TokenLease): taken from the shared bucket by an earlier call,
+	// at most TokenLease ago. Remaining, Scale, Level, Breaker and the
+	// config are as that call saw them; Now is its Redis time plus the
+	// local time since.
+	Leased bool
 }
 
 // TryAcquire takes n tokens from provider's shared bucket if it can, and
@@ -222,7 +228,7 @@ func (c *Coordinator) decide(ctx context.Context, st *providerState, n int) (Dec
 	if st.health.isDown() {
 		return c.outage(st, n, c.opts.Now(), ErrRedisUnavailable)
 	}
-	if c.opts.MaxBatch > 1 {
+	if c.opts.MaxBatch > 1 || c.opts.TokenLease > 0 {
 		return c.batchDecide(ctx, st, n)
 	}
 	return c.decideOne(ctx, st, n)

@@ -27,6 +27,7 @@ type batcher struct {
 	mu    sync.Mutex
 	busy  bool       // a call is in flight (inline or the worker's)
 	queue []*request // waiting for the next call, in arrival order
+	lease tokenLease // tokens taken ahead (Options.TokenLease); empty when off
 }
 
 // request is one caller's acquisition waiting in the queue.
@@ -42,14 +43,20 @@ type outcome struct {
 }
 
 // batchDecide takes the decision for n tokens of st, coalesced with the
-// other callers of this process.
+// other callers of this process, or from the process's token lease.
 func (c *Coordinator) batchDecide(ctx context.Context, st *providerState, n int) (Decision, error) {
 	b := &st.batch
 	b.mu.Lock()
+	if c.opts.TokenLease > 0 {
+		if d, ok := b.lease.take(n, time.Now()); ok {
+			b.mu.Unlock()
+			return d, nil
+		}
+	}
 	if !b.busy {
 		b.busy = true
 		b.mu.Unlock()
-		d, err := c.decideOne(ctx, st, n)
+		d, err := c.decideInline(ctx, st, n)
 		c.afterCall(st)
 		return d, err
 	}
@@ -65,6 +72,19 @@ func (c *Coordinator) batchDecide(ctx context.Context, st *providerState, n int)
 		r.canceled.Store(true)
 		return Decision{}, ctx.Err()
 	}
+}
+
+// decideInline sends the request of a caller that found no call in flight,
+// under its own context, with a lease request behind it when one is due.
+func (c *Coordinator) decideInline(ctx context.Context, st *providerState, n int) (Decision, error) {
+	want := c.leaseWant(st, int64(n))
+	if want == 0 {
+		return c.decideOne(ctx, st, n)
+	}
+	r := &request{n: n, done: make(chan outcome, 1)}
+	c.decideBatch(ctx, st, []*request{r}, want) // one request is always decided
+	o := <-r.done
+	return o.d, o.err
 }
 
 // afterCall ends a call: with requests queued, the worker takes over.
@@ -86,12 +106,20 @@ func (c *Coordinator) drain(st *providerState) {
 	for {
 		b.mu.Lock()
 		var batch []*request
+		var tokens int64
+		now := time.Now()
 		for len(b.queue) > 0 && len(batch) < c.opts.MaxBatch {
 			r := b.queue[0]
 			b.queue = b.queue[1:]
-			if !r.canceled.Load() {
-				batch = append(batch, r)
+			if r.canceled.Load() {
+				continue
 			}
+			if d, ok := b.lease.take(r.n, now); ok { // renewed while it waited
+				r.done <- outcome{d: d}
+				continue
+			}
+			batch = append(batch, r)
+			tokens += int64(r.n)
 		}
 		if len(batch) == 0 {
 			b.busy = false
@@ -100,7 +128,7 @@ func (c *Coordinator) drain(st *providerState) {
 			return
 		}
 		b.mu.Unlock()
-		undecided := c.decideBatch(st, batch)
+		undecided := c.decideBatch(context.Background(), st, batch, c.leaseWant(st, tokens))
 		if len(undecided) > 0 {
 			b.mu.Lock()
 			b.queue = append(undecided, b.queue...)
@@ -109,22 +137,27 @@ func (c *Coordinator) drain(st *providerState) {
 	}
 }
 
-// decideBatch runs one script call for batch and answers each request; it
-// returns the requests the script left undecided (behind a probe or a
-// request larger than the capacity), to be sent again.
-func (c *Coordinator) decideBatch(st *providerState, batch []*request) []*request {
-	if len(batch) == 1 {
-		d, err := c.decideOne(context.Background(), st, batch[0].n)
+// decideBatch runs one script call for batch, with a request for want
+// tokens more behind it for the lease (0: none), and answers each request;
+// it returns the requests the script left undecided (behind a probe or a
+// request larger than the capacity), to be sent again. The lease request,
+// last, is granted only when every request of the batch was.
+func (c *Coordinator) decideBatch(ctx context.Context, st *providerState, batch []*request, want int64) []*request {
+	if len(batch) == 1 && want == 0 {
+		d, err := c.decideOne(ctx, st, batch[0].n)
 		batch[0].done <- outcome{d, err}
 		return nil
 	}
-	now := c.opts.Now()
-	args := make([]any, len(batch))
+	start, now := time.Now(), c.opts.Now()
+	args := make([]any, len(batch), len(batch)+1)
 	for i, r := range batch {
 		args[i] = r.n
 	}
+	if want > 0 {
+		args = append(args, want)
+	}
 	k := st.keys
-	res, err := c.run(context.Background(), st, acquireScript, []string{k.config, k.bucket, k.scale, k.breaker, k.cooldown}, args...)
+	res, err := c.run(ctx, st, acquireScript, []string{k.config, k.bucket, k.scale, k.breaker, k.cooldown}, args...)
 	var granted int
 	var d Decision
 	if err == nil {
@@ -144,6 +177,10 @@ func (c *Coordinator) decideBatch(st *providerState, batch []*request) []*reques
 	c.redisUp(st)
 	st.remember(d, now)
 	st.m.decision(d)
+	if granted > len(batch) { // the lease request too
+		granted = len(batch)
+		c.renewLease(st, want, start, d)
+	}
 
 	ok := d
 	ok.Allowed, ok.RetryAfter = true, 0

@@ -44,7 +44,7 @@ func sendBatch(c *Coordinator, st *providerState, ns ...int) []*outcome {
 	for i, n := range ns {
 		batch[i] = &request{n: n, done: make(chan outcome, 1)}
 	}
-	c.decideBatch(st, batch)
+	c.decideBatch(context.Background(), st, batch, 0)
 	out := make([]*outcome, len(ns))
 	for i, r := range batch {
 		select {

@@ -133,6 +133,20 @@ type Options struct {
 	// far fewer round trips. 1 sends every request on its own; default
 	// 128; at most 1000.
 	MaxBatch int
+	// TokenLease, when positive, lets this process take tokens for a
+	// provider ahead of its callers, in the calls it makes anyway, and hand
+	// them out without a round trip (Decision.Leased) for at most
+	// TokenLease after the call that took them; what is left then goes back
+	// to the shared bucket (refund.lua). It never over-admits (the tokens
+	// leave the shared bucket first) and takes a lease only from plenty: at
+	// most half of what the bucket held after the process's own requests at
+	// its last call, so while tokens are scarce every process asks only for
+	// its callers. The price is the design's promise that a change reaches
+	// every replica at its next acquisition: a scale change, a pause, a
+	// cooldown or an open breaker set elsewhere reaches this process within
+	// TokenLease (a change through this Coordinator at once). Default 0:
+	// off; at most 1s.
+	TokenLease time.Duration
 	// Now is the clock of the local fallback bucket; default time.Now.
 	// Everything shared uses Redis time instead.
 	Now func() time.Time
@@ -166,6 +180,9 @@ func (o Options) withDefaults() (Options, error) {
 	}
 	if err == nil && (o.MaxBatch < 1 || o.MaxBatch > 1000) {
 		return o, &ArgumentError{"max_batch", o.MaxBatch, "an integer in [1, 1000]"}
+	}
+	if err == nil && (o.TokenLease < 0 || o.TokenLease > time.Second) {
+		return o, &ArgumentError{"token_lease", o.TokenLease, "a duration in [0, 1s]"}
 	}
 	if oe := (*opts.Error)(nil); errors.As(err, &oe) {
 		return o, &ArgumentError{oe.Field, oe.Value, oe.Rule}
@@ -292,6 +309,9 @@ func (c *Coordinator) Close() error {
 	close(c.stop)
 	c.wg.Wait()
 	c.notifier.close()
+	for _, st := range states {
+		c.dropLease(st)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
 	for _, st := range states {

@@ -5,3 +5,14 @@ var (
 	RegisterScriptForTest = registerScript
 	SetScaleScriptForTest = setScaleScript
 )
+
+// LeaseLeftForTest is the tokens c's lease of provider holds now.
+func LeaseLeftForTest(c *Coordinator, provider string) int64 {
+	st, err := c.state(provider)
+	if err != nil {
+		return 0
+	}
+	st.batch.mu.Lock()
+	defer st.batch.mu.Unlock()
+	return st.batch.lease.left
+}

@@ -45,10 +45,11 @@ type replicaResult struct {
 func runReplica() int {
 	addr, provider := os.Getenv("REDIS_ADDR"), os.Getenv("PROVIDER")
 	workers, _ := strconv.Atoi(os.Getenv("WORKERS"))
+	lease, _ := time.ParseDuration(os.Getenv("TOKEN_LEASE")) // unset: 0, off
 	rdb := redis.NewClient(&redis.Options{Addr: addr, PoolSize: workers + 2})
 	defer rdb.Close()
 	reg := prometheus.NewRegistry()
-	c, err := limiter.New(rdb, limiter.Options{Logger: quiet, Registerer: reg})
+	c, err := limiter.New(rdb, limiter.Options{Logger: quiet, Registerer: reg, TokenLease: lease})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 2
@@ -84,10 +85,13 @@ type replicaProc struct {
 	out   *bufio.Scanner
 }
 
-func startReplica(t *testing.T, addr, provider string, workers int) *replicaProc {
+// startReplica starts a replica process with workers goroutines; env adds
+// variables (TOKEN_LEASE=<duration> turns its token lease on).
+func startReplica(t *testing.T, addr, provider string, workers int, env ...string) *replicaProc {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), helperEnv+"=1", "REDIS_ADDR="+addr, "PROVIDER="+provider, "WORKERS="+strconv.Itoa(workers))
+	cmd.Env = append(cmd.Env, env...)
 	cmd.Stderr = os.Stderr
 	stdin, err := cmd.StdinPipe()
 	if err != nil {

@@ -23,6 +23,8 @@ func TestOptionsValidation(t *testing.T) {
 		{limiter.Options{Heartbeat: -time.Second}, "heartbeat=-1s"},
 		{limiter.Options{PausedRecheck: -1}, "paused_recheck"},
 		{limiter.Options{RedisRetry: -time.Second}, "redis_retry"},
+		{limiter.Options{TokenLease: -time.Millisecond}, "token_lease=-1ms"},
+		{limiter.Options{TokenLease: 2 * time.Second}, "token_lease=2s"},
 	} {
 		c, err := limiter.New(rdb, tc.o)
 		if err == nil {

@@ -32,6 +32,7 @@ func (c *Coordinator) SetBudgetScale(ctx context.Context, provider string, scale
 	if err != nil {
 		return ScaleChange{}, err
 	}
+	c.dropLease(st) // tokens taken at the old scale are not handed out at the new one
 	k := st.keys
 	res, err := c.run(ctx, st, setScaleScript, []string{k.config, k.bucket, k.scale}, formatFloat(scale), c.opts.Source, k.notify)
 	if err != nil {
@@ -117,6 +118,9 @@ func (c *Coordinator) breakerOp(ctx context.Context, provider, op string) error 
 	if err != nil {
 		return err
 	}
+	if op == "failure" {
+		c.dropLease(st) // a failing upstream: no more tokens from here until Redis says so
+	}
 	k := st.keys
 	res, err := c.run(ctx, st, breakerScript, []string{k.config, k.breaker}, op, k.notify)
 	if err != nil {
@@ -165,6 +169,9 @@ func (c *Coordinator) cooldownOp(ctx context.Context, provider, op, scope, reaso
 	st, err := c.state(provider)
 	if err != nil {
 		return time.Time{}, err
+	}
+	if op == "set" {
+		c.dropLease(st)
 	}
 	k := st.keys
 	res, err := c.run(ctx, st, cooldownScript, []string{k.config, k.cooldown}, op, scope, reason, dur, k.notify)

@@ -29,7 +29,7 @@ from .errors import (
 #: `make python-scripts` and checked byte-identical by the tests.
 SCRIPT_NAMES: Tuple[str, ...] = (
     "register", "acquire", "set_scale", "annotate", "breaker",
-    "cooldown", "heartbeat", "status", "pressure", "lease",
+    "cooldown", "heartbeat", "status", "pressure", "lease", "refund",
 )
 
 DEFAULT_PREFIX = "sluice"

@@ -93,6 +93,19 @@ local function load_config(key)
   return v
 end
 
+-- registered_config is load_config for a script that needs the provider:
+-- the config, or nil and the error reply (UNKNOWN_PROVIDER or CORRUPT).
+local function registered_config(key)
+  local cfg, bad = load_config(key)
+  if bad then
+    return nil, bad
+  end
+  if cfg == nil then
+    return nil, unknown_provider(key)
+  end
+  return cfg
+end
+
 -- load_scale returns the stored scale factor (1 when the hash or the field
 -- is absent), or nil and a CORRUPT error reply when it is not a number.
 local function load_scale(key)

@@ -93,6 +93,19 @@ local function load_config(key)
   return v
 end
 
+-- registered_config is load_config for a script that needs the provider:
+-- the config, or nil and the error reply (UNKNOWN_PROVIDER or CORRUPT).
+local function registered_config(key)
+  local cfg, bad = load_config(key)
+  if bad then
+    return nil, bad
+  end
+  if cfg == nil then
+    return nil, unknown_provider(key)
+  end
+  return cfg
+end
+
 -- load_scale returns the stored scale factor (1 when the hash or the field
 -- is absent), or nil and a CORRUPT error reply when it is not a number.
 local function load_scale(key)
@@ -154,12 +167,9 @@ end
 --   [8] bucket field/value pairs (HGETALL, as stored)
 -- Errors: UNKNOWN_PROVIDER <config key>.
 
-local cfg, bad = load_config(KEYS[1])
-if bad then
+local cfg, bad = registered_config(KEYS[1])
+if not cfg then
   return bad
-end
-if cfg == nil then
-  return unknown_provider(KEYS[1])
 end
 local now = now_us()
 local scale, bad_scale = load_scale(KEYS[3])

@@ -1,0 +1,138 @@
+package limiter
+
+import (
+	"context"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/sluice-dev/sluice/lua"
+	"github.com/sluice-dev/sluice/pkg/state"
+)
+
+var refundScript = redis.NewScript(lua.Source("refund"))
+
+// tokenLease is tokens this process took from a provider's shared bucket
+// ahead of its callers (Options.TokenLease), handed out locally until it
+// runs out or expires. The tokens left the shared bucket before anyone
+// uses them, so a lease never over-admits; what is left at expiry goes back
+// to the bucket (refund.lua). Guarded by the provider's batcher mutex.
+type tokenLease struct {
+	left    int64     // tokens not yet handed out
+	used    int64     // handed out since the lease was last renewed
+	renewed time.Time // local time of the call that last renewed it
+	expires time.Time // renewed + Options.TokenLease: nothing is handed out after
+	d       Decision  // the decision of that call: scale, level, config, breaker
+	dropped time.Time // local time of the last dropLease
+	timer   *time.Timer
+}
+
+// take hands out n leased tokens, if the lease holds them and has not
+// expired at now.
+func (l *tokenLease) take(n int, now time.Time) (Decision, bool) {
+	if l.left < int64(n) || !now.Before(l.expires) {
+		return Decision{}, false
+	}
+	l.left -= int64(n)
+	l.used += int64(n)
+	d := l.d
+	d.Allowed, d.Reason, d.RetryAfter, d.Leased = true, ReasonOK, 0, true
+	d.Now = d.Now.Add(now.Sub(l.renewed))
+	return d, true
+}
+
+// leaseWant is how many tokens the next call for st should take ahead, on
+// top of the batch's own (tokens): none when leasing is off, or when the
+// last decision did not find the provider open (not ok, paused, breaker not
+// closed). Otherwise twice what the lease handed out since it was last
+// renewed (at least the batch's tokens), but never more than half of what
+// the bucket held after the batch at the last look: a lease is taken only
+// from plenty, so while tokens are scarce processes ask only for what their
+// callers want, and shares stay fair.
+func (c *Coordinator) leaseWant(st *providerState, tokens int64) int64 {
+	if c.opts.TokenLease <= 0 {
+		return 0
+	}
+	st.batch.mu.Lock()
+	used := st.batch.lease.used
+	st.batch.mu.Unlock()
+	st.mu.Lock()
+	last, known := st.last, st.haveLast
+	st.mu.Unlock()
+	if !known || last.Local || last.Reason != ReasonOK || last.Scale <= 0 || (last.Breaker != "" && last.Breaker != state.BreakerClosed) {
+		return 0
+	}
+	want := max(2*used, tokens)
+	return min(want, int64(last.Remaining-float64(tokens))/2)
+}
+
+// renewLease adds want tokens, just taken by a call that started at start
+// and took decision d, to st's lease, and makes it last Options.TokenLease
+// from start. Tokens still left from before stay: they too were taken from
+// the bucket by a call that saw the shared state open. If the lease was
+// dropped while the call was in flight, the tokens go back instead.
+func (c *Coordinator) renewLease(st *providerState, want int64, start time.Time, d Decision) {
+	b := &st.batch
+	b.mu.Lock()
+	l := &b.lease
+	if !l.dropped.Before(start) {
+		b.mu.Unlock()
+		c.refund(st, want)
+		return
+	}
+	defer b.mu.Unlock()
+	l.left += want
+	l.used = 0
+	l.renewed, l.expires, l.d = start, start.Add(c.opts.TokenLease), d
+	if l.timer == nil {
+		l.timer = time.AfterFunc(c.opts.TokenLease, func() { c.expireLease(st) })
+	} else {
+		l.timer.Reset(time.Until(l.expires))
+	}
+}
+
+// expireLease runs when st's lease may have expired: if it has, what is
+// left goes back to the bucket.
+func (c *Coordinator) expireLease(st *providerState) {
+	b := &st.batch
+	b.mu.Lock()
+	if wait := time.Until(b.lease.expires); wait > 0 { // renewed meanwhile
+		b.lease.timer.Reset(wait)
+		b.mu.Unlock()
+		return
+	}
+	left := b.lease.left
+	b.lease.left = 0
+	b.mu.Unlock()
+	c.refund(st, left)
+}
+
+// dropLease ends st's lease now and gives back what is left of it: the
+// process is about to change or report shared state (a failure, a
+// cooldown, a scale), and tokens taken before must not outlive that here.
+func (c *Coordinator) dropLease(st *providerState) {
+	b := &st.batch
+	b.mu.Lock()
+	left := b.lease.left
+	b.lease.left, b.lease.expires, b.lease.dropped = 0, time.Time{}, time.Now()
+	if b.lease.timer != nil {
+		b.lease.timer.Stop()
+	}
+	b.mu.Unlock()
+	c.refund(st, left)
+}
+
+// refund puts n unused tokens back into st's bucket. It may fail (Redis
+// gone): the tokens are then lost to everyone until the bucket refills,
+// which under-admits but never over-admits.
+func (c *Coordinator) refund(st *providerState, n int64) {
+	if n <= 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), c.opts.CallTimeout)
+	defer cancel()
+	k := st.keys
+	if _, err := c.script(ctx, refundScript, []string{k.config, k.bucket, k.scale}, n); err != nil {
+		c.log.Warn("unused leased tokens not returned", "provider", st.name, "tokens", n, "err", err)
+	}
+}
