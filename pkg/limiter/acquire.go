@@ -67,10 +67,11 @@ type Decision struct {
 	// not by the shared bucket.
 	Local bool
 	// Leased is true when the tokens came from this process's token lease
-	// (Options.TokenLease): taken from the shared bucket by an earlier call,
-	// at most TokenLease ago. Remaining, Scale, Level, Breaker and the
-	// config are as that call saw them; Now is its Redis time plus the
-	// local time since.
+	// (Options.TokenLease): taken from the shared bucket ahead, and handed
+	// out at most TokenLease after the latest call that added to the lease
+	// (a call that found the provider open). Remaining, Scale, Level,
+	// Breaker and the config are as that call saw them; Now is its Redis
+	// time plus the local time since.
 	Leased bool
 }
 
@@ -228,7 +229,7 @@ func (c *Coordinator) decide(ctx context.Context, st *providerState, n int) (Dec
 	if st.health.isDown() {
 		return c.outage(st, n, c.opts.Now(), ErrRedisUnavailable)
 	}
-	if c.opts.MaxBatch > 1 || c.opts.TokenLease > 0 {
+	if c.opts.MaxBatch > 1 {
 		return c.batchDecide(ctx, st, n)
 	}
 	return c.decideOne(ctx, st, n)

@@ -153,7 +153,7 @@ func (c *Coordinator) decideBatch(ctx context.Context, st *providerState, batch 
 	for i, r := range batch {
 		args[i] = r.n
 	}
-	if want > 0 {
+	if want > 0 && len(batch) < maxRequests {
 		args = append(args, want)
 	}
 	k := st.keys
@@ -177,7 +177,7 @@ func (c *Coordinator) decideBatch(ctx context.Context, st *providerState, batch 
 	c.redisUp(st)
 	st.remember(d, now)
 	st.m.decision(d)
-	if granted > len(batch) { // the lease request too
+	if granted > len(batch) { // the lease request too (sent only when want > 0)
 		granted = len(batch)
 		c.renewLease(st, want, start, d)
 	}

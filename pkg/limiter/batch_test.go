@@ -228,3 +228,41 @@ func TestBatchCallerDeadline(t *testing.T) {
 		t.Fatalf("%.3f tokens left, want 8: the canceled request took tokens", s)
 	}
 }
+
+// A lease request rides behind a batch only while the call stays within
+// acquire's 1000 requests: a full batch goes without it, and is granted.
+func TestLeaseRequestWithFullBatch(t *testing.T) {
+	srv := redistest.Start(t)
+	c, err := New(srv.Client(t), Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), MaxBatch: 1000, TokenLease: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	cfg := DefaultProviderConfig()
+	cfg.Capacity, cfg.RefillRate = 10_000, 0.001
+	if _, err := c.Register(context.Background(), "p", cfg); err != nil {
+		t.Fatal(err)
+	}
+	st, err := c.state("p")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, size := range []int{1000, 999} {
+		batch := make([]*request, size)
+		for i := range batch {
+			batch[i] = &request{n: 1, done: make(chan outcome, 1)}
+		}
+		c.decideBatch(context.Background(), st, batch, 10)
+		for i, r := range batch {
+			if o := <-r.done; o.err != nil || !o.d.Allowed {
+				t.Fatalf("batch of %d, request %d: %+v %v", size, i, o.d, o.err)
+			}
+		}
+		st.batch.mu.Lock()
+		left := st.batch.lease.left
+		st.batch.mu.Unlock()
+		if want := map[int]int64{1000: 0, 999: 10}[size]; left != want {
+			t.Errorf("batch of %d: lease holds %d, want %d", size, left, want)
+		}
+	}
+}

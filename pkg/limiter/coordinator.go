@@ -134,18 +134,22 @@ type Options struct {
 	// 128; at most 1000.
 	MaxBatch int
 	// TokenLease, when positive, lets this process take tokens for a
-	// provider ahead of its callers, in the calls it makes anyway, and hand
-	// them out without a round trip (Decision.Leased) for at most
-	// TokenLease after the call that took them; what is left then goes back
-	// to the shared bucket (refund.lua). It never over-admits (the tokens
-	// leave the shared bucket first) and takes a lease only from plenty: at
-	// most half of what the bucket held after the process's own requests at
-	// its last call, so while tokens are scarce every process asks only for
-	// its callers. The price is the design's promise that a change reaches
-	// every replica at its next acquisition: a scale change, a pause, a
-	// cooldown or an open breaker set elsewhere reaches this process within
-	// TokenLease (a change through this Coordinator at once). Default 0:
-	// off; at most 1s.
+	// provider ahead of its callers, as one more request at the end of the
+	// coalesced calls it makes anyway, and hand them out without a round
+	// trip (Decision.Leased) until TokenLease after the latest call that
+	// added to the lease; what is left then goes back to the shared bucket
+	// (refund.lua). It never over-admits: the tokens leave the shared bucket
+	// first. A lease is taken only from plenty: at most half of what the
+	// bucket held after the process's own requests at its last call, so
+	// while tokens are scarce every process asks only for its callers; and
+	// at most what refills during one TokenLease at the scale in force, so a
+	// window of any length T admits at most capacity + rate × scale × (T +
+	// TokenLease × leasing processes). The price is the design's promise
+	// that a change reaches every replica at its next acquisition: a scale
+	// change, a pause, a cooldown or an open breaker set by another process
+	// reaches this one within TokenLease; one made through this Coordinator
+	// (SetBudgetScale, RecordFailure, TriggerCooldown) ends the lease before
+	// it returns. Default 0: off; at most 1s; needs MaxBatch > 1.
 	TokenLease time.Duration
 	// Now is the clock of the local fallback bucket; default time.Now.
 	// Everything shared uses Redis time instead.
@@ -178,17 +182,23 @@ func (o Options) withDefaults() (Options, error) {
 	if o.MaxBatch == 0 {
 		o.MaxBatch = 128
 	}
-	if err == nil && (o.MaxBatch < 1 || o.MaxBatch > 1000) {
+	if err == nil && (o.MaxBatch < 1 || o.MaxBatch > maxRequests) {
 		return o, &ArgumentError{"max_batch", o.MaxBatch, "an integer in [1, 1000]"}
 	}
 	if err == nil && (o.TokenLease < 0 || o.TokenLease > time.Second) {
 		return o, &ArgumentError{"token_lease", o.TokenLease, "a duration in [0, 1s]"}
+	}
+	if err == nil && o.TokenLease > 0 && o.MaxBatch == 1 {
+		return o, &ArgumentError{"token_lease", o.TokenLease, "0 when max_batch is 1 (a lease rides on coalesced calls)"}
 	}
 	if oe := (*opts.Error)(nil); errors.As(err, &oe) {
 		return o, &ArgumentError{oe.Field, oe.Value, oe.Rule}
 	}
 	return o, err
 }
+
+// maxRequests is the most requests acquire.lua takes in one call.
+const maxRequests = 1000
 
 func defaultReplicaID() string {
 	host, _ := os.Hostname()

@@ -25,6 +25,7 @@ func TestOptionsValidation(t *testing.T) {
 		{limiter.Options{RedisRetry: -time.Second}, "redis_retry"},
 		{limiter.Options{TokenLease: -time.Millisecond}, "token_lease=-1ms"},
 		{limiter.Options{TokenLease: 2 * time.Second}, "token_lease=2s"},
+		{limiter.Options{TokenLease: time.Millisecond, MaxBatch: 1}, "max_batch is 1"},
 	} {
 		c, err := limiter.New(rdb, tc.o)
 		if err == nil {

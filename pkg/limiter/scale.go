@@ -32,7 +32,11 @@ func (c *Coordinator) SetBudgetScale(ctx context.Context, provider string, scale
 	if err != nil {
 		return ScaleChange{}, err
 	}
-	c.dropLease(st) // tokens taken at the old scale are not handed out at the new one
+	// Tokens taken at the old scale are not handed out at the new one: the
+	// lease goes before the change, and again after it (a call in flight
+	// meanwhile may have leased at the old scale).
+	c.dropLease(st)
+	defer c.dropLease(st)
 	k := st.keys
 	res, err := c.run(ctx, st, setScaleScript, []string{k.config, k.bucket, k.scale}, formatFloat(scale), c.opts.Source, k.notify)
 	if err != nil {
@@ -118,8 +122,9 @@ func (c *Coordinator) breakerOp(ctx context.Context, provider, op string) error 
 	if err != nil {
 		return err
 	}
-	if op == "failure" {
-		c.dropLease(st) // a failing upstream: no more tokens from here until Redis says so
+	if op == "failure" { // a failing upstream: no more tokens from here until Redis says so
+		defer c.dropLease(st) // what a call in flight meanwhile leased
+		c.dropLease(st)
 	}
 	k := st.keys
 	res, err := c.run(ctx, st, breakerScript, []string{k.config, k.breaker}, op, k.notify)
@@ -171,6 +176,7 @@ func (c *Coordinator) cooldownOp(ctx context.Context, provider, op, scope, reaso
 		return time.Time{}, err
 	}
 	if op == "set" {
+		defer c.dropLease(st) // what a call in flight meanwhile leased
 		c.dropLease(st)
 	}
 	k := st.keys

@@ -42,53 +42,71 @@ func (l *tokenLease) take(n int, now time.Time) (Decision, bool) {
 }
 
 // leaseWant is how many tokens the next call for st should take ahead, on
-// top of the batch's own (tokens): none when leasing is off, or when the
-// last decision did not find the provider open (not ok, paused, breaker not
-// closed). Otherwise twice what the lease handed out since it was last
-// renewed (at least the batch's tokens), but never more than half of what
-// the bucket held after the batch at the last look: a lease is taken only
-// from plenty, so while tokens are scarce processes ask only for what their
+// top of the batch's own (tokens): none when leasing is off, after Close, or
+// when the last decision did not find the provider open (not ok, paused,
+// breaker not closed). Otherwise twice what the lease handed out since it
+// was last renewed (at least the batch's tokens), but never more than
+// refills during one TokenLease at the scale in force (so leased tokens
+// widen no window by more than that), nor more than half of what the bucket
+// held after the batch at the process's last call: a lease is taken from
+// plenty, so while tokens are scarce processes ask only for what their
 // callers want, and shares stay fair.
 func (c *Coordinator) leaseWant(st *providerState, tokens int64) int64 {
 	if c.opts.TokenLease <= 0 {
 		return 0
 	}
+	c.mu.Lock()
+	closed := c.closed
+	c.mu.Unlock()
 	st.batch.mu.Lock()
 	used := st.batch.lease.used
 	st.batch.mu.Unlock()
 	st.mu.Lock()
 	last, known := st.last, st.haveLast
 	st.mu.Unlock()
-	if !known || last.Local || last.Reason != ReasonOK || last.Scale <= 0 || (last.Breaker != "" && last.Breaker != state.BreakerClosed) {
+	if closed || !known || last.Local || last.Reason != ReasonOK || last.Scale <= 0 || (last.Breaker != "" && last.Breaker != state.BreakerClosed) {
 		return 0
 	}
 	want := max(2*used, tokens)
-	return min(want, int64(last.Remaining-float64(tokens))/2)
+	want = min(want, int64(last.RefillRate*last.Scale*c.opts.TokenLease.Seconds()))
+	return max(0, min(want, int64(last.Remaining-float64(tokens))/2))
 }
 
 // renewLease adds want tokens, just taken by a call that started at start
 // and took decision d, to st's lease, and makes it last Options.TokenLease
-// from start. Tokens still left from before stay: they too were taken from
-// the bucket by a call that saw the shared state open. If the lease was
-// dropped while the call was in flight, the tokens go back instead.
+// from start. Tokens still left from before stay, unless that lease had
+// expired: they too were taken by a call that saw the shared state open,
+// and this one saw it open again. The tokens go back instead when the lease
+// was dropped while the call was in flight (a change through this
+// Coordinator, or Close), or when the call took so long that the lease
+// would be over on arrival.
 func (c *Coordinator) renewLease(st *providerState, want int64, start time.Time, d Decision) {
+	c.mu.Lock()
+	closed := c.closed
+	c.mu.Unlock()
 	b := &st.batch
 	b.mu.Lock()
 	l := &b.lease
-	if !l.dropped.Before(start) {
+	now, expires := time.Now(), start.Add(c.opts.TokenLease)
+	if closed || !l.dropped.Before(start) || !now.Before(expires) {
 		b.mu.Unlock()
 		c.refund(st, want)
 		return
 	}
-	defer b.mu.Unlock()
+	var stale int64
+	if !now.Before(l.expires) { // what is left of an expired lease goes back
+		stale, l.left = l.left, 0
+	}
 	l.left += want
 	l.used = 0
-	l.renewed, l.expires, l.d = start, start.Add(c.opts.TokenLease), d
+	l.renewed, l.expires, l.d = start, expires, d
 	if l.timer == nil {
 		l.timer = time.AfterFunc(c.opts.TokenLease, func() { c.expireLease(st) })
 	} else {
-		l.timer.Reset(time.Until(l.expires))
+		l.timer.Reset(expires.Sub(now))
 	}
+	b.mu.Unlock()
+	c.refund(st, stale)
 }
 
 // expireLease runs when st's lease may have expired: if it has, what is
@@ -108,8 +126,9 @@ func (c *Coordinator) expireLease(st *providerState) {
 }
 
 // dropLease ends st's lease now and gives back what is left of it: the
-// process is about to change or report shared state (a failure, a
-// cooldown, a scale), and tokens taken before must not outlive that here.
+// process changes or reports shared state (a failure, a cooldown, a scale)
+// and tokens taken before must not outlive that here, or it closes. A call
+// in flight does not renew the lease after this (renewLease).
 func (c *Coordinator) dropLease(st *providerState) {
 	b := &st.batch
 	b.mu.Lock()
