@@ -26,6 +26,8 @@ caller takes one token at a time as fast as it can, for --duration.
 
   sluice         the limiter as shipped (concurrent calls of a process coalesced)
   sluice-single  the limiter sending every request alone (MaxBatch 1)
+  sluice-lease   the limiter with a 2ms token lease (TokenLease: tokens taken
+                 ahead from plenty, handed out without a round trip)
   redis_rate     go-redis/redis_rate v10, the reference peer
   lua            a bare token bucket script (TIME, HMGET, HSET): the floor
 
