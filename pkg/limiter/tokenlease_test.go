@@ -384,3 +384,63 @@ func TestTokenLeaseOwnChange(t *testing.T) {
 		t.Fatal("nothing was leased: the test did not exercise the lease")
 	}
 }
+
+// TestTokenLeaseStalledRedis: with Redis stalled (SIGSTOP), a leasing
+// replica hands out what its lease holds (those tokens were taken before
+// the stall), then falls to its outage mode within CallTimeout; Close,
+// which tries to give the rest back, is bounded too.
+func TestTokenLeaseStalledRedis(t *testing.T) {
+	srv := redistest.Start(t)
+	admin := srv.Client(t)
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr, MaxRetries: -1, ContextTimeoutEnabled: true})
+	t.Cleanup(func() { rdb.Close() })
+	ctl, _ := newCoord(t, admin, limiter.Options{})
+	register(t, ctl, "st", 1_000_000, 1_000_000)
+	c, err := limiter.New(rdb, limiter.Options{Logger: quiet, TokenLease: time.Second, CallTimeout: 100 * time.Millisecond, RedisRetry: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := false
+	t.Cleanup(func() {
+		if !closed {
+			c.Close()
+		}
+	})
+	for limiter.LeaseLeftForTest(c, "st") < 4 {
+		leaseUp(t, c, "st")
+	}
+	srv.Pause(t)
+	t.Cleanup(func() { srv.Resume(t) })
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	for range 2 { // the lease holds at least 4
+		if d, err := c.TryAcquire(ctx, "st", 1); err != nil || !d.Allowed || !d.Leased {
+			t.Fatalf("stalled, lease held: %+v, %v; want a leased grant", d, err)
+		}
+	}
+	for {
+		d, err := c.TryAcquire(ctx, "st", 1)
+		if ctx.Err() != nil {
+			t.Fatal("the caller's 5s deadline passed: the stall held the call")
+		}
+		if err != nil {
+			if !errors.Is(err, limiter.ErrRedisUnavailable) {
+				t.Fatalf("after the lease: %v, want ErrRedisUnavailable", err)
+			}
+			break
+		}
+		if !d.Leased {
+			t.Fatalf("granted without the lease while Redis is stalled: %+v", d)
+		}
+	}
+	start := time.Now()
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	closed = true
+	took := time.Since(start)
+	t.Logf("Close took %v on the stalled Redis", took)
+	if took > 5*time.Second {
+		t.Fatalf("Close took %v on a stalled Redis", took)
+	}
+}
