@@ -28,6 +28,25 @@ func bucketTS(t *testing.T, rdb *redis.Client, provider string) time.Time {
 	return time.UnixMicro(us)
 }
 
+// pausedProvider starts a real redis-server with provider registered at
+// burst and rate and paused (scale 0), so that the replicas of a race can
+// start and none is late to it; it returns the server, an admin client and
+// the Coordinator that will end the pause.
+func pausedProvider(t *testing.T, provider string, burst int64, rate float64) (*redistest.Server, *redis.Client, *limiter.Coordinator) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("-short")
+	}
+	srv := redistest.Start(t)
+	admin := srv.Client(t)
+	ctl, _ := newCoord(t, admin, limiter.Options{})
+	register(t, ctl, provider, burst, rate)
+	if _, err := ctl.SetBudgetScale(context.Background(), provider, 0); err != nil {
+		t.Fatal(err)
+	}
+	return srv, admin, ctl
+}
+
 // checkBound fails t when got, the tokens granted since start (the
 // SetBudgetScale that began the run), exceeds start's tokens + rate × the
 // Redis time from start to the bucket's last write, or is below half of it:
@@ -74,23 +93,13 @@ func commandCalls(t *testing.T, rdb *redis.Client) map[string]int64 {
 // that a starved machine cannot fail it while a limiter granting too little
 // still does.
 func TestGlobalAccuracy(t *testing.T) {
-	if testing.Short() {
-		t.Skip("-short")
-	}
 	const (
 		rate     = 200
 		burst    = 20
 		duration = 5 * time.Second
 	)
-	srv := redistest.Start(t)
-	admin := srv.Client(t)
+	srv, admin, ctl := pausedProvider(t, "acc", burst, rate)
 	ctx := context.Background()
-	ctl, _ := newCoord(t, admin, limiter.Options{})
-	register(t, ctl, "acc", burst, rate)
-	// Paused while the clients start, so that none is late to the race.
-	if _, err := ctl.SetBudgetScale(ctx, "acc", 0); err != nil {
-		t.Fatal(err)
-	}
 	var procs []*replicaProc
 	for range 4 {
 		procs = append(procs, startReplica(t, srv.Addr, "acc", 4))

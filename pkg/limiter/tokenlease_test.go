@@ -74,75 +74,30 @@ func leaseUp(t *testing.T, c *limiter.Coordinator, provider string) int {
 // real redis-server, and the leases served a share of the grants without a
 // script call.
 func TestTokenLeaseAccuracy(t *testing.T) {
-	if testing.Short() {
-		t.Skip("-short")
-	}
 	const rate, burst = 2000, 3000
-	srv := redistest.Start(t)
-	admin := srv.Client(t)
-	ctx := context.Background()
-	ctl, _ := newCoord(t, admin, limiter.Options{})
-	register(t, ctl, "tl", burst, rate)
-	if _, err := ctl.SetBudgetScale(ctx, "tl", 0); err != nil {
-		t.Fatal(err)
-	}
+	srv, admin, ctl := pausedProvider(t, "tl", burst, rate)
 	var procs []*replicaProc
 	for range 2 {
 		procs = append(procs, startReplica(t, srv.Addr, "tl", 8, "TOKEN_LEASE=20ms"))
 	}
-	replicas := []*limiter.Coordinator{}
+	var spinners []*spinner
 	for _, o := range []limiter.Options{{TokenLease: 20 * time.Millisecond}, {TokenLease: 20 * time.Millisecond}, {MaxBatch: 1}} {
 		c, _ := newCoord(t, srv.Client(t), o)
-		replicas = append(replicas, c)
+		spinners = append(spinners, &spinner{c: c, workers: map[bool]int{true: 48, false: 8}[o.TokenLease > 0]})
 	}
-	runCtx, stop := context.WithCancel(ctx)
-	var admitted, leased atomic.Int64
-	var started, wg sync.WaitGroup
-	begin := make(chan struct{})
-	for i, c := range replicas {
-		workers := 48
-		if i == 2 {
-			workers = 8
-		}
-		for range workers {
-			started.Add(1)
-			wg.Go(func() {
-				started.Done()
-				<-begin
-				for runCtx.Err() == nil {
-					d, err := c.TryAcquire(runCtx, "tl", 1)
-					if err != nil {
-						if !errors.Is(err, context.Canceled) {
-							t.Error(err)
-						}
-						return
-					}
-					if d.Allowed {
-						admitted.Add(1)
-					}
-					if d.Leased {
-						leased.Add(1)
-					}
-				}
-			})
-		}
+	start := race(t, ctl, "tl", 2*time.Second, spinners...)
+	var admitted, leased int64
+	for _, s := range spinners {
+		admitted += s.admitted.Load()
+		leased += s.leased.Load()
 	}
-	started.Wait()
-	start, err := ctl.SetBudgetScale(ctx, "tl", 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	close(begin)
-	time.Sleep(2 * time.Second)
-	stop()
 	for _, p := range procs {
-		admitted.Add(p.stop(t).Admitted)
+		admitted += p.stop(t).Admitted
 	}
-	wg.Wait()
 
-	t.Logf("%d grants from leases in this process", leased.Load())
-	checkBound(t, admin, "tl", start, rate, float64(admitted.Load()))
-	if leased.Load() == 0 {
+	t.Logf("%d grants from leases in this process", leased)
+	checkBound(t, admin, "tl", start, rate, float64(admitted))
+	if leased == 0 {
 		t.Fatal("no grant came from a lease: the test did not exercise them")
 	}
 }
