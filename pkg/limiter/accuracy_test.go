@@ -3,6 +3,7 @@ package limiter_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strconv"
 	"strings"
 	"sync"
@@ -17,15 +18,21 @@ import (
 	"github.com/sluice-dev/sluice/pkg/limiter"
 )
 
-// bucketTS returns the bucket's last write time: with no scale change after
-// the start, the time of the last grant.
-func bucketTS(t *testing.T, rdb *redis.Client, provider string) time.Time {
+// bucketState reads provider's bucket as stored: its tokens, and the Redis
+// time of its last write (with no scale change after a race's start, the
+// time of the last grant).
+func bucketState(t *testing.T, rdb *redis.Client, provider string) (float64, time.Time) {
 	t.Helper()
-	us, err := rdb.HGet(context.Background(), "sluice:{"+provider+"}:bucket", "ts").Int64()
+	h, err := rdb.HMGet(context.Background(), "sluice:{"+provider+"}:bucket", "tokens", "ts").Result()
 	if err != nil {
 		t.Fatal(err)
 	}
-	return time.UnixMicro(us)
+	tokens, terr := strconv.ParseFloat(fmt.Sprint(h[0]), 64)
+	us, uerr := strconv.ParseInt(fmt.Sprint(h[1]), 10, 64)
+	if terr != nil || uerr != nil {
+		t.Fatalf("bucket of %s: tokens %v, ts %v", provider, h[0], h[1])
+	}
+	return tokens, time.UnixMicro(us)
 }
 
 // pausedProvider starts a real redis-server with provider registered at
@@ -54,7 +61,8 @@ func pausedProvider(t *testing.T, provider string, burst int64, rate float64) (*
 // little still does. It returns the bound and that time.
 func checkBound(t *testing.T, admin *redis.Client, provider string, start limiter.ScaleChange, rate, got float64) (float64, time.Duration) {
 	t.Helper()
-	elapsed := bucketTS(t, admin, provider).Sub(start.At)
+	_, last := bucketState(t, admin, provider)
+	elapsed := last.Sub(start.At)
 	bound := start.Tokens + rate*elapsed.Seconds()
 	t.Logf("admitted %v, bound %.2f (burst %.0f + %v/s × %v Redis time): %.2f%%", got, bound, start.Tokens, rate, elapsed, 100*got/bound)
 	if got > bound+1e-6 {

@@ -410,7 +410,8 @@ func restartUnderLoad(t *testing.T, aof bool, mode limiter.OutageMode) {
 	wg.Wait()
 
 	admin := srv.Client(t)
-	elapsed := bucketTS(t, admin, "p").Sub(ch.At)
+	_, last := bucketState(t, admin, "p")
+	elapsed := last.Sub(ch.At)
 	bound := ch.Tokens + rate*scale*elapsed.Seconds()
 	if !aof {
 		bound += capacity // registered again, full

@@ -32,11 +32,7 @@ func (c *Coordinator) SetBudgetScale(ctx context.Context, provider string, scale
 	if err != nil {
 		return ScaleChange{}, err
 	}
-	// Tokens taken at the old scale are not handed out at the new one: the
-	// lease goes before the change, and again after it (a call in flight
-	// meanwhile may have leased at the old scale).
-	c.dropLease(st)
-	defer c.dropLease(st)
+	defer c.leaseAside(st)() // tokens taken at the old scale are not handed out at the new one
 	k := st.keys
 	res, err := c.run(ctx, st, setScaleScript, []string{k.config, k.bucket, k.scale}, formatFloat(scale), c.opts.Source, k.notify)
 	if err != nil {
@@ -123,8 +119,7 @@ func (c *Coordinator) breakerOp(ctx context.Context, provider, op string) error 
 		return err
 	}
 	if op == "failure" { // a failing upstream: no more tokens from here until Redis says so
-		defer c.dropLease(st) // what a call in flight meanwhile leased
-		c.dropLease(st)
+		defer c.leaseAside(st)()
 	}
 	k := st.keys
 	res, err := c.run(ctx, st, breakerScript, []string{k.config, k.breaker}, op, k.notify)
@@ -176,8 +171,7 @@ func (c *Coordinator) cooldownOp(ctx context.Context, provider, op, scope, reaso
 		return time.Time{}, err
 	}
 	if op == "set" {
-		defer c.dropLease(st) // what a call in flight meanwhile leased
-		c.dropLease(st)
+		defer c.leaseAside(st)()
 	}
 	k := st.keys
 	res, err := c.run(ctx, st, cooldownScript, []string{k.config, k.cooldown}, op, scope, reason, dur, k.notify)

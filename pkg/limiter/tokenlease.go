@@ -141,6 +141,16 @@ func (c *Coordinator) dropLease(st *providerState) {
 	c.refund(st, left)
 }
 
+// leaseAside gives st's lease back before this process changes or reports
+// shared state (a scale, a failure, a cooldown): tokens taken before must
+// not outlive the change here. The function it returns gives back what a
+// call in flight meanwhile leased, from the state before the change: defer
+// it, so that it runs when the change is done.
+func (c *Coordinator) leaseAside(st *providerState) (after func()) {
+	c.dropLease(st)
+	return func() { c.dropLease(st) }
+}
+
 // refund puts n unused tokens back into st's bucket. It may fail (Redis
 // gone): the tokens are then lost to everyone until the bucket refills,
 // which under-admits but never over-admits.
