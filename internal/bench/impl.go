@@ -49,6 +49,16 @@ var (
 	Limited   = Limits{Rate: 1000, Burst: 100}
 )
 
+// sluiceOptions are the limiter options of each sluice implementation
+// (Prefix and Logger are set per run).
+var sluiceOptions = map[string]limiter.Options{
+	Sluice:       {},
+	SluiceSingle: {MaxBatch: 1},
+	SluiceLease:  {TokenLease: LeaseTTL},
+}
+
+var discard = slog.New(slog.NewTextHandler(io.Discard, nil))
+
 // decider is one implementation, set up on one provider or key.
 type decider interface {
 	// try takes one token if it can, without waiting.
@@ -61,20 +71,15 @@ type decider interface {
 // newDecider sets impl up on rdb for key (fresh per run) at lim. Setting up
 // (registering) is the caller's job once per run: see setup.
 func newDecider(impl string, rdb redis.UniversalClient, key string, lim Limits) (decider, error) {
-	switch impl {
-	case Sluice, SluiceSingle, SluiceLease:
-		o := limiter.Options{Prefix: key, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
-		switch impl {
-		case SluiceSingle:
-			o.MaxBatch = 1
-		case SluiceLease:
-			o.TokenLease = LeaseTTL
-		}
+	if o, isSluice := sluiceOptions[impl]; isSluice {
+		o.Prefix, o.Logger = key, discard
 		c, err := limiter.New(rdb, o)
 		if err != nil {
 			return nil, err
 		}
 		return sluiceDecider{c}, nil
+	}
+	switch impl {
 	case RedisRate:
 		return &retryLoop{tryFn: redisRateTry(rdb, key, lim)}, nil
 	case MinimalLua:
@@ -86,10 +91,10 @@ func newDecider(impl string, rdb redis.UniversalClient, key string, lim Limits) 
 // setup creates impl's state for key at lim: sluice's provider registration;
 // the others start from a missing key.
 func setup(ctx context.Context, impl string, rdb redis.UniversalClient, key string, lim Limits) error {
-	if impl != Sluice && impl != SluiceSingle && impl != SluiceLease {
+	if _, isSluice := sluiceOptions[impl]; !isSluice {
 		return nil
 	}
-	c, err := limiter.New(rdb, limiter.Options{Prefix: key, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	c, err := limiter.New(rdb, limiter.Options{Prefix: key, Logger: discard})
 	if err != nil {
 		return err
 	}

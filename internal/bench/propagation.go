@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
-	"log/slog"
 	"slices"
 	"strconv"
 	"sync"
@@ -79,7 +77,6 @@ func MeasurePropagation(ctx context.Context, cfg PropagationConfig) (Propagation
 	prefix := fmt.Sprintf("sluiceprop-%d", time.Now().UnixNano())
 	defer cleanup(cfg.Client, prefix)
 	client := func() *redis.Client { return redis.NewClient(cfg.Client.Options()) }
-	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
 
 	// Floor: bare pub/sub on a channel of its own.
 	floor, err := pubsubFloor(ctx, client(), client(), prefix+":floor", cfg.Samples)
@@ -91,11 +88,11 @@ func MeasurePropagation(ctx context.Context, cfg PropagationConfig) (Propagation
 	ctlRDB := client()
 	defer ctlRDB.Close()
 	ctl, err := controller.New(ctlRDB, controller.Options{
-		Prefix: prefix, ID: "bench", Logger: quiet,
+		Prefix: prefix, ID: "bench", Logger: discard,
 		Providers: map[string]limiter.ProviderConfig{provider: benchProvider(cfg.Waiters)},
 		Feedback: &feedback.Options{
 			Providers: []string{provider}, Policy: feedback.DefaultStepPolicy,
-			Dwell: time.Millisecond, MaxRise: 1, Logger: quiet, // rises come back at once between samples
+			Dwell: time.Millisecond, MaxRise: 1, Logger: discard, // rises come back at once between samples
 		},
 	})
 	if err != nil {
@@ -113,7 +110,7 @@ func MeasurePropagation(ctx context.Context, cfg PropagationConfig) (Propagation
 		rdb := client()
 		defer rdb.Close()
 		reg := prometheus.NewRegistry()
-		c, err := limiter.New(rdb, limiter.Options{Prefix: prefix, Logger: quiet, Registerer: reg})
+		c, err := limiter.New(rdb, limiter.Options{Prefix: prefix, Logger: discard, Registerer: reg})
 		if err != nil {
 			return out, err
 		}
@@ -187,7 +184,7 @@ func MeasurePropagation(ctx context.Context, cfg PropagationConfig) (Propagation
 	if err := stopCtl(); err != nil {
 		return out, err
 	}
-	op, err := limiter.New(obs, limiter.Options{Prefix: prefix, Logger: quiet})
+	op, err := limiter.New(obs, limiter.Options{Prefix: prefix, Logger: discard})
 	if err != nil {
 		return out, err
 	}
