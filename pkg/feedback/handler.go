@@ -126,8 +126,14 @@ type coordState struct {
 	forgotten bool      // expired under ExpiryForget: kept only for its seq, so that a re-read report does not revive it
 	// With a Controller, per provider: its memory of the coordinator, and
 	// the scale it asked for at the last event (each event counts once).
-	ctl  map[string]*ControlState
-	want map[string]float64
+	ctl map[string]*controlled
+}
+
+// controlled is a Controller's memory of one coordinator for one provider,
+// and the scale it asked for at the event it last saw (m.Last).
+type controlled struct {
+	m    ControlState
+	want float64
 }
 
 // provState is what this Handler last did for a provider.
@@ -323,21 +329,18 @@ func (h *Handler) target(p string, reports []report, cur float64) float64 {
 			s = h.o.Policy.Scale(r.e)
 		default:
 			if r.c.ctl == nil {
-				r.c.ctl = map[string]*ControlState{}
+				r.c.ctl = map[string]*controlled{}
 			}
-			if r.c.want == nil {
-				r.c.want = map[string]float64{}
+			k := r.c.ctl[p]
+			if k == nil {
+				k = &controlled{}
+				r.c.ctl[p] = k
 			}
-			m := r.c.ctl[p]
-			if m == nil {
-				m = &ControlState{}
-				r.c.ctl[p] = m
+			if k.m.Last.Seq != r.e.Seq { // a new event (seq >= 1): one step of the controller
+				k.want = ctl.Control(&k.m, r.e, cur)
+				k.m.Last = r.e
 			}
-			if m.Last.Seq != r.e.Seq { // a new event (seq >= 1): one step of the controller
-				r.c.want[p] = ctl.Control(m, r.e, cur)
-				m.Last = r.e
-			}
-			s = r.c.want[p]
+			s = k.want
 		}
 		scales = append(scales, clampUnit(s))
 	}
