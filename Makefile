@@ -42,12 +42,16 @@ python-scripts:
 test-short:
 	$(GO) test -short -count=1 ./...
 
-# A short fuzz run of each target (the seeds also run in make test).
+# A short fuzz run of each target (the seeds also run in make test). The
+# budget is a count of inputs, not a duration: with -fuzztime as a duration,
+# Go's fuzzing coordinator can fail a target with "context deadline exceeded"
+# when a starved worker misses the deadline (seen in CI on a loaded machine).
+FUZZ_INPUTS ?= 30000x
 fuzz:
-	$(GO) test -run '^$$' -fuzz '^FuzzDecodeEvent$$' -fuzztime 10s ./pkg/feedback
-	$(GO) test -run '^$$' -fuzz '^FuzzParseNumber$$' -fuzztime 10s ./pkg/config
-	$(GO) test -run '^$$' -fuzz '^FuzzLoadFile$$' -fuzztime 10s ./pkg/config
-	$(GO) test -run '^$$' -fuzz '^FuzzReceiver$$' -fuzztime 10s ./pkg/feedback/httpbus
+	$(GO) test -run '^$$' -fuzz '^FuzzDecodeEvent$$' -fuzztime $(FUZZ_INPUTS) ./pkg/feedback
+	$(GO) test -run '^$$' -fuzz '^FuzzParseNumber$$' -fuzztime $(FUZZ_INPUTS) ./pkg/config
+	$(GO) test -run '^$$' -fuzz '^FuzzLoadFile$$' -fuzztime $(FUZZ_INPUTS) ./pkg/config
+	$(GO) test -run '^$$' -fuzz '^FuzzReceiver$$' -fuzztime $(FUZZ_INPUTS) ./pkg/feedback/httpbus
 
 bench: redis-server
 	$(GO) test -run '^$$' -bench . -benchmem ./...
