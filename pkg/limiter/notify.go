@@ -55,7 +55,9 @@ func (n *notifier) watch(ctx context.Context, channel string) <-chan struct{} {
 		s = &subscription{ready: make(chan struct{}), gen: make(chan struct{})}
 		n.subs[channel] = s
 		if n.sub == nil {
-			n.sub = pubsub.New(n.rdb, n.rdb.Subscribe(context.Background()), n.healthCheck)
+			n.sub = pubsub.New(n.rdb, n.rdb.Subscribe(context.Background()), n.healthCheck, func(err error) {
+				n.log.Debug("notification subscription lost; subscribing again", "err", err)
+			})
 			go n.loop(n.sub)
 		}
 	}

@@ -213,7 +213,9 @@ func (s *Subscriber) Subscribe(ctx context.Context, deliver feedback.Deliver) (s
 		return nil, err
 	}
 	runCtx, cancel := context.WithCancel(context.Background())
-	sub := pubsub.New(s.rdb, ps, s.resync, s.keys.channel())
+	sub := pubsub.New(s.rdb, ps, s.resync, func(err error) {
+		s.log.Warn("feedback subscription lost; subscribing again", "err", err)
+	}, s.keys.channel())
 	var wg sync.WaitGroup
 	wg.Go(func() { s.run(runCtx, sub, deliver) })
 	return func() {

@@ -85,8 +85,14 @@ func (c *collector) waitFor(t *testing.T, what string, ok func(feedback.Event) b
 // confirmed and the snapshot delivered.
 func subscribe(t *testing.T, rdb redis.UniversalClient, resync time.Duration) *collector {
 	t.Helper()
+	return subscribeLogged(t, rdb, resync, quiet)
+}
+
+// subscribeLogged is subscribe with the subscriber logging to log.
+func subscribeLogged(t *testing.T, rdb redis.UniversalClient, resync time.Duration, log *slog.Logger) *collector {
+	t.Helper()
 	col := newCollector()
-	sub, err := redisbus.NewSubscriber(rdb, redisbus.Options{Resync: resync, Logger: quiet})
+	sub, err := redisbus.NewSubscriber(rdb, redisbus.Options{Resync: resync, Logger: log})
 	if err != nil {
 		t.Fatal(err)
 	}

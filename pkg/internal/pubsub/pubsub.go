@@ -25,7 +25,8 @@ import (
 type Sub struct {
 	rdb   redis.UniversalClient
 	check time.Duration
-	done  chan struct{} // closed by Close
+	lost  func(err error) // told before each start-over; may be nil
+	done  chan struct{}   // closed by Close
 
 	mu       sync.Mutex
 	ps       *redis.PubSub
@@ -39,9 +40,10 @@ type Sub struct {
 
 // New reads ps, subscribed to channels (ps may be subscribed to nothing
 // yet: Subscribe adds channels). After check without a message it sends a
-// PING; without an answer for another check it starts over.
-func New(rdb redis.UniversalClient, ps *redis.PubSub, check time.Duration, channels ...string) *Sub {
-	s := &Sub{rdb: rdb, check: check, done: make(chan struct{}), ps: ps, channels: map[string]bool{}}
+// PING; without an answer for another check it starts over, and calls lost
+// (when not nil) with the reason first, so the owner can log it.
+func New(rdb redis.UniversalClient, ps *redis.PubSub, check time.Duration, lost func(err error), channels ...string) *Sub {
+	s := &Sub{rdb: rdb, check: check, lost: lost, done: make(chan struct{}), ps: ps, channels: map[string]bool{}}
 	for _, ch := range channels {
 		s.channels[ch] = true
 	}
@@ -107,6 +109,9 @@ func (s *Sub) Next(ctx context.Context, wait time.Duration) (any, error) {
 	case isTimeout(err) || errors.As(err, &rerr):
 		// No PONG within a health check, or Redis refused a
 		// (re)subscription: start over on a new connection.
+		if s.lost != nil {
+			s.lost(err)
+		}
 		s.backoff = min(max(2*s.backoff, 100*time.Millisecond), 5*time.Second)
 		s.sleep(s.backoff)
 		s.renew(ps)
