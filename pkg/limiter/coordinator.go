@@ -332,6 +332,13 @@ func (c *Coordinator) Close() error {
 	return nil
 }
 
+// isClosed reports whether Close has begun.
+func (c *Coordinator) isClosed() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.closed
+}
+
 // state returns the local state of provider, creating it on first use.
 func (c *Coordinator) state(provider string) (*providerState, error) {
 	c.mu.Lock()

@@ -55,9 +55,7 @@ func (c *Coordinator) leaseWant(st *providerState, tokens int64) int64 {
 	if c.opts.TokenLease <= 0 {
 		return 0
 	}
-	c.mu.Lock()
-	closed := c.closed
-	c.mu.Unlock()
+	closed := c.isClosed()
 	st.batch.mu.Lock()
 	used := st.batch.lease.used
 	st.batch.mu.Unlock()
@@ -81,9 +79,7 @@ func (c *Coordinator) leaseWant(st *providerState, tokens int64) int64 {
 // Coordinator, or Close), or when the call took so long that the lease
 // would be over on arrival.
 func (c *Coordinator) renewLease(st *providerState, want int64, start time.Time, d Decision) {
-	c.mu.Lock()
-	closed := c.closed
-	c.mu.Unlock()
+	closed := c.isClosed()
 	b := &st.batch
 	b.mu.Lock()
 	l := &b.lease
