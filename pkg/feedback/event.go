@@ -56,6 +56,19 @@ type Event struct {
 	QueueMean     float64     `json:"queue_mean,omitzero"`
 }
 
+// DefaultHold is how long, by default, a coordinator's last event holds
+// against an event with a lower seq (Options.Hold, and redisbus's for the
+// stored report). While the last event is younger, a lower seq is stale:
+// a retried or reordered post. Once the coordinator has been silent this
+// long, a lower seq starts a new incarnation: a coordinator that restarted
+// and numbers from 1 again, or the real coordinator after an event with a
+// bogus high seq (2^64-1 from a token holder, a clock in the future). So no
+// seq, however high, silences a coordinator for longer than the hold and
+// its next event. 3s: above the Go coordinator's heartbeat (2s), so that
+// a live coordinator's reports are never taken out of order, and well under
+// the report TTL (10s), which bounded the silence before.
+const DefaultHold = 3 * time.Second
+
 // The kinds of event. An event without a kind is a report.
 const (
 	KindReport = "report" // a level change, a heartbeat, a start or a close: the pressure to keep
