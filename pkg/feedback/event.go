@@ -13,8 +13,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"regexp"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/sluice-dev/sluice/pkg/state"
@@ -29,14 +31,20 @@ import (
 // coordinator_id is 1–64 of [A-Za-z0-9_.-]; capacity in [1, 1e9]; queue_size
 // in [0, capacity]; level ok, soft or hard; seq ≥ 1 and increasing per
 // coordinator, across its restarts too (the Go coordinator starts it at its
-// start time in Unix microseconds), samples and reports alike; ts is RFC
-// 3339 and optional (receivers use the time of receipt); kind is optional:
+// start time in Unix microseconds), samples and reports alike; ts is
+// optional, RFC 3339 or a number of Unix seconds (receivers use the time of
+// receipt when it is absent); kind is optional:
 // "report" (the default: a level change, a heartbeat, a start or a close,
 // stored by the Redis bus as the coordinator's pressure) or "sample" (a fill
 // sample between reports, published only); queue_mean is optional: the
 // time-weighted mean of the queue size since the coordinator's previous
 // event, a number in [0, capacity] (0 or absent: not measured). Unknown
 // fields are ignored.
+//
+// The seed's FeedbackEvent, {coordinator_id, queue_size, capacity, level}
+// with an optional source (ignored) and ts, has no seq: DecodeEvent numbers
+// it by its ts (in Unix µs) when it has one, else by its arrival (see
+// DecodeEvent). An Event in Go always has a seq.
 type Event struct {
 	CoordinatorID string      `json:"coordinator_id"`
 	QueueSize     int         `json:"queue_size"`
@@ -47,6 +55,19 @@ type Event struct {
 	Kind          string      `json:"kind,omitempty"`
 	QueueMean     float64     `json:"queue_mean,omitzero"`
 }
+
+// DefaultHold is how long, by default, a coordinator's last event holds
+// against an event with a lower seq (Options.Hold, and redisbus's for the
+// stored report). While the last event is younger, a lower seq is stale:
+// a retried or reordered post. Once the coordinator has been silent this
+// long, a lower seq starts a new incarnation: a coordinator that restarted
+// and numbers from 1 again, or the real coordinator after an event with a
+// bogus high seq (2^64-1 from a token holder, a clock in the future). So no
+// seq, however high, silences a coordinator for longer than the hold and
+// its next event. 3s: above the Go coordinator's heartbeat (2s), so that
+// a live coordinator's reports are never taken out of order, and well under
+// the report TTL (10s), which bounded the silence before.
+const DefaultHold = 3 * time.Second
 
 // The kinds of event. An event without a kind is a report.
 const (
@@ -109,7 +130,7 @@ func (e Event) Validate() error {
 	case e.Level.Rank() < 0:
 		return &FieldError{"level", strconv.Quote(string(e.Level)), "one of ok, soft, hard"}
 	case e.Seq < 1:
-		return &FieldError{"seq", "0", "an integer >= 1, increasing per coordinator"}
+		return &FieldError{"seq", "0", seqRule}
 	case e.Kind != "" && e.Kind != KindReport && e.Kind != KindSample:
 		return &FieldError{"kind", strconv.Quote(e.Kind), "one of report, sample (or absent: report)"}
 	case !(e.QueueMean >= 0 && e.QueueMean <= float64(e.Capacity)):
@@ -132,6 +153,12 @@ type wireEvent struct {
 
 // DecodeEvent reads exactly one JSON event from r and validates it. Errors
 // name the field (a *FieldError) or say the JSON is malformed.
+//
+// An event without seq (the seed's FeedbackEvent) is numbered here: by its
+// ts in Unix microseconds when it has one, so that the coordinator's own
+// clock orders its events however its posts are retried, reordered or
+// spread over receivers; else by its arrival, the time of decoding in Unix
+// microseconds, strictly increasing within the process.
 func DecodeEvent(r io.Reader) (Event, error) {
 	dec := json.NewDecoder(r)
 	var w wireEvent
@@ -164,16 +191,24 @@ func DecodeEvent(r io.Reader) (Event, error) {
 		return Event{}, &FieldError{"level", "", "one of ok, soft, hard"}
 	}
 	e.Level = state.Level(*w.Level)
-	if w.Seq == nil {
-		return Event{}, &FieldError{"seq", "", "an integer >= 1, increasing per coordinator"}
-	}
-	if e.Seq, err = strconv.ParseUint(string(*w.Seq), 10, 64); err != nil {
-		return Event{}, &FieldError{"seq", string(*w.Seq), "an integer >= 1, increasing per coordinator"}
-	}
-	if w.TS != nil && !bytes.Equal(*w.TS, []byte("null")) {
-		if err := json.Unmarshal(*w.TS, &e.TS); err != nil {
-			return Event{}, &FieldError{"ts", string(*w.TS), "an RFC 3339 time string"}
+	hasTS := w.TS != nil && !bytes.Equal(*w.TS, []byte("null"))
+	if hasTS {
+		if e.TS, err = tsField(*w.TS); err != nil {
+			return Event{}, err
 		}
+	}
+	switch {
+	case w.Seq != nil:
+		if e.Seq, err = strconv.ParseUint(string(*w.Seq), 10, 64); err != nil {
+			return Event{}, &FieldError{"seq", string(*w.Seq), seqRule}
+		}
+	case hasTS:
+		if e.TS.UnixMicro() < 1 {
+			return Event{}, &FieldError{"ts", string(*w.TS), "after 1970-01-01T00:00:00Z when seq is absent (ts then orders the events)"}
+		}
+		e.Seq = uint64(e.TS.UnixMicro())
+	default:
+		e.Seq = arrivalSeq(time.Now())
 	}
 	if w.Kind != nil {
 		if *w.Kind == "" {
@@ -185,6 +220,49 @@ func DecodeEvent(r io.Reader) (Event, error) {
 		e.QueueMean = *w.QueueMean
 	}
 	return e, e.Validate()
+}
+
+const seqRule = "an integer >= 1, increasing per coordinator (or absent: numbered by ts, else by arrival)"
+
+// maxUnixTS is 9999-12-31T23:59:59Z, the last second RFC 3339 can write.
+const maxUnixTS = 253402300799
+
+// tsField parses ts: an RFC 3339 string, or a JSON number of Unix seconds
+// (fractions allowed, as Python's time.time() writes; whole microseconds
+// kept) in [0.000001, 253402300799].
+func tsField(raw json.RawMessage) (time.Time, error) {
+	const rule = "an RFC 3339 time string, or Unix seconds (a number in [0.000001, 253402300799])"
+	var t time.Time
+	if len(raw) > 0 && raw[0] == '"' {
+		if err := json.Unmarshal(raw, &t); err != nil {
+			return t, &FieldError{"ts", string(raw), rule}
+		}
+		return t, nil
+	}
+	f, err := strconv.ParseFloat(string(raw), 64)
+	if err != nil || !(f >= 1e-6 && f <= maxUnixTS) {
+		return t, &FieldError{"ts", string(raw), rule}
+	}
+	return time.UnixMicro(int64(math.Round(f * 1e6))).UTC(), nil
+}
+
+// arrival is the last seq arrivalSeq returned.
+var arrival atomic.Uint64
+
+// arrivalSeq returns the seq of an event without seq or ts that arrives at
+// now: now in Unix microseconds, or one more than the last seq it returned
+// if that is not below. It is strictly increasing within the process, so
+// that such events are ordered by their arrival here. Safe for concurrent
+// use.
+func arrivalSeq(now time.Time) uint64 {
+	us := uint64(max(now.UnixMicro(), 1))
+	for {
+		last := arrival.Load()
+		next := max(us, last+1)
+		if arrival.CompareAndSwap(last, next) {
+			return next
+		}
+	}
 }
 
 // intField parses a JSON integer (not a string, not a fraction).
@@ -205,7 +283,7 @@ func intField(name string, raw *json.RawMessage, maxValue int64) (int, error) {
 
 func jsonType(field string) string {
 	switch field {
-	case "coordinator_id", "level", "ts", "kind":
+	case "coordinator_id", "level", "kind":
 		return "string"
 	}
 	return "number"

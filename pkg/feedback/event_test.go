@@ -96,7 +96,15 @@ func TestDecodeEventRejects(t *testing.T) {
 		{"level", map[string]string{"level": ""}},
 		{"seq", map[string]string{"seq": `0`}},
 		{"seq", map[string]string{"seq": `-4`}},
-		{"seq", map[string]string{"seq": ""}},
+		{"seq", map[string]string{"seq": `1.5`}},
+		{"seq", map[string]string{"seq": `"3"`}},
+		{"seq", map[string]string{"seq": `18446744073709551616`}},
+		{"ts", map[string]string{"ts": `0`}},
+		{"ts", map[string]string{"ts": `-1.5`}},
+		{"ts", map[string]string{"ts": `253402300800`}},
+		{"ts", map[string]string{"ts": `1e400`}},
+		{"ts", map[string]string{"ts": `true`}},
+		{"ts", map[string]string{"ts": `"0001-01-01T00:00:00Z"`, "seq": ""}}, // cannot number the event
 		{"ts", map[string]string{"ts": `"yesterday"`}},
 		{"kind", map[string]string{"kind": `"heartbeat"`}},
 		{"kind", map[string]string{"kind": `""`}},
@@ -116,6 +124,55 @@ func TestDecodeEventRejects(t *testing.T) {
 		if _, err := feedback.DecodeEvent(strings.NewReader(b)); !errors.Is(err, feedback.ErrInvalidEvent) {
 			t.Errorf("%q: err = %v, want ErrInvalidEvent", b, err)
 		}
+	}
+}
+
+// TestDecodeSeedEvent: the seed's FeedbackEvent has no seq (finding 9 of
+// issue 20: POST /feedback answered 400 "seq is missing"). It is numbered
+// by its ts when it has one (a float of Unix seconds, or RFC 3339), else by
+// arrival; the seq an event carries wins over both.
+func TestDecodeSeedEvent(t *testing.T) {
+	decode := func(body string) feedback.Event {
+		t.Helper()
+		e, err := feedback.DecodeEvent(strings.NewReader(body))
+		if err != nil {
+			t.Fatalf("%s: %v", body, err)
+		}
+		return e
+	}
+	// FeedbackEvent("default", 800, 1000, BackpressureLevel.SOFT), posted
+	// as model_dump(): no seq, no ts. Numbered by arrival, increasing.
+	bare := `{"coordinator_id":"default","queue_size":800,"capacity":1000,"level":"soft"}`
+	first, second := decode(bare), decode(bare)
+	if first.Seq < 1 || second.Seq <= first.Seq || first.Level != state.Soft || first.QueueSize != 800 || !first.TS.IsZero() {
+		t.Fatalf("without seq and ts: %+v then %+v, want increasing seqs >= 1", first, second)
+	}
+	if now := uint64(time.Now().UnixMicro()); second.Seq > now+1000 {
+		t.Fatalf("arrival seq %d is not the time of arrival in µs (now %d)", second.Seq, now)
+	}
+	if e := decode(`{"coordinator_id":"default","queue_size":800,"capacity":1000,"level":"soft","seq":null}`); e.Seq <= second.Seq {
+		t.Fatalf("seq null: %d, want an arrival seq after %d", e.Seq, second.Seq)
+	}
+	// With source and a float ts (time.time()): numbered by the ts in µs.
+	e := decode(`{"coordinator_id":"default","queue_size":950,"capacity":1000,"level":"hard","source":"store","ts":1764230000.123456}`)
+	at := time.Date(2025, 11, 27, 7, 53, 20, 123456000, time.UTC)
+	if e.Seq != 1764230000123456 || !e.TS.Equal(at) || e.Level != state.Hard {
+		t.Fatalf("with a float ts: %+v, want seq 1764230000123456 at %v", e, at)
+	}
+	// An RFC 3339 ts numbers it too; so does an integer of seconds.
+	if e := decode(`{"coordinator_id":"c","queue_size":0,"capacity":1,"level":"ok","ts":"2025-11-27T07:53:20.5Z"}`); e.Seq != 1764230000500000 {
+		t.Fatalf("with an RFC 3339 ts: seq %d, want 1764230000500000", e.Seq)
+	}
+	if e := decode(`{"coordinator_id":"c","queue_size":0,"capacity":1,"level":"ok","ts":1764230000}`); e.Seq != 1764230000000000 {
+		t.Fatalf("with ts in whole seconds: seq %d", e.Seq)
+	}
+	// sluice's schema is unchanged: its seq wins; a float ts is accepted there too.
+	if e := decode(`{"coordinator_id":"c","queue_size":0,"capacity":1,"level":"ok","seq":7,"ts":1764230000.25}`); e.Seq != 7 || e.TS.UnixMicro() != 1764230000250000 {
+		t.Fatalf("seq and a float ts: %+v", e)
+	}
+	// The numbered event round-trips with its seq.
+	if back := decode(string(e.Encode())); back.Seq != e.Seq || !back.TS.Equal(e.TS) {
+		t.Fatalf("round trip: %+v, want %+v", back, e)
 	}
 }
 

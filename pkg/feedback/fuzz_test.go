@@ -10,7 +10,8 @@ import (
 
 // FuzzDecodeEvent: whatever the bytes, DecodeEvent either refuses them
 // (ErrInvalidEvent or a *FieldError) or returns an event that validates and
-// survives an Encode/Decode round trip unchanged.
+// survives an Encode/Decode round trip unchanged (an event without seq
+// included: it is numbered once, and encoded with its number).
 func FuzzDecodeEvent(f *testing.F) {
 	for _, seed := range []string{
 		`{"coordinator_id":"store-0","queue_size":800,"capacity":1000,"level":"soft","seq":1}`,
@@ -19,6 +20,10 @@ func FuzzDecodeEvent(f *testing.F) {
 		`{"coordinator_id":"a","queue_size":1e3,"capacity":1000,"level":"hard","seq":1}`,
 		`{"coordinator_id":"a b","queue_size":1,"capacity":2,"level":"HARD","seq":0}`,
 		`{"coordinator_id":"a"}{"x":1}`, `[]`, `null`, ``, `{`, `{"seq":"1"}`,
+		`{"coordinator_id":"default","queue_size":800,"capacity":1000,"level":"soft"}`,
+		`{"coordinator_id":"default","queue_size":950,"capacity":1000,"level":"hard","source":"store","ts":1764230000.123456}`,
+		`{"coordinator_id":"c","queue_size":0,"capacity":1,"level":"ok","ts":"2025-11-27T07:53:20.5Z","seq":null}`,
+		`{"coordinator_id":"c","queue_size":0,"capacity":1,"level":"ok","ts":1e-7}`,
 	} {
 		f.Add([]byte(seed))
 	}

@@ -81,6 +81,15 @@ type Options struct {
 	// ExpiryForget.
 	CoordinatorTTL time.Duration
 	Expiry         Expiry
+	// Hold is how long a coordinator's last accepted event holds against a
+	// lower seq: until then a lower seq is stale; after that much silence
+	// it is a new incarnation (a restart numbering from 1 again, or the
+	// real coordinator after a bogus high seq), so no seq silences a
+	// coordinator for longer than Hold and its next event. Default
+	// DefaultHold (3s), or CoordinatorTTL if shorter; at most
+	// CoordinatorTTL. Keep it above the coordinators' longest gap between
+	// events (the Go coordinator's heartbeat, 2s).
+	Hold time.Duration
 	// Shadow computes and reports (logs, metrics, Rate.SetShadowScale) the
 	// scale it would set, and sets nothing but the pressure level. Default
 	// off.
@@ -98,7 +107,8 @@ type Options struct {
 
 // Handler turns pressure events into the pressure level and scale factor of
 // the providers it governs. It keeps the last event of every coordinator
-// (older or repeated sequence numbers are ignored), asks the Policy for each
+// (repeated sequence numbers are ignored, and older ones until the
+// coordinator has been silent for Hold), asks the Policy for each
 // live one (a Controller once per event, with its memory of that
 // coordinator), combines, and moves the scale towards the result: down at
 // once; up only after Dwell and by at most MaxRise per step, or under a
@@ -124,6 +134,12 @@ type coordState struct {
 	last      Event
 	seen      time.Time // local time of the last accepted event
 	forgotten bool      // expired under ExpiryForget: kept only for its seq, so that a re-read report does not revive it
+	// The reports a Redis subscriber's snapshot may deliver again, which
+	// are never news: report, the last report accepted (samples move last
+	// past it), and gone, the last report of the incarnation this one
+	// replaced (a bogus seq, stored until this incarnation's first report
+	// overwrites it). A delivery again has the same seq and ts.
+	report, gone Event
 	// With a Controller, per provider: its memory of the coordinator, and
 	// the scale it asked for at the last event (each event counts once).
 	ctl map[string]*controlled
@@ -186,9 +202,13 @@ func NewHandler(rate Rate, o Options) (*Handler, error) {
 	if err := opts.Check(
 		opts.Positive("dwell", &o.Dwell, 5*time.Second),
 		opts.Positive("coordinator_ttl", &o.CoordinatorTTL, 10*time.Second),
+		opts.Positive("hold", &o.Hold, min(DefaultHold, o.CoordinatorTTL)),
 		opts.Positive("tick", &o.Tick, time.Second),
 	); err != nil {
 		return nil, fmt.Errorf("feedback: %w", err)
+	}
+	if o.Hold > o.CoordinatorTTL {
+		return nil, fmt.Errorf("feedback: hold=%v: must be at most coordinator_ttl=%v", o.Hold, o.CoordinatorTTL)
 	}
 	if o.Clock == nil {
 		o.Clock = time.Now
@@ -209,12 +229,14 @@ func NewHandler(rate Rate, o Options) (*Handler, error) {
 	}, nil
 }
 
-// Handle takes one event. An invalid event is refused with a *FieldError; an
-// event whose seq is not above the coordinator's last is ignored (nil),
-// unless the coordinator has been silent for CoordinatorTTL and the seq is
-// lower (a restart, or the end of a bogus seq's pin): then it counts. It
-// then re-evaluates every provider and returns the errors of the Rate for
-// each provider that failed, joined (after trying all providers).
+// Handle takes one event. An invalid event is refused with a *FieldError.
+// An event that is not news is ignored (nil): a seq equal to the
+// coordinator's last, or a report it already took (the same seq and ts: a
+// Redis snapshot delivers the stored report again); a lower seq while the
+// coordinator's last event is younger than Hold (stale). After Hold of
+// silence a lower seq counts: a new incarnation. Handle then re-evaluates
+// every provider and returns the errors of the Rate for each provider that
+// failed, joined (after trying all providers).
 func (h *Handler) Handle(ctx context.Context, e Event) error {
 	if err := e.Validate(); err != nil {
 		h.m.ignored.WithLabelValues("invalid").Inc()
@@ -226,27 +248,48 @@ func (h *Handler) Handle(ctx context.Context, e Event) error {
 	if e.TS.IsZero() {
 		e.TS = now
 	}
-	// A repeated seq is never news. A lower one is stale while the
-	// coordinator is live; once it has been silent for CoordinatorTTL it is
-	// a new incarnation (a restart that lost its seq), or the coordinator
-	// is recovering from a bogus seq that pinned it: accepted.
-	if c := h.coords[e.CoordinatorID]; c != nil && (e.Seq == c.last.Seq ||
-		e.Seq < c.last.Seq && now.Sub(c.seen) <= h.o.CoordinatorTTL) {
-		reason := "stale"
-		if e.Seq == c.last.Seq {
-			reason = "duplicate"
-		}
+	c := h.coords[e.CoordinatorID]
+	if reason := c.stale(e, now, h.o.Hold); reason != "" {
 		h.m.ignored.WithLabelValues(reason).Inc()
 		return nil
 	}
 	next := &coordState{last: e, seen: now}
-	if c := h.coords[e.CoordinatorID]; c != nil && e.Seq > c.last.Seq && !c.forgotten {
-		next.ctl = c.ctl // the same incarnation goes on: the controller's memory too
+	switch {
+	case c == nil:
+	case e.Seq > c.last.Seq && !c.forgotten: // the same incarnation goes on: the controller's memory too
+		next.ctl, next.report, next.gone = c.ctl, c.report, c.gone
+	default: // a new incarnation
+		next.gone = c.report
+		if e.Seq < c.last.Seq && !c.forgotten {
+			h.log.Warn("coordinator's seq went back after it was silent for the hold: a restart, or the end of a bogus seq; following it",
+				"coordinator", e.CoordinatorID, "from", c.last.Seq, "to", e.Seq, "silent", now.Sub(c.seen))
+		}
+	}
+	if !e.IsSample() {
+		next.report = e
 	}
 	h.coords[e.CoordinatorID] = next
 	h.news = now
 	h.m.events.WithLabelValues(string(e.Level)).Inc()
 	return h.reconcile(ctx, now)
+}
+
+// same reports whether e and o are one event delivered twice: the same
+// seq and ts.
+func (e Event) same(o Event) bool { return e.Seq == o.Seq && e.TS.Equal(o.TS) }
+
+// stale says why e is not news for the coordinator whose state is c (nil
+// before its first event): "duplicate", "stale", or "" when it is news.
+func (c *coordState) stale(e Event, now time.Time, hold time.Duration) string {
+	switch {
+	case c == nil:
+		return ""
+	case e.Seq == c.last.Seq || e.same(c.report) || e.same(c.gone):
+		return "duplicate"
+	case e.Seq < c.last.Seq && now.Sub(c.seen) < hold:
+		return "stale"
+	}
+	return ""
 }
 
 // Run re-evaluates every Tick until ctx ends, so that a pending rise

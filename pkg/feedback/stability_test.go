@@ -2,6 +2,7 @@ package feedback_test
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
@@ -302,35 +303,111 @@ func TestNewHandlerKnowsItsStart(t *testing.T) {
 	}
 }
 
-// TestBogusSeqPinsOnlyForTTL: an event with a huge seq (or a coordinator
-// restarted with a lower one) makes its real events stale only while the
-// bogus report is live: after CoordinatorTTL of silence a lower seq counts.
-func TestBogusSeqPinsOnlyForTTL(t *testing.T) {
+// TestBogusSeqPinsOnlyForHold (finding 10 of issue 20): an event with
+// seq 2^64-1 makes the real coordinator's events stale only for the hold
+// (3 s), not for CoordinatorTTL (10 s, before): once the coordinator has
+// been silent for the hold, its lower seq counts again. The bogus report,
+// delivered again by a Redis snapshot, is not news; neither is a repeated
+// seq.
+func TestBogusSeqPinsOnlyForHold(t *testing.T) {
 	for _, expiry := range []feedback.Expiry{feedback.ExpiryForget, feedback.ExpiryHard} {
 		t.Run(string(expiry), func(t *testing.T) {
 			c := newClock()
 			rate := newFakeRate(c.Now, "ibkr")
-			h, _ := newHandler(t, rate, feedback.Options{Expiry: expiry, CoordinatorTTL: 10 * time.Second, Dwell: time.Second})
-			handle(t, h, event("store", 1<<64-1, state.Hard))
-			c.Add(5 * time.Second)
-			handle(t, h, event("store", 7, state.OK)) // stale while the bogus report is live
+			h, reg := newHandler(t, rate, feedback.Options{Expiry: expiry, CoordinatorTTL: 10 * time.Second, Dwell: time.Second})
+			handle(t, h, event("store", 6, state.OK))
+			c.Add(time.Second)
+			bogus := event("store", 1<<64-1, state.Hard)
+			bogus.TS = c.Now() // as the Redis bus delivers it, and again from the stored report
+			handle(t, h, bogus)
+			c.Add(feedback.DefaultHold - time.Millisecond)
+			handle(t, h, event("store", 7, state.OK)) // stale while the bogus event holds
 			if s := rate.scale("ibkr"); s != 0 {
-				t.Fatalf("within the TTL: scale %v, want 0 (the lower seq is stale)", s)
+				t.Fatalf("within the hold: scale %v, want 0 (the lower seq is stale)", s)
 			}
-			c.Add(6 * time.Second) // silent past the TTL
+			c.Add(time.Millisecond) // silent for the hold
 			handle(t, h, event("store", 8, state.OK))
-			c.Add(2 * time.Second)
-			if err := h.Reevaluate(context.Background()); err != nil {
-				t.Fatal(err)
-			}
 			if s := rate.scale("ibkr"); s != 1 {
-				t.Fatalf("after the TTL: scale %v, want 1 (the real coordinator counts again)", s)
+				t.Fatalf("after the hold: scale %v, want 1 (the real coordinator counts again)", s)
 			}
 			handle(t, h, event("store", 8, state.Hard)) // a repeated seq is never news
+			handle(t, h, bogus)                         // nor the bogus report, read again from Redis
 			if s := rate.scale("ibkr"); s != 1 {
 				t.Fatalf("a repeated seq changed the scale to %v", s)
 			}
+			if got := metric(t, reg, "feedback_events_ignored_total", "reason", "duplicate"); got != 2 {
+				t.Fatalf("ignored{duplicate} = %v, want 2", got)
+			}
 		})
+	}
+}
+
+// TestRestartAndReplay: a coordinator that restarts and numbers from 1
+// again counts once it has been silent for the hold; before that its new
+// seqs are stale. A report a Redis snapshot delivers again after samples
+// moved past it is not news, however long ago it came: neither the last
+// report of a coordinator that went silent, nor the stored report of the
+// incarnation a restart replaced.
+func TestRestartAndReplay(t *testing.T) {
+	c := newClock()
+	rate := newFakeRate(c.Now, "ibkr")
+	h, _ := newHandler(t, rate, feedback.Options{Dwell: time.Second})
+	report := event("store", 100, state.Hard)
+	report.TS = c.Now() // as the Redis bus delivers it, and again from the stored report
+	handle(t, h, report)
+	sample := event("store", 101, state.Soft)
+	sample.Kind = feedback.KindSample
+	handle(t, h, sample)
+	c.Add(feedback.DefaultHold) // it goes silent: dead, or restarting
+	handle(t, h, report)
+	if l := rate.level("ibkr"); l != "soft" {
+		t.Fatalf("the last report read again after the hold: level %s, want soft (the later sample's)", l)
+	}
+	handle(t, h, event("store", 1, state.OK)) // restarted, numbering from 1
+	c.Add(time.Second)
+	handle(t, h, event("store", 2, state.OK))
+	if s, l := rate.scale("ibkr"), rate.level("ibkr"); s != 1 || l != "ok" {
+		t.Fatalf("after the restart: scale %v level %s, want 1 ok", s, l)
+	}
+	c.Add(feedback.DefaultHold)
+	handle(t, h, report) // the old incarnation's report, still stored
+	if l := rate.level("ibkr"); l != "ok" {
+		t.Fatalf("the replaced incarnation's report counted again: level %s", l)
+	}
+	// The new incarnation's own seq 100, later, is news.
+	for seq := uint64(3); seq <= 100; seq++ {
+		handle(t, h, event("store", seq, map[bool]state.Level{false: state.OK, true: state.Soft}[seq == 100]))
+	}
+	if l := rate.level("ibkr"); l != "soft" {
+		t.Fatalf("the new incarnation's event 100: level %s, want soft", l)
+	}
+	// Within the hold a lower seq is stale: a reordered post.
+	handle(t, h, event("store", 1, state.Hard))
+	if l := rate.level("ibkr"); l != "soft" {
+		t.Fatalf("a lower seq within the hold counted: level %s", l)
+	}
+}
+
+func TestHoldOption(t *testing.T) {
+	rate := newFakeRate(newClock().Now, "ibkr")
+	for _, o := range []feedback.Options{
+		{Providers: []string{"p"}, Hold: -time.Second},
+		{Providers: []string{"p"}, Hold: 11 * time.Second},
+		{Providers: []string{"p"}, Hold: 2 * time.Second, CoordinatorTTL: time.Second},
+	} {
+		if _, err := feedback.NewHandler(rate, o); err == nil || !strings.Contains(err.Error(), "hold=") {
+			t.Errorf("NewHandler(%+v): %v, want an error naming hold", o, err)
+		}
+	}
+	// The default is the CoordinatorTTL when that is shorter than 3 s.
+	c := newClock()
+	rate = newFakeRate(c.Now, "ibkr")
+	h, _ := newHandler(t, rate, feedback.Options{CoordinatorTTL: time.Second, Expiry: feedback.ExpiryHold})
+	handle(t, h, event("store", 9, state.Hard))
+	c.Add(time.Second)
+	handle(t, h, event("store", 1, state.OK))
+	if l := rate.level("ibkr"); l != "ok" {
+		t.Fatalf("with a 1 s TTL a lower seq after 1 s: level %s, want ok", l)
 	}
 }
 

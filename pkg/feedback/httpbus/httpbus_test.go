@@ -70,6 +70,10 @@ func TestReceiver(t *testing.T) {
 		{"out of range", "POST", "application/json", "Bearer s3cret", strings.Replace(valid, "800", "1800", 1), 400, "queue_size"},
 		{"bad level", "POST", "application/json", "Bearer s3cret", strings.Replace(valid, "soft", "panic", 1), 400, "level"},
 		{"delivery fails", "POST", "application/json", "Bearer s3cret", strings.Replace(valid, "store-0", "broken", 1), 503, ""},
+		// The seed's FeedbackEvent: no seq; with source and a float ts.
+		{"seed", "POST", "application/json", "Bearer s3cret", `{"coordinator_id":"default","queue_size":800,"capacity":1000,"level":"soft"}`, 204, ""},
+		{"seed with ts", "POST", "application/json", "Bearer s3cret", `{"coordinator_id":"default","queue_size":950,"capacity":1000,"level":"hard","source":"store","ts":1764230000.123456}`, 204, ""},
+		{"seed with a bad ts", "POST", "application/json", "Bearer s3cret", `{"coordinator_id":"default","queue_size":950,"capacity":1000,"level":"hard","ts":-1}`, 400, "ts"},
 	} {
 		req, _ := http.NewRequest(tc.method, srv.URL+"/feedback", strings.NewReader(tc.body))
 		if tc.ctype != "" {
@@ -95,8 +99,11 @@ func TestReceiver(t *testing.T) {
 			}
 		}
 	}
-	if len(got) != 3 || got[0].Level != state.Soft {
-		t.Fatalf("delivered %+v, want the 3 valid events", got)
+	if len(got) != 5 || got[0].Level != state.Soft {
+		t.Fatalf("delivered %+v, want the 5 valid events", got)
+	}
+	if seed, ts := got[3], got[4]; seed.Seq < 1 || seed.CoordinatorID != "default" || ts.Seq != 1764230000123456 || ts.Level != state.Hard {
+		t.Fatalf("the seed's events delivered as %+v and %+v: want seq by arrival, then by ts in µs", seed, ts)
 	}
 
 	for path, want := range map[string]int{"/healthz": 200, "/readyz": 200, "/metrics": 200, "/nope": 404} {

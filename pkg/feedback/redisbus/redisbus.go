@@ -3,7 +3,7 @@
 // budget (a pipeline replica's handler, the controller). The keys are the
 // truth and pub/sub is for speed:
 //
-//	<prefix>:pressure:{<coordinator>}   hash with TTL: level, queue_size, capacity, seq, ts
+//	<prefix>:pressure:{<coordinator>}   hash with TTL: level, queue_size, capacity, seq, ts, updated_at
 //	<prefix>:pressure:hard, :soft       sets of the coordinators now at that level (KEDA's redis trigger counts them)
 //	<prefix>:pressure:coordinators      set of every coordinator that reported (an index)
 //	<prefix>:feedback                   pub/sub channel: every event, as JSON
@@ -45,6 +45,13 @@ type Options struct {
 	// TTL is how long a coordinator's pressure hash outlives its last event
 	// (Publisher); default 10s. Keep it above the coordinator's heartbeat.
 	TTL time.Duration
+	// Hold is how long a stored report holds against a report with a lower
+	// seq (Publisher), by Redis's clock: until then the lower one is
+	// dropped as stale; after, it is stored (a coordinator that restarted
+	// numbering from 1 again, or the real coordinator after a bogus high
+	// seq). Default feedback.DefaultHold (3s), or TTL if shorter; at most
+	// TTL. Keep it above the coordinators' heartbeat.
+	Hold time.Duration
 	// Resync is how often a Subscriber reads every coordinator's hash again,
 	// besides at subscription and after every reconnect; default 10s.
 	Resync time.Duration
@@ -59,9 +66,13 @@ func (o Options) withDefaults() (Options, error) {
 	}
 	if err := opts.Check(
 		opts.Positive("ttl", &o.TTL, 10*time.Second),
+		opts.Positive("hold", &o.Hold, min(feedback.DefaultHold, o.TTL)),
 		opts.Positive("resync", &o.Resync, 10*time.Second),
 	); err != nil {
 		return o, fmt.Errorf("redisbus: %w", err)
+	}
+	if o.Hold > o.TTL {
+		return o, fmt.Errorf("redisbus: hold=%v: must be at most ttl=%v", o.Hold, o.TTL)
 	}
 	return o, nil
 }
@@ -87,29 +98,30 @@ func (k keys) channel() string               { return k.prefix + ":feedback" }
 var pressureScript = redis.NewScript(lua.Source("pressure"))
 
 // Publisher publishes events through Redis: it stores each report in its
-// coordinator's pressure hash (with a TTL, refusing an older seq), updates
-// the level sets, and PUBLISHes it; a fill sample it only PUBLISHes (the
-// subscribers' handlers order events by seq). Safe for concurrent use.
+// coordinator's pressure hash (with a TTL, refusing an older seq while the
+// stored report is younger than Hold), updates the level sets, and
+// PUBLISHes it; a fill sample it only PUBLISHes (the subscribers' handlers
+// order events by seq). Safe for concurrent use.
 type Publisher struct {
-	rdb  redis.UniversalClient
-	keys keys
-	ttl  time.Duration
+	rdb       redis.UniversalClient
+	keys      keys
+	ttl, hold time.Duration
 }
 
 // NewPublisher returns a Publisher on rdb (a Client, ClusterClient or Ring).
-// A negative TTL or Resync is an error.
+// A negative TTL, Hold or Resync, or a Hold above the TTL, is an error.
 func NewPublisher(rdb redis.UniversalClient, o Options) (*Publisher, error) {
 	o, err := o.withDefaults()
 	if err != nil {
 		return nil, err
 	}
-	return &Publisher{rdb: rdb, keys: keysFor(o.Prefix), ttl: o.TTL}, nil
+	return &Publisher{rdb: rdb, keys: keysFor(o.Prefix), ttl: o.TTL, hold: o.Hold}, nil
 }
 
 // Publish stores and announces a report, or announces a sample. A report
-// older than the stored one (lower seq, e.g. reordered HTTP posts) is
-// dropped without error; an invalid event is refused with a
-// *feedback.FieldError.
+// with the stored seq, or a lower one while the stored report is younger
+// than Hold (e.g. reordered HTTP posts), is dropped without error; an
+// invalid event is refused with a *feedback.FieldError.
 func (p *Publisher) Publish(ctx context.Context, e feedback.Event) error {
 	if err := e.Validate(); err != nil {
 		return err
@@ -125,7 +137,7 @@ func (p *Publisher) Publish(ctx context.Context, e feedback.Event) error {
 	}
 	applied, err := pressureScript.Run(ctx, p.rdb, []string{p.keys.pressure(e.CoordinatorID)},
 		string(e.Level), e.QueueSize, e.Capacity, strconv.FormatUint(e.Seq, 10),
-		e.TS.UTC().Format(time.RFC3339Nano), p.ttl.Milliseconds()).Int()
+		e.TS.UTC().Format(time.RFC3339Nano), p.ttl.Milliseconds(), p.hold.Milliseconds()).Int()
 	if err != nil {
 		return fmt.Errorf("redisbus: store pressure of %q: %w", e.CoordinatorID, err)
 	}
@@ -187,7 +199,8 @@ type Subscriber struct {
 }
 
 // NewSubscriber returns a Subscriber on rdb (a Client, ClusterClient or
-// Ring). A negative TTL or Resync is an error.
+// Ring). A negative TTL, Hold or Resync, or a Hold above the TTL, is an
+// error.
 func NewSubscriber(rdb redis.UniversalClient, o Options) (*Subscriber, error) {
 	o, err := o.withDefaults()
 	if err != nil {

@@ -14,6 +14,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/sluice-dev/sluice/internal/redistest"
+	"github.com/sluice-dev/sluice/lua"
 	"github.com/sluice-dev/sluice/pkg/feedback"
 	"github.com/sluice-dev/sluice/pkg/feedback/redisbus"
 	"github.com/sluice-dev/sluice/pkg/state"
@@ -364,5 +365,115 @@ func TestSubscribeFails(t *testing.T) {
 	}
 	if _, err := redisbus.NewSubscriber(rdb, redisbus.Options{Resync: -time.Second}); err == nil || !strings.Contains(err.Error(), "redisbus: resync=-1s") {
 		t.Fatalf("negative resync: %v", err)
+	}
+}
+
+// TestRedisHold (finding 10 of issue 20): the stored report holds against a
+// lower seq for Hold (3 s by default), by Redis's clock, not for the whole
+// TTL: a coordinator restarted at seq 1, or the real one after a bogus seq
+// 2^64-1, is stored again once the stored report is that old. The test
+// ages the stored report by moving its updated_at back, so it does not sleep
+// and runs the same on miniredis and redis-server.
+func TestRedisHold(t *testing.T) {
+	redistest.Each(t, func(t *testing.T, b redistest.Backend) {
+		ctx := context.Background()
+		rdb := b.Client(t)
+		pub := publisher(t, b.Client(t), 10*time.Second)
+		col := subscribe(t, b.Client(t), time.Hour)
+		key := "sluice:pressure:{store-0}"
+		stored := func() string { return rdb.HGet(ctx, key, "seq").Val() + " " + rdb.HGet(ctx, key, "level").Val() }
+		age := func(d time.Duration) { // the stored report is d older
+			at, err := rdb.HGet(ctx, key, "updated_at").Int64()
+			if err != nil {
+				t.Fatalf("updated_at: %v", err)
+			}
+			rdb.HSet(ctx, key, "updated_at", at-d.Microseconds())
+		}
+		publish := func(seq uint64, l state.Level) {
+			t.Helper()
+			if err := pub.Publish(ctx, event("store-0", seq, l)); err != nil {
+				t.Fatal(err)
+			}
+		}
+
+		publish(100, state.Hard)
+		if at, err := rdb.HGet(ctx, key, "updated_at").Int64(); err != nil || time.Since(time.UnixMicro(at)).Abs() > time.Minute {
+			t.Fatalf("updated_at %d (%v): want the Redis time of the store in µs", at, err)
+		}
+		publish(100, state.OK) // a duplicate
+		publish(1, state.OK)   // restarted, within the hold: stale (a reordered post looks the same)
+		age(feedback.DefaultHold - time.Second)
+		publish(1, state.OK)
+		if s := stored(); s != "100 hard" {
+			t.Fatalf("stored %q within the hold, want 100 hard", s)
+		}
+		age(time.Second) // silent for the hold
+		publish(1, state.OK)
+		if s := stored(); s != "1 ok" {
+			t.Fatalf("stored %q after the hold, want the restart's 1 ok", s)
+		}
+		col.waitFor(t, "the restart's event", func(g feedback.Event) bool { return g.Seq == 1 })
+
+		// A bogus seq holds for the hold only, and the real coordinator's
+		// next report is stored after it.
+		publish(1<<64-1, state.Hard)
+		publish(2, state.OK)
+		if s := stored(); s != "18446744073709551615 hard" {
+			t.Fatalf("stored %q, want the bogus seq within the hold", s)
+		}
+		age(feedback.DefaultHold)
+		publish(3, state.OK)
+		if s := stored(); s != "3 ok" {
+			t.Fatalf("stored %q, want the real coordinator's 3 ok after the hold", s)
+		}
+		for _, got := range col.all() {
+			if got.Seq == 2 || got.Level == state.OK && got.Seq == 100 {
+				t.Fatalf("a stale report was published: %+v", got)
+			}
+		}
+	})
+}
+
+// TestPressureScriptHold: pressure.lua's hold_ms (ARGV[7]) is optional —
+// without it (the Python client before it passed one) a stored report holds
+// as long as the hash lives, as before — and checked when given.
+func TestPressureScriptHold(t *testing.T) {
+	redistest.Each(t, func(t *testing.T, b redistest.Backend) {
+		ctx := context.Background()
+		rdb := b.Client(t)
+		script := redis.NewScript(lua.Source("pressure"))
+		key := "sluice:pressure:{py}"
+		run := func(seq string, extra ...any) (int, error) {
+			args := append([]any{"soft", 1, 10, seq, "2026-12-01T00:00:00Z", 10000}, extra...)
+			return script.Run(ctx, rdb, []string{key}, args...).Int()
+		}
+		if n, err := run("50"); n != 1 || err != nil {
+			t.Fatalf("first report: %d %v", n, err)
+		}
+		at, _ := rdb.HGet(ctx, key, "updated_at").Int64()
+		rdb.HSet(ctx, key, "updated_at", at-9_000_000) // 9 s old, under the 10 s TTL
+		if n, err := run("1"); n != 0 || err != nil {
+			t.Fatalf("a lower seq without hold_ms, 9 s after: %d %v, want 0 (held while the hash lives)", n, err)
+		}
+		if n, err := run("1", 5000); n != 1 || err != nil {
+			t.Fatalf("a lower seq with hold_ms 5000, 9 s after: %d %v, want 1", n, err)
+		}
+		for _, bad := range []any{-1, "x", 10001, 1.5, ""} {
+			if _, err := run("2", bad); err == nil || !strings.Contains(err.Error(), "INVALID_ARGUMENT hold_ms=") {
+				t.Errorf("hold_ms=%v: %v, want INVALID_ARGUMENT hold_ms", bad, err)
+			}
+		}
+	})
+}
+
+func TestHoldOption(t *testing.T) {
+	_, rdb := redistest.Mini(t)
+	for _, o := range []redisbus.Options{{Hold: -time.Second}, {Hold: 11 * time.Second}, {TTL: time.Second, Hold: 2 * time.Second}} {
+		if _, err := redisbus.NewPublisher(rdb, o); err == nil || !strings.Contains(err.Error(), "redisbus: hold=") {
+			t.Errorf("NewPublisher(%+v): %v, want an error naming hold", o, err)
+		}
+	}
+	if _, err := redisbus.NewPublisher(rdb, redisbus.Options{TTL: time.Second}); err != nil {
+		t.Errorf("a TTL under the default hold: %v, want the hold cut to the TTL", err)
 	}
 }
