@@ -473,8 +473,8 @@ func TestDepartedConsumerRemoved(t *testing.T) {
 	if took < claimIdle {
 		t.Fatalf("a removed after %v, before ClaimIdle %v", took, claimIdle)
 	}
-	if cs := consumers(); len(cs) != 1 || cs["b"] != 0 {
-		t.Fatalf("consumers %v, want b alone", cs)
+	if _, ok := consumers()["b"]; !ok || len(consumers()) != 1 {
+		t.Fatalf("consumers %v, want b alone", consumers())
 	}
 	if err := b.stop(); err != nil {
 		t.Fatal(err)
@@ -504,4 +504,34 @@ func TestShortReadTimeout(t *testing.T) {
 	}
 	produce(t, rdb, 0, 10)
 	eventually(t, "10 written", func() bool { return s.distinct() == 10 })
+}
+
+// TestOnCluster: on a 3-master Redis Cluster the raw reads and claims, the
+// refusal (two keys, one hash tag) and the removal of a departed consumer
+// work as on one server.
+func TestOnCluster(t *testing.T) {
+	cl := redistest.StartCluster(t, 3, 0)
+	rdb := cl.Client(t)
+	ctx := context.Background()
+	leavePending(t, rdb, "a", 200)
+	twice, err := rdb.XAdd(ctx, &redis.XAddArgs{Stream: key, Values: []any{"data", "one", "data", "two"}}).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	live := newSink()
+	b := start(t, rdb, live, redisstream.ConsumerOptions{Name: "b", ClaimIdle: 300 * time.Millisecond})
+	produce(t, rdb, 200, 100)
+	eventually(t, "300 written, 1 refused, a removed", func() bool {
+		cs, err := rdb.XInfoConsumers(ctx, key, "coordinators").Result()
+		return err == nil && len(cs) == 1 && cs[0].Name == "b" && live.distinct() == 300 && b.c.Stats().Refused == 1
+	})
+	if got, err := rdb.XRange(ctx, key+":refused", "-", "+").Result(); err != nil || len(got) != 1 || got[0].Values["refused_id"] != twice {
+		t.Fatalf("refused stream %v, %v", got, err)
+	}
+	if err := b.stop(); err != nil {
+		t.Fatal(err)
+	}
+	if cs := rdb.XInfoConsumers(ctx, key, "coordinators").Val(); len(cs) != 0 || pending(t, rdb) != 0 {
+		t.Fatalf("after b stopped: consumers %v, pending %d", cs, pending(t, rdb))
+	}
 }
