@@ -420,7 +420,9 @@ var refuseScript = redis.NewScript(refuseLua)
 func (c *Consumer) refuse(ctx context.Context, id, why string) {
 	moved, err := refuseScript.Run(ctx, c.rdb, []string{c.key, c.refused}, c.o.Group, c.o.Name, id, why).Int()
 	if err != nil {
-		c.log.Warn("moving a refused entry failed; it stays pending", "id", id, "reason", why, "err", err)
+		if ctx.Err() == nil {
+			c.log.Warn("moving a refused entry failed; it stays pending", "id", id, "reason", why, "err", err)
+		}
 		return
 	}
 	if moved == 1 {
