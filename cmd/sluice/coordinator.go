@@ -81,6 +81,7 @@ Examples:
 				return err
 			}
 			defer sink.Close()
+			sink.logRepair(s.log, sinkSpec)
 			pub, err := s.publisher()
 			if err != nil {
 				return err
@@ -98,6 +99,7 @@ Examples:
 					return fmt.Errorf("--dead-letter: %w", err)
 				}
 				defer dl.Close()
+				dl.logRepair(s.log, deadLetter)
 				o.Store.DeadLetter, o.Store.Attempts = dl, attempts
 			}
 			if err := o.Validate(); err != nil {

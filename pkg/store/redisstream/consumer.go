@@ -2,6 +2,7 @@ package redisstream
 
 import (
 	"context"
+	_ "embed"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -33,13 +34,17 @@ type ConsumerOptions struct {
 	Name string
 	// Count is the most entries one read returns; default 500.
 	Count int
-	// Block is how long a read waits for new entries; default 1s.
+	// Block is how long a read waits for new entries; default 1s, and at
+	// most half the client's ReadTimeout (the read is a raw command, which
+	// go-redis bounds by ReadTimeout; default 3s).
 	Block time.Duration
 	// ClaimIdle is how long an entry may stay pending, unacknowledged, on
 	// another consumer before this one claims it (XAUTOCLAIM) and writes it;
 	// default 30s. Keep it above the longest time an entry spends in a
 	// living coordinator (queue and sink retries), or a slow coordinator's
-	// entries are written twice.
+	// entries are written twice. After each claim round, a consumer of the
+	// group with no pending entry that has been idle for longer than
+	// ClaimIdle has left: it is removed from the group.
 	ClaimIdle time.Duration
 	// Refresh is how often the group's lag is read (it is the coordinator's
 	// Backlog), failed acknowledgements retried and the stream trimmed;
@@ -104,23 +109,29 @@ func (o ConsumerOptions) Validate() error {
 // store.WriteCoordinator and acknowledges each entry once the sink has
 // written it. It first writes what is pending on its own name (a restart),
 // then new entries; every ClaimIdle/2 it claims entries left pending by
-// consumers that stopped. It trims the stream up to the oldest entry that
-// some group has not acknowledged, never further. Its coordinator's
-// pressure counts the queue and the group's lag.
+// consumers that stopped, then removes from the group the consumers that
+// have nothing pending and have been idle for longer than ClaimIdle (and
+// itself when Run returns with nothing pending). An entry with a repeated
+// "data" field never reaches the sink: it is moved whole to the refused
+// stream, <key>:refused, and acknowledged. It trims the stream up to the
+// oldest entry that some group has not acknowledged, never further. Its
+// coordinator's pressure counts the queue and the group's lag.
 type Consumer struct {
-	rdb  redis.UniversalClient
-	key  string
-	o    ConsumerOptions
-	log  *slog.Logger
-	w    *store.WriteCoordinator[Entry]
-	sink store.Sink[Entry]
-	m    consumerMetrics
+	rdb     redis.UniversalClient
+	key     string
+	refused string // the key refused entries are moved to
+	o       ConsumerOptions
+	log     *slog.Logger
+	w       *store.WriteCoordinator[Entry]
+	sink    store.Sink[Entry]
+	m       consumerMetrics
 
 	lag        atomic.Int64
 	groupReady atomic.Bool
 	readErr    atomic.Pointer[error] // the last read's error; nil once a read succeeded
 	read       atomic.Int64
 	claimed    atomic.Int64
+	refusals   atomic.Int64
 	acked      atomic.Int64
 	ackFails   atomic.Int64
 
@@ -133,6 +144,7 @@ type consumerMetrics struct {
 	lag              prometheus.Gauge
 	claimed, acked   prometheus.Counter
 	ackErrors, reads prometheus.Counter
+	refused          prometheus.Counter
 }
 
 // NewConsumer returns a Consumer writing to sink, and starts its
@@ -145,7 +157,10 @@ func NewConsumer(rdb redis.UniversalClient, sink store.Sink[Entry], o ConsumerOp
 		return nil, err
 	}
 	key, _ := o.Key()
-	c := &Consumer{rdb: rdb, key: key, o: o, sink: sink, held: map[string]struct{}{},
+	if rt := readTimeout(rdb); rt > 0 {
+		o.Block = min(o.Block, rt/2)
+	}
+	c := &Consumer{rdb: rdb, key: key, refused: key + ":refused", o: o, sink: sink, held: map[string]struct{}{},
 		log: o.Logger.With("component", "redisstream", "stream", key, "consumer", o.Name)}
 	notYet := errors.New("redisstream: not reading yet")
 	c.readErr.Store(&notYet)
@@ -162,6 +177,8 @@ func NewConsumer(rdb redis.UniversalClient, sink store.Sink[Entry], o ConsumerOp
 			Help: "Failed acknowledgements (retried; the entry may be written twice)."}, "coordinator_id")),
 		reads: label(r.CounterVec(prometheus.CounterOpts{Name: "coordinator_stream_read_entries_total",
 			Help: "Entries read from the stream, claims included."}, "coordinator_id")),
+		refused: label(r.CounterVec(prometheus.CounterOpts{Name: "coordinator_stream_refused_total",
+			Help: "Entries refused (a repeated data field): moved whole to the refused stream, not written."}, "coordinator_id")),
 	}
 	if r.Err != nil {
 		return nil, r.Err
@@ -266,6 +283,9 @@ func (c *Consumer) Run(ctx context.Context) error {
 		c.log.Warn("written entries left unacknowledged: they will be written again", "entries", n)
 	}
 	c.mu.Unlock()
+	// Leaving with nothing pending: out of the group at once. With entries
+	// pending it stays, for a living consumer to claim them and remove it.
+	c.forget(actx, -1, c.o.Name)
 	return err
 }
 
@@ -287,14 +307,7 @@ func (c *Consumer) consume(ctx context.Context) {
 			}
 			nextClaim = time.Now().Add(c.o.ClaimIdle / 2)
 		}
-		args := &redis.XReadGroupArgs{Group: c.o.Group, Consumer: c.o.Name, Streams: []string{c.key, cursor}, Count: int64(c.o.Count), Block: -1}
-		if cursor == ">" {
-			args.Block = c.o.Block
-		}
-		res, err := c.rdb.XReadGroup(ctx, args).Result()
-		if errors.Is(err, redis.Nil) {
-			err, res = nil, nil
-		}
+		msgs, err := c.readGroup(ctx, cursor)
 		if err != nil {
 			if isNoGroup(err) {
 				c.groupReady.Store(false)
@@ -304,16 +317,12 @@ func (c *Consumer) consume(ctx context.Context) {
 		}
 		c.readErr.Store(nil)
 		backoff.reset()
-		var msgs []redis.XMessage
-		if len(res) > 0 {
-			msgs = res[0].Messages
-		}
 		if cursor != ">" {
 			if len(msgs) == 0 {
 				cursor = ">" // own pending done: new entries from now on
 				continue
 			}
-			cursor = msgs[len(msgs)-1].ID
+			cursor = msgs[len(msgs)-1].id
 		}
 		if !c.submit(ctx, msgs, false) {
 			return
@@ -321,14 +330,35 @@ func (c *Consumer) consume(ctx context.Context) {
 	}
 }
 
+// readGroup reads up to Count entries from cursor: "0" and on, this
+// consumer's pending entries; ">", new ones, waiting up to Block.
+func (c *Consumer) readGroup(ctx context.Context, cursor string) ([]message, error) {
+	args := []any{"XREADGROUP", "GROUP", c.o.Group, c.o.Name, "COUNT", c.o.Count}
+	if cursor == ">" {
+		args = append(args, "BLOCK", max(1, c.o.Block.Milliseconds()))
+	}
+	v, err := c.rdb.Do(ctx, append(args, "STREAMS", c.key, cursor)...).Result()
+	if errors.Is(err, redis.Nil) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	return readReply(v)
+}
+
 // claim takes over the entries pending on other consumers for longer than
-// ClaimIdle and submits them.
+// ClaimIdle and submits them; then it removes the consumers that have
+// left: nothing pending (what they held is claimed) and idle for longer
+// than ClaimIdle.
 func (c *Consumer) claim(ctx context.Context) error {
 	start := "0-0"
 	for range 100 { // bounded: the next round goes on
-		msgs, next, err := c.rdb.XAutoClaim(ctx, &redis.XAutoClaimArgs{
-			Stream: c.key, Group: c.o.Group, Consumer: c.o.Name, MinIdle: c.o.ClaimIdle, Start: start, Count: int64(c.o.Count),
-		}).Result()
+		v, err := c.rdb.Do(ctx, "XAUTOCLAIM", c.key, c.o.Group, c.o.Name, c.o.ClaimIdle.Milliseconds(), start, "COUNT", c.o.Count).Result()
+		if err != nil {
+			return err
+		}
+		next, msgs, err := claimReply(v)
 		if err != nil {
 			return err
 		}
@@ -336,32 +366,97 @@ func (c *Consumer) claim(ctx context.Context) error {
 			return nil
 		}
 		if next == "0-0" || next == "" {
-			return nil
+			break
 		}
 		start = next
 	}
+	c.forget(ctx, c.o.ClaimIdle)
 	return nil
 }
 
-// submit queues msgs on the coordinator, skipping those it holds already;
-// false when ctx ended or the coordinator closed (the rest stay pending).
-func (c *Consumer) submit(ctx context.Context, msgs []redis.XMessage, claimed bool) bool {
+//go:embed forget.lua
+var forgetLua string
+
+var forgetScript = redis.NewScript(forgetLua)
+
+// forget removes from the group the consumers (names, or all when none is
+// given) that have no pending entry and have been idle for longer than
+// idle (-1: any), atomically (forget.lua). Its errors are logged: nothing
+// depends on it but the tidiness of XINFO CONSUMERS.
+func (c *Consumer) forget(ctx context.Context, idle time.Duration, names ...string) {
+	ms := idle.Milliseconds()
+	if idle < 0 {
+		ms = -1
+	}
+	args := append([]any{c.o.Group, ms}, anys(names)...)
+	gone, err := forgetScript.Run(ctx, c.rdb, []string{c.key}, args...).StringSlice()
+	if err != nil {
+		if ctx.Err() == nil {
+			c.log.Warn("removing departed consumers from the group failed", "err", err)
+		}
+		return
+	}
+	if len(gone) > 0 {
+		c.log.Info("removed consumers with nothing pending from the group", "consumers", gone, "idle_over", idle.String())
+	}
+}
+
+func anys(s []string) []any {
+	out := make([]any, len(s))
+	for i, v := range s {
+		out[i] = v
+	}
+	return out
+}
+
+//go:embed refuse.lua
+var refuseLua string
+
+var refuseScript = redis.NewScript(refuseLua)
+
+// refuse moves an entry that must not reach the sink whole to the refused
+// stream and acknowledges it (refuse.lua). If that fails the entry stays
+// pending, and is refused again when a claim round takes it.
+func (c *Consumer) refuse(ctx context.Context, id, why string) {
+	moved, err := refuseScript.Run(ctx, c.rdb, []string{c.key, c.refused}, c.o.Group, c.o.Name, id, why).Int()
+	if err != nil {
+		if ctx.Err() == nil {
+			c.log.Warn("moving a refused entry failed; it stays pending", "id", id, "reason", why, "err", err)
+		}
+		return
+	}
+	if moved == 1 {
+		c.refusals.Add(1)
+		c.m.refused.Inc()
+		c.log.Warn("refused an entry: moved it whole to the refused stream, not written", "id", id, "reason", why, "refused_stream", c.refused)
+	}
+}
+
+// submit queues msgs on the coordinator, skipping those it holds already
+// and refusing those it must not write; false when ctx ended or the
+// coordinator closed (the rest stay pending).
+func (c *Consumer) submit(ctx context.Context, msgs []message, claimed bool) bool {
 	var gone []string
 	for _, m := range msgs {
-		if len(m.Values) == 0 { // deleted while pending: nothing to write
-			gone = append(gone, m.ID)
+		if m.fields == nil { // deleted while pending: nothing to write
+			gone = append(gone, m.id)
+			continue
+		}
+		e, why := m.decode()
+		if why != "" {
+			c.refuse(ctx, m.id, why)
 			continue
 		}
 		c.mu.Lock()
-		_, dup := c.held[m.ID]
-		c.held[m.ID] = struct{}{}
+		_, dup := c.held[e.ID]
+		c.held[e.ID] = struct{}{}
 		c.mu.Unlock()
 		if dup {
 			continue
 		}
-		if err := c.w.Submit(ctx, entry(m)); err != nil {
+		if err := c.w.Submit(ctx, e); err != nil {
 			c.mu.Lock()
-			delete(c.held, m.ID)
+			delete(c.held, e.ID)
 			c.mu.Unlock()
 			return false
 		}
@@ -486,6 +581,7 @@ type Stats struct {
 	store.Stats
 	Read      int64 // entries read into the coordinator, claims included
 	Claimed   int64 // entries claimed from other consumers
+	Refused   int64 // entries refused (a repeated data field), moved to the refused stream
 	Acked     int64 // entries acknowledged after the sink wrote them
 	AckErrors int64 // failed acknowledgements (retried)
 	Lag       int64 // the group's lag at the last refresh
@@ -493,7 +589,7 @@ type Stats struct {
 
 // Stats returns the counters so far.
 func (c *Consumer) Stats() Stats {
-	return Stats{Stats: c.w.Stats(), Read: c.read.Load(), Claimed: c.claimed.Load(),
+	return Stats{Stats: c.w.Stats(), Read: c.read.Load(), Claimed: c.claimed.Load(), Refused: c.refusals.Load(),
 		Acked: c.acked.Load(), AckErrors: c.ackFails.Load(), Lag: c.lag.Load()}
 }
 
@@ -537,4 +633,18 @@ func (b *backoff) wait(ctx context.Context) {
 	case <-t.C:
 	}
 	b.d = min(2*b.d, 2*time.Second)
+}
+
+// readTimeout returns rdb's ReadTimeout when it is a Client, ClusterClient
+// or Ring with one, else 0.
+func readTimeout(rdb redis.UniversalClient) time.Duration {
+	switch c := rdb.(type) {
+	case *redis.Client:
+		return c.Options().ReadTimeout
+	case *redis.ClusterClient:
+		return c.Options().ReadTimeout
+	case *redis.Ring:
+		return c.Options().ReadTimeout
+	}
+	return 0
 }

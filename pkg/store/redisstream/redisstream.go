@@ -15,12 +15,18 @@
 //	XADD sluice:stream:{store} * data <item> ts <unix-micros>
 //
 // and must not trim the stream (no MAXLEN): the consumers trim it, never
-// past an entry some group has not acknowledged. docs/streams.md has the
+// past an entry some group has not acknowledged. An entry with more than
+// one "data" field is refused: moved whole, with every field, to
+//
+//	<prefix>:stream:{<stream>}:refused   refused entries, never trimmed by sluice
+//
+// and acknowledged, never handed to the sink. docs/streams.md has the
 // details.
 package redisstream
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"regexp"
 	"strconv"
@@ -101,19 +107,118 @@ func (p *Producer) Append(ctx context.Context, items ...[]byte) error {
 	return nil
 }
 
-// entry decodes a stream message. A message without "data" (written by
-// hand, or by a foreign producer) is returned with empty Data: the sink
-// decides what it is worth, and it is acknowledged like any other.
-func entry(m redis.XMessage) Entry {
-	e := Entry{ID: m.ID}
-	switch d := m.Values["data"].(type) {
-	case string:
-		e.Data = []byte(d)
+// message is a stream entry as Redis holds it: every field and value, in
+// order, repeats included (go-redis's XMessage keeps one value a field, so
+// the consumer reads the raw reply). nil fields: the entry was deleted
+// while pending.
+type message struct {
+	id     string
+	fields []string
+}
+
+// refusedRepeatedData is why an entry with more than one "data" field is
+// refused: a sink could be handed only one of its values.
+const refusedRepeatedData = `field "data" repeated`
+
+// decode returns the entry m holds, or why it is refused (then the entry
+// is empty). An entry without "data" (written by hand, or by a foreign
+// producer) has empty Data: the sink decides what it is worth, and it is
+// acknowledged like any other. A "ts" that is repeated or not a positive
+// integer leaves Appended zero.
+func (m message) decode() (e Entry, refused string) {
+	e.ID = m.id
+	var datas, tss int
+	var ts string
+	for i := 0; i+1 < len(m.fields); i += 2 {
+		switch m.fields[i] {
+		case "data":
+			datas++
+			e.Data = []byte(m.fields[i+1])
+		case "ts":
+			tss++
+			ts = m.fields[i+1]
+		}
 	}
-	if s, ok := m.Values["ts"].(string); ok {
-		if us, err := strconv.ParseInt(s, 10, 64); err == nil && us > 0 {
+	if datas > 1 {
+		return Entry{}, refusedRepeatedData
+	}
+	if tss == 1 {
+		if us, err := strconv.ParseInt(ts, 10, 64); err == nil && us > 0 {
 			e.Appended = time.UnixMicro(us)
 		}
 	}
-	return e
+	return e, ""
+}
+
+var errReply = errors.New("redisstream: unexpected reply")
+
+// readReply decodes the entries of an XREADGROUP reply for one stream:
+// [[key, entries]] in RESP2, {key: entries} in RESP3, nil for none.
+func readReply(v any) ([]message, error) {
+	switch r := v.(type) {
+	case nil:
+		return nil, nil
+	case []any:
+		if len(r) == 0 {
+			return nil, nil
+		}
+		if s, ok := r[0].([]any); ok && len(s) == 2 {
+			return messages(s[1])
+		}
+	case map[any]any:
+		for _, entries := range r {
+			return messages(entries)
+		}
+		return nil, nil
+	}
+	return nil, fmt.Errorf("%w to XREADGROUP: %T", errReply, v)
+}
+
+// claimReply decodes an XAUTOCLAIM reply: the next start, and the entries.
+func claimReply(v any) (next string, msgs []message, err error) {
+	r, ok := v.([]any)
+	if !ok || len(r) < 2 {
+		return "", nil, fmt.Errorf("%w to XAUTOCLAIM: %T", errReply, v)
+	}
+	if next, ok = r[0].(string); !ok {
+		return "", nil, fmt.Errorf("%w to XAUTOCLAIM: next is %T", errReply, r[0])
+	}
+	msgs, err = messages(r[1])
+	return next, msgs, err
+}
+
+// messages decodes a list of [id, [field, value, ...]] entries.
+func messages(v any) ([]message, error) {
+	list, ok := v.([]any)
+	if !ok {
+		if v == nil {
+			return nil, nil
+		}
+		return nil, fmt.Errorf("%w: entries are %T", errReply, v)
+	}
+	out := make([]message, 0, len(list))
+	for _, x := range list {
+		pair, ok := x.([]any)
+		if !ok || len(pair) < 2 {
+			return nil, fmt.Errorf("%w: entry is %T", errReply, x)
+		}
+		m := message{}
+		if m.id, ok = pair[0].(string); !ok {
+			return nil, fmt.Errorf("%w: entry id is %T", errReply, pair[0])
+		}
+		if pair[1] != nil {
+			fs, ok := pair[1].([]any)
+			if !ok {
+				return nil, fmt.Errorf("%w: fields of %s are %T", errReply, m.id, pair[1])
+			}
+			m.fields = make([]string, len(fs))
+			for i, f := range fs {
+				if m.fields[i], ok = f.(string); !ok {
+					return nil, fmt.Errorf("%w: a field of %s is %T", errReply, m.id, f)
+				}
+			}
+		}
+		out = append(out, m)
+	}
+	return out, nil
 }

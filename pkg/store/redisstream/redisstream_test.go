@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -56,6 +57,26 @@ func (s *sink) Write(ctx context.Context, batch []redisstream.Entry) error {
 		s.counts[string(e.Data)]++
 	}
 	return nil
+}
+
+// recorder is a sink that keeps every entry it is given.
+type recorder struct {
+	mu  sync.Mutex
+	got []redisstream.Entry
+}
+
+func (r *recorder) Write(_ context.Context, batch []redisstream.Entry) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.got = append(r.got, batch...)
+	return nil
+}
+
+// entries returns a copy of what it was given so far.
+func (r *recorder) entries() []redisstream.Entry {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.got)
 }
 
 func (s *sink) distinct() int {
@@ -121,6 +142,19 @@ func (r *running) stop() error {
 	return r.err
 }
 
+// leavePending runs a consumer name whose sink never writes, appends n
+// entries, and stops it once it read them: its drain times out, so the n
+// stay pending on it.
+func leavePending(t *testing.T, rdb redis.UniversalClient, name string, n int) {
+	t.Helper()
+	dead := newSink()
+	dead.stuck = make(chan struct{})
+	a := start(t, rdb, dead, redisstream.ConsumerOptions{Name: name, Drain: time.Millisecond})
+	produce(t, rdb, 0, n)
+	eventually(t, fmt.Sprintf("%s read %d", name, n), func() bool { return a.c.Stats().Read == int64(n) })
+	_ = a.stop()
+}
+
 func eventually(t *testing.T, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
@@ -174,12 +208,7 @@ func TestWritesAcksAndTrims(t *testing.T) {
 func TestDeadConsumerIsClaimed(t *testing.T) {
 	redistest.Each(t, func(t *testing.T, b redistest.Backend) {
 		rdb := b.Client(t)
-		dead := newSink()
-		dead.stuck = make(chan struct{})
-		a := start(t, rdb, dead, redisstream.ConsumerOptions{Name: "a", Drain: time.Millisecond})
-		produce(t, rdb, 0, 500)
-		eventually(t, "a read 500", func() bool { return a.c.Stats().Read == 500 })
-		_ = a.stop() // its drain times out: the 500 stay pending on a
+		leavePending(t, rdb, "a", 500)
 		if p := pending(t, rdb); p != 500 {
 			t.Fatalf("pending %d, want 500", p)
 		}
@@ -199,12 +228,7 @@ func TestDeadConsumerIsClaimed(t *testing.T) {
 func TestRestartWritesOwnPending(t *testing.T) {
 	srv := redistest.Start(t)
 	rdb := srv.Client(t)
-	dead := newSink()
-	dead.stuck = make(chan struct{})
-	a := start(t, rdb, dead, redisstream.ConsumerOptions{Name: "a", Drain: time.Millisecond})
-	produce(t, rdb, 0, 300)
-	eventually(t, "a read 300", func() bool { return a.c.Stats().Read == 300 })
-	_ = a.stop()
+	leavePending(t, rdb, "a", 300)
 	again := newSink()
 	a2 := start(t, rdb, again, redisstream.ConsumerOptions{Name: "a", ClaimIdle: time.Hour})
 	eventually(t, "300 written after the restart", func() bool { return again.distinct() == 300 })
@@ -288,18 +312,12 @@ func TestForeignEntries(t *testing.T) {
 	redistest.Each(t, func(t *testing.T, b redistest.Backend) {
 		rdb := b.Client(t)
 		ctx := context.Background()
-		var mu sync.Mutex
-		var got []redisstream.Entry
-		s := store.SinkFunc[redisstream.Entry](func(_ context.Context, batch []redisstream.Entry) error {
-			mu.Lock()
-			got = append(got, batch...)
-			mu.Unlock()
-			return nil
-		})
+		s := &recorder{}
 		start(t, rdb, s, redisstream.ConsumerOptions{Name: "a"})
 		rdb.XAdd(ctx, &redis.XAddArgs{Stream: key, Values: []any{"data", `{"x":1}`}})
 		rdb.XAdd(ctx, &redis.XAddArgs{Stream: key, Values: []any{"other", "field", "ts", "garbage"}})
-		eventually(t, "both written", func() bool { mu.Lock(); defer mu.Unlock(); return len(got) == 2 })
+		eventually(t, "both written", func() bool { return len(s.entries()) == 2 })
+		got := s.entries()
 		sort.Slice(got, func(i, j int) bool { return len(got[i].Data) > len(got[j].Data) })
 		if string(got[0].Data) != `{"x":1}` || !got[0].Appended.IsZero() || got[1].Data != nil || !got[1].Appended.IsZero() {
 			t.Fatalf("entries %+v", got)
@@ -374,4 +392,146 @@ func TestRedisGoneAndBack(t *testing.T) {
 		t.Fatal(err)
 	}
 	fmt.Fprint(io.Discard, r.c.Stats())
+}
+
+// TestRepeatedDataRefused: an entry with two "data" fields (XADD allows
+// repeated fields) is not handed to the sink, which would see only one of
+// its values: it is moved whole, every field in order, to the refused
+// stream and acknowledged. A repeated "ts" only loses the latency.
+func TestRepeatedDataRefused(t *testing.T) {
+	redistest.Each(t, func(t *testing.T, b redistest.Backend) {
+		rdb := b.Client(t)
+		ctx := context.Background()
+		s := &recorder{}
+		r := start(t, rdb, s, redisstream.ConsumerOptions{Name: "a"})
+		add := func(fields ...any) string {
+			id, err := rdb.XAdd(ctx, &redis.XAddArgs{Stream: key, Values: fields}).Result()
+			if err != nil {
+				t.Fatal(err)
+			}
+			return id
+		}
+		add("data", "first")
+		twice := add("data", "one", "data", "two", "ts", "1700000000000000")
+		add("data", "ts-twice", "ts", "1700000000000000", "ts", "1700000000000001")
+		add("data", "last")
+		eventually(t, "3 written, 1 refused, nothing pending", func() bool {
+			return len(s.entries()) == 3 && r.c.Stats().Refused == 1 && pending(t, rdb) == 0
+		})
+		for _, e := range s.entries() {
+			if e.ID == twice || string(e.Data) == "one" || string(e.Data) == "two" {
+				t.Errorf("the entry with two data fields reached the sink: %+v", e)
+			}
+			if string(e.Data) == "ts-twice" && !e.Appended.IsZero() {
+				t.Errorf("a repeated ts read as %v", e.Appended)
+			}
+		}
+		raw, err := rdb.Do(ctx, "XRANGE", key+":refused", "-", "+").Slice()
+		if err != nil || len(raw) != 1 {
+			t.Fatalf("refused stream: %v %v, want one entry", raw, err)
+		}
+		fields := fmt.Sprint(raw[0].([]any)[1])
+		want := fmt.Sprint([]any{"data", "one", "data", "two", "ts", "1700000000000000",
+			"refused_id", twice, "refused_reason", `field "data" repeated`, "refused_by", "a"})
+		if fields != want {
+			t.Fatalf("refused entry holds %s, want %s", fields, want)
+		}
+	})
+}
+
+// TestDepartedConsumerRemoved: a consumer that stopped with entries
+// pending stays in the group until a living one has claimed them, then is
+// removed once idle for longer than ClaimIdle; a consumer that stops with
+// nothing pending leaves the group at once; the living one stays.
+func TestDepartedConsumerRemoved(t *testing.T) {
+	srv := redistest.Start(t)
+	rdb := srv.Client(t)
+	ctx := context.Background()
+	consumers := func() map[string]int64 {
+		cs, err := rdb.XInfoConsumers(ctx, key, "coordinators").Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := map[string]int64{}
+		for _, c := range cs {
+			out[c.Name] = c.Pending
+		}
+		return out
+	}
+	leavePending(t, rdb, "a", 300)
+	stopped := time.Now()
+	if cs := consumers(); cs["a"] != 300 {
+		t.Fatalf("consumers %v: a should stay with its 300 pending", cs)
+	}
+	const claimIdle = 300 * time.Millisecond
+	live := newSink()
+	b := start(t, rdb, live, redisstream.ConsumerOptions{Name: "b", ClaimIdle: claimIdle})
+	eventually(t, "b wrote a's 300", func() bool { return live.distinct() == 300 })
+	eventually(t, "a removed from the group", func() bool { _, ok := consumers()["a"]; return !ok })
+	took := time.Since(stopped)
+	t.Logf("a stopped with 300 pending: claimed and out of the group after %v (ClaimIdle %v)", took.Round(10*time.Millisecond), claimIdle)
+	if took < claimIdle {
+		t.Fatalf("a removed after %v, before ClaimIdle %v", took, claimIdle)
+	}
+	if _, ok := consumers()["b"]; !ok || len(consumers()) != 1 {
+		t.Fatalf("consumers %v, want b alone", consumers())
+	}
+	if err := b.stop(); err != nil {
+		t.Fatal(err)
+	}
+	if cs := consumers(); len(cs) != 0 {
+		t.Fatalf("consumers %v after b stopped with nothing pending, want none", cs)
+	}
+	if st := b.c.Stats(); st.Claimed != 300 || pending(t, rdb) != 0 {
+		t.Fatalf("stats %+v, pending %d", st, pending(t, rdb))
+	}
+}
+
+// TestShortReadTimeout: a client whose ReadTimeout is below Block still
+// reads without timing out (the read waits at most half the ReadTimeout).
+func TestShortReadTimeout(t *testing.T) {
+	srv := redistest.Start(t)
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr, ReadTimeout: 300 * time.Millisecond, MaxRetries: -1})
+	t.Cleanup(func() { rdb.Close() })
+	s := newSink()
+	r := start(t, rdb, s, redisstream.ConsumerOptions{Name: "a", Block: time.Second})
+	eventually(t, "ready", func() bool { return r.c.Ready() == nil })
+	for range 30 { // several reads that find nothing
+		if err := r.c.Ready(); err != nil {
+			t.Fatalf("a read failed: %v", err)
+		}
+		time.Sleep(40 * time.Millisecond)
+	}
+	produce(t, rdb, 0, 10)
+	eventually(t, "10 written", func() bool { return s.distinct() == 10 })
+}
+
+// TestOnCluster: on a 3-master Redis Cluster the raw reads and claims, the
+// refusal (two keys, one hash tag) and the removal of a departed consumer
+// work as on one server.
+func TestOnCluster(t *testing.T) {
+	cl := redistest.StartCluster(t, 3, 0)
+	rdb := cl.Client(t)
+	ctx := context.Background()
+	leavePending(t, rdb, "a", 200)
+	twice, err := rdb.XAdd(ctx, &redis.XAddArgs{Stream: key, Values: []any{"data", "one", "data", "two"}}).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	live := newSink()
+	b := start(t, rdb, live, redisstream.ConsumerOptions{Name: "b", ClaimIdle: 300 * time.Millisecond})
+	produce(t, rdb, 200, 100)
+	eventually(t, "300 written, 1 refused, a removed", func() bool {
+		cs, err := rdb.XInfoConsumers(ctx, key, "coordinators").Result()
+		return err == nil && len(cs) == 1 && cs[0].Name == "b" && live.distinct() == 300 && b.c.Stats().Refused == 1
+	})
+	if got, err := rdb.XRange(ctx, key+":refused", "-", "+").Result(); err != nil || len(got) != 1 || got[0].Values["refused_id"] != twice {
+		t.Fatalf("refused stream %v, %v", got, err)
+	}
+	if err := b.stop(); err != nil {
+		t.Fatal(err)
+	}
+	if cs := rdb.XInfoConsumers(ctx, key, "coordinators").Val(); len(cs) != 0 || pending(t, rdb) != 0 {
+		t.Fatalf("after b stopped: consumers %v, pending %d", cs, pending(t, rdb))
+	}
 }
