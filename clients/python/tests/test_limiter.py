@@ -105,6 +105,24 @@ def test_client_kinds(r: "redis.Redis[bytes]") -> None:
     lim.close()
 
 
+def test_private_pool_keeps_auth_and_db(r: "redis.Redis[bytes]", redis_server) -> None:  # type: ignore[no-untyped-def]
+    """The limiter's copy of the pool logs in as the client's user and uses
+    its database."""
+    r.acl_setuser("py-app", enabled=True, passwords=["+s3cret"], keys=["*"], channels=["*"], commands=["+@all"])
+    try:
+        c = redis.Redis(port=redis_server.port, username="py-app", password="s3cret", db=2)
+        lim = Limiter(c)
+        lim.register("ibkr", **SLOW)
+        assert lim.try_acquire("ibkr").allowed
+        assert r.exists("sluice:{ibkr}:config") == 0  # not in db 0
+        assert c.exists("sluice:{ibkr}:config") == 1
+        assert any(cl["user"] == "py-app" and cl["db"] == "2" for cl in r.client_list())
+        lim.close()
+        c.flushdb()
+    finally:
+        r.acl_deluser("py-app")
+
+
 def test_try_acquire(lim: Limiter) -> None:
     lim.register("ibkr", **SLOW)
     d = lim.try_acquire("ibkr", 4)
