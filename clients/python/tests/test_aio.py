@@ -77,7 +77,7 @@ def test_paused_waiters_wake_on_notify(r, redis_server) -> None:  # type: ignore
         await lim.register("ibkr", capacity=10, refill_rate=100)
         await lim.set_scale("ibkr", 0)
         with pytest.raises(PausedError) as ei:
-            await lim.acquire("ibkr", timeout=0.1)
+            await lim.acquire("ibkr", timeout=0.5)
         assert ei.value.timed_out
         waiters = [asyncio.create_task(lim.acquire("ibkr", timeout=30)) for _ in range(5)]
         while (await c.pubsub_numsub("sluice:{ibkr}:notify"))[0][1] == 0:
@@ -96,15 +96,15 @@ def test_breaker_and_cooldown(r, redis_server) -> None:  # type: ignore[no-untyp
     async def body() -> None:
         c = client(redis_server)
         lim = AsyncLimiter(c)
-        await lim.register("ibkr", capacity=5, refill_rate=100, breaker_threshold=1, breaker_timeout_sec=0.2)
+        await lim.register("ibkr", capacity=5, refill_rate=100, breaker_threshold=1, breaker_timeout_sec=0.5)
         assert (await lim.record_failure("ibkr")).state == "open"
         with pytest.raises(CircuitOpenError):
-            await lim.acquire("ibkr", timeout=0.01)
+            await lim.acquire("ibkr", timeout=0.25)
         assert (await lim.acquire("ibkr", timeout=5)).reason == "probe"
         assert (await lim.record_success("ibkr")).state == "closed"
-        await lim.trigger_cooldown("ibkr", "pacing", duration=0.2)
+        await lim.trigger_cooldown("ibkr", "pacing", duration=0.5)
         with pytest.raises(CoolingDownError):
-            await lim.acquire("ibkr", timeout=0.01)
+            await lim.acquire("ibkr", timeout=0.25)
         assert (await lim.acquire("ibkr", timeout=5)).allowed
         await lim.close()
         await c.close()

@@ -68,7 +68,7 @@ def test_set_budget_scale_zero(r, redis_server) -> None:  # type: ignore[no-unty
         await coord.set_budget_scale("test", 0.0)
         assert await coord.effective_rate("test") == 0
         with pytest.raises(PausedError):  # scale 0 pauses, even with a full bucket
-            await coord.acquire("test", timeout=0.05)
+            await coord.acquire("test", timeout=0.3)
     with_coord(redis_server, body)
 
 

@@ -281,7 +281,7 @@ def test_pressure_to_the_go_controller(r: "redis.Redis[bytes]", redis_server, sl
         assert (r.hget("sluice:{interop}:scale", "source") or b"").startswith(b"controller/")
         assert r.sismember("sluice:pressure:hard", "store-py")
         with pytest.raises(PausedError):
-            py.acquire("interop", timeout=0.3)
+            py.acquire("interop", timeout=0.5)
         got: list = []
         waiter = threading.Thread(target=lambda: got.append(py.acquire("interop", timeout=20)))
         waiter.start()

@@ -77,10 +77,50 @@ def test_bad_provider_names(lim: Limiter, name: str) -> None:
 def test_bad_options(r: "redis.Redis[bytes]") -> None:
     for kw, field in [({"prefix": "a:b"}, "prefix"), ({"replica_id": "a b"}, "replica_id"),
                       ({"source": "x\n"}, "source"), ({"paused_recheck": 0}, "paused_recheck"),
-                      ({"wake_jitter": -1}, "wake_jitter"), ({"heartbeat": float("nan")}, "heartbeat")]:
+                      ({"wake_jitter": -1}, "wake_jitter"), ({"heartbeat": float("nan")}, "heartbeat"),
+                      ({"call_timeout": 0}, "call_timeout"), ({"call_timeout": 3601}, "call_timeout")]:
         with pytest.raises(InvalidArgumentError) as ei:
             Limiter(r, **kw)  # type: ignore[arg-type]
         assert ei.value.field == field
+
+
+def test_client_kinds(r: "redis.Redis[bytes]") -> None:
+    """A client of the wrong kind is refused naming it; a good one is used
+    through a private copy of its pool: the caller's client is unchanged."""
+    import redis.asyncio
+
+    for bad, kinds in [(redis.asyncio.Redis(), "a redis.Redis or redis.cluster.RedisCluster"), ("redis://x", None)]:
+        with pytest.raises(InvalidArgumentError) as ei:
+            Limiter(bad)  # type: ignore[arg-type]
+        assert ei.value.field == "client" and (kinds is None or ei.value.range == kinds)
+    from sluice.aio import AsyncLimiter
+    with pytest.raises(InvalidArgumentError) as ei:
+        AsyncLimiter(r)
+    assert ei.value.field == "client" and "redis.asyncio.Redis" in ei.value.range
+    cls, kw = r.connection_pool.connection_class, dict(r.connection_pool.connection_kwargs)
+    lim = Limiter(r)
+    lim.register("ibkr", **SLOW)
+    assert lim.try_acquire("ibkr").allowed
+    assert (r.connection_pool.connection_class, r.connection_pool.connection_kwargs) == (cls, kw)
+    lim.close()
+
+
+def test_private_pool_keeps_auth_and_db(r: "redis.Redis[bytes]", redis_server) -> None:  # type: ignore[no-untyped-def]
+    """The limiter's copy of the pool logs in as the client's user and uses
+    its database."""
+    r.acl_setuser("py-app", enabled=True, passwords=["+s3cret"], keys=["*"], channels=["*"], commands=["+@all"])
+    try:
+        c = redis.Redis(port=redis_server.port, username="py-app", password="s3cret", db=2)
+        lim = Limiter(c)
+        lim.register("ibkr", **SLOW)
+        assert lim.try_acquire("ibkr").allowed
+        assert r.exists("sluice:{ibkr}:config") == 0  # not in db 0
+        assert c.exists("sluice:{ibkr}:config") == 1
+        assert any(cl["user"] == "py-app" and cl["db"] == "2" for cl in r.client_list())
+        lim.close()
+        c.flushdb()
+    finally:
+        r.acl_deluser("py-app")
 
 
 def test_try_acquire(lim: Limiter) -> None:
@@ -157,7 +197,7 @@ def test_pause_and_notify(r: "redis.Redis[bytes]", lim: Limiter) -> None:
     d = lim.try_acquire("ibkr")
     assert (d.allowed, d.reason, d.retry_after) == (False, "paused", -1)  # banked tokens are not granted
     with pytest.raises(PausedError) as ei:
-        lim.acquire("ibkr", timeout=0.2)
+        lim.acquire("ibkr", timeout=0.5)
     assert ei.value.timed_out
     # A waiter re-checking only every 60 s is woken by the notification
     # that set_scale publishes on sluice:{ibkr}:notify.
@@ -192,14 +232,14 @@ def test_level_and_shadow(lim: Limiter, r: "redis.Redis[bytes]") -> None:
 
 
 def test_breaker(lim: Limiter) -> None:
-    lim.register("ibkr", capacity=5, refill_rate=100, breaker_threshold=2, breaker_timeout_sec=0.3)
+    lim.register("ibkr", capacity=5, refill_rate=100, breaker_threshold=2, breaker_timeout_sec=0.5)
     assert lim.record_failure("ibkr").state == "closed"
     b = lim.record_failure("ibkr")
-    assert b.state == "open" and b.failures == 2 and 0 < b.retry_after <= 0.3
+    assert b.state == "open" and b.failures == 2 and 0 < b.retry_after <= 0.5
     d = lim.try_acquire("ibkr")
-    assert d.reason == "circuit_open" and 0 < d.retry_after <= 0.3
+    assert d.reason == "circuit_open" and 0 < d.retry_after <= 0.5
     with pytest.raises(CircuitOpenError):
-        lim.acquire("ibkr", timeout=0.01)
+        lim.acquire("ibkr", timeout=0.25)
     probe = lim.acquire("ibkr", timeout=5)  # waits out the open breaker
     assert probe.reason == "probe" and probe.breaker == "half_open"
     assert lim.try_acquire("ibkr").reason == "circuit_open"  # one probe at a time
@@ -213,14 +253,14 @@ def test_breaker(lim: Limiter) -> None:
 
 def test_cooldown(lim: Limiter) -> None:
     lim.register("ibkr", capacity=5, refill_rate=100, cooldown_sec=3600)
-    until = lim.trigger_cooldown("ibkr", "pacing", "broker said so", duration=0.3)
+    until = lim.trigger_cooldown("ibkr", "pacing", "broker said so", duration=0.5)
     assert until is not None and until > time.time() - 5
     d = lim.try_acquire("ibkr")
-    assert d.reason == "cooldown" and 0 < d.retry_after <= 0.3
+    assert d.reason == "cooldown" and 0 < d.retry_after <= 0.5
     s = lim.status("ibkr")
     assert s.cooldown is not None and (s.cooldown.scope, s.cooldown.reason) == ("pacing", "broker said so")
     with pytest.raises(CoolingDownError):
-        lim.acquire("ibkr", timeout=0.01)
+        lim.acquire("ibkr", timeout=0.25)
     assert lim.acquire("ibkr", timeout=5).allowed  # waits it out
     lim.trigger_cooldown("ibkr", "pacing")  # the provider's cooldown_sec: an hour
     assert lim.try_acquire("ibkr").retry_after > 3000

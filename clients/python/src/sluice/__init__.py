@@ -21,6 +21,7 @@ from .errors import (
     ClosedError,
     CoolingDownError,
     CorruptStateError,
+    DeadlineExceededError,
     ExceedsCapacityError,
     InvalidArgumentError,
     PausedError,
@@ -35,7 +36,7 @@ from .limiter import Limiter
 __all__ = [
     "SCRIPT_NAMES", "BreakerStatus", "Cooldown", "Decision", "ProviderConfig", "ScaleChange", "Status",
     "script_source", "CircuitOpenError", "ClosedError", "CoolingDownError", "CorruptStateError",
-    "ExceedsCapacityError", "InvalidArgumentError", "PausedError", "RateLimitedError",
+    "DeadlineExceededError", "ExceedsCapacityError", "InvalidArgumentError", "PausedError", "RateLimitedError",
     "RedisUnavailableError", "RefusedError", "SluiceError", "UnknownProviderError", "Limiter",
 ]
 __version__ = "0.1.0"

@@ -347,8 +347,15 @@ def check_positive(field_name: str, v: object) -> float:
     return float(v)  # type: ignore[arg-type]
 
 
+def check_call_timeout(v: object) -> float:
+    """call_timeout: seconds in (0, 3600]."""
+    if not finite(v) or not 0 < float(v) <= 3600:  # type: ignore[arg-type]
+        raise InvalidArgumentError("call_timeout", v, "a number of seconds in (0, 3600]")
+    return float(v)  # type: ignore[arg-type]
+
+
 # Errors that mean Redis could not serve the call, as opposed to an answer.
-_OUTAGE_PREFIXES = ("LOADING", "CLUSTERDOWN", "MASTERDOWN", "TRYAGAIN", "READONLY", "BUSY")
+_OUTAGE_PREFIXES = ("LOADING", "CLUSTERDOWN", "MASTERDOWN", "TRYAGAIN", "MOVED ", "ASK ", "READONLY", "BUSY")
 
 
 def is_unknown_provider(err: BaseException) -> bool:
@@ -443,7 +450,8 @@ class Base:
 
     def __init__(self, *, prefix: str = DEFAULT_PREFIX, replica_id: Optional[str] = None,
                  source: str = "python", paused_recheck: float = 5.0, wake_jitter: float = 0.005,
-                 heartbeat: float = 2.0) -> None:
+                 heartbeat: float = 2.0, call_timeout: float = 0.5) -> None:
+        self.call_timeout = check_call_timeout(call_timeout)
         self.prefix = check_name("prefix", prefix)
         self.replica_id = check_replica_id(default_replica_id() if replica_id is None else replica_id)
         self.source = check_source(source)

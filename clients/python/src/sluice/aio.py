@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any, Dict, List, Optional
 
 import redis.asyncio
-import redis.exceptions
 
 from ._core import (
     DEFAULT_PREFIX,
-    SCRIPT_NAMES,
     Base,
     BreakerStatus,
     Decision,
@@ -34,37 +33,38 @@ from ._core import (
     parse_scale_change,
     parse_status,
     providers_key,
-    script_source,
 )
-from .errors import InvalidArgumentError, refused
+from ._redis import REDIS_ERRORS, AsyncConn
+from .errors import InvalidArgumentError, SluiceError, refused
 
 log = logging.getLogger("sluice")
-
-_REDIS_ERRORS = (redis.exceptions.RedisError, OSError)
 
 
 class AsyncLimiter:
     """The asyncio form of :class:`sluice.Limiter`, on a ``redis.asyncio``
-    client: the same scripts, keys, options and semantics, every method a
-    coroutine. Safe for concurrent use by many tasks of one event loop; use
-    one AsyncLimiter per loop. Close it with ``await limiter.close()`` (or
-    ``async with``)."""
+    client (``redis.asyncio.Redis`` or ``redis.asyncio.cluster.RedisCluster``):
+    the same scripts, keys, options and semantics, every method a
+    coroutine; every Redis call bounded by call_timeout and the caller's
+    timeout whatever the client's socket_timeout, through a private copy of
+    its connection pool. Safe for concurrent use by many tasks of one event
+    loop; use one AsyncLimiter per loop. Close it with ``await
+    limiter.close()`` (or ``async with``)."""
 
-    def __init__(self, client: "redis.asyncio.Redis[Any]", *, prefix: str = DEFAULT_PREFIX,
+    def __init__(self, client: Any, *, prefix: str = DEFAULT_PREFIX,
                  replica_id: Optional[str] = None, source: str = "python", paused_recheck: float = 5.0,
-                 wake_jitter: float = 0.005, heartbeat: float = 2.0) -> None:
+                 wake_jitter: float = 0.005, heartbeat: float = 2.0, call_timeout: float = 0.5) -> None:
         self._b = Base(prefix=prefix, replica_id=replica_id, source=source, paused_recheck=paused_recheck,
-                       wake_jitter=wake_jitter, heartbeat=heartbeat)
-        self._client = client
-        self._scripts = {name: client.register_script(script_source(name)) for name in SCRIPT_NAMES}
+                       wake_jitter=wake_jitter, heartbeat=heartbeat, call_timeout=call_timeout)
+        self._conn = AsyncConn(client, self._b.call_timeout)
         self._rereg: Optional[asyncio.Lock] = None
-        self._notifier = _AsyncNotifier(client)
+        self._notifier = _AsyncNotifier(self._conn)
         self._beater: Optional["asyncio.Task[None]"] = None
 
     @classmethod
-    def from_url(cls, url: str, *, socket_timeout: float = 2.0, **options: Any) -> "AsyncLimiter":
-        """An AsyncLimiter on a new client for url (redis://, rediss://)."""
-        return cls(redis.asyncio.Redis.from_url(url, socket_timeout=socket_timeout), **options)
+    def from_url(cls, url: str, **options: Any) -> "AsyncLimiter":
+        """An AsyncLimiter on a new client for url (redis://, rediss://,
+        unix://); options are the AsyncLimiter's."""
+        return cls(redis.asyncio.Redis.from_url(url), **options)
 
     @property
     def replica_id(self) -> str:
@@ -74,22 +74,23 @@ class AsyncLimiter:
     def prefix(self) -> str:
         return self._b.prefix
 
-    async def _call(self, name: str, keys: List[str], args: List[str]) -> Any:
-        return await self._scripts[name](keys=keys, args=args)
+    async def _call(self, name: str, keys: List[str], args: List[str], deadline: Optional[float] = None) -> Any:
+        return await self._conn.script(name, keys, args, deadline)
 
-    async def _run(self, provider: str, st: ProviderState, name: str, keys: List[str], args: List[str]) -> Any:
+    async def _run(self, provider: str, st: ProviderState, name: str, keys: List[str], args: List[str],
+                   deadline: Optional[float] = None) -> Any:
         """As Limiter._run: registers again a provider Redis lost, once."""
         try:
-            return await self._call(name, keys, args)
-        except _REDIS_ERRORS as e:
+            return await self._call(name, keys, args, deadline)
+        except REDIS_ERRORS as e:
             if not (is_unknown_provider(e) and st.registered is not None):
                 raise map_error(provider, e) from e
         if self._rereg is None:
             self._rereg = asyncio.Lock()
         async with self._rereg:
             try:
-                return await self._call(name, keys, args)
-            except _REDIS_ERRORS as e:
+                return await self._call(name, keys, args, deadline)
+            except REDIS_ERRORS as e:
                 if not is_unknown_provider(e):
                     raise map_error(provider, e) from e
             log.warning("provider missing from Redis, registering it again: %s", provider)
@@ -101,8 +102,8 @@ class AsyncLimiter:
                     k = st.keys
                     await self._call("set_scale", [k.config, k.bucket, k.scale],
                                      [fmt(st.last_scale), self._b.source + " (restored after redis lost it)", k.notify])
-                return await self._call(name, keys, args)
-            except _REDIS_ERRORS as e:
+                return await self._call(name, keys, args, deadline)
+            except REDIS_ERRORS as e:
                 raise map_error(provider, e) from e
 
     async def register(self, provider: str, config: Optional[ProviderConfig] = None, **fields: Any) -> str:
@@ -112,7 +113,7 @@ class AsyncLimiter:
         st = self._state(provider)
         try:
             res = await self._register(provider, st, cfg)
-        except _REDIS_ERRORS as e:
+        except REDIS_ERRORS as e:
             raise map_error(provider, e) from e
         st.registered = cfg
         return res
@@ -120,7 +121,8 @@ class AsyncLimiter:
     async def _register(self, provider: str, st: ProviderState, cfg: ProviderConfig) -> str:
         k = st.keys
         res = as_str(await self._call("register", [k.config, k.bucket, k.scale], cfg.args()))
-        await self._client.sadd(providers_key(self._b.prefix), provider)
+        pk = providers_key(self._b.prefix)
+        await self._conn.run(pk, lambda c: c.sadd(pk, provider))
         return res
 
     async def try_acquire(self, provider: str, n: int = 1) -> Decision:
@@ -128,13 +130,13 @@ class AsyncLimiter:
         check_n(n)
         return await self._decide(provider, self._state(provider), n)
 
-    async def _decide(self, provider: str, st: ProviderState, n: int) -> Decision:
+    async def _decide(self, provider: str, st: ProviderState, n: int, deadline: Optional[float] = None) -> Decision:
         if not st.active:
             st.active = True
-            await self._beat(st)
+            await self._beat(st, deadline)
             if self._beater is None:
                 self._beater = asyncio.get_running_loop().create_task(self._beat_loop())
-        d = parse_decision(await self._run(provider, st, "acquire", st.keys.acquire(), [str(n)]))
+        d = parse_decision(await self._run(provider, st, "acquire", st.keys.acquire(), [str(n)], deadline))
         st.last_scale = d.scale
         return d
 
@@ -142,13 +144,16 @@ class AsyncLimiter:
         """See Limiter.acquire: waits out rate limits, cooldowns and an open
         breaker with jitter; while paused, waits for a notification (or the
         slow re-check); raises a RefusedError subclass when the wait would
-        outlast timeout or timeout ends. Cancelling the task stops the wait."""
+        outlast timeout or timeout ends; the Redis calls count against
+        timeout (DeadlineExceededError when it ends during one). Cancelling
+        the task stops the wait."""
         check_n(n)
         if timeout is not None and not (finite(timeout) and timeout >= 0):
             raise InvalidArgumentError("timeout", timeout, "None or a number of seconds >= 0")
         st = self._state(provider)
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
+        call_deadline = None if timeout is None else time.monotonic() + timeout
         turn: _AsyncTurn = st.turn  # as Limiter.acquire: one rate-limited waiter polls
         holding = False
         wake: Optional[asyncio.Event] = None
@@ -158,7 +163,7 @@ class AsyncLimiter:
                 left = None if deadline is None else deadline - loop.time()
                 if left is not None and left <= 0 and last is not None:
                     raise refused(provider, n, last, timed_out=True)
-                d = await self._decide(provider, st, n)
+                d = await self._decide(provider, st, n, call_deadline)
                 if d.allowed:
                     return d
                 last = d
@@ -267,16 +272,17 @@ class AsyncLimiter:
 
     async def providers(self) -> List[str]:
         """The registered providers, sorted."""
+        pk = providers_key(self._b.prefix)
         try:
-            return sorted(as_str(p) for p in await self._client.smembers(providers_key(self._b.prefix)))
-        except _REDIS_ERRORS as e:
+            return sorted(as_str(p) for p in await self._conn.run(pk, lambda c: c.smembers(pk)))
+        except REDIS_ERRORS as e:
             raise map_error("", e) from e
 
-    async def _beat(self, st: ProviderState) -> None:
+    async def _beat(self, st: ProviderState, deadline: Optional[float] = None) -> None:
         try:
-            n = await self._call("heartbeat", [st.keys.replicas], self._b._heartbeat_args("beat"))
+            n = await self._call("heartbeat", [st.keys.replicas], self._b._heartbeat_args("beat"), deadline)
             st.replicas = max(as_int(n), 1)
-        except _REDIS_ERRORS as e:
+        except (SluiceError, *REDIS_ERRORS) as e:
             log.debug("heartbeat failed: %s", e)
 
     async def _beat_loop(self) -> None:
@@ -304,8 +310,9 @@ class AsyncLimiter:
         for s in [s for s in self._b._providers.values() if s.active]:
             try:
                 await self._call("heartbeat", [s.keys.replicas], self._b._heartbeat_args("leave"))
-            except _REDIS_ERRORS:
+            except (SluiceError, *REDIS_ERRORS):
                 pass
+        await self._conn.close()
 
     async def __aenter__(self) -> "AsyncLimiter":
         return self
@@ -356,8 +363,8 @@ class _AsyncNotifier:
 
     POLL = 0.1
 
-    def __init__(self, client: "redis.asyncio.Redis[Any]") -> None:
-        self._client = client
+    def __init__(self, conn: AsyncConn) -> None:
+        self._conn = conn
         self._subs: Dict[str, _AsyncSub] = {}
         self._pending: List[str] = []
         self._task: Optional["asyncio.Task[None]"] = None
@@ -379,27 +386,29 @@ class _AsyncNotifier:
         return gen
 
     async def _loop(self) -> None:
-        ps = self._client.pubsub()
+        ps: Any = None
+        bound = self._conn.call_timeout + self.POLL
         try:
             while True:
                 pending, self._pending = self._pending, []
+                if ps is None:  # (again) on a new connection: every channel
+                    pending = list(self._subs)
                 try:
+                    if ps is None:
+                        ps = await self._conn.pubsub(pending[0])
                     if pending:
-                        await ps.subscribe(*pending)
+                        await asyncio.wait_for(ps.subscribe(*pending), bound)
                         pending = []
-                    msg = await ps.get_message(timeout=self.POLL)
-                except _REDIS_ERRORS as e:
-                    log.debug("notification subscription: %s", e)
-                    self._pending = pending + self._pending
-                    await asyncio.sleep(0.5)  # the next read reconnects and re-subscribes
+                    msg = await asyncio.wait_for(ps.get_message(timeout=self.POLL), bound)
+                except (asyncio.TimeoutError, SluiceError, *REDIS_ERRORS) as e:
+                    log.debug("notification subscription: %s", e)  # as limiter._Notifier
+                    ps = await _close_pubsub(ps, bound)
+                    await asyncio.sleep(0.5)
                     continue
                 if msg:
                     self._handle(msg)
         finally:
-            try:
-                await ps.reset()
-            except _REDIS_ERRORS:
-                pass
+            await _close_pubsub(ps, bound)
 
     def _handle(self, msg: Dict[str, Any]) -> None:
         kind, channel = as_str(msg.get("type")), as_str(msg.get("channel"))
@@ -423,3 +432,11 @@ class _AsyncNotifier:
                 await self._task
             except asyncio.CancelledError:
                 pass
+
+
+async def _close_pubsub(ps: Any, bound: float) -> None:
+    if ps is not None:
+        try:
+            await asyncio.wait_for(ps.reset(), bound)
+        except (asyncio.TimeoutError, *REDIS_ERRORS):
+            pass

@@ -35,7 +35,8 @@ class RateCoordinator:
     provider shared through Redis. register_provider stays synchronous, as
     in the seed: it checks the config at once and registers it in Redis at
     the first awaited call for that provider. client is a redis.asyncio
-    client, or an AsyncLimiter (then its options apply)."""
+    client (``redis.asyncio.Redis`` or ``redis.asyncio.cluster.RedisCluster``),
+    or an AsyncLimiter (then its options apply)."""
 
     def __init__(self, client: Any, *, source: str = "python", **limiter_options: Any) -> None:
         if isinstance(client, AsyncLimiter):

@@ -45,8 +45,17 @@ class CorruptStateError(SluiceError):
 
 
 class RedisUnavailableError(SluiceError):
-    """Redis could not be reached (connection refused, timeout, loading,
-    failover). The client fails closed: it never grants without Redis."""
+    """Redis could not serve the call: connection refused or lost, no answer
+    within the client's call_timeout (a stalled Redis), loading, or on a
+    cluster a slot still in motion (migration, failover) when call_timeout
+    ended. The client fails closed: it never grants without Redis."""
+
+
+class DeadlineExceededError(SluiceError, TimeoutError):
+    """The caller's timeout ended while a Redis call was in flight (the Go
+    client returns context.DeadlineExceeded then). Nothing is granted to
+    that call: tokens the script may still take when a late Redis runs it
+    are never handed out (under-admission, never over)."""
 
 
 class ClosedError(SluiceError):

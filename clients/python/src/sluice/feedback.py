@@ -16,13 +16,10 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, replace
-from typing import Any, Optional, Protocol, Union
+from typing import Any, List, Optional, Protocol, Tuple, Union
 
-import redis
-import redis.asyncio
-import redis.exceptions
-
-from ._core import DEFAULT_PREFIX, check_name, script_source
+from ._core import DEFAULT_PREFIX, check_call_timeout, check_name
+from ._redis import REDIS_ERRORS, AsyncConn, Conn
 from .errors import InvalidArgumentError, RedisUnavailableError, SluiceError
 
 _ID_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
@@ -237,14 +234,17 @@ class PressurePublisher:
     then the coordinator joins <prefix>:pressure:coordinators and the set of
     its level (<prefix>:pressure:soft / :hard, which KEDA counts), leaves
     the other, and the JSON is PUBLISHed on <prefix>:feedback for the
-    controller and every replica. ttl: seconds the hash outlives the last
-    event (default 10; keep it above your heartbeat). Thread-safe."""
+    controller and every replica. client: ``redis.Redis`` or
+    ``redis.cluster.RedisCluster`` (the calls go through a private copy of
+    its pool, each bounded by call_timeout, 0.5 s, as Limiter's). ttl:
+    seconds the hash outlives the last event (default 10; keep it above
+    your heartbeat). Thread-safe."""
 
-    def __init__(self, client: "redis.Redis[Any]", *, prefix: str = DEFAULT_PREFIX, ttl: float = 10.0) -> None:
-        self._client = client
+    def __init__(self, client: Any, *, prefix: str = DEFAULT_PREFIX, ttl: float = 10.0,
+                 call_timeout: float = 0.5) -> None:
         self._keys = _Keys(prefix)
         self._ttl_ms = _ttl_ms(ttl)
-        self._script = client.register_script(script_source("pressure"))
+        self._conn = Conn(client, check_call_timeout(call_timeout))
 
     def publish(self, event: Event) -> bool:
         """Store and announce event; False when an equal or newer seq was
@@ -253,87 +253,88 @@ class PressurePublisher:
         e = _stamped(event)
         k = self._keys
         try:
-            applied = int(self._script(keys=[k.pressure(e.coordinator_id)], args=_pressure_args(e, self._ttl_ms)))
-            if not applied:
+            if not int(self._conn.script("pressure", [k.pressure(e.coordinator_id)], _pressure_args(e, self._ttl_ms))):
                 return False
-            pipe = self._client.pipeline(transaction=False)
-            _membership(pipe, k, e.coordinator_id, e.level_value)
-            pipe.publish(k.channel, e.to_json())
-            pipe.execute()
-        except (redis.exceptions.RedisError, OSError) as err:
+            self._conn.batch(_announce(k, e))
+        except (SluiceError, *REDIS_ERRORS) as err:
             raise _redis_error(e.coordinator_id, err) from err
         return True
 
     def withdraw(self, coordinator_id: str) -> None:
         """Remove a coordinator that shuts down from every key."""
-        k = self._keys
-        pipe = self._client.pipeline(transaction=False)
-        pipe.delete(k.pressure(coordinator_id))
-        _forget(pipe, k, coordinator_id)
         try:
-            pipe.execute()
-        except (redis.exceptions.RedisError, OSError) as err:
+            self._conn.batch(_forget(self._keys, coordinator_id))
+        except (SluiceError, *REDIS_ERRORS) as err:
             raise _redis_error(coordinator_id, err) from err
+
+    def close(self) -> None:
+        """Close this publisher's connections (the client given stays open)."""
+        self._conn.close()
 
 
 class AsyncPressurePublisher:
-    """PressurePublisher on a redis.asyncio client."""
+    """PressurePublisher on a redis.asyncio client (``redis.asyncio.Redis``
+    or ``redis.asyncio.cluster.RedisCluster``)."""
 
-    def __init__(self, client: "redis.asyncio.Redis[Any]", *, prefix: str = DEFAULT_PREFIX, ttl: float = 10.0) -> None:
-        self._client = client
+    def __init__(self, client: Any, *, prefix: str = DEFAULT_PREFIX, ttl: float = 10.0,
+                 call_timeout: float = 0.5) -> None:
         self._keys = _Keys(prefix)
         self._ttl_ms = _ttl_ms(ttl)
-        self._script = client.register_script(script_source("pressure"))
+        self._conn = AsyncConn(client, check_call_timeout(call_timeout))
 
     async def publish(self, event: Event) -> bool:
         """See PressurePublisher.publish."""
         e = _stamped(event)
         k = self._keys
         try:
-            applied = int(await self._script(keys=[k.pressure(e.coordinator_id)], args=_pressure_args(e, self._ttl_ms)))
-            if not applied:
+            if not int(await self._conn.script("pressure", [k.pressure(e.coordinator_id)],
+                                               _pressure_args(e, self._ttl_ms))):
                 return False
-            pipe = self._client.pipeline(transaction=False)
-            _membership(pipe, k, e.coordinator_id, e.level_value)
-            pipe.publish(k.channel, e.to_json())
-            await pipe.execute()
-        except (redis.exceptions.RedisError, OSError) as err:
+            await self._conn.batch(_announce(k, e))
+        except (SluiceError, *REDIS_ERRORS) as err:
             raise _redis_error(e.coordinator_id, err) from err
         return True
 
     async def withdraw(self, coordinator_id: str) -> None:
         """See PressurePublisher.withdraw."""
-        k = self._keys
-        pipe = self._client.pipeline(transaction=False)
-        pipe.delete(k.pressure(coordinator_id))
-        _forget(pipe, k, coordinator_id)
         try:
-            await pipe.execute()
-        except (redis.exceptions.RedisError, OSError) as err:
+            await self._conn.batch(_forget(self._keys, coordinator_id))
+        except (SluiceError, *REDIS_ERRORS) as err:
             raise _redis_error(coordinator_id, err) from err
 
+    async def close(self) -> None:
+        """See PressurePublisher.close."""
+        await self._conn.close()
 
-def _membership(pipe: Any, k: _Keys, coordinator: str, level: str) -> None:
-    pipe.sadd(k.coordinators, coordinator)
+
+Cmd = Tuple[str, str, Tuple[Any, ...]]
+
+
+def _announce(k: _Keys, e: Event) -> List[Cmd]:
+    """The coordinator joins the coordinators and its level's set, leaves
+    the other level's, and the event is published."""
+    c = e.coordinator_id
+    cmds: List[Cmd] = [(k.coordinators, "sadd", (k.coordinators, c))]
     for s in ("soft", "hard"):
-        if s == level:
-            pipe.sadd(k.level_set(s), coordinator)
-        else:
-            pipe.srem(k.level_set(s), coordinator)
+        cmds.append((k.level_set(s), "sadd" if s == e.level_value else "srem", (k.level_set(s), c)))
+    cmds.append((k.channel, "publish", (k.channel, e.to_json())))
+    return cmds
 
 
-def _forget(pipe: Any, k: _Keys, coordinator: str) -> None:
-    pipe.srem(k.coordinators, coordinator)
-    pipe.srem(k.level_set("soft"), coordinator)
-    pipe.srem(k.level_set("hard"), coordinator)
+def _forget(k: _Keys, coordinator: str) -> List[Cmd]:
+    return [(k.pressure(coordinator), "delete", (k.pressure(coordinator),))] + [
+        (key, "srem", (key, coordinator)) for key in (k.coordinators, k.level_set("soft"), k.level_set("hard"))]
 
 
 def _redis_error(coordinator: str, err: BaseException) -> SluiceError:
-    if isinstance(err, redis.exceptions.ResponseError) and str(err).startswith("INVALID_ARGUMENT "):
-        f, _, rest = str(err)[len("INVALID_ARGUMENT "):].partition("=")
+    if isinstance(err, InvalidArgumentError):
+        return err
+    msg = str(err)
+    if msg.startswith("INVALID_ARGUMENT "):
+        f, _, rest = msg[len("INVALID_ARGUMENT "):].partition("=")
         value, _, rng = rest.partition(" must be ")
         return InvalidArgumentError(f, value, rng)
-    return RedisUnavailableError(f"sluice: publish pressure of {coordinator!r}: {err}")
+    return RedisUnavailableError(f"sluice: publish pressure of {coordinator!r}: {msg}")
 
 
 class FeedbackHTTPError(SluiceError):

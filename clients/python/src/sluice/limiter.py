@@ -8,11 +8,9 @@ import time
 from typing import Any, Dict, List, Optional
 
 import redis
-import redis.exceptions
 
 from ._core import (
     DEFAULT_PREFIX,
-    SCRIPT_NAMES,
     Base,
     BreakerStatus,
     Decision,
@@ -35,13 +33,11 @@ from ._core import (
     parse_scale_change,
     parse_status,
     providers_key,
-    script_source,
 )
-from .errors import InvalidArgumentError, refused
+from ._redis import REDIS_ERRORS, Conn, bounded
+from .errors import InvalidArgumentError, SluiceError, refused
 
 log = logging.getLogger("sluice")
-
-_REDIS_ERRORS = (redis.exceptions.RedisError, OSError)
 
 
 class Limiter:
@@ -53,9 +49,20 @@ class Limiter:
     Go client's) at Redis time.
 
     A Limiter is safe for concurrent use by many threads, and many processes
-    may each have one. It needs a redis-py client (``redis.Redis``; decoded
-    responses or not); bound each call with the client's ``socket_timeout``.
-    When Redis cannot be reached it fails closed (RedisUnavailableError).
+    may each have one. It needs a redis-py client: ``redis.Redis`` or
+    ``redis.cluster.RedisCluster`` (decoded responses or not). It calls
+    Redis through a private copy of the client's connection pool (the
+    client itself is left as it is), and bounds every call by
+    ``call_timeout`` (0.5 s) and by the caller's timeout, whatever the
+    client's ``socket_timeout``: a stalled Redis cannot hold a caller. Its
+    outage mode is fail closed: when Redis cannot serve a call (refused, no
+    answer within call_timeout, loading, on a cluster a slot in motion
+    beyond call_timeout) it raises RedisUnavailableError and grants
+    nothing; when the caller's timeout ends first, DeadlineExceededError.
+    On a cluster the calls go to the node of the provider's slot (every key
+    of a provider is in one slot); a slot in motion (MOVED, ASK, TRYAGAIN,
+    CLUSTERDOWN) or a lost node is tried again, the slot map read again,
+    within call_timeout.
 
     Options: ``prefix`` of every key (default "sluice"); ``replica_id`` in the
     replica registry (default <host>-<pid>-<random>); ``source`` recorded as
@@ -63,26 +70,28 @@ class Limiter:
     seconds between re-checks of a paused waiter in case a notification is
     lost (5); ``wake_jitter``, the upper bound of the random delay added to
     every wait (0.005); ``heartbeat`` seconds between replica-registry beats
-    (2; an entry lives 3 beats).
+    (2; an entry lives 3 beats); ``call_timeout``, seconds in (0, 3600]
+    that bound each Redis call (0.5, as the Go client's CallTimeout: keep it
+    above a few round trips).
     """
 
-    def __init__(self, client: "redis.Redis[Any]", *, prefix: str = DEFAULT_PREFIX,
+    def __init__(self, client: Any, *, prefix: str = DEFAULT_PREFIX,
                  replica_id: Optional[str] = None, source: str = "python", paused_recheck: float = 5.0,
-                 wake_jitter: float = 0.005, heartbeat: float = 2.0) -> None:
+                 wake_jitter: float = 0.005, heartbeat: float = 2.0, call_timeout: float = 0.5) -> None:
         self._b = Base(prefix=prefix, replica_id=replica_id, source=source, paused_recheck=paused_recheck,
-                       wake_jitter=wake_jitter, heartbeat=heartbeat)
-        self._client = client
-        self._scripts = {name: client.register_script(script_source(name)) for name in SCRIPT_NAMES}
+                       wake_jitter=wake_jitter, heartbeat=heartbeat, call_timeout=call_timeout)
+        self._conn = Conn(client, self._b.call_timeout)
         self._lock = threading.Lock()
         self._rereg = threading.Lock()
-        self._notifier = _Notifier(client)
+        self._notifier = _Notifier(self._conn)
         self._stop = threading.Event()
         self._beater: Optional[threading.Thread] = None
 
     @classmethod
-    def from_url(cls, url: str, *, socket_timeout: float = 2.0, **options: Any) -> "Limiter":
-        """A Limiter on a new client for url (redis://, rediss://)."""
-        return cls(redis.Redis.from_url(url, socket_timeout=socket_timeout), **options)
+    def from_url(cls, url: str, **options: Any) -> "Limiter":
+        """A Limiter on a new client for url (redis://, rediss://, unix://);
+        options are the Limiter's."""
+        return cls(redis.Redis.from_url(url), **options)
 
     @property
     def replica_id(self) -> str:
@@ -101,23 +110,25 @@ class Limiter:
 
     # Script calls.
 
-    def _call(self, name: str, keys: List[str], args: List[str]) -> Any:
-        return self._scripts[name](keys=keys, args=args)
+    def _call(self, name: str, keys: List[str], args: List[str], deadline: Optional[float] = None) -> Any:
+        return self._conn.script(name, keys, args, deadline)
 
-    def _run(self, provider: str, st: ProviderState, name: str, keys: List[str], args: List[str]) -> Any:
-        """Run a script for provider. If Redis answers UNKNOWN_PROVIDER for
-        a provider this client registered (Redis restarted without
-        persistence), register it again, restore the last scale seen if it
-        was not 1, and retry once."""
+    def _run(self, provider: str, st: ProviderState, name: str, keys: List[str], args: List[str],
+             deadline: Optional[float] = None) -> Any:
+        """Run a script for provider, within call_timeout and deadline
+        (time.monotonic()). If Redis answers UNKNOWN_PROVIDER for a provider
+        this client registered (Redis restarted without persistence),
+        register it again, restore the last scale seen if it was not 1, and
+        retry once."""
         try:
-            return self._call(name, keys, args)
-        except _REDIS_ERRORS as e:
+            return self._call(name, keys, args, deadline)
+        except REDIS_ERRORS as e:
             if not (is_unknown_provider(e) and st.registered is not None):
                 raise map_error(provider, e) from e
         with self._rereg:
             try:
-                return self._call(name, keys, args)  # another thread may have registered it meanwhile
-            except _REDIS_ERRORS as e:
+                return self._call(name, keys, args, deadline)  # another thread may have registered it meanwhile
+            except REDIS_ERRORS as e:
                 if not is_unknown_provider(e):
                     raise map_error(provider, e) from e
             log.warning("provider missing from Redis, registering it again: %s", provider)
@@ -129,8 +140,8 @@ class Limiter:
                     k = st.keys
                     self._call("set_scale", [k.config, k.bucket, k.scale],
                                [fmt(st.last_scale), self._b.source + " (restored after redis lost it)", k.notify])
-                return self._call(name, keys, args)
-            except _REDIS_ERRORS as e:
+                return self._call(name, keys, args, deadline)
+            except REDIS_ERRORS as e:
                 raise map_error(provider, e) from e
 
     # Providers.
@@ -147,7 +158,7 @@ class Limiter:
         st = self._state(provider)
         try:
             res = self._register(provider, st, cfg)
-        except _REDIS_ERRORS as e:
+        except REDIS_ERRORS as e:
             raise map_error(provider, e) from e
         st.registered = cfg
         return res
@@ -155,7 +166,8 @@ class Limiter:
     def _register(self, provider: str, st: ProviderState, cfg: ProviderConfig) -> str:
         k = st.keys
         res = as_str(self._call("register", [k.config, k.bucket, k.scale], cfg.args()))
-        self._client.sadd(providers_key(self._b.prefix), provider)
+        pk = providers_key(self._b.prefix)
+        self._conn.run(pk, lambda c: c.sadd(pk, provider))
         return res
 
     # Acquisition.
@@ -167,12 +179,12 @@ class Limiter:
         st = self._state(provider)
         return self._decide(provider, st, n)
 
-    def _decide(self, provider: str, st: ProviderState, n: int) -> Decision:
+    def _decide(self, provider: str, st: ProviderState, n: int, deadline: Optional[float] = None) -> Decision:
         if not st.active:
             st.active = True  # first acquisition: join the replica registry now
-            self._beat(st)
+            self._beat(st, deadline)
             self._start_beater()
-        d = parse_decision(self._run(provider, st, "acquire", st.keys.acquire(), [str(n)]))
+        d = parse_decision(self._run(provider, st, "acquire", st.keys.acquire(), [str(n)], deadline))
         st.last_scale = d.scale
         return d
 
@@ -190,7 +202,10 @@ class Limiter:
         the capacity (ExceedsCapacityError) or the known wait would outlast
         timeout (RateLimitedError, CoolingDownError, CircuitOpenError); when
         timeout ends while it waits, the reason's error with timed_out set
-        (PausedError, ...). timeout None waits for ever."""
+        (PausedError, ...). timeout None waits for ever. The Redis calls
+        count against timeout: when it ends during one,
+        DeadlineExceededError; RedisUnavailableError when Redis cannot serve
+        one (see the class doc); it returns a grant only before timeout ends."""
         check_n(n)
         if timeout is not None and not (finite(timeout) and timeout >= 0):
             raise InvalidArgumentError("timeout", timeout, "None or a number of seconds >= 0")
@@ -209,7 +224,7 @@ class Limiter:
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0 and last is not None:
                     raise refused(provider, n, last, timed_out=True)
-                d = self._decide(provider, st, n)
+                d = self._decide(provider, st, n, deadline)
                 if d.allowed:
                     return d
                 last = d
@@ -331,18 +346,19 @@ class Limiter:
 
     def providers(self) -> List[str]:
         """The registered providers, sorted."""
+        pk = providers_key(self._b.prefix)
         try:
-            return sorted(as_str(p) for p in self._client.smembers(providers_key(self._b.prefix)))
-        except _REDIS_ERRORS as e:
+            return sorted(as_str(p) for p in self._conn.run(pk, lambda c: c.smembers(pk)))
+        except REDIS_ERRORS as e:
             raise map_error("", e) from e
 
     # The replica registry.
 
-    def _beat(self, st: ProviderState) -> None:
+    def _beat(self, st: ProviderState, deadline: Optional[float] = None) -> None:
         try:
-            n = self._call("heartbeat", [st.keys.replicas], self._b._heartbeat_args("beat"))
+            n = self._call("heartbeat", [st.keys.replicas], self._b._heartbeat_args("beat"), deadline)
             st.replicas = max(as_int(n), 1)
-        except _REDIS_ERRORS as e:  # the last count stays; the next beat tries again
+        except (SluiceError, *REDIS_ERRORS) as e:  # the last count stays; the next beat tries again
             log.debug("heartbeat failed: %s", e)
 
     def _start_beater(self) -> None:
@@ -364,9 +380,10 @@ class Limiter:
         return self._b.replicas(provider)
 
     def close(self) -> None:
-        """Stop the heartbeat and the notification subscription, and leave
-        the registry of every provider this client acquired from. Calls
-        after close raise ClosedError. The Redis client stays open."""
+        """Stop the heartbeat and the notification subscription, leave the
+        registry of every provider this client acquired from (each within
+        call_timeout) and close this Limiter's connections. Calls after
+        close raise ClosedError. The Redis client given stays open."""
         with self._lock:
             if self._b._closed:
                 return
@@ -379,8 +396,9 @@ class Limiter:
         for s in states:
             try:
                 self._call("heartbeat", [s.keys.replicas], self._b._heartbeat_args("leave"))
-            except _REDIS_ERRORS:
+            except (SluiceError, *REDIS_ERRORS):
                 pass
+        self._conn.close()
 
     def __enter__(self) -> "Limiter":
         return self
@@ -425,8 +443,8 @@ class _Notifier:
 
     POLL = 0.1  # how often the thread looks for new channels to subscribe
 
-    def __init__(self, client: "redis.Redis[Any]") -> None:
-        self._client = client
+    def __init__(self, conn: Conn) -> None:
+        self._conn = conn
         self._lock = threading.Lock()
         self._subs: Dict[str, _Sub] = {}
         self._pending: List[str] = []
@@ -452,31 +470,33 @@ class _Notifier:
         return gen
 
     def _loop(self) -> None:
-        ps = self._client.pubsub()
-        try:
-            while not self._stop.is_set():
-                with self._lock:
-                    pending, self._pending = self._pending, []
-                try:
+        ps: Any = None
+        while not self._stop.is_set():
+            with self._lock:
+                pending, self._pending = self._pending, []
+                if ps is None:  # (again) on a new connection: every channel
+                    pending = list(self._subs)
+            try:
+                # Each step within call_timeout (and the poll): a stalled
+                # Redis cannot hold the thread, so close can always stop it.
+                with bounded(self._conn.call_timeout + self.POLL):
+                    if ps is None:
+                        ps = self._conn.pubsub(pending[0])
                     if pending:
                         ps.subscribe(*pending)
                         pending = []
                     msg = ps.get_message(timeout=self.POLL)
-                except _REDIS_ERRORS as e:
-                    # Lost: redis-py reconnects and re-subscribes at the next
-                    # read; the confirmation then wakes every waiter.
-                    log.debug("notification subscription: %s", e)
-                    with self._lock:
-                        self._pending = pending + self._pending
-                    self._stop.wait(0.5)
-                    continue
-                if msg:
-                    self._handle(msg)
-        finally:
-            try:
-                ps.close()
-            except _REDIS_ERRORS:
-                pass
+            except (SluiceError, *REDIS_ERRORS) as e:
+                # Lost: subscribe again on a new connection (on a cluster,
+                # maybe another node); the confirmations then wake every
+                # waiter, since notifications may have been lost meanwhile.
+                log.debug("notification subscription: %s", e)
+                ps = _close_pubsub(ps)
+                self._stop.wait(0.5)
+                continue
+            if msg:
+                self._handle(msg)
+        _close_pubsub(ps)
 
     def _handle(self, msg: Dict[str, Any]) -> None:
         kind, channel = as_str(msg.get("type")), as_str(msg.get("channel"))
@@ -503,3 +523,11 @@ class _Notifier:
                 s.gen.set()
         if t is not None:
             t.join()
+
+
+def _close_pubsub(ps: Any) -> None:
+    if ps is not None:
+        try:
+            ps.close()
+        except REDIS_ERRORS:
+            pass

@@ -9,11 +9,8 @@ import json
 import time
 from typing import Any, Dict, List, Sequence, Union
 
-import redis
-import redis.asyncio
-import redis.exceptions
-
-from ._core import DEFAULT_PREFIX, as_str, check_name
+from ._core import DEFAULT_PREFIX, as_str, check_call_timeout, check_name
+from ._redis import AsyncConn, Conn
 from .errors import RedisUnavailableError, SluiceError
 
 Item = Union[bytes, str]
@@ -56,11 +53,14 @@ class StreamProducer:
     """Appends items to the write stream: one XADD per item, fields "data"
     (the item) and "ts" (Unix microseconds), ids from Redis, all in one
     round trip, in order. It never trims (no MAXLEN): the consumers trim
-    behind what every group acknowledged. Thread-safe."""
+    behind what every group acknowledged. client: ``redis.Redis`` or
+    ``redis.cluster.RedisCluster``, used through a private copy of its pool,
+    each append bounded by call_timeout (0.5 s). Thread-safe."""
 
-    def __init__(self, client: "redis.Redis[Any]", stream: str = "store", *, prefix: str = DEFAULT_PREFIX) -> None:
-        self._client = client
+    def __init__(self, client: Any, stream: str = "store", *, prefix: str = DEFAULT_PREFIX,
+                 call_timeout: float = 0.5) -> None:
         self.key = stream_key(stream, prefix)
+        self._conn = Conn(client, check_call_timeout(call_timeout))
 
     def append(self, *items: Item) -> List[str]:
         """Append items (bytes or str) in one round trip; return their entry
@@ -69,13 +69,21 @@ class StreamProducer:
         have been stored): append them again."""
         if not items:
             return []
-        pipe = self._client.pipeline(transaction=False)
-        for f in _fields(items):
-            pipe.xadd(self.key, f)
+        fields = _fields(items)
+
+        def xadd(c: Any) -> Any:
+            pipe = c.pipeline(transaction=False)
+            for f in fields:
+                pipe.xadd(self.key, f)
+            return pipe.execute(raise_on_error=False)
         try:
-            return _check(self.key, pipe.execute(raise_on_error=False))
-        except (redis.exceptions.RedisError, OSError) as e:
+            return _check(self.key, self._conn.run(self.key, xadd))
+        except RedisUnavailableError as e:
             raise RedisUnavailableError(f"sluice: append to {self.key}: {e}") from e
+
+    def close(self) -> None:
+        """Close this producer's connections (the client given stays open)."""
+        self._conn.close()
 
     def append_json(self, *objs: Any) -> List[str]:
         """Append each object as one line of JSON (what `sluice pipeline`
@@ -84,24 +92,33 @@ class StreamProducer:
 
 
 class AsyncStreamProducer:
-    """StreamProducer on a redis.asyncio client."""
+    """StreamProducer on a redis.asyncio client (``redis.asyncio.Redis`` or
+    ``redis.asyncio.cluster.RedisCluster``)."""
 
-    def __init__(self, client: "redis.asyncio.Redis[Any]", stream: str = "store", *,
-                 prefix: str = DEFAULT_PREFIX) -> None:
-        self._client = client
+    def __init__(self, client: Any, stream: str = "store", *, prefix: str = DEFAULT_PREFIX,
+                 call_timeout: float = 0.5) -> None:
         self.key = stream_key(stream, prefix)
+        self._conn = AsyncConn(client, check_call_timeout(call_timeout))
 
     async def append(self, *items: Item) -> List[str]:
         """See StreamProducer.append."""
         if not items:
             return []
-        pipe = self._client.pipeline(transaction=False)
-        for f in _fields(items):
-            pipe.xadd(self.key, f)
+        fields = _fields(items)
+
+        async def xadd(c: Any) -> Any:
+            pipe = c.pipeline(transaction=False)
+            for f in fields:
+                pipe.xadd(self.key, f)
+            return await pipe.execute(raise_on_error=False)
         try:
-            return _check(self.key, await pipe.execute(raise_on_error=False))
-        except (redis.exceptions.RedisError, OSError) as e:
+            return _check(self.key, await self._conn.run(self.key, xadd))
+        except RedisUnavailableError as e:
             raise RedisUnavailableError(f"sluice: append to {self.key}: {e}") from e
+
+    async def close(self) -> None:
+        """See StreamProducer.close."""
+        await self._conn.close()
 
     async def append_json(self, *objs: Any) -> List[str]:
         """See StreamProducer.append_json."""
