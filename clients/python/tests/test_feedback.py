@@ -105,6 +105,24 @@ def test_pressure_publisher(r: "redis.Redis[bytes]") -> None:
     ps.close()
 
 
+def test_bogus_seq_holds_only_3s(r: "redis.Redis[bytes]") -> None:
+    """A seq far ahead (2^64-1 from a token holder) silences the real
+    coordinator for the hold (3 s, as Go's publisher), not for the TTL."""
+    pub = PressurePublisher(r, ttl=10)
+    assert pub.publish(Event("store-h", 1, 1000, "ok", 2**64 - 1)) is True
+    stored = time.monotonic()
+    assert pub.publish(Event("store-h", 900, 1000, "hard", 5)) is False  # stale while held
+    deadline = stored + 8  # well inside the 10 s TTL
+    while not pub.publish(Event("store-h", 900, 1000, "hard", 6)):
+        assert time.monotonic() < deadline, "the bogus seq held past its hold"
+        time.sleep(0.1)
+    held = time.monotonic() - stored
+    assert held >= 2.9, f"a lower seq was stored {held:.2f}s after the bogus one: it must hold 3 s"
+    assert r.hget("sluice:pressure:{store-h}", "level") == b"hard"
+    print(f"BOGUS_SEQ held {held:.2f}s (hold 3 s, ttl 10 s)")
+    pub.withdraw("store-h")
+
+
 def test_async_pressure_publisher(r, redis_server) -> None:  # type: ignore[no-untyped-def]
     async def body() -> None:
         c = redis.asyncio.Redis(port=redis_server.port)

@@ -223,8 +223,16 @@ def _stamped(event: Event) -> Event:
     return event if event.ts is not None else replace(event, ts=_dt.datetime.now(_dt.timezone.utc))
 
 
+# How long a stored report holds against a lower seq, as Go's
+# feedback.DefaultHold (3 s, or the TTL if shorter): a bogus seq silences a
+# coordinator for this long at most; a counter that restarts from 1 counts
+# after it (docs/feedback.md, "Order, restarts and a bogus seq").
+DEFAULT_HOLD_MS = 3000
+
+
 def _pressure_args(e: Event, ttl_ms: int) -> list[str]:
-    return [e.level_value, str(e.queue_size), str(e.capacity), str(e.seq), e.ts_text(), str(ttl_ms)]
+    return [e.level_value, str(e.queue_size), str(e.capacity), str(e.seq), e.ts_text(), str(ttl_ms),
+            str(min(DEFAULT_HOLD_MS, ttl_ms))]
 
 
 class PressurePublisher:
