@@ -575,3 +575,91 @@ func TestACLUser(t *testing.T) {
 		t.Fatalf("without scripting: exit %d, %q; want a NOPERM error", r.code, r.stderr)
 	}
 }
+
+// replicaOf returns the address of the node that replicates master.
+func replicaOf(t *testing.T, cl *redistest.Cluster, master string) string {
+	t.Helper()
+	for _, n := range cl.Nodes {
+		rdb := redis.NewClient(&redis.Options{Addr: n.Addr})
+		role, err := rdb.Do(context.Background(), "ROLE").Slice()
+		rdb.Close()
+		if err == nil && len(role) >= 3 && role[0] == "slave" && fmt.Sprintf("%v:%v", role[1], role[2]) == master {
+			return n.Addr
+		}
+	}
+	t.Fatalf("no replica of %s", master)
+	return ""
+}
+
+// TestServicesMasterKilled: on a Redis Cluster, kill -9 of the master that
+// holds the controller's lease and the write stream. The services' clients
+// reload the slot map after a failed call, so once the replica is promoted
+// the controller holds the lease again and is ready, and the coordinator
+// reads again, within about a second (without the reload they waited for
+// go-redis's 60 s reload timer: ~50 s).
+func TestServicesMasterKilled(t *testing.T) {
+	cl := redistest.StartCluster(t, 3, 1)
+	// A prefix whose lease key is on the stream's master ({store} fixes the stream's slot).
+	master := cl.MasterOf(t, cl.Slot(t, "{store}"))
+	prefix := ""
+	for i := 0; prefix == ""; i++ {
+		if p := fmt.Sprintf("k%d", i); cl.MasterOf(t, cl.Slot(t, p+":controller:lease")) == master {
+			prefix = p
+		}
+	}
+	f := &fleet{t: t, bin: buildBinary(t), dir: t.TempDir(), logs: map[string]*bytes.Buffer{}}
+	f.env = envWith(os.Environ(), "SLUICE_REDIS_CLUSTER_URL="+cl.URL(), "SLUICE_REDIS_PREFIX="+prefix,
+		"SLUICE_LOG_FORMAT=json", "SLUICE_RECEIVER_LISTEN=127.0.0.1:0", "MDP_FB_PROVIDER_NAME=ibkr",
+		"MDP_RATE_IBKR_REFILL_RATE=100", "MDP_RATE_IBKR_CAPACITY=10")
+	ctl := f.start("controller", "controller", "--id", "ctl", "--lease-ttl", "2s")
+	c0 := f.start("c0", "coordinator", "--id", "c0", "--sink", "discard")
+	p1 := f.start("p1", "pipeline", "--id", "p1")
+	leads := func() bool { return f.metric(ctl, "controller_leader") == 1 && ctl.ready(context.Background()) }
+	reads := func() bool { return c0.ready(context.Background()) }
+	waitFor(t, 60*time.Second, "the loop to run", func() bool {
+		return leads() && reads() && f.metric(c0, "coordinator_stream_read_entries_total") > 0
+	})
+
+	replica := replicaOf(t, cl, master)
+	promoted := make(chan time.Time, 1)
+	go func() { // the moment the replica says it is master
+		rdb := redis.NewClient(&redis.Options{Addr: replica})
+		defer rdb.Close()
+		for deadline := time.Now().Add(60 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+			if role, err := rdb.Do(context.Background(), "ROLE").Slice(); err == nil && len(role) > 0 && role[0] == "master" {
+				promoted <- time.Now()
+				return
+			}
+		}
+		close(promoted)
+	}()
+	killed := time.Now()
+	cl.Kill(t, master)
+	at, ok := <-promoted
+	if !ok {
+		t.Fatal("the replica never said it was master")
+	}
+	// Both fail until the promotion (the lease's and the stream's slot have
+	// no master); then the clock runs for each until it is back.
+	var ctlBack, c0Back time.Duration
+	waitFor(t, 30*time.Second, "the controller and the coordinator back", func() bool {
+		if ctlBack == 0 && leads() {
+			ctlBack = time.Since(at)
+		}
+		if c0Back == 0 && reads() {
+			c0Back = time.Since(at)
+		}
+		return ctlBack > 0 && c0Back > 0
+	})
+	readBefore := f.metric(c0, "coordinator_stream_read_entries_total")
+	waitFor(t, 30*time.Second, "the coordinator to read new entries", func() bool {
+		return f.metric(c0, "coordinator_stream_read_entries_total") > readBefore
+	})
+	t.Logf("master %s (lease and stream) killed; replica %s promoted %v later; from the promotion: controller leading and ready after %v, coordinator ready (reading) after %v",
+		master, replica, at.Sub(killed).Round(10*time.Millisecond), ctlBack.Round(10*time.Millisecond), c0Back.Round(10*time.Millisecond))
+	for _, p := range []*proc{p1, c0, ctl} {
+		if err := p.stop(30 * time.Second); err != nil {
+			t.Errorf("%s: %v", p.name, err)
+		}
+	}
+}

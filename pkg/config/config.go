@@ -24,6 +24,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/sluice-dev/sluice/pkg/feedback"
+	"github.com/sluice-dev/sluice/pkg/internal/clusterreload"
 	"github.com/sluice-dev/sluice/pkg/limiter"
 )
 
@@ -244,7 +245,9 @@ func (s *Settings) RedisClient() (redis.UniversalClient, error) {
 		if err := s.trust(opt.TLSConfig); err != nil {
 			return nil, err
 		}
-		return redis.NewClusterClient(opt), nil
+		cc := redis.NewClusterClient(opt)
+		clusterreload.Install(cc) // a failed call reloads the slot map: back soon after a failover, not after 60 s
+		return cc, nil
 	}
 	opt, err := redis.ParseURL(s.Redis.URL)
 	if err != nil {
