@@ -25,8 +25,10 @@ func (a *app) controllerCmd() *cli.Command {
 feedback settings (policy, dwell, max rise, shadow, coordinator TTL and
 expiry; feedback.enable_feedback=false leaves the scale alone) to the scale
 of feedback.provider_name, and reaps coordinators whose report expired from
-the pressure sets. A standby takes over within one --lease-ttl when the
-writer dies; on SIGTERM the writer releases the lease at once. With
+the pressure sets. It is not ready (/readyz 503, saying why) while that
+provider has no configuration (not in rate_coordinator.providers, and not
+registered by sluice register). A standby takes over within one --lease-ttl
+when the writer dies; on SIGTERM the writer releases the lease at once. With
 --receiver it also serves POST /feedback, publishing each event to Redis.
 
 Examples:
@@ -34,11 +36,15 @@ Examples:
    MDP_FB_POLICY=proportional MDP_RATE_IBKR_REFILL_RATE=60 sluice controller --receiver`,
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "id", Usage: "this controller's id in the lease (default: the host name)", Destination: &id},
-			&cli.DurationFlag{Name: "lease-ttl", Value: 5 * time.Second, Usage: "the lease's life: a standby takes over within it", Destination: &leaseTTL},
+			&cli.DurationFlag{Name: "lease-ttl", Value: 5 * time.Second, Usage: "the lease's life, in [100ms, 1h]: a standby takes over within it", Destination: &leaseTTL},
 			&cli.BoolFlag{Name: "receiver", Usage: "also serve POST /feedback (token and body limit: receiver.*)", Destination: &receiver},
 			listenFlag(),
 		},
 		Action: func(c *cli.Context) error {
+			// 0 would silently take the library's default: refuse it here.
+			if leaseTTL < 100*time.Millisecond || leaseTTL > time.Hour {
+				return usagef("controller: --lease-ttl=%v: must be in [100ms, 1h]", leaseTTL)
+			}
 			s, err := a.startService(c, "controller")
 			if err != nil {
 				return err

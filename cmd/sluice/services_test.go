@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"os/exec"
@@ -573,6 +574,71 @@ func TestACLUser(t *testing.T) {
 	}
 	if r := sluice(t, env, "status"); r.code != 1 || !strings.Contains(r.stderr, "NOPERM") {
 		t.Fatalf("without scripting: exit %d, %q; want a NOPERM error", r.code, r.stderr)
+	}
+}
+
+// readyz returns the process's /readyz status code and body (0 when it
+// does not answer).
+func readyz(p *proc) (int, string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, p.url+"/readyz", nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, err.Error()
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(body)
+}
+
+// TestControllerFlags: a controller flag out of range exits 2 naming it,
+// before anything starts (no Redis here).
+func TestControllerFlags(t *testing.T) {
+	env := []string{"SLUICE_REDIS_URL=redis://127.0.0.1:1/0"}
+	for _, tc := range []struct {
+		env  []string
+		args []string
+		want string
+	}{
+		{nil, []string{"--lease-ttl", "0"}, "--lease-ttl=0s: must be in [100ms, 1h]"},
+		{nil, []string{"--lease-ttl", "99ms"}, "--lease-ttl=99ms: must be in [100ms, 1h]"},
+		{nil, []string{"--lease-ttl", "1h1s"}, "--lease-ttl=1h0m1s: must be in [100ms, 1h]"},
+	} {
+		r := sluice(t, append(env, tc.env...), append([]string{"controller", "--id", "c"}, tc.args...)...)
+		if r.code != 2 || !strings.Contains(r.stderr, tc.want) {
+			t.Errorf("controller %v %v: exit %d, %q; want 2 and %q", tc.env, tc.args, r.code, r.stderr, tc.want)
+		}
+	}
+}
+
+// TestControllerUnconfiguredProvider: a controller told to steer a provider
+// nobody configured or registered is not ready and says why (/readyz and a
+// log line), makes no provider up, and becomes ready once `sluice register`
+// creates it.
+func TestControllerUnconfiguredProvider(t *testing.T) {
+	f := newFleet(t, "MDP_FB_PROVIDER_NAME=nosuch")
+	ctl := f.start("controller", "controller", "--id", "ctl", "--lease-ttl", "1s")
+	var code int
+	var body string
+	waitFor(t, 30*time.Second, "the leader to say it cannot steer", func() bool {
+		code, body = readyz(ctl)
+		return f.metric(ctl, "controller_leader") == 1 && code == http.StatusServiceUnavailable
+	})
+	if !strings.Contains(body, `"nosuch"`) || !strings.Contains(body, "no configuration") {
+		t.Fatalf("/readyz: %d %q; want the reason, naming nosuch", code, body)
+	}
+	waitFor(t, 10*time.Second, "the log line", func() bool {
+		return strings.Contains(f.log("controller"), `"msg":"cannot steer the scales; retrying"`)
+	})
+	if n := f.rdb.Exists(context.Background(), "sluice:{nosuch}:config").Val(); n != 0 {
+		t.Fatal("the controller made up a configuration for nosuch")
+	}
+	t.Logf("unconfigured provider: /readyz %d %s", code, strings.TrimSpace(body))
+	sluice(t, []string{"SLUICE_REDIS_URL=" + f.srv.URL()}, "register", "nosuch", "--capacity", "10", "--refill-rate", "5").ok(t)
+	waitFor(t, 30*time.Second, "ready once registered", func() bool { return ctl.ready(context.Background()) })
+	if n := strings.Count(f.log("controller"), "cannot steer the scales"); n != 1 {
+		t.Fatalf("%d lines 'cannot steer the scales', want 1 (once per distinct error)", n)
 	}
 }
 

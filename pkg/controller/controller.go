@@ -35,6 +35,12 @@ import (
 // that does not hold the lease, or may have lost it.
 var ErrNotLeader = errors.New("controller: not the lease holder")
 
+// ErrNoConfig is matched by Ready's error while a provider the handler
+// steers has no configuration: it is not in Options.Providers and nobody
+// registered it in Redis. The controller does not make one up; it steers
+// once the provider is registered.
+var ErrNoConfig = errors.New("controller: provider has no configuration")
+
 // Options configure a Controller. ID is required; every other zero field
 // takes the default its comment gives.
 type Options struct {
@@ -51,8 +57,9 @@ type Options struct {
 	LeaseTTL time.Duration
 	// Providers are registered (created, or updated) each time this
 	// controller takes the lease; nil registers none (someone else does).
-	// A provider of Feedback.Providers that is not here is created with
-	// limiter.DefaultProviderConfig if it does not exist, else left alone.
+	// A provider of Feedback.Providers that is not here must be registered
+	// in Redis by someone else: until it is, the controller does not steer
+	// and Ready says why (ErrNoConfig).
 	Providers map[string]limiter.ProviderConfig
 	// Feedback, when set, runs a handler on these options while this
 	// controller holds the lease. Nil opens the loop: the scales are left as
@@ -132,10 +139,11 @@ type Controller struct {
 
 	lastStartErr string // the last failure to start steering, logged once
 
-	leader  atomic.Bool
-	terms   atomic.Int64
-	lastErr atomic.Pointer[error]
-	m       struct {
+	leader   atomic.Bool
+	terms    atomic.Int64
+	lastErr  atomic.Pointer[error] // the last lease round trip's
+	steerErr atomic.Pointer[error] // the last failure to start steering, while holding the lease
+	m        struct {
 		acquired prometheus.Counter
 		reaped   prometheus.Counter
 	}
@@ -173,9 +181,17 @@ func (c *Controller) Leader() bool { return c.leader.Load() && c.valid() }
 func (c *Controller) Terms() int64 { return c.terms.Load() }
 
 // Ready returns nil when the controller's last round trip to Redis (taking
-// or renewing the lease) succeeded, else its error.
+// or renewing the lease) succeeded and, while it holds the lease, it
+// steers: the providers are registered and the handler runs. Otherwise it
+// returns why not: the round trip's error, or the failure to start
+// steering (ErrNoConfig for a provider nobody configured, a name the
+// limiter refuses, ...), which is retried every round. A standby is ready
+// while Redis answers.
 func (c *Controller) Ready() error {
 	if p := c.lastErr.Load(); p != nil {
+		return *p
+	}
+	if p := c.steerErr.Load(); p != nil {
 		return *p
 	}
 	return nil
@@ -265,10 +281,14 @@ func (c *Controller) round(ctx context.Context) {
 		if err != nil && ctx.Err() == nil && err.Error() != c.lastStartErr {
 			c.log.Error("cannot steer the scales; retrying", "err", err)
 		}
-		if err != nil {
-			c.lastStartErr = err.Error()
-		} else {
+		switch {
+		case err == nil:
 			c.lastStartErr = ""
+			c.steerErr.Store(nil)
+		case ctx.Err() == nil:
+			c.lastStartErr = err.Error()
+			err = fmt.Errorf("cannot steer the scales: %w", err)
+			c.steerErr.Store(&err)
 		}
 	}
 }
@@ -293,35 +313,20 @@ func (c *Controller) guard(ctx context.Context) (context.Context, context.Cancel
 	return gctx, cancel, nil
 }
 
-// startReplica registers the providers and starts the handler.
+// startReplica checks that every provider the handler steers has a
+// configuration, registers the providers and starts the handler. A
+// provider without a configuration fails it before anything is written,
+// so that waiting for it registers nothing again and again.
 func (c *Controller) startReplica(ctx context.Context) error {
 	lim, err := limiter.New(c.rdb, c.o.Limiter)
 	if err != nil {
 		return err
 	}
-	for _, name := range slices.Sorted(maps.Keys(c.o.Providers)) {
-		gctx, cancel, err := c.guard(ctx)
-		if err != nil {
-			lim.Close()
-			return err
-		}
-		res, err := lim.Register(gctx, name, c.o.Providers[name])
-		cancel()
-		if err != nil {
-			lim.Close()
-			return fmt.Errorf("register %s: %w", name, err)
-		}
-		c.log.Info("provider registered", "provider", name, "result", res)
-	}
-	if c.o.Feedback != nil {
-		for _, name := range c.o.Feedback.Providers {
-			if err := c.ensure(ctx, lim, name); err != nil {
-				lim.Close()
-				return err
-			}
-		}
-	}
+	err = c.register(ctx, lim)
 	lim.Close()
+	if err != nil {
+		return err
+	}
 	if c.o.Feedback == nil {
 		c.log.Info("feedback off: the scales are left as they are")
 		c.steering = true
@@ -335,29 +340,45 @@ func (c *Controller) startReplica(ctx context.Context) error {
 	return nil
 }
 
-// ensure creates a provider the handler steers, not in Providers, with
-// limiter.DefaultProviderConfig when it does not exist (a configuration
-// that names only feedback.provider_name works out of the box); an
-// existing one is left as it is.
+// register checks the steered providers (ensure), then registers the
+// configured ones through the guard.
+func (c *Controller) register(ctx context.Context, lim *limiter.Coordinator) error {
+	if c.o.Feedback != nil {
+		for _, name := range c.o.Feedback.Providers {
+			if err := c.ensure(ctx, lim, name); err != nil {
+				return err
+			}
+		}
+	}
+	for _, name := range slices.Sorted(maps.Keys(c.o.Providers)) {
+		gctx, cancel, err := c.guard(ctx)
+		if err != nil {
+			return err
+		}
+		res, err := lim.Register(gctx, name, c.o.Providers[name])
+		cancel()
+		if err != nil {
+			return fmt.Errorf("register %s: %w", name, err)
+		}
+		c.log.Info("provider registered", "provider", name, "result", res)
+	}
+	return nil
+}
+
+// ensure checks that a provider the handler steers has a configuration:
+// it is in Providers (registered next), or registered in Redis by someone
+// else. A provider with none is an ErrNoConfig: steering it would
+// make one up (the limiter's defaults), and a typo in its name would then
+// go unnoticed.
 func (c *Controller) ensure(ctx context.Context, lim *limiter.Coordinator, name string) error {
 	if _, ok := c.o.Providers[name]; ok {
 		return nil
 	}
 	_, err := lim.Status(ctx, name)
-	if !errors.Is(err, limiter.ErrUnknownProvider) {
-		return err
+	if errors.Is(err, limiter.ErrUnknownProvider) {
+		return fmt.Errorf("%w: %q is not among the providers this controller registers, and nobody registered it in Redis (sluice register %s ...)", ErrNoConfig, name, name)
 	}
-	gctx, cancel, err := c.guard(ctx)
-	if err != nil {
-		return err
-	}
-	defer cancel()
-	if _, err := lim.Register(gctx, name, limiter.DefaultProviderConfig()); err != nil {
-		return fmt.Errorf("register %s: %w", name, err)
-	}
-	c.log.Warn("provider was not registered nor configured: created with the defaults", "provider", name,
-		"config", fmt.Sprintf("%+v", limiter.DefaultProviderConfig()))
-	return nil
+	return err
 }
 
 // stepDown stops writing.
@@ -369,6 +390,7 @@ func (c *Controller) stepDown(why string) {
 		_ = c.replica.Close()
 	}
 	c.replica, c.steering = nil, false
+	c.steerErr.Store(nil) // a standby does not steer: nothing failed
 	if c.leader.Swap(false) {
 		c.log.Warn("gave up the lease: not writing the scales", "why", why)
 	}
