@@ -143,8 +143,9 @@ func TestDebounce(t *testing.T) {
 // client with the hook writes the key again soon after the promotion; one
 // without it keeps the dead master in its slot map (it would for up to
 // ClusterStateReloadInterval, 60 s). The times are logged; the test fails
-// if the hooked client is not back within 10 s of the new master being
-// agreed on (it takes a fraction of a second).
+// if the hooked client is not back within 10 s of every node agreeing on
+// the new master (it is back within a fraction of a second, sometimes
+// before the last node agrees).
 func TestMasterKilled(t *testing.T) {
 	cl := redistest.StartCluster(t, 3, 1)
 	const key = "sluice:controller:lease"
@@ -208,8 +209,8 @@ func TestMasterKilled(t *testing.T) {
 			t.Fatalf("the hooked client did not write %s within 10s of the promotion (%v after the kill)", key, agreed.Sub(killed))
 		}
 	}
-	// Give the plain client the time the hooked one took, twice over, then stop it.
-	extra := time.After(max(2*got[0].back.Sub(agreed), time.Second))
+	// Give the plain client as long again as the hooked one took, and a second, then stop it.
+	extra := time.After(max(got[0].back.Sub(agreed), 0) + time.Second)
 	select {
 	case r := <-results:
 		got = append(got, r)
@@ -220,19 +221,18 @@ func TestMasterKilled(t *testing.T) {
 		got = append(got, <-results)
 	}
 	var lines []string
-	hookedBack := time.Duration(-1)
+	hookedBack := false
 	for _, r := range got {
 		line := r.name + ": still failing when stopped"
 		if !r.back.IsZero() {
-			line = fmt.Sprintf("%s: back %v after the new master was agreed on", r.name, r.back.Sub(agreed).Round(time.Millisecond))
-			if r.name == "hooked" {
-				hookedBack = r.back.Sub(agreed)
-			}
+			line = fmt.Sprintf("%s: back %v after the kill (%+v from the agreement)", r.name,
+				r.back.Sub(killed).Round(time.Millisecond), r.back.Sub(agreed).Round(time.Millisecond))
+			hookedBack = hookedBack || r.name == "hooked"
 		}
 		lines = append(lines, line)
 	}
-	t.Logf("master %s killed; new master agreed on %v after the kill; %v", master, agreed.Sub(killed).Round(time.Millisecond), lines)
-	if hookedBack < 0 {
+	t.Logf("master %s killed; new master agreed on by every node %v after the kill; %v", master, agreed.Sub(killed).Round(time.Millisecond), lines)
+	if !hookedBack {
 		t.Fatal("the hooked client did not come back")
 	}
 }
