@@ -150,6 +150,24 @@ func stopPipelines(t *testing.T, ps ...*proc) int64 {
 	return n
 }
 
+// drain stops the pipelines ps, waits until the stream is drained, stops
+// the coordinator c and counts its sink file: it returns how many items the
+// pipelines appended, and the lines and distinct items the sink wrote.
+func (f *fleet) drain(c *proc, sink string, ps ...*proc) (produced, lines, unique int64) {
+	t := f.t
+	t.Helper()
+	produced = stopPipelines(t, ps...)
+	waitFor(t, 60*time.Second, "the stream to drain", func() bool { return f.undrained() == 0 })
+	if err := c.stop(30 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	lines, unique, err := countItems([]string{sink})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return produced, lines, unique
+}
+
 // TestCoordinatorKilled: two coordinators share the stream; one is killed
 // with SIGKILL mid-run. Every appended entry is written at least once: the
 // living one claims what the dead one held.
@@ -226,15 +244,7 @@ func TestSinkOutage(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, 60*time.Second, "the scale back to 1", func() bool { return scaleHash()["scale"] == "1" })
-	produced := stopPipelines(t, p1)
-	waitFor(t, 60*time.Second, "the stream to drain", func() bool { return f.undrained() == 0 })
-	if err := c0.stop(30 * time.Second); err != nil {
-		t.Fatal(err)
-	}
-	lines, unique, err := countItems([]string{sink})
-	if err != nil {
-		t.Fatal(err)
-	}
+	produced, lines, unique := f.drain(c0, sink, p1)
 	fin := c0.final()
 	t.Logf("10 s sink outage: produced %d, written %d lines, %d distinct, lost %d, duplicated %d, dead-lettered %.0f",
 		produced, lines, unique, produced-unique, lines-unique, num(fin["dead_lettered"]))
@@ -604,6 +614,10 @@ func TestControllerFlags(t *testing.T) {
 		{nil, []string{"--lease-ttl", "0"}, "--lease-ttl=0s: must be in [100ms, 1h]"},
 		{nil, []string{"--lease-ttl", "99ms"}, "--lease-ttl=99ms: must be in [100ms, 1h]"},
 		{nil, []string{"--lease-ttl", "1h1s"}, "--lease-ttl=1h0m1s: must be in [100ms, 1h]"},
+		{nil, []string{"--stream", "a{b}"}, `controller.streams="a{b}" (from flag --stream)`},
+		{nil, []string{"--stream-capacity", "0"}, `controller.stream_capacity="0" (from flag --stream-capacity): must be an integer in [1, 1000000000]`},
+		{[]string{"SLUICE_CONTROLLER_STREAM_CAPACITY=1.5"}, nil, `controller.stream_capacity="1.5" (from env SLUICE_CONTROLLER_STREAM_CAPACITY)`},
+		{nil, []string{"--stream", strings.Repeat("s", 60)}, "controller: streams[0].name="},
 	} {
 		r := sluice(t, append(env, tc.env...), append([]string{"controller", "--id", "c"}, tc.args...)...)
 		if r.code != 2 || !strings.Contains(r.stderr, tc.want) {
@@ -639,6 +653,71 @@ func TestControllerUnconfiguredProvider(t *testing.T) {
 	waitFor(t, 30*time.Second, "ready once registered", func() bool { return ctl.ready(context.Background()) })
 	if n := strings.Count(f.log("controller"), "cannot steer the scales"); n != 1 {
 		t.Fatalf("%d lines 'cannot steer the scales', want 1 (once per distinct error)", n)
+	}
+}
+
+// TestStreamBoundedWithoutCoordinators: pipelines append at a 400/s budget,
+// no coordinator runs. The controller counts the stream's backlog as
+// pressure (here against --stream-capacity 1000): with the default policy
+// the scale falls as the backlog grows, and with no coordinator alive the
+// soft mark (60%) pauses the budget, so the stream never holds more than
+// that plus the bucket's burst (20) and a tick in each pipeline's hand.
+// Without it the stream grows at the full budget. A coordinator started
+// later writes every entry and the scale comes back to 1.
+func TestStreamBoundedWithoutCoordinators(t *testing.T) {
+	f := newFleet(t, "MDP_RATE_IBKR_REFILL_RATE=400", "MDP_RATE_IBKR_CAPACITY=20")
+	const capacity = 1000
+	ctl := f.start("controller", "controller", "--id", "ctl", "--lease-ttl", "1s", "--stream-capacity", fmt.Sprint(capacity))
+	waitFor(t, 30*time.Second, "the controller to register ibkr", func() bool {
+		return ctl.ready(context.Background()) && f.rdb.Exists(context.Background(), "sluice:{ibkr}:config").Val() == 1
+	})
+	ps := []*proc{f.start("p1", "pipeline", "--id", "p1"), f.start("p2", "pipeline", "--id", "p2")}
+	ctx := context.Background()
+	start := time.Now()
+	scale := func() string { return f.rdb.HGet(ctx, "sluice:{ibkr}:scale", "scale").Val() }
+	var timeline []string
+	var most int64
+	sample := func() int64 {
+		n := f.rdb.XLen(ctx, "sluice:stream:{store}").Val()
+		most = max(most, n)
+		timeline = append(timeline, fmt.Sprintf("%.1fs %d (%s)", time.Since(start).Seconds(), n, scale()))
+		return n
+	}
+	next := time.Now()
+	waitFor(t, 120*time.Second, "the backlog to pause the budget", func() bool {
+		if time.Now().After(next) {
+			sample()
+			next = next.Add(time.Second)
+		}
+		return scale() == "0"
+	})
+	paused := sample()
+	time.Sleep(3 * time.Second) // paused: the stream stays where the pause left it
+	held := sample()
+	t.Logf("no coordinator, 400/s budget, stream capacity %d: XLEN (scale) %s", capacity, strings.Join(timeline, ", "))
+	if !strings.Contains(f.log("controller"), "no write coordinator alive on the stream") {
+		t.Error("the controller did not log that no coordinator is alive")
+	}
+	slack := int64(20 + len(ps)) // the bucket's burst, and a tick in each pipeline's hand
+	if bound := int64(0.6*capacity) + slack; most > bound || held-paused > slack {
+		t.Fatalf("XLEN reached %d (%d at the pause, %d 3s later) with no coordinator: want at most %d, and no growth in the pause", most, paused, held, bound)
+	}
+	if got := f.metric(ctl, "controller_stream_coordinators"); got != 0 {
+		t.Fatalf("controller_stream_coordinators %v, want 0", got)
+	}
+	if got := f.metric(ctl, "controller_stream_backlog"); got < float64(paused) {
+		t.Fatalf("controller_stream_backlog %v, want at least %d", got, paused)
+	}
+
+	sink := filepath.Join(f.dir, "c0.jsonl")
+	c0 := f.start("c0", "coordinator", "--id", "c0", "--sink", "file:"+sink, "--sink-rate", "2000")
+	back := time.Now()
+	waitFor(t, 60*time.Second, "the scale back to 1", func() bool { return scale() == "1" })
+	t.Logf("coordinator started: scale back to 1 after %v", time.Since(back).Round(10*time.Millisecond))
+	produced, lines, unique := f.drain(c0, sink, ps...)
+	t.Logf("produced %d, written %d lines, %d distinct, lost %d, duplicated %d", produced, lines, unique, produced-unique, lines-unique)
+	if unique != produced {
+		t.Fatalf("produced %d, distinct written %d: entries lost", produced, unique)
 	}
 }
 

@@ -2,9 +2,10 @@
 // the store's pressure becomes the shared scale for a fleet. Run two or more;
 // a lease in Redis elects the one that writes. The writer registers the
 // configured providers, runs a feedback.Handler (through pipeline.New) on
-// the pressure of the Redis bus, and reaps coordinators whose report expired
-// from the pressure sets that KEDA counts. Pipeline replicas in any language
-// then only acquire.
+// the pressure of the Redis bus and on the backlog of the write streams it
+// watches (so a stream stays bounded with no coordinator alive to report),
+// and reaps coordinators whose report expired from the pressure sets that
+// KEDA counts. Pipeline replicas in any language then only acquire.
 package controller
 
 import (
@@ -66,9 +67,20 @@ type Options struct {
 	// they are (an operator's); the providers are still registered and the
 	// pressure sets reaped.
 	Feedback *feedback.Options
-	// Reap is how often the writer reaps the pressure sets; default 250ms,
-	// so that a coordinator that died leaves them within its report TTL
-	// and a quarter of a second.
+	// Streams are the write streams whose backlog the handler counts as
+	// pressure, each as the report of a coordinator of its own,
+	// "stream.<name>": the entries no living coordinator holds (the
+	// group's lag, and what is pending on consumers whose coordinator no
+	// longer reports), against the stream's Capacity and the store's
+	// watermarks. With coordinators alive the backlog is part of what they
+	// report (their queue plus the lag) and asks for no less; with none
+	// alive it is what bounds the stream: the scale goes down as it grows,
+	// and pauses at the soft mark (see Stream.Capacity). Nil watches none.
+	// Read every Reap, while the handler runs (feedback on).
+	Streams []Stream
+	// Reap is how often the writer reaps the pressure sets and reads the
+	// streams' backlog; default 250ms, so that a coordinator that died
+	// leaves the sets within its report TTL and a quarter of a second.
 	Reap time.Duration
 	// Limiter configures the limiter the handler writes through; its
 	// Prefix is Prefix, its Source defaults to "controller/<ID>" (the
@@ -137,15 +149,18 @@ type Controller struct {
 	steering   bool              // the providers are registered (and the handler runs, with feedback)
 	replica    *pipeline.Replica // the handler's; nil without feedback
 
-	lastStartErr string // the last failure to start steering, logged once
+	lastStartErr string       // the last failure to start steering, logged once
+	streams      []*watched   // Options.Streams, with what was last read of each
+	seq          atomic.Int64 // of the streams' events
 
 	leader   atomic.Bool
 	terms    atomic.Int64
 	lastErr  atomic.Pointer[error] // the last lease round trip's
 	steerErr atomic.Pointer[error] // the last failure to start steering, while holding the lease
 	m        struct {
-		acquired prometheus.Counter
-		reaped   prometheus.Counter
+		acquired       prometheus.Counter
+		reaped         prometheus.Counter
+		backlog, alive *prometheus.GaugeVec
 	}
 }
 
@@ -155,8 +170,13 @@ func New(rdb redis.UniversalClient, o Options) (*Controller, error) {
 	if err := o.setDefaults(); err != nil {
 		return nil, err
 	}
-	c := &Controller{rdb: rdb, o: o, key: o.Prefix + ":controller:lease",
+	streams, err := o.streams()
+	if err != nil {
+		return nil, err
+	}
+	c := &Controller{rdb: rdb, o: o, key: o.Prefix + ":controller:lease", streams: streams,
 		log: o.Logger.With("component", "controller", "controller", o.ID)}
+	c.seq.Store(time.Now().UnixMicro()) // the streams' events: increasing across restarts, as a coordinator's
 	r := &promutil.Registrar{Reg: o.Registerer}
 	r.Add(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "controller_leader", ConstLabels: prometheus.Labels{"controller_id": o.ID},
 		Help: "1 while this controller holds the lease and writes the scales."}, func() float64 {
@@ -169,6 +189,10 @@ func New(rdb redis.UniversalClient, o Options) (*Controller, error) {
 		Help: "Times this controller took the lease."}, "controller_id").WithLabelValues(o.ID)
 	c.m.reaped = r.CounterVec(prometheus.CounterOpts{Name: "controller_reaped_coordinators_total",
 		Help: "Coordinators whose report expired, taken out of the pressure sets."}, "controller_id").WithLabelValues(o.ID)
+	c.m.backlog = r.GaugeVec(prometheus.GaugeOpts{Name: "controller_stream_backlog",
+		Help: "Entries of the write stream that no living coordinator holds (the group's lag plus what is pending on dead consumers), at the leader's last read."}, "controller_id", "stream")
+	c.m.alive = r.GaugeVec(prometheus.GaugeOpts{Name: "controller_stream_coordinators",
+		Help: "Consumers of the write stream's group whose coordinator reports, at the leader's last read."}, "controller_id", "stream")
 	return c, r.Err
 }
 
@@ -207,7 +231,9 @@ func (c *Controller) Run(ctx context.Context) error {
 	for {
 		c.round(ctx)
 		if c.Leader() && time.Now().After(nextReap) {
-			c.reap(ctx)
+			if live, ok := c.reap(ctx); ok {
+				c.watchStreams(ctx, live)
+			}
 			nextReap = time.Now().Add(c.o.Reap)
 		}
 		wait := c.o.LeaseTTL / 20
@@ -396,11 +422,12 @@ func (c *Controller) stepDown(why string) {
 	}
 }
 
-// reap takes expired coordinators out of the pressure sets.
-func (c *Controller) reap(ctx context.Context) {
+// reap takes expired coordinators out of the pressure sets; it returns the
+// live ones, and false when it could not read them.
+func (c *Controller) reap(ctx context.Context) ([]feedback.Event, bool) {
 	gctx, cancel, err := c.guard(ctx)
 	if err != nil {
-		return
+		return nil, false
 	}
 	defer cancel()
 	p, err := redisbus.Reap(gctx, c.rdb, c.o.Prefix)
@@ -408,10 +435,11 @@ func (c *Controller) reap(ctx context.Context) {
 		if ctx.Err() == nil {
 			c.log.Warn("reaping the pressure sets failed", "err", err)
 		}
-		return
+		return nil, false
 	}
 	if len(p.Expired) > 0 {
 		c.m.reaped.Add(float64(len(p.Expired)))
 		c.log.Info("coordinators stopped reporting: taken out of the pressure sets", "coordinators", p.Expired)
 	}
+	return p.Live, true
 }
