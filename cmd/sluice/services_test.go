@@ -481,7 +481,7 @@ func TestDemoFeedbackSetting(t *testing.T) {
 // answer /readyz with 503, and start working when Redis comes (no crash
 // loop); SIGTERM stops them cleanly.
 func TestServicesWaitForRedis(t *testing.T) {
-	f := newFleet(t)
+	f := newFleet(t, "MDP_RATE_IBKR_REFILL_RATE=60") // the controller registers ibkr once Redis is there
 	f.srv.Stop()
 	c0 := f.start("c0", "coordinator", "--id", "c0", "--sink", "discard")
 	p1 := f.start("p1", "pipeline", "--id", "p1")
@@ -550,7 +550,7 @@ var aclRules = []any{"reset", "on", ">pw", "~sluice:*", "&sluice:*", "-@all", "+
 // loop (controller, coordinator, pipeline as processes) and the operator
 // commands; a user without scripting fails with a clear NOPERM error.
 func TestACLUser(t *testing.T) {
-	f := newFleet(t)
+	f := newFleet(t, "MDP_RATE_IBKR_REFILL_RATE=60") // the controller registers ibkr
 	ctx := context.Background()
 	if err := f.rdb.Do(ctx, append([]any{"ACL", "SETUSER", "svc"}, aclRules...)...).Err(); err != nil {
 		t.Fatal(err)
