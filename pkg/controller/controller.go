@@ -417,6 +417,7 @@ func (c *Controller) stepDown(why string) {
 	}
 	c.replica, c.steering = nil, false
 	c.steerErr.Store(nil) // a standby does not steer: nothing failed
+	c.forgetStreams()
 	if c.leader.Swap(false) {
 		c.log.Warn("gave up the lease: not writing the scales", "why", why)
 	}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/sluice-dev/sluice/pkg/feedback"
@@ -205,4 +206,16 @@ func (c *Controller) streamEvent(w *watched, b backlog) feedback.Event {
 	}
 	return feedback.Event{CoordinatorID: w.id, QueueSize: int(min(n, int64(w.Capacity))), Capacity: w.Capacity,
 		Level: level, Seq: uint64(c.seq.Add(1)), TS: time.Now(), Kind: feedback.KindReport}
+}
+
+// forgetStreams drops what this controller read of the streams, when it
+// stops steering: its gauges (the next holder's are the ones that count)
+// and the state behind its log lines (a new term logs them afresh). The
+// watermarks' level stays: it is the stream's, not the term's.
+func (c *Controller) forgetStreams() {
+	c.m.backlog.DeletePartialMatch(prometheus.Labels{"controller_id": c.o.ID})
+	c.m.alive.DeletePartialMatch(prometheus.Labels{"controller_id": c.o.ID})
+	for _, w := range c.streams {
+		w.unattended, w.lastErr = false, ""
+	}
 }

@@ -43,7 +43,7 @@ func gauge(t *testing.T, reg *prometheus.Registry, name, stream string) float64 
 // entries pending on a consumer whose coordinator does not report, push
 // the scale down; with no coordinator alive the soft mark pauses; a live
 // coordinator's pending entries are its own to report; the levels keep
-// their hysteresis.
+// their hysteresis. A controller that stops steering drops its gauges.
 func TestStreamBacklog(t *testing.T) {
 	srv := redistest.Start(t)
 	rdb := srv.Client(t)
@@ -112,6 +112,11 @@ func TestStreamBacklog(t *testing.T) {
 		t.Fatal(err)
 	}
 	expect("c1 gone: its 67 pending are backlog again, with the lag", 136, 0, 0, state.Hard)
+
+	a.stop(t)
+	if got := gauge(t, reg, "controller_stream_backlog", "store"); got != -1 {
+		t.Fatalf("controller_stream_backlog %v after the controller stopped steering, want no series", got)
+	}
 }
 
 // TestBadStreams: a bad stream is an error naming it.
