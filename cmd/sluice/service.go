@@ -40,14 +40,15 @@ func listenFlag() cli.Flag {
 }
 
 // startService checks that the service was given no arguments, loads the
-// configuration and opens Redis without waiting for it: the service waits
-// (waitRedis) once its HTTP server answers /healthz.
-func (a *app) startService(c *cli.Context, name string) (*service, error) {
+// configuration (with extra: the settings of the service's own flags) and
+// opens Redis without waiting for it: the service waits (waitRedis) once
+// its HTTP server answers /healthz.
+func (a *app) startService(c *cli.Context, name string, extra ...config.Value) (*service, error) {
 	if c.NArg() > 0 {
 		return nil, usagef("%s takes no arguments, got %q", name, c.Args().First())
 	}
 	a.service = true
-	cfg, err := a.config(c)
+	cfg, err := a.config(c, extra...)
 	if err != nil {
 		return nil, err
 	}

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"os/exec"
@@ -149,6 +150,24 @@ func stopPipelines(t *testing.T, ps ...*proc) int64 {
 	return n
 }
 
+// drain stops the pipelines ps, waits until the stream is drained, stops
+// the coordinator c and counts its sink file: it returns how many items the
+// pipelines appended, and the lines and distinct items the sink wrote.
+func (f *fleet) drain(c *proc, sink string, ps ...*proc) (produced, lines, unique int64) {
+	t := f.t
+	t.Helper()
+	produced = stopPipelines(t, ps...)
+	waitFor(t, 60*time.Second, "the stream to drain", func() bool { return f.undrained() == 0 })
+	if err := c.stop(30 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	lines, unique, err := countItems([]string{sink})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return produced, lines, unique
+}
+
 // TestCoordinatorKilled: two coordinators share the stream; one is killed
 // with SIGKILL mid-run. Every appended entry is written at least once: the
 // living one claims what the dead one held.
@@ -225,15 +244,7 @@ func TestSinkOutage(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, 60*time.Second, "the scale back to 1", func() bool { return scaleHash()["scale"] == "1" })
-	produced := stopPipelines(t, p1)
-	waitFor(t, 60*time.Second, "the stream to drain", func() bool { return f.undrained() == 0 })
-	if err := c0.stop(30 * time.Second); err != nil {
-		t.Fatal(err)
-	}
-	lines, unique, err := countItems([]string{sink})
-	if err != nil {
-		t.Fatal(err)
-	}
+	produced, lines, unique := f.drain(c0, sink, p1)
 	fin := c0.final()
 	t.Logf("10 s sink outage: produced %d, written %d lines, %d distinct, lost %d, duplicated %d, dead-lettered %.0f",
 		produced, lines, unique, produced-unique, lines-unique, num(fin["dead_lettered"]))
@@ -470,7 +481,7 @@ func TestDemoFeedbackSetting(t *testing.T) {
 // answer /readyz with 503, and start working when Redis comes (no crash
 // loop); SIGTERM stops them cleanly.
 func TestServicesWaitForRedis(t *testing.T) {
-	f := newFleet(t)
+	f := newFleet(t, "MDP_RATE_IBKR_REFILL_RATE=60") // the controller registers ibkr once Redis is there
 	f.srv.Stop()
 	c0 := f.start("c0", "coordinator", "--id", "c0", "--sink", "discard")
 	p1 := f.start("p1", "pipeline", "--id", "p1")
@@ -539,7 +550,7 @@ var aclRules = []any{"reset", "on", ">pw", "~sluice:*", "&sluice:*", "-@all", "+
 // loop (controller, coordinator, pipeline as processes) and the operator
 // commands; a user without scripting fails with a clear NOPERM error.
 func TestACLUser(t *testing.T) {
-	f := newFleet(t)
+	f := newFleet(t, "MDP_RATE_IBKR_REFILL_RATE=60") // the controller registers ibkr
 	ctx := context.Background()
 	if err := f.rdb.Do(ctx, append([]any{"ACL", "SETUSER", "svc"}, aclRules...)...).Err(); err != nil {
 		t.Fatal(err)
@@ -573,5 +584,227 @@ func TestACLUser(t *testing.T) {
 	}
 	if r := sluice(t, env, "status"); r.code != 1 || !strings.Contains(r.stderr, "NOPERM") {
 		t.Fatalf("without scripting: exit %d, %q; want a NOPERM error", r.code, r.stderr)
+	}
+}
+
+// readyz returns the process's /readyz status code and body (0 when it
+// does not answer).
+func readyz(p *proc) (int, string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, p.url+"/readyz", nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, err.Error()
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(body)
+}
+
+// TestControllerFlags: a controller flag out of range exits 2 naming it,
+// before anything starts (no Redis here).
+func TestControllerFlags(t *testing.T) {
+	env := []string{"SLUICE_REDIS_URL=redis://127.0.0.1:1/0"}
+	for _, tc := range []struct {
+		env  []string
+		args []string
+		want string
+	}{
+		{nil, []string{"--lease-ttl", "0"}, "--lease-ttl=0s: must be in [100ms, 1h]"},
+		{nil, []string{"--lease-ttl", "99ms"}, "--lease-ttl=99ms: must be in [100ms, 1h]"},
+		{nil, []string{"--lease-ttl", "1h1s"}, "--lease-ttl=1h0m1s: must be in [100ms, 1h]"},
+		{nil, []string{"--stream", "a{b}"}, `controller.streams="a{b}" (from flag --stream)`},
+		{nil, []string{"--stream-capacity", "0"}, `controller.stream_capacity="0" (from flag --stream-capacity): must be an integer in [1, 1000000000]`},
+		{[]string{"SLUICE_CONTROLLER_STREAM_CAPACITY=1.5"}, nil, `controller.stream_capacity="1.5" (from env SLUICE_CONTROLLER_STREAM_CAPACITY)`},
+		{nil, []string{"--stream", strings.Repeat("s", 60)}, "controller: streams[0].name="},
+	} {
+		r := sluice(t, append(env, tc.env...), append([]string{"controller", "--id", "c"}, tc.args...)...)
+		if r.code != 2 || !strings.Contains(r.stderr, tc.want) {
+			t.Errorf("controller %v %v: exit %d, %q; want 2 and %q", tc.env, tc.args, r.code, r.stderr, tc.want)
+		}
+	}
+}
+
+// TestControllerUnconfiguredProvider: a controller told to steer a provider
+// nobody configured or registered is not ready and says why (/readyz and a
+// log line), makes no provider up, and becomes ready once `sluice register`
+// creates it.
+func TestControllerUnconfiguredProvider(t *testing.T) {
+	f := newFleet(t, "MDP_FB_PROVIDER_NAME=nosuch")
+	ctl := f.start("controller", "controller", "--id", "ctl", "--lease-ttl", "1s")
+	var code int
+	var body string
+	waitFor(t, 30*time.Second, "the leader to say it cannot steer", func() bool {
+		code, body = readyz(ctl)
+		return f.metric(ctl, "controller_leader") == 1 && code == http.StatusServiceUnavailable
+	})
+	if !strings.Contains(body, `"nosuch"`) || !strings.Contains(body, "no configuration") {
+		t.Fatalf("/readyz: %d %q; want the reason, naming nosuch", code, body)
+	}
+	waitFor(t, 10*time.Second, "the log line", func() bool {
+		return strings.Contains(f.log("controller"), `"msg":"cannot steer the scales; retrying"`)
+	})
+	if n := f.rdb.Exists(context.Background(), "sluice:{nosuch}:config").Val(); n != 0 {
+		t.Fatal("the controller made up a configuration for nosuch")
+	}
+	t.Logf("unconfigured provider: /readyz %d %s", code, strings.TrimSpace(body))
+	sluice(t, []string{"SLUICE_REDIS_URL=" + f.srv.URL()}, "register", "nosuch", "--capacity", "10", "--refill-rate", "5").ok(t)
+	waitFor(t, 30*time.Second, "ready once registered", func() bool { return ctl.ready(context.Background()) })
+	if n := strings.Count(f.log("controller"), "cannot steer the scales"); n != 1 {
+		t.Fatalf("%d lines 'cannot steer the scales', want 1 (once per distinct error)", n)
+	}
+}
+
+// TestStreamBoundedWithoutCoordinators: pipelines append at a 400/s budget,
+// no coordinator runs. The controller counts the stream's backlog as
+// pressure (here against --stream-capacity 1000): with the default policy
+// the scale falls as the backlog grows, and with no coordinator alive the
+// soft mark (60%) pauses the budget, so the stream never holds more than
+// that plus the bucket's burst (20) and a tick in each pipeline's hand.
+// Without it the stream grows at the full budget. A coordinator started
+// later writes every entry and the scale comes back to 1.
+func TestStreamBoundedWithoutCoordinators(t *testing.T) {
+	f := newFleet(t, "MDP_RATE_IBKR_REFILL_RATE=400", "MDP_RATE_IBKR_CAPACITY=20")
+	const capacity = 1000
+	ctl := f.start("controller", "controller", "--id", "ctl", "--lease-ttl", "1s", "--stream-capacity", fmt.Sprint(capacity))
+	waitFor(t, 30*time.Second, "the controller to register ibkr", func() bool {
+		return ctl.ready(context.Background()) && f.rdb.Exists(context.Background(), "sluice:{ibkr}:config").Val() == 1
+	})
+	ps := []*proc{f.start("p1", "pipeline", "--id", "p1"), f.start("p2", "pipeline", "--id", "p2")}
+	ctx := context.Background()
+	start := time.Now()
+	scale := func() string { return f.rdb.HGet(ctx, "sluice:{ibkr}:scale", "scale").Val() }
+	var timeline []string
+	var most int64
+	sample := func() int64 {
+		n := f.rdb.XLen(ctx, "sluice:stream:{store}").Val()
+		most = max(most, n)
+		timeline = append(timeline, fmt.Sprintf("%.1fs %d (%s)", time.Since(start).Seconds(), n, scale()))
+		return n
+	}
+	next := time.Now()
+	waitFor(t, 120*time.Second, "the backlog to pause the budget", func() bool {
+		if time.Now().After(next) {
+			sample()
+			next = next.Add(time.Second)
+		}
+		return scale() == "0"
+	})
+	paused := sample()
+	time.Sleep(3 * time.Second) // paused: the stream stays where the pause left it
+	held := sample()
+	t.Logf("no coordinator, 400/s budget, stream capacity %d: XLEN (scale) %s", capacity, strings.Join(timeline, ", "))
+	if !strings.Contains(f.log("controller"), "no write coordinator alive on the stream") {
+		t.Error("the controller did not log that no coordinator is alive")
+	}
+	slack := int64(20 + len(ps)) // the bucket's burst, and a tick in each pipeline's hand
+	if bound := int64(0.6*capacity) + slack; most > bound || held-paused > slack {
+		t.Fatalf("XLEN reached %d (%d at the pause, %d 3s later) with no coordinator: want at most %d, and no growth in the pause", most, paused, held, bound)
+	}
+	if got := f.metric(ctl, "controller_stream_coordinators"); got != 0 {
+		t.Fatalf("controller_stream_coordinators %v, want 0", got)
+	}
+	if got := f.metric(ctl, "controller_stream_backlog"); got < float64(paused) {
+		t.Fatalf("controller_stream_backlog %v, want at least %d", got, paused)
+	}
+
+	sink := filepath.Join(f.dir, "c0.jsonl")
+	c0 := f.start("c0", "coordinator", "--id", "c0", "--sink", "file:"+sink, "--sink-rate", "2000")
+	back := time.Now()
+	waitFor(t, 60*time.Second, "the scale back to 1", func() bool { return scale() == "1" })
+	t.Logf("coordinator started: scale back to 1 after %v", time.Since(back).Round(10*time.Millisecond))
+	produced, lines, unique := f.drain(c0, sink, ps...)
+	t.Logf("produced %d, written %d lines, %d distinct, lost %d, duplicated %d", produced, lines, unique, produced-unique, lines-unique)
+	if unique != produced {
+		t.Fatalf("produced %d, distinct written %d: entries lost", produced, unique)
+	}
+}
+
+// replicaOf returns the address of the node that replicates master.
+func replicaOf(t *testing.T, cl *redistest.Cluster, master string) string {
+	t.Helper()
+	for _, n := range cl.Nodes {
+		rdb := redis.NewClient(&redis.Options{Addr: n.Addr})
+		role, err := rdb.Do(context.Background(), "ROLE").Slice()
+		rdb.Close()
+		if err == nil && len(role) >= 3 && role[0] == "slave" && fmt.Sprintf("%v:%v", role[1], role[2]) == master {
+			return n.Addr
+		}
+	}
+	t.Fatalf("no replica of %s", master)
+	return ""
+}
+
+// TestServicesMasterKilled: on a Redis Cluster, kill -9 of the master that
+// holds the controller's lease and the write stream. The services' clients
+// reload the slot map after a failed call, so once the replica is promoted
+// the controller holds the lease again and is ready, and the coordinator
+// reads again, within about a second (without the reload they waited for
+// go-redis's 60 s reload timer: ~50 s).
+func TestServicesMasterKilled(t *testing.T) {
+	cl := redistest.StartCluster(t, 3, 1)
+	// A prefix whose lease key is on the stream's master ({store} fixes the stream's slot).
+	master := cl.MasterOf(t, cl.Slot(t, "{store}"))
+	prefix := ""
+	for i := 0; prefix == ""; i++ {
+		if p := fmt.Sprintf("k%d", i); cl.MasterOf(t, cl.Slot(t, p+":controller:lease")) == master {
+			prefix = p
+		}
+	}
+	f := &fleet{t: t, bin: buildBinary(t), dir: t.TempDir(), logs: map[string]*bytes.Buffer{}}
+	f.env = envWith(os.Environ(), "SLUICE_REDIS_CLUSTER_URL="+cl.URL(), "SLUICE_REDIS_PREFIX="+prefix,
+		"SLUICE_LOG_FORMAT=json", "SLUICE_RECEIVER_LISTEN=127.0.0.1:0", "MDP_FB_PROVIDER_NAME=ibkr",
+		"MDP_RATE_IBKR_REFILL_RATE=100", "MDP_RATE_IBKR_CAPACITY=10")
+	ctl := f.start("controller", "controller", "--id", "ctl", "--lease-ttl", "2s")
+	c0 := f.start("c0", "coordinator", "--id", "c0", "--sink", "discard")
+	p1 := f.start("p1", "pipeline", "--id", "p1")
+	leads := func() bool { return f.metric(ctl, "controller_leader") == 1 && ctl.ready(context.Background()) }
+	reads := func() bool { return c0.ready(context.Background()) }
+	waitFor(t, 60*time.Second, "the loop to run", func() bool {
+		return leads() && reads() && f.metric(c0, "coordinator_stream_read_entries_total") > 0
+	})
+
+	replica := replicaOf(t, cl, master)
+	promoted := make(chan time.Time, 1)
+	go func() { // the moment the replica says it is master
+		rdb := redis.NewClient(&redis.Options{Addr: replica})
+		defer rdb.Close()
+		for deadline := time.Now().Add(60 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+			if role, err := rdb.Do(context.Background(), "ROLE").Slice(); err == nil && len(role) > 0 && role[0] == "master" {
+				promoted <- time.Now()
+				return
+			}
+		}
+		close(promoted)
+	}()
+	killed := time.Now()
+	cl.Kill(t, master)
+	at, ok := <-promoted
+	if !ok {
+		t.Fatal("the replica never said it was master")
+	}
+	// Both fail until the promotion (the lease's and the stream's slot have
+	// no master); then the clock runs for each until it is back.
+	var ctlBack, c0Back time.Duration
+	waitFor(t, 30*time.Second, "the controller and the coordinator back", func() bool {
+		if ctlBack == 0 && leads() {
+			ctlBack = time.Since(at)
+		}
+		if c0Back == 0 && reads() {
+			c0Back = time.Since(at)
+		}
+		return ctlBack > 0 && c0Back > 0
+	})
+	readBefore := f.metric(c0, "coordinator_stream_read_entries_total")
+	waitFor(t, 30*time.Second, "the coordinator to read new entries", func() bool {
+		return f.metric(c0, "coordinator_stream_read_entries_total") > readBefore
+	})
+	t.Logf("master %s (lease and stream) killed; replica %s promoted %v later; from the promotion: controller leading and ready after %v, coordinator ready (reading) after %v",
+		master, replica, at.Sub(killed).Round(10*time.Millisecond), ctlBack.Round(10*time.Millisecond), c0Back.Round(10*time.Millisecond))
+	for _, p := range []*proc{p1, c0, ctl} {
+		if err := p.stop(30 * time.Second); err != nil {
+			t.Errorf("%s: %v", p.name, err)
+		}
 	}
 }

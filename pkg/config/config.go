@@ -24,7 +24,9 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/sluice-dev/sluice/pkg/feedback"
+	"github.com/sluice-dev/sluice/pkg/internal/clusterreload"
 	"github.com/sluice-dev/sluice/pkg/limiter"
+	"github.com/sluice-dev/sluice/pkg/store/redisstream"
 )
 
 // Key is one fixed setting: its dotted name (the YAML path), its
@@ -54,6 +56,8 @@ var keys = []Key{
 	{"feedback.coordinator_ttl", "MDP_FB_COORDINATOR_TTL", "10s", "a write coordinator silent this long expires (> 0)"},
 	{"feedback.expiry", "MDP_FB_EXPIRY", "forget", "what an expired coordinator counts as: forget, hold, soft or hard"},
 	{"rate_coordinator.outage_mode", "MDP_RATE_OUTAGE_MODE", "fail_closed", "while Redis is unreachable: fail_closed, fail_open or local_fallback"},
+	{"controller.streams", "SLUICE_CONTROLLER_STREAMS", "store", "write streams whose backlog the controller counts as pressure, comma-separated (empty: none)"},
+	{"controller.stream_capacity", "SLUICE_CONTROLLER_STREAM_CAPACITY", "10000", "a stream's backlog that counts as full: soft from 60% (a pause with no coordinator alive), a pause from 85%; integer in [1, 1e9]"},
 	{"receiver.listen", "SLUICE_RECEIVER_LISTEN", ":8080", "address of every service's HTTP server (/metrics, /healthz, /readyz; POST /feedback on the receiver)"},
 	{"receiver.token", "SLUICE_RECEIVER_TOKEN", "", "bearer token the receiver requires (empty: none)"},
 	{"receiver.max_body", "SLUICE_RECEIVER_MAX_BODY", "65536", "largest request body the receiver accepts, in bytes"},
@@ -174,6 +178,13 @@ type Settings struct {
 		TLS *tls.Config
 	}
 
+	// Controller holds the write streams whose backlog the controller
+	// counts as pressure, and the backlog that counts as full.
+	Controller struct {
+		Streams        []string
+		StreamCapacity int
+	}
+
 	values layers
 }
 
@@ -244,7 +255,9 @@ func (s *Settings) RedisClient() (redis.UniversalClient, error) {
 		if err := s.trust(opt.TLSConfig); err != nil {
 			return nil, err
 		}
-		return redis.NewClusterClient(opt), nil
+		cc := redis.NewClusterClient(opt)
+		clusterreload.Install(cc) // a failed call reloads the slot map: back soon after a failover, not after 60 s
+		return cc, nil
 	}
 	opt, err := redis.ParseURL(s.Redis.URL)
 	if err != nil {
@@ -561,6 +574,19 @@ func (l layers) parse() (*Settings, error) {
 
 	if err := s.Outage.UnmarshalText([]byte(str("rate_coordinator.outage_mode"))); err != nil {
 		fail("rate_coordinator.outage_mode", "must be fail_closed, fail_open or local_fallback")
+	}
+	for _, name := range strings.Split(str("controller.streams"), ",") {
+		if name = strings.TrimSpace(name); name != "" {
+			if _, err := (redisstream.Options{Stream: name}).Key(); err != nil {
+				fail("controller.streams", "must be stream names of 1 to 64 characters of [A-Za-z0-9_.-], comma-separated")
+			}
+			s.Controller.Streams = append(s.Controller.Streams, name)
+		}
+	}
+	if n := integer("controller.stream_capacity"); n >= 1 && n <= 1e9 {
+		s.Controller.StreamCapacity = int(n)
+	} else {
+		fail("controller.stream_capacity", "must be an integer in [1, 1000000000]")
 	}
 	s.Receiver.Listen, s.Receiver.Token = str("receiver.listen"), str("receiver.token")
 	if s.Receiver.MaxBody = int64(integer("receiver.max_body")); s.Receiver.MaxBody < 1 {

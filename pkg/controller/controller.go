@@ -2,9 +2,10 @@
 // the store's pressure becomes the shared scale for a fleet. Run two or more;
 // a lease in Redis elects the one that writes. The writer registers the
 // configured providers, runs a feedback.Handler (through pipeline.New) on
-// the pressure of the Redis bus, and reaps coordinators whose report expired
-// from the pressure sets that KEDA counts. Pipeline replicas in any language
-// then only acquire.
+// the pressure of the Redis bus and on the backlog of the write streams it
+// watches (so a stream stays bounded with no coordinator alive to report),
+// and reaps coordinators whose report expired from the pressure sets that
+// KEDA counts. Pipeline replicas in any language then only acquire.
 package controller
 
 import (
@@ -35,6 +36,12 @@ import (
 // that does not hold the lease, or may have lost it.
 var ErrNotLeader = errors.New("controller: not the lease holder")
 
+// ErrNoConfig is matched by Ready's error while a provider the handler
+// steers has no configuration: it is not in Options.Providers and nobody
+// registered it in Redis. The controller does not make one up; it steers
+// once the provider is registered.
+var ErrNoConfig = errors.New("controller: provider has no configuration")
+
 // Options configure a Controller. ID is required; every other zero field
 // takes the default its comment gives.
 type Options struct {
@@ -51,17 +58,29 @@ type Options struct {
 	LeaseTTL time.Duration
 	// Providers are registered (created, or updated) each time this
 	// controller takes the lease; nil registers none (someone else does).
-	// A provider of Feedback.Providers that is not here is created with
-	// limiter.DefaultProviderConfig if it does not exist, else left alone.
+	// A provider of Feedback.Providers that is not here must be registered
+	// in Redis by someone else: until it is, the controller does not steer
+	// and Ready says why (ErrNoConfig).
 	Providers map[string]limiter.ProviderConfig
 	// Feedback, when set, runs a handler on these options while this
 	// controller holds the lease. Nil opens the loop: the scales are left as
 	// they are (an operator's); the providers are still registered and the
 	// pressure sets reaped.
 	Feedback *feedback.Options
-	// Reap is how often the writer reaps the pressure sets; default 250ms,
-	// so that a coordinator that died leaves them within its report TTL
-	// and a quarter of a second.
+	// Streams are the write streams whose backlog the handler counts as
+	// pressure, each as the report of a coordinator of its own,
+	// "stream.<name>": the entries no living coordinator holds (the
+	// group's lag, and what is pending on consumers whose coordinator no
+	// longer reports), against the stream's Capacity and the store's
+	// watermarks. With coordinators alive the backlog is part of what they
+	// report (their queue plus the lag) and asks for no less; with none
+	// alive it is what bounds the stream: the scale goes down as it grows,
+	// and pauses at the soft mark (see Stream.Capacity). Nil watches none.
+	// Read every Reap, while the handler runs (feedback on).
+	Streams []Stream
+	// Reap is how often the writer reaps the pressure sets and reads the
+	// streams' backlog; default 250ms, so that a coordinator that died
+	// leaves the sets within its report TTL and a quarter of a second.
 	Reap time.Duration
 	// Limiter configures the limiter the handler writes through; its
 	// Prefix is Prefix, its Source defaults to "controller/<ID>" (the
@@ -130,14 +149,18 @@ type Controller struct {
 	steering   bool              // the providers are registered (and the handler runs, with feedback)
 	replica    *pipeline.Replica // the handler's; nil without feedback
 
-	lastStartErr string // the last failure to start steering, logged once
+	lastStartErr string       // the last failure to start steering, logged once
+	streams      []*watched   // Options.Streams, with what was last read of each
+	seq          atomic.Int64 // of the streams' events
 
-	leader  atomic.Bool
-	terms   atomic.Int64
-	lastErr atomic.Pointer[error]
-	m       struct {
-		acquired prometheus.Counter
-		reaped   prometheus.Counter
+	leader   atomic.Bool
+	terms    atomic.Int64
+	lastErr  atomic.Pointer[error] // the last lease round trip's
+	steerErr atomic.Pointer[error] // the last failure to start steering, while holding the lease
+	m        struct {
+		acquired       prometheus.Counter
+		reaped         prometheus.Counter
+		backlog, alive *prometheus.GaugeVec
 	}
 }
 
@@ -147,8 +170,13 @@ func New(rdb redis.UniversalClient, o Options) (*Controller, error) {
 	if err := o.setDefaults(); err != nil {
 		return nil, err
 	}
-	c := &Controller{rdb: rdb, o: o, key: o.Prefix + ":controller:lease",
+	streams, err := o.streams()
+	if err != nil {
+		return nil, err
+	}
+	c := &Controller{rdb: rdb, o: o, key: o.Prefix + ":controller:lease", streams: streams,
 		log: o.Logger.With("component", "controller", "controller", o.ID)}
+	c.seq.Store(time.Now().UnixMicro()) // the streams' events: increasing across restarts, as a coordinator's
 	r := &promutil.Registrar{Reg: o.Registerer}
 	r.Add(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "controller_leader", ConstLabels: prometheus.Labels{"controller_id": o.ID},
 		Help: "1 while this controller holds the lease and writes the scales."}, func() float64 {
@@ -161,6 +189,10 @@ func New(rdb redis.UniversalClient, o Options) (*Controller, error) {
 		Help: "Times this controller took the lease."}, "controller_id").WithLabelValues(o.ID)
 	c.m.reaped = r.CounterVec(prometheus.CounterOpts{Name: "controller_reaped_coordinators_total",
 		Help: "Coordinators whose report expired, taken out of the pressure sets."}, "controller_id").WithLabelValues(o.ID)
+	c.m.backlog = r.GaugeVec(prometheus.GaugeOpts{Name: "controller_stream_backlog",
+		Help: "Entries of the write stream that no living coordinator holds (the group's lag plus what is pending on dead consumers), at the leader's last read."}, "controller_id", "stream")
+	c.m.alive = r.GaugeVec(prometheus.GaugeOpts{Name: "controller_stream_coordinators",
+		Help: "Consumers of the write stream's group whose coordinator reports, at the leader's last read."}, "controller_id", "stream")
 	return c, r.Err
 }
 
@@ -173,9 +205,17 @@ func (c *Controller) Leader() bool { return c.leader.Load() && c.valid() }
 func (c *Controller) Terms() int64 { return c.terms.Load() }
 
 // Ready returns nil when the controller's last round trip to Redis (taking
-// or renewing the lease) succeeded, else its error.
+// or renewing the lease) succeeded and, while it holds the lease, it
+// steers: the providers are registered and the handler runs. Otherwise it
+// returns why not: the round trip's error, or the failure to start
+// steering (ErrNoConfig for a provider nobody configured, a name the
+// limiter refuses, ...), which is retried every round. A standby is ready
+// while Redis answers.
 func (c *Controller) Ready() error {
 	if p := c.lastErr.Load(); p != nil {
+		return *p
+	}
+	if p := c.steerErr.Load(); p != nil {
 		return *p
 	}
 	return nil
@@ -191,7 +231,9 @@ func (c *Controller) Run(ctx context.Context) error {
 	for {
 		c.round(ctx)
 		if c.Leader() && time.Now().After(nextReap) {
-			c.reap(ctx)
+			if live, ok := c.reap(ctx); ok {
+				c.watchStreams(ctx, live)
+			}
 			nextReap = time.Now().Add(c.o.Reap)
 		}
 		wait := c.o.LeaseTTL / 20
@@ -265,10 +307,14 @@ func (c *Controller) round(ctx context.Context) {
 		if err != nil && ctx.Err() == nil && err.Error() != c.lastStartErr {
 			c.log.Error("cannot steer the scales; retrying", "err", err)
 		}
-		if err != nil {
-			c.lastStartErr = err.Error()
-		} else {
+		switch {
+		case err == nil:
 			c.lastStartErr = ""
+			c.steerErr.Store(nil)
+		case ctx.Err() == nil:
+			c.lastStartErr = err.Error()
+			err = fmt.Errorf("cannot steer the scales: %w", err)
+			c.steerErr.Store(&err)
 		}
 	}
 }
@@ -293,35 +339,20 @@ func (c *Controller) guard(ctx context.Context) (context.Context, context.Cancel
 	return gctx, cancel, nil
 }
 
-// startReplica registers the providers and starts the handler.
+// startReplica checks that every provider the handler steers has a
+// configuration, registers the providers and starts the handler. A
+// provider without a configuration fails it before anything is written,
+// so that waiting for it registers nothing again and again.
 func (c *Controller) startReplica(ctx context.Context) error {
 	lim, err := limiter.New(c.rdb, c.o.Limiter)
 	if err != nil {
 		return err
 	}
-	for _, name := range slices.Sorted(maps.Keys(c.o.Providers)) {
-		gctx, cancel, err := c.guard(ctx)
-		if err != nil {
-			lim.Close()
-			return err
-		}
-		res, err := lim.Register(gctx, name, c.o.Providers[name])
-		cancel()
-		if err != nil {
-			lim.Close()
-			return fmt.Errorf("register %s: %w", name, err)
-		}
-		c.log.Info("provider registered", "provider", name, "result", res)
-	}
-	if c.o.Feedback != nil {
-		for _, name := range c.o.Feedback.Providers {
-			if err := c.ensure(ctx, lim, name); err != nil {
-				lim.Close()
-				return err
-			}
-		}
-	}
+	err = c.register(ctx, lim)
 	lim.Close()
+	if err != nil {
+		return err
+	}
 	if c.o.Feedback == nil {
 		c.log.Info("feedback off: the scales are left as they are")
 		c.steering = true
@@ -335,29 +366,45 @@ func (c *Controller) startReplica(ctx context.Context) error {
 	return nil
 }
 
-// ensure creates a provider the handler steers, not in Providers, with
-// limiter.DefaultProviderConfig when it does not exist (a configuration
-// that names only feedback.provider_name works out of the box); an
-// existing one is left as it is.
+// register checks the steered providers (ensure), then registers the
+// configured ones through the guard.
+func (c *Controller) register(ctx context.Context, lim *limiter.Coordinator) error {
+	if c.o.Feedback != nil {
+		for _, name := range c.o.Feedback.Providers {
+			if err := c.ensure(ctx, lim, name); err != nil {
+				return err
+			}
+		}
+	}
+	for _, name := range slices.Sorted(maps.Keys(c.o.Providers)) {
+		gctx, cancel, err := c.guard(ctx)
+		if err != nil {
+			return err
+		}
+		res, err := lim.Register(gctx, name, c.o.Providers[name])
+		cancel()
+		if err != nil {
+			return fmt.Errorf("register %s: %w", name, err)
+		}
+		c.log.Info("provider registered", "provider", name, "result", res)
+	}
+	return nil
+}
+
+// ensure checks that a provider the handler steers has a configuration:
+// it is in Providers (registered next), or registered in Redis by someone
+// else. A provider with none is an ErrNoConfig: steering it would
+// make one up (the limiter's defaults), and a typo in its name would then
+// go unnoticed.
 func (c *Controller) ensure(ctx context.Context, lim *limiter.Coordinator, name string) error {
 	if _, ok := c.o.Providers[name]; ok {
 		return nil
 	}
 	_, err := lim.Status(ctx, name)
-	if !errors.Is(err, limiter.ErrUnknownProvider) {
-		return err
+	if errors.Is(err, limiter.ErrUnknownProvider) {
+		return fmt.Errorf("%w: %q is not among the providers this controller registers, and nobody registered it in Redis (sluice register %s ...)", ErrNoConfig, name, name)
 	}
-	gctx, cancel, err := c.guard(ctx)
-	if err != nil {
-		return err
-	}
-	defer cancel()
-	if _, err := lim.Register(gctx, name, limiter.DefaultProviderConfig()); err != nil {
-		return fmt.Errorf("register %s: %w", name, err)
-	}
-	c.log.Warn("provider was not registered nor configured: created with the defaults", "provider", name,
-		"config", fmt.Sprintf("%+v", limiter.DefaultProviderConfig()))
-	return nil
+	return err
 }
 
 // stepDown stops writing.
@@ -369,16 +416,19 @@ func (c *Controller) stepDown(why string) {
 		_ = c.replica.Close()
 	}
 	c.replica, c.steering = nil, false
+	c.steerErr.Store(nil) // a standby does not steer: nothing failed
+	c.forgetStreams()
 	if c.leader.Swap(false) {
 		c.log.Warn("gave up the lease: not writing the scales", "why", why)
 	}
 }
 
-// reap takes expired coordinators out of the pressure sets.
-func (c *Controller) reap(ctx context.Context) {
+// reap takes expired coordinators out of the pressure sets; it returns the
+// live ones, and false when it could not read them.
+func (c *Controller) reap(ctx context.Context) ([]feedback.Event, bool) {
 	gctx, cancel, err := c.guard(ctx)
 	if err != nil {
-		return
+		return nil, false
 	}
 	defer cancel()
 	p, err := redisbus.Reap(gctx, c.rdb, c.o.Prefix)
@@ -386,10 +436,11 @@ func (c *Controller) reap(ctx context.Context) {
 		if ctx.Err() == nil {
 			c.log.Warn("reaping the pressure sets failed", "err", err)
 		}
-		return
+		return nil, false
 	}
 	if len(p.Expired) > 0 {
 		c.m.reaped.Add(float64(len(p.Expired)))
 		c.log.Info("coordinators stopped reporting: taken out of the pressure sets", "coordinators", p.Expired)
 	}
+	return p.Live, true
 }

@@ -558,3 +558,60 @@ func TestOnMiniredis(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestUnconfiguredProvider: a provider to steer that nobody configured or
+// registered is not made up: the leader is not ready and says why, and
+// steers once the provider is registered. A name the limiter refuses is a
+// readiness failure too. A standby is ready.
+func TestUnconfiguredProvider(t *testing.T) {
+	srv := redistest.Start(t)
+	rdb := srv.Client(t)
+	ctx := context.Background()
+	o := options("ctl-a")
+	o.Providers = nil
+	o.Feedback.Providers = []string{"nosuch"}
+	a := start(t, srv.Client(t), o)
+	var err error
+	eventually(t, "the leader is not ready", func() bool {
+		err = a.Ready()
+		return a.Leader() && err != nil
+	})
+	if !errors.Is(err, controller.ErrNoConfig) || !strings.Contains(err.Error(), `"nosuch"`) {
+		t.Fatalf("Ready: %v; want ErrNoConfig naming nosuch", err)
+	}
+	b := start(t, srv.Client(t), func() controller.Options { o := o; o.ID = "ctl-b"; return o }())
+	steady(t, 300*time.Millisecond, "nothing made up; the standby ready", func() error {
+		if n := rdb.Exists(ctx, "sluice:{nosuch}:config", "sluice:{nosuch}:scale").Val(); n != 0 {
+			return fmt.Errorf("%d keys of nosuch exist", n)
+		}
+		if b.Leader() || b.Ready() != nil || a.Ready() == nil {
+			return fmt.Errorf("standby leads %v, ready %v; leader ready %v", b.Leader(), b.Ready(), a.Ready())
+		}
+		return nil
+	})
+
+	lim := reader(t, rdb)
+	cfg := limiter.DefaultProviderConfig()
+	cfg.RefillRate = 5
+	if _, err := lim.Register(ctx, "nosuch", cfg); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "ready once registered", func() bool { return a.Ready() == nil })
+	publish(t, publisher(t, srv.Client(t), time.Minute), "c1", 1, state.Hard)
+	eventually(t, "it steers", func() bool {
+		st, err := lim.Status(ctx, "nosuch")
+		return err == nil && st.Scale == 0 && st.Source == "controller/ctl-a" && st.Config.RefillRate == 5
+	})
+
+	o.ID, o.Feedback.Providers = "ctl-c", []string{"a{b}"}
+	a.stop(t)
+	b.stop(t)
+	c := start(t, srv.Client(t), o)
+	eventually(t, "a refused name: not ready", func() bool {
+		err = c.Ready()
+		return c.Leader() && err != nil
+	})
+	if !errors.Is(err, limiter.ErrInvalidArgument) || !strings.Contains(err.Error(), "a{b}") {
+		t.Fatalf("Ready with provider a{b}: %v; want an invalid argument naming it", err)
+	}
+}
