@@ -614,7 +614,10 @@ func (a streamID) String() string {
 	return strconv.FormatUint(a.ms, 10) + "-" + strconv.FormatUint(a.seq, 10)
 }
 
-// backoff waits 100ms, doubling to 2s, between failed attempts.
+// backoff waits 100ms, doubling to 500ms, between failed attempts: a
+// consumer reads again within half a second of Redis (or, on a cluster,
+// the stream's new master) answering, at two failed calls a second at
+// most meanwhile.
 type backoff struct {
 	n int
 	d time.Duration
@@ -632,7 +635,7 @@ func (b *backoff) wait(ctx context.Context) {
 	case <-ctx.Done():
 	case <-t.C:
 	}
-	b.d = min(2*b.d, 2*time.Second)
+	b.d = min(2*b.d, 500*time.Millisecond)
 }
 
 // readTimeout returns rdb's ReadTimeout when it is a Client, ClusterClient
