@@ -286,28 +286,19 @@ func TestLocalFallbackOutageStart(t *testing.T) {
 	var local, shared atomic.Int64
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
-	for range 16 {
-		wg.Go(func() {
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				cctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
-				d, err := c.TryAcquire(cctx, "p", 1)
-				cancel()
-				switch {
-				case err != nil || !d.Allowed:
-					time.Sleep(time.Millisecond)
-				case d.Local:
-					local.Add(1)
-				default:
-					shared.Add(1)
-				}
-			}
-		})
-	}
+	spin(&wg, stop, 16, func() {
+		cctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+		d, err := c.TryAcquire(cctx, "p", 1)
+		cancel()
+		switch {
+		case err != nil || !d.Allowed:
+			time.Sleep(time.Millisecond)
+		case d.Local:
+			local.Add(1)
+		default:
+			shared.Add(1)
+		}
+	})
 	waitFor(t, "grants from Redis", func() bool { return shared.Load() >= 100 }) // the burst is spent
 	srv.Stop()
 	stopped := time.Now()
