@@ -142,7 +142,9 @@ func (s *Server) start() error {
 	} else {
 		args = append(args, "--appendonly", "no")
 	}
-	args = append(args, "--bind", "127.0.0.1", "--save", "",
+	// DEBUG (SLEEP, to stall the server as a long command would) is
+	// refused by default since Redis 7; these servers are on loopback.
+	args = append(args, "--bind", "127.0.0.1", "--save", "", "--enable-debug-command", "local",
 		"--dir", s.dir, "--daemonize", "no", "--protected-mode", "no", "--loglevel", "warning")
 	cmd := exec.Command("redis-server", append(args, s.extra...)...)
 	log, err := os.Create(s.dir + "/redis-" + port + ".log")

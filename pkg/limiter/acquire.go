@@ -218,8 +218,24 @@ func sleep(ctx context.Context, d time.Duration, wake <-chan struct{}) error {
 	}
 }
 
-// decide takes one decision: from Redis, or from the outage mode.
+// decide takes one decision: from Redis, the token lease or the outage
+// mode. It never returns a grant once ctx has ended (its deadline passed
+// while the answer was on its way, or while the caller waited to be
+// scheduled): the caller has given up, and the tokens it was granted go
+// unused (under-admission, never over).
 func (c *Coordinator) decide(ctx context.Context, st *providerState, n int) (Decision, error) {
+	d, err := c.decideFor(ctx, st, n)
+	if err == nil && d.Allowed && ended(ctx) {
+		cause := ctx.Err()
+		if cause == nil {
+			cause = context.DeadlineExceeded
+		}
+		return Decision{}, fmt.Errorf("%w: provider %q: granted after the caller's context ended; the tokens are not used", cause, st.name)
+	}
+	return d, err
+}
+
+func (c *Coordinator) decideFor(ctx context.Context, st *providerState, n int) (Decision, error) {
 	if n < 1 || n > 1e9 {
 		return Decision{}, &ArgumentError{"n", n, "an integer in [1, 1000000000]"}
 	}

@@ -157,17 +157,27 @@ func (c *Coordinator) decideBatch(ctx context.Context, st *providerState, batch 
 		args = append(args, want)
 	}
 	k := st.keys
-	res, err := c.run(ctx, st, acquireScript, []string{k.config, k.bucket, k.scale, k.breaker, k.cooldown}, args...)
+	var res any
+	// A batch that waited behind a call which found Redis unable to serve
+	// st goes to the outage mode at once, as a new call would.
+	down := st.health.isDown()
+	err := ErrRedisUnavailable
+	if !down {
+		res, err = c.run(ctx, st, acquireScript, []string{k.config, k.bucket, k.scale, k.breaker, k.cooldown}, args...)
+	}
 	var granted int
 	var d Decision
 	if err == nil {
 		granted, d, err = parseBatch(res)
 	}
 	if err != nil {
+		outage := errors.Is(err, ErrRedisUnavailable)
+		if outage && !down {
+			c.redisDown(st, err)
+		}
 		for _, r := range batch {
 			o := outcome{err: err}
-			if errors.Is(err, ErrRedisUnavailable) {
-				c.redisDown(st, err)
+			if outage {
 				o.d, o.err = c.outage(st, r.n, c.opts.Now(), err)
 			}
 			r.done <- o

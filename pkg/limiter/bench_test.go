@@ -20,43 +20,62 @@ import (
 // (1e6/s, burst 1e9) grant every call and make every one write. `sluice
 // bench` runs the wider matrix (processes, limited, blocking).
 //
+// Each sluice variant runs on two clients: "ctx", with
+// ContextTimeoutEnabled (its calls go straight through: the fast path),
+// and "plain", without it (each call is made in a goroutine of its own, so
+// that CallTimeout and the caller's deadline hold).
+//
 //	go test -run '^$' -bench Decision -benchtime 3s ./pkg/limiter/
 func BenchmarkDecision(b *testing.B) {
 	srv := redistest.Start(b)
+	ctx := context.Background()
+	var impls []struct {
+		name string
+		call func() (bool, error)
+	}
+	for _, client := range []struct {
+		name string
+		ctx  bool
+	}{{"ctx", true}, {"plain", false}} {
+		rdb := redis.NewClient(&redis.Options{Addr: srv.Addr, PoolSize: 64, ContextTimeoutEnabled: client.ctx})
+		defer rdb.Close()
+		for _, variant := range []struct {
+			name     string
+			maxBatch int
+		}{{"sluice", 0}, {"sluice-single", 1}} {
+			c, err := limiter.New(rdb, limiter.Options{Logger: quiet, MaxBatch: variant.maxBatch})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer c.Close()
+			impls = append(impls, struct {
+				name string
+				call func() (bool, error)
+			}{variant.name + "-" + client.name, func() (bool, error) {
+				d, err := c.TryAcquire(ctx, "bench", 1)
+				return d.Allowed, err
+			}})
+		}
+	}
 	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr, PoolSize: 64})
 	defer rdb.Close()
-	ctx := context.Background()
-
-	c, err := limiter.New(rdb, limiter.Options{Logger: quiet})
+	admin, err := limiter.New(rdb, limiter.Options{Logger: quiet})
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer c.Close()
-	single, err := limiter.New(rdb, limiter.Options{Logger: quiet, MaxBatch: 1})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer single.Close()
+	defer admin.Close()
 	cfg := limiter.DefaultProviderConfig()
 	cfg.Capacity, cfg.RefillRate = 1e9, 1e6 // a rate at which redis_rate writes too
-	if _, err := c.Register(ctx, "bench", cfg); err != nil {
+	if _, err := admin.Register(ctx, "bench", cfg); err != nil {
 		b.Fatal(err)
 	}
 	peer := redis_rate.NewLimiter(rdb)
 	limit := redis_rate.Limit{Rate: 1e6, Burst: 1e9, Period: 1e9}
 
-	impls := []struct {
+	impls = append(impls, []struct {
 		name string
 		call func() (bool, error)
 	}{
-		{"sluice", func() (bool, error) {
-			d, err := c.TryAcquire(ctx, "bench", 1)
-			return d.Allowed, err
-		}},
-		{"sluice-single", func() (bool, error) {
-			d, err := single.TryAcquire(ctx, "bench", 1)
-			return d.Allowed, err
-		}},
 		{"redis_rate", func() (bool, error) {
 			r, err := peer.AllowN(ctx, "bench", limit, 1)
 			if err != nil {
@@ -64,7 +83,7 @@ func BenchmarkDecision(b *testing.B) {
 			}
 			return r.Allowed > 0, nil
 		}},
-	}
+	}...)
 	for _, par := range []int{1, 16} {
 		for _, impl := range impls {
 			b.Run(fmt.Sprintf("%s/goroutines=%d", impl.name, par), func(b *testing.B) {

@@ -112,19 +112,25 @@ type Options struct {
 	// go straight to the outage mode without touching Redis. Other
 	// providers are not affected; default 1s.
 	RedisRetry time.Duration
-	// CallTimeout bounds each script call: a Redis that gives no answer
-	// within it, while the caller's context is still live, counts as
-	// unreachable for that provider (the outage mode decides, and
-	// RedisRetry probes), so a stalled Redis cannot hold a caller; default
-	// 500ms. On a cluster, a call that meets its slot in motion (TRYAGAIN,
-	// ASK, MOVED or CLUSTERDOWN answers: a migration or a failover) is
-	// tried again after 5–50 ms (jittered) within the same budget; a slot
-	// that does not settle within it counts as unreachable too. Keep it above
-	// three round trips to Redis: a call on a new connection waits for the
-	// connection's handshake (HELLO, CLIENT SETINFO) before the script. It bounds the
-	// round trip only on a client that honours context deadlines: set
-	// ContextTimeoutEnabled in the go-redis options (the sluice command
-	// does); otherwise the client's ReadTimeout (3s by default) bounds it.
+	// CallTimeout bounds each call to Redis (every script, the provider
+	// list, the probes): a Redis that gives no answer within it, while the
+	// caller's context is still live, counts as unreachable for that
+	// provider (the outage mode decides, and RedisRetry probes), so a
+	// stalled Redis cannot hold a caller; default 500ms. A caller's
+	// shorter deadline ends its call first, with the deadline's error; a
+	// probe in the background then gives Redis the whole CallTimeout, so
+	// callers whose deadlines are all shorter still see the outage mode
+	// take over. On a cluster, a call that meets its slot in motion
+	// (TRYAGAIN, ASK, MOVED or CLUSTERDOWN answers: a migration or a
+	// failover) is tried again after 5–50 ms (jittered) within the same
+	// budget; a slot that does not settle within it counts as unreachable
+	// too. Keep it above three round trips to Redis: a call on a new
+	// connection waits for the connection's handshake (HELLO, CLIENT
+	// SETINFO) before the script. It holds with any client: one with
+	// ContextTimeoutEnabled (Client, ClusterClient, Ring) is called
+	// straight through, its socket deadlines bound the round trip; with
+	// any other the call is made in a goroutine of its own and left to
+	// finish in the background when its time is up.
 	CallTimeout time.Duration
 	// MaxBatch is the most requests of one provider that one script call
 	// carries: concurrent TryAcquire and Acquire calls in this process are
@@ -218,6 +224,7 @@ func defaultReplicaID() string {
 // concurrent use by many goroutines, and many processes may each have one.
 type Coordinator struct {
 	rdb      redis.UniversalClient
+	direct   bool // rdb bounds each round trip by its context (honoursDeadlines): called straight through
 	opts     Options
 	log      *slog.Logger
 	m        *metrics
@@ -263,8 +270,11 @@ type providerState struct {
 }
 
 // New returns a Coordinator on rdb, which may be a *redis.Client,
-// *redis.ClusterClient or *redis.Ring (any redis.UniversalClient). It starts
-// the heartbeat goroutine; Close stops it.
+// *redis.ClusterClient or *redis.Ring (any redis.UniversalClient), with any
+// options: every call returns within Options.CallTimeout and its caller's
+// deadline whatever they say. A client with ContextTimeoutEnabled is the
+// cheaper one (no goroutine per call; see CallTimeout). It starts the
+// heartbeat goroutine; Close stops it.
 func New(rdb redis.UniversalClient, o Options) (*Coordinator, error) {
 	if rdb == nil {
 		return nil, &ArgumentError{"client", nil, "a Redis client"}
@@ -292,15 +302,19 @@ func New(rdb redis.UniversalClient, o Options) (*Coordinator, error) {
 	m.redisUp.Set(1)
 	c := &Coordinator{
 		rdb:       rdb,
+		direct:    honoursDeadlines(rdb),
 		opts:      o,
 		log:       o.Logger.With("component", "limiter", "replica", o.ReplicaID),
 		m:         m,
 		providers: map[string]*providerState{},
 		stop:      make(chan struct{}),
 	}
+	if !c.direct {
+		c.log.Debug("the redis client does not end round trips at context deadlines (ContextTimeoutEnabled off): " +
+			"each call runs in a goroutine of its own, so that call_timeout and callers' deadlines hold; set ContextTimeoutEnabled for the direct path")
+	}
 	c.notifier = newNotifier(rdb, c.log, o.PausedRecheck)
-	c.wg.Add(1)
-	go c.every(o.Heartbeat, c.beatAll)
+	c.background(func() { c.every(o.Heartbeat, c.beatAll) })
 	return c, nil
 }
 
@@ -326,7 +340,7 @@ func (c *Coordinator) Close() error {
 	defer cancel()
 	for _, st := range states {
 		if st.active.Load() {
-			_, _ = heartbeatScript.Run(ctx, c.rdb, []string{st.keys.replicas}, "leave", c.opts.ReplicaID, c.heartbeatTTL().Milliseconds()).Result()
+			_, _ = c.script(ctx, st, heartbeatScript, []string{st.keys.replicas}, "leave", c.opts.ReplicaID, c.heartbeatTTL().Milliseconds())
 		}
 	}
 	return nil
@@ -358,9 +372,8 @@ func (c *Coordinator) state(provider string) (*providerState, error) {
 }
 
 // every calls fn every d until Close, or until fn returns false. It runs in
-// the caller's goroutine and calls c.wg.Done when it returns.
+// the caller's goroutine: start it with background.
 func (c *Coordinator) every(d time.Duration, fn func() bool) {
-	defer c.wg.Done()
 	t := time.NewTicker(d)
 	defer t.Stop()
 	for {
@@ -423,12 +436,14 @@ func (c *Coordinator) Register(ctx context.Context, provider string, cfg Provide
 
 func (c *Coordinator) register(ctx context.Context, st *providerState, cfg ProviderConfig) (RegisterResult, error) {
 	k := st.keys
-	res, err := c.script(ctx, registerScript, []string{k.config, k.bucket, k.scale}, cfg.args()...)
+	res, err := c.script(ctx, st, registerScript, []string{k.config, k.bucket, k.scale}, cfg.args()...)
 	if err != nil {
 		return "", c.mapErr(st.name, err)
 	}
 	s, _ := res.(string)
-	if err := c.rdb.SAdd(ctx, providersKey(c.opts.Prefix), st.name).Err(); err != nil {
+	if _, err := c.command(ctx, st, func(ctx context.Context) (any, error) {
+		return c.rdb.SAdd(ctx, providersKey(c.opts.Prefix), st.name).Result()
+	}); err != nil {
 		return "", c.mapErr(st.name, err)
 	}
 	return RegisterResult(s), nil
@@ -436,10 +451,13 @@ func (c *Coordinator) register(ctx context.Context, st *providerState, cfg Provi
 
 // Providers lists the registered providers, sorted.
 func (c *Coordinator) Providers(ctx context.Context) ([]string, error) {
-	names, err := c.rdb.SMembers(ctx, providersKey(c.opts.Prefix)).Result()
+	res, err := c.command(ctx, nil, func(ctx context.Context) (any, error) {
+		return c.rdb.SMembers(ctx, providersKey(c.opts.Prefix)).Result()
+	})
 	if err != nil {
 		return nil, c.mapErr("", err)
 	}
+	names, _ := res.([]string)
 	slices.Sort(names)
 	return names, nil
 }
@@ -450,7 +468,7 @@ func (c *Coordinator) Providers(ctx context.Context) ([]string, error) {
 // (an operator's 0.5 survives the restart), and retries once. Concurrent
 // callers re-register once: the others find the provider back.
 func (c *Coordinator) run(ctx context.Context, st *providerState, s *redis.Script, keys []string, args ...any) (any, error) {
-	res, err := c.script(ctx, s, keys, args...)
+	res, err := c.script(ctx, st, s, keys, args...)
 	if err == nil || !isUnknownProvider(err) {
 		return res, c.mapErr(st.name, err)
 	}
@@ -464,7 +482,7 @@ func (c *Coordinator) run(ctx context.Context, st *providerState, s *redis.Scrip
 	st.rereg.Lock()
 	defer st.rereg.Unlock()
 	// Another caller may have registered it while this one waited.
-	if res, err = c.script(ctx, s, keys, args...); err == nil || !isUnknownProvider(err) {
+	if res, err = c.script(ctx, st, s, keys, args...); err == nil || !isUnknownProvider(err) {
 		return res, c.mapErr(st.name, err)
 	}
 	c.log.Warn("provider missing from Redis, registering it again", "provider", st.name)
@@ -472,71 +490,15 @@ func (c *Coordinator) run(ctx context.Context, st *providerState, s *redis.Scrip
 		return nil, rerr
 	}
 	if known && scale != 1 {
-		if _, serr := c.script(ctx, setScaleScript, []string{st.keys.config, st.keys.bucket, st.keys.scale},
+		if _, serr := c.script(ctx, st, setScaleScript, []string{st.keys.config, st.keys.bucket, st.keys.scale},
 			formatFloat(scale), c.opts.Source+" (restored after redis lost it)", st.keys.notify); serr != nil {
 			return nil, c.mapErr(st.name, serr)
 		}
 		c.log.Warn("scale restored after redis lost it", "provider", st.name, "scale", scale)
 	}
-	res, err = c.script(ctx, s, keys, args...)
+	res, err = c.script(ctx, st, s, keys, args...)
 	return res, c.mapErr(st.name, err)
 }
-
-// script runs s within CallTimeout. While the keys' cluster slot is in
-// motion (isSlotMoving) it tries again after a short backoff, within the
-// same budget. No answer in time, while ctx is still live, is a stall, and
-// a slot still in motion then is a slotError: both are outages. A redirect
-// never reaches the caller as it came.
-func (c *Coordinator) script(ctx context.Context, s *redis.Script, keys []string, args ...any) (any, error) {
-	cctx, cancel := context.WithTimeout(ctx, c.opts.CallTimeout)
-	defer cancel()
-	var moving error // the last answer that said the slot is in motion
-	for attempt := 0; ; attempt++ {
-		res, err := s.Run(cctx, c.rdb, keys, args...).Result()
-		if isSlotMoving(err) {
-			moving = err
-			if sleep(cctx, slotBackoff(attempt), nil) == nil {
-				continue
-			}
-		}
-		switch {
-		case err == nil:
-		case ended(ctx): // the caller gave up: its deadline, not an outage
-			cause := ctx.Err()
-			if cause == nil {
-				cause = context.DeadlineExceeded
-			}
-			err = fmt.Errorf("%w (%v)", cause, err)
-		case moving != nil && ended(cctx):
-			err = &slotError{c.opts.CallTimeout, moving}
-		case ended(cctx):
-			err = &stallError{c.opts.CallTimeout, err}
-		}
-		return res, err
-	}
-}
-
-// ended reports whether ctx is done or its deadline has passed (a socket
-// deadline set from it may fire a moment before ctx's own timer).
-func ended(ctx context.Context) bool {
-	if ctx.Err() != nil {
-		return true
-	}
-	dl, ok := ctx.Deadline()
-	return ok && !time.Now().Before(dl)
-}
-
-// stallError is a call Redis did not answer within CallTimeout.
-type stallError struct {
-	after time.Duration
-	err   error
-}
-
-func (e *stallError) Error() string {
-	return fmt.Sprintf("no answer from redis within %v (call_timeout): %v", e.after, e.err)
-}
-
-func (e *stallError) Unwrap() error { return e.err }
 
 func isUnknownProvider(err error) bool {
 	var rerr redis.Error
@@ -586,7 +548,7 @@ func isOutage(err error) bool {
 	if se := (*slotError)(nil); errors.As(err, &se) {
 		return true
 	}
-	if err == nil || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+	if err == nil || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, ErrClosed) {
 		return false
 	}
 	var rerr redis.Error

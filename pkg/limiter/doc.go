@@ -29,7 +29,9 @@
 // Options.CallTimeout, or on a cluster its slot in motion for longer), that
 // provider alone follows Options.Outage until a background probe finds it
 // served again; the others keep using Redis. Cluster redirects and
-// TRYAGAIN are retried within the call's budget, never returned raw.
+// TRYAGAIN are retried within the call's budget, never returned raw. Every
+// call returns within Options.CallTimeout and its context's deadline with
+// any go-redis client, and no grant is returned once its context has ended.
 //
 // Keys are <prefix>:{<provider>}:config|bucket|scale|breaker|cooldown and
 // <prefix>:replicas:{<provider>}; the hash tag puts one provider in one

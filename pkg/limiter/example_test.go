@@ -15,7 +15,9 @@ func Example() {
 	mr, _ := miniredis.Run() // any Redis: a Client, a ClusterClient, a Ring
 	defer mr.Close()
 	mr.SetTime(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)) // Redis time stands still here
-	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+	// Round trips end at the context's deadline: the limiter calls the
+	// client straight through (any client works; see Options.CallTimeout).
+	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr(), ContextTimeoutEnabled: true})
 	defer rdb.Close()
 
 	c, err := limiter.New(rdb, limiter.Options{Logger: quiet})

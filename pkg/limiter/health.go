@@ -21,11 +21,19 @@ import (
 // still marked as running. Lock-free, because isDown and markUp run on
 // every decision.
 type health struct {
-	down    atomic.Bool
-	probing atomic.Bool
+	down      atomic.Bool
+	probing   atomic.Bool
+	nextCheck atomic.Int64 // Unix ns before which suspect starts no check
 }
 
 func (h *health) isDown() bool { return h.down.Load() }
+
+// checkDue reports whether a check may start at now; if so, the next one
+// may not start before now + gap.
+func (h *health) checkDue(now time.Time, gap time.Duration) bool {
+	next := h.nextCheck.Load()
+	return now.UnixNano() >= next && h.nextCheck.CompareAndSwap(next, now.Add(gap).UnixNano())
+}
 
 // markDown records a failure; it returns whether the provider was served
 // until now, and whether the caller must start the prober.
@@ -52,9 +60,28 @@ func (c *Coordinator) redisDown(st *providerState, err error) {
 		c.countDown(1)
 	}
 	if probe {
-		c.wg.Add(1)
-		go c.every(c.opts.RedisRetry, func() bool { return c.probeOnce(st) })
+		c.background(func() { c.every(c.opts.RedisRetry, func() bool { return c.probeOnce(st) }) })
 	}
+}
+
+// suspect checks whether Redis still serves st after a call that its
+// caller's deadline ended before Redis answered. The deadline says nothing
+// of Redis, CallTimeout does: a probe in the background gives Redis the
+// whole CallTimeout, and if it gets no answer either, st goes to its
+// outage mode as after a stalled call. So callers whose deadlines are all
+// shorter than CallTimeout still see a stalled Redis replaced by the
+// outage mode, instead of each waiting out its deadline. At most one check
+// per provider every CallTimeout + RedisRetry; none while st is in outage
+// mode (its prober watches) or for a call about no provider (st nil).
+func (c *Coordinator) suspect(st *providerState) {
+	if st == nil || st.health.isDown() || !st.health.checkDue(time.Now(), c.opts.CallTimeout+c.opts.RedisRetry) {
+		return
+	}
+	c.background(func() {
+		if err := c.probe(st, c.opts.CallTimeout); isOutage(err) {
+			c.redisDown(st, err)
+		}
+	})
 }
 
 // redisUp records that Redis served st.
@@ -78,29 +105,55 @@ func (c *Coordinator) countDown(d int) {
 	}
 }
 
-// probeOnce asks Redis whether st's keys exist, which costs O(1) and needs
-// only read rights: a cluster routes it to the node of st's slot, and with
-// all five keys of acquire it meets the same refusals (TRYAGAIN while the
-// slot migrates, LOADING, CLUSTERDOWN) as the script would. It returns
-// false (stop probing) once Redis answers; after a failed probe, a cluster
-// client reloads its slot map. On a single server every
-// provider in outage probes on its own: a handful of EXISTS per RedisRetry,
-// and each provider comes back as soon as its own call would work.
+// probeOnce probes st for the prober: it returns false (stop probing) once
+// Redis answers. On a single server every provider in outage probes on its
+// own: a handful of EXISTS per RedisRetry, and each provider comes back as
+// soon as its own call would work.
 func (c *Coordinator) probeOnce(st *providerState) bool {
-	ctx, cancel := context.WithTimeout(context.Background(), min(c.opts.RedisRetry, c.opts.CallTimeout))
-	defer cancel()
-	k := st.keys
-	if c.rdb.Exists(ctx, k.config, k.bucket, k.scale, k.breaker, k.cooldown).Err() != nil {
-		// A cluster client learns of a new master from a redirect, or
-		// from its reload timer (60 s by default): a dead master sends no
-		// redirect, so ask for the slot map again.
-		if cc, ok := c.rdb.(*redis.ClusterClient); ok {
-			cc.ReloadState(ctx)
-		}
+	if c.probe(st, min(c.opts.RedisRetry, c.opts.CallTimeout)) != nil {
 		return true
 	}
 	c.redisUp(st)
 	return false
+}
+
+// probe asks Redis, within timeout, whether st's keys exist, which costs
+// O(1) and needs only read rights: a cluster routes it to the node of st's
+// slot, and with all five keys of acquire it meets the same refusals
+// (TRYAGAIN while the slot migrates, LOADING, CLUSTERDOWN) as the script
+// would. No answer within timeout is a *stallError; Close ends a probe
+// with ErrClosed. After a failed probe, a cluster client reloads its slot
+// map.
+func (c *Coordinator) probe(st *providerState, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	go func() { // Close does not wait for it
+		select {
+		case <-c.stop:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	k := st.keys
+	_, err := c.bounded(ctx, roundTrip{cmd: func(ctx context.Context) (any, error) {
+		return c.rdb.Exists(ctx, k.config, k.bucket, k.scale, k.breaker, k.cooldown).Result()
+	}})
+	if err == nil {
+		return nil
+	}
+	// A cluster client learns of a new master from a redirect, or from its
+	// reload timer (60 s by default): a dead master sends no redirect, so
+	// ask for the slot map again.
+	if cc, ok := c.rdb.(*redis.ClusterClient); ok {
+		cc.ReloadState(ctx)
+	}
+	switch {
+	case c.isClosed():
+		return ErrClosed
+	case ended(ctx):
+		return &stallError{timeout, err}
+	}
+	return err
 }
 
 // isSlotMoving reports whether err is a cluster's answer that the keys'

@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"sync"
 	"testing"
 	"time"
 
@@ -71,6 +72,22 @@ func drain(t testing.TB, c *limiter.Coordinator, provider string) limiter.Decisi
 	}
 	t.Fatal("bucket never drained")
 	return limiter.Decision{}
+}
+
+// spin runs fn again and again in n goroutines of wg until stop is closed.
+func spin(wg *sync.WaitGroup, stop <-chan struct{}, n int, fn func()) {
+	for range n {
+		wg.Go(func() {
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				fn()
+			}
+		})
+	}
 }
 
 func near(a, b, eps float64) bool { return a-b <= eps && b-a <= eps }

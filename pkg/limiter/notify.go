@@ -40,9 +40,10 @@ func newNotifier(rdb redis.UniversalClient, log *slog.Logger, healthCheck time.D
 }
 
 // watch returns a channel that is closed at the next notification on
-// channel. It subscribes on first use and waits (up to a second, or ctx) for
-// Redis to confirm, so that a check made after watch returns cannot miss a
-// change. If Redis cannot confirm, the waiter still has its slow re-check.
+// channel. It subscribes on first use and waits (up to a second, or ctx,
+// however long the subscription itself takes) for Redis to confirm, so
+// that a check made after watch returns cannot miss a change. If Redis
+// cannot confirm, the waiter still has its slow re-check.
 func (n *notifier) watch(ctx context.Context, channel string) <-chan struct{} {
 	n.mu.Lock()
 	if n.closed {
@@ -65,9 +66,13 @@ func (n *notifier) watch(ctx context.Context, channel string) <-chan struct{} {
 	n.mu.Unlock()
 
 	if subscribe {
-		if err := sub.Subscribe(ctx, channel); err != nil {
-			n.log.Debug("subscribe failed; paused waiters rely on their re-check timer", "channel", channel, "err", err)
-		}
+		// On its own: a new connection's handshake may wait on a stalled
+		// Redis (with any client) longer than watch does.
+		go func() {
+			if err := sub.Subscribe(context.WithoutCancel(ctx), channel); err != nil {
+				n.log.Debug("subscribe failed; paused waiters rely on their re-check timer", "channel", channel, "err", err)
+			}
+		}()
 	}
 	t := time.NewTimer(time.Second)
 	defer t.Stop()

@@ -217,6 +217,14 @@ func TestOutageModes(t *testing.T) {
 // local_fallback decides locally), before the caller's deadline; a caller
 // whose deadline is shorter gets its deadline error by then. When Redis
 // thaws, the shared bucket is back.
+//
+// The 100 ms CallTimeout is the stall's measure, not the setup's: on a
+// loaded machine a healthy Redis may take longer than that to answer (the
+// test failed 1 run in 2 with two busy loops when it registered through
+// the limiter under test). So the provider is registered through a
+// limiter that waits, and the one under test learns it from Redis with as
+// many tries as a loaded machine needs (a slow answer sends it to its
+// outage mode, and its probe brings it back).
 func TestStalledRedis(t *testing.T) {
 	ctx := context.Background()
 	for _, mode := range []limiter.OutageMode{limiter.FailClosed, limiter.LocalFallback} {
@@ -224,9 +232,13 @@ func TestStalledRedis(t *testing.T) {
 			srv := redistest.Start(t)
 			rdb := redis.NewClient(&redis.Options{Addr: srv.Addr, MaxRetries: -1, ContextTimeoutEnabled: true})
 			t.Cleanup(func() { rdb.Close() })
+			admin, _ := newCoord(t, rdb, limiter.Options{CallTimeout: time.Minute})
+			register(t, admin, "p", 100, 100)
 			c, _ := newCoord(t, rdb, limiter.Options{Outage: mode, CallTimeout: 100 * time.Millisecond, RedisRetry: 50 * time.Millisecond})
-			register(t, c, "p", 100, 100)
-			try(t, c, "p", 1)
+			waitFor(t, "a decision from Redis", func() bool {
+				d, err := c.TryAcquire(ctx, "p", 1)
+				return err == nil && !d.Local
+			})
 			srv.Pause(t)
 			for range 3 {
 				cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
@@ -286,28 +298,19 @@ func TestLocalFallbackOutageStart(t *testing.T) {
 	var local, shared atomic.Int64
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
-	for range 16 {
-		wg.Go(func() {
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				cctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
-				d, err := c.TryAcquire(cctx, "p", 1)
-				cancel()
-				switch {
-				case err != nil || !d.Allowed:
-					time.Sleep(time.Millisecond)
-				case d.Local:
-					local.Add(1)
-				default:
-					shared.Add(1)
-				}
-			}
-		})
-	}
+	spin(&wg, stop, 16, func() {
+		cctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+		d, err := c.TryAcquire(cctx, "p", 1)
+		cancel()
+		switch {
+		case err != nil || !d.Allowed:
+			time.Sleep(time.Millisecond)
+		case d.Local:
+			local.Add(1)
+		default:
+			shared.Add(1)
+		}
+	})
 	waitFor(t, "grants from Redis", func() bool { return shared.Load() >= 100 }) // the burst is spent
 	srv.Stop()
 	stopped := time.Now()

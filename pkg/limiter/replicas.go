@@ -29,7 +29,7 @@ func (c *Coordinator) beatAll() bool {
 // beat renews this replica in provider's registry and learns how many live
 // replicas share it. On failure the last count stays.
 func (c *Coordinator) beat(ctx context.Context, st *providerState) {
-	res, err := c.script(ctx, heartbeatScript, []string{st.keys.replicas}, "beat", c.opts.ReplicaID, c.heartbeatTTL().Milliseconds())
+	res, err := c.script(ctx, st, heartbeatScript, []string{st.keys.replicas}, "beat", c.opts.ReplicaID, c.heartbeatTTL().Milliseconds())
 	n, ok := res.(int64)
 	if err == nil && !ok {
 		err = fmt.Errorf("heartbeat: reply %v is not an integer", res)

@@ -157,7 +157,7 @@ func (c *Coordinator) refund(st *providerState, n int64) {
 	ctx, cancel := context.WithTimeout(context.Background(), c.opts.CallTimeout)
 	defer cancel()
 	k := st.keys
-	if _, err := c.script(ctx, refundScript, []string{k.config, k.bucket, k.scale}, n); err != nil {
+	if _, err := c.script(ctx, st, refundScript, []string{k.config, k.bucket, k.scale}, n); err != nil {
 		c.log.Warn("unused leased tokens not returned", "provider", st.name, "tokens", n, "err", err)
 	}
 }

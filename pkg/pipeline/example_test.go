@@ -24,7 +24,7 @@ var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 func Example() {
 	mr, _ := miniredis.Run() // any Redis
 	defer mr.Close()
-	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr()})
+	rdb := redis.NewClient(&redis.Options{Addr: mr.Addr(), ContextTimeoutEnabled: true}) // deadlines end round trips
 	defer rdb.Close()
 	ctx := context.Background()
 

@@ -56,7 +56,9 @@ type Replica struct {
 	once    sync.Once
 }
 
-// New starts a replica on rdb (a Client, ClusterClient or Ring). With
+// New starts a replica on rdb (a Client, ClusterClient or Ring; one with
+// ContextTimeoutEnabled is the cheaper for the limiter, whose calls keep
+// their deadlines with any: see limiter.New). With
 // feedback on, it returns once the handler is subscribed and has acted on
 // the pressure the subscriber holds now (Redis: every live coordinator's
 // stored report), so the replica starts at the right scale, within the

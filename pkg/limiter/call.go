@@ -1,0 +1,174 @@
+package limiter
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Every round trip the limiter makes to Redis goes through call (or, for
+// the probes, bounded): it returns within CallTimeout and the caller's
+// context whatever the client's options.
+
+// honoursDeadlines reports whether rdb bounds each round trip by the
+// deadline of the context it is given: a go-redis Client, ClusterClient or
+// Ring with ContextTimeoutEnabled whose read and write timeouts are not
+// switched off. Any other client waits for a reply as long as its
+// ReadTimeout says (5 s by default), whatever the context says.
+func honoursDeadlines(rdb redis.UniversalClient) bool {
+	var on bool
+	var read, write time.Duration
+	switch r := rdb.(type) {
+	case *redis.Client:
+		o := r.Options()
+		on, read, write = o.ContextTimeoutEnabled, o.ReadTimeout, o.WriteTimeout
+	case *redis.ClusterClient:
+		o := r.Options()
+		on, read, write = o.ContextTimeoutEnabled, o.ReadTimeout, o.WriteTimeout
+	case *redis.Ring:
+		o := r.Options()
+		on, read, write = o.ContextTimeoutEnabled, o.ReadTimeout, o.WriteTimeout
+	}
+	return on && read >= 0 && write >= 0
+}
+
+// roundTrip is one call to Redis: a script with its keys and arguments,
+// or, when cmd is set, any other command. A value, not a closure, so that
+// the fast path allocates nothing for it.
+type roundTrip struct {
+	script *redis.Script
+	keys   []string
+	args   []any
+	cmd    func(ctx context.Context) (any, error)
+}
+
+func (rt roundTrip) run(ctx context.Context, rdb redis.UniversalClient) (any, error) {
+	if rt.cmd != nil {
+		return rt.cmd(ctx)
+	}
+	return rt.script.Run(ctx, rdb, rt.keys, rt.args...).Result()
+}
+
+// bounded makes the round trip rt and returns by the end of ctx whatever
+// the client. A client that honours deadlines (Coordinator.direct) is
+// called straight through. For any other, rt runs in a goroutine of its
+// own, and when ctx ends first bounded returns ctx's error: the abandoned
+// round trip finishes in the background (when Redis answers, or at the
+// client's ReadTimeout) and its answer is dropped. The command may still
+// run in Redis: tokens an abandoned acquisition took are then lost to
+// everyone until the bucket refills (under-admission, never over), and a
+// change (a scale, a failure) may still apply, as after any call that
+// timed out.
+func (c *Coordinator) bounded(ctx context.Context, rt roundTrip) (any, error) {
+	if c.direct {
+		return rt.run(ctx, c.rdb)
+	}
+	type answer struct {
+		res any
+		err error
+	}
+	done := make(chan answer, 1)
+	detached := rt // only this copy escapes to the heap, off the fast path
+	go func() {
+		res, err := detached.run(ctx, c.rdb)
+		done <- answer{res, err}
+	}()
+	select {
+	case a := <-done:
+		return a.res, a.err
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// script runs s for st within CallTimeout and ctx (see call).
+func (c *Coordinator) script(ctx context.Context, st *providerState, s *redis.Script, keys []string, args ...any) (any, error) {
+	return c.call(ctx, st, roundTrip{script: s, keys: keys, args: args})
+}
+
+// command runs cmd for st (nil: no provider in particular) within
+// CallTimeout and ctx (see call).
+func (c *Coordinator) command(ctx context.Context, st *providerState, cmd func(ctx context.Context) (any, error)) (any, error) {
+	return c.call(ctx, st, roundTrip{cmd: cmd})
+}
+
+// call makes the round trip rt about st (nil: no provider in particular)
+// within CallTimeout and ctx. While the keys' cluster slot is in motion
+// (isSlotMoving) it tries again after a short backoff, within the same
+// budget. No answer in time, while ctx is still live, is a stall, and a
+// slot still in motion then is a slotError: both are outages. When ctx's
+// deadline ends the call first, the error is ctx's (the caller's budget,
+// which says nothing of Redis), and suspect checks Redis in the background
+// with the whole CallTimeout. A redirect never reaches the caller as it
+// came.
+func (c *Coordinator) call(ctx context.Context, st *providerState, rt roundTrip) (any, error) {
+	cctx, cancel := context.WithTimeout(ctx, c.opts.CallTimeout)
+	defer cancel()
+	var moving error // the last answer that said the slot is in motion
+	for attempt := 0; ; attempt++ {
+		res, err := c.bounded(cctx, rt)
+		if isSlotMoving(err) {
+			moving = err
+			if sleep(cctx, slotBackoff(attempt), nil) == nil {
+				continue
+			}
+		}
+		switch {
+		case err == nil:
+		case ended(ctx): // the caller gave up: its deadline, not an outage
+			cause := ctx.Err()
+			if cause == nil {
+				cause = context.DeadlineExceeded
+			}
+			if errors.Is(cause, context.DeadlineExceeded) {
+				c.suspect(st)
+			}
+			err = fmt.Errorf("%w (%v)", cause, err)
+		case moving != nil && ended(cctx):
+			err = &slotError{c.opts.CallTimeout, moving}
+		case ended(cctx):
+			err = &stallError{c.opts.CallTimeout, err}
+		}
+		return res, err
+	}
+}
+
+// ended reports whether ctx is done or its deadline has passed (a socket
+// deadline set from it may fire a moment before ctx's own timer).
+func ended(ctx context.Context) bool {
+	if ctx.Err() != nil {
+		return true
+	}
+	dl, ok := ctx.Deadline()
+	return ok && !time.Now().Before(dl)
+}
+
+// stallError is a call Redis did not answer within CallTimeout.
+type stallError struct {
+	after time.Duration
+	err   error
+}
+
+func (e *stallError) Error() string {
+	return fmt.Sprintf("no answer from redis within %v (call_timeout): %v", e.after, e.err)
+}
+
+func (e *stallError) Unwrap() error { return e.err }
+
+// background runs fn in a goroutine that Close waits for; once Close has
+// begun it runs nothing.
+func (c *Coordinator) background(fn func()) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return
+	}
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		fn()
+	}()
+}
