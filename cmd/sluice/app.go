@@ -61,10 +61,6 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, environ [
 	return 1
 }
 
-func onUsageError(_ *cli.Context, err error, _ bool) error {
-	return usagef("%v (see --help)", err)
-}
-
 func (a *app) cli() *cli.App {
 	cmds := []*cli.Command{
 		a.demoCmd(), a.upCmd(), a.statusCmd(), a.registerCmd(), a.scaleCmd(), a.pressureCmd(),
@@ -121,6 +117,12 @@ var flagKeys = map[string]string{
 // (--config or SLUICE_CONFIG), the environment, the flags that were set,
 // and extra overrides (a command's own flags).
 func (a *app) config(c *cli.Context, extra ...config.Value) (*config.Settings, error) {
+	return a.configNaming(c, nil, extra...)
+}
+
+// configNaming is config for a command that names providers (its
+// arguments): MDP_RATE_<PROVIDER>_* variables may configure them.
+func (a *app) configNaming(c *cli.Context, providers []string, extra ...config.Value) (*config.Settings, error) {
 	var overrides []config.Value
 	for _, name := range slices.Sorted(maps.Keys(flagKeys)) {
 		if c.IsSet(name) {
@@ -131,7 +133,7 @@ func (a *app) config(c *cli.Context, extra ...config.Value) (*config.Settings, e
 	if path == "" {
 		path = lookupEnv(a.environ, "SLUICE_CONFIG")
 	}
-	return config.Load(config.Sources{File: path, Environ: a.environ, Overrides: append(overrides, extra...)})
+	return config.Load(config.Sources{File: path, Environ: a.environ, Overrides: append(overrides, extra...), Providers: providers})
 }
 
 func lookupEnv(environ []string, name string) string {

@@ -66,12 +66,12 @@ Examples:
    MDP_FB_POLICY=step sluice up --keep --dir /tmp/sluice-up
    sluice up --scenario sink/3 --json`,
 		Flags: []cli.Flag{
-			&cli.DurationFlag{Name: "duration", Value: 20 * time.Second, Usage: "how long the pipelines run", Destination: &u.Duration},
-			&cli.IntFlag{Name: "pipelines", Value: 3, Usage: "pipeline replicas", Destination: &u.Pipelines},
-			&cli.IntFlag{Name: "coordinators", Value: 2, Usage: "write coordinators", Destination: &u.Coordinators},
-			&cli.Float64Flag{Name: "rate", Value: 600, Usage: "the provider's budget, requests/s", Destination: &u.Rate},
-			&cli.IntFlag{Name: "burst", Value: 20, Usage: "the budget's burst", Destination: &u.Burst},
-			&cli.Float64Flag{Name: "sink-rate", Value: 150, Usage: "items/s each coordinator's store writes", Destination: &u.SinkRate},
+			durationFlag("duration", "how long the pipelines run", &u.Duration, 20*time.Second, closed(time.Second, 24*time.Hour)),
+			numberFlag("pipelines", "pipeline replicas", &u.Pipelines, 3, closed(1, 32)),
+			numberFlag("coordinators", "write coordinators", &u.Coordinators, 2, closed(1, 16)),
+			numberFlag("rate", "the provider's budget, requests/s", &u.Rate, 600, above(0, 100000.0)),
+			numberFlag("burst", "the budget's burst", &u.Burst, 20, closed(1, 1000000)),
+			numberFlag("sink-rate", "items/s each coordinator's store writes", &u.SinkRate, 150, above(0, 100000.0)),
 			&cli.StringFlag{Name: "dir", Usage: "where the logs and the written items go (default: a temporary directory, removed)", Destination: &u.Dir},
 			&cli.BoolFlag{Name: "keep", Usage: "keep --dir's files", Destination: &u.Keep},
 			&cli.StringFlag{Name: "scenario", Usage: "a case of the feedback matrix: 2x, 5x, 10x, sink/3, burst, two-stores", Destination: &u.Scenario},
@@ -81,15 +81,10 @@ Examples:
 			if c.NArg() > 0 {
 				return usagef("up takes no arguments, got %q", c.Args().First())
 			}
-			switch {
-			case u.Duration < time.Second || u.Duration > 24*time.Hour:
-				return usagef("up: --duration=%v: must be in [1s, 24h]", u.Duration)
-			case u.Pipelines < 1 || u.Pipelines > 32 || u.Coordinators < 1 || u.Coordinators > 16:
-				return usagef("up: --pipelines=%d --coordinators=%d: pipelines in [1, 32], coordinators in [1, 16]", u.Pipelines, u.Coordinators)
-			case !(u.Rate > 0 && u.Rate <= 100000) || !(u.SinkRate > 0 && u.SinkRate <= 100000):
-				return usagef("up: --rate=%v --sink-rate=%v: must be in (0, 100000]", u.Rate, u.SinkRate)
-			case u.Burst < 1 || u.Burst > 1e6:
-				return usagef("up: --burst=%d: must be in [1, 1000000]", u.Burst)
+			if u.Dir != "" {
+				if err := os.MkdirAll(u.Dir, 0o755); err != nil {
+					return usagef("up: --dir=%s: %v", u.Dir, errors.Unwrap(err))
+				}
 			}
 			if u.Scenario != "" {
 				cs, err := sim.FindCase(u.Scenario)
