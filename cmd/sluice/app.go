@@ -28,6 +28,16 @@ func usagef(format string, args ...any) error {
 	return &usageError{fmt.Sprintf(format, args...)}
 }
 
+// exitError is a failure with an exit code of its own (130: `sluice up`
+// interrupted, and it could not finish cleanly).
+type exitError struct {
+	code int
+	err  error
+}
+
+func (e *exitError) Error() string { return e.err.Error() }
+func (e *exitError) Unwrap() error { return e.err }
+
 // app is one invocation: where it writes and what environment it sees.
 type app struct {
 	stdout, stderr io.Writer
@@ -55,6 +65,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, environ [
 	fmt.Fprintf(stderr, "sluice: %s\n", strings.ReplaceAll(err.Error(), "\n", "; "))
 	// One rule: bad usage or bad input exits 2, a failure at run time 1.
 	var ue *usageError
+	if ee := (*exitError)(nil); errors.As(err, &ee) {
+		return ee.code
+	}
 	if errors.As(err, &ue) || errors.Is(err, config.ErrInvalid) || errors.Is(err, limiter.ErrInvalidArgument) {
 		return 2
 	}

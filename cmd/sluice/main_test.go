@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"syscall"
@@ -696,5 +697,98 @@ func TestNoSecretPrinted(t *testing.T) {
 			t.Errorf("the log does not name the Redis it waits for: %s", logs.String())
 		}
 		mu.Unlock()
+	}
+}
+
+// TestUpInterrupted: `sluice up` stopped by a signal — SIGINT to its whole
+// process group, as Ctrl-C in a terminal sends it, or SIGTERM to it alone,
+// as an orchestrator does — stops the pipelines, drains the stream, prints
+// its summary and exits 0, leaving no process behind. A second signal
+// during the drain stops everything at once: the summary still, exit 130.
+func TestUpInterrupted(t *testing.T) {
+	redistest.Start(t) // skips under -short; needs redis-server, which up runs itself
+	bin := buildBinary(t)
+	for _, tc := range []struct {
+		name  string
+		sig   syscall.Signal
+		group bool     // to the process group, as a terminal does
+		env   []string // for up and its processes
+		twice bool     // a second signal once the drain began
+	}{
+		{name: "SIGINT to the group", sig: syscall.SIGINT, group: true},
+		{name: "SIGTERM", sig: syscall.SIGTERM},
+		// The loop open and the store at 20 items/s: the stream holds a
+		// backlog that would take minutes to drain.
+		{name: "twice", sig: syscall.SIGINT, group: true, env: []string{"MDP_FB_ENABLE_FEEDBACK=false"}, twice: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			sinkRate := "100"
+			if tc.twice {
+				sinkRate = "20"
+			}
+			cmd := exec.Command(bin, "up", "--duration", "10m", "--pipelines", "1", "--coordinators", "1", "--sink-rate", sinkRate, "--dir", dir)
+			for _, kv := range os.Environ() { // none of sluice's settings from the test's environment
+				if !strings.HasPrefix(kv, "SLUICE_") && !strings.HasPrefix(kv, "MDP_") {
+					cmd.Env = append(cmd.Env, kv)
+				}
+			}
+			cmd.Env = append(cmd.Env, tc.env...)
+			cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true} // a group of its own, as a shell's job
+			var mu sync.Mutex
+			var out bytes.Buffer
+			cmd.Stdout, cmd.Stderr = syncBuffer{&mu, &out}, syncBuffer{&mu, &out}
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			exited := make(chan error, 1)
+			go func() { exited <- cmd.Wait() }()
+			defer func() { _ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }()
+			text := func() string { mu.Lock(); defer mu.Unlock(); return out.String() }
+			signal := func() time.Time {
+				pid := cmd.Process.Pid
+				if tc.group {
+					pid = -pid
+				}
+				if err := syscall.Kill(pid, tc.sig); err != nil {
+					t.Fatal(err)
+				}
+				return time.Now()
+			}
+			// The loop runs: the second progress line is out.
+			waitFor(t, 60*time.Second, "up's progress lines", func() bool { return regexp.MustCompile(`(?m)^\s+2s\s`).MatchString(text()) })
+			sent := signal()
+			if tc.twice {
+				waitFor(t, 60*time.Second, "the drain", func() bool { return strings.Contains(text(), "draining the stream") })
+				sent = signal()
+			}
+			var err error
+			select {
+			case err = <-exited:
+			case <-time.After(3 * time.Minute):
+				t.Fatalf("up still runs 3 minutes after the signal:\n%s", text())
+			}
+			took := time.Since(sent)
+			code := cmd.ProcessState.ExitCode()
+			want, wantText := 0, []string{"interrupted: stopping the pipelines", "summary:", "lost 0, duplicated 0", "every process stopped"}
+			if tc.twice {
+				want, wantText = 130, []string{"summary:", "interrupted during the drain: the coordinators were killed"}
+			}
+			for _, s := range wantText {
+				if !strings.Contains(text(), s) {
+					t.Errorf("the output lacks %q", s)
+				}
+			}
+			if code != want || strings.Contains(text(), "context canceled") {
+				t.Errorf("exit %d (%v), want %d", code, err, want)
+			}
+			procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+			for _, p := range procs {
+				if b, err := os.ReadFile(p); err == nil && bytes.Contains(b, []byte(dir)) {
+					t.Errorf("a process started by up still runs: %s", bytes.ReplaceAll(b, []byte{0}, []byte{' '}))
+				}
+			}
+			t.Logf("%s: exit %d, %.2f s after the last signal\n%s", tc.name, code, took.Seconds(), text())
+		})
 	}
 }

@@ -11,10 +11,12 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/alicebob/miniredis/v2"
@@ -159,6 +161,14 @@ func runUp(ctx context.Context, u upArgs, environ []string, feedbackOn bool, w, 
 		return err
 	}
 	defer cl.stopAll()
+	// A signal while the processes start stops those started (stopAll) and
+	// exits 130: nothing ran, there is nothing to sum up.
+	watching := false
+	defer func() {
+		if !watching && ctx.Err() != nil && err != nil {
+			err = &exitError{code: 130, err: fmt.Errorf("up: interrupted while starting: %w", err)}
+		}
+	}()
 	where, err := cl.startRedis(ctx)
 	if err != nil {
 		return err
@@ -170,6 +180,10 @@ func runUp(ctx context.Context, u upArgs, environ []string, feedbackOn bool, w, 
 		logf, err := os.Create(filepath.Join(cl.dir, name+".log"))
 		if err != nil {
 			return nil, err
+		}
+		if ctx.Err() != nil {
+			logf.Close()
+			return nil, ctx.Err()
 		}
 		p, err := startProc(bin, name, env, logf, args...)
 		if err != nil {
@@ -235,10 +249,30 @@ func runUp(ctx context.Context, u upArgs, environ []string, feedbackOn bool, w, 
 	}
 	rdb := redis.NewClient(&redis.Options{Addr: cl.redisURL[len("redis://"):]})
 	defer rdb.Close()
+	watching = true
 	if err := cl.watch(ctx, rdb, u, out); err != nil {
 		return err
 	}
-	return cl.finish(ctx, rdb, u, out, w)
+	// The end is the same after --duration and after SIGINT or SIGTERM:
+	// stop the pipelines, drain, stop the rest, sum up. A signal during
+	// that end (the first after --duration, a second one after a signal)
+	// stops everything at once; then up exits 130.
+	fctx := ctx
+	interrupted := ctx.Err() != nil
+	if interrupted {
+		var stop context.CancelFunc
+		fctx, stop = signal.NotifyContext(context.WithoutCancel(ctx), os.Interrupt, syscall.SIGTERM)
+		defer stop()
+		fmt.Fprintf(out, "\ninterrupted: stopping the pipelines, then draining the stream (interrupt again to stop at once)\n")
+	}
+	err = cl.finish(fctx, rdb, u, out, w)
+	if fctx.Err() != nil || interrupted && err != nil {
+		if err == nil {
+			err = errors.New("up: interrupted: stopped before the stream drained")
+		}
+		return &exitError{code: 130, err: err}
+	}
+	return err
 }
 
 // startRedis starts redis-server on a free port, else an embedded Redis.
@@ -256,7 +290,7 @@ func (cl *cluster) startRedis(ctx context.Context) (string, error) {
 			return "", err
 		}
 		cmd.Stdout, cmd.Stderr = logf, logf
-		setDeathSignal(cmd)
+		setOwnGroup(cmd)
 		if err := cmd.Start(); err != nil {
 			return "", err
 		}
@@ -265,6 +299,9 @@ func (cl *cluster) startRedis(ctx context.Context) (string, error) {
 		rdb := redis.NewClient(&redis.Options{Addr: fmt.Sprintf("127.0.0.1:%d", port)})
 		defer rdb.Close()
 		for deadline := time.Now().Add(10 * time.Second); rdb.Ping(ctx).Err() != nil; time.Sleep(20 * time.Millisecond) {
+			if ctx.Err() != nil {
+				return "", ctx.Err()
+			}
 			if time.Now().After(deadline) {
 				return "", fmt.Errorf("redis-server on port %d did not answer within 10s (log: %s)", port, logf.Name())
 			}
@@ -279,8 +316,9 @@ func (cl *cluster) startRedis(ctx context.Context) (string, error) {
 	return "embedded Redis at " + cl.redisURL + " (no redis-server installed)", nil
 }
 
-// watch prints a line a second until the duration is over; with a
-// scenario it also samples every 100 ms and applies the case's changes.
+// watch prints a line a second until the duration is over or ctx ends
+// (SIGINT, SIGTERM); with a scenario it also samples every 100 ms and
+// applies the case's changes. An error is a process that exited.
 func (cl *cluster) watch(ctx context.Context, rdb *redis.Client, u upArgs, w io.Writer) error {
 	fmt.Fprintf(w, "%5s  %5s  %-5s  %10s  %9s  %6s  %6s\n", "t", "scale", "level", "appended/s", "written/s", "queued", "lag")
 	t := time.NewTicker(100 * time.Millisecond)
@@ -290,7 +328,7 @@ func (cl *cluster) watch(ctx context.Context, rdb *redis.Client, u upArgs, w io.
 	for n := 1; ; n++ {
 		select {
 		case <-ctx.Done():
-			return ctx.Err()
+			return nil
 		case <-t.C:
 		}
 		if cl.play != nil {
@@ -388,7 +426,9 @@ func (cl *cluster) undrained(ctx context.Context, rdb *redis.Client) int64 {
 }
 
 // finish stops the pipelines, lets the coordinators write everything, stops
-// the rest and prints the summary (on out; with --json, as JSON on w).
+// the rest and prints the summary (on out; with --json, as JSON on w). If
+// ctx ends (a second signal) it stops waiting for the stream, kills what
+// still runs and sums up what was written.
 func (cl *cluster) finish(ctx context.Context, rdb *redis.Client, u upArgs, w, jsonOut io.Writer) error {
 	var produced, unappended int64
 	for _, p := range cl.pipelines {
@@ -400,16 +440,16 @@ func (cl *cluster) finish(ctx context.Context, rdb *redis.Client, u upArgs, w, j
 		unappended += int64(num(f["unappended"]))
 	}
 	fmt.Fprintf(w, "\npipelines stopped; draining the stream...\n")
-	deadline := time.Now().Add(2 * time.Minute)
-	for cl.undrained(ctx, rdb) != 0 {
-		if time.Now().After(deadline) || ctx.Err() != nil {
-			fmt.Fprintf(w, "the stream did not drain in 2 minutes (%d entries left)\n", cl.undrained(ctx, rdb))
-			break
-		}
-		time.Sleep(200 * time.Millisecond)
+	bg := context.WithoutCancel(ctx) // Redis is read to the end, whatever ctx says
+	if left := cl.drain(ctx, rdb, 2*time.Minute); left != 0 {
+		fmt.Fprintf(w, "the stream did not drain (%d entries left)\n", left)
 	}
-	scale, _ := rdb.HGet(ctx, "sluice:{ibkr}:scale", "scale").Result()
+	scale, _ := rdb.HGet(bg, "sluice:{ibkr}:scale", "scale").Result()
 	for _, p := range append(cl.coordinators, cl.controller) {
+		if ctx.Err() != nil {
+			p.kill()
+			continue
+		}
 		if err := p.stop(30 * time.Second); err != nil {
 			return err
 		}
@@ -431,6 +471,9 @@ func (cl *cluster) finish(ctx context.Context, rdb *redis.Client, u upArgs, w, j
 	fmt.Fprintf(w, "  produced %d, written %d (%d distinct), lost %d, duplicated %d, not appended at shutdown %d\n",
 		produced, lines, unique, lost, dup, unappended)
 	fmt.Fprintf(w, "  final scale %s; every process stopped\n", trimScale(scale))
+	if ctx.Err() != nil {
+		fmt.Fprintf(w, "  interrupted during the drain: the coordinators were killed before the stream drained; what they had not written counts as lost\n")
+	}
 	if cl.play != nil {
 		sum := cl.play.summary(cl, u, produced, lost)
 		if u.JSON {
@@ -446,6 +489,29 @@ func (cl *cluster) finish(ctx context.Context, rdb *redis.Client, u upArgs, w, j
 		return fmt.Errorf("up: %d items produced, %d written", produced, unique)
 	}
 	return nil
+}
+
+// drain waits until the write streams have no lag and nothing pending, at
+// most limit or until ctx ends, and returns what is left (0: drained; -1:
+// Redis cannot say).
+func (cl *cluster) drain(ctx context.Context, rdb *redis.Client, limit time.Duration) int64 {
+	bg := context.WithoutCancel(ctx)
+	t := time.NewTicker(200 * time.Millisecond)
+	defer t.Stop()
+	deadline := time.After(limit)
+	for {
+		left := cl.undrained(bg, rdb)
+		if left == 0 {
+			return 0
+		}
+		select {
+		case <-ctx.Done():
+			return left
+		case <-deadline:
+			return left
+		case <-t.C:
+		}
+	}
 }
 
 func num(v any) float64 {
