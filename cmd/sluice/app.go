@@ -28,6 +28,16 @@ func usagef(format string, args ...any) error {
 	return &usageError{fmt.Sprintf(format, args...)}
 }
 
+// exitError is a failure with an exit code of its own (130: `sluice up`
+// interrupted, and it could not finish cleanly).
+type exitError struct {
+	code int
+	err  error
+}
+
+func (e *exitError) Error() string { return e.err.Error() }
+func (e *exitError) Unwrap() error { return e.err }
+
 // app is one invocation: where it writes and what environment it sees.
 type app struct {
 	stdout, stderr io.Writer
@@ -55,14 +65,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, environ [
 	fmt.Fprintf(stderr, "sluice: %s\n", strings.ReplaceAll(err.Error(), "\n", "; "))
 	// One rule: bad usage or bad input exits 2, a failure at run time 1.
 	var ue *usageError
+	if ee := (*exitError)(nil); errors.As(err, &ee) {
+		return ee.code
+	}
 	if errors.As(err, &ue) || errors.Is(err, config.ErrInvalid) || errors.Is(err, limiter.ErrInvalidArgument) {
 		return 2
 	}
 	return 1
-}
-
-func onUsageError(_ *cli.Context, err error, _ bool) error {
-	return usagef("%v (see --help)", err)
 }
 
 func (a *app) cli() *cli.App {
@@ -121,6 +130,12 @@ var flagKeys = map[string]string{
 // (--config or SLUICE_CONFIG), the environment, the flags that were set,
 // and extra overrides (a command's own flags).
 func (a *app) config(c *cli.Context, extra ...config.Value) (*config.Settings, error) {
+	return a.configNaming(c, nil, extra...)
+}
+
+// configNaming is config for a command that names providers (its
+// arguments): MDP_RATE_<PROVIDER>_* variables may configure them.
+func (a *app) configNaming(c *cli.Context, providers []string, extra ...config.Value) (*config.Settings, error) {
 	var overrides []config.Value
 	for _, name := range slices.Sorted(maps.Keys(flagKeys)) {
 		if c.IsSet(name) {
@@ -131,7 +146,7 @@ func (a *app) config(c *cli.Context, extra ...config.Value) (*config.Settings, e
 	if path == "" {
 		path = lookupEnv(a.environ, "SLUICE_CONFIG")
 	}
-	return config.Load(config.Sources{File: path, Environ: a.environ, Overrides: append(overrides, extra...)})
+	return config.Load(config.Sources{File: path, Environ: a.environ, Overrides: append(overrides, extra...), Providers: providers})
 }
 
 func lookupEnv(environ []string, name string) string {

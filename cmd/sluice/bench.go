@@ -6,7 +6,6 @@ import (
 	"os"
 	"os/exec"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
 
@@ -17,6 +16,8 @@ import (
 )
 
 func (a *app) benchCmd() *cli.Command {
+	var bc bench.Config
+	var pc bench.PropagationConfig
 	return &cli.Command{
 		Name:  "bench",
 		Usage: "measure decisions/s, latency and Redis cost of sluice beside redis_rate and a minimal Lua bucket",
@@ -63,25 +64,26 @@ Examples:
 			&cli.StringFlag{Name: "mode", Value: "unlimited,limited", Usage: "unlimited and/or limited"},
 			&cli.BoolFlag{Name: "blocking", Value: true, Usage: "also run the limited workloads with blocking Acquire"},
 			&cli.StringFlag{Name: "impls", Value: strings.Join(bench.Impls, ","), Usage: "implementations to run (redis_rate is needed for the ratios)"},
-			&cli.DurationFlag{Name: "duration", Value: 2 * time.Second, Usage: "length of one run, in (0, 10m]"},
-			&cli.IntFlag{Name: "rounds", Value: 3, Usage: "rounds, in [1, 100]"},
+			durationFlag("duration", "length of one run", &bc.Duration, 2*time.Second, above(0, 10*time.Minute)),
+			numberFlag("rounds", "rounds", &bc.Rounds, 3, closed(1, 100)),
 			&cli.BoolFlag{Name: "json", Usage: "print every run and the summaries as JSON"},
 			&cli.BoolFlag{Name: "propagation", Usage: "measure propagation instead: pressure event → shared scale written → replicas, and scale change → paused waiters"},
-			&cli.IntFlag{Name: "replicas", Value: 3, Usage: "with --propagation: acquire-only replicas, in [1, 64]"},
-			&cli.IntFlag{Name: "waiters", Value: 30, Usage: "with --propagation: paused waiters spread over the replicas, in [1, 10000]"},
-			&cli.IntFlag{Name: "samples", Value: 200, Usage: "with --propagation: level changes and scale changes measured, in [1, 100000]"},
+			numberFlag("replicas", "with --propagation: acquire-only replicas", &pc.Replicas, 3, closed(1, 64)),
+			numberFlag("waiters", "with --propagation: paused waiters spread over the replicas", &pc.Waiters, 30, closed(1, 10000)),
+			numberFlag("samples", "with --propagation: level changes and scale changes measured", &pc.Samples, 200, closed(1, 100000)),
 			&cli.StringFlag{Name: "worker", Hidden: true, Usage: "run as a worker process of a bench (internal)"},
 		},
-		Action: a.bench,
+		Action: func(c *cli.Context) error { return a.bench(c, bc, pc) },
 	}
 }
 
-func (a *app) bench(c *cli.Context) error {
+// bench runs the command; bc and pc hold the flags read so far (the
+// numbers, checked).
+func (a *app) bench(c *cli.Context, bc bench.Config, pc bench.PropagationConfig) error {
 	if _, err := args(c, 0, "none"); err != nil {
 		return err
 	}
-	bc, pc, err := benchFlags(c) // bad input is refused before connecting
-	if err != nil {
+	if err := benchFlags(c, &bc); err != nil { // bad input is refused before connecting
 		return err
 	}
 	cfg, err := a.config(c)
@@ -145,52 +147,41 @@ func (a *app) bench(c *cli.Context) error {
 	return nil
 }
 
-// benchFlags checks and reads the bench command's flags.
-func benchFlags(c *cli.Context) (bench.Config, bench.PropagationConfig, error) {
-	bc := bench.Config{Blocking: c.Bool("blocking"), Duration: c.Duration("duration"), Rounds: c.Int("rounds")}
-	pc := bench.PropagationConfig{Replicas: c.Int("replicas"), Waiters: c.Int("waiters"), Samples: c.Int("samples")}
+// benchFlags checks and reads the bench command's list flags into bc.
+func benchFlags(c *cli.Context, bc *bench.Config) error {
+	bc.Blocking = c.Bool("blocking")
 	var err error
-	if bc.Callers, err = intList(c.String("callers"), "--callers", 1, 4096); err != nil {
-		return bc, pc, err
+	if bc.Callers, err = intList(c.String("callers"), "--callers", closed(1, 4096)); err != nil {
+		return err
 	}
-	if bc.Procs, err = intList(c.String("procs"), "--procs", 1, 64); err != nil {
-		return bc, pc, err
+	if bc.Procs, err = intList(c.String("procs"), "--procs", closed(1, 64)); err != nil {
+		return err
 	}
 	for _, m := range strings.Split(c.String("mode"), ",") {
 		switch m {
 		case "unlimited", "limited":
 			bc.Limited = append(bc.Limited, m == "limited")
 		default:
-			return bc, pc, usagef("--mode: %q is not unlimited or limited", m)
+			return usagef("--mode: %q is not unlimited or limited", m)
 		}
 	}
 	for _, impl := range strings.Split(c.String("impls"), ",") {
 		if !slices.Contains(bench.Impls, impl) {
-			return bc, pc, usagef("--impls: %q is not one of %s", impl, strings.Join(bench.Impls, ", "))
+			return usagef("--impls: %q is not one of %s", impl, strings.Join(bench.Impls, ", "))
 		}
 		bc.Impls = append(bc.Impls, impl)
 	}
-	if bc.Duration <= 0 || bc.Duration > 10*time.Minute {
-		return bc, pc, usagef("--duration=%v must be in (0, 10m]", bc.Duration)
-	}
-	for _, f := range []struct {
-		name        string
-		v, min, max int
-	}{{"rounds", bc.Rounds, 1, 100}, {"replicas", pc.Replicas, 1, 64}, {"waiters", pc.Waiters, 1, 10000}, {"samples", pc.Samples, 1, 100000}} {
-		if f.v < f.min || f.v > f.max {
-			return bc, pc, usagef("--%s=%d must be in [%d, %d]", f.name, f.v, f.min, f.max)
-		}
-	}
-	return bc, pc, nil
+	return nil
 }
 
-// intList parses a comma-separated list of integers in [lo, hi].
-func intList(s, flag string, lo, hi int) ([]int, error) {
+// intList parses a comma-separated list of whole numbers in the span, each
+// as a numeric flag is read.
+func intList(s, flag string, in span[int]) ([]int, error) {
 	var out []int
 	for _, f := range strings.Split(s, ",") {
-		n, err := strconv.Atoi(strings.TrimSpace(f))
-		if err != nil || n < lo || n > hi {
-			return nil, usagef("%s: %q must be an integer in [%d, %d]", flag, f, lo, hi)
+		var n int
+		if err := (&numberValue[int]{&n, in}).Set(strings.TrimSpace(f)); err != nil {
+			return nil, usagef("%s: %q %v", flag, f, err)
 		}
 		out = append(out, n)
 	}

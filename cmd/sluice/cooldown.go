@@ -23,20 +23,12 @@ Examples:
    sluice cooldown ibkr --for 5m --reason "pacing violation from the broker"
    sluice cooldown ibkr --clear`,
 		Flags: []cli.Flag{
-			&cli.DurationFlag{Name: "for", Usage: "length, up to 24h (default: the provider's cooldown_sec)", Destination: &d},
+			durationFlag("for", "length (default: the provider's cooldown_sec)", &d, 0, above(0, 24*time.Hour)),
 			&cli.StringFlag{Name: "scope", Usage: "what tripped it", Value: "manual", Destination: &scope},
 			&cli.StringFlag{Name: "reason", Usage: "free text", Destination: &reason},
 			&cli.BoolFlag{Name: "clear", Usage: "end the cooldown now", Destination: &clear},
 		},
-		Action: a.withSession(1, "PROVIDER", func([]string) error {
-			if d < 0 || d > 24*time.Hour {
-				return usagef("cooldown: --for=%v: must be in (0, 24h]", d)
-			}
-			return nil
-		}, func(c *cli.Context, s *session, argv []string) error {
-			if c.IsSet("for") && d == 0 { // 0 would mean the provider's default: say what was meant
-				return usagef("cooldown: --for=0s: must be in (0, 24h]; leave it out for the provider's cooldown_sec, or use --clear to end one")
-			}
+		Action: a.withSession(1, "PROVIDER", checkProviders, func(c *cli.Context, s *session, argv []string) error {
 			if clear {
 				if err := s.lim.ClearCooldown(c.Context, argv[0]); err != nil {
 					return err

@@ -47,16 +47,16 @@ Examples:
 			&cli.StringFlag{Name: "id", Usage: "coordinator id: consumer name and pressure id (default: the host name)", Destination: &id},
 			&cli.StringFlag{Name: "stream", Value: "store", Usage: "the stream's name", Destination: &stream},
 			&cli.StringFlag{Name: "sink", Value: "discard", Usage: "discard, stdout or file:PATH", Destination: &sinkSpec},
-			&cli.Float64Flag{Name: "sink-rate", Usage: "simulated store speed, items/s (0: as fast as the sink)", Destination: &sinkRate},
+			numberFlag("sink-rate", "simulated store speed, items/s (0: as fast as the sink)", &sinkRate, 0, closed(0, 1e9)),
 			&cli.StringFlag{Name: "sink-rate-file", Usage: "while this file exists, the number it holds is the simulated store speed (a drill)", Destination: &rateFile},
 			&cli.StringFlag{Name: "fail-while", Usage: "every write fails while this file exists (outage drill)", Destination: &failWhile},
 			&cli.StringFlag{Name: "dead-letter", Usage: "file:PATH receiving batches that failed --attempts times (default: retry until written)", Destination: &deadLetter},
-			&cli.IntFlag{Name: "attempts", Value: 4, Usage: "writes of a batch before it is dead-lettered (only with --dead-letter)", Destination: &attempts},
-			&cli.IntFlag{Name: "capacity", Value: 10000, Usage: "queue capacity: the watermarks' 100%", Destination: &capacity},
-			&cli.IntFlag{Name: "workers", Value: 4, Usage: "concurrent batch writers", Destination: &workers},
-			&cli.IntFlag{Name: "batch", Value: 100, Usage: "most items per write", Destination: &batch},
-			&cli.DurationFlag{Name: "claim-idle", Value: 30 * time.Second, Usage: "claim entries pending this long on another coordinator", Destination: &claimIdle},
-			&cli.DurationFlag{Name: "drain", Value: 20 * time.Second, Usage: "how long SIGTERM waits for the queue to drain", Destination: &drain},
+			numberFlag("attempts", "writes of a batch before it is dead-lettered (only with --dead-letter)", &attempts, 4, closed(1, 1000)),
+			numberFlag("capacity", "queue capacity: the watermarks' 100%", &capacity, 10000, closed(1, 1000000000)),
+			numberFlag("workers", "concurrent batch writers", &workers, 4, closed(1, 1024)),
+			numberFlag("batch", "most items per write", &batch, 100, closed(1, 100000)),
+			durationFlag("claim-idle", "claim entries pending this long on another coordinator", &claimIdle, 30*time.Second, above(0, 24*time.Hour)),
+			durationFlag("drain", "how long SIGTERM waits for the queue to drain", &drain, 20*time.Second, above(0, 24*time.Hour)),
 			listenFlag(),
 		},
 		Action: func(c *cli.Context) error {
@@ -65,46 +65,44 @@ Examples:
 				return err
 			}
 			id = orHostname(id)
-			// Zero would silently take the library default: refuse it here,
-			// naming the flag.
-			for _, f := range []struct {
-				name string
-				v    float64
-			}{{"capacity", float64(capacity)}, {"workers", float64(workers)}, {"batch", float64(batch)},
-				{"attempts", float64(attempts)}, {"claim-idle", claimIdle.Seconds()}, {"drain", drain.Seconds()}} {
-				if f.v <= 0 {
-					return usagef("coordinator: --%s=%v: must be above 0", f.name, f.v)
+			// Everything is checked before a file is opened.
+			for _, f := range []struct{ flag, path string }{{"sink-rate-file", rateFile}, {"fail-while", failWhile}} {
+				if f.path != "" {
+					if err := checkParentDir(f.flag, f.path); err != nil {
+						return err
+					}
 				}
-			}
-			sink, err := openSink(sinkSpec, newKnob(sinkRate, rateFile), failWhile, a.stdout)
-			if err != nil {
-				return err
-			}
-			defer sink.Close()
-			sink.logRepair(s.log, sinkSpec)
-			pub, err := s.publisher()
-			if err != nil {
-				return err
 			}
 			o := redisstream.ConsumerOptions{
 				Options: redisstream.Options{Prefix: s.cfg.Redis.Prefix, Stream: stream},
 				Name:    id, ClaimIdle: claimIdle, Drain: drain, Logger: s.log,
 				Store: store.Options[redisstream.Entry]{
-					Capacity: capacity, Workers: workers, BatchSize: batch, Publisher: pub, Registerer: s.reg, Logger: s.log,
+					Capacity: capacity, Workers: workers, BatchSize: batch, Registerer: s.reg, Logger: s.log,
 				},
 			}
+			if err := o.Validate(); err != nil {
+				return usagef("coordinator: %v", err)
+			}
+			sink, err := openSink(sinkSpec, newKnob(sinkRate, rateFile), failWhile, a.stdout)
+			if err != nil {
+				return pathError(err)
+			}
+			defer sink.Close()
+			sink.logRepair(s.log, sinkSpec)
 			if deadLetter != "" {
 				dl, err := openSink(deadLetter, nil, "", a.stdout)
 				if err != nil {
-					return fmt.Errorf("--dead-letter: %w", err)
+					return pathError(fmt.Errorf("--dead-letter: %w", err))
 				}
 				defer dl.Close()
 				dl.logRepair(s.log, deadLetter)
 				o.Store.DeadLetter, o.Store.Attempts = dl, attempts
 			}
-			if err := o.Validate(); err != nil {
-				return usagef("coordinator: %v", err)
+			pub, err := s.publisher()
+			if err != nil {
+				return err
 			}
+			o.Store.Publisher = pub
 			// The consumer starts its coordinator, which publishes: made
 			// once Redis answers (run waits for it before the body).
 			var cons atomic.Pointer[redisstream.Consumer]

@@ -51,16 +51,16 @@ Examples:
    sluice demo --policy step --sink-rate 120      # the seed's mapping, for comparison
    sluice --redis redis://localhost:6379/0 demo --json`,
 		Flags: []cli.Flag{
-			&cli.DurationFlag{Name: "duration", Value: 20 * time.Second, Usage: "how long to run", Destination: &d.Duration},
-			&cli.DurationFlag{Name: "interval", Value: time.Second, Usage: "time between progress lines", Destination: &d.Interval},
-			&cli.IntFlag{Name: "replicas", Value: 3, Usage: "pipeline replicas", Destination: &d.Replicas},
-			&cli.Float64Flag{Name: "rate", Value: 600, Usage: "the provider's pacing limit, requests/s (the budget)", Destination: &d.Rate},
-			&cli.Int64Flag{Name: "burst", Value: 20, Usage: "the budget's burst", Destination: &d.Burst},
-			&cli.Float64Flag{Name: "sink-rate", Value: 300, Usage: "items/s the store can write", Destination: &d.SinkRate},
-			&cli.IntFlag{Name: "queue", Value: 1000, Usage: "the write coordinator's queue capacity", Destination: &d.Queue},
+			durationFlag("duration", "how long to run", &d.Duration, 20*time.Second, closed(time.Second, 24*time.Hour)),
+			durationFlag("interval", "time between progress lines", &d.Interval, time.Second, closed(100*time.Millisecond, 24*time.Hour)),
+			numberFlag("replicas", "pipeline replicas", &d.Replicas, 3, closed(1, 64)),
+			numberFlag("rate", "the provider's pacing limit, requests/s (the budget)", &d.Rate, 600, above(0, 100000.0)),
+			numberFlag("burst", "the budget's burst", &d.Burst, 20, closed[int64](1, 1e9)),
+			numberFlag("sink-rate", "items/s the store can write", &d.SinkRate, 300, above(0, 100000.0)),
+			numberFlag("queue", "the write coordinator's queue capacity", &d.Queue, 1000, closed(10, 10000000)),
 			&cli.StringFlag{Name: "policy", Value: "pi", Usage: "pi[:setpoint=0.5,kp=..,ki=..,rise=..], step[:ok=1,soft=0.5,hard=0] or proportional[:start=..,stop=..,floor=..]", Destination: &d.Policy},
-			&cli.DurationFlag{Name: "dwell", Value: time.Second, Usage: "step and proportional: time the scale stays before it may rise", Destination: &d.Dwell},
-			&cli.Float64Flag{Name: "max-rise", Usage: "step and proportional: soft start, largest rise per step (0 = jump)", Destination: &d.MaxRise},
+			durationFlag("dwell", "step and proportional: time the scale stays before it may rise", &d.Dwell, time.Second, above(0, 24*time.Hour)),
+			numberFlag("max-rise", "step and proportional: soft start, largest rise per step (0 = jump)", &d.MaxRise, 0, closed(0, 1.0)),
 			&cli.BoolFlag{Name: "open-loop", Usage: "no feedback: the budget never follows the store", Destination: &d.OpenLoop},
 			&cli.StringFlag{Name: "report", Usage: "write a self-contained HTML report with charts to this file", Destination: &d.Report},
 			&cli.BoolFlag{Name: "json", Usage: "print only the summary, as JSON", Destination: &d.JSON},
@@ -68,6 +68,11 @@ Examples:
 		Action: func(c *cli.Context) error {
 			if c.NArg() > 0 {
 				return usagef("demo takes no arguments, got %q", c.Args().First())
+			}
+			if d.Report != "" {
+				if err := checkWritable("report", d.Report); err != nil {
+					return err
+				}
 			}
 			cfg, err := a.config(c)
 			if err != nil {
@@ -85,6 +90,9 @@ Examples:
 			}
 			if configured("max-rise", "feedback.max_rise") {
 				d.MaxRise = cfg.Feedback.Options.MaxRise
+			}
+			if _, err := feedback.ParsePolicy(d.Policy); err != nil {
+				return usagef("demo: --policy: %v", err)
 			}
 			where := "embedded Redis"
 			var newClient func() redis.UniversalClient
@@ -144,25 +152,12 @@ type demoSummary struct {
 	PacingViolations int64   `json:"pacing_violations"`
 }
 
-// runDemo runs the loop and prints progress and the summary to w.
+// runDemo runs the loop and prints progress and the summary to w. The
+// command's flags have checked d's ranges.
 func runDemo(ctx context.Context, d demoArgs, newClient func() redis.UniversalClient, prefix, where string, w io.Writer, log *slog.Logger) (sim.Result, error) {
-	policy, err := feedback.ParsePolicy(d.Policy)
+	policy, err := feedback.ParsePolicy(d.Policy) // checked by the command
 	if err != nil {
 		return sim.Result{}, usagef("demo: --policy: %v", err)
-	}
-	switch {
-	case d.Duration < time.Second || d.Duration > 24*time.Hour:
-		return sim.Result{}, usagef("demo: --duration=%v: must be in [1s, 24h]", d.Duration)
-	case d.Interval < 100*time.Millisecond:
-		return sim.Result{}, usagef("demo: --interval=%v: must be at least 100ms", d.Interval)
-	case d.Replicas < 1 || d.Replicas > 64:
-		return sim.Result{}, usagef("demo: --replicas=%d: must be in [1, 64]", d.Replicas)
-	case !(d.Rate > 0 && d.Rate <= 100000) || !(d.SinkRate > 0 && d.SinkRate <= 100000):
-		return sim.Result{}, usagef("demo: --rate=%v --sink-rate=%v: must be in (0, 100000]", d.Rate, d.SinkRate)
-	case d.Burst < 1 || d.Queue < 10 || d.Queue > 1e7:
-		return sim.Result{}, usagef("demo: --burst=%d --queue=%d: burst must be >= 1, queue in [10, 10000000]", d.Burst, d.Queue)
-	case d.MaxRise < 0 || d.MaxRise > 1:
-		return sim.Result{}, usagef("demo: --max-rise=%v: must be in [0, 1]", d.MaxRise)
 	}
 	loop := "feedback on (" + d.Policy + " policy)"
 	if d.OpenLoop {

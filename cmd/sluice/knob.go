@@ -7,10 +7,13 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/sluice-dev/sluice/pkg/config"
 )
 
 // knob is a rate that a drill (sluice up --scenario) can change while a
-// service runs: while path exists and holds a number ≥ 0, that number;
+// service runs: while path exists and holds a number in [0, 1e9] (read by
+// config.ParseNumber, the rule of every number sluice reads), that number;
 // otherwise def. The file is read at most every 100 ms. The zero path
 // never changes def. Safe for concurrent use.
 type knob struct {
@@ -37,7 +40,7 @@ func (k *knob) Value() float64 {
 	k.read = time.Now()
 	k.val = k.def
 	if b, err := os.ReadFile(k.path); err == nil {
-		if f, err := strconv.ParseFloat(strings.TrimSpace(string(b)), 64); err == nil && f >= 0 && f <= 1e9 {
+		if f, err := config.ParseNumber(strings.TrimSpace(string(b))); err == nil && f >= 0 && f <= 1e9 {
 			k.val = f
 		}
 	}

@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"syscall"
@@ -224,21 +225,22 @@ func TestBadInput(t *testing.T) {
 		{[]string{"--redis", "redis://u:secret@127.0.0.1:1/0", "status"}, nil, "redis://u:xxxxx@127.0.0.1:1/0 unreachable"},
 		{[]string{"pressure", "set", "store-0", "critical"}, nil, `LEVEL="critical"`},
 		{[]string{"pressure", "clear", "nosuch"}, nil, `no coordinator "nosuch" has reported`},
-		{[]string{"cooldown", "ibkr", "--for", "48h"}, nil, "--for=48h0m0s: must be in (0, 24h]"},
+		{[]string{"cooldown", "ibkr", "--for", "48h"}, nil, "--for=48h: must be in (0, 24h]"},
 		{[]string{"cooldown", "ibkr", "--for", "0s"}, nil, "--for=0s: must be in (0, 24h]"},
 		{[]string{"frobnicate"}, nil, `no command "frobnicate"`},
 		{[]string{"demo", "--duration", "0s"}, nil, "--duration=0s"},
 		{[]string{"config", "print"}, []string{"MDP_FB_DWELL=soon"}, `feedback.dwell="soon" (from env MDP_FB_DWELL)`},
-		{[]string{"coordinator", "--batch", "0"}, nil, "--batch=0: must be above 0"},
+		{[]string{"coordinator", "--batch", "0"}, nil, "--batch=0: must be in [1, 100000]"},
 		{[]string{"coordinator", "--dead-letter", "file:" + filepath.Join(t.TempDir(), "dl"), "--attempts", "-1"}, nil, "--attempts=-1"},
 		{[]string{"coordinator", "--id", "bad/id"}, nil, `name="bad/id"`},
 		{[]string{"coordinator", "--sink", "s3://bucket"}, nil, `--sink="s3://bucket": must be discard, stdout or file:PATH`},
-		{[]string{"bench", "--callers", "0"}, nil, `--callers: "0" must be an integer in [1, 4096]`},
-		{[]string{"bench", "--procs", "1,x"}, nil, `--procs: "x" must be an integer in [1, 64]`},
+		{[]string{"bench", "--callers", "0"}, nil, `--callers: "0" must be in [1, 4096]`},
+		{[]string{"bench", "--procs", "1,x"}, nil, `--procs: "x" must be a decimal number`},
+		{[]string{"bench", "--procs", "1.5"}, nil, `--procs: "1.5" must be a whole number in [1, 64]`},
 		{[]string{"bench", "--mode", "fast"}, nil, `--mode: "fast" is not unlimited or limited`},
 		{[]string{"bench", "--impls", "sluice,leaky"}, nil, `--impls: "leaky" is not one of`},
-		{[]string{"bench", "--rounds", "0"}, nil, "--rounds=0 must be in [1, 100]"},
-		{[]string{"bench", "--propagation", "--replicas", "0"}, []string{"SLUICE_REDIS_URL=redis://127.0.0.1:1/0"}, "--replicas=0 must be in [1, 64]"},
+		{[]string{"bench", "--rounds", "0"}, nil, "--rounds=0: must be in [1, 100]"},
+		{[]string{"bench", "--propagation", "--replicas", "0"}, []string{"SLUICE_REDIS_URL=redis://127.0.0.1:1/0"}, "--replicas=0: must be in [1, 64]"},
 	} {
 		r := sluice(t, append(append([]string{}, env...), tc.env...), tc.args...)
 		lines := strings.Split(strings.TrimRight(r.stderr, "\n"), "\n")
@@ -256,10 +258,6 @@ func TestBadInput(t *testing.T) {
 			strings.Contains(r.stderr, "goroutine") || strings.Contains(r.stderr, "secret") {
 			t.Errorf("%v: exit %d, stderr %q; want one line containing %q", tc.args, r.code, r.stderr, tc.want)
 		}
-	}
-	// A pipeline given a provider name no retry can make valid exits 2.
-	if r := sluice(t, append([]string{"SLUICE_RECEIVER_LISTEN=127.0.0.1:0"}, env...), "pipeline", "--provider", "bad{name"); r.code != 2 || !strings.Contains(r.stderr, "provider") {
-		t.Errorf("pipeline --provider bad{name: exit %d, stderr %q", r.code, r.stderr)
 	}
 	// Nothing half-applied: the scale is still the last good one.
 	if p := statusJSON(t, env).Providers[0]; p.Scale != 0.5 || p.Capacity != 60 {
@@ -547,5 +545,250 @@ func TestReceiverWarnsWithoutToken(t *testing.T) {
 		if time.Now().After(deadline) {
 			t.Fatalf("no warning about the missing token in %s", s)
 		}
+	}
+}
+
+// TestBadInputBeforeStart: every numeric, duration, path, address and name
+// input the issue found taken, read wrongly or refused only once the work
+// had started is refused while the command line and the configuration are
+// read: exit 2, one line naming the flag or setting, its value and what is
+// allowed, and nothing started (no Redis here: a command that got as far as
+// connecting would exit 1; a service would wait for Redis, and exit 0 when
+// the test's deadline stops it).
+func TestBadInputBeforeStart(t *testing.T) {
+	missing := filepath.Join(t.TempDir(), "missing", "x")
+	for _, tc := range []struct {
+		args []string
+		env  []string
+		want string
+	}{
+		// Numbers: 1e-400 read as 0 by strconv (unlimited), subnormals, signs, fractions.
+		{[]string{"coordinator", "--sink-rate", "1e-400"}, nil, "--sink-rate=1e-400: must be 0 or a number that does not round to 0"},
+		{[]string{"pipeline", "--demand", "1e-400"}, nil, "--demand=1e-400: must be 0 or a number that does not round to 0"},
+		{[]string{"pipeline", "--demand", "2e9"}, nil, "--demand=2e9: must be in [0, 1000000000]"},
+		{[]string{"scale", "ibkr", "1e-320"}, nil, `FACTOR="1e-320": must be 0 or a number that does not round to 0`},
+		{[]string{"pressure", "set", "store-0", "hard", "--queue-size", "-5"}, nil, "--queue-size=-5: must be in [0, 1000000000]"},
+		{[]string{"pressure", "set", "store-0", "hard", "--capacity", "1.5"}, nil, "--capacity=1.5: must be a whole number in [1, 1000000000]"},
+		{[]string{"up", "--pipelines", "1.5"}, nil, "--pipelines=1.5: must be a whole number in [1, 32]"},
+		{[]string{"up", "--rate", "1e-400"}, nil, "--rate=1e-400: must be 0 or a number that does not round to 0"},
+		{[]string{"up", "--sink-rate", "0"}, nil, "--sink-rate=0: must be in (0, 100000]"},
+		{[]string{"up", "--burst", "0x10"}, nil, "--burst=0x10: must be a decimal number"},
+		{[]string{"demo", "--rate", "NaN"}, nil, "--rate=NaN: must be a decimal number"},
+		{[]string{"demo", "--max-rise", "1.5"}, nil, "--max-rise=1.5: must be in [0, 1]"},
+		{[]string{"demo", "--queue", "5"}, nil, "--queue=5: must be in [10, 10000000]"},
+		{[]string{"coordinator", "--capacity", "2.5"}, nil, "--capacity=2.5: must be a whole number in [1, 1000000000]"},
+		{[]string{"coordinator", "--workers", "2000"}, nil, "--workers=2000: must be in [1, 1024]"},
+		{[]string{"bench", "--waiters", "1e5"}, nil, "--waiters=1e5: must be in [1, 10000]"},
+		// Durations.
+		{[]string{"demo", "--dwell", "-1s"}, nil, "--dwell=-1s: must be in (0, 24h]"},
+		{[]string{"demo", "--interval", "10ms"}, nil, "--interval=10ms: must be in [100ms, 24h]"},
+		{[]string{"up", "--duration", "0.5s"}, nil, "--duration=0.5s: must be in [1s, 24h]"},
+		{[]string{"status", "--interval", "-1s"}, nil, "--interval=-1s: must be in [10ms, 24h]"},
+		{[]string{"cooldown", "ibkr", "--for", "-1s"}, nil, "--for=-1s: must be in (0, 24h]"},
+		{[]string{"pressure", "set", "store-0", "hard", "--ttl", "soon"}, nil, "--ttl=soon: must be a duration like 5s or 250ms, in (0, 24h]"},
+		{[]string{"coordinator", "--claim-idle", "0s"}, nil, "--claim-idle=0s: must be in (0, 24h]"},
+		{[]string{"coordinator", "--drain", "-1s"}, nil, "--drain=-1s: must be in (0, 24h]"},
+		// Paths.
+		{[]string{"demo", "--report", missing}, nil, "--report=" + missing + ": the directory " + filepath.Dir(missing) + " does not exist"},
+		{[]string{"demo", "--report", t.TempDir()}, nil, "is a directory, not a file"},
+		{[]string{"coordinator", "--sink", "file:" + missing}, nil, `--sink="file:` + missing + `": open`},
+		{[]string{"coordinator", "--dead-letter", "file:" + missing}, nil, "--dead-letter: "},
+		{[]string{"coordinator", "--fail-while", missing}, nil, "--fail-while=" + missing + ": the directory"},
+		{[]string{"coordinator", "--sink-rate-file", missing}, nil, "--sink-rate-file=" + missing + ": the directory"},
+		{[]string{"pipeline", "--demand-file", missing}, nil, "--demand-file=" + missing + ": the directory"},
+		// Addresses.
+		{[]string{"--redis", "redis://127.0.0.1:99999/0", "status"}, nil, `redis.url="redis://127.0.0.1:99999/0" (from flag --redis): must be redis://`},
+		{[]string{"--redis", "redis://127.0.0.1:99999/0", "controller"}, nil, `address "127.0.0.1:99999": the port must be in [1, 65535]`},
+		{[]string{"receiver", "--listen", "bogus"}, nil, `receiver.listen="bogus" (from flag --listen): must be [host]:port`},
+		{[]string{"controller", "--listen", ":99999"}, nil, `receiver.listen=":99999" (from flag --listen)`},
+		{[]string{"pipeline"}, []string{"SLUICE_RECEIVER_LISTEN=bogus"}, `receiver.listen="bogus" (from env SLUICE_RECEIVER_LISTEN)`},
+		// Names.
+		{[]string{"pipeline", "--provider", "a{b}"}, nil, `--provider: limiter: provider="a{b}" must be 1 to 64 characters of [A-Za-z0-9_.-]`},
+		{[]string{"config", "print"}, []string{"MDP_FB_PROVIDER_NAME=a{b}"}, `feedback.provider_name="a{b}" (from env MDP_FB_PROVIDER_NAME): must be 1 to 64 characters`},
+		{[]string{"controller"}, []string{"MDP_FB_PROVIDER_NAME=a{b}"}, `feedback.provider_name="a{b}"`},
+		{[]string{"status"}, []string{"MDP_FB_PROVIDER_NAME=a{b}"}, `feedback.provider_name="a{b}"`},
+		{[]string{"scale", "a{b}", "0.5"}, nil, `provider="a{b}"`},
+		{[]string{"cooldown", "a{b}"}, nil, `provider="a{b}"`},
+		{[]string{"breaker", "reset", "a{b}"}, nil, `provider="a{b}"`},
+		{[]string{"status", "ibkr", "a{b}"}, nil, `provider="a{b}"`},
+		{[]string{"register", "a{b}"}, nil, `provider="a{b}"`},
+		// A provider that only a misspelt variable names.
+		{[]string{"controller"}, []string{"MDP_RATE_IBRK_REFILL_RATE=600"}, "did you mean MDP_RATE_IBKR_REFILL_RATE?"},
+		{[]string{"register"}, []string{"MDP_RATE_POLYGON_CAPACITY=5"}, "must be listed in MDP_RATE_PROVIDER_NAMES"},
+		{[]string{"config", "print"}, []string{"SLUICE_REDIS_URLL=redis://x:1"}, "did you mean SLUICE_REDIS_URL?"},
+	} {
+		env := append([]string{"SLUICE_REDIS_URL=redis://127.0.0.1:1/0", "SLUICE_RECEIVER_LISTEN=127.0.0.1:0"}, tc.env...)
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		var out, errb bytes.Buffer
+		code := run(ctx, append([]string{"sluice"}, tc.args...), &out, &errb, env)
+		cancel()
+		lines := strings.Split(strings.TrimRight(errb.String(), "\n"), "\n")
+		if code != 2 || len(lines) != 1 || !strings.Contains(lines[0], tc.want) || out.Len() > 0 {
+			t.Errorf("%v %v: exit %d, stdout %q, stderr %q; want exit 2 and one line containing %q", tc.env, tc.args, code, out.String(), errb.String(), tc.want)
+		}
+	}
+	// What is still accepted: a command named provider may be configured
+	// by the environment alone (sluice register foo).
+	if r := sluice(t, []string{"MDP_RATE_POLYGON_CAPACITY=5", "MDP_RATE_PROVIDER_NAMES=polygon"}, "config", "print").ok(t); !strings.Contains(r.stdout, "rate_coordinator.providers.polygon.capacity") {
+		t.Errorf("listed provider not configured:\n%s", r.stdout)
+	}
+}
+
+// TestNoSecretPrinted: the Redis password and the receiver's token appear
+// nowhere sluice writes: configuration errors (each form the issue found),
+// a refused password, `config print` (both forms), a service's logs and
+// `status`.
+func TestNoSecretPrinted(t *testing.T) {
+	const pw = "s3cr3tPW"
+	srv := redistest.Start(t)
+	if err := srv.Client(t).Do(context.Background(), "ACL", "SETUSER", "u", "on", ">"+pw, "~*", "&*", "+@all").Err(); err != nil {
+		t.Fatal(err)
+	}
+	good := "redis://u:" + pw + "@" + srv.Addr + "/0"
+	check := func(what string, r result, wantCode int) {
+		t.Helper()
+		if r.code != wantCode || strings.Contains(r.stdout+r.stderr, pw) {
+			t.Errorf("%s: exit %d (want %d), the password shown: %v\nstdout %s\nstderr %s", what, r.code, wantCode, strings.Contains(r.stdout+r.stderr, pw), r.stdout, r.stderr)
+		}
+	}
+	for _, url := range []string{
+		"redis://u:" + pw + "@127.0.0.1:6379/abc",
+		"http://u:" + pw + "@127.0.0.1:6379/0",
+		"redis://u:" + pw + "@127.0.0.1:6379/0?foo=bar",
+		"redis://u:" + pw + "@[::1/0",
+		"redis://u:" + pw + "@127.0.0.1:99999/0",
+	} {
+		check("--redis "+url, sluice(t, nil, "--redis", url, "status"), 2)
+		check("SLUICE_REDIS_URL="+url, sluice(t, []string{"SLUICE_REDIS_URL=" + url}, "config", "print"), 2)
+	}
+	check("url and cluster_url", sluice(t, []string{"SLUICE_REDIS_URL=" + good, "SLUICE_REDIS_CLUSTER_URL=redis://u:" + pw + "@" + srv.Addr}, "status"), 2)
+	check("a token ending in a newline", sluice(t, []string{"SLUICE_RECEIVER_TOKEN=" + pw + "\n"}, "config", "print"), 2)
+	check("a wrong password", sluice(t, []string{"SLUICE_REDIS_URL=redis://u:wrong" + pw + "@" + srv.Addr + "/0"}, "status"), 1)
+	check("an unreachable Redis", sluice(t, nil, "--redis", "redis://u:"+pw+"@127.0.0.1:1/0", "status"), 1)
+
+	env := []string{"SLUICE_REDIS_URL=" + good, "SLUICE_RECEIVER_TOKEN=" + pw, "SLUICE_LOG_LEVEL=debug"}
+	check("config print", sluice(t, env, "config", "print"), 0)
+	check("config print --json", sluice(t, env, "config", "print", "--json"), 0)
+	sluice(t, env, "register", "ibkr").ok(t)
+	check("status", sluice(t, env, "status"), 0)
+	check("status --json", sluice(t, env, "status", "--json"), 0)
+
+	// A service's logs, while it waits for a Redis that is not there and
+	// once it serves; stopped by its context.
+	for _, url := range []string{"redis://u:" + pw + "@127.0.0.1:1/0", good} {
+		var mu sync.Mutex
+		var logs bytes.Buffer
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan int, 1)
+		go func() {
+			done <- run(ctx, []string{"sluice", "--redis", url, "receiver", "--listen", "127.0.0.1:0"}, io.Discard,
+				syncBuffer{&mu, &logs}, []string{"SLUICE_RECEIVER_TOKEN=" + pw, "SLUICE_LOG_LEVEL=debug"})
+		}()
+		want := "waiting for redis"
+		if url == good {
+			want = `"msg":"serving"`
+		}
+		waitFor(t, 20*time.Second, want, func() bool { mu.Lock(); defer mu.Unlock(); return strings.Contains(logs.String(), want) })
+		cancel()
+		code := <-done
+		mu.Lock()
+		check("receiver logs with "+url, result{stderr: logs.String(), code: code}, 0)
+		if url != good && !strings.Contains(logs.String(), "u:xxxxx@127.0.0.1:1") {
+			t.Errorf("the log does not name the Redis it waits for: %s", logs.String())
+		}
+		mu.Unlock()
+	}
+}
+
+// TestUpInterrupted: `sluice up` stopped by a signal — SIGINT to its whole
+// process group, as Ctrl-C in a terminal sends it, or SIGTERM to it alone,
+// as an orchestrator does — stops the pipelines, drains the stream, prints
+// its summary and exits 0, leaving no process behind. A second signal
+// during the drain stops everything at once: the summary still, exit 130.
+func TestUpInterrupted(t *testing.T) {
+	redistest.Start(t) // skips under -short; needs redis-server, which up runs itself
+	bin := buildBinary(t)
+	for _, tc := range []struct {
+		name  string
+		sig   syscall.Signal
+		group bool     // to the process group, as a terminal does
+		env   []string // for up and its processes
+		twice bool     // a second signal once the drain began
+	}{
+		{name: "SIGINT to the group", sig: syscall.SIGINT, group: true},
+		{name: "SIGTERM", sig: syscall.SIGTERM},
+		// The loop open and the store at 20 items/s: the stream holds a
+		// backlog that would take minutes to drain.
+		{name: "twice", sig: syscall.SIGINT, group: true, env: []string{"MDP_FB_ENABLE_FEEDBACK=false"}, twice: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			sinkRate := "100"
+			if tc.twice {
+				sinkRate = "20"
+			}
+			cmd := exec.Command(bin, "up", "--duration", "10m", "--pipelines", "1", "--coordinators", "1", "--sink-rate", sinkRate, "--dir", dir)
+			for _, kv := range os.Environ() { // none of sluice's settings from the test's environment
+				if !strings.HasPrefix(kv, "SLUICE_") && !strings.HasPrefix(kv, "MDP_") {
+					cmd.Env = append(cmd.Env, kv)
+				}
+			}
+			cmd.Env = append(cmd.Env, tc.env...)
+			cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true} // a group of its own, as a shell's job
+			var mu sync.Mutex
+			var out bytes.Buffer
+			cmd.Stdout, cmd.Stderr = syncBuffer{&mu, &out}, syncBuffer{&mu, &out}
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			exited := make(chan error, 1)
+			go func() { exited <- cmd.Wait() }()
+			defer func() { _ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }()
+			text := func() string { mu.Lock(); defer mu.Unlock(); return out.String() }
+			signal := func() time.Time {
+				pid := cmd.Process.Pid
+				if tc.group {
+					pid = -pid
+				}
+				if err := syscall.Kill(pid, tc.sig); err != nil {
+					t.Fatal(err)
+				}
+				return time.Now()
+			}
+			// The loop runs: the second progress line is out.
+			waitFor(t, 60*time.Second, "up's progress lines", func() bool { return regexp.MustCompile(`(?m)^\s+2s\s`).MatchString(text()) })
+			sent := signal()
+			if tc.twice {
+				waitFor(t, 60*time.Second, "the drain", func() bool { return strings.Contains(text(), "draining the stream") })
+				sent = signal()
+			}
+			var err error
+			select {
+			case err = <-exited:
+			case <-time.After(3 * time.Minute):
+				t.Fatalf("up still runs 3 minutes after the signal:\n%s", text())
+			}
+			took := time.Since(sent)
+			code := cmd.ProcessState.ExitCode()
+			want, wantText := 0, []string{"interrupted: stopping the pipelines", "summary:", "lost 0, duplicated 0", "every process stopped"}
+			if tc.twice {
+				want, wantText = 130, []string{"summary:", "interrupted during the drain: the coordinators were killed"}
+			}
+			for _, s := range wantText {
+				if !strings.Contains(text(), s) {
+					t.Errorf("the output lacks %q", s)
+				}
+			}
+			if code != want || strings.Contains(text(), "context canceled") {
+				t.Errorf("exit %d (%v), want %d", code, err, want)
+			}
+			procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+			for _, p := range procs {
+				if b, err := os.ReadFile(p); err == nil && bytes.Contains(b, []byte(dir)) {
+					t.Errorf("a process started by up still runs: %s", bytes.ReplaceAll(b, []byte{0}, []byte{' '}))
+				}
+			}
+			t.Logf("%s: exit %d, %.2f s after the last signal\n%s", tc.name, code, took.Seconds(), text())
+		})
 	}
 }

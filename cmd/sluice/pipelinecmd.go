@@ -55,7 +55,7 @@ Examples:
 			&cli.StringFlag{Name: "id", Usage: "replica id (default: the host name)", Destination: &id},
 			&cli.StringFlag{Name: "provider", Usage: "the provider to acquire from (default: feedback.provider_name)", Destination: &provider},
 			&cli.StringFlag{Name: "stream", Value: "store", Usage: "the write stream's name; a,b appends every tick to each", Destination: &stream},
-			&cli.Float64Flag{Name: "demand", Usage: "ticks a second this replica wants (0: as many as the budget allows)", Destination: &demand},
+			numberFlag("demand", "ticks a second this replica wants (0: as many as the budget allows)", &demand, 0, closed(0, 1e9)),
 			&cli.StringFlag{Name: "demand-file", Usage: "while this file exists, the number it holds is --demand (a drill)", Destination: &demandFile},
 			listenFlag(),
 		},
@@ -68,8 +68,13 @@ Examples:
 			if provider == "" {
 				provider = s.cfg.Feedback.Provider
 			}
-			if !(demand >= 0 && demand <= 1e9) {
-				return usagef("pipeline: --demand=%v: must be in [0, 1e9] (0: as many as the budget allows)", demand)
+			if err := checkProviders([]string{provider}); err != nil {
+				return usagef("pipeline: --provider: %v", err)
+			}
+			if demandFile != "" {
+				if err := checkParentDir("demand-file", demandFile); err != nil {
+					return err
+				}
 			}
 			var prods []*redisstream.Producer
 			for _, name := range strings.Split(stream, ",") {

@@ -16,6 +16,8 @@ func (a *app) pressureCmd() *cli.Command {
 	var queue, capacity int
 	var ttl time.Duration
 	var e feedback.Event // built by the check, published by the action
+	queueFlag := numberFlag("queue-size", "queue size to report, at most --capacity", &queue, -1, closed(0, 1000000000))
+	queueFlag.DefaultText = "a fill typical of LEVEL"
 	return &cli.Command{
 		Name:  "pressure",
 		Usage: "report or clear a write coordinator's pressure by hand",
@@ -33,19 +35,16 @@ Examples:
    sluice pressure set store-0 hard
    sluice pressure set store-0 soft --queue-size 700 --capacity 1000 --ttl 1m`,
 			Flags: []cli.Flag{
-				&cli.IntFlag{Name: "queue-size", Usage: "queue size to report (default: a fill typical of LEVEL)", Value: -1, Destination: &queue},
-				&cli.IntFlag{Name: "capacity", Usage: "queue capacity to report", Value: 1000, Destination: &capacity},
-				&cli.DurationFlag{Name: "ttl", Usage: "how long the report counts", Value: 30 * time.Second, Destination: &ttl},
+				queueFlag,
+				numberFlag("capacity", "queue capacity to report", &capacity, 1000, closed(1, 1000000000)),
+				durationFlag("ttl", "how long the report counts", &ttl, 30*time.Second, above(0, 24*time.Hour)),
 			},
 			Action: a.withSession(2, "COORDINATOR LEVEL", func(argv []string) error {
 				level, err := state.ParseLevel(argv[1])
 				if err != nil {
 					return usagef("pressure set: LEVEL=%q: must be ok, soft or hard", argv[1])
 				}
-				if ttl <= 0 {
-					return usagef("pressure set: --ttl=%v: must be positive", ttl)
-				}
-				if queue < 0 {
+				if queue < 0 { // not given
 					queue = capacity * map[state.Level]int{state.OK: 0, state.Soft: 70, state.Hard: 90}[level] / 100
 				}
 				e = feedback.Event{CoordinatorID: argv[0], QueueSize: queue, Capacity: capacity, Level: level,

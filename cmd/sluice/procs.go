@@ -36,7 +36,7 @@ type proc struct {
 func startProc(bin, name string, env []string, logw io.Writer, args ...string) (*proc, error) {
 	cmd := exec.Command(bin, args...)
 	cmd.Env, cmd.Stderr = env, logw
-	setDeathSignal(cmd)
+	setOwnGroup(cmd)
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		return nil, err

@@ -41,6 +41,13 @@ Examples:
 				return usagef("register: want at most one PROVIDER, got %d arguments", c.NArg())
 			}
 			name := c.Args().First()
+			var named []string // MDP_RATE_<NAME>_* may configure it
+			if name != "" {
+				if err := checkProviders([]string{name}); err != nil {
+					return err
+				}
+				named = append(named, name)
+			}
 			var extra []config.Value
 			for _, f := range config.ProviderFields() {
 				if flag := strings.ReplaceAll(f.Name, "_", "-"); c.IsSet(flag) {
@@ -50,7 +57,7 @@ Examples:
 					extra = append(extra, config.Value{Key: config.ProviderKey(name, f.Name), Value: c.String(flag), Source: "flag --" + flag})
 				}
 			}
-			cfg, err := a.config(c, extra...)
+			cfg, err := a.configNaming(c, named, extra...)
 			if err != nil {
 				return err
 			}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -30,7 +31,7 @@ Example:
 					return err
 				}
 				if err := os.MkdirAll(argv[0], 0o755); err != nil {
-					return err
+					return usagef("scripts dump: DIR=%s: %v", argv[0], errors.Unwrap(err))
 				}
 				for _, name := range lua.Names {
 					path := filepath.Join(argv[0], name+".lua")

@@ -33,12 +33,12 @@ Examples:
    sluice status --watch --interval 1s`,
 		Flags: []cli.Flag{
 			&cli.BoolFlag{Name: "watch", Usage: "refresh until interrupted", Destination: &watch},
-			&cli.DurationFlag{Name: "interval", Usage: "refresh period with --watch", Value: 2 * time.Second, Destination: &every},
+			durationFlag("interval", "refresh period with --watch", &every, 2*time.Second, closed(10*time.Millisecond, 24*time.Hour)),
 			&cli.BoolFlag{Name: "json", Usage: "print JSON", Destination: &asJSON},
 		},
 		Action: func(c *cli.Context) error {
-			if every <= 0 {
-				return usagef("status: --interval=%v: must be positive", every)
+			if err := checkProviders(c.Args().Slice()); err != nil {
+				return err
 			}
 			s, err := a.open(c, "status")
 			if err != nil {

@@ -11,10 +11,12 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/alicebob/miniredis/v2"
@@ -66,12 +68,12 @@ Examples:
    MDP_FB_POLICY=step sluice up --keep --dir /tmp/sluice-up
    sluice up --scenario sink/3 --json`,
 		Flags: []cli.Flag{
-			&cli.DurationFlag{Name: "duration", Value: 20 * time.Second, Usage: "how long the pipelines run", Destination: &u.Duration},
-			&cli.IntFlag{Name: "pipelines", Value: 3, Usage: "pipeline replicas", Destination: &u.Pipelines},
-			&cli.IntFlag{Name: "coordinators", Value: 2, Usage: "write coordinators", Destination: &u.Coordinators},
-			&cli.Float64Flag{Name: "rate", Value: 600, Usage: "the provider's budget, requests/s", Destination: &u.Rate},
-			&cli.IntFlag{Name: "burst", Value: 20, Usage: "the budget's burst", Destination: &u.Burst},
-			&cli.Float64Flag{Name: "sink-rate", Value: 150, Usage: "items/s each coordinator's store writes", Destination: &u.SinkRate},
+			durationFlag("duration", "how long the pipelines run", &u.Duration, 20*time.Second, closed(time.Second, 24*time.Hour)),
+			numberFlag("pipelines", "pipeline replicas", &u.Pipelines, 3, closed(1, 32)),
+			numberFlag("coordinators", "write coordinators", &u.Coordinators, 2, closed(1, 16)),
+			numberFlag("rate", "the provider's budget, requests/s", &u.Rate, 600, above(0, 100000.0)),
+			numberFlag("burst", "the budget's burst", &u.Burst, 20, closed(1, 1000000)),
+			numberFlag("sink-rate", "items/s each coordinator's store writes", &u.SinkRate, 150, above(0, 100000.0)),
 			&cli.StringFlag{Name: "dir", Usage: "where the logs and the written items go (default: a temporary directory, removed)", Destination: &u.Dir},
 			&cli.BoolFlag{Name: "keep", Usage: "keep --dir's files", Destination: &u.Keep},
 			&cli.StringFlag{Name: "scenario", Usage: "a case of the feedback matrix: 2x, 5x, 10x, sink/3, burst, two-stores", Destination: &u.Scenario},
@@ -81,15 +83,10 @@ Examples:
 			if c.NArg() > 0 {
 				return usagef("up takes no arguments, got %q", c.Args().First())
 			}
-			switch {
-			case u.Duration < time.Second || u.Duration > 24*time.Hour:
-				return usagef("up: --duration=%v: must be in [1s, 24h]", u.Duration)
-			case u.Pipelines < 1 || u.Pipelines > 32 || u.Coordinators < 1 || u.Coordinators > 16:
-				return usagef("up: --pipelines=%d --coordinators=%d: pipelines in [1, 32], coordinators in [1, 16]", u.Pipelines, u.Coordinators)
-			case !(u.Rate > 0 && u.Rate <= 100000) || !(u.SinkRate > 0 && u.SinkRate <= 100000):
-				return usagef("up: --rate=%v --sink-rate=%v: must be in (0, 100000]", u.Rate, u.SinkRate)
-			case u.Burst < 1 || u.Burst > 1e6:
-				return usagef("up: --burst=%d: must be in [1, 1000000]", u.Burst)
+			if u.Dir != "" {
+				if err := os.MkdirAll(u.Dir, 0o755); err != nil {
+					return usagef("up: --dir=%s: %v", u.Dir, errors.Unwrap(err))
+				}
 			}
 			if u.Scenario != "" {
 				cs, err := sim.FindCase(u.Scenario)
@@ -164,6 +161,14 @@ func runUp(ctx context.Context, u upArgs, environ []string, feedbackOn bool, w, 
 		return err
 	}
 	defer cl.stopAll()
+	// A signal while the processes start stops those started (stopAll) and
+	// exits 130: nothing ran, there is nothing to sum up.
+	watching := false
+	defer func() {
+		if !watching && ctx.Err() != nil && err != nil {
+			err = &exitError{code: 130, err: fmt.Errorf("up: interrupted while starting: %w", err)}
+		}
+	}()
 	where, err := cl.startRedis(ctx)
 	if err != nil {
 		return err
@@ -175,6 +180,10 @@ func runUp(ctx context.Context, u upArgs, environ []string, feedbackOn bool, w, 
 		logf, err := os.Create(filepath.Join(cl.dir, name+".log"))
 		if err != nil {
 			return nil, err
+		}
+		if ctx.Err() != nil {
+			logf.Close()
+			return nil, ctx.Err()
 		}
 		p, err := startProc(bin, name, env, logf, args...)
 		if err != nil {
@@ -240,10 +249,30 @@ func runUp(ctx context.Context, u upArgs, environ []string, feedbackOn bool, w, 
 	}
 	rdb := redis.NewClient(&redis.Options{Addr: cl.redisURL[len("redis://"):]})
 	defer rdb.Close()
+	watching = true
 	if err := cl.watch(ctx, rdb, u, out); err != nil {
 		return err
 	}
-	return cl.finish(ctx, rdb, u, out, w)
+	// The end is the same after --duration and after SIGINT or SIGTERM:
+	// stop the pipelines, drain, stop the rest, sum up. A signal during
+	// that end (the first after --duration, a second one after a signal)
+	// stops everything at once; then up exits 130.
+	fctx := ctx
+	interrupted := ctx.Err() != nil
+	if interrupted {
+		var stop context.CancelFunc
+		fctx, stop = signal.NotifyContext(context.WithoutCancel(ctx), os.Interrupt, syscall.SIGTERM)
+		defer stop()
+		fmt.Fprintf(out, "\ninterrupted: stopping the pipelines, then draining the stream (interrupt again to stop at once)\n")
+	}
+	err = cl.finish(fctx, rdb, u, out, w)
+	if fctx.Err() != nil || interrupted && err != nil {
+		if err == nil {
+			err = errors.New("up: interrupted: stopped before the stream drained")
+		}
+		return &exitError{code: 130, err: err}
+	}
+	return err
 }
 
 // startRedis starts redis-server on a free port, else an embedded Redis.
@@ -261,7 +290,7 @@ func (cl *cluster) startRedis(ctx context.Context) (string, error) {
 			return "", err
 		}
 		cmd.Stdout, cmd.Stderr = logf, logf
-		setDeathSignal(cmd)
+		setOwnGroup(cmd)
 		if err := cmd.Start(); err != nil {
 			return "", err
 		}
@@ -270,6 +299,9 @@ func (cl *cluster) startRedis(ctx context.Context) (string, error) {
 		rdb := redis.NewClient(&redis.Options{Addr: fmt.Sprintf("127.0.0.1:%d", port)})
 		defer rdb.Close()
 		for deadline := time.Now().Add(10 * time.Second); rdb.Ping(ctx).Err() != nil; time.Sleep(20 * time.Millisecond) {
+			if ctx.Err() != nil {
+				return "", ctx.Err()
+			}
 			if time.Now().After(deadline) {
 				return "", fmt.Errorf("redis-server on port %d did not answer within 10s (log: %s)", port, logf.Name())
 			}
@@ -284,8 +316,9 @@ func (cl *cluster) startRedis(ctx context.Context) (string, error) {
 	return "embedded Redis at " + cl.redisURL + " (no redis-server installed)", nil
 }
 
-// watch prints a line a second until the duration is over; with a
-// scenario it also samples every 100 ms and applies the case's changes.
+// watch prints a line a second until the duration is over or ctx ends
+// (SIGINT, SIGTERM); with a scenario it also samples every 100 ms and
+// applies the case's changes. An error is a process that exited.
 func (cl *cluster) watch(ctx context.Context, rdb *redis.Client, u upArgs, w io.Writer) error {
 	fmt.Fprintf(w, "%5s  %5s  %-5s  %10s  %9s  %6s  %6s\n", "t", "scale", "level", "appended/s", "written/s", "queued", "lag")
 	t := time.NewTicker(100 * time.Millisecond)
@@ -295,7 +328,7 @@ func (cl *cluster) watch(ctx context.Context, rdb *redis.Client, u upArgs, w io.
 	for n := 1; ; n++ {
 		select {
 		case <-ctx.Done():
-			return ctx.Err()
+			return nil
 		case <-t.C:
 		}
 		if cl.play != nil {
@@ -393,7 +426,9 @@ func (cl *cluster) undrained(ctx context.Context, rdb *redis.Client) int64 {
 }
 
 // finish stops the pipelines, lets the coordinators write everything, stops
-// the rest and prints the summary (on out; with --json, as JSON on w).
+// the rest and prints the summary (on out; with --json, as JSON on w). If
+// ctx ends (a second signal) it stops waiting for the stream, kills what
+// still runs and sums up what was written.
 func (cl *cluster) finish(ctx context.Context, rdb *redis.Client, u upArgs, w, jsonOut io.Writer) error {
 	var produced, unappended int64
 	for _, p := range cl.pipelines {
@@ -405,16 +440,16 @@ func (cl *cluster) finish(ctx context.Context, rdb *redis.Client, u upArgs, w, j
 		unappended += int64(num(f["unappended"]))
 	}
 	fmt.Fprintf(w, "\npipelines stopped; draining the stream...\n")
-	deadline := time.Now().Add(2 * time.Minute)
-	for cl.undrained(ctx, rdb) != 0 {
-		if time.Now().After(deadline) || ctx.Err() != nil {
-			fmt.Fprintf(w, "the stream did not drain in 2 minutes (%d entries left)\n", cl.undrained(ctx, rdb))
-			break
-		}
-		time.Sleep(200 * time.Millisecond)
+	bg := context.WithoutCancel(ctx) // Redis is read to the end, whatever ctx says
+	if left := cl.drain(ctx, rdb, 2*time.Minute); left != 0 {
+		fmt.Fprintf(w, "the stream did not drain (%d entries left)\n", left)
 	}
-	scale, _ := rdb.HGet(ctx, "sluice:{ibkr}:scale", "scale").Result()
+	scale, _ := rdb.HGet(bg, "sluice:{ibkr}:scale", "scale").Result()
 	for _, p := range append(cl.coordinators, cl.controller) {
+		if ctx.Err() != nil {
+			p.kill()
+			continue
+		}
 		if err := p.stop(30 * time.Second); err != nil {
 			return err
 		}
@@ -436,6 +471,9 @@ func (cl *cluster) finish(ctx context.Context, rdb *redis.Client, u upArgs, w, j
 	fmt.Fprintf(w, "  produced %d, written %d (%d distinct), lost %d, duplicated %d, not appended at shutdown %d\n",
 		produced, lines, unique, lost, dup, unappended)
 	fmt.Fprintf(w, "  final scale %s; every process stopped\n", trimScale(scale))
+	if ctx.Err() != nil {
+		fmt.Fprintf(w, "  interrupted during the drain: the coordinators were killed before the stream drained; what they had not written counts as lost\n")
+	}
 	if cl.play != nil {
 		sum := cl.play.summary(cl, u, produced, lost)
 		if u.JSON {
@@ -451,6 +489,29 @@ func (cl *cluster) finish(ctx context.Context, rdb *redis.Client, u upArgs, w, j
 		return fmt.Errorf("up: %d items produced, %d written", produced, unique)
 	}
 	return nil
+}
+
+// drain waits until the write streams have no lag and nothing pending, at
+// most limit or until ctx ends, and returns what is left (0: drained; -1:
+// Redis cannot say).
+func (cl *cluster) drain(ctx context.Context, rdb *redis.Client, limit time.Duration) int64 {
+	bg := context.WithoutCancel(ctx)
+	t := time.NewTicker(200 * time.Millisecond)
+	defer t.Stop()
+	deadline := time.After(limit)
+	for {
+		left := cl.undrained(bg, rdb)
+		if left == 0 {
+			return 0
+		}
+		select {
+		case <-ctx.Done():
+			return left
+		case <-deadline:
+			return left
+		case <-t.C:
+		}
+	}
 }
 
 func num(v any) float64 {

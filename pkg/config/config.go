@@ -11,7 +11,9 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"maps"
 	"math"
+	"net"
 	"net/url"
 	"os"
 	"regexp"
@@ -50,23 +52,21 @@ var keys = []Key{
 	{"feedback.enable_feedback", "MDP_FB_ENABLE_FEEDBACK", "true", "close the loop: let the store's pressure scale the budget"},
 	{"feedback.provider_name", "MDP_FB_PROVIDER_NAME", "ibkr", "the provider whose budget feedback scales"},
 	{"feedback.policy", "MDP_FB_POLICY", "pi", "pressure to scale: pi[:setpoint=0.5,kp=7,ki=0.35,track=2,rise=0.5,floor=0.001] (holds the queue at setpoint), step[:ok=1,soft=0.5,hard=0] (the seed's) or proportional[:start=0.5,stop=0.9,floor=0]"},
-	{"feedback.dwell", "MDP_FB_DWELL", "5s", "step and proportional policies: time the scale must stay unchanged before it may rise (> 0)"},
+	{"feedback.dwell", "MDP_FB_DWELL", "5s", "step and proportional policies: time the scale must stay unchanged before it may rise, in (0, 24h]"},
 	{"feedback.max_rise", "MDP_FB_MAX_RISE", "1", "step and proportional policies: soft start, the largest rise per step, in (0, 1] (1 = straight to the target; pi ramps at its rise)"},
 	{"feedback.shadow", "MDP_FB_SHADOW", "false", "compute and report the scale without setting it"},
-	{"feedback.coordinator_ttl", "MDP_FB_COORDINATOR_TTL", "10s", "a write coordinator silent this long expires (> 0)"},
+	{"feedback.coordinator_ttl", "MDP_FB_COORDINATOR_TTL", "10s", "a write coordinator silent this long expires, in (0, 24h]"},
 	{"feedback.expiry", "MDP_FB_EXPIRY", "forget", "what an expired coordinator counts as: forget, hold, soft or hard"},
 	{"rate_coordinator.outage_mode", "MDP_RATE_OUTAGE_MODE", "fail_closed", "while Redis is unreachable: fail_closed, fail_open or local_fallback"},
+	{"rate_coordinator.provider_names", "MDP_RATE_PROVIDER_NAMES", "", "providers that MDP_RATE_<PROVIDER>_* variables alone may configure, comma-separated (feedback.provider_name and the providers the file or the flags name need no listing)"},
 	{"controller.streams", "SLUICE_CONTROLLER_STREAMS", "store", "write streams whose backlog the controller counts as pressure, comma-separated (empty: none)"},
 	{"controller.stream_capacity", "SLUICE_CONTROLLER_STREAM_CAPACITY", "10000", "a stream's backlog that counts as full: soft from 60% (a pause with no coordinator alive), a pause from 85%; integer in [1, 1e9]"},
-	{"receiver.listen", "SLUICE_RECEIVER_LISTEN", ":8080", "address of every service's HTTP server (/metrics, /healthz, /readyz; POST /feedback on the receiver)"},
-	{"receiver.token", "SLUICE_RECEIVER_TOKEN", "", "bearer token the receiver requires (empty: none)"},
-	{"receiver.max_body", "SLUICE_RECEIVER_MAX_BODY", "65536", "largest request body the receiver accepts, in bytes"},
+	{"receiver.listen", "SLUICE_RECEIVER_LISTEN", ":8080", "address of every service's HTTP server, [host]:port with port in [0, 65535] (0: a free one) (/metrics, /healthz, /readyz; POST /feedback on the receiver)"},
+	{"receiver.token", "SLUICE_RECEIVER_TOKEN", "", "bearer token the receiver requires, printable ASCII without spaces (empty: none)"},
+	{"receiver.max_body", "SLUICE_RECEIVER_MAX_BODY", "65536", "largest request body the receiver accepts, in bytes, integer in [1, 1073741824]"},
 	{"receiver.tls_cert", "SLUICE_RECEIVER_TLS_CERT", "", "PEM certificate (chain) to serve HTTPS with; set with receiver.tls_key (empty: plain HTTP)"},
 	{"receiver.tls_key", "SLUICE_RECEIVER_TLS_KEY", "", "PEM private key of receiver.tls_cert"},
 }
-
-// secret keys are shown as "(set)" by Values.
-var secret = map[string]bool{"receiver.token": true}
 
 // ProviderFields returns the settings of each provider, with the seed's
 // defaults (those of limiter.DefaultProviderConfig). Their environment
@@ -115,6 +115,12 @@ type Sources struct {
 	// from (e.g. "flag --redis"; "" reads "override") for messages and
 	// Values. Their keys must be fixed Keys or provider keys.
 	Overrides []Value
+	// Providers are names the caller gives (a command's PROVIDER argument):
+	// MDP_RATE_<PROVIDER>_* variables may configure them, as they may
+	// feedback.provider_name, rate_coordinator.provider_names and the
+	// providers the file or the overrides name. A variable for any other
+	// provider is an error (a typo must not create a provider).
+	Providers []string
 }
 
 // layerRank orders the sources of a value: default, file, environment,
@@ -136,7 +142,10 @@ var decimalRE = regexp.MustCompile(`^-?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]
 // ParseNumber reads a number strictly, as the Lua scripts do: an optional
 // minus sign, decimal digits with an optional fraction and exponent. Hex,
 // underscores, spaces, nan and inf are refused, and so are numbers too large
-// (infinite) or too small (a non-zero number that would read as 0).
+// (infinite) or too small: a non-zero number that would read as 0, or as a
+// subnormal float (below 2.2250738585072014e-308 in magnitude, where
+// precision is lost). It is the one rule for every number sluice reads: the
+// settings, the CLI's flags and arguments.
 func ParseNumber(s string) (float64, error) {
 	if !decimalRE.MatchString(s) {
 		return 0, errors.New("must be a decimal number (digits, an optional fraction and exponent)")
@@ -145,11 +154,15 @@ func ParseNumber(s string) (float64, error) {
 	if err != nil || math.IsInf(f, 0) {
 		return 0, errors.New("must be a decimal number of finite size")
 	}
-	if f == 0 && strings.Trim(strings.SplitN(strings.ToLower(s), "e", 2)[0], "-.0") != "" {
-		return 0, errors.New("must be 0 or a number that does not round to 0")
+	if f == 0 && strings.Trim(strings.SplitN(strings.ToLower(s), "e", 2)[0], "-.0") != "" ||
+		f != 0 && math.Abs(f) < smallestNormal {
+		return 0, errors.New("must be 0 or a number that does not round to 0 (at least 2.2250738585072014e-308 in magnitude)")
 	}
 	return f, nil
 }
+
+// smallestNormal is the smallest positive normal float64, 2^-1022.
+const smallestNormal = 0x1p-1022
 
 // Settings is the typed, validated configuration.
 type Settings struct {
@@ -210,7 +223,7 @@ func Load(src Sources) (*Settings, error) {
 			return nil, invalidf("config: unknown key %q (from %s)", o.Key, src.Overrides[i].Source)
 		}
 	}
-	if err := l.env(src.Environ, src.Overrides); err != nil {
+	if err := l.env(src.Environ, src.Overrides, src.Providers); err != nil {
 		return nil, err
 	}
 	for _, o := range src.Overrides {
@@ -229,7 +242,7 @@ func (s *Settings) Values() []Value {
 		switch {
 		case secret[k] && v.Value != "":
 			v.Value = "(set)"
-		case strings.HasPrefix(k, "redis.") && strings.HasSuffix(k, "url") && v.Value != "":
+		case isURLKey(k):
 			v.Value = redact(v.Value)
 		}
 		out = append(out, v)
@@ -298,15 +311,6 @@ func (s *Settings) RedisURL() string {
 		return redact(s.Redis.ClusterURL)
 	}
 	return redact(s.Redis.URL)
-}
-
-// redact hides the password of a URL ("(invalid URL)" when it does not parse).
-func redact(raw string) string {
-	u, err := url.Parse(raw)
-	if err != nil {
-		return "(invalid URL)"
-	}
-	return u.Redacted()
 }
 
 func orDefault(d, def time.Duration) time.Duration {
@@ -382,23 +386,25 @@ func isProviderKey(k string) bool {
 	return ok && name != "" && slices.ContainsFunc(providerFields, func(f Key) bool { return f.Name == field })
 }
 
-// env applies the known variables and MDP_RATE_<PROVIDER>_<FIELD>. A
-// provider named in the file or in the overrides is matched whatever its
-// case; another is named in lower case. When two variables name the same
-// setting (a name repeated in the environment, or MDP_RATE_IBKR_ and
-// MDP_RATE_ibkr_), the last in environ wins.
-// env reads the environment. A variable in sluice's namespaces (SLUICE_*,
-// MDP_FB_*, MDP_RATE_*) that names no setting is an error, like an unknown
-// key in the file: a typo must not be ignored.
-func (l layers) env(environ []string, overrides []Value) error {
-	names := map[string]string{} // upper case -> name as written in the file or an override
-	for _, name := range append(l.providers(), toLayers(overrides).providers()...) {
-		names[strings.ToUpper(name)] = name
-	}
+// env reads the environment: the variables of the fixed keys, then
+// MDP_RATE_<PROVIDER>_<FIELD> for the providers something else names
+// (declaredProviders), matched whatever their case. When two variables name
+// the same setting (a name repeated in the environment, or MDP_RATE_IBKR_
+// and MDP_RATE_ibkr_), the last in environ wins.
+//
+// A variable in sluice's namespaces (SLUICE_*, MDP_FB_*, MDP_RATE_*) that
+// names no setting is an error, like an unknown key in the file: a typo must
+// not be ignored. So is a MDP_RATE_ variable for a provider nothing else
+// names. The variables Kubernetes sets for a Service named sluice-* are
+// ignored (isServiceLink): their names and values have shapes no setting
+// has.
+func (l layers) env(environ []string, overrides []Value, callerNames []string) error {
 	byEnv := map[string]string{}
 	for _, k := range keys {
 		byEnv[k.Env] = k.Name
 	}
+	type providerVar struct{ env, upper, field, value string }
+	var pvars []providerVar
 	for _, kv := range environ {
 		k, v, ok := strings.Cut(kv, "=")
 		if !ok {
@@ -408,41 +414,113 @@ func (l layers) env(environ []string, overrides []Value) error {
 			l[name] = Value{name, v, "env " + k}
 			continue
 		}
-		if k == "SLUICE_CONFIG" {
-			continue // the file's path, read by the CLI
+		if k == "SLUICE_CONFIG" || !inNamespace(k) || isServiceLink(k, v) {
+			continue // SLUICE_CONFIG: the file's path, read by the CLI
 		}
-		rest, ok := strings.CutPrefix(k, "MDP_RATE_")
+		upper, field, ok := providerVariable(k)
 		if !ok {
-			if strings.HasPrefix(k, "SLUICE_") || strings.HasPrefix(k, "MDP_FB_") {
-				return invalidf("config: unknown environment variable %s: not a setting (sluice config print lists them)", k)
-			}
-			continue
+			return unknownVariable(k)
 		}
-		matched := false
-		for _, f := range providerFields {
-			upper, ok := strings.CutSuffix(rest, "_"+strings.ToUpper(f.Name))
-			if !ok || upper == "" {
-				continue
+		pvars = append(pvars, providerVar{k, upper, field, v})
+	}
+	declared := l.declaredProviders(overrides, callerNames)
+	byUpper := map[string]string{}
+	for _, name := range declared {
+		byUpper[strings.ToUpper(name)] = name
+	}
+	for _, p := range pvars {
+		name, ok := byUpper[p.upper]
+		if !ok {
+			msg := fmt.Sprintf("config: %s configures provider %q, which no other setting names (known providers: %s)",
+				p.env, strings.ToLower(p.upper), strings.Join(declared, ", "))
+			if best := closest(p.upper, slices.Collect(maps.Keys(byUpper))); best != "" {
+				msg += fmt.Sprintf("; did you mean MDP_RATE_%s_%s?", best, strings.ToUpper(p.field))
 			}
-			name, known := names[upper]
-			if !known {
-				name = strings.ToLower(upper)
-			}
-			key := ProviderKey(name, f.Name)
-			l[key] = Value{key, v, "env " + k}
-			matched = true
-			break
+			return invalidf("%s (a provider that only the environment configures must be listed in MDP_RATE_PROVIDER_NAMES)", msg)
 		}
-		if !matched {
-			var fields []string
-			for _, f := range providerFields {
-				fields = append(fields, strings.ToUpper(f.Name))
-			}
-			return invalidf("config: unknown environment variable %s: not MDP_RATE_<PROVIDER>_<FIELD> with FIELD one of %s",
-				k, strings.Join(fields, ", "))
-		}
+		key := ProviderKey(name, p.field)
+		l[key] = Value{key, p.value, "env " + p.env}
 	}
 	return nil
+}
+
+// inNamespace reports whether an environment variable is sluice's to read.
+func inNamespace(name string) bool {
+	return strings.HasPrefix(name, "SLUICE_") || strings.HasPrefix(name, "MDP_FB_") || strings.HasPrefix(name, "MDP_RATE_")
+}
+
+// providerVariable splits MDP_RATE_<PROVIDER>_<FIELD> into the provider
+// (as written, upper case by convention) and the field.
+func providerVariable(name string) (provider, field string, ok bool) {
+	rest, ok := strings.CutPrefix(name, "MDP_RATE_")
+	if !ok {
+		return "", "", false
+	}
+	for _, f := range providerFields {
+		if p, ok := strings.CutSuffix(rest, "_"+strings.ToUpper(f.Name)); ok && p != "" {
+			return p, f.Name, true
+		}
+	}
+	return "", "", false
+}
+
+// unknownVariable is the error for a variable in sluice's namespaces that
+// names no setting, with the closest name that does, if one is close.
+func unknownVariable(name string) error {
+	var names []string
+	for _, k := range keys {
+		names = append(names, k.Env)
+	}
+	if rest, ok := strings.CutPrefix(name, "MDP_RATE_"); ok { // a provider field misspelt: MDP_RATE_IBKR_CAPACTY
+		for i := range len(rest) {
+			if rest[i] == '_' && i > 0 {
+				for _, f := range providerFields {
+					names = append(names, "MDP_RATE_"+rest[:i]+"_"+strings.ToUpper(f.Name))
+				}
+			}
+		}
+	}
+	hint := ""
+	if best := closest(name, names); best != "" {
+		hint = "; did you mean " + best + "?"
+	}
+	if strings.HasPrefix(name, "MDP_RATE_") {
+		var fields []string
+		for _, f := range providerFields {
+			fields = append(fields, strings.ToUpper(f.Name))
+		}
+		return invalidf("config: unknown environment variable %s: not MDP_RATE_<PROVIDER>_<FIELD> with FIELD one of %s%s",
+			name, strings.Join(fields, ", "), hint)
+	}
+	return invalidf("config: unknown environment variable %s: not a setting (sluice config print lists them)%s", name, hint)
+}
+
+// declaredProviders returns, sorted, the providers that MDP_RATE_ variables
+// may configure: those the file and the overrides name (their spelling
+// wins), feedback.provider_name, rate_coordinator.provider_names and the
+// caller's names.
+func (l layers) declaredProviders(overrides []Value, callerNames []string) []string {
+	o := toLayers(overrides)
+	inForce := func(key string) string {
+		if v, ok := o[key]; ok {
+			return v.Value
+		}
+		return l[key].Value
+	}
+	byUpper := map[string]string{}
+	add := func(names ...string) {
+		for _, n := range names {
+			if n = strings.TrimSpace(n); n != "" {
+				byUpper[strings.ToUpper(n)] = n
+			}
+		}
+	}
+	add(callerNames...)
+	add(strings.Split(inForce("rate_coordinator.provider_names"), ",")...)
+	add(inForce("feedback.provider_name"))
+	add(l.providers()...)
+	add(o.providers()...)
+	return slices.Sorted(maps.Values(byUpper))
 }
 
 // providerDefaults gives every provider a layer names every field, the
@@ -492,10 +570,75 @@ func (l layers) keys() []string {
 	return out
 }
 
-// errorf names the key, its value and where it came from.
+// errorf names the key, its value and where it came from; a secret or a
+// URL's password is hidden, in the value and in the rule.
 func (l layers) errorf(key, rule string) error {
-	v := l[key]
-	return invalidf("config: %s=%q (from %s): %s", key, v.Value, v.Source, rule)
+	return invalidf("config: %s=%s (from %s): %s", key, l.shown(key), l[key].Source, l.scrub(rule))
+}
+
+// nameRule returns "" for a name the limiter accepts (a provider, a key
+// prefix), else the rule it breaks.
+func nameRule(name string) string {
+	var ae *limiter.ArgumentError
+	if err := limiter.CheckName("name", name); errors.As(err, &ae) {
+		return ae.Range
+	} else if err != nil {
+		return err.Error()
+	}
+	return ""
+}
+
+// namingKey returns a key of provider set by a layer other than the
+// defaults (the one an error about its name should point to).
+func (l layers) namingKey(provider string) string {
+	for _, f := range providerFields {
+		if k := ProviderKey(provider, f.Name); l[k].Source != "default" {
+			return k
+		}
+	}
+	return ProviderKey(provider, providerFields[0].Name)
+}
+
+// checkRedisURL checks a Redis URL as the client will read it (go-redis's
+// ParseURL, or ParseClusterURL), and what that accepts but cannot work: a
+// port outside [1, 65535], no host, a negative database.
+func checkRedisURL(raw string, cluster bool) error {
+	var addrs []string
+	if cluster {
+		o, err := redis.ParseClusterURL(raw)
+		if err != nil {
+			return err
+		}
+		addrs = o.Addrs
+	} else {
+		o, err := redis.ParseURL(raw)
+		if err != nil {
+			return err
+		}
+		if o.DB < 0 {
+			return fmt.Errorf("database %d: must be 0 or more", o.DB)
+		}
+		if o.Network == "unix" {
+			return nil
+		}
+		addrs = []string{o.Addr}
+	}
+	if u, _ := url.Parse(raw); u.Host == "" {
+		return errors.New("no host")
+	}
+	for _, a := range addrs {
+		host, port, err := net.SplitHostPort(a)
+		if err != nil {
+			return fmt.Errorf("address %q: %v", a, err)
+		}
+		if host == "" {
+			return fmt.Errorf("address %q: no host", a)
+		}
+		if !isPort(port) {
+			return fmt.Errorf("address %q: the port must be in [1, 65535]", a)
+		}
+	}
+	return nil
 }
 
 // parse decodes and validates the layers; the first bad value is the error.
@@ -513,8 +656,8 @@ func (l layers) parse() (*Settings, error) {
 	}
 	duration := func(k string, dst *time.Duration) {
 		d, err := time.ParseDuration(str(k))
-		if err != nil || d <= 0 {
-			fail(k, "must be a duration like 5s or 250ms, above 0")
+		if err != nil || d <= 0 || d > 24*time.Hour {
+			fail(k, "must be a duration like 5s or 250ms, in (0, 24h]")
 		}
 		*dst = d
 	}
@@ -524,6 +667,11 @@ func (l layers) parse() (*Settings, error) {
 			fail(k, err.Error())
 		}
 		return f
+	}
+	name := func(k, name string) {
+		if rule := nameRule(name); rule != "" {
+			fail(k, "must be "+rule)
+		}
 	}
 	integer := func(k string) float64 {
 		f := number(k)
@@ -552,12 +700,26 @@ func (l layers) parse() (*Settings, error) {
 			s.Redis.ClusterURL = ""
 		}
 	}
+	if s.Redis.ClusterURL != "" {
+		if err := checkRedisURL(s.Redis.ClusterURL, true); err != nil {
+			fail("redis.cluster_url", "must be redis://[user:password@]host:port?addr=host:port...: "+err.Error())
+		}
+	} else if err := checkRedisURL(s.Redis.URL, false); err != nil {
+		fail("redis.url", "must be redis://[user:password@]host:port/db or rediss://...: "+err.Error())
+	}
+	name("redis.prefix", s.Redis.Prefix)
 	s.Log.Format = oneOf("log.format", "text", "json")
 	s.Log.Level = oneOf("log.level", "info", "debug", "warn", "error")
 
 	fb := &s.Feedback
 	boolean("feedback.enable_feedback", &fb.Enabled)
 	fb.Provider = str("feedback.provider_name")
+	name("feedback.provider_name", fb.Provider)
+	for _, p := range strings.Split(str("rate_coordinator.provider_names"), ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			name("rate_coordinator.provider_names", p)
+		}
+	}
 	fb.Options.Providers = []string{fb.Provider}
 	if p, err := feedback.ParsePolicy(str("feedback.policy")); err != nil {
 		fail("feedback.policy", err.Error())
@@ -589,8 +751,16 @@ func (l layers) parse() (*Settings, error) {
 		fail("controller.stream_capacity", "must be an integer in [1, 1000000000]")
 	}
 	s.Receiver.Listen, s.Receiver.Token = str("receiver.listen"), str("receiver.token")
-	if s.Receiver.MaxBody = int64(integer("receiver.max_body")); s.Receiver.MaxBody < 1 {
-		fail("receiver.max_body", "must be a positive number of bytes")
+	if _, port, err := net.SplitHostPort(s.Receiver.Listen); err != nil || !isPort(port) && port != "0" {
+		fail("receiver.listen", "must be [host]:port with port in [0, 65535] (0: a free port), e.g. :8080 or 127.0.0.1:0")
+	}
+	if strings.ContainsFunc(s.Receiver.Token, func(r rune) bool { return r <= ' ' || r > '~' }) {
+		fail("receiver.token", "must be printable ASCII without spaces (a newline at the end of a secret file?)")
+	}
+	if mb := integer("receiver.max_body"); mb < 1 || mb > 1<<30 {
+		fail("receiver.max_body", "must be a number of bytes in [1, 1073741824]")
+	} else {
+		s.Receiver.MaxBody = int64(mb)
 	}
 	switch cert, key := str("receiver.tls_cert"), str("receiver.tls_key"); {
 	case cert == "" && key == "":
@@ -609,8 +779,11 @@ func (l layers) parse() (*Settings, error) {
 
 	// The config field a limiter.ArgumentError names, as a provider setting.
 	fieldKey := map[string]string{"cooldown": "cooldown_sec"}
-	for _, name := range l.providers() {
-		k := func(f string) string { return ProviderKey(name, f) }
+	for _, provider := range l.providers() {
+		k := func(f string) string { return ProviderKey(provider, f) }
+		if rule := nameRule(provider); rule != "" {
+			fail(l.namingKey(provider), "the provider name "+strconv.Quote(provider)+" must be "+rule)
+		}
 		pc := limiter.ProviderConfig{
 			Capacity:         int64(integer(k("capacity"))),
 			RefillRate:       number(k("refill_rate")),
@@ -628,7 +801,7 @@ func (l layers) parse() (*Settings, error) {
 			}
 			fail(k(field), "must be "+ae.Range)
 		}
-		s.Providers[name] = pc
+		s.Providers[provider] = pc
 	}
 	if len(errs) > 0 {
 		return nil, errs[0]

@@ -1,6 +1,7 @@
 package config_test
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -118,14 +119,47 @@ func TestConfigPrecedence(t *testing.T) {
 	}
 }
 
+// TestConfigProvidersFromEnvOnly: a provider that only MDP_RATE_<P>_*
+// variables configure must be listed in MDP_RATE_PROVIDER_NAMES (or be
+// feedback.provider_name, or named by the caller); any other is refused,
+// naming the variable and the known providers, with the closest one.
 func TestConfigProvidersFromEnvOnly(t *testing.T) {
-	c, err := load("", []string{"MDP_RATE_POLYGON_CAPACITY=10", "MDP_RATE_POLYGON_BREAKER_TIMEOUT=2.5"})
+	c, err := load("", []string{"MDP_RATE_POLYGON_CAPACITY=10", "MDP_RATE_POLYGON_BREAKER_TIMEOUT=2.5", "MDP_RATE_PROVIDER_NAMES=polygon, other"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	p, ok := c.Providers["polygon"]
 	if !ok || p.Capacity != 10 || p.RefillRate != 60 || p.BreakerTimeout != 2500*time.Millisecond || p.Cooldown != 600*time.Second {
 		t.Fatalf("providers %+v", c.Providers)
+	}
+	if len(c.Providers) != 1 {
+		t.Fatalf("providers %v: a listed provider no variable configures is not created", c.Providers)
+	}
+	for _, tc := range []struct {
+		env  []string
+		want string
+	}{
+		// The issue's typo: ibkr is steered, IBRK is a slip of the fingers.
+		{[]string{"MDP_RATE_IBRK_REFILL_RATE=600"}, `MDP_RATE_IBRK_REFILL_RATE configures provider "ibrk", which no other setting names (known providers: ibkr); did you mean MDP_RATE_IBKR_REFILL_RATE?`},
+		{[]string{"MDP_FB_PROVIDER_NAME=polygon", "MDP_RATE_POLYGN_CAPACITY=5"}, "known providers: polygon); did you mean MDP_RATE_POLYGON_CAPACITY?"},
+		{[]string{"MDP_RATE_POLYGON_CAPACITY=5"}, `provider "polygon", which no other setting names (known providers: ibkr) (a provider that only the environment configures must be listed in MDP_RATE_PROVIDER_NAMES)`},
+	} {
+		_, err := load("", tc.env)
+		if err == nil || !strings.Contains(err.Error(), tc.want) || !errors.Is(err, config.ErrInvalid) {
+			t.Errorf("%v: %v, want an error containing %q", tc.env, err, tc.want)
+		}
+	}
+	// Named otherwise, the variable configures it: by feedback.provider_name
+	// (in its spelling), by the file, by the caller (sluice register foo).
+	for _, src := range []config.Sources{
+		{Environ: []string{"MDP_FB_PROVIDER_NAME=Polygon", "MDP_RATE_POLYGON_CAPACITY=5"}},
+		{Environ: []string{"MDP_RATE_POLYGON_CAPACITY=5"}, Providers: []string{"Polygon"}},
+		{Environ: []string{"MDP_RATE_POLYGON_CAPACITY=5"}, File: writeFile(t, "rate_coordinator: {providers: {Polygon: {refill_rate: 7}}}\n")},
+	} {
+		s, err := config.Load(src)
+		if err != nil || s.Providers["Polygon"].Capacity != 5 {
+			t.Errorf("%+v: %v %+v", src, err, s)
+		}
 	}
 }
 
@@ -140,6 +174,12 @@ func TestConfigErrors(t *testing.T) {
 		{"", "MDP_RATE_IBKR_REFILL_RATE=0", `rate_coordinator.providers.ibkr.refill_rate="0" (from env MDP_RATE_IBKR_REFILL_RATE): must be a number in (0, 1000000000]`},
 		{"", "MDP_FB_POLICY=step:soft=3", `feedback.policy="step:soft=3"`},
 		{"", "MDP_FB_EXPIRY=never", "must be one of forget, hold, soft, hard"},
+		// Names, by the limiter's rule, wherever they come from.
+		{"", "MDP_FB_PROVIDER_NAME=a{b}", `feedback.provider_name="a{b}" (from env MDP_FB_PROVIDER_NAME): must be 1 to 64 characters of [A-Za-z0-9_.-]`},
+		{"", "SLUICE_REDIS_PREFIX=sluice:x", `redis.prefix="sluice:x"`},
+		{"", "MDP_RATE_PROVIDER_NAMES=ibkr,a b", `rate_coordinator.provider_names="ibkr,a b"`},
+		{"rate_coordinator: {providers: {'a{b}': {capacity: 1}}}\n", "", `rate_coordinator.providers.a{b}.capacity="1" (from file`},
+		{"feedback: {provider_name: ''}\n", "", `feedback.provider_name=""`},
 	} {
 		path := ""
 		if tc.yaml != "" {
@@ -185,13 +225,9 @@ func TestTypedSettings(t *testing.T) {
 	if _, err := load("", nil, config.Value{Key: "redis.uri", Value: "x", Source: "flag --x"}); err == nil || !strings.Contains(err.Error(), `unknown key "redis.uri"`) {
 		t.Fatalf("unknown override key: %v", err)
 	}
-	// A URL that does not parse is an error naming the key, not a client.
-	s, err = load("", []string{"SLUICE_REDIS_URL=http://x"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := s.RedisClient(); err == nil || !strings.Contains(err.Error(), `redis.url="http://x" (from env SLUICE_REDIS_URL)`) {
-		t.Fatalf("RedisClient: %v", err)
+	// A URL that does not parse is an error at load, naming the key.
+	if _, err := load("", []string{"SLUICE_REDIS_URL=http://x"}); err == nil || !strings.Contains(err.Error(), `redis.url="http://x" (from env SLUICE_REDIS_URL)`) {
+		t.Fatalf("http://x: %v", err)
 	}
 }
 
@@ -236,13 +272,21 @@ func TestStrictNumbers(t *testing.T) {
 		{"MDP_RATE_IBKR_REFILL_RATE=1e-400", "does not round to 0"},
 		{"MDP_RATE_IBKR_BREAKER_THRESHOLD=2.5", "must be a whole number"},
 		{"SLUICE_RECEIVER_MAX_BODY=1e3.5", "must be a decimal number"},
+		{"SLUICE_RECEIVER_MAX_BODY=0", "must be a number of bytes in [1, 1073741824]"},
+		{"SLUICE_RECEIVER_MAX_BODY=1e300", "must be a number of bytes in [1, 1073741824]"},
+		// Subnormal: not 0, but too small to be read without losing digits.
+		{"MDP_RATE_IBKR_REFILL_RATE=1e-320", "does not round to 0"},
+		{"MDP_RATE_IBKR_MAX_SCALE=-2e-310", "does not round to 0"},
+		{"MDP_FB_MAX_RISE=4.9e-324", "does not round to 0"},
+		{"MDP_FB_DWELL=-1s", "in (0, 24h]"},
+		{"MDP_FB_COORDINATOR_TTL=25h", "in (0, 24h]"},
 	} {
 		_, err := config.Load(config.Sources{Environ: []string{tc.env}})
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: %v, want an error saying %q", tc.env, err, tc.want)
 		}
 	}
-	for _, ok := range []string{"60", "60.5", ".5", "6e1", "0", "-0"} {
+	for _, ok := range []string{"60", "60.5", ".5", "6e1", "0", "-0", "2.2250738585072014e-308", "0e-400"} {
 		if _, err := config.ParseNumber(ok); err != nil {
 			t.Errorf("ParseNumber(%q) = %v", ok, err)
 		}
