@@ -222,13 +222,19 @@ func runUp(ctx context.Context, u upArgs, environ []string, feedbackOn bool, w, 
 		kept = "kept"
 	}
 	fmt.Fprintf(out, "logs and written items in %s (%s)\n\n", cl.dir, kept)
-	if cl.controller, err = start("controller", "controller", "--id", "controller-0", "--lease-ttl", "2s"); err != nil {
-		return err
-	}
 	cl.streams = map[string][]string{}
 	for _, c := range coords {
+		cl.streams[c.stream] = append(cl.streams[c.stream], filepath.Join(cl.dir, c.id+".jsonl"))
+	}
+	// The controller watches the streams this run writes, each as full at
+	// the queues of its coordinators (1000 each), as those count theirs.
+	streams := slices.Sorted(maps.Keys(cl.streams))
+	if cl.controller, err = start("controller", "controller", "--id", "controller-0", "--lease-ttl", "2s",
+		"--stream", strings.Join(streams, ","), "--stream-capacity", "1000"); err != nil {
+		return err
+	}
+	for _, c := range coords {
 		sink := filepath.Join(cl.dir, c.id+".jsonl")
-		cl.streams[c.stream] = append(cl.streams[c.stream], sink)
 		args := append([]string{"coordinator", "--id", c.id, "--stream", c.stream, "--sink", "file:" + sink,
 			"--sink-rate", strconv.FormatFloat(c.rate, 'g', -1, 64), "--capacity", "1000", "--claim-idle", "10s"}, c.args...)
 		if c.rateFile != "" {
