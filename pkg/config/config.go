@@ -25,8 +25,8 @@ import (
 	"github.com/redis/go-redis/v9"
 	"go.yaml.in/yaml/v3"
 
+	"github.com/sluice-dev/sluice/pkg/clusterreload"
 	"github.com/sluice-dev/sluice/pkg/feedback"
-	"github.com/sluice-dev/sluice/pkg/internal/clusterreload"
 	"github.com/sluice-dev/sluice/pkg/limiter"
 	"github.com/sluice-dev/sluice/pkg/store/redisstream"
 )

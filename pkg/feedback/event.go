@@ -69,6 +69,23 @@ type Event struct {
 // the report TTL (10s), which bounded the silence before.
 const DefaultHold = 3 * time.Second
 
+// HoldFor returns the hold to use for reports that expire after ttl (which
+// has already taken its default): hold itself when set, else DefaultHold, or
+// ttl if shorter. The result is always in (0, ttl]: a negative hold, or one
+// above ttl, is an error naming hold and ttlField, ttl's option name.
+// Handler and redisbus's Publisher both take their Hold from it.
+func HoldFor(hold, ttl time.Duration, ttlField string) (time.Duration, error) {
+	switch {
+	case hold == 0:
+		return min(DefaultHold, ttl), nil
+	case hold < 0:
+		return 0, fmt.Errorf("hold=%v: must be positive (0 takes the default, %v or %s if shorter)", hold, DefaultHold, ttlField)
+	case hold > ttl:
+		return 0, fmt.Errorf("hold=%v: must be at most %s=%v", hold, ttlField, ttl)
+	}
+	return hold, nil
+}
+
 // The kinds of event. An event without a kind is a report.
 const (
 	KindReport = "report" // a level change, a heartbeat, a start or a close: the pressure to keep

@@ -202,14 +202,15 @@ func NewHandler(rate Rate, o Options) (*Handler, error) {
 	if err := opts.Check(
 		opts.Positive("dwell", &o.Dwell, 5*time.Second),
 		opts.Positive("coordinator_ttl", &o.CoordinatorTTL, 10*time.Second),
-		opts.Positive("hold", &o.Hold, min(DefaultHold, o.CoordinatorTTL)),
 		opts.Positive("tick", &o.Tick, time.Second),
 	); err != nil {
 		return nil, fmt.Errorf("feedback: %w", err)
 	}
-	if o.Hold > o.CoordinatorTTL {
-		return nil, fmt.Errorf("feedback: hold=%v: must be at most coordinator_ttl=%v", o.Hold, o.CoordinatorTTL)
+	hold, err := HoldFor(o.Hold, o.CoordinatorTTL, "coordinator_ttl")
+	if err != nil {
+		return nil, fmt.Errorf("feedback: %w", err)
 	}
+	o.Hold = hold
 	if o.Clock == nil {
 		o.Clock = time.Now
 	}

@@ -409,6 +409,42 @@ func TestHoldOption(t *testing.T) {
 	if l := rate.level("ibkr"); l != "ok" {
 		t.Fatalf("with a 1 s TTL a lower seq after 1 s: level %s, want ok", l)
 	}
+	// With every option zero the hold is DefaultHold, taken from the
+	// CoordinatorTTL's default (10 s), not from the zero it was before.
+	c = newClock()
+	rate = newFakeRate(c.Now, "ibkr")
+	h, _ = newHandler(t, rate, feedback.Options{Expiry: feedback.ExpiryHold})
+	handle(t, h, event("store", 9, state.Hard))
+	c.Add(feedback.DefaultHold - time.Millisecond)
+	handle(t, h, event("store", 1, state.OK))
+	if l := rate.level("ibkr"); l != "hard" {
+		t.Fatalf("defaults: a lower seq within 3 s counted: level %s, want hard", l)
+	}
+	c.Add(time.Millisecond)
+	handle(t, h, event("store", 1, state.OK))
+	if l := rate.level("ibkr"); l != "ok" {
+		t.Fatalf("defaults: a lower seq after 3 s: level %s, want ok", l)
+	}
+}
+
+// TestHoldFor: the one rule for a hold, applied after the TTL's default.
+func TestHoldFor(t *testing.T) {
+	for _, c := range []struct {
+		hold, ttl, want time.Duration
+		err             string
+	}{
+		{0, 10 * time.Second, feedback.DefaultHold, ""},
+		{0, time.Second, time.Second, ""},
+		{2 * time.Second, 10 * time.Second, 2 * time.Second, ""},
+		{10 * time.Second, 10 * time.Second, 10 * time.Second, ""},
+		{-time.Second, 10 * time.Second, 0, "hold=-1s: must be positive (0 takes the default, 3s or ttl if shorter)"},
+		{11 * time.Second, 10 * time.Second, 0, "hold=11s: must be at most ttl=10s"},
+	} {
+		got, err := feedback.HoldFor(c.hold, c.ttl, "ttl")
+		if got != c.want || (err == nil) != (c.err == "") || (err != nil && err.Error() != c.err) {
+			t.Errorf("HoldFor(%v, %v) = %v, %v; want %v, %q", c.hold, c.ttl, got, err, c.want, c.err)
+		}
+	}
 }
 
 // TestAppliedGaugeFollowsSharedScale: a handler whose neighbour set the

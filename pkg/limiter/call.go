@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/sluice-dev/sluice/pkg/internal/redisopt"
 )
 
 // Every round trip the limiter makes to Redis goes through call (or, for
@@ -19,20 +21,8 @@ import (
 // switched off. Any other client waits for a reply as long as its
 // ReadTimeout says (5 s by default), whatever the context says.
 func honoursDeadlines(rdb redis.UniversalClient) bool {
-	var on bool
-	var read, write time.Duration
-	switch r := rdb.(type) {
-	case *redis.Client:
-		o := r.Options()
-		on, read, write = o.ContextTimeoutEnabled, o.ReadTimeout, o.WriteTimeout
-	case *redis.ClusterClient:
-		o := r.Options()
-		on, read, write = o.ContextTimeoutEnabled, o.ReadTimeout, o.WriteTimeout
-	case *redis.Ring:
-		o := r.Options()
-		on, read, write = o.ContextTimeoutEnabled, o.ReadTimeout, o.WriteTimeout
-	}
-	return on && read >= 0 && write >= 0
+	t, ok := redisopt.Of(rdb)
+	return ok && t.ContextTimeout && t.Read >= 0 && t.Write >= 0
 }
 
 // roundTrip is one call to Redis: a script with its keys and arguments,
@@ -99,7 +89,7 @@ func (c *Coordinator) command(ctx context.Context, st *providerState, cmd func(c
 // within CallTimeout and ctx. While the keys' cluster slot is in motion
 // (isSlotMoving) it tries again after a short backoff, within the same
 // budget. No answer in time, while ctx is still live, is a stall, and a
-// slot still in motion then is a slotError: both are outages. When ctx's
+// slot still in motion then is a slot's: both are *outageError. When ctx's
 // deadline ends the call first, the error is ctx's (the caller's budget,
 // which says nothing of Redis), and suspect checks Redis in the background
 // with the whole CallTimeout. A redirect never reaches the caller as it
@@ -128,9 +118,9 @@ func (c *Coordinator) call(ctx context.Context, st *providerState, rt roundTrip)
 			}
 			err = fmt.Errorf("%w (%v)", cause, err)
 		case moving != nil && ended(cctx):
-			err = &slotError{c.opts.CallTimeout, moving}
+			err = &outageError{true, c.opts.CallTimeout, moving}
 		case ended(cctx):
-			err = &stallError{c.opts.CallTimeout, err}
+			err = &outageError{false, c.opts.CallTimeout, err}
 		}
 		return res, err
 	}
@@ -146,17 +136,24 @@ func ended(ctx context.Context) bool {
 	return ok && !time.Now().Before(dl)
 }
 
-// stallError is a call Redis did not answer within CallTimeout.
-type stallError struct {
+// outageError is a call Redis did not serve within CallTimeout: no answer
+// (a stall), or, when slot is set, a cluster slot that did not settle
+// (Redis kept answering TRYAGAIN, ASK, MOVED or CLUSTERDOWN: an outage of
+// the providers in that slot only). isOutage takes either for an outage.
+type outageError struct {
+	slot  bool
 	after time.Duration
 	err   error
 }
 
-func (e *stallError) Error() string {
+func (e *outageError) Error() string {
+	if e.slot {
+		return fmt.Sprintf("cluster slot in motion (migration or failover) for %v (call_timeout): %v", e.after, e.err)
+	}
 	return fmt.Sprintf("no answer from redis within %v (call_timeout): %v", e.after, e.err)
 }
 
-func (e *stallError) Unwrap() error { return e.err }
+func (e *outageError) Unwrap() error { return e.err }
 
 // background runs fn in a goroutine that Close waits for; once Close has
 // begun it runs nothing.

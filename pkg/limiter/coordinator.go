@@ -542,10 +542,7 @@ func parseArgumentError(s string) error {
 // ErrRedisUnavailable without keeping the Redis reply in the chain, so a
 // redirect (ASK, MOVED) never reaches a caller as it came.
 func isOutage(err error) bool {
-	if se := (*stallError)(nil); errors.As(err, &se) {
-		return true
-	}
-	if se := (*slotError)(nil); errors.As(err, &se) {
+	if oe := (*outageError)(nil); errors.As(err, &oe) {
 		return true
 	}
 	if err == nil || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, ErrClosed) {

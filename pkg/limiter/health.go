@@ -2,7 +2,6 @@ package limiter
 
 import (
 	"context"
-	"fmt"
 	"math/rand/v2"
 	"sync/atomic"
 	"time"
@@ -121,7 +120,7 @@ func (c *Coordinator) probeOnce(st *providerState) bool {
 // O(1) and needs only read rights: a cluster routes it to the node of st's
 // slot, and with all five keys of acquire it meets the same refusals
 // (TRYAGAIN while the slot migrates, LOADING, CLUSTERDOWN) as the script
-// would. No answer within timeout is a *stallError; Close ends a probe
+// would. No answer within timeout is an *outageError; Close ends a probe
 // with ErrClosed. After a failed probe, a cluster client reloads its slot
 // map.
 func (c *Coordinator) probe(st *providerState, timeout time.Duration) error {
@@ -151,7 +150,7 @@ func (c *Coordinator) probe(st *providerState, timeout time.Duration) error {
 	case c.isClosed():
 		return ErrClosed
 	case ended(ctx):
-		return &stallError{timeout, err}
+		return &outageError{false, timeout, err}
 	}
 	return err
 }
@@ -177,17 +176,3 @@ func slotBackoff(attempt int) time.Duration {
 	d := min(10*time.Millisecond<<min(attempt, 3), 50*time.Millisecond)
 	return d/2 + rand.N(d/2+1)
 }
-
-// slotError is a call whose cluster slot did not settle within CallTimeout:
-// Redis kept answering TRYAGAIN, ASK, MOVED or CLUSTERDOWN. It is an outage
-// of the providers in that slot only.
-type slotError struct {
-	after time.Duration
-	err   error
-}
-
-func (e *slotError) Error() string {
-	return fmt.Sprintf("cluster slot in motion (migration or failover) for %v (call_timeout): %v", e.after, e.err)
-}
-
-func (e *slotError) Unwrap() error { return e.err }

@@ -66,14 +66,15 @@ func (o Options) withDefaults() (Options, error) {
 	}
 	if err := opts.Check(
 		opts.Positive("ttl", &o.TTL, 10*time.Second),
-		opts.Positive("hold", &o.Hold, min(feedback.DefaultHold, o.TTL)),
 		opts.Positive("resync", &o.Resync, 10*time.Second),
 	); err != nil {
 		return o, fmt.Errorf("redisbus: %w", err)
 	}
-	if o.Hold > o.TTL {
-		return o, fmt.Errorf("redisbus: hold=%v: must be at most ttl=%v", o.Hold, o.TTL)
+	hold, err := feedback.HoldFor(o.Hold, o.TTL, "ttl")
+	if err != nil {
+		return o, fmt.Errorf("redisbus: %w", err)
 	}
+	o.Hold = hold
 	return o, nil
 }
 

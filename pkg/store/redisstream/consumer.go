@@ -17,6 +17,7 @@ import (
 
 	"github.com/sluice-dev/sluice/pkg/internal/opts"
 	"github.com/sluice-dev/sluice/pkg/internal/promutil"
+	"github.com/sluice-dev/sluice/pkg/internal/redisopt"
 	"github.com/sluice-dev/sluice/pkg/store"
 )
 
@@ -641,13 +642,6 @@ func (b *backoff) wait(ctx context.Context) {
 // readTimeout returns rdb's ReadTimeout when it is a Client, ClusterClient
 // or Ring with one, else 0.
 func readTimeout(rdb redis.UniversalClient) time.Duration {
-	switch c := rdb.(type) {
-	case *redis.Client:
-		return c.Options().ReadTimeout
-	case *redis.ClusterClient:
-		return c.Options().ReadTimeout
-	case *redis.Ring:
-		return c.Options().ReadTimeout
-	}
-	return 0
+	t, _ := redisopt.Of(rdb)
+	return t.Read
 }

@@ -22,6 +22,19 @@ RedisUnavailableError (no answer within call_timeout, a connection error,
 LOADING or BUSY, a slot still in motion when the bound ends) or
 DeadlineExceededError (the caller's deadline ended first). A cluster's
 redirections and redis-py's cluster exceptions never reach the caller.
+
+A call is sent again only when Redis cannot have run it: an answer that
+the slot is in motion (MOVED, ASK, TRYAGAIN, CLUSTERDOWN, MASTERDOWN:
+nothing ran), or a connection error before the command was sent (the
+connect, its handshake, a dead node's address). A connection that breaks
+after the command went out, or a timeout, is not tried again: Redis may
+have run the script, and sending it again would take its tokens twice
+(over-admission); the caller gets RedisUnavailableError and the tokens, if
+taken, go unused. A pooled connection that Redis closed between two calls
+(CLIENT KILL, an idle timeout, a restart) is found closed and replaced
+before anything is sent on it, so it costs nothing: by redis-py's pool,
+and for asyncio also by _AsyncBound (the event loop may not have read the
+close yet when the call starts).
 """
 
 from __future__ import annotations
@@ -34,6 +47,7 @@ import functools
 import hashlib
 import inspect
 import random
+import socket
 import threading
 import time
 from typing import Any, Awaitable, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
@@ -54,6 +68,12 @@ REDIS_ERRORS = (redis.exceptions.RedisError, OSError)
 #: The monotonic deadline of the sync call in progress in this thread (or
 #: task): the private pool's connections take their socket timeouts from it.
 _DEADLINE: "contextvars.ContextVar[Optional[float]]" = contextvars.ContextVar("sluice_deadline", default=None)
+
+#: Whether the call in progress in this thread (or task) has sent a
+#: command on a connection of this module's pools (a cell set per attempt,
+#: shared with the tasks asyncio.wait_for makes): a connection error after
+#: that is not tried again (see the module's doc).
+_SENT: "contextvars.ContextVar[Optional[List[bool]]]" = contextvars.ContextVar("sluice_sent", default=None)
 
 _MIN_TIMEOUT = 1e-4  # a timeout of 0 would make a socket non-blocking
 
@@ -115,6 +135,16 @@ def _noscript(e: BaseException) -> bool:
     return isinstance(e, redis.exceptions.NoScriptError) or str(e).startswith("NOSCRIPT")
 
 
+def grant_in_time(provider: str, deadline: Optional[float]) -> None:
+    """Raise DeadlineExceededError when deadline (time.monotonic()) has
+    passed: a grant that reaches its caller after the caller's timeout is
+    not returned (as Go's decide), its tokens go unused (under-admission,
+    never a late grant)."""
+    if deadline is not None and time.monotonic() >= deadline:
+        raise DeadlineExceededError(
+            f"sluice: provider {provider!r}: granted after the timeout ended; the tokens are not used")
+
+
 # Connections of the private pools.
 
 def _bounded(configured: Optional[float]) -> Optional[float]:
@@ -138,10 +168,20 @@ def _bounded_setting(name: str) -> Any:
     return property(get, put)
 
 
+def _mark_sent(conn: Any) -> None:
+    """Note in the call in progress (_SENT) that conn sends a command now,
+    unless conn is connecting (its handshake: HELLO, AUTH, SELECT, which
+    are safe to send again)."""
+    cell = _SENT.get()
+    if cell is not None and not conn.__dict__.get("_sluice_handshake"):
+        cell[0] = True
+
+
 class _SyncBound:
     """A sync Connection whose socket timeouts are bounded by the deadline
     of the call in progress (_DEADLINE); outside a call, the configured
-    ones. It sets its socket's timeout before every send and read."""
+    ones. It sets its socket's timeout before every send and read, and
+    notes (_SENT) when a command leaves it."""
 
     socket_timeout = _bounded_setting("_sluice_timeout")
     socket_connect_timeout = _bounded_setting("_sluice_connect_timeout")
@@ -151,7 +191,17 @@ class _SyncBound:
         if sock is not None:
             sock.settimeout(self.socket_timeout)
 
+    def connect(self) -> None:
+        self.__dict__["_sluice_handshake"] = True
+        try:
+            super().connect()  # type: ignore[misc]
+        finally:
+            self.__dict__["_sluice_handshake"] = False
+
     def send_packed_command(self, *a: Any, **kw: Any) -> Any:
+        if getattr(self, "_sock", None) is None:
+            self.connect()  # before the mark: a failed connect sent nothing
+        _mark_sent(self)
         self._sluice_apply()
         return super().send_packed_command(*a, **kw)  # type: ignore[misc]
 
@@ -160,17 +210,57 @@ class _SyncBound:
         return super().read_response(*a, **kw)  # type: ignore[misc]
 
 
+_PEEK = socket.MSG_PEEK | getattr(socket, "MSG_DONTWAIT", 0)
+
+
+def _closed_by_server(conn: Any) -> bool:
+    """Whether the server closed an asyncio connection that looks open: its
+    end of stream already read by the event loop, or still waiting in the
+    kernel because the loop has not run since (redis-py's pool looks only
+    at what the loop has read). Never consumes a byte."""
+    reader, writer = getattr(conn, "_reader", None), getattr(conn, "_writer", None)
+    if reader is not None and reader.at_eof():
+        return True
+    sock = writer.get_extra_info("socket") if writer is not None else None
+    if sock is None or not hasattr(socket, "MSG_DONTWAIT"):
+        return False
+    # The transport's socket allows no recv: a socket object on its file
+    # descriptor, detached after (so it never closes it).
+    s = socket.socket(sock.family, sock.type, sock.proto, sock.fileno())
+    try:
+        return s.recv(1, _PEEK) == b""
+    except BlockingIOError:  # nothing to read: open
+        return False
+    except OSError:  # reset by the server
+        return True
+    finally:
+        s.detach()
+
+
 class _AsyncBound:
     """An asyncio Connection that drops itself when its connection attempt
     (handshake included) is cancelled, so a reply to AUTH or SELECT left
-    unread is never taken for the reply of the next command."""
+    unread is never taken for the reply of the next command. Before it
+    sends, it replaces itself if the server closed it (_closed_by_server),
+    then notes (_SENT) that a command leaves it."""
 
     async def connect(self) -> None:
+        self.__dict__["_sluice_handshake"] = True
         try:
             await super().connect()  # type: ignore[misc]
         except BaseException:
             await self.disconnect()  # type: ignore[attr-defined]
             raise
+        finally:
+            self.__dict__["_sluice_handshake"] = False
+
+    async def send_packed_command(self, *a: Any, **kw: Any) -> Any:
+        if self.is_connected and _closed_by_server(self):  # type: ignore[attr-defined]
+            await self.disconnect()  # type: ignore[attr-defined]
+        if not self.is_connected:  # type: ignore[attr-defined]
+            await self.connect()  # before the mark: a failed connect sent nothing
+        _mark_sent(self)
+        return await super().send_packed_command(*a, **kw)  # type: ignore[misc]
 
 
 _CLASSES: Dict[Tuple[type, type], type] = {}
@@ -302,14 +392,16 @@ class _Topology:
         random.shuffle(known)
         return sorted(known, key=lambda a: a == failed)
 
-    def retry_after(self, kind: str, e: BaseException, attempt: int) -> Optional[float]:
+    def retry_after(self, kind: str, e: BaseException, attempt: int, sent: bool) -> Optional[float]:
         """The seconds to wait before trying a failed call again, or None
-        when it is not tried again. On a cluster a slot in motion is tried
-        again (at once after the first MOVED, the slot's new owner noted),
-        and so is a connection error, the slot map read again (the node
+        when it is not tried again; sent says whether the command had left
+        (see the module's doc: a call that may have run is never sent
+        again). On a cluster a slot in motion is tried again (at once after
+        the first MOVED, the slot's new owner noted), and so is a
+        connection error before sending, the slot map read again (the node
         may be gone, its replica promoted). Off a cluster a connection
-        error is tried again once, at once (a pooled connection the server
-        closed fails at once: a new one may work)."""
+        error before sending is tried again once, at once. After sending,
+        a cluster still reads its slot map again before the next call."""
         if kind in ("moved", "moving") and not self.cluster:
             return None
         if kind == "moved":
@@ -325,8 +417,8 @@ class _Topology:
         if kind == "down":
             if self.cluster:
                 self.stale = True
-                return backoff(attempt)
-            return 0.0 if attempt == 0 else None
+                return None if sent else backoff(attempt)
+            return 0.0 if attempt == 0 and not sent else None
         if kind == "timeout":
             self.stale = self.stale or self.cluster
         return None
@@ -367,7 +459,8 @@ class Conn:
         end, call_end = t.bound(deadline)
         attempt = 0
         while True:
-            token = _DEADLINE.set(end)
+            sent: List[bool] = [False]
+            token, sent_token = _DEADLINE.set(end), _SENT.set(sent)
             failed: Optional[str] = None
             try:
                 c, failed = self._client(key)
@@ -377,8 +470,9 @@ class Conn:
                 if kind == "answer":
                     raise
                 err: BaseException = e
-                wait = t.retry_after(kind, e, attempt)
+                wait = t.retry_after(kind, e, attempt, sent[0])
             finally:
+                _SENT.reset(sent_token)
                 _DEADLINE.reset(token)
             if wait is None or time.monotonic() + wait >= end:
                 raise t.give_up(kind, err, deadline, call_end) from err
@@ -495,18 +589,22 @@ class AsyncConn:
         while True:
             failed: Optional[str] = None
             err: BaseException
+            sent: List[bool] = [False]
+            sent_token = _SENT.set(sent)  # the task wait_for makes copies the context: the same cell
             try:
                 c, failed = await self._client(key, end)
                 return await asyncio.wait_for(fn(c), max(end - time.monotonic(), _MIN_TIMEOUT))
             except asyncio.TimeoutError:
                 kind, err = "timeout", redis.exceptions.TimeoutError(f"no reply from {failed or 'redis'}")
-                wait = t.retry_after(kind, err, attempt)
+                wait = t.retry_after(kind, err, attempt, sent[0])
             except REDIS_ERRORS as e:
                 kind = classify(e, t.cluster)
                 if kind == "answer":
                     raise
                 err = e
-                wait = t.retry_after(kind, e, attempt)
+                wait = t.retry_after(kind, e, attempt, sent[0])
+            finally:
+                _SENT.reset(sent_token)
             if wait is None or time.monotonic() + wait >= end:
                 raise t.give_up(kind, err, deadline, call_end) from err
             if wait > 0:

@@ -34,7 +34,7 @@ from ._core import (
     parse_status,
     providers_key,
 )
-from ._redis import REDIS_ERRORS, AsyncConn
+from ._redis import REDIS_ERRORS, AsyncConn, grant_in_time
 from .errors import InvalidArgumentError, SluiceError, refused
 
 log = logging.getLogger("sluice")
@@ -138,6 +138,8 @@ class AsyncLimiter:
                 self._beater = asyncio.get_running_loop().create_task(self._beat_loop())
         d = parse_decision(await self._run(provider, st, "acquire", st.keys.acquire(), [str(n)], deadline))
         st.last_scale = d.scale
+        if d.allowed:
+            grant_in_time(provider, deadline)
         return d
 
     async def acquire(self, provider: str, n: int = 1, timeout: Optional[float] = None) -> Decision:

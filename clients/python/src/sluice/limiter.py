@@ -34,7 +34,7 @@ from ._core import (
     parse_status,
     providers_key,
 )
-from ._redis import REDIS_ERRORS, Conn, bounded
+from ._redis import REDIS_ERRORS, Conn, bounded, grant_in_time
 from .errors import InvalidArgumentError, SluiceError, refused
 
 log = logging.getLogger("sluice")
@@ -186,6 +186,8 @@ class Limiter:
             self._start_beater()
         d = parse_decision(self._run(provider, st, "acquire", st.keys.acquire(), [str(n)], deadline))
         st.last_scale = d.scale
+        if d.allowed:
+            grant_in_time(provider, deadline)
         return d
 
     def acquire(self, provider: str, n: int = 1, timeout: Optional[float] = None) -> Decision:

@@ -6,6 +6,14 @@
 // goes on failing on the dead address for up to a minute after its replica
 // was promoted. With the hook the first failed call after the promotion
 // (a service retries within a second) brings the new map.
+//
+// The clients config.Settings.RedisClient builds for a cluster carry the
+// hook. A program that builds its own ClusterClient installs it once,
+// before handing the client to the limiter, the buses, the stream producer
+// and consumer or the controller:
+//
+//	cc := redis.NewClusterClient(&redis.ClusterOptions{Addrs: addrs, ContextTimeoutEnabled: true})
+//	clusterreload.Install(cc)
 package clusterreload
 
 import (
@@ -46,7 +54,8 @@ func New(r Reloader, now func() time.Time) *Hook {
 	return &Hook{r: r, now: now}
 }
 
-// Install adds a Hook to c: after a failed call, c reloads its slot map.
+// Install adds a Hook to c: after a failed call (see Stale), c reloads its
+// slot map, at most once per MinInterval. Install it once per client.
 func Install(c *redis.ClusterClient) { c.AddHook(New(c, nil)) }
 
 // DialHook leaves dialling alone: a failed dial fails the call, which the

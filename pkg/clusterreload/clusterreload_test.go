@@ -13,7 +13,7 @@ import (
 
 	"github.com/sluice-dev/sluice/internal/leaktest"
 	"github.com/sluice-dev/sluice/internal/redistest"
-	"github.com/sluice-dev/sluice/pkg/internal/clusterreload"
+	"github.com/sluice-dev/sluice/pkg/clusterreload"
 )
 
 func TestMain(m *testing.M) {
