@@ -143,7 +143,7 @@ func clusterReplicas(t *testing.T, cl *redistest.Cluster, names []string) []*lim
 	var cs []*limiter.Coordinator
 	var regs []*prometheus.Registry
 	for _, mode := range []limiter.OutageMode{limiter.LocalFallback, limiter.FailClosed} {
-		c, reg := newCoord(t, cl.Client(t), limiter.Options{Outage: mode, RedisRetry: 100 * time.Millisecond, Heartbeat: 100 * time.Millisecond})
+		c, reg := newCoord(t, cl.Client(t), limiter.Options{CallTimeout: defaultCallTimeout, Outage: mode, RedisRetry: 100 * time.Millisecond, Heartbeat: 100 * time.Millisecond})
 		cs, regs = append(cs, c), append(regs, reg)
 	}
 	for _, p := range names {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -23,18 +24,32 @@ type stallTarget struct {
 }
 
 // stall freezes tg's server for d, by SIGSTOP or by DEBUG SLEEP (the server
-// runs but answers nothing, as during a long command). It returns once the
-// server is stalled (a PING from another connection gets no answer within
-// 50 ms) and when that happened; done is closed when it answers again.
-func stall(t *testing.T, tg stallTarget, kind string, d time.Duration) (began time.Time, done <-chan struct{}) {
+// runs but answers nothing, as during a long command), and for as much
+// longer as it takes until() to hold (nil: not at all; at most 10 × d): on
+// a starved machine the limiter's goroutines may not run within d, and a
+// stall that ends before they do tests nothing. (DEBUG SLEEP is extended by
+// another one, so the server may answer between the two.) It returns once
+// the server is stalled (a PING from another connection gets no answer
+// within 50 ms) and when that happened; done is closed when it answers
+// again for good.
+func stall(t *testing.T, tg stallTarget, kind string, d time.Duration, until func() bool) (began time.Time, done <-chan struct{}) {
 	t.Helper()
 	ended := make(chan struct{})
 	began = time.Now()
+	more := func() time.Duration { // how much longer the stall lasts
+		if until == nil || until() || time.Since(began) > 10*d {
+			return 0
+		}
+		return 100 * time.Millisecond
+	}
 	switch kind {
 	case "sigstop":
 		tg.srv.Pause(t)
 		go func() {
 			time.Sleep(d)
+			for m := more(); m > 0; m = more() {
+				time.Sleep(m)
+			}
 			tg.srv.Resume(t)
 			close(ended)
 		}()
@@ -42,8 +57,10 @@ func stall(t *testing.T, tg stallTarget, kind string, d time.Duration) (began ti
 		admin := redis.NewClient(&redis.Options{Addr: tg.srv.Addr, MaxRetries: -1})
 		t.Cleanup(func() { admin.Close() })
 		go func() {
-			if err := admin.Do(context.Background(), "DEBUG", "SLEEP", d.Seconds()).Err(); err != nil {
-				t.Errorf("DEBUG SLEEP: %v", err)
+			for s := d; s > 0; s = more() {
+				if err := admin.Do(context.Background(), "DEBUG", "SLEEP", s.Seconds()).Err(); err != nil {
+					t.Errorf("DEBUG SLEEP: %v", err)
+				}
 			}
 			close(ended)
 		}()
@@ -228,8 +245,18 @@ func stallUnderLoad(t *testing.T, tg stallTarget, stallKind string, o limiter.Op
 		})
 	}))
 
+	sched := watchLateness(stop)
 	time.Sleep(100 * time.Millisecond) // some calls on the healthy Redis first
-	began, done := stall(t, tg, stallKind, stallFor)
+	// The stall lasts until the outage mode has decided once, if a starved
+	// machine takes longer than stallFor to get there.
+	sawOutage := func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.ContainsFunc(calls, func(r callRecord) bool {
+			return r.err == nil && r.d.Local || errors.Is(r.err, limiter.ErrRedisUnavailable)
+		})
+	}
+	began, done := stall(t, tg, stallKind, stallFor, sawOutage)
 	<-done
 	thawed := time.Now()
 	waitFor(t, "a grant from Redis after the stall", func() bool {
@@ -245,13 +272,18 @@ func stallUnderLoad(t *testing.T, tg stallTarget, stallKind string, o limiter.Op
 	wg.Wait()
 
 	// Close while Redis is stalled again.
-	_, done = stall(t, tg, stallKind, stallFor)
+	_, done = stall(t, tg, stallKind, stallFor, nil)
 	start := time.Now()
 	c.Close()
 	closing := time.Since(start)
 	<-done
 
-	var late, overdue, local, unavailable, deadlineErrs, shared, other int
+	// A call cannot return before the scheduler runs its goroutine, however
+	// bounded it is: the margin grows by the latest a 5 ms timer of this
+	// process fired while the calls ran (0-20 ms on a quiet machine, up to
+	// hundreds with -race and two busy loops on two cores).
+	margin += sched.Load()
+	var lateGrants, overdue, local, unavailable, deadlineErrs, shared, other int
 	var firstOutage time.Duration = -1
 	var slowest [2]time.Duration // with a deadline, without
 	var latest time.Duration     // the latest return of a grant past its deadline
@@ -271,7 +303,7 @@ func stallUnderLoad(t *testing.T, tg stallTarget, stallKind string, o limiter.Op
 		if r.err == nil && r.d.Allowed && !r.deadline.IsZero() {
 			latest = max(latest, r.start.Add(r.took).Sub(r.deadline))
 			if r.d.Now.After(r.deadline) {
-				late++
+				lateGrants++
 				t.Errorf("%s granted at %v, %v after its caller's deadline", r.op, r.d.Now.Format("15:04:05.000"), r.d.Now.Sub(r.deadline).Round(time.Millisecond))
 			}
 		}
@@ -298,12 +330,12 @@ func stallUnderLoad(t *testing.T, tg stallTarget, stallKind string, o limiter.Op
 			firstOutage = r.start.Add(r.took).Sub(began)
 		}
 	}
-	t.Logf("%d calls around a %v stall: slowest %v with a %v deadline, %v without (CallTimeout %v); %d over bound+%v; "+
+	t.Logf("%d calls around a %v stall: slowest %v with a %v deadline, %v without (CallTimeout %v); %d over bound+%v (timers up to %v late); "+
 		"%d grants decided after their deadline (latest grant returned %v past its deadline); "+
 		"%d local decisions, %d ErrRedisUnavailable, %d deadline errors, %d shared acquisitions, %d other errors; "+
 		"outage mode from %v after the stall began; back on Redis %v after it; Close on a stalled Redis %v",
-		len(calls), stallFor, slowest[0].Round(time.Millisecond), deadline, slowest[1].Round(time.Millisecond), callTimeout,
-		overdue, margin, late, latest.Round(time.Millisecond), local, unavailable, deadlineErrs, shared, other,
+		len(calls), thawed.Sub(began).Round(time.Millisecond), slowest[0].Round(time.Millisecond), deadline, slowest[1].Round(time.Millisecond), callTimeout,
+		overdue, margin.Round(time.Millisecond), sched.Load().Round(time.Millisecond), lateGrants, latest.Round(time.Millisecond), local, unavailable, deadlineErrs, shared, other,
 		firstOutage.Round(time.Millisecond), back.Round(time.Millisecond), closing.Round(time.Millisecond))
 	switch mode {
 	case limiter.FailClosed:
@@ -317,7 +349,34 @@ func stallUnderLoad(t *testing.T, tg stallTarget, stallKind string, o limiter.Op
 	}
 	// Close waits for a heartbeat in flight (CallTimeout) and gives the
 	// leave call at most a second.
-	if bound := time.Second + callTimeout + margin; closing > bound {
+	if bound := time.Second + callTimeout + margin; closing > bound { // margin includes the timers' lateness
 		t.Errorf("Close took %v on a stalled Redis, want within %v", closing.Round(time.Millisecond), bound)
 	}
 }
+
+// watchLateness returns the latest a 5 ms timer of this process has fired,
+// so far, until stop is closed: how long the scheduler can keep a goroutine
+// from running on this machine now.
+func watchLateness(stop <-chan struct{}) *lateness {
+	worst := &lateness{}
+	go func() {
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			t0 := time.Now()
+			time.Sleep(5 * time.Millisecond)
+			if l := time.Since(t0) - 5*time.Millisecond; l > worst.Load() {
+				worst.ns.Store(int64(l))
+			}
+		}
+	}()
+	return worst
+}
+
+// lateness is a duration that one goroutine writes and others read.
+type lateness struct{ ns atomic.Int64 }
+
+func (l *lateness) Load() time.Duration { return time.Duration(l.ns.Load()) }

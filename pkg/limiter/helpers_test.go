@@ -16,9 +16,22 @@ import (
 
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 
-// newCoord returns a Coordinator on rdb with its own registry, closed when t ends.
+// defaultCallTimeout is Options.CallTimeout's default, which the tests of
+// outages (a stalled, killed or cut Redis; a slot in motion) pass
+// explicitly: newCoord gives every other test a minute.
+const defaultCallTimeout = 500 * time.Millisecond
+
+// newCoord returns a Coordinator on rdb with its own registry, closed when t
+// ends. A zero opts.CallTimeout is a minute, not the library's 500 ms: on
+// a starved machine (CI's two shared cores, -race) a healthy Redis can take
+// longer than 500 ms to answer, which the limiter rightly takes for an
+// outage; a test that is not about outages must not see one. The tests of
+// outages set CallTimeout themselves (defaultCallTimeout, or shorter).
 func newCoord(t testing.TB, rdb redis.UniversalClient, opts limiter.Options) (*limiter.Coordinator, *prometheus.Registry) {
 	t.Helper()
+	if opts.CallTimeout == 0 {
+		opts.CallTimeout = time.Minute
+	}
 	reg := prometheus.NewRegistry()
 	if opts.Registerer == nil {
 		opts.Registerer = reg

@@ -49,7 +49,9 @@ func runReplica() int {
 	rdb := redis.NewClient(&redis.Options{Addr: addr, PoolSize: workers + 2})
 	defer rdb.Close()
 	reg := prometheus.NewRegistry()
-	c, err := limiter.New(rdb, limiter.Options{Logger: quiet, Registerer: reg, TokenLease: lease})
+	// A minute's CallTimeout, as newCoord's: a starved but healthy Redis is
+	// not an outage here (an error would end a worker).
+	c, err := limiter.New(rdb, limiter.Options{Logger: quiet, Registerer: reg, TokenLease: lease, CallTimeout: time.Minute})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 2

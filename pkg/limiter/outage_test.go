@@ -28,7 +28,7 @@ func TestScriptFlushAndRestart(t *testing.T) {
 	srv := redistest.Start(t)
 	rdb := srv.Client(t)
 	ctx := context.Background()
-	c, _ := newCoord(t, rdb, limiter.Options{})
+	c, _ := newCoord(t, rdb, limiter.Options{CallTimeout: defaultCallTimeout})
 	register(t, c, "p", 100, 100)
 	if d := try(t, c, "p", 1); !d.Allowed {
 		t.Fatalf("%+v", d)
@@ -54,7 +54,7 @@ func TestScriptFlushAndRestart(t *testing.T) {
 	}
 	// Many callers at once re-register once.
 	var logs syncBuf
-	many, _ := newCoord(t, srv.Client(t), limiter.Options{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	many, _ := newCoord(t, srv.Client(t), limiter.Options{CallTimeout: defaultCallTimeout, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 	register(t, many, "p", 100, 100)
 	srv.Restart(t)
 	waitRedis(t, rdb)
@@ -68,7 +68,7 @@ func TestScriptFlushAndRestart(t *testing.T) {
 	}
 	// A replica that never registered the provider learns it is unknown
 	// until someone registers it; it does not invent a config.
-	other, _ := newCoord(t, srv.Client(t), limiter.Options{})
+	other, _ := newCoord(t, srv.Client(t), limiter.Options{CallTimeout: defaultCallTimeout})
 	srv.Restart(t)
 	waitRedis(t, rdb)
 	if _, err := other.TryAcquire(ctx, "p", 1); !errors.Is(err, limiter.ErrUnknownProvider) {
@@ -129,7 +129,7 @@ func TestOutageModes(t *testing.T) {
 	setup := func(t *testing.T, mode limiter.OutageMode) (*redistest.Server, *limiter.Coordinator, *fakeClock, *prometheus.Registry) {
 		srv := redistest.Start(t)
 		clock := &fakeClock{now: time.Now()}
-		c, reg := newCoord(t, redis.NewClient(&redis.Options{Addr: srv.Addr, MaxRetries: -1}), limiter.Options{Outage: mode, Now: clock.Now, RedisRetry: 50 * time.Millisecond, Heartbeat: 50 * time.Millisecond})
+		c, reg := newCoord(t, redis.NewClient(&redis.Options{Addr: srv.Addr, MaxRetries: -1}), limiter.Options{CallTimeout: defaultCallTimeout, Outage: mode, Now: clock.Now, RedisRetry: 50 * time.Millisecond, Heartbeat: 50 * time.Millisecond})
 		register(t, c, "p", 100, 100)
 		if d := try(t, c, "p", 1); !d.Allowed {
 			t.Fatal(d)
@@ -177,7 +177,7 @@ func TestOutageModes(t *testing.T) {
 	t.Run("local_fallback", func(t *testing.T) {
 		srv, c, clock, reg := setup(t, limiter.LocalFallback)
 		// A second replica of the provider: the local rate is shared by 2.
-		peer, _ := newCoord(t, srv.Client(t), limiter.Options{})
+		peer, _ := newCoord(t, srv.Client(t), limiter.Options{CallTimeout: defaultCallTimeout})
 		try(t, peer, "p", 1) // the first acquisition joins the replica registry
 		if _, err := c.SetBudgetScale(ctx, "p", 0.5); err != nil {
 			t.Fatal(err)
@@ -293,7 +293,7 @@ func TestLocalFallbackOutageStart(t *testing.T) {
 	srv := redistest.Start(t)
 	ctx := context.Background()
 	c, _ := newCoord(t, redis.NewClient(&redis.Options{Addr: srv.Addr, MaxRetries: -1}),
-		limiter.Options{Outage: limiter.LocalFallback, RedisRetry: 50 * time.Millisecond})
+		limiter.Options{CallTimeout: defaultCallTimeout, Outage: limiter.LocalFallback, RedisRetry: 50 * time.Millisecond})
 	register(t, c, "p", 100, 10)
 	var local, shared atomic.Int64
 	stop := make(chan struct{})
@@ -364,7 +364,7 @@ func restartUnderLoad(t *testing.T, aof bool, mode limiter.OutageMode) {
 	for range 3 {
 		rdb := redis.NewClient(&redis.Options{Addr: srv.Addr, MaxRetries: -1, DialTimeout: 100 * time.Millisecond})
 		t.Cleanup(func() { rdb.Close() })
-		c, reg := newCoord(t, rdb, limiter.Options{Outage: mode, RedisRetry: 100 * time.Millisecond, Heartbeat: 100 * time.Millisecond})
+		c, reg := newCoord(t, rdb, limiter.Options{CallTimeout: defaultCallTimeout, Outage: mode, RedisRetry: 100 * time.Millisecond, Heartbeat: 100 * time.Millisecond})
 		register(t, c, "p", capacity, rate)
 		try(t, c, "p", 1)
 		replicas, regs = append(replicas, c), append(regs, reg)
@@ -373,7 +373,7 @@ func restartUnderLoad(t *testing.T, aof bool, mode limiter.OutageMode) {
 	for i, reg := range regs {
 		waitFor(t, fmt.Sprintf("replica %d to see 3 live replicas", i), func() bool { return liveReplicas(t, reg, "p") == 3 })
 	}
-	op, _ := newCoord(t, srv.Client(t), limiter.Options{Source: "operator"})
+	op, _ := newCoord(t, srv.Client(t), limiter.Options{CallTimeout: defaultCallTimeout, Source: "operator"})
 	ch, err := op.SetBudgetScale(ctx, "p", scale)
 	if err != nil {
 		t.Fatal(err)
@@ -457,7 +457,7 @@ func TestBreakerAndCooldownAcrossReplicas(t *testing.T) {
 		clock := newRedisClock(b)
 		var rs []*limiter.Coordinator
 		for range 3 {
-			c, _ := newCoord(t, b.Client(t), limiter.Options{})
+			c, _ := newCoord(t, b.Client(t), limiter.Options{CallTimeout: defaultCallTimeout})
 			rs = append(rs, c)
 		}
 		// Timeouts of a second: on the real server, a test stalled that long

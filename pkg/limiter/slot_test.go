@@ -98,7 +98,7 @@ func TestSlotInMotionRetried(t *testing.T) {
 		t.Run(strings.Fields(msg)[0], func(t *testing.T) {
 			hook := &faultHook{tag: "{a}"}
 			rdb.AddHook(hook)
-			c, reg := newCoord(t, rdb, limiter.Options{Prefix: strings.ToLower(strings.Fields(msg)[0])})
+			c, reg := newCoord(t, rdb, limiter.Options{CallTimeout: defaultCallTimeout, Prefix: strings.ToLower(strings.Fields(msg)[0])})
 			register(t, c, "a", 100, 100)
 			hook.set(replyError(t, rdb, msg), 3)
 			d := try(t, c, "a", 1)

@@ -51,13 +51,18 @@ func leaseUp(t *testing.T, c *limiter.Coordinator, provider string) int {
 // script call.
 func TestTokenLeaseAccuracy(t *testing.T) {
 	const rate, burst = 2000, 3000
+	// A lease is refused to a call that outlived it: 200 ms, not the 2 ms
+	// bench runs, so that leases are taken on a loaded machine too, where a
+	// round trip can take tens of milliseconds (with 20 ms, none was taken
+	// in 1 of 9 runs with two busy loops).
+	const lease = 200 * time.Millisecond
 	srv, admin, ctl := pausedProvider(t, "tl", burst, rate)
 	var procs []*replicaProc
 	for range 2 {
-		procs = append(procs, startReplica(t, srv.Addr, "tl", 8, "TOKEN_LEASE=20ms"))
+		procs = append(procs, startReplica(t, srv.Addr, "tl", 8, "TOKEN_LEASE="+lease.String()))
 	}
 	var spinners []*spinner
-	for _, o := range []limiter.Options{{TokenLease: 20 * time.Millisecond}, {TokenLease: 20 * time.Millisecond}, {MaxBatch: 1}} {
+	for _, o := range []limiter.Options{{TokenLease: lease}, {TokenLease: lease}, {MaxBatch: 1}} {
 		c, _ := newCoord(t, srv.Client(t), o)
 		spinners = append(spinners, &spinner{c: c, workers: map[bool]int{true: 48, false: 8}[o.TokenLease > 0]})
 	}
