@@ -57,7 +57,7 @@ Examples:
 					extra = append(extra, config.Value{Key: key, Value: c.String(flag), Source: "flag --" + flag})
 				}
 			}
-			s, err := a.startService(c, "controller", extra...)
+			s, err := a.startService(c, "controller", nil, extra...)
 			if err != nil {
 				return err
 			}

@@ -97,7 +97,7 @@ Examples:
 					u.Duration = cs.Duration
 				}
 			}
-			cfg, err := a.config(c)
+			cfg, err := a.config(c, nil)
 			if err != nil {
 				return err
 			}

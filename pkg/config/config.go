@@ -115,7 +115,8 @@ type Sources struct {
 	// from (e.g. "flag --redis"; "" reads "override") for messages and
 	// Values. Their keys must be fixed Keys or provider keys.
 	Overrides []Value
-	// Providers are names the caller gives (a command's PROVIDER argument):
+	// Providers are names the caller gives (a command's PROVIDER argument
+	// or --provider flag):
 	// MDP_RATE_<PROVIDER>_* variables may configure them, as they may
 	// feedback.provider_name, rate_coordinator.provider_names and the
 	// providers the file or the overrides name. A variable for any other
