@@ -620,7 +620,8 @@ func TestControllerFlags(t *testing.T) {
 		{nil, []string{"--stream", "a{b}"}, `controller.streams="a{b}" (from flag --stream)`},
 		{nil, []string{"--stream-capacity", "0"}, `controller.stream_capacity="0" (from flag --stream-capacity): must be an integer in [1, 1000000000]`},
 		{[]string{"SLUICE_CONTROLLER_STREAM_CAPACITY=1.5"}, nil, `controller.stream_capacity="1.5" (from env SLUICE_CONTROLLER_STREAM_CAPACITY)`},
-		{nil, []string{"--stream", strings.Repeat("s", 60)}, "controller: streams[0].name="},
+		{nil, []string{"--stream", strings.Repeat("s", 58)}, `(from flag --stream): streams[0].name="` + strings.Repeat("s", 58) + `": must be 1 to 57 characters`},
+		{nil, []string{"--stream", "store,archive,store"}, `streams[2].name="store": named twice`},
 	} {
 		r := sluice(t, append(env, tc.env...), append([]string{"controller", "--id", "c"}, tc.args...)...)
 		if r.code != 2 || !strings.Contains(r.stderr, tc.want) {

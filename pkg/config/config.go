@@ -25,10 +25,10 @@ import (
 	"github.com/redis/go-redis/v9"
 	"go.yaml.in/yaml/v3"
 
+	"github.com/sluice-dev/sluice/pkg/controller"
 	"github.com/sluice-dev/sluice/pkg/feedback"
 	"github.com/sluice-dev/sluice/pkg/internal/clusterreload"
 	"github.com/sluice-dev/sluice/pkg/limiter"
-	"github.com/sluice-dev/sluice/pkg/store/redisstream"
 )
 
 // Key is one fixed setting: its dotted name (the YAML path), its
@@ -59,7 +59,7 @@ var keys = []Key{
 	{"feedback.expiry", "MDP_FB_EXPIRY", "forget", "what an expired coordinator counts as: forget, hold, soft or hard"},
 	{"rate_coordinator.outage_mode", "MDP_RATE_OUTAGE_MODE", "fail_closed", "while Redis is unreachable: fail_closed, fail_open or local_fallback"},
 	{"rate_coordinator.provider_names", "MDP_RATE_PROVIDER_NAMES", "", "providers that MDP_RATE_<PROVIDER>_* variables alone may configure, comma-separated (feedback.provider_name and the providers the file or the flags name need no listing)"},
-	{"controller.streams", "SLUICE_CONTROLLER_STREAMS", "store", "write streams whose backlog the controller counts as pressure, comma-separated (empty: none)"},
+	{"controller.streams", "SLUICE_CONTROLLER_STREAMS", "store", "write streams whose backlog the controller counts as pressure, comma-separated names of 1 to " + strconv.Itoa(controller.MaxStreamName) + " characters of [A-Za-z0-9_.-], each once (empty: none)"},
 	{"controller.stream_capacity", "SLUICE_CONTROLLER_STREAM_CAPACITY", "10000", "a stream's backlog that counts as full: soft from 60% (a pause with no coordinator alive), a pause from 85%; integer in [1, 1e9]"},
 	{"receiver.listen", "SLUICE_RECEIVER_LISTEN", ":8080", "address of every service's HTTP server, [host]:port with port in [0, 65535] (0: a free one) (/metrics, /healthz, /readyz; POST /feedback on the receiver)"},
 	{"receiver.token", "SLUICE_RECEIVER_TOKEN", "", "bearer token the receiver requires, printable ASCII without spaces (empty: none)"},
@@ -740,11 +740,11 @@ func (l layers) parse() (*Settings, error) {
 	}
 	for _, name := range strings.Split(str("controller.streams"), ",") {
 		if name = strings.TrimSpace(name); name != "" {
-			if _, err := (redisstream.Options{Stream: name}).Key(); err != nil {
-				fail("controller.streams", "must be stream names of 1 to 64 characters of [A-Za-z0-9_.-], comma-separated")
-			}
 			s.Controller.Streams = append(s.Controller.Streams, name)
 		}
+	}
+	if err := controller.CheckStreamNames(s.Controller.Streams); err != nil { // the controller's own rule
+		fail("controller.streams", err.Error()+" (comma-separated names, each once)")
 	}
 	if n := integer("controller.stream_capacity"); n >= 1 && n <= 1e9 {
 		s.Controller.StreamCapacity = int(n)
