@@ -854,3 +854,15 @@ func TestCommandNamesProvider(t *testing.T) {
 		t.Fatalf("pipeline: exit %d\nstdout %s\nstderr %s", code, out.String(), logs.String())
 	}
 }
+
+// TestUpInterruptedWhileStarting: a signal before `sluice up` has started
+// its processes stops what it started and exits 130 without a summary.
+func TestUpInterruptedWhileStarting(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	var out, errb bytes.Buffer
+	code := run(ctx, []string{"sluice", "up", "--dir", t.TempDir()}, &out, &errb, nil)
+	if code != 130 || !strings.Contains(errb.String(), "up: interrupted while starting") || strings.Contains(out.String(), "summary") {
+		t.Fatalf("exit %d\nstdout %s\nstderr %s", code, out.String(), errb.String())
+	}
+}
