@@ -128,14 +128,14 @@ var flagKeys = map[string]string{
 
 // config loads the configuration for the running command: the file
 // (--config or SLUICE_CONFIG), the environment, the flags that were set,
-// and extra overrides (a command's own flags).
-func (a *app) config(c *cli.Context, extra ...config.Value) (*config.Settings, error) {
-	return a.configNaming(c, nil, extra...)
-}
-
-// configNaming is config for a command that names providers (its
-// arguments): MDP_RATE_<PROVIDER>_* variables may configure them.
-func (a *app) configNaming(c *cli.Context, providers []string, extra ...config.Value) (*config.Settings, error) {
+// and extra overrides (a command's own flags). named are the providers the
+// command names (its PROVIDER arguments, its --provider): each is checked
+// (a name the limiter refuses exits 2) and MDP_RATE_<PROVIDER>_* variables
+// may configure it. Every command that names providers passes them here.
+func (a *app) config(c *cli.Context, named []string, extra ...config.Value) (*config.Settings, error) {
+	if err := checkProviders(named); err != nil {
+		return nil, err
+	}
 	var overrides []config.Value
 	for _, name := range slices.Sorted(maps.Keys(flagKeys)) {
 		if c.IsSet(name) {
@@ -146,7 +146,7 @@ func (a *app) configNaming(c *cli.Context, providers []string, extra ...config.V
 	if path == "" {
 		path = lookupEnv(a.environ, "SLUICE_CONFIG")
 	}
-	return config.Load(config.Sources{File: path, Environ: a.environ, Overrides: append(overrides, extra...), Providers: providers})
+	return config.Load(config.Sources{File: path, Environ: a.environ, Overrides: append(overrides, extra...), Providers: named})
 }
 
 func lookupEnv(environ []string, name string) string {
@@ -199,8 +199,10 @@ type session struct {
 	lim *limiter.Coordinator
 }
 
-func (a *app) open(c *cli.Context, source string) (*session, error) {
-	cfg, err := a.config(c)
+// open opens a session for a command that names the providers named (see
+// config).
+func (a *app) open(c *cli.Context, source string, named []string) (*session, error) {
+	cfg, err := a.config(c, named)
 	if err != nil {
 		return nil, err
 	}
@@ -227,16 +229,17 @@ func (s *session) Close() {
 }
 
 // withSession returns an action that checks there are n positional
-// arguments (described by usage), runs check on them (before connecting, so
-// that bad input is refused even without Redis; nil: none), opens a session
+// arguments (described by usage), of which the first named are provider
+// names (see config), runs check on them (before connecting, so that bad
+// input is refused even without Redis; nil: none), opens a session
 // recording changes as made by "operator" and runs fn.
-func (a *app) withSession(n int, usage string, check func(argv []string) error, fn func(c *cli.Context, s *session, argv []string) error) cli.ActionFunc {
-	return a.withSessionAs(func() string { return "operator" }, n, usage, check, fn)
+func (a *app) withSession(n, named int, usage string, check func(argv []string) error, fn func(c *cli.Context, s *session, argv []string) error) cli.ActionFunc {
+	return a.withSessionAs(func() string { return "operator" }, n, named, usage, check, fn)
 }
 
 // withSessionAs is withSession recording changes as made by source(),
 // read once the flags are parsed.
-func (a *app) withSessionAs(source func() string, n int, usage string, check func(argv []string) error, fn func(c *cli.Context, s *session, argv []string) error) cli.ActionFunc {
+func (a *app) withSessionAs(source func() string, n, named int, usage string, check func(argv []string) error, fn func(c *cli.Context, s *session, argv []string) error) cli.ActionFunc {
 	return func(c *cli.Context) error {
 		argv, err := args(c, n, usage)
 		if err != nil {
@@ -247,7 +250,7 @@ func (a *app) withSessionAs(source func() string, n int, usage string, check fun
 				return err
 			}
 		}
-		s, err := a.open(c, source())
+		s, err := a.open(c, source(), argv[:named])
 		if err != nil {
 			return err
 		}

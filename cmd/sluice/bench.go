@@ -86,7 +86,7 @@ func (a *app) bench(c *cli.Context, bc bench.Config, pc bench.PropagationConfig)
 	if err := benchFlags(c, &bc); err != nil { // bad input is refused before connecting
 		return err
 	}
-	cfg, err := a.config(c)
+	cfg, err := a.config(c, nil)
 	if err != nil {
 		return err
 	}

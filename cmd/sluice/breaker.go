@@ -19,7 +19,7 @@ replicas waiting on it are told at once.
 
 Example:
    sluice breaker reset ibkr`,
-			Action: a.withSession(1, "PROVIDER", checkProviders, func(c *cli.Context, s *session, argv []string) error {
+			Action: a.withSession(1, 1, "PROVIDER", nil, func(c *cli.Context, s *session, argv []string) error {
 				if err := s.lim.ResetBreaker(c.Context, argv[0]); err != nil {
 					return err
 				}

@@ -29,7 +29,7 @@ Examples:
    MDP_RATE_IBKR_CAPACITY=100 sluice config print --json`,
 			Flags: []cli.Flag{&cli.BoolFlag{Name: "json", Usage: "print JSON", Destination: &asJSON}},
 			Action: func(c *cli.Context) error {
-				cfg, err := a.config(c)
+				cfg, err := a.config(c, nil)
 				if err != nil {
 					return err
 				}

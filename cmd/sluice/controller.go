@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"log/slog"
+	"strconv"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -13,9 +15,10 @@ import (
 
 func (a *app) controllerCmd() *cli.Command {
 	var (
-		id       string
-		leaseTTL time.Duration
-		receiver bool
+		id             string
+		leaseTTL       time.Duration
+		streamCapacity int
+		receiver       bool
 	)
 	return &cli.Command{
 		Name:  "controller",
@@ -27,10 +30,12 @@ expiry; feedback.enable_feedback=false leaves the scale alone) to the scale
 of feedback.provider_name, and reaps coordinators whose report expired from
 the pressure sets. It is not ready (/readyz 503, saying why) while that
 provider has no configuration (not in rate_coordinator.providers, and not
-registered by sluice register). The backlog of each --stream (entries no
-living coordinator holds) counts as pressure too, against --stream-capacity
-and the coordinators' watermarks: with no coordinator alive the scale falls
-as the stream grows and pauses at 60% of it, so the stream stays bounded. A
+registered by sluice register). With feedback on, the backlog of each
+--stream (entries no living coordinator holds) counts as pressure too,
+against --stream-capacity and the coordinators' watermarks: with no
+coordinator alive the scale falls as the stream grows and pauses at 60% of
+it, so the stream stays bounded (with feedback off no stream is read, and
+streams set by a flag, the environment or the file log a warning). A
 standby takes over within one --lease-ttl when the writer dies; on SIGTERM
 the writer releases the lease at once. With --receiver it also serves POST
 /feedback, publishing each event to Redis.
@@ -40,27 +45,28 @@ Examples:
    MDP_FB_POLICY=proportional MDP_RATE_IBKR_REFILL_RATE=60 sluice controller --receiver`,
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "id", Usage: "this controller's id in the lease (default: the host name)", Destination: &id},
-			&cli.DurationFlag{Name: "lease-ttl", Value: 5 * time.Second, Usage: "the lease's life, in [100ms, 1h]: a standby takes over within it", Destination: &leaseTTL},
-			&cli.StringFlag{Name: "stream", Usage: "write streams whose backlog counts as pressure, a,b (env SLUICE_CONTROLLER_STREAMS; default store)"},
-			&cli.StringFlag{Name: "stream-capacity", Usage: "a stream's backlog that counts as full (env SLUICE_CONTROLLER_STREAM_CAPACITY; default 10000)"},
+			// 0 would take the library's default: the range refuses it.
+			durationFlag("lease-ttl", "the lease's life: a standby takes over within it", &leaseTTL, 5*time.Second, closed(100*time.Millisecond, time.Hour)),
+			&cli.StringFlag{Name: "stream", Usage: "write streams whose backlog counts as pressure (with feedback on), a,b: names of 1 to " +
+				strconv.Itoa(controller.MaxStreamName) + " of [A-Za-z0-9_.-], each once (env SLUICE_CONTROLLER_STREAMS; default store)"},
+			numberFlag("stream-capacity", "a stream's backlog that counts as full (env SLUICE_CONTROLLER_STREAM_CAPACITY)",
+				&streamCapacity, controller.DefaultStreamCapacity, closed(1, 1000000000)),
 			&cli.BoolFlag{Name: "receiver", Usage: "also serve POST /feedback (token and body limit: receiver.*)", Destination: &receiver},
 			listenFlag(),
 		},
 		Action: func(c *cli.Context) error {
-			// 0 would silently take the library's default: refuse it here.
-			if leaseTTL < 100*time.Millisecond || leaseTTL > time.Hour {
-				return usagef("controller: --lease-ttl=%v: must be in [100ms, 1h]", leaseTTL)
-			}
 			var extra []config.Value
-			for flag, key := range map[string]string{"stream": "controller.streams", "stream-capacity": "controller.stream_capacity"} {
-				if c.IsSet(flag) {
-					extra = append(extra, config.Value{Key: key, Value: c.String(flag), Source: "flag --" + flag})
-				}
+			if c.IsSet("stream") {
+				extra = append(extra, config.Value{Key: "controller.streams", Value: c.String("stream"), Source: "flag --stream"})
 			}
-			s, err := a.startService(c, "controller", extra...)
+			if c.IsSet("stream-capacity") {
+				extra = append(extra, config.Value{Key: "controller.stream_capacity", Value: strconv.Itoa(streamCapacity), Source: "flag --stream-capacity"})
+			}
+			s, err := a.startService(c, "controller", nil, extra...)
 			if err != nil {
 				return err
 			}
+			warnStreamsUnwatched(s.log, s.cfg)
 			id = orHostname(id)
 			o := controller.Options{
 				Prefix: s.cfg.Redis.Prefix, ID: id, LeaseTTL: leaseTTL, Providers: s.cfg.Providers,
@@ -105,6 +111,20 @@ Examples:
 			})
 		},
 	}
+}
+
+// warnStreamsUnwatched warns when streams were configured but feedback is
+// off: the controller then leaves the scale alone and reads no stream.
+// Not an error: MDP_FB_ENABLE_FEEDBACK=false is the switch that opens the
+// loop (in an incident, or to compare), and it must work without editing
+// the streams a manifest sets.
+func warnStreamsUnwatched(log *slog.Logger, cfg *config.Settings) {
+	if cfg.Feedback.Enabled || len(cfg.Controller.Streams) == 0 || cfg.Source("controller.streams") == "default" {
+		return
+	}
+	log.Warn("the streams' backlog is not watched: feedback is off, so nothing steers the scale",
+		"streams", cfg.Controller.Streams, "streams_from", cfg.Source("controller.streams"),
+		"enable_feedback_from", cfg.Source("feedback.enable_feedback"))
 }
 
 // setting returns the text of a loaded setting.

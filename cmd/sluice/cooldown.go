@@ -28,7 +28,7 @@ Examples:
 			&cli.StringFlag{Name: "reason", Usage: "free text", Destination: &reason},
 			&cli.BoolFlag{Name: "clear", Usage: "end the cooldown now", Destination: &clear},
 		},
-		Action: a.withSession(1, "PROVIDER", checkProviders, func(c *cli.Context, s *session, argv []string) error {
+		Action: a.withSession(1, 1, "PROVIDER", nil, func(c *cli.Context, s *session, argv []string) error {
 			if clear {
 				if err := s.lim.ClearCooldown(c.Context, argv[0]); err != nil {
 					return err

@@ -60,7 +60,7 @@ Examples:
 			listenFlag(),
 		},
 		Action: func(c *cli.Context) error {
-			s, err := a.startService(c, "coordinator")
+			s, err := a.startService(c, "coordinator", nil)
 			if err != nil {
 				return err
 			}

@@ -74,7 +74,7 @@ Examples:
 					return err
 				}
 			}
-			cfg, err := a.config(c)
+			cfg, err := a.config(c, nil)
 			if err != nil {
 				return err
 			}

@@ -792,3 +792,77 @@ func TestUpInterrupted(t *testing.T) {
 		})
 	}
 }
+
+// TestCommandNamesProvider: a provider that only MDP_RATE_<P>_* variables
+// configure is named by any command's PROVIDER argument or --provider flag
+// (status, scale, cooldown, breaker reset, register, pipeline), not only by
+// register's; a command that does not name it still refuses the variable.
+// Without Redis each command gets past its configuration (exit 1, Redis
+// unreachable, not 2); with one, each does its work on the provider.
+func TestCommandNamesProvider(t *testing.T) {
+	commands := [][]string{
+		{"register", "polygon"}, {"status", "polygon"}, {"scale", "polygon", "0.5"},
+		{"cooldown", "polygon", "--for", "1s"}, {"cooldown", "polygon", "--clear"}, {"breaker", "reset", "polygon"},
+	}
+	down := []string{"SLUICE_REDIS_URL=redis://127.0.0.1:1/0", "MDP_RATE_POLYGON_CAPACITY=5"}
+	for _, args := range commands {
+		if r := sluice(t, down, args...); r.code != 1 || !strings.Contains(r.stderr, "unreachable") {
+			t.Errorf("%v, Redis down: exit %d, %q; want 1, Redis unreachable", args, r.code, r.stderr)
+		}
+	}
+	for _, args := range [][]string{{"status", "ibkr"}, {"pipeline", "--provider", "ibkr"}, {"register"}} {
+		if r := sluice(t, down, args...); r.code != 2 || !strings.Contains(r.stderr, "MDP_RATE_POLYGON_CAPACITY configures provider") {
+			t.Errorf("%v: exit %d, %q; want 2, the variable refused", args, r.code, r.stderr)
+		}
+	}
+
+	srv := redistest.Start(t)
+	env := []string{"SLUICE_REDIS_URL=" + srv.URL(), "SLUICE_RECEIVER_LISTEN=127.0.0.1:0", "MDP_RATE_POLYGON_CAPACITY=5"}
+	for _, args := range commands {
+		sluice(t, env, args...).ok(t)
+	}
+	if p := statusJSON(t, env[:1]).Providers; len(p) != 1 || p[0].Provider != "polygon" || p[0].Capacity != 5 || p[0].Scale != 0.5 {
+		t.Fatalf("after the commands: %+v", p)
+	}
+	// The pipeline serves, acquires from polygon (ready) and stops cleanly.
+	var mu sync.Mutex
+	var out, logs bytes.Buffer
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan int, 1)
+	go func() {
+		done <- run(ctx, []string{"sluice", "pipeline", "--provider", "polygon", "--demand", "20"}, syncBuffer{&mu, &out}, syncBuffer{&mu, &logs}, env)
+	}()
+	var url string
+	waitFor(t, 20*time.Second, "the pipeline to listen", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		var l struct{ Listening string }
+		first, _, _ := strings.Cut(out.String(), "\n")
+		_ = json.Unmarshal([]byte(first), &l)
+		url = l.Listening
+		return url != ""
+	})
+	waitFor(t, 30*time.Second, "the pipeline to acquire from polygon", func() bool {
+		code, _ := readyz(&proc{url: url})
+		return code == http.StatusOK
+	})
+	cancel()
+	if code := <-done; code != 0 {
+		mu.Lock()
+		defer mu.Unlock()
+		t.Fatalf("pipeline: exit %d\nstdout %s\nstderr %s", code, out.String(), logs.String())
+	}
+}
+
+// TestUpInterruptedWhileStarting: a signal before `sluice up` has started
+// its processes stops what it started and exits 130 without a summary.
+func TestUpInterruptedWhileStarting(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	var out, errb bytes.Buffer
+	code := run(ctx, []string{"sluice", "up", "--dir", t.TempDir()}, &out, &errb, nil)
+	if code != 130 || !strings.Contains(errb.String(), "up: interrupted while starting") || strings.Contains(out.String(), "summary") {
+		t.Fatalf("exit %d\nstdout %s\nstderr %s", code, out.String(), errb.String())
+	}
+}

@@ -60,16 +60,20 @@ Examples:
 			listenFlag(),
 		},
 		Action: func(c *cli.Context) error {
-			s, err := a.startService(c, "pipeline")
+			var named []string // MDP_RATE_<PROVIDER>_* may configure it
+			if provider != "" {
+				if err := checkProviders([]string{provider}); err != nil {
+					return usagef("pipeline: --provider: %v", err)
+				}
+				named = append(named, provider)
+			}
+			s, err := a.startService(c, "pipeline", named)
 			if err != nil {
 				return err
 			}
 			id = orHostname(id)
-			if provider == "" {
+			if provider == "" { // checked by the configuration
 				provider = s.cfg.Feedback.Provider
-			}
-			if err := checkProviders([]string{provider}); err != nil {
-				return usagef("pipeline: --provider: %v", err)
 			}
 			if demandFile != "" {
 				if err := checkParentDir("demand-file", demandFile); err != nil {

@@ -39,7 +39,7 @@ Examples:
 				numberFlag("capacity", "queue capacity to report", &capacity, 1000, closed(1, 1000000000)),
 				durationFlag("ttl", "how long the report counts", &ttl, 30*time.Second, above(0, 24*time.Hour)),
 			},
-			Action: a.withSession(2, "COORDINATOR LEVEL", func(argv []string) error {
+			Action: a.withSession(2, 0, "COORDINATOR LEVEL", func(argv []string) error {
 				level, err := state.ParseLevel(argv[1])
 				if err != nil {
 					return usagef("pressure set: LEVEL=%q: must be ok, soft or hard", argv[1])
@@ -73,7 +73,7 @@ forget it when its TTL passes (feedback.coordinator_ttl).
 
 Example:
    sluice pressure clear store-0`,
-			Action: a.withSession(1, "COORDINATOR", nil, func(c *cli.Context, s *session, argv []string) error {
+			Action: a.withSession(1, 0, "COORDINATOR", nil, func(c *cli.Context, s *session, argv []string) error {
 				pub, err := redisbus.NewPublisher(s.rdb, redisbus.Options{Prefix: s.cfg.Redis.Prefix})
 				if err != nil {
 					return err

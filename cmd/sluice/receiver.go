@@ -32,7 +32,7 @@ Examples:
 			&cli.StringFlag{Name: "max-body", Usage: "largest body in bytes (env SLUICE_RECEIVER_MAX_BODY; default 65536)"},
 		},
 		Action: func(c *cli.Context) error {
-			s, err := a.startService(c, "receiver")
+			s, err := a.startService(c, "receiver", nil)
 			if err != nil {
 				return err
 			}

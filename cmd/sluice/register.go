@@ -43,9 +43,6 @@ Examples:
 			name := c.Args().First()
 			var named []string // MDP_RATE_<NAME>_* may configure it
 			if name != "" {
-				if err := checkProviders([]string{name}); err != nil {
-					return err
-				}
 				named = append(named, name)
 			}
 			var extra []config.Value
@@ -57,7 +54,7 @@ Examples:
 					extra = append(extra, config.Value{Key: config.ProviderKey(name, f.Name), Value: c.String(flag), Source: "flag --" + flag})
 				}
 			}
-			cfg, err := a.configNaming(c, named, extra...)
+			cfg, err := a.config(c, named, extra...)
 			if err != nil {
 				return err
 			}

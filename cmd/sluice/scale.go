@@ -26,10 +26,7 @@ Examples:
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "source", Usage: "recorded as who set it", Value: "operator", Destination: &source},
 		},
-		Action: a.withSessionAs(func() string { return source }, 2, "PROVIDER FACTOR", func(argv []string) error {
-			if err := checkProviders(argv[:1]); err != nil {
-				return err
-			}
+		Action: a.withSessionAs(func() string { return source }, 2, 1, "PROVIDER FACTOR", func(argv []string) error {
 			if _, err := config.ParseNumber(argv[1]); err != nil {
 				return usagef("scale: FACTOR=%q: %v, in [0, max_scale]", argv[1], err)
 			}

@@ -40,15 +40,16 @@ func listenFlag() cli.Flag {
 }
 
 // startService checks that the service was given no arguments, loads the
-// configuration (with extra: the settings of the service's own flags) and
+// configuration (named: the providers its flags name, see config; extra:
+// the settings of its own flags) and
 // opens Redis without waiting for it: the service waits (waitRedis) once
 // its HTTP server answers /healthz.
-func (a *app) startService(c *cli.Context, name string, extra ...config.Value) (*service, error) {
+func (a *app) startService(c *cli.Context, name string, named []string, extra ...config.Value) (*service, error) {
 	if c.NArg() > 0 {
 		return nil, usagef("%s takes no arguments, got %q", name, c.Args().First())
 	}
 	a.service = true
-	cfg, err := a.config(c, extra...)
+	cfg, err := a.config(c, named, extra...)
 	if err != nil {
 		return nil, err
 	}

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"syscall"
@@ -606,7 +607,7 @@ func readyz(p *proc) (int, string) {
 }
 
 // TestControllerFlags: a controller flag out of range exits 2 naming it,
-// before anything starts (no Redis here).
+// before anything starts (no Redis here), and --help shows each range.
 func TestControllerFlags(t *testing.T) {
 	env := []string{"SLUICE_REDIS_URL=redis://127.0.0.1:1/0"}
 	for _, tc := range []struct {
@@ -614,17 +615,73 @@ func TestControllerFlags(t *testing.T) {
 		args []string
 		want string
 	}{
-		{nil, []string{"--lease-ttl", "0"}, "--lease-ttl=0s: must be in [100ms, 1h]"},
+		{nil, []string{"--lease-ttl", "0"}, "--lease-ttl=0: must be in [100ms, 1h]"},
 		{nil, []string{"--lease-ttl", "99ms"}, "--lease-ttl=99ms: must be in [100ms, 1h]"},
-		{nil, []string{"--lease-ttl", "1h1s"}, "--lease-ttl=1h0m1s: must be in [100ms, 1h]"},
+		{nil, []string{"--lease-ttl", "1h1s"}, "--lease-ttl=1h1s: must be in [100ms, 1h]"},
+		{nil, []string{"--lease-ttl", "soon"}, "--lease-ttl=soon: must be a duration like 5s or 250ms, in [100ms, 1h]"},
 		{nil, []string{"--stream", "a{b}"}, `controller.streams="a{b}" (from flag --stream)`},
-		{nil, []string{"--stream-capacity", "0"}, `controller.stream_capacity="0" (from flag --stream-capacity): must be an integer in [1, 1000000000]`},
+		{nil, []string{"--stream-capacity", "0"}, "--stream-capacity=0: must be in [1, 1000000000]"},
+		{nil, []string{"--stream-capacity", "1.5"}, "--stream-capacity=1.5: must be a whole number in [1, 1000000000]"},
+		{nil, []string{"--stream-capacity", "1e-400"}, "--stream-capacity=1e-400: must be 0 or a number that does not round to 0"},
 		{[]string{"SLUICE_CONTROLLER_STREAM_CAPACITY=1.5"}, nil, `controller.stream_capacity="1.5" (from env SLUICE_CONTROLLER_STREAM_CAPACITY)`},
-		{nil, []string{"--stream", strings.Repeat("s", 60)}, "controller: streams[0].name="},
+		{nil, []string{"--stream", strings.Repeat("s", 58)}, `(from flag --stream): streams[0].name="` + strings.Repeat("s", 58) + `": must be 1 to 57 characters`},
+		{nil, []string{"--stream", "store,archive,store"}, `streams[2].name="store": named twice`},
 	} {
 		r := sluice(t, append(env, tc.env...), append([]string{"controller", "--id", "c"}, tc.args...)...)
 		if r.code != 2 || !strings.Contains(r.stderr, tc.want) {
 			t.Errorf("controller %v %v: exit %d, %q; want 2 and %q", tc.env, tc.args, r.code, r.stderr, tc.want)
+		}
+	}
+	help := sluice(t, nil, "controller", "--help").ok(t).stdout
+	for _, want := range []*regexp.Regexp{
+		regexp.MustCompile(`--lease-ttl value .*, in \[100ms, 1h\] \(default: 5s\)`),
+		regexp.MustCompile(`--stream value .*names of 1 to 57 of \[A-Za-z0-9_.-\], each once`),
+		regexp.MustCompile(`--stream-capacity value .*, in \[1, 1000000000\] \(default: 10000\)`),
+	} {
+		if !want.MatchString(help) {
+			t.Errorf("controller --help does not match %s:\n%s", want, help)
+		}
+	}
+}
+
+// TestControllerStreamsFeedbackOff: with feedback off the controller
+// reads no stream (nothing steers the scale); streams set anyway (a flag,
+// the environment) get a warning at start that says so, naming them and
+// where each setting came from. The default streams with feedback off, and
+// streams with feedback on, get none.
+func TestControllerStreamsFeedbackOff(t *testing.T) {
+	const warning = `"msg":"the streams' backlog is not watched: feedback is off, so nothing steers the scale"`
+	for _, tc := range []struct {
+		env, args []string
+		want      string // in the warning; "": no warning
+	}{
+		{[]string{"MDP_FB_ENABLE_FEEDBACK=false"}, []string{"--stream", "store,archive"},
+			`"streams":["store","archive"],"streams_from":"flag --stream","enable_feedback_from":"env MDP_FB_ENABLE_FEEDBACK"`},
+		{[]string{"MDP_FB_ENABLE_FEEDBACK=false", "SLUICE_CONTROLLER_STREAMS=store"}, nil, `"streams_from":"env SLUICE_CONTROLLER_STREAMS"`},
+		{[]string{"MDP_FB_ENABLE_FEEDBACK=false"}, nil, ""},
+		{nil, []string{"--stream", "store"}, ""},
+	} {
+		var mu sync.Mutex
+		var logs bytes.Buffer
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan int, 1)
+		env := append([]string{"SLUICE_REDIS_URL=redis://127.0.0.1:1/0", "SLUICE_RECEIVER_LISTEN=127.0.0.1:0"}, tc.env...)
+		go func() {
+			done <- run(ctx, append([]string{"sluice", "controller", "--id", "c"}, tc.args...), io.Discard, syncBuffer{&mu, &logs}, env)
+		}()
+		waitFor(t, 20*time.Second, "the controller to start", func() bool {
+			mu.Lock()
+			defer mu.Unlock()
+			return strings.Contains(logs.String(), `"msg":"starting"`)
+		})
+		cancel()
+		code := <-done
+		mu.Lock()
+		got := logs.String()
+		mu.Unlock()
+		warned := strings.Contains(got, warning)
+		if code != 0 || warned != (tc.want != "") || !strings.Contains(got, tc.want) {
+			t.Errorf("%v %v: exit %d, warned %v; want a warning with %q\n%s", tc.env, tc.args, code, warned, tc.want, got)
 		}
 	}
 }

@@ -37,10 +37,7 @@ Examples:
 			&cli.BoolFlag{Name: "json", Usage: "print JSON", Destination: &asJSON},
 		},
 		Action: func(c *cli.Context) error {
-			if err := checkProviders(c.Args().Slice()); err != nil {
-				return err
-			}
-			s, err := a.open(c, "status")
+			s, err := a.open(c, "status", c.Args().Slice())
 			if err != nil {
 				return err
 			}

@@ -97,7 +97,7 @@ Examples:
 					u.Duration = cs.Duration
 				}
 			}
-			cfg, err := a.config(c)
+			cfg, err := a.config(c, nil)
 			if err != nil {
 				return err
 			}
@@ -118,6 +118,8 @@ Examples:
 // cluster is what `sluice up` started.
 type cluster struct {
 	dir                          string
+	bin                          string   // the sluice binary the processes run
+	env                          []string // their environment
 	redisURL                     string
 	stopRedis                    func()
 	controller                   *proc
@@ -144,55 +146,67 @@ func (cl *cluster) stopAll() {
 	}
 }
 
-func runUp(ctx context.Context, u upArgs, environ []string, feedbackOn bool, w, progress io.Writer) (err error) {
-	bin, err := os.Executable()
+// runUp runs `sluice up`: it starts Redis and the processes, watches them
+// for u.Duration (or until a signal ends ctx), then stops the pipelines,
+// drains and sums up (end). A signal while the processes start stops
+// those started and exits 130: nothing ran, there is nothing to sum up.
+func runUp(ctx context.Context, u upArgs, environ []string, feedbackOn bool, w, progress io.Writer) error {
+	cl, cleanup, err := newCluster(u)
 	if err != nil {
 		return err
 	}
-	cl := &cluster{dir: u.Dir}
-	if cl.dir == "" {
-		if cl.dir, err = os.MkdirTemp("", "sluice-up-"); err != nil {
-			return err
+	defer cleanup()
+	out := w
+	if u.JSON { // stdout is the summary's; people watch stderr
+		out = progress
+	}
+	if err := cl.start(ctx, u, environ, feedbackOn, out); err != nil {
+		if ctx.Err() != nil {
+			return &exitError{code: 130, err: fmt.Errorf("up: interrupted while starting: %w", err)}
 		}
-		if !u.Keep {
-			defer os.RemoveAll(cl.dir)
-		}
-	} else if err := os.MkdirAll(cl.dir, 0o755); err != nil {
 		return err
 	}
-	defer cl.stopAll()
-	// A signal while the processes start stops those started (stopAll) and
-	// exits 130: nothing ran, there is nothing to sum up.
-	watching := false
-	defer func() {
-		if !watching && ctx.Err() != nil && err != nil {
-			err = &exitError{code: 130, err: fmt.Errorf("up: interrupted while starting: %w", err)}
+	rdb := redis.NewClient(&redis.Options{Addr: cl.redisURL[len("redis://"):]})
+	defer rdb.Close()
+	if err := cl.watch(ctx, rdb, u, out); err != nil {
+		return err
+	}
+	return cl.end(ctx, rdb, u, out, w)
+}
+
+// newCluster makes the run's directory: --dir, or a temporary one. cleanup
+// stops every process the run started, then removes a temporary directory
+// unless --keep.
+func newCluster(u upArgs) (cl *cluster, cleanup func(), err error) {
+	cl = &cluster{dir: u.Dir}
+	if cl.bin, err = os.Executable(); err != nil {
+		return nil, nil, err
+	}
+	remove := func() {}
+	if cl.dir == "" {
+		if cl.dir, err = os.MkdirTemp("", "sluice-up-"); err != nil {
+			return nil, nil, err
 		}
-	}()
+		if !u.Keep {
+			remove = func() { os.RemoveAll(cl.dir) }
+		}
+	} else if err := os.MkdirAll(cl.dir, 0o755); err != nil {
+		return nil, nil, err
+	}
+	return cl, func() { cl.stopAll(); remove() }, nil
+}
+
+// start starts Redis, says what the run is on out, and starts the
+// controller, the coordinators and the pipelines, each a sluice process
+// logging to <dir>/<name>.log.
+func (cl *cluster) start(ctx context.Context, u upArgs, environ []string, feedbackOn bool, out io.Writer) error {
 	where, err := cl.startRedis(ctx)
 	if err != nil {
 		return err
 	}
-	env := envWith(environ, "SLUICE_REDIS_URL="+cl.redisURL, "SLUICE_REDIS_CLUSTER_URL=", "SLUICE_REDIS_PREFIX=sluice",
+	cl.env = envWith(environ, "SLUICE_REDIS_URL="+cl.redisURL, "SLUICE_REDIS_CLUSTER_URL=", "SLUICE_REDIS_PREFIX=sluice",
 		"SLUICE_LOG_FORMAT=json", "SLUICE_RECEIVER_LISTEN=127.0.0.1:0", "MDP_FB_PROVIDER_NAME=ibkr",
 		"MDP_RATE_IBKR_REFILL_RATE="+strconv.FormatFloat(u.Rate, 'g', -1, 64), "MDP_RATE_IBKR_CAPACITY="+strconv.Itoa(u.Burst))
-	start := func(name string, args ...string) (*proc, error) {
-		logf, err := os.Create(filepath.Join(cl.dir, name+".log"))
-		if err != nil {
-			return nil, err
-		}
-		if ctx.Err() != nil {
-			logf.Close()
-			return nil, ctx.Err()
-		}
-		p, err := startProc(bin, name, env, logf, args...)
-		if err != nil {
-			logf.Close()
-			return nil, fmt.Errorf("%w (log: %s)", err, logf.Name())
-		}
-		cl.all = append(cl.all, p)
-		return p, nil
-	}
 	coords := make([]coordinatorSpec, u.Coordinators)
 	pipeArgs := []string{}
 	for i := range coords {
@@ -203,13 +217,46 @@ func runUp(ctx context.Context, u upArgs, environ []string, feedbackOn bool, w, 
 		cl.play = newScenario(cs, u, cl.dir)
 		coords, pipeArgs = cl.play.specs(u.Pipelines)
 	}
+	cl.announce(out, u, where, feedbackOn)
+	cl.streams = map[string][]string{}
+	for _, c := range coords {
+		cl.streams[c.stream] = append(cl.streams[c.stream], filepath.Join(cl.dir, c.id+".jsonl"))
+	}
+	// The controller watches the streams this run writes, each as full at
+	// the queues of its coordinators (1000 each), as those count theirs.
+	streams := slices.Sorted(maps.Keys(cl.streams))
+	if cl.controller, err = cl.launch(ctx, "controller", "controller", "--id", "controller-0", "--lease-ttl", "2s",
+		"--stream", strings.Join(streams, ","), "--stream-capacity", "1000"); err != nil {
+		return err
+	}
+	for _, c := range coords {
+		sink := filepath.Join(cl.dir, c.id+".jsonl")
+		args := append([]string{"coordinator", "--id", c.id, "--stream", c.stream, "--sink", "file:" + sink,
+			"--sink-rate", strconv.FormatFloat(c.rate, 'g', -1, 64), "--capacity", "1000", "--claim-idle", "10s"}, c.args...)
+		if c.rateFile != "" {
+			args = append(args, "--sink-rate-file", c.rateFile)
+		}
+		p, err := cl.launch(ctx, c.id, args...)
+		if err != nil {
+			return err
+		}
+		cl.coordinators = append(cl.coordinators, p)
+	}
+	for i := range u.Pipelines {
+		p, err := cl.launch(ctx, fmt.Sprintf("pipeline-%d", i), append([]string{"pipeline", "--id", fmt.Sprintf("pipeline-%d", i)}, pipeArgs...)...)
+		if err != nil {
+			return err
+		}
+		cl.pipelines = append(cl.pipelines, p)
+	}
+	return nil
+}
+
+// announce says on out what the run is and where its files go.
+func (cl *cluster) announce(out io.Writer, u upArgs, where string, feedbackOn bool) {
 	loop := "feedback on (" + u.Policy + " policy)"
 	if !feedbackOn {
 		loop = "feedback off (open loop)"
-	}
-	out := w
-	if u.JSON { // stdout is the summary's; people watch stderr
-		out = progress
 	}
 	what := fmt.Sprintf("%d coordinators (%g items/s each)", u.Coordinators, u.SinkRate)
 	if cl.play != nil {
@@ -222,47 +269,33 @@ func runUp(ctx context.Context, u upArgs, environ []string, feedbackOn bool, w, 
 		kept = "kept"
 	}
 	fmt.Fprintf(out, "logs and written items in %s (%s)\n\n", cl.dir, kept)
-	cl.streams = map[string][]string{}
-	for _, c := range coords {
-		cl.streams[c.stream] = append(cl.streams[c.stream], filepath.Join(cl.dir, c.id+".jsonl"))
+}
+
+// launch starts `sluice args...` as the process name, logging to
+// <dir>/<name>.log; stopAll stops it.
+func (cl *cluster) launch(ctx context.Context, name string, args ...string) (*proc, error) {
+	logf, err := os.Create(filepath.Join(cl.dir, name+".log"))
+	if err != nil {
+		return nil, err
 	}
-	// The controller watches the streams this run writes, each as full at
-	// the queues of its coordinators (1000 each), as those count theirs.
-	streams := slices.Sorted(maps.Keys(cl.streams))
-	if cl.controller, err = start("controller", "controller", "--id", "controller-0", "--lease-ttl", "2s",
-		"--stream", strings.Join(streams, ","), "--stream-capacity", "1000"); err != nil {
-		return err
+	if ctx.Err() != nil {
+		logf.Close()
+		return nil, ctx.Err()
 	}
-	for _, c := range coords {
-		sink := filepath.Join(cl.dir, c.id+".jsonl")
-		args := append([]string{"coordinator", "--id", c.id, "--stream", c.stream, "--sink", "file:" + sink,
-			"--sink-rate", strconv.FormatFloat(c.rate, 'g', -1, 64), "--capacity", "1000", "--claim-idle", "10s"}, c.args...)
-		if c.rateFile != "" {
-			args = append(args, "--sink-rate-file", c.rateFile)
-		}
-		p, err := start(c.id, args...)
-		if err != nil {
-			return err
-		}
-		cl.coordinators = append(cl.coordinators, p)
+	p, err := startProc(cl.bin, name, cl.env, logf, args...)
+	if err != nil {
+		logf.Close()
+		return nil, fmt.Errorf("%w (log: %s)", err, logf.Name())
 	}
-	for i := range u.Pipelines {
-		p, err := start(fmt.Sprintf("pipeline-%d", i), append([]string{"pipeline", "--id", fmt.Sprintf("pipeline-%d", i)}, pipeArgs...)...)
-		if err != nil {
-			return err
-		}
-		cl.pipelines = append(cl.pipelines, p)
-	}
-	rdb := redis.NewClient(&redis.Options{Addr: cl.redisURL[len("redis://"):]})
-	defer rdb.Close()
-	watching = true
-	if err := cl.watch(ctx, rdb, u, out); err != nil {
-		return err
-	}
-	// The end is the same after --duration and after SIGINT or SIGTERM:
-	// stop the pipelines, drain, stop the rest, sum up. A signal during
-	// that end (the first after --duration, a second one after a signal)
-	// stops everything at once; then up exits 130.
+	cl.all = append(cl.all, p)
+	return p, nil
+}
+
+// end is the same after --duration and after SIGINT or SIGTERM: stop the
+// pipelines, drain, stop the rest, sum up (finish). A signal during that
+// end (the first after --duration, a second one after a signal) stops
+// everything at once; then up exits 130.
+func (cl *cluster) end(ctx context.Context, rdb *redis.Client, u upArgs, out, w io.Writer) error {
 	fctx := ctx
 	interrupted := ctx.Err() != nil
 	if interrupted {
@@ -271,7 +304,7 @@ func runUp(ctx context.Context, u upArgs, environ []string, feedbackOn bool, w, 
 		defer stop()
 		fmt.Fprintf(out, "\ninterrupted: stopping the pipelines, then draining the stream (interrupt again to stop at once)\n")
 	}
-	err = cl.finish(fctx, rdb, u, out, w)
+	err := cl.finish(fctx, rdb, u, out, w)
 	if fctx.Err() != nil || interrupted && err != nil {
 		if err == nil {
 			err = errors.New("up: interrupted: stopped before the stream drained")

@@ -26,9 +26,9 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/sluice-dev/sluice/pkg/clusterreload"
+	"github.com/sluice-dev/sluice/pkg/controller"
 	"github.com/sluice-dev/sluice/pkg/feedback"
 	"github.com/sluice-dev/sluice/pkg/limiter"
-	"github.com/sluice-dev/sluice/pkg/store/redisstream"
 )
 
 // Key is one fixed setting: its dotted name (the YAML path), its
@@ -59,7 +59,7 @@ var keys = []Key{
 	{"feedback.expiry", "MDP_FB_EXPIRY", "forget", "what an expired coordinator counts as: forget, hold, soft or hard"},
 	{"rate_coordinator.outage_mode", "MDP_RATE_OUTAGE_MODE", "fail_closed", "while Redis is unreachable: fail_closed, fail_open or local_fallback"},
 	{"rate_coordinator.provider_names", "MDP_RATE_PROVIDER_NAMES", "", "providers that MDP_RATE_<PROVIDER>_* variables alone may configure, comma-separated (feedback.provider_name and the providers the file or the flags name need no listing)"},
-	{"controller.streams", "SLUICE_CONTROLLER_STREAMS", "store", "write streams whose backlog the controller counts as pressure, comma-separated (empty: none)"},
+	{"controller.streams", "SLUICE_CONTROLLER_STREAMS", "store", "write streams whose backlog the controller counts as pressure, comma-separated names of 1 to " + strconv.Itoa(controller.MaxStreamName) + " characters of [A-Za-z0-9_.-], each once (empty: none)"},
 	{"controller.stream_capacity", "SLUICE_CONTROLLER_STREAM_CAPACITY", "10000", "a stream's backlog that counts as full: soft from 60% (a pause with no coordinator alive), a pause from 85%; integer in [1, 1e9]"},
 	{"receiver.listen", "SLUICE_RECEIVER_LISTEN", ":8080", "address of every service's HTTP server, [host]:port with port in [0, 65535] (0: a free one) (/metrics, /healthz, /readyz; POST /feedback on the receiver)"},
 	{"receiver.token", "SLUICE_RECEIVER_TOKEN", "", "bearer token the receiver requires, printable ASCII without spaces (empty: none)"},
@@ -115,7 +115,8 @@ type Sources struct {
 	// from (e.g. "flag --redis"; "" reads "override") for messages and
 	// Values. Their keys must be fixed Keys or provider keys.
 	Overrides []Value
-	// Providers are names the caller gives (a command's PROVIDER argument):
+	// Providers are names the caller gives (a command's PROVIDER argument
+	// or --provider flag):
 	// MDP_RATE_<PROVIDER>_* variables may configure them, as they may
 	// feedback.provider_name, rate_coordinator.provider_names and the
 	// providers the file or the overrides name. A variable for any other
@@ -641,156 +642,209 @@ func checkRedisURL(raw string, cluster bool) error {
 	return nil
 }
 
-// parse decodes and validates the layers; the first bad value is the error.
+// parse decodes and validates the layers, section by section; the first
+// bad value is the error.
 func (l layers) parse() (*Settings, error) {
 	s := &Settings{values: l, Providers: map[string]limiter.ProviderConfig{}}
-	var errs []error
-	str := func(k string) string { return l[k].Value }
-	fail := func(k, rule string) { errs = append(errs, l.errorf(k, rule)) }
-	boolean := func(k string, dst *bool) {
-		b, err := strconv.ParseBool(str(k))
-		if err != nil {
-			fail(k, "must be true or false")
-		}
-		*dst = b
+	p := &parser{l: l}
+	p.redis(s)
+	p.log(s)
+	p.feedback(s)
+	p.controller(s)
+	p.receiver(s)
+	p.providers(s)
+	if len(p.errs) > 0 {
+		return nil, p.errs[0]
 	}
-	duration := func(k string, dst *time.Duration) {
-		d, err := time.ParseDuration(str(k))
-		if err != nil || d <= 0 || d > 24*time.Hour {
-			fail(k, "must be a duration like 5s or 250ms, in (0, 24h]")
-		}
-		*dst = d
-	}
-	number := func(k string) float64 {
-		f, err := ParseNumber(str(k))
-		if err != nil {
-			fail(k, err.Error())
-		}
-		return f
-	}
-	name := func(k, name string) {
-		if rule := nameRule(name); rule != "" {
-			fail(k, "must be "+rule)
-		}
-	}
-	integer := func(k string) float64 {
-		f := number(k)
-		if f != math.Trunc(f) {
-			fail(k, "must be a whole number")
-		}
-		return f
-	}
-	oneOf := func(k string, allowed ...string) string {
-		if !slices.Contains(allowed, str(k)) {
-			fail(k, "must be one of "+strings.Join(allowed, ", "))
-			return allowed[0]
-		}
-		return str(k)
-	}
+	return s, nil
+}
 
-	s.Redis.URL, s.Redis.ClusterURL, s.Redis.Prefix = str("redis.url"), str("redis.cluster_url"), str("redis.prefix")
-	s.Redis.TLSCA = str("redis.tls_ca")
+// parser reads typed values from the layers, collecting an error for each
+// bad one; a bad value reads as its type's zero value (or the first
+// allowed).
+type parser struct {
+	l    layers
+	errs []error
+}
+
+func (p *parser) str(k string) string { return p.l[k].Value }
+
+func (p *parser) fail(k, rule string) { p.errs = append(p.errs, p.l.errorf(k, rule)) }
+
+func (p *parser) boolean(k string, dst *bool) {
+	b, err := strconv.ParseBool(p.str(k))
+	if err != nil {
+		p.fail(k, "must be true or false")
+	}
+	*dst = b
+}
+
+func (p *parser) duration(k string, dst *time.Duration) {
+	d, err := time.ParseDuration(p.str(k))
+	if err != nil || d <= 0 || d > 24*time.Hour {
+		p.fail(k, "must be a duration like 5s or 250ms, in (0, 24h]")
+	}
+	*dst = d
+}
+
+func (p *parser) number(k string) float64 {
+	f, err := ParseNumber(p.str(k))
+	if err != nil {
+		p.fail(k, err.Error())
+	}
+	return f
+}
+
+func (p *parser) integer(k string) float64 {
+	f := p.number(k)
+	if f != math.Trunc(f) {
+		p.fail(k, "must be a whole number")
+	}
+	return f
+}
+
+// name checks a name the limiter must accept (a provider, a key prefix).
+func (p *parser) name(k, name string) {
+	if rule := nameRule(name); rule != "" {
+		p.fail(k, "must be "+rule)
+	}
+}
+
+func (p *parser) oneOf(k string, allowed ...string) string {
+	if !slices.Contains(allowed, p.str(k)) {
+		p.fail(k, "must be one of "+strings.Join(allowed, ", "))
+		return allowed[0]
+	}
+	return p.str(k)
+}
+
+// redis reads redis.*: one Redis, a server or a cluster, at an address
+// that can work, and the key prefix.
+func (p *parser) redis(s *Settings) {
+	l := p.l
+	s.Redis.URL, s.Redis.ClusterURL, s.Redis.Prefix = p.str("redis.url"), p.str("redis.cluster_url"), p.str("redis.prefix")
+	s.Redis.TLSCA = p.str("redis.tls_ca")
 	// One Redis: a server or a cluster. Set in different layers, the higher
 	// one wins (flags > environment > file); in the same layer, an error.
 	if s.Redis.ClusterURL != "" && l["redis.url"].Source != "default" {
 		switch u, c := layerRank(l["redis.url"].Source), layerRank(l["redis.cluster_url"].Source); {
 		case u == c:
-			fail("redis.cluster_url", "cannot be set with redis.url (from "+l["redis.url"].Source+"): one Redis, a server or a cluster")
+			p.fail("redis.cluster_url", "cannot be set with redis.url (from "+l["redis.url"].Source+"): one Redis, a server or a cluster")
 		case u > c:
 			s.Redis.ClusterURL = ""
 		}
 	}
 	if s.Redis.ClusterURL != "" {
 		if err := checkRedisURL(s.Redis.ClusterURL, true); err != nil {
-			fail("redis.cluster_url", "must be redis://[user:password@]host:port?addr=host:port...: "+err.Error())
+			p.fail("redis.cluster_url", "must be redis://[user:password@]host:port?addr=host:port...: "+err.Error())
 		}
 	} else if err := checkRedisURL(s.Redis.URL, false); err != nil {
-		fail("redis.url", "must be redis://[user:password@]host:port/db or rediss://...: "+err.Error())
+		p.fail("redis.url", "must be redis://[user:password@]host:port/db or rediss://...: "+err.Error())
 	}
-	name("redis.prefix", s.Redis.Prefix)
-	s.Log.Format = oneOf("log.format", "text", "json")
-	s.Log.Level = oneOf("log.level", "info", "debug", "warn", "error")
+	p.name("redis.prefix", s.Redis.Prefix)
+}
 
+// log reads log.*.
+func (p *parser) log(s *Settings) {
+	s.Log.Format = p.oneOf("log.format", "text", "json")
+	s.Log.Level = p.oneOf("log.level", "info", "debug", "warn", "error")
+}
+
+// feedback reads feedback.*, the provider names listed in
+// rate_coordinator.provider_names and the outage mode.
+func (p *parser) feedback(s *Settings) {
 	fb := &s.Feedback
-	boolean("feedback.enable_feedback", &fb.Enabled)
-	fb.Provider = str("feedback.provider_name")
-	name("feedback.provider_name", fb.Provider)
-	for _, p := range strings.Split(str("rate_coordinator.provider_names"), ",") {
-		if p = strings.TrimSpace(p); p != "" {
-			name("rate_coordinator.provider_names", p)
+	p.boolean("feedback.enable_feedback", &fb.Enabled)
+	fb.Provider = p.str("feedback.provider_name")
+	p.name("feedback.provider_name", fb.Provider)
+	for _, name := range strings.Split(p.str("rate_coordinator.provider_names"), ",") {
+		if name = strings.TrimSpace(name); name != "" {
+			p.name("rate_coordinator.provider_names", name)
 		}
 	}
 	fb.Options.Providers = []string{fb.Provider}
-	if p, err := feedback.ParsePolicy(str("feedback.policy")); err != nil {
-		fail("feedback.policy", err.Error())
+	if pol, err := feedback.ParsePolicy(p.str("feedback.policy")); err != nil {
+		p.fail("feedback.policy", err.Error())
 	} else {
-		fb.Options.Policy = p
+		fb.Options.Policy = pol
 	}
-	duration("feedback.dwell", &fb.Options.Dwell)
-	if fb.Options.MaxRise = number("feedback.max_rise"); !(fb.Options.MaxRise > 0 && fb.Options.MaxRise <= 1) {
-		fail("feedback.max_rise", "must be in (0, 1]")
+	p.duration("feedback.dwell", &fb.Options.Dwell)
+	if fb.Options.MaxRise = p.number("feedback.max_rise"); !(fb.Options.MaxRise > 0 && fb.Options.MaxRise <= 1) {
+		p.fail("feedback.max_rise", "must be in (0, 1]")
 	}
-	boolean("feedback.shadow", &fb.Options.Shadow)
-	duration("feedback.coordinator_ttl", &fb.Options.CoordinatorTTL)
-	fb.Options.Expiry = feedback.Expiry(oneOf("feedback.expiry", "forget", "hold", "soft", "hard"))
+	p.boolean("feedback.shadow", &fb.Options.Shadow)
+	p.duration("feedback.coordinator_ttl", &fb.Options.CoordinatorTTL)
+	fb.Options.Expiry = feedback.Expiry(p.oneOf("feedback.expiry", "forget", "hold", "soft", "hard"))
+	if err := s.Outage.UnmarshalText([]byte(p.str("rate_coordinator.outage_mode"))); err != nil {
+		p.fail("rate_coordinator.outage_mode", "must be fail_closed, fail_open or local_fallback")
+	}
+}
 
-	if err := s.Outage.UnmarshalText([]byte(str("rate_coordinator.outage_mode"))); err != nil {
-		fail("rate_coordinator.outage_mode", "must be fail_closed, fail_open or local_fallback")
-	}
-	for _, name := range strings.Split(str("controller.streams"), ",") {
+// controller reads controller.*: the streams by the controller's own rule.
+func (p *parser) controller(s *Settings) {
+	for _, name := range strings.Split(p.str("controller.streams"), ",") {
 		if name = strings.TrimSpace(name); name != "" {
-			if _, err := (redisstream.Options{Stream: name}).Key(); err != nil {
-				fail("controller.streams", "must be stream names of 1 to 64 characters of [A-Za-z0-9_.-], comma-separated")
-			}
 			s.Controller.Streams = append(s.Controller.Streams, name)
 		}
 	}
-	if n := integer("controller.stream_capacity"); n >= 1 && n <= 1e9 {
+	if err := controller.CheckStreamNames(s.Controller.Streams); err != nil { // the controller's own rule
+		p.fail("controller.streams", err.Error()+" (comma-separated names, each once)")
+	}
+	if n := p.integer("controller.stream_capacity"); n >= 1 && n <= 1e9 {
 		s.Controller.StreamCapacity = int(n)
 	} else {
-		fail("controller.stream_capacity", "must be an integer in [1, 1000000000]")
+		p.fail("controller.stream_capacity", "must be an integer in [1, 1000000000]")
 	}
-	s.Receiver.Listen, s.Receiver.Token = str("receiver.listen"), str("receiver.token")
+}
+
+// receiver reads receiver.*: the address, the token, the body limit and
+// the TLS pair (loaded here, so that a bad file is refused at load).
+func (p *parser) receiver(s *Settings) {
+	s.Receiver.Listen, s.Receiver.Token = p.str("receiver.listen"), p.str("receiver.token")
 	if _, port, err := net.SplitHostPort(s.Receiver.Listen); err != nil || !isPort(port) && port != "0" {
-		fail("receiver.listen", "must be [host]:port with port in [0, 65535] (0: a free port), e.g. :8080 or 127.0.0.1:0")
+		p.fail("receiver.listen", "must be [host]:port with port in [0, 65535] (0: a free port), e.g. :8080 or 127.0.0.1:0")
 	}
 	if strings.ContainsFunc(s.Receiver.Token, func(r rune) bool { return r <= ' ' || r > '~' }) {
-		fail("receiver.token", "must be printable ASCII without spaces (a newline at the end of a secret file?)")
+		p.fail("receiver.token", "must be printable ASCII without spaces (a newline at the end of a secret file?)")
 	}
-	if mb := integer("receiver.max_body"); mb < 1 || mb > 1<<30 {
-		fail("receiver.max_body", "must be a number of bytes in [1, 1073741824]")
+	if mb := p.integer("receiver.max_body"); mb < 1 || mb > 1<<30 {
+		p.fail("receiver.max_body", "must be a number of bytes in [1, 1073741824]")
 	} else {
 		s.Receiver.MaxBody = int64(mb)
 	}
-	switch cert, key := str("receiver.tls_cert"), str("receiver.tls_key"); {
+	switch cert, key := p.str("receiver.tls_cert"), p.str("receiver.tls_key"); {
 	case cert == "" && key == "":
 	case cert == "":
-		fail("receiver.tls_key", "needs receiver.tls_cert too (both: HTTPS; neither: HTTP)")
+		p.fail("receiver.tls_key", "needs receiver.tls_cert too (both: HTTPS; neither: HTTP)")
 	case key == "":
-		fail("receiver.tls_cert", "needs receiver.tls_key too (both: HTTPS; neither: HTTP)")
+		p.fail("receiver.tls_cert", "needs receiver.tls_key too (both: HTTPS; neither: HTTP)")
 	default:
 		pair, err := tls.LoadX509KeyPair(cert, key)
 		if err != nil {
-			fail("receiver.tls_cert", "must be a readable PEM certificate whose key is receiver.tls_key: "+err.Error())
+			p.fail("receiver.tls_cert", "must be a readable PEM certificate whose key is receiver.tls_key: "+err.Error())
 			break
 		}
 		s.Receiver.TLS = &tls.Config{Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12}
 	}
+}
 
+// providers reads rate_coordinator.providers.*: each provider's name and
+// fields, by the limiter's rules (ProviderConfig.Validate).
+func (p *parser) providers(s *Settings) {
 	// The config field a limiter.ArgumentError names, as a provider setting.
 	fieldKey := map[string]string{"cooldown": "cooldown_sec"}
-	for _, provider := range l.providers() {
+	for _, provider := range p.l.providers() {
 		k := func(f string) string { return ProviderKey(provider, f) }
 		if rule := nameRule(provider); rule != "" {
-			fail(l.namingKey(provider), "the provider name "+strconv.Quote(provider)+" must be "+rule)
+			p.fail(p.l.namingKey(provider), "the provider name "+strconv.Quote(provider)+" must be "+rule)
 		}
 		pc := limiter.ProviderConfig{
-			Capacity:         int64(integer(k("capacity"))),
-			RefillRate:       number(k("refill_rate")),
-			Cooldown:         time.Duration(number(k("cooldown_sec")) * float64(time.Second)),
-			BreakerThreshold: int(integer(k("breaker_threshold"))),
-			BreakerTimeout:   time.Duration(number(k("breaker_timeout")) * float64(time.Second)),
-			MaxScale:         number(k("max_scale")),
+			Capacity:         int64(p.integer(k("capacity"))),
+			RefillRate:       p.number(k("refill_rate")),
+			Cooldown:         time.Duration(p.number(k("cooldown_sec")) * float64(time.Second)),
+			BreakerThreshold: int(p.integer(k("breaker_threshold"))),
+			BreakerTimeout:   time.Duration(p.number(k("breaker_timeout")) * float64(time.Second)),
+			MaxScale:         p.number(k("max_scale")),
 		}
 		if err := pc.Validate(); err != nil {
 			var ae *limiter.ArgumentError
@@ -799,12 +853,8 @@ func (l layers) parse() (*Settings, error) {
 			if f, ok := fieldKey[field]; ok {
 				field = f
 			}
-			fail(k(field), "must be "+ae.Range)
+			p.fail(k(field), "must be "+ae.Range)
 		}
 		s.Providers[provider] = pc
 	}
-	if len(errs) > 0 {
-		return nil, errs[0]
-	}
-	return s, nil
 }

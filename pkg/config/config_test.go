@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/sluice-dev/sluice/pkg/config"
+	"github.com/sluice-dev/sluice/pkg/controller"
 	"github.com/sluice-dev/sluice/pkg/feedback"
 	"github.com/sluice-dev/sluice/pkg/limiter"
 )
@@ -326,5 +327,45 @@ func TestServerAndClusterExclusive(t *testing.T) {
 		Overrides: []config.Value{{Key: "redis.cluster_url", Value: "redis://b:1", Source: "flag --redis-cluster"}}})
 	if err != nil || s.Redis.ClusterURL != "redis://b:1" {
 		t.Fatalf("flag --redis-cluster over an env server: %v %+v", err, s)
+	}
+}
+
+// TestControllerStreams: controller.streams follows the controller's own
+// rule (controller.CheckStreamNames): names of 1 to 57 characters, since
+// the pressure id "stream.<name>" is at most 64, each once. What the
+// configuration accepts controller.New accepts, and the other way round.
+func TestControllerStreams(t *testing.T) {
+	long := strings.Repeat("s", controller.MaxStreamName)
+	for _, tc := range []struct {
+		value, want string // want: "" accepted, else in the error
+	}{
+		{"store", ""},
+		{"store, archive", ""},
+		{"", ""},
+		{long, ""},
+		{long + "s", `streams[0].name="` + long + `s": must be 1 to 57 characters of [A-Za-z0-9_.-]`},
+		{strings.Repeat("s", 64), "must be 1 to 57 characters"},
+		{"store,archive,store", `controller.streams="store,archive,store" (from env SLUICE_CONTROLLER_STREAMS): streams[2].name="store": named twice`},
+		{"store, store", "named twice"},
+		{"a{b}", `streams[0].name="a{b}"`},
+	} {
+		s, err := config.Load(config.Sources{Environ: []string{"SLUICE_CONTROLLER_STREAMS=" + tc.value}})
+		if tc.want == "" && err != nil || tc.want != "" && (err == nil || !errors.Is(err, config.ErrInvalid) || !strings.Contains(err.Error(), tc.want)) {
+			t.Errorf("streams %q: %v; want %q", tc.value, err, tc.want)
+			continue
+		}
+		// controller.New agrees on the names the configuration takes.
+		o := controller.Options{ID: "c"}
+		for _, name := range strings.Split(tc.value, ",") {
+			if name = strings.TrimSpace(name); name != "" {
+				o.Streams = append(o.Streams, controller.Stream{Name: name})
+			}
+		}
+		if _, cerr := controller.New(nil, o); (cerr == nil) != (err == nil) {
+			t.Errorf("streams %q: config says %v, controller.New %v", tc.value, err, cerr)
+		}
+		if err == nil && len(s.Controller.Streams) != len(o.Streams) {
+			t.Errorf("streams %q: loaded %q", tc.value, s.Controller.Streams)
+		}
 	}
 }

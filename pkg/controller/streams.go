@@ -51,18 +51,42 @@ type watched struct {
 	lastErr    string      // the last error logged
 }
 
-func (o *Options) streams() ([]*watched, error) {
-	out := make([]*watched, 0, len(o.Streams))
+// MaxStreamName is the longest stream name the controller watches: the
+// pressure id of a stream's backlog, "stream.<name>", is at most 64
+// characters, as every coordinator's id.
+const MaxStreamName = 64 - len(streamIDPrefix)
+
+// CheckStreamNames returns nil when the controller can watch streams of
+// these names (those of Options.Streams, in order): each a name the write
+// stream takes, of 1 to MaxStreamName characters of [A-Za-z0-9_.-], and
+// none twice. Else its error names the first that is not, by its index:
+// streams[i].name="...": the rule. New checks Options.Streams with it, and
+// so does pkg/config its controller.streams.
+func CheckStreamNames(names []string) error {
 	seen := map[string]bool{}
+	for i, name := range names {
+		if _, err := (redisstream.Options{Stream: name}).Key(); err != nil || len(name) > MaxStreamName {
+			return fmt.Errorf("streams[%d].name=%q: must be 1 to %d characters of [A-Za-z0-9_.-]", i, name, MaxStreamName)
+		}
+		if seen[name] {
+			return fmt.Errorf("streams[%d].name=%q: named twice", i, name)
+		}
+		seen[name] = true
+	}
+	return nil
+}
+
+func (o *Options) streams() ([]*watched, error) {
+	names := make([]string, len(o.Streams))
 	for i, s := range o.Streams {
-		key, err := redisstream.Options{Prefix: o.Prefix, Stream: s.Name}.Key()
-		if err != nil || len(s.Name) > 64-len(streamIDPrefix) {
-			return nil, fmt.Errorf("controller: streams[%d].name=%q: must be 1 to %d characters of [A-Za-z0-9_.-]", i, s.Name, 64-len(streamIDPrefix))
-		}
-		if seen[s.Name] {
-			return nil, fmt.Errorf("controller: streams[%d].name=%q: named twice", i, s.Name)
-		}
-		seen[s.Name] = true
+		names[i] = s.Name
+	}
+	if err := CheckStreamNames(names); err != nil {
+		return nil, fmt.Errorf("controller: %w", err)
+	}
+	out := make([]*watched, 0, len(o.Streams))
+	for i, s := range o.Streams {
+		key, _ := redisstream.Options{Prefix: o.Prefix, Stream: s.Name}.Key() // its only error, a bad name, is checked above
 		if s.Group == "" {
 			s.Group = "coordinators"
 		}
