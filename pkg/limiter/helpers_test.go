@@ -74,6 +74,17 @@ func try(t testing.TB, c *limiter.Coordinator, provider string, n int) limiter.D
 	return d
 }
 
+// sharedGrant waits until c has a grant from Redis for provider, however
+// long a loaded machine takes (an early call that timed out puts the
+// provider in its outage mode until a probe brings it back).
+func sharedGrant(t testing.TB, c *limiter.Coordinator, provider string) {
+	t.Helper()
+	waitFor(t, "a grant from Redis", func() bool {
+		d, err := c.TryAcquire(context.Background(), provider, 1)
+		return err == nil && d.Allowed && !d.Local
+	})
+}
+
 // drain takes every whole token from the bucket, one at a time, and returns
 // the first refusal.
 func drain(t testing.TB, c *limiter.Coordinator, provider string) limiter.Decision {
