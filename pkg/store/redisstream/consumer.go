@@ -2,7 +2,6 @@ package redisstream
 
 import (
 	"context"
-	_ "embed"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -15,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/sluice-dev/sluice/lua"
 	"github.com/sluice-dev/sluice/pkg/internal/opts"
 	"github.com/sluice-dev/sluice/pkg/internal/promutil"
 	"github.com/sluice-dev/sluice/pkg/store"
@@ -374,14 +374,11 @@ func (c *Consumer) claim(ctx context.Context) error {
 	return nil
 }
 
-//go:embed forget.lua
-var forgetLua string
-
-var forgetScript = redis.NewScript(forgetLua)
+var forgetScript = redis.NewScript(lua.Source("forget"))
 
 // forget removes from the group the consumers (names, or all when none is
 // given) that have no pending entry and have been idle for longer than
-// idle (-1: any), atomically (forget.lua). Its errors are logged: nothing
+// idle (-1: any), atomically (lua/forget.lua). Its errors are logged: nothing
 // depends on it but the tidiness of XINFO CONSUMERS.
 func (c *Consumer) forget(ctx context.Context, idle time.Duration, names ...string) {
 	ms := idle.Milliseconds()
@@ -409,13 +406,10 @@ func anys(s []string) []any {
 	return out
 }
 
-//go:embed refuse.lua
-var refuseLua string
-
-var refuseScript = redis.NewScript(refuseLua)
+var refuseScript = redis.NewScript(lua.Source("refuse"))
 
 // refuse moves an entry that must not reach the sink whole to the refused
-// stream and acknowledges it (refuse.lua). If that fails the entry stays
+// stream and acknowledges it (lua/refuse.lua). If that fails the entry stays
 // pending, and is refused again when a claim round takes it.
 func (c *Consumer) refuse(ctx context.Context, id, why string) {
 	moved, err := refuseScript.Run(ctx, c.rdb, []string{c.key, c.refused}, c.o.Group, c.o.Name, id, why).Int()
