@@ -30,7 +30,9 @@ type ConsumerOptions struct {
 	// Name is this consumer in the group: 1 to 64 of [A-Za-z0-9_.-], stable
 	// across restarts when it can be (a StatefulSet pod's name): a consumer
 	// that restarts under its name first writes what it had not
-	// acknowledged. Required.
+	// acknowledged. It is also its coordinator's ID (Store.ID), under which
+	// it reports pressure: the controller counts a consumer of the group as
+	// alive only while a pressure report under its name lives. Required.
 	Name string
 	// Count is the most entries one read returns; default 500.
 	Count int
@@ -54,7 +56,11 @@ type ConsumerOptions struct {
 	// not written by then stays pending, for a living consumer to claim.
 	Drain time.Duration
 	// Store configures the WriteCoordinator the entries go through. Its ID
-	// defaults to Name; its Backlog is set to the group's lag. Entries its
+	// is Name: left empty it is set to Name, and any other value is refused
+	// (a coordinator reporting under another name than its consumer's would
+	// look dead to the controller, which then steers by the stream's
+	// backlog as if no coordinator ran). Its Backlog is set to the group's
+	// lag. Entries its
 	// DeadLetter sink takes are acknowledged (they leave the stream); those
 	// it refuses stay pending.
 	Store store.Options[Entry]
@@ -84,8 +90,12 @@ func (o *ConsumerOptions) setDefaults() error {
 	); err != nil {
 		return fmt.Errorf("redisstream: %w", err)
 	}
-	if o.Store.ID == "" {
+	switch o.Store.ID {
+	case "":
 		o.Store.ID = o.Name
+	case o.Name:
+	default:
+		return fmt.Errorf("redisstream: store.id=%q: must be empty or equal to name=%q (a coordinator reports pressure under its consumer name, by which the controller tells that it is alive)", o.Store.ID, o.Name)
 	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()

@@ -360,11 +360,22 @@ func TestBadOptions(t *testing.T) {
 		{redisstream.ConsumerOptions{Options: redisstream.Options{Stream: "s"}, Name: "a", Group: "g:1"}, `group="g:1"`},
 		{redisstream.ConsumerOptions{Options: redisstream.Options{Stream: "s"}, Name: "a", ClaimIdle: -time.Second}, "claim_idle=-1s"},
 		{redisstream.ConsumerOptions{Options: redisstream.Options{Stream: "s"}, Name: "a", Store: store.Options[redisstream.Entry]{Capacity: -1}}, "capacity=-1"},
+		// The controller tells a consumer alive by a pressure report under
+		// its name: a coordinator reporting under another would look dead.
+		{redisstream.ConsumerOptions{Options: redisstream.Options{Stream: "s"}, Name: "a", Store: store.Options[redisstream.Entry]{ID: "b"}},
+			`store.id="b": must be empty or equal to name="a"`},
 	} {
+		if err := tc.o.Validate(); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("Validate(%+v) = %v, want an error naming %s", tc.o, err, tc.want)
+		}
 		_, err := redisstream.NewConsumer(rdb, ok, tc.o)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("NewConsumer(%+v) = %v, want an error naming %s", tc.o, err, tc.want)
 		}
+	}
+	same := redisstream.ConsumerOptions{Options: redisstream.Options{Stream: "s"}, Name: "a", Store: store.Options[redisstream.Entry]{ID: "a"}}
+	if err := same.Validate(); err != nil {
+		t.Errorf("Store.ID equal to Name refused: %v", err)
 	}
 	if _, err := redisstream.NewConsumer(rdb, nil, redisstream.ConsumerOptions{Options: redisstream.Options{Stream: "s"}, Name: "a"}); err == nil {
 		t.Error("nil sink accepted")
