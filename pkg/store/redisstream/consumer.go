@@ -38,7 +38,8 @@ type ConsumerOptions struct {
 	Count int
 	// Block is how long a read waits for new entries; default 1s, and at
 	// most half the client's ReadTimeout (the read is a raw command, which
-	// go-redis bounds by ReadTimeout; default 3s).
+	// go-redis bounds by ReadTimeout; go-redis v9 makes a zero ReadTimeout
+	// 5s).
 	Block time.Duration
 	// ClaimIdle is how long an entry may stay pending, unacknowledged, on
 	// another consumer before this one claims it (XAUTOCLAIM) and writes it;
