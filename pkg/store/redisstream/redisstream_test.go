@@ -217,8 +217,11 @@ func TestDeadConsumerIsClaimed(t *testing.T) {
 		produce(t, rdb, 500, 500)
 		eventually(t, "all 1000 written by b", func() bool { return live.distinct() == 1000 })
 		eventually(t, "nothing pending", func() bool { return pending(t, rdb) == 0 })
-		if st := l.c.Stats(); st.Claimed != 500 {
-			t.Fatalf("claimed %d, want 500: %+v", st.Claimed, st)
+		// At least a's 500: on a loaded machine b may also claim back some
+		// of its own entries that waited in its queue for longer than
+		// ClaimIdle (100 ms), and write them twice (Delivery, case 3).
+		if st := l.c.Stats(); st.Claimed < 500 {
+			t.Fatalf("claimed %d, want at least 500: %+v", st.Claimed, st)
 		}
 	})
 }
