@@ -61,9 +61,8 @@ type ConsumerOptions struct {
 	// (a coordinator reporting under another name than its consumer's would
 	// look dead to the controller, which then steers by the stream's
 	// backlog as if no coordinator ran). Its Backlog is set to the group's
-	// lag. Entries its
-	// DeadLetter sink takes are acknowledged (they leave the stream); those
-	// it refuses stay pending.
+	// lag. Entries its DeadLetter sink takes are acknowledged (they leave
+	// the stream); those it refuses stay pending.
 	Store store.Options[Entry]
 	// Logger receives errors of Redis and the sink; default slog.Default().
 	Logger *slog.Logger
