@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"fmt"
 	"sync/atomic"
 	"time"
 
@@ -83,16 +82,16 @@ Examples:
 			if err := o.Validate(); err != nil {
 				return usagef("coordinator: %v", err)
 			}
-			sink, err := openSink(sinkSpec, newKnob(sinkRate, rateFile), failWhile, a.stdout)
+			sink, err := openSink("sink", sinkSpec, newKnob(sinkRate, rateFile), failWhile, a.stdout)
 			if err != nil {
 				return pathError(err)
 			}
 			defer sink.Close()
 			sink.logRepair(s.log, sinkSpec)
 			if deadLetter != "" {
-				dl, err := openSink(deadLetter, nil, "", a.stdout)
+				dl, err := openSink("dead-letter", deadLetter, nil, "", a.stdout)
 				if err != nil {
-					return pathError(fmt.Errorf("--dead-letter: %w", err))
+					return pathError(err)
 				}
 				defer dl.Close()
 				dl.logRepair(s.log, deadLetter)

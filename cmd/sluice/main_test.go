@@ -592,7 +592,7 @@ func TestBadInputBeforeStart(t *testing.T) {
 		{[]string{"demo", "--report", missing}, nil, "--report=" + missing + ": the directory " + filepath.Dir(missing) + " does not exist"},
 		{[]string{"demo", "--report", t.TempDir()}, nil, "is a directory, not a file"},
 		{[]string{"coordinator", "--sink", "file:" + missing}, nil, `--sink="file:` + missing + `": open`},
-		{[]string{"coordinator", "--dead-letter", "file:" + missing}, nil, "--dead-letter: "},
+		{[]string{"coordinator", "--dead-letter", "file:" + missing}, nil, `--dead-letter="file:` + missing + `": open`},
 		{[]string{"coordinator", "--fail-while", missing}, nil, "--fail-while=" + missing + ": the directory"},
 		{[]string{"coordinator", "--sink-rate-file", missing}, nil, "--sink-rate-file=" + missing + ": the directory"},
 		{[]string{"pipeline", "--demand-file", missing}, nil, "--demand-file=" + missing + ": the directory"},

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -125,37 +126,42 @@ func (f *faultyFile) Truncate(size int64) error {
 // coordinator's do: the same batch again until it is taken.
 func TestFileSinkFaults(t *testing.T) {
 	for _, tc := range []struct {
-		name  string
-		fault faultyFile
-		fails int // Write calls of batch b that fail
+		name          string
+		fault, jfault faultyFile // of the file, of its journal
+		fails         int        // Write calls of batch b that fail
 	}{
-		{"short write", faultyFile{shortWrites: 1}, 1},
-		{"two short writes", faultyFile{shortWrites: 2}, 2},
-		{"fsync fails", faultyFile{syncFails: 1}, 1},
-		{"short write, and the cut fails once", faultyFile{shortWrites: 1, truncFails: 1}, 1},
-		{"short write, and the cut fails three times", faultyFile{shortWrites: 1, truncFails: 3}, 3},
+		{"short write", faultyFile{shortWrites: 1}, faultyFile{}, 1},
+		{"two short writes", faultyFile{shortWrites: 2}, faultyFile{}, 2},
+		{"fsync fails", faultyFile{syncFails: 1}, faultyFile{}, 1},
+		{"short write, and the cut fails once", faultyFile{shortWrites: 1, truncFails: 1}, faultyFile{}, 1},
+		{"short write, and the cut fails three times", faultyFile{shortWrites: 1, truncFails: 3}, faultyFile{}, 3},
+		{"short write, and the fsync after the cut fails", faultyFile{shortWrites: 1, syncFails: 1}, faultyFile{}, 1},
+		{"the journal's record fails", faultyFile{}, faultyFile{shortWrites: 1}, 1},
+		{"short write, and clearing the journal fails", faultyFile{shortWrites: 1}, faultyFile{syncFails: 1}, 1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			name := filepath.Join(t.TempDir(), "out.jsonl")
-			f, err := os.OpenFile(name, os.O_RDWR|os.O_CREATE, 0o644)
+			out, _, err := openFileOutput(name)
 			if err != nil {
 				t.Fatal(err)
 			}
-			defer f.Close()
-			ff := &faultyFile{File: f}
-			s := &lineSink{out: &fileOutput{f: ff}, rate: newKnob(0, ""), close: f.Close}
+			defer out.close()
+			ff, jf := &faultyFile{File: out.f.(*os.File)}, &faultyFile{File: out.j.f.(*os.File)}
+			out.f, out.j.f = ff, jf
+			s := &lineSink{out: out, rate: newKnob(0, ""), close: out.close}
 			a, b, c := batchOf("a", 10), batchOf("b", 100), batchOf("c", 10)
 			if err := s.Write(context.Background(), a); err != nil {
 				t.Fatal(err)
 			}
 			ff.shortWrites, ff.syncFails, ff.truncFails = tc.fault.shortWrites, tc.fault.syncFails, tc.fault.truncFails
+			jf.shortWrites, jf.syncFails = tc.jfault.shortWrites, tc.jfault.syncFails
 			failed, torn := 0, false
 			for s.Write(context.Background(), b) != nil {
 				failed++
 				if failed > 10 {
 					t.Fatal("batch b never written")
 				}
-				if fi, _ := f.Stat(); fi.Size() > int64(len(linesOf(a))) {
+				if fi, _ := ff.Stat(); fi.Size() > int64(len(linesOf(a))) {
 					torn = true // a remnant the next Write must cut first
 				}
 			}
@@ -165,6 +171,9 @@ func TestFileSinkFaults(t *testing.T) {
 			if tc.fault.truncFails > 0 && !torn {
 				t.Fatal("no remnant was ever left: the failing cut was not exercised")
 			}
+			if ff.shortWrites+ff.syncFails+ff.truncFails+jf.shortWrites+jf.syncFails > 0 {
+				t.Fatal("a fault was not hit")
+			}
 			if err := s.Write(context.Background(), c); err != nil {
 				t.Fatal(err)
 			}
@@ -173,6 +182,89 @@ func TestFileSinkFaults(t *testing.T) {
 				t.Fatalf("file holds %d bytes, want exactly batches a, b, c (%d bytes):\n%s", len(got), len(want), got)
 			}
 		})
+	}
+}
+
+// TestFileSinkJournal: what opening a file cuts, after a crash stopped
+// the process at each point of a batch's write (the journal records the
+// batch, the batch's bytes go out, the fsync): the part of a batch whose
+// write was cut short, whole, when the journal names it for this file;
+// nothing written whole (it was not acknowledged, and it is written again:
+// a duplicate, as a crash before the XACK makes); nothing when the journal
+// is malformed or names another file (then only a torn last line is cut).
+func TestFileSinkJournal(t *testing.T) {
+	a, b := batchOf("a", 10), batchOf("b", 200) // b: about 13 kB, several pages
+	lb := len(linesOf(b))
+	lines := func(n int) int { return bytes.LastIndexByte(linesOf(b)[:n], '\n') + 1 } // b's complete lines in n bytes
+	for _, tc := range []struct {
+		name    string
+		written int                             // bytes of b in the file at the crash
+		spoil   func(t *testing.T, name string) // what happens to the files then
+		keep    int                             // bytes of b kept when opened again
+		fix     repair
+	}{
+		{"before the write", 0, nil, 0, repair{}},
+		{"within the first line", 20, nil, 0, repair{batch: 20}},
+		{"after some lines, within one", lb / 2, nil, 0, repair{batch: int64(lb / 2)}},
+		{"after some lines, at a line's end", lines(lb / 2), nil, 0, repair{batch: int64(lines(lb / 2))}},
+		{"written whole", lb, nil, lb, repair{}},
+		{"the journal spoilt", lb / 2, func(t *testing.T, name string) {
+			writeFile(t, name+journalSuffix, "garbage")
+		}, lines(lb / 2), repair{torn: int64(lb/2 - lines(lb/2))}},
+		{"the file replaced by a copy", lb / 2, func(t *testing.T, name string) {
+			data, _ := os.ReadFile(name)
+			writeFile(t, name+".copy", string(data))
+			if err := os.Rename(name+".copy", name); err != nil { // another inode: both existed at once
+				t.Fatal(err)
+			}
+		}, lines(lb / 2), repair{torn: int64(lb/2 - lines(lb/2))}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			name := filepath.Join(t.TempDir(), "out.jsonl")
+			s, err := openSink("sink", "file:"+name, nil, "", io.Discard)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := s.Write(context.Background(), a); err != nil {
+				t.Fatal(err)
+			}
+			out := s.out.(*fileOutput)
+			// The crash: the journal's record and part of b, then nothing.
+			if err := out.j.record(out.size, int64(lb)); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := out.f.WriteAt(linesOf(b)[:tc.written], out.size); err != nil {
+				t.Fatal(err)
+			}
+			if err := out.close(); err != nil {
+				t.Fatal(err)
+			}
+			if tc.spoil != nil {
+				tc.spoil(t, name)
+			}
+			s, err = openSink("sink", "file:"+name, nil, "", io.Discard)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close()
+			if s.repair != tc.fix {
+				t.Errorf("cut %+v, want %+v", s.repair, tc.fix)
+			}
+			got, _ := os.ReadFile(name)
+			if want := append(linesOf(a), linesOf(b)[:tc.keep]...); !bytes.Equal(got, want) {
+				t.Fatalf("file holds %d bytes, want %d: batch a and %d bytes of b", len(got), len(want), tc.keep)
+			}
+			if c := checkOutput(t, name); len(c.bad) > 0 {
+				t.Errorf("lines that do not parse: %v", c.bad)
+			}
+		})
+	}
+}
+
+func writeFile(t *testing.T, name, data string) {
+	t.Helper()
+	if err := os.WriteFile(name, []byte(data), 0o644); err != nil {
+		t.Fatal(err)
 	}
 }
 
@@ -199,12 +291,12 @@ func TestFileSinkCutsTornTail(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			s, err := openSink("file:"+name, nil, "", io.Discard)
+			s, err := openSink("sink", "file:"+name, nil, "", io.Discard)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if want := int64(len(tc.before) - len(tc.kept)); s.cut != want {
-				t.Errorf("cut %d bytes, want %d", s.cut, want)
+			if want := (repair{torn: int64(len(tc.before) - len(tc.kept))}); s.repair != want {
+				t.Errorf("cut %+v, want %+v", s.repair, want)
 			}
 			a := batchOf("a", 3)
 			if err := s.Write(context.Background(), a); err != nil {
@@ -300,7 +392,7 @@ func fillUp(t *testing.T, dir string) string {
 func TestFileSinkDiskFull(t *testing.T) {
 	dir := mountTmpfs(t, "8m")
 	name := filepath.Join(dir, "out.jsonl")
-	s, err := openSink("file:"+name, nil, "", io.Discard)
+	s, err := openSink("sink", "file:"+name, nil, "", io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -440,7 +532,13 @@ func TestCoordinatorKilledMidWrite(t *testing.T) {
 	if err := c1.stop(30 * time.Second); err != nil {
 		t.Fatal(err)
 	}
-	if f.inGroup("c1") {
+	// Stopped with claimed entries not yet queued (a loaded machine), it
+	// stays for the restarted c0 to claim them; with nothing, it leaves.
+	c1Held, err := f.rdb.XPendingExt(ctx, &redis.XPendingExtArgs{Stream: stream, Group: "coordinators", Start: "-", End: "+", Count: 1e6, Consumer: "c1"}).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c1Held) == 0 && f.inGroup("c1") {
 		t.Error("c1 stopped with nothing pending, yet it stays in the group")
 	}
 	tf, err := os.OpenFile(files[0], os.O_WRONLY|os.O_APPEND, 0)
@@ -456,7 +554,8 @@ func TestCoordinatorKilledMidWrite(t *testing.T) {
 	if err := c0.stop(30 * time.Second); err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(f.log("c0"), "cut a torn last line") {
+	// The torn line alone, or with the rest of a batch the kill cut short.
+	if log := f.log("c0"); !strings.Contains(log, "cut a torn last line") && !strings.Contains(log, "a crash cut short") {
 		t.Error("the restarted c0 did not log that it cut the torn line")
 	}
 	if cs := f.rdb.XInfoConsumers(ctx, stream, "coordinators").Val(); len(cs) != 0 {
@@ -491,6 +590,132 @@ func TestCoordinatorKilledMidWrite(t *testing.T) {
 	}
 	if heldByC0 == 0 {
 		t.Error("c0 held nothing at the kill: the test proves nothing")
+	}
+}
+
+// TestCoordinatorKilledMidBatch: `sluice coordinator --sink file:` is
+// killed with SIGKILL while it writes one batch of many pages (40 entries
+// of 512 kB: one write of 20 MB), once the batch's first lines are in the
+// file. Restarted on that file under its name, it writes its pending
+// entries again, whole: every line parses and each entry is in the file
+// once. Before the journal, the complete lines the killed write had left
+// stayed in the file and were written again (duplicates).
+//
+// The 40 entries make one batch: a first entry's write fails (--fail-while)
+// until they are all queued behind it, so the next batch takes them all.
+func TestCoordinatorKilledMidBatch(t *testing.T) {
+	f := newFleet(t)
+	ctx := context.Background()
+	const n, pad = 40, 512 << 10
+	values := make([]any, n)
+	var total int64 // the big batch's bytes
+	for i := range values {
+		data := fmt.Sprintf(`{"id":"big-%d","pad":"%s"}`, i, strings.Repeat("x", pad))
+		values[i], total = data, total+int64(len(data))+1
+	}
+	const first = `{"id":"first"}`
+	line := int64(len(values[0].(string))) + 1 // a big line, newline included
+	for attempt := 1; ; attempt++ {
+		stream := fmt.Sprintf("big%d", attempt)
+		key, file, fail := "sluice:stream:{"+stream+"}", filepath.Join(f.dir, stream+".jsonl"), filepath.Join(f.dir, stream+".fail")
+		writeFile(t, fail, "")
+		args := []string{"coordinator", "--id", "c", "--stream", stream, "--sink", "file:" + file,
+			"--workers", "1", "--batch", strconv.Itoa(n), "--claim-idle", "1h"}
+		c := f.start(stream, append(args, "--fail-while", fail)...)
+		if err := f.rdb.XAdd(ctx, &redis.XAddArgs{Stream: key, Values: []any{"data", first}}).Err(); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, 60*time.Second, "the first entry's write to fail", func() bool { return f.metric(c, "coordinator_write_errors_total") > 0 })
+		if _, err := f.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+			for _, v := range values {
+				p.XAdd(ctx, &redis.XAddArgs{Stream: key, Values: []any{"data", v}})
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, 60*time.Second, "the big entries to be queued", func() bool { return f.metric(c, "coordinator_queue_depth") == n })
+		if err := os.Remove(fail); err != nil {
+			t.Fatal(err)
+		}
+		// The write takes milliseconds: watch the file without sleeping.
+		start := int64(len(first) + 1) // where the big batch goes
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			if fi, err := os.Stat(file); err == nil && fi.Size() > start+line {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("the coordinator did not write the big batch within 30 s")
+			}
+		}
+		c.kill()
+		fi, err := os.Stat(file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		atKill := fi.Size() - start // of the big batch
+		if atKill >= total {
+			if attempt == 5 {
+				t.Fatalf("in %d attempts the kill never landed before the batch's write ended", attempt)
+			}
+			t.Logf("attempt %d: the batch was written whole (%d bytes) before the kill landed; again", attempt, atKill)
+			continue
+		}
+		c = f.start(stream+"-again", args...)
+		waitFor(t, 60*time.Second, "the restarted coordinator to write its pending entries", func() bool {
+			p, err := f.rdb.XPending(ctx, key, "coordinators").Result()
+			return err == nil && p.Count == 0
+		})
+		if err := c.stop(30 * time.Second); err != nil {
+			t.Fatal(err)
+		}
+		out := checkOutput(t, file)
+		t.Logf("kill -9 during a %d-byte batch write (attempt %d): %d bytes of it in the file at the kill (%d complete lines); "+
+			"after the restart %d lines, %d bad, %d distinct, %d duplicated", total, attempt, atKill, atKill/line,
+			out.lines+len(out.bad), len(out.bad), out.distinct, out.dups)
+		if len(out.bad) > 0 || out.distinct != n+1 || out.dups != 0 {
+			t.Errorf("want %d distinct lines, each once, every one parsing", n+1)
+		}
+		if log := f.log(stream + "-again"); !strings.Contains(log, "the part of a batch that a crash cut short") ||
+			!strings.Contains(log, fmt.Sprintf(`"bytes":%d`, atKill)) {
+			t.Errorf("the restarted coordinator did not log that it cut the %d bytes of the batch", atKill)
+		}
+		return
+	}
+}
+
+// TestSinkNotRegularFile: file: on a FIFO or a device is refused before
+// anything starts (exit 2), naming the flag and pointing to stdout: a
+// batch is written at its offset and a failed one cut back, which only a
+// regular file allows (before, each batch failed with ESPIPE, forever).
+func TestSinkNotRegularFile(t *testing.T) {
+	fifo := filepath.Join(t.TempDir(), "fifo")
+	if err := syscall.Mkfifo(fifo, 0o644); err != nil {
+		t.Skipf("mkfifo: %v", err)
+	}
+	dl := "file:" + filepath.Join(t.TempDir(), "dl.jsonl")
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--sink", "file:" + fifo}, `--sink="file:` + fifo + `": a named pipe (FIFO), not a regular file`},
+		{[]string{"--sink", "file:/dev/null"}, `--sink="file:/dev/null": a character device, not a regular file`},
+		{[]string{"--sink", "file:" + filepath.Dir(fifo)}, "a directory, not a file"},
+		{[]string{"--sink", "discard", "--dead-letter", "file:" + fifo}, `--dead-letter="file:` + fifo + `": a named pipe (FIFO)`},
+		{[]string{"--sink", "file:" + fifo, "--dead-letter", dl}, "use --sink stdout for a terminal or a pipe"},
+		{[]string{"--dead-letter", "file:/dev/null"}, "use --dead-letter stdout for a terminal or a pipe (--dead-letter discard for /dev/null)"},
+	} {
+		r := sluice(t, []string{"SLUICE_REDIS_URL=redis://127.0.0.1:1/0", "SLUICE_RECEIVER_LISTEN=127.0.0.1:0"},
+			append([]string{"coordinator"}, tc.args...)...)
+		if r.code != 2 || !strings.Contains(r.stderr, tc.want) || strings.Count(strings.TrimSpace(r.stderr), "\n") > 0 {
+			t.Errorf("coordinator %v: exit %d, stderr %q; want exit 2 and one line containing %q", tc.args, r.code, r.stderr, tc.want)
+		}
+	}
+	// The check holds for a FIFO created after the path was checked: the
+	// file opened is checked again.
+	if _, _, err := openFileOutput(fifo); !errors.As(err, new(notRegularError)) {
+		t.Errorf("openFileOutput on a FIFO: %v, want a notRegularError", err)
 	}
 }
 

@@ -17,7 +17,12 @@ import (
 
 // Stream is a write stream whose backlog the controller counts as pressure,
 // so that the stream stays bounded when no write coordinator is alive to
-// report (see Options.Streams).
+// report (see Options.Streams). A consumer of the group counts as alive
+// only while a pressure report whose coordinator_id is its consumer name
+// lives: every coordinator must report under its consumer name
+// (redisstream.ConsumerOptions refuses a Store.ID other than Name; one in
+// another language must do the same), or the controller takes it for dead
+// and may pause a healthy fleet by the stream's backlog.
 type Stream struct {
 	// Name is the stream's name, as the coordinators' (their --stream): the
 	// key is <prefix>:stream:{<Name>}. 1 to 57 of [A-Za-z0-9_.-] (its

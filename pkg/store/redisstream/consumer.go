@@ -2,7 +2,6 @@ package redisstream
 
 import (
 	"context"
-	_ "embed"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -15,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/sluice-dev/sluice/lua"
 	"github.com/sluice-dev/sluice/pkg/internal/opts"
 	"github.com/sluice-dev/sluice/pkg/internal/promutil"
 	"github.com/sluice-dev/sluice/pkg/internal/redisopt"
@@ -31,13 +31,16 @@ type ConsumerOptions struct {
 	// Name is this consumer in the group: 1 to 64 of [A-Za-z0-9_.-], stable
 	// across restarts when it can be (a StatefulSet pod's name): a consumer
 	// that restarts under its name first writes what it had not
-	// acknowledged. Required.
+	// acknowledged. It is also its coordinator's ID (Store.ID), under which
+	// it reports pressure: the controller counts a consumer of the group as
+	// alive only while a pressure report under its name lives. Required.
 	Name string
 	// Count is the most entries one read returns; default 500.
 	Count int
 	// Block is how long a read waits for new entries; default 1s, and at
 	// most half the client's ReadTimeout (the read is a raw command, which
-	// go-redis bounds by ReadTimeout; default 3s).
+	// go-redis bounds by ReadTimeout; go-redis v9 makes a zero ReadTimeout
+	// 5s).
 	Block time.Duration
 	// ClaimIdle is how long an entry may stay pending, unacknowledged, on
 	// another consumer before this one claims it (XAUTOCLAIM) and writes it;
@@ -55,9 +58,12 @@ type ConsumerOptions struct {
 	// not written by then stays pending, for a living consumer to claim.
 	Drain time.Duration
 	// Store configures the WriteCoordinator the entries go through. Its ID
-	// defaults to Name; its Backlog is set to the group's lag. Entries its
-	// DeadLetter sink takes are acknowledged (they leave the stream); those
-	// it refuses stay pending.
+	// is Name: left empty it is set to Name, and any other value is refused
+	// (a coordinator reporting under another name than its consumer's would
+	// look dead to the controller, which then steers by the stream's
+	// backlog as if no coordinator ran). Its Backlog is set to the group's
+	// lag. Entries its DeadLetter sink takes are acknowledged (they leave
+	// the stream); those it refuses stay pending.
 	Store store.Options[Entry]
 	// Logger receives errors of Redis and the sink; default slog.Default().
 	Logger *slog.Logger
@@ -85,8 +91,12 @@ func (o *ConsumerOptions) setDefaults() error {
 	); err != nil {
 		return fmt.Errorf("redisstream: %w", err)
 	}
-	if o.Store.ID == "" {
+	switch o.Store.ID {
+	case "":
 		o.Store.ID = o.Name
+	case o.Name:
+	default:
+		return fmt.Errorf("redisstream: store.id=%q: must be empty or equal to name=%q (a coordinator reports pressure under its consumer name, by which the controller tells that it is alive)", o.Store.ID, o.Name)
 	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
@@ -375,14 +385,11 @@ func (c *Consumer) claim(ctx context.Context) error {
 	return nil
 }
 
-//go:embed forget.lua
-var forgetLua string
-
-var forgetScript = redis.NewScript(forgetLua)
+var forgetScript = redis.NewScript(lua.Source("forget"))
 
 // forget removes from the group the consumers (names, or all when none is
 // given) that have no pending entry and have been idle for longer than
-// idle (-1: any), atomically (forget.lua). Its errors are logged: nothing
+// idle (-1: any), atomically (lua/forget.lua). Its errors are logged: nothing
 // depends on it but the tidiness of XINFO CONSUMERS.
 func (c *Consumer) forget(ctx context.Context, idle time.Duration, names ...string) {
 	ms := idle.Milliseconds()
@@ -410,13 +417,10 @@ func anys(s []string) []any {
 	return out
 }
 
-//go:embed refuse.lua
-var refuseLua string
-
-var refuseScript = redis.NewScript(refuseLua)
+var refuseScript = redis.NewScript(lua.Source("refuse"))
 
 // refuse moves an entry that must not reach the sink whole to the refused
-// stream and acknowledges it (refuse.lua). If that fails the entry stays
+// stream and acknowledges it (lua/refuse.lua). If that fails the entry stays
 // pending, and is refused again when a claim round takes it.
 func (c *Consumer) refuse(ctx context.Context, id, why string) {
 	moved, err := refuseScript.Run(ctx, c.rdb, []string{c.key, c.refused}, c.o.Group, c.o.Name, id, why).Int()

@@ -2,7 +2,9 @@ package redisstream
 
 import (
 	"context"
+	"fmt"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -11,9 +13,11 @@ import (
 	"github.com/sluice-dev/sluice/internal/redistest"
 )
 
-// TestForgetKeepsPending: forget.lua removes a consumer only when it has
-// nothing pending and has been idle for longer than the threshold; one
-// that holds a pending entry stays, however long it has been idle.
+// TestForgetKeepsPending: lua/forget.lua (with the prelude, as loaded)
+// removes a consumer only when it has nothing pending and has been idle for
+// longer than the threshold; one that holds a pending entry stays, however
+// long it has been idle; a threshold that is not an integer >= -1 is
+// refused, and nothing is removed.
 func TestForgetKeepsPending(t *testing.T) {
 	rdb := redistest.Start(t).Client(t)
 	ctx := context.Background()
@@ -52,6 +56,15 @@ func TestForgetKeepsPending(t *testing.T) {
 		}
 		slices.Sort(names)
 		return names
+	}
+	for _, bad := range []any{"-2", "1.5", "soon", ""} {
+		err := forgetScript.Run(ctx, rdb, []string{key}, group, bad).Err()
+		if err == nil || !strings.HasPrefix(err.Error(), fmt.Sprintf("INVALID_ARGUMENT idle_ms=%s must be", bad)) {
+			t.Errorf("idle_ms=%q: %v, want INVALID_ARGUMENT idle_ms=%s", bad, err, bad)
+		}
+	}
+	if l := left(); len(l) != 3 {
+		t.Fatalf("group has %v after refused calls, want all three", l)
 	}
 	if gone := forget(time.Hour.Milliseconds()); len(gone) != 0 {
 		t.Fatalf("removed %v, idle for less than an hour", gone)

@@ -217,8 +217,11 @@ func TestDeadConsumerIsClaimed(t *testing.T) {
 		produce(t, rdb, 500, 500)
 		eventually(t, "all 1000 written by b", func() bool { return live.distinct() == 1000 })
 		eventually(t, "nothing pending", func() bool { return pending(t, rdb) == 0 })
-		if st := l.c.Stats(); st.Claimed != 500 {
-			t.Fatalf("claimed %d, want 500: %+v", st.Claimed, st)
+		// At least a's 500: on a loaded machine b may also claim back some
+		// of its own entries that waited in its queue for longer than
+		// ClaimIdle (100 ms), and write them twice (Delivery, case 3).
+		if st := l.c.Stats(); st.Claimed < 500 {
+			t.Fatalf("claimed %d, want at least 500: %+v", st.Claimed, st)
 		}
 	})
 }
@@ -360,11 +363,22 @@ func TestBadOptions(t *testing.T) {
 		{redisstream.ConsumerOptions{Options: redisstream.Options{Stream: "s"}, Name: "a", Group: "g:1"}, `group="g:1"`},
 		{redisstream.ConsumerOptions{Options: redisstream.Options{Stream: "s"}, Name: "a", ClaimIdle: -time.Second}, "claim_idle=-1s"},
 		{redisstream.ConsumerOptions{Options: redisstream.Options{Stream: "s"}, Name: "a", Store: store.Options[redisstream.Entry]{Capacity: -1}}, "capacity=-1"},
+		// The controller tells a consumer alive by a pressure report under
+		// its name: a coordinator reporting under another would look dead.
+		{redisstream.ConsumerOptions{Options: redisstream.Options{Stream: "s"}, Name: "a", Store: store.Options[redisstream.Entry]{ID: "b"}},
+			`store.id="b": must be empty or equal to name="a"`},
 	} {
+		if err := tc.o.Validate(); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("Validate(%+v) = %v, want an error naming %s", tc.o, err, tc.want)
+		}
 		_, err := redisstream.NewConsumer(rdb, ok, tc.o)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("NewConsumer(%+v) = %v, want an error naming %s", tc.o, err, tc.want)
 		}
+	}
+	same := redisstream.ConsumerOptions{Options: redisstream.Options{Stream: "s"}, Name: "a", Store: store.Options[redisstream.Entry]{ID: "a"}}
+	if err := same.Validate(); err != nil {
+		t.Errorf("Store.ID equal to Name refused: %v", err)
 	}
 	if _, err := redisstream.NewConsumer(rdb, nil, redisstream.ConsumerOptions{Options: redisstream.Options{Stream: "s"}, Name: "a"}); err == nil {
 		t.Error("nil sink accepted")

@@ -30,6 +30,7 @@ from .errors import (
 SCRIPT_NAMES: Tuple[str, ...] = (
     "register", "acquire", "set_scale", "annotate", "breaker",
     "cooldown", "heartbeat", "status", "pressure", "lease", "refund",
+    "refuse", "forget",
 )
 
 DEFAULT_PREFIX = "sluice"

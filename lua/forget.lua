@@ -1,16 +1,24 @@
--- forget.lua: removes from a consumer group the consumers that have left:
+-- forget.lua: remove from a consumer group the consumers that have left:
 -- those with no pending entry that have been idle for longer than ARGV[2]
 -- milliseconds. The check and XGROUP DELCONSUMER run in one step, so a
 -- consumer that reads or claims meanwhile is not removed and no pending
 -- entry is ever lost with a removed consumer (DELCONSUMER drops its
 -- pending list: here it is empty).
 --
--- KEYS[1]  the write stream, <prefix>:stream:{<stream>}
--- ARGV[1]  the group
--- ARGV[2]  idle threshold in milliseconds (-1: any)
--- ARGV[3]… only these consumers (none given: every consumer of the group)
+-- KEYS[1]  write stream   <prefix>:stream:{<stream>}
+-- ARGV[1]  group          the consumer group (sluice: coordinators)
+-- ARGV[2]  idle_ms        integer >= -1: the idle time, in milliseconds, a
+--                         consumer must exceed (-1: any)
+-- ARGV[3]… consumers      only these consumers (none given: every consumer
+--                         of the group)
 --
--- Returns the names of the consumers removed.
+-- Reply: array of strings, the names of the consumers removed.
+-- Errors: INVALID_ARGUMENT idle_ms=<value> ...; Redis's own (NOGROUP).
+
+local limit = num(ARGV[2])
+if not (limit ~= nil and limit % 1 == 0 and limit >= -1) then
+  return invalid('idle_ms', ARGV[2], 'an integer >= -1')
+end
 local only = nil
 if #ARGV > 2 then
   only = {}
@@ -18,7 +26,6 @@ if #ARGV > 2 then
     only[ARGV[i]] = true
   end
 end
-local limit = tonumber(ARGV[2])
 local removed = {}
 for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
   local h = {}
