@@ -471,6 +471,9 @@ func TestEventsAndMetrics(t *testing.T) {
 		events := rec.all()
 		return len(events) > 0 && events[len(events)-1].Level == state.Hard
 	})
+	// Hard may be reported before the worker takes its item (10 queued):
+	// wait for the worker to hold one.
+	waitFor(t, func() bool { return counter(t, reg, "coordinator_queue_depth") == 9 })
 	want := `
 # HELP coordinator_backpressure_hard 1 while the coordinator's backpressure level is hard.
 # TYPE coordinator_backpressure_hard gauge

@@ -38,8 +38,10 @@ class Proc:
         self.lines: List[str] = []
         self.err: List[str] = []
         self._lock = threading.Lock()
-        threading.Thread(target=self._read, args=(self.p.stdout, self.lines), daemon=True).start()
-        threading.Thread(target=self._read, args=(self.p.stderr, self.err), daemon=True).start()
+        self._readers = [threading.Thread(target=self._read, args=(f, into), daemon=True)
+                         for f, into in ((self.p.stdout, self.lines), (self.p.stderr, self.err))]
+        for t in self._readers:
+            t.start()
 
     def _read(self, f: Any, into: List[str]) -> None:
         for line in f:
@@ -75,7 +77,8 @@ class Proc:
         except subprocess.TimeoutExpired:
             self.p.kill()
             pytest.fail(f"{self.name} did not stop within {timeout}s: {self.err[-5:]}")
-        time.sleep(0.05)  # the reader threads drain the pipes
+        for t in self._readers:  # the pipes drained to their end (a loaded machine may be slow to)
+            t.join(timeout)
         lines = self.json_lines()
         assert lines, f"{self.name} printed nothing: {self.err[-5:]}"
         return lines[-1]
