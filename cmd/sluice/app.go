@@ -196,7 +196,7 @@ type session struct {
 	cfg *config.Settings
 	log *slog.Logger
 	rdb redis.UniversalClient
-	lim *limiter.Coordinator
+	lim *limiter.Limiter
 }
 
 // open opens a session for a command that names the providers named (see

@@ -119,7 +119,7 @@ Examples:
 // synthetic is the replica's loop.
 type synthetic struct {
 	id, provider string
-	lim          *limiter.Coordinator
+	lim          *limiter.Limiter
 	prods        []*redisstream.Producer // every tick goes to each
 	pace         pacer
 	log          *slog.Logger

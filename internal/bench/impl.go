@@ -20,9 +20,9 @@ import (
 
 // The implementations a workload runs through.
 const (
-	Sluice       = "sluice"        // limiter.Coordinator, coalescing on (the default)
-	SluiceSingle = "sluice-single" // limiter.Coordinator with MaxBatch 1: one script call per request
-	SluiceLease  = "sluice-lease"  // limiter.Coordinator, coalescing and a token lease of LeaseTTL
+	Sluice       = "sluice"        // limiter.Limiter, coalescing on (the default)
+	SluiceSingle = "sluice-single" // limiter.Limiter with MaxBatch 1: one script call per request
+	SluiceLease  = "sluice-lease"  // limiter.Limiter, coalescing and a token lease of LeaseTTL
 	RedisRate    = "redis_rate"    // go-redis/redis_rate v10 (GCRA), the reference peer
 	MinimalLua   = "lua"           // a bare token bucket script: TIME, HMGET, HSET
 )
@@ -107,7 +107,7 @@ func setup(ctx context.Context, impl string, rdb redis.UniversalClient, key stri
 
 const provider = "p"
 
-type sluiceDecider struct{ c *limiter.Coordinator }
+type sluiceDecider struct{ c *limiter.Limiter }
 
 func (s sluiceDecider) try(ctx context.Context) (bool, time.Duration, error) {
 	d, err := s.c.TryAcquire(ctx, provider, 1)

@@ -104,7 +104,7 @@ func MeasurePropagation(ctx context.Context, cfg PropagationConfig) (Propagation
 	stopCtl := sync.OnceValue(func() error { cancelCtl(); return <-ctlDone })
 	defer stopCtl()
 
-	var reps []*limiter.Coordinator
+	var reps []*limiter.Limiter
 	var regs []*prometheus.Registry
 	for range cfg.Replicas {
 		rdb := client()

@@ -19,7 +19,7 @@ import (
 )
 
 // Workload is one measurement: Callers goroutines in all, spread over Procs
-// processes, each process one replica (one Coordinator or limiter) that its
+// processes, each process one replica (one limiter.Limiter or redis_rate limiter) that its
 // callers share, calling as fast as they can for Duration.
 type Workload struct {
 	Impl     string        `json:"impl"`

@@ -368,7 +368,7 @@ func (c *Controller) startReplica(ctx context.Context) error {
 
 // register checks the steered providers (ensure), then registers the
 // configured ones through the guard.
-func (c *Controller) register(ctx context.Context, lim *limiter.Coordinator) error {
+func (c *Controller) register(ctx context.Context, lim *limiter.Limiter) error {
 	if c.o.Feedback != nil {
 		for _, name := range c.o.Feedback.Providers {
 			if err := c.ensure(ctx, lim, name); err != nil {
@@ -396,7 +396,7 @@ func (c *Controller) register(ctx context.Context, lim *limiter.Coordinator) err
 // else. A provider with none is an ErrNoConfig: steering it would
 // make one up (the limiter's defaults), and a typo in its name would then
 // go unnoticed.
-func (c *Controller) ensure(ctx context.Context, lim *limiter.Coordinator, name string) error {
+func (c *Controller) ensure(ctx context.Context, lim *limiter.Limiter, name string) error {
 	if _, ok := c.o.Providers[name]; ok {
 		return nil
 	}

@@ -125,7 +125,7 @@ func leaders(cs ...*running) []*running {
 }
 
 // reader returns a limiter that only reads ibkr's status.
-func reader(t *testing.T, rdb redis.UniversalClient) *limiter.Coordinator {
+func reader(t *testing.T, rdb redis.UniversalClient) *limiter.Limiter {
 	t.Helper()
 	lim, err := limiter.New(rdb, limiter.Options{Logger: quiet})
 	if err != nil {
@@ -135,7 +135,7 @@ func reader(t *testing.T, rdb redis.UniversalClient) *limiter.Coordinator {
 	return lim
 }
 
-func status(t *testing.T, lim *limiter.Coordinator) limiter.Status {
+func status(t *testing.T, lim *limiter.Limiter) limiter.Status {
 	t.Helper()
 	st, err := lim.Status(context.Background(), "ibkr")
 	if err != nil {

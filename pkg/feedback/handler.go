@@ -20,7 +20,7 @@ import (
 // budget scale) plus what the Handler needs to share that budget with other
 // handlers: a read of the scale in force and of when it last changed, and a
 // place to record the scale a shadow-mode Handler would set. pipeline
-// provides one over a limiter.Coordinator, keeping everything in Redis.
+// provides one over a limiter.Limiter, keeping everything in Redis.
 type Rate interface {
 	// SetPressure records the pressure level that applies to provider.
 	SetPressure(ctx context.Context, provider string, level state.Level) error

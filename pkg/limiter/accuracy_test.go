@@ -38,8 +38,8 @@ func bucketState(t *testing.T, rdb *redis.Client, provider string) (float64, tim
 // pausedProvider starts a real redis-server with provider registered at
 // burst and rate and paused (scale 0), so that the replicas of a race can
 // start and none is late to it; it returns the server, an admin client and
-// the Coordinator that will end the pause.
-func pausedProvider(t *testing.T, provider string, burst int64, rate float64) (*redistest.Server, *redis.Client, *limiter.Coordinator) {
+// the Limiter that will end the pause.
+func pausedProvider(t *testing.T, provider string, burst int64, rate float64) (*redistest.Server, *redis.Client, *limiter.Limiter) {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("-short")
@@ -94,7 +94,7 @@ func commandCalls(t *testing.T, rdb *redis.Client) map[string]int64 {
 }
 
 // TestGlobalAccuracy: 4 OS processes (4 workers each) and 16 goroutine
-// clients (each with its own client and Coordinator) share one provider at
+// clients (each with its own client and Limiter) share one provider at
 // 200/s, burst 20, for 5 s of saturating demand. The total admitted must
 // never exceed burst + rate × elapsed (Redis time). How close it comes
 // (99.97% on a quiet machine) is logged; the test only requires half, so

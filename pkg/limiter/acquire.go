@@ -79,7 +79,7 @@ type Decision struct {
 // never waits: it is one round trip to Redis (the "Allow" of x/time/rate). A
 // denial is not an error; errors are for unknown providers, bad n, and Redis
 // outages under FailClosed.
-func (c *Coordinator) TryAcquire(ctx context.Context, provider string, n int) (Decision, error) {
+func (c *Limiter) TryAcquire(ctx context.Context, provider string, n int) (Decision, error) {
 	st, err := c.state(provider)
 	if err != nil {
 		return Decision{}, err
@@ -102,7 +102,7 @@ func (c *Coordinator) TryAcquire(ctx context.Context, provider string, n int) (D
 // ErrCoolingDown, ErrCircuitOpen), when n exceeds the capacity or when the
 // known wait would outlast ctx's deadline; when ctx ends while it waits, an
 // error matching both the reason's sentinel (ErrPaused, ...) and ctx.Err().
-func (c *Coordinator) Acquire(ctx context.Context, provider string, n int) (Decision, error) {
+func (c *Limiter) Acquire(ctx context.Context, provider string, n int) (Decision, error) {
 	st, err := c.state(provider)
 	if err != nil {
 		return Decision{}, err
@@ -116,7 +116,7 @@ func (c *Coordinator) Acquire(ctx context.Context, provider string, n int) (Deci
 	return d, err
 }
 
-func (c *Coordinator) acquire(ctx context.Context, st *providerState, n int) (Decision, error) {
+func (c *Limiter) acquire(ctx context.Context, st *providerState, n int) (Decision, error) {
 	provider := st.name
 	// While rate limited (or cooling down, or the breaker is open), the
 	// waiters of one provider in this process take turns: only the one
@@ -185,7 +185,7 @@ func (c *Coordinator) acquire(ctx context.Context, st *providerState, n int) (De
 
 // waitPaused waits while provider is paused: for wake (a notification), the
 // slow re-check, or ctx; then a little jitter so resumed waiters spread out.
-func (c *Coordinator) waitPaused(ctx context.Context, st *providerState, d Decision, wake <-chan struct{}) error {
+func (c *Limiter) waitPaused(ctx context.Context, st *providerState, d Decision, wake <-chan struct{}) error {
 	recheck := c.opts.PausedRecheck
 	if d.Local {
 		recheck = min(recheck, c.opts.RedisRetry) // no notification comes during an outage
@@ -200,7 +200,7 @@ func (c *Coordinator) waitPaused(ctx context.Context, st *providerState, d Decis
 	return sleep(ctx, c.jitter(), nil)
 }
 
-func (c *Coordinator) jitter() time.Duration {
+func (c *Limiter) jitter() time.Duration {
 	return rand.N(c.opts.WakeJitter)
 }
 
@@ -223,7 +223,7 @@ func sleep(ctx context.Context, d time.Duration, wake <-chan struct{}) error {
 // while the answer was on its way, or while the caller waited to be
 // scheduled): the caller has given up, and the tokens it was granted go
 // unused (under-admission, never over).
-func (c *Coordinator) decide(ctx context.Context, st *providerState, n int) (Decision, error) {
+func (c *Limiter) decide(ctx context.Context, st *providerState, n int) (Decision, error) {
 	d, err := c.decideFor(ctx, st, n)
 	if err == nil && d.Allowed && ended(ctx) {
 		cause := ctx.Err()
@@ -235,7 +235,7 @@ func (c *Coordinator) decide(ctx context.Context, st *providerState, n int) (Dec
 	return d, err
 }
 
-func (c *Coordinator) decideFor(ctx context.Context, st *providerState, n int) (Decision, error) {
+func (c *Limiter) decideFor(ctx context.Context, st *providerState, n int) (Decision, error) {
 	if n < 1 || n > 1e9 {
 		return Decision{}, &ArgumentError{"n", n, "an integer in [1, 1000000000]"}
 	}
@@ -252,7 +252,7 @@ func (c *Coordinator) decideFor(ctx context.Context, st *providerState, n int) (
 }
 
 // decideOne takes the decision for one request in one script call.
-func (c *Coordinator) decideOne(ctx context.Context, st *providerState, n int) (Decision, error) {
+func (c *Limiter) decideOne(ctx context.Context, st *providerState, n int) (Decision, error) {
 	now := c.opts.Now()
 	k := st.keys
 	res, err := c.run(ctx, st, acquireScript, []string{k.config, k.bucket, k.scale, k.breaker, k.cooldown}, n)
@@ -279,7 +279,7 @@ func (c *Coordinator) decideOne(ctx context.Context, st *providerState, n int) (
 // reason ("paused" when a paused wait ended with ctx), "canceled" when ctx
 // ended another wait, "error"; a decision taken without Redis is
 // "fail_open" or "fallback_<reason>".
-func (c *Coordinator) count(st *providerState, d Decision, err error) {
+func (c *Limiter) count(st *providerState, d Decision, err error) {
 	result := string(d.Reason)
 	switch {
 	case !errors.Is(err, ErrPaused) && (errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)):

@@ -44,7 +44,7 @@ type outcome struct {
 
 // batchDecide takes the decision for n tokens of st, coalesced with the
 // other callers of this process, or from the process's token lease.
-func (c *Coordinator) batchDecide(ctx context.Context, st *providerState, n int) (Decision, error) {
+func (c *Limiter) batchDecide(ctx context.Context, st *providerState, n int) (Decision, error) {
 	b := &st.batch
 	b.mu.Lock()
 	if c.opts.TokenLease > 0 {
@@ -76,7 +76,7 @@ func (c *Coordinator) batchDecide(ctx context.Context, st *providerState, n int)
 
 // decideInline sends the request of a caller that found no call in flight,
 // under its own context, with a lease request behind it when one is due.
-func (c *Coordinator) decideInline(ctx context.Context, st *providerState, n int) (Decision, error) {
+func (c *Limiter) decideInline(ctx context.Context, st *providerState, n int) (Decision, error) {
 	want := c.leaseWant(st, int64(n))
 	if want == 0 {
 		return c.decideOne(ctx, st, n)
@@ -88,7 +88,7 @@ func (c *Coordinator) decideInline(ctx context.Context, st *providerState, n int
 }
 
 // afterCall ends a call: with requests queued, the worker takes over.
-func (c *Coordinator) afterCall(st *providerState) {
+func (c *Limiter) afterCall(st *providerState) {
 	b := &st.batch
 	b.mu.Lock()
 	if len(b.queue) == 0 {
@@ -101,7 +101,7 @@ func (c *Coordinator) afterCall(st *providerState) {
 }
 
 // drain sends the queued requests, MaxBatch at a time, until none is left.
-func (c *Coordinator) drain(st *providerState) {
+func (c *Limiter) drain(st *providerState) {
 	b := &st.batch
 	for {
 		b.mu.Lock()
@@ -142,7 +142,7 @@ func (c *Coordinator) drain(st *providerState) {
 // it returns the requests the script left undecided (behind a probe or a
 // request larger than the capacity), to be sent again. The lease request,
 // last, is granted only when every request of the batch was.
-func (c *Coordinator) decideBatch(ctx context.Context, st *providerState, batch []*request, want int64) []*request {
+func (c *Limiter) decideBatch(ctx context.Context, st *providerState, batch []*request, want int64) []*request {
 	if len(batch) == 1 && want == 0 {
 		d, err := c.decideOne(ctx, st, batch[0].n)
 		batch[0].done <- outcome{d, err}

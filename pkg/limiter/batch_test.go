@@ -12,10 +12,10 @@ import (
 	"github.com/sluice-dev/sluice/internal/redistest"
 )
 
-// batchCoord returns a Coordinator on b with provider "p" registered at
+// batchCoord returns a Limiter on b with provider "p" registered at
 // capacity 10 and a refill so slow (0.001/s) that the bucket does not move
 // during a test on a real server; on miniredis the time is fixed.
-func batchCoord(t *testing.T, b redistest.Backend, provider string) (*Coordinator, *providerState) {
+func batchCoord(t *testing.T, b redistest.Backend, provider string) (*Limiter, *providerState) {
 	t.Helper()
 	if b.Mini != nil {
 		b.Mini.SetTime(time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC))
@@ -39,7 +39,7 @@ func batchCoord(t *testing.T, b redistest.Backend, provider string) (*Coordinato
 
 // sendBatch runs one coalesced script call for requests of ns tokens and
 // returns each request's outcome (nil when the script left it undecided).
-func sendBatch(c *Coordinator, st *providerState, ns ...int) []*outcome {
+func sendBatch(c *Limiter, st *providerState, ns ...int) []*outcome {
 	batch := make([]*request, len(ns))
 	for i, n := range ns {
 		batch[i] = &request{n: n, done: make(chan outcome, 1)}
@@ -167,7 +167,7 @@ func isArgumentError(err error) bool {
 	return ok
 }
 
-func mustTokens(t *testing.T, c *Coordinator) float64 {
+func mustTokens(t *testing.T, c *Limiter) float64 {
 	t.Helper()
 	s, err := c.Status(context.Background(), "p")
 	if err != nil {

@@ -43,7 +43,7 @@ func (rt roundTrip) run(ctx context.Context, rdb redis.UniversalClient) (any, er
 }
 
 // bounded makes the round trip rt and returns by the end of ctx whatever
-// the client. A client that honours deadlines (Coordinator.direct) is
+// the client. A client that honours deadlines (Limiter.direct) is
 // called straight through. For any other, rt runs in a goroutine of its
 // own, and when ctx ends first bounded returns ctx's error: the abandoned
 // round trip finishes in the background (when Redis answers, or at the
@@ -52,7 +52,7 @@ func (rt roundTrip) run(ctx context.Context, rdb redis.UniversalClient) (any, er
 // everyone until the bucket refills (under-admission, never over), and a
 // change (a scale, a failure) may still apply, as after any call that
 // timed out.
-func (c *Coordinator) bounded(ctx context.Context, rt roundTrip) (any, error) {
+func (c *Limiter) bounded(ctx context.Context, rt roundTrip) (any, error) {
 	if c.direct {
 		return rt.run(ctx, c.rdb)
 	}
@@ -75,13 +75,13 @@ func (c *Coordinator) bounded(ctx context.Context, rt roundTrip) (any, error) {
 }
 
 // script runs s for st within CallTimeout and ctx (see call).
-func (c *Coordinator) script(ctx context.Context, st *providerState, s *redis.Script, keys []string, args ...any) (any, error) {
+func (c *Limiter) script(ctx context.Context, st *providerState, s *redis.Script, keys []string, args ...any) (any, error) {
 	return c.call(ctx, st, roundTrip{script: s, keys: keys, args: args})
 }
 
 // command runs cmd for st (nil: no provider in particular) within
 // CallTimeout and ctx (see call).
-func (c *Coordinator) command(ctx context.Context, st *providerState, cmd func(ctx context.Context) (any, error)) (any, error) {
+func (c *Limiter) command(ctx context.Context, st *providerState, cmd func(ctx context.Context) (any, error)) (any, error) {
 	return c.call(ctx, st, roundTrip{cmd: cmd})
 }
 
@@ -94,7 +94,7 @@ func (c *Coordinator) command(ctx context.Context, st *providerState, cmd func(c
 // which says nothing of Redis), and suspect checks Redis in the background
 // with the whole CallTimeout. A redirect never reaches the caller as it
 // came.
-func (c *Coordinator) call(ctx context.Context, st *providerState, rt roundTrip) (any, error) {
+func (c *Limiter) call(ctx context.Context, st *providerState, rt roundTrip) (any, error) {
 	cctx, cancel := context.WithTimeout(ctx, c.opts.CallTimeout)
 	defer cancel()
 	var moving error // the last answer that said the slot is in motion
@@ -157,7 +157,7 @@ func (e *outageError) Unwrap() error { return e.err }
 
 // background runs fn in a goroutine that Close waits for; once Close has
 // begun it runs nothing.
-func (c *Coordinator) background(fn func()) {
+func (c *Limiter) background(fn func()) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.closed {

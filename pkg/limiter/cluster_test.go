@@ -45,7 +45,7 @@ func onMasters(t *testing.T, cl *redistest.Cluster, n int) []string {
 }
 
 // tally counts what the acquisitions of one provider through one
-// Coordinator ended with.
+// Limiter ended with.
 type tally struct {
 	shared, local atomic.Int64 // grants by the shared bucket, by the outage mode
 	refused       atomic.Int64 // refusals and callers' deadlines (normal under load)
@@ -106,7 +106,7 @@ func (tl *tally) example(err error) {
 
 // load runs workers goroutines that Acquire one token of provider at a
 // time (each with a 200 ms deadline) until ctx ends, counting into tl.
-func load(ctx context.Context, wg *sync.WaitGroup, c *limiter.Coordinator, provider string, workers int, tl *tally) {
+func load(ctx context.Context, wg *sync.WaitGroup, c *limiter.Limiter, provider string, workers int, tl *tally) {
 	for range workers {
 		wg.Go(func() {
 			for ctx.Err() == nil {
@@ -139,8 +139,8 @@ const clusterCapacity, clusterRate, clusterWorkers = 20, 200.0, 3
 // Coordinators with their own ClusterClients, local_fallback on the first
 // and fail_closed on the second, probing every 100 ms; registers names and
 // makes both replicas of each, known to each other.
-func clusterReplicas(t *testing.T, cl *redistest.Cluster, names []string) []*limiter.Coordinator {
-	var cs []*limiter.Coordinator
+func clusterReplicas(t *testing.T, cl *redistest.Cluster, names []string) []*limiter.Limiter {
+	var cs []*limiter.Limiter
 	var regs []*prometheus.Registry
 	for _, mode := range []limiter.OutageMode{limiter.LocalFallback, limiter.FailClosed} {
 		c, reg := newCoord(t, cl.Client(t), limiter.Options{CallTimeout: defaultCallTimeout, Outage: mode, RedisRetry: 100 * time.Millisecond, Heartbeat: 100 * time.Millisecond})
@@ -174,7 +174,7 @@ type faultRun struct {
 // until each replica has a shared grant of each again, and stops. It checks
 // that no caller saw a raw Redis reply or an unexpected error, and, unless
 // othersHit, that the providers other than hit saw shared grants only.
-func faultUnderLoad(t *testing.T, cs []*limiter.Coordinator, names []string, hit string, othersHit bool, fault func()) faultRun {
+func faultUnderLoad(t *testing.T, cs []*limiter.Limiter, names []string, hit string, othersHit bool, fault func()) faultRun {
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	r := faultRun{tallies: map[string][]*tally{}}
@@ -293,7 +293,7 @@ func TestClusterLimiter(t *testing.T) {
 	cl := redistest.StartCluster(t, 3, 0)
 	ctx := context.Background()
 	names := onMasters(t, cl, 3)
-	var cs []*limiter.Coordinator
+	var cs []*limiter.Limiter
 	for range 2 {
 		c, _ := newCoord(t, cl.Client(t), limiter.Options{PausedRecheck: time.Hour}) // only a notification wakes a paused waiter
 		cs = append(cs, c)

@@ -11,10 +11,10 @@ import (
 	"github.com/sluice-dev/sluice/pkg/limiter"
 )
 
-// spinner is one replica in a race: its Coordinator, and how many
+// spinner is one replica in a race: its Limiter, and how many
 // goroutines call TryAcquire(provider, 1) on it as fast as they can.
 type spinner struct {
-	c                           *limiter.Coordinator
+	c                           *limiter.Limiter
 	workers                     int
 	admitted, decisions, leased atomic.Int64
 }
@@ -23,7 +23,7 @@ type spinner struct {
 // the pause through ctl once all are ready (so that none is late), lets
 // them run for d, and returns the change that ended the pause after they
 // stopped.
-func race(t *testing.T, ctl *limiter.Coordinator, provider string, d time.Duration, spinners ...*spinner) limiter.ScaleChange {
+func race(t *testing.T, ctl *limiter.Limiter, provider string, d time.Duration, spinners ...*spinner) limiter.ScaleChange {
 	t.Helper()
 	ctx := context.Background()
 	runCtx, stop := context.WithCancel(ctx)

@@ -1,5 +1,9 @@
-// Package limiter is sluice's shared rate coordinator: one token bucket per
-// provider, kept in Redis and used by every pipeline replica.
+// Package limiter is sluice's shared rate limiter (the seed's
+// RateCoordinator; the Python client keeps that name): one token bucket per
+// provider, kept in Redis and used by every pipeline replica. A Limiter is
+// one process's handle on those buckets. It is not the write coordinator
+// (package store's WriteCoordinator, run by the `sluice coordinator`
+// command), which measures the store's queue and reports its pressure.
 //
 // A provider's bucket holds at most Capacity tokens and refills at
 // RefillRate × scale tokens per second. The scale factor (1 by default, 0

@@ -35,8 +35,8 @@ var (
 	// widens. The error names the key and field; Register or SetBudgetScale
 	// writes them again.
 	ErrCorruptState = errors.New("limiter: corrupt state in redis")
-	// ErrClosed: the Coordinator was closed.
-	ErrClosed = errors.New("limiter: coordinator closed")
+	// ErrClosed: the Limiter was closed.
+	ErrClosed = errors.New("limiter: limiter closed")
 )
 
 // ArgumentError reports a bad argument: which field, the value given and the

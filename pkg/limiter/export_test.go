@@ -7,7 +7,7 @@ var (
 )
 
 // LeaseLeftForTest is the tokens c's lease of provider holds now.
-func LeaseLeftForTest(c *Coordinator, provider string) int64 {
+func LeaseLeftForTest(c *Limiter, provider string) int64 {
 	st, err := c.state(provider)
 	if err != nil {
 		return 0

@@ -16,7 +16,7 @@ func (st *providerState) remember(d Decision, now time.Time) {
 }
 
 // outage decides for st while Redis cannot serve it, by the configured mode.
-func (c *Coordinator) outage(st *providerState, n int, now time.Time, cause error) (Decision, error) {
+func (c *Limiter) outage(st *providerState, n int, now time.Time, cause error) (Decision, error) {
 	switch c.opts.Outage {
 	case FailOpen:
 		return Decision{Allowed: true, Reason: ReasonOK, RetryAfter: 0, Scale: 1, Now: now, Local: true}, nil

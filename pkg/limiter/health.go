@@ -52,7 +52,7 @@ func (h *health) markUp() bool {
 }
 
 // redisDown puts st in outage mode after err and starts its prober.
-func (c *Coordinator) redisDown(st *providerState, err error) {
+func (c *Limiter) redisDown(st *providerState, err error) {
 	changed, probe := st.health.markDown()
 	if changed {
 		c.log.Warn("redis cannot serve the provider; provider in outage mode", "provider", st.name, "mode", c.opts.Outage.String(), "err", err)
@@ -72,7 +72,7 @@ func (c *Coordinator) redisDown(st *providerState, err error) {
 // outage mode, instead of each waiting out its deadline. At most one check
 // per provider every CallTimeout + RedisRetry; none while st is in outage
 // mode (its prober watches) or for a call about no provider (st nil).
-func (c *Coordinator) suspect(st *providerState) {
+func (c *Limiter) suspect(st *providerState) {
 	if st == nil || st.health.isDown() || !st.health.checkDue(time.Now(), c.opts.CallTimeout+c.opts.RedisRetry) {
 		return
 	}
@@ -84,7 +84,7 @@ func (c *Coordinator) suspect(st *providerState) {
 }
 
 // redisUp records that Redis served st.
-func (c *Coordinator) redisUp(st *providerState) {
+func (c *Limiter) redisUp(st *providerState) {
 	if st.health.markUp() {
 		c.log.Info("redis serves the provider again; back on the shared bucket", "provider", st.name)
 		c.countDown(-1)
@@ -93,7 +93,7 @@ func (c *Coordinator) redisUp(st *providerState) {
 
 // countDown adds d to the providers in outage mode; rate_coordinator_redis_up
 // is 1 while there is none.
-func (c *Coordinator) countDown(d int) {
+func (c *Limiter) countDown(d int) {
 	c.downMu.Lock()
 	defer c.downMu.Unlock()
 	c.down += d
@@ -108,7 +108,7 @@ func (c *Coordinator) countDown(d int) {
 // Redis answers. On a single server every provider in outage probes on its
 // own: a handful of EXISTS per RedisRetry, and each provider comes back as
 // soon as its own call would work.
-func (c *Coordinator) probeOnce(st *providerState) bool {
+func (c *Limiter) probeOnce(st *providerState) bool {
 	if c.probe(st, min(c.opts.RedisRetry, c.opts.CallTimeout)) != nil {
 		return true
 	}
@@ -123,7 +123,7 @@ func (c *Coordinator) probeOnce(st *providerState) bool {
 // would. No answer within timeout is an *outageError; Close ends a probe
 // with ErrClosed. After a failed probe, a cluster client reloads its slot
 // map.
-func (c *Coordinator) probe(st *providerState, timeout time.Duration) error {
+func (c *Limiter) probe(st *providerState, timeout time.Duration) error {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	go func() { // Close does not wait for it

@@ -21,13 +21,13 @@ var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 // explicitly: newCoord gives every other test a minute.
 const defaultCallTimeout = 500 * time.Millisecond
 
-// newCoord returns a Coordinator on rdb with its own registry, closed when t
+// newCoord returns a Limiter on rdb with its own registry, closed when t
 // ends. A zero opts.CallTimeout is a minute, not the library's 500 ms: on
 // a starved machine (CI's two shared cores, -race) a healthy Redis can take
 // longer than 500 ms to answer, which the limiter rightly takes for an
 // outage; a test that is not about outages must not see one. The tests of
 // outages set CallTimeout themselves (defaultCallTimeout, or shorter).
-func newCoord(t testing.TB, rdb redis.UniversalClient, opts limiter.Options) (*limiter.Coordinator, *prometheus.Registry) {
+func newCoord(t testing.TB, rdb redis.UniversalClient, opts limiter.Options) (*limiter.Limiter, *prometheus.Registry) {
 	t.Helper()
 	if opts.CallTimeout == 0 {
 		opts.CallTimeout = time.Minute
@@ -47,7 +47,7 @@ func newCoord(t testing.TB, rdb redis.UniversalClient, opts limiter.Options) (*l
 	return c, reg
 }
 
-func register(t testing.TB, c *limiter.Coordinator, provider string, capacity int64, rate float64) {
+func register(t testing.TB, c *limiter.Limiter, provider string, capacity int64, rate float64) {
 	t.Helper()
 	cfg := limiter.DefaultProviderConfig()
 	cfg.Capacity, cfg.RefillRate = capacity, rate
@@ -56,7 +56,7 @@ func register(t testing.TB, c *limiter.Coordinator, provider string, capacity in
 	}
 }
 
-func mustStatus(t testing.TB, c *limiter.Coordinator, provider string) limiter.Status {
+func mustStatus(t testing.TB, c *limiter.Limiter, provider string) limiter.Status {
 	t.Helper()
 	s, err := c.Status(context.Background(), provider)
 	if err != nil {
@@ -65,7 +65,7 @@ func mustStatus(t testing.TB, c *limiter.Coordinator, provider string) limiter.S
 	return s
 }
 
-func try(t testing.TB, c *limiter.Coordinator, provider string, n int) limiter.Decision {
+func try(t testing.TB, c *limiter.Limiter, provider string, n int) limiter.Decision {
 	t.Helper()
 	d, err := c.TryAcquire(context.Background(), provider, n)
 	if err != nil {
@@ -77,7 +77,7 @@ func try(t testing.TB, c *limiter.Coordinator, provider string, n int) limiter.D
 // sharedGrant waits until c has a grant from Redis for provider, however
 // long a loaded machine takes (an early call that timed out puts the
 // provider in its outage mode until a probe brings it back).
-func sharedGrant(t testing.TB, c *limiter.Coordinator, provider string) {
+func sharedGrant(t testing.TB, c *limiter.Limiter, provider string) {
 	t.Helper()
 	waitFor(t, "a grant from Redis", func() bool {
 		d, err := c.TryAcquire(context.Background(), provider, 1)
@@ -87,7 +87,7 @@ func sharedGrant(t testing.TB, c *limiter.Coordinator, provider string) {
 
 // drain takes every whole token from the bucket, one at a time, and returns
 // the first refusal.
-func drain(t testing.TB, c *limiter.Coordinator, provider string) limiter.Decision {
+func drain(t testing.TB, c *limiter.Limiter, provider string) limiter.Decision {
 	t.Helper()
 	for range 1_000_000 {
 		if d := try(t, c, provider, 1); !d.Allowed {

@@ -77,7 +77,7 @@ func TestNetworkFaults(t *testing.T) {
 	stop := make(chan struct{})
 	defer close(stop)
 	late := watchLateness(stop)
-	setup := func(t *testing.T, mode limiter.OutageMode, callTimeout time.Duration) (fp *faultProxy, admin, c *limiter.Coordinator) {
+	setup := func(t *testing.T, mode limiter.OutageMode, callTimeout time.Duration) (fp *faultProxy, admin, c *limiter.Limiter) {
 		fp = newFaultProxy(t, srv.Addr)
 		rdb := redis.NewClient(&redis.Options{Addr: fp.addr(), MaxRetries: -1, ContextTimeoutEnabled: true,
 			DialTimeout: 200 * time.Millisecond})
@@ -94,14 +94,14 @@ func TestNetworkFaults(t *testing.T) {
 	}
 	ctx := context.Background()
 	// timed runs one TryAcquire under a deadline and says how long it took.
-	timed := func(c *limiter.Coordinator, deadline time.Duration) (limiter.Decision, time.Duration, error) {
+	timed := func(c *limiter.Limiter, deadline time.Duration) (limiter.Decision, time.Duration, error) {
 		cctx, cancel := context.WithTimeout(ctx, deadline)
 		defer cancel()
 		start := time.Now()
 		d, err := c.TryAcquire(cctx, "p", 1)
 		return d, time.Since(start), err
 	}
-	backOnRedis := func(t *testing.T, c *limiter.Coordinator, healed time.Time) time.Duration {
+	backOnRedis := func(t *testing.T, c *limiter.Limiter, healed time.Time) time.Duration {
 		t.Helper()
 		waitFor(t, "the shared bucket back", func() bool {
 			d, err := c.TryAcquire(ctx, "p", 1)

@@ -12,7 +12,7 @@ import (
 )
 
 // notifier wakes paused waiters when a provider's notify channel says its
-// scale (or breaker, or cooldown) changed. One subscription per Coordinator
+// scale (or breaker, or cooldown) changed. One subscription per Limiter
 // serves every waiter; a waiter costs Redis nothing while it waits. The
 // subscription is a pubsub.Sub, which starts over when Redis refuses a
 // resubscription or a PING goes unanswered; every confirmation after the

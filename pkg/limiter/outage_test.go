@@ -126,7 +126,7 @@ func TestOutageModes(t *testing.T) {
 		t.Skip("-short")
 	}
 	ctx := context.Background()
-	setup := func(t *testing.T, mode limiter.OutageMode) (*redistest.Server, *limiter.Coordinator, *fakeClock, *prometheus.Registry) {
+	setup := func(t *testing.T, mode limiter.OutageMode) (*redistest.Server, *limiter.Limiter, *fakeClock, *prometheus.Registry) {
 		srv := redistest.Start(t)
 		clock := &fakeClock{now: time.Now()}
 		c, reg := newCoord(t, redis.NewClient(&redis.Options{Addr: srv.Addr, MaxRetries: -1}), limiter.Options{CallTimeout: defaultCallTimeout, Outage: mode, Now: clock.Now, RedisRetry: 50 * time.Millisecond, Heartbeat: 50 * time.Millisecond})
@@ -136,7 +136,7 @@ func TestOutageModes(t *testing.T) {
 		}
 		return srv, c, clock, reg
 	}
-	recovers := func(t *testing.T, srv *redistest.Server, c *limiter.Coordinator) {
+	recovers := func(t *testing.T, srv *redistest.Server, c *limiter.Limiter) {
 		t.Helper()
 		srv.Restart(t)
 		// The background probe finds Redis within a few RedisRetry periods.
@@ -359,7 +359,7 @@ func restartUnderLoad(t *testing.T, aof bool, mode limiter.OutageMode) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	var replicas []*limiter.Coordinator
+	var replicas []*limiter.Limiter
 	var regs []*prometheus.Registry
 	for range 3 {
 		rdb := redis.NewClient(&redis.Options{Addr: srv.Addr, MaxRetries: -1, DialTimeout: 100 * time.Millisecond})
@@ -455,7 +455,7 @@ func TestBreakerAndCooldownAcrossReplicas(t *testing.T) {
 	redistest.Each(t, func(t *testing.T, b redistest.Backend) {
 		ctx := context.Background()
 		clock := newRedisClock(b)
-		var rs []*limiter.Coordinator
+		var rs []*limiter.Limiter
 		for range 3 {
 			c, _ := newCoord(t, b.Client(t), limiter.Options{CallTimeout: defaultCallTimeout})
 			rs = append(rs, c)

@@ -6,13 +6,13 @@ import (
 	"time"
 )
 
-func (c *Coordinator) heartbeatTTL() time.Duration { return 3 * c.opts.Heartbeat }
+func (c *Limiter) heartbeatTTL() time.Duration { return 3 * c.opts.Heartbeat }
 
 // beatAll heartbeats for every provider this replica acquired from, except
 // those in outage mode (their probe watches Redis; on a cluster, a dead
 // node's providers must not spend the others' heartbeat time); it always
 // returns true (keep going).
-func (c *Coordinator) beatAll() bool {
+func (c *Limiter) beatAll() bool {
 	c.mu.Lock()
 	states := c.statesLocked()
 	c.mu.Unlock()
@@ -28,7 +28,7 @@ func (c *Coordinator) beatAll() bool {
 
 // beat renews this replica in provider's registry and learns how many live
 // replicas share it. On failure the last count stays.
-func (c *Coordinator) beat(ctx context.Context, st *providerState) {
+func (c *Limiter) beat(ctx context.Context, st *providerState) {
 	res, err := c.script(ctx, st, heartbeatScript, []string{st.keys.replicas}, "beat", c.opts.ReplicaID, c.heartbeatTTL().Milliseconds())
 	n, ok := res.(int64)
 	if err == nil && !ok {

@@ -24,7 +24,7 @@ type ScaleChange struct {
 // must be finite and in [0, max_scale] (max_scale is 1 unless the provider
 // was registered with a higher MaxScale); anything else is a *ArgumentError
 // and changes nothing. The scale hash records Options.Source as who set it.
-func (c *Coordinator) SetBudgetScale(ctx context.Context, provider string, scale float64) (ScaleChange, error) {
+func (c *Limiter) SetBudgetScale(ctx context.Context, provider string, scale float64) (ScaleChange, error) {
 	if err := validScale(scale); err != nil {
 		return ScaleChange{}, err
 	}
@@ -54,7 +54,7 @@ func (c *Coordinator) SetBudgetScale(ctx context.Context, provider string, scale
 // handler in shadow mode would have set (fields shadow_scale, shadow_source,
 // shadow_updated_at of the scale hash), under the same rules as
 // SetBudgetScale. The rate does not change.
-func (c *Coordinator) SetShadowScale(ctx context.Context, provider string, scale float64) error {
+func (c *Limiter) SetShadowScale(ctx context.Context, provider string, scale float64) error {
 	if err := validScale(scale); err != nil {
 		return err
 	}
@@ -66,7 +66,7 @@ func (c *Coordinator) SetShadowScale(ctx context.Context, provider string, scale
 // for operators and every replica's decisions. It does not change the rate;
 // SetBudgetScale does. A level other than ok, soft or hard is a
 // *ArgumentError.
-func (c *Coordinator) SetPressure(ctx context.Context, provider string, level state.Level) error {
+func (c *Limiter) SetPressure(ctx context.Context, provider string, level state.Level) error {
 	if level.Rank() < 0 {
 		return &ArgumentError{"level", string(level), "one of ok, soft, hard"}
 	}
@@ -77,7 +77,7 @@ func (c *Coordinator) SetPressure(ctx context.Context, provider string, level st
 	return nil
 }
 
-func (c *Coordinator) annotate(ctx context.Context, provider, kind, value string) error {
+func (c *Limiter) annotate(ctx context.Context, provider, kind, value string) error {
 	st, err := c.state(provider)
 	if err != nil {
 		return err
@@ -96,24 +96,24 @@ type BreakerStatus struct {
 // RecordFailure counts a failed call to provider towards the shared breaker:
 // at BreakerThreshold consecutive failures it opens for every replica, for
 // BreakerTimeout; a failed half-open probe opens it again.
-func (c *Coordinator) RecordFailure(ctx context.Context, provider string) error {
+func (c *Limiter) RecordFailure(ctx context.Context, provider string) error {
 	return c.breakerOp(ctx, provider, "failure")
 }
 
 // RecordSuccess reports a successful call: it resets the failure count, and
 // closes a half-open breaker (the probe succeeded). One round trip; it writes
 // nothing when there is nothing to reset.
-func (c *Coordinator) RecordSuccess(ctx context.Context, provider string) error {
+func (c *Limiter) RecordSuccess(ctx context.Context, provider string) error {
 	return c.breakerOp(ctx, provider, "success")
 }
 
 // ResetBreaker closes provider's breaker whatever its state (operator
 // override); waiters are told at once.
-func (c *Coordinator) ResetBreaker(ctx context.Context, provider string) error {
+func (c *Limiter) ResetBreaker(ctx context.Context, provider string) error {
 	return c.breakerOp(ctx, provider, "reset")
 }
 
-func (c *Coordinator) breakerOp(ctx context.Context, provider, op string) error {
+func (c *Limiter) breakerOp(ctx context.Context, provider, op string) error {
 	st, err := c.state(provider)
 	if err != nil {
 		return err
@@ -143,7 +143,7 @@ func (c *Coordinator) breakerOp(ctx context.Context, provider, op string) error 
 // e.g. "pacing") and reason (free text). A cooldown already running that
 // ends later is kept. It returns when the cooldown in force ends; the zero
 // time when there is none (d and the configured Cooldown are both 0).
-func (c *Coordinator) TriggerCooldown(ctx context.Context, provider, scope, reason string, d time.Duration) (time.Time, error) {
+func (c *Limiter) TriggerCooldown(ctx context.Context, provider, scope, reason string, d time.Duration) (time.Time, error) {
 	if d < 0 || d > maxDuration {
 		return time.Time{}, &ArgumentError{"duration", d, "a duration in [0, 24h]"}
 	}
@@ -160,12 +160,12 @@ func (c *Coordinator) TriggerCooldown(ctx context.Context, provider, scope, reas
 
 // ClearCooldown ends provider's cooldown now (operator override); waiters
 // are told at once.
-func (c *Coordinator) ClearCooldown(ctx context.Context, provider string) error {
+func (c *Limiter) ClearCooldown(ctx context.Context, provider string) error {
 	_, err := c.cooldownOp(ctx, provider, "clear", "", "", "")
 	return err
 }
 
-func (c *Coordinator) cooldownOp(ctx context.Context, provider, op, scope, reason, dur string) (time.Time, error) {
+func (c *Limiter) cooldownOp(ctx context.Context, provider, op, scope, reason, dur string) (time.Time, error) {
 	st, err := c.state(provider)
 	if err != nil {
 		return time.Time{}, err

@@ -48,7 +48,7 @@ type Cooldown struct {
 
 // Status returns provider's shared state in one round trip. It writes
 // nothing and does not make this process a replica of provider.
-func (c *Coordinator) Status(ctx context.Context, provider string) (Status, error) {
+func (c *Limiter) Status(ctx context.Context, provider string) (Status, error) {
 	st, err := c.state(provider)
 	if err != nil {
 		return Status{}, err

@@ -51,7 +51,7 @@ func (l *tokenLease) take(n int, now time.Time) (Decision, bool) {
 // held after the batch at the process's last call: a lease is taken from
 // plenty, so while tokens are scarce processes ask only for what their
 // callers want, and shares stay fair.
-func (c *Coordinator) leaseWant(st *providerState, tokens int64) int64 {
+func (c *Limiter) leaseWant(st *providerState, tokens int64) int64 {
 	if c.opts.TokenLease <= 0 {
 		return 0
 	}
@@ -76,9 +76,9 @@ func (c *Coordinator) leaseWant(st *providerState, tokens int64) int64 {
 // expired: they too were taken by a call that saw the shared state open,
 // and this one saw it open again. The tokens go back instead when the lease
 // was dropped while the call was in flight (a change through this
-// Coordinator, or Close), or when the call took so long that the lease
+// Limiter, or Close), or when the call took so long that the lease
 // would be over on arrival.
-func (c *Coordinator) renewLease(st *providerState, want int64, start time.Time, d Decision) {
+func (c *Limiter) renewLease(st *providerState, want int64, start time.Time, d Decision) {
 	closed := c.isClosed()
 	b := &st.batch
 	b.mu.Lock()
@@ -107,7 +107,7 @@ func (c *Coordinator) renewLease(st *providerState, want int64, start time.Time,
 
 // expireLease runs when st's lease may have expired: if it has, what is
 // left goes back to the bucket.
-func (c *Coordinator) expireLease(st *providerState) {
+func (c *Limiter) expireLease(st *providerState) {
 	b := &st.batch
 	b.mu.Lock()
 	if wait := time.Until(b.lease.expires); wait > 0 { // renewed meanwhile
@@ -125,7 +125,7 @@ func (c *Coordinator) expireLease(st *providerState) {
 // process changes or reports shared state (a failure, a cooldown, a scale)
 // and tokens taken before must not outlive that here, or it closes. A call
 // in flight does not renew the lease after this (renewLease).
-func (c *Coordinator) dropLease(st *providerState) {
+func (c *Limiter) dropLease(st *providerState) {
 	b := &st.batch
 	b.mu.Lock()
 	left := b.lease.left
@@ -142,7 +142,7 @@ func (c *Coordinator) dropLease(st *providerState) {
 // not outlive the change here. The function it returns gives back what a
 // call in flight meanwhile leased, from the state before the change: defer
 // it, so that it runs when the change is done.
-func (c *Coordinator) leaseAside(st *providerState) (after func()) {
+func (c *Limiter) leaseAside(st *providerState) (after func()) {
 	c.dropLease(st)
 	return func() { c.dropLease(st) }
 }
@@ -150,7 +150,7 @@ func (c *Coordinator) leaseAside(st *providerState) (after func()) {
 // refund puts n unused tokens back into st's bucket. It may fail (Redis
 // gone): the tokens are then lost to everyone until the bucket refills,
 // which under-admits but never over-admits.
-func (c *Coordinator) refund(st *providerState, n int64) {
+func (c *Limiter) refund(st *providerState, n int64) {
 	if n <= 0 {
 		return
 	}

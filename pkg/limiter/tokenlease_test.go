@@ -27,7 +27,7 @@ func checkGivenBack(t *testing.T, rdb *redis.Client, provider string, capacity, 
 
 // leaseUp takes single tokens from c until one comes from its token lease,
 // and returns how many it took (all granted).
-func leaseUp(t *testing.T, c *limiter.Coordinator, provider string) int {
+func leaseUp(t *testing.T, c *limiter.Limiter, provider string) int {
 	t.Helper()
 	for i := 1; i <= 1000; i++ {
 		d := try(t, c, provider, 1)
@@ -87,7 +87,7 @@ func TestTokenLeaseAccuracy(t *testing.T) {
 // lease still holds some) and returns the bucket as stored then and what
 // the lease holds: read in that order, so that the lease's give-back, if it
 // comes, is a later write.
-func heldLease(t *testing.T, c *limiter.Coordinator, rdb *redis.Client, provider string) (float64, time.Time, int64) {
+func heldLease(t *testing.T, c *limiter.Limiter, rdb *redis.Client, provider string) (float64, time.Time, int64) {
 	t.Helper()
 	for range 100 {
 		leaseUp(t, c, provider)

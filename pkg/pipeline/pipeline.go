@@ -1,5 +1,5 @@
 // Package pipeline composes one pipeline replica's side of sluice: a
-// limiter.Coordinator on the shared budget and, with feedback on, a
+// limiter.Limiter on the shared budget and, with feedback on, a
 // feedback.Handler that follows the store's pressure (from Redis by
 // default) and steers that budget for every replica. The sluice services,
 // its demo, its tests and library users all build a replica with New.
@@ -22,7 +22,7 @@ import (
 // Options configure a Replica. The zero value runs a limiter with its
 // defaults and no feedback.
 type Options struct {
-	// Limiter configures the replica's limiter.Coordinator. With Feedback
+	// Limiter configures the replica's limiter.Limiter. With Feedback
 	// set and Limiter.Source empty, every change made through the limiter
 	// (the handler's, and any other call on Replica.Limiter) is recorded as
 	// made by "feedback".
@@ -48,7 +48,7 @@ type Options struct {
 // handler and its event subscription, started by New and stopped by Close.
 // It is safe for concurrent use.
 type Replica struct {
-	lim     *limiter.Coordinator
+	lim     *limiter.Limiter
 	handler *feedback.Handler // nil without feedback
 	stopSub func()
 	cancel  context.CancelFunc
@@ -115,7 +115,7 @@ func (r *Replica) startFeedback(ctx context.Context, rdb redis.UniversalClient, 
 
 // Limiter returns the replica's limiter: acquire through it. Close it
 // through the Replica, not directly.
-func (r *Replica) Limiter() *limiter.Coordinator { return r.lim }
+func (r *Replica) Limiter() *limiter.Limiter { return r.lim }
 
 // Handler returns the replica's feedback handler, nil without feedback.
 func (r *Replica) Handler() *feedback.Handler { return r.handler }
@@ -137,7 +137,7 @@ func (r *Replica) Close() error {
 // rate is the feedback.Rate of a limiter: the shared scale in Redis,
 // changed only as guard allows.
 type rate struct {
-	c     *limiter.Coordinator
+	c     *limiter.Limiter
 	guard func(ctx context.Context) (context.Context, context.CancelFunc, error)
 }
 

@@ -78,7 +78,7 @@ func (m *OutageMode) UnmarshalText(text []byte) error {
 	return &ArgumentError{"outage_mode", string(text), "one of " + strings.Join(outageNames, ", ")}
 }
 
-// Options configure a Coordinator. The zero value is ready to use: a zero
+// Options configure a Limiter. The zero value is ready to use: a zero
 // field takes the default its comment gives (nil Registerer: no metrics).
 type Options struct {
 	// Prefix starts every key and channel; default "sluice".
@@ -87,7 +87,7 @@ type Options struct {
 	// <hostname>-<pid>-<random>.
 	ReplicaID string
 	// Source is recorded in the scale hash as who changed the scale, the
-	// shadow scale or the pressure level through this Coordinator (e.g.
+	// shadow scale or the pressure level through this Limiter (e.g.
 	// "operator", "feedback:pod-3"); default "api".
 	Source string
 	// Outage is what to do for a provider Redis cannot serve; default FailClosed.
@@ -153,7 +153,7 @@ type Options struct {
 	// TokenLease × leasing processes). The price is the design's promise
 	// that a change reaches every replica at its next acquisition: a scale
 	// change, a pause, a cooldown or an open breaker set by another process
-	// reaches this one within TokenLease; one made through this Coordinator
+	// reaches this one within TokenLease; one made through this Limiter
 	// (SetBudgetScale, RecordFailure, TriggerCooldown) ends the lease before
 	// it returns. Default 0: off; at most 1s; needs MaxBatch > 1.
 	TokenLease time.Duration
@@ -216,13 +216,13 @@ func defaultReplicaID() string {
 	return fmt.Sprintf("%s-%d-%s", host, os.Getpid(), hex.EncodeToString(b))
 }
 
-// Coordinator shares one token bucket per provider among every replica that
+// Limiter shares one token bucket per provider among every replica that
 // talks to the same Redis: each bucket holds at most its capacity and refills
 // at base rate × scale tokens per second, where the scale (0 pauses) lives in
 // Redis so a change reaches every replica at its next acquisition. Every
-// decision is one Lua script at Redis time. A Coordinator is safe for
+// decision is one Lua script at Redis time. A Limiter is safe for
 // concurrent use by many goroutines, and many processes may each have one.
-type Coordinator struct {
+type Limiter struct {
 	rdb      redis.UniversalClient
 	direct   bool // rdb bounds each round trip by its context (honoursDeadlines): called straight through
 	opts     Options
@@ -269,13 +269,13 @@ type providerState struct {
 	health health
 }
 
-// New returns a Coordinator on rdb, which may be a *redis.Client,
+// New returns a Limiter on rdb, which may be a *redis.Client,
 // *redis.ClusterClient or *redis.Ring (any redis.UniversalClient), with any
 // options: every call returns within Options.CallTimeout and its caller's
 // deadline whatever they say. A client with ContextTimeoutEnabled is the
 // cheaper one (no goroutine per call; see CallTimeout). It starts the
 // heartbeat goroutine; Close stops it.
-func New(rdb redis.UniversalClient, o Options) (*Coordinator, error) {
+func New(rdb redis.UniversalClient, o Options) (*Limiter, error) {
 	if rdb == nil {
 		return nil, &ArgumentError{"client", nil, "a Redis client"}
 	}
@@ -300,7 +300,7 @@ func New(rdb redis.UniversalClient, o Options) (*Coordinator, error) {
 		return nil, fmt.Errorf("limiter: %w", err)
 	}
 	m.redisUp.Set(1)
-	c := &Coordinator{
+	c := &Limiter{
 		rdb:       rdb,
 		direct:    honoursDeadlines(rdb),
 		opts:      o,
@@ -321,7 +321,7 @@ func New(rdb redis.UniversalClient, o Options) (*Coordinator, error) {
 // Close stops the heartbeat and the notification subscription and removes
 // this replica from the registry of every provider it used. Calls after Close
 // return ErrClosed. Close does not close the Redis client.
-func (c *Coordinator) Close() error {
+func (c *Limiter) Close() error {
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()
@@ -347,14 +347,14 @@ func (c *Coordinator) Close() error {
 }
 
 // isClosed reports whether Close has begun.
-func (c *Coordinator) isClosed() bool {
+func (c *Limiter) isClosed() bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.closed
 }
 
 // state returns the local state of provider, creating it on first use.
-func (c *Coordinator) state(provider string) (*providerState, error) {
+func (c *Limiter) state(provider string) (*providerState, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.closed {
@@ -373,7 +373,7 @@ func (c *Coordinator) state(provider string) (*providerState, error) {
 
 // every calls fn every d until Close, or until fn returns false. It runs in
 // the caller's goroutine: start it with background.
-func (c *Coordinator) every(d time.Duration, fn func() bool) {
+func (c *Limiter) every(d time.Duration, fn func() bool) {
 	t := time.NewTicker(d)
 	defer t.Stop()
 	for {
@@ -388,7 +388,7 @@ func (c *Coordinator) every(d time.Duration, fn func() bool) {
 	}
 }
 
-func (c *Coordinator) statesLocked() []*providerState {
+func (c *Limiter) statesLocked() []*providerState {
 	out := make([]*providerState, 0, len(c.providers))
 	for _, st := range c.providers {
 		out = append(out, st)
@@ -412,7 +412,7 @@ const (
 // the new capacity; the scale in force is kept. This replica remembers cfg and
 // registers it again if Redis loses the provider (a restart without
 // persistence).
-func (c *Coordinator) Register(ctx context.Context, provider string, cfg ProviderConfig) (RegisterResult, error) {
+func (c *Limiter) Register(ctx context.Context, provider string, cfg ProviderConfig) (RegisterResult, error) {
 	if err := cfg.Validate(); err != nil {
 		return "", err
 	}
@@ -434,7 +434,7 @@ func (c *Coordinator) Register(ctx context.Context, provider string, cfg Provide
 	return res, nil
 }
 
-func (c *Coordinator) register(ctx context.Context, st *providerState, cfg ProviderConfig) (RegisterResult, error) {
+func (c *Limiter) register(ctx context.Context, st *providerState, cfg ProviderConfig) (RegisterResult, error) {
 	k := st.keys
 	res, err := c.script(ctx, st, registerScript, []string{k.config, k.bucket, k.scale}, cfg.args()...)
 	if err != nil {
@@ -450,7 +450,7 @@ func (c *Coordinator) register(ctx context.Context, st *providerState, cfg Provi
 }
 
 // Providers lists the registered providers, sorted.
-func (c *Coordinator) Providers(ctx context.Context) ([]string, error) {
+func (c *Limiter) Providers(ctx context.Context) ([]string, error) {
 	res, err := c.command(ctx, nil, func(ctx context.Context) (any, error) {
 		return c.rdb.SMembers(ctx, providersKey(c.opts.Prefix)).Result()
 	})
@@ -467,7 +467,7 @@ func (c *Coordinator) Providers(ctx context.Context) ([]string, error) {
 // it registers it again, restores the last scale it saw if that was not 1
 // (an operator's 0.5 survives the restart), and retries once. Concurrent
 // callers re-register once: the others find the provider back.
-func (c *Coordinator) run(ctx context.Context, st *providerState, s *redis.Script, keys []string, args ...any) (any, error) {
+func (c *Limiter) run(ctx context.Context, st *providerState, s *redis.Script, keys []string, args ...any) (any, error) {
 	res, err := c.script(ctx, st, s, keys, args...)
 	if err == nil || !isUnknownProvider(err) {
 		return res, c.mapErr(st.name, err)
@@ -507,7 +507,7 @@ func isUnknownProvider(err error) bool {
 
 // mapErr turns script error replies into this package's errors and
 // connection failures into ErrRedisUnavailable.
-func (c *Coordinator) mapErr(provider string, err error) error {
+func (c *Limiter) mapErr(provider string, err error) error {
 	if err == nil {
 		return nil
 	}
