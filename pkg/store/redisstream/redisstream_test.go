@@ -472,8 +472,12 @@ func TestDepartedConsumerRemoved(t *testing.T) {
 		}
 		return out
 	}
-	leavePending(t, rdb, "a", 300)
+	// Taken before a reads its entries: Redis counts their idle time from
+	// the read, inside leavePending, so the time since this is at least
+	// their idle time (taken after, a slow leavePending made a removal
+	// at ClaimIdle look early: 193 ms on a loaded machine).
 	stopped := time.Now()
+	leavePending(t, rdb, "a", 300)
 	if cs := consumers(); cs["a"] != 300 {
 		t.Fatalf("consumers %v: a should stay with its 300 pending", cs)
 	}
