@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -168,4 +169,28 @@ func (c *Limiter) background(fn func()) {
 		defer c.wg.Done()
 		fn()
 	}()
+}
+
+// isOutage reports whether err means Redis could not serve the call (network,
+// pool, stall, loading, failover, a cluster slot in motion), as opposed to
+// an answer or the caller's context. mapErr wraps such errors in
+// ErrRedisUnavailable without keeping the Redis reply in the chain, so a
+// redirect (ASK, MOVED) never reaches a caller as it came.
+func isOutage(err error) bool {
+	if oe := (*outageError)(nil); errors.As(err, &oe) {
+		return true
+	}
+	if err == nil || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, ErrClosed) {
+		return false
+	}
+	var rerr redis.Error
+	if errors.As(err, &rerr) {
+		for _, p := range []string{"LOADING", "CLUSTERDOWN", "MASTERDOWN", "TRYAGAIN", "MOVED ", "ASK ", "READONLY", "BUSY"} {
+			if strings.HasPrefix(rerr.Error(), p) {
+				return true
+			}
+		}
+		return false
+	}
+	return !errors.Is(err, redis.ErrClosed)
 }

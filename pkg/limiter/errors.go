@@ -3,7 +3,10 @@ package limiter
 import (
 	"errors"
 	"fmt"
+	"strings"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 )
 
 // Sentinel errors, for errors.Is. Errors returned by this package wrap them
@@ -61,4 +64,35 @@ func denied(provider string, n int, d Decision) error {
 		return fmt.Errorf("%w: provider %q, n=%d > capacity %d", ErrExceedsCapacity, provider, n, d.Capacity)
 	}
 	return fmt.Errorf("%w: provider %q, n=%d, retry after %v", d.Reason.err(), provider, n, d.RetryAfter.Round(time.Millisecond))
+}
+
+// mapErr turns script error replies into this package's errors and
+// connection failures into ErrRedisUnavailable.
+func (c *Limiter) mapErr(provider string, err error) error {
+	if err == nil {
+		return nil
+	}
+	var rerr redis.Error
+	if errors.As(err, &rerr) {
+		msg := rerr.Error()
+		switch {
+		case strings.HasPrefix(msg, "UNKNOWN_PROVIDER"):
+			return fmt.Errorf("%w %q", ErrUnknownProvider, provider)
+		case strings.HasPrefix(msg, "INVALID_ARGUMENT "):
+			return parseArgumentError(strings.TrimPrefix(msg, "INVALID_ARGUMENT "))
+		case strings.HasPrefix(msg, "CORRUPT "):
+			return fmt.Errorf("%w: %s", ErrCorruptState, strings.TrimPrefix(msg, "CORRUPT "))
+		}
+	}
+	if isOutage(err) {
+		return fmt.Errorf("%w: %v", ErrRedisUnavailable, err)
+	}
+	return fmt.Errorf("limiter: %w", err)
+}
+
+// parseArgumentError reads "<field>=<value> must be <range>" from a script.
+func parseArgumentError(s string) error {
+	field, rest, _ := strings.Cut(s, "=")
+	value, rng, _ := strings.Cut(rest, " must be ")
+	return &ArgumentError{Field: field, Value: value, Range: rng}
 }

@@ -6,6 +6,48 @@ import (
 	"time"
 )
 
+// OutageMode is what TryAcquire and Acquire do for a provider while Redis
+// cannot serve it (unreachable, stalled, or, on a cluster, its slot not
+// settled within CallTimeout). Health is per provider: the mode applies to
+// the providers whose calls failed, the others keep using Redis.
+type OutageMode int
+
+const (
+	// FailClosed refuses: calls return an error wrapping ErrRedisUnavailable.
+	FailClosed OutageMode = iota
+	// FailOpen grants every request (Decision.Local is set).
+	FailOpen
+	// LocalFallback decides from an in-process bucket (Decision.Local is
+	// set) refilled at base rate × last known scale ÷ live replicas, with
+	// capacity ÷ live replicas, starting empty; a cooldown or open breaker
+	// seen last is honoured. Without any earlier answer from Redis about
+	// the provider it behaves as FailClosed.
+	LocalFallback
+)
+
+var outageNames = []string{"fail_closed", "fail_open", "local_fallback"}
+
+// String returns the mode's name in configuration: fail_closed, fail_open
+// or local_fallback.
+func (m OutageMode) String() string {
+	if m >= 0 && int(m) < len(outageNames) {
+		return outageNames[m]
+	}
+	return fmt.Sprintf("OutageMode(%d)", int(m))
+}
+
+// UnmarshalText sets m from its name (fail_closed, fail_open or
+// local_fallback); anything else is a *ArgumentError and leaves m alone.
+func (m *OutageMode) UnmarshalText(text []byte) error {
+	for i, n := range outageNames {
+		if string(text) == n {
+			*m = OutageMode(i)
+			return nil
+		}
+	}
+	return &ArgumentError{"outage_mode", string(text), "one of " + strings.Join(outageNames, ", ")}
+}
+
 // remember keeps the last decision Redis took, for the outage modes, and
 // drops the fallback bucket: the shared one is back in charge.
 func (st *providerState) remember(d Decision, now time.Time) {
