@@ -1,6 +1,7 @@
 package limiter
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"strings"
@@ -56,6 +57,22 @@ func (e *ArgumentError) Error() string {
 
 // Unwrap makes errors.Is(err, ErrInvalidArgument) true.
 func (e *ArgumentError) Unwrap() error { return ErrInvalidArgument }
+
+// check returns an *ArgumentError naming field, value and the allowed
+// range rng, unless ok: a table of range checks is a run of check calls
+// under opts.Check, which returns the first error.
+func check(ok bool, field string, value any, rng string) error {
+	if ok {
+		return nil
+	}
+	return &ArgumentError{field, value, rng}
+}
+
+// within reports whether v is in [lo, hi]; NaN is in no range.
+func within[T cmp.Ordered](v, lo, hi T) bool { return lo <= v && v <= hi }
+
+// withinAbove reports whether v is in (lo, hi]; NaN is in no range.
+func withinAbove[T cmp.Ordered](v, lo, hi T) bool { return lo < v && v <= hi }
 
 // denied is Acquire's error for a refusal no wait within ctx can turn into a
 // grant: it matches the sentinel of d's reason.

@@ -4,11 +4,8 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"strconv"
-	"strings"
 	"sync"
 	"time"
-	"unicode"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -51,18 +48,6 @@ func New(rdb redis.UniversalClient, o Options) (*Limiter, error) {
 	o, err := o.withDefaults()
 	if err != nil {
 		return nil, err
-	}
-	if err := validName("prefix", o.Prefix); err != nil {
-		return nil, err
-	}
-	if len(o.ReplicaID) > 128 || strings.ContainsAny(o.ReplicaID, " \t\r\n") {
-		return nil, &ArgumentError{"replica_id", strconv.Quote(o.ReplicaID), "at most 128 characters without spaces"}
-	}
-	if len(o.Source) > 128 || strings.ContainsFunc(o.Source, unicode.IsControl) {
-		return nil, &ArgumentError{"source", strconv.Quote(o.Source), "at most 128 characters without control characters"}
-	}
-	if o.Outage < FailClosed || o.Outage > LocalFallback {
-		return nil, &ArgumentError{"outage_mode", o.Outage, "one of " + strings.Join(outageNames, ", ")}
 	}
 	m, err := newMetrics(o.Registerer)
 	if err != nil {
@@ -108,9 +93,7 @@ func (c *Limiter) Close() error {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
 	for _, st := range states {
-		if st.active.Load() {
-			_, _ = c.script(ctx, st, heartbeatScript, []string{st.keys.replicas}, "leave", c.opts.ReplicaID, c.heartbeatTTL().Milliseconds())
-		}
+		c.leave(ctx, st)
 	}
 	return nil
 }
@@ -137,4 +120,19 @@ func (c *Limiter) every(d time.Duration, fn func() bool) {
 			return
 		}
 	}
+}
+
+// background runs fn in a goroutine that Close waits for; once Close has
+// begun it runs nothing.
+func (c *Limiter) background(fn func()) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return
+	}
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		fn()
+	}()
 }

@@ -7,7 +7,10 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"strconv"
+	"strings"
 	"time"
+	"unicode"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -98,45 +101,54 @@ type Options struct {
 	Now func() time.Time
 }
 
+// withDefaults returns o with every zero field set to its default, or a
+// *ArgumentError for the first field out of range.
 func (o Options) withDefaults() (Options, error) {
-	if o.Prefix == "" {
-		o.Prefix = defaultPrefix
-	}
-	if o.Source == "" {
-		o.Source = "api"
-	}
+	setDefault(&o.Prefix, defaultPrefix)
+	setDefault(&o.Source, "api")
+	setDefault(&o.Logger, slog.Default())
+	setDefault(&o.MaxBatch, 128)
 	if o.ReplicaID == "" {
 		o.ReplicaID = defaultReplicaID()
-	}
-	if o.Logger == nil {
-		o.Logger = slog.Default()
 	}
 	if o.Now == nil {
 		o.Now = time.Now
 	}
-	err := opts.Check(
+	var oe *opts.Error
+	if errors.As(opts.Check(
 		opts.Positive("paused_recheck", &o.PausedRecheck, 5*time.Second),
 		opts.Positive("wake_jitter", &o.WakeJitter, 5*time.Millisecond),
 		opts.Positive("heartbeat", &o.Heartbeat, 2*time.Second),
 		opts.Positive("redis_retry", &o.RedisRetry, time.Second),
 		opts.Positive("call_timeout", &o.CallTimeout, 500*time.Millisecond),
-	)
-	if o.MaxBatch == 0 {
-		o.MaxBatch = 128
-	}
-	if err == nil && (o.MaxBatch < 1 || o.MaxBatch > maxRequests) {
-		return o, &ArgumentError{"max_batch", o.MaxBatch, "an integer in [1, 1000]"}
-	}
-	if err == nil && (o.TokenLease < 0 || o.TokenLease > time.Second) {
-		return o, &ArgumentError{"token_lease", o.TokenLease, "a duration in [0, 1s]"}
-	}
-	if err == nil && o.TokenLease > 0 && o.MaxBatch == 1 {
-		return o, &ArgumentError{"token_lease", o.TokenLease, "0 when max_batch is 1 (a lease rides on coalesced calls)"}
-	}
-	if oe := (*opts.Error)(nil); errors.As(err, &oe) {
+	), &oe) {
 		return o, &ArgumentError{oe.Field, oe.Value, oe.Rule}
 	}
-	return o, err
+	return o, o.validate()
+}
+
+// validate returns a *ArgumentError for the first field of o out of its
+// range, once the defaults are set.
+func (o Options) validate() error {
+	return opts.Check(
+		check(within(o.MaxBatch, 1, maxRequests), "max_batch", o.MaxBatch, "an integer in [1, 1000]"),
+		check(within(o.TokenLease, 0, time.Second), "token_lease", o.TokenLease, "a duration in [0, 1s]"),
+		check(o.TokenLease <= 0 || o.MaxBatch != 1, "token_lease", o.TokenLease, "0 when max_batch is 1 (a lease rides on coalesced calls)"),
+		validName("prefix", o.Prefix),
+		check(len(o.ReplicaID) <= 128 && !strings.ContainsAny(o.ReplicaID, " \t\r\n"),
+			"replica_id", strconv.Quote(o.ReplicaID), "at most 128 characters without spaces"),
+		check(len(o.Source) <= 128 && !strings.ContainsFunc(o.Source, unicode.IsControl),
+			"source", strconv.Quote(o.Source), "at most 128 characters without control characters"),
+		check(within(o.Outage, FailClosed, LocalFallback), "outage_mode", o.Outage, "one of "+strings.Join(outageNames, ", ")),
+	)
+}
+
+// setDefault sets *v to def when it is the zero value.
+func setDefault[T comparable](v *T, def T) {
+	var zero T
+	if *v == zero {
+		*v = def
+	}
 }
 
 // maxRequests is the most requests acquire.lua takes in one call.

@@ -3,6 +3,7 @@ package limiter
 import (
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -48,25 +49,14 @@ func (m *OutageMode) UnmarshalText(text []byte) error {
 	return &ArgumentError{"outage_mode", string(text), "one of " + strings.Join(outageNames, ", ")}
 }
 
-// remember keeps the last decision Redis took, for the outage modes, and
-// drops the fallback bucket: the shared one is back in charge.
-func (st *providerState) remember(d Decision, now time.Time) {
-	st.mu.Lock()
-	st.last, st.lastAt, st.haveLast = d, now, true
-	st.local = nil
-	st.mu.Unlock()
-}
-
 // outage decides for st while Redis cannot serve it, by the configured mode.
 func (c *Limiter) outage(st *providerState, n int, now time.Time, cause error) (Decision, error) {
 	switch c.opts.Outage {
 	case FailOpen:
 		return Decision{Allowed: true, Reason: ReasonOK, RetryAfter: 0, Scale: 1, Now: now, Local: true}, nil
 	case LocalFallback:
-		st.mu.Lock()
-		defer st.mu.Unlock()
-		if st.haveLast {
-			return st.fallback(n, now), nil
+		if d, ok := st.seen.fallback(n, now, st.member.live()); ok {
+			return d, nil
 		}
 	}
 	why := strings.TrimPrefix(strings.TrimPrefix(cause.Error(), ErrRedisUnavailable.Error()), ": ") // said once
@@ -76,33 +66,103 @@ func (c *Limiter) outage(st *providerState, n int, now time.Time, cause error) (
 	return Decision{}, fmt.Errorf("%w: provider %q (%s): %s", ErrRedisUnavailable, st.name, c.opts.Outage, why)
 }
 
-// fallback decides from the local bucket; st.mu is held.
-func (st *providerState) fallback(n int, now time.Time) Decision {
-	last := st.last
+// lastKnown is what this replica last learned from Redis about a provider:
+// the last decision Redis took, which the outage modes and the token lease
+// go by, and, during an outage, the local bucket LocalFallback decides
+// from. Safe for concurrent use.
+type lastKnown struct {
+	mu    sync.Mutex
+	d     Decision     // the last decision from Redis
+	at    time.Time    // local time of d
+	ok    bool         // d is set
+	local *localBucket // the fallback bucket during an outage; nil while Redis serves
+}
+
+// remember keeps d, the decision Redis took at local time now, and drops
+// the fallback bucket: the shared one is back in charge.
+func (k *lastKnown) remember(d Decision, now time.Time) {
+	k.mu.Lock()
+	k.d, k.at, k.ok = d, now, true
+	k.local = nil
+	k.mu.Unlock()
+}
+
+// get returns the last decision from Redis, and whether there was one.
+func (k *lastKnown) get() (Decision, bool) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.d, k.ok
+}
+
+// scale returns the scale of the last decision from Redis; 1 when there
+// was none.
+func (k *lastKnown) scale() float64 {
+	if d, ok := k.get(); ok {
+		return d.Scale
+	}
+	return 1
+}
+
+// fallback decides n tokens at now from the local bucket, which holds this
+// replica's share (one of replicas) of the provider's capacity and rate at
+// the last scale seen; false when Redis never answered about the provider.
+func (k *lastKnown) fallback(n int, now time.Time, replicas int) (Decision, bool) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if !k.ok {
+		return Decision{}, false
+	}
+	last := k.d
 	d := Decision{
 		Scale: last.Scale, Level: last.Level, Capacity: last.Capacity, RefillRate: last.RefillRate,
 		Breaker: last.Breaker, Now: now, Local: true,
 	}
 	if int64(n) > last.Capacity {
 		d.Reason, d.RetryAfter = ReasonExceedsCapacity, -1
-		return d
+		return d, true
 	}
-	// A cooldown or open breaker seen last still holds: it is shared.
-	if last.Reason == ReasonCooldown || last.Reason == ReasonCircuitOpen {
-		if left := st.lastAt.Add(last.RetryAfter).Sub(now); left > 0 {
-			d.Reason, d.RetryAfter = last.Reason, left
-			return d
-		}
+	if left := k.held(now); left > 0 {
+		d.Reason, d.RetryAfter = last.Reason, left
+		return d, true
 	}
-	if st.local == nil {
-		replicas := max(st.replicas, 1)
-		st.local = &localBucket{
-			capacity: max(float64(last.Capacity)/float64(replicas), float64(n)),
-			rate:     last.RefillRate * last.Scale / float64(replicas),
-			ts:       now,
-		}
+	if k.local == nil {
+		k.local = newLocalBucket(last, replicas, n, now)
 	}
-	b := st.local
+	return k.local.decide(d, n, now), true
+}
+
+// held returns how long the cooldown or open breaker of the last decision
+// still holds at now: it is shared, so an outage does not lift it. Zero or
+// less: none holds.
+func (k *lastKnown) held(now time.Time) time.Duration {
+	if k.d.Reason != ReasonCooldown && k.d.Reason != ReasonCircuitOpen {
+		return 0
+	}
+	return k.at.Add(k.d.RetryAfter).Sub(now)
+}
+
+// localBucket is an in-process token bucket with the same arithmetic as the
+// shared one. It starts empty, so an outage never adds a burst.
+type localBucket struct {
+	capacity, rate, tokens float64
+	ts                     time.Time
+}
+
+// newLocalBucket returns an empty bucket for one of replicas (at least 1),
+// from the config and scale of last; it holds at least n tokens, so that
+// the request that opens it can be granted in time.
+func newLocalBucket(last Decision, replicas, n int, now time.Time) *localBucket {
+	replicas = max(replicas, 1)
+	return &localBucket{
+		capacity: max(float64(last.Capacity)/float64(replicas), float64(n)),
+		rate:     last.RefillRate * last.Scale / float64(replicas),
+		ts:       now,
+	}
+}
+
+// decide takes n tokens at now if the bucket holds them, and completes d
+// (the config and state as last seen) with the answer.
+func (b *localBucket) decide(d Decision, n int, now time.Time) Decision {
 	b.settle(now)
 	d.Remaining = b.tokens
 	switch {
@@ -116,13 +176,6 @@ func (st *providerState) fallback(n int, now time.Time) Decision {
 		d.Allowed, d.Reason, d.Remaining = true, ReasonOK, b.tokens
 	}
 	return d
-}
-
-// localBucket is an in-process token bucket with the same arithmetic as the
-// shared one. It starts empty, so an outage never adds a burst.
-type localBucket struct {
-	capacity, rate, tokens float64
-	ts                     time.Time
 }
 
 // settle refills up to now. Its time never goes back: a decision with an

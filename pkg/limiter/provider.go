@@ -1,37 +1,20 @@
 package limiter
 
-import (
-	"sync"
-	"sync/atomic"
-	"time"
-)
-
-// providerState is what this replica knows locally about one provider.
+// providerState is what this process holds about one provider: its name
+// and keys, and one part per feature, each a type of the feature's own file
+// that keeps its own lock, so that the features depend on this struct only
+// to reach their part.
 type providerState struct {
 	name string
 	keys keys
+	m    *providerMetrics
 
-	mu         sync.Mutex
-	registered *ProviderConfig // set by Register: re-registered if Redis loses it
-	last       Decision        // last decision from Redis
-	lastAt     time.Time       // local time of last
-	haveLast   bool
-	replicas   int          // live replicas at the last heartbeat (>= 1)
-	local      *localBucket // the fallback bucket during an outage
-
-	turn  chan struct{} // held by the one rate-limited waiter that polls Redis
-	batch batcher       // coalesces this process's concurrent acquisitions
-	m     *providerMetrics
-	rereg sync.Mutex // one re-registration at a time
-
-	// active is set at the first acquisition: from then on this replica
-	// heartbeats for the provider. Operator calls (Register, Status,
-	// SetBudgetScale, ...) never make a process count as a replica.
-	active atomic.Bool
-
-	// health says whether Redis serves this provider: per provider, since
-	// on a cluster each lives in its own slot, on its own node.
-	health health
+	reg    registration  // the config Register was given (register.go)
+	seen   lastKnown     // the last decision from Redis, for the outage mode (outage.go)
+	member membership    // this replica's entry in the replica registry (replicas.go)
+	health health        // whether Redis serves the provider (health.go)
+	batch  batcher       // coalesces this process's concurrent acquisitions (batch.go)
+	turn   chan struct{} // held by the one rate-limited waiter that polls Redis (acquire.go)
 }
 
 // state returns the local state of provider, creating it on first use.
@@ -46,7 +29,7 @@ func (c *Limiter) state(provider string) (*providerState, error) {
 		if err := validName("provider", provider); err != nil { // checked once per name
 			return nil, err
 		}
-		st = &providerState{name: provider, keys: providerKeys(c.opts.Prefix, provider), replicas: 1, turn: make(chan struct{}, 1), m: c.m.forProvider(provider)}
+		st = &providerState{name: provider, keys: providerKeys(c.opts.Prefix, provider), turn: make(chan struct{}, 1), m: c.m.forProvider(provider)}
 		c.providers[provider] = st
 	}
 	return st, nil

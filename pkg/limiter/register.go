@@ -5,6 +5,7 @@ import (
 	"errors"
 	"slices"
 	"strings"
+	"sync"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -18,6 +19,28 @@ const (
 	Updated   RegisterResult = "updated"   // it existed with another config
 	Unchanged RegisterResult = "unchanged" // it existed with this config
 )
+
+// registration is the config this process registered for a provider,
+// kept to register it again if Redis loses the provider (a restart without
+// persistence).
+type registration struct {
+	mu   sync.Mutex
+	cfg  *ProviderConfig // set by Register; nil until then
+	redo sync.Mutex      // held by the one caller that registers again
+}
+
+func (r *registration) set(cfg ProviderConfig) {
+	r.mu.Lock()
+	r.cfg = &cfg
+	r.mu.Unlock()
+}
+
+// get returns the config Register was given last, nil if none.
+func (r *registration) get() *ProviderConfig {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.cfg
+}
 
 // Register creates or updates provider's config in Redis, shared by every
 // replica. It is idempotent. A new provider starts with a full bucket and
@@ -37,9 +60,7 @@ func (c *Limiter) Register(ctx context.Context, provider string, cfg ProviderCon
 	if err != nil {
 		return "", err
 	}
-	st.mu.Lock()
-	st.registered = &cfg
-	st.mu.Unlock()
+	st.reg.set(cfg)
 	if res == Updated {
 		c.log.Warn("provider config changed", "provider", provider, "capacity", cfg.Capacity, "refill_rate", cfg.RefillRate,
 			"cooldown", cfg.Cooldown, "breaker_threshold", cfg.BreakerThreshold, "breaker_timeout", cfg.BreakerTimeout, "max_scale", cfg.maxScale())
@@ -77,40 +98,48 @@ func (c *Limiter) Providers(ctx context.Context) ([]string, error) {
 
 // run runs a script for provider. If Redis answers UNKNOWN_PROVIDER for a
 // provider this replica registered (Redis restarted without persistence),
-// it registers it again, restores the last scale it saw if that was not 1
-// (an operator's 0.5 survives the restart), and retries once. Concurrent
-// callers re-register once: the others find the provider back.
+// it registers it again (reregister) and retries once. Concurrent callers
+// re-register once: the others find the provider back.
 func (c *Limiter) run(ctx context.Context, st *providerState, s *redis.Script, keys []string, args ...any) (any, error) {
 	res, err := c.script(ctx, st, s, keys, args...)
 	if err == nil || !isUnknownProvider(err) {
 		return res, c.mapErr(st.name, err)
 	}
-	st.mu.Lock()
-	cfg := st.registered
-	scale, known := st.last.Scale, st.haveLast
-	st.mu.Unlock()
+	cfg, scale := st.reg.get(), st.seen.scale()
 	if cfg == nil {
 		return nil, c.mapErr(st.name, err)
 	}
-	st.rereg.Lock()
-	defer st.rereg.Unlock()
+	st.reg.redo.Lock()
+	defer st.reg.redo.Unlock()
 	// Another caller may have registered it while this one waited.
 	if res, err = c.script(ctx, st, s, keys, args...); err == nil || !isUnknownProvider(err) {
 		return res, c.mapErr(st.name, err)
 	}
-	c.log.Warn("provider missing from Redis, registering it again", "provider", st.name)
-	if _, rerr := c.register(ctx, st, *cfg); rerr != nil {
-		return nil, rerr
-	}
-	if known && scale != 1 {
-		if _, serr := c.script(ctx, st, setScaleScript, []string{st.keys.config, st.keys.bucket, st.keys.scale},
-			formatFloat(scale), c.opts.Source+" (restored after redis lost it)", st.keys.notify); serr != nil {
-			return nil, c.mapErr(st.name, serr)
-		}
-		c.log.Warn("scale restored after redis lost it", "provider", st.name, "scale", scale)
+	if err := c.reregister(ctx, st, *cfg, scale); err != nil {
+		return nil, err
 	}
 	res, err = c.script(ctx, st, s, keys, args...)
 	return res, c.mapErr(st.name, err)
+}
+
+// reregister registers st again with cfg after Redis lost it, and restores
+// scale, the last one this replica saw, if it is not 1 (an operator's 0.5
+// survives the restart). The caller holds st.reg.redo.
+func (c *Limiter) reregister(ctx context.Context, st *providerState, cfg ProviderConfig, scale float64) error {
+	c.log.Warn("provider missing from Redis, registering it again", "provider", st.name)
+	if _, err := c.register(ctx, st, cfg); err != nil {
+		return err
+	}
+	if scale == 1 {
+		return nil
+	}
+	k := st.keys
+	if _, err := c.script(ctx, st, setScaleScript, []string{k.config, k.bucket, k.scale},
+		formatFloat(scale), c.opts.Source+" (restored after redis lost it)", k.notify); err != nil {
+		return c.mapErr(st.name, err)
+	}
+	c.log.Warn("scale restored after redis lost it", "provider", st.name, "scale", scale)
+	return nil
 }
 
 func isUnknownProvider(err error) bool {

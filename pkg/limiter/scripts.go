@@ -17,4 +17,5 @@ var (
 	cooldownScript  = redis.NewScript(lua.Source("cooldown"))
 	heartbeatScript = redis.NewScript(lua.Source("heartbeat"))
 	statusScript    = redis.NewScript(lua.Source("status"))
+	refundScript    = redis.NewScript(lua.Source("refund"))
 )
