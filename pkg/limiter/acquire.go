@@ -6,74 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"time"
-
-	"github.com/sluice-dev/sluice/pkg/state"
 )
-
-// Reason says why a decision was taken.
-type Reason string
-
-// Reasons of a Decision. They are the strings acquire.lua returns.
-const (
-	ReasonOK              Reason = "ok"               // granted
-	ReasonProbe           Reason = "probe"            // granted as the half-open breaker's single probe: report its outcome
-	ReasonRateLimited     Reason = "rate_limited"     // not enough tokens yet; RetryAfter says when
-	ReasonPaused          Reason = "paused"           // scale is 0; no estimate (RetryAfter -1)
-	ReasonCooldown        Reason = "cooldown"         // a shared cooldown is active; RetryAfter is what is left of it
-	ReasonCircuitOpen     Reason = "circuit_open"     // breaker open or probe in flight; RetryAfter is when a probe may go
-	ReasonExceedsCapacity Reason = "exceeds_capacity" // n > capacity; no wait will do (RetryAfter -1)
-)
-
-func (r Reason) err() error {
-	switch r {
-	case ReasonRateLimited:
-		return ErrRateLimited
-	case ReasonPaused:
-		return ErrPaused
-	case ReasonCooldown:
-		return ErrCoolingDown
-	case ReasonCircuitOpen:
-		return ErrCircuitOpen
-	case ReasonExceedsCapacity:
-		return ErrExceedsCapacity
-	}
-	return fmt.Errorf("limiter: refused (%s)", string(r)) // a reason this version does not know
-}
-
-// Decision is the answer to one TryAcquire or Acquire.
-type Decision struct {
-	// Allowed is true when the tokens were taken.
-	Allowed bool
-	// Reason says why (ReasonOK or ReasonProbe when allowed).
-	Reason Reason
-	// Remaining is the tokens left in the bucket after the decision.
-	Remaining float64
-	// RetryAfter is 0 when allowed; -1 when no wait will do (paused, n >
-	// capacity); otherwise the wait until the request could be granted if
-	// nothing else changes.
-	RetryAfter time.Duration
-	// Scale is the scale factor in force; Level the pressure level recorded.
-	Scale float64
-	Level state.Level
-	// Capacity and RefillRate are the provider's config (RefillRate unscaled).
-	Capacity   int64
-	RefillRate float64
-	// Breaker is the shared breaker's state after the decision.
-	Breaker state.Breaker
-	// Now is the time of the decision: Redis time, or local time when Local.
-	Now time.Time
-	// Local is true when Redis could not be reached and the decision was
-	// taken in this process by Options.Outage (FailOpen or LocalFallback),
-	// not by the shared bucket.
-	Local bool
-	// Leased is true when the tokens came from this process's token lease
-	// (Options.TokenLease): taken from the shared bucket ahead, and handed
-	// out at most TokenLease after the latest call that added to the lease
-	// (a call that found the provider open). Remaining, Scale, Level,
-	// Breaker and the config are as that call saw them; Now is its Redis
-	// time plus the local time since.
-	Leased bool
-}
 
 // TryAcquire takes n tokens from provider's shared bucket if it can, and
 // never waits: it is one round trip to Redis (the "Allow" of x/time/rate). A
@@ -117,70 +50,111 @@ func (c *Limiter) Acquire(ctx context.Context, provider string, n int) (Decision
 }
 
 func (c *Limiter) acquire(ctx context.Context, st *providerState, n int) (Decision, error) {
-	provider := st.name
-	// While rate limited (or cooling down, or the breaker is open), the
-	// waiters of one provider in this process take turns: only the one
-	// holding st.turn polls Redis, the others wait for it to be granted.
-	// Redis sees about one call per replica per grant, not one per waiter,
-	// and waiters of one process are served in order.
-	holding := false
-	defer func() {
-		if holding {
-			<-st.turn
-		}
-	}()
-	var wake <-chan struct{} // set while paused: closed when the scale may have changed
-	var last Decision        // the last refusal, once there was one
+	w := &waiter{c: c, st: st, n: n}
+	defer w.release()
 	for {
 		if err := ctx.Err(); err != nil { // every wait below comes back here when ctx ends
-			if last.Reason == "" {
-				return Decision{}, err
-			}
-			return last, fmt.Errorf("%w: provider %q: %w", last.Reason.err(), provider, err)
+			return w.ended(err)
 		}
 		d, err := c.decide(ctx, st, n)
-		last = d
+		w.last = d
 		if err != nil || d.Allowed {
 			return d, err
 		}
-		if d.Reason == ReasonPaused {
-			if !d.Local && wake == nil {
-				// Subscribe first, then look again: a change between the
-				// two is then either seen by the check or notified.
-				wake = c.notifier.watch(ctx, st.keys.notify)
-				continue
-			}
-			if c.waitPaused(ctx, st, d, wake) != nil {
-				continue // ctx ended
-			}
-			if wake != nil {
-				wake = c.notifier.watch(ctx, st.keys.notify)
-			}
-			continue
+		if err := w.wait(ctx, d); err != nil {
+			return d, err
 		}
-		wake = nil
-		if d.RetryAfter < 0 {
-			return d, denied(provider, n, d)
-		}
-		if deadline, ok := ctx.Deadline(); ok && time.Until(deadline) < d.RetryAfter {
-			return d, denied(provider, n, d)
-		}
-		if !holding {
-			select {
-			case st.turn <- struct{}{}: // nobody polls: this waiter does
-				holding = true
-			default:
-				select {
-				case st.turn <- struct{}{}: // our turn came: time passed, look again now
-					holding = true
-					continue
-				case <-ctx.Done():
-					continue
-				}
-			}
-		}
-		_ = sleep(ctx, d.RetryAfter+c.jitter(), nil) // on ctx's end, the loop's top returns
 	}
+}
+
+// waiter is one Acquire call between its attempts. While rate limited (or
+// cooling down, or the breaker is open), the waiters of one provider in
+// this process take turns: only the one holding the provider's turn polls
+// Redis, the others wait for it to be granted. Redis sees about one call
+// per replica per grant, not one per waiter, and waiters of one process
+// are served in order.
+type waiter struct {
+	c       *Limiter
+	st      *providerState
+	n       int
+	holding bool            // holds st.turn
+	wake    <-chan struct{} // set while paused: closed when the scale may have changed
+	last    Decision        // the last refusal, once there was one
+}
+
+// release gives the turn back, if this waiter holds it.
+func (w *waiter) release() {
+	if w.holding {
+		<-w.st.turn
+	}
+}
+
+// ended is Acquire's answer when ctx ended with err while it waited.
+func (w *waiter) ended(err error) (Decision, error) {
+	if w.last.Reason == "" {
+		return Decision{}, err
+	}
+	return w.last, fmt.Errorf("%w: provider %q: %w", w.last.Reason.err(), w.st.name, err)
+}
+
+// wait waits after refusal d until it is time to ask again (or ctx ends);
+// it returns Acquire's error at once when no wait within ctx can turn d
+// into a grant.
+func (w *waiter) wait(ctx context.Context, d Decision) error {
+	if d.Reason == ReasonPaused {
+		w.paused(ctx, d)
+		return nil
+	}
+	w.wake = nil
+	if d.RetryAfter < 0 {
+		return denied(w.st.name, w.n, d)
+	}
+	if deadline, ok := ctx.Deadline(); ok && time.Until(deadline) < d.RetryAfter {
+		return denied(w.st.name, w.n, d)
+	}
+	if w.takeTurn(ctx) {
+		_ = sleep(ctx, d.RetryAfter+w.c.jitter(), nil) // on ctx's end, acquire returns
+	}
+	return nil
+}
+
+// paused waits while the provider is paused. The first time it subscribes
+// to the provider's notifications and returns at once, so that acquire
+// looks again: a change between the two is then either seen by that check
+// or notified.
+func (w *waiter) paused(ctx context.Context, d Decision) {
+	if !d.Local && w.wake == nil {
+		w.wake = w.c.notifier.watch(ctx, w.st.keys.notify)
+		return
+	}
+	if w.c.waitPaused(ctx, w.st, d, w.wake) != nil {
+		return // ctx ended
+	}
+	if w.wake != nil {
+		w.wake = w.c.notifier.watch(ctx, w.st.keys.notify)
+	}
+}
+
+// takeTurn makes this waiter the one that polls Redis for the provider.
+// It returns true when the waiter held the turn or took it at once; false
+// after waiting for it, when time has passed and acquire should look again
+// now, or when ctx ended.
+func (w *waiter) takeTurn(ctx context.Context) bool {
+	if w.holding {
+		return true
+	}
+	select {
+	case w.st.turn <- struct{}{}: // nobody polls: this waiter does
+		w.holding = true
+		return true
+	default:
+	}
+	select {
+	case w.st.turn <- struct{}{}: // our turn came
+		w.holding = true
+	case <-ctx.Done():
+	}
+	return false
 }
 
 // waitPaused waits while provider is paused: for wake (a notification), the
@@ -226,11 +200,7 @@ func sleep(ctx context.Context, d time.Duration, wake <-chan struct{}) error {
 func (c *Limiter) decide(ctx context.Context, st *providerState, n int) (Decision, error) {
 	d, err := c.decideFor(ctx, st, n)
 	if err == nil && d.Allowed && ended(ctx) {
-		cause := ctx.Err()
-		if cause == nil {
-			cause = context.DeadlineExceeded
-		}
-		return Decision{}, fmt.Errorf("%w: provider %q: granted after the caller's context ended; the tokens are not used", cause, st.name)
+		return Decision{}, fmt.Errorf("%w: provider %q: granted after the caller's context ended; the tokens are not used", endCause(ctx), st.name)
 	}
 	return d, err
 }
@@ -239,7 +209,7 @@ func (c *Limiter) decideFor(ctx context.Context, st *providerState, n int) (Deci
 	if n < 1 || n > 1e9 {
 		return Decision{}, &ArgumentError{"n", n, "an integer in [1, 1000000000]"}
 	}
-	if !st.active.Load() && !st.active.Swap(true) { // first acquisition: join the replica registry now
+	if st.member.join() { // first acquisition: join the replica registry now
 		c.beat(ctx, st)
 	}
 	if st.health.isDown() {
@@ -254,8 +224,7 @@ func (c *Limiter) decideFor(ctx context.Context, st *providerState, n int) (Deci
 // decideOne takes the decision for one request in one script call.
 func (c *Limiter) decideOne(ctx context.Context, st *providerState, n int) (Decision, error) {
 	now := c.opts.Now()
-	k := st.keys
-	res, err := c.run(ctx, st, acquireScript, []string{k.config, k.bucket, k.scale, k.breaker, k.cooldown}, n)
+	res, err := c.run(ctx, st, acquireScript, acquireKeys(st.keys), n)
 	if err != nil {
 		if errors.Is(err, ErrRedisUnavailable) {
 			c.redisDown(st, err)
@@ -270,9 +239,14 @@ func (c *Limiter) decideOne(ctx context.Context, st *providerState, n int) (Deci
 	if err != nil {
 		return Decision{}, err
 	}
-	st.remember(d, now)
+	st.seen.remember(d, now)
 	st.m.decision(d)
 	return d, nil
+}
+
+// acquireKeys are the KEYS of acquire.lua for a provider.
+func acquireKeys(k keys) []string {
+	return []string{k.config, k.bucket, k.scale, k.breaker, k.cooldown}
 }
 
 // count records the outcome of a public acquisition call: the decision's
@@ -292,31 +266,4 @@ func (c *Limiter) count(st *providerState, d Decision, err error) {
 		result = "fallback_" + result
 	}
 	st.m.result(result)
-}
-
-func parseDecision(res any) (Decision, error) {
-	r, err := replyArray(res, 10)
-	if err != nil {
-		return Decision{}, err
-	}
-	return Decision{
-		Allowed:    r.int(0) >= 1, // a batch: how many were granted
-		Remaining:  r.float(1),
-		RetryAfter: micros(r.int(2)),
-		Scale:      r.float(3),
-		Reason:     Reason(r.str(4)),
-		Level:      state.Level(r.str(5)),
-		Capacity:   int64(r.float(6)),
-		RefillRate: r.float(7),
-		Breaker:    state.Breaker(r.str(8)),
-		Now:        time.UnixMicro(r.int(9)),
-	}, nil
-}
-
-// micros converts a script's microsecond count; -1 stays -1.
-func micros(us int64) time.Duration {
-	if us < 0 {
-		return -1
-	}
-	return time.Duration(us) * time.Microsecond
 }

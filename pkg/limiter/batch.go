@@ -104,37 +104,54 @@ func (c *Limiter) afterCall(st *providerState) {
 func (c *Limiter) drain(st *providerState) {
 	b := &st.batch
 	for {
-		b.mu.Lock()
-		var batch []*request
-		var tokens int64
-		now := time.Now()
-		for len(b.queue) > 0 && len(batch) < c.opts.MaxBatch {
-			r := b.queue[0]
-			b.queue = b.queue[1:]
-			if r.canceled.Load() {
-				continue
-			}
-			if d, ok := b.lease.take(r.n, now); ok { // renewed while it waited
-				r.done <- outcome{d: d}
-				continue
-			}
-			batch = append(batch, r)
-			tokens += int64(r.n)
-		}
+		batch, tokens := b.next(c.opts.MaxBatch)
 		if len(batch) == 0 {
-			b.busy = false
-			b.queue = nil
-			b.mu.Unlock()
 			return
 		}
-		b.mu.Unlock()
-		undecided := c.decideBatch(context.Background(), st, batch, c.leaseWant(st, tokens))
-		if len(undecided) > 0 {
-			b.mu.Lock()
-			b.queue = append(undecided, b.queue...)
-			b.mu.Unlock()
-		}
+		b.requeue(c.decideBatch(context.Background(), st, batch, c.leaseWant(st, tokens)))
 	}
+}
+
+// next takes the next batch, at most max requests and the tokens they ask
+// for, off the queue: requests whose callers gave up are dropped, and those
+// the lease, renewed while they waited, holds tokens for are answered from
+// it. When none is left to send, the call in flight is over
+// (busy ends).
+func (b *batcher) next(max int) ([]*request, int64) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	now := time.Now()
+	var batch []*request
+	var tokens int64
+	for len(b.queue) > 0 && len(batch) < max {
+		r := b.queue[0]
+		b.queue = b.queue[1:]
+		if r.canceled.Load() {
+			continue
+		}
+		if d, ok := b.lease.take(r.n, now); ok {
+			r.done <- outcome{d: d}
+			continue
+		}
+		batch = append(batch, r)
+		tokens += int64(r.n)
+	}
+	if len(batch) == 0 {
+		b.busy = false
+		b.queue = nil
+	}
+	return batch, tokens
+}
+
+// requeue puts the requests a call left undecided back at the head of the
+// queue.
+func (b *batcher) requeue(undecided []*request) {
+	if len(undecided) == 0 {
+		return
+	}
+	b.mu.Lock()
+	b.queue = append(undecided, b.queue...)
+	b.mu.Unlock()
 }
 
 // decideBatch runs one script call for batch, with a request for want
@@ -149,6 +166,35 @@ func (c *Limiter) decideBatch(ctx context.Context, st *providerState, batch []*r
 		return nil
 	}
 	start, now := time.Now(), c.opts.Now()
+	// A batch that waited behind a call which found Redis unable to serve
+	// st goes to the outage mode at once, as a new call would.
+	if st.health.isDown() {
+		c.failBatch(st, batch, ErrRedisUnavailable)
+		return nil
+	}
+	granted, d, err := c.callBatch(ctx, st, batch, want)
+	if err != nil {
+		if errors.Is(err, ErrRedisUnavailable) {
+			c.redisDown(st, err)
+		}
+		c.failBatch(st, batch, err)
+		return nil
+	}
+	c.redisUp(st)
+	st.seen.remember(d, now)
+	st.m.decision(d)
+	if granted > len(batch) { // the lease request too (sent only when want > 0)
+		granted = len(batch)
+		c.renewLease(st, want, start, d)
+	}
+	grant(batch[:granted], d)
+	return refuse(batch[granted:], d)
+}
+
+// callBatch runs acquire.lua for the requests of batch, in order, and a
+// request for want more tokens behind them (0: none); it returns how many
+// were granted and the decision of the first refused (see parseBatch).
+func (c *Limiter) callBatch(ctx context.Context, st *providerState, batch []*request, want int64) (int, Decision, error) {
 	args := make([]any, len(batch), len(batch)+1)
 	for i, r := range batch {
 		args[i] = r.n
@@ -156,64 +202,55 @@ func (c *Limiter) decideBatch(ctx context.Context, st *providerState, batch []*r
 	if want > 0 && len(batch) < maxRequests {
 		args = append(args, want)
 	}
-	k := st.keys
-	var res any
-	// A batch that waited behind a call which found Redis unable to serve
-	// st goes to the outage mode at once, as a new call would.
-	down := st.health.isDown()
-	err := ErrRedisUnavailable
-	if !down {
-		res, err = c.run(ctx, st, acquireScript, []string{k.config, k.bucket, k.scale, k.breaker, k.cooldown}, args...)
-	}
-	var granted int
-	var d Decision
-	if err == nil {
-		granted, d, err = parseBatch(res)
-	}
+	res, err := c.run(ctx, st, acquireScript, acquireKeys(st.keys), args...)
 	if err != nil {
-		outage := errors.Is(err, ErrRedisUnavailable)
-		if outage && !down {
-			c.redisDown(st, err)
-		}
-		for _, r := range batch {
-			o := outcome{err: err}
-			if outage {
-				o.d, o.err = c.outage(st, r.n, c.opts.Now(), err)
-			}
-			r.done <- o
-		}
-		return nil
+		return 0, Decision{}, err
 	}
-	c.redisUp(st)
-	st.remember(d, now)
-	st.m.decision(d)
-	if granted > len(batch) { // the lease request too (sent only when want > 0)
-		granted = len(batch)
-		c.renewLease(st, want, start, d)
-	}
+	return parseBatch(res)
+}
 
+// failBatch answers every request of batch after err: by the outage mode
+// when Redis could not serve st, else with err.
+func (c *Limiter) failBatch(st *providerState, batch []*request, err error) {
+	outage := errors.Is(err, ErrRedisUnavailable)
+	for _, r := range batch {
+		o := outcome{err: err}
+		if outage {
+			o.d, o.err = c.outage(st, r.n, c.opts.Now(), err)
+		}
+		r.done <- o
+	}
+}
+
+// grant answers the granted requests of a batch from d, the decision of
+// the last one: the half-open breaker's probe, if d is one, is the first.
+func grant(granted []*request, d Decision) {
 	ok := d
 	ok.Allowed, ok.RetryAfter = true, 0
-	for i := range granted {
+	for i, r := range granted {
 		o := ok
 		if i > 0 || d.Reason != ReasonProbe {
 			o.Reason = ReasonOK
 		}
-		batch[i].done <- outcome{d: o}
+		r.done <- outcome{d: o}
 	}
-	rest := batch[granted:]
-	if len(rest) == 0 {
+}
+
+// refuse answers the requests of a batch from the first refused one on,
+// from d, that one's decision, and returns those to send again: all of them
+// behind a probe, all but the first behind a request larger than the
+// capacity. Any other reason holds for all of them; rate limited, each
+// waits for the tokens of those before it too.
+func refuse(rest []*request, d Decision) []*request {
+	switch {
+	case len(rest) == 0:
 		return nil
-	}
-	if d.Reason == ReasonProbe || d.Reason == ReasonExceedsCapacity {
-		if d.Reason == ReasonExceedsCapacity {
-			rest[0].done <- outcome{d: d}
-			rest = rest[1:]
-		}
+	case d.Reason == ReasonProbe:
 		return rest
+	case d.Reason == ReasonExceedsCapacity:
+		rest[0].done <- outcome{d: d}
+		return rest[1:]
 	}
-	// Refused for a reason that holds for all of them; rate limited, each
-	// waits for the tokens of those before it too.
 	need := -d.Remaining
 	for _, r := range rest {
 		o := d

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -106,24 +107,30 @@ func (c *Limiter) call(ctx context.Context, st *providerState, rt roundTrip) (an
 				continue
 			}
 		}
-		switch {
-		case err == nil:
-		case ended(ctx): // the caller gave up: its deadline, not an outage
-			cause := ctx.Err()
-			if cause == nil {
-				cause = context.DeadlineExceeded
-			}
-			if errors.Is(cause, context.DeadlineExceeded) {
-				c.suspect(st)
-			}
-			err = fmt.Errorf("%w (%v)", cause, err)
-		case moving != nil && ended(cctx):
-			err = &outageError{true, c.opts.CallTimeout, moving}
-		case ended(cctx):
-			err = &outageError{false, c.opts.CallTimeout, err}
+		if err != nil {
+			err = c.callError(ctx, cctx, st, err, moving)
 		}
 		return res, err
 	}
+}
+
+// callError is call's error after the round trip about st failed with err,
+// under ctx, the caller's context, and cctx, the call's (ctx bounded by
+// CallTimeout); moving is the last answer that said the slot was in motion.
+func (c *Limiter) callError(ctx, cctx context.Context, st *providerState, err, moving error) error {
+	switch {
+	case ended(ctx): // the caller gave up: its deadline, not an outage
+		cause := endCause(ctx)
+		if errors.Is(cause, context.DeadlineExceeded) {
+			c.suspect(st)
+		}
+		return fmt.Errorf("%w (%v)", cause, err)
+	case moving != nil && ended(cctx):
+		return &outageError{true, c.opts.CallTimeout, moving}
+	case ended(cctx):
+		return &outageError{false, c.opts.CallTimeout, err}
+	}
+	return err
 }
 
 // ended reports whether ctx is done or its deadline has passed (a socket
@@ -134,6 +141,15 @@ func ended(ctx context.Context) bool {
 	}
 	dl, ok := ctx.Deadline()
 	return ok && !time.Now().Before(dl)
+}
+
+// endCause is the error of a ctx that ended: ctx.Err(), or
+// DeadlineExceeded when its deadline has passed before its timer fired.
+func endCause(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	return context.DeadlineExceeded
 }
 
 // outageError is a call Redis did not serve within CallTimeout: no answer
@@ -155,17 +171,26 @@ func (e *outageError) Error() string {
 
 func (e *outageError) Unwrap() error { return e.err }
 
-// background runs fn in a goroutine that Close waits for; once Close has
-// begun it runs nothing.
-func (c *Limiter) background(fn func()) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.closed {
-		return
+// isOutage reports whether err means Redis could not serve the call (network,
+// pool, stall, loading, failover, a cluster slot in motion), as opposed to
+// an answer or the caller's context. mapErr wraps such errors in
+// ErrRedisUnavailable without keeping the Redis reply in the chain, so a
+// redirect (ASK, MOVED) never reaches a caller as it came.
+func isOutage(err error) bool {
+	if oe := (*outageError)(nil); errors.As(err, &oe) {
+		return true
 	}
-	c.wg.Add(1)
-	go func() {
-		defer c.wg.Done()
-		fn()
-	}()
+	if err == nil || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, ErrClosed) {
+		return false
+	}
+	var rerr redis.Error
+	if errors.As(err, &rerr) {
+		for _, p := range []string{"LOADING", "CLUSTERDOWN", "MASTERDOWN", "TRYAGAIN", "MOVED ", "ASK ", "READONLY", "BUSY"} {
+			if strings.HasPrefix(rerr.Error(), p) {
+				return true
+			}
+		}
+		return false
+	}
+	return !errors.Is(err, redis.ErrClosed)
 }

@@ -5,6 +5,8 @@ import (
 	"regexp"
 	"strconv"
 	"time"
+
+	"github.com/sluice-dev/sluice/pkg/internal/opts"
 )
 
 // ProviderConfig is one provider's shared bucket and breaker, as stored in
@@ -48,21 +50,14 @@ const maxDuration = 24 * time.Hour
 
 // Validate returns a *ArgumentError for the first field out of range.
 func (c ProviderConfig) Validate() error {
-	switch {
-	case c.Capacity < 1 || c.Capacity > 1e9:
-		return &ArgumentError{"capacity", c.Capacity, "an integer in [1, 1000000000]"}
-	case !finite(c.RefillRate) || c.RefillRate <= 0 || c.RefillRate > 1e9:
-		return &ArgumentError{"refill_rate", c.RefillRate, "a number in (0, 1000000000]"}
-	case c.Cooldown < 0 || c.Cooldown > maxDuration:
-		return &ArgumentError{"cooldown", c.Cooldown, "a duration in [0, 24h]"}
-	case c.BreakerThreshold < 0 || c.BreakerThreshold > 1e6:
-		return &ArgumentError{"breaker_threshold", c.BreakerThreshold, "an integer in [0, 1000000]"}
-	case c.BreakerTimeout <= 0 || c.BreakerTimeout > maxDuration:
-		return &ArgumentError{"breaker_timeout", c.BreakerTimeout, "a duration in (0, 24h]"}
-	case c.MaxScale != 0 && (!finite(c.MaxScale) || c.MaxScale < 1 || c.MaxScale > 100):
-		return &ArgumentError{"max_scale", c.MaxScale, "0 (meaning 1) or a number in [1, 100]"}
-	}
-	return nil
+	return opts.Check(
+		check(within(c.Capacity, 1, 1e9), "capacity", c.Capacity, "an integer in [1, 1000000000]"),
+		check(withinAbove(c.RefillRate, 0, 1e9), "refill_rate", c.RefillRate, "a number in (0, 1000000000]"),
+		check(within(c.Cooldown, 0, maxDuration), "cooldown", c.Cooldown, "a duration in [0, 24h]"),
+		check(within(c.BreakerThreshold, 0, 1e6), "breaker_threshold", c.BreakerThreshold, "an integer in [0, 1000000]"),
+		check(withinAbove(c.BreakerTimeout, 0, maxDuration), "breaker_timeout", c.BreakerTimeout, "a duration in (0, 24h]"),
+		check(c.MaxScale == 0 || within(c.MaxScale, 1, 100), "max_scale", c.MaxScale, "0 (meaning 1) or a number in [1, 100]"),
+	)
 }
 
 func (c ProviderConfig) maxScale() float64 {

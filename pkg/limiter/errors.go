@@ -1,9 +1,13 @@
 package limiter
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 )
 
 // Sentinel errors, for errors.Is. Errors returned by this package wrap them
@@ -54,6 +58,22 @@ func (e *ArgumentError) Error() string {
 // Unwrap makes errors.Is(err, ErrInvalidArgument) true.
 func (e *ArgumentError) Unwrap() error { return ErrInvalidArgument }
 
+// check returns an *ArgumentError naming field, value and the allowed
+// range rng, unless ok: a table of range checks is a run of check calls
+// under opts.Check, which returns the first error.
+func check(ok bool, field string, value any, rng string) error {
+	if ok {
+		return nil
+	}
+	return &ArgumentError{field, value, rng}
+}
+
+// within reports whether v is in [lo, hi]; NaN is in no range.
+func within[T cmp.Ordered](v, lo, hi T) bool { return lo <= v && v <= hi }
+
+// withinAbove reports whether v is in (lo, hi]; NaN is in no range.
+func withinAbove[T cmp.Ordered](v, lo, hi T) bool { return lo < v && v <= hi }
+
 // denied is Acquire's error for a refusal no wait within ctx can turn into a
 // grant: it matches the sentinel of d's reason.
 func denied(provider string, n int, d Decision) error {
@@ -61,4 +81,35 @@ func denied(provider string, n int, d Decision) error {
 		return fmt.Errorf("%w: provider %q, n=%d > capacity %d", ErrExceedsCapacity, provider, n, d.Capacity)
 	}
 	return fmt.Errorf("%w: provider %q, n=%d, retry after %v", d.Reason.err(), provider, n, d.RetryAfter.Round(time.Millisecond))
+}
+
+// mapErr turns script error replies into this package's errors and
+// connection failures into ErrRedisUnavailable.
+func (c *Limiter) mapErr(provider string, err error) error {
+	if err == nil {
+		return nil
+	}
+	var rerr redis.Error
+	if errors.As(err, &rerr) {
+		msg := rerr.Error()
+		switch {
+		case strings.HasPrefix(msg, "UNKNOWN_PROVIDER"):
+			return fmt.Errorf("%w %q", ErrUnknownProvider, provider)
+		case strings.HasPrefix(msg, "INVALID_ARGUMENT "):
+			return parseArgumentError(strings.TrimPrefix(msg, "INVALID_ARGUMENT "))
+		case strings.HasPrefix(msg, "CORRUPT "):
+			return fmt.Errorf("%w: %s", ErrCorruptState, strings.TrimPrefix(msg, "CORRUPT "))
+		}
+	}
+	if isOutage(err) {
+		return fmt.Errorf("%w: %v", ErrRedisUnavailable, err)
+	}
+	return fmt.Errorf("limiter: %w", err)
+}
+
+// parseArgumentError reads "<field>=<value> must be <range>" from a script.
+func parseArgumentError(s string) error {
+	field, rest, _ := strings.Cut(s, "=")
+	value, rng, _ := strings.Cut(rest, " must be ")
+	return &ArgumentError{Field: field, Value: value, Range: rng}
 }

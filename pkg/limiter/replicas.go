@@ -3,8 +3,28 @@ package limiter
 import (
 	"context"
 	"fmt"
+	"sync/atomic"
 	"time"
 )
+
+// membership is this replica's entry in a provider's replica registry.
+// It joins at its first acquisition and heartbeats from then on;
+// operator calls (Register, Status, SetBudgetScale, ...) never make a
+// process count as a replica. Safe for concurrent use.
+type membership struct {
+	active atomic.Bool
+	count  atomic.Int64 // live replicas at the last heartbeat; 0 before one
+}
+
+// join marks the replica active; it returns true for the call that did,
+// which must then heartbeat at once.
+func (m *membership) join() bool { return !m.active.Load() && !m.active.Swap(true) }
+
+// joined reports whether the replica acquired from the provider.
+func (m *membership) joined() bool { return m.active.Load() }
+
+// live is the number of live replicas at the last heartbeat, at least 1.
+func (m *membership) live() int { return int(max(m.count.Load(), 1)) }
 
 func (c *Limiter) heartbeatTTL() time.Duration { return 3 * c.opts.Heartbeat }
 
@@ -19,7 +39,7 @@ func (c *Limiter) beatAll() bool {
 	ctx, cancel := context.WithTimeout(context.Background(), c.opts.Heartbeat)
 	defer cancel()
 	for _, st := range states {
-		if st.active.Load() && !st.health.isDown() {
+		if st.member.joined() && !st.health.isDown() {
 			c.beat(ctx, st)
 		}
 	}
@@ -38,8 +58,13 @@ func (c *Limiter) beat(ctx context.Context, st *providerState) {
 		c.log.Debug("heartbeat failed", "provider", st.name, "err", err)
 		return
 	}
-	st.mu.Lock()
-	st.replicas = max(int(n), 1)
-	st.mu.Unlock()
+	st.member.count.Store(n)
 	c.m.replicas.WithLabelValues(st.name).Set(float64(n))
+}
+
+// leave removes this replica from the registry of st, if it joined it.
+func (c *Limiter) leave(ctx context.Context, st *providerState) {
+	if st.member.joined() {
+		_, _ = c.script(ctx, st, heartbeatScript, []string{st.keys.replicas}, "leave", c.opts.ReplicaID, c.heartbeatTTL().Milliseconds())
+	}
 }

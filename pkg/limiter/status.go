@@ -63,47 +63,67 @@ func (c *Limiter) Status(ctx context.Context, provider string) (Status, error) {
 		return Status{}, err
 	}
 	now := time.UnixMicro(r.int(0))
-	sh := r.hash(2)
-	s := Status{
-		Provider: provider, Config: configFromHash(r.hash(1)), Now: now, Tokens: r.float(6),
-		Scale: 1, Source: sh["source"], Seq: int64(parseFloat(sh["seq"])), Level: state.OK,
-		ShadowScale: parseFloat(sh["shadow_scale"]), ShadowSource: sh["shadow_source"],
-	}
-	if v, ok := sh["scale"]; ok {
+	s := Status{Provider: provider, Config: configFromHash(r.hash(1)), Now: now, Tokens: r.float(6)}
+	s.readScale(r.hash(2))
+	s.Breaker = breakerStatus(r.hash(3), s.Config.BreakerTimeout, now)
+	s.Cooldown = activeCooldown(r.str(4), now)
+	s.Replicas = replicaIDs(r[5])
+	return s, nil
+}
+
+// readScale fills the fields of s that the scale hash h holds, and the
+// rate they make with s.Config: scale 1 and level ok until set.
+func (s *Status) readScale(h map[string]string) {
+	s.Scale, s.Level = 1, state.OK
+	if v, ok := h["scale"]; ok {
 		s.Scale = parseFloat(v)
 	}
-	if v, ok := sh["level"]; ok {
+	if v, ok := h["level"]; ok {
 		s.Level = state.Level(v)
 	}
-	if us := int64(parseFloat(sh["updated_at"])); us > 0 {
+	s.Source, s.Seq = h["source"], int64(parseFloat(h["seq"]))
+	s.ShadowScale, s.ShadowSource = parseFloat(h["shadow_scale"]), h["shadow_source"]
+	if us := int64(parseFloat(h["updated_at"])); us > 0 {
 		s.UpdatedAt = time.UnixMicro(us)
 	}
 	s.EffectiveRate = s.Config.RefillRate * s.Scale
+}
 
-	b := r.hash(3)
-	s.Breaker = BreakerStatus{State: state.BreakerClosed, Failures: int(parseFloat(b["failures"]))}
-	if v := b["state"]; v != "" {
-		s.Breaker.State = state.Breaker(v)
+// breakerStatus reads the breaker hash h at Redis time now: closed until
+// set; an open breaker lets a probe through timeout after it opened.
+func breakerStatus(h map[string]string, timeout time.Duration, now time.Time) BreakerStatus {
+	b := BreakerStatus{State: state.BreakerClosed, Failures: int(parseFloat(h["failures"]))}
+	if v := h["state"]; v != "" {
+		b.State = state.Breaker(v)
 	}
-	if s.Breaker.State == state.BreakerOpen {
-		reopen := time.UnixMicro(int64(parseFloat(b["opened_at"]))).Add(s.Config.BreakerTimeout)
-		s.Breaker.RetryAfter = max(reopen.Sub(now), 0)
+	if b.State == state.BreakerOpen {
+		reopen := time.UnixMicro(int64(parseFloat(h["opened_at"]))).Add(timeout)
+		b.RetryAfter = max(reopen.Sub(now), 0)
 	}
+	return b
+}
 
-	if raw := r.str(4); raw != "" {
-		var cd struct {
-			Scope   string `json:"scope"`
-			Reason  string `json:"reason"`
-			UntilMS int64  `json:"until_ms"`
-		}
-		if json.Unmarshal([]byte(raw), &cd) == nil && cd.UntilMS*1000 > r.int(0) {
-			s.Cooldown = &Cooldown{Scope: cd.Scope, Reason: cd.Reason, Until: time.UnixMilli(cd.UntilMS)}
-		}
+// activeCooldown reads the cooldown key's JSON value raw at Redis time now;
+// nil when there is none, it cannot be read, or it has ended.
+func activeCooldown(raw string, now time.Time) *Cooldown {
+	var cd struct {
+		Scope   string `json:"scope"`
+		Reason  string `json:"reason"`
+		UntilMS int64  `json:"until_ms"`
 	}
-	live, _ := r[5].([]any)
+	if raw == "" || json.Unmarshal([]byte(raw), &cd) != nil || cd.UntilMS*1000 <= now.UnixMicro() {
+		return nil
+	}
+	return &Cooldown{Scope: cd.Scope, Reason: cd.Reason, Until: time.UnixMilli(cd.UntilMS)}
+}
+
+// replicaIDs reads the live replicas from a flat id/score array, sorted.
+func replicaIDs(v any) []string {
+	live, _ := v.([]any)
+	var ids []string
 	for i := 0; i+1 < len(live); i += 2 {
-		s.Replicas = append(s.Replicas, reply(live).str(i))
+		ids = append(ids, reply(live).str(i))
 	}
-	slices.Sort(s.Replicas)
-	return s, nil
+	slices.Sort(ids)
+	return ids
 }

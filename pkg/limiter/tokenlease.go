@@ -4,13 +4,8 @@ import (
 	"context"
 	"time"
 
-	"github.com/redis/go-redis/v9"
-
-	"github.com/sluice-dev/sluice/lua"
 	"github.com/sluice-dev/sluice/pkg/state"
 )
-
-var refundScript = redis.NewScript(lua.Source("refund"))
 
 // tokenLease is tokens this process took from a provider's shared bucket
 // ahead of its callers (Options.TokenLease), handed out locally until it
@@ -59,15 +54,19 @@ func (c *Limiter) leaseWant(st *providerState, tokens int64) int64 {
 	st.batch.mu.Lock()
 	used := st.batch.lease.used
 	st.batch.mu.Unlock()
-	st.mu.Lock()
-	last, known := st.last, st.haveLast
-	st.mu.Unlock()
-	if closed || !known || last.Local || last.Reason != ReasonOK || last.Scale <= 0 || (last.Breaker != "" && last.Breaker != state.BreakerClosed) {
+	last, known := st.seen.get()
+	if closed || !known || !leasable(last) {
 		return 0
 	}
 	want := max(2*used, tokens)
 	want = min(want, int64(last.RefillRate*last.Scale*c.opts.TokenLease.Seconds()))
 	return max(0, min(want, int64(last.Remaining-float64(tokens))/2))
+}
+
+// leasable reports whether d, a decision from Redis, found the provider
+// open: granted at a scale above 0 with the breaker closed.
+func leasable(d Decision) bool {
+	return !d.Local && d.Reason == ReasonOK && d.Scale > 0 && (d.Breaker == "" || d.Breaker == state.BreakerClosed)
 }
 
 // renewLease adds want tokens, just taken by a call that started at start
