@@ -5,7 +5,10 @@
 // metric help texts, so a value read with redis-cli converts with a cast.
 package state
 
-import "fmt"
+import (
+	"fmt"
+	"slices"
+)
 
 // Level is a write coordinator's backpressure level: OK, Soft or Hard. The
 // zero value "" is not a valid level.
@@ -18,19 +21,12 @@ const (
 	Hard Level = "hard"
 )
 
+// levels lists the levels in rank order.
+var levels = []Level{OK, Soft, Hard}
+
 // Rank orders levels for comparison and metrics: OK 0, Soft 1, Hard 2; -1
 // for anything else.
-func (l Level) Rank() int {
-	switch l {
-	case OK:
-		return 0
-	case Soft:
-		return 1
-	case Hard:
-		return 2
-	}
-	return -1
-}
+func (l Level) Rank() int { return slices.Index(levels, l) }
 
 // ParseLevel returns the Level spelled s ("ok", "soft" or "hard"), or an
 // error naming the field and the allowed values.
@@ -54,16 +50,14 @@ const (
 	BreakerOpen     Breaker = "open"
 )
 
+// breakers lists the breaker states in rank order.
+var breakers = []Breaker{BreakerClosed, BreakerHalfOpen, BreakerOpen}
+
 // Rank orders breaker states for metrics: closed (or "") 0, half-open 1,
 // open 2; -1 for anything else.
 func (b Breaker) Rank() int {
-	switch b {
-	case BreakerClosed, "":
-		return 0
-	case BreakerHalfOpen:
-		return 1
-	case BreakerOpen:
-		return 2
+	if b == "" {
+		b = BreakerClosed
 	}
-	return -1
+	return slices.Index(breakers, b)
 }

@@ -1,8 +1,3 @@
-// Package store is the write side of sluice: a WriteCoordinator queues items
-// for the user's store, writes them in batches with retries, measures its
-// queue against watermarks, and publishes the resulting pressure level (ok,
-// soft, hard) through a feedback.Publisher so that the pipeline upstream
-// slows down. It never imports the limiter.
 package store
 
 import (
@@ -10,139 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math"
-	"regexp"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-
-	"github.com/sluice-dev/sluice/pkg/feedback"
-	"github.com/sluice-dev/sluice/pkg/internal/opts"
 	"github.com/sluice-dev/sluice/pkg/state"
 )
-
-// Sink writes a batch to the user's store. A returned error means nothing of
-// the batch should be assumed written: the batch is retried whole.
-type Sink[T any] interface {
-	Write(ctx context.Context, batch []T) error
-}
-
-// SinkFunc adapts a function to Sink.
-type SinkFunc[T any] func(ctx context.Context, batch []T) error
-
-// Write calls f.
-func (f SinkFunc[T]) Write(ctx context.Context, batch []T) error { return f(ctx, batch) }
-
-// ErrClosed is returned by Submit after Close.
-var ErrClosed = errors.New("store: write coordinator closed")
-
-// Options configure a WriteCoordinator. Only ID is required: every other
-// zero field takes the default its comment gives (nil Publisher: publish
-// nothing; nil Registerer: no metrics).
-type Options[T any] struct {
-	// ID names the coordinator in events, metrics and Redis keys: 1 to 64 of
-	// [A-Za-z0-9_.-]. Required.
-	ID string
-	// Capacity is the queue's size; default 10000.
-	Capacity int
-	// Workers write batches concurrently; default 4.
-	Workers int
-	// BatchSize is the most items per write; default 100.
-	BatchSize int
-	// Linger is how long a worker waits to fill a batch before writing a
-	// smaller one; default 50ms.
-	Linger time.Duration
-	// Watermarks set the pressure levels; default DefaultWatermarks.
-	Watermarks Watermarks
-	// Publisher receives a report at every level change and every
-	// Heartbeat, and a fill sample every Sample between them; nil
-	// publishes nothing.
-	Publisher feedback.Publisher
-	// Heartbeat is the period of reports while the level stays; default
-	// 2s. Keep it well under the feedback handler's coordinator TTL.
-	Heartbeat time.Duration
-	// Backoff is the wait before the first retry of a failed batch, doubled
-	// at each further retry up to 2s; default 50ms. Without DeadLetter a
-	// batch is retried until the sink takes it: nothing is given up.
-	Backoff time.Duration
-	// WriteTimeout bounds each call to the sink; default 30s.
-	WriteTimeout time.Duration
-	// HardAfter is how long the sink may go without a successful write,
-	// while a batch is failing, before the level is hard: a store that
-	// cannot write is a store under pressure. While any batch is failing
-	// (retried, not yet written nor dead-lettered) the level is at least
-	// soft; one batch the sink always refuses keeps it soft, not hard, as
-	// long as other writes succeed. Default 1s.
-	HardAfter time.Duration
-	// DeadLetter, when set, receives the batches that still fail after
-	// Attempts writes (an explicit choice: they are counted, and leave the
-	// queue); nil (the default) retries every batch until it is written. A
-	// batch the dead-letter sink refuses stays: it gets Attempts more writes,
-	// then goes to the dead-letter sink again.
-	DeadLetter Sink[T]
-	// Attempts is how many writes a batch gets before it goes to DeadLetter;
-	// default 4. Ignored without DeadLetter.
-	Attempts int
-	// Backlog, when set, returns how many items wait for this coordinator
-	// outside its queue (a stream consumer's group lag). The watermarks
-	// measure the queue plus the backlog; it is read at every re-evaluation
-	// (every queue change and every Sample), so it must be cheap.
-	Backlog func() int
-	// Sample is how often the level is re-evaluated when the queue does not
-	// change (the backlog moved, the sink keeps failing), and a fill sample
-	// (an event of kind feedback.KindSample) is published when no report
-	// was; default 250ms. The samples are the signal a controlling policy
-	// (feedback.PIPolicy) follows between level changes.
-	Sample time.Duration
-	// Registerer receives the metrics; nil registers none.
-	Registerer prometheus.Registerer
-	// Logger receives failed writes and publications; default slog.Default().
-	Logger *slog.Logger
-}
-
-var idRE = regexp.MustCompile(`^[A-Za-z0-9_.\-]{1,64}$`)
-
-// Validate returns the error New would return for these options (naming
-// the field and its range), without starting anything.
-func (o Options[T]) Validate() error { return o.setDefaults() }
-
-func (o *Options[T]) setDefaults() error {
-	if !idRE.MatchString(o.ID) {
-		return fmt.Errorf("store: id=%q: must be 1 to 64 characters of [A-Za-z0-9_.-]", o.ID)
-	}
-	if err := opts.Check(
-		opts.Positive("capacity", &o.Capacity, 10000),
-		opts.Positive("workers", &o.Workers, 4),
-		opts.Positive("batch_size", &o.BatchSize, 100),
-		opts.Positive("attempts", &o.Attempts, 4),
-		opts.Positive("linger", &o.Linger, 50*time.Millisecond),
-		opts.Positive("heartbeat", &o.Heartbeat, 2*time.Second),
-		opts.Positive("backoff", &o.Backoff, 50*time.Millisecond),
-		opts.Positive("write_timeout", &o.WriteTimeout, 30*time.Second),
-		opts.Positive("hard_after", &o.HardAfter, time.Second),
-		opts.Positive("sample", &o.Sample, 250*time.Millisecond),
-	); err != nil {
-		return fmt.Errorf("store: %w", err)
-	}
-	switch {
-	case o.Capacity > 1e9:
-		return fmt.Errorf("store: capacity=%d: must be in [1, 1000000000]", o.Capacity)
-	case o.Workers > 1024:
-		return fmt.Errorf("store: workers=%d: must be in [1, 1024]", o.Workers)
-	}
-	if o.Watermarks == (Watermarks{}) {
-		o.Watermarks = DefaultWatermarks
-	}
-	if err := o.Watermarks.Validate(); err != nil {
-		return err
-	}
-	if o.Logger == nil {
-		o.Logger = slog.Default()
-	}
-	return nil
-}
 
 // WriteCoordinator is a bounded queue in front of a Sink, written by
 // Workers in batches. It never drops an item silently: Submit blocks while
@@ -164,22 +32,14 @@ type WriteCoordinator[T any] struct {
 	closing chan struct{} // closed first by Close: releases Submits blocked on a full queue
 	q       chan T
 
-	levelMu    sync.Mutex
-	queueLevel state.Level   // the watermarks' level (their hysteresis needs it alone)
-	level      state.Level   // the published level: queueLevel raised by a failing sink
-	depth      int           // queue plus backlog at the last re-evaluation
-	changed    chan struct{} // a level change for the monitor to publish (capacity 1)
-	// The depth's integral since the last event (item-seconds) and when
-	// the depth last changed and the last event went: an event's QueueMean.
-	area             float64
-	depthAt, eventAt time.Time
+	p       pressure      // depth and level, re-evaluated by observe
+	changed chan struct{} // a level change for the monitor to publish (capacity 1)
 
 	lastWrite atomic.Int64 // UnixNano of the last successful sink write (or of New)
 	failing   atomic.Int64 // batches that failed and have not left yet (written or dead-lettered)
 	unwritten atomic.Int64 // submitted, neither written nor dead-lettered: queued or in a batch
 
 	seq                             atomic.Uint64
-	maxDepth                        atomic.Int64
 	written, deadLettered, blocked  atomic.Int64
 	transitions, submitted, dlFails atomic.Int64
 	writeErrors                     atomic.Int64
@@ -206,18 +66,16 @@ func New[T any](sink Sink[T], o Options[T]) (*WriteCoordinator[T], error) {
 	if err != nil {
 		return nil, err
 	}
-	now := time.Now()
 	w := &WriteCoordinator[T]{
-		sink: sink, o: o, m: m, depthAt: now, eventAt: now,
-		log:        o.Logger.With("component", "store", "coordinator", o.ID),
-		q:          make(chan T, o.Capacity),
-		queueLevel: state.OK,
-		level:      state.OK,
-		changed:    make(chan struct{}, 1),
-		stop:       make(chan struct{}),
-		monitor:    make(chan struct{}),
-		closing:    make(chan struct{}),
-		done:       make(chan struct{}),
+		sink: sink, o: o, m: m,
+		log:     o.Logger.With("component", "store", "coordinator", o.ID),
+		q:       make(chan T, o.Capacity),
+		p:       newPressure(time.Now()),
+		changed: make(chan struct{}, 1),
+		stop:    make(chan struct{}),
+		monitor: make(chan struct{}),
+		closing: make(chan struct{}),
+		done:    make(chan struct{}),
 	}
 	w.abortCtx, w.abort = context.WithCancel(context.Background())
 	// Sequence numbers keep increasing across restarts: they start at the
@@ -244,248 +102,32 @@ func (w *WriteCoordinator[T]) Submit(ctx context.Context, item T) error {
 		return ErrClosed
 	}
 	w.unwritten.Add(1)
-	select {
-	case w.q <- item:
-	default:
-		w.blocked.Add(1)
-		w.m.blocked.Inc()
-		select {
-		case w.q <- item:
-		case <-ctx.Done():
-			w.unwritten.Add(-1)
-			return ctx.Err()
-		case <-w.closing:
-			w.unwritten.Add(-1)
-			return ErrClosed
-		}
+	if err := w.enqueue(ctx, item); err != nil {
+		w.unwritten.Add(-1)
+		return err
 	}
 	w.submitted.Add(1)
 	w.observe()
 	return nil
 }
 
-// observe re-evaluates the level. The depth is read under the lock: every
-// change of the queue is followed by an observe, so the last observe to take
-// the lock sees the latest depth, and a stale read can never leave the level
-// (or the gauges) behind the queue.
-func (w *WriteCoordinator[T]) observe() {
-	w.levelMu.Lock()
-	queued := len(w.q)
-	depth := queued
-	if w.o.Backlog != nil {
-		depth += max(0, w.o.Backlog())
-	}
-	now := time.Now()
-	w.area += float64(w.depth) * now.Sub(w.depthAt).Seconds()
-	w.depth, w.depthAt = depth, now
-	if int64(depth) > w.maxDepth.Load() {
-		w.maxDepth.Store(int64(depth))
-	}
-	w.m.depth.Set(float64(queued)) // the queue alone: a backlog is shared, and exported by its owner
-	w.queueLevel = w.o.Watermarks.Next(w.queueLevel, float64(depth)/float64(w.o.Capacity))
-	next := w.queueLevel
-	if w.failing.Load() > 0 {
-		sinkLevel := state.Soft
-		if time.Since(time.Unix(0, w.lastWrite.Load())) >= w.o.HardAfter {
-			sinkLevel = state.Hard
-		}
-		if sinkLevel.Rank() > next.Rank() {
-			next = sinkLevel
-		}
-	}
-	prev := w.level
-	w.level = next
-	if next != prev {
-		w.transitions.Add(1)
-		w.m.transition(prev, next)
-	}
-	w.levelMu.Unlock()
-	if next == prev {
-		return
-	}
+// enqueue sends item to the queue; while the queue is full it waits, and
+// counts the wait, until there is room, ctx ends or Close begins.
+func (w *WriteCoordinator[T]) enqueue(ctx context.Context, item T) error {
 	select {
-	case w.changed <- struct{}{}:
-	default: // the monitor will publish the latest state anyway
+	case w.q <- item:
+		return nil
+	default:
 	}
-}
-
-func (w *WriteCoordinator[T]) work() {
-	defer w.workers.Done()
-	batch := make([]T, 0, w.o.BatchSize)
-	for {
-		var item T
-		var ok bool
-		select {
-		case item, ok = <-w.q:
-		case <-w.abortCtx.Done():
-			return
-		}
-		if !ok {
-			return
-		}
-		batch = append(batch[:0], item)
-		timer := time.NewTimer(w.o.Linger)
-	fill:
-		for len(batch) < w.o.BatchSize {
-			select {
-			case it, ok := <-w.q:
-				if !ok {
-					break fill
-				}
-				batch = append(batch, it)
-			case <-timer.C:
-				break fill
-			}
-		}
-		timer.Stop()
-		w.observe()
-		w.write(batch)
-	}
-}
-
-// write delivers batch to the sink, retrying until it succeeds or, with a
-// dead-letter sink, until Attempts writes failed and the dead-letter sink
-// took it; a batch the dead-letter sink refuses too is retried again,
-// never dropped.
-func (w *WriteCoordinator[T]) write(batch []T) {
-	start := time.Now()
-	backoff := w.o.Backoff
-	for attempt := 1; ; attempt++ {
-		if w.abortCtx.Err() != nil {
-			return // abandoned: still counted in Unwritten
-		}
-		ctx, cancel := context.WithTimeout(w.abortCtx, w.o.WriteTimeout)
-		err := w.sink.Write(ctx, batch)
-		cancel()
-		if err == nil {
-			w.lastWrite.Store(time.Now().UnixNano())
-			if attempt > 1 {
-				w.failing.Add(-1)
-				w.log.Info("a failed batch is written", "attempt", attempt)
-			}
-			w.leave(batch, &w.written, w.m.written)
-			w.m.batch.Observe(time.Since(start).Seconds())
-			// The write can lower the level only while the sink counts as
-			// failing; otherwise the queue's own observes suffice.
-			if attempt > 1 || w.failing.Load() > 0 {
-				w.observe()
-			}
-			return
-		}
-		w.writeErrors.Add(1)
-		w.m.writeErrors.Inc()
-		if attempt == 1 {
-			w.failing.Add(1)
-			w.log.Warn("sink write failed; retrying", "items", len(batch), "err", err)
-		}
-		w.observe()
-		if w.o.DeadLetter != nil && attempt%w.o.Attempts == 0 && w.deadLetter(batch, err) {
-			w.failing.Add(-1)
-			w.observe()
-			return
-		}
-		t := time.NewTimer(backoff)
-		select {
-		case <-t.C:
-		case <-w.abortCtx.Done():
-			t.Stop()
-		}
-		backoff = min(2*backoff, 2*time.Second)
-	}
-}
-
-// leave counts batch as leaving the coordinator through counter.
-func (w *WriteCoordinator[T]) leave(batch []T, n *atomic.Int64, c prometheus.Counter) {
-	n.Add(int64(len(batch)))
-	c.Add(float64(len(batch)))
-	w.unwritten.Add(-int64(len(batch)))
-}
-
-// deadLetter hands batch to the dead-letter sink; false when it refused
-// (the batch stays, and is retried).
-func (w *WriteCoordinator[T]) deadLetter(batch []T, cause error) bool {
-	ctx, cancel := context.WithTimeout(w.abortCtx, w.o.WriteTimeout)
-	defer cancel()
-	if err := w.o.DeadLetter.Write(ctx, batch); err != nil {
-		w.dlFails.Add(int64(len(batch)))
-		w.log.Error("dead-letter sink failed too; the batch stays and is retried", "items", len(batch), "err", err, "cause", cause)
-		return false
-	}
-	w.leave(batch, &w.deadLettered, w.m.deadLettered)
-	w.log.Warn("batch dead-lettered after retries", "items", len(batch), "attempts", w.o.Attempts, "err", cause)
-	return true
-}
-
-// run publishes a report at the start, at every level change, every
-// heartbeat and when the coordinator closes; every Sample it re-evaluates
-// the level and publishes a fill sample, unless a report went out since the
-// last sample.
-func (w *WriteCoordinator[T]) run() {
-	defer close(w.monitor)
-	beat := time.NewTicker(w.o.Heartbeat)
-	defer beat.Stop()
-	sample := time.NewTicker(w.o.Sample)
-	defer sample.Stop()
-	w.publish(feedback.KindReport)
-	reported := true // since the last sample
-	for {
-		select {
-		case <-sample.C:
-			w.observe()
-			if reported {
-				reported = false
-				continue
-			}
-			if len(w.changed) > 0 {
-				continue // a report is due: it says the same, and is kept
-			}
-			w.publish(feedback.KindSample)
-			continue
-		case <-w.changed:
-		case <-beat.C:
-		case <-w.stop:
-			w.publish(feedback.KindReport)
-			return
-		case <-w.abortCtx.Done():
-			return
-		}
-		w.publish(feedback.KindReport)
-		reported = true
-	}
-}
-
-// event returns the coordinator's current state as a pressure event of
-// kind, with the next sequence number. Its queue size is the measured depth
-// (queue plus backlog) and its queue mean that depth's time-weighted mean
-// since the previous event, both capped at the capacity.
-func (w *WriteCoordinator[T]) event(kind string) feedback.Event {
-	w.levelMu.Lock()
-	now := time.Now()
-	level, depth := w.level, w.depth
-	area := w.area + float64(depth)*now.Sub(w.depthAt).Seconds()
-	mean := float64(depth)
-	if span := now.Sub(w.eventAt).Seconds(); span > 0 {
-		mean = area / span
-	}
-	w.area, w.depthAt, w.eventAt = 0, now, now
-	w.levelMu.Unlock()
-	return feedback.Event{
-		CoordinatorID: w.o.ID, QueueSize: min(depth, w.o.Capacity), Capacity: w.o.Capacity,
-		Level: level, Seq: w.seq.Add(1), TS: now, Kind: kind,
-		QueueMean: min(math.Round(mean*10)/10, float64(w.o.Capacity)),
-	}
-}
-
-func (w *WriteCoordinator[T]) publish(kind string) {
-	if w.o.Publisher == nil {
-		return
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), w.o.Heartbeat)
-	defer cancel()
-	e := w.event(kind)
-	if err := w.o.Publisher.Publish(ctx, e); err != nil {
-		w.m.publishErrors.Inc()
-		w.log.Warn("publishing pressure failed", "level", e.Level, "err", err)
+	w.blocked.Add(1)
+	w.m.blocked.Inc()
+	select {
+	case w.q <- item:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-w.closing:
+		return ErrClosed
 	}
 }
 
@@ -551,11 +193,9 @@ type Stats struct {
 
 // Stats returns the counters so far.
 func (w *WriteCoordinator[T]) Stats() Stats {
-	w.levelMu.Lock()
-	level, depth := w.level, w.depth
-	w.levelMu.Unlock()
+	level, depth, maxDepth := w.p.snapshot()
 	return Stats{
-		Capacity: w.o.Capacity, Depth: depth, MaxDepth: int(w.maxDepth.Load()), Level: level,
+		Capacity: w.o.Capacity, Depth: depth, MaxDepth: maxDepth, Level: level,
 		Submitted: w.submitted.Load(), Written: w.written.Load(), Unwritten: w.unwritten.Load(),
 		DeadLettered: w.deadLettered.Load(), DeadLetterErrs: w.dlFails.Load(), WriteErrors: w.writeErrors.Load(),
 		SubmitsBlocked: w.blocked.Load(), Transitions: w.transitions.Load(),

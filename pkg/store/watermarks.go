@@ -2,7 +2,6 @@ package store
 
 import (
 	"fmt"
-	"math"
 
 	"github.com/sluice-dev/sluice/pkg/state"
 )
@@ -25,29 +24,42 @@ var DefaultWatermarks = Watermarks{SoftHigh: 0.6, SoftLow: 0.4, HardHigh: 0.85, 
 // Validate requires 0 <= low < high <= 1 for both levels, with soft's marks
 // not above hard's.
 func (w Watermarks) Validate() error {
-	ok := func(f float64) bool { return !math.IsNaN(f) && f >= 0 && f <= 1 }
-	switch {
-	case !ok(w.SoftLow) || !ok(w.SoftHigh) || w.SoftLow >= w.SoftHigh:
-		return fmt.Errorf("store: watermarks soft_low=%v soft_high=%v: must satisfy 0 <= soft_low < soft_high <= 1", w.SoftLow, w.SoftHigh)
-	case !ok(w.HardLow) || !ok(w.HardHigh) || w.HardLow >= w.HardHigh:
-		return fmt.Errorf("store: watermarks hard_low=%v hard_high=%v: must satisfy 0 <= hard_low < hard_high <= 1", w.HardLow, w.HardHigh)
-	case w.SoftHigh > w.HardHigh || w.SoftLow > w.HardLow:
+	if err := checkMarks("soft", w.SoftLow, w.SoftHigh); err != nil {
+		return err
+	}
+	if err := checkMarks("hard", w.HardLow, w.HardHigh); err != nil {
+		return err
+	}
+	if w.SoftHigh > w.HardHigh || w.SoftLow > w.HardLow {
 		return fmt.Errorf("store: watermarks: soft marks (%v, %v) must not be above hard marks (%v, %v)", w.SoftLow, w.SoftHigh, w.HardLow, w.HardHigh)
 	}
 	return nil
 }
 
-// Next returns the level after observing fill while at cur.
+// checkMarks requires 0 <= low < high <= 1 of level's marks (NaN fails
+// every comparison).
+func checkMarks(level string, low, high float64) error {
+	if low >= 0 && low < high && high <= 1 {
+		return nil
+	}
+	return fmt.Errorf("store: watermarks %[1]s_low=%[2]v %[1]s_high=%[3]v: must satisfy 0 <= %[1]s_low < %[1]s_high <= 1", level, low, high)
+}
+
+// Next returns the level after observing fill while at cur: the highest
+// level that fill enters, or that cur holds and fill has not left.
 func (w Watermarks) Next(cur state.Level, fill float64) state.Level {
 	switch {
-	case fill >= w.HardHigh:
+	case holds(cur, state.Hard, fill, w.HardHigh, w.HardLow):
 		return state.Hard
-	case cur == state.Hard && fill >= w.HardLow:
-		return state.Hard
-	case fill >= w.SoftHigh:
-		return state.Soft
-	case (cur == state.Soft || cur == state.Hard) && fill >= w.SoftLow:
+	case holds(cur, state.Soft, fill, w.SoftHigh, w.SoftLow):
 		return state.Soft
 	}
 	return state.OK
+}
+
+// holds reports whether fill is at level (entered at high, left under low)
+// for a coordinator at cur: at least high, or at least low while cur is
+// that level or above.
+func holds(cur, level state.Level, fill, high, low float64) bool {
+	return fill >= high || cur.Rank() >= level.Rank() && fill >= low
 }

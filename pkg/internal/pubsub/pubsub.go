@@ -82,46 +82,74 @@ func (s *Sub) Next(ctx context.Context, wait time.Duration) (any, error) {
 		return nil, redis.ErrClosed
 	}
 	msg, err := ps.ReceiveTimeout(ctx, wait)
+	if err != nil {
+		return nil, s.failed(ctx, ps, err)
+	}
+	return s.received(msg), nil
+}
+
+// received returns what Next hands out for msg: a subscription or a
+// message, nil for a PONG. Any of them answers the PING in flight, and a
+// subscription Redis accepted ends the backoff.
+func (s *Sub) received(msg any) any {
+	s.pingedAt = time.Time{}
+	switch m := msg.(type) {
+	case *redis.Subscription:
+		if m.Kind == "subscribe" {
+			s.backoff = 0
+		}
+		return m
+	case *redis.Message:
+		return m
+	}
+	return nil // a PONG
+}
+
+// failed handles the error of a receive on ps and returns the error Next
+// returns: ctx's, redis.ErrClosed, or nil after it has pinged, started over
+// or paused.
+func (s *Sub) failed(ctx context.Context, ps *redis.PubSub, err error) error {
 	var rerr redis.Error
 	switch {
-	case err == nil:
-		s.pingedAt = time.Time{}
-		switch m := msg.(type) {
-		case *redis.Subscription:
-			if m.Kind == "subscribe" {
-				s.backoff = 0
-			}
-			return m, nil
-		case *redis.Message:
-			return m, nil
-		}
-		return nil, nil // a PONG
 	case ctx.Err() != nil:
-		return nil, ctx.Err()
+		return ctx.Err()
 	case errors.Is(err, redis.ErrClosed) || s.isClosed():
-		return nil, redis.ErrClosed
-	case isTimeout(err) && s.pingedAt.IsZero():
-		s.pingedAt = time.Now()
-		_ = ps.Ping(ctx) // its PONG comes through ReceiveTimeout
-		return nil, nil
-	case isTimeout(err) && time.Since(s.pingedAt) < s.check:
-		return nil, nil
-	case isTimeout(err) || errors.As(err, &rerr):
-		// No PONG within a health check, or Redis refused a
-		// (re)subscription: start over on a new connection.
-		if s.lost != nil {
-			s.lost(err)
-		}
-		s.backoff = min(max(2*s.backoff, 100*time.Millisecond), 5*time.Second)
-		s.sleep(s.backoff)
-		s.renew(ps)
-		return nil, nil
+		return redis.ErrClosed
+	case isTimeout(err):
+		s.timedOut(ctx, ps, err)
+	case errors.As(err, &rerr):
+		// Redis refused a (re)subscription.
+		s.startOver(ps, err)
 	default:
 		// The connection failed: go-redis reconnects and subscribes again
 		// at the next receive. Not in a tight loop while Redis is down.
 		s.sleep(100 * time.Millisecond)
-		return nil, nil
 	}
+	return nil
+}
+
+// timedOut follows a receive that got nothing within its wait: the first
+// sends a PING (its PONG comes through ReceiveTimeout); once the PING has
+// gone unanswered for a health check, it starts over.
+func (s *Sub) timedOut(ctx context.Context, ps *redis.PubSub, err error) {
+	switch {
+	case s.pingedAt.IsZero():
+		s.pingedAt = time.Now()
+		_ = ps.Ping(ctx)
+	case time.Since(s.pingedAt) >= s.check:
+		s.startOver(ps, err)
+	}
+}
+
+// startOver tells lost why, waits the backoff (0.1 s, doubling up to 5 s)
+// and replaces ps with a new connection.
+func (s *Sub) startOver(ps *redis.PubSub, err error) {
+	if s.lost != nil {
+		s.lost(err)
+	}
+	s.backoff = min(max(2*s.backoff, 100*time.Millisecond), 5*time.Second)
+	s.sleep(s.backoff)
+	s.renew(ps)
 }
 
 func (s *Sub) isClosed() bool {

@@ -97,14 +97,21 @@ func (p *Producer) Append(ctx context.Context, items ...[]byte) error {
 		return nil
 	})
 	if err != nil {
-		for i, c := range cmds {
-			if c.Err() != nil {
-				return fmt.Errorf("redisstream: append to %s: %d of %d items not stored: %w", p.key, len(items)-i, len(items), c.Err())
-			}
-		}
-		return fmt.Errorf("redisstream: append to %s: %w", p.key, err)
+		return p.appendError(cmds, len(items), err)
 	}
 	return nil
+}
+
+// appendError is the error of an append of n items by cmds that failed
+// with err: it says how many were not stored, from the first command that
+// failed on.
+func (p *Producer) appendError(cmds []redis.Cmder, n int, err error) error {
+	for i, c := range cmds {
+		if c.Err() != nil {
+			return fmt.Errorf("redisstream: append to %s: %d of %d items not stored: %w", p.key, n-i, n, c.Err())
+		}
+	}
+	return fmt.Errorf("redisstream: append to %s: %w", p.key, err)
 }
 
 // message is a stream entry as Redis holds it: every field and value, in
@@ -126,28 +133,38 @@ const refusedRepeatedData = `field "data" repeated`
 // acknowledged like any other. A "ts" that is repeated or not a positive
 // integer leaves Appended zero.
 func (m message) decode() (e Entry, refused string) {
-	e.ID = m.id
-	var datas, tss int
-	var ts string
-	for i := 0; i+1 < len(m.fields); i += 2 {
-		switch m.fields[i] {
-		case "data":
-			datas++
-			e.Data = []byte(m.fields[i+1])
-		case "ts":
-			tss++
-			ts = m.fields[i+1]
-		}
-	}
+	datas, data := m.field("data")
 	if datas > 1 {
 		return Entry{}, refusedRepeatedData
 	}
-	if tss == 1 {
-		if us, err := strconv.ParseInt(ts, 10, 64); err == nil && us > 0 {
-			e.Appended = time.UnixMicro(us)
-		}
+	e.ID = m.id
+	if datas == 1 {
+		e.Data = []byte(data)
+	}
+	if tss, ts := m.field("ts"); tss == 1 {
+		e.Appended = appendedAt(ts)
 	}
 	return e, ""
+}
+
+// field returns how many times name is a field of m, and its last value.
+func (m message) field(name string) (n int, value string) {
+	for i := 0; i+1 < len(m.fields); i += 2 {
+		if m.fields[i] == name {
+			n++
+			value = m.fields[i+1]
+		}
+	}
+	return n, value
+}
+
+// appendedAt reads a "ts" value, Unix microseconds: zero unless it is a
+// positive integer.
+func appendedAt(ts string) time.Time {
+	if us, err := strconv.ParseInt(ts, 10, 64); err == nil && us > 0 {
+		return time.UnixMicro(us)
+	}
+	return time.Time{}
 }
 
 var errReply = errors.New("redisstream: unexpected reply")
@@ -198,27 +215,44 @@ func messages(v any) ([]message, error) {
 	}
 	out := make([]message, 0, len(list))
 	for _, x := range list {
-		pair, ok := x.([]any)
-		if !ok || len(pair) < 2 {
-			return nil, fmt.Errorf("%w: entry is %T", errReply, x)
-		}
-		m := message{}
-		if m.id, ok = pair[0].(string); !ok {
-			return nil, fmt.Errorf("%w: entry id is %T", errReply, pair[0])
-		}
-		if pair[1] != nil {
-			fs, ok := pair[1].([]any)
-			if !ok {
-				return nil, fmt.Errorf("%w: fields of %s are %T", errReply, m.id, pair[1])
-			}
-			m.fields = make([]string, len(fs))
-			for i, f := range fs {
-				if m.fields[i], ok = f.(string); !ok {
-					return nil, fmt.Errorf("%w: a field of %s is %T", errReply, m.id, f)
-				}
-			}
+		m, err := parseMessage(x)
+		if err != nil {
+			return nil, err
 		}
 		out = append(out, m)
+	}
+	return out, nil
+}
+
+// parseMessage decodes one [id, [field, value, ...]] entry; [id, nil] (an
+// entry deleted while pending) has nil fields.
+func parseMessage(x any) (message, error) {
+	pair, ok := x.([]any)
+	if !ok || len(pair) < 2 {
+		return message{}, fmt.Errorf("%w: entry is %T", errReply, x)
+	}
+	id, ok := pair[0].(string)
+	if !ok {
+		return message{}, fmt.Errorf("%w: entry id is %T", errReply, pair[0])
+	}
+	if pair[1] == nil {
+		return message{id: id}, nil
+	}
+	fields, err := fieldStrings(id, pair[1])
+	return message{id: id, fields: fields}, err
+}
+
+// fieldStrings decodes the fields and values of entry id.
+func fieldStrings(id string, v any) ([]string, error) {
+	fs, ok := v.([]any)
+	if !ok {
+		return nil, fmt.Errorf("%w: fields of %s are %T", errReply, id, v)
+	}
+	out := make([]string, len(fs))
+	for i, f := range fs {
+		if out[i], ok = f.(string); !ok {
+			return nil, fmt.Errorf("%w: a field of %s is %T", errReply, id, f)
+		}
 	}
 	return out, nil
 }
