@@ -28,6 +28,7 @@ import (
 	"github.com/sluice-dev/sluice/pkg/clusterreload"
 	"github.com/sluice-dev/sluice/pkg/controller"
 	"github.com/sluice-dev/sluice/pkg/feedback"
+	"github.com/sluice-dev/sluice/pkg/keyspace"
 	"github.com/sluice-dev/sluice/pkg/limiter"
 )
 
@@ -45,7 +46,7 @@ func Keys() []Key { return slices.Clone(keys) }
 var keys = []Key{
 	{"redis.url", "SLUICE_REDIS_URL", "redis://127.0.0.1:6379/0", "Redis URL: redis://[user:password@]host:port/db, or rediss:// for TLS"},
 	{"redis.cluster_url", "SLUICE_REDIS_CLUSTER_URL", "", "Redis Cluster: redis://[user:password@]host:port?addr=host2:port&addr=host3:port (overrides redis.url)"},
-	{"redis.prefix", "SLUICE_REDIS_PREFIX", "sluice", "prefix of every Redis key and channel"},
+	{"redis.prefix", "SLUICE_REDIS_PREFIX", keyspace.DefaultPrefix, "prefix of every Redis key and channel"},
 	{"redis.tls_ca", "SLUICE_REDIS_TLS_CA", "", "PEM file of the CAs to trust for rediss:// (empty: the system's)"},
 	{"log.format", "SLUICE_LOG_FORMAT", "text", "log format: text or json (the services log json unless it is set)"},
 	{"log.level", "SLUICE_LOG_LEVEL", "info", "log level: debug, info, warn or error"},

@@ -27,7 +27,10 @@
 // package of sluice may import it.
 package keyspace
 
-import "regexp"
+import (
+	"regexp"
+	"strconv"
+)
 
 // DefaultPrefix starts every key and channel name when no prefix is
 // configured; a zero Prefix means it.
@@ -44,7 +47,7 @@ const MaxName = 64
 // NameRule is the rule ValidName checks, as error messages state it.
 const NameRule = "1 to 64 characters of " + NameChars
 
-var nameRE = regexp.MustCompile(`^` + NameChars + `{1,64}$`)
+var nameRE = regexp.MustCompile("^" + NameChars + "{1," + strconv.Itoa(MaxName) + "}$")
 
 // ValidName reports whether s follows NameRule: 1 to MaxName characters of
 // NameChars, none of which can end a hash tag or a key's part.

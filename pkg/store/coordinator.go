@@ -11,7 +11,6 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
-	"regexp"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -20,6 +19,7 @@ import (
 
 	"github.com/sluice-dev/sluice/pkg/feedback"
 	"github.com/sluice-dev/sluice/pkg/internal/opts"
+	"github.com/sluice-dev/sluice/pkg/keyspace"
 	"github.com/sluice-dev/sluice/pkg/state"
 )
 
@@ -102,15 +102,13 @@ type Options[T any] struct {
 	Logger *slog.Logger
 }
 
-var idRE = regexp.MustCompile(`^[A-Za-z0-9_.\-]{1,64}$`)
-
 // Validate returns the error New would return for these options (naming
 // the field and its range), without starting anything.
 func (o Options[T]) Validate() error { return o.setDefaults() }
 
 func (o *Options[T]) setDefaults() error {
-	if !idRE.MatchString(o.ID) {
-		return fmt.Errorf("store: id=%q: must be 1 to 64 characters of [A-Za-z0-9_.-]", o.ID)
+	if !keyspace.ValidName(o.ID) {
+		return fmt.Errorf("store: id=%q: must be %s", o.ID, keyspace.NameRule)
 	}
 	if err := opts.Check(
 		opts.Positive("capacity", &o.Capacity, 10000),
