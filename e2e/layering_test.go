@@ -57,3 +57,16 @@ func TestLayering(t *testing.T) {
 		}
 	}
 }
+
+// TestKeyspaceIsLeaf keeps pkg/keyspace, which limiter, feedback and store
+// all ask for their key names, on the standard library alone.
+func TestKeyspaceIsLeaf(t *testing.T) {
+	const pkg = "github.com/sluice-dev/sluice/pkg/keyspace"
+	out, err := exec.Command("go", "list", "-deps", "-f", "{{if not .Standard}}{{.ImportPath}}{{end}}", pkg).Output()
+	if err != nil {
+		t.Fatalf("go list -deps %s: %v", pkg, err)
+	}
+	if deps := strings.Fields(string(out)); !slices.Equal(deps, []string{pkg}) {
+		t.Errorf("%s: packages outside the standard library in its dependencies: %v, want only itself", pkg, deps)
+	}
+}

@@ -11,6 +11,7 @@ import (
 	"github.com/sluice-dev/sluice/pkg/config"
 	"github.com/sluice-dev/sluice/pkg/controller"
 	"github.com/sluice-dev/sluice/pkg/feedback/httpbus"
+	"github.com/sluice-dev/sluice/pkg/keyspace"
 )
 
 func (a *app) controllerCmd() *cli.Command {
@@ -48,7 +49,7 @@ Examples:
 			// 0 would take the library's default: the range refuses it.
 			durationFlag("lease-ttl", "the lease's life: a standby takes over within it", &leaseTTL, 5*time.Second, closed(100*time.Millisecond, time.Hour)),
 			&cli.StringFlag{Name: "stream", Usage: "write streams whose backlog counts as pressure (with feedback on), a,b: names of 1 to " +
-				strconv.Itoa(controller.MaxStreamName) + " of [A-Za-z0-9_.-], each once (env SLUICE_CONTROLLER_STREAMS; default store)"},
+				strconv.Itoa(controller.MaxStreamName) + " of " + keyspace.NameChars + ", each once (env SLUICE_CONTROLLER_STREAMS; default store)"},
 			numberFlag("stream-capacity", "a stream's backlog that counts as full (env SLUICE_CONTROLLER_STREAM_CAPACITY)",
 				&streamCapacity, controller.DefaultStreamCapacity, closed(1, 1000000000)),
 			&cli.BoolFlag{Name: "receiver", Usage: "also serve POST /feedback (token and body limit: receiver.*)", Destination: &receiver},

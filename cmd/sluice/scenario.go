@@ -12,6 +12,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/sluice-dev/sluice/internal/sim"
+	"github.com/sluice-dev/sluice/pkg/keyspace"
 )
 
 // scenario plays a case of the feedback matrix in `sluice up`: it gives
@@ -105,7 +106,7 @@ func (sc *scenario) step(ctx context.Context, cl *cluster, rdb *redis.Client, t 
 	}
 	sc.end = t
 	sc.apps = append(sc.apps, sample{t, cl.sum(ctx, cl.pipelines, "pipeline_items_appended_total")})
-	if v, err := rdb.HGet(ctx, "sluice:{ibkr}:scale", "scale").Float64(); err == nil {
+	if v, err := rdb.HGet(ctx, keyspace.Prefix(keyspace.DefaultPrefix).Provider("ibkr").Scale, "scale").Float64(); err == nil {
 		if sc.scale >= 0 && v > sc.scale {
 			sc.rise = max(sc.rise, v-sc.scale)
 			sc.jump = sc.jump || sc.scale == 0 && v == 1

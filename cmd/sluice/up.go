@@ -25,6 +25,7 @@ import (
 
 	"github.com/sluice-dev/sluice/internal/sim"
 	"github.com/sluice-dev/sluice/pkg/feedback/redisbus"
+	"github.com/sluice-dev/sluice/pkg/keyspace"
 	"github.com/sluice-dev/sluice/pkg/state"
 )
 
@@ -385,7 +386,7 @@ func (cl *cluster) watch(ctx context.Context, rdb *redis.Client, u upArgs, w io.
 		}
 		app, written, queued := cl.sum(ctx, cl.pipelines, "pipeline_items_appended_total"), cl.sum(ctx, cl.coordinators, "coordinator_items_written_total"),
 			cl.sum(ctx, cl.coordinators, "coordinator_queue_depth")
-		scale, _ := rdb.HGet(ctx, "sluice:{ibkr}:scale", "scale").Result()
+		scale, _ := rdb.HGet(ctx, keyspace.Prefix(keyspace.DefaultPrefix).Provider("ibkr").Scale, "scale").Result()
 		fmt.Fprintf(w, "%5s  %5s  %-5s  %10.0f  %9.0f  %6.0f  %6d\n", time.Since(began).Round(time.Second), trimScale(scale),
 			worstLevel(ctx, rdb), app-lastApp, written-lastWritten, queued, cl.lag(ctx, rdb))
 		lastApp, lastWritten = app, written
@@ -414,7 +415,7 @@ func (cl *cluster) sum(ctx context.Context, ps []*proc, metric string) float64 {
 
 // worstLevel is the worst live coordinator's level.
 func worstLevel(ctx context.Context, rdb *redis.Client) state.Level {
-	p, err := redisbus.Read(ctx, rdb, "sluice")
+	p, err := redisbus.Read(ctx, rdb, keyspace.DefaultPrefix)
 	if err != nil {
 		return "?"
 	}
@@ -430,7 +431,7 @@ func worstLevel(ctx context.Context, rdb *redis.Client) state.Level {
 // writeGroup reads the consumer group of the write stream
 // sluice:stream:{<stream>}; found is false while it does not exist.
 func writeGroup(ctx context.Context, rdb *redis.Client, stream string) (g redis.XInfoGroup, found bool, err error) {
-	gs, err := rdb.XInfoGroups(ctx, "sluice:stream:{"+stream+"}").Result()
+	gs, err := rdb.XInfoGroups(ctx, keyspace.Prefix(keyspace.DefaultPrefix).Stream(stream)).Result()
 	if err != nil || len(gs) == 0 {
 		return g, false, err
 	}
@@ -483,7 +484,7 @@ func (cl *cluster) finish(ctx context.Context, rdb *redis.Client, u upArgs, w, j
 	if left := cl.drain(ctx, rdb, 2*time.Minute); left != 0 {
 		fmt.Fprintf(w, "the stream did not drain (%d entries left)\n", left)
 	}
-	scale, _ := rdb.HGet(bg, "sluice:{ibkr}:scale", "scale").Result()
+	scale, _ := rdb.HGet(bg, keyspace.Prefix(keyspace.DefaultPrefix).Provider("ibkr").Scale, "scale").Result()
 	for _, p := range append(cl.coordinators, cl.controller) {
 		if ctx.Err() != nil {
 			p.kill()

@@ -15,6 +15,7 @@ import (
 	"github.com/sluice-dev/sluice/pkg/controller"
 	"github.com/sluice-dev/sluice/pkg/feedback"
 	"github.com/sluice-dev/sluice/pkg/feedback/redisbus"
+	"github.com/sluice-dev/sluice/pkg/keyspace"
 	"github.com/sluice-dev/sluice/pkg/limiter"
 	"github.com/sluice-dev/sluice/pkg/state"
 )
@@ -128,12 +129,12 @@ func MeasurePropagation(ctx context.Context, cfg PropagationConfig) (Propagation
 	if err != nil {
 		return out, err
 	}
-	notify := obs.Subscribe(ctx, prefix+":{"+provider+"}:notify")
+	notify := obs.Subscribe(ctx, keyspace.Prefix(prefix).Provider(provider).Notify)
 	defer notify.Close()
 	if _, err := notify.Receive(ctx); err != nil { // the subscription is confirmed
 		return out, err
 	}
-	scaleKey := prefix + ":{" + provider + "}:scale"
+	scaleKey := keyspace.Prefix(prefix).Provider(provider).Scale
 	seq := uint64(time.Now().UnixMicro())
 	publish := func(level state.Level) error {
 		seq++
@@ -284,7 +285,7 @@ func drain(ps *redis.PubSub) {
 }
 
 func exists(ctx context.Context, rdb *redis.Client, prefix string) bool {
-	return rdb.Exists(ctx, prefix+":{"+provider+"}:config").Val() == 1
+	return rdb.Exists(ctx, keyspace.Prefix(prefix).Provider(provider).Config).Val() == 1
 }
 
 func waitUntil(ctx context.Context, limit time.Duration, cond func() bool) error {

@@ -22,6 +22,7 @@ import (
 
 	"github.com/sluice-dev/sluice/pkg/feedback"
 	"github.com/sluice-dev/sluice/pkg/feedback/redisbus"
+	"github.com/sluice-dev/sluice/pkg/keyspace"
 	"github.com/sluice-dev/sluice/pkg/limiter"
 	"github.com/sluice-dev/sluice/pkg/pipeline"
 	"github.com/sluice-dev/sluice/pkg/state"
@@ -83,7 +84,7 @@ func (c *Config) defaults() error {
 			*v = d
 		}
 	}
-	setS(&c.Prefix, "sluice")
+	setS(&c.Prefix, keyspace.DefaultPrefix)
 	setS(&c.Provider, "ibkr")
 	setF(&c.Rate, 600)
 	setF(&c.SinkRate, 300)

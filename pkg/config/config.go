@@ -28,6 +28,7 @@ import (
 	"github.com/sluice-dev/sluice/pkg/clusterreload"
 	"github.com/sluice-dev/sluice/pkg/controller"
 	"github.com/sluice-dev/sluice/pkg/feedback"
+	"github.com/sluice-dev/sluice/pkg/keyspace"
 	"github.com/sluice-dev/sluice/pkg/limiter"
 )
 
@@ -45,7 +46,7 @@ func Keys() []Key { return slices.Clone(keys) }
 var keys = []Key{
 	{"redis.url", "SLUICE_REDIS_URL", "redis://127.0.0.1:6379/0", "Redis URL: redis://[user:password@]host:port/db, or rediss:// for TLS"},
 	{"redis.cluster_url", "SLUICE_REDIS_CLUSTER_URL", "", "Redis Cluster: redis://[user:password@]host:port?addr=host2:port&addr=host3:port (overrides redis.url)"},
-	{"redis.prefix", "SLUICE_REDIS_PREFIX", "sluice", "prefix of every Redis key and channel"},
+	{"redis.prefix", "SLUICE_REDIS_PREFIX", keyspace.DefaultPrefix, "prefix of every Redis key and channel"},
 	{"redis.tls_ca", "SLUICE_REDIS_TLS_CA", "", "PEM file of the CAs to trust for rediss:// (empty: the system's)"},
 	{"log.format", "SLUICE_LOG_FORMAT", "text", "log format: text or json (the services log json unless it is set)"},
 	{"log.level", "SLUICE_LOG_LEVEL", "info", "log level: debug, info, warn or error"},
@@ -59,7 +60,7 @@ var keys = []Key{
 	{"feedback.expiry", "MDP_FB_EXPIRY", "forget", "what an expired coordinator counts as: forget, hold, soft or hard"},
 	{"rate_coordinator.outage_mode", "MDP_RATE_OUTAGE_MODE", "fail_closed", "while Redis is unreachable: fail_closed, fail_open or local_fallback"},
 	{"rate_coordinator.provider_names", "MDP_RATE_PROVIDER_NAMES", "", "providers that MDP_RATE_<PROVIDER>_* variables alone may configure, comma-separated (feedback.provider_name and the providers the file or the flags name need no listing)"},
-	{"controller.streams", "SLUICE_CONTROLLER_STREAMS", "store", "write streams whose backlog the controller counts as pressure, comma-separated names of 1 to " + strconv.Itoa(controller.MaxStreamName) + " characters of [A-Za-z0-9_.-], each once (empty: none)"},
+	{"controller.streams", "SLUICE_CONTROLLER_STREAMS", "store", "write streams whose backlog the controller counts as pressure, comma-separated names of 1 to " + strconv.Itoa(controller.MaxStreamName) + " characters of " + keyspace.NameChars + ", each once (empty: none)"},
 	{"controller.stream_capacity", "SLUICE_CONTROLLER_STREAM_CAPACITY", "10000", "a stream's backlog that counts as full: soft from 60% (a pause with no coordinator alive), a pause from 85%; integer in [1, 1e9]"},
 	{"receiver.listen", "SLUICE_RECEIVER_LISTEN", ":8080", "address of every service's HTTP server, [host]:port with port in [0, 65535] (0: a free one) (/metrics, /healthz, /readyz; POST /feedback on the receiver)"},
 	{"receiver.token", "SLUICE_RECEIVER_TOKEN", "", "bearer token the receiver requires, printable ASCII without spaces (empty: none)"},

@@ -14,7 +14,6 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
-	"regexp"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -28,6 +27,7 @@ import (
 	"github.com/sluice-dev/sluice/pkg/feedback/redisbus"
 	"github.com/sluice-dev/sluice/pkg/internal/opts"
 	"github.com/sluice-dev/sluice/pkg/internal/promutil"
+	"github.com/sluice-dev/sluice/pkg/keyspace"
 	"github.com/sluice-dev/sluice/pkg/limiter"
 	"github.com/sluice-dev/sluice/pkg/pipeline"
 )
@@ -93,11 +93,9 @@ type Options struct {
 	Registerer prometheus.Registerer
 }
 
-var idRE = regexp.MustCompile(`^[A-Za-z0-9_.\-]{1,64}$`)
-
 func (o *Options) setDefaults() error {
-	if !idRE.MatchString(o.ID) {
-		return fmt.Errorf("controller: id=%q: must be 1 to 64 characters of [A-Za-z0-9_.-]", o.ID)
+	if !keyspace.ValidName(o.ID) {
+		return fmt.Errorf("controller: id=%q: must be %s", o.ID, keyspace.NameRule)
 	}
 	if err := opts.Check(
 		opts.Positive("lease_ttl", &o.LeaseTTL, 5*time.Second),
@@ -109,7 +107,7 @@ func (o *Options) setDefaults() error {
 		return fmt.Errorf("controller: lease_ttl=%v: must be in [100ms, 1h]", o.LeaseTTL)
 	}
 	if o.Prefix == "" {
-		o.Prefix = "sluice"
+		o.Prefix = keyspace.DefaultPrefix
 	}
 	o.Limiter.Prefix = o.Prefix
 	if o.Limiter.Source == "" {
@@ -174,7 +172,7 @@ func New(rdb redis.UniversalClient, o Options) (*Controller, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &Controller{rdb: rdb, o: o, key: o.Prefix + ":controller:lease", streams: streams,
+	c := &Controller{rdb: rdb, o: o, key: keyspace.Prefix(o.Prefix).ControllerLease(), streams: streams,
 		log: o.Logger.With("component", "controller", "controller", o.ID)}
 	c.seq.Store(time.Now().UnixMicro()) // the streams' events: increasing across restarts, as a coordinator's
 	r := &promutil.Registrar{Reg: o.Registerer}

@@ -10,6 +10,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/sluice-dev/sluice/pkg/feedback"
+	"github.com/sluice-dev/sluice/pkg/keyspace"
 	"github.com/sluice-dev/sluice/pkg/state"
 	"github.com/sluice-dev/sluice/pkg/store"
 	"github.com/sluice-dev/sluice/pkg/store/redisstream"
@@ -59,7 +60,7 @@ type watched struct {
 // MaxStreamName is the longest stream name the controller watches: the
 // pressure id of a stream's backlog, "stream.<name>", is at most 64
 // characters, as every coordinator's id.
-const MaxStreamName = 64 - len(streamIDPrefix)
+const MaxStreamName = keyspace.MaxName - len(streamIDPrefix)
 
 // CheckStreamNames returns nil when the controller can watch streams of
 // these names (those of Options.Streams, in order): each a name the write
@@ -71,7 +72,7 @@ func CheckStreamNames(names []string) error {
 	seen := map[string]bool{}
 	for i, name := range names {
 		if _, err := (redisstream.Options{Stream: name}).Key(); err != nil || len(name) > MaxStreamName {
-			return fmt.Errorf("streams[%d].name=%q: must be 1 to %d characters of [A-Za-z0-9_.-]", i, name, MaxStreamName)
+			return fmt.Errorf("streams[%d].name=%q: must be 1 to %d characters of %s", i, name, MaxStreamName, keyspace.NameChars)
 		}
 		if seen[name] {
 			return fmt.Errorf("streams[%d].name=%q: named twice", i, name)

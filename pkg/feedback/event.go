@@ -14,11 +14,11 @@ import (
 	"fmt"
 	"io"
 	"math"
-	"regexp"
 	"strconv"
 	"sync/atomic"
 	"time"
 
+	"github.com/sluice-dev/sluice/pkg/keyspace"
 	"github.com/sluice-dev/sluice/pkg/state"
 )
 
@@ -133,13 +133,11 @@ func (e *FieldError) Error() string {
 // Unwrap makes errors.Is(err, ErrInvalidEvent) true.
 func (e *FieldError) Unwrap() error { return ErrInvalidEvent }
 
-var idRE = regexp.MustCompile(`^[A-Za-z0-9_.\-]{1,64}$`)
-
 // Validate returns a *FieldError for the first field out of range.
 func (e Event) Validate() error {
 	switch {
-	case !idRE.MatchString(e.CoordinatorID):
-		return &FieldError{"coordinator_id", strconv.Quote(e.CoordinatorID), "1 to 64 characters of [A-Za-z0-9_.-]"}
+	case !keyspace.ValidName(e.CoordinatorID):
+		return &FieldError{"coordinator_id", strconv.Quote(e.CoordinatorID), keyspace.NameRule}
 	case e.Capacity < 1 || e.Capacity > 1e9:
 		return &FieldError{"capacity", strconv.Itoa(e.Capacity), "an integer in [1, 1000000000]"}
 	case e.QueueSize < 0 || e.QueueSize > e.Capacity:
@@ -195,7 +193,7 @@ func DecodeEvent(r io.Reader) (Event, error) {
 	var e Event
 	var err error
 	if w.CoordinatorID == nil {
-		return Event{}, &FieldError{"coordinator_id", "", "1 to 64 characters of [A-Za-z0-9_.-]"}
+		return Event{}, &FieldError{"coordinator_id", "", keyspace.NameRule}
 	}
 	e.CoordinatorID = *w.CoordinatorID
 	if e.Capacity, err = intField("capacity", w.Capacity, 1e9); err != nil {

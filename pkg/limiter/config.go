@@ -2,7 +2,6 @@ package limiter
 
 import (
 	"math"
-	"regexp"
 	"strconv"
 	"time"
 
@@ -85,17 +84,6 @@ func configFromHash(h map[string]string) ProviderConfig {
 		BreakerTimeout:   seconds(parseFloat(h["breaker_timeout_sec"])),
 		MaxScale:         parseFloat(h["max_scale"]),
 	}
-}
-
-var nameRE = regexp.MustCompile(`^[A-Za-z0-9_.\-]{1,64}$`)
-
-// validName checks a provider name or key prefix: 1 to 64 of [A-Za-z0-9_.-],
-// so that it can never break the {hash tag} of the keys.
-func validName(field, s string) error {
-	if !nameRE.MatchString(s) {
-		return &ArgumentError{field, strconv.Quote(s), "1 to 64 characters of [A-Za-z0-9_.-]"}
-	}
-	return nil
 }
 
 func validScale(s float64) error {

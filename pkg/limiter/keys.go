@@ -1,28 +1,31 @@
 package limiter
 
-// defaultPrefix starts every key and channel name unless Options.Prefix says otherwise.
-const defaultPrefix = "sluice"
+import "github.com/sluice-dev/sluice/pkg/keyspace"
 
-// keys are the Redis names of one provider. Every key carries the hash tag
-// {provider}, so one script touches one cluster slot.
+// defaultPrefix starts every key and channel name unless Options.Prefix says otherwise.
+const defaultPrefix = keyspace.DefaultPrefix
+
+// keys are the Redis names of one provider, as keyspace builds them. Every
+// key carries the hash tag {provider}, so one script touches one cluster
+// slot.
 type keys struct {
 	config, bucket, scale, breaker, cooldown, replicas string
 	notify                                             string // pub/sub channel: scale rose, breaker closed, cooldown cleared
 }
 
 func providerKeys(prefix, provider string) keys {
-	tag := prefix + ":{" + provider + "}:"
+	k := keyspace.Prefix(prefix).Provider(provider)
 	return keys{
-		config:   tag + "config",
-		bucket:   tag + "bucket",
-		scale:    tag + "scale",
-		breaker:  tag + "breaker",
-		cooldown: tag + "cooldown",
-		replicas: prefix + ":replicas:{" + provider + "}",
-		notify:   tag + "notify",
+		config:   k.Config,
+		bucket:   k.Bucket,
+		scale:    k.Scale,
+		breaker:  k.Breaker,
+		cooldown: k.Cooldown,
+		replicas: k.Replicas,
+		notify:   k.Notify,
 	}
 }
 
 // providersKey is the set of registered provider names (for listing; not
 // touched by scripts, so it may live in another cluster slot).
-func providersKey(prefix string) string { return prefix + ":providers" }
+func providersKey(prefix string) string { return keyspace.Prefix(prefix).Providers() }

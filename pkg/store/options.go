@@ -4,13 +4,13 @@ import (
 	"cmp"
 	"fmt"
 	"log/slog"
-	"regexp"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/sluice-dev/sluice/pkg/feedback"
 	"github.com/sluice-dev/sluice/pkg/internal/opts"
+	"github.com/sluice-dev/sluice/pkg/keyspace"
 )
 
 // Options configure a WriteCoordinator. Only ID is required: every other
@@ -77,8 +77,6 @@ type Options[T any] struct {
 	Logger *slog.Logger
 }
 
-var idRE = regexp.MustCompile(`^[A-Za-z0-9_.\-]{1,64}$`)
-
 // Validate returns the error New would return for these options (naming
 // the field and its range), without starting anything.
 func (o Options[T]) Validate() error { return o.setDefaults() }
@@ -86,8 +84,8 @@ func (o Options[T]) Validate() error { return o.setDefaults() }
 // setDefaults fills the zero fields with their defaults and checks every
 // field, naming the first one out of range.
 func (o *Options[T]) setDefaults() error {
-	if !idRE.MatchString(o.ID) {
-		return fmt.Errorf("store: id=%q: must be 1 to 64 characters of [A-Za-z0-9_.-]", o.ID)
+	if !keyspace.ValidName(o.ID) {
+		return fmt.Errorf("store: id=%q: must be %s", o.ID, keyspace.NameRule)
 	}
 	if err := o.setSizes(); err != nil {
 		return err

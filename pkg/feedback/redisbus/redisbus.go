@@ -34,6 +34,7 @@ import (
 	"github.com/sluice-dev/sluice/pkg/feedback"
 	"github.com/sluice-dev/sluice/pkg/internal/opts"
 	"github.com/sluice-dev/sluice/pkg/internal/pubsub"
+	"github.com/sluice-dev/sluice/pkg/keyspace"
 	"github.com/sluice-dev/sluice/pkg/state"
 )
 
@@ -78,23 +79,20 @@ func (o Options) withDefaults() (Options, error) {
 	return o, nil
 }
 
-// keys names the Redis keys under a prefix.
+// keys names the Redis keys under a prefix, as keyspace builds them.
 type keys struct{ prefix string }
 
-// keysFor returns the keys under prefix, "" meaning "sluice".
-func keysFor(prefix string) keys {
-	if prefix == "" {
-		prefix = "sluice"
-	}
-	return keys{prefix}
-}
+// keysFor returns the keys under prefix, "" meaning keyspace.DefaultPrefix.
+func keysFor(prefix string) keys { return keys{keyspace.Prefix(prefix).String()} }
 
 func (k keys) pressure(coordinator string) string {
-	return k.prefix + ":pressure:{" + coordinator + "}"
+	return keyspace.Prefix(k.prefix).Pressure(coordinator)
 }
-func (k keys) levelSet(l state.Level) string { return k.prefix + ":pressure:" + string(l) }
-func (k keys) coordinators() string          { return k.prefix + ":pressure:coordinators" }
-func (k keys) channel() string               { return k.prefix + ":feedback" }
+func (k keys) levelSet(l state.Level) string {
+	return keyspace.Prefix(k.prefix).PressureLevel(string(l))
+}
+func (k keys) coordinators() string { return keyspace.Prefix(k.prefix).PressureCoordinators() }
+func (k keys) channel() string      { return keyspace.Prefix(k.prefix).Feedback() }
 
 var pressureScript = redis.NewScript(lua.Source("pressure"))
 

@@ -16,6 +16,7 @@ import (
 	"github.com/sluice-dev/sluice/pkg/internal/opts"
 	"github.com/sluice-dev/sluice/pkg/internal/promutil"
 	"github.com/sluice-dev/sluice/pkg/internal/redisopt"
+	"github.com/sluice-dev/sluice/pkg/keyspace"
 	"github.com/sluice-dev/sluice/pkg/store"
 )
 
@@ -73,14 +74,14 @@ func (o *ConsumerOptions) setDefaults() error {
 	if _, err := o.Key(); err != nil {
 		return err
 	}
-	if !nameRE.MatchString(o.Name) {
-		return fmt.Errorf("redisstream: name=%q: must be 1 to 64 characters of [A-Za-z0-9_.-]", o.Name)
+	if !keyspace.ValidName(o.Name) {
+		return fmt.Errorf("redisstream: name=%q: must be %s", o.Name, keyspace.NameRule)
 	}
 	if o.Group == "" {
 		o.Group = "coordinators"
 	}
-	if !nameRE.MatchString(o.Group) {
-		return fmt.Errorf("redisstream: group=%q: must be 1 to 64 characters of [A-Za-z0-9_.-]", o.Group)
+	if !keyspace.ValidName(o.Group) {
+		return fmt.Errorf("redisstream: group=%q: must be %s", o.Group, keyspace.NameRule)
 	}
 	if err := o.setSizes(); err != nil {
 		return err
@@ -202,7 +203,7 @@ func NewConsumer(rdb redis.UniversalClient, sink store.Sink[Entry], o ConsumerOp
 	if rt := readTimeout(rdb); rt > 0 {
 		o.Block = min(o.Block, rt/2)
 	}
-	c := &Consumer{rdb: rdb, key: key, refused: key + ":refused", o: o, sink: sink, held: map[string]struct{}{},
+	c := &Consumer{rdb: rdb, key: key, refused: keyspace.Prefix(o.Prefix).StreamRefused(o.Stream), o: o, sink: sink, held: map[string]struct{}{},
 		log: o.Logger.With("component", "redisstream", "stream", key, "consumer", o.Name)}
 	notYet := errors.New("redisstream: not reading yet")
 	c.readErr.Store(&notYet)

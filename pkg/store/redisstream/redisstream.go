@@ -28,11 +28,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"regexp"
 	"strconv"
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/sluice-dev/sluice/pkg/keyspace"
 )
 
 // Options name the stream. The zero Prefix is "sluice"; Stream is required.
@@ -43,19 +44,13 @@ type Options struct {
 	Stream string
 }
 
-var nameRE = regexp.MustCompile(`^[A-Za-z0-9_.\-]{1,64}$`)
-
 // Key returns the stream's key, <prefix>:stream:{<stream>}, or an error
 // naming the bad field.
 func (o Options) Key() (string, error) {
-	if !nameRE.MatchString(o.Stream) {
-		return "", fmt.Errorf("redisstream: stream=%q: must be 1 to 64 characters of [A-Za-z0-9_.-]", o.Stream)
+	if !keyspace.ValidName(o.Stream) {
+		return "", fmt.Errorf("redisstream: stream=%q: must be %s", o.Stream, keyspace.NameRule)
 	}
-	prefix := o.Prefix
-	if prefix == "" {
-		prefix = "sluice"
-	}
-	return prefix + ":stream:{" + o.Stream + "}", nil
+	return keyspace.Prefix(o.Prefix).Stream(o.Stream), nil
 }
 
 // Entry is one item read from the stream.
