@@ -68,7 +68,7 @@ type Options struct {
 	Combine Combine
 	// Dwell is the time the scale must have stayed unchanged before it may
 	// rise again; decreases apply at once. Default 5s. It cannot be turned
-	// off: it is what keeps the loop from thrashing. A Controller policy
+	// off: it is what keeps the loop from thrashing. A StatefulPolicy policy
 	// (DefaultPIPolicy) ramps at its RiseRate instead: Dwell and MaxRise do
 	// not apply to it.
 	Dwell time.Duration
@@ -109,10 +109,10 @@ type Options struct {
 // the providers it governs. It keeps the last event of every coordinator
 // (repeated sequence numbers are ignored, and older ones until the
 // coordinator has been silent for Hold), asks the Policy for each
-// live one (a Controller once per event, with its memory of that
+// live one (a StatefulPolicy once per event, with its memory of that
 // coordinator), combines, and moves the scale towards the result: down at
 // once; up only after Dwell and by at most MaxRise per step, or under a
-// Controller at its RiseRate. It never raises a
+// StatefulPolicy at its RiseRate. It never raises a
 // shared scale that was changed (by another handler, an operator) after its
 // own newest news: an accepted event, an expiry, or its creation. It is safe
 // for concurrent use: Handle may be called from any goroutine (a
@@ -140,15 +140,15 @@ type coordState struct {
 	// replaced (a bogus seq, stored until this incarnation's first report
 	// overwrites it). A delivery again has the same seq and ts.
 	report, gone Event
-	// With a Controller, per provider: its memory of the coordinator, and
+	// With a StatefulPolicy, per provider: its memory of the coordinator, and
 	// the scale it asked for at the last event (each event counts once).
 	ctl map[string]*controlled
 }
 
-// controlled is a Controller's memory of one coordinator for one provider,
+// controlled is a StatefulPolicy's memory of one coordinator for one provider,
 // and the scale it asked for at the event it last saw (m.Last).
 type controlled struct {
-	m    ControlState
+	m    PolicyState
 	want float64
 }
 
@@ -158,8 +158,8 @@ type provState struct {
 	scale     float64     // last scale set (or shadowed)
 	changedAt time.Time   // when (local time)
 	known     bool        // scale was set
-	rise      riseBudget  // a Controller's ramp
-	logged    float64     // a Controller's scale at the last Info line
+	rise      riseBudget  // a StatefulPolicy's ramp
+	logged    float64     // a StatefulPolicy's scale at the last Info line
 }
 
 // NewHandler returns a Handler steering rate. A bad option is an error that
@@ -359,9 +359,9 @@ func (h *Handler) live(now time.Time) ([]report, state.Level) {
 }
 
 // target combines what the reports call for provider p, whose scale in
-// force is cur; h.mu is held. A Controller is asked once per new event.
+// force is cur; h.mu is held. A StatefulPolicy is asked once per new event.
 func (h *Handler) target(p string, reports []report, cur float64) float64 {
-	ctl, _ := h.o.Policy.(Controller)
+	ctl, _ := h.o.Policy.(StatefulPolicy)
 	if len(reports) == 0 {
 		return clampUnit(h.o.Policy.Scale(Event{Level: state.OK, Capacity: 1}))
 	}
@@ -452,7 +452,7 @@ func (h *Handler) applyScale(ctx context.Context, p string, ps *provState, level
 	target := h.target(p, reports, cur)
 	h.m.target.WithLabelValues(p).Set(target)
 	var next float64
-	ctl, isCtl := h.o.Policy.(Controller)
+	ctl, isCtl := h.o.Policy.(StatefulPolicy)
 	if isCtl {
 		next = ps.rise.ramp(cur, target, now, ctl.RiseRate())
 	} else {
@@ -484,7 +484,7 @@ func (h *Handler) applyScale(ctx context.Context, p string, ps *provState, level
 			dir = "up"
 		}
 		h.m.adjustments.WithLabelValues(p, dir).Inc()
-		// A Controller moves the scale at every sample: one Info line per
+		// A StatefulPolicy moves the scale at every sample: one Info line per
 		// tenth of the range (or a pause, or a resumption), the rest at
 		// debug level.
 		lvl := slog.LevelInfo
@@ -502,7 +502,7 @@ func (h *Handler) applyScale(ctx context.Context, p string, ps *provState, level
 	return nil
 }
 
-// riseBudget is a Controller's ramp: a bucket of allowed rise, refilled at
+// riseBudget is a StatefulPolicy's ramp: a bucket of allowed rise, refilled at
 // the rise rate up to half a second's worth, spent by rises. Decreases cost
 // nothing, so the ramp limits how fast the scale climbs, however unevenly
 // events and ticks are spaced, without clipping a controller's small moves
