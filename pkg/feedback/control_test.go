@@ -141,14 +141,14 @@ func TestParsePIPolicy(t *testing.T) {
 }
 
 // TestStatefulPolicyRampsRises: under a StatefulPolicy the handler lowers the
-// scale at once and raises it at the policy's RiseRate: over any stretch
-// of time by at most the rate times its length plus half the rate, and
-// never by more than half the rate in one step; Dwell does not hold a rise
-// back.
+// scale at once and raises it at the ramp the policy proposes
+// (PIPolicy.Rise per second, no dwell): over any stretch of time by at most
+// the rate times its length plus half the rate, and never by more than half
+// the rate in one step.
 func TestStatefulPolicyRampsRises(t *testing.T) {
 	c := newClock()
 	rate := newFakeRate(c.Now, "ibkr")
-	h, _ := newHandler(t, rate, feedback.Options{Policy: feedback.DefaultPIPolicy, Dwell: time.Minute, Tick: 100 * time.Millisecond})
+	h, _ := newHandler(t, rate, feedback.Options{Policy: feedback.DefaultPIPolicy, Tick: 100 * time.Millisecond})
 	handle(t, h, sample("s", 1, 0, 0.5))
 	handle(t, h, sample("s", 2, 0, 0.9)) // hard: a pause, at once
 	if s := rate.scale("ibkr"); s != 0 {
@@ -193,6 +193,50 @@ func TestStatefulPolicyRampsRises(t *testing.T) {
 	}
 	if s := rate2.scale("ibkr"); s != 0.25 {
 		t.Fatalf("one step after an hour from a pause: %v, want 0.25 (half of 0.5/s)", s)
+	}
+}
+
+// TestRiseShapesEveryPolicy: Options.Rise applies whatever the policy: a
+// dwell given with the PI policy holds its rises back (it was ignored
+// before), and a ramp given with the step policy paces its rises.
+func TestRiseShapesEveryPolicy(t *testing.T) {
+	c := newClock()
+	rate := newFakeRate(c.Now, "ibkr")
+	h, _ := newHandler(t, rate, feedback.Options{Policy: feedback.DefaultPIPolicy, Rise: feedback.Rise{Dwell: time.Minute}})
+	handle(t, h, sample("s", 1, 0, 0.9)) // hard: a pause
+	for i := range 20 {
+		c.Add(time.Second)
+		handle(t, h, sample("s", uint64(2+i), time.Duration(1+i)*time.Second, 0.05))
+	}
+	if s := rate.scale("ibkr"); s != 0 {
+		t.Fatalf("pi with a 1-minute dwell: the scale rose to %v within 20 s of the pause", s)
+	}
+	c.Add(time.Minute)
+	handle(t, h, sample("s", 30, 81*time.Second, 0.05))
+	if s := rate.scale("ibkr"); s <= 0 || s > feedback.DefaultPIPolicy.Rise/2+1e-9 {
+		t.Fatalf("pi after the dwell: scale %v, want a first step of the ramp, in (0, %v]", s, feedback.DefaultPIPolicy.Rise/2)
+	}
+
+	c2 := newClock()
+	rate2 := newFakeRate(c2.Now, "ibkr")
+	h2, _ := newHandler(t, rate2, feedback.Options{Policy: feedback.DefaultStepPolicy, Rise: feedback.Rise{Dwell: 1500 * time.Millisecond, Rate: 0.2}})
+	handle(t, h2, event("s", 1, state.Hard))
+	handle(t, h2, event("s", 2, state.OK))
+	var got []float64
+	for range 6 {
+		c2.Add(time.Second)
+		if err := h2.Reevaluate(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, rate2.scale("ibkr"))
+	}
+	// One step per dwell of at most half a second's worth of the ramp
+	// (0.1), where the step policy alone would jump to 1.
+	want := []float64{0, 0.1, 0.1, 0.2, 0.2, 0.3}
+	for i := range want {
+		if math.Abs(got[i]-want[i]) > 1e-9 {
+			t.Fatalf("step policy with a 0.2/s ramp and a 1.5 s dwell: scales %v, want %v", got, want)
+		}
 	}
 }
 
