@@ -39,7 +39,7 @@ func newReplica(t *testing.T, rdb redis.UniversalClient, events feedback.Subscri
 	r, err := pipeline.New(ctx, rdb, pipeline.Options{
 		Limiter: limiter.Options{Source: source, Logger: quiet},
 		// The seed's step mapping: these tests follow levels over each bus.
-		Feedback: &feedback.Options{Providers: []string{"ibkr"}, Policy: feedback.DefaultStepPolicy, Dwell: time.Millisecond, Logger: quiet},
+		Feedback: &feedback.Options{Providers: []string{"ibkr"}, Policy: feedback.DefaultStepPolicy, Rise: feedback.Rise{Dwell: time.Millisecond}, Logger: quiet},
 		Events:   events,
 	})
 	if err != nil {

@@ -59,8 +59,8 @@ Examples:
 			numberFlag("sink-rate", "items/s the store can write", &d.SinkRate, 300, above(0, 100000.0)),
 			numberFlag("queue", "the write coordinator's queue capacity", &d.Queue, 1000, closed(10, 10000000)),
 			&cli.StringFlag{Name: "policy", Value: "pi", Usage: "pi[:setpoint=0.5,kp=..,ki=..,rise=..], step[:ok=1,soft=0.5,hard=0] or proportional[:start=..,stop=..,floor=..]", Destination: &d.Policy},
-			durationFlag("dwell", "step and proportional: time the scale stays before it may rise", &d.Dwell, time.Second, above(0, 24*time.Hour)),
-			numberFlag("max-rise", "step and proportional: soft start, largest rise per step (0 = jump)", &d.MaxRise, 0, closed(0, 1.0)),
+			durationFlag("dwell", "time the scale stays unchanged before it may rise (0: the policy's, pi none, step and proportional 5s)", &d.Dwell, 0, closed(0, 24*time.Hour)),
+			numberFlag("max-rise", "soft start, largest rise per step (0: the policy's, 1)", &d.MaxRise, 0, closed(0, 1.0)),
 			&cli.BoolFlag{Name: "open-loop", Usage: "no feedback: the budget never follows the store", Destination: &d.OpenLoop},
 			&cli.StringFlag{Name: "report", Usage: "write a self-contained HTML report with charts to this file", Destination: &d.Report},
 			&cli.BoolFlag{Name: "json", Usage: "print only the summary, as JSON", Destination: &d.JSON},
@@ -86,10 +86,10 @@ Examples:
 				d.Policy = setting(cfg, "feedback.policy")
 			}
 			if configured("dwell", "feedback.dwell") {
-				d.Dwell = cfg.Feedback.Options.Dwell
+				d.Dwell = cfg.Feedback.Options.Rise.Dwell
 			}
 			if configured("max-rise", "feedback.max_rise") {
-				d.MaxRise = cfg.Feedback.Options.MaxRise
+				d.MaxRise = cfg.Feedback.Options.Rise.MaxStep
 			}
 			if _, err := feedback.ParsePolicy(d.Policy); err != nil {
 				return usagef("demo: --policy: %v", err)

@@ -93,7 +93,7 @@ func MeasurePropagation(ctx context.Context, cfg PropagationConfig) (Propagation
 		Providers: map[string]limiter.ProviderConfig{provider: benchProvider(cfg.Waiters)},
 		Feedback: &feedback.Options{
 			Providers: []string{provider}, Policy: feedback.DefaultStepPolicy,
-			Dwell: time.Millisecond, MaxRise: 1, Logger: discard, // rises come back at once between samples
+			Rise: feedback.Rise{Dwell: time.Millisecond, MaxStep: 1}, Logger: discard, // rises come back at once between samples
 		},
 	})
 	if err != nil {

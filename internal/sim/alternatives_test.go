@@ -12,7 +12,7 @@ import (
 	"github.com/sluice-dev/sluice/pkg/state"
 )
 
-// aimd is the AIMD law issue 10 names as an alternative, as a Controller:
+// aimd is the AIMD law issue 10 names as an alternative, as a StatefulPolicy:
 // on each sample above the set point with the fill rising, the scale is
 // multiplied by Beta; otherwise it grows by Alpha per second. Hard pauses.
 type aimd struct {
@@ -22,7 +22,7 @@ type aimd struct {
 func (a aimd) Scale(e feedback.Event) float64 { return feedback.DefaultStepPolicy.Scale(e) }
 func (a aimd) RiseRate() float64              { return 1 }
 
-func (a aimd) Control(m *feedback.ControlState, e feedback.Event, scale float64) float64 {
+func (a aimd) Control(m *feedback.PolicyState, e feedback.Event, scale float64) float64 {
 	if e.Level == state.Hard {
 		return 0
 	}
@@ -41,7 +41,7 @@ type additive struct {
 	feedback.PIPolicy
 }
 
-func (p additive) Control(m *feedback.ControlState, e feedback.Event, scale float64) float64 {
+func (p additive) Control(m *feedback.PolicyState, e feedback.Event, scale float64) float64 {
 	err := e.MeanFill() - p.SetPoint
 	switch {
 	case m.Last.Seq == 0:

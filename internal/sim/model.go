@@ -75,8 +75,9 @@ type StoreSpec struct {
 // Loop is the feedback side of a run. Zero fields take the defaults given:
 // those of the handler the controller runs.
 type Loop struct {
-	// Policy, Dwell and MaxRise as in feedback.Options (defaults: the
-	// handler's default policy, 5s and 1).
+	// Policy, and Dwell and MaxRise as feedback.Options.Rise's Dwell and
+	// MaxStep (defaults: the handler's: its default policy, that policy's
+	// rise shaping).
 	Policy  feedback.Policy
 	Dwell   time.Duration
 	MaxRise float64
@@ -162,7 +163,7 @@ func Simulate(sc Scenario, loop Loop) (Outcome, error) {
 	}
 	if !loop.Open {
 		h, err := feedback.NewHandler(m, feedback.Options{
-			Providers: []string{"p"}, Policy: loop.Policy, Dwell: loop.Dwell, MaxRise: loop.MaxRise,
+			Providers: []string{"p"}, Policy: loop.Policy, Rise: feedback.Rise{Dwell: loop.Dwell, MaxStep: loop.MaxRise},
 			Tick: loop.Tick, CoordinatorTTL: 10 * time.Second, Clock: func() time.Time { return m.now },
 			Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 		})
@@ -211,11 +212,10 @@ func (m *model) t() time.Duration { return m.now.Sub(m.start) }
 
 func (m *model) SetPressure(context.Context, string, state.Level) error { return nil }
 func (m *model) SetShadowScale(context.Context, string, float64) error  { return nil }
-func (m *model) BudgetScale(context.Context, string) (float64, time.Time, error) {
-	return m.scale, m.changedAt, nil
-}
-
-func (m *model) SetBudgetScale(_ context.Context, _ string, s float64) error {
+func (m *model) CompareAndSetScale(_ context.Context, _ string, old, s float64) (float64, time.Time, error) {
+	if old != m.scale {
+		return m.scale, m.changedAt, nil
+	}
 	if s > m.scale {
 		m.maxRise = max(m.maxRise, s-m.scale)
 		m.jump = m.jump || m.scale == 0 && s == 1
@@ -223,7 +223,7 @@ func (m *model) SetBudgetScale(_ context.Context, _ string, s float64) error {
 	if s != m.scale {
 		m.scale, m.changedAt = s, m.now
 	}
-	return nil
+	return m.scale, m.changedAt, nil
 }
 
 func (m *model) run() (Outcome, error) {

@@ -50,8 +50,9 @@ type Config struct {
 	QueueCapacity int
 	// Feedback closes the loop; false runs the same without handlers (open loop).
 	Feedback bool
-	// Policy, Dwell and MaxRise of the handlers; defaults: the PI policy,
-	// 1s, the handler's default.
+	// Policy, and Dwell and MaxRise (feedback.Options.Rise's Dwell and
+	// MaxStep) of the handlers; defaults: the PI policy, the policy's rise
+	// shaping.
 	Policy  feedback.Policy
 	Dwell   time.Duration
 	MaxRise float64
@@ -100,7 +101,6 @@ func (c *Config) defaults() error {
 	if c.Policy == nil {
 		c.Policy = feedback.DefaultPIPolicy
 	}
-	setD(&c.Dwell, time.Second)
 	setD(&c.Duration, 20*time.Second)
 	setD(&c.Interval, time.Second)
 	if len(c.Symbols) == 0 {
@@ -209,7 +209,7 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 		steer, err := pipeline.New(ctx, newClient(), pipeline.Options{
 			Limiter: limiter.Options{Prefix: cfg.Prefix, ReplicaID: "controller", Source: "controller", Logger: log},
 			Feedback: &feedback.Options{
-				Providers: []string{cfg.Provider}, Policy: cfg.Policy, Dwell: cfg.Dwell, MaxRise: cfg.MaxRise,
+				Providers: []string{cfg.Provider}, Policy: cfg.Policy, Rise: feedback.Rise{Dwell: cfg.Dwell, MaxStep: cfg.MaxRise},
 				CoordinatorTTL: 5 * time.Second, Tick: 250 * time.Millisecond, Logger: log,
 			},
 		})

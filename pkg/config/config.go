@@ -28,6 +28,7 @@ import (
 	"github.com/sluice-dev/sluice/pkg/clusterreload"
 	"github.com/sluice-dev/sluice/pkg/controller"
 	"github.com/sluice-dev/sluice/pkg/feedback"
+	"github.com/sluice-dev/sluice/pkg/internal/opts"
 	"github.com/sluice-dev/sluice/pkg/keyspace"
 	"github.com/sluice-dev/sluice/pkg/limiter"
 )
@@ -53,8 +54,10 @@ var keys = []Key{
 	{"feedback.enable_feedback", "MDP_FB_ENABLE_FEEDBACK", "true", "close the loop: let the store's pressure scale the budget"},
 	{"feedback.provider_name", "MDP_FB_PROVIDER_NAME", "ibkr", "the provider whose budget feedback scales"},
 	{"feedback.policy", "MDP_FB_POLICY", "pi", "pressure to scale: pi[:setpoint=0.5,kp=7,ki=0.35,track=2,rise=0.5,floor=0.001] (holds the queue at setpoint), step[:ok=1,soft=0.5,hard=0] (the seed's) or proportional[:start=0.5,stop=0.9,floor=0]"},
-	{"feedback.dwell", "MDP_FB_DWELL", "5s", "step and proportional policies: time the scale must stay unchanged before it may rise, in (0, 24h]"},
-	{"feedback.max_rise", "MDP_FB_MAX_RISE", "1", "step and proportional policies: soft start, the largest rise per step, in (0, 1] (1 = straight to the target; pi ramps at its rise)"},
+	{"feedback.dwell", "MDP_FB_DWELL", "0s", "time the scale must stay unchanged before it may rise, in (0, 24h]; 0s: the policy's (pi none, step and proportional 5s)"},
+	{"feedback.max_rise", "MDP_FB_MAX_RISE", "0", "soft start, the largest rise per step, in (0, 1] (1 = straight to the target); 0: the policy's (1)"},
+	{"feedback.rise_rate", "MDP_FB_RISE_RATE", "0", "ramp, the largest rise of the scale per second, in (0, 1]; 0: the policy's (pi its rise, 0.5; step and proportional none)"},
+	{"feedback.combine", "MDP_FB_COMBINE", "min", "how several write coordinators' scales combine: min (the most loaded wins) or mean"},
 	{"feedback.shadow", "MDP_FB_SHADOW", "false", "compute and report the scale without setting it"},
 	{"feedback.coordinator_ttl", "MDP_FB_COORDINATOR_TTL", "10s", "a write coordinator silent this long expires, in (0, 24h]"},
 	{"feedback.expiry", "MDP_FB_EXPIRY", "forget", "what an expired coordinator counts as: forget, hold, soft or hard"},
@@ -680,12 +683,13 @@ func (p *parser) boolean(k string, dst *bool) {
 	*dst = b
 }
 
-func (p *parser) duration(k string, dst *time.Duration) {
+// duration parses a duration; its range is checked by who uses it.
+func (p *parser) duration(k string) time.Duration {
 	d, err := time.ParseDuration(p.str(k))
-	if err != nil || d <= 0 || d > 24*time.Hour {
-		p.fail(k, "must be a duration like 5s or 250ms, in (0, 24h]")
+	if err != nil {
+		p.fail(k, "must be a duration like 5s or 250ms")
 	}
-	*dst = d
+	return d
 }
 
 func (p *parser) number(k string) float64 {
@@ -763,19 +767,26 @@ func (p *parser) feedback(s *Settings) {
 			p.name("rate_coordinator.provider_names", name)
 		}
 	}
-	fb.Options.Providers = []string{fb.Provider}
+	o := &fb.Options
+	o.Providers = []string{fb.Provider}
 	if pol, err := feedback.ParsePolicy(p.str("feedback.policy")); err != nil {
 		p.fail("feedback.policy", err.Error())
 	} else {
-		fb.Options.Policy = pol
+		o.Policy = pol
 	}
-	p.duration("feedback.dwell", &fb.Options.Dwell)
-	if fb.Options.MaxRise = p.number("feedback.max_rise"); !(fb.Options.MaxRise > 0 && fb.Options.MaxRise <= 1) {
-		p.fail("feedback.max_rise", "must be in (0, 1]")
+	// The syntax here; the ranges are the handler's (Options.Validate).
+	o.Rise = feedback.Rise{Dwell: p.duration("feedback.dwell"), MaxStep: p.number("feedback.max_rise"), Rate: p.number("feedback.rise_rate")}
+	p.boolean("feedback.shadow", &o.Shadow)
+	o.CoordinatorTTL = p.duration("feedback.coordinator_ttl")
+	o.Combine, o.Expiry = feedback.Combine(p.str("feedback.combine")), feedback.Expiry(p.str("feedback.expiry"))
+	if err := o.Validate(); err != nil {
+		var oe *opts.Error
+		if errors.As(err, &oe) && slices.ContainsFunc(keys, func(k Key) bool { return k.Name == "feedback."+oe.Field }) {
+			p.fail("feedback."+oe.Field, "must be "+oe.Rule)
+		} else {
+			p.errs = append(p.errs, invalidf("config: %v", err))
+		}
 	}
-	p.boolean("feedback.shadow", &fb.Options.Shadow)
-	p.duration("feedback.coordinator_ttl", &fb.Options.CoordinatorTTL)
-	fb.Options.Expiry = feedback.Expiry(p.oneOf("feedback.expiry", "forget", "hold", "soft", "hard"))
 	if err := s.Outage.UnmarshalText([]byte(p.str("rate_coordinator.outage_mode"))); err != nil {
 		p.fail("rate_coordinator.outage_mode", "must be fail_closed, fail_open or local_fallback")
 	}

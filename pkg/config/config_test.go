@@ -72,7 +72,7 @@ func TestConfigPrecedence(t *testing.T) {
 		{"receiver.listen", "SLUICE_RECEIVER_LISTEN", "listen", ":8080", ":9090", ":7070", ":6060"},
 		{"feedback.enable_feedback", "MDP_FB_ENABLE_FEEDBACK", "", "true", "false", "true", ""},
 		{"feedback.provider_name", "MDP_FB_PROVIDER_NAME", "", "ibkr", "IBKR", "other", ""},
-		{"feedback.dwell", "MDP_FB_DWELL", "", "5s", "7s", "9s", ""},
+		{"feedback.dwell", "MDP_FB_DWELL", "", "0s", "7s", "9s", ""},
 		{"feedback.policy", "MDP_FB_POLICY", "", "pi", "proportional", "step:soft=0.6", ""},
 		{"rate_coordinator.outage_mode", "MDP_RATE_OUTAGE_MODE", "", "fail_closed", "local_fallback", "fail_open", ""},
 		{"rate_coordinator.providers.IBKR.capacity", "MDP_RATE_IBKR_CAPACITY", "", "", "100", "120", ""},
@@ -206,8 +206,8 @@ func TestTypedSettings(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if s.Feedback.Enabled || s.Feedback.Provider != "IBKR" || s.Feedback.Options.Dwell != 7*time.Second ||
-		s.Feedback.Options.MaxRise != 0.25 || len(s.Feedback.Options.Providers) != 1 || s.Feedback.Options.Providers[0] != "IBKR" {
+	if s.Feedback.Enabled || s.Feedback.Provider != "IBKR" || s.Feedback.Options.Rise.Dwell != 7*time.Second ||
+		s.Feedback.Options.Rise.MaxStep != 0.25 || len(s.Feedback.Options.Providers) != 1 || s.Feedback.Options.Providers[0] != "IBKR" {
 		t.Fatalf("feedback %+v", s.Feedback)
 	}
 	if _, ok := s.Feedback.Options.Policy.(feedback.ProportionalPolicy); !ok {
@@ -281,6 +281,12 @@ func TestStrictNumbers(t *testing.T) {
 		{"MDP_FB_MAX_RISE=4.9e-324", "does not round to 0"},
 		{"MDP_FB_DWELL=-1s", "in (0, 24h]"},
 		{"MDP_FB_COORDINATOR_TTL=25h", "in (0, 24h]"},
+		// The feedback ranges are the handler's (feedback.Options.Validate),
+		// reported against the key and the variable.
+		{"MDP_FB_RISE_RATE=2", "feedback.rise_rate=\"2\" (from env MDP_FB_RISE_RATE): must be in (0, 1]"},
+		{"MDP_FB_MAX_RISE=1.5", "feedback.max_rise=\"1.5\" (from env MDP_FB_MAX_RISE): must be in (0, 1]"},
+		{"MDP_FB_COMBINE=max", "feedback.combine=\"max\" (from env MDP_FB_COMBINE): must be one of min, mean"},
+		{"MDP_FB_DWELL=25h", "feedback.dwell=\"25h\" (from env MDP_FB_DWELL): must be a duration like 5s or 250ms, in (0, 24h]"},
 	} {
 		_, err := config.Load(config.Sources{Environ: []string{tc.env}})
 		if err == nil || !strings.Contains(err.Error(), tc.want) {

@@ -50,8 +50,8 @@ func TestServiceLinksIgnored(t *testing.T) {
 		if err != nil {
 			t.Fatalf("with %d service variables (%s): %v", len(env)-2, ip, err)
 		}
-		if s.Receiver.Listen != ":9090" || s.Feedback.Options.Dwell.String() != "7s" {
-			t.Fatalf("the settings beside them: listen %q, dwell %v", s.Receiver.Listen, s.Feedback.Options.Dwell)
+		if s.Receiver.Listen != ":9090" || s.Feedback.Options.Rise.Dwell.String() != "7s" {
+			t.Fatalf("the settings beside them: listen %q, dwell %v", s.Receiver.Listen, s.Feedback.Options.Rise.Dwell)
 		}
 	}
 	for _, bad := range []string{

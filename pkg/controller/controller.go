@@ -143,9 +143,10 @@ type Controller struct {
 	log *slog.Logger
 
 	mu         sync.Mutex
-	validUntil time.Time         // writes allowed before this (local clock); zero: not the holder
-	steering   bool              // the providers are registered (and the handler runs, with feedback)
-	replica    *pipeline.Replica // the handler's; nil without feedback
+	validUntil time.Time        // writes allowed before this (local clock); zero: not the holder
+	steering   bool             // the providers are registered (and the handler runs, with feedback)
+	lim        *limiter.Limiter // the term's: it registers the providers and the handler writes through it
+	loop       *pipeline.Loop   // the handler's; nil without feedback
 
 	lastStartErr string       // the last failure to start steering, logged once
 	streams      []*watched   // Options.Streams, with what was last read of each
@@ -338,29 +339,26 @@ func (c *Controller) guard(ctx context.Context) (context.Context, context.Cancel
 }
 
 // startReplica checks that every provider the handler steers has a
-// configuration, registers the providers and starts the handler. A
-// provider without a configuration fails it before anything is written,
-// so that waiting for it registers nothing again and again.
+// configuration, registers the providers and starts the handler, on one
+// limiter kept for the term. A provider without a configuration fails it
+// before anything is written, so that waiting for it registers nothing
+// again and again.
 func (c *Controller) startReplica(ctx context.Context) error {
 	lim, err := limiter.New(c.rdb, c.o.Limiter)
 	if err != nil {
 		return err
 	}
-	err = c.register(ctx, lim)
-	lim.Close()
-	if err != nil {
+	if err := c.register(ctx, lim); err != nil {
+		lim.Close()
 		return err
 	}
 	if c.o.Feedback == nil {
 		c.log.Info("feedback off: the scales are left as they are")
-		c.steering = true
-		return nil
-	}
-	r, err := pipeline.New(ctx, c.rdb, pipeline.Options{Limiter: c.o.Limiter, Feedback: c.o.Feedback, Guard: c.guard})
-	if err != nil {
+	} else if c.loop, err = pipeline.StartLoop(ctx, c.rdb, limiter.FeedbackRate{Limiter: lim, Guard: c.guard}, *c.o.Feedback, nil, c.o.Prefix); err != nil {
+		lim.Close()
 		return err
 	}
-	c.replica, c.steering = r, true
+	c.lim, c.steering = lim, true
 	return nil
 }
 
@@ -410,10 +408,13 @@ func (c *Controller) stepDown(why string) {
 	c.mu.Lock()
 	c.validUntil = time.Time{}
 	c.mu.Unlock()
-	if c.replica != nil {
-		_ = c.replica.Close()
+	if c.loop != nil {
+		c.loop.Stop()
 	}
-	c.replica, c.steering = nil, false
+	if c.lim != nil {
+		_ = c.lim.Close()
+	}
+	c.lim, c.loop, c.steering = nil, nil, false
 	c.steerErr.Store(nil) // a standby does not steer: nothing failed
 	c.forgetStreams()
 	if c.leader.Swap(false) {

@@ -47,7 +47,7 @@ func options(id string) controller.Options {
 		Providers: map[string]limiter.ProviderConfig{"ibkr": limiter.DefaultProviderConfig()},
 		// CoordinatorTTL: a coordinator that published once stays live for
 		// the handler throughout a test, however slow the machine.
-		Feedback: &feedback.Options{Providers: []string{"ibkr"}, Dwell: 100 * time.Millisecond,
+		Feedback: &feedback.Options{Providers: []string{"ibkr"},
 			Tick: 50 * time.Millisecond, CoordinatorTTL: time.Minute},
 		Logger: quiet,
 	}

@@ -179,7 +179,7 @@ func readBacklog(ctx context.Context, rdb redis.UniversalClient, key, group stri
 // live are the coordinators whose report has not expired. It runs while the
 // handler does (this controller holds the lease, feedback on).
 func (c *Controller) watchStreams(ctx context.Context, live []feedback.Event) {
-	if c.replica == nil || len(c.streams) == 0 {
+	if c.loop == nil || len(c.streams) == 0 {
 		return
 	}
 	alive := make(map[string]bool, len(live))
@@ -193,7 +193,7 @@ func (c *Controller) watchStreams(ctx context.Context, live []feedback.Event) {
 		}
 		b, err := readBacklog(gctx, c.rdb, w.key, w.Group, alive)
 		if err == nil {
-			err = c.replica.Handler().Handle(gctx, c.streamEvent(w, b))
+			err = c.loop.Handler().Handle(gctx, c.streamEvent(w, b))
 		}
 		cancel()
 		if err != nil {

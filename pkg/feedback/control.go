@@ -8,32 +8,26 @@ import (
 	"github.com/sluice-dev/sluice/pkg/state"
 )
 
-// Controller is a Policy with memory of the loop: the Handler gives it
+// StatefulPolicy is a Policy with memory of the loop: the Handler gives it
 // every accepted event of each coordinator, with what it remembers of that
 // coordinator, and the scale in force; it returns the scale that
 // coordinator calls for. The Handler combines the answers as for any policy
-// and ramps the scale towards a higher target at RiseRate per second; a
-// decrease applies at once. Dwell and MaxRise do not apply to a Controller:
-// RiseRate is its soft start. Its Scale answers where there are no samples
-// to follow: for a coordinator that expired and counts as soft or hard, and
-// when no coordinator is live.
-type Controller interface {
+// and shapes the rises as Options.Rise says, as for any policy. Its Scale
+// answers where there are no samples to follow: for a coordinator that
+// expired and counts as soft or hard, and when no coordinator is live.
+type StatefulPolicy interface {
 	Policy
 	// Control returns the scale coordinator e.CoordinatorID calls for, in
 	// [0, 1], given its memory m of that coordinator (the zero
-	// ControlState at its first event, or after a restart or an expiry),
+	// PolicyState at its first event, or after a restart or an expiry),
 	// which it may update, and the scale in force. The Handler then sets
 	// m.Last to e.
-	Control(m *ControlState, e Event, scale float64) float64
-	// RiseRate is the largest rise of the scale per second, in (0, 1].
-	// One step rises by at most half of it, so the scale never goes from
-	// a pause to full speed in one step.
-	RiseRate() float64
+	Control(m *PolicyState, e Event, scale float64) float64
 }
 
-// ControlState is what a Controller remembers of one coordinator, for one
+// PolicyState is what a StatefulPolicy remembers of one coordinator, for one
 // provider, between two of its events.
-type ControlState struct {
+type PolicyState struct {
 	Last     Event   // the coordinator's previous event (set by the Handler); Seq 0 before the first
 	Integral float64 // the controller's integral term, in its own units
 	Asked    float64 // what it asked for at Last, before clamping, in its own units
@@ -56,13 +50,15 @@ type ControlState struct {
 // below Floor but at a hard level, which pauses (scale 0) as the step
 // policy does: a store past its hard mark, or whose sink fails, stops the
 // fleet; during a pause the integral waits (the loop is open), and the
-// Handler ramps the scale back at RiseRate per second, the soft start.
+// Handler ramps the scale back up, the soft start: PIPolicy proposes
+// (ProposedRise) a ramp of Rise per second and no dwell, which
+// Options.Rise may override.
 type PIPolicy struct {
 	SetPoint float64       // the fill to hold, in (0, 1)
 	Kp       float64       // ln scale per unit of fill error, ≥ 0
 	Ki       float64       // ln scale per second per unit of fill error, > 0
 	Track    time.Duration // the anti-windup's time constant, > 0
-	Rise     float64       // the largest rise of the scale per second, in (0, 1]
+	Rise     float64       // the ramp it proposes: the largest rise of the scale per second, in (0, 1]
 	Floor    float64       // the lowest scale short of a pause, in (0, 1)
 	MaxStep  time.Duration // the longest time one event's error is integrated over, > 0
 }
@@ -79,7 +75,7 @@ var DefaultPIPolicy = PIPolicy{SetPoint: 0.5, Kp: 7, Ki: 0.35, Track: 2 * time.S
 func (p PIPolicy) Scale(e Event) float64 { return DefaultStepPolicy.Scale(e) }
 
 // Control runs one step of the controller on e.
-func (p PIPolicy) Control(m *ControlState, e Event, scale float64) float64 {
+func (p PIPolicy) Control(m *PolicyState, e Event, scale float64) float64 {
 	err := e.MeanFill() - p.SetPoint
 	inForce := math.Log(max(scale, p.Floor))
 	switch {
@@ -101,8 +97,10 @@ func (p PIPolicy) Control(m *ControlState, e Event, scale float64) float64 {
 	return min(1, max(p.Floor, math.Exp(m.Asked)))
 }
 
-// RiseRate returns Rise.
-func (p PIPolicy) RiseRate() float64 { return p.Rise }
+// ProposedRise is the rise shaping the gains were chosen with: a ramp of
+// Rise per second, no dwell (the policy moves the scale at every sample,
+// so a dwell would hold every rise back), no step limit beyond the ramp's.
+func (p PIPolicy) ProposedRise() Rise { return Rise{Rate: p.Rise, MaxStep: 1} }
 
 // Validate checks the ranges.
 func (p PIPolicy) Validate() error {

@@ -29,7 +29,7 @@ func sample(c string, seq uint64, t time.Duration, fill float64) feedback.Event 
 func near(a, b float64) bool { return math.Abs(a-b) < 1e-9 }
 
 // step runs p on e as the Handler does: then m.Last is e.
-func step(p feedback.Controller, m *feedback.ControlState, e feedback.Event, scale float64) float64 {
+func step(p feedback.StatefulPolicy, m *feedback.PolicyState, e feedback.Event, scale float64) float64 {
 	s := p.Control(m, e, scale)
 	m.Last = e
 	return s
@@ -37,7 +37,7 @@ func step(p feedback.Controller, m *feedback.ControlState, e feedback.Event, sca
 
 func TestPIPolicyControl(t *testing.T) {
 	p := feedback.DefaultPIPolicy
-	var m feedback.ControlState
+	var m feedback.PolicyState
 	// The first event changes nothing: the controller starts from the
 	// scale in force, whatever the fill.
 	if got := step(p, &m, sample("s", 1, 0, 0.7), 0.4); !near(got, 0.4) {
@@ -51,14 +51,14 @@ func TestPIPolicyControl(t *testing.T) {
 	}
 	// In proportion to the scale: the same fills move a scale of 0.1 by
 	// the same factor as a scale of 0.4.
-	var low feedback.ControlState
+	var low feedback.PolicyState
 	step(p, &low, sample("s", 1, 0, 0.7), 0.1)
 	if got := step(p, &low, sample("s", 2, 250*time.Millisecond, 0.8), 0.1); !near(got/0.1, want/0.4) {
 		t.Fatalf("at scale 0.1: %v, want %v", got, 0.1*want/0.4)
 	}
 	// The mean fill since the previous event counts, when the event has
 	// one, not the instant queue size.
-	var mm feedback.ControlState
+	var mm feedback.PolicyState
 	step(p, &mm, sample("s", 1, 0, 0.7), 0.4)
 	e := sample("s", 2, 250*time.Millisecond, 0.95) // an instant peak: hard
 	e.Level, e.QueueMean = state.Soft, 800
@@ -66,7 +66,7 @@ func TestPIPolicyControl(t *testing.T) {
 		t.Fatalf("with queue_mean 800 (size 950): %v, want %v as for a fill of 0.8", got, want)
 	}
 	// A fill below the set point raises it; a long gap counts as MaxStep.
-	var m2 feedback.ControlState
+	var m2 feedback.PolicyState
 	step(p, &m2, sample("s", 1, 0, 0.3), 0.5)
 	got = step(p, &m2, sample("s", 2, time.Hour, 0.3), 0.5)
 	if want := 0.5 * math.Exp(p.Ki*p.MaxStep.Seconds()*0.2); !near(got, want) {
@@ -76,7 +76,7 @@ func TestPIPolicyControl(t *testing.T) {
 
 func TestPIPolicyHardPausesAndFreezes(t *testing.T) {
 	p := feedback.DefaultPIPolicy
-	var m feedback.ControlState
+	var m feedback.PolicyState
 	step(p, &m, sample("s", 1, 0, 0.5), 0.3)
 	if got := step(p, &m, sample("s", 2, 250*time.Millisecond, 0.9), 0.3); got != 0 {
 		t.Fatalf("hard: %v, want 0 (a pause)", got)
@@ -100,7 +100,7 @@ func TestPIPolicyHardPausesAndFreezes(t *testing.T) {
 
 func TestPIPolicyAntiWindup(t *testing.T) {
 	p := feedback.DefaultPIPolicy
-	var m feedback.ControlState
+	var m feedback.PolicyState
 	// An empty queue for a minute while something else holds the scale at
 	// 0.2 (another coordinator, the ramp): the controller asks for more,
 	// but within a bounded factor of the scale in force, not without end.
@@ -112,7 +112,7 @@ func TestPIPolicyAntiWindup(t *testing.T) {
 		t.Fatalf("asks for %v in ln units above the scale in force, want in [%v, %v]", excess, bound/2, bound)
 	}
 	// The floor: however full the queue, short of hard, not below it.
-	var f feedback.ControlState
+	var f feedback.PolicyState
 	step(p, &f, sample("s", 1, 0, 0.5), 0.01)
 	if got := step(p, &f, sample("s", 2, time.Second, 0.84), 0.01); got != p.Floor {
 		t.Fatalf("at 84%% fill from 0.01: %v, want the floor %v", got, p.Floor)
@@ -140,15 +140,15 @@ func TestParsePIPolicy(t *testing.T) {
 	}
 }
 
-// TestControllerRampsRises: under a Controller the handler lowers the
-// scale at once and raises it at the policy's RiseRate: over any stretch
-// of time by at most the rate times its length plus half the rate, and
-// never by more than half the rate in one step; Dwell does not hold a rise
-// back.
-func TestControllerRampsRises(t *testing.T) {
+// TestStatefulPolicyRampsRises: under a StatefulPolicy the handler lowers the
+// scale at once and raises it at the ramp the policy proposes
+// (PIPolicy.Rise per second, no dwell): over any stretch of time by at most
+// the rate times its length plus half the rate, and never by more than half
+// the rate in one step.
+func TestStatefulPolicyRampsRises(t *testing.T) {
 	c := newClock()
 	rate := newFakeRate(c.Now, "ibkr")
-	h, _ := newHandler(t, rate, feedback.Options{Policy: feedback.DefaultPIPolicy, Dwell: time.Minute, Tick: 100 * time.Millisecond})
+	h, _ := newHandler(t, rate, feedback.Options{Policy: feedback.DefaultPIPolicy, Tick: 100 * time.Millisecond})
 	handle(t, h, sample("s", 1, 0, 0.5))
 	handle(t, h, sample("s", 2, 0, 0.9)) // hard: a pause, at once
 	if s := rate.scale("ibkr"); s != 0 {
@@ -196,20 +196,64 @@ func TestControllerRampsRises(t *testing.T) {
 	}
 }
 
-// counting is a Controller that counts its steps.
+// TestRiseShapesEveryPolicy: Options.Rise applies whatever the policy: a
+// dwell given with the PI policy holds its rises back (it was ignored
+// before), and a ramp given with the step policy paces its rises.
+func TestRiseShapesEveryPolicy(t *testing.T) {
+	c := newClock()
+	rate := newFakeRate(c.Now, "ibkr")
+	h, _ := newHandler(t, rate, feedback.Options{Policy: feedback.DefaultPIPolicy, Rise: feedback.Rise{Dwell: time.Minute}})
+	handle(t, h, sample("s", 1, 0, 0.9)) // hard: a pause
+	for i := range 20 {
+		c.Add(time.Second)
+		handle(t, h, sample("s", uint64(2+i), time.Duration(1+i)*time.Second, 0.05))
+	}
+	if s := rate.scale("ibkr"); s != 0 {
+		t.Fatalf("pi with a 1-minute dwell: the scale rose to %v within 20 s of the pause", s)
+	}
+	c.Add(time.Minute)
+	handle(t, h, sample("s", 30, 81*time.Second, 0.05))
+	if s := rate.scale("ibkr"); s <= 0 || s > feedback.DefaultPIPolicy.Rise/2+1e-9 {
+		t.Fatalf("pi after the dwell: scale %v, want a first step of the ramp, in (0, %v]", s, feedback.DefaultPIPolicy.Rise/2)
+	}
+
+	c2 := newClock()
+	rate2 := newFakeRate(c2.Now, "ibkr")
+	h2, _ := newHandler(t, rate2, feedback.Options{Policy: feedback.DefaultStepPolicy, Rise: feedback.Rise{Dwell: 1500 * time.Millisecond, Rate: 0.2}})
+	handle(t, h2, event("s", 1, state.Hard))
+	handle(t, h2, event("s", 2, state.OK))
+	var got []float64
+	for range 6 {
+		c2.Add(time.Second)
+		if err := h2.Reevaluate(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, rate2.scale("ibkr"))
+	}
+	// One step per dwell of at most half a second's worth of the ramp
+	// (0.1), where the step policy alone would jump to 1.
+	want := []float64{0, 0.1, 0.1, 0.2, 0.2, 0.3}
+	for i := range want {
+		if math.Abs(got[i]-want[i]) > 1e-9 {
+			t.Fatalf("step policy with a 0.2/s ramp and a 1.5 s dwell: scales %v, want %v", got, want)
+		}
+	}
+}
+
+// counting is a StatefulPolicy that counts its steps.
 type counting struct {
 	feedback.PIPolicy
 	steps int
 }
 
-func (c *counting) Control(m *feedback.ControlState, e feedback.Event, scale float64) float64 {
+func (c *counting) Control(m *feedback.PolicyState, e feedback.Event, scale float64) float64 {
 	c.steps++
 	return c.PIPolicy.Control(m, e, scale)
 }
 
-// TestControllerOneStepPerEvent: the handler's ticks do not run the
+// TestStatefulPolicyOneStepPerEvent: the handler's ticks do not run the
 // controller again: the scale moves with events only, one step each.
-func TestControllerOneStepPerEvent(t *testing.T) {
+func TestStatefulPolicyOneStepPerEvent(t *testing.T) {
 	c := newClock()
 	rate := newFakeRate(c.Now, "ibkr")
 	ctl := &counting{PIPolicy: feedback.DefaultPIPolicy}
@@ -239,17 +283,17 @@ func TestControllerOneStepPerEvent(t *testing.T) {
 	}
 }
 
-// TestControllerPerCoordinator: two coordinators' samples are followed
+// TestStatefulPolicyPerCoordinator: two coordinators' samples are followed
 // apart (one's fill change is not read against the other's), the lowest
 // answer wins, and one that restarts starts afresh.
-func TestControllerPerCoordinator(t *testing.T) {
+func TestStatefulPolicyPerCoordinator(t *testing.T) {
 	c := newClock()
 	rate := newFakeRate(c.Now, "ibkr")
 	h, _ := newHandler(t, rate, feedback.Options{Policy: feedback.DefaultPIPolicy, CoordinatorTTL: 5 * time.Second})
 	p := feedback.DefaultPIPolicy
 	// a sits at 0.8 and b at 0.2, interleaved: were they mixed, each
 	// event would read a fill jump of ±0.6.
-	var ma, mb feedback.ControlState
+	var ma, mb feedback.PolicyState
 	wa, wb, scale := 1.0, 1.0, 1.0
 	for i := range 8 {
 		at := time.Duration(i) * 250 * time.Millisecond
@@ -277,9 +321,9 @@ func TestControllerPerCoordinator(t *testing.T) {
 	}
 }
 
-// TestControllerExpiry: a coordinator that expired and counts as hard
+// TestStatefulPolicyExpiry: a coordinator that expired and counts as hard
 // pauses through the policy's Scale, as under the step policy.
-func TestControllerExpiry(t *testing.T) {
+func TestStatefulPolicyExpiry(t *testing.T) {
 	c := newClock()
 	rate := newFakeRate(c.Now, "ibkr")
 	h, _ := newHandler(t, rate, feedback.Options{Policy: feedback.DefaultPIPolicy, Expiry: feedback.ExpiryHard, CoordinatorTTL: time.Second})

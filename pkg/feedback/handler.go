@@ -6,121 +6,50 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"slices"
 	"sync"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-
-	"github.com/sluice-dev/sluice/pkg/internal/opts"
 	"github.com/sluice-dev/sluice/pkg/state"
 )
 
 // Rate is what a Handler steers: the shared rate budget of each provider,
 // as the seed's RateCoordinator protocol (set the pressure level, set the
-// budget scale) plus what the Handler needs to share that budget with other
-// handlers: a read of the scale in force and of when it last changed, and a
-// place to record the scale a shadow-mode Handler would set. pipeline
-// provides one over a limiter.Limiter, keeping everything in Redis.
+// budget scale), with the scale set by compare-and-set so that handlers
+// sharing the budget never overwrite a change they have not seen, and a
+// place to record the scale a shadow-mode Handler would set.
+// limiter.FeedbackRate provides one over a limiter.Limiter, keeping
+// everything in Redis, one round trip per call.
 type Rate interface {
 	// SetPressure records the pressure level that applies to provider.
 	SetPressure(ctx context.Context, provider string, level state.Level) error
-	// SetBudgetScale sets provider's scale factor, in [0, 1], for everyone.
-	SetBudgetScale(ctx context.Context, provider string, scale float64) error
+	// CompareAndSetScale sets provider's scale factor, in [0, 1], for
+	// everyone, if the scale in force is still old; otherwise (a
+	// conflict) it changes nothing. Either way it returns the scale in
+	// force after the call and when it last changed (the zero time if
+	// never). With old == scale it changes nothing: a read.
+	CompareAndSetScale(ctx context.Context, provider string, old, scale float64) (inForce float64, changedAt time.Time, err error)
 	// SetShadowScale records scale as the one a shadow-mode Handler would
 	// set, without changing the rate.
 	SetShadowScale(ctx context.Context, provider string, scale float64) error
-	// BudgetScale returns provider's scale in force and when it last
-	// changed (the zero time if never), as every handler sees it.
-	BudgetScale(ctx context.Context, provider string) (scale float64, changedAt time.Time, err error)
-}
-
-// Combine says how the scales wanted for several live coordinators combine.
-type Combine string
-
-// Ways to combine.
-const (
-	CombineMin  Combine = "min"  // the most loaded coordinator wins (default)
-	CombineMean Combine = "mean" // the average of their scales
-)
-
-// Expiry says what a coordinator that stopped reporting (for longer than
-// CoordinatorTTL) counts as.
-type Expiry string
-
-// What an expired coordinator counts as.
-const (
-	ExpiryForget Expiry = "forget" // nothing: the others decide; with none left, ok (default)
-	ExpiryHold   Expiry = "hold"   // its last report, until it reports again
-	ExpirySoft   Expiry = "soft"   // soft pressure, until it reports again
-	ExpiryHard   Expiry = "hard"   // hard pressure, until it reports again
-)
-
-// Options configure a Handler. Only Providers is required: every other zero
-// field takes the default its comment gives (nil Registerer: no metrics).
-type Options struct {
-	// Providers whose budget the Handler scales; at least one.
-	Providers []string
-	// Policy maps pressure to a scale; default DefaultPIPolicy, which holds
-	// the queue at half its capacity. DefaultStepPolicy is the seed's (ok
-	// 1, soft 0.5, hard 0).
-	Policy Policy
-	// Combine is how several coordinators combine; default CombineMin.
-	Combine Combine
-	// Dwell is the time the scale must have stayed unchanged before it may
-	// rise again; decreases apply at once. Default 5s. It cannot be turned
-	// off: it is what keeps the loop from thrashing. A Controller policy
-	// (DefaultPIPolicy) ramps at its RiseRate instead: Dwell and MaxRise do
-	// not apply to it.
-	Dwell time.Duration
-	// MaxRise is the largest increase of the scale in one step, in (0, 1]:
-	// a soft start, from a pause to full speed in 1/MaxRise steps, one per
-	// Dwell. Default 1: straight to the target.
-	MaxRise float64
-	// CoordinatorTTL is how long a coordinator counts as live after its last
-	// report; default 10s. Expiry says what it counts as afterwards; default
-	// ExpiryForget.
-	CoordinatorTTL time.Duration
-	Expiry         Expiry
-	// Hold is how long a coordinator's last accepted event holds against a
-	// lower seq: until then a lower seq is stale; after that much silence
-	// it is a new incarnation (a restart numbering from 1 again, or the
-	// real coordinator after a bogus high seq), so no seq silences a
-	// coordinator for longer than Hold and its next event. Default
-	// DefaultHold (3s), or CoordinatorTTL if shorter; at most
-	// CoordinatorTTL. Keep it above the coordinators' longest gap between
-	// events (the Go coordinator's heartbeat, 2s).
-	Hold time.Duration
-	// Shadow computes and reports (logs, metrics, Rate.SetShadowScale) the
-	// scale it would set, and sets nothing but the pressure level. Default
-	// off.
-	Shadow bool
-	// Tick is how often Run re-evaluates (dwell and ramp progress, expiry,
-	// re-assertion of the scale); default 1s.
-	Tick time.Duration
-	// Clock is the Handler's time; default time.Now.
-	Clock func() time.Time
-	// Logger receives one line per adjustment; default slog.Default().
-	Logger *slog.Logger
-	// Registerer receives the metrics; nil registers none.
-	Registerer prometheus.Registerer
 }
 
 // Handler turns pressure events into the pressure level and scale factor of
 // the providers it governs. It keeps the last event of every coordinator
 // (repeated sequence numbers are ignored, and older ones until the
 // coordinator has been silent for Hold), asks the Policy for each
-// live one (a Controller once per event, with its memory of that
+// live one (a StatefulPolicy once per event, with its memory of that
 // coordinator), combines, and moves the scale towards the result: down at
-// once; up only after Dwell and by at most MaxRise per step, or under a
-// Controller at its RiseRate. It never raises a
-// shared scale that was changed (by another handler, an operator) after its
-// own newest news: an accepted event, an expiry, or its creation. It is safe
-// for concurrent use: Handle may be called from any goroutine (a
-// Subscriber's deliveries, an HTTP receiver), while Run drives time-based
-// progress.
+// once; up as Options.Rise shapes it, whatever the policy. It sets the
+// shared scale by compare-and-set on the scale it last saw in force, and
+// never raises a shared scale that was changed (by another handler, an
+// operator) after its own newest news: an accepted event, an expiry, or its
+// creation. It is safe for concurrent use: Handle may be called from any
+// goroutine (a Subscriber's deliveries, an HTTP receiver), while Run drives
+// time-based progress.
 type Handler struct {
 	rate Rate
-	o    Options
+	o    Options // with defaults; o.Rise resolved
 	log  *slog.Logger
 	m    *metrics
 
@@ -128,6 +57,7 @@ type Handler struct {
 	coords map[string]*coordState
 	provs  map[string]*provState
 	news   time.Time // when the last event was accepted, a coordinator expired, or the Handler was made
+	evals  uint64    // evaluations so far: a StatefulPolicy's step is redone only within its own
 }
 
 type coordState struct {
@@ -140,83 +70,42 @@ type coordState struct {
 	// replaced (a bogus seq, stored until this incarnation's first report
 	// overwrites it). A delivery again has the same seq and ts.
 	report, gone Event
-	// With a Controller, per provider: its memory of the coordinator, and
-	// the scale it asked for at the last event (each event counts once).
+	// With a StatefulPolicy, per provider: its memory of the coordinator,
+	// and the scale it asked for at the last event (each event counts once).
 	ctl map[string]*controlled
 }
 
-// controlled is a Controller's memory of one coordinator for one provider,
-// and the scale it asked for at the event it last saw (m.Last).
+// controlled is a StatefulPolicy's memory of one coordinator for one
+// provider, and the scale it asked for at the event it last saw (m.Last).
 type controlled struct {
-	m    ControlState
-	want float64
+	m      PolicyState
+	want   float64
+	before PolicyState // m before that event's step, to redo it
+	eval   uint64      // the evaluation that stepped it
 }
 
-// provState is what this Handler last did for a provider.
+// provState is what this Handler last did and saw for a provider.
 type provState struct {
 	level     state.Level // last level written ("" before the first, which no level equals)
 	scale     float64     // last scale set (or shadowed)
 	changedAt time.Time   // when (local time)
 	known     bool        // scale was set
-	rise      riseBudget  // a Controller's ramp
-	logged    float64     // a Controller's scale at the last Info line
+	shared    float64     // the shared scale in force, as the last call saw it (1 before the first)
+	sharedAt  time.Time   // when it last changed (Redis time; zero if never)
+	rise      riser       // the rise shaping
+	logged    float64     // the scale at the last Info line
 }
 
 // NewHandler returns a Handler steering rate. A bad option is an error that
-// names it and its allowed values.
+// names it and its allowed values (Options.Validate).
 func NewHandler(rate Rate, o Options) (*Handler, error) {
 	if rate == nil {
 		return nil, errors.New("feedback: handler needs a Rate")
 	}
-	if len(o.Providers) == 0 {
-		return nil, errors.New("feedback: handler needs at least one provider (Options.Providers)")
+	if err := o.Validate(); err != nil {
+		return nil, err
 	}
-	if o.Policy == nil {
-		o.Policy = DefaultPIPolicy
-	}
-	if v, ok := o.Policy.(interface{ Validate() error }); ok {
-		if err := v.Validate(); err != nil {
-			return nil, err
-		}
-	}
-	switch o.Combine {
-	case "":
-		o.Combine = CombineMin
-	case CombineMin, CombineMean:
-	default:
-		return nil, fmt.Errorf("feedback: combine=%q: must be min or mean", o.Combine)
-	}
-	switch o.Expiry {
-	case "":
-		o.Expiry = ExpiryForget
-	case ExpiryForget, ExpiryHold, ExpirySoft, ExpiryHard:
-	default:
-		return nil, fmt.Errorf("feedback: expiry=%q: must be forget, hold, soft or hard", o.Expiry)
-	}
-	if o.MaxRise == 0 {
-		o.MaxRise = 1
-	}
-	if !(o.MaxRise > 0 && o.MaxRise <= 1) {
-		return nil, fmt.Errorf("feedback: max_rise=%v: must be in (0, 1] (1: no ramp)", o.MaxRise)
-	}
-	if err := opts.Check(
-		opts.Positive("dwell", &o.Dwell, 5*time.Second),
-		opts.Positive("coordinator_ttl", &o.CoordinatorTTL, 10*time.Second),
-		opts.Positive("tick", &o.Tick, time.Second),
-	); err != nil {
-		return nil, fmt.Errorf("feedback: %w", err)
-	}
-	hold, err := HoldFor(o.Hold, o.CoordinatorTTL, "coordinator_ttl")
-	if err != nil {
-		return nil, fmt.Errorf("feedback: %w", err)
-	}
-	o.Hold = hold
-	if o.Clock == nil {
-		o.Clock = time.Now
-	}
-	if o.Logger == nil {
-		o.Logger = slog.Default()
-	}
+	o = o.withDefaults()
 	m, err := newMetrics(o.Registerer)
 	if err != nil {
 		return nil, err
@@ -359,53 +248,65 @@ func (h *Handler) live(now time.Time) ([]report, state.Level) {
 }
 
 // target combines what the reports call for provider p, whose scale in
-// force is cur; h.mu is held. A Controller is asked once per new event.
-func (h *Handler) target(p string, reports []report, cur float64) float64 {
-	ctl, _ := h.o.Policy.(Controller)
+// force is cur; h.mu is held. A StatefulPolicy is asked once per new event;
+// with redo, the steps this evaluation made are made again on cur (the
+// scale in force was not the one they saw).
+func (h *Handler) target(p string, reports []report, cur float64, redo bool) float64 {
 	if len(reports) == 0 {
 		return clampUnit(h.o.Policy.Scale(Event{Level: state.OK, Capacity: 1}))
 	}
 	scales := make([]float64, 0, len(reports))
 	for _, r := range reports {
-		s := 0.0
-		switch {
-		case ctl == nil || r.expired:
-			s = h.o.Policy.Scale(r.e)
-		default:
-			if r.c.ctl == nil {
-				r.c.ctl = map[string]*controlled{}
-			}
-			k := r.c.ctl[p]
-			if k == nil {
-				k = &controlled{}
-				r.c.ctl[p] = k
-			}
-			if k.m.Last.Seq != r.e.Seq { // a new event (seq >= 1): one step of the controller
-				k.want = ctl.Control(&k.m, r.e, cur)
-				k.m.Last = r.e
-			}
-			s = k.want
-		}
-		scales = append(scales, clampUnit(s))
+		scales = append(scales, clampUnit(h.ask(p, r, cur, redo)))
 	}
-	out := scales[0]
-	switch h.o.Combine {
-	case CombineMean:
+	if h.o.Combine == CombineMean {
 		sum := 0.0
 		for _, s := range scales {
 			sum += s
 		}
-		out = sum / float64(len(scales))
-	default:
-		for _, s := range scales {
-			out = min(out, s)
-		}
+		return sum / float64(len(scales))
 	}
-	return out
+	return slices.Min(scales)
+}
+
+// ask returns the scale report r calls for: the policy's Scale, or a
+// StatefulPolicy's step on a new event (its answer to the last one
+// otherwise).
+func (h *Handler) ask(p string, r report, cur float64, redo bool) float64 {
+	sp, ok := h.o.Policy.(StatefulPolicy)
+	if !ok || r.expired {
+		return h.o.Policy.Scale(r.e)
+	}
+	k := r.c.memory(p)
+	switch {
+	case k.m.Last.Seq != r.e.Seq: // a new event (seq >= 1): one step of the policy
+		k.before, k.eval = k.m, h.evals
+	case redo && k.eval == h.evals:
+		k.m = k.before
+	default:
+		return k.want
+	}
+	k.want = sp.Control(&k.m, r.e, cur)
+	k.m.Last = r.e
+	return k.want
+}
+
+// memory returns the StatefulPolicy's memory of c for provider p.
+func (c *coordState) memory(p string) *controlled {
+	if c.ctl == nil {
+		c.ctl = map[string]*controlled{}
+	}
+	k := c.ctl[p]
+	if k == nil {
+		k = &controlled{}
+		c.ctl[p] = k
+	}
+	return k
 }
 
 // reconcile moves every provider towards the target; h.mu is held.
 func (h *Handler) reconcile(ctx context.Context, now time.Time) error {
+	h.evals++
 	reports, level := h.live(now)
 	var errs []error
 	for _, p := range h.o.Providers {
@@ -420,7 +321,7 @@ func (h *Handler) reconcile(ctx context.Context, now time.Time) error {
 func (h *Handler) apply(ctx context.Context, p string, level state.Level, reports []report, now time.Time) error {
 	ps := h.provs[p]
 	if ps == nil {
-		ps = &provState{scale: 1, logged: -1}
+		ps = &provState{scale: 1, shared: 1, logged: -1}
 		h.provs[p] = ps
 	}
 	// The scale first: it is what every replica enforces, so a level change
@@ -439,75 +340,111 @@ func (h *Handler) apply(ctx context.Context, p string, level state.Level, report
 	return nil
 }
 
-// applyScale moves p's shared scale towards what the reports call for; ps
-// is p's state, and h.mu is held.
-func (h *Handler) applyScale(ctx context.Context, p string, ps *provState, level state.Level, reports []report, now time.Time) error {
-	cur, since := ps.scale, ps.changedAt
-	if !h.o.Shadow { // the shared scale: another handler or an operator may have changed it
-		var err error
-		if cur, since, err = h.rate.BudgetScale(ctx, p); err != nil {
-			return err
-		}
+// step is one decision on a provider's scale: from cur, in force since
+// since, towards target, the scale to set next.
+type step struct {
+	cur, target, next float64
+	since             time.Time
+}
+
+// decide makes the decision for p on the scale in force as ps last saw it
+// (a shadow Handler: its own); h.mu is held.
+func (h *Handler) decide(p string, ps *provState, reports []report, now time.Time, redo bool) step {
+	s := step{cur: ps.shared, since: ps.sharedAt}
+	if h.o.Shadow {
+		s.cur, s.since = ps.scale, ps.changedAt
 	}
-	target := h.target(p, reports, cur)
-	h.m.target.WithLabelValues(p).Set(target)
-	var next float64
-	ctl, isCtl := h.o.Policy.(Controller)
-	if isCtl {
-		next = ps.rise.ramp(cur, target, now, ctl.RiseRate())
-	} else {
-		next = govern(cur, since, target, now, h.o.Dwell, h.o.MaxRise)
-	}
-	if next > cur && cur != ps.scale && !h.news.After(since) {
+	s.target = h.target(p, reports, s.cur, redo)
+	h.m.target.WithLabelValues(p).Set(s.target)
+	s.next = ps.rise.next(h.o.Rise, s.cur, s.since, s.target, now)
+	if s.next > s.cur && s.cur != ps.scale && !h.news.After(s.since) {
 		// Another replica's handler changed the shared scale after the
 		// last news this one had: it may know better. Do not raise it
 		// until this handler hears something newer.
-		ps.rise.refund(next - cur)
-		next = cur
+		ps.rise.refund(s.next - s.cur)
+		s.next = s.cur
 	}
-	if ps.known && next == cur {
-		// Nothing to do; the gauge shows the shared scale in force, even
-		// when another handler set it.
-		h.m.applied.WithLabelValues(p).Set(cur)
-		return nil
-	}
-	set := h.rate.SetBudgetScale
+	return s
+}
+
+// applyScale moves p's shared scale towards what the reports call for, by
+// one compare-and-set on the scale last seen in force (a read when nothing
+// changes). On a conflict (another handler or an operator changed it) it
+// decides once more on the scale in force; a second conflict waits for the
+// next evaluation. ps is p's state, and h.mu is held.
+func (h *Handler) applyScale(ctx context.Context, p string, ps *provState, level state.Level, reports []report, now time.Time) error {
 	if h.o.Shadow {
-		set = h.rate.SetShadowScale
+		return h.shadowScale(ctx, p, ps, level, reports, now)
 	}
-	if err := set(ctx, p, next); err != nil {
-		return err
-	}
-	if next != cur {
-		dir := "down"
-		if next > cur {
-			dir = "up"
+	s := h.decide(p, ps, reports, now, false)
+	for try := 0; ; try++ {
+		inForce, at, err := h.rate.CompareAndSetScale(ctx, p, s.cur, s.next)
+		if err != nil {
+			return err
 		}
-		h.m.adjustments.WithLabelValues(p, dir).Inc()
-		// A Controller moves the scale at every sample: one Info line per
-		// tenth of the range (or a pause, or a resumption), the rest at
-		// debug level.
-		lvl := slog.LevelInfo
-		if isCtl && math.Abs(next-ps.logged) < 0.1 && (next == 0) == (ps.logged == 0) {
-			lvl = slog.LevelDebug
-		} else {
-			ps.logged = next
+		ps.shared, ps.sharedAt = inForce, at
+		if inForce == s.next || try == 1 {
+			break
 		}
-		h.log.Log(ctx, lvl, "feedback adjusted scale", "provider", p, "level", level, "from", cur, "to", next,
-			"target", target, "shadow", h.o.Shadow, "coordinators", len(h.coords))
-		ps.changedAt = now
+		if s.next > s.cur {
+			ps.rise.refund(s.next - s.cur)
+		}
+		s = h.decide(p, ps, reports, now, true)
 	}
-	ps.scale, ps.known = next, true
-	h.m.applied.WithLabelValues(p).Set(next)
+	if ps.shared == s.next && s.next != s.cur {
+		h.changed(ctx, p, ps, level, s, now)
+	}
+	if ps.shared == s.next {
+		ps.scale, ps.known = s.next, true
+	}
+	h.m.applied.WithLabelValues(p).Set(ps.shared)
 	return nil
 }
 
-// riseBudget is a Controller's ramp: a bucket of allowed rise, refilled at
-// the rise rate up to half a second's worth, spent by rises. Decreases cost
-// nothing, so the ramp limits how fast the scale climbs, however unevenly
-// events and ticks are spaced, without clipping a controller's small moves
-// up and down; and the scale never rises by more than half the rate at once.
-type riseBudget struct {
+// shadowScale is applyScale for a shadow Handler: the scale it would set
+// is recorded by Rate.SetShadowScale, beside the scale in force.
+func (h *Handler) shadowScale(ctx context.Context, p string, ps *provState, level state.Level, reports []report, now time.Time) error {
+	s := h.decide(p, ps, reports, now, false)
+	if !ps.known || s.next != s.cur {
+		if err := h.rate.SetShadowScale(ctx, p, s.next); err != nil {
+			return err
+		}
+	}
+	if s.next != s.cur {
+		h.changed(ctx, p, ps, level, s, now)
+	}
+	ps.scale, ps.known = s.next, true
+	h.m.applied.WithLabelValues(p).Set(s.next)
+	return nil
+}
+
+// changed counts and logs a change of p's scale made by s: one Info line
+// per tenth of the range (or a pause, or a resumption), the rest at debug
+// level, since a policy may move the scale at every sample.
+func (h *Handler) changed(ctx context.Context, p string, ps *provState, level state.Level, s step, now time.Time) {
+	dir := "down"
+	if s.next > s.cur {
+		dir = "up"
+	}
+	h.m.adjustments.WithLabelValues(p, dir).Inc()
+	lvl := slog.LevelInfo
+	if math.Abs(s.next-ps.logged) < 0.1 && (s.next == 0) == (ps.logged == 0) {
+		lvl = slog.LevelDebug
+	} else {
+		ps.logged = s.next
+	}
+	h.log.Log(ctx, lvl, "feedback adjusted scale", "provider", p, "level", level, "from", s.cur, "to", s.next,
+		"target", s.target, "shadow", h.o.Shadow, "coordinators", len(h.coords))
+	ps.changedAt = now
+}
+
+// riser shapes the rises of one provider's scale (Options.Rise): a dwell
+// since the last change, a largest step, and a budget of rise refilled at
+// the rate up to half a second's worth, spent by rises. Decreases cost
+// nothing, so the budget limits how fast the scale climbs, however unevenly
+// events and ticks are spaced, without clipping a policy's small moves up
+// and down.
+type riser struct {
 	left float64
 	at   time.Time // of the last refill; zero before the first evaluation
 }
@@ -515,42 +452,38 @@ type riseBudget struct {
 // maxRampStep is how much time's worth of rise the budget holds.
 const maxRampStep = 500 * time.Millisecond
 
-// ramp returns the scale to set, moving from cur towards target: a
-// decrease at once; an increase as far as the budget allows. The result is
-// rounded to 1e-6.
-func (b *riseBudget) ramp(cur, target float64, now time.Time, rate float64) float64 {
-	round := func(f float64) float64 { return math.Round(f*1e6) / 1e6 }
-	if !b.at.IsZero() && now.After(b.at) {
-		b.left = min(rate*maxRampStep.Seconds(), b.left+rate*now.Sub(b.at).Seconds())
+// next returns the scale to set, moving from cur (unchanged since
+// changedAt, zero if never) towards target under r: a decrease at once; an
+// increase once r.Dwell has passed since the change, by at most r.MaxStep
+// and what the budget holds. The result is rounded to 1e-6.
+func (b *riser) next(r Rise, cur float64, changedAt time.Time, target float64, now time.Time) float64 {
+	if r.Rate > 0 && !b.at.IsZero() && now.After(b.at) {
+		b.left = min(r.Rate*maxRampStep.Seconds(), b.left+r.Rate*now.Sub(b.at).Seconds())
 	}
 	if b.at.IsZero() || now.After(b.at) {
 		b.at = now
 	}
-	if target <= cur {
-		return round(target)
+	switch {
+	case target <= cur:
+		return round6(target)
+	case r.Dwell > 0 && !changedAt.IsZero() && now.Sub(changedAt) < r.Dwell:
+		return cur
 	}
-	next := round(min(target, cur+b.left))
-	b.left = max(0, b.left-(next-cur))
-	return max(cur, next)
+	up := min(target-cur, r.MaxStep)
+	if r.Rate > 0 {
+		up = min(up, b.left)
+	}
+	next := max(cur, round6(cur+up))
+	if r.Rate > 0 {
+		b.left = max(0, b.left-(next-cur))
+	}
+	return next
 }
 
 // refund gives back a rise that was not made.
-func (b *riseBudget) refund(r float64) { b.left += r }
+func (b *riser) refund(r float64) { b.left += r }
 
-// govern returns the scale to set, moving from cur (unchanged since
-// changedAt) towards target: a decrease at once; an increase only once
-// dwell has passed since the last change, by at most maxRise.
-func govern(cur float64, changedAt time.Time, target float64, now time.Time, dwell time.Duration, maxRise float64) float64 {
-	switch {
-	case target <= cur:
-		return target
-	case !changedAt.IsZero() && now.Sub(changedAt) < dwell:
-		return cur
-	case target-cur > maxRise:
-		return math.Round((cur+maxRise)*1e9) / 1e9
-	}
-	return target
-}
+func round6(f float64) float64 { return math.Round(f*1e6) / 1e6 }
 
 func clampUnit(f float64) float64 {
 	if math.IsNaN(f) {

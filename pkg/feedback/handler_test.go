@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"slices"
 	"strings"
 	"sync"
@@ -32,7 +33,8 @@ type fakeRate struct {
 	changedAt map[string]time.Time
 	levels    map[string]state.Level
 	shadow    map[string]float64
-	sets      []float64 // every SetBudgetScale value, in order
+	sets      []float64 // every scale set, in order
+	calls     int       // CompareAndSetScale calls
 	writes    []string  // every write ("scale 0", "pressure hard"), in order
 	failLevel error     // SetPressure's error while set
 }
@@ -67,19 +69,23 @@ func (f *fakeRate) SetPressure(_ context.Context, p string, level state.Level) e
 	return nil
 }
 
-func (f *fakeRate) SetBudgetScale(_ context.Context, p string, s float64) error {
+// CompareAndSetScale records a write of s when it changes the scale from
+// old; a call with old == s is a read.
+func (f *fakeRate) CompareAndSetScale(_ context.Context, p string, old, s float64) (float64, time.Time, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if err := f.known(p); err != nil {
-		return err
+		return 0, time.Time{}, err
 	}
-	if s != f.scales[p] {
-		f.changedAt[p] = f.clock()
+	f.calls++
+	if f.scales[p] != old || old == s {
+		return f.scales[p], f.changedAt[p], nil
 	}
+	f.changedAt[p] = f.clock()
 	f.scales[p] = s
 	f.sets = append(f.sets, s)
 	f.writes = append(f.writes, fmt.Sprintf("scale %g", s))
-	return nil
+	return s, f.changedAt[p], nil
 }
 
 func (f *fakeRate) SetShadowScale(_ context.Context, p string, s float64) error {
@@ -90,12 +96,6 @@ func (f *fakeRate) SetShadowScale(_ context.Context, p string, s float64) error 
 	}
 	f.shadow[p] = s
 	return nil
-}
-
-func (f *fakeRate) BudgetScale(_ context.Context, p string) (float64, time.Time, error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.scales[p], f.changedAt[p], f.known(p)
 }
 
 // set changes the shared scale behind the handlers' backs (an operator, a
@@ -196,7 +196,7 @@ func TestScaleWrittenBeforeLevel(t *testing.T) {
 func TestSeedHandleOKSetsScaleOne(t *testing.T) {
 	c := newClock()
 	rate := newFakeRate(c.Now, "ibkr")
-	h, _ := newHandler(t, rate, feedback.Options{Dwell: time.Second})
+	h, _ := newHandler(t, rate, feedback.Options{Rise: feedback.Rise{Dwell: time.Second}})
 	handle(t, h, event("store", 1, state.Hard))
 	c.Add(time.Second) // the dwell before a rise
 	handle(t, h, event("store", 2, state.OK))
@@ -305,4 +305,59 @@ func metric(t *testing.T, reg *prometheus.Registry, name string, labels ...strin
 		t.Fatalf("metric %s%v not found", name, labels)
 	}
 	return v
+}
+
+// TestCompareAndSetOnePerEvaluation: the handler reads and sets the shared
+// scale in one compare-and-set per provider and evaluation, on the scale it
+// last saw in force. When someone else changed it meanwhile (an operator
+// here), the call conflicts and writes nothing; the handler decides once
+// more on the scale in force and sets that: two calls, and the operator's
+// change is never overwritten unseen. A StatefulPolicy's step of that event
+// is made again on the scale in force, not twice.
+func TestCompareAndSetOnePerEvaluation(t *testing.T) {
+	c := newClock()
+	rate := newFakeRate(c.Now, "ibkr")
+	h, _ := newHandler(t, rate, feedback.Options{})
+	handle(t, h, event("store", 1, state.Soft))
+	if s, n := rate.scale("ibkr"), rate.calls; s != 0.5 || n != 1 {
+		t.Fatalf("soft: scale %v after %d calls, want 0.5 after 1", s, n)
+	}
+	c.Add(time.Second)
+	rate.set("ibkr", 0.8) // an operator, unseen by the handler
+	handle(t, h, event("store", 2, state.Soft))
+	if s, n := rate.scale("ibkr"), rate.calls; s != 0.5 || n != 3 {
+		t.Fatalf("soft again over an operator's 0.8: scale %v after %d calls, want 0.5 (the conflict, then the set) after 3", s, n)
+	}
+	if got := rate.sets; len(got) != 2 || got[1] != 0.5 {
+		t.Fatalf("sets %v, want [0.5 0.5]: nothing written by the conflicting call", got)
+	}
+	c.Add(time.Second)
+	if err := h.Reevaluate(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if n := rate.calls; n != 4 {
+		t.Fatalf("a tick with nothing to change made %d calls in all, want 4 (one read)", n)
+	}
+
+	// A StatefulPolicy: the step on the conflicting event is redone on the
+	// scale in force, so it counts once.
+	c2 := newClock()
+	rate2 := newFakeRate(c2.Now, "ibkr")
+	ctl := &counting{PIPolicy: feedback.DefaultPIPolicy}
+	h2, _ := newHandler(t, rate2, feedback.Options{Policy: ctl})
+	handle(t, h2, sample("s", 1, 0, 0.7))
+	rate2.set("ibkr", 0.3)
+	c2.Add(250 * time.Millisecond)
+	handle(t, h2, sample("s", 2, 250*time.Millisecond, 0.75))
+	// What the policy asks on the scale in force, 0.3, ramped: at most
+	// 0.3 + 0.5/s × 250 ms.
+	var m feedback.PolicyState
+	step(feedback.DefaultPIPolicy, &m, sample("s", 1, 0, 0.7), 1)
+	want := min(step(feedback.DefaultPIPolicy, &m, sample("s", 2, 250*time.Millisecond, 0.75), 0.3), 0.3+0.125)
+	if s := rate2.scale("ibkr"); math.Abs(s-want) > 1e-6 {
+		t.Fatalf("fill above the set point over an operator's 0.3: scale %v, want %v (the step made on 0.3)", s, want)
+	}
+	if ctl.steps != 3 || rate2.calls != 3 {
+		t.Fatalf("%d steps and %d calls for 2 events (one conflicting), want 3 steps (one redone) and 3 calls", ctl.steps, rate2.calls)
+	}
 }

@@ -19,7 +19,7 @@ func TestOscillationRisesAtMostOncePerDwell(t *testing.T) {
 			c := newClock()
 			const dwell = 2 * time.Second
 			fr := newFakeRate(c.Now, "ibkr")
-			h, _ := newHandler(t, fr, feedback.Options{Dwell: dwell, Shadow: shadow})
+			h, _ := newHandler(t, fr, feedback.Options{Rise: feedback.Rise{Dwell: dwell}, Shadow: shadow})
 			scale := func() float64 {
 				if shadow {
 					fr.mu.Lock()
@@ -68,7 +68,7 @@ func TestOscillationRisesAtMostOncePerDwell(t *testing.T) {
 func TestOutOfOrderEventsIgnored(t *testing.T) {
 	c := newClock()
 	rate := newFakeRate(c.Now, "ibkr")
-	h, reg := newHandler(t, rate, feedback.Options{Dwell: time.Second})
+	h, reg := newHandler(t, rate, feedback.Options{Rise: feedback.Rise{Dwell: time.Second}})
 	handle(t, h, event("store", 5, state.Hard))
 	handle(t, h, event("store", 4, state.OK)) // late, older
 	handle(t, h, event("store", 5, state.OK)) // duplicate seq
@@ -124,7 +124,7 @@ func TestCoordinatorExpiry(t *testing.T) {
 		t.Run(string(tc.expiry), func(t *testing.T) {
 			c := newClock()
 			rate := newFakeRate(c.Now, "ibkr")
-			h, reg := newHandler(t, rate, feedback.Options{Expiry: tc.expiry, CoordinatorTTL: 10 * time.Second, Dwell: time.Second})
+			h, reg := newHandler(t, rate, feedback.Options{Expiry: tc.expiry, CoordinatorTTL: 10 * time.Second, Rise: feedback.Rise{Dwell: time.Second}})
 			handle(t, h, event("store", 1, state.Soft))
 			c.Add(9 * time.Second)
 			if err := h.Reevaluate(context.Background()); err != nil {
@@ -164,7 +164,7 @@ func TestCoordinatorExpiry(t *testing.T) {
 func TestSoftStartRamp(t *testing.T) {
 	c := newClock()
 	rate := newFakeRate(c.Now, "ibkr")
-	h, _ := newHandler(t, rate, feedback.Options{Dwell: time.Second, MaxRise: 0.25})
+	h, _ := newHandler(t, rate, feedback.Options{Rise: feedback.Rise{Dwell: time.Second, MaxStep: 0.25}})
 	handle(t, h, event("store", 1, state.Hard))
 	handle(t, h, event("store", 2, state.OK))
 	var got []float64
@@ -206,7 +206,7 @@ func TestShadowMode(t *testing.T) {
 func TestSharedScaleIsReasserted(t *testing.T) {
 	c := newClock()
 	rate := newFakeRate(c.Now, "ibkr")
-	h, _ := newHandler(t, rate, feedback.Options{Dwell: 5 * time.Second})
+	h, _ := newHandler(t, rate, feedback.Options{Rise: feedback.Rise{Dwell: 5 * time.Second}})
 	handle(t, h, event("store", 1, state.Hard))
 	rate.set("ibkr", 1) // lost: Redis restarted, the provider re-registered at scale 1
 	if err := h.Reevaluate(context.Background()); err != nil {
@@ -218,7 +218,7 @@ func TestSharedScaleIsReasserted(t *testing.T) {
 	// A second replica's handler starts 3 s later and sees ok: it must wait
 	// for the dwell since the shared change, not since its own start.
 	c.Add(3 * time.Second)
-	late, _ := newHandler(t, rate, feedback.Options{Dwell: 5 * time.Second})
+	late, _ := newHandler(t, rate, feedback.Options{Rise: feedback.Rise{Dwell: 5 * time.Second}})
 	handle(t, late, event("store", 2, state.OK))
 	if s := rate.scale("ibkr"); s != 0 {
 		t.Fatalf("late handler raised after %v < dwell: scale %v", 3*time.Second, s)
@@ -238,8 +238,8 @@ func TestSharedScaleIsReasserted(t *testing.T) {
 func TestNoRaiseOnStaleNews(t *testing.T) {
 	c := newClock()
 	rate := newFakeRate(c.Now, "ibkr")
-	a, _ := newHandler(t, rate, feedback.Options{Dwell: 5 * time.Millisecond})
-	b, _ := newHandler(t, rate, feedback.Options{Dwell: 5 * time.Millisecond})
+	a, _ := newHandler(t, rate, feedback.Options{Rise: feedback.Rise{Dwell: 5 * time.Millisecond}})
+	b, _ := newHandler(t, rate, feedback.Options{Rise: feedback.Rise{Dwell: 5 * time.Millisecond}})
 	handle(t, a, event("store", 1, state.OK))
 	handle(t, b, event("store", 1, state.OK))
 	c.Add(time.Second)
@@ -264,9 +264,9 @@ func TestHandlerOptionErrors(t *testing.T) {
 		{},
 		{Providers: []string{"p"}, Combine: "max"},
 		{Providers: []string{"p"}, Expiry: "later"},
-		{Providers: []string{"p"}, MaxRise: 2},
-		{Providers: []string{"p"}, MaxRise: -0.5},
-		{Providers: []string{"p"}, Dwell: -time.Second},
+		{Providers: []string{"p"}, Rise: feedback.Rise{MaxStep: 2}},
+		{Providers: []string{"p"}, Rise: feedback.Rise{MaxStep: -0.5}},
+		{Providers: []string{"p"}, Rise: feedback.Rise{Dwell: -time.Second}},
 		{Providers: []string{"p"}, CoordinatorTTL: -time.Second},
 		{Providers: []string{"p"}, Tick: -time.Second},
 		{Providers: []string{"p"}, Policy: feedback.StepPolicy{OK: 1, Soft: 1.5}},
@@ -284,11 +284,11 @@ func TestHandlerOptionErrors(t *testing.T) {
 func TestNewHandlerKnowsItsStart(t *testing.T) {
 	c := newClock()
 	rate := newFakeRate(c.Now, "ibkr")
-	before, _ := newHandler(t, rate, feedback.Options{Dwell: time.Second})
+	before, _ := newHandler(t, rate, feedback.Options{Rise: feedback.Rise{Dwell: time.Second}})
 	c.Add(time.Second)
 	rate.set("ibkr", 0) // a store at hard, since gone, through another handler
 	c.Add(time.Second)
-	after, _ := newHandler(t, rate, feedback.Options{Dwell: time.Second})
+	after, _ := newHandler(t, rate, feedback.Options{Rise: feedback.Rise{Dwell: time.Second}})
 	if err := before.Reevaluate(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -314,7 +314,7 @@ func TestBogusSeqPinsOnlyForHold(t *testing.T) {
 		t.Run(string(expiry), func(t *testing.T) {
 			c := newClock()
 			rate := newFakeRate(c.Now, "ibkr")
-			h, reg := newHandler(t, rate, feedback.Options{Expiry: expiry, CoordinatorTTL: 10 * time.Second, Dwell: time.Second})
+			h, reg := newHandler(t, rate, feedback.Options{Expiry: expiry, CoordinatorTTL: 10 * time.Second, Rise: feedback.Rise{Dwell: time.Second}})
 			handle(t, h, event("store", 6, state.OK))
 			c.Add(time.Second)
 			bogus := event("store", 1<<64-1, state.Hard)
@@ -351,7 +351,7 @@ func TestBogusSeqPinsOnlyForHold(t *testing.T) {
 func TestRestartAndReplay(t *testing.T) {
 	c := newClock()
 	rate := newFakeRate(c.Now, "ibkr")
-	h, _ := newHandler(t, rate, feedback.Options{Dwell: time.Second})
+	h, _ := newHandler(t, rate, feedback.Options{Rise: feedback.Rise{Dwell: time.Second}})
 	report := event("store", 100, state.Hard)
 	report.TS = c.Now() // as the Redis bus delivers it, and again from the stored report
 	handle(t, h, report)
@@ -452,8 +452,8 @@ func TestHoldFor(t *testing.T) {
 func TestAppliedGaugeFollowsSharedScale(t *testing.T) {
 	c := newClock()
 	rate := newFakeRate(c.Now, "ibkr")
-	a, _ := newHandler(t, rate, feedback.Options{Dwell: time.Second})
-	b, regB := newHandler(t, rate, feedback.Options{Dwell: time.Second})
+	a, _ := newHandler(t, rate, feedback.Options{Rise: feedback.Rise{Dwell: time.Second}})
+	b, regB := newHandler(t, rate, feedback.Options{Rise: feedback.Rise{Dwell: time.Second}})
 	if err := b.Reevaluate(context.Background()); err != nil { // b has applied 1
 		t.Fatal(err)
 	}

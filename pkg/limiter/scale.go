@@ -25,29 +25,57 @@ type ScaleChange struct {
 // was registered with a higher MaxScale); anything else is a *ArgumentError
 // and changes nothing. The scale hash records Options.Source as who set it.
 func (c *Limiter) SetBudgetScale(ctx context.Context, provider string, scale float64) (ScaleChange, error) {
+	ch, _, err := c.setScale(ctx, provider, scale, "", true)
+	return ch, err
+}
+
+// compareAndSetScale is SetBudgetScale only if the scale in force is
+// still old: otherwise (a conflict: someone else changed it) it writes
+// nothing and returns the scale in force as Old and New, Changed false. It
+// also returns when the scale in force last changed (the zero time if
+// never). One script call; compareAndSetScale(ctx, p, s, s) changes
+// nothing and is the cheapest read of the scale in force. FeedbackRate
+// offers it.
+func (c *Limiter) compareAndSetScale(ctx context.Context, provider string, old, scale float64) (ScaleChange, time.Time, error) {
+	if !finite(old) {
+		return ScaleChange{}, time.Time{}, &ArgumentError{"old", old, "a finite number (the scale in force to compare with)"}
+	}
+	return c.setScale(ctx, provider, scale, formatFloat(old), old != scale)
+}
+
+// setScale runs set_scale.lua; expect is its compare-and-set argument ("":
+// none); mayChange is false for a read (scale = expect). It returns the
+// change and when the scale in force after it last changed.
+func (c *Limiter) setScale(ctx context.Context, provider string, scale float64, expect string, mayChange bool) (ScaleChange, time.Time, error) {
 	if err := validScale(scale); err != nil {
-		return ScaleChange{}, err
+		return ScaleChange{}, time.Time{}, err
 	}
 	st, err := c.state(provider)
 	if err != nil {
-		return ScaleChange{}, err
+		return ScaleChange{}, time.Time{}, err
 	}
-	defer c.leaseAside(st)() // tokens taken at the old scale are not handed out at the new one
+	if mayChange {
+		defer c.leaseAside(st)() // tokens taken at the old scale are not handed out at the new one
+	}
 	k := st.keys
-	res, err := c.run(ctx, st, setScaleScript, []string{k.config, k.bucket, k.scale}, formatFloat(scale), c.opts.Source, k.notify)
+	res, err := c.run(ctx, st, setScaleScript, []string{k.config, k.bucket, k.scale}, formatFloat(scale), c.opts.Source, k.notify, expect)
 	if err != nil {
-		return ScaleChange{}, err
+		return ScaleChange{}, time.Time{}, err
 	}
-	r, err := replyArray(res, 6)
+	r, err := replyArray(res, 7)
 	if err != nil {
-		return ScaleChange{}, err
+		return ScaleChange{}, time.Time{}, err
 	}
 	ch := ScaleChange{Old: r.float(0), New: r.float(1), Changed: r.int(2) == 1, Seq: r.int(3), Tokens: r.float(4), At: time.UnixMicro(r.int(5))}
+	var updated time.Time
+	if us := r.int(6); us > 0 {
+		updated = time.UnixMicro(us)
+	}
 	c.m.scale.WithLabelValues(provider).Set(ch.New)
 	if ch.Changed {
 		c.log.Info("budget scale changed", "provider", provider, "old", ch.Old, "new", ch.New, "source", c.opts.Source)
 	}
-	return ch, nil
+	return ch, updated, nil
 }
 
 // SetShadowScale records, beside the scale in force, the scale a feedback

@@ -9,14 +9,12 @@ import (
 	"context"
 	"fmt"
 	"sync"
-	"time"
 
 	"github.com/redis/go-redis/v9"
 
 	"github.com/sluice-dev/sluice/pkg/feedback"
 	"github.com/sluice-dev/sluice/pkg/feedback/redisbus"
 	"github.com/sluice-dev/sluice/pkg/limiter"
-	"github.com/sluice-dev/sluice/pkg/state"
 )
 
 // Options configure a Replica. The zero value runs a limiter with its
@@ -45,15 +43,12 @@ type Options struct {
 }
 
 // Replica is one pipeline replica: its limiter and, with feedback on, the
-// handler and its event subscription, started by New and stopped by Close.
-// It is safe for concurrent use.
+// feedback loop on it, started by New and stopped by Close. It is safe for
+// concurrent use.
 type Replica struct {
-	lim     *limiter.Limiter
-	handler *feedback.Handler // nil without feedback
-	stopSub func()
-	cancel  context.CancelFunc
-	wg      sync.WaitGroup
-	once    sync.Once
+	lim  *limiter.Limiter
+	loop *Loop // nil without feedback
+	once sync.Once
 }
 
 // New starts a replica on rdb (a Client, ClusterClient or Ring; one with
@@ -77,40 +72,11 @@ func New(ctx context.Context, rdb redis.UniversalClient, o Options) (*Replica, e
 	if o.Feedback == nil {
 		return r, nil
 	}
-	if err := r.startFeedback(ctx, rdb, o); err != nil {
+	if r.loop, err = StartLoop(ctx, rdb, limiter.FeedbackRate{Limiter: lim, Guard: o.Guard}, *o.Feedback, o.Events, o.Limiter.Prefix); err != nil {
 		lim.Close()
 		return nil, err
 	}
-	runCtx, cancel := context.WithCancel(context.Background())
-	r.cancel = cancel
-	r.wg.Go(func() { _ = r.handler.Run(runCtx) })
 	return r, nil
-}
-
-// startFeedback makes the handler, subscribes it and lets it act once; on
-// an error nothing of it is left running.
-func (r *Replica) startFeedback(ctx context.Context, rdb redis.UniversalClient, o Options) error {
-	var err error
-	if r.handler, err = feedback.NewHandler(rate{r.lim, o.Guard}, *o.Feedback); err != nil {
-		return err
-	}
-	events := o.Events
-	if events == nil {
-		if events, err = redisbus.NewSubscriber(rdb, redisbus.Options{Prefix: o.Limiter.Prefix, Logger: o.Feedback.Logger}); err != nil {
-			return err
-		}
-	}
-	stop, err := events.Subscribe(ctx, r.handler.Handle)
-	if err != nil {
-		return fmt.Errorf("pipeline: %w", err)
-	}
-	// With no event to act on (no live coordinator), act on that.
-	if err := r.handler.Reevaluate(ctx); err != nil {
-		stop()
-		return fmt.Errorf("pipeline: %w", err)
-	}
-	r.stopSub = stop
-	return nil
 }
 
 // Limiter returns the replica's limiter: acquire through it. Close it
@@ -118,60 +84,77 @@ func (r *Replica) startFeedback(ctx context.Context, rdb redis.UniversalClient, 
 func (r *Replica) Limiter() *limiter.Limiter { return r.lim }
 
 // Handler returns the replica's feedback handler, nil without feedback.
-func (r *Replica) Handler() *feedback.Handler { return r.handler }
+func (r *Replica) Handler() *feedback.Handler {
+	if r.loop == nil {
+		return nil
+	}
+	return r.loop.Handler()
+}
 
-// Close stops the event subscription and the handler, then closes the
-// limiter (which leaves the replica registry). It does not close the Redis
-// client. Calls after the first do nothing.
+// Close stops the feedback loop, then closes the limiter (which leaves the
+// replica registry). It does not close the Redis client. Calls after the
+// first do nothing.
 func (r *Replica) Close() error {
 	r.once.Do(func() {
-		if r.stopSub != nil {
-			r.stopSub()
-			r.cancel()
-			r.wg.Wait()
+		if r.loop != nil {
+			r.loop.Stop()
 		}
 	})
 	return r.lim.Close()
 }
 
-// rate is the feedback.Rate of a limiter: the shared scale in Redis,
-// changed only as guard allows.
-type rate struct {
-	c     *limiter.Limiter
-	guard func(ctx context.Context) (context.Context, context.CancelFunc, error)
+// Loop is a running feedback loop: a feedback.Handler steering a Rate,
+// subscribed to its pressure events, with its Run going. A Replica with
+// feedback on runs one on its limiter; the controller runs one on the
+// limiter it registers the providers through.
+type Loop struct {
+	handler *feedback.Handler
+	stopSub func()
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup
+	once    sync.Once
 }
 
-// change runs fn within the guard's context.
-func (r rate) change(ctx context.Context, fn func(ctx context.Context) error) error {
-	if r.guard == nil {
-		return fn(ctx)
-	}
-	gctx, cancel, err := r.guard(ctx)
+// StartLoop makes a handler on rate with options o, subscribes it to
+// events (nil: a redisbus.Subscriber on rdb and the key prefix), lets it act
+// once on the pressure the subscriber holds (with no live coordinator, on
+// that) and starts its Run. It returns once the handler has acted; ctx
+// bounds that. On an error nothing of it is left running.
+func StartLoop(ctx context.Context, rdb redis.UniversalClient, rate feedback.Rate, o feedback.Options, events feedback.Subscriber, prefix string) (*Loop, error) {
+	h, err := feedback.NewHandler(rate, o)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	defer cancel()
-	return fn(gctx)
+	if events == nil {
+		if events, err = redisbus.NewSubscriber(rdb, redisbus.Options{Prefix: prefix, Logger: o.Logger}); err != nil {
+			return nil, err
+		}
+	}
+	stop, err := events.Subscribe(ctx, h.Handle)
+	if err != nil {
+		return nil, fmt.Errorf("pipeline: %w", err)
+	}
+	if err := h.Reevaluate(ctx); err != nil {
+		stop()
+		return nil, fmt.Errorf("pipeline: %w", err)
+	}
+	runCtx, cancel := context.WithCancel(context.Background())
+	l := &Loop{handler: h, stopSub: stop, cancel: cancel}
+	l.wg.Go(func() { _ = h.Run(runCtx) })
+	return l, nil
 }
 
-func (r rate) SetPressure(ctx context.Context, provider string, level state.Level) error {
-	return r.change(ctx, func(ctx context.Context) error { return r.c.SetPressure(ctx, provider, level) })
-}
+// Handler returns the loop's handler.
+func (l *Loop) Handler() *feedback.Handler { return l.handler }
 
-func (r rate) SetBudgetScale(ctx context.Context, provider string, scale float64) error {
-	return r.change(ctx, func(ctx context.Context) error {
-		_, err := r.c.SetBudgetScale(ctx, provider, scale)
-		return err
+// Stop ends the subscription and the handler's Run, and returns when they
+// have ended. Calls after the first do nothing.
+func (l *Loop) Stop() {
+	l.once.Do(func() {
+		l.stopSub()
+		l.cancel()
+		l.wg.Wait()
 	})
 }
 
-func (r rate) SetShadowScale(ctx context.Context, provider string, scale float64) error {
-	return r.change(ctx, func(ctx context.Context) error { return r.c.SetShadowScale(ctx, provider, scale) })
-}
-
-func (r rate) BudgetScale(ctx context.Context, provider string) (float64, time.Time, error) {
-	st, err := r.c.Status(ctx, provider)
-	return st.Scale, st.UpdatedAt, err
-}
-
-var _ feedback.Rate = rate{}
+var _ feedback.Rate = limiter.FeedbackRate{}

@@ -124,7 +124,7 @@ func TestNewFails(t *testing.T) {
 	for _, o := range []pipeline.Options{
 		{Limiter: limiter.Options{Prefix: "a b"}},
 		{Feedback: &feedback.Options{}}, // no providers
-		{Feedback: &feedback.Options{Providers: []string{"ibkr"}, Dwell: -time.Second}},
+		{Feedback: &feedback.Options{Providers: []string{"ibkr"}, Rise: feedback.Rise{Dwell: -time.Second}}},
 	} {
 		if r, err := pipeline.New(ctx, rdb, o); err == nil {
 			r.Close()

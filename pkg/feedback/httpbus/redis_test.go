@@ -106,10 +106,9 @@ func (r *levelRate) SetPressure(_ context.Context, _ string, l state.Level) erro
 	}
 	return nil
 }
-func (r *levelRate) SetBudgetScale(context.Context, string, float64) error { return nil }
 func (r *levelRate) SetShadowScale(context.Context, string, float64) error { return nil }
-func (r *levelRate) BudgetScale(context.Context, string) (float64, time.Time, error) {
-	return 1, time.Time{}, nil
+func (r *levelRate) CompareAndSetScale(_ context.Context, _ string, _, s float64) (float64, time.Time, error) {
+	return s, time.Time{}, nil
 }
 
 // waitLevel waits until the handler has set level l, and returns when.
