@@ -22,6 +22,7 @@ import (
 type Knob struct {
 	def  float64
 	path string
+	now  func() time.Time
 
 	mu   sync.Mutex
 	val  float64
@@ -29,7 +30,7 @@ type Knob struct {
 }
 
 // New returns a knob that reads path, def while the file gives no number.
-func New(def float64, path string) *Knob { return &Knob{def: def, path: path, val: def} }
+func New(def float64, path string) *Knob { return &Knob{def: def, path: path, now: time.Now, val: def} }
 
 // Default returns the rate while the file gives none.
 func (k *Knob) Default() float64 { return k.def }
@@ -41,10 +42,11 @@ func (k *Knob) Value() float64 {
 	}
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	if time.Since(k.read) < 100*time.Millisecond {
+	now := k.now()
+	if now.Sub(k.read) < 100*time.Millisecond {
 		return k.val
 	}
-	k.read = time.Now()
+	k.read = now
 	k.val = k.def
 	if b, err := os.ReadFile(k.path); err == nil {
 		if f, err := config.ParseNumber(strings.TrimSpace(string(b))); err == nil && f >= 0 && f <= 1e9 {

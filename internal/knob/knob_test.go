@@ -8,44 +8,50 @@ import (
 	"time"
 )
 
-// waitFor polls cond every 20ms until it holds, failing after limit.
-func waitFor(t *testing.T, limit time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(limit)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", limit, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 // TestKnob: the knob follows its file while it exists and holds a number
-// >= 0, and its flag's value otherwise.
+// >= 0, and its flag's value otherwise; it reads the file at most every
+// 100 ms (its clock is stepped here).
 func TestKnob(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "rate")
 	k := New(300, path)
+	now := time.Now()
+	k.now = func() time.Time { return now }
 	if v := k.Value(); v != 300 {
 		t.Fatalf("no file: %v, want the flag's 300", v)
 	}
-	if err := Write(path, 100); err != nil {
-		t.Fatal(err)
+	write := func(text string) func() error {
+		return func() error { return os.WriteFile(path, []byte(text), 0o644) }
 	}
-	waitFor(t, 5*time.Second, "the knob to read 100", func() bool { return k.Value() == 100 })
-	for _, bad := range []string{"fast", "-5", ""} {
-		if err := os.WriteFile(path, []byte(bad), 0o644); err != nil {
+	steps := []struct {
+		what string
+		set  func() error
+		want float64
+	}{
+		{"Write 100", func() error { return Write(path, 100) }, 100},
+		{"fast", write("fast"), 300},
+		{"-5", write("-5"), 300},
+		{"empty", write(""), 300},
+		{"1e-400", write("1e-400"), 300},
+		{"Write 0", func() error { return Write(path, 0) }, 0}, // 0: as fast as it can (a sink), unpaced (a demand)
+		{"removed", func() error { return os.Remove(path) }, 300},
+	}
+	last := 300.0
+	for _, st := range steps {
+		if err := st.set(); err != nil {
 			t.Fatal(err)
 		}
-		waitFor(t, 5*time.Second, "the knob to ignore "+bad, func() bool { return k.Value() == 300 })
+		for range 2 { // within 100 ms of the last read: the old rate
+			if v := k.Value(); v != last {
+				t.Fatalf("%s: read again within 100 ms: %v, was %v", st.what, v, last)
+			}
+			now = now.Add(99 * time.Millisecond / 2)
+		}
+		now = now.Add(2 * time.Millisecond)
+		if v := k.Value(); v != st.want {
+			t.Fatalf("%s: %v, want %v", st.what, v, st.want)
+		}
+		last = st.want
 	}
-	if err := Write(path, 0); err != nil { // 0: as fast as it can (a sink), unpaced (a demand)
-		t.Fatal(err)
-	}
-	waitFor(t, 5*time.Second, "the knob to read 0", func() bool { return k.Value() == 0 })
-	if err := os.Remove(path); err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, 5*time.Second, "the knob back to 300", func() bool { return k.Value() == 300 })
 	if v := New(7, "").Value(); v != 7 {
 		t.Fatalf("no path: %v", v)
 	}
