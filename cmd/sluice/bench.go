@@ -1,8 +1,6 @@
 package main
 
 import (
-	"encoding/json"
-	"fmt"
 	"os"
 	"os/exec"
 	"slices"
@@ -13,6 +11,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/sluice-dev/sluice/internal/bench"
+	"github.com/sluice-dev/sluice/internal/childproc"
 )
 
 func (a *app) benchCmd() *cli.Command {
@@ -104,47 +103,21 @@ func (a *app) bench(c *cli.Context, bc bench.Config, pc bench.PropagationConfig)
 			return usagef("--propagation needs a single Redis (--redis), not a cluster")
 		}
 		pc.Client = client
-		p, err := bench.MeasurePropagation(c.Context, pc)
-		if err != nil {
-			return err
-		}
-		if c.Bool("json") {
-			return json.NewEncoder(a.stdout).Encode(p)
-		}
-		fmt.Fprint(a.stdout, p)
-		return nil
+		return bench.ReportPropagation(c.Context, pc, a.stdout, c.Bool("json"))
 	}
-
 	exe, err := os.Executable()
 	if err != nil {
 		return err
 	}
 	bc.Client, bc.Progress = rdb, a.stderr
-	bc.Worker = func(spec string) *exec.Cmd {
+	bc.Worker = func(spec string) *exec.Cmd { // this command again, as a worker
 		cmd := exec.Command(exe, append(slices.Clone(os.Args[1:]), "--worker", spec)...)
 		cmd.Env = a.environ
 		cmd.Stderr = a.stderr
-		setDeathSignal(cmd)
+		childproc.SetDeathSignal(cmd)
 		return cmd
 	}
-	runs, err := bench.Measure(c.Context, bc)
-	if err != nil {
-		return err
-	}
-	sums := bench.Summarize(runs)
-	mem, err := bench.MeasureMemory(c.Context, rdb)
-	if err != nil {
-		return err
-	}
-	if c.Bool("json") {
-		enc := json.NewEncoder(a.stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(map[string]any{"runs": runs, "summaries": sums, "memory_per_provider": mem})
-	}
-	bench.Print(a.stdout, sums)
-	fmt.Fprintf(a.stdout, "\nRedis memory per provider, one replica registered (MEMORY USAGE): %d bytes %v; shared by all providers: %v\n",
-		mem.Total, mem.Keys, mem.Shared)
-	return nil
+	return bench.Report(c.Context, bc, a.stdout, c.Bool("json"))
 }
 
 // benchFlags checks and reads the bench command's list flags into bc.

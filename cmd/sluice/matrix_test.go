@@ -12,11 +12,12 @@ import (
 
 	"github.com/sluice-dev/sluice/internal/redistest"
 	"github.com/sluice-dev/sluice/internal/sim"
+	"github.com/sluice-dev/sluice/internal/up"
 )
 
 // playCase runs `sluice up --scenario name --json` with env and returns
 // its summary.
-func playCase(t *testing.T, bin, name string, env []string, args ...string) upSummary {
+func playCase(t *testing.T, bin, name string, env []string, args ...string) up.Summary {
 	t.Helper()
 	cmd := exec.Command(bin, append([]string{"up", "--scenario", name, "--json", "--dir", t.TempDir()}, args...)...)
 	for _, kv := range os.Environ() { // not this test's own settings: sluice refuses unknown SLUICE_ variables
@@ -37,7 +38,7 @@ func playCase(t *testing.T, bin, name string, env []string, args ...string) upSu
 			t.Fatal(err)
 		}
 	}
-	var s upSummary
+	var s up.Summary
 	if err := json.Unmarshal(out, &s); err != nil {
 		t.Fatalf("sluice up --scenario %s --json: %v\n%s", name, err, out)
 	}
@@ -52,7 +53,7 @@ func playCase(t *testing.T, bin, name string, env []string, args ...string) upSu
 func TestUpScenario(t *testing.T) {
 	redistest.Start(t) // skips under -short; needs redis-server, which up runs itself
 	s := playCase(t, buildBinary(t), "two-stores", nil, "--duration", "12s")
-	t.Logf("%s", strings.Join(s.lines(), "\n"))
+	t.Logf("%s", strings.Join(s.Lines(), "\n"))
 	if s.Case != "two-stores" || s.Policy != "pi" || s.Produced == 0 || len(s.Settle) != 1 {
 		t.Fatalf("summary %+v", s)
 	}
@@ -84,7 +85,7 @@ func TestProcessMatrix(t *testing.T) {
 		for _, policy := range []string{"pi", "step"} {
 			began := time.Now()
 			s := playCase(t, bin, c.Name, []string{"MDP_FB_POLICY=" + policy})
-			t.Logf("%s (%v):\n%s", c.Name, time.Since(began).Round(time.Second), strings.Join(s.lines(), "\n"))
+			t.Logf("%s (%v):\n%s", c.Name, time.Since(began).Round(time.Second), strings.Join(s.Lines(), "\n"))
 			s.Note = fmt.Sprintf("load average %.0f → %.0f", s.Load[0], s.Load[1])
 			rows = append(rows, s.Row)
 			if policy == "pi" && (s.Lost != 0 || s.MaxFill >= s.HardMark || s.Jump) {

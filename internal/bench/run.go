@@ -274,6 +274,12 @@ func measureOne(ctx context.Context, cfg Config, w Workload) (Run, error) {
 		return Run{}, err
 	}
 
+	return tally(w, seconds, results, before, after), nil
+}
+
+// tally sums the processes' results of one run of w that took seconds,
+// with Redis's counters before and after it.
+func tally(w Workload, seconds float64, results []procResult, before, after stats) Run {
 	r := Run{Workload: w, Seconds: seconds}
 	var lat []int32
 	for _, pr := range results {
@@ -302,7 +308,7 @@ func measureOne(ctx context.Context, cfg Config, w Workload) (Run, error) {
 	if w.Procs == 1 {
 		r.Shares = nil
 	}
-	return r, nil
+	return r
 }
 
 func quantile(sorted []int32, q float64) float64 {

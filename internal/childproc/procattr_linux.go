@@ -1,21 +1,21 @@
-package main
+package childproc
 
 import (
 	"os/exec"
 	"syscall"
 )
 
-// setDeathSignal makes the child die with its parent, so that `sluice up`
+// SetDeathSignal makes the child die with its parent, so that `sluice up`
 // killed with SIGKILL leaves nothing running.
-func setDeathSignal(cmd *exec.Cmd) {
+func SetDeathSignal(cmd *exec.Cmd) {
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 }
 
-// setOwnGroup is setDeathSignal, and puts the child in a process group of
+// SetOwnGroup is SetDeathSignal, and puts the child in a process group of
 // its own: a Ctrl-C in the terminal (SIGINT to the foreground group) then
 // reaches `sluice up` alone, which stops its processes in order (pipelines
 // first, coordinators once the stream drained), instead of every process at
 // once and redis-server with them.
-func setOwnGroup(cmd *exec.Cmd) {
+func SetOwnGroup(cmd *exec.Cmd) {
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
 }
