@@ -8,6 +8,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/sluice-dev/sluice/internal/sink"
 	"github.com/sluice-dev/sluice/pkg/store"
 	"github.com/sluice-dev/sluice/pkg/store/redisstream"
 )
@@ -82,19 +83,19 @@ Examples:
 			if err := o.Validate(); err != nil {
 				return usagef("coordinator: %v", err)
 			}
-			sink, err := openSink("sink", sinkSpec, newKnob(sinkRate, rateFile), failWhile, a.stdout)
+			out, err := sink.Open("sink", sinkSpec, sink.Options{Rate: newKnob(sinkRate, rateFile).Value, FailWhile: failWhile}, a.stdout)
 			if err != nil {
 				return pathError(err)
 			}
-			defer sink.Close()
-			sink.logRepair(s.log, sinkSpec)
+			defer out.Close()
+			out.LogRepair(s.log, sinkSpec)
 			if deadLetter != "" {
-				dl, err := openSink("dead-letter", deadLetter, nil, "", a.stdout)
+				dl, err := sink.Open("dead-letter", deadLetter, sink.Options{}, a.stdout)
 				if err != nil {
 					return pathError(err)
 				}
 				defer dl.Close()
-				dl.logRepair(s.log, deadLetter)
+				dl.LogRepair(s.log, deadLetter)
 				o.Store.DeadLetter, o.Store.Attempts = dl, attempts
 			}
 			pub, err := s.publisher()
@@ -113,7 +114,7 @@ Examples:
 			})
 			s.log.Info("starting", "id", id, "stream", stream, "sink", sinkSpec, "sink_rate", sinkRate, "capacity", capacity)
 			return s.run(c.Context, s.mux(ready), func(ctx context.Context) error {
-				cn, err := redisstream.NewConsumer(s.rdb, sink, o)
+				cn, err := redisstream.NewConsumer(s.rdb, out, o)
 				if err != nil {
 					return err
 				}

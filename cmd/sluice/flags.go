@@ -14,6 +14,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/sluice-dev/sluice/internal/sink"
 	"github.com/sluice-dev/sluice/pkg/config"
 	"github.com/sluice-dev/sluice/pkg/limiter"
 )
@@ -188,10 +189,12 @@ func checkParentDir(flag, path string) error {
 }
 
 // pathError makes an error opening a file a command line named a usage
-// error (exit 2): it happens before the command starts its work.
+// error (exit 2): it happens before the command starts its work; so is a
+// sink spec that cannot work.
 func pathError(err error) error {
 	var pe *fs.PathError
-	if errors.As(err, &pe) {
+	var se *sink.UsageError
+	if errors.As(err, &pe) || errors.As(err, &se) {
 		return usagef("%v", err)
 	}
 	return err
