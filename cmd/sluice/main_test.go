@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/sluice-dev/sluice/internal/redistest"
+	"github.com/sluice-dev/sluice/internal/status"
 	"github.com/sluice-dev/sluice/lua"
 	"github.com/sluice-dev/sluice/pkg/config"
 )
@@ -82,9 +83,9 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-func statusJSON(t *testing.T, env []string) statusReport {
+func statusJSON(t *testing.T, env []string) status.Report {
 	t.Helper()
-	var rep statusReport
+	var rep status.Report
 	r := sluice(t, env, "status", "--json").ok(t)
 	if err := json.Unmarshal([]byte(r.stdout), &rep); err != nil {
 		t.Fatalf("status --json: %v\n%s", err, r.stdout)
