@@ -50,7 +50,7 @@ Examples:
 			&cli.StringFlag{Name: "stream", Usage: "write streams whose backlog counts as pressure (with feedback on), a,b: names of 1 to " +
 				strconv.Itoa(controller.MaxStreamName) + " of [A-Za-z0-9_.-], each once (env SLUICE_CONTROLLER_STREAMS; default store)"},
 			numberFlag("stream-capacity", "a stream's backlog that counts as full (env SLUICE_CONTROLLER_STREAM_CAPACITY)",
-				&streamCapacity, controller.DefaultStreamCapacity, closed(1, 1000000000)),
+				&streamCapacity, controller.DefaultStreamCapacity, config.StreamCapacityRange),
 			&cli.BoolFlag{Name: "receiver", Usage: "also serve POST /feedback (token and body limit: receiver.*)", Destination: &receiver},
 			listenFlag(),
 		},

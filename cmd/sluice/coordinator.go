@@ -9,6 +9,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/sluice-dev/sluice/internal/sink"
+	"github.com/sluice-dev/sluice/pkg/config"
 	"github.com/sluice-dev/sluice/pkg/store"
 	"github.com/sluice-dev/sluice/pkg/store/redisstream"
 )
@@ -47,7 +48,7 @@ Examples:
 			&cli.StringFlag{Name: "id", Usage: "coordinator id: consumer name and pressure id (default: the host name)", Destination: &id},
 			&cli.StringFlag{Name: "stream", Value: "store", Usage: "the stream's name", Destination: &stream},
 			&cli.StringFlag{Name: "sink", Value: "discard", Usage: "discard, stdout or file:PATH", Destination: &sinkSpec},
-			numberFlag("sink-rate", "simulated store speed, items/s (0: as fast as the sink)", &sinkRate, 0, closed(0, 1e9)),
+			numberFlag("sink-rate", "simulated store speed, items/s (0: as fast as the sink)", &sinkRate, 0, config.ItemRateRange),
 			&cli.StringFlag{Name: "sink-rate-file", Usage: "while this file exists, the number it holds is the simulated store speed (a drill)", Destination: &rateFile},
 			&cli.StringFlag{Name: "fail-while", Usage: "every write fails while this file exists (outage drill)", Destination: &failWhile},
 			&cli.StringFlag{Name: "dead-letter", Usage: "file:PATH receiving batches that failed --attempts times (default: retry until written)", Destination: &deadLetter},
@@ -55,8 +56,8 @@ Examples:
 			numberFlag("capacity", "queue capacity: the watermarks' 100%", &capacity, 10000, closed(1, 1000000000)),
 			numberFlag("workers", "concurrent batch writers", &workers, 4, closed(1, 1024)),
 			numberFlag("batch", "most items per write", &batch, 100, closed(1, 100000)),
-			durationFlag("claim-idle", "claim entries pending this long on another coordinator", &claimIdle, 30*time.Second, above(0, 24*time.Hour)),
-			durationFlag("drain", "how long SIGTERM waits for the queue to drain", &drain, 20*time.Second, above(0, 24*time.Hour)),
+			durationFlag("claim-idle", "claim entries pending this long on another coordinator", &claimIdle, 30*time.Second, config.PeriodRange),
+			durationFlag("drain", "how long SIGTERM waits for the queue to drain", &drain, 20*time.Second, config.PeriodRange),
 			listenFlag(),
 		},
 		Action: func(c *cli.Context) error {

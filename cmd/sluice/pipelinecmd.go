@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/urfave/cli/v2"
 
+	"github.com/sluice-dev/sluice/pkg/config"
 	"github.com/sluice-dev/sluice/pkg/limiter"
 	"github.com/sluice-dev/sluice/pkg/pipeline"
 	"github.com/sluice-dev/sluice/pkg/store/redisstream"
@@ -55,7 +56,7 @@ Examples:
 			&cli.StringFlag{Name: "id", Usage: "replica id (default: the host name)", Destination: &id},
 			&cli.StringFlag{Name: "provider", Usage: "the provider to acquire from (default: feedback.provider_name)", Destination: &provider},
 			&cli.StringFlag{Name: "stream", Value: "store", Usage: "the write stream's name; a,b appends every tick to each", Destination: &stream},
-			numberFlag("demand", "ticks a second this replica wants (0: as many as the budget allows)", &demand, 0, closed(0, 1e9)),
+			numberFlag("demand", "ticks a second this replica wants (0: as many as the budget allows)", &demand, 0, config.ItemRateRange),
 			&cli.StringFlag{Name: "demand-file", Usage: "while this file exists, the number it holds is --demand (a drill)", Destination: &demandFile},
 			listenFlag(),
 		},

@@ -7,6 +7,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/sluice-dev/sluice/pkg/config"
 	"github.com/sluice-dev/sluice/pkg/feedback"
 	"github.com/sluice-dev/sluice/pkg/feedback/redisbus"
 	"github.com/sluice-dev/sluice/pkg/state"
@@ -37,7 +38,7 @@ Examples:
 			Flags: []cli.Flag{
 				queueFlag,
 				numberFlag("capacity", "queue capacity to report", &capacity, 1000, closed(1, 1000000000)),
-				durationFlag("ttl", "how long the report counts", &ttl, 30*time.Second, above(0, 24*time.Hour)),
+				durationFlag("ttl", "how long the report counts", &ttl, 30*time.Second, config.PeriodRange),
 			},
 			Action: a.withSession(2, 0, "COORDINATOR LEVEL", func(argv []string) error {
 				level, err := state.ParseLevel(argv[1])

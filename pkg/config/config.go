@@ -679,10 +679,11 @@ func (p *parser) boolean(k string, dst *bool) {
 	*dst = b
 }
 
+// duration reads a duration in PeriodRange.
 func (p *parser) duration(k string, dst *time.Duration) {
-	d, err := time.ParseDuration(p.str(k))
-	if err != nil || d <= 0 || d > 24*time.Hour {
-		p.fail(k, "must be a duration like 5s or 250ms, in (0, 24h]")
+	d, err := ReadDuration(p.str(k), PeriodRange)
+	if err != nil {
+		p.fail(k, "must be a duration like 5s or 250ms, in "+PeriodRange.String())
 	}
 	*dst = d
 }
@@ -701,6 +702,17 @@ func (p *parser) integer(k string) float64 {
 		p.fail(k, "must be a whole number")
 	}
 	return f
+}
+
+// count reads k as a whole number in r; one outside r fails with
+// "<rule> in <r>" (one that does not parse or is not whole, as integer
+// says).
+func count[T int | int64](p *parser, k string, r Range[T], rule string) T {
+	f := p.integer(k)
+	if !r.Has(f) {
+		p.fail(k, rule+" in "+r.String())
+	}
+	return T(f)
 }
 
 // name checks a name the limiter must accept (a provider, a key prefix).
@@ -790,11 +802,7 @@ func (p *parser) controller(s *Settings) {
 	if err := controller.CheckStreamNames(s.Controller.Streams); err != nil { // the controller's own rule
 		p.fail("controller.streams", err.Error()+" (comma-separated names, each once)")
 	}
-	if n := p.integer("controller.stream_capacity"); n >= 1 && n <= 1e9 {
-		s.Controller.StreamCapacity = int(n)
-	} else {
-		p.fail("controller.stream_capacity", "must be an integer in [1, 1000000000]")
-	}
+	s.Controller.StreamCapacity = count(p, "controller.stream_capacity", StreamCapacityRange, "must be an integer")
 }
 
 // receiver reads receiver.*: the address, the token, the body limit and
@@ -807,11 +815,7 @@ func (p *parser) receiver(s *Settings) {
 	if strings.ContainsFunc(s.Receiver.Token, func(r rune) bool { return r <= ' ' || r > '~' }) {
 		p.fail("receiver.token", "must be printable ASCII without spaces (a newline at the end of a secret file?)")
 	}
-	if mb := p.integer("receiver.max_body"); mb < 1 || mb > 1<<30 {
-		p.fail("receiver.max_body", "must be a number of bytes in [1, 1073741824]")
-	} else {
-		s.Receiver.MaxBody = int64(mb)
-	}
+	s.Receiver.MaxBody = count(p, "receiver.max_body", MaxBodyRange, "must be a number of bytes")
 	switch cert, key := p.str("receiver.tls_cert"), p.str("receiver.tls_key"); {
 	case cert == "" && key == "":
 	case cert == "":
