@@ -66,11 +66,11 @@ Examples:
 			if err != nil {
 				return err
 			}
-			warnStreamsUnwatched(s.log, s.cfg)
+			warnStreamsUnwatched(s.Log, s.cfg)
 			id = orHostname(id)
 			o := controller.Options{
 				Prefix: s.cfg.Redis.Prefix, ID: id, LeaseTTL: leaseTTL, Providers: s.cfg.Providers,
-				Logger: s.log, Registerer: s.reg,
+				Logger: s.Log, Registerer: s.Reg,
 			}
 			for _, name := range s.cfg.Controller.Streams {
 				o.Streams = append(o.Streams, controller.Stream{Name: name, Capacity: s.cfg.Controller.StreamCapacity})
@@ -80,12 +80,12 @@ Examples:
 				fb := s.cfg.Feedback.Options
 				o.Feedback = &fb
 			}
-			ctl, err := controller.New(s.rdb, o)
+			ctl, err := controller.New(s.RDB, o)
 			if err != nil {
 				return usagef("controller: %v", err)
 			}
-			ready := s.ready(ctl.Ready)
-			h := s.mux(ready)
+			ready := s.Ready(ctl.Ready)
+			h := s.Mux(ready)
 			if receiver {
 				pub, err := s.publisher()
 				if err != nil {
@@ -93,7 +93,7 @@ Examples:
 				}
 				rh, err := httpbus.NewReceiver(httpbus.ReceiverOptions{
 					Deliver: pub.Publish, Token: s.cfg.Receiver.Token, MaxBody: s.cfg.Receiver.MaxBody,
-					Gatherer: s.reg, Registerer: s.reg, Logger: s.log, Ready: ready,
+					Gatherer: s.Reg, Registerer: s.Reg, Logger: s.Log, Ready: ready,
 				})
 				if err != nil {
 					return err
@@ -101,12 +101,12 @@ Examples:
 				h.Handle("/feedback", rh)
 				warnNoToken(s)
 			}
-			s.log.Info("starting", "id", id, "feedback", s.cfg.Feedback.Enabled, "provider", s.cfg.Feedback.Provider,
+			s.Log.Info("starting", "id", id, "feedback", s.cfg.Feedback.Enabled, "provider", s.cfg.Feedback.Provider,
 				"policy", setting(s.cfg, "feedback.policy"), "lease_ttl", leaseTTL,
 				"streams", s.cfg.Controller.Streams, "stream_capacity", s.cfg.Controller.StreamCapacity)
-			return s.run(c.Context, h, func(ctx context.Context) error {
+			return s.Run(c.Context, h, func(ctx context.Context) error {
 				err := ctl.Run(ctx)
-				s.final(map[string]any{"id": id, "terms": ctl.Terms()})
+				s.Final(map[string]any{"id": id, "terms": ctl.Terms()})
 				return err
 			})
 		},

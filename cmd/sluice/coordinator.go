@@ -76,9 +76,9 @@ Examples:
 			}
 			o := redisstream.ConsumerOptions{
 				Options: redisstream.Options{Prefix: s.cfg.Redis.Prefix, Stream: stream},
-				Name:    id, ClaimIdle: claimIdle, Drain: drain, Logger: s.log,
+				Name:    id, ClaimIdle: claimIdle, Drain: drain, Logger: s.Log,
 				Store: store.Options[redisstream.Entry]{
-					Capacity: capacity, Workers: workers, BatchSize: batch, Registerer: s.reg, Logger: s.log,
+					Capacity: capacity, Workers: workers, BatchSize: batch, Registerer: s.Reg, Logger: s.Log,
 				},
 			}
 			if err := o.Validate(); err != nil {
@@ -89,14 +89,14 @@ Examples:
 				return pathError(err)
 			}
 			defer out.Close()
-			out.LogRepair(s.log, sinkSpec)
+			out.LogRepair(s.Log, sinkSpec)
 			if deadLetter != "" {
 				dl, err := sink.Open("dead-letter", deadLetter, sink.Options{}, a.stdout)
 				if err != nil {
 					return pathError(err)
 				}
 				defer dl.Close()
-				dl.LogRepair(s.log, deadLetter)
+				dl.LogRepair(s.Log, deadLetter)
 				o.Store.DeadLetter, o.Store.Attempts = dl, attempts
 			}
 			pub, err := s.publisher()
@@ -107,15 +107,15 @@ Examples:
 			// The consumer starts its coordinator, which publishes: made
 			// once Redis answers (run waits for it before the body).
 			var cons atomic.Pointer[redisstream.Consumer]
-			ready := s.ready(func() error {
+			ready := s.Ready(func() error {
 				if c := cons.Load(); c != nil {
 					return c.Ready()
 				}
 				return errors.New("starting")
 			})
-			s.log.Info("starting", "id", id, "stream", stream, "sink", sinkSpec, "sink_rate", sinkRate, "capacity", capacity)
-			return s.run(c.Context, s.mux(ready), func(ctx context.Context) error {
-				cn, err := redisstream.NewConsumer(s.rdb, out, o)
+			s.Log.Info("starting", "id", id, "stream", stream, "sink", sinkSpec, "sink_rate", sinkRate, "capacity", capacity)
+			return s.Run(c.Context, s.Mux(ready), func(ctx context.Context) error {
+				cn, err := redisstream.NewConsumer(s.RDB, out, o)
 				if err != nil {
 					return err
 				}
@@ -124,10 +124,10 @@ Examples:
 				wctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 				defer cancel()
 				if werr := pub.Withdraw(wctx, id); werr != nil {
-					s.log.Warn("withdrawing the pressure report failed; it expires by itself", "err", werr)
+					s.Log.Warn("withdrawing the pressure report failed; it expires by itself", "err", werr)
 				}
 				st := cn.Stats()
-				s.final(map[string]any{"id": id, "read": st.Read, "written": st.Written, "claimed": st.Claimed,
+				s.Final(map[string]any{"id": id, "read": st.Read, "written": st.Written, "claimed": st.Claimed,
 					"acked": st.Acked, "dead_lettered": st.DeadLettered, "unwritten": st.Unwritten,
 					"max_depth": st.MaxDepth, "capacity": st.Capacity, "level_changes": st.Transitions})
 				return err
