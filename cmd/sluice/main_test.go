@@ -20,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sluice-dev/sluice/internal/cliargs"
 	"github.com/sluice-dev/sluice/internal/redistest"
 	"github.com/sluice-dev/sluice/internal/status"
 	"github.com/sluice-dev/sluice/lua"
@@ -418,8 +419,8 @@ func TestFlagsFirst(t *testing.T) {
 		{"sluice scale ibkr -- -1", "sluice scale -- ibkr -1"},
 		{"sluice scale ibkr -1", "sluice scale ibkr -1"},
 	} {
-		if got := strings.Join(flagsFirst(a, strings.Fields(tc.in)), " "); got != tc.want {
-			t.Errorf("flagsFirst(%q) = %q, want %q", tc.in, got, tc.want)
+		if got := strings.Join(cliargs.FlagsFirst(a, strings.Fields(tc.in)), " "); got != tc.want {
+			t.Errorf("FlagsFirst(%q) = %q, want %q", tc.in, got, tc.want)
 		}
 	}
 }
