@@ -65,13 +65,9 @@ Examples:
 					return err
 				}
 			}
-			var prods []*redisstream.Producer
-			for _, name := range strings.Split(stream, ",") {
-				prod, err := redisstream.NewProducer(s.RDB, redisstream.Options{Prefix: s.cfg.Redis.Prefix, Stream: name})
-				if err != nil {
-					return usagef("pipeline: --stream: %v", err)
-				}
-				prods = append(prods, prod)
+			prods, err := producers(s, stream)
+			if err != nil {
+				return err
 			}
 			rep, err := pipeline.New(c.Context, s.RDB, pipeline.Options{Limiter: limiter.Options{
 				Prefix: s.cfg.Redis.Prefix, ReplicaID: id, Source: "pipeline", Outage: s.cfg.Outage, Logger: s.Log, Registerer: s.Reg,
@@ -96,4 +92,17 @@ Examples:
 			})
 		},
 	}
+}
+
+// producers returns a producer for each of the streams a,b names.
+func producers(s *svc, streams string) ([]*redisstream.Producer, error) {
+	var prods []*redisstream.Producer
+	for _, name := range strings.Split(streams, ",") {
+		prod, err := redisstream.NewProducer(s.RDB, redisstream.Options{Prefix: s.cfg.Redis.Prefix, Stream: name})
+		if err != nil {
+			return nil, usagef("pipeline: --stream: %v", err)
+		}
+		prods = append(prods, prod)
+	}
+	return prods, nil
 }

@@ -87,6 +87,43 @@ var providerFields = func() []Key {
 	}
 }()
 
+// ProviderConfig is provider's configuration in force: the fields its
+// layers set, and for the others the stored configuration when there is
+// one (a provider Redis holds), else the seed's defaults. A provider that
+// no layer names takes every field from stored, or the defaults.
+func (s *Settings) ProviderConfig(provider string, stored *limiter.ProviderConfig) limiter.ProviderConfig {
+	pc, named := s.Providers[provider]
+	if !named {
+		pc = limiter.DefaultProviderConfig()
+	}
+	if stored == nil {
+		return pc
+	}
+	for _, f := range providerFields {
+		if !s.setByLayer(provider, f.Name) {
+			keepStored[f.Name](&pc, *stored)
+		}
+	}
+	return pc
+}
+
+// setByLayer reports whether a layer (the file, the environment, an
+// override) set field of provider.
+func (s *Settings) setByLayer(provider, field string) bool {
+	src := s.Source(ProviderKey(provider, field))
+	return src != "" && src != "default"
+}
+
+// keepStored copies each provider field from a stored configuration.
+var keepStored = map[string]func(pc *limiter.ProviderConfig, stored limiter.ProviderConfig){
+	"capacity":          func(pc *limiter.ProviderConfig, st limiter.ProviderConfig) { pc.Capacity = st.Capacity },
+	"refill_rate":       func(pc *limiter.ProviderConfig, st limiter.ProviderConfig) { pc.RefillRate = st.RefillRate },
+	"cooldown_sec":      func(pc *limiter.ProviderConfig, st limiter.ProviderConfig) { pc.Cooldown = st.Cooldown },
+	"breaker_threshold": func(pc *limiter.ProviderConfig, st limiter.ProviderConfig) { pc.BreakerThreshold = st.BreakerThreshold },
+	"breaker_timeout":   func(pc *limiter.ProviderConfig, st limiter.ProviderConfig) { pc.BreakerTimeout = st.BreakerTimeout },
+	"max_scale":         func(pc *limiter.ProviderConfig, st limiter.ProviderConfig) { pc.MaxScale = st.MaxScale },
+}
+
 const providersPrefix = "rate_coordinator.providers."
 
 // ProviderKey is the setting name of a provider's field, e.g.
