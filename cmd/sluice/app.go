@@ -8,13 +8,12 @@ import (
 	"log/slog"
 	"maps"
 	"slices"
-	"strconv"
 	"strings"
-	"time"
 
 	"github.com/redis/go-redis/v9"
 	"github.com/urfave/cli/v2"
 
+	"github.com/sluice-dev/sluice/internal/cliargs"
 	"github.com/sluice-dev/sluice/pkg/config"
 	"github.com/sluice-dev/sluice/pkg/limiter"
 )
@@ -55,7 +54,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, environ [
 	if len(args) == 2 && args[1] == "help" { // `sluice help`: what --help prints
 		args = []string{args[0], "--help"}
 	}
-	err := cliApp.RunContext(ctx, flagsFirst(cliApp, args))
+	err := cliApp.RunContext(ctx, cliargs.FlagsFirst(cliApp, args))
 	if err == nil && a.notFound != "" {
 		err = usagef("no command %q (see sluice --help)", a.notFound)
 	}
@@ -175,174 +174,6 @@ func (a *app) logger(cfg *config.Settings) *slog.Logger {
 	return slog.New(slog.NewTextHandler(a.stderr, opts))
 }
 
-// connect opens the configured Redis and checks that it answers.
-func connect(ctx context.Context, cfg *config.Settings) (redis.UniversalClient, error) {
-	rdb, err := cfg.RedisClient()
-	if err != nil {
-		return nil, err
-	}
-	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	if err := rdb.Ping(pctx).Err(); err != nil {
-		rdb.Close()
-		return nil, fmt.Errorf("redis at %s unreachable: %v", cfg.RedisURL(), err)
-	}
-	return rdb, nil
-}
-
-// session is what most commands need: config, logger, Redis and a limiter
-// whose changes are recorded as made by source.
-type session struct {
-	cfg *config.Settings
-	log *slog.Logger
-	rdb redis.UniversalClient
-	lim *limiter.Limiter
-}
-
-// open opens a session for a command that names the providers named (see
-// config).
-func (a *app) open(c *cli.Context, source string, named []string) (*session, error) {
-	cfg, err := a.config(c, named)
-	if err != nil {
-		return nil, err
-	}
-	return a.openWith(c.Context, cfg, source)
-}
-
-func (a *app) openWith(ctx context.Context, cfg *config.Settings, source string) (*session, error) {
-	log := a.logger(cfg)
-	rdb, err := connect(ctx, cfg)
-	if err != nil {
-		return nil, err
-	}
-	lim, err := limiter.New(rdb, limiter.Options{Prefix: cfg.Redis.Prefix, Source: source, Outage: cfg.Outage, Logger: log})
-	if err != nil {
-		rdb.Close()
-		return nil, err
-	}
-	return &session{cfg: cfg, log: log, rdb: rdb, lim: lim}, nil
-}
-
-func (s *session) Close() {
-	s.lim.Close()
-	s.rdb.Close()
-}
-
-// withSession returns an action that checks there are n positional
-// arguments (described by usage), of which the first named are provider
-// names (see config), runs check on them (before connecting, so that bad
-// input is refused even without Redis; nil: none), opens a session
-// recording changes as made by "operator" and runs fn.
-func (a *app) withSession(n, named int, usage string, check func(argv []string) error, fn func(c *cli.Context, s *session, argv []string) error) cli.ActionFunc {
-	return a.withSessionAs(func() string { return "operator" }, n, named, usage, check, fn)
-}
-
-// withSessionAs is withSession recording changes as made by source(),
-// read once the flags are parsed.
-func (a *app) withSessionAs(source func() string, n, named int, usage string, check func(argv []string) error, fn func(c *cli.Context, s *session, argv []string) error) cli.ActionFunc {
-	return func(c *cli.Context) error {
-		argv, err := args(c, n, usage)
-		if err != nil {
-			return err
-		}
-		if check != nil {
-			if err := check(argv); err != nil {
-				return err
-			}
-		}
-		s, err := a.open(c, source(), argv[:named])
-		if err != nil {
-			return err
-		}
-		defer s.Close()
-		return fn(c, s, argv)
-	}
-}
-
-// args checks the number of positional arguments.
-func args(c *cli.Context, want int, usage string) ([]string, error) {
-	if c.NArg() != want {
-		return nil, usagef("%s: want %d argument(s): %s, got %d", c.Command.FullName(), want, usage, c.NArg())
-	}
-	return c.Args().Slice(), nil
-}
-
 type silentRedis struct{}
 
 func (silentRedis) Printf(context.Context, string, ...any) {}
-
-// flagsFirst moves a command's flags before its positional arguments, so
-// that `sluice cooldown ibkr --for 5m` works: urfave/cli v2 stops reading
-// flags at the first argument. Everything after "--" stays as it is.
-func flagsFirst(app *cli.App, args []string) []string {
-	if len(args) < 2 {
-		return args
-	}
-	out := []string{args[0]}
-	rest := args[1:]
-	flags := app.Flags
-	cmds := app.Commands
-	for {
-		// Leading flags of this level.
-		for len(rest) > 0 && isFlag(rest[0]) {
-			n := flagArity(flags, rest[0])
-			n = min(n, len(rest))
-			out, rest = append(out, rest[:n]...), rest[n:]
-		}
-		if len(rest) == 0 {
-			return out
-		}
-		var cmd *cli.Command
-		for _, c := range cmds {
-			if c.HasName(rest[0]) {
-				cmd = c
-			}
-		}
-		if cmd == nil { // positionals of the last command: move its flags first
-			var pos []string
-			for len(rest) > 0 {
-				switch {
-				case rest[0] == "--":
-					return append(append(out, "--"), append(pos, rest[1:]...)...)
-				case isFlag(rest[0]):
-					n := min(flagArity(flags, rest[0]), len(rest))
-					out, rest = append(out, rest[:n]...), rest[n:]
-				default:
-					pos, rest = append(pos, rest[0]), rest[1:]
-				}
-			}
-			return append(out, pos...)
-		}
-		out, rest = append(out, rest[0]), rest[1:]
-		flags, cmds = cmd.Flags, cmd.Subcommands
-	}
-}
-
-// isFlag tells a flag from a positional argument; "-1" is a number.
-func isFlag(arg string) bool {
-	if !strings.HasPrefix(arg, "-") || arg == "-" || arg == "--" {
-		return false
-	}
-	_, err := strconv.ParseFloat(arg, 64)
-	return err != nil
-}
-
-// flagArity says how many arguments the flag arg uses: 1 for a bool flag,
-// for --name=value or an unknown flag; 2 for a flag that takes a value.
-func flagArity(flags []cli.Flag, arg string) int {
-	name := strings.TrimLeft(arg, "-")
-	if strings.Contains(name, "=") {
-		return 1
-	}
-	for _, f := range flags {
-		for _, n := range f.Names() {
-			if n == name {
-				if _, isBool := f.(*cli.BoolFlag); isBool {
-					return 1
-				}
-				return 2
-			}
-		}
-	}
-	return 1
-}

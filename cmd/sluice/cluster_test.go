@@ -10,6 +10,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/sluice-dev/sluice/internal/redistest"
+	"github.com/sluice-dev/sluice/internal/status"
 )
 
 // TestStatusOnCluster: with --redis-cluster, the operator commands and
@@ -56,7 +57,7 @@ func TestStatusOnCluster(t *testing.T) {
 	if len(rep.Providers) != 2 {
 		t.Fatalf("providers %+v", rep.Providers)
 	}
-	byName := map[string]providerView{}
+	byName := map[string]status.Provider{}
 	for _, p := range rep.Providers {
 		byName[p.Provider] = p
 	}

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"log/slog"
+	"net/http"
 	"strconv"
 	"time"
 
@@ -51,67 +52,86 @@ Examples:
 			&cli.StringFlag{Name: "stream", Usage: "write streams whose backlog counts as pressure (with feedback on), a,b: names of 1 to " +
 				strconv.Itoa(controller.MaxStreamName) + " of " + keyspace.NameChars + ", each once (env SLUICE_CONTROLLER_STREAMS; default store)"},
 			numberFlag("stream-capacity", "a stream's backlog that counts as full (env SLUICE_CONTROLLER_STREAM_CAPACITY)",
-				&streamCapacity, controller.DefaultStreamCapacity, closed(1, 1000000000)),
+				&streamCapacity, controller.DefaultStreamCapacity, config.StreamCapacityRange),
 			&cli.BoolFlag{Name: "receiver", Usage: "also serve POST /feedback (token and body limit: receiver.*)", Destination: &receiver},
 			listenFlag(),
 		},
-		Action: func(c *cli.Context) error {
-			var extra []config.Value
-			if c.IsSet("stream") {
-				extra = append(extra, config.Value{Key: "controller.streams", Value: c.String("stream"), Source: "flag --stream"})
-			}
-			if c.IsSet("stream-capacity") {
-				extra = append(extra, config.Value{Key: "controller.stream_capacity", Value: strconv.Itoa(streamCapacity), Source: "flag --stream-capacity"})
-			}
-			s, err := a.startService(c, "controller", nil, extra...)
-			if err != nil {
-				return err
-			}
-			warnStreamsUnwatched(s.log, s.cfg)
-			id = orHostname(id)
-			o := controller.Options{
-				Prefix: s.cfg.Redis.Prefix, ID: id, LeaseTTL: leaseTTL, Providers: s.cfg.Providers,
-				Logger: s.log, Registerer: s.reg,
-			}
-			for _, name := range s.cfg.Controller.Streams {
-				o.Streams = append(o.Streams, controller.Stream{Name: name, Capacity: s.cfg.Controller.StreamCapacity})
-			}
-			o.Limiter.Outage = s.cfg.Outage
-			if s.cfg.Feedback.Enabled {
-				fb := s.cfg.Feedback.Options
-				o.Feedback = &fb
-			}
-			ctl, err := controller.New(s.rdb, o)
-			if err != nil {
-				return usagef("controller: %v", err)
-			}
-			ready := s.ready(ctl.Ready)
-			h := s.mux(ready)
-			if receiver {
-				pub, err := s.publisher()
-				if err != nil {
-					return err
-				}
-				rh, err := httpbus.NewReceiver(httpbus.ReceiverOptions{
-					Deliver: pub.Publish, Token: s.cfg.Receiver.Token, MaxBody: s.cfg.Receiver.MaxBody,
-					Gatherer: s.reg, Registerer: s.reg, Logger: s.log, Ready: ready,
-				})
-				if err != nil {
-					return err
-				}
-				h.Handle("/feedback", rh)
-				warnNoToken(s)
-			}
-			s.log.Info("starting", "id", id, "feedback", s.cfg.Feedback.Enabled, "provider", s.cfg.Feedback.Provider,
-				"policy", setting(s.cfg, "feedback.policy"), "lease_ttl", leaseTTL,
-				"streams", s.cfg.Controller.Streams, "stream_capacity", s.cfg.Controller.StreamCapacity)
-			return s.run(c.Context, h, func(ctx context.Context) error {
-				err := ctl.Run(ctx)
-				s.final(map[string]any{"id": id, "terms": ctl.Terms()})
-				return err
-			})
-		},
+		Action: func(c *cli.Context) error { return a.runController(c, id, leaseTTL, streamCapacity, receiver) },
 	}
+}
+
+// runController loads the settings (--stream and --stream-capacity among
+// them), and runs the leased controller until SIGTERM, with POST
+// /feedback when receiver is set.
+func (a *app) runController(c *cli.Context, id string, leaseTTL time.Duration, streamCapacity int, receiver bool) error {
+	var extra []config.Value
+	if c.IsSet("stream") {
+		extra = append(extra, config.Value{Key: "controller.streams", Value: c.String("stream"), Source: "flag --stream"})
+	}
+	if c.IsSet("stream-capacity") {
+		extra = append(extra, config.Value{Key: "controller.stream_capacity", Value: strconv.Itoa(streamCapacity), Source: "flag --stream-capacity"})
+	}
+	s, err := a.startService(c, "controller", nil, extra...)
+	if err != nil {
+		return err
+	}
+	warnStreamsUnwatched(s.Log, s.cfg)
+	id = orHostname(id)
+	ctl, err := controller.New(s.RDB, controllerOptions(s, id, leaseTTL))
+	if err != nil {
+		return usagef("controller: %v", err)
+	}
+	ready := s.Ready(ctl.Ready)
+	h := s.Mux(ready)
+	if receiver {
+		if err := serveFeedback(s, h, ready); err != nil {
+			return err
+		}
+	}
+	s.Log.Info("starting", "id", id, "feedback", s.cfg.Feedback.Enabled, "provider", s.cfg.Feedback.Provider,
+		"policy", setting(s.cfg, "feedback.policy"), "lease_ttl", leaseTTL,
+		"streams", s.cfg.Controller.Streams, "stream_capacity", s.cfg.Controller.StreamCapacity)
+	return s.Run(c.Context, h, func(ctx context.Context) error {
+		err := ctl.Run(ctx)
+		s.Final(map[string]any{"id": id, "terms": ctl.Terms()})
+		return err
+	})
+}
+
+// controllerOptions are the controller's options from the settings.
+func controllerOptions(s *svc, id string, leaseTTL time.Duration) controller.Options {
+	o := controller.Options{
+		Prefix: s.cfg.Redis.Prefix, ID: id, LeaseTTL: leaseTTL, Providers: s.cfg.Providers,
+		Logger: s.Log, Registerer: s.Reg,
+	}
+	for _, name := range s.cfg.Controller.Streams {
+		o.Streams = append(o.Streams, controller.Stream{Name: name, Capacity: s.cfg.Controller.StreamCapacity})
+	}
+	o.Limiter.Outage = s.cfg.Outage
+	if s.cfg.Feedback.Enabled {
+		fb := s.cfg.Feedback.Options
+		o.Feedback = &fb
+	}
+	return o
+}
+
+// serveFeedback adds POST /feedback to h: each event is published to
+// Redis, with the receiver's settings (receiver.token, receiver.max_body).
+func serveFeedback(s *svc, h *http.ServeMux, ready func(context.Context) error) error {
+	pub, err := s.publisher()
+	if err != nil {
+		return err
+	}
+	rh, err := httpbus.NewReceiver(httpbus.ReceiverOptions{
+		Deliver: pub.Publish, Token: s.cfg.Receiver.Token, MaxBody: s.cfg.Receiver.MaxBody,
+		Gatherer: s.Reg, Registerer: s.Reg, Logger: s.Log, Ready: ready,
+	})
+	if err != nil {
+		return err
+	}
+	h.Handle("/feedback", rh)
+	warnNoToken(s)
+	return nil
 }
 
 // warnStreamsUnwatched warns when streams were configured but feedback is

@@ -5,6 +5,8 @@ import (
 	"time"
 
 	"github.com/urfave/cli/v2"
+
+	"github.com/sluice-dev/sluice/pkg/config"
 )
 
 func (a *app) cooldownCmd() *cli.Command {
@@ -23,7 +25,7 @@ Examples:
    sluice cooldown ibkr --for 5m --reason "pacing violation from the broker"
    sluice cooldown ibkr --clear`,
 		Flags: []cli.Flag{
-			durationFlag("for", "length (default: the provider's cooldown_sec)", &d, 0, above(0, 24*time.Hour)),
+			durationFlag("for", "length (default: the provider's cooldown_sec)", &d, 0, config.PeriodRange),
 			&cli.StringFlag{Name: "scope", Usage: "what tripped it", Value: "manual", Destination: &scope},
 			&cli.StringFlag{Name: "reason", Usage: "free text", Destination: &reason},
 			&cli.BoolFlag{Name: "clear", Usage: "end the cooldown now", Destination: &clear},

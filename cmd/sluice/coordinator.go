@@ -3,22 +3,29 @@ package main
 import (
 	"context"
 	"errors"
+	"io"
 	"sync/atomic"
 	"time"
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/sluice-dev/sluice/internal/sink"
+	"github.com/sluice-dev/sluice/pkg/config"
+	"github.com/sluice-dev/sluice/pkg/feedback/redisbus"
 	"github.com/sluice-dev/sluice/pkg/store"
 	"github.com/sluice-dev/sluice/pkg/store/redisstream"
 )
 
+// coordinatorArgs are the flags of sluice coordinator.
+type coordinatorArgs struct {
+	id, stream, sinkSpec, failWhile, deadLetter, rateFile string
+	sinkRate                                              float64
+	capacity, workers, batch, attempts                    int
+	claimIdle, drain                                      time.Duration
+}
+
 func (a *app) coordinatorCmd() *cli.Command {
-	var (
-		id, stream, sinkSpec, failWhile, deadLetter, rateFile string
-		sinkRate                                              float64
-		capacity, workers, batch, attempts                    int
-		claimIdle, drain                                      time.Duration
-	)
+	var f coordinatorArgs
 	return &cli.Command{
 		Name:  "coordinator",
 		Usage: "write the durable write stream into a store, and publish the store's pressure",
@@ -42,94 +49,119 @@ queue and backlog went (max_depth) and its level changes.
 Examples:
    sluice --redis redis://redis:6379/0 coordinator --id "$POD_NAME" --sink file:/data/ticks.jsonl
    sluice coordinator --sink discard --sink-rate 300`,
-		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "id", Usage: "coordinator id: consumer name and pressure id (default: the host name)", Destination: &id},
-			&cli.StringFlag{Name: "stream", Value: "store", Usage: "the stream's name", Destination: &stream},
-			&cli.StringFlag{Name: "sink", Value: "discard", Usage: "discard, stdout or file:PATH", Destination: &sinkSpec},
-			numberFlag("sink-rate", "simulated store speed, items/s (0: as fast as the sink)", &sinkRate, 0, closed(0, 1e9)),
-			&cli.StringFlag{Name: "sink-rate-file", Usage: "while this file exists, the number it holds is the simulated store speed (a drill)", Destination: &rateFile},
-			&cli.StringFlag{Name: "fail-while", Usage: "every write fails while this file exists (outage drill)", Destination: &failWhile},
-			&cli.StringFlag{Name: "dead-letter", Usage: "file:PATH receiving batches that failed --attempts times (default: retry until written)", Destination: &deadLetter},
-			numberFlag("attempts", "writes of a batch before it is dead-lettered (only with --dead-letter)", &attempts, 4, closed(1, 1000)),
-			numberFlag("capacity", "queue capacity: the watermarks' 100%", &capacity, 10000, closed(1, 1000000000)),
-			numberFlag("workers", "concurrent batch writers", &workers, 4, closed(1, 1024)),
-			numberFlag("batch", "most items per write", &batch, 100, closed(1, 100000)),
-			durationFlag("claim-idle", "claim entries pending this long on another coordinator", &claimIdle, 30*time.Second, above(0, 24*time.Hour)),
-			durationFlag("drain", "how long SIGTERM waits for the queue to drain", &drain, 20*time.Second, above(0, 24*time.Hour)),
-			listenFlag(),
+		Flags:  f.flags(),
+		Action: func(c *cli.Context) error { return a.runCoordinator(c, &f) },
+	}
+}
+
+func (f *coordinatorArgs) flags() []cli.Flag {
+	return []cli.Flag{
+		&cli.StringFlag{Name: "id", Usage: "coordinator id: consumer name and pressure id (default: the host name)", Destination: &f.id},
+		&cli.StringFlag{Name: "stream", Value: "store", Usage: "the stream's name", Destination: &f.stream},
+		&cli.StringFlag{Name: "sink", Value: "discard", Usage: "discard, stdout or file:PATH", Destination: &f.sinkSpec},
+		numberFlag("sink-rate", "simulated store speed, items/s (0: as fast as the sink)", &f.sinkRate, 0, config.ItemRateRange),
+		&cli.StringFlag{Name: "sink-rate-file", Usage: "while this file exists, the number it holds is the simulated store speed (a drill)", Destination: &f.rateFile},
+		&cli.StringFlag{Name: "fail-while", Usage: "every write fails while this file exists (outage drill)", Destination: &f.failWhile},
+		&cli.StringFlag{Name: "dead-letter", Usage: "file:PATH receiving batches that failed --attempts times (default: retry until written)", Destination: &f.deadLetter},
+		numberFlag("attempts", "writes of a batch before it is dead-lettered (only with --dead-letter)", &f.attempts, 4, closed(1, 1000)),
+		numberFlag("capacity", "queue capacity: the watermarks' 100%", &f.capacity, 10000, closed(1, 1000000000)),
+		numberFlag("workers", "concurrent batch writers", &f.workers, 4, closed(1, 1024)),
+		numberFlag("batch", "most items per write", &f.batch, 100, closed(1, 100000)),
+		durationFlag("claim-idle", "claim entries pending this long on another coordinator", &f.claimIdle, 30*time.Second, config.PeriodRange),
+		durationFlag("drain", "how long SIGTERM waits for the queue to drain", &f.drain, 20*time.Second, config.PeriodRange),
+		listenFlag(),
+	}
+}
+
+// runCoordinator checks everything before a file is opened, opens the
+// sinks and runs a stream consumer until SIGTERM, then withdraws its
+// pressure and prints its counts.
+func (a *app) runCoordinator(c *cli.Context, f *coordinatorArgs) error {
+	s, err := a.startService(c, "coordinator", nil)
+	if err != nil {
+		return err
+	}
+	id := orHostname(f.id)
+	for _, p := range []struct{ flag, path string }{{"sink-rate-file", f.rateFile}, {"fail-while", f.failWhile}} {
+		if p.path != "" {
+			if err := checkParentDir(p.flag, p.path); err != nil {
+				return err
+			}
+		}
+	}
+	o := redisstream.ConsumerOptions{
+		Options: redisstream.Options{Prefix: s.cfg.Redis.Prefix, Stream: f.stream},
+		Name:    id, ClaimIdle: f.claimIdle, Drain: f.drain, Logger: s.Log,
+		Store: store.Options[redisstream.Entry]{
+			Capacity: f.capacity, Workers: f.workers, BatchSize: f.batch, Registerer: s.Reg, Logger: s.Log,
 		},
-		Action: func(c *cli.Context) error {
-			s, err := a.startService(c, "coordinator", nil)
-			if err != nil {
-				return err
-			}
-			id = orHostname(id)
-			// Everything is checked before a file is opened.
-			for _, f := range []struct{ flag, path string }{{"sink-rate-file", rateFile}, {"fail-while", failWhile}} {
-				if f.path != "" {
-					if err := checkParentDir(f.flag, f.path); err != nil {
-						return err
-					}
-				}
-			}
-			o := redisstream.ConsumerOptions{
-				Options: redisstream.Options{Prefix: s.cfg.Redis.Prefix, Stream: stream},
-				Name:    id, ClaimIdle: claimIdle, Drain: drain, Logger: s.log,
-				Store: store.Options[redisstream.Entry]{
-					Capacity: capacity, Workers: workers, BatchSize: batch, Registerer: s.reg, Logger: s.log,
-				},
-			}
-			if err := o.Validate(); err != nil {
-				return usagef("coordinator: %v", err)
-			}
-			sink, err := openSink("sink", sinkSpec, newKnob(sinkRate, rateFile), failWhile, a.stdout)
-			if err != nil {
-				return pathError(err)
-			}
-			defer sink.Close()
-			sink.logRepair(s.log, sinkSpec)
-			if deadLetter != "" {
-				dl, err := openSink("dead-letter", deadLetter, nil, "", a.stdout)
-				if err != nil {
-					return pathError(err)
-				}
-				defer dl.Close()
-				dl.logRepair(s.log, deadLetter)
-				o.Store.DeadLetter, o.Store.Attempts = dl, attempts
-			}
-			pub, err := s.publisher()
-			if err != nil {
-				return err
-			}
-			o.Store.Publisher = pub
-			// The consumer starts its coordinator, which publishes: made
-			// once Redis answers (run waits for it before the body).
-			var cons atomic.Pointer[redisstream.Consumer]
-			ready := s.ready(func() error {
-				if c := cons.Load(); c != nil {
-					return c.Ready()
-				}
-				return errors.New("starting")
-			})
-			s.log.Info("starting", "id", id, "stream", stream, "sink", sinkSpec, "sink_rate", sinkRate, "capacity", capacity)
-			return s.run(c.Context, s.mux(ready), func(ctx context.Context) error {
-				cn, err := redisstream.NewConsumer(s.rdb, sink, o)
-				if err != nil {
-					return err
-				}
-				cons.Store(cn)
-				err = cn.Run(ctx)
-				wctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-				defer cancel()
-				if werr := pub.Withdraw(wctx, id); werr != nil {
-					s.log.Warn("withdrawing the pressure report failed; it expires by itself", "err", werr)
-				}
-				st := cn.Stats()
-				s.final(map[string]any{"id": id, "read": st.Read, "written": st.Written, "claimed": st.Claimed,
-					"acked": st.Acked, "dead_lettered": st.DeadLettered, "unwritten": st.Unwritten,
-					"max_depth": st.MaxDepth, "capacity": st.Capacity, "level_changes": st.Transitions})
-				return err
-			})
-		},
+	}
+	if err := o.Validate(); err != nil {
+		return usagef("coordinator: %v", err)
+	}
+	out, closeSinks, err := f.openSinks(s, &o.Store, a.stdout)
+	if err != nil {
+		return err
+	}
+	defer closeSinks()
+	pub, err := s.publisher()
+	if err != nil {
+		return err
+	}
+	o.Store.Publisher = pub
+	// The consumer starts its coordinator, which publishes: made once
+	// Redis answers (Run waits for it before the body).
+	var cons atomic.Pointer[redisstream.Consumer]
+	ready := s.Ready(func() error {
+		if c := cons.Load(); c != nil {
+			return c.Ready()
+		}
+		return errors.New("starting")
+	})
+	s.Log.Info("starting", "id", id, "stream", f.stream, "sink", f.sinkSpec, "sink_rate", f.sinkRate, "capacity", f.capacity)
+	return s.Run(c.Context, s.Mux(ready), func(ctx context.Context) error {
+		cn, err := redisstream.NewConsumer(s.RDB, out, o)
+		if err != nil {
+			return err
+		}
+		cons.Store(cn)
+		err = cn.Run(ctx)
+		withdraw(s, pub, id)
+		st := cn.Stats()
+		s.Final(map[string]any{"id": id, "read": st.Read, "written": st.Written, "claimed": st.Claimed,
+			"acked": st.Acked, "dead_lettered": st.DeadLettered, "unwritten": st.Unwritten,
+			"max_depth": st.MaxDepth, "capacity": st.Capacity, "level_changes": st.Transitions})
+		return err
+	})
+}
+
+// openSinks opens --sink and, when set, --dead-letter into o; closeAll
+// closes both.
+func (f *coordinatorArgs) openSinks(s *svc, o *store.Options[redisstream.Entry], stdout io.Writer) (out *sink.Lines, closeAll func(), err error) {
+	out, err = sink.Open("sink", f.sinkSpec, sink.Options{Rate: newKnob(f.sinkRate, f.rateFile).Value, FailWhile: f.failWhile}, stdout)
+	if err != nil {
+		return nil, nil, pathError(err)
+	}
+	out.LogRepair(s.Log, f.sinkSpec)
+	if f.deadLetter == "" {
+		return out, func() { out.Close() }, nil
+	}
+	dl, err := sink.Open("dead-letter", f.deadLetter, sink.Options{}, stdout)
+	if err != nil {
+		out.Close()
+		return nil, nil, pathError(err)
+	}
+	dl.LogRepair(s.Log, f.deadLetter)
+	o.DeadLetter, o.Attempts = dl, f.attempts
+	return out, func() { dl.Close(); out.Close() }, nil
+}
+
+// withdraw removes the coordinator's pressure report at exit; a report
+// left behind expires by itself.
+func withdraw(s *svc, pub *redisbus.Publisher, id string) {
+	wctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if err := pub.Withdraw(wctx, id); err != nil {
+		s.Log.Warn("withdrawing the pressure report failed; it expires by itself", "err", err)
 	}
 }

@@ -2,9 +2,7 @@ package main
 
 import (
 	"errors"
-	"fmt"
 	"io/fs"
-	"math"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -14,6 +12,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/sluice-dev/sluice/internal/sink"
 	"github.com/sluice-dev/sluice/pkg/config"
 	"github.com/sluice-dev/sluice/pkg/limiter"
 )
@@ -21,85 +20,33 @@ import (
 // Every numeric and duration flag of sluice is one of these: its value is
 // read and checked against its range while the flags are parsed, before a
 // command does anything, so a bad value exits 2 naming the flag, the value
-// and the range. Numbers follow config.ParseNumber, the rule of the
-// settings (decimal, finite, not subnormal), and counts must be whole.
+// and the range. Numbers follow config.ReadNumber, the rule of the
+// settings (decimal, finite, not subnormal; counts whole), and durations
+// config.ReadDuration.
 
-// span is the range a flag's value must be in: [lo, hi], or (lo, hi] when
-// open.
-type span[T int | int64 | float64 | time.Duration] struct {
-	lo, hi T
-	open   bool
-}
+// span is the range a flag's value must be in: config.Range, the type of
+// every setting's range.
+type span[T config.Bound] = config.Range[T]
 
 // closed is the span [lo, hi].
-func closed[T int | int64 | float64 | time.Duration](lo, hi T) span[T] {
-	return span[T]{lo: lo, hi: hi}
-}
+func closed[T config.Bound](lo, hi T) span[T] { return config.Closed(lo, hi) }
 
 // above is the span (lo, hi].
-func above[T int | int64 | float64 | time.Duration](lo, hi T) span[T] {
-	return span[T]{lo: lo, hi: hi, open: true}
-}
+func above[T config.Bound](lo, hi T) span[T] { return config.Above(lo, hi) }
 
-func (s span[T]) has(f float64) bool {
-	return (f > float64(s.lo) || !s.open && f == float64(s.lo)) && f <= float64(s.hi)
-}
-
-func (s span[T]) String() string {
-	show := func(v T) string {
-		if d, ok := any(v).(time.Duration); ok {
-			return shortDuration(d)
-		}
-		return formatNumber(float64(v))
-	}
-	left := "["
-	if s.open {
-		left = "("
-	}
-	return left + show(s.lo) + ", " + show(s.hi) + "]"
-}
-
-// formatNumber writes a whole number in digits (1000000000, not 1e+09).
-func formatNumber(f float64) string {
-	if f == math.Trunc(f) && math.Abs(f) < 1e15 {
-		return strconv.FormatFloat(f, 'f', -1, 64)
-	}
-	return strconv.FormatFloat(f, 'g', -1, 64)
-}
-
-// shortDuration writes 24h for 24h0m0s, 0 for 0s.
-func shortDuration(d time.Duration) string {
-	if d == 0 {
-		return "0"
-	}
-	s := d.String()
-	if strings.HasSuffix(s, "m0s") {
-		s = strings.TrimSuffix(s, "0s")
-	}
-	if strings.HasSuffix(s, "h0m") {
-		s = strings.TrimSuffix(s, "0m")
-	}
-	return s
-}
-
-// numberValue is a numeric flag's value (a cli.Generic): *dst, in its span.
+// numberValue is a numeric flag's value (a cli.Generic): *dst, in its
+// span, read by config.ReadNumber.
 type numberValue[T int | int64 | float64] struct {
 	dst *T
 	in  span[T]
 }
 
 func (v *numberValue[T]) Set(s string) error {
-	f, err := config.ParseNumber(s)
+	n, err := config.ReadNumber(s, v.in)
 	if err != nil {
-		return fmt.Errorf("%v, in %s", err, v.in)
+		return err
 	}
-	if _, isFloat := any(*v.dst).(float64); !isFloat && f != math.Trunc(f) {
-		return fmt.Errorf("must be a whole number in %s", v.in)
-	}
-	if !v.in.has(f) {
-		return fmt.Errorf("must be in %s", v.in)
-	}
-	*v.dst = T(f)
+	*v.dst = n
 	return nil
 }
 
@@ -107,7 +54,7 @@ func (v *numberValue[T]) String() string {
 	if v.dst == nil { // urfave's help makes a zero value to compare
 		return ""
 	}
-	return formatNumber(float64(*v.dst))
+	return config.FormatNumber(float64(*v.dst))
 }
 
 // numberFlag declares --name, setting *dst (def when not given) to a value
@@ -117,19 +64,17 @@ func numberFlag[T int | int64 | float64](name, usage string, dst *T, def T, in s
 	return &cli.GenericFlag{Name: name, Usage: usage + ", in " + in.String(), Value: &numberValue[T]{dst, in}}
 }
 
-// durationValue is a duration flag's value: *dst, in its span.
+// durationValue is a duration flag's value: *dst, in its span, read by
+// config.ReadDuration.
 type durationValue struct {
 	dst *time.Duration
 	in  span[time.Duration]
 }
 
 func (v *durationValue) Set(s string) error {
-	d, err := time.ParseDuration(s)
+	d, err := config.ReadDuration(s, v.in)
 	if err != nil {
-		return fmt.Errorf("must be a duration like 5s or 250ms, in %s", v.in)
-	}
-	if !v.in.has(float64(d)) {
-		return fmt.Errorf("must be in %s", v.in)
+		return err
 	}
 	*v.dst = d
 	return nil
@@ -188,10 +133,12 @@ func checkParentDir(flag, path string) error {
 }
 
 // pathError makes an error opening a file a command line named a usage
-// error (exit 2): it happens before the command starts its work.
+// error (exit 2): it happens before the command starts its work; so is a
+// sink spec that cannot work.
 func pathError(err error) error {
 	var pe *fs.PathError
-	if errors.As(err, &pe) {
+	var se *sink.UsageError
+	if errors.As(err, &pe) || errors.As(err, &se) {
 		return usagef("%v", err)
 	}
 	return err

@@ -20,7 +20,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sluice-dev/sluice/internal/cliargs"
 	"github.com/sluice-dev/sluice/internal/redistest"
+	"github.com/sluice-dev/sluice/internal/status"
 	"github.com/sluice-dev/sluice/lua"
 	"github.com/sluice-dev/sluice/pkg/config"
 )
@@ -82,9 +84,9 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-func statusJSON(t *testing.T, env []string) statusReport {
+func statusJSON(t *testing.T, env []string) status.Report {
 	t.Helper()
-	var rep statusReport
+	var rep status.Report
 	r := sluice(t, env, "status", "--json").ok(t)
 	if err := json.Unmarshal([]byte(r.stdout), &rep); err != nil {
 		t.Fatalf("status --json: %v\n%s", err, r.stdout)
@@ -417,8 +419,8 @@ func TestFlagsFirst(t *testing.T) {
 		{"sluice scale ibkr -- -1", "sluice scale -- ibkr -1"},
 		{"sluice scale ibkr -1", "sluice scale ibkr -1"},
 	} {
-		if got := strings.Join(flagsFirst(a, strings.Fields(tc.in)), " "); got != tc.want {
-			t.Errorf("flagsFirst(%q) = %q, want %q", tc.in, got, tc.want)
+		if got := strings.Join(cliargs.FlagsFirst(a, strings.Fields(tc.in)), " "); got != tc.want {
+			t.Errorf("FlagsFirst(%q) = %q, want %q", tc.in, got, tc.want)
 		}
 	}
 }

@@ -1,12 +1,14 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"slices"
 	"time"
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/sluice-dev/sluice/pkg/config"
 	"github.com/sluice-dev/sluice/pkg/feedback"
 	"github.com/sluice-dev/sluice/pkg/feedback/redisbus"
 	"github.com/sluice-dev/sluice/pkg/state"
@@ -37,22 +39,11 @@ Examples:
 			Flags: []cli.Flag{
 				queueFlag,
 				numberFlag("capacity", "queue capacity to report", &capacity, 1000, closed(1, 1000000000)),
-				durationFlag("ttl", "how long the report counts", &ttl, 30*time.Second, above(0, 24*time.Hour)),
+				durationFlag("ttl", "how long the report counts", &ttl, 30*time.Second, config.PeriodRange),
 			},
-			Action: a.withSession(2, 0, "COORDINATOR LEVEL", func(argv []string) error {
-				level, err := state.ParseLevel(argv[1])
-				if err != nil {
-					return usagef("pressure set: LEVEL=%q: must be ok, soft or hard", argv[1])
-				}
-				if queue < 0 { // not given
-					queue = capacity * map[state.Level]int{state.OK: 0, state.Soft: 70, state.Hard: 90}[level] / 100
-				}
-				e = feedback.Event{CoordinatorID: argv[0], QueueSize: queue, Capacity: capacity, Level: level,
-					Seq: uint64(time.Now().UnixMicro()), TS: time.Now()}
-				if err := e.Validate(); err != nil {
-					return usagef("pressure set: %v", err)
-				}
-				return nil
+			Action: a.withSession(2, 0, "COORDINATOR LEVEL", func(argv []string) (err error) {
+				e, err = pressureEvent(argv[0], argv[1], queue, capacity)
+				return err
 			}, func(c *cli.Context, s *session, argv []string) error {
 				pub, err := redisbus.NewPublisher(s.rdb, redisbus.Options{Prefix: s.cfg.Redis.Prefix, TTL: ttl})
 				if err != nil {
@@ -74,20 +65,7 @@ forget it when its TTL passes (feedback.coordinator_ttl).
 Example:
    sluice pressure clear store-0`,
 			Action: a.withSession(1, 0, "COORDINATOR", nil, func(c *cli.Context, s *session, argv []string) error {
-				pub, err := redisbus.NewPublisher(s.rdb, redisbus.Options{Prefix: s.cfg.Redis.Prefix})
-				if err != nil {
-					return err
-				}
-				p, err := redisbus.Read(c.Context, s.rdb, s.cfg.Redis.Prefix)
-				if err != nil {
-					return err
-				}
-				known := slices.Contains(p.Expired, argv[0]) || p.Malformed[argv[0]] != nil ||
-					slices.ContainsFunc(p.Live, func(e feedback.Event) bool { return e.CoordinatorID == argv[0] })
-				if !known {
-					return fmt.Errorf("pressure clear: no coordinator %q has reported (see sluice status)", argv[0])
-				}
-				if err := pub.Withdraw(c.Context, argv[0]); err != nil {
+				if err := clearPressure(c.Context, s, argv[0]); err != nil {
 					return err
 				}
 				fmt.Fprintf(a.stdout, "%s: cleared\n", argv[0])
@@ -95,4 +73,41 @@ Example:
 			}),
 		}},
 	}
+}
+
+// pressureEvent is the event `pressure set` publishes: queue -1 (not
+// given) reports a fill typical of the level.
+func pressureEvent(coordinator, levelArg string, queue, capacity int) (feedback.Event, error) {
+	level, err := state.ParseLevel(levelArg)
+	if err != nil {
+		return feedback.Event{}, usagef("pressure set: LEVEL=%q: must be ok, soft or hard", levelArg)
+	}
+	if queue < 0 {
+		queue = capacity * map[state.Level]int{state.OK: 0, state.Soft: 70, state.Hard: 90}[level] / 100
+	}
+	e := feedback.Event{CoordinatorID: coordinator, QueueSize: queue, Capacity: capacity, Level: level,
+		Seq: uint64(time.Now().UnixMicro()), TS: time.Now()}
+	if err := e.Validate(); err != nil {
+		return e, usagef("pressure set: %v", err)
+	}
+	return e, nil
+}
+
+// clearPressure withdraws the pressure of a coordinator that has
+// reported (live, expired or malformed).
+func clearPressure(ctx context.Context, s *session, id string) error {
+	pub, err := redisbus.NewPublisher(s.rdb, redisbus.Options{Prefix: s.cfg.Redis.Prefix})
+	if err != nil {
+		return err
+	}
+	p, err := redisbus.Read(ctx, s.rdb, s.cfg.Redis.Prefix)
+	if err != nil {
+		return err
+	}
+	known := slices.Contains(p.Expired, id) || p.Malformed[id] != nil ||
+		slices.ContainsFunc(p.Live, func(e feedback.Event) bool { return e.CoordinatorID == id })
+	if !known {
+		return fmt.Errorf("pressure clear: no coordinator %q has reported (see sluice status)", id)
+	}
+	return pub.Withdraw(ctx, id)
 }

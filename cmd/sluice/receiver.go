@@ -50,15 +50,15 @@ Examples:
 					return nil
 				},
 				Token: s.cfg.Receiver.Token, MaxBody: s.cfg.Receiver.MaxBody,
-				Gatherer: s.reg, Registerer: s.reg, Logger: s.log, Ready: s.ready(nil),
+				Gatherer: s.Reg, Registerer: s.Reg, Logger: s.Log, Ready: s.Ready(nil),
 			})
 			if err != nil {
 				return err
 			}
 			warnNoToken(s)
-			return s.run(c.Context, h, func(ctx context.Context) error {
+			return s.Run(c.Context, h, func(ctx context.Context) error {
 				<-ctx.Done()
-				s.final(map[string]any{"delivered": delivered.Load()})
+				s.Final(map[string]any{"delivered": delivered.Load()})
 				return nil
 			})
 		},
@@ -66,8 +66,8 @@ Examples:
 }
 
 // warnNoToken says loudly that POST /feedback takes events from anyone.
-func warnNoToken(s *service) {
+func warnNoToken(s *svc) {
 	if s.cfg.Receiver.Token == "" {
-		s.log.Warn("POST /feedback requires no token: anyone who reaches it can pause the fleet; set receiver.token (SLUICE_RECEIVER_TOKEN)")
+		s.Log.Warn("POST /feedback requires no token: anyone who reaches it can pause the fleet; set receiver.token (SLUICE_RECEIVER_TOKEN)")
 	}
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"maps"
@@ -71,50 +72,32 @@ Examples:
 			}
 			defer s.Close()
 			for _, n := range names {
-				pc, ok := cfg.Providers[n]
-				if !ok { // named on the command line only: the seed's defaults
-					pc = limiter.DefaultProviderConfig()
-				}
-				// A provider that exists keeps the fields no layer sets:
-				// `register ibkr --cooldown-sec 60` changes the cooldown only.
-				if st, err := s.lim.Status(c.Context, n); err == nil {
-					keepStored(&pc, st.Config, func(field string) bool {
-						return !ok || cfg.Source(config.ProviderKey(n, field)) == "default"
-					})
-				} else if !errors.Is(err, limiter.ErrUnknownProvider) {
+				if err := a.registerOne(c.Context, s, n); err != nil {
 					return err
 				}
-				res, err := s.lim.Register(c.Context, n, pc)
-				if err != nil {
-					return err
-				}
-				fmt.Fprintf(a.stdout, "%s: %s (capacity %d, refill %g/s, cooldown %v, breaker %d / %v, max scale %g)\n",
-					n, res, pc.Capacity, pc.RefillRate, pc.Cooldown, pc.BreakerThreshold, pc.BreakerTimeout, pc.MaxScale)
 			}
 			return nil
 		},
 	}
 }
 
-// keepStored copies into pc each field of stored for which unset is true.
-func keepStored(pc *limiter.ProviderConfig, stored limiter.ProviderConfig, unset func(field string) bool) {
-	for _, f := range config.ProviderFields() {
-		if !unset(f.Name) {
-			continue
-		}
-		switch f.Name {
-		case "capacity":
-			pc.Capacity = stored.Capacity
-		case "refill_rate":
-			pc.RefillRate = stored.RefillRate
-		case "cooldown_sec":
-			pc.Cooldown = stored.Cooldown
-		case "breaker_threshold":
-			pc.BreakerThreshold = stored.BreakerThreshold
-		case "breaker_timeout":
-			pc.BreakerTimeout = stored.BreakerTimeout
-		case "max_scale":
-			pc.MaxScale = stored.MaxScale
-		}
+// registerOne registers provider n with its configuration in force
+// (config.Settings.ProviderConfig): a provider that exists keeps the
+// fields no layer sets, so `register ibkr --cooldown-sec 60` changes the
+// cooldown only.
+func (a *app) registerOne(ctx context.Context, s *session, n string) error {
+	var stored *limiter.ProviderConfig
+	if st, err := s.lim.Status(ctx, n); err == nil {
+		stored = &st.Config
+	} else if !errors.Is(err, limiter.ErrUnknownProvider) {
+		return err
 	}
+	pc := s.cfg.ProviderConfig(n, stored)
+	res, err := s.lim.Register(ctx, n, pc)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(a.stdout, "%s: %s (capacity %d, refill %g/s, cooldown %v, breaker %d / %v, max scale %g)\n",
+		n, res, pc.Capacity, pc.RefillRate, pc.Cooldown, pc.BreakerThreshold, pc.BreakerTimeout, pc.MaxScale)
+	return nil
 }

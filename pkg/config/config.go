@@ -91,6 +91,43 @@ var providerFields = func() []Key {
 	}
 }()
 
+// ProviderConfig is provider's configuration in force: the fields its
+// layers set, and for the others the stored configuration when there is
+// one (a provider Redis holds), else the seed's defaults. A provider that
+// no layer names takes every field from stored, or the defaults.
+func (s *Settings) ProviderConfig(provider string, stored *limiter.ProviderConfig) limiter.ProviderConfig {
+	pc, named := s.Providers[provider]
+	if !named {
+		pc = limiter.DefaultProviderConfig()
+	}
+	if stored == nil {
+		return pc
+	}
+	for _, f := range providerFields {
+		if !s.setByLayer(provider, f.Name) {
+			keepStored[f.Name](&pc, *stored)
+		}
+	}
+	return pc
+}
+
+// setByLayer reports whether a layer (the file, the environment, an
+// override) set field of provider.
+func (s *Settings) setByLayer(provider, field string) bool {
+	src := s.Source(ProviderKey(provider, field))
+	return src != "" && src != "default"
+}
+
+// keepStored copies each provider field from a stored configuration.
+var keepStored = map[string]func(pc *limiter.ProviderConfig, stored limiter.ProviderConfig){
+	"capacity":          func(pc *limiter.ProviderConfig, st limiter.ProviderConfig) { pc.Capacity = st.Capacity },
+	"refill_rate":       func(pc *limiter.ProviderConfig, st limiter.ProviderConfig) { pc.RefillRate = st.RefillRate },
+	"cooldown_sec":      func(pc *limiter.ProviderConfig, st limiter.ProviderConfig) { pc.Cooldown = st.Cooldown },
+	"breaker_threshold": func(pc *limiter.ProviderConfig, st limiter.ProviderConfig) { pc.BreakerThreshold = st.BreakerThreshold },
+	"breaker_timeout":   func(pc *limiter.ProviderConfig, st limiter.ProviderConfig) { pc.BreakerTimeout = st.BreakerTimeout },
+	"max_scale":         func(pc *limiter.ProviderConfig, st limiter.ProviderConfig) { pc.MaxScale = st.MaxScale },
+}
+
 const providersPrefix = "rate_coordinator.providers."
 
 // ProviderKey is the setting name of a provider's field, e.g.
@@ -159,11 +196,19 @@ func ParseNumber(s string) (float64, error) {
 	if err != nil || math.IsInf(f, 0) {
 		return 0, errors.New("must be a decimal number of finite size")
 	}
-	if f == 0 && strings.Trim(strings.SplitN(strings.ToLower(s), "e", 2)[0], "-.0") != "" ||
-		f != 0 && math.Abs(f) < smallestNormal {
+	if roundsToZero(s, f) {
 		return 0, errors.New("must be 0 or a number that does not round to 0 (at least 2.2250738585072014e-308 in magnitude)")
 	}
 	return f, nil
+}
+
+// roundsToZero reports whether f, read from s, lost its value: a non-zero
+// s that read as 0, or a subnormal f.
+func roundsToZero(s string, f float64) bool {
+	if f == 0 {
+		return strings.Trim(strings.SplitN(strings.ToLower(s), "e", 2)[0], "-.0") != ""
+	}
+	return math.Abs(f) < smallestNormal
 }
 
 // smallestNormal is the smallest positive normal float64, 2^-1022.
@@ -220,13 +265,8 @@ func Load(src Sources) (*Settings, error) {
 			return nil, err
 		}
 	}
-	for i, o := range src.Overrides {
-		if o.Source == "" {
-			src.Overrides[i].Source = "override"
-		}
-		if _, known := l[o.Key]; !known && !isProviderKey(o.Key) {
-			return nil, invalidf("config: unknown key %q (from %s)", o.Key, src.Overrides[i].Source)
-		}
+	if err := l.checkOverrides(src.Overrides); err != nil {
+		return nil, err
 	}
 	if err := l.env(src.Environ, src.Overrides, src.Providers); err != nil {
 		return nil, err
@@ -236,6 +276,20 @@ func Load(src Sources) (*Settings, error) {
 	}
 	l.providerDefaults()
 	return l.parse()
+}
+
+// checkOverrides names the source of each override that has none
+// ("override") and refuses a key that names no setting.
+func (l layers) checkOverrides(overrides []Value) error {
+	for i, o := range overrides {
+		if o.Source == "" {
+			overrides[i].Source = "override"
+		}
+		if !l.known(o.Key) {
+			return invalidf("config: unknown key %q (from %s)", o.Key, overrides[i].Source)
+		}
+	}
+	return nil
 }
 
 // Values returns every setting with its value and source, sorted by key;
@@ -264,18 +318,7 @@ func (s *Settings) Source(key string) string { return s.values[key].Source }
 // noticed quickly. A URL that does not parse is an error naming the key.
 func (s *Settings) RedisClient() (redis.UniversalClient, error) {
 	if s.Redis.ClusterURL != "" {
-		opt, err := redis.ParseClusterURL(s.Redis.ClusterURL)
-		if err != nil {
-			return nil, s.values.errorf("redis.cluster_url", "must be redis://[user:password@]host:port?addr=host:port...: "+err.Error())
-		}
-		opt.DialTimeout, opt.DialerRetries = orDefault(opt.DialTimeout, 2*time.Second), max(opt.DialerRetries, 2)
-		opt.ContextTimeoutEnabled = true
-		if err := s.trust(opt.TLSConfig); err != nil {
-			return nil, err
-		}
-		cc := redis.NewClusterClient(opt)
-		clusterreload.Install(cc) // a failed call reloads the slot map: back soon after a failover, not after 60 s
-		return cc, nil
+		return s.clusterClient()
 	}
 	opt, err := redis.ParseURL(s.Redis.URL)
 	if err != nil {
@@ -287,6 +330,22 @@ func (s *Settings) RedisClient() (redis.UniversalClient, error) {
 		return nil, err
 	}
 	return redis.NewClient(opt), nil
+}
+
+// clusterClient is RedisClient for redis.cluster_url.
+func (s *Settings) clusterClient() (*redis.ClusterClient, error) {
+	opt, err := redis.ParseClusterURL(s.Redis.ClusterURL)
+	if err != nil {
+		return nil, s.values.errorf("redis.cluster_url", "must be redis://[user:password@]host:port?addr=host:port...: "+err.Error())
+	}
+	opt.DialTimeout, opt.DialerRetries = orDefault(opt.DialTimeout, 2*time.Second), max(opt.DialerRetries, 2)
+	opt.ContextTimeoutEnabled = true
+	if err := s.trust(opt.TLSConfig); err != nil {
+		return nil, err
+	}
+	cc := redis.NewClusterClient(opt)
+	clusterreload.Install(cc) // a failed call reloads the slot map: back soon after a failover, not after 60 s
+	return cc, nil
 }
 
 // trust makes a TLS connection (rediss://) trust the CAs of redis.tls_ca.
@@ -343,25 +402,34 @@ func invalidf(format string, args ...any) error {
 type layers map[string]Value
 
 func (l layers) file(path string) error {
-	b, err := os.ReadFile(path)
+	flat, err := readYAML(path)
 	if err != nil {
-		return invalidf("config file: %w", err)
-	}
-	var doc map[string]any
-	if err := yaml.Unmarshal(b, &doc); err != nil {
-		return invalidf("config file %s: %w", path, err)
-	}
-	flat := map[string]string{}
-	if err := flatten("", doc, flat); err != nil {
-		return invalidf("config file %s: %w", path, err)
+		return err
 	}
 	for k, v := range flat {
-		if _, known := l[k]; !known && !isProviderKey(k) {
+		if !l.known(k) {
 			return invalidf("config file %s: unknown key %q", path, k)
 		}
 		l[k] = Value{k, v, "file " + path}
 	}
 	return nil
+}
+
+// readYAML reads the YAML file path as dotted keys and their values.
+func readYAML(path string) (map[string]string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, invalidf("config file: %w", err)
+	}
+	var doc map[string]any
+	if err := yaml.Unmarshal(b, &doc); err != nil {
+		return nil, invalidf("config file %s: %w", path, err)
+	}
+	flat := map[string]string{}
+	if err := flatten("", doc, flat); err != nil {
+		return nil, invalidf("config file %s: %w", path, err)
+	}
+	return flat, nil
 }
 
 func flatten(prefix string, m map[string]any, out map[string]string) error {
@@ -404,11 +472,25 @@ func isProviderKey(k string) bool {
 // ignored (isServiceLink): their names and values have shapes no setting
 // has.
 func (l layers) env(environ []string, overrides []Value, callerNames []string) error {
+	pvars, err := l.fixedEnv(environ)
+	if err != nil {
+		return err
+	}
+	return l.providerEnv(pvars, l.declaredProviders(overrides, callerNames))
+}
+
+// providerVar is a MDP_RATE_<PROVIDER>_<FIELD> variable: its name, the
+// provider as written, the field and the value.
+type providerVar struct{ env, upper, field, value string }
+
+// fixedEnv reads the variables of the fixed keys and returns the provider
+// variables, for providerEnv; any other variable in sluice's namespaces is
+// an error (unknownVariable).
+func (l layers) fixedEnv(environ []string) ([]providerVar, error) {
 	byEnv := map[string]string{}
 	for _, k := range keys {
 		byEnv[k.Env] = k.Name
 	}
-	type providerVar struct{ env, upper, field, value string }
 	var pvars []providerVar
 	for _, kv := range environ {
 		k, v, ok := strings.Cut(kv, "=")
@@ -419,16 +501,22 @@ func (l layers) env(environ []string, overrides []Value, callerNames []string) e
 			l[name] = Value{name, v, "env " + k}
 			continue
 		}
-		if k == "SLUICE_CONFIG" || !inNamespace(k) || isServiceLink(k, v) {
-			continue // SLUICE_CONFIG: the file's path, read by the CLI
+		if ignoredVariable(k, v) {
+			continue
 		}
 		upper, field, ok := providerVariable(k)
 		if !ok {
-			return unknownVariable(k)
+			return nil, unknownVariable(k)
 		}
 		pvars = append(pvars, providerVar{k, upper, field, v})
 	}
-	declared := l.declaredProviders(overrides, callerNames)
+	return pvars, nil
+}
+
+// providerEnv sets the provider settings of pvars, each for a provider
+// in declared (matched whatever its case); a variable for another
+// provider is an error.
+func (l layers) providerEnv(pvars []providerVar, declared []string) error {
 	byUpper := map[string]string{}
 	for _, name := range declared {
 		byUpper[strings.ToUpper(name)] = name
@@ -436,17 +524,30 @@ func (l layers) env(environ []string, overrides []Value, callerNames []string) e
 	for _, p := range pvars {
 		name, ok := byUpper[p.upper]
 		if !ok {
-			msg := fmt.Sprintf("config: %s configures provider %q, which no other setting names (known providers: %s)",
-				p.env, strings.ToLower(p.upper), strings.Join(declared, ", "))
-			if best := closest(p.upper, slices.Collect(maps.Keys(byUpper))); best != "" {
-				msg += fmt.Sprintf("; did you mean MDP_RATE_%s_%s?", best, strings.ToUpper(p.field))
-			}
-			return invalidf("%s (a provider that only the environment configures must be listed in MDP_RATE_PROVIDER_NAMES)", msg)
+			return undeclaredProvider(p, declared, slices.Collect(maps.Keys(byUpper)))
 		}
 		key := ProviderKey(name, p.field)
 		l[key] = Value{key, p.value, "env " + p.env}
 	}
 	return nil
+}
+
+// undeclaredProvider is the error for a provider variable of a provider
+// nothing else names, with the closest declared one if one is close.
+func undeclaredProvider(p providerVar, declared, upper []string) error {
+	msg := fmt.Sprintf("config: %s configures provider %q, which no other setting names (known providers: %s)",
+		p.env, strings.ToLower(p.upper), strings.Join(declared, ", "))
+	if best := closest(p.upper, upper); best != "" {
+		msg += fmt.Sprintf("; did you mean MDP_RATE_%s_%s?", best, strings.ToUpper(p.field))
+	}
+	return invalidf("%s (a provider that only the environment configures must be listed in MDP_RATE_PROVIDER_NAMES)", msg)
+}
+
+// ignoredVariable reports whether the variable k=v is none of sluice's
+// settings to read: outside its namespaces, SLUICE_CONFIG (the file's
+// path, read by the CLI) or a Kubernetes service link.
+func ignoredVariable(k, v string) bool {
+	return k == "SLUICE_CONFIG" || !inNamespace(k) || isServiceLink(k, v)
 }
 
 // inNamespace reports whether an environment variable is sluice's to read.
@@ -472,32 +573,43 @@ func providerVariable(name string) (provider, field string, ok bool) {
 // unknownVariable is the error for a variable in sluice's namespaces that
 // names no setting, with the closest name that does, if one is close.
 func unknownVariable(name string) error {
+	hint := ""
+	if best := closest(name, variableNames(name)); best != "" {
+		hint = "; did you mean " + best + "?"
+	}
+	if strings.HasPrefix(name, "MDP_RATE_") {
+		return invalidf("config: unknown environment variable %s: not MDP_RATE_<PROVIDER>_<FIELD> with FIELD one of %s%s",
+			name, strings.Join(providerFieldVars(""), ", "), hint)
+	}
+	return invalidf("config: unknown environment variable %s: not a setting (sluice config print lists them)%s", name, hint)
+}
+
+// variableNames are the names a misspelt variable name may have meant: the
+// fixed keys' variables and, for MDP_RATE_<P>_<FIELD>, every field of
+// each provider P its underscores could end.
+func variableNames(name string) []string {
 	var names []string
 	for _, k := range keys {
 		names = append(names, k.Env)
 	}
 	if rest, ok := strings.CutPrefix(name, "MDP_RATE_"); ok { // a provider field misspelt: MDP_RATE_IBKR_CAPACTY
-		for i := range len(rest) {
-			if rest[i] == '_' && i > 0 {
-				for _, f := range providerFields {
-					names = append(names, "MDP_RATE_"+rest[:i]+"_"+strings.ToUpper(f.Name))
-				}
+		for i := 1; i < len(rest); i++ {
+			if rest[i] == '_' {
+				names = append(names, providerFieldVars("MDP_RATE_"+rest[:i]+"_")...)
 			}
 		}
 	}
-	hint := ""
-	if best := closest(name, names); best != "" {
-		hint = "; did you mean " + best + "?"
+	return names
+}
+
+// providerFieldVars returns prefix followed by each provider field, upper
+// case.
+func providerFieldVars(prefix string) []string {
+	var out []string
+	for _, f := range providerFields {
+		out = append(out, prefix+strings.ToUpper(f.Name))
 	}
-	if strings.HasPrefix(name, "MDP_RATE_") {
-		var fields []string
-		for _, f := range providerFields {
-			fields = append(fields, strings.ToUpper(f.Name))
-		}
-		return invalidf("config: unknown environment variable %s: not MDP_RATE_<PROVIDER>_<FIELD> with FIELD one of %s%s",
-			name, strings.Join(fields, ", "), hint)
-	}
-	return invalidf("config: unknown environment variable %s: not a setting (sluice config print lists them)%s", name, hint)
+	return out
 }
 
 // declaredProviders returns, sorted, the providers that MDP_RATE_ variables
@@ -541,6 +653,9 @@ func (l layers) providerDefaults() {
 }
 
 func (l layers) has(key string) bool { _, ok := l[key]; return ok }
+
+// known reports whether key names a setting: a fixed key or a provider's.
+func (l layers) known(key string) bool { return l.has(key) || isProviderKey(key) }
 
 func toLayers(vs []Value) layers {
 	l := layers{}
@@ -608,40 +723,51 @@ func (l layers) namingKey(provider string) string {
 // ParseURL, or ParseClusterURL), and what that accepts but cannot work: a
 // port outside [1, 65535], no host, a negative database.
 func checkRedisURL(raw string, cluster bool) error {
-	var addrs []string
-	if cluster {
-		o, err := redis.ParseClusterURL(raw)
-		if err != nil {
-			return err
-		}
-		addrs = o.Addrs
-	} else {
-		o, err := redis.ParseURL(raw)
-		if err != nil {
-			return err
-		}
-		if o.DB < 0 {
-			return fmt.Errorf("database %d: must be 0 or more", o.DB)
-		}
-		if o.Network == "unix" {
-			return nil
-		}
-		addrs = []string{o.Addr}
+	addrs, socket, err := redisAddrs(raw, cluster)
+	if err != nil || socket {
+		return err
 	}
 	if u, _ := url.Parse(raw); u.Host == "" {
 		return errors.New("no host")
 	}
 	for _, a := range addrs {
-		host, port, err := net.SplitHostPort(a)
+		if err := checkAddr(a); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// redisAddrs returns the addresses of a Redis URL as go-redis reads it,
+// or socket true for a unix socket; a negative database is an error.
+func redisAddrs(raw string, cluster bool) (addrs []string, socket bool, err error) {
+	if cluster {
+		o, err := redis.ParseClusterURL(raw)
 		if err != nil {
-			return fmt.Errorf("address %q: %v", a, err)
+			return nil, false, err
 		}
-		if host == "" {
-			return fmt.Errorf("address %q: no host", a)
-		}
-		if !isPort(port) {
-			return fmt.Errorf("address %q: the port must be in [1, 65535]", a)
-		}
+		return o.Addrs, false, nil
+	}
+	o, err := redis.ParseURL(raw)
+	switch {
+	case err != nil:
+		return nil, false, err
+	case o.DB < 0:
+		return nil, false, fmt.Errorf("database %d: must be 0 or more", o.DB)
+	}
+	return []string{o.Addr}, o.Network == "unix", nil
+}
+
+// checkAddr checks a host:port address: a host, a port in [1, 65535].
+func checkAddr(a string) error {
+	host, port, err := net.SplitHostPort(a)
+	switch {
+	case err != nil:
+		return fmt.Errorf("address %q: %v", a, err)
+	case host == "":
+		return fmt.Errorf("address %q: no host", a)
+	case !isPort(port):
+		return fmt.Errorf("address %q: the port must be in %s", a, portRange)
 	}
 	return nil
 }
@@ -708,6 +834,29 @@ func (p *parser) integer(k string) float64 {
 	return f
 }
 
+// commaList splits a comma-separated list, without spaces around the
+// items and without empty ones (nil for none).
+func commaList(s string) []string {
+	var out []string
+	for _, item := range strings.Split(s, ",") {
+		if item = strings.TrimSpace(item); item != "" {
+			out = append(out, item)
+		}
+	}
+	return out
+}
+
+// count reads k as a whole number in r; one outside r fails with
+// "<rule> in <r>" (one that does not parse or is not whole, as integer
+// says).
+func count[T int | int64](p *parser, k string, r Range[T], rule string) T {
+	f := p.integer(k)
+	if !r.Has(f) {
+		p.fail(k, rule+" in "+r.String())
+	}
+	return T(f)
+}
+
 // name checks a name the limiter must accept (a provider, a key prefix).
 func (p *parser) name(k, name string) {
 	if rule := nameRule(name); rule != "" {
@@ -726,18 +875,10 @@ func (p *parser) oneOf(k string, allowed ...string) string {
 // redis reads redis.*: one Redis, a server or a cluster, at an address
 // that can work, and the key prefix.
 func (p *parser) redis(s *Settings) {
-	l := p.l
 	s.Redis.URL, s.Redis.ClusterURL, s.Redis.Prefix = p.str("redis.url"), p.str("redis.cluster_url"), p.str("redis.prefix")
 	s.Redis.TLSCA = p.str("redis.tls_ca")
-	// One Redis: a server or a cluster. Set in different layers, the higher
-	// one wins (flags > environment > file); in the same layer, an error.
-	if s.Redis.ClusterURL != "" && l["redis.url"].Source != "default" {
-		switch u, c := layerRank(l["redis.url"].Source), layerRank(l["redis.cluster_url"].Source); {
-		case u == c:
-			p.fail("redis.cluster_url", "cannot be set with redis.url (from "+l["redis.url"].Source+"): one Redis, a server or a cluster")
-		case u > c:
-			s.Redis.ClusterURL = ""
-		}
+	if s.Redis.ClusterURL != "" && !p.clusterWins() {
+		s.Redis.ClusterURL = ""
 	}
 	if s.Redis.ClusterURL != "" {
 		if err := checkRedisURL(s.Redis.ClusterURL, true); err != nil {
@@ -747,6 +888,21 @@ func (p *parser) redis(s *Settings) {
 		p.fail("redis.url", "must be redis://[user:password@]host:port/db or rediss://...: "+err.Error())
 	}
 	p.name("redis.prefix", s.Redis.Prefix)
+}
+
+// clusterWins says whether redis.cluster_url, set, is the one Redis: a
+// server or a cluster. Set in different layers, the higher one wins
+// (flags > environment > file); in the same layer, it is an error (and
+// the cluster's URL is checked).
+func (p *parser) clusterWins() bool {
+	fromURL, fromCluster := p.l["redis.url"].Source, p.l["redis.cluster_url"].Source
+	if fromURL == "default" {
+		return true
+	}
+	if layerRank(fromURL) == layerRank(fromCluster) {
+		p.fail("redis.cluster_url", "cannot be set with redis.url (from "+fromURL+"): one Redis, a server or a cluster")
+	}
+	return layerRank(fromURL) <= layerRank(fromCluster)
 }
 
 // log reads log.*.
@@ -794,36 +950,37 @@ func (p *parser) feedback(s *Settings) {
 
 // controller reads controller.*: the streams by the controller's own rule.
 func (p *parser) controller(s *Settings) {
-	for _, name := range strings.Split(p.str("controller.streams"), ",") {
-		if name = strings.TrimSpace(name); name != "" {
-			s.Controller.Streams = append(s.Controller.Streams, name)
-		}
-	}
+	s.Controller.Streams = commaList(p.str("controller.streams"))
 	if err := controller.CheckStreamNames(s.Controller.Streams); err != nil { // the controller's own rule
 		p.fail("controller.streams", err.Error()+" (comma-separated names, each once)")
 	}
-	if n := p.integer("controller.stream_capacity"); n >= 1 && n <= 1e9 {
-		s.Controller.StreamCapacity = int(n)
-	} else {
-		p.fail("controller.stream_capacity", "must be an integer in [1, 1000000000]")
-	}
+	s.Controller.StreamCapacity = count(p, "controller.stream_capacity", StreamCapacityRange, "must be an integer")
 }
 
 // receiver reads receiver.*: the address, the token, the body limit and
 // the TLS pair (loaded here, so that a bad file is refused at load).
 func (p *parser) receiver(s *Settings) {
 	s.Receiver.Listen, s.Receiver.Token = p.str("receiver.listen"), p.str("receiver.token")
-	if _, port, err := net.SplitHostPort(s.Receiver.Listen); err != nil || !isPort(port) && port != "0" {
+	if !isListenAddr(s.Receiver.Listen) {
 		p.fail("receiver.listen", "must be [host]:port with port in [0, 65535] (0: a free port), e.g. :8080 or 127.0.0.1:0")
 	}
 	if strings.ContainsFunc(s.Receiver.Token, func(r rune) bool { return r <= ' ' || r > '~' }) {
 		p.fail("receiver.token", "must be printable ASCII without spaces (a newline at the end of a secret file?)")
 	}
-	if mb := p.integer("receiver.max_body"); mb < 1 || mb > 1<<30 {
-		p.fail("receiver.max_body", "must be a number of bytes in [1, 1073741824]")
-	} else {
-		s.Receiver.MaxBody = int64(mb)
-	}
+	s.Receiver.MaxBody = count(p, "receiver.max_body", MaxBodyRange, "must be a number of bytes")
+	s.Receiver.TLS = p.tlsPair()
+}
+
+// isListenAddr reports whether addr is [host]:port with port in
+// [0, 65535] (0: a free port).
+func isListenAddr(addr string) bool {
+	_, port, err := net.SplitHostPort(addr)
+	return err == nil && (isPort(port) || port == "0")
+}
+
+// tlsPair loads receiver.tls_cert and receiver.tls_key, both or neither
+// (nil: plain HTTP).
+func (p *parser) tlsPair() *tls.Config {
 	switch cert, key := p.str("receiver.tls_cert"), p.str("receiver.tls_key"); {
 	case cert == "" && key == "":
 	case cert == "":
@@ -834,10 +991,11 @@ func (p *parser) receiver(s *Settings) {
 		pair, err := tls.LoadX509KeyPair(cert, key)
 		if err != nil {
 			p.fail("receiver.tls_cert", "must be a readable PEM certificate whose key is receiver.tls_key: "+err.Error())
-			break
+			return nil
 		}
-		s.Receiver.TLS = &tls.Config{Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12}
+		return &tls.Config{Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12}
 	}
+	return nil
 }
 
 // providers reads rate_coordinator.providers.*: each provider's name and

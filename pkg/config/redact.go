@@ -33,36 +33,57 @@ func redactURL(raw string) (string, []string) {
 	if !ok {
 		return raw, nil
 	}
-	var secrets []string
-	end := strings.IndexAny(rest, "/?#")
-	if end < 0 {
-		end = len(rest)
-	}
-	if at := strings.LastIndex(rest[:end], "@"); at >= 0 {
-		if user, password, hasPassword := strings.Cut(rest[:at], ":"); hasPassword {
-			rest = user + ":" + hiddenPassword + rest[at:]
-			secrets = append(secrets, password)
-		}
-	}
+	rest, secrets := hideUserPassword(rest)
 	base, query, hasQuery := strings.Cut(rest, "?")
 	if !hasQuery {
 		return scheme + "://" + rest, secrets
 	}
 	query, fragment, hasFragment := strings.Cut(query, "#")
+	query, hidden := hideSecretParams(query)
+	out := scheme + "://" + base + "?" + query
+	if hasFragment {
+		out += "#" + fragment
+	}
+	return out, append(secrets, hidden...)
+}
+
+// hideUserPassword hides the password of the user information of rest (a
+// URL after "://"): the text after the first ":" before the last "@"
+// before the path. It returns rest so redacted and the password.
+func hideUserPassword(rest string) (string, []string) {
+	end := strings.IndexAny(rest, "/?#")
+	if end < 0 {
+		end = len(rest)
+	}
+	at := strings.LastIndex(rest[:end], "@")
+	if at < 0 {
+		return rest, nil
+	}
+	user, password, hasPassword := strings.Cut(rest[:at], ":")
+	if !hasPassword {
+		return rest, nil
+	}
+	return user + ":" + hiddenPassword + rest[at:], []string{password}
+}
+
+// secretParamWords are what a query parameter's name holds when its value
+// is a secret.
+var secretParamWords = []string{"pass", "pwd", "secret", "token", "auth"}
+
+// hideSecretParams hides the value of each parameter of query whose name
+// says it holds a secret, and returns query so redacted and those values.
+func hideSecretParams(query string) (string, []string) {
+	var secrets []string
 	params := strings.Split(query, "&")
 	for i, p := range params {
 		name, value, hasValue := strings.Cut(p, "=")
 		lower := strings.ToLower(name)
-		if hasValue && slices.ContainsFunc([]string{"pass", "pwd", "secret", "token", "auth"}, func(w string) bool { return strings.Contains(lower, w) }) {
+		if hasValue && slices.ContainsFunc(secretParamWords, func(w string) bool { return strings.Contains(lower, w) }) {
 			params[i] = name + "=" + hiddenPassword
 			secrets = append(secrets, value)
 		}
 	}
-	out := scheme + "://" + base + "?" + strings.Join(params, "&")
-	if hasFragment {
-		out += "#" + fragment
-	}
-	return out, secrets
+	return strings.Join(params, "&"), secrets
 }
 
 // shown is how an error shows the value of key: quoted, a URL's password
@@ -102,16 +123,7 @@ func (l layers) scrub(msg string) string {
 		switch {
 		case v.Value == "":
 		case isURLKey(key):
-			redacted, secrets := redactURL(v.Value)
-			if redacted == v.Value {
-				continue
-			}
-			msg = replaceForms(msg, v.Value, redacted)
-			for _, s := range secrets {
-				if len(s) >= minSecretLen {
-					msg = replaceForms(msg, s, hiddenPassword)
-				}
-			}
+			msg = scrubURL(msg, v.Value)
 		case secret[key] && len(v.Value) >= minSecretLen:
 			msg = replaceForms(msg, v.Value, "(hidden)")
 		}
@@ -119,17 +131,39 @@ func (l layers) scrub(msg string) string {
 	return msg
 }
 
+// scrubURL hides in msg the URL raw, if it holds a secret, and each of
+// its secrets of at least minSecretLen characters.
+func scrubURL(msg, raw string) string {
+	redacted, secrets := redactURL(raw)
+	if redacted == raw {
+		return msg
+	}
+	msg = replaceForms(msg, raw, redacted)
+	for _, s := range secrets {
+		if len(s) >= minSecretLen {
+			msg = replaceForms(msg, s, hiddenPassword)
+		}
+	}
+	return msg
+}
+
+// forms returns s as written and as percent-decoded (path and query
+// escaping), each once.
+func forms(s string) []string {
+	out := []string{s}
+	for _, unescape := range []func(string) (string, error){url.PathUnescape, url.QueryUnescape} {
+		if dec, err := unescape(s); err == nil && !slices.Contains(out, dec) {
+			out = append(out, dec)
+		}
+	}
+	return out
+}
+
 // replaceForms replaces in msg each form in which s may be shown: as
 // written, percent-decoded (as net/url gives back a password, or a query
 // value with + for a space), and each of those as inside a quoted string.
 func replaceForms(msg, s, with string) string {
-	forms := []string{s}
-	for _, unescape := range []func(string) (string, error){url.PathUnescape, url.QueryUnescape} {
-		if dec, err := unescape(s); err == nil && !slices.Contains(forms, dec) {
-			forms = append(forms, dec)
-		}
-	}
-	for _, f := range forms {
+	for _, f := range forms(s) {
 		msg = strings.ReplaceAll(msg, f, with)
 		if q := strconv.Quote(f); q[1:len(q)-1] != f {
 			msg = strings.ReplaceAll(msg, q[1:len(q)-1], with)

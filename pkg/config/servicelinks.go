@@ -3,6 +3,7 @@ package config
 import (
 	"net"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -31,17 +32,7 @@ var (
 // value's shape, so it is still refused.
 func isServiceLink(name, value string) bool {
 	if m := linkPortProto.FindStringSubmatch(name); m != nil {
-		port, proto := m[1], strings.ToLower(m[2])
-		switch m[3] {
-		case "_PROTO":
-			return value == proto
-		case "_PORT":
-			return value == port && isPort(value)
-		case "_ADDR":
-			return net.ParseIP(value) != nil
-		}
-		p, pt, ok := linkAddress(value)
-		return ok && p == proto && pt == port
+		return isPortProtoLink(m[1], strings.ToLower(m[2]), m[3], value)
 	}
 	switch {
 	case linkHost.MatchString(name):
@@ -55,11 +46,27 @@ func isServiceLink(name, value string) bool {
 	return false
 }
 
+// isPortProtoLink is isServiceLink for <NAME>_PORT_<port>_<PROTO><suffix>:
+// the value is the protocol, the port, an IP or proto://ip:port as the
+// suffix says.
+func isPortProtoLink(port, proto, suffix, value string) bool {
+	switch suffix {
+	case "_PROTO":
+		return value == proto
+	case "_PORT":
+		return value == port && isPort(value)
+	case "_ADDR":
+		return net.ParseIP(value) != nil
+	}
+	p, pt, ok := linkAddress(value)
+	return ok && p == proto && pt == port
+}
+
 // linkAddress splits proto://ip:port (proto tcp, udp or sctp; an IPv6
 // address in brackets).
 func linkAddress(s string) (proto, port string, ok bool) {
 	proto, hostPort, ok := strings.Cut(s, "://")
-	if !ok || proto != "tcp" && proto != "udp" && proto != "sctp" {
+	if !ok || !slices.Contains(linkProtocols, proto) {
 		return "", "", false
 	}
 	host, port, err := net.SplitHostPort(hostPort)
@@ -69,8 +76,14 @@ func linkAddress(s string) (proto, port string, ok bool) {
 	return proto, port, true
 }
 
+// linkProtocols are a service link's protocols, as its values write them.
+var linkProtocols = []string{"tcp", "udp", "sctp"}
+
 // isPort reports whether s is a port number in [1, 65535], in decimal.
 func isPort(s string) bool {
 	n, err := strconv.Atoi(s)
-	return err == nil && n >= 1 && n <= 65535 && strconv.Itoa(n) == s
+	return err == nil && portRange.Has(float64(n)) && strconv.Itoa(n) == s
 }
+
+// portRange is a TCP port's.
+var portRange = Closed(1, 65535)

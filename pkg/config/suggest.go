@@ -31,10 +31,17 @@ func editDistance(a, b string) int {
 				cost = 0
 			}
 			d[i][j] = min(d[i-1][j]+1, d[i][j-1]+1, d[i-1][j-1]+cost)
-			if i > 1 && j > 1 && a[i-1] == b[j-2] && a[i-2] == b[j-1] {
+			if swapped(a[:i], b[:j]) {
 				d[i][j] = min(d[i][j], d[i-2][j-2]+1)
 			}
 		}
 	}
 	return d[len(a)][len(b)]
+}
+
+// swapped reports whether a and b end in the same two characters, swapped
+// (a transposition, one edit).
+func swapped(a, b string) bool {
+	i, j := len(a), len(b)
+	return i > 1 && j > 1 && a[i-1] == b[j-2] && a[i-2] == b[j-1]
 }

@@ -1,4 +1,8 @@
-package main
+// Package sink is the write coordinator's outputs for the sluice command:
+// discard, stdout and file:PATH, each writing a batch's entries as JSON lines,
+// whole or not at all. A file sink keeps a journal beside the file so that
+// what a crash cut short is cut off when it is opened again.
+package sink
 
 import (
 	"bytes"
@@ -17,23 +21,23 @@ import (
 	"github.com/sluice-dev/sluice/pkg/store/redisstream"
 )
 
-// lineSink writes each entry's data as one line (the sluice pipelines write
+// Lines writes each entry's data as one line (the sluice pipelines write
 // JSON objects, so the output is JSON lines). A batch is written whole or
 // not at all: it goes out as one write, and a write to a file that fails is
 // cut off before the batch is retried (see fileOutput). With a rate > 0 it
 // simulates a store that writes rate items per second (the demo's slow
-// store; a drill may change it while it runs); with failWhile set, every
-// write fails while that file exists (a store outage, for drills). Safe for
-// concurrent use: batches are written one at a time.
-type lineSink struct {
+// store; a drill may change it while it runs); with a FailWhile file,
+// every write fails while that file exists (a store outage, for drills).
+// Safe for concurrent use: batches are written one at a time.
+type Lines struct {
 	mu        sync.Mutex
 	out       batchWriter
 	buf       []byte // the batch's lines, reused
 	close     func() error
-	rate      *knob
+	rate      func() float64 // nil: as fast as the output
 	failWhile string
 	next      time.Time // the simulated store is busy until then
-	// repair is what openSink cut off the file, left by a crash mid-write;
+	// repair is what Open cut off the file, left by a crash mid-write;
 	// zero for a clean file or another output.
 	repair repair
 }
@@ -50,18 +54,35 @@ type batchWriter interface {
 	writeBatch(p []byte) error
 }
 
-// errOutage is what a sink in a simulated outage returns.
-var errOutage = errors.New("simulated store outage")
+// ErrOutage is what a sink in a simulated outage returns.
+var ErrOutage = errors.New("simulated store outage")
 
-// openSink opens the sink named by --flag (sink, dead-letter): discard,
-// stdout or file:PATH; rate nil writes as fast as it can. A file must be a
-// regular file (or not exist yet); it is opened for appending whole
-// batches, after what a crash mid-write left is cut off (openFileOutput).
-func openSink(flag, spec string, rate *knob, failWhile string, stdout io.Writer) (*lineSink, error) {
-	if rate == nil {
-		rate = newKnob(0, "")
-	}
-	s := &lineSink{rate: rate, failWhile: failWhile, close: func() error { return nil }}
+// UsageError is a sink spec that cannot work (exit 2 in the CLI): its
+// message names the flag, the value and what is allowed.
+type UsageError struct{ Msg string }
+
+func (e *UsageError) Error() string { return e.Msg }
+
+func usagef(format string, args ...any) error { return &UsageError{fmt.Sprintf(format, args...)} }
+
+// Options are a sink's drill settings; the zero value writes as fast as
+// it can and never fails on purpose.
+type Options struct {
+	// Rate is the simulated store's speed in items/s, read before each
+	// batch (nil or 0: as fast as the output).
+	Rate func() float64
+	// FailWhile, when set, makes every write fail while that file exists.
+	FailWhile string
+}
+
+// Open opens the sink named by --flag (sink, dead-letter): discard,
+// stdout or file:PATH. A file must be a regular file (or not exist yet);
+// it is opened for appending whole batches, after what a crash mid-write
+// left is cut off (openFileOutput). A spec that cannot work is a
+// *UsageError; a file that cannot be opened, an error wrapping the
+// *fs.PathError.
+func Open(flag, spec string, o Options, stdout io.Writer) (*Lines, error) {
+	s := &Lines{rate: o.Rate, failWhile: o.FailWhile, close: func() error { return nil }}
 	switch {
 	case spec == "discard":
 		s.out = &streamOutput{w: io.Discard}
@@ -78,10 +99,6 @@ func openSink(flag, spec string, rate *knob, failWhile string, stdout io.Writer)
 		s.out, s.close, s.repair = out, out.close, fix
 	default:
 		return nil, usagef("--%s=%q: must be discard, stdout or file:PATH", flag, spec)
-	}
-	if !(rate.def >= 0 && rate.def <= 1e9) {
-		s.close()
-		return nil, usagef("--sink-rate=%v: must be in [0, 1e9] (0: as fast as it can)", rate.def)
 	}
 	return s, nil
 }
@@ -110,8 +127,8 @@ func (e notRegularError) usage(flag, spec string) error {
 		"use --%s stdout for a terminal or a pipe (--%s discard for /dev/null)", flag, spec, what, flag, flag)
 }
 
-// logRepair logs what openSink cut off the file, if anything.
-func (s *lineSink) logRepair(log *slog.Logger, spec string) {
+// LogRepair logs what Open cut off the file, if anything.
+func (s *Lines) LogRepair(log *slog.Logger, spec string) {
 	if s.repair.batch > 0 {
 		log.Warn("cut off the sink's file the part of a batch that a crash cut short (it was never acknowledged; it is written again whole)",
 			"sink", spec, "bytes", s.repair.batch)
@@ -122,15 +139,15 @@ func (s *lineSink) logRepair(log *slog.Logger, spec string) {
 }
 
 // Write writes batch, after the simulated store's time for it.
-func (s *lineSink) Write(ctx context.Context, batch []redisstream.Entry) error {
+func (s *Lines) Write(ctx context.Context, batch []redisstream.Entry) error {
 	if s.failWhile != "" {
 		if _, err := os.Stat(s.failWhile); err == nil {
-			return fmt.Errorf("%w (%s exists)", errOutage, s.failWhile)
+			return fmt.Errorf("%w (%s exists)", ErrOutage, s.failWhile)
 		}
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if rate := s.rate.Value(); rate > 0 {
+	if rate := s.speed(); rate > 0 {
 		// The simulated store's time for a batch includes the real write
 		// (file, fsync) of the one before: a store kept busy starts the
 		// next batch where the last one's time ended, so it writes rate
@@ -157,14 +174,22 @@ func (s *lineSink) Write(ctx context.Context, batch []redisstream.Entry) error {
 	return s.out.writeBatch(s.buf)
 }
 
+// speed is the simulated store's items/s now; 0 for none.
+func (s *Lines) speed() float64 {
+	if s.rate == nil {
+		return 0
+	}
+	return s.rate()
+}
+
 // Close closes the output.
-func (s *lineSink) Close() error {
+func (s *Lines) Close() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.close()
 }
 
-var _ store.Sink[redisstream.Entry] = (*lineSink)(nil)
+var _ store.Sink[redisstream.Entry] = (*Lines)(nil)
 
 // file is what fileOutput needs of an *os.File (tests inject faults).
 type file interface {
