@@ -9,6 +9,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/sluice-dev/sluice/internal/knob"
 	"github.com/sluice-dev/sluice/internal/sink"
 	"github.com/sluice-dev/sluice/pkg/config"
 	"github.com/sluice-dev/sluice/pkg/feedback/redisbus"
@@ -138,7 +139,7 @@ func (a *app) runCoordinator(c *cli.Context, f *coordinatorArgs) error {
 // openSinks opens --sink and, when set, --dead-letter into o; closeAll
 // closes both.
 func (f *coordinatorArgs) openSinks(s *svc, o *store.Options[redisstream.Entry], stdout io.Writer) (out *sink.Lines, closeAll func(), err error) {
-	out, err = sink.Open("sink", f.sinkSpec, sink.Options{Rate: newKnob(f.sinkRate, f.rateFile).Value, FailWhile: f.failWhile}, stdout)
+	out, err = sink.Open("sink", f.sinkSpec, sink.Options{Rate: knob.New(f.sinkRate, f.rateFile).Value, FailWhile: f.failWhile}, stdout)
 	if err != nil {
 		return nil, nil, pathError(err)
 	}

@@ -9,6 +9,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/sluice-dev/sluice/internal/knob"
 	"github.com/sluice-dev/sluice/internal/synthetic"
 	"github.com/sluice-dev/sluice/pkg/config"
 	"github.com/sluice-dev/sluice/pkg/limiter"
@@ -76,9 +77,9 @@ Examples:
 				return usagef("pipeline: %v", err)
 			}
 			defer rep.Close()
-			pace := pacer{rate: newKnob(demand, demandFile).Value}
+			rate, pace := knob.New(demand, demandFile), knob.Pacer{}
 			p := synthetic.New(synthetic.Options{ID: id + "." + strconv.FormatInt(time.Now().UnixMilli(), 36), Provider: provider,
-				Limiter: rep.Limiter(), Streams: prods, Pace: pace.wait, Log: s.Log, Registerer: s.Reg})
+				Limiter: rep.Limiter(), Streams: prods, Pace: func(ctx context.Context) { pace.Wait(ctx, rate.Value()) }, Log: s.Log, Registerer: s.Reg})
 			s.Log.Info("starting", "id", id, "provider", provider, "stream", stream)
 			return s.Run(c.Context, s.Mux(s.Ready(func() error {
 				if !p.Ready() {

@@ -59,6 +59,3 @@ func orHostname(id string) string {
 	}
 	return id
 }
-
-// sleep waits d, or until ctx ends.
-var sleep = service.Sleep
