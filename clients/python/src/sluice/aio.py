@@ -35,7 +35,7 @@ from ._core import (
     providers_key,
 )
 from ._redis import REDIS_ERRORS, AsyncConn, grant_in_time
-from .errors import InvalidArgumentError, SluiceError, refused
+from .errors import ClosedError, InvalidArgumentError, SluiceError, refused
 
 log = logging.getLogger("sluice")
 
@@ -75,7 +75,15 @@ class AsyncLimiter:
         return self._b.prefix
 
     async def _call(self, name: str, keys: List[str], args: List[str], deadline: Optional[float] = None) -> Any:
-        return await self._conn.script(name, keys, args, deadline)
+        """One script call. A call that close() cut short (its connection
+        closed under it, which redis-py reports as anything from a
+        ConnectionError to an AttributeError) raises ClosedError."""
+        try:
+            return await self._conn.script(name, keys, args, deadline)
+        except Exception as e:
+            if self._b._closed and not isinstance(e, SluiceError):
+                raise ClosedError("sluice: limiter closed while the call was in flight") from e
+            raise
 
     async def _run(self, provider: str, st: ProviderState, name: str, keys: List[str], args: List[str],
                    deadline: Optional[float] = None) -> Any:

@@ -35,7 +35,7 @@ from ._core import (
     providers_key,
 )
 from ._redis import REDIS_ERRORS, Conn, bounded, grant_in_time
-from .errors import InvalidArgumentError, SluiceError, refused
+from .errors import ClosedError, InvalidArgumentError, SluiceError, refused
 
 log = logging.getLogger("sluice")
 
@@ -111,7 +111,15 @@ class Limiter:
     # Script calls.
 
     def _call(self, name: str, keys: List[str], args: List[str], deadline: Optional[float] = None) -> Any:
-        return self._conn.script(name, keys, args, deadline)
+        """One script call. A call that close() cut short (its connection
+        closed under it, which redis-py reports as anything from a
+        ConnectionError to an AttributeError) raises ClosedError."""
+        try:
+            return self._conn.script(name, keys, args, deadline)
+        except Exception as e:
+            if self._b._closed and not isinstance(e, SluiceError):
+                raise ClosedError("sluice: limiter closed while the call was in flight") from e
+            raise
 
     def _run(self, provider: str, st: ProviderState, name: str, keys: List[str], args: List[str],
              deadline: Optional[float] = None) -> Any:
