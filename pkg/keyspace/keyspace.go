@@ -11,6 +11,10 @@
 //
 //	<prefix>:{<provider>}:config, :bucket, :scale, :breaker, :cooldown
 //	<prefix>:{<provider>}:notify          channel: scale, breaker, cooldown changed
+//	<prefix>:{<provider>}:rule:<r>        a window rule's counted units
+//	<prefix>:{<provider>}:rule:<r>:<key>  a keyed or spacing rule's state for one request key
+//	<prefix>:{<provider>}:permits:<r>     a concurrency rule's open permits
+//	<prefix>:{<provider>}:released        channel: a permit was released
 //	<prefix>:replicas:{<provider>}        live replicas of the provider
 //	<prefix>:providers                    registered provider names
 //	<prefix>:pressure:{<coordinator>}     a write coordinator's last report
@@ -30,6 +34,7 @@ package keyspace
 import (
 	"regexp"
 	"strconv"
+	"strings"
 )
 
 // DefaultPrefix starts every key and channel name when no prefix is
@@ -76,7 +81,25 @@ type Provider struct {
 	Cooldown string // string with a TTL: the active cooldown, JSON
 	Replicas string // sorted set: live replica ids scored by expiry
 	Notify   string // pub/sub channel: scale changed, breaker closed, cooldown cleared
+	Released string // pub/sub channel: a concurrency rule's permit was released
 }
+
+// Rule is the state of the provider's pacing rule rule when it is not
+// keyed (a window): a sorted set of the units it counted.
+func (k Provider) Rule(rule string) string { return k.tag() + "rule:" + rule }
+
+// RuleKey is the state of the provider's keyed or spacing rule rule for
+// one request key. key is any text without braces: it follows the hash
+// tag, so it never changes the slot.
+func (k Provider) RuleKey(rule, key string) string { return k.Rule(rule) + ":" + key }
+
+// Permits is the sorted set of the open permits of the provider's
+// concurrency rule rule.
+func (k Provider) Permits(rule string) string { return k.tag() + "permits:" + rule }
+
+// tag is "<prefix>:{<provider>}:", with which every key of the provider
+// but its replicas starts.
+func (k Provider) tag() string { return strings.TrimSuffix(k.Config, "config") }
 
 // Provider returns the keys and the channel of provider.
 func (p Prefix) Provider(provider string) Provider {
@@ -89,6 +112,7 @@ func (p Prefix) Provider(provider string) Provider {
 		Cooldown: tag + "cooldown",
 		Replicas: p.String() + ":replicas:{" + provider + "}",
 		Notify:   tag + "notify",
+		Released: tag + "released",
 	}
 }
 

@@ -40,6 +40,13 @@ func (d doc) named(builder string) ([]string, bool) {
 	return a, ok
 }
 
+// ruleArgs are the arguments the documents write for a Provider builder
+// of a rule's key: the rule r, the request key k.
+func (d doc) ruleArgs(builder string) ([]string, bool) {
+	a, ok := map[string][]string{"Rule": {"r"}, "RuleKey": {"r", "k"}, "Permits": {"r"}}[builder]
+	return a, ok
+}
+
 // built returns every key and channel the builders make under d's
 // placeholders, each with the builder that made it. A new builder that
 // takes a name must be added to named, so no builder escapes the check.
@@ -60,6 +67,18 @@ func (d doc) built(t *testing.T) map[string]string {
 			keys := reflect.ValueOf(d.prefix.Provider(d.provider))
 			for j := range keys.NumField() {
 				add(keys.Field(j).String(), "Provider(...)."+keys.Type().Field(j).Name)
+			}
+			for j := range keys.NumMethod() {
+				name := keys.Type().Method(j).Name
+				args, ok := d.ruleArgs(name)
+				if !ok {
+					t.Fatalf("Provider builder %s takes names: say in doc.ruleArgs what the documents write for it", name)
+				}
+				var in []reflect.Value
+				for _, a := range args {
+					in = append(in, reflect.ValueOf(a))
+				}
+				add(keys.Method(j).Call(in)[0].String(), "Provider(...)."+name+"("+strings.Join(args, ", ")+")")
 			}
 		case m.Type().NumIn() == 0:
 			add(m.Call(nil)[0].String(), name+"()")

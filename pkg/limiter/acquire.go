@@ -13,13 +13,9 @@ import (
 // denial is not an error; errors are for unknown providers, bad n, and Redis
 // outages under FailClosed.
 func (c *Limiter) TryAcquire(ctx context.Context, provider string, n int) (Decision, error) {
-	st, err := c.state(provider)
-	if err != nil {
-		return Decision{}, err
-	}
-	d, err := c.decide(ctx, st, n)
-	c.count(st, d, err)
-	return d, err
+	return c.acquisition(ctx, provider, n, false, func(ctx context.Context, st *providerState) (Decision, error) {
+		return c.decide(ctx, st, n)
+	})
 }
 
 // Acquire blocks until provider grants n tokens, and returns the granting
@@ -36,12 +32,26 @@ func (c *Limiter) TryAcquire(ctx context.Context, provider string, n int) (Decis
 // known wait would outlast ctx's deadline; when ctx ends while it waits, an
 // error matching both the reason's sentinel (ErrPaused, ...) and ctx.Err().
 func (c *Limiter) Acquire(ctx context.Context, provider string, n int) (Decision, error) {
+	return c.acquisition(ctx, provider, n, true, func(ctx context.Context, st *providerState) (Decision, error) {
+		return c.decide(ctx, st, n)
+	})
+}
+
+// acquisition is one public acquisition of n units from provider: one
+// decision, or (wait) decisions until one grants; its outcome counted.
+func (c *Limiter) acquisition(ctx context.Context, provider string, n int, wait bool,
+	decide func(context.Context, *providerState) (Decision, error)) (Decision, error) {
 	st, err := c.state(provider)
 	if err != nil {
 		return Decision{}, err
 	}
+	if !wait {
+		d, err := decide(ctx, st)
+		c.count(st, d, err)
+		return d, err
+	}
 	start := time.Now()
-	d, err := c.acquire(ctx, st, n)
+	d, err := c.acquireWith(ctx, st, n, func(ctx context.Context) (Decision, error) { return decide(ctx, st) })
 	c.count(st, d, err)
 	if err == nil {
 		st.m.waited(time.Since(start))
@@ -49,14 +59,15 @@ func (c *Limiter) Acquire(ctx context.Context, provider string, n int) (Decision
 	return d, err
 }
 
-func (c *Limiter) acquire(ctx context.Context, st *providerState, n int) (Decision, error) {
+// acquireWith asks decide until it grants, waiting between refusals.
+func (c *Limiter) acquireWith(ctx context.Context, st *providerState, n int, decide func(context.Context) (Decision, error)) (Decision, error) {
 	w := &waiter{c: c, st: st, n: n}
 	defer w.release()
 	for {
 		if err := ctx.Err(); err != nil { // every wait below comes back here when ctx ends
 			return w.ended(err)
 		}
-		d, err := c.decide(ctx, st, n)
+		d, err := decide(ctx)
 		w.last = d
 		if err != nil || d.Allowed {
 			return d, err
@@ -74,18 +85,20 @@ func (c *Limiter) acquire(ctx context.Context, st *providerState, n int) (Decisi
 // per replica per grant, not one per waiter, and waiters of one process
 // are served in order.
 type waiter struct {
-	c       *Limiter
-	st      *providerState
-	n       int
-	holding bool            // holds st.turn
-	wake    <-chan struct{} // set while paused: closed when the scale may have changed
-	last    Decision        // the last refusal, once there was one
+	c        *Limiter
+	st       *providerState
+	n        int
+	holding  bool            // holds st.turn
+	wake     <-chan struct{} // set while paused: closed when the scale may have changed
+	onPermit bool            // wake watches the releases of permits, not the scale
+	last     Decision        // the last refusal, once there was one
 }
 
 // release gives the turn back, if this waiter holds it.
 func (w *waiter) release() {
 	if w.holding {
 		<-w.st.turn
+		w.holding = false
 	}
 }
 
@@ -105,6 +118,9 @@ func (w *waiter) wait(ctx context.Context, d Decision) error {
 		w.paused(ctx, d)
 		return nil
 	}
+	if d.Reason == ReasonRuleLimited {
+		return w.ruleLimited(ctx, d)
+	}
 	w.wake = nil
 	if d.RetryAfter < 0 {
 		return denied(w.st.name, w.n, d)
@@ -118,13 +134,43 @@ func (w *waiter) wait(ctx context.Context, d Decision) error {
 	return nil
 }
 
+// ruleLimited waits after a pacing rule's refusal. Rules may be keyed, so
+// the waiter does not hold the provider's turn meanwhile (a request for
+// one key must not hold back the others). Refused by a concurrency rule,
+// it first subscribes to the provider's releases and looks again at once
+// (a release between the two is then seen or notified), then waits for a
+// release, the first lease's end or the slow re-check.
+func (w *waiter) ruleLimited(ctx context.Context, d Decision) error {
+	w.release()
+	if d.RetryAfter < 0 {
+		return denied(w.st.name, w.n, d)
+	}
+	if deadline, ok := ctx.Deadline(); ok && time.Until(deadline) < d.RetryAfter {
+		return denied(w.st.name, w.n, d)
+	}
+	if r, ok := w.st.rules.rule(d.Rule); ok && r.Kind == RuleConcurrency {
+		if w.wake == nil || !w.onPermit {
+			w.wake, w.onPermit = w.c.notifier.watch(ctx, w.st.keys.released), true
+			if w.wake != nil {
+				return nil
+			}
+		}
+		_ = sleep(ctx, min(d.RetryAfter, w.c.opts.PausedRecheck)+w.c.jitter(), w.wake)
+		w.wake = w.c.notifier.watch(ctx, w.st.keys.released)
+		return nil
+	}
+	w.wake = nil
+	_ = sleep(ctx, d.RetryAfter+w.c.jitter(), nil)
+	return nil
+}
+
 // paused waits while the provider is paused. The first time it subscribes
 // to the provider's notifications and returns at once, so that acquire
 // looks again: a change between the two is then either seen by that check
 // or notified.
 func (w *waiter) paused(ctx context.Context, d Decision) {
-	if !d.Local && w.wake == nil {
-		w.wake = w.c.notifier.watch(ctx, w.st.keys.notify)
+	if !d.Local && (w.wake == nil || w.onPermit) {
+		w.wake, w.onPermit = w.c.notifier.watch(ctx, w.st.keys.notify), false
 		return
 	}
 	if w.c.waitPaused(ctx, w.st, d, w.wake) != nil {
@@ -200,6 +246,7 @@ func sleep(ctx context.Context, d time.Duration, wake <-chan struct{}) error {
 func (c *Limiter) decide(ctx context.Context, st *providerState, n int) (Decision, error) {
 	d, err := c.decideFor(ctx, st, n)
 	if err == nil && d.Allowed && ended(ctx) {
+		d.Permit.release(context.WithoutCancel(ctx))
 		return Decision{}, fmt.Errorf("%w: provider %q: granted after the caller's context ended; the tokens are not used", endCause(ctx), st.name)
 	}
 	return d, err
@@ -215,10 +262,21 @@ func (c *Limiter) decideFor(ctx context.Context, st *providerState, n int) (Deci
 	if st.health.isDown() {
 		return c.outage(st, n, c.opts.Now(), ErrRedisUnavailable)
 	}
-	if c.opts.MaxBatch > 1 {
-		return c.batchDecide(ctx, st, n)
+	if st.rules.active() {
+		return c.decideRules(ctx, st, Request{Cost: n})
 	}
-	return c.decideOne(ctx, st, n)
+	var d Decision
+	var err error
+	if c.opts.MaxBatch > 1 {
+		d, err = c.batchDecide(ctx, st, n)
+	} else {
+		d, err = c.decideOne(ctx, st, n)
+	}
+	if ch := parseRulesChanged(err); ch != nil { // the provider has rules now
+		st.rules.set(ch.rev, ch.rules)
+		return c.decideRules(ctx, st, Request{Cost: n})
+	}
+	return d, err
 }
 
 // decideOne takes the decision for one request in one script call.

@@ -19,6 +19,7 @@ const (
 	ReasonCooldown        Reason = "cooldown"         // a shared cooldown is active; RetryAfter is what is left of it
 	ReasonCircuitOpen     Reason = "circuit_open"     // breaker open or probe in flight; RetryAfter is when a probe may go
 	ReasonExceedsCapacity Reason = "exceeds_capacity" // n > capacity; no wait will do (RetryAfter -1)
+	ReasonRuleLimited     Reason = "rule_limited"     // a pacing rule (Decision.Rule) refuses; RetryAfter is the longest wait, -1 when the cost is above its limit
 )
 
 func (r Reason) err() error {
@@ -33,6 +34,8 @@ func (r Reason) err() error {
 		return ErrCircuitOpen
 	case ReasonExceedsCapacity:
 		return ErrExceedsCapacity
+	case ReasonRuleLimited:
+		return ErrRuleLimited
 	}
 	return fmt.Errorf("limiter: refused (%s)", string(r)) // a reason this version does not know
 }
@@ -70,6 +73,12 @@ type Decision struct {
 	// Breaker and the config are as that call saw them; Now is its Redis
 	// time plus the local time since.
 	Leased bool
+	// Rule is the pacing rule whose wait a refusal reports (ReasonRuleLimited):
+	// of the rules that refused, the one that lets the request pass last.
+	Rule string
+	// Permit is set on a grant by a provider with a concurrency rule: the
+	// places the request holds, to Release when it is done.
+	Permit *Permit
 }
 
 // parseDecision reads acquire.lua's reply, documented at the script's top:

@@ -23,6 +23,13 @@ var (
 	ErrExceedsCapacity = errors.New("limiter: n exceeds capacity")
 	// ErrRateLimited: the tokens will not be there before the context's deadline.
 	ErrRateLimited = errors.New("limiter: rate limited")
+	// ErrRuleLimited: a pacing rule (Decision.Rule) will not let the
+	// request pass before the context's deadline, or never will (its cost
+	// is above the rule's limit).
+	ErrRuleLimited = errors.New("limiter: rule limited")
+	// ErrPermitLost: a permit's lease ended before Renew: its places may
+	// be another caller's now, so the request must stop.
+	ErrPermitLost = errors.New("limiter: permit lost")
 	// ErrPaused: the provider's scale is 0 and the context ended before it rose.
 	ErrPaused = errors.New("limiter: provider paused")
 	// ErrCoolingDown: a shared cooldown lasts beyond the context's deadline.

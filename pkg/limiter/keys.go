@@ -11,6 +11,8 @@ const defaultPrefix = keyspace.DefaultPrefix
 type keys struct {
 	config, bucket, scale, breaker, cooldown, replicas string
 	notify                                             string // pub/sub channel: scale rose, breaker closed, cooldown cleared
+	released                                           string // pub/sub channel: a permit was released
+	rules                                              keyspace.Provider
 }
 
 func providerKeys(prefix, provider string) keys {
@@ -23,6 +25,8 @@ func providerKeys(prefix, provider string) keys {
 		cooldown: k.Cooldown,
 		replicas: k.Replicas,
 		notify:   k.Notify,
+		released: k.Released,
+		rules:    k,
 	}
 }
 

@@ -13,6 +13,7 @@ type providerState struct {
 	seen   lastKnown     // the last decision from Redis, for the outage mode (outage.go)
 	member membership    // this replica's entry in the replica registry (replicas.go)
 	health health        // whether Redis serves the provider (health.go)
+	rules  ruleSet       // its pacing rules, as Redis last told (rules.go)
 	batch  batcher       // coalesces this process's concurrent acquisitions (batch.go)
 	turn   chan struct{} // held by the one rate-limited waiter that polls Redis (acquire.go)
 }

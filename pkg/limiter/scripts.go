@@ -18,4 +18,6 @@ var (
 	heartbeatScript = redis.NewScript(lua.Source("heartbeat"))
 	statusScript    = redis.NewScript(lua.Source("status"))
 	refundScript    = redis.NewScript(lua.Source("refund"))
+	setRulesScript  = redis.NewScript(lua.Source("set_rules"))
+	permitScript    = redis.NewScript(lua.Source("permit"))
 )

@@ -150,6 +150,78 @@ local function store_bucket(bucket_key, tokens, now)
   redis.call('HSET', bucket_key, 'tokens', dec(tokens), 'ts', int(now))
 end
 
+-- Pacing rules (set_rules, acquire). A provider's rules are stored in its
+-- config hash as `rules`, a JSON array in the canonical form rules_text
+-- writes, and `rules_rev`, which set_rules raises at every change.
+-- check_rules decodes and checks a JSON array of rules. It returns the
+-- rules, or nil and the field and value that are wrong and their range
+-- (for invalid or corrupt). Each rule: name (1-64 of [A-Za-z0-9_.-], not
+-- "bucket", unique), kind, limit (an integer in [1, 10000] for window,
+-- keyed and concurrency; absent for spacing), period_ms (an integer in [1,
+-- 86400000] for window, keyed and spacing), lease_ms (the same range, for
+-- concurrency), scaled (a boolean, default false; not for spacing).
+local function check_rules(text)
+  local ok, rs = pcall(cjson.decode, text)
+  if not ok or type(rs) ~= 'table' or (next(rs) ~= nil and rs[1] == nil) then
+    return nil, 'rules', text, 'a JSON array of rules'
+  end
+  if #rs > 16 then
+    return nil, 'rules', #rs .. ' rules', 'at most 16 rules'
+  end
+  local seen, kinds = {}, {window = true, keyed = true, spacing = true, concurrency = true}
+  local function whole(x, lo, hi) return type(x) == 'number' and x % 1 == 0 and x >= lo and x <= hi end
+  for i, r in ipairs(rs) do
+    if type(r) ~= 'table' then
+      return nil, 'rules[' .. i .. ']', tostring(r), 'an object'
+    end
+    local name = r.name
+    if type(name) ~= 'string' or #name > 64 or not name:find('^[%w_.%-]+$') or name == 'bucket' then
+      return nil, 'rules[' .. i .. '].name', tostring(name), '1 to 64 characters of [A-Za-z0-9_.-], not "bucket"'
+    end
+    if seen[name] then
+      return nil, 'rules.' .. name .. '.name', name, 'unique among the rules'
+    end
+    seen[name] = true
+    local f = 'rules.' .. name .. '.'
+    if not kinds[r.kind] then
+      return nil, f .. 'kind', tostring(r.kind), 'one of window, keyed, spacing, concurrency'
+    end
+    local timed, counted = r.kind ~= 'concurrency', r.kind ~= 'spacing'
+    if counted and not whole(r.limit, 1, 10000) then
+      return nil, f .. 'limit', tostring(r.limit), 'an integer in [1, 10000]'
+    elseif not counted and r.limit ~= nil and r.limit ~= 1 then
+      return nil, f .. 'limit', tostring(r.limit), 'absent or 1 for a spacing rule'
+    end
+    if timed and not whole(r.period_ms, 1, 86400000) then
+      return nil, f .. 'period_ms', tostring(r.period_ms), 'an integer in [1, 86400000]'
+    end
+    if not timed and not whole(r.lease_ms, 1, 86400000) then
+      return nil, f .. 'lease_ms', tostring(r.lease_ms), 'an integer in [1, 86400000]'
+    end
+    if r.scaled == nil then
+      r.scaled = false
+    elseif type(r.scaled) ~= 'boolean' or (r.scaled and r.kind == 'spacing') then
+      return nil, f .. 'scaled', tostring(r.scaled), 'true or false (false for a spacing rule)'
+    end
+  end
+  return rs
+end
+
+-- rules_text writes checked rules in their canonical form: the same rules
+-- are the same text.
+local function rules_text(rs)
+  local out = {}
+  for i, r in ipairs(rs) do
+    local t = {'{"name":"' .. r.name .. '","kind":"' .. r.kind .. '"'}
+    if r.kind ~= 'spacing' then t[#t + 1] = ',"limit":' .. int(r.limit) end
+    if r.kind ~= 'concurrency' then t[#t + 1] = ',"period_ms":' .. int(r.period_ms) end
+    if r.kind == 'concurrency' then t[#t + 1] = ',"lease_ms":' .. int(r.lease_ms) end
+    t[#t + 1] = ',"scaled":' .. tostring(r.scaled) .. '}'
+    out[i] = table.concat(t)
+  end
+  return '[' .. table.concat(out, ',') .. ']'
+end
+
 -- register.lua: create or update a provider's shared bucket. Idempotent: the
 -- same arguments twice change nothing.
 --

@@ -1,0 +1,280 @@
+-- sluice Lua prelude: prepended to every script in this directory (see docs/lua.md).
+-- It defines helpers only and runs no Redis command by itself.
+
+-- now_us returns the Redis server time in microseconds since the Unix epoch.
+-- Replicas' clocks are never used, so skewed pods cannot cheat.
+local function now_us()
+  local t = redis.call('TIME')
+  return t[1] * 1000000 + t[2] -- arithmetic reads the digit strings: no tonumber calls
+end
+
+-- int formats a whole number without exponent (tostring would print 1.7e+15).
+local function int(x)
+  return string.format('%.0f', x)
+end
+
+-- dec formats a fractional number with 15 significant digits.
+local function dec(x)
+  return string.format('%.15g', x)
+end
+
+-- finite reports whether x is a number that is neither NaN nor infinite.
+-- (x - x is 0 for every finite x, NaN for infinities; math.huge is not
+-- infinite in every interpreter: gopher-lua, which miniredis runs, makes it
+-- the largest float.)
+local function finite(x)
+  return type(x) == 'number' and x - x == 0
+end
+
+-- num parses a number strictly: an optional minus sign, decimal digits with
+-- an optional fraction and exponent (what dec and int write, and what any
+-- client's decimal formatting writes). Hex, spaces, underscores, nan and
+-- inf are nil, and so is a number too large to be finite; so is nil or
+-- false (a missing field). s is a string, nil or false.
+--
+-- It runs on every number acquire reads, so it makes two calls into C (a
+-- call into C costs about as much as a dozen lines of Lua here): one
+-- pattern keeps out what tonumber would read besides decimals (hex needs
+-- an x, inf and nan letters; spaces are not allowed), and tonumber refuses
+-- what the pattern lets through that is not a number ("1.2.3", "1e").
+local function num(s)
+  if not s or not s:find('^%-?[%d.][%d.eE+-]*$') then
+    return nil
+  end
+  local x = tonumber(s)
+  if x == nil then -- an interpreter without exponents in tonumber (gopher-lua)
+    local m, e = s:match('^(%-?%d*%.?%d*)[eE]([+-]?%d+)$')
+    x = m and tonumber(m) and tonumber(m) * 10 ^ tonumber(e)
+  end
+  if x and x - x == 0 then -- finite
+    return x
+  end
+  return nil
+end
+
+-- corrupt is the error for a stored field that is not a number any more:
+-- the script refuses to decide on it (it never widens the budget).
+local function corrupt(key, field, value)
+  return redis.error_reply('CORRUPT ' .. key .. ' ' .. field .. '=' .. tostring(value) ..
+    ' is not a finite decimal number: set it again (sluice register / sluice scale) or delete the key')
+end
+
+local function invalid(field, value, range)
+  return redis.error_reply('INVALID_ARGUMENT ' .. field .. '=' .. tostring(value) .. ' must be ' .. range)
+end
+
+local function unknown_provider(key)
+  return redis.error_reply('UNKNOWN_PROVIDER ' .. key)
+end
+
+-- load_config reads the provider config hash: nil when the provider is not
+-- registered; nil and a CORRUPT error reply when a field is not a number.
+local function load_config(key)
+  local c = redis.call('HMGET', key, 'capacity', 'refill_rate', 'cooldown_sec',
+    'breaker_threshold', 'breaker_timeout_sec', 'max_scale')
+  if not c[1] then
+    return nil
+  end
+  local names = {'capacity', 'refill_rate', 'cooldown_sec', 'breaker_threshold', 'breaker_timeout_sec', 'max_scale'}
+  local defaults = {nil, nil, 0, 0, 0, 1}
+  local v = {}
+  for i, name in ipairs(names) do
+    if c[i] then
+      v[name] = num(c[i])
+      if v[name] == nil then
+        return nil, corrupt(key, name, c[i])
+      end
+    elseif defaults[i] == nil then
+      return nil, corrupt(key, name, '(missing)')
+    else
+      v[name] = defaults[i]
+    end
+  end
+  return v
+end
+
+-- registered_config is load_config for a script that needs the provider:
+-- the config, or nil and the error reply (UNKNOWN_PROVIDER or CORRUPT).
+local function registered_config(key)
+  local cfg, bad = load_config(key)
+  if bad then
+    return nil, bad
+  end
+  if cfg == nil then
+    return nil, unknown_provider(key)
+  end
+  return cfg
+end
+
+-- load_scale returns the stored scale factor (1 when the hash or the field
+-- is absent), or nil and a CORRUPT error reply when it is not a number.
+local function load_scale(key)
+  local raw = redis.call('HGET', key, 'scale')
+  if not raw then
+    return 1
+  end
+  local s = num(raw)
+  if s == nil then
+    return nil, corrupt(key, 'scale', raw)
+  end
+  return s
+end
+
+-- settle returns the bucket's tokens at now: the stored tokens plus refill at
+-- rate * scale per second since ts, capped at capacity. A missing bucket is
+-- full; a corrupt one (tokens or ts not a number) is empty at now. The second result is true when ts is ahead of now (Redis's clock went
+-- backwards, e.g. after a failover): nothing is refilled, and the caller
+-- should store the bucket at now so refill resumes from there.
+local function settle(bucket_key, now, capacity, rate, scale)
+  local b = redis.call('HMGET', bucket_key, 'tokens', 'ts')
+  if not b[1] and not b[2] then
+    return capacity, false
+  end
+  local tokens, ts = num(b[1]), num(b[2])
+  if tokens == nil or ts == nil then
+    -- Corrupt: repaired empty, as of now (the caller stores it). Never full,
+    -- which would widen the budget.
+    return 0, true
+  end
+  local elapsed = now - ts
+  if elapsed > 0 then
+    tokens = tokens + elapsed * rate * scale / 1000000
+  end
+  if tokens > capacity then
+    tokens = capacity
+  end
+  return tokens, elapsed < 0
+end
+
+local function store_bucket(bucket_key, tokens, now)
+  redis.call('HSET', bucket_key, 'tokens', dec(tokens), 'ts', int(now))
+end
+
+-- Pacing rules (set_rules, acquire). A provider's rules are stored in its
+-- config hash as `rules`, a JSON array in the canonical form rules_text
+-- writes, and `rules_rev`, which set_rules raises at every change.
+-- check_rules decodes and checks a JSON array of rules. It returns the
+-- rules, or nil and the field and value that are wrong and their range
+-- (for invalid or corrupt). Each rule: name (1-64 of [A-Za-z0-9_.-], not
+-- "bucket", unique), kind, limit (an integer in [1, 10000] for window,
+-- keyed and concurrency; absent for spacing), period_ms (an integer in [1,
+-- 86400000] for window, keyed and spacing), lease_ms (the same range, for
+-- concurrency), scaled (a boolean, default false; not for spacing).
+local function check_rules(text)
+  local ok, rs = pcall(cjson.decode, text)
+  if not ok or type(rs) ~= 'table' or (next(rs) ~= nil and rs[1] == nil) then
+    return nil, 'rules', text, 'a JSON array of rules'
+  end
+  if #rs > 16 then
+    return nil, 'rules', #rs .. ' rules', 'at most 16 rules'
+  end
+  local seen, kinds = {}, {window = true, keyed = true, spacing = true, concurrency = true}
+  local function whole(x, lo, hi) return type(x) == 'number' and x % 1 == 0 and x >= lo and x <= hi end
+  for i, r in ipairs(rs) do
+    if type(r) ~= 'table' then
+      return nil, 'rules[' .. i .. ']', tostring(r), 'an object'
+    end
+    local name = r.name
+    if type(name) ~= 'string' or #name > 64 or not name:find('^[%w_.%-]+$') or name == 'bucket' then
+      return nil, 'rules[' .. i .. '].name', tostring(name), '1 to 64 characters of [A-Za-z0-9_.-], not "bucket"'
+    end
+    if seen[name] then
+      return nil, 'rules.' .. name .. '.name', name, 'unique among the rules'
+    end
+    seen[name] = true
+    local f = 'rules.' .. name .. '.'
+    if not kinds[r.kind] then
+      return nil, f .. 'kind', tostring(r.kind), 'one of window, keyed, spacing, concurrency'
+    end
+    local timed, counted = r.kind ~= 'concurrency', r.kind ~= 'spacing'
+    if counted and not whole(r.limit, 1, 10000) then
+      return nil, f .. 'limit', tostring(r.limit), 'an integer in [1, 10000]'
+    elseif not counted and r.limit ~= nil and r.limit ~= 1 then
+      return nil, f .. 'limit', tostring(r.limit), 'absent or 1 for a spacing rule'
+    end
+    if timed and not whole(r.period_ms, 1, 86400000) then
+      return nil, f .. 'period_ms', tostring(r.period_ms), 'an integer in [1, 86400000]'
+    end
+    if not timed and not whole(r.lease_ms, 1, 86400000) then
+      return nil, f .. 'lease_ms', tostring(r.lease_ms), 'an integer in [1, 86400000]'
+    end
+    if r.scaled == nil then
+      r.scaled = false
+    elseif type(r.scaled) ~= 'boolean' or (r.scaled and r.kind == 'spacing') then
+      return nil, f .. 'scaled', tostring(r.scaled), 'true or false (false for a spacing rule)'
+    end
+  end
+  return rs
+end
+
+-- rules_text writes checked rules in their canonical form: the same rules
+-- are the same text.
+local function rules_text(rs)
+  local out = {}
+  for i, r in ipairs(rs) do
+    local t = {'{"name":"' .. r.name .. '","kind":"' .. r.kind .. '"'}
+    if r.kind ~= 'spacing' then t[#t + 1] = ',"limit":' .. int(r.limit) end
+    if r.kind ~= 'concurrency' then t[#t + 1] = ',"period_ms":' .. int(r.period_ms) end
+    if r.kind == 'concurrency' then t[#t + 1] = ',"lease_ms":' .. int(r.lease_ms) end
+    t[#t + 1] = ',"scaled":' .. tostring(r.scaled) .. '}'
+    out[i] = table.concat(t)
+  end
+  return '[' .. table.concat(out, ',') .. ']'
+end
+
+-- permit.lua: release or renew a permit of a concurrency rule.
+--
+-- KEYS[1]  permits zset   <prefix>:{<provider>}:permits:<rule>
+-- KEYS[2]  channel        <prefix>:{<provider>}:released
+-- ARGV[1]  op             "release" | "renew"
+-- ARGV[2]  permit         the permit's id, as given to acquire
+-- ARGV[3]  cost           integer in [1, 10000]: the units it holds
+-- ARGV[4]  lease_ms       renew: integer in [1, 86400000], the new lease from now
+--
+-- Reply: integer: release: the units released (0 when the lease had
+-- already expired, or the permit was released before); renew: the new
+-- expiry (Redis µs), or 0 when the permit no longer holds (its lease
+-- expired and another caller may hold its place: the caller must stop).
+-- A release that frees units publishes "released <rule key>" on KEYS[2],
+-- so that waiters for a permit look again.
+
+local op, id, cost = ARGV[1], ARGV[2] or '', num(ARGV[3])
+if op ~= 'release' and op ~= 'renew' then
+  return invalid('op', tostring(op), 'release or renew')
+end
+if #id < 1 or #id > 64 or not id:find('^[%w_.%-]+$') then
+  return invalid('permit', id, '1 to 64 characters of [A-Za-z0-9_.-]')
+end
+if not (cost and cost % 1 == 0 and cost >= 1 and cost <= 10000) then
+  return invalid('cost', tostring(ARGV[3]), 'an integer in [1, 10000]')
+end
+local now = now_us()
+if op == 'release' then
+  local args = {'ZREM', KEYS[1]}
+  for j = 1, cost do args[#args + 1] = id .. '#' .. j end
+  local n = redis.call(unpack(args))
+  if n > 0 then
+    redis.call('PUBLISH', KEYS[2], 'released ' .. KEYS[1])
+  end
+  return n
+end
+local lease = num(ARGV[4])
+if not (lease and lease % 1 == 0 and lease >= 1 and lease <= 86400000) then
+  return invalid('lease_ms', tostring(ARGV[4]), 'an integer in [1, 86400000]')
+end
+-- A permit whose lease expired no longer holds, even if nobody removed it yet.
+local s = num(redis.call('ZSCORE', KEYS[1], id .. '#1'))
+if not s or s <= now then
+  return 0
+end
+local expiry = now + lease * 1000
+local args = {'ZADD', KEYS[1], 'XX'}
+for j = 1, cost do
+  args[#args + 1] = int(expiry)
+  args[#args + 1] = id .. '#' .. j
+end
+redis.call(unpack(args))
+if redis.call('PTTL', KEYS[1]) < lease + 1 then
+  redis.call('PEXPIRE', KEYS[1], lease + 1)
+end
+return expiry

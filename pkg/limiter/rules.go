@@ -1,0 +1,228 @@
+package limiter
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// RuleKind is the kind of a pacing rule.
+type RuleKind string
+
+// Kinds of pacing rules (docs/rules.md).
+const (
+	// RuleWindow: at most Limit units in any Period (a sliding window).
+	RuleWindow RuleKind = "window"
+	// RuleKeyed: at most Limit units per request key in any Period; a
+	// key's state is made on its first request and expires Period after
+	// its last.
+	RuleKeyed RuleKind = "keyed"
+	// RuleSpacing: the same request key not again within Period.
+	RuleSpacing RuleKind = "spacing"
+	// RuleConcurrency: at most Limit units in flight. A grant carries a
+	// Permit, held until Permit.Release or until its Lease ends (a holder
+	// that crashed); Permit.Renew extends it for a long request.
+	RuleConcurrency RuleKind = "concurrency"
+)
+
+// Rule is one of a provider's pacing rules, beside its token bucket. A
+// request's cost applies to every rule it touches. Every replica decides
+// against the same rules, stored in Redis by SetRules.
+type Rule struct {
+	// Name names the rule in refusals, status and metrics: 1 to 64 of
+	// [A-Za-z0-9_.-], unique in the set, not "bucket".
+	Name string
+	Kind RuleKind
+	// Limit is the most units in a window (window, keyed) or in flight
+	// (concurrency), in [1, 10000]: each unit is an entry in Redis, so the
+	// state of one window or key holds at most Limit entries. Not for
+	// spacing.
+	Limit int
+	// Period is the window (window, keyed) or the spacing, whole
+	// milliseconds in [1ms, 24h]. Not for concurrency.
+	Period time.Duration
+	// Lease is how long a concurrency permit holds without Renew, whole
+	// milliseconds in [1ms, 24h]. Only for concurrency.
+	Lease time.Duration
+	// Scaled makes the feedback scale apply to the rule: its limit is
+	// floor(Limit × scale). Off by default (the bucket is always scaled);
+	// not for spacing.
+	Scaled bool
+}
+
+// ruleJSON is a rule as set_rules.lua reads it and stores it.
+type ruleJSON struct {
+	Name     string   `json:"name"`
+	Kind     RuleKind `json:"kind"`
+	Limit    int      `json:"limit,omitempty"`
+	PeriodMS int64    `json:"period_ms,omitempty"`
+	LeaseMS  int64    `json:"lease_ms,omitempty"`
+	Scaled   bool     `json:"scaled"`
+}
+
+const maxRules = 16
+
+// ValidateRules checks a rule set as SetRules would, without Redis: an
+// *ArgumentError naming the field (rules.<name>.limit) and its range.
+func ValidateRules(rules []Rule) error {
+	if len(rules) > maxRules {
+		return &ArgumentError{"rules", fmt.Sprintf("%d rules", len(rules)), "at most 16 rules"}
+	}
+	seen := map[string]bool{}
+	for i, r := range rules {
+		if validName("", r.Name) != nil || r.Name == "bucket" {
+			return &ArgumentError{fmt.Sprintf("rules[%d].name", i+1), r.Name, `1 to 64 characters of [A-Za-z0-9_.-], not "bucket"`}
+		}
+		if seen[r.Name] {
+			return &ArgumentError{"rules." + r.Name + ".name", r.Name, "unique among the rules"}
+		}
+		seen[r.Name] = true
+		if err := r.validate(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (r Rule) validate() error {
+	f := "rules." + r.Name + "."
+	ms := func(d time.Duration) bool {
+		return d%time.Millisecond == 0 && within(d, time.Millisecond, 24*time.Hour)
+	}
+	const msRange = "whole milliseconds in [1ms, 24h]"
+	switch r.Kind {
+	case RuleWindow, RuleKeyed, RuleSpacing, RuleConcurrency:
+	default:
+		return &ArgumentError{f + "kind", r.Kind, "one of window, keyed, spacing, concurrency"}
+	}
+	counted, timed := r.Kind != RuleSpacing, r.Kind != RuleConcurrency
+	switch {
+	case counted && !within(r.Limit, 1, 10000):
+		return &ArgumentError{f + "limit", r.Limit, "an integer in [1, 10000]"}
+	case !counted && r.Limit != 0 && r.Limit != 1:
+		return &ArgumentError{f + "limit", r.Limit, "0 or 1 for a spacing rule"}
+	case timed && !ms(r.Period):
+		return &ArgumentError{f + "period", r.Period, msRange}
+	case !timed && r.Period != 0:
+		return &ArgumentError{f + "period", r.Period, "0 for a concurrency rule (its lease is Lease)"}
+	case !timed && !ms(r.Lease):
+		return &ArgumentError{f + "lease", r.Lease, msRange}
+	case timed && r.Lease != 0:
+		return &ArgumentError{f + "lease", r.Lease, "0 but for a concurrency rule"}
+	case r.Scaled && !counted:
+		return &ArgumentError{f + "scaled", r.Scaled, "false for a spacing rule"}
+	}
+	return nil
+}
+
+func (r Rule) toJSON() ruleJSON {
+	return ruleJSON{Name: r.Name, Kind: r.Kind, Limit: r.Limit, PeriodMS: r.Period.Milliseconds(), LeaseMS: r.Lease.Milliseconds(), Scaled: r.Scaled}
+}
+
+func (j ruleJSON) rule() Rule {
+	return Rule{Name: j.Name, Kind: j.Kind, Limit: j.Limit, Period: time.Duration(j.PeriodMS) * time.Millisecond,
+		Lease: time.Duration(j.LeaseMS) * time.Millisecond, Scaled: j.Scaled}
+}
+
+// SetRules replaces provider's pacing rules with rules, all at once (none
+// removes them); the provider must be registered. It reports whether the
+// stored set changed. Every replica takes the new set at its next
+// acquisition. The state of a rule kept by name and kind goes on.
+func (c *Limiter) SetRules(ctx context.Context, provider string, rules []Rule) (changed bool, err error) {
+	st, err := c.state(provider)
+	if err != nil {
+		return false, err
+	}
+	if err := ValidateRules(rules); err != nil {
+		return false, err
+	}
+	js := make([]ruleJSON, len(rules))
+	for i, r := range rules {
+		js[i] = r.toJSON()
+	}
+	text, err := json.Marshal(js)
+	if err != nil {
+		return false, err
+	}
+	res, err := c.run(ctx, st, setRulesScript, []string{st.keys.config}, string(text))
+	if err != nil {
+		return false, err
+	}
+	r, err := replyArray(res, 2)
+	if err != nil {
+		return false, err
+	}
+	return r.str(0) == "updated", nil
+}
+
+// ruleSet is what this process knows of a provider's rules: the set in
+// force at revision rev, learnt from Redis (a RULES_CHANGED reply).
+type ruleSet struct {
+	mu    sync.Mutex
+	known bool   // a reply told this process the rules; until then the plain form is tried
+	rev   string // "" when the provider has none
+	rules []Rule
+}
+
+func (s *ruleSet) get() (rev string, rules []Rule, known bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.rev, s.rules, s.known
+}
+
+func (s *ruleSet) set(rev string, rules []Rule) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.known, s.rev, s.rules = true, rev, rules
+}
+
+// active reports whether the provider is known to have rules (a set
+// removed leaves a rev and no rules: the plain form serves again).
+func (s *ruleSet) active() bool {
+	_, rules, known := s.get()
+	return known && len(rules) > 0
+}
+
+// rule returns the rule named name.
+func (s *ruleSet) rule(name string) (Rule, bool) {
+	_, rules, _ := s.get()
+	for _, r := range rules {
+		if r.Name == name {
+			return r, true
+		}
+	}
+	return Rule{}, false
+}
+
+// rulesChanged is acquire.lua's RULES_CHANGED reply: the set in force.
+type rulesChanged struct {
+	rev   string
+	rules []Rule
+}
+
+func (e *rulesChanged) Error() string { return "limiter: rules changed to rev " + e.rev }
+
+// parseRulesChanged reads "RULES_CHANGED <rev> <rules JSON>" (rev "-":
+// none), or returns nil for another error.
+func parseRulesChanged(err error) *rulesChanged {
+	var rerr redis.Error
+	if !errors.As(err, &rerr) || !strings.HasPrefix(rerr.Error(), "RULES_CHANGED ") {
+		return nil
+	}
+	rev, text, _ := strings.Cut(strings.TrimPrefix(rerr.Error(), "RULES_CHANGED "), " ")
+	var js []ruleJSON
+	if json.Unmarshal([]byte(text), &js) != nil {
+		return nil
+	}
+	e := &rulesChanged{rev: strings.TrimPrefix(rev, "-")}
+	for _, j := range js {
+		e.rules = append(e.rules, j.rule())
+	}
+	return e
+}

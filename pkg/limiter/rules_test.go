@@ -1,0 +1,545 @@
+package limiter_test
+
+// Pacing rules (docs/rules.md): the semantics at fixed Redis instants on
+// miniredis, the invariants under concurrent replicas on a real
+// redis-server.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/sluice-dev/sluice/internal/redistest"
+	"github.com/sluice-dev/sluice/lua"
+	"github.com/sluice-dev/sluice/pkg/keyspace"
+	"github.com/sluice-dev/sluice/pkg/limiter"
+)
+
+// The broker's published pacing, shortened: the rules the tests set.
+var (
+	histRule     = limiter.Rule{Name: "hist", Kind: limiter.RuleWindow, Limit: 3, Period: 10 * time.Second}
+	contractRule = limiter.Rule{Name: "contract", Kind: limiter.RuleKeyed, Limit: 2, Period: 2 * time.Second}
+	identRule    = limiter.Rule{Name: "ident", Kind: limiter.RuleSpacing, Period: 15 * time.Second}
+	openRule     = limiter.Rule{Name: "open", Kind: limiter.RuleConcurrency, Limit: 2, Lease: 30 * time.Second}
+)
+
+// ruled is a limiter on miniredis at Redis time t0 with provider "ib"
+// registered (a bucket of 1000 that never limits these tests) and rules set.
+type ruled struct {
+	t   *testing.T
+	m   *miniredis.Miniredis
+	rdb *redis.Client
+	c   *limiter.Limiter
+}
+
+func newRuled(t *testing.T, rules ...limiter.Rule) *ruled {
+	t.Helper()
+	m, rdb := redistest.Mini(t)
+	m.SetTime(t0)
+	c, _ := newCoord(t, rdb, limiter.Options{})
+	register(t, c, "ib", 1000, 1000)
+	if _, err := c.SetRules(context.Background(), "ib", rules); err != nil {
+		t.Fatal(err)
+	}
+	return &ruled{t: t, m: m, rdb: rdb, c: c}
+}
+
+// at moves Redis time to t0 + d.
+func (r *ruled) at(d time.Duration) *ruled { r.m.SetTime(t0.Add(d)); return r }
+
+// try decides req and fails the test on an error.
+func (r *ruled) try(req limiter.Request) limiter.Decision {
+	r.t.Helper()
+	d, err := r.c.TryAcquireRequest(context.Background(), "ib", req)
+	if err != nil {
+		r.t.Fatalf("TryAcquireRequest(%+v): %v", req, err)
+	}
+	return d
+}
+
+// want checks a decision: granted, or refused by rule with retry.
+func (r *ruled) want(req limiter.Request, rule string, retry time.Duration) limiter.Decision {
+	r.t.Helper()
+	d := r.try(req)
+	if rule == "" {
+		if !d.Allowed {
+			r.t.Fatalf("%+v refused (%s, rule %q, retry %v), want granted", req, d.Reason, d.Rule, d.RetryAfter)
+		}
+		return d
+	}
+	if d.Allowed || d.Reason != limiter.ReasonRuleLimited || d.Rule != rule || d.RetryAfter != retry {
+		r.t.Fatalf("%+v: allowed %v reason %s rule %q retry %v; want refused by %s, retry %v",
+			req, d.Allowed, d.Reason, d.Rule, d.RetryAfter, rule, retry)
+	}
+	return d
+}
+
+// card is the number of members of a rule's sorted set.
+func (r *ruled) card(key string) int64 {
+	r.t.Helper()
+	n, err := r.rdb.ZCard(context.Background(), key).Result()
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	return n
+}
+
+var ibKeys = keyspace.Prefix("").Provider("ib")
+
+func TestRuleWindowSlides(t *testing.T) {
+	r := newRuled(t, histRule)
+	one := limiter.Request{}
+	for range 3 {
+		r.want(one, "", 0)
+	}
+	r.want(one, "hist", 10*time.Second)
+	r.at(4*time.Second).want(one, "hist", 6*time.Second)
+	r.at(10*time.Second-time.Microsecond).want(one, "hist", time.Microsecond)
+	// The first unit left at t0+10s; the second was counted 1 µs after it
+	// (units of one instant are spread by 1 µs), so it leaves 1 µs later.
+	r.at(10*time.Second).want(one, "", 0)
+	r.want(one, "hist", time.Microsecond)
+	if n := r.card(ibKeys.Rule("hist")); n != 3 {
+		t.Fatalf("the window holds %d units, want 3 (those out of it are removed)", n)
+	}
+}
+
+func TestRuleCostCountsOnEveryRule(t *testing.T) {
+	r := newRuled(t, histRule, contractRule)
+	bidAsk := limiter.Request{Cost: 2, Key: "AAPL:SMART:BID_ASK"}
+	r.want(bidAsk, "", 0)
+	if n := r.card(ibKeys.RuleKey("contract", bidAsk.Key)); n != 2 {
+		t.Fatalf("the keyed rule counted %d units, want 2", n)
+	}
+	// 2 more would make 4 > 3 in the window and 4 > 2 for the key: the
+	// window's wait (10 s) is the longer, so it is the one reported.
+	r.at(time.Second).want(bidAsk, "hist", 9*time.Second)
+	// A cost above a rule's limit never passes.
+	d, err := r.c.TryAcquireRequest(context.Background(), "ib", limiter.Request{Cost: 4, Key: "X"})
+	if err != nil || d.Allowed || d.RetryAfter != -1 || d.Rule != "hist" {
+		t.Fatalf("cost 4 against a limit of 3: %+v, %v; want refused for good by hist", d, err)
+	}
+	_, err = r.c.AcquireRequest(context.Background(), "ib", limiter.Request{Cost: 4, Key: "X"})
+	if !errors.Is(err, limiter.ErrRuleLimited) {
+		t.Fatalf("AcquireRequest of cost 4: %v, want ErrRuleLimited at once", err)
+	}
+}
+
+func TestRuleKeyedPerKey(t *testing.T) {
+	r := newRuled(t, contractRule)
+	aapl, msft := limiter.Request{Key: "AAPL:SMART:TRADES"}, limiter.Request{Key: "MSFT:SMART:TRADES"}
+	r.want(aapl, "", 0)
+	r.at(500*time.Millisecond).want(aapl, "", 0)
+	r.at(time.Second).want(aapl, "contract", time.Second)
+	r.want(msft, "", 0)
+	r.at(2*time.Second).want(aapl, "", 0)
+	// Two keys, two sorted sets, each expiring a period after its last unit.
+	for _, k := range []string{aapl.Key, msft.Key} {
+		ttl := r.m.TTL(ibKeys.RuleKey("contract", k))
+		if ttl <= 0 || ttl > 2*time.Second+time.Millisecond {
+			t.Fatalf("key %s: TTL %v, want at most the period", k, ttl)
+		}
+	}
+}
+
+func TestRuleSpacingRefusesIdenticalRequests(t *testing.T) {
+	r := newRuled(t, identRule)
+	req := limiter.Request{Key: "AAPL:SMART:TRADES:1d:20261207"}
+	r.want(req, "", 0)
+	r.at(5*time.Second).want(req, "ident", 10*time.Second)
+	r.want(limiter.Request{Key: "AAPL:SMART:TRADES:1d:20261206"}, "", 0)
+	r.at(15*time.Second).want(req, "", 0)
+}
+
+func TestRulePerRuleKeys(t *testing.T) {
+	// The keyed rule counts per contract, the spacing rule per identical
+	// request: Keys gives each its own key.
+	r := newRuled(t, contractRule, identRule)
+	req := func(day string) limiter.Request {
+		return limiter.Request{Key: "AAPL:SMART:TRADES", Keys: map[string]string{"ident": "AAPL:SMART:TRADES:" + day}}
+	}
+	r.want(req("1"), "", 0)
+	r.want(req("2"), "", 0)
+	r.want(req("3"), "contract", 2*time.Second)
+	r.at(2*time.Second).want(req("1"), "ident", 13*time.Second)
+	r.want(req("3"), "", 0)
+}
+
+func TestRuleRefusalChargesNothing(t *testing.T) {
+	win, open3 := histRule, openRule
+	win.Limit, open3.Limit = 10, 3
+	r := newRuled(t, win, contractRule, open3)
+	a := limiter.Request{Key: "A"}
+	d1 := r.want(a, "", 0)
+	d2 := r.want(a, "", 0)
+	before := mustStatus(t, r.c, "ib").Tokens
+	r.want(a, "contract", 2*time.Second) // the window and the permits had room
+	if n := r.card(ibKeys.Rule("hist")); n != 2 {
+		t.Fatalf("window holds %d units after a refusal by another rule, want 2", n)
+	}
+	if n := r.card(ibKeys.Permits("open")); n != 2 {
+		t.Fatalf("%d permits after a refusal, want 2", n)
+	}
+	if after := mustStatus(t, r.c, "ib").Tokens; after != before {
+		t.Fatalf("bucket %v → %v across a refusal, want unchanged", before, after)
+	}
+	// The third permit goes to B; then the permits are full, and C waits
+	// for the first lease's end, or a release.
+	r.want(limiter.Request{Key: "B"}, "", 0)
+	r.want(limiter.Request{Key: "C"}, "open", 30*time.Second)
+	if err := d1.Permit.Release(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	r.want(limiter.Request{Key: "C"}, "", 0)
+	if d2.Permit == nil || d2.Permit.ID() == d1.Permit.ID() {
+		t.Fatalf("permits %v and %v: want two distinct", d1.Permit, d2.Permit)
+	}
+}
+
+func TestRulePermitLease(t *testing.T) {
+	r := newRuled(t, openRule)
+	ctx := context.Background()
+	held := r.want(limiter.Request{Cost: 2}, "", 0).Permit
+	if want := t0.Add(30 * time.Second); !held.Expiry.Equal(want) {
+		t.Fatalf("permit expires %v, want %v", held.Expiry, want)
+	}
+	r.at(20*time.Second).want(limiter.Request{}, "open", 10*time.Second)
+	if err := held.Renew(ctx, 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	r.at(31*time.Second).want(limiter.Request{}, "open", 19*time.Second)
+	// The holder "crashed": at its lease's end its places are free.
+	r.at(50 * time.Second)
+	other := r.want(limiter.Request{}, "", 0).Permit
+	if err := held.Renew(ctx, time.Minute); !errors.Is(err, limiter.ErrPermitLost) {
+		t.Fatalf("Renew after the lease ended: %v, want ErrPermitLost", err)
+	}
+	if err := held.Release(ctx); err != nil { // frees nothing: the place is other's
+		t.Fatal(err)
+	}
+	if n := r.card(ibKeys.Permits("open")); n != 1 {
+		t.Fatalf("%d permits after releasing an expired one, want other's 1", n)
+	}
+	if err := other.Renew(ctx, 1500*time.Microsecond); err == nil || !errors.Is(err, limiter.ErrInvalidArgument) {
+		t.Fatalf("Renew(1.5ms): %v, want an argument error", err)
+	}
+	if d := r.try(limiter.Request{Cost: 3}); d.Allowed || d.RetryAfter != -1 {
+		t.Fatalf("cost 3 against 2 places: %+v, want refused for good", d)
+	}
+}
+
+func TestRuleScaled(t *testing.T) {
+	scaled := histRule
+	scaled.Name, scaled.Limit, scaled.Scaled = "fifty", 10, true
+	r := newRuled(t, scaled, contractRule)
+	if _, err := r.c.SetBudgetScale(context.Background(), "ib", 0.5); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 5 {
+		r.want(limiter.Request{Key: fmt.Sprint(i)}, "", 0)
+	}
+	r.want(limiter.Request{Key: "5"}, "fifty", 10*time.Second)
+	// The keyed rule is not scaled: 2 per key at scale 0.5 still.
+	if _, err := r.c.SetBudgetScale(context.Background(), "ib", 1); err != nil {
+		t.Fatal(err)
+	}
+	r.want(limiter.Request{Key: "5"}, "", 0)
+	r.want(limiter.Request{Key: "5"}, "", 0)
+	r.want(limiter.Request{Key: "5"}, "contract", 2*time.Second)
+	// At 0.05 the scaled limit is 0: nothing passes, and the wait is a
+	// period (the scale may have risen by then), not "never".
+	if _, err := r.c.SetBudgetScale(context.Background(), "ib", 0.05); err != nil {
+		t.Fatal(err)
+	}
+	r.want(limiter.Request{Key: "6"}, "fifty", 10*time.Second)
+}
+
+func TestRulesChangeReachesEveryReplica(t *testing.T) {
+	r := newRuled(t)
+	other, _ := newCoord(t, r.rdb, limiter.Options{})
+	ctx := context.Background()
+	// other decides by the plain form, coalesced, until Redis says the
+	// provider has rules.
+	for range 3 {
+		if d, err := other.TryAcquire(ctx, "ib", 1); err != nil || !d.Allowed {
+			t.Fatalf("before rules: %+v %v", d, err)
+		}
+	}
+	one := histRule
+	one.Limit = 1
+	if changed, err := r.c.SetRules(ctx, "ib", []limiter.Rule{one}); err != nil || !changed {
+		t.Fatalf("SetRules: %v %v", changed, err)
+	}
+	if changed, err := r.c.SetRules(ctx, "ib", []limiter.Rule{one}); err != nil || changed {
+		t.Fatalf("SetRules again: changed %v, %v; want unchanged", changed, err)
+	}
+	d, err := other.TryAcquire(ctx, "ib", 1)
+	if err != nil || !d.Allowed {
+		t.Fatalf("first under the rule: %+v %v", d, err)
+	}
+	d, err = other.TryAcquire(ctx, "ib", 1)
+	if err != nil || d.Allowed || d.Rule != "hist" {
+		t.Fatalf("second under a limit of 1: %+v %v; want refused by hist", d, err)
+	}
+	// A new set (a higher limit) reaches it at its next call.
+	one.Limit = 2
+	if _, err := r.c.SetRules(ctx, "ib", []limiter.Rule{one}); err != nil {
+		t.Fatal(err)
+	}
+	if d, err := other.TryAcquire(ctx, "ib", 1); err != nil || !d.Allowed {
+		t.Fatalf("under the new set: %+v %v", d, err)
+	}
+	// Removed: the plain form again, the rule's state not consulted.
+	if _, err := r.c.SetRules(ctx, "ib", nil); err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		if d, err := other.TryAcquire(ctx, "ib", 1); err != nil || !d.Allowed || d.Rule != "" {
+			t.Fatalf("after removal: %+v %v", d, err)
+		}
+	}
+	rev, _ := r.rdb.HGet(ctx, ibKeys.Config, "rules_rev").Result()
+	if rev != "3" {
+		t.Fatalf("rules_rev %q after three changes, want 3", rev)
+	}
+}
+
+func TestRulesBadInput(t *testing.T) {
+	r := newRuled(t, histRule)
+	ctx := context.Background()
+	cases := []struct {
+		rules []limiter.Rule
+		field string
+	}{
+		{[]limiter.Rule{{Name: "w", Kind: limiter.RuleWindow, Limit: 0, Period: time.Second}}, "rules.w.limit"},
+		{[]limiter.Rule{{Name: "w", Kind: limiter.RuleWindow, Limit: -1, Period: time.Second}}, "rules.w.limit"},
+		{[]limiter.Rule{{Name: "w", Kind: limiter.RuleWindow, Limit: 10001, Period: time.Second}}, "rules.w.limit"},
+		{[]limiter.Rule{{Name: "w", Kind: limiter.RuleWindow, Limit: 1, Period: 0}}, "rules.w.period"},
+		{[]limiter.Rule{{Name: "w", Kind: limiter.RuleWindow, Limit: 1, Period: 1500 * time.Microsecond}}, "rules.w.period"},
+		{[]limiter.Rule{{Name: "w", Kind: limiter.RuleWindow, Limit: 1, Period: 25 * time.Hour}}, "rules.w.period"},
+		{[]limiter.Rule{{Name: "w", Kind: "sliding", Limit: 1, Period: time.Second}}, "rules.w.kind"},
+		{[]limiter.Rule{{Name: "", Kind: limiter.RuleWindow, Limit: 1, Period: time.Second}}, "rules[1].name"},
+		{[]limiter.Rule{{Name: "bucket", Kind: limiter.RuleWindow, Limit: 1, Period: time.Second}}, "rules[1].name"},
+		{[]limiter.Rule{{Name: "a b", Kind: limiter.RuleWindow, Limit: 1, Period: time.Second}}, "rules[1].name"},
+		{[]limiter.Rule{histRule, histRule}, "rules.hist.name"},
+		{[]limiter.Rule{{Name: "c", Kind: limiter.RuleConcurrency, Limit: 1}}, "rules.c.lease"},
+		{[]limiter.Rule{{Name: "c", Kind: limiter.RuleConcurrency, Limit: 1, Lease: time.Second, Period: time.Second}}, "rules.c.period"},
+		{[]limiter.Rule{{Name: "s", Kind: limiter.RuleSpacing, Period: time.Second, Scaled: true}}, "rules.s.scaled"},
+		{[]limiter.Rule{{Name: "s", Kind: limiter.RuleSpacing, Limit: 5, Period: time.Second}}, "rules.s.limit"},
+		{make([]limiter.Rule, 17), "rules"},
+	}
+	for _, tc := range cases {
+		_, err := r.c.SetRules(ctx, "ib", tc.rules)
+		var ae *limiter.ArgumentError
+		if !errors.As(err, &ae) || ae.Field != tc.field || !errors.Is(err, limiter.ErrInvalidArgument) {
+			t.Errorf("SetRules(%+v): %v; want an ArgumentError on %s", tc.rules, err, tc.field)
+		}
+	}
+	if _, err := r.c.SetRules(ctx, "nobody", nil); !errors.Is(err, limiter.ErrUnknownProvider) {
+		t.Errorf("SetRules on an unregistered provider: %v, want ErrUnknownProvider", err)
+	}
+	// Nothing half-applied: the set in force is still hist alone.
+	rules, _ := r.rdb.HGet(ctx, ibKeys.Config, "rules").Result()
+	if rules != `[{"name":"hist","kind":"window","limit":3,"period_ms":10000,"scaled":false}]` {
+		t.Fatalf("stored rules after refused sets: %s", rules)
+	}
+	// A keyed rule with no key given, a key with a space, a cost of 0 or below.
+	r2 := newRuled(t, contractRule)
+	for _, tc := range []struct {
+		req   limiter.Request
+		field string
+	}{
+		{limiter.Request{}, "key.contract"},
+		{limiter.Request{Key: "a b"}, "key.contract"},
+		{limiter.Request{Key: "AAPL", Keys: map[string]string{"contract": ""}}, "key.contract"},
+		{limiter.Request{Key: "AAPL", Cost: -1}, "n"},
+	} {
+		_, err := r2.c.TryAcquireRequest(ctx, "ib", tc.req)
+		if !errors.Is(err, limiter.ErrInvalidArgument) || !strings.Contains(err.Error(), tc.field+"=") {
+			t.Errorf("TryAcquireRequest(%+v): %v; want an invalid %s", tc.req, err, tc.field)
+		}
+	}
+}
+
+// TestRulesCorruptStoredSet: a rule set someone broke by hand in Redis is
+// refused, not decided on with a wider budget.
+func TestRulesCorruptStoredSet(t *testing.T) {
+	r := newRuled(t, histRule)
+	ctx := context.Background()
+	r.want(limiter.Request{}, "", 0)
+	r.rdb.HSet(ctx, ibKeys.Config, "rules", `[{"name":"hist","kind":"window","limit":"NaN","period_ms":10000}]`, "rules_rev", "9")
+	_, err := r.c.TryAcquireRequest(ctx, "ib", limiter.Request{})
+	if !errors.Is(err, limiter.ErrCorruptState) || !strings.Contains(err.Error(), "rules.hist.limit") {
+		t.Fatalf("decision on a corrupt rule set: %v, want ErrCorruptState naming rules.hist.limit", err)
+	}
+}
+
+// TestRulesSharedByReplicas: several limiters, each with its own client,
+// hammer one provider's rules on a real redis-server. The window and the
+// keyed rule never hold more than their limits in any period (checked on
+// the grants' Redis times), and no more than K permits are ever held.
+func TestRulesSharedByReplicas(t *testing.T) {
+	srv := redistest.Start(t)
+	ctx := context.Background()
+	const period = 300 * time.Millisecond
+	win := limiter.Rule{Name: "win", Kind: limiter.RuleWindow, Limit: 20, Period: period}
+	per := limiter.Rule{Name: "per", Kind: limiter.RuleKeyed, Limit: 4, Period: period}
+	open := limiter.Rule{Name: "open", Kind: limiter.RuleConcurrency, Limit: 3, Lease: 10 * time.Second}
+	var mu sync.Mutex
+	grants := map[string][]time.Time{} // by key, Redis time
+	var inFlight, most atomic.Int64
+	var wg sync.WaitGroup
+	stop := time.Now().Add(1500 * time.Millisecond)
+	for replica := range 4 {
+		c, _ := newCoord(t, srv.Client(t), limiter.Options{})
+		if replica == 0 {
+			register(t, c, "ib", 1000, 1000)
+			if _, err := c.SetRules(ctx, "ib", []limiter.Rule{win, per, open}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for w := range 4 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				key := fmt.Sprintf("K%d", (replica+w)%3)
+				for time.Now().Before(stop) {
+					cost := 1 + w%2
+					d, err := c.AcquireRequest(ctx, "ib", limiter.Request{Cost: cost, Key: key})
+					if err != nil {
+						t.Error(err)
+						return
+					}
+					n := inFlight.Add(int64(cost))
+					for m := most.Load(); n > m && !most.CompareAndSwap(m, n); m = most.Load() {
+					}
+					mu.Lock()
+					for range cost {
+						grants[key] = append(grants[key], d.Now)
+					}
+					mu.Unlock()
+					time.Sleep(time.Millisecond)
+					inFlight.Add(-int64(cost))
+					if err := d.Permit.Release(ctx); err != nil {
+						t.Error(err)
+						return
+					}
+				}
+			}()
+		}
+	}
+	wg.Wait()
+	var all []time.Time
+	for key, ts := range grants {
+		if m := mostInWindow(ts, period); m > per.Limit {
+			t.Errorf("key %s: %d units in one %v window, limit %d", key, m, period, per.Limit)
+		}
+		all = append(all, ts...)
+	}
+	if m := mostInWindow(all, period); m > win.Limit {
+		t.Errorf("%d units in one %v window, limit %d", m, period, win.Limit)
+	}
+	if m := most.Load(); m > int64(open.Limit) {
+		t.Errorf("%d units in flight at once, limit %d", m, open.Limit)
+	}
+	// It ran: the window was filled more than once.
+	if len(all) < 2*win.Limit {
+		t.Errorf("only %d units granted in 1.5 s: the test did not load the rules", len(all))
+	}
+	t.Logf("%d units granted; most in flight %d", len(all), most.Load())
+}
+
+// mostInWindow is the most of ts (Redis times) within any span of period
+// (half-open: a unit at t counts until t + period).
+func mostInWindow(ts []time.Time, period time.Duration) int {
+	sort.Slice(ts, func(i, j int) bool { return ts[i].Before(ts[j]) })
+	most, lo := 0, 0
+	for hi := range ts {
+		for !ts[hi].Before(ts[lo].Add(period)) {
+			lo++
+		}
+		most = max(most, hi-lo+1)
+	}
+	return most
+}
+
+// TestRulesOnRealServer runs the spacing rule, the permits' release and
+// renewal and a refused set on a real redis-server (the other semantics
+// are stepped above on miniredis, and loaded in TestRulesSharedByReplicas).
+func TestRulesOnRealServer(t *testing.T) {
+	srv := redistest.Start(t)
+	ctx := context.Background()
+	c, _ := newCoord(t, srv.Client(t), limiter.Options{})
+	register(t, c, "ib", 1000, 1000)
+	spacing := limiter.Rule{Name: "ident", Kind: limiter.RuleSpacing, Period: time.Minute}
+	open := limiter.Rule{Name: "open", Kind: limiter.RuleConcurrency, Limit: 1, Lease: time.Minute}
+	if _, err := c.SetRules(ctx, "ib", []limiter.Rule{spacing, open}); err != nil {
+		t.Fatal(err)
+	}
+	d, err := c.TryAcquireRequest(ctx, "ib", limiter.Request{Key: "q1"})
+	if err != nil || !d.Allowed || d.Permit == nil {
+		t.Fatalf("first: %+v %v", d, err)
+	}
+	// Both rules refuse q1 again, for at most a minute.
+	d2, err := c.TryAcquireRequest(ctx, "ib", limiter.Request{Key: "q1"})
+	if err != nil || d2.Allowed || d2.Reason != limiter.ReasonRuleLimited || d2.RetryAfter <= 0 || d2.RetryAfter > time.Minute {
+		t.Fatalf("q1 again: %+v %v", d2, err)
+	}
+	if err := d.Permit.Renew(ctx, 2*time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	d3, err := c.TryAcquireRequest(ctx, "ib", limiter.Request{Key: "q2"})
+	if err != nil || d3.Allowed || d3.Rule != "open" || d3.RetryAfter <= time.Minute {
+		t.Fatalf("q2 while the renewed permit holds: %+v %v; want refused by open for over a minute", d3, err)
+	}
+	if err := d.Permit.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	d4, err := c.TryAcquireRequest(ctx, "ib", limiter.Request{Key: "q2"})
+	if err != nil || !d4.Allowed {
+		t.Fatalf("q2 after the release: %+v %v", d4, err)
+	}
+	if err := d.Permit.Renew(ctx, time.Minute); !errors.Is(err, limiter.ErrPermitLost) {
+		t.Fatalf("renewing a released permit: %v, want ErrPermitLost", err)
+	}
+	bad := []limiter.Rule{{Name: "w", Kind: limiter.RuleWindow, Limit: 1}}
+	if _, err := c.SetRules(ctx, "ib", bad); !errors.Is(err, limiter.ErrInvalidArgument) {
+		t.Fatalf("a window without a period: %v", err)
+	}
+	// set_rules.lua checks on its own what a client in another language
+	// sends: each bad set is refused with the field named, and changes
+	// nothing.
+	setRules := redis.NewScript(lua.Source("set_rules"))
+	for text, field := range map[string]string{
+		`[{"name":"w","kind":"window","limit":1.5,"period_ms":1000}]`:   "rules.w.limit=",
+		`[{"name":"w","kind":"window","limit":-1,"period_ms":1000}]`:    "rules.w.limit=",
+		`[{"name":"w","kind":"window","limit":"5","period_ms":1000}]`:   "rules.w.limit=",
+		`[{"name":"w","kind":"window","limit":5,"period_ms":0}]`:        "rules.w.period_ms=",
+		`[{"name":"w","kind":"fixed","limit":5,"period_ms":10}]`:        "rules.w.kind=",
+		`[{"name":"c","kind":"concurrency","limit":5}]`:                 "rules.c.lease_ms=",
+		`[{"name":"s","kind":"spacing","period_ms":10,"scaled":true}]`:  "rules.s.scaled=",
+		`[{"name":"s","kind":"spacing","period_ms":10,"scaled":"yes"}]`: "rules.s.scaled=",
+		`[{"kind":"window","limit":5,"period_ms":10}]`:                  "rules[1].name=",
+		`{"name":"w"}`: "rules=",
+		`[1,`:          "rules=",
+		`[` + strings.Repeat(`{"name":"w","kind":"window","limit":5,"period_ms":10},`, 16) + `{"name":"x","kind":"window","limit":5,"period_ms":10}]`: "rules=17 rules",
+	} {
+		err := setRules.Run(ctx, srv.Client(t), []string{ibKeys.Config}, text).Err()
+		if err == nil || !strings.HasPrefix(err.Error(), "INVALID_ARGUMENT "+field) {
+			t.Errorf("set_rules %s: %v, want INVALID_ARGUMENT %s...", text, err, field)
+		}
+	}
+	rev, _ := srv.Client(t).HGet(ctx, ibKeys.Config, "rules_rev").Result()
+	if rev != "1" {
+		t.Fatalf("rules_rev %q after one set and refused ones, want 1", rev)
+	}
+}
