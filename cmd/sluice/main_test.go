@@ -151,6 +151,39 @@ func TestRegisterKeepsStoredFields(t *testing.T) {
 	}
 }
 
+// TestRegisterRules: rules from a flag or the environment are stored,
+// kept when no layer sets them, shown by status per rule, removed by
+// "none"; a bad set is refused before anything is written.
+func TestRegisterRules(t *testing.T) {
+	srv := redistest.Start(t)
+	env := []string{"SLUICE_REDIS_URL=" + srv.URL()}
+	rules := "hist=window:60/10m,contract=keyed:5/2s,identical=spacing:15s,open=concurrency:50@2m"
+	out := sluice(t, env, "register", "ibkr", "--rules", rules).ok(t).stdout
+	if !strings.Contains(out, "rules updated ("+rules+")") {
+		t.Fatalf("register --rules said:\n%s", out)
+	}
+	sluice(t, env, "register", "ibkr", "--capacity", "100").ok(t) // the rules stay
+	p := statusJSON(t, env).Providers[0]
+	if len(p.Rules) != 4 || p.Rules[0].Spec != "window:60/10m" || p.Rules[3].Spec != "concurrency:50@2m" {
+		t.Fatalf("status after a register without rules: %+v", p.Rules)
+	}
+	r := sluice(t, append(env, "MDP_RATE_IBKR_RULES=hist=window:0/10m"), "register", "ibkr")
+	if r.code != 2 || !strings.Contains(r.stderr, "MDP_RATE_IBKR_RULES") || !strings.Contains(r.stderr, "rules.hist.limit=0 must be an integer in [1, 10000]") {
+		t.Fatalf("a bad rule: exit %d, %s", r.code, r.stderr)
+	}
+	if p := statusJSON(t, env).Providers[0]; p.Capacity != 100 || len(p.Rules) != 4 {
+		t.Fatalf("a refused set changed something: %+v", p)
+	}
+	text := sluice(t, env, "status", "ibkr", "--key", "AAPL").ok(t).stdout
+	if !strings.Contains(text, "contract   keyed:5/2s") || !strings.Contains(text, "AAPL") {
+		t.Fatalf("status --key:\n%s", text)
+	}
+	sluice(t, append(env, "MDP_RATE_IBKR_RULES=none"), "register", "ibkr").ok(t)
+	if p := statusJSON(t, env).Providers[0]; len(p.Rules) != 0 {
+		t.Fatalf("rules after none: %+v", p.Rules)
+	}
+}
+
 // TestStatusWatchSurvivesOutage: status --watch goes on through a Redis
 // outage, saying so, and shows the status again when Redis is back.
 func TestStatusWatchSurvivesOutage(t *testing.T) {

@@ -30,11 +30,14 @@ the value stored in Redis for a provider that exists, and take the seed's
 defaults (capacity 60, refill 60/s, cooldown 600 s, breaker 5 / 60 s) for a
 new one.
 Idempotent: the same config twice changes nothing. A new provider starts
-full, at scale 1; an update keeps the scale in force.
+full, at scale 1; an update keeps the scale in force. --rules (or
+rules in the configuration) replaces the provider's pacing rules, checked
+whole ("none" removes them; unset keeps those Redis holds; docs/rules.md).
 
 Examples:
    sluice register ibkr --capacity 100 --refill-rate 60 --cooldown-sec 300
    MDP_RATE_IBKR_CAPACITY=100 sluice register ibkr
+   sluice register ibkr --rules 'hist=window:60/10m,contract=keyed:5/2s,open=concurrency:50@2m'
    sluice --config sluice.yaml register`,
 		Flags: flags,
 		Action: func(c *cli.Context) error {
@@ -99,5 +102,18 @@ func (a *app) registerOne(ctx context.Context, s *session, n string) error {
 	}
 	fmt.Fprintf(a.stdout, "%s: %s (capacity %d, refill %g/s, cooldown %v, breaker %d / %v, max scale %g)\n",
 		n, res, pc.Capacity, pc.RefillRate, pc.Cooldown, pc.BreakerThreshold, pc.BreakerTimeout, pc.MaxScale)
+	rules, set := s.cfg.ProviderRules[n]
+	if !set {
+		return nil
+	}
+	changed, err := s.lim.SetRules(ctx, n, rules)
+	if err != nil {
+		return err
+	}
+	what := "unchanged"
+	if changed {
+		what = "updated"
+	}
+	fmt.Fprintf(a.stdout, "%s: rules %s (%s)\n", n, what, limiter.FormatRules(rules))
 	return nil
 }

@@ -7,6 +7,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -38,6 +39,20 @@ type Provider struct {
 	Cooldown      *Cooldown     `json:"cooldown,omitempty"`
 	Replicas      []string      `json:"replicas"`
 	Config        Summary       `json:"config"`
+	Rules         []Rule        `json:"rules,omitempty"`
+}
+
+// Rule is one of a provider's pacing rules and what it holds now
+// (limiter.RuleState).
+type Rule struct {
+	Name string `json:"name"`
+	// Spec is the rule as configured, e.g. window:60/10m0s.
+	Spec string `json:"spec"`
+	// Key is the request key a keyed or spacing rule was read for ("": not
+	// read, such a rule holds per key).
+	Key  string    `json:"key,omitempty"`
+	Held int       `json:"held"`
+	Next time.Time `json:"next,omitzero"`
 }
 
 // Cooldown is a provider's cooldown in force.
@@ -64,9 +79,10 @@ type Report struct {
 	Expired      []string         `json:"expired_coordinators,omitempty"`
 }
 
-// Collect reads the status of providers (all registered when empty) and
-// the pressure of every write coordinator under prefix. It writes nothing.
-func Collect(ctx context.Context, lim *limiter.Limiter, rdb redis.UniversalClient, prefix string, providers []string) (Report, error) {
+// Collect reads the status of providers (all registered when empty), their
+// pacing rules (keyed and spacing rules for key, when given) and the
+// pressure of every write coordinator under prefix. It writes nothing.
+func Collect(ctx context.Context, lim *limiter.Limiter, rdb redis.UniversalClient, prefix string, providers []string, key string) (Report, error) {
 	rep := Report{Time: time.Now(), Providers: []Provider{}, Coordinators: []feedback.Event{}}
 	if len(providers) == 0 {
 		var err error
@@ -79,7 +95,16 @@ func Collect(ctx context.Context, lim *limiter.Limiter, rdb redis.UniversalClien
 		if err != nil {
 			return rep, err
 		}
-		rep.Providers = append(rep.Providers, viewOf(st))
+		v := viewOf(st)
+		rules, err := lim.RuleStatus(ctx, p, key)
+		if err != nil {
+			return rep, err
+		}
+		for _, r := range rules {
+			_, spec, _ := strings.Cut(r.Rule.String(), "=")
+			v.Rules = append(v.Rules, Rule{Name: r.Name, Spec: spec, Key: r.Key, Held: r.Held, Next: r.Next})
+		}
+		rep.Providers = append(rep.Providers, v)
 	}
 	pressure, err := redisbus.Read(ctx, rdb, prefix)
 	if err != nil {
@@ -139,6 +164,7 @@ func Print(w io.Writer, rep Report) {
 	if len(rep.Providers) == 0 {
 		fmt.Fprintln(tw, "(no provider registered: sluice register PROVIDER ...)")
 	}
+	printRules(tw, rep)
 	fmt.Fprintln(tw)
 	fmt.Fprintln(tw, "COORDINATOR\tLEVEL\tQUEUE\tFILL\tSEQ\tREPORTED")
 	for _, e := range rep.Coordinators {
@@ -152,6 +178,28 @@ func Print(w io.Writer, rep Report) {
 		fmt.Fprintf(tw, "%s\t(expired)\t\t\t\t\n", id)
 	}
 	tw.Flush()
+}
+
+// printRules writes the table of the providers' pacing rules, if any has.
+func printRules(w io.Writer, rep Report) {
+	header := false
+	for _, p := range rep.Providers {
+		for _, r := range p.Rules {
+			if !header {
+				fmt.Fprintln(w)
+				fmt.Fprintln(w, "PROVIDER\tRULE\tSPEC\tKEY\tHELD\tNEXT FREE")
+				header = true
+			}
+			held, next := strconv.Itoa(r.Held), "-"
+			if r.Key == "" && (strings.HasPrefix(r.Spec, "keyed:") || strings.HasPrefix(r.Spec, "spacing:")) {
+				held = "(per key: --key)"
+			}
+			if !r.Next.IsZero() {
+				next = "in " + r.Next.Sub(rep.Time).Round(time.Millisecond).String()
+			}
+			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", p.Provider, r.Name, r.Spec, orDash(r.Key), held, next)
+		}
+	}
 }
 
 func orDash(s string) string {

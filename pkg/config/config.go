@@ -88,6 +88,7 @@ var providerFields = func() []Key {
 		{"breaker_threshold", "", f(float64(d.BreakerThreshold)), "consecutive failures that open the breaker (0 = none)"},
 		{"breaker_timeout", "", f(d.BreakerTimeout.Seconds()), "seconds an open breaker refuses before a probe, in (0, 86400]"},
 		{"max_scale", "", f(d.MaxScale), "highest scale accepted, in [1, 100] (0 means 1)"},
+		{"rules", "", "", "pacing rules beside the bucket, comma-separated: <name>=window:<limit>/<period>, keyed:<limit>/<period>, spacing:<period>, concurrency:<limit>@<lease>, optionally :scaled; none removes them (docs/rules.md)"},
 	}
 }()
 
@@ -126,6 +127,7 @@ var keepStored = map[string]func(pc *limiter.ProviderConfig, stored limiter.Prov
 	"breaker_threshold": func(pc *limiter.ProviderConfig, st limiter.ProviderConfig) { pc.BreakerThreshold = st.BreakerThreshold },
 	"breaker_timeout":   func(pc *limiter.ProviderConfig, st limiter.ProviderConfig) { pc.BreakerTimeout = st.BreakerTimeout },
 	"max_scale":         func(pc *limiter.ProviderConfig, st limiter.ProviderConfig) { pc.MaxScale = st.MaxScale },
+	"rules":             func(*limiter.ProviderConfig, limiter.ProviderConfig) {}, // a set not configured stays as stored: Settings.Rules
 }
 
 const providersPrefix = "rate_coordinator.providers."
@@ -234,7 +236,11 @@ type Settings struct {
 	}
 	Outage    limiter.OutageMode
 	Providers map[string]limiter.ProviderConfig
-	Receiver  struct {
+	// ProviderRules are the pacing rules of the providers whose rules a
+	// layer sets (none: remove them); a provider not in it keeps the set
+	// Redis holds.
+	ProviderRules map[string][]limiter.Rule
+	Receiver      struct {
 		Listen, Token string
 		MaxBody       int64
 		// TLS, when set, serves HTTPS with this certificate (nil: HTTP).
@@ -775,7 +781,7 @@ func checkAddr(a string) error {
 // parse decodes and validates the layers, section by section; the first
 // bad value is the error.
 func (l layers) parse() (*Settings, error) {
-	s := &Settings{values: l, Providers: map[string]limiter.ProviderConfig{}}
+	s := &Settings{values: l, Providers: map[string]limiter.ProviderConfig{}, ProviderRules: map[string][]limiter.Rule{}}
 	p := &parser{l: l}
 	p.redis(s)
 	p.log(s)
@@ -1026,5 +1032,12 @@ func (p *parser) providers(s *Settings) {
 			p.fail(k(field), "must be "+ae.Range)
 		}
 		s.Providers[provider] = pc
+		if p.l[k("rules")].Source != "default" {
+			rules, err := limiter.ParseRules(p.str(k("rules")))
+			if err != nil {
+				p.fail(k("rules"), "must be pacing rules ("+err.Error()+")")
+			}
+			s.ProviderRules[provider] = rules
+		}
 	}
 }

@@ -19,6 +19,7 @@ type metrics struct {
 	breaker      *prometheus.GaugeVec     // 0 closed, 1 half_open, 2 open
 	replicas     *prometheus.GaugeVec     // live replicas seen at the last heartbeat
 	paused       *prometheus.GaugeVec     // Acquire calls now waiting for a paused provider to resume
+	ruleRefusals *prometheus.CounterVec   // decisions refused by a pacing rule, by provider and rule
 	redisUp      prometheus.Gauge         // 1 while Redis serves every provider, 0 while any is in outage mode
 }
 
@@ -35,7 +36,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}, "provider"),
 		acquisitions: r.CounterVec(prometheus.CounterOpts{
 			Name: "rate_coordinator_acquisitions_total",
-			Help: "Acquire and TryAcquire calls by outcome (ok, probe, rate_limited, paused, cooldown, circuit_open, exceeds_capacity, fail_open, fallback_*, canceled, error).",
+			Help: "Acquire and TryAcquire calls by outcome (ok, probe, rate_limited, rule_limited, paused, cooldown, circuit_open, exceeds_capacity, fail_open, fallback_*, canceled, error).",
 		}, "provider", "result"),
 		wait: r.HistogramVec(prometheus.HistogramOpts{
 			Name:    "rate_coordinator_acquire_wait_seconds",
@@ -54,6 +55,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "rate_coordinator_paused_waiters",
 			Help: "Acquire calls of this replica waiting for the paused provider (scale 0) to resume.",
 		}, "provider"),
+		ruleRefusals: r.CounterVec(prometheus.CounterOpts{
+			Name: "rate_coordinator_rule_refusals_total",
+			Help: "Decisions from Redis refused by a pacing rule, by the rule reported (the one that lets the request pass last); every refusal an Acquire waited out counts.",
+		}, "provider", "rule"),
 	}
 	up := r.GaugeVec(prometheus.GaugeOpts{
 		Name: "rate_coordinator_redis_up",
@@ -74,6 +79,7 @@ type providerMetrics struct {
 	scale, pressure, breaker prometheus.Gauge
 	wait                     prometheus.Observer
 	results                  sync.Map // result -> prometheus.Counter
+	rules                    sync.Map // rule -> prometheus.Counter of its refusals
 }
 
 func (m *metrics) forProvider(provider string) *providerMetrics {
@@ -96,9 +102,19 @@ func (pm *providerMetrics) waited(d time.Duration) {
 
 // result counts one acquisition call that ended with result.
 func (pm *providerMetrics) result(result string) {
-	c, ok := pm.results.Load(result)
+	inc(&pm.results, pm.m.acquisitions, pm.provider, result)
+}
+
+// ruleRefused counts one decision refused by the pacing rule rule.
+func (pm *providerMetrics) ruleRefused(rule string) {
+	inc(&pm.rules, pm.m.ruleRefusals, pm.provider, rule)
+}
+
+// inc adds one to vec's counter for provider and label, cached in cache.
+func inc(cache *sync.Map, vec *prometheus.CounterVec, provider, label string) {
+	c, ok := cache.Load(label)
 	if !ok {
-		c, _ = pm.results.LoadOrStore(result, pm.m.acquisitions.WithLabelValues(pm.provider, result))
+		c, _ = cache.LoadOrStore(label, vec.WithLabelValues(provider, label))
 	}
 	c.(prometheus.Counter).Inc()
 }

@@ -149,6 +149,9 @@ func (c *Limiter) parseRulesDecision(st *providerState, res any, rules []Rule, p
 		return Decision{}, err
 	}
 	d.Rule = r.str(10)
+	if d.Rule != "" {
+		st.m.ruleRefused(d.Rule)
+	}
 	if d.Allowed && permit != "" {
 		p := &Permit{c: c, st: st, id: permit, cost: n, Expiry: time.UnixMicro(r.int(11))}
 		for _, rule := range rules {

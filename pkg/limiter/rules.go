@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -225,4 +226,120 @@ func parseRulesChanged(err error) *rulesChanged {
 		e.rules = append(e.rules, j.rule())
 	}
 	return e
+}
+
+// ParseRules reads rules written as in configuration and on the command
+// line (docs/rules.md), separated by commas:
+//
+//	<name>=window:<limit>/<period>     hist=window:60/10m
+//	<name>=keyed:<limit>/<period>      contract=keyed:5/2s
+//	<name>=spacing:<period>            identical=spacing:15s
+//	<name>=concurrency:<limit>@<lease> open=concurrency:50@2m
+//
+// with ":scaled" after a window, keyed or concurrency rule to apply the
+// feedback scale to it. "" and "none" are no rules. The rules are checked
+// as ValidateRules does; an error names the rule and field.
+func ParseRules(s string) ([]Rule, error) {
+	s = strings.TrimSpace(s)
+	if s == "" || s == "none" {
+		return nil, nil
+	}
+	var rules []Rule
+	for i, part := range strings.Split(s, ",") {
+		r, err := parseRule(strings.TrimSpace(part))
+		if err != nil {
+			return nil, fmt.Errorf("rule %d (%q): %w", i+1, part, err)
+		}
+		rules = append(rules, r)
+	}
+	return rules, ValidateRules(rules)
+}
+
+const ruleForms = "<name>=window:<limit>/<period>, keyed:<limit>/<period>, spacing:<period> or concurrency:<limit>@<lease>, optionally :scaled"
+
+func parseRule(s string) (Rule, error) {
+	name, spec, ok := strings.Cut(s, "=")
+	kind, args, ok2 := strings.Cut(spec, ":")
+	if !ok || !ok2 {
+		return Rule{}, &ArgumentError{"rules", s, ruleForms}
+	}
+	r := Rule{Name: name, Kind: RuleKind(kind)}
+	if a, ok := strings.CutSuffix(args, ":scaled"); ok {
+		args, r.Scaled = a, true
+	}
+	sep := "/"
+	switch r.Kind {
+	case RuleSpacing:
+		sep = ""
+	case RuleConcurrency:
+		sep = "@"
+	case RuleWindow, RuleKeyed:
+	default:
+		return Rule{}, &ArgumentError{"rules." + name + ".kind", kind, "one of window, keyed, spacing, concurrency"}
+	}
+	limit, span := "1", args
+	if sep != "" {
+		if limit, span, ok = strings.Cut(args, sep); !ok {
+			return Rule{}, &ArgumentError{"rules." + name, args, ruleForms}
+		}
+	}
+	n, err := strconv.Atoi(limit)
+	if err != nil {
+		return Rule{}, &ArgumentError{"rules." + name + ".limit", limit, "an integer in [1, 10000]"}
+	}
+	d, err := time.ParseDuration(span)
+	if err != nil {
+		return Rule{}, &ArgumentError{"rules." + name + ".period", span, "a duration like 10m, 2s or 250ms"}
+	}
+	switch r.Kind {
+	case RuleSpacing:
+		r.Period = d
+	case RuleConcurrency:
+		r.Limit, r.Lease = n, d
+	default:
+		r.Limit, r.Period = n, d
+	}
+	return r, nil
+}
+
+// FormatRules writes rules as ParseRules reads them ("none" for none).
+func FormatRules(rules []Rule) string {
+	if len(rules) == 0 {
+		return "none"
+	}
+	parts := make([]string, len(rules))
+	for i, r := range rules {
+		parts[i] = r.String()
+	}
+	return strings.Join(parts, ",")
+}
+
+// String writes r as ParseRules reads it, e.g. "hist=window:60/10m".
+func (r Rule) String() string {
+	var s string
+	switch r.Kind {
+	case RuleSpacing:
+		s = shortDuration(r.Period)
+	case RuleConcurrency:
+		s = strconv.Itoa(r.Limit) + "@" + shortDuration(r.Lease)
+	default:
+		s = strconv.Itoa(r.Limit) + "/" + shortDuration(r.Period)
+	}
+	if r.Scaled {
+		s += ":scaled"
+	}
+	return r.Name + "=" + string(r.Kind) + ":" + s
+}
+
+// shortDuration is d as time.ParseDuration reads it, without the zero
+// units time.Duration.String writes: 10m, not 10m0s.
+func shortDuration(d time.Duration) string {
+	s := d.String()
+	if t, ok := strings.CutSuffix(s, "m0s"); ok {
+		s = t + "m"
+	}
+	if t, ok := strings.CutSuffix(s, "h0m"); ok {
+		s = t + "h"
+	}
+	return s
 }

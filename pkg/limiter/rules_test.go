@@ -16,10 +16,12 @@ import (
 	"time"
 
 	"github.com/alicebob/miniredis/v2"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/sluice-dev/sluice/internal/redistest"
 	"github.com/sluice-dev/sluice/lua"
+	"github.com/sluice-dev/sluice/pkg/internal/promutil"
 	"github.com/sluice-dev/sluice/pkg/keyspace"
 	"github.com/sluice-dev/sluice/pkg/limiter"
 )
@@ -39,18 +41,19 @@ type ruled struct {
 	m   *miniredis.Miniredis
 	rdb *redis.Client
 	c   *limiter.Limiter
+	reg *prometheus.Registry
 }
 
 func newRuled(t *testing.T, rules ...limiter.Rule) *ruled {
 	t.Helper()
 	m, rdb := redistest.Mini(t)
 	m.SetTime(t0)
-	c, _ := newCoord(t, rdb, limiter.Options{})
+	c, reg := newCoord(t, rdb, limiter.Options{})
 	register(t, c, "ib", 1000, 1000)
 	if _, err := c.SetRules(context.Background(), "ib", rules); err != nil {
 		t.Fatal(err)
 	}
-	return &ruled{t: t, m: m, rdb: rdb, c: c}
+	return &ruled{t: t, m: m, rdb: rdb, c: c, reg: reg}
 }
 
 // at moves Redis time to t0 + d.
@@ -200,6 +203,15 @@ func TestRuleRefusalChargesNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	r.want(limiter.Request{Key: "C"}, "", 0)
+	for rule, want := range map[string]float64{"contract": 1, "open": 1, "hist": 0} {
+		got, _ := promutil.Sum(r.reg, "rate_coordinator_rule_refusals_total", map[string]string{"provider": "ib", "rule": rule})
+		if got != want {
+			t.Errorf("rule_refusals{rule=%s} = %v, want %v", rule, got, want)
+		}
+	}
+	if got, _ := promutil.Sum(r.reg, "rate_coordinator_acquisitions_total", map[string]string{"provider": "ib", "result": "rule_limited"}); got != 2 {
+		t.Errorf("acquisitions{result=rule_limited} = %v, want 2", got)
+	}
 	if d2.Permit == nil || d2.Permit.ID() == d1.Permit.ID() {
 		t.Fatalf("permits %v and %v: want two distinct", d1.Permit, d2.Permit)
 	}
@@ -541,5 +553,89 @@ func TestRulesOnRealServer(t *testing.T) {
 	rev, _ := srv.Client(t).HGet(ctx, ibKeys.Config, "rules_rev").Result()
 	if rev != "1" {
 		t.Fatalf("rules_rev %q after one set and refused ones, want 1", rev)
+	}
+}
+
+func TestRuleStatus(t *testing.T) {
+	open5 := openRule
+	open5.Limit = 5
+	r := newRuled(t, histRule, contractRule, identRule, open5)
+	ctx := context.Background()
+	aapl := limiter.Request{Key: "AAPL", Cost: 2}
+	held := r.want(aapl, "", 0).Permit
+	r.at(time.Second).want(limiter.Request{Key: "MSFT"}, "", 0)
+	r.at(3 * time.Second) // AAPL's keyed units are out of their 2 s window
+	got, err := r.c.RuleStatus(ctx, "ib", "AAPL")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []limiter.RuleState{
+		{Rule: histRule, Held: 3, Next: t0.Add(10 * time.Second)},
+		{Rule: contractRule, Key: "AAPL", Held: 0},
+		{Rule: identRule, Key: "AAPL", Held: 1, Next: t0.Add(15 * time.Second)},
+		{Rule: open5, Held: 3, Next: t0.Add(30 * time.Second)},
+	}
+	if len(got) != len(want) {
+		t.Fatalf("RuleStatus: %+v", got)
+	}
+	for i := range want {
+		if got[i].Rule != want[i].Rule || got[i].Key != want[i].Key || got[i].Held != want[i].Held || !got[i].Next.Equal(want[i].Next) {
+			t.Errorf("rule %d: %+v, want %+v", i, got[i], want[i])
+		}
+	}
+	if err := held.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	got, _ = r.c.RuleStatus(ctx, "ib", "")
+	if got[3].Held != 1 || got[1].Held != 0 || got[1].Key != "" {
+		t.Errorf("after a release, without a key: %+v", got)
+	}
+	if _, err := r.c.RuleStatus(ctx, "nobody", ""); !errors.Is(err, limiter.ErrUnknownProvider) {
+		t.Errorf("RuleStatus of an unknown provider: %v", err)
+	}
+}
+
+func TestParseRules(t *testing.T) {
+	text := "hist=window:60/10m,contract=keyed:5/2s,identical=spacing:15s,open=concurrency:50@2m,fifty=window:50/1s:scaled"
+	rules, err := limiter.ParseRules(text)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []limiter.Rule{
+		{Name: "hist", Kind: limiter.RuleWindow, Limit: 60, Period: 10 * time.Minute},
+		{Name: "contract", Kind: limiter.RuleKeyed, Limit: 5, Period: 2 * time.Second},
+		{Name: "identical", Kind: limiter.RuleSpacing, Period: 15 * time.Second},
+		{Name: "open", Kind: limiter.RuleConcurrency, Limit: 50, Lease: 2 * time.Minute},
+		{Name: "fifty", Kind: limiter.RuleWindow, Limit: 50, Period: time.Second, Scaled: true},
+	}
+	if fmt.Sprint(rules) != fmt.Sprint(want) {
+		t.Fatalf("ParseRules: %v, want %v", rules, want)
+	}
+	again, err := limiter.ParseRules(limiter.FormatRules(rules))
+	if err != nil || fmt.Sprint(again) != fmt.Sprint(want) {
+		t.Fatalf("FormatRules %q does not read back: %v %v", limiter.FormatRules(rules), again, err)
+	}
+	for _, none := range []string{"", "none", "  "} {
+		if rs, err := limiter.ParseRules(none); err != nil || rs != nil {
+			t.Errorf("ParseRules(%q): %v %v, want no rules", none, rs, err)
+		}
+	}
+	for text, field := range map[string]string{
+		"hist=window:0/10m":         "rules.hist.limit",
+		"hist=window:x/10m":         "rules.hist.limit",
+		"hist=window:60/soon":       "rules.hist.period",
+		"hist=window:60/-1s":        "rules.hist.period",
+		"hist=window:60":            "rules.hist",
+		"hist=fixed:60/1s":          "rules.hist.kind",
+		"hist":                      "rules",
+		"a=spacing:1s:scaled":       "rules.a.scaled",
+		"a=spacing:1s,a=spacing:2s": "rules.a.name",
+		"open=concurrency:5/1s":     "rules.open",
+	} {
+		_, err := limiter.ParseRules(text)
+		var ae *limiter.ArgumentError
+		if !errors.As(err, &ae) || ae.Field != field {
+			t.Errorf("ParseRules(%q): %v, want an error on %s", text, err, field)
+		}
 	}
 }

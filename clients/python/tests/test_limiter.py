@@ -387,3 +387,17 @@ def test_paused_waiter_survives_a_lost_subscription(r: "redis.Redis[bytes]") -> 
     t.join(30)
     assert got and got[0].allowed
     lim.close()
+
+
+def test_provider_with_rules_is_refused_clearly(lim: Limiter, r: "redis.Redis[bytes]") -> None:
+    """This client does not send acquire.lua's rules form yet (docs/rules.md):
+    a provider with pacing rules answers its plain calls RULES_CHANGED, which
+    it must report as such, never decide around."""
+    lim.register("ibkr", **SLOW)
+    rules = '[{"name":"hist","kind":"window","limit":3,"period_ms":10000}]'
+    assert lim._call("set_rules", ["sluice:{ibkr}:config"], [rules]) == [b"updated", 1]
+    with pytest.raises(Exception) as e:
+        lim.try_acquire("ibkr")
+    assert "has pacing rules" in str(e.value)
+    assert lim._call("set_rules", ["sluice:{ibkr}:config"], ["[]"]) == [b"updated", 2]
+    assert lim.try_acquire("ibkr").allowed

@@ -25,9 +25,11 @@ from .errors import (
     ExceedsCapacityError,
     InvalidArgumentError,
     PausedError,
+    PermitLostError,
     RateLimitedError,
     RedisUnavailableError,
     RefusedError,
+    RuleLimitedError,
     SluiceError,
     UnknownProviderError,
 )
@@ -38,5 +40,6 @@ __all__ = [
     "script_source", "CircuitOpenError", "ClosedError", "CoolingDownError", "CorruptStateError",
     "DeadlineExceededError", "ExceedsCapacityError", "InvalidArgumentError", "PausedError", "RateLimitedError",
     "RedisUnavailableError", "RefusedError", "SluiceError", "UnknownProviderError", "Limiter",
+    "PermitLostError", "RuleLimitedError",
 ]
 __version__ = "0.1.0"

@@ -30,7 +30,7 @@ from .errors import (
 SCRIPT_NAMES: Tuple[str, ...] = (
     "register", "acquire", "set_scale", "annotate", "breaker",
     "cooldown", "heartbeat", "status", "pressure", "lease", "refund",
-    "refuse", "forget",
+    "set_rules", "permit", "refuse", "forget",
 )
 
 DEFAULT_PREFIX = "sluice"
@@ -378,6 +378,9 @@ def map_error(provider: str, err: BaseException) -> SluiceError:
             return InvalidArgumentError(f, value, rng)
         if msg.startswith("CORRUPT "):
             return CorruptStateError("sluice: corrupt state in redis: " + msg[len("CORRUPT "):])
+        if msg.startswith("RULES_CHANGED "):
+            return SluiceError(f"sluice: provider {provider!r} has pacing rules (docs/rules.md), which this "
+                               "client does not decide yet: use the Go limiter for it, or remove its rules")
         if not msg.startswith(_OUTAGE_PREFIXES):
             return SluiceError(f"sluice: {msg}")
     if isinstance(err, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,

@@ -95,6 +95,16 @@ class CircuitOpenError(RefusedError):
     """The shared breaker is open (or its probe is in flight) beyond the timeout."""
 
 
+class RuleLimitedError(RefusedError):
+    """A pacing rule (docs/rules.md) will not let the request pass before the
+    timeout, or never will. This client does not send the rules form yet:
+    it meets a provider with rules as the error of its RULES_CHANGED reply."""
+
+
+class PermitLostError(SluiceError):
+    """A concurrency rule's permit lease ended before it was renewed."""
+
+
 #: The Go sentinel of pkg/limiter each class mirrors (a test checks that
 #: every sentinel of errors.go is here).
 GO_SENTINELS: Dict[str, Type[SluiceError]] = {
@@ -105,6 +115,8 @@ GO_SENTINELS: Dict[str, Type[SluiceError]] = {
     "ErrPaused": PausedError,
     "ErrCoolingDown": CoolingDownError,
     "ErrCircuitOpen": CircuitOpenError,
+    "ErrRuleLimited": RuleLimitedError,
+    "ErrPermitLost": PermitLostError,
     "ErrRedisUnavailable": RedisUnavailableError,
     "ErrCorruptState": CorruptStateError,
     "ErrClosed": ClosedError,
@@ -117,6 +129,7 @@ REFUSALS: Dict[str, Type[RefusedError]] = {
     "paused": PausedError,
     "cooldown": CoolingDownError,
     "circuit_open": CircuitOpenError,
+    "rule_limited": RuleLimitedError,
 }
 
 
