@@ -28,6 +28,10 @@ caller takes one token at a time as fast as it can, for --duration.
   sluice-single  the limiter sending every request alone (MaxBatch 1)
   sluice-lease   the limiter with a 2ms token lease (TokenLease: tokens taken
                  ahead from plenty, handed out without a round trip)
+  sluice-rules   the limiter with four pacing rules beside the bucket (a
+                 window, a keyed window, a spacing key per call, a permit
+                 taken and released: docs/rules.md), each request alone:
+                 its cost beside sluice-single's is the cost of the rules
   redis_rate     go-redis/redis_rate v10, the reference peer
   lua            a bare token bucket script (TIME, HMGET, HSET): the floor
 

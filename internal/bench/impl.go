@@ -10,6 +10,7 @@ import (
 	"io"
 	"log/slog"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/go-redis/redis_rate/v10"
@@ -23,12 +24,24 @@ const (
 	Sluice       = "sluice"        // limiter.Limiter, coalescing on (the default)
 	SluiceSingle = "sluice-single" // limiter.Limiter with MaxBatch 1: one script call per request
 	SluiceLease  = "sluice-lease"  // limiter.Limiter, coalescing and a token lease of LeaseTTL
+	SluiceRules  = "sluice-rules"  // limiter.Limiter with BenchRules beside the bucket: one request per call, its permit released
 	RedisRate    = "redis_rate"    // go-redis/redis_rate v10 (GCRA), the reference peer
 	MinimalLua   = "lua"           // a bare token bucket script: TIME, HMGET, HSET
 )
 
 // Impls lists every implementation, in the order reports show them.
-var Impls = []string{Sluice, SluiceSingle, SluiceLease, RedisRate, MinimalLua}
+var Impls = []string{Sluice, SluiceSingle, SluiceLease, SluiceRules, RedisRate, MinimalLua}
+
+// BenchRules are sluice-rules' pacing rules: one of each kind, wide enough
+// never to refuse in these workloads, so that each call does the whole work
+// of four rules (a window, a key's window, a spacing key per call, a permit
+// taken and released). Its cost beside sluice-single's is the cost of rules.
+var BenchRules = []limiter.Rule{
+	{Name: "window", Kind: limiter.RuleWindow, Limit: 10000, Period: 100 * time.Millisecond},
+	{Name: "keyed", Kind: limiter.RuleKeyed, Limit: 10000, Period: 100 * time.Millisecond},
+	{Name: "spacing", Kind: limiter.RuleSpacing, Period: time.Millisecond},
+	{Name: "open", Kind: limiter.RuleConcurrency, Limit: 10000, Lease: time.Minute},
+}
 
 // LeaseTTL is sluice-lease's Options.TokenLease: how long leased tokens may
 // be handed out after the call that took them (and so how late a scale
@@ -55,6 +68,7 @@ var sluiceOptions = map[string]limiter.Options{
 	Sluice:       {},
 	SluiceSingle: {MaxBatch: 1},
 	SluiceLease:  {TokenLease: LeaseTTL},
+	SluiceRules:  {MaxBatch: 1},
 }
 
 var discard = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -76,6 +90,9 @@ func newDecider(impl string, rdb redis.UniversalClient, key string, lim Limits) 
 		c, err := limiter.New(rdb, o)
 		if err != nil {
 			return nil, err
+		}
+		if impl == SluiceRules {
+			return &rulesDecider{c: c}, nil
 		}
 		return sluiceDecider{c}, nil
 	}
@@ -101,7 +118,10 @@ func setup(ctx context.Context, impl string, rdb redis.UniversalClient, key stri
 	defer c.Close()
 	cfg := limiter.DefaultProviderConfig()
 	cfg.Capacity, cfg.RefillRate = lim.Burst, lim.Rate
-	_, err = c.Register(ctx, provider, cfg)
+	if _, err = c.Register(ctx, provider, cfg); err != nil || impl != SluiceRules {
+		return err
+	}
+	_, err = c.SetRules(ctx, provider, BenchRules)
 	return err
 }
 
@@ -120,6 +140,36 @@ func (s sluiceDecider) wait(ctx context.Context) error {
 }
 
 func (s sluiceDecider) close() { s.c.Close() }
+
+// rulesDecider asks for one request against BenchRules: the same key for
+// the keyed rule, a new one per call for the spacing rule (an identical
+// request is never repeated), and releases the permit of a grant at once.
+type rulesDecider struct {
+	c *limiter.Limiter
+	n atomic.Int64
+}
+
+func (r *rulesDecider) request() limiter.Request {
+	return limiter.Request{Key: "AAPL:SMART:TRADES", Keys: map[string]string{"spacing": "q" + strconv.FormatInt(r.n.Add(1), 36)}}
+}
+
+func (r *rulesDecider) try(ctx context.Context) (bool, time.Duration, error) {
+	d, err := r.c.TryAcquireRequest(ctx, provider, r.request())
+	if err == nil && d.Allowed {
+		err = d.Permit.Release(ctx)
+	}
+	return d.Allowed, d.RetryAfter, err
+}
+
+func (r *rulesDecider) wait(ctx context.Context) error {
+	d, err := r.c.AcquireRequest(ctx, provider, r.request())
+	if err == nil {
+		err = d.Permit.Release(ctx)
+	}
+	return err
+}
+
+func (r *rulesDecider) close() { r.c.Close() }
 
 // retryLoop makes a blocking acquisition from a non-blocking one, as a user
 // of redis_rate writes it: try, sleep what the answer says, try again.

@@ -20,7 +20,10 @@ func batchCoord(t *testing.T, b redistest.Backend, provider string) (*Limiter, *
 	if b.Mini != nil {
 		b.Mini.SetTime(time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC))
 	}
-	c, err := New(b.Client(t), Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	// A minute, not the default 500 ms: a starved CI machine can take longer
+	// than that to run a script on a healthy Redis (seen at load 28), which
+	// the limiter rightly takes for an outage; these tests are not about one.
+	c, err := New(b.Client(t), Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), CallTimeout: time.Minute})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -233,7 +236,7 @@ func TestBatchCallerDeadline(t *testing.T) {
 // acquire's 1000 requests: a full batch goes without it, and is granted.
 func TestLeaseRequestWithFullBatch(t *testing.T) {
 	srv := redistest.Start(t)
-	c, err := New(srv.Client(t), Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), MaxBatch: 1000, TokenLease: time.Second})
+	c, err := New(srv.Client(t), Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), MaxBatch: 1000, TokenLease: time.Second, CallTimeout: time.Minute})
 	if err != nil {
 		t.Fatal(err)
 	}

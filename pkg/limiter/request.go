@@ -99,7 +99,7 @@ func (c *Limiter) decideRules(ctx context.Context, st *providerState, req Reques
 			return c.rulesOutage(st, ErrRedisUnavailable)
 		}
 		rev, rules, _ := st.rules.get()
-		permit := ""
+		id, permit := newPermitID(), ""
 		keys := acquireKeys(st.keys)
 		for _, r := range rules {
 			switch r.Kind {
@@ -109,10 +109,10 @@ func (c *Limiter) decideRules(ctx context.Context, st *providerState, req Reques
 				keys = append(keys, st.keys.rules.RuleKey(r.Name, req.key(r.Name)))
 			case RuleConcurrency:
 				keys = append(keys, st.keys.rules.Permits(r.Name))
-				permit = newPermitID()
+				permit = id
 			}
 		}
-		res, err := c.run(ctx, st, acquireScript, keys, n, "rules", rev, permit)
+		res, err := c.run(ctx, st, acquireScript, keys, n, "rules", rev, id)
 		if ch := parseRulesChanged(err); ch != nil {
 			st.rules.set(ch.rev, ch.rules)
 			continue

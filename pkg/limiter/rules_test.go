@@ -107,10 +107,11 @@ func TestRuleWindowSlides(t *testing.T) {
 	r.want(one, "hist", 10*time.Second)
 	r.at(4*time.Second).want(one, "hist", 6*time.Second)
 	r.at(10*time.Second-time.Microsecond).want(one, "hist", time.Microsecond)
-	// The first unit left at t0+10s; the second was counted 1 µs after it
-	// (units of one instant are spread by 1 µs), so it leaves 1 µs later.
-	r.at(10*time.Second).want(one, "", 0)
-	r.want(one, "hist", time.Microsecond)
+	// The three units of t0 left at t0+10s together.
+	for range 3 {
+		r.at(10*time.Second).want(one, "", 0)
+	}
+	r.want(one, "hist", 10*time.Second)
 	if n := r.card(ibKeys.Rule("hist")); n != 3 {
 		t.Fatalf("the window holds %d units, want 3 (those out of it are removed)", n)
 	}
@@ -319,9 +320,9 @@ func TestRulesChangeReachesEveryReplica(t *testing.T) {
 			t.Fatalf("after removal: %+v %v", d, err)
 		}
 	}
-	rev, _ := r.rdb.HGet(ctx, ibKeys.Config, "rules_rev").Result()
-	if rev != "3" {
-		t.Fatalf("rules_rev %q after three changes, want 3", rev)
+	seq, _ := r.rdb.HGet(ctx, ibKeys.Config, "rules_seq").Result()
+	if rev, err := r.rdb.HExists(ctx, ibKeys.Config, "rules_rev").Result(); seq != "3" || rev || err != nil {
+		t.Fatalf("rules_seq %q after three changes (want 3), rules_rev present %v (want not)", seq, rev)
 	}
 }
 
@@ -388,10 +389,21 @@ func TestRulesCorruptStoredSet(t *testing.T) {
 	r := newRuled(t, histRule)
 	ctx := context.Background()
 	r.want(limiter.Request{}, "", 0)
+	// Learnt from the refusal of the plain form: this process cannot read it.
 	r.rdb.HSet(ctx, ibKeys.Config, "rules", `[{"name":"hist","kind":"window","limit":"NaN","period_ms":10000}]`, "rules_rev", "9")
-	_, err := r.c.TryAcquireRequest(ctx, "ib", limiter.Request{})
-	if !errors.Is(err, limiter.ErrCorruptState) || !strings.Contains(err.Error(), "rules.hist.limit") {
-		t.Fatalf("decision on a corrupt rule set: %v, want ErrCorruptState naming rules.hist.limit", err)
+	_, err := r.c.TryAcquire(ctx, "ib", 1)
+	if !errors.Is(err, limiter.ErrCorruptState) || !strings.Contains(err.Error(), `"limit":"NaN"`) {
+		t.Fatalf("decision on a corrupt rule set: %v, want ErrCorruptState quoting it", err)
+	}
+	// Readable, but not a rule: acquire.lua's guard refuses it.
+	r.rdb.HSet(ctx, ibKeys.Config, "rules", `[{"name":"hist","kind":"window","limit":-1,"period_ms":10000}]`, "rules_rev", "10")
+	_, err = r.c.TryAcquireRequest(ctx, "ib", limiter.Request{})
+	if !errors.Is(err, limiter.ErrCorruptState) || !strings.Contains(err.Error(), "rules[1]=") {
+		t.Fatalf("decision on a rule with limit -1: %v, want ErrCorruptState naming rules[1]", err)
+	}
+	r.rdb.HSet(ctx, ibKeys.Config, "rules", `[{"name":"hist"`)
+	if _, err := r.c.TryAcquireRequest(ctx, "ib", limiter.Request{}); !errors.Is(err, limiter.ErrCorruptState) {
+		t.Fatalf("decision on a rule set that is not JSON: %v, want ErrCorruptState", err)
 	}
 }
 

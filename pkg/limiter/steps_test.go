@@ -417,7 +417,7 @@ func TestOnlyAcquiringProcessesAreReplicas(t *testing.T) {
 		if s := mustStatus(t, op, "p"); len(s.Replicas) != 0 {
 			t.Fatalf("replicas %v after operator calls, want none", s.Replicas)
 		}
-		r, err := limiter.New(b.Client(t), limiter.Options{Logger: quiet, ReplicaID: "pod-a"})
+		r, err := limiter.New(b.Client(t), limiter.Options{Logger: quiet, ReplicaID: "pod-a", CallTimeout: time.Minute})
 		if err != nil {
 			t.Fatal(err)
 		}

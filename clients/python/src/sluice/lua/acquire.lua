@@ -150,78 +150,6 @@ local function store_bucket(bucket_key, tokens, now)
   redis.call('HSET', bucket_key, 'tokens', dec(tokens), 'ts', int(now))
 end
 
--- Pacing rules (set_rules, acquire). A provider's rules are stored in its
--- config hash as `rules`, a JSON array in the canonical form rules_text
--- writes, and `rules_rev`, which set_rules raises at every change.
--- check_rules decodes and checks a JSON array of rules. It returns the
--- rules, or nil and the field and value that are wrong and their range
--- (for invalid or corrupt). Each rule: name (1-64 of [A-Za-z0-9_.-], not
--- "bucket", unique), kind, limit (an integer in [1, 10000] for window,
--- keyed and concurrency; absent for spacing), period_ms (an integer in [1,
--- 86400000] for window, keyed and spacing), lease_ms (the same range, for
--- concurrency), scaled (a boolean, default false; not for spacing).
-local function check_rules(text)
-  local ok, rs = pcall(cjson.decode, text)
-  if not ok or type(rs) ~= 'table' or (next(rs) ~= nil and rs[1] == nil) then
-    return nil, 'rules', text, 'a JSON array of rules'
-  end
-  if #rs > 16 then
-    return nil, 'rules', #rs .. ' rules', 'at most 16 rules'
-  end
-  local seen, kinds = {}, {window = true, keyed = true, spacing = true, concurrency = true}
-  local function whole(x, lo, hi) return type(x) == 'number' and x % 1 == 0 and x >= lo and x <= hi end
-  for i, r in ipairs(rs) do
-    if type(r) ~= 'table' then
-      return nil, 'rules[' .. i .. ']', tostring(r), 'an object'
-    end
-    local name = r.name
-    if type(name) ~= 'string' or #name > 64 or not name:find('^[%w_.%-]+$') or name == 'bucket' then
-      return nil, 'rules[' .. i .. '].name', tostring(name), '1 to 64 characters of [A-Za-z0-9_.-], not "bucket"'
-    end
-    if seen[name] then
-      return nil, 'rules.' .. name .. '.name', name, 'unique among the rules'
-    end
-    seen[name] = true
-    local f = 'rules.' .. name .. '.'
-    if not kinds[r.kind] then
-      return nil, f .. 'kind', tostring(r.kind), 'one of window, keyed, spacing, concurrency'
-    end
-    local timed, counted = r.kind ~= 'concurrency', r.kind ~= 'spacing'
-    if counted and not whole(r.limit, 1, 10000) then
-      return nil, f .. 'limit', tostring(r.limit), 'an integer in [1, 10000]'
-    elseif not counted and r.limit ~= nil and r.limit ~= 1 then
-      return nil, f .. 'limit', tostring(r.limit), 'absent or 1 for a spacing rule'
-    end
-    if timed and not whole(r.period_ms, 1, 86400000) then
-      return nil, f .. 'period_ms', tostring(r.period_ms), 'an integer in [1, 86400000]'
-    end
-    if not timed and not whole(r.lease_ms, 1, 86400000) then
-      return nil, f .. 'lease_ms', tostring(r.lease_ms), 'an integer in [1, 86400000]'
-    end
-    if r.scaled == nil then
-      r.scaled = false
-    elseif type(r.scaled) ~= 'boolean' or (r.scaled and r.kind == 'spacing') then
-      return nil, f .. 'scaled', tostring(r.scaled), 'true or false (false for a spacing rule)'
-    end
-  end
-  return rs
-end
-
--- rules_text writes checked rules in their canonical form: the same rules
--- are the same text.
-local function rules_text(rs)
-  local out = {}
-  for i, r in ipairs(rs) do
-    local t = {'{"name":"' .. r.name .. '","kind":"' .. r.kind .. '"'}
-    if r.kind ~= 'spacing' then t[#t + 1] = ',"limit":' .. int(r.limit) end
-    if r.kind ~= 'concurrency' then t[#t + 1] = ',"period_ms":' .. int(r.period_ms) end
-    if r.kind == 'concurrency' then t[#t + 1] = ',"lease_ms":' .. int(r.lease_ms) end
-    t[#t + 1] = ',"scaled":' .. tostring(r.scaled) .. '}'
-    out[i] = table.concat(t)
-  end
-  return '[' .. table.concat(out, ',') .. ']'
-end
-
 -- acquire.lua: take tokens from a provider's shared bucket for one request,
 -- or for several requests of one process at once (coalesced), or say why not
 -- and for how long. One call is the whole decision: config, cooldown,
@@ -271,8 +199,9 @@ end
 --                     bucket and to every rule
 --   ARGV[2]  "rules"
 --   ARGV[3]  rev      the rules_rev the caller knows ("" for none)
---   ARGV[4]  permit   the permit id ("" for none; a concurrency rule needs
---                     one): 1-64 of [A-Za-z0-9_.-]
+--   ARGV[4]  id       the request's id, 1-64 of [A-Za-z0-9_.-], unique to
+--                     it (random): its units and permit places are the
+--                     members <id>#1 .. <id>#n
 --   KEYS[6..] one per rule, in the stored order: window P:{p}:rule:<r>,
 --            keyed and spacing P:{p}:rule:<r>:<key> with the request's
 --            key for that rule (1-256 bytes, no braces, spaces or
@@ -289,102 +218,8 @@ end
 -- rule's limit). Checking removes only what no longer counts (units out
 -- of their window, permits past their lease).
 
--- check_request checks the rules form's permit and KEYS against the
--- rules: nil, or the error reply.
-local function check_request(rules, permit_id, keys)
-  local tag = keys[1]:sub(1, -7) -- '<prefix>:{<provider>}:' of '...:config'
-  if permit_id ~= '' and (#permit_id > 64 or not permit_id:find('^[%w_.%-]+$')) then
-    return invalid('permit', permit_id, '1 to 64 characters of [A-Za-z0-9_.-]')
-  end
-  if #keys ~= 5 + #rules then
-    return invalid('keys', #keys, (5 + #rules) .. ': the bucket\'s 5 and one per rule')
-  end
-  for i, r in ipairs(rules) do
-    local k, want = keys[5 + i], tag .. 'rule:' .. r.name
-    if r.kind == 'keyed' or r.kind == 'spacing' then
-      local key = k:sub(1, #want + 1) == want .. ':' and k:sub(#want + 2) or ''
-      if key == '' then
-        return invalid('key.' .. r.name, '(none)', 'a request key: rule ' .. r.name .. ' is ' .. r.kind)
-      end
-      if #key > 256 or key:find('[%c%s{}]') then
-        return invalid('key.' .. r.name, key, '1 to 256 bytes without braces, spaces or control characters')
-      end
-      want = k
-    elseif r.kind == 'concurrency' then
-      if permit_id == '' then
-        return invalid('permit', '(none)', 'a permit id: rule ' .. r.name .. ' is a concurrency rule')
-      end
-      want = tag .. 'permits:' .. r.name
-    end
-    if k ~= want then
-      return invalid('keys[' .. (5 + i) .. ']', k, want)
-    end
-  end
-  return nil
-end
-
--- rule_wait returns how long the request of cost n waits for rule r, whose
--- state is key: 0 if r allows it now, -1 if it never will (n above r's
--- limit). A scaled rule's limit is floor(limit × scale); a request above
--- it but within the limit waits a period (or a lease), after which the
--- scale may be higher. A unit counted at t is in a window until t + period
--- (excluded); a permit holds until its expiry.
-local function rule_wait(r, key, now, n, scale)
-  if r.kind == 'spacing' then
-    local until_us = num(redis.call('GET', key))
-    return (until_us and until_us > now) and math.ceil(until_us - now) or 0
-  end
-  local span = r.kind == 'concurrency' and 0 or r.period_ms * 1000
-  redis.call('ZREMRANGEBYSCORE', key, '-inf', int(now - span))
-  if n > r.limit then
-    return -1
-  end
-  local limit = r.scaled and math.floor(r.limit * scale) or r.limit
-  if n > limit then -- passes only at a higher scale: look again in a period
-    return math.max(1, span, (r.lease_ms or 0) * 1000)
-  end
-  local over = redis.call('ZCARD', key) + n - limit
-  if over <= 0 then
-    return 0
-  end
-  local s = redis.call('ZRANGE', key, over - 1, over - 1, 'WITHSCORES')[2]
-  return math.max(1, math.ceil(num(s) + span - now))
-end
-
--- rule_take charges a granted request of cost n to rule r: n units at now
--- (a window's), the spacing until now + period, or n places of permit
--- until now + lease. It returns the permit's expiry (0 for other kinds).
--- Units of one call share a score later than every stored one, so members
--- never collide and a window never counts a unit early.
-local function rule_take(r, key, now, n, permit_id)
-  if r.kind == 'spacing' then
-    redis.call('SET', key, int(now + r.period_ms * 1000), 'PX', r.period_ms)
-    return 0
-  end
-  local t, ttl = now, r.period_ms
-  if r.kind == 'concurrency' then
-    t, ttl = now + r.lease_ms * 1000, r.lease_ms + 1
-  else
-    local last = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')[2]
-    if last and num(last) >= t then
-      t = num(last) + 1
-    end
-    ttl = r.period_ms + math.ceil((t - now) / 1000)
-  end
-  local z = {'ZADD', key}
-  for j = 1, n do
-    z[#z + 1] = int(t)
-    z[#z + 1] = r.kind == 'concurrency' and (permit_id .. '#' .. j) or (int(t) .. ':' .. j)
-  end
-  redis.call(unpack(z))
-  if redis.call('PTTL', key) < ttl then
-    redis.call('PEXPIRE', key, ttl)
-  end
-  return r.kind == 'concurrency' and t or 0
-end
-
 local rules_form = ARGV[2] == 'rules'
-local args, rev, permit = ARGV, ARGV[3] or '', ARGV[4] or ''
+local args, rev, id = ARGV, ARGV[3] or '', ARGV[4] or ''
 if rules_form then
   args = {ARGV[1]}
 end
@@ -405,22 +240,140 @@ if n == nil then
 end
 -- Hot path: read only the fields needed, and reply with the strings as
 -- stored rather than formatting numbers again.
-local cfg = redis.call('HMGET', KEYS[1], 'capacity', 'refill_rate', 'breaker_timeout_sec', 'rules_rev', 'rules')
+local cfg = redis.call('HMGET', KEYS[1], 'capacity', 'refill_rate', 'breaker_timeout_sec', 'rules_rev')
 if not cfg[1] then
   return unknown_provider(KEYS[1])
 end
 local rules
-if cfg[5] or rules_form then
-  local field, value, range
-  rules, field, value, range = check_rules(cfg[5] or '[]')
+local rule_wait, rule_take
+if cfg[4] or rules_form then
+  local text = cfg[4] and redis.call('HGET', KEYS[1], 'rules') or '[]'
+  if not rules_form or rev ~= (cfg[4] or '') then
+    return redis.error_reply('RULES_CHANGED ' .. (cfg[4] or '-') .. ' ' .. text)
+  end
+  -- The rules form's functions, made here: a script makes every function
+  -- it defines on every call, so only the rules form pays for these.
+  local function rules_functions()
+    -- load_rules decodes the stored set. set_rules checked it whole when it
+    -- wrote it; here it is only guarded, cheaply: a set that is not what
+    -- set_rules writes (the hash edited by hand) is refused, never decided on.
+    -- It returns the rules, or nil and the field and value that are wrong.
+    local function load_rules(text)
+      local ok, rs = pcall(cjson.decode, text)
+      if not ok or type(rs) ~= 'table' then
+        return nil, 'rules', text
+      end
+      for i, r in ipairs(rs) do
+        local k = r.kind
+        local span = r[k == 'concurrency' and 'lease_ms' or 'period_ms']
+        if type(r.name) ~= 'string' or not (type(span) == 'number' and span >= 1) or not
+          (k == 'spacing' or ((k == 'window' or k == 'keyed' or k == 'concurrency') and type(r.limit) == 'number' and r.limit >= 1)) then
+          return nil, 'rules[' .. i .. ']', cjson.encode(r)
+        end
+      end
+      return rs
+    end
+
+    -- check_request checks the rules form's id and KEYS against the rules:
+    -- nil, or the error reply.
+    local function check_request(rules, id, keys)
+      local tag = keys[1]:sub(1, -7) -- '<prefix>:{<provider>}:' of '...:config'
+      if #id < 1 or #id > 64 or not id:find('^[%w_.%-]+$') then
+        return invalid('id', id == '' and '(none)' or id, '1 to 64 characters of [A-Za-z0-9_.-], unique to the request')
+      end
+      if #keys ~= 5 + #rules then
+        return invalid('keys', #keys, (5 + #rules) .. ': the bucket\'s 5 and one per rule')
+      end
+      for i, r in ipairs(rules) do
+        local k, want = keys[5 + i], tag .. 'rule:' .. r.name
+        if r.kind == 'keyed' or r.kind == 'spacing' then
+          local key = k:sub(1, #want + 1) == want .. ':' and k:sub(#want + 2) or ''
+          if key == '' then
+            return invalid('key.' .. r.name, '(none)', 'a request key: rule ' .. r.name .. ' is ' .. r.kind)
+          end
+          if #key > 256 or key:find('[%c%s{}]') then
+            return invalid('key.' .. r.name, key, '1 to 256 bytes without braces, spaces or control characters')
+          end
+          want = k
+        elseif r.kind == 'concurrency' then
+          want = tag .. 'permits:' .. r.name
+        end
+        if k ~= want then
+          return invalid('keys[' .. (5 + i) .. ']', k, want)
+        end
+      end
+      return nil
+    end
+
+    -- rule_wait returns how long the request of cost n waits for rule r, whose
+    -- state is key: 0 if r allows it now, -1 if it never will (n above r's
+    -- limit); and the units r holds now. A scaled rule's limit is
+    -- floor(limit × scale); a request above it but within the limit waits a
+    -- period (or a lease), after which the scale may be higher. A unit counted
+    -- at t is in a window until t + period (excluded); a permit holds until its
+    -- expiry.
+    local function rule_wait(r, key, now, n, scale)
+      if r.kind == 'spacing' then
+        local until_us = num(redis.call('GET', key))
+        return (until_us and until_us > now) and math.ceil(until_us - now) or 0, 0
+      end
+      local span = r.kind == 'concurrency' and 0 or r.period_ms * 1000
+      redis.call('ZREMRANGEBYSCORE', key, '-inf', int(now - span))
+      local held = redis.call('ZCARD', key)
+      if n > r.limit then
+        return -1, held
+      end
+      local limit = r.scaled and math.floor(r.limit * scale) or r.limit
+      if n > limit then -- passes only at a higher scale: look again in a period
+        return math.max(1, span, (r.lease_ms or 0) * 1000), held
+      end
+      local over = held + n - limit
+      if over <= 0 then
+        return 0, held
+      end
+      local s = redis.call('ZRANGE', key, over - 1, over - 1, 'WITHSCORES')[2]
+      return math.max(1, math.ceil(num(s) + span - now)), held
+    end
+
+    -- rule_take charges a granted request of cost n to rule r, which held
+    -- units: n units <id>#1..n scored now (a window's), the spacing until now
+    -- + period, or n places <id>#1..n of permit until now + lease. It returns
+    -- the permit's expiry (0 for other kinds). A window's key expires a period
+    -- after its newest unit, which this one is; a permits key lives as long as
+    -- its longest lease (a renewed permit's may be longer than this one's).
+    local function rule_take(r, key, now, n, id, held)
+      if r.kind == 'spacing' then
+        redis.call('SET', key, int(now + r.period_ms * 1000), 'PX', r.period_ms)
+        return 0
+      end
+      local t = r.kind == 'concurrency' and now + r.lease_ms * 1000 or now
+      local z, ts = {'ZADD', key}, int(t)
+      for j = 1, n do
+        z[2 * j + 1], z[2 * j + 2] = ts, id .. '#' .. j
+      end
+      redis.call(unpack(z))
+      if r.kind ~= 'concurrency' then
+        redis.call('PEXPIRE', key, r.period_ms)
+        return 0
+      end
+      if held == 0 then
+        redis.call('PEXPIRE', key, r.lease_ms + 1)
+      else
+        redis.call('PEXPIRE', key, r.lease_ms + 1, 'GT')
+      end
+      return t
+    end
+
+    return load_rules, check_request, rule_wait, rule_take
+  end
+  local load_rules, check_request, field, value
+  load_rules, check_request, rule_wait, rule_take = rules_functions()
+  rules, field, value = load_rules(text)
   if not rules then
     return redis.error_reply('CORRUPT ' .. KEYS[1] .. ' ' .. field .. '=' .. tostring(value) ..
-      ' must be ' .. range .. ': set the rules again (sluice rules set) or HDEL the field rules')
+      ' is not a rule as set_rules writes it: set the rules again (sluice register --rules) or HDEL the field rules')
   end
-  if not rules_form or rev ~= (cfg[4] or '') then
-    return redis.error_reply('RULES_CHANGED ' .. (cfg[4] or '-') .. ' ' .. (cfg[5] or '[]'))
-  end
-  local bad = check_request(rules, permit, KEYS)
+  local bad = check_request(rules, id, KEYS)
   if bad then
     return bad
   end
@@ -509,8 +462,10 @@ if rules then
   if tokens < n then
     wait = math.ceil((n - tokens) * 1000000 / (rate * scale))
   end
+  local held = {}
   for i, r in ipairs(rules) do
-    local w = rule_wait(r, KEYS[5 + i], now, n, scale)
+    local w
+    w, held[i] = rule_wait(r, KEYS[5 + i], now, n, scale)
     if wait >= 0 and (w < 0 or w > wait) then
       wait, rule = w, r.name
     end
@@ -522,7 +477,7 @@ if rules then
   end
   local expiry = 0
   for i, r in ipairs(rules) do
-    expiry = math.max(expiry, rule_take(r, KEYS[5 + i], now, n, permit))
+    expiry = math.max(expiry, rule_take(r, KEYS[5 + i], now, n, id, held[i]))
   end
   tokens = tokens - n
   local t = commit(1, 0, probe and 'probe' or 'ok')

@@ -150,12 +150,34 @@ local function store_bucket(bucket_key, tokens, now)
   redis.call('HSET', bucket_key, 'tokens', dec(tokens), 'ts', int(now))
 end
 
--- Pacing rules (set_rules, acquire). A provider's rules are stored in its
--- config hash as `rules`, a JSON array in the canonical form rules_text
--- writes, and `rules_rev`, which set_rules raises at every change.
+-- set_rules.lua: replace a provider's pacing rules (beside its bucket) with
+-- a new set, checked whole: a set with one bad rule changes nothing.
+--
+-- KEYS[1]  config hash   <prefix>:{<provider>}:config
+-- ARGV[1]  rules         JSON array of at most 16 rules ([] for none), each
+--          {"name": 1-64 of [A-Za-z0-9_.-], not "bucket", unique,
+--           "kind": "window" | "keyed" | "spacing" | "concurrency",
+--           "limit": integer in [1, 10000] (window, keyed, concurrency),
+--           "period_ms": integer in [1, 86400000] (window, keyed, spacing),
+--           "lease_ms": integer in [1, 86400000] (concurrency),
+--           "scaled": boolean, default false (not for spacing)}
+--
+-- Stored as `rules` (canonical JSON) and `rules_rev`, both absent when
+-- there are none (acquire's plain form reads rules_rev alone); revisions
+-- come from `rules_seq`, which is never removed, so none is used twice.
+-- Reply: array of 2: "updated" or "unchanged", and the revision (integer,
+-- 0 before the first set), raised at every change: acquire refuses a
+-- caller that names another rev (RULES_CHANGED), so every replica decides
+-- on the set in force.
+-- The state of a rule (its counted units, its permits) stays: a rule
+-- replaced by one of the same name and kind goes on from what it counted;
+-- the state of a removed rule expires by itself.
+-- Errors: UNKNOWN_PROVIDER <config key>; INVALID_ARGUMENT <field>=<value>
+-- must be <range>, the field naming the rule (rules.<name>.limit).
+
 -- check_rules decodes and checks a JSON array of rules. It returns the
 -- rules, or nil and the field and value that are wrong and their range
--- (for invalid or corrupt). Each rule: name (1-64 of [A-Za-z0-9_.-], not
+-- (for invalid). Each rule: name (1-64 of [A-Za-z0-9_.-], not
 -- "bucket", unique), kind, limit (an integer in [1, 10000] for window,
 -- keyed and concurrency; absent for spacing), period_ms (an integer in [1,
 -- 86400000] for window, keyed and spacing), lease_ms (the same range, for
@@ -222,29 +244,6 @@ local function rules_text(rs)
   return '[' .. table.concat(out, ',') .. ']'
 end
 
--- set_rules.lua: replace a provider's pacing rules (beside its bucket) with
--- a new set, checked whole: a set with one bad rule changes nothing.
---
--- KEYS[1]  config hash   <prefix>:{<provider>}:config
--- ARGV[1]  rules         JSON array of at most 16 rules ([] for none), each
---          {"name": 1-64 of [A-Za-z0-9_.-], not "bucket", unique,
---           "kind": "window" | "keyed" | "spacing" | "concurrency",
---           "limit": integer in [1, 10000] (window, keyed, concurrency),
---           "period_ms": integer in [1, 86400000] (window, keyed, spacing),
---           "lease_ms": integer in [1, 86400000] (concurrency),
---           "scaled": boolean, default false (not for spacing)}
---
--- Stored as `rules` (canonical JSON; absent when there are none) and
--- `rules_rev`, which stays when the rules are removed.
--- Reply: array of 2: "updated" or "unchanged", and rules_rev (integer, 0
--- before the first set), raised at every change: acquire refuses a caller that names another rev
--- (RULES_CHANGED), so every replica decides on the set in force.
--- The state of a rule (its counted units, its permits) stays: a rule
--- replaced by one of the same name and kind goes on from what it counted;
--- the state of a removed rule expires by itself.
--- Errors: UNKNOWN_PROVIDER <config key>; INVALID_ARGUMENT <field>=<value>
--- must be <range>, the field naming the rule (rules.<name>.limit).
-
 if not redis.call('HGET', KEYS[1], 'capacity') then
   return unknown_provider(KEYS[1])
 end
@@ -253,13 +252,13 @@ if not rs then
   return invalid(field, value, range)
 end
 local text = rules_text(rs)
-local old = redis.call('HMGET', KEYS[1], 'rules', 'rules_rev')
-if (old[1] or '[]') == text then
-  return {'unchanged', tonumber(old[2]) or 0}
+if (redis.call('HGET', KEYS[1], 'rules') or '[]') == text then
+  return {'unchanged', tonumber(redis.call('HGET', KEYS[1], 'rules_seq')) or 0}
 end
+local rev = redis.call('HINCRBY', KEYS[1], 'rules_seq', 1)
 if text == '[]' then
-  redis.call('HDEL', KEYS[1], 'rules')
+  redis.call('HDEL', KEYS[1], 'rules', 'rules_rev')
 else
-  redis.call('HSET', KEYS[1], 'rules', text)
+  redis.call('HSET', KEYS[1], 'rules', text, 'rules_rev', rev)
 end
-return {'updated', redis.call('HINCRBY', KEYS[1], 'rules_rev', 1)}
+return {'updated', rev}
