@@ -7,7 +7,7 @@ STATICCHECK ?= $(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2
 # python3 first on PATH may be a pyenv shim without redis-py.
 PYTHON      ?= /usr/bin/python3
 
-.PHONY: all build demo test test-short bench lint redis-server fuzz deploy-verify test-python python python-scripts image podman
+.PHONY: all build demo test test-short bench lint redis-server fuzz deploy-verify test-python python python-scripts image podman deploy-run
 
 all: lint test
 
@@ -85,3 +85,12 @@ podman:
 
 image: podman
 	GO=$(GO) ./deploy/podman/build-images.sh
+
+# deploy/ run for real with podman (docs/deploy.md, "Run"): the images, then
+# docker-compose.yml under podman-compose (the loop, a coordinator killed,
+# Redis restarted, Prometheus's targets, rules and SluiceTargetDown) and the
+# Kubernetes manifests played with podman kube play (every pod Ready). Needs
+# root (rootful podman); about 5 minutes, not part of .ci/run.
+deploy-run: image
+	cd deploy/verify && SLUICE_DEPLOY_RUN=1 CONTAINERS_CONF=$(CURDIR)/deploy/podman/containers.conf \
+		$(GO) test -count=1 -v -timeout 20m -run '^(TestComposeUnderPodman|TestKubePlay)$$' .

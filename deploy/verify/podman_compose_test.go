@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -144,15 +145,25 @@ func pendingOf(t *testing.T) map[string]int {
 	return per
 }
 
-// notReady lists the sluice services whose /readyz does not answer 200.
+// notReady lists the sluice services whose /readyz does not answer 200,
+// polling them all at once (each by the address podman gives it now).
 func notReady(t *testing.T) []string {
+	var mu sync.Mutex
+	var wg sync.WaitGroup
 	var out []string
 	for _, s := range composeSluice {
-		ip, err := podmanErr("inspect", "--format", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", ctr(s))
-		if err != nil || httpStatus("http://"+strings.TrimSpace(ip)+":8080/readyz") != 200 {
-			out = append(out, s)
-		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ip, err := podmanErr("inspect", "--format", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", ctr(s))
+			if err != nil || httpStatus("http://"+strings.TrimSpace(ip)+":8080/readyz") != 200 {
+				mu.Lock()
+				out = append(out, s)
+				mu.Unlock()
+			}
+		}()
 	}
+	wg.Wait()
 	return out
 }
 
@@ -291,6 +302,7 @@ func TestComposeUnderPodman(t *testing.T) {
 
 	// Redis stopped (SIGTERM: the append-only file is flushed) and started:
 	// every service notices, then is Ready again by itself.
+	ipBefore := containerIP(t, ctr("redis"))
 	podman(t, "stop", "--time", "10", ctr("redis"))
 	waitFor(t, time.Minute, "every sluice service not Ready while Redis is down", func() (bool, string) {
 		nr := notReady(t)
@@ -298,22 +310,35 @@ func TestComposeUnderPodman(t *testing.T) {
 	})
 	podman(t, "start", ctr("redis"))
 	var back time.Time
+	var ipAfter string
 	waitFor(t, time.Minute, "Redis answering again", func() (bool, string) {
 		ip, err := podmanErr("inspect", "--format", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", ctr("redis"))
-		if err != nil || !redisPing(strings.TrimSpace(ip)+":6379", "") {
+		if ipAfter = strings.TrimSpace(ip); err != nil || !redisPing(ipAfter+":6379", "") {
 			return false, "no PONG"
 		}
 		back = time.Now()
 		return true, ""
 	})
+	readyAt := map[string]time.Duration{}
 	waitFor(t, time.Minute, "every sluice service Ready after Redis is back", func() (bool, string) {
 		nr := notReady(t)
+		for _, s := range composeSluice {
+			if _, ok := readyAt[s]; !ok && !slices.Contains(nr, s) {
+				readyAt[s] = time.Since(back)
+			}
+		}
 		return len(nr) == 0, fmt.Sprintf("not ready: %v", nr)
 	})
-	readyAgain := time.Since(back)
-	t.Logf("COMPOSE Redis restarted: every service Ready %.1f s after Redis answered again (target <= 10 s)", readyAgain.Seconds())
-	if readyAgain > 10*time.Second {
-		t.Errorf("services Ready %.1f s after Redis was back: more than 10 s", readyAgain.Seconds())
+	var each []string
+	slowest := time.Duration(0)
+	for _, s := range composeSluice {
+		each = append(each, fmt.Sprintf("%s %.1f s", s, readyAt[s].Seconds()))
+		slowest = max(slowest, readyAt[s])
+	}
+	t.Logf("COMPOSE Redis restarted (address %s, then %s): every service Ready %.1f s after Redis answered again (target <= 10 s): %s",
+		ipBefore, ipAfter, slowest.Seconds(), strings.Join(each, ", "))
+	if slowest > 10*time.Second {
+		t.Errorf("services Ready %.1f s after Redis was back: more than 10 s", slowest.Seconds())
 	}
 	time.Sleep(5 * time.Second) // the loop runs on after the restart before the count
 
