@@ -90,7 +90,7 @@ image: podman
 # docker-compose.yml under podman-compose (the loop, a coordinator killed,
 # Redis restarted, Prometheus's targets, rules and SluiceTargetDown) and the
 # Kubernetes manifests played with podman kube play (every pod Ready). Needs
-# root (rootful podman); about 5 minutes, not part of .ci/run.
+# root (rootful podman); 4 to 5 minutes measured, so not part of .ci/run.
 deploy-run: image
 	cd deploy/verify && SLUICE_DEPLOY_RUN=1 CONTAINERS_CONF=$(CURDIR)/deploy/podman/containers.conf \
 		$(GO) test -count=1 -v -timeout 20m -run '^(TestComposeUnderPodman|TestKubePlay)$$' .

@@ -3,6 +3,7 @@ package verify
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -147,7 +148,7 @@ func pendingOf(t *testing.T) map[string]int {
 
 // notReady lists the sluice services whose /readyz does not answer 200,
 // polling them all at once (each by the address podman gives it now).
-func notReady(t *testing.T) []string {
+func notReady() []string {
 	var mu sync.Mutex
 	var wg sync.WaitGroup
 	var out []string
@@ -155,8 +156,8 @@ func notReady(t *testing.T) []string {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			ip, err := podmanErr("inspect", "--format", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", ctr(s))
-			if err != nil || httpStatus("http://"+strings.TrimSpace(ip)+":8080/readyz") != 200 {
+			ip, err := containerIPErr(ctr(s))
+			if err != nil || httpStatus("http://"+ip+":8080/readyz") != 200 {
 				mu.Lock()
 				out = append(out, s)
 				mu.Unlock()
@@ -165,6 +166,15 @@ func notReady(t *testing.T) []string {
 	}
 	wg.Wait()
 	return out
+}
+
+// waitReady waits for every sluice service to be Ready.
+func waitReady(t *testing.T, d time.Duration, what string) {
+	t.Helper()
+	waitFor(t, d, what, func() (bool, string) {
+		nr := notReady()
+		return len(nr) == 0, fmt.Sprintf("not ready: %v", nr)
+	})
 }
 
 // TestComposeUnderPodman runs docker-compose.yml under podman-compose with
@@ -208,10 +218,7 @@ func TestComposeUnderPodman(t *testing.T) {
 	if err := c.compose(append([]string{"up", "-d"}, composeServices...)...); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 2*time.Minute, "every sluice service Ready", func() (bool, string) {
-		nr := notReady(t)
-		return len(nr) == 0, fmt.Sprintf("not ready: %v", nr)
-	})
+	waitReady(t, 2*time.Minute, "every sluice service Ready")
 	t.Logf("COMPOSE every service Ready %.1f s after podman-compose up", time.Since(start).Seconds())
 
 	// The loop settles: 2 × 150/s against a budget of 600/s steers the
@@ -295,25 +302,30 @@ func TestComposeUnderPodman(t *testing.T) {
 	})
 	t.Logf("COMPOSE SluiceTargetDown firing for coordinator-1 %.1f s after the kill (for: 2m)", time.Since(killed).Seconds())
 	podman(t, "start", ctr("coordinator-1"))
-	waitFor(t, time.Minute, "coordinator-1 Ready again", func() (bool, string) {
-		nr := notReady(t)
-		return len(nr) == 0, fmt.Sprintf("not ready: %v", nr)
-	})
+	waitReady(t, time.Minute, "coordinator-1 Ready again")
 
 	// Redis stopped (SIGTERM: the append-only file is flushed) and started:
 	// every service notices, then is Ready again by itself.
+	started := func() map[string]string {
+		m := map[string]string{}
+		for _, s := range composeSluice {
+			m[s] = strings.TrimSpace(podman(t, "inspect", "--format", "{{.State.StartedAt}}", ctr(s)))
+		}
+		return m
+	}
+	startedBefore := started()
 	ipBefore := containerIP(t, ctr("redis"))
 	podman(t, "stop", "--time", "10", ctr("redis"))
 	waitFor(t, time.Minute, "every sluice service not Ready while Redis is down", func() (bool, string) {
-		nr := notReady(t)
+		nr := notReady()
 		return len(nr) == len(composeSluice), fmt.Sprintf("not ready: %v", nr)
 	})
 	podman(t, "start", ctr("redis"))
 	var back time.Time
 	var ipAfter string
 	waitFor(t, time.Minute, "Redis answering again", func() (bool, string) {
-		ip, err := podmanErr("inspect", "--format", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", ctr("redis"))
-		if ipAfter = strings.TrimSpace(ip); err != nil || !redisPing(ipAfter+":6379", "") {
+		var err error
+		if ipAfter, err = containerIPErr(ctr("redis")); err != nil || !redisPing(ipAfter+":6379", "") {
 			return false, "no PONG"
 		}
 		back = time.Now()
@@ -321,7 +333,7 @@ func TestComposeUnderPodman(t *testing.T) {
 	})
 	readyAt := map[string]time.Duration{}
 	waitFor(t, time.Minute, "every sluice service Ready after Redis is back", func() (bool, string) {
-		nr := notReady(t)
+		nr := notReady()
 		for _, s := range composeSluice {
 			if _, ok := readyAt[s]; !ok && !slices.Contains(nr, s) {
 				readyAt[s] = time.Since(back)
@@ -337,6 +349,9 @@ func TestComposeUnderPodman(t *testing.T) {
 	}
 	t.Logf("COMPOSE Redis restarted (address %s, then %s): every service Ready %.1f s after Redis answered again (target <= 10 s): %s",
 		ipBefore, ipAfter, slowest.Seconds(), strings.Join(each, ", "))
+	if after := started(); !maps.Equal(after, startedBefore) {
+		t.Errorf("a service was restarted while Redis was down (start times %v, then %v): it must wait, not exit", startedBefore, after)
+	}
 	if slowest > 10*time.Second {
 		t.Errorf("services Ready %.1f s after Redis was back: more than 10 s", slowest.Seconds())
 	}

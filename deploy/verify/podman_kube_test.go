@@ -303,7 +303,8 @@ func TestKubePlay(t *testing.T) {
 			checkContainer(t, m, p, c, name)
 		}
 	}
-	t.Logf("KUBE every pod Ready %.1f s after the last kube play returned, checked against its manifest", time.Since(played).Seconds())
+	t.Logf("KUBE every pod Ready %.1f s after the last kube play returned, checked against its manifest (the sluice containers with the %d service-link variables of %d Services)",
+		time.Since(played).Seconds(), len(serviceLinkEnv(m.services)), len(m.services))
 
 	// The loop runs: the controller (one of two, by lease) steers the scale.
 	pw, _ := m.secretValue("sluice-secrets", "redis-password")

@@ -74,11 +74,21 @@ func podmanErr(args ...string) (string, error) {
 // network; the host reaches it directly (rootful podman's bridge).
 func containerIP(t *testing.T, name string) string {
 	t.Helper()
-	ip := strings.TrimSpace(podman(t, "inspect", "--format", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", name))
-	if net.ParseIP(ip) == nil {
-		t.Fatalf("container %s has no address (%q)", name, ip)
+	ip, err := containerIPErr(name)
+	if err != nil {
+		t.Fatal(err)
 	}
 	return ip
+}
+
+// containerIPErr is containerIP without a test: the address, or why not.
+func containerIPErr(name string) (string, error) {
+	out, err := podmanErr("inspect", "--format", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", name)
+	ip := strings.TrimSpace(out)
+	if err == nil && net.ParseIP(ip) == nil {
+		err = fmt.Errorf("container %s has no address (%q)", name, ip)
+	}
+	return ip, err
 }
 
 var httpClient = &http.Client{Timeout: 2 * time.Second}
