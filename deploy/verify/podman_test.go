@@ -36,7 +36,7 @@ func requirePodman(t *testing.T) {
 	}
 	for _, img := range []string{sluiceImage, redisImage, prometheusImage} {
 		if out, err := exec.Command("podman", "image", "exists", img).CombinedOutput(); err != nil {
-			t.Skipf("image %s missing (make image builds it): %v %s", img, err, out)
+			t.Skipf("podman image exists %s: %v %s (make image builds it)", img, err, strings.TrimSpace(string(out)))
 		}
 	}
 	if out, err := exec.Command("podman", "run", "--rm", "--read-only", sluiceImage, "--help").CombinedOutput(); err != nil {
