@@ -7,7 +7,7 @@ STATICCHECK ?= $(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2
 # python3 first on PATH may be a pyenv shim without redis-py.
 PYTHON      ?= /usr/bin/python3
 
-.PHONY: all build demo test test-short bench lint redis-server fuzz deploy-verify test-python python python-scripts
+.PHONY: all build demo test test-short bench lint redis-server fuzz deploy-verify test-python python python-scripts image podman deploy-run
 
 all: lint test
 
@@ -75,3 +75,22 @@ deploy-verify: redis-server
 	@./deploy/verify/ensure-prometheus.sh
 	@cd deploy/verify && out=$$(gofmt -l .); if [ -n "$$out" ]; then echo "gofmt would change: $$out"; exit 1; fi
 	cd deploy/verify && $(GO) mod tidy -diff && $(GO) vet ./... && $(GO) test -count=1 -v ./...
+
+# The images deploy/ runs, built offline with podman (no registry): sluice's
+# static binary in the Dockerfile's layout (localhost/sluice:dev), Debian's
+# redis-server and prometheus with their libraries. Podman's settings come
+# from deploy/podman/containers.conf (CONTAINERS_CONF), never from /etc.
+podman:
+	@./deploy/podman/ensure-podman.sh
+
+image: podman
+	GO=$(GO) ./deploy/podman/build-images.sh
+
+# deploy/ run for real with podman (docs/deploy.md, "Run"): the images, then
+# docker-compose.yml under podman-compose (the loop, a coordinator killed,
+# Redis restarted, Prometheus's targets, rules and SluiceTargetDown) and the
+# Kubernetes manifests played with podman kube play (every pod Ready). Needs
+# root (rootful podman); 4 to 5 minutes measured, so not part of .ci/run.
+deploy-run: image
+	cd deploy/verify && SLUICE_DEPLOY_RUN=1 CONTAINERS_CONF=$(CURDIR)/deploy/podman/containers.conf \
+		$(GO) test -count=1 -v -timeout 20m -run '^(TestComposeUnderPodman|TestKubePlay)$$' .
