@@ -30,6 +30,9 @@ func TestMain(m *testing.M) {
 	if os.Getenv(helperEnv) != "" {
 		os.Exit(runReplica())
 	}
+	if os.Getenv(holderEnv) != "" {
+		os.Exit(runHolder())
+	}
 	leaktest.VerifyTestMain(m) // no goroutine outlives the tests
 }
 
