@@ -28,6 +28,9 @@ from sluice.feedback import Event, FeedbackClient, FeedbackHTTPError, PressurePu
 from sluice.stream import StreamProducer
 
 
+STDERR_TAIL = 30  # lines of a child's stderr shown when it fails
+
+
 class Proc:
     """A child process whose stdout lines are collected as they come."""
 
@@ -35,6 +38,7 @@ class Proc:
         self.name = name
         self.p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                   env={**clean_env(), **(env or {})})
+        self.signalled = False
         self.lines: List[str] = []
         self.err: List[str] = []
         self._lock = threading.Lock()
@@ -64,29 +68,63 @@ class Proc:
     def first(self, key: str, timeout: float) -> Dict[str, Any]:
         def find() -> Optional[Dict[str, Any]]:
             if self.p.poll() is not None:
-                pytest.fail(f"{self.name} exited with {self.p.returncode}: {self.err[-5:]}")
+                pytest.fail(f"{self.name} exited with {self.p.returncode}; its stderr ends:\n{self.tail()}")
             return next((m for m in self.json_lines() if key in m), None)
         return wait_for(find, timeout, f"{self.name} to print {key!r}")  # type: ignore[no-any-return]
 
-    def stop(self, timeout: float = 20) -> Dict[str, Any]:
-        """SIGTERM, wait, and return the last JSON line (the final report)."""
-        if self.p.poll() is None:
-            self.p.send_signal(signal.SIGTERM)
+    def stop(self, timeout: float = 20, report_key: Optional[str] = None) -> Dict[str, Any]:
+        """SIGTERM (once), wait, and return the last JSON line (the final
+        report). With report_key, that line must hold it (a replica's report
+        does), or the test fails with the exit code and the end of stderr."""
+        self.terminate()
         try:
             self.p.wait(timeout)
         except subprocess.TimeoutExpired:
             self.p.kill()
-            pytest.fail(f"{self.name} did not stop within {timeout}s: {self.err[-5:]}")
+            pytest.fail(f"{self.name} did not stop within {timeout}s; its stderr ends:\n{self.tail()}")
         for t in self._readers:  # the pipes drained to their end (a loaded machine may be slow to)
             t.join(timeout)
         lines = self.json_lines()
-        assert lines, f"{self.name} printed nothing: {self.err[-5:]}"
+        if not lines or (report_key is not None and report_key not in lines[-1]):
+            last = json.dumps(lines[-1])[:200] if lines else "no JSON line"
+            pytest.fail(f"{self.name} printed no final report (exit code {self.p.returncode}; "
+                        f"last JSON line: {last}); its stderr ends:\n{self.tail()}")
         return lines[-1]
+
+    def tail(self) -> str:
+        """The last STDERR_TAIL lines of stderr read so far."""
+        with self._lock:
+            return "\n".join(self.err[-STDERR_TAIL:])
+
+    def terminate(self) -> None:
+        """SIGTERM, once: a second one could end a process that is writing
+        its report (Go's default action once its handler is gone)."""
+        if not self.signalled and self.p.poll() is None:
+            self.signalled = True
+            self.p.send_signal(signal.SIGTERM)
 
     def kill(self) -> None:
         if self.p.poll() is None:
             self.p.kill()
             self.p.wait()
+
+
+def stop_all(procs: List[Proc], report_key: Optional[str] = None) -> Dict[str, Dict[str, Any]]:
+    """Proc.stop of every process, SIGTERM to all of them first, so they
+    stop together; the reports by name. One that fails to stop or report
+    fails the test once all are stopped (none is left running)."""
+    for p in procs:
+        p.terminate()
+    reports: Dict[str, Dict[str, Any]] = {}
+    failures: List[str] = []
+    for p in procs:
+        try:
+            reports[p.name] = p.stop(report_key=report_key)
+        except pytest.fail.Exception as e:
+            failures.append(str(e))
+    if failures:
+        pytest.fail("\n".join(failures))
+    return reports
 
 
 def clean_env() -> Dict[str, str]:
@@ -158,7 +196,7 @@ def test_shared_bucket(r: "redis.Redis[bytes]", redis_server, sluice_bin: str, g
         sluice_cli(sluice_bin, url, "scale", "interop", "1", "--source", "go-cli")  # ... Go resumes
         t_r2 = int(r.hget("sluice:{interop}:scale", "updated_at") or 0)
         time.sleep(1.5)
-        reports = {p.name: p.stop() for p in procs}
+        reports = stop_all(procs, report_key="granted")
     finally:
         for p in procs:
             p.kill()
