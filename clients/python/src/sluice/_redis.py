@@ -180,11 +180,26 @@ def _mark_sent(conn: Any) -> None:
 class _SyncBound:
     """A sync Connection whose socket timeouts are bounded by the deadline
     of the call in progress (_DEADLINE); outside a call, the configured
-    ones. It sets its socket's timeout before every send and read, and
-    notes (_SENT) when a command leaves it."""
+    ones. It sets its socket's timeout before every send and read, notes
+    (_SENT) when a command leaves it, and disconnects one thread at a time
+    (see disconnect)."""
 
     socket_timeout = _bounded_setting("_sluice_timeout")
     socket_connect_timeout = _bounded_setting("_sluice_connect_timeout")
+
+    def __init__(self, *a: Any, **kw: Any) -> None:
+        super().__init__(*a, **kw)  # type: ignore[call-arg]
+        self.__dict__["_sluice_disconnecting"] = threading.RLock()
+
+    def disconnect(self, *a: Any, **kw: Any) -> None:
+        """redis-py's disconnect, one thread at a time. close() disconnects
+        the connections in use (pool.disconnect) while the thread using one
+        may be disconnecting it after an error (its call cut short by that
+        very close); redis-py's disconnect is not thread-safe: one of the
+        two would find the socket or the parser's buffer already None and
+        raise AttributeError, out of close()."""
+        with self.__dict__["_sluice_disconnecting"]:
+            super().disconnect(*a, **kw)  # type: ignore[misc]
 
     def _sluice_apply(self) -> None:
         sock = getattr(self, "_sock", None)
