@@ -28,7 +28,7 @@ from sluice.feedback import Event, FeedbackClient, FeedbackHTTPError, PressurePu
 from sluice.stream import StreamProducer
 
 
-STDERR_TAIL = 30  # lines of a child's stderr shown when it fails
+STDERR_TAIL = 80  # lines of a child's stderr shown when it fails (a chained Python traceback is long)
 
 
 class Proc:

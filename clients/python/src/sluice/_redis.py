@@ -230,15 +230,22 @@ _PEEK = socket.MSG_PEEK | getattr(socket, "MSG_DONTWAIT", 0)
 
 def _closed_by_server(conn: Any) -> bool:
     """Whether the server closed an asyncio connection that looks open: its
-    end of stream already read by the event loop, or still waiting in the
-    kernel because the loop has not run since (redis-py's pool looks only
-    at what the loop has read). Never consumes a byte."""
+    end of stream already read by the event loop, or a reset that made the
+    loop close the transport (its socket's descriptor is then -1, the
+    reader holds the error and no end of stream: a node killed with a
+    request unread), or either still waiting in the kernel because the loop
+    has not run since (redis-py's pool looks only at what the loop has
+    read). Never consumes a byte."""
     reader, writer = getattr(conn, "_reader", None), getattr(conn, "_writer", None)
     if reader is not None and reader.at_eof():
+        return True
+    if writer is not None and writer.transport.is_closing():
         return True
     sock = writer.get_extra_info("socket") if writer is not None else None
     if sock is None or not hasattr(socket, "MSG_DONTWAIT"):
         return False
+    if sock.fileno() < 0:
+        return True
     # The transport's socket allows no recv: a socket object on its file
     # descriptor, detached after (so it never closes it).
     s = socket.socket(sock.family, sock.type, sock.proto, sock.fileno())
