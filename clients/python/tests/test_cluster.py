@@ -41,7 +41,7 @@ from sluice.aio import AsyncLimiter
 from sluice.coordinator import RateCoordinator
 from sluice.feedback import AsyncPressurePublisher, Event, PressurePublisher, Reporter
 from sluice.stream import AsyncStreamProducer, StreamProducer
-from test_interop import Proc, stop_all
+from test_interop import PY_DUMP, Proc, stop_all
 
 #: What may reach a caller of acquire while the cluster moves.
 DOCUMENTED = (RedisUnavailableError, DeadlineExceededError, RefusedError)
@@ -318,7 +318,7 @@ def test_master_killed_under_load(own_cluster: Cluster) -> None:
     seed = next(n for n in cl.nodes if n.addr != victim)
     procs = [Proc(f"py-{mode}-{i}", [sys.executable, str(TESTS / "pyreplica.py"), "--url", seed.url, "--cluster",
                                      "--id", f"py-{mode}-{i}", "--mode", mode, "--workers", "2", "--timeout", "1",
-                                     "--provider", a, "--provider", b], {"PYTHONPATH": str(SRC)})
+                                     "--provider", a, "--provider", b], {"PYTHONPATH": str(SRC)}, PY_DUMP)
              for mode in ("sync", "async") for i in range(2)]
     try:
         for pr in procs:

@@ -28,14 +28,22 @@ from sluice.feedback import Event, FeedbackClient, FeedbackHTTPError, PressurePu
 from sluice.stream import StreamProducer
 
 
-STDERR_TAIL = 80  # lines of a child's stderr shown when it fails (a chained Python traceback is long)
+#: What makes a pyreplica print its stacks (asyncio tasks, threads); a Go
+#: process prints its goroutines on SIGQUIT.
+PY_DUMP = (signal.SIGUSR2, signal.SIGUSR1)
+GO_DUMP = (signal.SIGQUIT,)
+STDERR_TAIL = 120  # lines of a child's stderr shown when it fails (a chained traceback, a stack dump)
 
 
 class Proc:
     """A child process whose stdout lines are collected as they come."""
 
-    def __init__(self, name: str, argv: List[str], env: Optional[Dict[str, str]] = None) -> None:
+    def __init__(self, name: str, argv: List[str], env: Optional[Dict[str, str]] = None,
+                 dump: Tuple[signal.Signals, ...] = ()) -> None:
+        """dump: the signals that make the process print its stacks to
+        stderr, sent before it is killed for not stopping in time."""
         self.name = name
+        self.dump = dump
         self.p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                   env={**clean_env(), **(env or {})})
         self.signalled = False
@@ -80,7 +88,13 @@ class Proc:
         try:
             self.p.wait(timeout)
         except subprocess.TimeoutExpired:
+            for sig in self.dump:  # where it hangs, into the failure's stderr tail
+                self.p.send_signal(sig)
+                time.sleep(1)
             self.p.kill()
+            self.p.wait()
+            for t in self._readers:
+                t.join(5)
             pytest.fail(f"{self.name} did not stop within {timeout}s; its stderr ends:\n{self.tail()}")
         for t in self._readers:  # the pipes drained to their end (a loaded machine may be slow to)
             t.join(timeout)
@@ -171,12 +185,14 @@ def test_shared_bucket(r: "redis.Redis[bytes]", redis_server, sluice_bin: str, g
     recheck = "30"  # longer than the test: only a notification wakes a paused waiter in time
     env = {"PYTHONPATH": str(SRC)}
     procs = [
-        Proc("go-a", [goreplica_bin, "-redis", url, "-id", "go-a", "-goroutines", "8", "-paused-recheck", recheck + "s"]),
-        Proc("go-b", [goreplica_bin, "-redis", url, "-id", "go-b", "-goroutines", "8", "-paused-recheck", recheck + "s"]),
+        Proc("go-a", [goreplica_bin, "-redis", url, "-id", "go-a", "-goroutines", "8", "-paused-recheck", recheck + "s"],
+             dump=GO_DUMP),
+        Proc("go-b", [goreplica_bin, "-redis", url, "-id", "go-b", "-goroutines", "8", "-paused-recheck", recheck + "s"],
+             dump=GO_DUMP),
         Proc("py-sync", [sys.executable, str(TESTS / "pyreplica.py"), "--url", url, "--id", "py-sync",
-                         "--mode", "sync", "--workers", "4", "--paused-recheck", recheck], env),
+                         "--mode", "sync", "--workers", "4", "--paused-recheck", recheck], env, PY_DUMP),
         Proc("py-async", [sys.executable, str(TESTS / "pyreplica.py"), "--url", url, "--id", "py-async",
-                          "--mode", "async", "--workers", "4", "--paused-recheck", recheck], env),
+                          "--mode", "async", "--workers", "4", "--paused-recheck", recheck], env, PY_DUMP),
     ]
     try:
         for p in procs:
