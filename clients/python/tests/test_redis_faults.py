@@ -7,7 +7,9 @@ and 3):
 - a script whose connection broke after Redis ran it is not sent again
   (that would take its tokens twice): RedisUnavailableError;
 - a pooled connection Redis closed between two calls (CLIENT KILL, an idle
-  timeout, a restart) costs nothing: the next call works, once.
+  timeout, a restart) or reset (a node killed with a request unread; for
+  asyncio also after the connection was taken from the pool) costs
+  nothing: the next call works, once.
 
 Each runs with the sync Limiter and the AsyncLimiter. Amounts are exact:
 the buckets refill one token in 1000 s."""
@@ -39,28 +41,20 @@ def tokens(r: "redis.Redis[bytes]") -> float:
     return float(r.hget(f"sluice:{{{P}}}:bucket", "tokens") or 0)
 
 
-class CutProxy:
-    """A TCP proxy to a redis-server. Once armed, it forwards the next
-    reply of Redis to nobody: it closes that client's connection instead,
-    so the call ran in Redis and its caller sees a broken connection."""
+class Proxy:
+    """A TCP proxy to a redis-server on a free loopback port: each client
+    connection is handed to _serve with its own connection to Redis."""
 
     def __init__(self, target: int) -> None:
         self.target = target
+        self.lock = threading.Lock()
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = int(self.listener.getsockname()[1])
-        self.lock = threading.Lock()
-        self.armed = False
-        self.cuts = 0
-        self.socks: List[socket.socket] = []
         threading.Thread(target=self._accept, daemon=True).start()
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
-
-    def arm(self) -> None:
-        with self.lock:
-            self.armed = True
 
     def _accept(self) -> None:
         while True:
@@ -68,10 +62,31 @@ class CutProxy:
                 client, _ = self.listener.accept()
             except OSError:
                 return
-            server = socket.create_connection(("127.0.0.1", self.target))
-            self.socks += [client, server]
-            threading.Thread(target=self._pump, args=(client, server, False), daemon=True).start()
-            threading.Thread(target=self._pump, args=(server, client, True), daemon=True).start()
+            self._serve(client, socket.create_connection(("127.0.0.1", self.target)))
+
+    def _serve(self, client: socket.socket, server: socket.socket) -> None:
+        raise NotImplementedError
+
+
+class CutProxy(Proxy):
+    """Once armed, it forwards the next reply of Redis to nobody: it closes
+    that client's connection instead, so the call ran in Redis and its
+    caller sees a broken connection."""
+
+    def __init__(self, target: int) -> None:
+        self.armed = False
+        self.cuts = 0
+        self.socks: List[socket.socket] = []
+        super().__init__(target)
+
+    def arm(self) -> None:
+        with self.lock:
+            self.armed = True
+
+    def _serve(self, client: socket.socket, server: socket.socket) -> None:
+        self.socks += [client, server]
+        threading.Thread(target=self._pump, args=(client, server, False), daemon=True).start()
+        threading.Thread(target=self._pump, args=(server, client, True), daemon=True).start()
 
     def _cut(self) -> bool:
         with self.lock:
@@ -104,28 +119,19 @@ class CutProxy:
             s.close()
 
 
-class ResetProxy:
-    """A TCP proxy to a redis-server that resets (RST) every client
-    connection at once, as a node that died with unread data in its socket
-    does: the client's event loop then closes its end itself (the socket's
-    descriptor becomes -1), the reset kept in the stream reader, no end of
-    stream. One polling thread per connection, so a reset never waits on a
-    blocked recv."""
+class ResetProxy(Proxy):
+    """It resets (RST) every client connection at once, as a node that died
+    with unread data in its socket does: the client's event loop then
+    closes its end itself (the socket's descriptor becomes -1), the reset
+    kept in the stream reader, no end of stream. One polling thread per
+    connection, so a reset never waits on a blocked recv."""
 
     def __init__(self, target: int) -> None:
-        self.target = target
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = int(self.listener.getsockname()[1])
-        self.lock = threading.Lock()
         self.live = 0
         self.reset_count = 0
         self.resetting = threading.Event()
         self.done = threading.Event()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        super().__init__(target)
 
     def reset(self) -> int:
         """Reset every client connection; how many were reset."""
@@ -135,16 +141,10 @@ class ResetProxy:
         self.resetting.clear()
         return self.reset_count - before
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            server = socket.create_connection(("127.0.0.1", self.target))
-            with self.lock:
-                self.live += 1
-            threading.Thread(target=self._pump, args=(client, server), daemon=True).start()
+    def _serve(self, client: socket.socket, server: socket.socket) -> None:
+        with self.lock:
+            self.live += 1
+        threading.Thread(target=self._pump, args=(client, server), daemon=True).start()
 
     def _pump(self, client: socket.socket, server: socket.socket) -> None:
         try:
