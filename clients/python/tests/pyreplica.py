@@ -4,10 +4,13 @@ or sluice.aio.AsyncLimiter (tasks), on a Redis or a Redis Cluster
 (--cluster: redis-py's cluster client of the URL's node), until SIGTERM,
 then prints one JSON line: the Redis time of every grant, per provider,
 and every error it met with its wall time and class. It prints
-{"ready": true, "id": ...} after its first grant. It only acquires."""
+{"ready": true, "id": ...} after its first grant. It only acquires.
+SIGUSR1 dumps every thread's stack to stderr, SIGUSR2 every asyncio
+task's (Proc.stop asks for both before it kills a replica that hangs)."""
 
 import argparse
 import asyncio
+import faulthandler
 import json
 import signal
 import sys
@@ -95,6 +98,7 @@ async def run_async(a: argparse.Namespace, tally: Tally) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopped.set)
+    loop.add_signal_handler(signal.SIGUSR2, dump_tasks)
 
     async def work(provider: str) -> None:
         while not stopped.is_set():
@@ -112,6 +116,14 @@ async def run_async(a: argparse.Namespace, tally: Tally) -> None:
     await asyncio.gather(*tasks)
 
 
+def dump_tasks() -> None:
+    """Every asyncio task's stack, to stderr."""
+    for t in asyncio.all_tasks():
+        print(f"task {t.get_name()}:", file=sys.stderr)
+        t.print_stack(file=sys.stderr)
+    sys.stderr.flush()
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--url", required=True)
@@ -126,6 +138,8 @@ def main() -> None:
     a = p.parse_args()
     a.provider = a.provider or ["interop"]
     tally = Tally(a.id)
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)  # run_async dumps its tasks on it
     if a.mode == "sync":
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})  # for sigwait; threads inherit it
         run_sync(a, tally)

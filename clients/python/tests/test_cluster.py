@@ -41,7 +41,7 @@ from sluice.aio import AsyncLimiter
 from sluice.coordinator import RateCoordinator
 from sluice.feedback import AsyncPressurePublisher, Event, PressurePublisher, Reporter
 from sluice.stream import AsyncStreamProducer, StreamProducer
-from test_interop import Proc
+from test_interop import PY_DUMP, Proc, stop_all
 
 #: What may reach a caller of acquire while the cluster moves.
 DOCUMENTED = (RedisUnavailableError, DeadlineExceededError, RefusedError)
@@ -318,7 +318,7 @@ def test_master_killed_under_load(own_cluster: Cluster) -> None:
     seed = next(n for n in cl.nodes if n.addr != victim)
     procs = [Proc(f"py-{mode}-{i}", [sys.executable, str(TESTS / "pyreplica.py"), "--url", seed.url, "--cluster",
                                      "--id", f"py-{mode}-{i}", "--mode", mode, "--workers", "2", "--timeout", "1",
-                                     "--provider", a, "--provider", b], {"PYTHONPATH": str(SRC)})
+                                     "--provider", a, "--provider", b], {"PYTHONPATH": str(SRC)}, PY_DUMP)
              for mode in ("sync", "async") for i in range(2)]
     try:
         for pr in procs:
@@ -329,7 +329,7 @@ def test_master_killed_under_load(own_cluster: Cluster) -> None:
         promoted = wait_for(lambda: promotion(cl, a, victim), 30, "the replica's promotion")
         time.sleep(3)  # load after it
     finally:
-        reports = {pr.name: pr.stop() for pr in procs}
+        reports = stop_all(procs, report_key="error_log")
     figures: Dict[str, Any] = {"promoted_s_after_kill": round(promoted - killed, 2)}
     bad: Dict[str, Any] = {}
     for name, rep in reports.items():

@@ -28,13 +28,25 @@ from sluice.feedback import Event, FeedbackClient, FeedbackHTTPError, PressurePu
 from sluice.stream import StreamProducer
 
 
+#: What makes a pyreplica print its stacks (asyncio tasks, threads); a Go
+#: process prints its goroutines on SIGQUIT.
+PY_DUMP = (signal.SIGUSR2, signal.SIGUSR1)
+GO_DUMP = (signal.SIGQUIT,)
+STDERR_TAIL = 120  # lines of a child's stderr shown when it fails (a chained traceback, a stack dump)
+
+
 class Proc:
     """A child process whose stdout lines are collected as they come."""
 
-    def __init__(self, name: str, argv: List[str], env: Optional[Dict[str, str]] = None) -> None:
+    def __init__(self, name: str, argv: List[str], env: Optional[Dict[str, str]] = None,
+                 dump: Tuple[signal.Signals, ...] = ()) -> None:
+        """dump: the signals that make the process print its stacks to
+        stderr, sent before it is killed for not stopping in time."""
         self.name = name
+        self.dump = dump
         self.p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                   env={**clean_env(), **(env or {})})
+        self.signalled = False
         self.lines: List[str] = []
         self.err: List[str] = []
         self._lock = threading.Lock()
@@ -64,29 +76,69 @@ class Proc:
     def first(self, key: str, timeout: float) -> Dict[str, Any]:
         def find() -> Optional[Dict[str, Any]]:
             if self.p.poll() is not None:
-                pytest.fail(f"{self.name} exited with {self.p.returncode}: {self.err[-5:]}")
+                pytest.fail(f"{self.name} exited with {self.p.returncode}; its stderr ends:\n{self.tail()}")
             return next((m for m in self.json_lines() if key in m), None)
         return wait_for(find, timeout, f"{self.name} to print {key!r}")  # type: ignore[no-any-return]
 
-    def stop(self, timeout: float = 20) -> Dict[str, Any]:
-        """SIGTERM, wait, and return the last JSON line (the final report)."""
-        if self.p.poll() is None:
-            self.p.send_signal(signal.SIGTERM)
+    def stop(self, timeout: float = 20, report_key: Optional[str] = None) -> Dict[str, Any]:
+        """SIGTERM (once), wait, and return the last JSON line (the final
+        report). With report_key, that line must hold it (a replica's report
+        does), or the test fails with the exit code and the end of stderr."""
+        self.terminate()
         try:
             self.p.wait(timeout)
         except subprocess.TimeoutExpired:
+            for sig in self.dump:  # where it hangs, into the failure's stderr tail
+                self.p.send_signal(sig)
+                time.sleep(1)
             self.p.kill()
-            pytest.fail(f"{self.name} did not stop within {timeout}s: {self.err[-5:]}")
+            self.p.wait()
+            for t in self._readers:
+                t.join(5)
+            pytest.fail(f"{self.name} did not stop within {timeout}s; its stderr ends:\n{self.tail()}")
         for t in self._readers:  # the pipes drained to their end (a loaded machine may be slow to)
             t.join(timeout)
         lines = self.json_lines()
-        assert lines, f"{self.name} printed nothing: {self.err[-5:]}"
+        if not lines or (report_key is not None and report_key not in lines[-1]):
+            last = json.dumps(lines[-1])[:200] if lines else "no JSON line"
+            pytest.fail(f"{self.name} printed no final report (exit code {self.p.returncode}; "
+                        f"last JSON line: {last}); its stderr ends:\n{self.tail()}")
         return lines[-1]
+
+    def tail(self) -> str:
+        """The last STDERR_TAIL lines of stderr read so far."""
+        with self._lock:
+            return "\n".join(self.err[-STDERR_TAIL:])
+
+    def terminate(self) -> None:
+        """SIGTERM, once: a second one could end a process that is writing
+        its report (Go's default action once its handler is gone)."""
+        if not self.signalled and self.p.poll() is None:
+            self.signalled = True
+            self.p.send_signal(signal.SIGTERM)
 
     def kill(self) -> None:
         if self.p.poll() is None:
             self.p.kill()
             self.p.wait()
+
+
+def stop_all(procs: List[Proc], report_key: Optional[str] = None) -> Dict[str, Dict[str, Any]]:
+    """Proc.stop of every process, SIGTERM to all of them first, so they
+    stop together; the reports by name. One that fails to stop or report
+    fails the test once all are stopped (none is left running)."""
+    for p in procs:
+        p.terminate()
+    reports: Dict[str, Dict[str, Any]] = {}
+    failures: List[str] = []
+    for p in procs:
+        try:
+            reports[p.name] = p.stop(report_key=report_key)
+        except pytest.fail.Exception as e:
+            failures.append(str(e))
+    if failures:
+        pytest.fail("\n".join(failures))
+    return reports
 
 
 def clean_env() -> Dict[str, str]:
@@ -133,12 +185,14 @@ def test_shared_bucket(r: "redis.Redis[bytes]", redis_server, sluice_bin: str, g
     recheck = "30"  # longer than the test: only a notification wakes a paused waiter in time
     env = {"PYTHONPATH": str(SRC)}
     procs = [
-        Proc("go-a", [goreplica_bin, "-redis", url, "-id", "go-a", "-goroutines", "8", "-paused-recheck", recheck + "s"]),
-        Proc("go-b", [goreplica_bin, "-redis", url, "-id", "go-b", "-goroutines", "8", "-paused-recheck", recheck + "s"]),
+        Proc("go-a", [goreplica_bin, "-redis", url, "-id", "go-a", "-goroutines", "8", "-paused-recheck", recheck + "s"],
+             dump=GO_DUMP),
+        Proc("go-b", [goreplica_bin, "-redis", url, "-id", "go-b", "-goroutines", "8", "-paused-recheck", recheck + "s"],
+             dump=GO_DUMP),
         Proc("py-sync", [sys.executable, str(TESTS / "pyreplica.py"), "--url", url, "--id", "py-sync",
-                         "--mode", "sync", "--workers", "4", "--paused-recheck", recheck], env),
+                         "--mode", "sync", "--workers", "4", "--paused-recheck", recheck], env, PY_DUMP),
         Proc("py-async", [sys.executable, str(TESTS / "pyreplica.py"), "--url", url, "--id", "py-async",
-                          "--mode", "async", "--workers", "4", "--paused-recheck", recheck], env),
+                          "--mode", "async", "--workers", "4", "--paused-recheck", recheck], env, PY_DUMP),
     ]
     try:
         for p in procs:
@@ -158,7 +212,7 @@ def test_shared_bucket(r: "redis.Redis[bytes]", redis_server, sluice_bin: str, g
         sluice_cli(sluice_bin, url, "scale", "interop", "1", "--source", "go-cli")  # ... Go resumes
         t_r2 = int(r.hget("sluice:{interop}:scale", "updated_at") or 0)
         time.sleep(1.5)
-        reports = {p.name: p.stop() for p in procs}
+        reports = stop_all(procs, report_key="granted")
     finally:
         for p in procs:
             p.kill()

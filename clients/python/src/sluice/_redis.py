@@ -180,11 +180,26 @@ def _mark_sent(conn: Any) -> None:
 class _SyncBound:
     """A sync Connection whose socket timeouts are bounded by the deadline
     of the call in progress (_DEADLINE); outside a call, the configured
-    ones. It sets its socket's timeout before every send and read, and
-    notes (_SENT) when a command leaves it."""
+    ones. It sets its socket's timeout before every send and read, notes
+    (_SENT) when a command leaves it, and disconnects one thread at a time
+    (see disconnect)."""
 
     socket_timeout = _bounded_setting("_sluice_timeout")
     socket_connect_timeout = _bounded_setting("_sluice_connect_timeout")
+
+    def __init__(self, *a: Any, **kw: Any) -> None:
+        super().__init__(*a, **kw)  # type: ignore[call-arg]
+        self.__dict__["_sluice_disconnecting"] = threading.RLock()
+
+    def disconnect(self, *a: Any, **kw: Any) -> None:
+        """redis-py's disconnect, one thread at a time. close() disconnects
+        the connections in use (pool.disconnect) while the thread using one
+        may be disconnecting it after an error (its call cut short by that
+        very close); redis-py's disconnect is not thread-safe: one of the
+        two would find the socket or the parser's buffer already None and
+        raise AttributeError, out of close()."""
+        with self.__dict__["_sluice_disconnecting"]:
+            super().disconnect(*a, **kw)  # type: ignore[misc]
 
     def _sluice_apply(self) -> None:
         sock = getattr(self, "_sock", None)
@@ -215,15 +230,22 @@ _PEEK = socket.MSG_PEEK | getattr(socket, "MSG_DONTWAIT", 0)
 
 def _closed_by_server(conn: Any) -> bool:
     """Whether the server closed an asyncio connection that looks open: its
-    end of stream already read by the event loop, or still waiting in the
-    kernel because the loop has not run since (redis-py's pool looks only
-    at what the loop has read). Never consumes a byte."""
+    end of stream already read by the event loop, or a reset that made the
+    loop close the transport (its socket's descriptor is then -1, the
+    reader holds the error and no end of stream: a node killed with a
+    request unread), or either still waiting in the kernel because the loop
+    has not run since (redis-py's pool looks only at what the loop has
+    read). Never consumes a byte."""
     reader, writer = getattr(conn, "_reader", None), getattr(conn, "_writer", None)
     if reader is not None and reader.at_eof():
+        return True
+    if writer is not None and writer.transport.is_closing():
         return True
     sock = writer.get_extra_info("socket") if writer is not None else None
     if sock is None or not hasattr(socket, "MSG_DONTWAIT"):
         return False
+    if sock.fileno() < 0:
+        return True
     # The transport's socket allows no recv: a socket object on its file
     # descriptor, detached after (so it never closes it).
     s = socket.socket(sock.family, sock.type, sock.proto, sock.fileno())

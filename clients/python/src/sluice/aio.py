@@ -35,7 +35,7 @@ from ._core import (
     providers_key,
 )
 from ._redis import REDIS_ERRORS, AsyncConn, grant_in_time
-from .errors import ClosedError, InvalidArgumentError, SluiceError, refused
+from .errors import ClosedError, InvalidArgumentError, RedisUnavailableError, SluiceError, refused
 
 log = logging.getLogger("sluice")
 
@@ -77,11 +77,12 @@ class AsyncLimiter:
     async def _call(self, name: str, keys: List[str], args: List[str], deadline: Optional[float] = None) -> Any:
         """One script call. A call that close() cut short (its connection
         closed under it, which redis-py reports as anything from a
-        ConnectionError to an AttributeError) raises ClosedError."""
+        ConnectionError, mapped to RedisUnavailableError, to an
+        AttributeError) raises ClosedError."""
         try:
             return await self._conn.script(name, keys, args, deadline)
         except Exception as e:
-            if self._b._closed and not isinstance(e, SluiceError):
+            if self._b._closed and (isinstance(e, RedisUnavailableError) or not isinstance(e, SluiceError)):
                 raise ClosedError("sluice: limiter closed while the call was in flight") from e
             raise
 

@@ -35,7 +35,7 @@ from ._core import (
     providers_key,
 )
 from ._redis import REDIS_ERRORS, Conn, bounded, grant_in_time
-from .errors import ClosedError, InvalidArgumentError, SluiceError, refused
+from .errors import ClosedError, InvalidArgumentError, RedisUnavailableError, SluiceError, refused
 
 log = logging.getLogger("sluice")
 
@@ -113,11 +113,12 @@ class Limiter:
     def _call(self, name: str, keys: List[str], args: List[str], deadline: Optional[float] = None) -> Any:
         """One script call. A call that close() cut short (its connection
         closed under it, which redis-py reports as anything from a
-        ConnectionError to an AttributeError) raises ClosedError."""
+        ConnectionError, mapped to RedisUnavailableError, to an
+        AttributeError) raises ClosedError."""
         try:
             return self._conn.script(name, keys, args, deadline)
         except Exception as e:
-            if self._b._closed and not isinstance(e, SluiceError):
+            if self._b._closed and (isinstance(e, RedisUnavailableError) or not isinstance(e, SluiceError)):
                 raise ClosedError("sluice: limiter closed while the call was in flight") from e
             raise
 
@@ -393,7 +394,8 @@ class Limiter:
         """Stop the heartbeat and the notification subscription, leave the
         registry of every provider this client acquired from (each within
         call_timeout) and close this Limiter's connections. Calls after
-        close raise ClosedError. The Redis client given stays open."""
+        close, and calls in flight that close cuts short, raise
+        ClosedError. The Redis client given stays open."""
         with self._lock:
             if self._b._closed:
                 return
