@@ -1,0 +1,41 @@
+package provsim
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+var t0 = time.Date(2026, 12, 7, 10, 0, 0, 0, time.UTC)
+
+func TestProviderEnforcesEachRule(t *testing.T) {
+	now := t0
+	p := New(Rules{Window: 10 * time.Second, WindowLimit: 6, KeyPeriod: 2 * time.Second, KeyLimit: 2,
+		Identical: 15 * time.Second, Open: 3}, func() time.Time { return now })
+	admit := func(key, ident string, cost int, want string) {
+		t.Helper()
+		if got := p.Admit(key, ident, cost); !strings.HasPrefix(got, want) || (want == "" && got != "") {
+			t.Fatalf("at +%v: Admit(%s, %s, %d) broke %q, want %q", now.Sub(t0), key, ident, cost, got, want)
+		}
+	}
+	admit("A", "a1", 2, "")
+	admit("A", "a2", 1, "key")       // 3 units of A within 2 s
+	admit("B", "b1", 1, "")          // 3 open
+	admit("C", "c1", 1, "open")      // a fourth
+	p.Done(3)                        // a1 and b1 answered
+	admit("C", "a1", 1, "identical") // a1 again within 15 s
+	now = now.Add(2 * time.Second)   // A's units out of its 2 s
+	admit("A", "a3", 1, "")          // window: 4 units
+	admit("C", "c2", 2, "")          // 6
+	admit("D", "d1", 1, "window")    // 7 in 10 s
+	now = t0.Add(10 * time.Second)   // a1's and b1's units left the window (at +10 s exactly)
+	p.Done(3)
+	admit("D", "d1", 2, "")
+	now = t0.Add(15 * time.Second)
+	admit("E", "a1", 1, "") // a1 again after 15 s
+	st := p.Stats()
+	if st.Violations != 4 || st.Requests != 6 || st.Units != 9 || st.MaxOpen != 3 ||
+		st.ByRule["key"] != 1 || st.ByRule["open"] != 1 || st.ByRule["identical"] != 1 || st.ByRule["window"] != 1 {
+		t.Fatalf("stats %+v", st)
+	}
+}
