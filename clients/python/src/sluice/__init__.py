@@ -33,13 +33,13 @@ from .errors import (
     SluiceError,
     UnknownProviderError,
 )
-from .limiter import Limiter
+from .limiter import Limiter, Permit
 
 __all__ = [
     "SCRIPT_NAMES", "BreakerStatus", "Cooldown", "Decision", "ProviderConfig", "ScaleChange", "Status",
     "script_source", "CircuitOpenError", "ClosedError", "CoolingDownError", "CorruptStateError",
     "DeadlineExceededError", "ExceedsCapacityError", "InvalidArgumentError", "PausedError", "RateLimitedError",
     "RedisUnavailableError", "RefusedError", "SluiceError", "UnknownProviderError", "Limiter",
-    "PermitLostError", "RuleLimitedError",
+    "PermitLostError", "RuleLimitedError", "Permit",
 ]
 __version__ = "0.1.0"

@@ -76,6 +76,27 @@ class Keys:
     def acquire(self) -> List[str]:
         return [self.config, self.bucket, self.scale, self.breaker, self.cooldown]
 
+    def tag(self) -> str:
+        """"<prefix>:{<provider>}:", with which the rules' keys start."""
+        return self.config[: -len("config")]
+
+    def rule(self, rule: str) -> str:
+        """A window rule's counted units."""
+        return self.tag() + "rule:" + rule
+
+    def rule_key(self, rule: str, key: str) -> str:
+        """A keyed or spacing rule's state for one request key."""
+        return self.rule(rule) + ":" + key
+
+    def permits(self, rule: str) -> str:
+        """A concurrency rule's open permits."""
+        return self.tag() + "permits:" + rule
+
+    @property
+    def released(self) -> str:
+        """The channel on which permit.lua says a permit was released."""
+        return self.tag() + "released"
+
 
 def providers_key(prefix: str) -> str:
     """The set of registered provider names (for listing; the Go client and
@@ -202,16 +223,73 @@ class Decision:
     """closed, open or half_open, after the decision."""
     now_us: int
     """Redis time of the decision, microseconds since the epoch."""
+    rule: str = ""
+    """The pacing rule whose wait a refusal reports (reason rule_limited):
+    of the rules that refused, the one that lets the request pass last."""
+    permit_expiry_us: int = 0
+    """A grant under a concurrency rule: the permit's lease end (Redis µs)."""
+    permit: Any = None
+    """A grant under a concurrency rule: the Permit to release."""
 
 
 def parse_decision(reply: Any) -> Decision:
     r = _array(reply, 10)
     retry = _int(r[2])
+    rule, expiry = "", 0
+    if len(r) >= 12:  # the rules form (docs/lua.md)
+        rule, expiry = _str(r[10]), _int(r[11])
     return Decision(
         allowed=_int(r[0]) >= 1, reason=_str(r[4]), remaining=_float(r[1]),
         retry_after=-1.0 if retry < 0 else retry / 1e6, scale=_float(r[3]), level=_str(r[5]),
         capacity=int(_float(r[6])), refill_rate=_float(r[7]), breaker=_str(r[8]), now_us=_int(r[9]),
+        rule=rule, permit_expiry_us=expiry,
     )
+
+
+class RulesChanged(SluiceError):
+    """acquire.lua's RULES_CHANGED: the provider's rule set in force (rev ""
+    and no rules when it has none). Internal: the limiter learns the set
+    from it and asks again."""
+
+    def __init__(self, rev: str, rules: List[Dict[str, Any]]) -> None:
+        super().__init__(f"sluice: the provider's pacing rules are at rev {rev!r} (docs/rules.md), and this "
+                         "call does not send acquire.lua's rules form (AsyncLimiter does not yet)")
+        self.rev = rev
+        self.rules = rules
+
+
+def parse_rules_changed(msg: str) -> Optional[RulesChanged]:
+    """RULES_CHANGED <rev> <rules JSON> (rev "-": none), or None."""
+    if not msg.startswith("RULES_CHANGED "):
+        return None
+    rev, _, text = msg[len("RULES_CHANGED "):].partition(" ")
+    try:
+        rules = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(rules, list) or not all(isinstance(r, dict) for r in rules):
+        return None
+    return RulesChanged("" if rev == "-" else rev, rules)
+
+
+def rule_keys(keys: "Keys", rules: List[Dict[str, Any]], key: str, per_rule: Optional[Dict[str, str]]) -> List[str]:
+    """acquire.lua's KEYS of the rules form: the bucket's five, then one per
+    rule, keyed and spacing rules with the request's key for them."""
+    out = keys.acquire()
+    for r in rules:
+        name, kind = str(r.get("name")), r.get("kind")
+        if kind in ("keyed", "spacing"):
+            out.append(keys.rule_key(name, (per_rule or {}).get(name, key)))
+        elif kind == "concurrency":
+            out.append(keys.permits(name))
+        else:
+            out.append(keys.rule(name))
+    return out
+
+
+def new_request_id() -> str:
+    """16 random hex digits: a request's id in the rules form."""
+    return os.urandom(8).hex()
 
 
 @dataclass(frozen=True)
@@ -379,8 +457,11 @@ def map_error(provider: str, err: BaseException) -> SluiceError:
         if msg.startswith("CORRUPT "):
             return CorruptStateError("sluice: corrupt state in redis: " + msg[len("CORRUPT "):])
         if msg.startswith("RULES_CHANGED "):
-            return SluiceError(f"sluice: provider {provider!r} has pacing rules (docs/rules.md), which this "
-                               "client does not decide yet: use the Go limiter for it, or remove its rules")
+            ch = parse_rules_changed(msg)
+            if ch is None:
+                return CorruptStateError(f"sluice: provider {provider!r}: its stored rules are not a rule set "
+                                         "as set_rules writes it: " + msg[len("RULES_CHANGED "):])
+            return ch
         if not msg.startswith(_OUTAGE_PREFIXES):
             return SluiceError(f"sluice: {msg}")
     if isinstance(err, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
@@ -447,6 +528,8 @@ class ProviderState:
     active: bool = False  # acquired from: heartbeats for it
     replicas: int = 1  # live replicas at the last heartbeat
     turn: Any = None  # held by the one rate-limited waiter of this client that polls Redis
+    rules_rev: Optional[str] = None  # the pacing rules' revision Redis last told ("" none; None not told)
+    rules: List[Dict[str, Any]] = field(default_factory=list)  # and the rules
 
 
 class Base:

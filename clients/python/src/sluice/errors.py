@@ -96,9 +96,9 @@ class CircuitOpenError(RefusedError):
 
 
 class RuleLimitedError(RefusedError):
-    """A pacing rule (docs/rules.md) will not let the request pass before the
-    timeout, or never will. This client does not send the rules form yet:
-    it meets a provider with rules as the error of its RULES_CHANGED reply."""
+    """A pacing rule (docs/rules.md; the decision's rule) will not let the
+    request pass before the timeout, or never will (its cost is above the
+    rule's limit)."""
 
 
 class PermitLostError(SluiceError):

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import threading
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import redis
 
@@ -33,9 +35,12 @@ from ._core import (
     parse_scale_change,
     parse_status,
     providers_key,
+    RulesChanged,
+    new_request_id,
+    rule_keys,
 )
 from ._redis import REDIS_ERRORS, Conn, bounded, grant_in_time
-from .errors import ClosedError, InvalidArgumentError, RedisUnavailableError, SluiceError, refused
+from .errors import ClosedError, InvalidArgumentError, PermitLostError, RedisUnavailableError, SluiceError, refused
 
 log = logging.getLogger("sluice")
 
@@ -188,16 +193,84 @@ class Limiter:
         st = self._state(provider)
         return self._decide(provider, st, n)
 
-    def _decide(self, provider: str, st: ProviderState, n: int, deadline: Optional[float] = None) -> Decision:
+    def _decide(self, provider: str, st: ProviderState, n: int, deadline: Optional[float] = None,
+                key: str = "", keys: Optional[Dict[str, str]] = None) -> Decision:
         if not st.active:
             st.active = True  # first acquisition: join the replica registry now
             self._beat(st, deadline)
             self._start_beater()
-        d = parse_decision(self._run(provider, st, "acquire", st.keys.acquire(), [str(n)], deadline))
+        if st.rules or key or keys:
+            d = self._decide_rules(provider, st, n, key, keys, deadline)
+        else:
+            try:
+                d = parse_decision(self._run(provider, st, "acquire", st.keys.acquire(), [str(n)], deadline))
+            except RulesChanged as ch:  # the provider has pacing rules now
+                st.rules_rev, st.rules = ch.rev, ch.rules
+                d = self._decide_rules(provider, st, n, key, keys, deadline)
         st.last_scale = d.scale
         if d.allowed:
             grant_in_time(provider, deadline)
         return d
+
+    def _decide_rules(self, provider: str, st: ProviderState, n: int, key: str,
+                      keys: Optional[Dict[str, str]], deadline: Optional[float]) -> Decision:
+        """One request by acquire.lua's rules form (docs/lua.md), learning
+        the set in force from a RULES_CHANGED reply (at most twice)."""
+        for _ in range(3):
+            rules, rid = st.rules, new_request_id()
+            try:
+                reply = self._run(provider, st, "acquire", rule_keys(st.keys, rules, key, keys),
+                                  [str(n), "rules", st.rules_rev or "", rid], deadline)
+            except RulesChanged as ch:
+                st.rules_rev, st.rules = ch.rev, ch.rules
+                continue
+            d = parse_decision(reply)
+            held = [str(r["name"]) for r in rules if r.get("kind") == "concurrency"]
+            if d.allowed and held:
+                d = dataclasses.replace(d, permit=Permit(self, provider, st, rid, n, held, d.permit_expiry_us))
+            return d
+        raise SluiceError(f"sluice: provider {provider!r}: its rules changed three times during one acquisition")
+
+    def try_acquire_request(self, provider: str, cost: int = 1, key: str = "",
+                            keys: Optional[Dict[str, str]] = None) -> Decision:
+        """Decide one request of cost against provider's bucket and every
+        pacing rule in one script call, never waiting (docs/rules.md): granted
+        only if all allow it, and then all are charged. key is the request's
+        key for keyed and spacing rules; keys gives a rule its own, by name.
+        A grant under a concurrency rule carries a Permit to release; a
+        refusal by a rule has reason rule_limited and names it (rule)."""
+        check_n(cost)
+        return self._decide(provider, self._state(provider), cost, None, key, keys or {})
+
+    def acquire_request(self, provider: str, cost: int = 1, key: str = "",
+                        keys: Optional[Dict[str, str]] = None, timeout: Optional[float] = None) -> Decision:
+        """Block until provider grants the request (as try_acquire_request
+        decides it), sleeping what each refusal says; RuleLimitedError (or
+        the reason's error) when the wait would outlast timeout or can never
+        end (cost above a rule's limit)."""
+        check_n(cost)
+        if timeout is not None and not (finite(timeout) and timeout >= 0):
+            raise InvalidArgumentError("timeout", timeout, "None or a number of seconds >= 0")
+        st = self._state(provider)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            d = self._decide(provider, st, cost, deadline, key, keys or {})
+            if d.allowed:
+                return d
+            left = None if deadline is None else deadline - time.monotonic()
+            wait = self._b.paused_recheck if d.reason == "paused" else d.retry_after
+            if (d.retry_after < 0 and d.reason != "paused") or (left is not None and left < wait):
+                raise refused(provider, cost, d)
+            self._sleep(wait + self._b._jitter(), deadline)
+
+    def set_rules(self, provider: str, rules: List[Dict[str, Any]]) -> Tuple[bool, int]:
+        """Replace provider's pacing rules (docs/lua.md, set_rules: dicts of
+        name, kind, limit, period_ms, lease_ms, scaled), checked whole by
+        the script: InvalidArgumentError naming the field (rules.<name>.limit)
+        changes nothing. Returns (changed, revision)."""
+        st = self._state(provider)
+        res = self._run(provider, st, "set_rules", [st.keys.config], [json.dumps(rules)])
+        return as_str(res[0]) == "updated", as_int(res[1])
 
     def acquire(self, provider: str, n: int = 1, timeout: Optional[float] = None) -> Decision:
         """Block until provider grants n tokens and return the granting
@@ -543,3 +616,38 @@ def _close_pubsub(ps: Any) -> None:
             ps.close()
         except REDIS_ERRORS:
             pass
+
+
+class Permit:
+    """The places a granted request holds under its provider's concurrency
+    rules (docs/rules.md). Release it when the request is done; one not
+    released frees its places when its lease ends (a holder that crashed)."""
+
+    def __init__(self, lim: Limiter, provider: str, st: ProviderState, rid: str, cost: int,
+                 rules: List[str], expiry_us: int) -> None:
+        self._lim, self._provider, self._st = lim, provider, st
+        self.id, self.cost, self.rules, self.expiry_us = rid, cost, rules, expiry_us
+
+    def release(self) -> int:
+        """Free the places at once (and wake other replicas' waiters):
+        the units freed, 0 when the lease had already ended."""
+        k, freed = self._st.keys, 0
+        for r in self.rules:
+            freed += as_int(self._lim._run(self._provider, self._st, "permit", [k.permits(r), k.released],
+                                           ["release", self.id, str(self.cost)]))
+        return freed
+
+    def renew(self, lease: float) -> None:
+        """Extend the lease to lease seconds from now (whole milliseconds in
+        [0.001, 86400]); PermitLostError when it had already ended: the
+        places may be another caller's, so the request must stop."""
+        ms = round(lease * 1000)
+        if not (finite(lease) and 1 <= ms <= 86400000 and abs(ms - lease * 1000) < 1e-6):
+            raise InvalidArgumentError("lease", lease, "whole milliseconds in [0.001, 86400] seconds")
+        k = self._st.keys
+        for r in self.rules:
+            exp = as_int(self._lim._run(self._provider, self._st, "permit", [k.permits(r), k.released],
+                                        ["renew", self.id, str(self.cost), str(ms)]))
+            if exp == 0:
+                raise PermitLostError(f"sluice: permit lost: provider {self._provider!r}, rule {r}, permit {self.id}")
+            self.expiry_us = exp
