@@ -16,11 +16,14 @@ from sluice import (
     CoolingDownError,
     InvalidArgumentError,
     PausedError,
+    PermitLostError,
+    RuleLimitedError,
     RateLimitedError,
     RedisUnavailableError,
     UnknownProviderError,
 )
 from sluice.aio import AsyncLimiter
+from sluice.coordinator import RateCoordinator
 
 SLOW = dict(capacity=5, refill_rate=0.001)
 
@@ -216,3 +219,39 @@ def test_close_while_tasks_are_mid_call(r, redis_server) -> None:  # type: ignor
             assert [type(e) for e in ends] == [ClosedError] * 8, [repr(e) for e in ends]
         await c.close()
     run(body)
+
+
+def test_rules_form_async(r, redis_server) -> None:  # type: ignore[no-untyped-def]
+    """AsyncLimiter and the seed's RateCoordinator on acquire.lua's rules
+    form: the keyed rule per contract, a permit released and renewed."""
+    async def body() -> None:
+        c = client(redis_server)
+        coord = RateCoordinator(c, replica_id="py-async-rules", source="test")
+        coord.register_provider("ibkr", capacity=100, refill_rate=0.001)
+        assert await coord.set_rules("ibkr", [
+            {"name": "contract", "kind": "keyed", "limit": 2, "period_ms": 60000},
+            {"name": "open", "kind": "concurrency", "limit": 5, "lease_ms": 60000},
+        ])
+        a = await coord.acquire("ibkr", key="AAPL:SMART:TRADES")
+        b = await coord.acquire("ibkr", key="AAPL:SMART:TRADES")
+        assert a.allowed and b.allowed and a.permit.id != b.permit.id
+        with pytest.raises(RuleLimitedError) as e:
+            await coord.acquire("ibkr", key="AAPL:SMART:TRADES", timeout=1)
+        assert e.value.decision.rule == "contract"
+        d = await coord.limiter.try_acquire_request("ibkr", 2, key="MSFT:SMART:BID_ASK")
+        assert d.allowed and await r_permits(c) == 4
+        assert await d.permit.release() == 2
+        await a.permit.renew(90)
+        await b.permit.release()
+        with pytest.raises(PermitLostError):
+            await b.permit.renew(1)
+        with pytest.raises(InvalidArgumentError) as e2:  # the keyed rule needs a key: learnt from RULES_CHANGED
+            await coord.limiter.try_acquire("ibkr")
+        assert e2.value.field == "key.contract"
+        await coord.limiter.close()
+        await c.close()
+    run(body)
+
+
+async def r_permits(c: "redis.asyncio.Redis[bytes]") -> int:
+    return int(await c.zcard("sluice:{ibkr}:permits:open"))

@@ -252,8 +252,7 @@ class RulesChanged(SluiceError):
     from it and asks again."""
 
     def __init__(self, rev: str, rules: List[Dict[str, Any]]) -> None:
-        super().__init__(f"sluice: the provider's pacing rules are at rev {rev!r} (docs/rules.md), and this "
-                         "call does not send acquire.lua's rules form (AsyncLimiter does not yet)")
+        super().__init__(f"sluice: the provider's pacing rules changed to rev {rev!r} (docs/rules.md)")
         self.rev = rev
         self.rules = rules
 
@@ -290,6 +289,26 @@ def rule_keys(keys: "Keys", rules: List[Dict[str, Any]], key: str, per_rule: Opt
 def new_request_id() -> str:
     """16 random hex digits: a request's id in the rules form."""
     return os.urandom(8).hex()
+
+
+def rules_request(st: "ProviderState", n: int, key: str,
+                  keys: Optional[Dict[str, str]]) -> Tuple[List[str], List[str], str, List[str]]:
+    """One rules-form call for st's known set: its KEYS, its ARGV, the
+    request's id and the concurrency rules a grant holds places under."""
+    rid = new_request_id()
+    held = [str(r["name"]) for r in st.rules if r.get("kind") == "concurrency"]
+    return rule_keys(st.keys, st.rules, key, keys), [str(n), "rules", st.rules_rev or "", rid], rid, held
+
+
+def lease_ms(lease: float) -> int:
+    """A permit's lease in seconds as whole milliseconds, checked."""
+    ms = round(lease * 1000) if finite(lease) else 0
+    if not (1 <= ms <= 86400000 and abs(ms - lease * 1000) < 1e-6):
+        raise InvalidArgumentError("lease", lease, "whole milliseconds in [0.001, 86400] seconds")
+    return ms
+
+
+RULES_CHANGED_TWICE = "its rules changed three times during one acquisition"
 
 
 @dataclass(frozen=True)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import logging
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import redis.asyncio
 
@@ -33,9 +35,13 @@ from ._core import (
     parse_scale_change,
     parse_status,
     providers_key,
+    RULES_CHANGED_TWICE,
+    RulesChanged,
+    lease_ms,
+    rules_request,
 )
 from ._redis import REDIS_ERRORS, AsyncConn, grant_in_time
-from .errors import ClosedError, InvalidArgumentError, RedisUnavailableError, SluiceError, refused
+from .errors import ClosedError, InvalidArgumentError, PermitLostError, RedisUnavailableError, SluiceError, refused
 
 log = logging.getLogger("sluice")
 
@@ -139,17 +145,72 @@ class AsyncLimiter:
         check_n(n)
         return await self._decide(provider, self._state(provider), n)
 
-    async def _decide(self, provider: str, st: ProviderState, n: int, deadline: Optional[float] = None) -> Decision:
+    async def _decide(self, provider: str, st: ProviderState, n: int, deadline: Optional[float] = None,
+                      key: str = "", keys: Optional[Dict[str, str]] = None) -> Decision:
         if not st.active:
             st.active = True
             await self._beat(st, deadline)
             if self._beater is None:
                 self._beater = asyncio.get_running_loop().create_task(self._beat_loop())
-        d = parse_decision(await self._run(provider, st, "acquire", st.keys.acquire(), [str(n)], deadline))
+        if st.rules or key or keys:
+            d = await self._decide_rules(provider, st, n, key, keys, deadline)
+        else:
+            try:
+                d = parse_decision(await self._run(provider, st, "acquire", st.keys.acquire(), [str(n)], deadline))
+            except RulesChanged as ch:  # the provider has pacing rules now
+                st.rules_rev, st.rules = ch.rev, ch.rules
+                d = await self._decide_rules(provider, st, n, key, keys, deadline)
         st.last_scale = d.scale
         if d.allowed:
             grant_in_time(provider, deadline)
         return d
+
+    async def _decide_rules(self, provider: str, st: ProviderState, n: int, key: str,
+                            keys: Optional[Dict[str, str]], deadline: Optional[float]) -> Decision:
+        """See Limiter._decide_rules."""
+        for _ in range(3):
+            rkeys, args, rid, held = rules_request(st, n, key, keys)
+            try:
+                d = parse_decision(await self._run(provider, st, "acquire", rkeys, args, deadline))
+            except RulesChanged as ch:
+                st.rules_rev, st.rules = ch.rev, ch.rules
+                continue
+            if d.allowed and held:
+                d = dataclasses.replace(d, permit=AsyncPermit(self, provider, st, rid, n, held, d.permit_expiry_us))
+            return d
+        raise SluiceError(f"sluice: provider {provider!r}: {RULES_CHANGED_TWICE}")
+
+    async def try_acquire_request(self, provider: str, cost: int = 1, key: str = "",
+                                  keys: Optional[Dict[str, str]] = None) -> Decision:
+        """See Limiter.try_acquire_request (the permit is an AsyncPermit)."""
+        check_n(cost)
+        return await self._decide(provider, self._state(provider), cost, None, key, keys or {})
+
+    async def acquire_request(self, provider: str, cost: int = 1, key: str = "",
+                              keys: Optional[Dict[str, str]] = None, timeout: Optional[float] = None) -> Decision:
+        """See Limiter.acquire_request."""
+        check_n(cost)
+        if timeout is not None and not (finite(timeout) and timeout >= 0):
+            raise InvalidArgumentError("timeout", timeout, "None or a number of seconds >= 0")
+        st = self._state(provider)
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        call_deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            d = await self._decide(provider, st, cost, call_deadline, key, keys or {})
+            if d.allowed:
+                return d
+            left = None if deadline is None else deadline - loop.time()
+            wait = self._b.paused_recheck if d.reason == "paused" else d.retry_after
+            if (d.retry_after < 0 and d.reason != "paused") or (left is not None and left < wait):
+                raise refused(provider, cost, d)
+            await self._sleep(wait + self._b._jitter(), deadline)
+
+    async def set_rules(self, provider: str, rules: List[Dict[str, Any]]) -> Tuple[bool, int]:
+        """See Limiter.set_rules."""
+        st = self._state(provider)
+        res = await self._run(provider, st, "set_rules", [st.keys.config], [json.dumps(rules)])
+        return as_str(res[0]) == "updated", as_int(res[1])
 
     async def acquire(self, provider: str, n: int = 1, timeout: Optional[float] = None) -> Decision:
         """See Limiter.acquire: waits out rate limits, cooldowns and an open
@@ -451,3 +512,31 @@ async def _close_pubsub(ps: Any, bound: float) -> None:
             await asyncio.wait_for(ps.reset(), bound)
         except (asyncio.TimeoutError, *REDIS_ERRORS):
             pass
+
+
+class AsyncPermit:
+    """See Permit: the places of a grant under concurrency rules, for
+    AsyncLimiter."""
+
+    def __init__(self, lim: AsyncLimiter, provider: str, st: ProviderState, rid: str, cost: int,
+                 rules: List[str], expiry_us: int) -> None:
+        self._lim, self._provider, self._st = lim, provider, st
+        self.id, self.cost, self.rules, self.expiry_us = rid, cost, rules, expiry_us
+
+    async def release(self) -> int:
+        """See Permit.release."""
+        k, freed = self._st.keys, 0
+        for r in self.rules:
+            freed += as_int(await self._lim._run(self._provider, self._st, "permit", [k.permits(r), k.released],
+                                                 ["release", self.id, str(self.cost)]))
+        return freed
+
+    async def renew(self, lease: float) -> None:
+        """See Permit.renew."""
+        ms, k = lease_ms(lease), self._st.keys
+        for r in self.rules:
+            exp = as_int(await self._lim._run(self._provider, self._st, "permit", [k.permits(r), k.released],
+                                              ["renew", self.id, str(self.cost), str(ms)]))
+            if exp == 0:
+                raise PermitLostError(f"sluice: permit lost: provider {self._provider!r}, rule {r}, permit {self.id}")
+            self.expiry_us = exp

@@ -35,9 +35,10 @@ from ._core import (
     parse_scale_change,
     parse_status,
     providers_key,
+    RULES_CHANGED_TWICE,
     RulesChanged,
-    new_request_id,
-    rule_keys,
+    lease_ms,
+    rules_request,
 )
 from ._redis import REDIS_ERRORS, Conn, bounded, grant_in_time
 from .errors import ClosedError, InvalidArgumentError, PermitLostError, RedisUnavailableError, SluiceError, refused
@@ -217,19 +218,16 @@ class Limiter:
         """One request by acquire.lua's rules form (docs/lua.md), learning
         the set in force from a RULES_CHANGED reply (at most twice)."""
         for _ in range(3):
-            rules, rid = st.rules, new_request_id()
+            rkeys, args, rid, held = rules_request(st, n, key, keys)
             try:
-                reply = self._run(provider, st, "acquire", rule_keys(st.keys, rules, key, keys),
-                                  [str(n), "rules", st.rules_rev or "", rid], deadline)
+                d = parse_decision(self._run(provider, st, "acquire", rkeys, args, deadline))
             except RulesChanged as ch:
                 st.rules_rev, st.rules = ch.rev, ch.rules
                 continue
-            d = parse_decision(reply)
-            held = [str(r["name"]) for r in rules if r.get("kind") == "concurrency"]
             if d.allowed and held:
                 d = dataclasses.replace(d, permit=Permit(self, provider, st, rid, n, held, d.permit_expiry_us))
             return d
-        raise SluiceError(f"sluice: provider {provider!r}: its rules changed three times during one acquisition")
+        raise SluiceError(f"sluice: provider {provider!r}: {RULES_CHANGED_TWICE}")
 
     def try_acquire_request(self, provider: str, cost: int = 1, key: str = "",
                             keys: Optional[Dict[str, str]] = None) -> Decision:
@@ -641,9 +639,7 @@ class Permit:
         """Extend the lease to lease seconds from now (whole milliseconds in
         [0.001, 86400]); PermitLostError when it had already ended: the
         places may be another caller's, so the request must stop."""
-        ms = round(lease * 1000)
-        if not (finite(lease) and 1 <= ms <= 86400000 and abs(ms - lease * 1000) < 1e-6):
-            raise InvalidArgumentError("lease", lease, "whole milliseconds in [0.001, 86400] seconds")
+        ms = lease_ms(lease)
         k = self._st.keys
         for r in self.rules:
             exp = as_int(self._lim._run(self._provider, self._st, "permit", [k.permits(r), k.released],
