@@ -651,3 +651,43 @@ func TestParseRules(t *testing.T) {
 		}
 	}
 }
+
+// TestRuleKeysExpireWhenIdle: a keyed rule's state is a key per request
+// key, made on demand; each holds what docs/rules.md states (measured there
+// at 100,000 keys: 213 bytes at one unit) and is gone a period after its
+// last unit, with nobody reading it (Redis's active expiry).
+func TestRuleKeysExpireWhenIdle(t *testing.T) {
+	srv := redistest.Start(t)
+	ctx := context.Background()
+	rdb := srv.Client(t)
+	c, _ := newCoord(t, rdb, limiter.Options{})
+	register(t, c, "ib", 1e6, 1e6)
+	const period = 300 * time.Millisecond
+	if _, err := c.SetRules(ctx, "ib", []limiter.Rule{{Name: "contract", Kind: limiter.RuleKeyed, Limit: 5, Period: period}}); err != nil {
+		t.Fatal(err)
+	}
+	ruleKeys := func() int { // the keyed rule's keys in Redis now
+		it, count := rdb.Scan(ctx, 0, ibKeys.Rule("contract")+":*", 1<<20).Iterator(), 0
+		for it.Next(ctx) {
+			count++
+		}
+		if err := it.Err(); err != nil {
+			t.Fatal(err)
+		}
+		return count
+	}
+	const keys = 2000
+	for i := range keys {
+		if d, err := c.TryAcquireRequest(ctx, "ib", limiter.Request{Key: fmt.Sprintf("C%06d:SMART:TRADES", i)}); err != nil || !d.Allowed {
+			t.Fatalf("key %d: %+v %v", i, d, err)
+		}
+	}
+	if n := ruleKeys(); n > keys || n < keys/2 {
+		t.Fatalf("%d keys after %d requests (some may have expired already, none may be extra)", n, keys)
+	}
+	k := ibKeys.RuleKey("contract", fmt.Sprintf("C%06d:SMART:TRADES", keys-1))
+	if mem := rdb.MemoryUsage(ctx, k, 0).Val(); mem <= 0 || mem > 256 {
+		t.Fatalf("MEMORY USAGE of one key with one unit: %d bytes, want at most 256", mem)
+	}
+	waitFor(t, "every idle key expired", func() bool { return ruleKeys() == 0 })
+}
