@@ -8,7 +8,9 @@ package provsim
 import (
 	"encoding/json"
 	"maps"
+	"math"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -37,6 +39,12 @@ type Stats struct {
 	LastUS     int64          `json:"last_us"`     // and of the last
 	MaxOpen    int            `json:"max_open"`    // most units in flight at once
 	MaxSkewMS  float64        `json:"max_skew_ms"` // most a request arrived after the grant it names
+	Arrivals   [][2]int64     `json:"arrivals"`    // each served request's arrival (Unix µs) and cost
+	// GrantViolations are the rules the requests broke by the times they
+	// were granted (each request's grant_us), not by arrival: what the
+	// limiter decided, whatever the delay to the provider. Open requests
+	// are not among them (a permit outlives the request it covers).
+	GrantViolations map[string]int `json:"grant_violations"`
 }
 
 // Provider enforces Rules. Its zero value is not usable: use New.
@@ -50,6 +58,14 @@ type Provider struct {
 	idents map[string]time.Time // last arrival of each identical request
 	open   int
 	st     Stats
+	grants []grant
+}
+
+// grant is a request as its limiter granted it.
+type grant struct {
+	us         int64
+	key, ident string
+	cost       int
 }
 
 type arrival struct {
@@ -107,6 +123,7 @@ func (p *Provider) Admit(key, ident string, cost int) (broke string) {
 		p.st.FirstUS = now.UnixMicro()
 	}
 	p.st.LastUS = now.UnixMicro()
+	p.st.Arrivals = append(p.st.Arrivals, [2]int64{now.UnixMicro(), int64(cost)})
 	return ""
 }
 
@@ -124,17 +141,39 @@ func (p *Provider) Stats() Stats {
 	st := p.st
 	st.Samples = append([]string(nil), st.Samples...)
 	st.ByRule = maps.Clone(st.ByRule)
+	st.Arrivals = slices.Clone(st.Arrivals)
+	st.GrantViolations = p.grantViolations()
 	return st
 }
 
-func (p *Provider) skew(grantUS int64) {
-	if grantUS <= 0 {
+// granted records a request's grant time (Unix µs; 0: unknown).
+func (p *Provider) granted(us int64, key, ident string, cost int) {
+	if us <= 0 {
 		return
 	}
-	ms := float64(p.now().UnixMicro()-grantUS) / 1000
+	ms := float64(p.now().UnixMicro()-us) / 1000
 	p.mu.Lock()
 	p.st.MaxSkewMS = max(p.st.MaxSkewMS, ms)
+	p.grants = append(p.grants, grant{us, key, ident, cost})
 	p.mu.Unlock()
+}
+
+// grantViolations checks the window, per-key and identical rules on the
+// requests in the order and at the times they were granted.
+func (p *Provider) grantViolations() map[string]int {
+	gs := slices.Clone(p.grants)
+	slices.SortStableFunc(gs, func(a, b grant) int { return int(a.us - b.us) })
+	chk := New(p.r, nil)
+	chk.r.Open = math.MaxInt
+	out := map[string]int{}
+	for _, g := range gs {
+		chk.now = func() time.Time { return time.UnixMicro(g.us) }
+		if broke := chk.Admit(g.key, g.ident, g.cost); broke != "" {
+			rule, _, _ := strings.Cut(broke, " ")
+			out[rule]++
+		}
+	}
+	return out
 }
 
 func drop(as []arrival, before time.Time) []arrival {
@@ -167,9 +206,10 @@ func (p *Provider) Handler() http.Handler {
 			http.Error(w, "cost (an integer ≥ 1) and hold (a duration) are required", http.StatusBadRequest)
 			return
 		}
-		grant, _ := strconv.ParseInt(q.Get("grant_us"), 10, 64)
-		p.skew(grant)
-		if broke := p.Admit(q.Get("key"), q.Get("ident"), cost); broke != "" {
+		key, ident := q.Get("key"), q.Get("ident")
+		grantUS, _ := strconv.ParseInt(q.Get("grant_us"), 10, 64)
+		p.granted(grantUS, key, ident, cost)
+		if broke := p.Admit(key, ident, cost); broke != "" {
 			w.Header().Set("Connection", "close") // the broker drops the connection
 			http.Error(w, "pacing violation: "+broke, http.StatusTooManyRequests)
 			return

@@ -39,3 +39,21 @@ func TestProviderEnforcesEachRule(t *testing.T) {
 		t.Fatalf("stats %+v", st)
 	}
 }
+
+func TestGrantViolations(t *testing.T) {
+	now := t0.Add(time.Minute)
+	p := New(Rules{Window: 10 * time.Second, WindowLimit: 2, KeyPeriod: time.Second, KeyLimit: 9,
+		Identical: time.Second, Open: 9}, func() time.Time { return now })
+	us := func(d time.Duration) int64 { return t0.Add(d).UnixMicro() }
+	// Granted 0 s, 11 s, 12 s: fine by grant time, whatever order they arrive in.
+	p.granted(us(12*time.Second), "A", "a3", 1)
+	p.granted(us(0), "A", "a1", 1)
+	p.granted(us(11*time.Second), "A", "a2", 1)
+	if v := p.Stats().GrantViolations; len(v) != 0 {
+		t.Fatalf("%v, want none", v)
+	}
+	p.granted(us(12500*time.Millisecond), "B", "a3", 1) // 3 in [2.5 s, 12.5 s], and a3 again within 1 s
+	if v := p.Stats().GrantViolations; v["window"] != 1 || len(v) != 1 {
+		t.Fatalf("%v, want one window violation (the window rule is checked first)", v)
+	}
+}
