@@ -166,8 +166,8 @@ type Controller struct {
 	lastErr  atomic.Pointer[error] // the last lease round trip's
 	steerErr atomic.Pointer[error] // the last failure to start steering, while holding the lease
 	m        struct {
-		acquired       prometheus.Counter
-		reaped         prometheus.Counter
+		acquired                  prometheus.Counter
+		reaped                    prometheus.Counter
 		backlog, alive            *prometheus.GaugeVec
 		demand, perWriter, needed *prometheus.GaugeVec
 	}
