@@ -75,3 +75,17 @@ deploy-verify: redis-server
 	@./deploy/verify/ensure-prometheus.sh
 	@cd deploy/verify && out=$$(gofmt -l .); if [ -n "$$out" ]; then echo "gofmt would change: $$out"; exit 1; fi
 	cd deploy/verify && $(GO) mod tidy -diff && $(GO) vet ./... && $(GO) test -count=1 -v ./...
+
+# The autoscaling drill (issue 23; deploy/verify/drill_test.go): KEDA's
+# scalers on live services and Prometheus, the HPA's algorithm, real
+# coordinators started and stopped to follow it; 1x, 5x, 1x of one writer of
+# 300/s, for the manifests as they are (new) and today's (before issue 23),
+# times ÷ SLUICE_DRILL_COMPRESS (10). About 7 minutes; prints the table of
+# docs/deploy.md. SLUICE_DRILL=new|today|both; SLUICE_DRILL_COMPRESS=1 is
+# the full-scale run (about an hour for both).
+SLUICE_DRILL          ?= both
+SLUICE_DRILL_COMPRESS ?= 10
+.PHONY: deploy-drill
+deploy-drill: redis-server
+	@./deploy/verify/ensure-prometheus.sh
+	cd deploy/verify && SLUICE_DRILL=$(SLUICE_DRILL) SLUICE_DRILL_COMPRESS=$(SLUICE_DRILL_COMPRESS) $(GO) test -count=1 -v -timeout 120m -run '^TestAutoscaleDrill$$' .

@@ -59,10 +59,10 @@ func TestAutoscaleDrill(t *testing.T) {
 	}
 	var b strings.Builder
 	w := tabwriter.NewWriter(&b, 0, 0, 1, ' ', 0)
-	fmt.Fprintf(w, "| manifests | to 5±1 writers after 5x (target) | writers at 5x | scale at 5x (min · mean) | max queue at 5x | replica changes at 5x after converging | level changes/min at 5x after converging | back to 1 after 1x (target) | lost · torn · duplicates |\n|---|---|---|---|---|---|---|---|---|\n")
+	fmt.Fprintf(w, "| manifests | to 5±1 writers after 5x (target) | writers at 5x, steady | scale at 5x, steady (min · mean) | max queue at 5x, steady | replica changes at 5x, steady | level changes/min at 5x, steady | back to 1 after 1x (target) | lost · torn · duplicates | alerts fired |\n|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, r := range results {
-		fmt.Fprintf(w, "| %s | %s (%s) | %s | %.2f · %.2f | %.0f | %d | %.1f | %s (%s) | %d · %d · %d |\n", r.name, dur(r.upAfter), dur(r.upTarget), r.writers5,
-			r.scaleMin5, r.scaleMean5, r.queueMax5, r.changes5, r.levelsPerMin5, dur(r.downAfter), dur(r.downTarget), r.lost, r.torn, r.dups)
+		fmt.Fprintf(w, "| %s | %s (%s) | %s | %.2f · %.2f | %.0f | %d | %.1f | %s (%s) | %d · %d · %d | %s |\n", r.name, dur(r.upAfter), dur(r.upTarget), r.writers5,
+			r.scaleMin5, r.scaleMean5, r.queueMax5, r.changes5, r.levelsPerMin5, dur(r.downAfter), dur(r.downTarget), r.lost, r.torn, r.dups, strings.Join(append([]string{"none"}, r.alerts...)[min(1, len(r.alerts)):], ", "))
 	}
 	w.Flush()
 	t.Logf("the drill, times ÷ %g (sync period %v):\n%s", compress, time.Duration(15*float64(time.Second)/compress), b.String())
@@ -108,7 +108,7 @@ type drillResult struct {
 	changes5                         int
 	levelsPerMin5                    float64
 	lost, torn, dups                 int
-	triggersAt5, triggersAt1         string
+	alerts                           []string // alerts that fired during the run
 }
 
 // drillTick is one HPA sync of the drill.
@@ -207,7 +207,8 @@ func runDrill(t *testing.T, base *manifests, cfg drillConfig) drillResult {
 		go func() {
 			defer stopped.Done()
 			p.stop(t)
-			f := finalLine(p.log)
+			prom.removeTarget(t, "sluice-coordinator", p.addr)
+			f := finalLine(p.log, "unwritten")
 			mu.Lock()
 			finals = append(finals, f)
 			mu.Unlock()
@@ -238,10 +239,11 @@ func runDrill(t *testing.T, base *manifests, cfg drillConfig) drillResult {
 		d          time.Duration
 	}{
 		{"1x", base1x, scaled(200)},
-		{"5x", "1500", max(scaled(600), upWindow+12*period)},
+		{"5x", "1500", max(scaled(600), 90*time.Second)},
 		{"1x again", base1x, downWindow + 12*period},
 	}
 	start := time.Now()
+	var res0 drillResult
 	var ticks []drillTick
 	var phaseStart [3]time.Duration
 	for pi, ph := range phases {
@@ -268,6 +270,13 @@ func runDrill(t *testing.T, base *manifests, cfg drillConfig) drillResult {
 			tk.queue, _ = prom.scalar(ctx, "max(coordinator_queue_depth)")
 			ticks = append(ticks, tk)
 			time.Sleep(time.Until(next))
+		}
+	}
+
+	// The alerts that fired during the run (the rules are loaded).
+	if r, err := prom.query(ctx, fmt.Sprintf(`max by (alertname) (max_over_time(ALERTS{alertstate="firing"}[%ds]))`, int(time.Since(start).Seconds())+1)); err == nil {
+		for _, s := range r {
+			res0.alerts = append(res0.alerts, s.Metric["alertname"])
 		}
 	}
 
@@ -303,9 +312,12 @@ func runDrill(t *testing.T, base *manifests, cfg drillConfig) drillResult {
 	tw.Flush()
 	t.Logf("%s: the drill's timeline (KEDA's readings each sync, what each trigger asks, the HPA's count):\n%s", cfg.name, tl.String())
 
-	res := drillResult{name: cfg.name, upTarget: upWindow + 3*period, downTarget: downWindow + 3*period, upAfter: -1, downAfter: -1}
+	res := drillResult{name: cfg.name, alerts: res0.alerts, upTarget: upWindow + 3*period, downTarget: downWindow + 3*period, upAfter: -1, downAfter: -1}
 	need := int(math.Ceil(1500 / writerRate))
 	converged := time.Duration(-1)
+	// The steady state: the second half of the 5x phase (the loop's own
+	// time to raise the scale is not compressed).
+	steadyFrom := phaseStart[1] + (phaseStart[2]-phaseStart[1])/2
 	var w5 []int
 	var scales []float64
 	for _, tk := range ticks {
@@ -315,7 +327,7 @@ func runDrill(t *testing.T, base *manifests, cfg drillConfig) drillResult {
 				converged = tk.at
 				res.upAfter = tk.at - phaseStart[1]
 			}
-			if converged >= 0 && tk.at >= converged+upWindow+3*period {
+			if converged >= 0 && tk.at >= steadyFrom {
 				w5 = append(w5, tk.decided)
 				scales = append(scales, tk.scale)
 				res.queueMax5 = max(res.queueMax5, tk.queue)
@@ -343,7 +355,7 @@ func runDrill(t *testing.T, base *manifests, cfg drillConfig) drillResult {
 			res.scaleMin5 = min(res.scaleMin5, s)
 			res.scaleMean5 += s / float64(len(scales))
 		}
-		steady := phaseStart[2] - (converged + upWindow + 3*period)
+		steady := phaseStart[2] - steadyFrom
 		if v, ok := prom.scalar(ctx, fmt.Sprintf("sum(increase(coordinator_level_transitions_total[%ds] offset %ds))",
 			int(steady.Seconds()), int((time.Since(start)-phaseStart[2]).Seconds()))); ok && steady > 0 {
 			res.levelsPerMin5 = v / steady.Minutes()
@@ -362,6 +374,9 @@ func runDrill(t *testing.T, base *manifests, cfg drillConfig) drillResult {
 		}
 	}
 	if !cfg.today {
+		if len(res.alerts) > 0 {
+			t.Errorf("%s: alerts fired during a normal run: %v", cfg.name, res.alerts)
+		}
 		if res.upAfter < 0 || res.upAfter > res.upTarget {
 			t.Errorf("%s: writers reached %d±1 after %v; the target is the scale-up window plus three sync periods, %v", cfg.name, need, res.upAfter, res.upTarget)
 		}
@@ -378,8 +393,9 @@ func runDrill(t *testing.T, base *manifests, cfg drillConfig) drillResult {
 	return res
 }
 
-// finalLine returns a service's last JSON line (its counts at exit).
-func finalLine(log string) map[string]any {
+// finalLine returns a service's last JSON line holding key (its counts at
+// exit).
+func finalLine(log, key string) map[string]any {
 	f, err := os.Open(log)
 	if err != nil {
 		return nil
@@ -390,7 +406,7 @@ func finalLine(log string) map[string]any {
 	sc.Buffer(make([]byte, 1<<20), 1<<20)
 	for sc.Scan() {
 		var m map[string]any
-		if json.Unmarshal(sc.Bytes(), &m) == nil && m["service"] != nil {
+		if json.Unmarshal(sc.Bytes(), &m) == nil && m[key] != nil {
 			last = m
 		}
 	}
@@ -404,7 +420,7 @@ func tally(t *testing.T, dir string, pipelines []*proc, finals []map[string]any)
 	t.Helper()
 	appended := 0
 	for _, p := range pipelines {
-		f := finalLine(p.log)
+		f := finalLine(p.log, "appended")
 		n, ok := f["appended"].(float64)
 		if !ok {
 			t.Errorf("pipeline %s printed no count at exit: %v", p.name, f)

@@ -210,6 +210,20 @@ func (pr *prometheus) addTarget(t *testing.T, job, addr string) {
 	pr.write(t)
 }
 
+// removeTarget stops scraping a service (a pod that is gone).
+func (pr *prometheus) removeTarget(t *testing.T, job, addr string) {
+	pr.mu.Lock()
+	kept := pr.groups[job][:0]
+	for _, a := range pr.groups[job] {
+		if a != addr {
+			kept = append(kept, a)
+		}
+	}
+	pr.groups[job] = kept
+	pr.mu.Unlock()
+	pr.write(t)
+}
+
 func (pr *prometheus) write(t *testing.T) {
 	pr.mu.Lock()
 	defer pr.mu.Unlock()

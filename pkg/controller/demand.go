@@ -13,9 +13,11 @@ import (
 // DefaultRateWindow is Options.RateWindow's default.
 const DefaultRateWindow = 10 * time.Second
 
-// holdingBack is the mean scale under which the loop holds demand back: the
-// writers' queues are above the policy's set point, so every writer is busy
-// and their throughput is what they can write.
+// holdingBack is the mean scale under which the loop holds demand back.
+// While it does, and every writer's queue holds a backlog (busyFill), the
+// writers' throughput is what they can write. A held-back scale alone is
+// not enough: right after writers were added the queues are empty while
+// the policy still raises the scale.
 const holdingBack = 0.98
 
 // minScale bounds the scale the demand is divided by: a paused budget
@@ -30,7 +32,12 @@ type demandSample struct {
 	read    int64   // entries the group ever read (XINFO GROUPS entries-read)
 	scale   float64 // the lowest scale in force of the steered providers
 	writers int     // consumers of the group whose coordinator reports
+	busy    bool    // every live coordinator's last report had a backlog (fill at least busyFill)
 }
+
+// busyFill is the fill of a coordinator's queue from which its workers
+// never wait for items: it holds more than a batch for every worker.
+const busyFill = 0.1
 
 // Demand is what the controller measures of a write stream over its rate
 // window: how much the sources would append if the budget were not held
@@ -47,8 +54,9 @@ type Demand struct {
 	// what the sources would append at the full budget.
 	Rate float64
 	// PerWriter is one busy writer's throughput, items/s: Written ÷
-	// Writers, measured while the loop held demand back (Scale < 0.98: the
-	// writers' queues are above the set point, every writer is busy) and
+	// Writers, measured while the loop held demand back (Scale < 0.98) and
+	// every live coordinator reported a queue at least 10% full (its
+	// workers never wait for items) over the whole window, and
 	// kept until the next such measurement; before the first, the highest
 	// seen (an idle writer writes less than it can: a lower bound). 0 until
 	// anything was written.
@@ -91,6 +99,10 @@ func (m *demandMeter) add(s demandSample) (Demand, bool) {
 		return Demand{}, false
 	}
 	var d Demand
+	busy := true
+	for _, x := range m.samples {
+		busy = busy && x.busy
+	}
 	// Time-weighted means: each interval at the values read at its start.
 	for i := 1; i < len(m.samples); i++ {
 		dt := m.samples[i].at.Sub(m.samples[i-1].at).Seconds()
@@ -105,7 +117,7 @@ func (m *demandMeter) add(s demandSample) (Demand, bool) {
 	if d.Writers > 0 {
 		w := d.Written / d.Writers
 		switch {
-		case d.Scale < holdingBack:
+		case busy && d.Scale < holdingBack:
 			m.perWriter, m.busy = w, true
 		case !m.busy:
 			m.perWriter = max(m.perWriter, w)
@@ -140,9 +152,11 @@ func (c *Controller) scale(ctx context.Context) (float64, error) {
 	return low, nil
 }
 
-// measure adds what was read of w to its demand and sets its gauges.
-func (c *Controller) measure(w *watched, b backlog, scale float64) {
-	d, ok := w.demand.add(demandSample{at: time.Now(), added: b.read + b.lag, read: b.read, scale: scale, writers: b.alive})
+// measure adds what was read of w to its demand and sets its gauges;
+// busy says whether every live coordinator reported a queue at least
+// busyFill full.
+func (c *Controller) measure(w *watched, b backlog, scale float64, busy bool) {
+	d, ok := w.demand.add(demandSample{at: time.Now(), added: b.read + b.lag, read: b.read, scale: scale, writers: b.alive, busy: busy})
 	if !ok {
 		return
 	}

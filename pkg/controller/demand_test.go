@@ -17,7 +17,7 @@ func feed(t *testing.T, m *demandMeter, at *time.Time, added, read *int64, d tim
 		*at = at.Add(250 * time.Millisecond)
 		*added += int64(appendRate / 4)
 		*read += int64(readRate / 4)
-		out, ok = m.add(demandSample{at: *at, added: *added, read: *read, scale: scale, writers: writers})
+		out, ok = m.add(demandSample{at: *at, added: *added, read: *read, scale: scale, writers: writers, busy: scale < 1})
 	}
 	return out, ok
 }
@@ -42,6 +42,17 @@ func TestDemandMeter(t *testing.T) {
 	d, _ = feed(t, m, &at, &added, &read, 5*time.Second, 300, 300, 0.2, 1)
 	if !near(d.Rate, 1500) || !near(d.Scale, 0.2) || !near(d.PerWriter, 300) || !near(d.Needed, 5) {
 		t.Fatalf("5x held back: %+v", d)
+	}
+	// Writers added: their queues are empty while the policy still raises
+	// the scale; not a busy measurement.
+	for _, x := range []float64{0.3, 0.5, 0.8} {
+		at = at.Add(time.Second)
+		added += int64(1500 * x)
+		read += int64(1500 * x)
+		d, _ = m.add(demandSample{at: at, added: added, read: read, scale: x, writers: 5})
+	}
+	if d.PerWriter != 300 {
+		t.Fatalf("idle writers measured as busy: %+v", d)
 	}
 	// Five writers carry it at full scale, each busy (the set point).
 	d, _ = feed(t, m, &at, &added, &read, 5*time.Second, 1500, 1500, 1, 5)

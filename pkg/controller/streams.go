@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -186,8 +187,12 @@ func (c *Controller) watchStreams(ctx context.Context, live []feedback.Event) {
 		return
 	}
 	alive := make(map[string]bool, len(live))
+	busy := true
 	for _, e := range live {
 		alive[e.CoordinatorID] = true
+		if !strings.HasPrefix(e.CoordinatorID, streamIDPrefix) {
+			busy = busy && float64(e.QueueSize) >= busyFill*float64(e.Capacity)
+		}
 	}
 	scale, scaleErr := c.scale(ctx)
 	for _, w := range c.streams {
@@ -200,7 +205,7 @@ func (c *Controller) watchStreams(ctx context.Context, live []feedback.Event) {
 			err = c.loop.Handler().Handle(gctx, c.streamEvent(w, b))
 		}
 		if err == nil && scaleErr == nil {
-			c.measure(w, b, scale)
+			c.measure(w, b, scale, busy)
 		}
 		cancel()
 		if err != nil {
