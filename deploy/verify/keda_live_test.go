@@ -384,6 +384,12 @@ func TestKEDAScalersLive(t *testing.T) {
 	for _, p := range controllers {
 		p.stop(t)
 	}
+	// First an operator's pause (scale 0): the PI policy never pauses, so
+	// this is where the pipelines' paused waiters (a panel's metric) show.
+	if out, err := runSluice(t, ctlEnv, "scale", "ibkr", "0"); err != nil {
+		t.Fatalf("sluice scale: %v\n%s", err, out)
+	}
+	promWait(30*time.Second, "the pipelines' paused waiters", "sum(rate_coordinator_paused_waiters)", func(v float64) bool { return v > 0 })
 	if out, err := runSluice(t, ctlEnv, "scale", "ibkr", "1"); err != nil {
 		t.Fatalf("sluice scale: %v\n%s", err, out)
 	}
