@@ -327,6 +327,7 @@ func TestKEDAScalersLive(t *testing.T) {
 	// idle: the controllers and coordinators run, nothing is appended.
 	promWait(60*time.Second, "Prometheus to scrape both coordinators and a lease holder", `count(coordinator_queue_depth) + sum(controller_leader)`,
 		func(v float64) bool { return v == current+1 })
+	liveStart := time.Now() // the loop runs: alerts count from here
 	idle := sample("idle", "no pipelines", time.Second, always)
 	for _, r := range idle.rs {
 		if r.value != 0 {
@@ -377,6 +378,30 @@ func TestKEDAScalersLive(t *testing.T) {
 	}
 	if r := byName(over5, "redis-streams"); r.desired > current {
 		t.Errorf("5x: the lag trigger (lag %v) asks for %d: the loop should hold the stream's lag at 0", r.value, r.desired)
+	}
+
+	// 10x: 3000/s. The HPA asks for its maximum; the lag stays 0.
+	if out, err := runSluice(t, ctlEnv, "register", "ibkr", "--refill-rate", "3000"); err != nil {
+		t.Fatalf("sluice register: %v\n%s", err, out)
+	}
+	over10 := sample("10x", "budget 3000/s, stores 2x150/s", 90*time.Second, func(rs []reading) (bool, string) {
+		v := value(rs, "prometheus")
+		return v > 15, fmt.Sprintf("writers needed %v", v)
+	})
+	if over10.replicas != maxR {
+		t.Errorf("10x: the HPA would run %d coordinators, want maxReplicaCount %d", over10.replicas, maxR)
+	}
+	if r := byName(over10, "redis-streams"); r.desired > current {
+		t.Errorf("10x: the lag trigger (lag %v) asks for %d: the loop should hold the stream's lag at 0", r.value, r.desired)
+	}
+	// The alert rules under the default policy at 2x, 5x and 10x: no
+	// alert's expression held, not even for an evaluation (pending).
+	if r, err := prom.query(ctx, fmt.Sprintf(`max by (alertname, alertstate) (max_over_time(ALERTS[%ds]))`, int(time.Since(liveStart).Seconds())+1)); err != nil {
+		t.Errorf("ALERTS: %v", err)
+	} else {
+		for _, a := range r {
+			t.Errorf("a normal run at 2x to 10x: alert %s was %s", a.Metric["alertname"], a.Metric["alertstate"])
+		}
 	}
 
 	// open loop: no controller steers, the scale is set back to 1 by hand:
