@@ -39,11 +39,11 @@ type demandSample struct {
 // never wait for items: it holds more than a batch for every worker.
 const busyFill = 0.1
 
-// Demand is what the controller measures of a write stream over its rate
+// reading is what the controller measures of a write stream over its rate
 // window: how much the sources would append if the budget were not held
 // back, what one writer writes when it is busy, and so how many writers
 // that demand needs.
-type Demand struct {
+type reading struct {
 	// Appended and Written are the stream's rates over the window, items/s:
 	// appended by the pipelines, read by the coordinators' group.
 	Appended, Written float64
@@ -66,7 +66,7 @@ type Demand struct {
 	Needed float64
 }
 
-// demandMeter turns the samples of one stream into its Demand; only Run's
+// demandMeter turns the samples of one stream into its reading; only Run's
 // goroutine touches it.
 type demandMeter struct {
 	window    time.Duration
@@ -75,11 +75,11 @@ type demandMeter struct {
 	busy      bool    // perWriter was measured busy
 }
 
-// add records a sample and returns the Demand over the window, ok false
+// add records a sample and returns the reading over the window, ok false
 // while the samples span less than half the window (the first read, or
 // after the stream's counters went back: a stream deleted, a group made
 // again).
-func (m *demandMeter) add(s demandSample) (Demand, bool) {
+func (m *demandMeter) add(s demandSample) (reading, bool) {
 	if n := len(m.samples); n > 0 {
 		last := m.samples[n-1]
 		if s.added < last.added || s.read < last.read || !s.at.After(last.at) {
@@ -96,9 +96,9 @@ func (m *demandMeter) add(s demandSample) (Demand, bool) {
 	first := m.samples[0]
 	span := s.at.Sub(first.at).Seconds()
 	if len(m.samples) < 2 || span < m.window.Seconds()/2 {
-		return Demand{}, false
+		return reading{}, false
 	}
-	var d Demand
+	var d reading
 	busy := true
 	for _, x := range m.samples {
 		busy = busy && x.busy
@@ -107,7 +107,7 @@ func (m *demandMeter) add(s demandSample) (Demand, bool) {
 	for i := 1; i < len(m.samples); i++ {
 		dt := m.samples[i].at.Sub(m.samples[i-1].at).Seconds()
 		d.Scale += m.samples[i-1].scale * dt
-		d.Writers += float64(m.samples[i].writers) * dt // who did the reading up to sample i
+		d.Writers += float64(m.samples[i].writers) * dt // who read the entries up to sample i
 	}
 	d.Scale /= span
 	d.Writers /= span

@@ -8,10 +8,10 @@ import (
 
 // feed adds a sample every 250 ms for d: appended and read at their rates
 // (items/s), at the scale and writer count given; it returns the last
-// Demand.
-func feed(t *testing.T, m *demandMeter, at *time.Time, added, read *int64, d time.Duration, appendRate, readRate, scale float64, writers int) (Demand, bool) {
+// reading.
+func feed(t *testing.T, m *demandMeter, at *time.Time, added, read *int64, d time.Duration, appendRate, readRate, scale float64, writers int) (reading, bool) {
 	t.Helper()
-	var out Demand
+	var out reading
 	var ok bool
 	for end := at.Add(d); at.Before(end); {
 		*at = at.Add(250 * time.Millisecond)
@@ -29,7 +29,7 @@ func TestDemandMeter(t *testing.T) {
 	at := time.Unix(1_800_000_000, 0)
 	var added, read int64
 	if _, ok := feed(t, m, &at, &added, &read, time.Second, 300, 300, 1, 1); ok {
-		t.Fatal("a Demand from a quarter of the window")
+		t.Fatal("a reading from a quarter of the window")
 	}
 	// One writer keeping up at 1x: not held back; the writer's rate is a
 	// lower bound, and the demand is what got through.
@@ -79,6 +79,6 @@ func TestDemandMeter(t *testing.T) {
 	// The counters go back (the stream was deleted): measured afresh.
 	added, read = 0, 0
 	if d, ok := feed(t, m, &at, &added, &read, time.Second, 300, 300, 1, 1); ok {
-		t.Fatalf("a Demand across a reset: %+v", d)
+		t.Fatalf("a reading across a reset: %+v", d)
 	}
 }
