@@ -162,7 +162,8 @@ func runDrill(t *testing.T, base *manifests, cfg drillConfig) drillResult {
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	pw, _ := m.secretValue("sluice-secrets", "redis-password")
 	redisAddr := startRedis(t, dir, pw)
-	prom := startPrometheus(t, dir)
+	// Prometheus scrapes every 5 s as deploy/prometheus does, compressed.
+	prom := startPrometheusEvery(t, dir, scaled(5))
 	ctx := context.Background()
 	const writerRate, base1x = 300.0, "300"
 	service := func(dep string) (map[string]string, []string) {
@@ -278,7 +279,10 @@ func runDrill(t *testing.T, base *manifests, cfg drillConfig) drillResult {
 	}
 
 	// The alerts whose expression held during the run, pending or firing
-	// (the rules are loaded; their "for" is not compressed).
+	// (the rules are loaded; their "for" is not compressed). None may fire;
+	// pending ones are reported: a writer scaled away misses a scrape or two
+	// before its target is gone (SluiceTargetDown pending, as in Kubernetes,
+	// where the pod's discovery lags its SIGTERM; "for: 2m" keeps it quiet).
 	if r, err := prom.query(ctx, fmt.Sprintf(`max by (alertname, alertstate) (max_over_time(ALERTS[%ds]))`, int(time.Since(start).Seconds())+1)); err == nil {
 		for _, s := range r {
 			res0.alerts = append(res0.alerts, s.Metric["alertname"]+" ("+s.Metric["alertstate"]+")")
@@ -377,8 +381,10 @@ func runDrill(t *testing.T, base *manifests, cfg drillConfig) drillResult {
 		}
 	}
 	if !cfg.today {
-		if len(res.alerts) > 0 {
-			t.Errorf("%s: alerts pending or firing during a normal run: %v", cfg.name, res.alerts)
+		for _, a := range res.alerts {
+			if strings.HasSuffix(a, "(firing)") {
+				t.Errorf("%s: alert fired during a normal run: %v", cfg.name, a)
+			}
 		}
 		if res.upAfter < 0 || res.upAfter > res.upTarget {
 			t.Errorf("%s: writers reached %d±1 after %v; the target is the scale-up window plus three sync periods, %v", cfg.name, need, res.upAfter, res.upTarget)
