@@ -325,10 +325,11 @@ func TestKEDAObjects(t *testing.T) {
 				t.Errorf("%s: needs serverAddress, query and threshold", where)
 			}
 			// The signal: the writers the demand of this Deployment's own
-			// stream needs (one per writer: AverageValue 1).
+			// stream needs (one per writer, loaded to at most 105%:
+			// AverageValue 1.05, so the scale stays at or above 0.95).
 			want := fmt.Sprintf(`max(controller_stream_writers_needed{stream=%q})`, flagValue(c.Args, "--stream"))
-			if tr.Metadata["query"] != want || tr.Metadata["threshold"] != "1" || (tr.MetricType != "" && tr.MetricType != autoscalingv2.AverageValueMetricType) {
-				t.Errorf("%s: query %q threshold %q type %q, want %s, AverageValue 1", where, tr.Metadata["query"], tr.Metadata["threshold"], tr.MetricType, want)
+			if tr.Metadata["query"] != want || tr.Metadata["threshold"] != "1.05" || (tr.MetricType != "" && tr.MetricType != autoscalingv2.AverageValueMetricType) {
+				t.Errorf("%s: query %q threshold %q type %q, want %s, AverageValue 1.05", where, tr.Metadata["query"], tr.Metadata["threshold"], tr.MetricType, want)
 			}
 		case "redis-streams":
 			if tr.Metadata["stream"] != stream || tr.Metadata["consumerGroup"] != "coordinators" {
