@@ -283,7 +283,7 @@ func runDrill(t *testing.T, base *manifests, cfg drillConfig) drillResult {
 	// pending ones are reported: a writer scaled away misses a scrape or two
 	// before its target is gone (SluiceTargetDown pending, as in Kubernetes,
 	// where the pod's discovery lags its SIGTERM; "for: 2m" keeps it quiet).
-	if r, err := prom.query(ctx, fmt.Sprintf(`max by (alertname, alertstate) (max_over_time(ALERTS[%ds]))`, int(time.Since(start).Seconds())+1)); err == nil {
+	if r, err := prom.query(ctx, fmt.Sprintf(`max by (alertname, alertstate) (max_over_time(ALERTS[%dms]))`, time.Since(start).Milliseconds())); err == nil {
 		for _, s := range r {
 			res0.alerts = append(res0.alerts, s.Metric["alertname"]+" ("+s.Metric["alertstate"]+")")
 		}

@@ -396,7 +396,7 @@ func TestKEDAScalersLive(t *testing.T) {
 	}
 	// The alert rules under the default policy at 2x, 5x and 10x: no
 	// alert's expression held, not even for an evaluation (pending).
-	if r, err := prom.query(ctx, fmt.Sprintf(`max by (alertname, alertstate) (max_over_time(ALERTS[%ds]))`, int(time.Since(liveStart).Seconds())+1)); err != nil {
+	if r, err := prom.query(ctx, fmt.Sprintf(`max by (alertname, alertstate) (max_over_time(ALERTS[%dms]))`, time.Since(liveStart).Milliseconds())); err != nil {
 		t.Errorf("ALERTS: %v", err)
 	} else {
 		for _, a := range r {
