@@ -80,9 +80,9 @@ deploy-verify: redis-server
 # scalers on live services and Prometheus, the HPA's algorithm, real
 # coordinators started and stopped to follow it; 1x, 5x, 1x of one writer of
 # 300/s, for the manifests as they are (new) and today's (before issue 23),
-# times ÷ SLUICE_DRILL_COMPRESS (10). About 7 minutes; prints the table of
+# times ÷ SLUICE_DRILL_COMPRESS (10). About 6 minutes (335 s measured); prints the table of
 # docs/deploy.md. SLUICE_DRILL=new|today|both; SLUICE_DRILL_COMPRESS=1 is
-# the full-scale run (about an hour for both).
+# the full-scale run (44 minutes for both, measured).
 SLUICE_DRILL          ?= both
 SLUICE_DRILL_COMPRESS ?= 10
 .PHONY: deploy-drill
