@@ -94,3 +94,17 @@ image: podman
 deploy-run: image
 	cd deploy/verify && SLUICE_DEPLOY_RUN=1 CONTAINERS_CONF=$(CURDIR)/deploy/podman/containers.conf \
 		$(GO) test -count=1 -v -timeout 20m -run '^(TestComposeUnderPodman|TestKubePlay)$$' .
+
+# The autoscaling drill (issue 23; deploy/verify/drill_test.go): KEDA's
+# scalers on live services and Prometheus, the HPA's algorithm, real
+# coordinators started and stopped to follow it; 1x, 5x, 1x of one writer of
+# 300/s, for the manifests as they are (new) and today's (before issue 23),
+# times ÷ SLUICE_DRILL_COMPRESS (10). About 6 minutes (335 s measured); prints the table of
+# docs/deploy.md. SLUICE_DRILL=new|today|both; SLUICE_DRILL_COMPRESS=1 is
+# the full-scale run (44 minutes for both, measured).
+SLUICE_DRILL          ?= both
+SLUICE_DRILL_COMPRESS ?= 10
+.PHONY: deploy-drill
+deploy-drill: redis-server
+	@./deploy/verify/ensure-prometheus.sh
+	cd deploy/verify && SLUICE_DRILL=$(SLUICE_DRILL) SLUICE_DRILL_COMPRESS=$(SLUICE_DRILL_COMPRESS) $(GO) test -count=1 -v -timeout 120m -run '^TestAutoscaleDrill$$' .

@@ -101,7 +101,7 @@ func (a *app) runController(c *cli.Context, id string, leaseTTL time.Duration, s
 // controllerOptions are the controller's options from the settings.
 func controllerOptions(s *svc, id string, leaseTTL time.Duration) controller.Options {
 	o := controller.Options{
-		Prefix: s.cfg.Redis.Prefix, ID: id, LeaseTTL: leaseTTL, Providers: s.cfg.Providers,
+		Prefix: s.cfg.Redis.Prefix, ID: id, LeaseTTL: leaseTTL, Providers: s.cfg.Providers, RateWindow: s.cfg.Controller.RateWindow,
 		Logger: s.Log, Registerer: s.Reg,
 	}
 	for _, name := range s.cfg.Controller.Streams {

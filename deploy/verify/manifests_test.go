@@ -303,12 +303,12 @@ func TestKEDAObjects(t *testing.T) {
 			}
 		}
 	}
-	// The flip rate of the hard set (about 31/min at 5x overload, one
-	// change every ~2 s) against the HPA's 15 s sync: the scale-down window
-	// must span many samples, so one sample that misses a hard phase cannot
-	// shrink the writers.
+	// Scale-down follows the highest recommendation of its window: it must
+	// span many HPA samples (15 s apart), so that a dip of the demand (a
+	// pause at the sources, a leader handover that leaves the signal empty
+	// for a moment) does not remove writers the demand needs again soon.
 	if w := *b.ScaleDown.StabilizationWindowSeconds; w < 120 {
-		t.Errorf("scaleDown stabilizationWindowSeconds %d: under 8 HPA samples of a set flipping every ~2 s", w)
+		t.Errorf("scaleDown stabilizationWindowSeconds %d: under 8 HPA samples", w)
 	}
 
 	c := m.container(t, "sluice-coordinator")
@@ -323,6 +323,13 @@ func TestKEDAObjects(t *testing.T) {
 		case "prometheus":
 			if tr.Metadata["query"] == "" || tr.Metadata["threshold"] == "" || !strings.HasPrefix(tr.Metadata["serverAddress"], "http") {
 				t.Errorf("%s: needs serverAddress, query and threshold", where)
+			}
+			// The signal: the writers the demand of this Deployment's own
+			// stream needs (one per writer, loaded to at most 105%:
+			// AverageValue 1.05, so the scale stays at or above 0.95).
+			want := fmt.Sprintf(`max(controller_stream_writers_needed{stream=%q})`, flagValue(c.Args, "--stream"))
+			if tr.Metadata["query"] != want || tr.Metadata["threshold"] != "1.05" || (tr.MetricType != "" && tr.MetricType != autoscalingv2.AverageValueMetricType) {
+				t.Errorf("%s: query %q threshold %q type %q, want %s, AverageValue 1.05", where, tr.Metadata["query"], tr.Metadata["threshold"], tr.MetricType, want)
 			}
 		case "redis-streams":
 			if tr.Metadata["stream"] != stream || tr.Metadata["consumerGroup"] != "coordinators" {
@@ -350,7 +357,7 @@ func TestKEDAObjects(t *testing.T) {
 			}
 		}
 	}
-	for _, want := range []string{"prometheus", "redis-streams", "redis"} {
+	for _, want := range []string{"prometheus", "redis-streams"} {
 		if !types[want] {
 			t.Errorf("no %s trigger", want)
 		}

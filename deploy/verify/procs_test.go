@@ -18,6 +18,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/prometheus/common/model"
 )
 
 // proc is a process the test started; stopped (SIGTERM, then SIGKILL) at
@@ -168,22 +170,29 @@ type prometheus struct {
 // file_sd file as targets (filled by addTarget).
 func startPrometheus(t *testing.T, dir string) *prometheus {
 	t.Helper()
+	return startPrometheusEvery(t, dir, time.Second)
+}
+
+// startPrometheusEvery is startPrometheus scraping and evaluating every
+// interval.
+func startPrometheusEvery(t *testing.T, dir string, interval time.Duration) *prometheus {
+	t.Helper()
 	bin := need(t, "prometheus")
 	pr := &prometheus{targets: filepath.Join(dir, "targets.json"), groups: map[string][]string{}}
 	pr.write(t)
 	cfg := filepath.Join(dir, "prometheus.yml")
 	os.WriteFile(cfg, []byte(fmt.Sprintf(`global:
-  scrape_interval: 1s
-  scrape_timeout: 1s
-  evaluation_interval: 1s
+  scrape_interval: %[3]s
+  scrape_timeout: %[3]s
+  evaluation_interval: %[3]s
 rule_files:
-  - %s
+  - %[1]s
 scrape_configs:
   - job_name: sluice
     file_sd_configs:
-      - files: [%s]
-        refresh_interval: 1s
-`, path(rulesFile), pr.targets)), 0o644)
+      - files: [%[2]s]
+        refresh_interval: %[3]s
+`, path(rulesFile), pr.targets, model.Duration(interval))), 0o644)
 	if out, err := exec.Command(need(t, "promtool"), "check", "config", cfg).CombinedOutput(); err != nil {
 		t.Fatalf("promtool check config (the test's own): %v\n%s", err, out)
 	}
@@ -206,6 +215,20 @@ scrape_configs:
 func (pr *prometheus) addTarget(t *testing.T, job, addr string) {
 	pr.mu.Lock()
 	pr.groups[job] = append(pr.groups[job], addr)
+	pr.mu.Unlock()
+	pr.write(t)
+}
+
+// removeTarget stops scraping a service (a pod that is gone).
+func (pr *prometheus) removeTarget(t *testing.T, job, addr string) {
+	pr.mu.Lock()
+	kept := pr.groups[job][:0]
+	for _, a := range pr.groups[job] {
+		if a != addr {
+			kept = append(kept, a)
+		}
+	}
+	pr.groups[job] = kept
 	pr.mu.Unlock()
 	pr.write(t)
 }

@@ -251,3 +251,17 @@ func need(t *testing.T, prog string) string {
 	}
 	return p
 }
+
+// TestAlertRules runs promtool's rule unit tests (testdata/rules_test.yml):
+// an alert fires for the fault it names (a replica stuck on an old scale, a
+// store flipping through hard, no lease holder) and not for the loop's
+// normal movement (two replicas reading the PI policy's moving scale at
+// different instants, which fired SluiceReplicasDisagreeOnScale's former
+// "> 0.01 on the instant gauges").
+func TestAlertRules(t *testing.T) {
+	out, err := exec.Command(need(t, "promtool"), "test", "rules", "testdata/rules_test.yml").CombinedOutput()
+	if err != nil {
+		t.Fatalf("promtool test rules: %v\n%s", err, out)
+	}
+	t.Logf("%s", out)
+}

@@ -365,14 +365,14 @@ func drill(t *testing.T, mode string, pipelines int, d time.Duration) drillResul
 // TestDrill: six pipelines through sluice's rules break none of the
 // provider's, through a pipeline's SIGKILL and restart, at ≥ 95% of the
 // best schedule; through redis_rate on the 50/s rule alone they break it.
-// SLUICE_DRILL=full adds the per-rule limiters and runs 33 s each.
+// SLUICE_RULES_DRILL=full adds the per-rule limiters and runs 33 s each.
 func TestDrill(t *testing.T) {
 	if testing.Short() {
 		t.Skip("processes and a redis-server: not in -short")
 	}
 	d := 23 * time.Second
 	modes := []string{"sluice", "redis_rate"}
-	if os.Getenv("SLUICE_DRILL") == "full" {
+	if os.Getenv("SLUICE_RULES_DRILL") == "full" {
 		d, modes = 33*time.Second, append(modes, "per_rule")
 	}
 	for _, mode := range modes {

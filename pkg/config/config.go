@@ -65,6 +65,7 @@ var keys = []Key{
 	{"rate_coordinator.provider_names", "MDP_RATE_PROVIDER_NAMES", "", "providers that MDP_RATE_<PROVIDER>_* variables alone may configure, comma-separated (feedback.provider_name and the providers the file or the flags name need no listing)"},
 	{"controller.streams", "SLUICE_CONTROLLER_STREAMS", "store", "write streams whose backlog the controller counts as pressure, comma-separated names of 1 to " + strconv.Itoa(controller.MaxStreamName) + " characters of " + keyspace.NameChars + ", each once (empty: none)"},
 	{"controller.stream_capacity", "SLUICE_CONTROLLER_STREAM_CAPACITY", "10000", "a stream's backlog that counts as full: soft from 60% (a pause with no coordinator alive), a pause from 85%; integer in [1, 1e9]"},
+	{"controller.rate_window", "SLUICE_CONTROLLER_RATE_WINDOW", "10s", "the time over which the controller measures each stream's demand and its writers' rate (the writers the demand needs, KEDA's signal), in (0, 1h]"},
 	{"receiver.listen", "SLUICE_RECEIVER_LISTEN", ":8080", "address of every service's HTTP server, [host]:port with port in [0, 65535] (0: a free one) (/metrics, /healthz, /readyz; POST /feedback on the receiver)"},
 	{"receiver.token", "SLUICE_RECEIVER_TOKEN", "", "bearer token the receiver requires, printable ASCII without spaces (empty: none)"},
 	{"receiver.max_body", "SLUICE_RECEIVER_MAX_BODY", "65536", "largest request body the receiver accepts, in bytes, integer in [1, 1073741824]"},
@@ -252,6 +253,7 @@ type Settings struct {
 	Controller struct {
 		Streams        []string
 		StreamCapacity int
+		RateWindow     time.Duration
 	}
 
 	values layers
@@ -961,6 +963,9 @@ func (p *parser) controller(s *Settings) {
 		p.fail("controller.streams", err.Error()+" (comma-separated names, each once)")
 	}
 	s.Controller.StreamCapacity = count(p, "controller.stream_capacity", StreamCapacityRange, "must be an integer")
+	if s.Controller.RateWindow = p.duration("controller.rate_window"); s.Controller.RateWindow <= 0 || s.Controller.RateWindow > time.Hour {
+		p.fail("controller.rate_window", "must be a duration in (0, 1h]")
+	}
 }
 
 // receiver reads receiver.*: the address, the token, the body limit and

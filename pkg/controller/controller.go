@@ -82,6 +82,11 @@ type Options struct {
 	// streams' backlog; default 250ms, so that a coordinator that died
 	// leaves the sets within its report TTL and a quarter of a second.
 	Reap time.Duration
+	// RateWindow is the time over which the controller measures each
+	// stream's demand and its writers' throughput (controller_stream_*
+	// gauges, the writers the demand needs); default 10s, at most 1h. A
+	// longer window is steadier and follows a change later.
+	RateWindow time.Duration
 	// Limiter configures the limiter the handler writes through; its
 	// Prefix is Prefix, its Source defaults to "controller/<ID>" (the
 	// scale hash then says which controller set it).
@@ -100,8 +105,12 @@ func (o *Options) setDefaults() error {
 	if err := opts.Check(
 		opts.Positive("lease_ttl", &o.LeaseTTL, 5*time.Second),
 		opts.Positive("reap", &o.Reap, 250*time.Millisecond),
+		opts.Positive("rate_window", &o.RateWindow, DefaultRateWindow),
 	); err != nil {
 		return fmt.Errorf("controller: %w", err)
+	}
+	if o.RateWindow > time.Hour {
+		return fmt.Errorf("controller: rate_window=%v: must be in (0, 1h]", o.RateWindow)
 	}
 	if o.LeaseTTL < 100*time.Millisecond || o.LeaseTTL > time.Hour {
 		return fmt.Errorf("controller: lease_ttl=%v: must be in [100ms, 1h]", o.LeaseTTL)
@@ -157,9 +166,10 @@ type Controller struct {
 	lastErr  atomic.Pointer[error] // the last lease round trip's
 	steerErr atomic.Pointer[error] // the last failure to start steering, while holding the lease
 	m        struct {
-		acquired       prometheus.Counter
-		reaped         prometheus.Counter
-		backlog, alive *prometheus.GaugeVec
+		acquired                  prometheus.Counter
+		reaped                    prometheus.Counter
+		backlog, alive            *prometheus.GaugeVec
+		demand, perWriter, needed *prometheus.GaugeVec
 	}
 }
 
@@ -192,6 +202,12 @@ func New(rdb redis.UniversalClient, o Options) (*Controller, error) {
 		Help: "Entries of the write stream that no living coordinator holds (the group's lag plus what is pending on dead consumers), at the leader's last read."}, "controller_id", "stream")
 	c.m.alive = r.GaugeVec(prometheus.GaugeOpts{Name: "controller_stream_coordinators",
 		Help: "Consumers of the write stream's group whose coordinator reports, at the leader's last read."}, "controller_id", "stream")
+	c.m.demand = r.GaugeVec(prometheus.GaugeOpts{Name: "controller_stream_demand",
+		Help: "Items/s the pipelines would append to the write stream at the full budget: the appended rate divided by the mean scale, over the rate window."}, "controller_id", "stream")
+	c.m.perWriter = r.GaugeVec(prometheus.GaugeOpts{Name: "controller_stream_writer_rate",
+		Help: "Items/s one busy coordinator reads from the write stream, measured while the loop held demand back."}, "controller_id", "stream")
+	c.m.needed = r.GaugeVec(prometheus.GaugeOpts{Name: "controller_stream_writers_needed",
+		Help: "Coordinators the demand needs to run at the full budget: controller_stream_demand / controller_stream_writer_rate (KEDA's signal)."}, "controller_id", "stream")
 	return c, r.Err
 }
 

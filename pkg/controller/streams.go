@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -55,6 +56,7 @@ type watched struct {
 	level      state.Level // by the watermarks, with their hysteresis
 	unattended bool        // a backlog and no coordinator alive, at the last read
 	lastErr    string      // the last error logged
+	demand     demandMeter // the writers the demand needs
 }
 
 // MaxStreamName is the longest stream name the controller watches: the
@@ -102,7 +104,7 @@ func (o *Options) streams() ([]*watched, error) {
 		if s.Capacity < 1 || s.Capacity > 1e9 {
 			return nil, fmt.Errorf("controller: streams[%d].capacity=%d: must be in [1, 1000000000] (0 takes the default, %d)", i, s.Capacity, DefaultStreamCapacity)
 		}
-		out = append(out, &watched{Stream: s, key: key, id: streamIDPrefix + s.Name, level: state.OK})
+		out = append(out, &watched{Stream: s, key: key, id: streamIDPrefix + s.Name, level: state.OK, demand: demandMeter{window: o.RateWindow}})
 	}
 	return out, nil
 }
@@ -113,6 +115,7 @@ type backlog struct {
 	lag      int64 // entries not delivered to the group yet (every entry when there is no group)
 	stranded int64 // entries pending on consumers whose coordinator does not report
 	alive    int   // consumers of the group whose coordinator reports
+	read     int64 // entries the group ever read (entries-read; 0 without a group)
 }
 
 // unwritten is what no living coordinator holds: the lag and the entries
@@ -156,6 +159,7 @@ func readBacklog(ctx context.Context, rdb redis.UniversalClient, key, group stri
 		b.lag = n
 		return b, nil
 	}
+	b.read = g.EntriesRead
 	if b.lag = g.Lag; b.lag < 0 { // unknown (entries were deleted): estimate, as the consumers do
 		b.lag = max(0, n-g.Pending)
 	}
@@ -183,9 +187,14 @@ func (c *Controller) watchStreams(ctx context.Context, live []feedback.Event) {
 		return
 	}
 	alive := make(map[string]bool, len(live))
+	busy := true
 	for _, e := range live {
 		alive[e.CoordinatorID] = true
+		if !strings.HasPrefix(e.CoordinatorID, streamIDPrefix) {
+			busy = busy && float64(e.QueueSize) >= busyFill*float64(e.Capacity)
+		}
 	}
+	scale, scaleErr := c.scale(ctx)
 	for _, w := range c.streams {
 		gctx, cancel, err := c.guard(ctx)
 		if err != nil {
@@ -194,6 +203,9 @@ func (c *Controller) watchStreams(ctx context.Context, live []feedback.Event) {
 		b, err := readBacklog(gctx, c.rdb, w.key, w.Group, alive)
 		if err == nil {
 			err = c.loop.Handler().Handle(gctx, c.streamEvent(w, b))
+		}
+		if err == nil && scaleErr == nil {
+			c.measure(w, b, scale, busy)
 		}
 		cancel()
 		if err != nil {
@@ -243,9 +255,11 @@ func (c *Controller) streamEvent(w *watched, b backlog) feedback.Event {
 // and the state behind its log lines (a new term logs them afresh). The
 // watermarks' level stays: it is the stream's, not the term's.
 func (c *Controller) forgetStreams() {
-	c.m.backlog.DeletePartialMatch(prometheus.Labels{"controller_id": c.o.ID})
-	c.m.alive.DeletePartialMatch(prometheus.Labels{"controller_id": c.o.ID})
+	for _, g := range []*prometheus.GaugeVec{c.m.backlog, c.m.alive, c.m.demand, c.m.perWriter, c.m.needed} {
+		g.DeletePartialMatch(prometheus.Labels{"controller_id": c.o.ID})
+	}
 	for _, w := range c.streams {
 		w.unattended, w.lastErr = false, ""
+		w.demand.samples = nil // the next term measures afresh; the writers' rate stays
 	}
 }
