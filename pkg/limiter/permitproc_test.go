@@ -122,7 +122,7 @@ func (h *holder) seen() (lines int, latest time.Time) {
 func TestPermitsOfAKilledHolder(t *testing.T) {
 	srv := redistest.Start(t)
 	ctx := context.Background()
-	const lease = 3 * time.Second
+	const lease = 5 * time.Second // renewed every 300 ms: a holder starved for 4.7 s would lose it
 	c, _ := newCoord(t, srv.Client(t), limiter.Options{})
 	register(t, c, "ib", 1000, 1000)
 	if _, err := c.SetRules(ctx, "ib", []limiter.Rule{{Name: "open", Kind: limiter.RuleConcurrency, Limit: 3, Lease: lease}}); err != nil {
