@@ -412,7 +412,7 @@ def test_rules_form(lim: Limiter, r: "redis.Redis[bytes]") -> None:
     b = lim.try_acquire_request("ibkr", key="AAPL:SMART:TRADES")
     assert a.allowed and b.allowed and a.permit is not None and a.permit.id != b.permit.id
     d = lim.try_acquire_request("ibkr", key="AAPL:SMART:TRADES")
-    assert not d.allowed and d.reason == "rule_limited" and d.rule == "contract" and 59 < d.retry_after <= 60
+    assert not d.allowed and d.reason == "rule_limited" and d.rule == "contract" and 30 < d.retry_after <= 60
     assert r.zcard("sluice:{ibkr}:rule:hist") == 2  # the refusal charged nothing
     assert a.permit.release() == 1 and a.permit.release() == 0
     c = lim.try_acquire_request("ibkr", key="MSFT:SMART:TRADES", cost=1)
