@@ -245,6 +245,13 @@ func sleep(ctx context.Context, d time.Duration, wake <-chan struct{}) error {
 // unused (under-admission, never over).
 func (c *Limiter) decide(ctx context.Context, st *providerState, n int) (Decision, error) {
 	d, err := c.decideFor(ctx, st, n)
+	return inTime(ctx, st, d, err)
+}
+
+// inTime returns a decision as taken, unless it is a grant that came after
+// ctx ended: the caller has gone, so its permit is released and the grant
+// reported as the context's end.
+func inTime(ctx context.Context, st *providerState, d Decision, err error) (Decision, error) {
 	if err == nil && d.Allowed && ended(ctx) {
 		d.Permit.release(context.WithoutCancel(ctx))
 		return Decision{}, fmt.Errorf("%w: provider %q: granted after the caller's context ended; the tokens are not used", endCause(ctx), st.name)
@@ -272,7 +279,7 @@ func (c *Limiter) decideFor(ctx context.Context, st *providerState, n int) (Deci
 	} else {
 		d, err = c.decideOne(ctx, st, n)
 	}
-	if ch := parseRulesChanged(err); ch != nil { // the provider has rules now
+	if ch := rulesChangedIn(err); ch != nil { // the provider has rules now
 		st.rules.set(ch.rev, ch.rules)
 		return c.decideRules(ctx, st, Request{Cost: n})
 	}

@@ -106,7 +106,10 @@ func (c *Limiter) mapErr(provider string, err error) error {
 			return parseArgumentError(strings.TrimPrefix(msg, "INVALID_ARGUMENT "))
 		case strings.HasPrefix(msg, "CORRUPT "):
 			return fmt.Errorf("%w: %s", ErrCorruptState, strings.TrimPrefix(msg, "CORRUPT "))
-		case strings.HasPrefix(msg, "RULES_CHANGED ") && parseRulesChanged(err) == nil:
+		case strings.HasPrefix(msg, "RULES_CHANGED "):
+			if ch := parseRulesChanged(strings.TrimPrefix(msg, "RULES_CHANGED ")); ch != nil {
+				return ch
+			}
 			// The set in force is not one this process can read: never decide around it.
 			return fmt.Errorf("%w: provider %q: its stored rules are not a rule set as set_rules writes it: %s",
 				ErrCorruptState, provider, strings.TrimPrefix(msg, "RULES_CHANGED "))

@@ -74,11 +74,7 @@ func (c *Limiter) decideRequest(ctx context.Context, st *providerState, req Requ
 		return c.decide(ctx, st, n) // by the rules form if the provider has rules
 	}
 	d, err := c.decideRules(ctx, st, req)
-	if err == nil && d.Allowed && ended(ctx) {
-		d.Permit.release(context.WithoutCancel(ctx))
-		return Decision{}, fmt.Errorf("%w: provider %q: granted after the caller's context ended; the tokens are not used", endCause(ctx), st.name)
-	}
-	return d, err
+	return inTime(ctx, st, d, err)
 }
 
 // decideRules decides one request by the rules form,
@@ -96,10 +92,10 @@ func (c *Limiter) decideRules(ctx context.Context, st *providerState, req Reques
 	}
 	for range 3 {
 		if st.health.isDown() {
-			return c.rulesOutage(st, ErrRedisUnavailable)
+			return c.rulesOutage(st, n, ErrRedisUnavailable)
 		}
 		rev, rules, _ := st.rules.get()
-		id, permit := newPermitID(), ""
+		id := newPermitID()
 		keys := acquireKeys(st.keys)
 		for _, r := range rules {
 			switch r.Kind {
@@ -109,37 +105,37 @@ func (c *Limiter) decideRules(ctx context.Context, st *providerState, req Reques
 				keys = append(keys, st.keys.rules.RuleKey(r.Name, req.key(r.Name)))
 			case RuleConcurrency:
 				keys = append(keys, st.keys.rules.Permits(r.Name))
-				permit = id
 			}
 		}
 		res, err := c.run(ctx, st, acquireScript, keys, n, "rules", rev, id)
-		if ch := parseRulesChanged(err); ch != nil {
+		if ch := rulesChangedIn(err); ch != nil {
 			st.rules.set(ch.rev, ch.rules)
 			continue
 		}
 		if err != nil {
 			if errors.Is(err, ErrRedisUnavailable) {
 				c.redisDown(st, err)
-				return c.rulesOutage(st, err)
+				return c.rulesOutage(st, n, err)
 			}
 			return Decision{}, err
 		}
 		c.redisUp(st)
-		return c.parseRulesDecision(st, res, rules, permit, n)
+		return c.parseRulesDecision(st, res, rules, id, n)
 	}
 	return Decision{}, fmt.Errorf("limiter: provider %q: its rules changed three times during one acquisition", st.name)
 }
 
-func (c *Limiter) rulesOutage(st *providerState, cause error) (Decision, error) {
+func (c *Limiter) rulesOutage(st *providerState, n int, cause error) (Decision, error) {
 	if c.opts.Outage == FailOpen {
-		return c.outage(st, 1, c.opts.Now(), cause)
+		return c.outage(st, n, c.opts.Now(), cause)
 	}
 	return Decision{}, fmt.Errorf("%w: provider %q has pacing rules, which only Redis decides: %v", ErrRedisUnavailable, st.name, cause)
 }
 
-// parseRulesDecision reads the rules form's reply: the plain decision,
-// then the refusing rule and the permit's expiry.
-func (c *Limiter) parseRulesDecision(st *providerState, res any, rules []Rule, permit string, n int) (Decision, error) {
+// parseRulesDecision reads the rules form's reply to request id of cost n:
+// the plain decision, then the refusing rule and, for a grant under
+// concurrency rules, the permit.
+func (c *Limiter) parseRulesDecision(st *providerState, res any, rules []Rule, id string, n int) (Decision, error) {
 	d, err := parseDecision(res)
 	if err != nil {
 		return Decision{}, err
@@ -152,14 +148,14 @@ func (c *Limiter) parseRulesDecision(st *providerState, res any, rules []Rule, p
 	if d.Rule != "" {
 		st.m.ruleRefused(d.Rule)
 	}
-	if d.Allowed && permit != "" {
-		p := &Permit{c: c, st: st, id: permit, cost: n, Expiry: time.UnixMicro(r.int(11))}
-		for _, rule := range rules {
-			if rule.Kind == RuleConcurrency {
-				p.rules = append(p.rules, rule)
-			}
+	var held []Rule
+	for _, rule := range rules {
+		if rule.Kind == RuleConcurrency {
+			held = append(held, rule)
 		}
-		d.Permit = p
+	}
+	if d.Allowed && len(held) > 0 {
+		d.Permit = &Permit{c: c, st: st, rules: held, id: id, cost: n, Expiry: time.UnixMicro(r.int(11))}
 	}
 	st.seen.remember(d, c.opts.Now())
 	st.m.decision(d)

@@ -9,8 +9,6 @@ import (
 	"strings"
 	"sync"
 	"time"
-
-	"github.com/redis/go-redis/v9"
 )
 
 // RuleKind is the kind of a pacing rule.
@@ -209,16 +207,12 @@ type rulesChanged struct {
 
 func (e *rulesChanged) Error() string { return "limiter: rules changed to rev " + e.rev }
 
-// parseRulesChanged reads "RULES_CHANGED <rev> <rules JSON>" (rev "-":
-// none), or returns nil for another error.
-func parseRulesChanged(err error) *rulesChanged {
-	var rerr redis.Error
-	if !errors.As(err, &rerr) || !strings.HasPrefix(rerr.Error(), "RULES_CHANGED ") {
-		return nil
-	}
-	rev, text, _ := strings.Cut(strings.TrimPrefix(rerr.Error(), "RULES_CHANGED "), " ")
+// parseRulesChanged reads the text of a RULES_CHANGED reply, "<rev>
+// <rules JSON>" (rev "-": none), or returns nil when it is not one.
+func parseRulesChanged(text string) *rulesChanged {
+	rev, rules, _ := strings.Cut(text, " ")
 	var js []ruleJSON
-	if json.Unmarshal([]byte(text), &js) != nil {
+	if json.Unmarshal([]byte(rules), &js) != nil {
 		return nil
 	}
 	e := &rulesChanged{rev: strings.TrimPrefix(rev, "-")}
@@ -226,6 +220,16 @@ func parseRulesChanged(err error) *rulesChanged {
 		e.rules = append(e.rules, j.rule())
 	}
 	return e
+}
+
+// rulesChangedIn returns the set in force an acquisition's error carries
+// (mapErr made it from a RULES_CHANGED reply), or nil.
+func rulesChangedIn(err error) *rulesChanged {
+	var ch *rulesChanged
+	if errors.As(err, &ch) {
+		return ch
+	}
+	return nil
 }
 
 // ParseRules reads rules written as in configuration and on the command
