@@ -62,14 +62,21 @@ func (b *bucket) wait(need float64) float64 {
 // Shared is today's script: one bucket, lanes ignored.
 type Shared struct{ b bucket }
 
+// NewShared starts a Shared policy with a full bucket.
 func NewShared(rate, capacity float64) *Shared {
 	return &Shared{bucket{rate: rate, capacity: capacity, scale: 1, tokens: capacity}}
 }
+
+// Name is the policy's row in the table.
 func (s *Shared) Name() string { return "shared bucket (today)" }
+
+// SetScale settles the bucket at the old scale up to t, then changes it.
 func (s *Shared) SetScale(t, scale float64) {
 	s.b.settle(t)
 	s.b.scale = scale
 }
+
+// Decide grants n if the bucket holds them.
 func (s *Shared) Decide(t float64, _ int, n float64) (bool, float64) {
 	s.b.settle(t)
 	if w := s.b.wait(n); w > 0 {
@@ -104,6 +111,8 @@ type Reserve struct {
 	pending                     []bool // refused and not granted since
 }
 
+// NewReserve starts a Reserve policy with a full bucket and the given
+// horizon (0: strict priority).
 func NewReserve(rate, capacity float64, lanes []Lane, horizon float64) *Reserve {
 	r := &Reserve{b: bucket{rate: rate, capacity: capacity, scale: 1, tokens: capacity}, lanes: lanes,
 		Horizon: horizon, Tau: 1, Active: 0.5, Slack: capacity / 4}
@@ -115,12 +124,15 @@ func NewReserve(rate, capacity float64, lanes []Lane, horizon float64) *Reserve 
 	return r
 }
 
+// Name is the policy's row in the table.
 func (r *Reserve) Name() string {
 	if r.Horizon == 0 {
 		return "strict priority, no reserve"
 	}
 	return fmt.Sprintf("reserve (horizon %gs) + virtual clocks", r.Horizon)
 }
+
+// SetScale settles the bucket at the old scale up to t, then changes it.
 func (r *Reserve) SetScale(t, scale float64) {
 	r.b.settle(t)
 	r.b.scale = scale
@@ -128,6 +140,7 @@ func (r *Reserve) SetScale(t, scale float64) {
 
 func (r *Reserve) active(t float64, j int) bool { return t-r.seen[j] <= r.Active }
 
+// Decide applies the reserve and the virtual clocks, then the bucket.
 func (r *Reserve) Decide(t float64, lane int, n float64) (bool, float64) {
 	r.b.settle(t)
 	// This lane's demand, decayed to now, counts the request.
@@ -203,6 +216,7 @@ type Split struct {
 	tokens, caps              []float64
 }
 
+// NewSplit starts a Split policy with every lane's bucket full.
 func NewSplit(rate, capacity float64, lanes []Lane) *Split {
 	s := &Split{rate: rate, capacity: capacity, scale: 1, lanes: lanes,
 		tokens: make([]float64, len(lanes)), caps: make([]float64, len(lanes))}
@@ -223,9 +237,13 @@ func NewSplit(rate, capacity float64, lanes []Lane) *Split {
 	}
 	return s
 }
+
+// Name is the policy's row in the table, with the lanes' bucket sizes.
 func (s *Split) Name() string {
 	return fmt.Sprintf("split buckets (hierarchical), bursts %v", s.caps)
 }
+
+// SetScale settles the lanes at the old scale up to t, then changes it.
 func (s *Split) SetScale(t, scale float64) {
 	s.settle(t)
 	s.scale = scale
@@ -270,6 +288,7 @@ func (s *Split) settle(t float64) {
 	}
 }
 
+// Decide takes n from the lane's bucket, then from lower lanes'.
 func (s *Split) Decide(t float64, lane int, n float64) (bool, float64) {
 	s.settle(t)
 	// Its own bucket first, then the buckets of lower priority, never a
@@ -346,7 +365,6 @@ type event struct {
 	src      int
 	arrived  float64
 	seq      int
-	idx      int
 	isArrive bool
 }
 
