@@ -115,6 +115,8 @@ func globalFlags() []cli.Flag {
 		&cli.StringFlag{Name: "prefix", Usage: "prefix of every Redis key (env SLUICE_REDIS_PREFIX; default sluice)"},
 		&cli.StringFlag{Name: "log-format", Usage: "text or json (env SLUICE_LOG_FORMAT)"},
 		&cli.StringFlag{Name: "log-level", Usage: "debug, info, warn or error (env SLUICE_LOG_LEVEL)"},
+		&cli.StringFlag{Name: "token-lease", Usage: "tokens taken ahead, handed out without a round trip for at most this long: a change made elsewhere applies at most this late; 0 off (env MDP_RATE_TOKEN_LEASE; default " + limiter.DefaultTokenLease.String() + ")"},
+		&cli.StringFlag{Name: "refusal-hold", Usage: "after a refusal, refuse other TryAcquire calls locally for at most this long; 0 off (env MDP_RATE_REFUSAL_HOLD; default " + limiter.DefaultRefusalHold.String() + ")"},
 	}
 }
 
@@ -122,6 +124,7 @@ func globalFlags() []cli.Flag {
 var flagKeys = map[string]string{
 	"redis": "redis.url", "redis-cluster": "redis.cluster_url", "prefix": "redis.prefix",
 	"log-format": "log.format", "log-level": "log.level",
+	"token-lease": "rate_coordinator.token_lease", "refusal-hold": "rate_coordinator.refusal_hold",
 	"listen": "receiver.listen", "token": "receiver.token", "max-body": "receiver.max_body",
 }
 

@@ -24,10 +24,14 @@ func (a *app) benchCmd() *cli.Command {
 rotating order, round after round, on the configured Redis (--redis): every
 caller takes one token at a time as fast as it can, for --duration.
 
-  sluice         the limiter as shipped (concurrent calls of a process coalesced)
-  sluice-single  the limiter sending every request alone (MaxBatch 1)
-  sluice-lease   the limiter with a 2ms token lease (TokenLease: tokens taken
-                 ahead from plenty, handed out without a round trip)
+  sluice         the limiter as shipped, its default options: concurrent calls
+                 of a process coalesced, a 5ms token lease (tokens taken ahead
+                 from plenty, handed out without a round trip), refusals held
+                 for the other TryAcquire callers (at most 20ms)
+  sluice-plain   coalescing alone: no token lease, no held refusals
+  sluice-single  the limiter sending every request alone (MaxBatch 1, no
+                 held refusals)
+  sluice-lease   coalescing and a 2ms token lease, no held refusals
   sluice-rules   the limiter with four pacing rules beside the bucket (a
                  window, a keyed window, a spacing key per call, a permit
                  taken and released: docs/rules.md), each request alone:

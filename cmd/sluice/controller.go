@@ -107,7 +107,9 @@ func controllerOptions(s *svc, id string, leaseTTL time.Duration) controller.Opt
 	for _, name := range s.cfg.Controller.Streams {
 		o.Streams = append(o.Streams, controller.Stream{Name: name, Capacity: s.cfg.Controller.StreamCapacity})
 	}
-	o.Limiter.Outage = s.cfg.Outage
+	lo := s.cfg.LimiterOptions()
+	o.Limiter.Outage, o.Limiter.TokenLease, o.Limiter.NoTokenLease = lo.Outage, lo.TokenLease, lo.NoTokenLease
+	o.Limiter.RefusalHold, o.Limiter.NoRefusalHold = lo.RefusalHold, lo.NoRefusalHold
 	if s.cfg.Feedback.Enabled {
 		fb := s.cfg.Feedback.Options
 		o.Feedback = &fb

@@ -12,7 +12,6 @@ import (
 	"github.com/sluice-dev/sluice/internal/knob"
 	"github.com/sluice-dev/sluice/internal/synthetic"
 	"github.com/sluice-dev/sluice/pkg/config"
-	"github.com/sluice-dev/sluice/pkg/limiter"
 	"github.com/sluice-dev/sluice/pkg/pipeline"
 	"github.com/sluice-dev/sluice/pkg/store/redisstream"
 )
@@ -70,9 +69,9 @@ Examples:
 			if err != nil {
 				return err
 			}
-			rep, err := pipeline.New(c.Context, s.RDB, pipeline.Options{Limiter: limiter.Options{
-				Prefix: s.cfg.Redis.Prefix, ReplicaID: id, Source: "pipeline", Outage: s.cfg.Outage, Logger: s.Log, Registerer: s.Reg,
-			}})
+			lo := s.cfg.LimiterOptions()
+			lo.ReplicaID, lo.Source, lo.Logger, lo.Registerer = id, "pipeline", s.Log, s.Reg
+			rep, err := pipeline.New(c.Context, s.RDB, pipeline.Options{Limiter: lo})
 			if err != nil {
 				return usagef("pipeline: %v", err)
 			}

@@ -53,7 +53,9 @@ func (a *app) openWith(ctx context.Context, cfg *config.Settings, source string)
 	if err != nil {
 		return nil, err
 	}
-	lim, err := limiter.New(rdb, limiter.Options{Prefix: cfg.Redis.Prefix, Source: source, Outage: cfg.Outage, Logger: log})
+	o := cfg.LimiterOptions()
+	o.Source, o.Logger = source, log
+	lim, err := limiter.New(rdb, o)
 	if err != nil {
 		rdb.Close()
 		return nil, err

@@ -21,16 +21,17 @@ import (
 
 // The implementations a workload runs through.
 const (
-	Sluice       = "sluice"        // limiter.Limiter, coalescing on (the default)
-	SluiceSingle = "sluice-single" // limiter.Limiter with MaxBatch 1: one script call per request
-	SluiceLease  = "sluice-lease"  // limiter.Limiter, coalescing and a token lease of LeaseTTL
+	Sluice       = "sluice"        // limiter.Limiter as shipped: its default options (coalescing, token lease, held refusals)
+	SluicePlain  = "sluice-plain"  // limiter.Limiter, coalescing alone: no token lease, no held refusals
+	SluiceSingle = "sluice-single" // limiter.Limiter with MaxBatch 1 and no held refusals: one script call per request
+	SluiceLease  = "sluice-lease"  // limiter.Limiter, coalescing and a token lease of LeaseTTL, no held refusals
 	SluiceRules  = "sluice-rules"  // limiter.Limiter with BenchRules beside the bucket: one request per call, its permit released
 	RedisRate    = "redis_rate"    // go-redis/redis_rate v10 (GCRA), the reference peer
 	MinimalLua   = "lua"           // a bare token bucket script: TIME, HMGET, HSET
 )
 
 // Impls lists every implementation, in the order reports show them.
-var Impls = []string{Sluice, SluiceSingle, SluiceLease, SluiceRules, RedisRate, MinimalLua}
+var Impls = []string{Sluice, SluicePlain, SluiceSingle, SluiceLease, SluiceRules, RedisRate, MinimalLua}
 
 // BenchRules are sluice-rules' pacing rules: one of each kind, wide enough
 // never to refuse in these workloads, so that each call does the whole work
@@ -45,7 +46,8 @@ var BenchRules = []limiter.Rule{
 
 // LeaseTTL is sluice-lease's Options.TokenLease: how long leased tokens may
 // be handed out after the call that took them (and so how late a scale
-// change may reach a process).
+// change may reach a process). The shipped default is
+// limiter.DefaultTokenLease.
 const LeaseTTL = 2 * time.Millisecond
 
 // Limits of the two modes. Unlimited is a rate at which every implementation
@@ -66,8 +68,9 @@ var (
 // (Prefix and Logger are set per run).
 var sluiceOptions = map[string]limiter.Options{
 	Sluice:       {},
-	SluiceSingle: {MaxBatch: 1},
-	SluiceLease:  {TokenLease: LeaseTTL},
+	SluicePlain:  {NoTokenLease: true, NoRefusalHold: true},
+	SluiceSingle: {MaxBatch: 1, NoRefusalHold: true},
+	SluiceLease:  {TokenLease: LeaseTTL, NoRefusalHold: true},
 	SluiceRules:  {MaxBatch: 1},
 }
 

@@ -111,7 +111,11 @@ func MeasurePropagation(ctx context.Context, cfg PropagationConfig) (Propagation
 		rdb := client()
 		defer rdb.Close()
 		reg := prometheus.NewRegistry()
-		c, err := limiter.New(rdb, limiter.Options{Prefix: prefix, Logger: discard, Registerer: reg})
+		// The plain path: no token lease, no held refusals. It measures how
+		// fast the shared scale changes; a leasing replica applies it up
+		// to Options.TokenLease later (5 ms by default), or at the
+		// scale's notification if that comes first.
+		c, err := limiter.New(rdb, limiter.Options{Prefix: prefix, Logger: discard, Registerer: reg, NoTokenLease: true, NoRefusalHold: true})
 		if err != nil {
 			return out, err
 		}

@@ -62,6 +62,8 @@ var keys = []Key{
 	{"feedback.coordinator_ttl", "MDP_FB_COORDINATOR_TTL", "10s", "a write coordinator silent this long expires, in (0, 24h]"},
 	{"feedback.expiry", "MDP_FB_EXPIRY", "forget", "what an expired coordinator counts as: forget, hold, soft or hard"},
 	{"rate_coordinator.outage_mode", "MDP_RATE_OUTAGE_MODE", "fail_closed", "while Redis is unreachable: fail_closed, fail_open or local_fallback"},
+	{"rate_coordinator.token_lease", "MDP_RATE_TOKEN_LEASE", limiter.DefaultTokenLease.String(), "tokens a replica takes ahead and hands out without a round trip, for at most this long: a change made elsewhere reaches it at most this late; a duration in [0, 1s], 0 off (docs/capacity.md)"},
+	{"rate_coordinator.refusal_hold", "MDP_RATE_REFUSAL_HOLD", limiter.DefaultRefusalHold.String(), "after Redis refuses one TryAcquire, the replica refuses its others locally until the refusal can have passed, for at most this long (a scale change's notification ends it); a duration in [0, 1s], 0 off"},
 	{"rate_coordinator.provider_names", "MDP_RATE_PROVIDER_NAMES", "", "providers that MDP_RATE_<PROVIDER>_* variables alone may configure, comma-separated (feedback.provider_name and the providers the file or the flags name need no listing)"},
 	{"controller.streams", "SLUICE_CONTROLLER_STREAMS", "store", "write streams whose backlog the controller counts as pressure, comma-separated names of 1 to " + strconv.Itoa(controller.MaxStreamName) + " characters of " + keyspace.NameChars + ", each once (empty: none)"},
 	{"controller.stream_capacity", "SLUICE_CONTROLLER_STREAM_CAPACITY", "10000", "a stream's backlog that counts as full: soft from 60% (a pause with no coordinator alive), a pause from 85%; integer in [1, 1e9]"},
@@ -235,8 +237,11 @@ type Settings struct {
 		// Expiry as loaded, with Providers set to Provider.
 		Options feedback.Options
 	}
-	Outage    limiter.OutageMode
-	Providers map[string]limiter.ProviderConfig
+	Outage limiter.OutageMode
+	// TokenLease and RefusalHold are the limiter's options of the same
+	// names; 0 turns each off (LimiterOptions).
+	TokenLease, RefusalHold time.Duration
+	Providers               map[string]limiter.ProviderConfig
 	// ProviderRules are the pacing rules of the providers whose rules a
 	// layer sets (none: remove them); a provider not in it keeps the set
 	// Redis holds.
@@ -817,6 +822,16 @@ func (p *parser) boolean(k string, dst *bool) {
 	*dst = b
 }
 
+// durationIn parses a duration in [lo, hi].
+func (p *parser) durationIn(k string, lo, hi time.Duration) time.Duration {
+	d, err := time.ParseDuration(p.str(k))
+	if err != nil || d < lo || d > hi {
+		p.fail(k, fmt.Sprintf("must be a duration in [%v, %v], like 5ms", lo, hi))
+		return 0
+	}
+	return d
+}
+
 // duration parses a duration; its range is checked by who uses it.
 func (p *parser) duration(k string) time.Duration {
 	d, err := time.ParseDuration(p.str(k))
@@ -953,6 +968,19 @@ func (p *parser) feedback(s *Settings) {
 	}
 	if err := s.Outage.UnmarshalText([]byte(p.str("rate_coordinator.outage_mode"))); err != nil {
 		p.fail("rate_coordinator.outage_mode", "must be fail_closed, fail_open or local_fallback")
+	}
+	s.TokenLease = p.durationIn("rate_coordinator.token_lease", 0, time.Second)
+	s.RefusalHold = p.durationIn("rate_coordinator.refusal_hold", 0, time.Second)
+}
+
+// LimiterOptions are a limiter's options from the settings: the prefix,
+// the outage mode, the token lease and the refusal hold (0: off). The
+// caller adds who it is (ReplicaID, Source, Logger, Registerer).
+func (s *Settings) LimiterOptions() limiter.Options {
+	return limiter.Options{
+		Prefix: s.Redis.Prefix, Outage: s.Outage,
+		TokenLease: s.TokenLease, NoTokenLease: s.TokenLease == 0,
+		RefusalHold: s.RefusalHold, NoRefusalHold: s.RefusalHold == 0,
 	}
 }
 

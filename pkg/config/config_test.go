@@ -43,6 +43,8 @@ feedback:
   policy: proportional
 rate_coordinator:
   outage_mode: local_fallback
+  token_lease: 2ms
+  refusal_hold: 10ms
   providers:
     IBKR: {capacity: 100, refill_rate: 60, cooldown_sec: 300}
 receiver:
@@ -75,6 +77,8 @@ func TestConfigPrecedence(t *testing.T) {
 		{"feedback.dwell", "MDP_FB_DWELL", "", "0s", "7s", "9s", ""},
 		{"feedback.policy", "MDP_FB_POLICY", "", "pi", "proportional", "step:soft=0.6", ""},
 		{"rate_coordinator.outage_mode", "MDP_RATE_OUTAGE_MODE", "", "fail_closed", "local_fallback", "fail_open", ""},
+		{"rate_coordinator.token_lease", "MDP_RATE_TOKEN_LEASE", "token-lease", "5ms", "2ms", "0", "1s"},
+		{"rate_coordinator.refusal_hold", "MDP_RATE_REFUSAL_HOLD", "refusal-hold", "20ms", "10ms", "0s", "50ms"},
 		{"rate_coordinator.providers.IBKR.capacity", "MDP_RATE_IBKR_CAPACITY", "", "", "100", "120", ""},
 		{"rate_coordinator.providers.IBKR.refill_rate", "MDP_RATE_IBKR_REFILL_RATE", "", "", "60", "75.5", ""},
 		{"rate_coordinator.providers.IBKR.cooldown_sec", "MDP_RATE_IBKR_COOLDOWN_SEC", "", "", "300", "30", ""},
@@ -116,6 +120,32 @@ func TestConfigPrecedence(t *testing.T) {
 			if v := value(got, tc.key); v.Value != wantVal || v.Source != wantFrom {
 				t.Errorf("%s / %s: %q from %q, want %q from %q", tc.key, s.name, v.Value, v.Source, wantVal, wantFrom)
 			}
+		}
+	}
+}
+
+// TestConfigLocalAnswers: the token lease and the refusal hold are on by
+// default (the limiter's defaults), 0 turns each off, and a value outside
+// [0, 1s] is refused naming the key and the range.
+func TestConfigLocalAnswers(t *testing.T) {
+	c, err := load("", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o := c.LimiterOptions(); o.TokenLease != limiter.DefaultTokenLease || o.NoTokenLease || o.RefusalHold != limiter.DefaultRefusalHold || o.NoRefusalHold {
+		t.Fatalf("defaults: %+v", o)
+	}
+	c, err = load("", []string{"MDP_RATE_TOKEN_LEASE=0", "MDP_RATE_REFUSAL_HOLD=0s"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o := c.LimiterOptions(); !o.NoTokenLease || !o.NoRefusalHold {
+		t.Fatalf("0 must turn both off: %+v", o)
+	}
+	for _, bad := range []string{"MDP_RATE_TOKEN_LEASE=-1ms", "MDP_RATE_TOKEN_LEASE=2s", "MDP_RATE_TOKEN_LEASE=soon", "MDP_RATE_REFUSAL_HOLD=1h"} {
+		_, err := load("", []string{bad})
+		if err == nil || !strings.Contains(err.Error(), "[0s, 1s]") {
+			t.Errorf("%s: %v, want an error naming the range", bad, err)
 		}
 	}
 }

@@ -9,11 +9,17 @@ import (
 )
 
 // TryAcquire takes n tokens from provider's shared bucket if it can, and
-// never waits: it is one round trip to Redis (the "Allow" of x/time/rate). A
-// denial is not an error; errors are for unknown providers, bad n, and Redis
-// outages under FailClosed.
+// never waits: at most one round trip to Redis (the "Allow" of
+// x/time/rate), none when the token lease holds the tokens
+// (Options.TokenLease) or a refusal Redis gave another caller just before
+// holds for this one too (Options.RefusalHold). A denial is not an error;
+// errors are for unknown providers, bad n, and Redis outages under
+// FailClosed.
 func (c *Limiter) TryAcquire(ctx context.Context, provider string, n int) (Decision, error) {
 	return c.acquisition(ctx, provider, n, false, func(ctx context.Context, st *providerState) (Decision, error) {
+		if d, ok := c.heldRefusal(st, n); ok {
+			return d, nil
+		}
 		return c.decide(ctx, st, n)
 	})
 }
@@ -288,7 +294,7 @@ func (c *Limiter) decideFor(ctx context.Context, st *providerState, n int) (Deci
 
 // decideOne takes the decision for one request in one script call.
 func (c *Limiter) decideOne(ctx context.Context, st *providerState, n int) (Decision, error) {
-	now := c.opts.Now()
+	start, now := time.Now(), c.opts.Now()
 	res, err := c.run(ctx, st, acquireScript, acquireKeys(st.keys), n)
 	if err != nil {
 		if errors.Is(err, ErrRedisUnavailable) {
@@ -306,6 +312,11 @@ func (c *Limiter) decideOne(ctx context.Context, st *providerState, n int) (Deci
 	}
 	st.seen.remember(d, now)
 	st.m.decision(d)
+	var granted int64
+	if d.Allowed {
+		granted = int64(n)
+	}
+	c.observed(st, d, n, granted, start)
 	return d, nil
 }
 

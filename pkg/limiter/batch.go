@@ -47,7 +47,7 @@ type outcome struct {
 func (c *Limiter) batchDecide(ctx context.Context, st *providerState, n int) (Decision, error) {
 	b := &st.batch
 	b.mu.Lock()
-	if c.opts.TokenLease > 0 {
+	if c.opts.leasing() {
 		if d, ok := b.lease.take(n, time.Now()); ok {
 			b.mu.Unlock()
 			return d, nil
@@ -183,6 +183,15 @@ func (c *Limiter) decideBatch(ctx context.Context, st *providerState, batch []*r
 	c.redisUp(st)
 	st.seen.remember(d, now)
 	st.m.decision(d)
+	var tokens int64
+	for _, r := range batch[:min(granted, len(batch))] {
+		tokens += int64(r.n)
+	}
+	if granted < len(batch) {
+		c.observed(st, d, batch[granted].n, tokens, start)
+	} else {
+		c.observed(st, d, 0, tokens, start)
+	}
 	if granted > len(batch) { // the lease request too (sent only when want > 0)
 		granted = len(batch)
 		c.renewLease(st, want, start, d)

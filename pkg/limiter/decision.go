@@ -73,6 +73,12 @@ type Decision struct {
 	// Breaker and the config are as that call saw them; Now is its Redis
 	// time plus the local time since.
 	Leased bool
+	// Held is true when the refusal was answered in this process, without
+	// a round trip, from a refusal Redis gave one of its callers at most
+	// Options.RefusalHold before (TryAcquire only). Remaining, Scale,
+	// Level, Breaker and the config are as Redis said then; RetryAfter is
+	// what is left of the hold.
+	Held bool
 	// Rule is the pacing rule whose wait a refusal reports (ReasonRuleLimited):
 	// of the rules that refused, the one that lets the request pass last.
 	Rule string

@@ -86,7 +86,7 @@ func (c *Limiter) Close() error {
 	c.mu.Unlock()
 	close(c.stop)
 	c.wg.Wait()
-	c.notifier.close()
+	c.notifier.close(c.opts.CallTimeout)
 	for _, st := range states {
 		c.dropLease(st)
 	}

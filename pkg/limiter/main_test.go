@@ -39,22 +39,28 @@ func TestMain(m *testing.M) {
 // replicaResult is what a replica process prints when it stops.
 type replicaResult struct {
 	Admitted int64 `json:"admitted"`
+	Leased   int64 `json:"leased"` // of those, from the token lease
+	Held     int64 `json:"held"`   // refusals answered in the process (MODE=try)
 }
 
 // runReplica acquires one token at a time from a provider with several
 // goroutines until it reads "stop" on stdin, then prints its replicaResult.
 // The provider is paused when the test starts it: it prints "ready" once
-// every worker waits for the pause to end.
+// every worker waits for the pause to end. With MODE=try its workers call
+// TryAcquire in a loop instead (ready once each has been refused).
 func runReplica() int {
 	addr, provider := os.Getenv("REDIS_ADDR"), os.Getenv("PROVIDER")
 	workers, _ := strconv.Atoi(os.Getenv("WORKERS"))
-	lease, _ := time.ParseDuration(os.Getenv("TOKEN_LEASE")) // unset: 0, off
+	lease, _ := time.ParseDuration(os.Getenv("TOKEN_LEASE")) // unset: the default
 	rdb := redis.NewClient(&redis.Options{Addr: addr, PoolSize: workers + 2})
 	defer rdb.Close()
 	reg := prometheus.NewRegistry()
 	// A minute's CallTimeout, as newCoord's: a starved but healthy Redis is
 	// not an outage here (an error would end a worker).
-	c, err := limiter.New(rdb, limiter.Options{Logger: quiet, Registerer: reg, TokenLease: lease, CallTimeout: time.Minute})
+	o := limiter.Options{Logger: quiet, Registerer: reg, TokenLease: lease, CallTimeout: time.Minute}
+	o.NoRefusalHold = os.Getenv("REFUSAL_HOLD") == "0"
+	o.Heartbeat, _ = time.ParseDuration(os.Getenv("HEARTBEAT")) // unset: the default
+	c, err := limiter.New(rdb, o)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 2
@@ -62,23 +68,41 @@ func runReplica() int {
 	defer c.Close()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	var admitted atomic.Int64
+	var admitted, leased, held, refused atomic.Int64
 	var wg sync.WaitGroup
+	acquire := c.Acquire
+	if os.Getenv("MODE") == "try" {
+		acquire = c.TryAcquire
+	}
 	for range workers {
 		wg.Go(func() {
-			for _, err := c.Acquire(ctx, provider, 1); err == nil; _, err = c.Acquire(ctx, provider, 1) {
+			first := true
+			for d, err := acquire(ctx, provider, 1); err == nil; d, err = acquire(ctx, provider, 1) {
+				if !d.Allowed {
+					if first {
+						refused.Add(1)
+						first = false
+					}
+					if d.Held {
+						held.Add(1)
+					}
+					continue
+				}
 				admitted.Add(1)
+				if d.Leased {
+					leased.Add(1)
+				}
 			}
 		})
 	}
-	for pausedWaiters(reg, provider) < float64(workers) {
+	for pausedWaiters(reg, provider) < float64(workers) && refused.Load() < int64(workers) {
 		time.Sleep(5 * time.Millisecond)
 	}
 	fmt.Println("ready")
 	_, _ = bufio.NewReader(os.Stdin).ReadString('\n')
 	cancel()
 	wg.Wait()
-	out, _ := json.Marshal(replicaResult{Admitted: admitted.Load()})
+	out, _ := json.Marshal(replicaResult{Admitted: admitted.Load(), Leased: leased.Load(), Held: held.Load()})
 	fmt.Println(string(out))
 	return 0
 }
@@ -91,7 +115,7 @@ type replicaProc struct {
 }
 
 // startReplica starts a replica process with workers goroutines; env adds
-// variables (TOKEN_LEASE=<duration> turns its token lease on).
+// variables (TOKEN_LEASE=<duration> sets its token lease).
 func startReplica(t *testing.T, addr, provider string, workers int, env ...string) *replicaProc {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^$")

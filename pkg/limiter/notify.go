@@ -118,11 +118,27 @@ func (n *notifier) fire(channel string, subscribed bool) {
 	s.gen = make(chan struct{})
 }
 
-func (n *notifier) close() {
+// close ends the subscription, waiting at most wait for it: a
+// subscription whose connection is still being made to a stalled Redis
+// holds its lock until the dial gives up, and Close must not wait for that.
+func (n *notifier) close(wait time.Duration) {
 	n.mu.Lock()
-	defer n.mu.Unlock()
 	n.closed = true
-	if n.sub != nil {
-		n.sub.Close()
+	sub := n.sub
+	n.mu.Unlock()
+	if sub == nil {
+		return
+	}
+	done := make(chan struct{})
+	go func() {
+		sub.Close()
+		close(done)
+	}()
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	select {
+	case <-done:
+	case <-t.C:
+		n.log.Debug("notification subscription still closing in the background (Redis does not answer)")
 	}
 }

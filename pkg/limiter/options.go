@@ -78,24 +78,50 @@ type Options struct {
 	// far fewer round trips. 1 sends every request on its own; default
 	// 128; at most 1000.
 	MaxBatch int
-	// TokenLease, when positive, lets this process take tokens for a
-	// provider ahead of its callers, as one more request at the end of the
-	// coalesced calls it makes anyway, and hand them out without a round
-	// trip (Decision.Leased) until TokenLease after the latest call that
-	// added to the lease; what is left then goes back to the shared bucket
+	// TokenLease lets this process take tokens for a provider ahead of its
+	// callers, as one more request at the end of the coalesced calls it
+	// makes anyway, and hand them out without a round trip
+	// (Decision.Leased) until TokenLease after the latest call that added
+	// to the lease; what is left then goes back to the shared bucket
 	// (refund.lua). It never over-admits: the tokens leave the shared bucket
 	// first. A lease is taken only from plenty: at most half of what the
 	// bucket held after the process's own requests at its last call, so
 	// while tokens are scarce every process asks only for its callers; and
-	// at most what refills during one TokenLease at the scale in force, so a
-	// window of any length T admits at most capacity + rate × scale × (T +
-	// TokenLease × leasing processes). The price is the design's promise
-	// that a change reaches every replica at its next acquisition: a scale
-	// change, a pause, a cooldown or an open breaker set by another process
-	// reaches this one within TokenLease; one made through this Limiter
-	// (SetBudgetScale, RecordFailure, TriggerCooldown) ends the lease before
-	// it returns. Default 0: off; at most 1s; needs MaxBatch > 1.
+	// at most what refills during one TokenLease at the scale in force (so
+	// a provider slower than 1 / TokenLease tokens a second, 200/s at the
+	// default, leases nothing), so a window of any length T admits at most
+	// capacity + rate × scale × (T + TokenLease × leasing processes). The
+	// price is the design's promise that a change reaches every replica at
+	// its next acquisition: a scale change, a pause, a cooldown or an open
+	// breaker set by another process reaches this one within TokenLease
+	// (a scale change usually sooner: its notification ends the lease); one
+	// made through this Limiter (SetBudgetScale, RecordFailure,
+	// TriggerCooldown) ends the lease before it returns. A provider with
+	// pacing rules never leases. Default DefaultTokenLease; at most 1s;
+	// NoTokenLease, or MaxBatch 1, turns it off.
 	TokenLease time.Duration
+	// NoTokenLease turns the token lease off: every grant is a decision of
+	// Redis at its time, and a change made elsewhere applies at this
+	// process's next acquisition.
+	NoTokenLease bool
+	// RefusalHold bounds how long this process answers its other
+	// TryAcquire callers of a provider locally after Redis refused one of
+	// them (rate limited, paused, cooling down, breaker open), instead of a
+	// round trip each: a local refusal (Decision.Held) until the refusal's
+	// RetryAfter (for a rate limit: until the tokens that caller asks for
+	// can have refilled, by the refusal's count and rate) plus a random
+	// delay of up to min(WakeJitter, RetryAfter), so processes do not all
+	// come back at once; never longer than RefusalHold. A scale change's
+	// notification ends the hold at once. A held refusal admits nothing, so
+	// it never over-admits; what it may cost is a grant refused up to
+	// RefusalHold after a change elsewhere made room (a refund, a new
+	// config). Acquire never holds (its waiters take turns instead), nor
+	// does a provider with pacing rules. Default 20ms; at most 1s;
+	// NoRefusalHold turns it off.
+	RefusalHold time.Duration
+	// NoRefusalHold turns the held refusals off: every TryAcquire asks
+	// Redis.
+	NoRefusalHold bool
 	// Now is the clock of the local fallback bucket; default time.Now.
 	// Everything shared uses Redis time instead.
 	Now func() time.Time
@@ -107,6 +133,9 @@ func (o Options) withDefaults() (Options, error) {
 	setDefault(&o.Prefix, defaultPrefix)
 	setDefault(&o.Source, "api")
 	setDefault(&o.Logger, slog.Default())
+	if o.TokenLease > 0 && o.MaxBatch == 1 && !o.NoTokenLease {
+		return o, &ArgumentError{"token_lease", o.TokenLease, "unset, or no_token_lease, when max_batch is 1 (a lease rides on coalesced calls)"}
+	}
 	setDefault(&o.MaxBatch, 128)
 	if o.ReplicaID == "" {
 		o.ReplicaID = defaultReplicaID()
@@ -121,6 +150,8 @@ func (o Options) withDefaults() (Options, error) {
 		opts.Positive("heartbeat", &o.Heartbeat, 2*time.Second),
 		opts.Positive("redis_retry", &o.RedisRetry, time.Second),
 		opts.Positive("call_timeout", &o.CallTimeout, 500*time.Millisecond),
+		opts.Positive("token_lease", &o.TokenLease, DefaultTokenLease),
+		opts.Positive("refusal_hold", &o.RefusalHold, DefaultRefusalHold),
 	), &oe) {
 		return o, &ArgumentError{oe.Field, oe.Value, oe.Rule}
 	}
@@ -132,8 +163,8 @@ func (o Options) withDefaults() (Options, error) {
 func (o Options) validate() error {
 	return opts.Check(
 		check(within(o.MaxBatch, 1, maxRequests), "max_batch", o.MaxBatch, "an integer in [1, 1000]"),
-		check(within(o.TokenLease, 0, time.Second), "token_lease", o.TokenLease, "a duration in [0, 1s]"),
-		check(o.TokenLease <= 0 || o.MaxBatch != 1, "token_lease", o.TokenLease, "0 when max_batch is 1 (a lease rides on coalesced calls)"),
+		check(withinAbove(o.TokenLease, 0, time.Second), "token_lease", o.TokenLease, "a duration in (0, 1s]"),
+		check(withinAbove(o.RefusalHold, 0, time.Second), "refusal_hold", o.RefusalHold, "a duration in (0, 1s]"),
 		validName("prefix", o.Prefix),
 		check(len(o.ReplicaID) <= 128 && !strings.ContainsAny(o.ReplicaID, " \t\r\n"),
 			"replica_id", strconv.Quote(o.ReplicaID), "at most 128 characters without spaces"),
@@ -142,6 +173,19 @@ func (o Options) validate() error {
 		check(within(o.Outage, FailClosed, LocalFallback), "outage_mode", o.Outage, "one of "+strings.Join(outageNames, ", ")),
 	)
 }
+
+// Defaults of the options that answer callers without a round trip.
+const (
+	// DefaultTokenLease is Options.TokenLease's default: a change made
+	// elsewhere reaches a leasing process at most 5 ms late, 2% of the
+	// feedback loop's 250 ms period.
+	DefaultTokenLease = 5 * time.Millisecond
+	// DefaultRefusalHold is Options.RefusalHold's default.
+	DefaultRefusalHold = 20 * time.Millisecond
+)
+
+// leasing reports whether o lets a process lease tokens.
+func (o Options) leasing() bool { return !o.NoTokenLease && o.MaxBatch > 1 }
 
 // setDefault sets *v to def when it is the zero value.
 func setDefault[T comparable](v *T, def T) {

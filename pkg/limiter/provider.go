@@ -1,5 +1,7 @@
 package limiter
 
+import "sync/atomic"
+
 // providerState is what this process holds about one provider: its name
 // and keys, and one part per feature, each a type of the feature's own file
 // that keeps its own lock, so that the features depend on this struct only
@@ -9,13 +11,17 @@ type providerState struct {
 	keys keys
 	m    *providerMetrics
 
-	reg    registration  // the config Register was given (register.go)
-	seen   lastKnown     // the last decision from Redis, for the outage mode (outage.go)
-	member membership    // this replica's entry in the replica registry (replicas.go)
-	health health        // whether Redis serves the provider (health.go)
-	rules  ruleSet       // its pacing rules, as Redis last told (rules.go)
-	batch  batcher       // coalesces this process's concurrent acquisitions (batch.go)
-	turn   chan struct{} // held by the one rate-limited waiter that polls Redis (acquire.go)
+	reg    registration // the config Register was given (register.go)
+	seen   lastKnown    // the last decision from Redis, for the outage mode (outage.go)
+	member membership   // this replica's entry in the replica registry (replicas.go)
+	health health       // whether Redis serves the provider (health.go)
+	rules  ruleSet      // its pacing rules, as Redis last told (rules.go)
+	batch  batcher      // coalesces this process's concurrent acquisitions (batch.go)
+	hold   refusalHold  // the last refusal, answered locally for a while (hold.go)
+	// watching is set once a goroutine listens to the provider's
+	// notifications for the lease and the hold (hold.go).
+	watching atomic.Bool
+	turn     chan struct{} // held by the one rate-limited waiter that polls Redis (acquire.go)
 }
 
 // state returns the local state of provider, creating it on first use.

@@ -56,6 +56,7 @@ func (c *Limiter) Register(ctx context.Context, provider string, cfg ProviderCon
 	if err != nil {
 		return "", err
 	}
+	defer st.hold.clear() // the new config applies to this Limiter's next call
 	res, err := c.register(ctx, st, cfg)
 	if err != nil {
 		return "", err

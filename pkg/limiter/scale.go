@@ -146,7 +146,8 @@ func (c *Limiter) breakerOp(ctx context.Context, provider, op string) error {
 	if err != nil {
 		return err
 	}
-	if op == "failure" { // a failing upstream: no more tokens from here until Redis says so
+	defer st.hold.clear() // a change through this Limiter applies to its next call
+	if op == "failure" {  // a failing upstream: no more tokens from here until Redis says so
 		defer c.leaseAside(st)()
 	}
 	k := st.keys
@@ -198,6 +199,7 @@ func (c *Limiter) cooldownOp(ctx context.Context, provider, op, scope, reason, d
 	if err != nil {
 		return time.Time{}, err
 	}
+	defer st.hold.clear() // a change through this Limiter applies to its next call
 	if op == "set" {
 		defer c.leaseAside(st)()
 	}

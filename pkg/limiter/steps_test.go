@@ -38,8 +38,10 @@ func runSteps(t *testing.T, cfg limiter.ProviderConfig, steps []step) {
 	// slower than that was an outage, and the step failed with
 	// ErrRedisUnavailable (TestStepsCooldown in a cold make test, load 14;
 	// any of these with the test's CPU starved). These steps test the
-	// scripts, not outages: no answer is too late.
-	c, _ := newCoord(t, rdb, limiter.Options{CallTimeout: time.Hour})
+	// scripts, not outages: no answer is too late. Nor are they answered
+	// locally: Redis's clock jumps, the process's does not, so every step
+	// is a round trip (no token lease, no held refusal).
+	c, _ := newCoord(t, rdb, limiter.Options{CallTimeout: time.Hour, NoTokenLease: true, NoRefusalHold: true})
 	ctx := context.Background()
 	if _, err := c.Register(ctx, "p", cfg); err != nil {
 		t.Fatal(err)

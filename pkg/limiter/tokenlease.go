@@ -47,7 +47,7 @@ func (l *tokenLease) take(n int, now time.Time) (Decision, bool) {
 // plenty, so while tokens are scarce processes ask only for what their
 // callers want, and shares stay fair.
 func (c *Limiter) leaseWant(st *providerState, tokens int64) int64 {
-	if c.opts.TokenLease <= 0 {
+	if !c.opts.leasing() {
 		return 0
 	}
 	closed := c.isClosed()
@@ -101,6 +101,7 @@ func (c *Limiter) renewLease(st *providerState, want int64, start time.Time, d D
 		l.timer.Reset(expires.Sub(now))
 	}
 	b.mu.Unlock()
+	c.watchChanges(st)
 	c.refund(st, stale)
 }
 
@@ -142,8 +143,9 @@ func (c *Limiter) dropLease(st *providerState) {
 // call in flight meanwhile leased, from the state before the change: defer
 // it, so that it runs when the change is done.
 func (c *Limiter) leaseAside(st *providerState) (after func()) {
+	st.hold.clear()
 	c.dropLease(st)
-	return func() { c.dropLease(st) }
+	return func() { st.hold.clear(); c.dropLease(st) }
 }
 
 // refund puts n unused tokens back into st's bucket. It may fail (Redis

@@ -48,7 +48,7 @@ func leaseUp(t *testing.T, c *limiter.Limiter, provider string) int {
 // bucket that starts with plenty (leases are taken) and runs dry (they
 // stop): together they never admit more than burst + rate × elapsed, on a
 // real redis-server, and the leases served a share of the grants without a
-// script call.
+// script call (in this process or the others).
 func TestTokenLeaseAccuracy(t *testing.T) {
 	const rate, burst = 2000, 3000
 	// A lease is refused to a call that outlived it: 200 ms, not the 2 ms
@@ -73,10 +73,12 @@ func TestTokenLeaseAccuracy(t *testing.T) {
 		leased += s.leased.Load()
 	}
 	for _, p := range procs {
-		admitted += p.stop(t).Admitted
+		r := p.stop(t)
+		admitted += r.Admitted
+		leased += r.Leased
 	}
 
-	t.Logf("%d grants from leases in this process", leased)
+	t.Logf("%d grants from leases", leased)
 	checkBound(t, admin, "tl", start, rate, float64(admitted))
 	if leased == 0 {
 		t.Fatal("no grant came from a lease: the test did not exercise them")
@@ -134,8 +136,10 @@ func TestTokenLeaseReturnsUnused(t *testing.T) {
 }
 
 // TestTokenLeaseScaleBound: a scale change made elsewhere reaches a leasing
-// replica within Options.TokenLease: after a pause, its calls may still be
-// granted from the lease until the lease expires, and are refused after;
+// replica within Options.TokenLease even when its notification is lost:
+// after a pause written without one, its calls may still be granted from
+// the lease until the lease expires, and are refused after. With the
+// notification (SetBudgetScale elsewhere), the lease ends when it arrives;
 // a change made through the replica itself drops its lease at once.
 func TestTokenLeaseScaleBound(t *testing.T) {
 	srv := redistest.Start(t)
@@ -145,12 +149,17 @@ func TestTokenLeaseScaleBound(t *testing.T) {
 	register(t, ctl, "sb", 1_000_000, 1_000_000)
 
 	const ttl = 500 * time.Millisecond
-	c, _ := newCoord(t, srv.Client(t), limiter.Options{TokenLease: ttl})
+	// No held refusals: after the pause ends, the replica must see it at
+	// once (a held "paused" would wait for the notification).
+	c, _ := newCoord(t, srv.Client(t), limiter.Options{TokenLease: ttl, NoRefusalHold: true})
 	for limiter.LeaseLeftForTest(c, "sb") < 8 { // the lease doubles as it is used
 		leaseUp(t, c, "sb")
 	}
 	changed := time.Now()
-	if _, err := ctl.SetBudgetScale(ctx, "sb", 0); err != nil {
+	// The pause, published nowhere (channel ""): as if its notification
+	// were lost.
+	k := []string{"sluice:{sb}:config", "sluice:{sb}:bucket", "sluice:{sb}:scale"}
+	if err := limiter.SetScaleScriptForTest.Run(ctx, admin, k, "0", "test", "").Err(); err != nil {
 		t.Fatal(err)
 	}
 	bound := changed.Add(ttl)
@@ -177,6 +186,25 @@ func TestTokenLeaseScaleBound(t *testing.T) {
 	t.Logf("%d grants from the lease after the pause, the last %v after it (bound %v)", leasedAfterChange, lastLeased, ttl)
 	if leasedAfterChange == 0 {
 		t.Fatal("no grant from the lease after the pause: the test did not exercise the bound")
+	}
+
+	// Elsewhere, with its notification: the lease ends when it arrives
+	// (the test waits for that, however long it takes, and checks that
+	// nothing is granted after it).
+	if _, err := ctl.SetBudgetScale(ctx, "sb", 1); err != nil {
+		t.Fatal(err)
+	}
+	for limiter.LeaseLeftForTest(c, "sb") < 8 {
+		leaseUp(t, c, "sb")
+	}
+	if _, err := ctl.SetBudgetScale(ctx, "sb", 0); err != nil {
+		t.Fatal(err)
+	}
+	for limiter.LeaseLeftForTest(c, "sb") > 0 {
+		time.Sleep(time.Millisecond)
+	}
+	if d := try(t, c, "sb", 1); d.Allowed || d.Reason != limiter.ReasonPaused {
+		t.Fatalf("after the notified pause ended the lease: %+v, want paused", d)
 	}
 
 	// Through the replica itself: its lease goes at once.
