@@ -16,6 +16,7 @@ type providerState struct {
 	rules  ruleSet       // its pacing rules, as Redis last told (rules.go)
 	batch  batcher       // coalesces this process's concurrent acquisitions (batch.go)
 	turn   chan struct{} // held by the one rate-limited waiter that polls Redis (acquire.go)
+	lanes  laneTurns     // the same for each named lane (lanes.go)
 }
 
 // state returns the local state of provider, creating it on first use.
