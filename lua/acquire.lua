@@ -54,6 +54,22 @@
 --            keyed and spacing P:{p}:rule:<r>:<key> with the request's
 --            key for that rule (1-256 bytes, no braces, spaces or
 --            controls), concurrency P:{p}:permits:<r>
+-- Lane form (a provider with lanes, set_lanes.lua): one request,
+--   ARGV[1]  n        integer in [1, 1e9]
+--   ARGV[2]  "lane"
+--   ARGV[3]  lane     the lane's name; the rules form names it in ARGV[5]
+-- A provider with lanes keeps one bucket per lane beside the total
+-- (bucket hash fields lane:<name>, whose sum is tokens); every decision
+-- hands the refill since ts to the lanes: guarantees first, then by
+-- priority (the stored order), by weight among equals, each lane up to its
+-- burst, the rest to the next; a floor lane gets at least floor × rate
+-- whatever the scale. A request takes from its lane's bucket, then from
+-- lower priorities' without a guarantee; [2] tokens is what its lane can
+-- take. A request with
+-- no lane (any form) is in the provider's last lane; a lane named to a
+-- provider without lanes is ignored (the whole bucket is its lane), so
+-- clients may name lanes before the lanes are set.
+--
 -- A provider with rules refuses the plain form, and a rev other than the
 -- one stored: RULES_CHANGED <rev> <rules JSON>, for the caller to learn the
 -- set in force and ask again. The reply has two more fields:
@@ -67,8 +83,10 @@
 -- of their window, permits past their lease).
 
 local rules_form = ARGV[2] == 'rules'
+local lane_form = ARGV[2] == 'lane'
 local args, rev, id = ARGV, ARGV[3] or '', ARGV[4] or ''
-if rules_form then
+local lane = lane_form and ARGV[3] or rules_form and ARGV[5] or ''
+if rules_form or lane_form then
   args = {ARGV[1]}
 end
 if #args > 1000 then
@@ -88,7 +106,7 @@ if n == nil then
 end
 -- Hot path: read only the fields needed, and reply with the strings as
 -- stored rather than formatting numbers again.
-local cfg = redis.call('HMGET', KEYS[1], 'capacity', 'refill_rate', 'breaker_timeout_sec', 'rules_rev')
+local cfg = redis.call('HMGET', KEYS[1], 'capacity', 'refill_rate', 'breaker_timeout_sec', 'rules_rev', 'lanes')
 if not cfg[1] then
   return unknown_provider(KEYS[1])
 end
@@ -247,9 +265,200 @@ if guarded then
 end
 local state = br[1] or 'closed'
 
-local tokens, behind = settle(KEYS[2], now, capacity, rate, scale)
+-- fill is the refill rate the first request not granted waits on: the
+-- bucket's, or its lane's share.
+local tokens, behind, fill, lanes
+if cfg[5] then
+  -- The lanes' code is made here: only a provider with lanes pays for it.
+  -- set_lanes checked the set whole when it wrote it; here it is only
+  -- guarded: a set edited by hand is refused, never decided on.
+  local ok, ls = pcall(cjson.decode, cfg[5])
+  ok = ok and type(ls) == 'table' and #ls > 0
+  for _, l in ipairs(ok and ls or {}) do
+    ok = ok and type(l) == 'table' and type(l.name) == 'string' and type(l.priority) == 'number' and
+      type(l.weight) == 'number' and l.weight > 0 and type(l.burst) == 'number' and l.burst >= 0 and
+      type(l.guarantee) == 'number' and l.guarantee >= 0 and type(l.floor) == 'number' and l.floor >= 0
+  end
+  if not ok then
+    return redis.error_reply('CORRUPT ' .. KEYS[1] .. ' lanes=' .. cfg[5] ..
+      ' is not a lane set as set_lanes writes it: set the lanes again (Limiter.SetLanes) or HDEL the field lanes')
+  end
+  local me = #ls -- no lane, or one the provider lacks with none named: the last
+  if lane ~= '' then
+    me = nil
+    local names = {}
+    for i, l in ipairs(ls) do
+      if l.name == lane then
+        me = i
+      end
+      names[i] = l.name
+    end
+    if not me then
+      return invalid('lane', lane, 'one of the provider\'s lanes: ' .. table.concat(names, ', '))
+    end
+  end
+  -- Each lane's burst: its own, or a weight's share of what the lanes with
+  -- one leave; all scaled down together should they exceed the capacity
+  -- (lowered by register after the lanes were set).
+  local caps, left, w, sum = {}, capacity, 0, 0
+  for _, l in ipairs(ls) do
+    if l.burst > 0 then
+      left = left - l.burst
+    else
+      w = w + l.weight
+    end
+  end
+  for i, l in ipairs(ls) do
+    caps[i] = l.burst > 0 and l.burst or math.max(0, left) * l.weight / w
+    sum = sum + caps[i]
+  end
+  if sum > capacity then
+    for i = 1, #caps do
+      caps[i] = caps[i] * capacity / sum
+    end
+  end
+  -- The lanes' tokens as stored, each at most its burst; tokens the total
+  -- holds beyond them (lanes just set, a lane removed, the bucket settled
+  -- by register or set_scale) are handed out like refill.
+  local f = {'HMGET', KEYS[2], 'tokens', 'ts'}
+  for i, l in ipairs(ls) do
+    f[i + 4] = 'lane:' .. l.name
+  end
+  local b = redis.call(unpack(f))
+  local t, have, extra, ts = {}, 0, 0, now
+  for i = 1, #ls do
+    t[i] = 0
+  end
+  if not b[1] and not b[2] then -- a new bucket is full
+    extra = capacity
+  else
+    local total = num(b[1])
+    ts = num(b[2])
+    if total == nil or ts == nil then -- corrupt: empty as of now, never full
+      total, ts, behind = 0, now, true
+    end
+    for i = 1, #ls do
+      t[i] = math.min(num(b[i + 2]) or 0, caps[i]) -- a corrupt lane is empty
+      have = have + t[i]
+    end
+    extra = math.max(0, math.min(total, capacity) - have)
+    behind = behind or ts > now
+  end
+  -- give hands supply to the lanes in place, for elapsed seconds:
+  -- guarantees first (pro rata when they exceed it), then by priority, by
+  -- weight among equals, each lane up to its burst. It returns what it
+  -- could not place and what each lane got.
+  local function give(supply, elapsed)
+    local got = {}
+    for i = 1, #ls do
+      got[i] = 0
+    end
+    local function put(i, x)
+      x = math.max(0, math.min(x, caps[i] - t[i]))
+      t[i], got[i] = t[i] + x, got[i] + x
+      return x
+    end
+    local want = 0
+    for _, l in ipairs(ls) do
+      want = want + l.guarantee * elapsed
+    end
+    if want > 0 then
+      local share = math.min(1, supply / want)
+      for i, l in ipairs(ls) do
+        supply = supply - put(i, l.guarantee * elapsed * share)
+      end
+    end
+    local i = 1
+    while i <= #ls and supply > 0 do
+      local j = i
+      while j < #ls and ls[j + 1].priority == ls[i].priority do
+        j = j + 1
+      end
+      for _ = i, j do -- each round fills a lane or places all
+        local open = 0
+        for k = i, j do
+          if t[k] < caps[k] then
+            open = open + ls[k].weight
+          end
+        end
+        if open == 0 or supply <= 0 then
+          break
+        end
+        local s0 = supply
+        for k = i, j do
+          if t[k] < caps[k] then
+            supply = supply - put(k, s0 * ls[k].weight / open)
+          end
+        end
+      end
+      i = j + 1
+    end
+    return supply, got
+  end
+  give(extra, 0)
+  local elapsed = math.max(0, now - ts) / 1000000
+  local _, got = give(elapsed * rate * scale, elapsed)
+  for i, l in ipairs(ls) do -- floors: at least floor × rate, whatever the scale
+    if l.floor > 0 then
+      t[i] = math.min(caps[i], t[i] + math.max(0, l.floor * rate * elapsed - got[i]))
+    end
+  end
+  -- What the request's lane may take: its own, then lower priorities'
+  -- (but a guaranteed lane's tokens are its own).
+  local function lower(l)
+    return l.priority < ls[me].priority and l.guarantee == 0
+  end
+  local avail, reach = t[me], caps[me]
+  for i, l in ipairs(ls) do
+    if lower(l) then
+      avail, reach = avail + t[i], reach + caps[i]
+    end
+  end
+  -- The rate the lane's wait is reckoned at: its weight's share of the
+  -- scaled rate among its priority, or its guarantee or floor if more. A
+  -- higher priority still filling may delay it; the caller asks again.
+  local pw = 0
+  for _, l in ipairs(ls) do
+    if l.priority == ls[me].priority then
+      pw = pw + l.weight
+    end
+  end
+  local mine = ls[me]
+  local lane_fill = math.max(rate * scale * mine.weight / pw, math.min(mine.guarantee, rate * scale), mine.floor * rate)
+  lanes = {available = avail, reach = reach, behind = behind, fill = lane_fill}
+  -- store writes the lanes after the request's lane took available - left:
+  -- from its own bucket, then from the lowest priority up.
+  function lanes.store(left, at)
+    local take = avail - left
+    local function from(i)
+      local x = math.min(take, t[i])
+      t[i], take = t[i] - x, take - x
+    end
+    from(me)
+    for i = #ls, 1, -1 do
+      if take > 0 and lower(ls[i]) then
+        from(i)
+      end
+    end
+    local h, total = {'HSET', KEYS[2], 'tokens', '', 'ts', int(at)}, 0
+    for i, l in ipairs(ls) do
+      total = total + t[i]
+      h[#h + 1], h[#h + 2] = 'lane:' .. l.name, dec(t[i])
+    end
+    h[4] = dec(total)
+    redis.call(unpack(h))
+  end
+  tokens, behind, fill = lanes.available, lanes.behind, lanes.fill
+else
+  tokens, behind = settle(KEYS[2], now, capacity, rate, scale)
+  fill = rate * scale
+end
 if behind then
-  store_bucket(KEYS[2], tokens, now)
+  if lanes then
+    lanes.store(tokens, now)
+  else
+    store_bucket(KEYS[2], tokens, now)
+  end
 end
 
 local function reply(allowed, retry, reason, tokens_s)
@@ -260,7 +469,7 @@ local function reply(allowed, retry, reason, tokens_s)
   return t
 end
 
-if n > capacity then
+if n > (lanes and lanes.reach or capacity) then
   return reply(0, -1, 'exceeds_capacity')
 end
 
@@ -289,7 +498,7 @@ elseif state == 'half_open' then
   probe = true
 end
 
-if scale <= 0 then
+if fill <= 0 then -- scale 0, and no floor for this lane
   return reply(0, -1, 'paused')
 end
 
@@ -297,7 +506,11 @@ end
 -- the probe if the grant is one, and replies.
 local function commit(granted, retry, reason)
   local tokens_s = dec(tokens)
-  redis.call('HSET', KEYS[2], 'tokens', tokens_s, 'ts', int(now))
+  if lanes then
+    lanes.store(tokens, now)
+  else
+    redis.call('HSET', KEYS[2], 'tokens', tokens_s, 'ts', int(now))
+  end
   if probe then
     state = 'half_open'
     redis.call('HSET', KEYS[4], 'state', state, 'probe_until', int(now + timeout_us))
@@ -308,7 +521,7 @@ end
 if rules then
   local wait, rule = 0, ''
   if tokens < n then
-    wait = math.ceil((n - tokens) * 1000000 / (rate * scale))
+    wait = math.ceil((n - tokens) * 1000000 / fill)
   end
   local held = {}
   for i, r in ipairs(rules) do
@@ -334,7 +547,7 @@ if rules then
 end
 
 if tokens < n then
-  return reply(0, math.ceil((n - tokens) * 1000000 / (rate * scale)), 'rate_limited')
+  return reply(0, math.ceil((n - tokens) * 1000000 / fill), 'rate_limited')
 end
 
 -- Grant in order while the tokens last. A probe is one request alone.
@@ -347,9 +560,9 @@ local retry, reason = 0, 'ok'
 local next_n = ns[granted + 1]
 if probe then
   reason = 'probe'
-elseif next_n and next_n > capacity then
+elseif next_n and next_n > (lanes and lanes.reach or capacity) then
   retry, reason = -1, 'exceeds_capacity'
 elseif next_n then
-  retry, reason = math.ceil((next_n - tokens) * 1000000 / (rate * scale)), 'rate_limited'
+  retry, reason = math.ceil((next_n - tokens) * 1000000 / fill), 'rate_limited'
 end
 return commit(granted, retry, reason)

@@ -15,7 +15,7 @@ var files embed.FS
 
 // Names lists the scripts, without the .lua suffix, in a stable order: the
 // limiter's, then the write stream consumers' (refuse, forget).
-var Names = []string{"register", "acquire", "set_scale", "annotate", "breaker", "cooldown", "heartbeat", "status", "pressure", "lease", "refund", "set_rules", "permit", "refuse", "forget"}
+var Names = []string{"register", "acquire", "set_scale", "annotate", "breaker", "cooldown", "heartbeat", "status", "pressure", "lease", "refund", "set_rules", "permit", "set_lanes", "refuse", "forget"}
 
 // Source returns the complete text of the named script: lib.lua followed by
 // <name>.lua. It panics on a name not in Names, a programming error.

@@ -16,7 +16,7 @@ import (
 // errors are for unknown providers, bad n, and Redis outages under
 // FailClosed.
 func (c *Limiter) TryAcquire(ctx context.Context, provider string, n int) (Decision, error) {
-	return c.acquisition(ctx, provider, n, false, func(ctx context.Context, st *providerState) (Decision, error) {
+	return c.acquisition(ctx, provider, n, "", false, func(ctx context.Context, st *providerState) (Decision, error) {
 		if d, ok := c.heldRefusal(st, n); ok {
 			return d, nil
 		}
@@ -38,14 +38,15 @@ func (c *Limiter) TryAcquire(ctx context.Context, provider string, n int) (Decis
 // known wait would outlast ctx's deadline; when ctx ends while it waits, an
 // error matching both the reason's sentinel (ErrPaused, ...) and ctx.Err().
 func (c *Limiter) Acquire(ctx context.Context, provider string, n int) (Decision, error) {
-	return c.acquisition(ctx, provider, n, true, func(ctx context.Context, st *providerState) (Decision, error) {
+	return c.acquisition(ctx, provider, n, "", true, func(ctx context.Context, st *providerState) (Decision, error) {
 		return c.decide(ctx, st, n)
 	})
 }
 
-// acquisition is one public acquisition of n units from provider: one
-// decision, or (wait) decisions until one grants; its outcome counted.
-func (c *Limiter) acquisition(ctx context.Context, provider string, n int, wait bool,
+// acquisition is one public acquisition of n units from provider, in
+// lane: one decision, or (wait) decisions until one grants; its outcome
+// counted.
+func (c *Limiter) acquisition(ctx context.Context, provider string, n int, lane string, wait bool,
 	decide func(context.Context, *providerState) (Decision, error)) (Decision, error) {
 	st, err := c.state(provider)
 	if err != nil {
@@ -57,7 +58,7 @@ func (c *Limiter) acquisition(ctx context.Context, provider string, n int, wait 
 		return d, err
 	}
 	start := time.Now()
-	d, err := c.acquireWith(ctx, st, n, func(ctx context.Context) (Decision, error) { return decide(ctx, st) })
+	d, err := c.acquireWith(ctx, st, n, lane, func(ctx context.Context) (Decision, error) { return decide(ctx, st) })
 	c.count(st, d, err)
 	if err == nil {
 		st.m.waited(time.Since(start))
@@ -65,9 +66,10 @@ func (c *Limiter) acquisition(ctx context.Context, provider string, n int, wait 
 	return d, err
 }
 
-// acquireWith asks decide until it grants, waiting between refusals.
-func (c *Limiter) acquireWith(ctx context.Context, st *providerState, n int, decide func(context.Context) (Decision, error)) (Decision, error) {
-	w := &waiter{c: c, st: st, n: n}
+// acquireWith asks decide until it grants, waiting between refusals, in
+// turn with the waiters of lane.
+func (c *Limiter) acquireWith(ctx context.Context, st *providerState, n int, lane string, decide func(context.Context) (Decision, error)) (Decision, error) {
+	w := &waiter{c: c, st: st, n: n, turn: st.turnOf(lane)}
 	defer w.release()
 	for {
 		if err := ctx.Err(); err != nil { // every wait below comes back here when ctx ends
@@ -85,16 +87,18 @@ func (c *Limiter) acquireWith(ctx context.Context, st *providerState, n int, dec
 }
 
 // waiter is one Acquire call between its attempts. While rate limited (or
-// cooling down, or the breaker is open), the waiters of one provider in
-// this process take turns: only the one holding the provider's turn polls
+// cooling down, or the breaker is open), the waiters of one provider and
+// lane in this process take turns: only the one holding the turn polls
 // Redis, the others wait for it to be granted. Redis sees about one call
-// per replica per grant, not one per waiter, and waiters of one process
-// are served in order.
+// per replica and lane per grant, not one per waiter, waiters of one
+// process and lane are served in order, and a lane's waiters never wait
+// behind another lane's.
 type waiter struct {
 	c        *Limiter
 	st       *providerState
 	n        int
-	holding  bool            // holds st.turn
+	turn     chan struct{}   // its lane's turn (st.turnOf)
+	holding  bool            // holds turn
 	wake     <-chan struct{} // set while paused: closed when the scale may have changed
 	onPermit bool            // wake watches the releases of permits, not the scale
 	last     Decision        // the last refusal, once there was one
@@ -103,7 +107,7 @@ type waiter struct {
 // release gives the turn back, if this waiter holds it.
 func (w *waiter) release() {
 	if w.holding {
-		<-w.st.turn
+		<-w.turn
 		w.holding = false
 	}
 }
@@ -187,7 +191,8 @@ func (w *waiter) paused(ctx context.Context, d Decision) {
 	}
 }
 
-// takeTurn makes this waiter the one that polls Redis for the provider.
+// takeTurn makes this waiter the one that polls Redis for its provider
+// and lane.
 // It returns true when the waiter held the turn or took it at once; false
 // after waiting for it, when time has passed and acquire should look again
 // now, or when ctx ended.
@@ -196,13 +201,13 @@ func (w *waiter) takeTurn(ctx context.Context) bool {
 		return true
 	}
 	select {
-	case w.st.turn <- struct{}{}: // nobody polls: this waiter does
+	case w.turn <- struct{}{}: // nobody polls: this waiter does
 		w.holding = true
 		return true
 	default:
 	}
 	select {
-	case w.st.turn <- struct{}{}: // our turn came
+	case w.turn <- struct{}{}: // our turn came
 		w.holding = true
 	case <-ctx.Done():
 	}
@@ -292,10 +297,11 @@ func (c *Limiter) decideFor(ctx context.Context, st *providerState, n int) (Deci
 	return d, err
 }
 
-// decideOne takes the decision for one request in one script call.
-func (c *Limiter) decideOne(ctx context.Context, st *providerState, n int) (Decision, error) {
+// decideOne takes the decision for one request in one script call; form
+// is the rest of its ARGV (the lane form's), if any.
+func (c *Limiter) decideOne(ctx context.Context, st *providerState, n int, form ...any) (Decision, error) {
 	start, now := time.Now(), c.opts.Now()
-	res, err := c.run(ctx, st, acquireScript, acquireKeys(st.keys), n)
+	res, err := c.run(ctx, st, acquireScript, acquireKeys(st.keys), append([]any{n}, form...)...)
 	if err != nil {
 		if errors.Is(err, ErrRedisUnavailable) {
 			c.redisDown(st, err)
@@ -312,6 +318,9 @@ func (c *Limiter) decideOne(ctx context.Context, st *providerState, n int) (Deci
 	}
 	st.seen.remember(d, now)
 	st.m.decision(d)
+	if len(form) > 0 { // a lane's decision says nothing of the others' (hold.go)
+		return d, nil
+	}
 	var granted int64
 	if d.Allowed {
 		granted = int64(n)

@@ -22,6 +22,7 @@ type providerState struct {
 	// notifications for the lease and the hold (hold.go).
 	watching atomic.Bool
 	turn     chan struct{} // held by the one rate-limited waiter that polls Redis (acquire.go)
+	lanes    laneTurns     // the same for each named lane (lanes.go)
 }
 
 // state returns the local state of provider, creating it on first use.

@@ -24,6 +24,11 @@ type Request struct {
 	// the contract for a keyed rule and the whole request for a spacing
 	// rule against identical requests.
 	Keys map[string]string
+	// Lane names the provider's lane the request is in (SetLanes); ""
+	// is its last, lowest lane. A provider without lanes ignores it, so
+	// clients may name lanes before they are set; one with lanes refuses a
+	// name it lacks (ErrInvalidArgument naming lane).
+	Lane string
 }
 
 func (r Request) cost() int {
@@ -48,7 +53,7 @@ func (r Request) key(rule string) string {
 // A grant under a concurrency rule carries a Permit to release. For a
 // provider without rules it is TryAcquire(ctx, provider, req.Cost).
 func (c *Limiter) TryAcquireRequest(ctx context.Context, provider string, req Request) (Decision, error) {
-	return c.acquisition(ctx, provider, req.cost(), false, func(ctx context.Context, st *providerState) (Decision, error) {
+	return c.acquisition(ctx, provider, req.cost(), req.Lane, false, func(ctx context.Context, st *providerState) (Decision, error) {
 		return c.decideRequest(ctx, st, req)
 	})
 }
@@ -60,7 +65,7 @@ func (c *Limiter) TryAcquireRequest(ctx context.Context, provider string, req Re
 // limit. A waiter refused by a concurrency rule wakes when a permit is
 // released (or at the first lease's end).
 func (c *Limiter) AcquireRequest(ctx context.Context, provider string, req Request) (Decision, error) {
-	return c.acquisition(ctx, provider, req.cost(), true, func(ctx context.Context, st *providerState) (Decision, error) {
+	return c.acquisition(ctx, provider, req.cost(), req.Lane, true, func(ctx context.Context, st *providerState) (Decision, error) {
 		return c.decideRequest(ctx, st, req)
 	})
 }
@@ -70,10 +75,16 @@ func (c *Limiter) AcquireRequest(ctx context.Context, provider string, req Reque
 // acquisition.
 func (c *Limiter) decideRequest(ctx context.Context, st *providerState, req Request) (Decision, error) {
 	n := req.cost()
-	if req.Key == "" && req.Keys == nil {
+	var d Decision
+	var err error
+	switch {
+	case req.Key == "" && req.Keys == nil && req.Lane == "":
 		return c.decide(ctx, st, n) // by the rules form if the provider has rules
+	case req.Key == "" && req.Keys == nil:
+		d, err = c.decideLane(ctx, st, req)
+	default:
+		d, err = c.decideRules(ctx, st, req)
 	}
-	d, err := c.decideRules(ctx, st, req)
 	return inTime(ctx, st, d, err)
 }
 
@@ -107,7 +118,7 @@ func (c *Limiter) decideRules(ctx context.Context, st *providerState, req Reques
 				keys = append(keys, st.keys.rules.Permits(r.Name))
 			}
 		}
-		res, err := c.run(ctx, st, acquireScript, keys, n, "rules", rev, id)
+		res, err := c.run(ctx, st, acquireScript, keys, n, "rules", rev, id, req.Lane)
 		if ch := rulesChangedIn(err); ch != nil {
 			st.rules.set(ch.rev, ch.rules)
 			continue

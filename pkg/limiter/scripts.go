@@ -20,4 +20,5 @@ var (
 	refundScript    = redis.NewScript(lua.Source("refund"))
 	setRulesScript  = redis.NewScript(lua.Source("set_rules"))
 	permitScript    = redis.NewScript(lua.Source("permit"))
+	setLanesScript  = redis.NewScript(lua.Source("set_lanes"))
 )
