@@ -184,6 +184,46 @@ func TestRegisterRules(t *testing.T) {
 	}
 }
 
+// TestRegisterLanes: lanes from a flag or the environment are stored,
+// kept when no layer sets them, shown by status, removed by "none"; a bad
+// set is refused before anything is written.
+func TestRegisterLanes(t *testing.T) {
+	srv := redistest.Start(t)
+	env := []string{"SLUICE_REDIS_URL=" + srv.URL()}
+	sluice(t, env, "register", "ibkr", "--capacity", "20").ok(t)
+	lanes := "live:priority=1:burst=16,backfill:weight=2"
+	out := sluice(t, env, "register", "ibkr", "--lanes", lanes).ok(t).stdout
+	if !strings.Contains(out, "lanes updated ("+lanes+")") {
+		t.Fatalf("register --lanes said:\n%s", out)
+	}
+	sluice(t, env, "register", "ibkr", "--refill-rate", "100").ok(t) // the lanes stay
+	p := statusJSON(t, env).Providers[0]
+	if len(p.Lanes) != 2 || p.Lanes[0].Spec != "live:priority=1:burst=16" || p.Lanes[1].Name != "backfill" {
+		t.Fatalf("status after a register without lanes: %+v", p.Lanes)
+	}
+	for _, bad := range []struct{ lanes, want string }{
+		{"live:weight=-1", "lanes.live.weight=-1 must be a number in (0, 1000000]"},
+		{"live:speed=2", "lanes.live.speed=2 must be absent"},
+		{"live:burst=30", "lanes.live.burst=30 must be an integer in [0, 20] (the capacity)"},
+	} {
+		r := sluice(t, append(env, "MDP_RATE_IBKR_LANES="+bad.lanes), "register", "ibkr")
+		if r.code == 0 || !strings.Contains(r.stderr, bad.want) {
+			t.Fatalf("lanes %q: exit %d, %s", bad.lanes, r.code, r.stderr)
+		}
+	}
+	if p := statusJSON(t, env).Providers[0]; len(p.Lanes) != 2 || p.Lanes[1].Spec != "backfill:weight=2" {
+		t.Fatalf("a refused set changed something: %+v", p.Lanes)
+	}
+	text := sluice(t, env, "status", "ibkr").ok(t).stdout
+	if !regexp.MustCompile(`ibkr +live +live:priority=1:burst=16 +-`).MatchString(text) {
+		t.Fatalf("status:\n%s", text)
+	}
+	sluice(t, append(env, "MDP_RATE_IBKR_LANES=none"), "register", "ibkr").ok(t)
+	if p := statusJSON(t, env).Providers[0]; len(p.Lanes) != 0 {
+		t.Fatalf("lanes after none: %+v", p.Lanes)
+	}
+}
+
 // TestStatusWatchSurvivesOutage: status --watch goes on through a Redis
 // outage, saying so, and shows the status again when Redis is back.
 func TestStatusWatchSurvivesOutage(t *testing.T) {

@@ -32,12 +32,14 @@ new one.
 Idempotent: the same config twice changes nothing. A new provider starts
 full, at scale 1; an update keeps the scale in force. --rules (or
 rules in the configuration) replaces the provider's pacing rules, checked
-whole ("none" removes them; unset keeps those Redis holds; docs/rules.md).
+whole ("none" removes them; unset keeps those Redis holds; docs/rules.md);
+--lanes likewise its lanes (docs/lanes.md).
 
 Examples:
    sluice register ibkr --capacity 100 --refill-rate 60 --cooldown-sec 300
    MDP_RATE_IBKR_CAPACITY=100 sluice register ibkr
    sluice register ibkr --rules 'hist=window:60/10m,contract=keyed:5/2s,open=concurrency:50@2m'
+   sluice register ibkr --lanes 'live:priority=1:burst=16,backfill'
    sluice --config sluice.yaml register`,
 		Flags: flags,
 		Action: func(c *cli.Context) error {
@@ -102,18 +104,26 @@ func (a *app) registerOne(ctx context.Context, s *session, n string) error {
 	}
 	fmt.Fprintf(a.stdout, "%s: %s (capacity %d, refill %g/s, cooldown %v, breaker %d / %v, max scale %g)\n",
 		n, res, pc.Capacity, pc.RefillRate, pc.Cooldown, pc.BreakerThreshold, pc.BreakerTimeout, pc.MaxScale)
-	rules, set := s.cfg.ProviderRules[n]
-	if !set {
-		return nil
+	if rules, set := s.cfg.ProviderRules[n]; set {
+		changed, err := s.lim.SetRules(ctx, n, rules)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(a.stdout, "%s: rules %s (%s)\n", n, updated(changed), limiter.FormatRules(rules))
 	}
-	changed, err := s.lim.SetRules(ctx, n, rules)
-	if err != nil {
-		return err
+	if lanes, set := s.cfg.ProviderLanes[n]; set {
+		changed, err := s.lim.SetLanes(ctx, n, lanes)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(a.stdout, "%s: lanes %s (%s)\n", n, updated(changed), limiter.FormatLanes(lanes))
 	}
-	what := "unchanged"
-	if changed {
-		what = "updated"
-	}
-	fmt.Fprintf(a.stdout, "%s: rules %s (%s)\n", n, what, limiter.FormatRules(rules))
 	return nil
+}
+
+func updated(changed bool) string {
+	if changed {
+		return "updated"
+	}
+	return "unchanged"
 }

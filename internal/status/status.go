@@ -40,6 +40,17 @@ type Provider struct {
 	Replicas      []string      `json:"replicas"`
 	Config        Summary       `json:"config"`
 	Rules         []Rule        `json:"rules,omitempty"`
+	Lanes         []Lane        `json:"lanes,omitempty"`
+}
+
+// Lane is one of a provider's lanes and its bucket's tokens at the
+// bucket's last write (limiter.LaneStatus).
+type Lane struct {
+	Name string `json:"name"`
+	// Spec is the lane as configured, e.g. live:priority=1:burst=16.
+	Spec string `json:"spec"`
+	// Tokens is absent until a decision has split the bucket into lanes.
+	Tokens *float64 `json:"tokens,omitempty"`
 }
 
 // Rule is one of a provider's pacing rules and what it holds now
@@ -104,6 +115,13 @@ func Collect(ctx context.Context, lim *limiter.Limiter, rdb redis.UniversalClien
 			_, spec, _ := strings.Cut(r.Rule.String(), "=")
 			v.Rules = append(v.Rules, Rule{Name: r.Name, Spec: spec, Key: r.Key, Held: r.Held, Next: r.Next})
 		}
+		for _, l := range st.Lanes {
+			lane := Lane{Name: l.Name, Spec: l.String()}
+			if l.Stored {
+				lane.Tokens = &l.Tokens
+			}
+			v.Lanes = append(v.Lanes, lane)
+		}
 		rep.Providers = append(rep.Providers, v)
 	}
 	pressure, err := redisbus.Read(ctx, rdb, prefix)
@@ -165,6 +183,7 @@ func Print(w io.Writer, rep Report) {
 		fmt.Fprintln(tw, "(no provider registered: sluice register PROVIDER ...)")
 	}
 	printRules(tw, rep)
+	printLanes(tw, rep)
 	fmt.Fprintln(tw)
 	fmt.Fprintln(tw, "COORDINATOR\tLEVEL\tQUEUE\tFILL\tSEQ\tREPORTED")
 	for _, e := range rep.Coordinators {
@@ -182,14 +201,9 @@ func Print(w io.Writer, rep Report) {
 
 // printRules writes the table of the providers' pacing rules, if any has.
 func printRules(w io.Writer, rep Report) {
-	header := false
+	var rows [][]string
 	for _, p := range rep.Providers {
 		for _, r := range p.Rules {
-			if !header {
-				fmt.Fprintln(w)
-				fmt.Fprintln(w, "PROVIDER\tRULE\tSPEC\tKEY\tHELD\tNEXT FREE")
-				header = true
-			}
 			held, next := strconv.Itoa(r.Held), "-"
 			if r.Key == "" && (strings.HasPrefix(r.Spec, "keyed:") || strings.HasPrefix(r.Spec, "spacing:")) {
 				held = "(per key: --key)"
@@ -197,8 +211,37 @@ func printRules(w io.Writer, rep Report) {
 			if !r.Next.IsZero() {
 				next = "in " + r.Next.Sub(rep.Time).Round(time.Millisecond).String()
 			}
-			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", p.Provider, r.Name, r.Spec, orDash(r.Key), held, next)
+			rows = append(rows, []string{p.Provider, r.Name, r.Spec, orDash(r.Key), held, next})
 		}
+	}
+	printTable(w, "PROVIDER\tRULE\tSPEC\tKEY\tHELD\tNEXT FREE", rows)
+}
+
+// printLanes writes the table of the providers' lanes, if any has.
+func printLanes(w io.Writer, rep Report) {
+	var rows [][]string
+	for _, p := range rep.Providers {
+		for _, l := range p.Lanes {
+			tokens := "-"
+			if l.Tokens != nil {
+				tokens = strconv.FormatFloat(*l.Tokens, 'f', 1, 64)
+			}
+			rows = append(rows, []string{p.Provider, l.Name, l.Spec, tokens})
+		}
+	}
+	printTable(w, "PROVIDER\tLANE\tSPEC\tTOKENS AT THE LAST GRANT", rows)
+}
+
+// printTable writes a blank line, header and rows (tab-separated), if
+// there are rows.
+func printTable(w io.Writer, header string, rows [][]string) {
+	if len(rows) == 0 {
+		return
+	}
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, header)
+	for _, r := range rows {
+		fmt.Fprintln(w, strings.Join(r, "\t"))
 	}
 }
 

@@ -92,6 +92,7 @@ var providerFields = func() []Key {
 		{"breaker_timeout", "", f(d.BreakerTimeout.Seconds()), "seconds an open breaker refuses before a probe, in (0, 86400]"},
 		{"max_scale", "", f(d.MaxScale), "highest scale accepted, in [1, 100] (0 means 1)"},
 		{"rules", "", "", "pacing rules beside the bucket, comma-separated: <name>=window:<limit>/<period>, keyed:<limit>/<period>, spacing:<period>, concurrency:<limit>@<lease>, optionally :scaled; none removes them (docs/rules.md)"},
+		{"lanes", "", "", "lanes sharing the bucket, comma-separated: <name>[:priority=<int>][:weight=<w>][:burst=<int>][:guarantee=<tokens/s>][:floor=<fraction>]; none removes them (docs/lanes.md)"},
 	}
 }()
 
@@ -130,7 +131,8 @@ var keepStored = map[string]func(pc *limiter.ProviderConfig, stored limiter.Prov
 	"breaker_threshold": func(pc *limiter.ProviderConfig, st limiter.ProviderConfig) { pc.BreakerThreshold = st.BreakerThreshold },
 	"breaker_timeout":   func(pc *limiter.ProviderConfig, st limiter.ProviderConfig) { pc.BreakerTimeout = st.BreakerTimeout },
 	"max_scale":         func(pc *limiter.ProviderConfig, st limiter.ProviderConfig) { pc.MaxScale = st.MaxScale },
-	"rules":             func(*limiter.ProviderConfig, limiter.ProviderConfig) {}, // a set not configured stays as stored: Settings.Rules
+	"rules":             func(*limiter.ProviderConfig, limiter.ProviderConfig) {}, // a set not configured stays as stored: Settings.ProviderRules
+	"lanes":             func(*limiter.ProviderConfig, limiter.ProviderConfig) {}, // likewise: Settings.ProviderLanes
 }
 
 const providersPrefix = "rate_coordinator.providers."
@@ -246,6 +248,10 @@ type Settings struct {
 	// layer sets (none: remove them); a provider not in it keeps the set
 	// Redis holds.
 	ProviderRules map[string][]limiter.Rule
+	// ProviderLanes are the lanes of the providers whose lanes a layer
+	// sets (an empty set removes them); a provider absent here keeps the
+	// lanes Redis holds.
+	ProviderLanes map[string][]limiter.Lane
 	Receiver      struct {
 		Listen, Token string
 		MaxBody       int64
@@ -788,7 +794,7 @@ func checkAddr(a string) error {
 // parse decodes and validates the layers, section by section; the first
 // bad value is the error.
 func (l layers) parse() (*Settings, error) {
-	s := &Settings{values: l, Providers: map[string]limiter.ProviderConfig{}, ProviderRules: map[string][]limiter.Rule{}}
+	s := &Settings{values: l, Providers: map[string]limiter.ProviderConfig{}, ProviderRules: map[string][]limiter.Rule{}, ProviderLanes: map[string][]limiter.Lane{}}
 	p := &parser{l: l}
 	p.redis(s)
 	p.log(s)
@@ -1071,6 +1077,13 @@ func (p *parser) providers(s *Settings) {
 				p.fail(k("rules"), "must be pacing rules ("+err.Error()+")")
 			}
 			s.ProviderRules[provider] = rules
+		}
+		if p.l[k("lanes")].Source != "default" {
+			lanes, err := limiter.ParseLanes(p.str(k("lanes")))
+			if err != nil {
+				p.fail(k("lanes"), "must be lanes ("+err.Error()+")")
+			}
+			s.ProviderLanes[provider] = lanes
 		}
 	}
 }

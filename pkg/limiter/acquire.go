@@ -54,14 +54,14 @@ func (c *Limiter) acquisition(ctx context.Context, provider string, n int, lane 
 	}
 	if !wait {
 		d, err := decide(ctx, st)
-		c.count(st, d, err)
+		c.count(st, lane, d, err)
 		return d, err
 	}
 	start := time.Now()
 	d, err := c.acquireWith(ctx, st, n, lane, func(ctx context.Context) (Decision, error) { return decide(ctx, st) })
-	c.count(st, d, err)
+	c.count(st, lane, d, err)
 	if err == nil {
-		st.m.waited(time.Since(start))
+		st.m.waited(lane, time.Since(start))
 	}
 	return d, err
 }
@@ -334,11 +334,13 @@ func acquireKeys(k keys) []string {
 	return []string{k.config, k.bucket, k.scale, k.breaker, k.cooldown}
 }
 
-// count records the outcome of a public acquisition call: the decision's
+// count records the outcome of a public acquisition call in lane (""
+// for none; a named lane is counted twice, for the provider and the
+// lane): the decision's
 // reason ("paused" when a paused wait ended with ctx), "canceled" when ctx
 // ended another wait, "error"; a decision taken without Redis is
 // "fail_open" or "fallback_<reason>".
-func (c *Limiter) count(st *providerState, d Decision, err error) {
+func (c *Limiter) count(st *providerState, lane string, d Decision, err error) {
 	result := string(d.Reason)
 	switch {
 	case !errors.Is(err, ErrPaused) && (errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)):
@@ -351,4 +353,7 @@ func (c *Limiter) count(st *providerState, d Decision, err error) {
 		result = "fallback_" + result
 	}
 	st.m.result(result)
+	if lane != "" {
+		st.m.laneResult(lane, result)
+	}
 }

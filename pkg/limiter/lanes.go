@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"strconv"
+	"strings"
 	"sync"
 
 	"github.com/redis/go-redis/v9"
@@ -203,4 +205,92 @@ func (st *providerState) turnOf(lane string) chan struct{} {
 		t.m[lane] = ch
 	}
 	return ch
+}
+
+const laneForm = "<name>[:priority=<int>][:weight=<number>][:burst=<int>][:guarantee=<tokens/s>][:floor=<fraction>]"
+
+// ParseLanes reads a lane set as the configuration writes it: lanes
+// separated by commas, each its name and its fields, e.g.
+// "live:priority=1:burst=16,backfill". "" or "none" is no lanes. The set
+// is checked as ValidateLanes does.
+func ParseLanes(s string) ([]Lane, error) {
+	s = strings.TrimSpace(s)
+	if s == "" || s == "none" {
+		return nil, nil
+	}
+	var lanes []Lane
+	for i, part := range strings.Split(s, ",") {
+		l, err := parseLane(strings.TrimSpace(part))
+		if err != nil {
+			return nil, fmt.Errorf("lane %d (%q): %w", i+1, part, err)
+		}
+		lanes = append(lanes, l)
+	}
+	return lanes, ValidateLanes(lanes)
+}
+
+func parseLane(s string) (Lane, error) {
+	fields := strings.Split(s, ":")
+	l := Lane{Name: fields[0]}
+	for _, f := range fields[1:] {
+		k, v, ok := strings.Cut(f, "=")
+		if !ok {
+			return Lane{}, &ArgumentError{"lanes", s, laneForm}
+		}
+		field := "lanes." + l.Name + "." + k
+		var err error
+		switch k {
+		case "priority":
+			l.Priority, err = strconv.Atoi(v)
+		case "weight":
+			l.Weight, err = strconv.ParseFloat(v, 64)
+		case "burst":
+			l.Burst, err = strconv.ParseInt(v, 10, 64)
+		case "guarantee":
+			l.Guarantee, err = strconv.ParseFloat(v, 64)
+		case "floor":
+			l.Floor, err = strconv.ParseFloat(v, 64)
+		default:
+			return Lane{}, &ArgumentError{field, v, "absent: a lane has priority, weight, burst, guarantee, floor"}
+		}
+		if err != nil {
+			return Lane{}, &ArgumentError{field, v, "a number"}
+		}
+	}
+	return l, nil
+}
+
+// FormatLanes writes lanes as ParseLanes reads them ("none" for none),
+// with the fields that differ from their defaults.
+func FormatLanes(lanes []Lane) string {
+	if len(lanes) == 0 {
+		return "none"
+	}
+	parts := make([]string, len(lanes))
+	for i, l := range lanes {
+		parts[i] = l.String()
+	}
+	return strings.Join(parts, ",")
+}
+
+// String writes l as ParseLanes reads it, e.g. "live:priority=1:burst=16".
+func (l Lane) String() string {
+	s := l.Name
+	f := func(v float64) string { return strconv.FormatFloat(v, 'g', -1, 64) }
+	if l.Priority != 0 {
+		s += ":priority=" + strconv.Itoa(l.Priority)
+	}
+	if l.Weight != 0 && l.Weight != 1 {
+		s += ":weight=" + f(l.Weight)
+	}
+	if l.Burst != 0 {
+		s += ":burst=" + strconv.FormatInt(l.Burst, 10)
+	}
+	if l.Guarantee != 0 {
+		s += ":guarantee=" + f(l.Guarantee)
+	}
+	if l.Floor != 0 {
+		s += ":floor=" + f(l.Floor)
+	}
+	return s
 }

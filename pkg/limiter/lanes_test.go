@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/sluice-dev/sluice/internal/redistest"
+	"github.com/sluice-dev/sluice/pkg/internal/promutil"
 	"github.com/sluice-dev/sluice/pkg/limiter"
 )
 
@@ -315,5 +316,55 @@ func TestLanesSharedByReplicas(t *testing.T) {
 	}
 	if bound := capacity + rate*elapsed; a+b > bound {
 		t.Errorf("granted %v in %.2f s, above the bound %v", a+b, elapsed, bound)
+	}
+}
+
+func TestParseLanes(t *testing.T) {
+	lanes, err := limiter.ParseLanes(" live:priority=1:burst=16 , backfill:weight=2:guarantee=5:floor=0.1")
+	if err != nil || len(lanes) != 2 || lanes[0] != (limiter.Lane{Name: "live", Priority: 1, Burst: 16}) ||
+		lanes[1] != (limiter.Lane{Name: "backfill", Weight: 2, Guarantee: 5, Floor: 0.1}) {
+		t.Fatalf("%+v %v", lanes, err)
+	}
+	if s := limiter.FormatLanes(lanes); s != "live:priority=1:burst=16,backfill:weight=2:guarantee=5:floor=0.1" {
+		t.Fatalf("FormatLanes: %s", s)
+	}
+	if l, err := limiter.ParseLanes("none"); l != nil || err != nil || limiter.FormatLanes(nil) != "none" {
+		t.Fatalf("none: %v %v", l, err)
+	}
+	for in, field := range map[string]string{
+		"live:priority":      "lanes",
+		"live:priority=high": "lanes.live.priority",
+		"live:speed=1":       "lanes.live.speed",
+		"live:weight=NaN":    "lanes.live.weight",
+		"live:floor=2":       "lanes.live.floor",
+		"a,a":                "lanes.a.name",
+		"a b":                "lanes[1].name",
+	} {
+		_, err := limiter.ParseLanes(in)
+		var ae *limiter.ArgumentError
+		if !errors.As(err, &ae) || ae.Field != field {
+			t.Errorf("%q: %v, want an ArgumentError on %s", in, err, field)
+		}
+	}
+}
+
+func TestLanesMetrics(t *testing.T) {
+	r, ctx := laned(t, backfillLane, liveLane)
+	takeAll(t, r.c, "live") // 20 granted (its 10 and the backfill's), 1 refused
+	// An Acquire whose deadline comes before the 10 ms refill: refused at once.
+	short, cancel := context.WithTimeout(ctx, 5*time.Millisecond)
+	defer cancel()
+	if _, err := r.c.AcquireRequest(short, "ib", limiter.Request{Lane: "live"}); !errors.Is(err, limiter.ErrRateLimited) {
+		t.Fatalf("acquire with a 5 ms deadline: %v, want ErrRateLimited", err)
+	}
+	count := func(result string) float64 {
+		v, _ := promutil.Sum(r.reg, "rate_coordinator_lane_acquisitions_total", map[string]string{"provider": "ib", "lane": "live", "result": result})
+		return v
+	}
+	if ok, limited := count("ok"), count("rate_limited"); ok != 20 || limited != 2 {
+		t.Fatalf("lane live: ok %v, rate_limited %v; want 20 and 2", ok, limited)
+	}
+	if all, _ := promutil.Sum(r.reg, "rate_coordinator_acquisitions_total", map[string]string{"provider": "ib", "result": "ok"}); all != 20 {
+		t.Fatalf("the provider's series: ok %v, want the lane's 20 there too", all)
 	}
 }

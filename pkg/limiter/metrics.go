@@ -20,8 +20,12 @@ type metrics struct {
 	replicas     *prometheus.GaugeVec     // live replicas seen at the last heartbeat
 	paused       *prometheus.GaugeVec     // Acquire calls now waiting for a paused provider to resume
 	ruleRefusals *prometheus.CounterVec   // decisions refused by a pacing rule, by provider and rule
+	laneCalls    *prometheus.CounterVec   // acquisitions naming a lane, by provider, lane and result
+	laneWait     *prometheus.HistogramVec // time Acquire blocked before a grant, by provider and lane
 	redisUp      prometheus.Gauge         // 1 while Redis serves every provider, 0 while any is in outage mode
 }
+
+var waitBuckets = []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60}
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	r := &promutil.Registrar{Reg: reg}
@@ -41,7 +45,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		wait: r.HistogramVec(prometheus.HistogramOpts{
 			Name:    "rate_coordinator_acquire_wait_seconds",
 			Help:    "Time Acquire waited before its tokens were granted.",
-			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60},
+			Buckets: waitBuckets,
 		}, "provider"),
 		breaker: r.GaugeVec(prometheus.GaugeOpts{
 			Name: "rate_coordinator_breaker_state",
@@ -59,6 +63,15 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "rate_coordinator_rule_refusals_total",
 			Help: "Decisions from Redis refused by a pacing rule, by the rule reported (the one that lets the request pass last); every refusal an Acquire waited out counts.",
 		}, "provider", "rule"),
+		laneCalls: r.CounterVec(prometheus.CounterOpts{
+			Name: "rate_coordinator_lane_acquisitions_total",
+			Help: "Acquisitions that named a lane (Request.Lane), by lane and outcome (the results of rate_coordinator_acquisitions_total, where they count too).",
+		}, "provider", "lane", "result"),
+		laneWait: r.HistogramVec(prometheus.HistogramOpts{
+			Name:    "rate_coordinator_lane_acquire_wait_seconds",
+			Help:    "Time an AcquireRequest that named a lane waited before its grant, by lane.",
+			Buckets: waitBuckets,
+		}, "provider", "lane"),
 	}
 	up := r.GaugeVec(prometheus.GaugeOpts{
 		Name: "rate_coordinator_redis_up",
@@ -80,6 +93,8 @@ type providerMetrics struct {
 	wait                     prometheus.Observer
 	results                  sync.Map // result -> prometheus.Counter
 	rules                    sync.Map // rule -> prometheus.Counter of its refusals
+	lanes                    sync.Map // lane + "\x00" + result -> prometheus.Counter
+	laneWaits                sync.Map // lane -> prometheus.Observer
 }
 
 func (m *metrics) forProvider(provider string) *providerMetrics {
@@ -94,10 +109,28 @@ func (pm *providerMetrics) init() {
 	})
 }
 
-// waited records how long an Acquire blocked before its grant.
-func (pm *providerMetrics) waited(d time.Duration) {
+// waited records how long an Acquire in lane ("": none) blocked before
+// its grant.
+func (pm *providerMetrics) waited(lane string, d time.Duration) {
 	pm.init()
 	pm.wait.Observe(d.Seconds())
+	if lane != "" {
+		o, ok := pm.laneWaits.Load(lane)
+		if !ok {
+			o, _ = pm.laneWaits.LoadOrStore(lane, pm.m.laneWait.WithLabelValues(pm.provider, lane))
+		}
+		o.(prometheus.Observer).Observe(d.Seconds())
+	}
+}
+
+// laneResult counts one acquisition in lane that ended with result.
+func (pm *providerMetrics) laneResult(lane, result string) {
+	key := lane + "\x00" + result
+	c, ok := pm.lanes.Load(key)
+	if !ok {
+		c, _ = pm.lanes.LoadOrStore(key, pm.m.laneCalls.WithLabelValues(pm.provider, lane, result))
+	}
+	c.(prometheus.Counter).Inc()
 }
 
 // result counts one acquisition call that ended with result.

@@ -38,6 +38,18 @@ type Status struct {
 	Cooldown *Cooldown
 	// Replicas are the ids of the live replicas, sorted.
 	Replicas []string
+	// Lanes are the provider's lanes (SetLanes), highest priority first,
+	// each with the tokens its bucket held at the bucket's last write (the
+	// refill since is handed out at the next decision); nil without lanes.
+	Lanes []LaneStatus
+}
+
+// LaneStatus is one lane as stored and its bucket's tokens; Stored is
+// false until a decision has split the bucket into lanes.
+type LaneStatus struct {
+	Lane
+	Tokens float64
+	Stored bool
 }
 
 // Cooldown is an active shared cooldown.
@@ -68,6 +80,17 @@ func (c *Limiter) Status(ctx context.Context, provider string) (Status, error) {
 	s.Breaker = breakerStatus(r.hash(3), s.Config.BreakerTimeout, now)
 	s.Cooldown = activeCooldown(r.str(4), now)
 	s.Replicas = replicaIDs(r[5])
+	if text, ok := r.hash(1)["lanes"]; ok {
+		lanes, err := parseLanes(k.config, text)
+		if err != nil {
+			return Status{}, err
+		}
+		bucket := r.hash(7)
+		for _, l := range lanes {
+			v, ok := bucket["lane:"+l.Name]
+			s.Lanes = append(s.Lanes, LaneStatus{l, parseFloat(v), ok})
+		}
+	}
 	return s, nil
 }
 
