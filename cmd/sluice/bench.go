@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"os"
 	"os/exec"
 	"slices"
@@ -17,6 +18,7 @@ import (
 func (a *app) benchCmd() *cli.Command {
 	var bc bench.Config
 	var pc bench.PropagationConfig
+	var lc bench.LanesConfig
 	return &cli.Command{
 		Name:  "bench",
 		Usage: "measure decisions/s, latency and Redis cost of sluice beside redis_rate and a minimal Lua bucket",
@@ -54,6 +56,14 @@ ratios to redis_rate from the same rounds; then the Redis memory of one
 provider (MEMORY USAGE of its keys). Run it on a Redis of its own: it
 writes keys under sluicebench-* and rate:sluicebench-* and deletes them.
 
+With --lanes it measures lanes instead (docs/lanes.md): --lane-procs processes
+share a provider; each sends live requests (lane live, --live-share of the
+budget in all, Poisson, each an AcquireRequest) for three phases of --phase:
+alone, beside --backfill-callers backfill callers a process, and at scale
+0.5; once with the provider's lanes set (live priority 1, burst --live-burst;
+backfill below), once without (one bucket, as before lanes). Then two lanes
+of equal priority weighted 3:1, both backlogged, for one phase.
+
 With --propagation it measures instead how fast pressure reaches the
 replicas, beside the floor of a bare PUBLISH to a subscriber: one controller
 (step policy) steering the scale from the Redis bus, --replicas acquire-only
@@ -64,7 +74,8 @@ granted (they wake on the notification with up to 5ms of jitter, on purpose).
 
 Examples:
    sluice --redis redis://127.0.0.1:6379 bench --callers 1,64 --procs 1 --rounds 3
-   sluice --redis redis://127.0.0.1:6379 bench --propagation --samples 500`,
+   sluice --redis redis://127.0.0.1:6379 bench --propagation --samples 500
+   sluice --redis redis://127.0.0.1:6379 bench --lanes`,
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "callers", Value: "1,8,64", Usage: "total callers of each workload, comma-separated, each in [1, 4096]"},
 			&cli.StringFlag{Name: "procs", Value: "1,4", Usage: "processes of each workload, comma-separated, each in [1, 64]"},
@@ -78,15 +89,23 @@ Examples:
 			numberFlag("replicas", "with --propagation: acquire-only replicas", &pc.Replicas, 3, closed(1, 64)),
 			numberFlag("waiters", "with --propagation: paused waiters spread over the replicas", &pc.Waiters, 30, closed(1, 10000)),
 			numberFlag("samples", "with --propagation: level changes and scale changes measured", &pc.Samples, 200, closed(1, 100000)),
+			&cli.BoolFlag{Name: "lanes", Usage: "measure lanes instead (docs/lanes.md): live requests beside a backfill, with lanes and with one bucket, and two lanes weighted 3:1, across --lane-procs processes"},
+			numberFlag("lane-procs", "with --lanes: processes", &lc.Procs, 3, closed(1, 64)),
+			numberFlag("lane-rate", "with --lanes: the provider's tokens/s", &lc.Rate, 200, closed(1, 1e6)),
+			numberFlag("lane-burst", "with --lanes: the provider's capacity", &lc.Capacity, 20, closed[int64](1, 1e9)),
+			numberFlag("live-burst", "with --lanes: the live lane's burst", &lc.LiveBurst, 10, closed[int64](1, 1e9)),
+			numberFlag("live-share", "with --lanes: live demand, a fraction of the budget", &lc.LiveShare, 0.2, closed(0.01, 1)),
+			numberFlag("backfill-callers", "with --lanes: backfill callers a process", &lc.Callers, 8, closed(1, 4096)),
+			durationFlag("phase", "with --lanes: length of each phase (live alone, with the backfill, at scale 0.5)", &lc.Phase, 5*time.Second, above(0, 10*time.Minute)),
 			&cli.StringFlag{Name: "worker", Hidden: true, Usage: "run as a worker process of a bench (internal)"},
 		},
-		Action: func(c *cli.Context) error { return a.bench(c, bc, pc) },
+		Action: func(c *cli.Context) error { return a.bench(c, bc, pc, lc) },
 	}
 }
 
 // bench runs the command; bc and pc hold the flags read so far (the
 // numbers, checked).
-func (a *app) bench(c *cli.Context, bc bench.Config, pc bench.PropagationConfig) error {
+func (a *app) bench(c *cli.Context, bc bench.Config, pc bench.PropagationConfig, lc bench.LanesConfig) error {
 	if _, err := args(c, 0, "none"); err != nil {
 		return err
 	}
@@ -117,14 +136,26 @@ func (a *app) bench(c *cli.Context, bc bench.Config, pc bench.PropagationConfig)
 	if err != nil {
 		return err
 	}
-	bc.Client, bc.Progress = rdb, a.stderr
-	bc.Worker = func(spec string) *exec.Cmd { // this command again, as a worker
+	worker := func(spec string) *exec.Cmd { // this command again, as a worker
 		cmd := exec.Command(exe, append(slices.Clone(os.Args[1:]), "--worker", spec)...)
 		cmd.Env = a.environ
 		cmd.Stderr = a.stderr
 		childproc.SetDeathSignal(cmd)
 		return cmd
 	}
+	if c.Bool("lanes") {
+		lc.Client, lc.Worker, lc.Progress = rdb, worker, a.stderr
+		rep, err := bench.MeasureLanes(c.Context, lc)
+		if err != nil {
+			return err
+		}
+		if c.Bool("json") {
+			return json.NewEncoder(a.stdout).Encode(rep)
+		}
+		bench.PrintLanes(a.stdout, rep)
+		return nil
+	}
+	bc.Client, bc.Progress, bc.Worker = rdb, a.stderr, worker
 	return bench.Report(c.Context, bc, a.stdout, c.Bool("json"))
 }
 

@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"math"
 	"os/exec"
 	"strings"
 	"testing"
@@ -95,5 +96,36 @@ func TestBenchPropagation(t *testing.T) {
 	}
 	if p.Enforced.P50 <= 0 || p.Seen.P50 < p.Enforced.P50 {
 		t.Fatalf("the notification cannot come before the write it announces: %+v", p)
+	}
+}
+
+// TestBenchLanes: the lanes measurement on a real redis-server, across
+// processes, runs every phase it reports, never admits above the bound,
+// and leaves no key; the figures themselves are docs/lanes.md's, not a
+// test's (a loaded machine moves them).
+func TestBenchLanes(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short")
+	}
+	srv := redistest.Start(t)
+	out, err := exec.Command(buildBinary(t), "--redis", srv.URL(), "bench", "--lanes", "--phase", "1s", "--lane-procs", "2",
+		"--backfill-callers", "4", "--json").Output()
+	if err != nil {
+		t.Fatalf("sluice bench --lanes: %v\n%s", err, out)
+	}
+	var rep bench.LanesReport
+	if err := json.Unmarshal(out, &rep); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	for _, r := range []bench.LanesRun{rep.Today, rep.Lanes} {
+		if r.Errors > 0 || r.Admitted <= 0 || r.Admitted > 1 || r.Backfill[0] <= 0 || math.IsNaN(r.LiveP99[2]) {
+			t.Errorf("lanes %v: %+v", r.Lanes, r)
+		}
+	}
+	if !rep.Lanes.Lanes || rep.Today.Lanes || rep.Weights[0] == 0 || rep.Weights[1] == 0 {
+		t.Errorf("report: %+v", rep)
+	}
+	if keys := srv.Client(t).Keys(t.Context(), "*bench*").Val(); len(keys) > 0 {
+		t.Errorf("keys left behind: %v", keys)
 	}
 }

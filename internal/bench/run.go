@@ -116,6 +116,9 @@ func runProc(ctx context.Context, rdb redis.UniversalClient, w Workload, callers
 type workerSpec struct {
 	Workload Workload `json:"workload"`
 	Callers  int      `json:"callers"`
+	// Lanes, when set, makes the worker one process of a lanes run
+	// (lanes.go) instead.
+	Lanes *laneSpec `json:"lanes,omitempty"`
 }
 
 // Worker is the body of a worker process, given the spec Config.Worker
@@ -137,7 +140,14 @@ func Worker(ctx context.Context, rdb redis.UniversalClient, specJSON string, in 
 			}
 		}
 	}()
-	res, err := runProc(ctx, rdb, spec.Workload, spec.Callers, func() { fmt.Fprintln(out, "ready") }, start)
+	ready := func() { fmt.Fprintln(out, "ready") }
+	var res any
+	var err error
+	if spec.Lanes != nil {
+		res, err = runLaneProc(ctx, rdb, *spec.Lanes, ready, start)
+	} else {
+		res, err = runProc(ctx, rdb, spec.Workload, spec.Callers, ready, start)
+	}
 	if err != nil {
 		return err
 	}
@@ -251,7 +261,7 @@ func measureOne(ctx context.Context, cfg Config, w Workload) (Run, error) {
 		if cfg.Worker == nil {
 			return Run{}, errors.New("bench: more than one process needs Config.Worker")
 		}
-		wp, err := startWorker(cfg.Worker, w, callers)
+		wp, err := startWorker(cfg.Worker, workerSpec{Workload: w, Callers: callers})
 		if err != nil {
 			return Run{}, err
 		}
@@ -325,8 +335,8 @@ type workerProc struct {
 	out   *bufio.Scanner
 }
 
-func startWorker(mk func(env string) *exec.Cmd, w Workload, callers int) (*workerProc, error) {
-	spec, _ := json.Marshal(workerSpec{Workload: w, Callers: callers})
+func startWorker(mk func(env string) *exec.Cmd, s workerSpec) (*workerProc, error) {
+	spec, _ := json.Marshal(s)
 	cmd := mk(string(spec))
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
@@ -347,6 +357,14 @@ func startWorker(mk func(env string) *exec.Cmd, w Workload, callers int) (*worke
 // result waits for the worker's "ready", calls ready, sends "go" once start
 // is closed, and reads the worker's result.
 func (wp *workerProc) result(ready func(), start <-chan struct{}) (procResult, error) {
+	var res procResult
+	err := wp.run(ready, start, &res)
+	return res, err
+}
+
+// run is result for any result type: it decodes the worker's result
+// into res.
+func (wp *workerProc) run(ready func(), start <-chan struct{}, res any) error {
 	defer wp.cmd.Wait() //nolint:errcheck // the result line says what happened
 	readied := false
 	defer func() {
@@ -356,20 +374,19 @@ func (wp *workerProc) result(ready func(), start <-chan struct{}) (procResult, e
 	}()
 	if !wp.out.Scan() || wp.out.Text() != "ready" {
 		_ = wp.cmd.Process.Kill()
-		return procResult{}, fmt.Errorf("bench: worker did not get ready (%q)", wp.out.Text())
+		return fmt.Errorf("bench: worker did not get ready (%q)", wp.out.Text())
 	}
 	readied = true
 	ready()
 	<-start
 	fmt.Fprintln(wp.stdin, "go")
 	if !wp.out.Scan() {
-		return procResult{}, fmt.Errorf("bench: worker gave no result: %v", wp.out.Err())
+		return fmt.Errorf("bench: worker gave no result: %v", wp.out.Err())
 	}
-	var res procResult
-	if err := json.Unmarshal(wp.out.Bytes(), &res); err != nil {
-		return procResult{}, fmt.Errorf("bench: worker result: %w", err)
+	if err := json.Unmarshal(wp.out.Bytes(), res); err != nil {
+		return fmt.Errorf("bench: worker result: %w", err)
 	}
-	return res, wp.stdin.Close()
+	return wp.stdin.Close()
 }
 
 // stats are the Redis counters a run reads before and after.
