@@ -34,6 +34,7 @@ Examples:
    sluice demo --open-loop
    sluice demo --duration 1m --replicas 5 --report demo.html
    sluice demo --policy step --sink-rate 120      # the seed's mapping, for comparison
+   sluice demo --lanes --report lanes.html        # live requests first, a backfill mid-run
    sluice --redis redis://localhost:6379/0 demo --json`,
 		Flags: []cli.Flag{
 			durationFlag("duration", "how long to run", &d.Duration, 20*time.Second, closed(time.Second, 24*time.Hour)),
@@ -47,6 +48,7 @@ Examples:
 			durationFlag("dwell", "step and proportional: time the scale stays before it may rise", &d.Dwell, time.Second, above(0, 24*time.Hour)),
 			numberFlag("max-rise", "step and proportional: soft start, largest rise per step (0 = jump)", &d.MaxRise, 0, closed(0, 1.0)),
 			&cli.BoolFlag{Name: "open-loop", Usage: "no feedback: the budget never follows the store", Destination: &d.OpenLoop},
+			&cli.BoolFlag{Name: "lanes", Usage: "lanes (docs/lanes.md): live requests (20% of the budget, priority 1) throughout, the pull a backfill from a third of the run", Destination: &d.Lanes},
 			&cli.StringFlag{Name: "report", Usage: "write a self-contained HTML report with charts to this file", Destination: &d.Report},
 			&cli.BoolFlag{Name: "json", Usage: "print only the summary, as JSON", Destination: &d.JSON},
 		},

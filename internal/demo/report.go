@@ -50,12 +50,32 @@ func charts(res sim.Result, d Options) []template.HTML {
 		admitted = append(admitted, s.Admitted)
 		written = append(written, s.WriteRate)
 	}
-	return []template.HTML{
+	out := []template.HTML{
 		chart("Queue depth (items)", xs, float64(d.Queue), []series{{"queue depth", queue, "#2563eb"}}, d.queueMarks()),
 		chart("Scale factor", xs, 1, []series{{"scale", scale, "#16a34a"}}, nil),
 		chart("Rate (items/s)", xs, maxOf(admitted, d.Rate)*1.1,
 			[]series{{"admitted (all replicas)", admitted, "#7c3aed"}, {"written by the sink", written, "#0891b2"}},
 			[]ref{{d.Rate, "provider limit", "#dc2626"}, {d.SinkRate, "sink capacity", "#64748b"}}),
+	}
+	if d.Lanes {
+		out = append(out, laneCharts(res, xs, d)...)
+	}
+	return out
+}
+
+// laneCharts draw each lane's grants a second and the live lane's p99 wait.
+func laneCharts(res sim.Result, xs []float64, d Options) []template.HTML {
+	var live, backfill, p99 []float64
+	for _, s := range res.Samples {
+		live = append(live, s.Live)
+		backfill = append(backfill, s.Admitted-s.Live)
+		p99 = append(p99, s.LiveP99)
+	}
+	return []template.HTML{
+		chart("Admitted by lane (items/s)", xs, maxOf(backfill, d.Rate)*1.1,
+			[]series{{"live (priority 1)", live, "#dc2626"}, {"backfill", backfill, "#7c3aed"}},
+			[]ref{{d.Rate, "provider limit", "#64748b"}}),
+		chart("Live p99 wait (ms)", xs, maxOf(p99, 1)*1.1, []series{{"live p99 wait", p99, "#dc2626"}}, nil),
 	}
 }
 

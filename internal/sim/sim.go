@@ -61,6 +61,9 @@ type Config struct {
 	Interval time.Duration
 	// Symbols the ticks are for; default a handful.
 	Symbols []string
+	// Lanes, when set, runs live requests beside the pull, which becomes
+	// a backfill starting mid-run (lanes.go).
+	Lanes *Lanes
 	// OnSample, when set, is called after every sample (the demo prints a line).
 	OnSample func(Sample)
 	Logger   *slog.Logger
@@ -109,6 +112,7 @@ func (c *Config) defaults() error {
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
+	c.laneDefaults()
 	switch {
 	case c.Rate <= 0 || c.SinkRate <= 0:
 		return fmt.Errorf("sim: rate=%v sink_rate=%v: must be > 0", c.Rate, c.SinkRate)
@@ -137,6 +141,10 @@ type Sample struct {
 	QueueDepth int
 	Written    int64   // items written so far
 	WriteRate  float64 // items written per second over the last interval
+	// Live is the live lane's grants a second (in Admitted too; the rest,
+	// PerReplica, is the backfill), LiveP99 its p99 wait in ms, over the
+	// last interval, when the run has lanes.
+	Live, LiveP99 float64
 }
 
 // Result sums up a run.
@@ -187,6 +195,9 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	if _, err := ctl.SetBudgetScale(ctx, cfg.Provider, 1); err != nil {
 		return Result{}, err
 	}
+	if err := cfg.setLanes(ctx, ctl); err != nil {
+		return Result{}, err
+	}
 
 	// The store: a write coordinator in front of a slow sink, publishing its
 	// pressure through Redis.
@@ -225,6 +236,8 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	defer stop()
 	var wg sync.WaitGroup
 	var fetched atomic.Int64
+	var live laneStats
+	start := time.Now()
 	replicas := make([]*replica, cfg.Replicas)
 	for i := range replicas {
 		r, err := newReplica(ctx, i, newClient(), cfg, log)
@@ -236,11 +249,13 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 		}
 		defer r.Close()
 		replicas[i] = r
-		wg.Go(func() { r.produce(runCtx, cfg, upstream, wc, &fetched) })
+		wg.Go(func() { r.produce(runCtx, cfg, upstream, wc, &fetched, start) })
+		if cfg.Lanes != nil {
+			wg.Go(func() { r.live(runCtx, cfg, upstream, wc, &fetched, &live) })
+		}
 	}
 
 	res := Result{Config: cfg}
-	start := time.Now()
 	var last Sample
 	lastAdmitted := make([]int64, len(replicas))
 	tick := time.NewTicker(cfg.Interval)
@@ -263,6 +278,10 @@ sampling:
 			s.Admitted += rate
 		}
 		s.WriteRate = float64(s.Written-last.Written) / secs
+		if cfg.Lanes != nil {
+			s.Live, s.LiveP99 = live.take(secs)
+			s.Admitted += s.Live
+		}
 		if st, err := ctl.Status(runCtx, cfg.Provider); err == nil {
 			s.Scale = st.Scale
 		}
@@ -307,31 +326,40 @@ func newReplica(ctx context.Context, id int, rdb redis.UniversalClient, cfg Conf
 	return &replica{Replica: p, id: id}, nil
 }
 
-// produce pulls ticks while ctx lasts. A fetched tick is always submitted,
-// even after ctx ends, so that nothing fetched is lost.
-func (r *replica) produce(ctx context.Context, cfg Config, up *provider, wc *store.WriteCoordinator[Tick], fetched *atomic.Int64) {
+// produce pulls ticks while ctx lasts (the backfill of a run with lanes).
+// A fetched tick is always submitted, even after ctx ends, so that nothing
+// fetched is lost.
+func (r *replica) produce(ctx context.Context, cfg Config, up *provider, wc *store.WriteCoordinator[Tick], fetched *atomic.Int64, start time.Time) {
 	rnd := rand.New(rand.NewPCG(uint64(r.id), 42))
-	lim := r.Limiter()
 	for ctx.Err() == nil {
-		d, err := lim.Acquire(ctx, cfg.Provider, 1)
+		d, err := r.acquire(ctx, cfg, start)
 		if err != nil {
 			continue // ctx ended, or a transient error: the loop condition decides
 		}
 		r.admitted.Add(1)
-		tick, err := up.fetch(cfg.Symbols[rnd.IntN(len(cfg.Symbols))], rnd)
-		if err != nil { // a pacing violation: what a real pipeline must report
-			_ = lim.RecordFailure(context.Background(), cfg.Provider)
-			_, _ = lim.TriggerCooldown(context.Background(), cfg.Provider, "pacing", "the provider refused a call", 0)
-			continue
-		}
-		if d.Reason == limiter.ReasonProbe {
-			_ = lim.RecordSuccess(context.Background(), cfg.Provider)
-		}
-		fetched.Add(1)
-		if err := wc.Submit(context.Background(), tick); err != nil {
-			return // closed: cannot happen before produce returns
+		if !r.fetchAndSubmit(cfg, d, up, wc, fetched, rnd) {
+			return
 		}
 	}
+}
+
+// fetchAndSubmit fetches one tick after grant d and submits it; false
+// when the coordinator is closed (cannot happen before the run ends). A
+// pacing violation is reported as a real pipeline must: a failure and a
+// shared cooldown; a probe's success closes the breaker.
+func (r *replica) fetchAndSubmit(cfg Config, d limiter.Decision, up *provider, wc *store.WriteCoordinator[Tick], fetched *atomic.Int64, rnd *rand.Rand) bool {
+	lim := r.Limiter()
+	tick, err := up.fetch(cfg.Symbols[rnd.IntN(len(cfg.Symbols))], rnd)
+	if err != nil {
+		_ = lim.RecordFailure(context.Background(), cfg.Provider)
+		_, _ = lim.TriggerCooldown(context.Background(), cfg.Provider, "pacing", "the provider refused a call", 0)
+		return true
+	}
+	if d.Reason == limiter.ReasonProbe {
+		_ = lim.RecordSuccess(context.Background(), cfg.Provider)
+	}
+	fetched.Add(1)
+	return wc.Submit(context.Background(), tick) == nil
 }
 
 // provider simulates an upstream API that enforces its pacing limit with
