@@ -253,5 +253,27 @@ def test_rules_form_async(r, redis_server) -> None:  # type: ignore[no-untyped-d
     run(body)
 
 
+def test_lanes_async(r, redis_server) -> None:  # type: ignore[no-untyped-def]
+    """AsyncLimiter and the seed's RateCoordinator with lanes: the live
+    lane's burst held for it while the backfill is refused, a lane-less
+    acquire in the last lane."""
+    async def body() -> None:
+        c = client(redis_server)
+        coord = RateCoordinator(c, replica_id="py-async-lanes", source="test")
+        coord.register_provider("ibkr", capacity=20, refill_rate=0.001)
+        assert await coord.set_lanes("ibkr", [{"name": "live", "priority": 1, "burst": 10}, {"name": "backfill"}])
+        for _ in range(10):
+            assert (await coord.acquire("ibkr", lane="backfill", timeout=5)).allowed
+        with pytest.raises(RateLimitedError):
+            await coord.acquire("ibkr", lane="backfill", timeout=0.5)
+        with pytest.raises(RateLimitedError):
+            await coord.acquire("ibkr", timeout=0.5)  # no lane: the backfill's
+        d = await coord.limiter.try_acquire_request("ibkr", 2, lane="live")
+        assert d.allowed and d.remaining == pytest.approx(8, abs=0.01)  # live 8, and the backfill's refill since
+        await coord.limiter.close()
+        await c.close()
+    run(body)
+
+
 async def r_permits(c: "redis.asyncio.Redis[bytes]") -> int:
     return int(await c.zcard("sluice:{ibkr}:permits:open"))

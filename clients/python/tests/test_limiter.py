@@ -436,6 +436,31 @@ def test_rules_form(lim: Limiter, r: "redis.Redis[bytes]") -> None:
     assert lim.try_acquire("ibkr").allowed  # the plain form again
 
 
+def test_lanes(lim: Limiter, r: "redis.Redis[bytes]") -> None:
+    """Lanes (docs/lanes.md) from Python: the live lane's burst held for
+    it, a lane taking from lower lanes but never from higher ones, an
+    unknown lane and a bad set refused naming the field, and the lanes
+    removed."""
+    lim.register("ibkr", capacity=20, refill_rate=0.001)
+    lanes = [{"name": "backfill"}, {"name": "live", "priority": 1, "burst": 10}]
+    assert lim.set_lanes("ibkr", lanes) is True
+    assert lim.set_lanes("ibkr", lanes) is False
+    backfill = [lim.try_acquire_request("ibkr", lane="backfill").allowed for _ in range(11)]
+    assert backfill == [True] * 10 + [False]  # its 10; live's 10 are not its own
+    assert lim.try_acquire_request("ibkr", lane="live").allowed
+    assert lim.try_acquire("ibkr").allowed is False  # no lane: the last (backfill), empty
+    assert r.hget("sluice:{ibkr}:bucket", "lane:live") == b"9"
+    with pytest.raises(InvalidArgumentError) as e:
+        lim.try_acquire_request("ibkr", lane="bulk")
+    assert e.value.field == "lane"
+    with pytest.raises(InvalidArgumentError) as e:
+        lim.set_lanes("ibkr", [{"name": "live", "weight": -1}])
+    assert e.value.field == "lanes.live.weight"
+    assert lim.set_lanes("ibkr", []) is True
+    assert r.hget("sluice:{ibkr}:bucket", "lane:live") is None
+    assert [lim.try_acquire("ibkr").allowed for _ in range(10)] == [True] * 9 + [False]  # live's 9 left, whole again
+
+
 def test_rules_seen_by_go(lim: Limiter, r: "redis.Redis[bytes]", redis_server: Any, sluice_bin: str) -> None:
     """Rules set by the Go CLI are decided by Python on the same keys, and
     what Python counted is what `sluice status` shows."""

@@ -30,7 +30,7 @@ from .errors import (
 SCRIPT_NAMES: Tuple[str, ...] = (
     "register", "acquire", "set_scale", "annotate", "breaker",
     "cooldown", "heartbeat", "status", "pressure", "lease", "refund",
-    "set_rules", "permit", "refuse", "forget",
+    "set_rules", "permit", "set_lanes", "refuse", "forget",
 )
 
 DEFAULT_PREFIX = "sluice"
@@ -292,12 +292,13 @@ def new_request_id() -> str:
 
 
 def rules_request(st: "ProviderState", n: int, key: str,
-                  keys: Optional[Dict[str, str]]) -> Tuple[List[str], List[str], str, List[str]]:
-    """One rules-form call for st's known set: its KEYS, its ARGV, the
-    request's id and the concurrency rules a grant holds places under."""
+                  keys: Optional[Dict[str, str]], lane: str = "") -> Tuple[List[str], List[str], str, List[str]]:
+    """One rules-form call for st's known set (in lane): its KEYS, its
+    ARGV, the request's id and the concurrency rules a grant holds places
+    under."""
     rid = new_request_id()
     held = [str(r["name"]) for r in st.rules if r.get("kind") == "concurrency"]
-    return rule_keys(st.keys, st.rules, key, keys), [str(n), "rules", st.rules_rev or "", rid], rid, held
+    return rule_keys(st.keys, st.rules, key, keys), [str(n), "rules", st.rules_rev or "", rid, lane], rid, held
 
 
 def lease_ms(lease: float) -> int:

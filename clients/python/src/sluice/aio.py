@@ -146,30 +146,31 @@ class AsyncLimiter:
         return await self._decide(provider, self._state(provider), n)
 
     async def _decide(self, provider: str, st: ProviderState, n: int, deadline: Optional[float] = None,
-                      key: str = "", keys: Optional[Dict[str, str]] = None) -> Decision:
+                      key: str = "", keys: Optional[Dict[str, str]] = None, lane: str = "") -> Decision:
         if not st.active:
             st.active = True
             await self._beat(st, deadline)
             if self._beater is None:
                 self._beater = asyncio.get_running_loop().create_task(self._beat_loop())
         if st.rules or key or keys:
-            d = await self._decide_rules(provider, st, n, key, keys, deadline)
+            d = await self._decide_rules(provider, st, n, key, keys, deadline, lane)
         else:
+            args = [str(n), "lane", lane] if lane else [str(n)]
             try:
-                d = parse_decision(await self._run(provider, st, "acquire", st.keys.acquire(), [str(n)], deadline))
+                d = parse_decision(await self._run(provider, st, "acquire", st.keys.acquire(), args, deadline))
             except RulesChanged as ch:  # the provider has pacing rules now
                 st.rules_rev, st.rules = ch.rev, ch.rules
-                d = await self._decide_rules(provider, st, n, key, keys, deadline)
+                d = await self._decide_rules(provider, st, n, key, keys, deadline, lane)
         st.last_scale = d.scale
         if d.allowed:
             grant_in_time(provider, deadline)
         return d
 
     async def _decide_rules(self, provider: str, st: ProviderState, n: int, key: str,
-                            keys: Optional[Dict[str, str]], deadline: Optional[float]) -> Decision:
+                            keys: Optional[Dict[str, str]], deadline: Optional[float], lane: str = "") -> Decision:
         """See Limiter._decide_rules."""
         for _ in range(3):
-            rkeys, args, rid, held = rules_request(st, n, key, keys)
+            rkeys, args, rid, held = rules_request(st, n, key, keys, lane)
             try:
                 d = parse_decision(await self._run(provider, st, "acquire", rkeys, args, deadline))
             except RulesChanged as ch:
@@ -181,13 +182,14 @@ class AsyncLimiter:
         raise SluiceError(f"sluice: provider {provider!r}: {RULES_CHANGED_TWICE}")
 
     async def try_acquire_request(self, provider: str, cost: int = 1, key: str = "",
-                                  keys: Optional[Dict[str, str]] = None) -> Decision:
+                                  keys: Optional[Dict[str, str]] = None, lane: str = "") -> Decision:
         """See Limiter.try_acquire_request (the permit is an AsyncPermit)."""
         check_n(cost)
-        return await self._decide(provider, self._state(provider), cost, None, key, keys or {})
+        return await self._decide(provider, self._state(provider), cost, None, key, keys or {}, lane)
 
     async def acquire_request(self, provider: str, cost: int = 1, key: str = "",
-                              keys: Optional[Dict[str, str]] = None, timeout: Optional[float] = None) -> Decision:
+                              keys: Optional[Dict[str, str]] = None, timeout: Optional[float] = None,
+                              lane: str = "") -> Decision:
         """See Limiter.acquire_request."""
         check_n(cost)
         if timeout is not None and not (finite(timeout) and timeout >= 0):
@@ -197,7 +199,7 @@ class AsyncLimiter:
         deadline = None if timeout is None else loop.time() + timeout
         call_deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            d = await self._decide(provider, st, cost, call_deadline, key, keys or {})
+            d = await self._decide(provider, st, cost, call_deadline, key, keys or {}, lane)
             if d.allowed:
                 return d
             left = None if deadline is None else deadline - loop.time()
@@ -211,6 +213,11 @@ class AsyncLimiter:
         st = self._state(provider)
         res = await self._run(provider, st, "set_rules", [st.keys.config], [json.dumps(rules)])
         return as_str(res[0]) == "updated", as_int(res[1])
+
+    async def set_lanes(self, provider: str, lanes: List[Dict[str, Any]]) -> bool:
+        """See Limiter.set_lanes."""
+        st = self._state(provider)
+        return as_str(await self._run(provider, st, "set_lanes", [st.keys.config, st.keys.bucket], [json.dumps(lanes)])) == "updated"
 
     async def acquire(self, provider: str, n: int = 1, timeout: Optional[float] = None) -> Decision:
         """See Limiter.acquire: waits out rate limits, cooldowns and an open

@@ -74,17 +74,18 @@ class RateCoordinator:
         return provider in self._configs
 
     async def acquire(self, provider: str, n: int = 1, timeout: Optional[float] = None, *, key: str = "",
-                      keys: Optional[Dict[str, str]] = None) -> Any:
+                      keys: Optional[Dict[str, str]] = None, lane: str = "") -> Any:
         """Wait until the shared bucket grants n tokens (rate limits,
         cooldown, an open breaker and a pause are waited out); returns the
         Decision. With timeout, raises the refusal's error when the wait
         would outlast it. For a provider with pacing rules (set_rules), n is
         the request's cost on every rule, key its key for keyed and spacing
         rules (keys: one per rule), and a grant under a concurrency rule
-        carries a permit to release: ``await d.permit.release()``."""
+        carries a permit to release: ``await d.permit.release()``. lane
+        names the request's lane for a provider with lanes (set_lanes)."""
         await self._ensure(provider)
-        if key or keys:
-            return await self.limiter.acquire_request(provider, n, key, keys, timeout)
+        if key or keys or lane:
+            return await self.limiter.acquire_request(provider, n, key, keys, timeout, lane)
         return await self.limiter.acquire(provider, n, timeout)
 
     async def set_rules(self, provider: str, rules: List[Dict[str, Any]]) -> bool:
@@ -93,6 +94,12 @@ class RateCoordinator:
         await self._ensure(provider)
         changed, _ = await self.limiter.set_rules(provider, rules)
         return changed
+
+    async def set_lanes(self, provider: str, lanes: List[Dict[str, Any]]) -> bool:
+        """Replace provider's lanes (docs/lanes.md; [] removes them) for
+        every replica; checked whole. Returns whether they changed."""
+        await self._ensure(provider)
+        return await self.limiter.set_lanes(provider, lanes)
 
     async def record_failure(self, provider: str) -> None:
         """Count a failure towards the shared breaker."""

@@ -195,30 +195,31 @@ class Limiter:
         return self._decide(provider, st, n)
 
     def _decide(self, provider: str, st: ProviderState, n: int, deadline: Optional[float] = None,
-                key: str = "", keys: Optional[Dict[str, str]] = None) -> Decision:
+                key: str = "", keys: Optional[Dict[str, str]] = None, lane: str = "") -> Decision:
         if not st.active:
             st.active = True  # first acquisition: join the replica registry now
             self._beat(st, deadline)
             self._start_beater()
         if st.rules or key or keys:
-            d = self._decide_rules(provider, st, n, key, keys, deadline)
+            d = self._decide_rules(provider, st, n, key, keys, deadline, lane)
         else:
+            args = [str(n), "lane", lane] if lane else [str(n)]
             try:
-                d = parse_decision(self._run(provider, st, "acquire", st.keys.acquire(), [str(n)], deadline))
+                d = parse_decision(self._run(provider, st, "acquire", st.keys.acquire(), args, deadline))
             except RulesChanged as ch:  # the provider has pacing rules now
                 st.rules_rev, st.rules = ch.rev, ch.rules
-                d = self._decide_rules(provider, st, n, key, keys, deadline)
+                d = self._decide_rules(provider, st, n, key, keys, deadline, lane)
         st.last_scale = d.scale
         if d.allowed:
             grant_in_time(provider, deadline)
         return d
 
     def _decide_rules(self, provider: str, st: ProviderState, n: int, key: str,
-                      keys: Optional[Dict[str, str]], deadline: Optional[float]) -> Decision:
+                      keys: Optional[Dict[str, str]], deadline: Optional[float], lane: str = "") -> Decision:
         """One request by acquire.lua's rules form (docs/lua.md), learning
         the set in force from a RULES_CHANGED reply (at most twice)."""
         for _ in range(3):
-            rkeys, args, rid, held = rules_request(st, n, key, keys)
+            rkeys, args, rid, held = rules_request(st, n, key, keys, lane)
             try:
                 d = parse_decision(self._run(provider, st, "acquire", rkeys, args, deadline))
             except RulesChanged as ch:
@@ -230,7 +231,7 @@ class Limiter:
         raise SluiceError(f"sluice: provider {provider!r}: {RULES_CHANGED_TWICE}")
 
     def try_acquire_request(self, provider: str, cost: int = 1, key: str = "",
-                            keys: Optional[Dict[str, str]] = None) -> Decision:
+                            keys: Optional[Dict[str, str]] = None, lane: str = "") -> Decision:
         """Decide one request of cost against provider's bucket and every
         pacing rule in one script call, never waiting (docs/rules.md): granted
         only if all allow it, and then all are charged. key is the request's
@@ -238,10 +239,11 @@ class Limiter:
         A grant under a concurrency rule carries a Permit to release; a
         refusal by a rule has reason rule_limited and names it (rule)."""
         check_n(cost)
-        return self._decide(provider, self._state(provider), cost, None, key, keys or {})
+        return self._decide(provider, self._state(provider), cost, None, key, keys or {}, lane)
 
     def acquire_request(self, provider: str, cost: int = 1, key: str = "",
-                        keys: Optional[Dict[str, str]] = None, timeout: Optional[float] = None) -> Decision:
+                        keys: Optional[Dict[str, str]] = None, timeout: Optional[float] = None,
+                        lane: str = "") -> Decision:
         """Block until provider grants the request (as try_acquire_request
         decides it), sleeping what each refusal says; RuleLimitedError (or
         the reason's error) when the wait would outlast timeout or can never
@@ -252,7 +254,7 @@ class Limiter:
         st = self._state(provider)
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            d = self._decide(provider, st, cost, deadline, key, keys or {})
+            d = self._decide(provider, st, cost, deadline, key, keys or {}, lane)
             if d.allowed:
                 return d
             left = None if deadline is None else deadline - time.monotonic()
@@ -269,6 +271,16 @@ class Limiter:
         st = self._state(provider)
         res = self._run(provider, st, "set_rules", [st.keys.config], [json.dumps(rules)])
         return as_str(res[0]) == "updated", as_int(res[1])
+
+    def set_lanes(self, provider: str, lanes: List[Dict[str, Any]]) -> bool:
+        """Replace provider's lanes (docs/lanes.md; docs/lua.md, set_lanes:
+        dicts of name, priority, weight, burst, guarantee, floor), checked
+        whole by the script: InvalidArgumentError naming the field
+        (lanes.<name>.weight) changes nothing. [] removes them. Returns
+        whether they changed. A request names its lane with lane= in
+        try_acquire_request and acquire_request."""
+        st = self._state(provider)
+        return as_str(self._run(provider, st, "set_lanes", [st.keys.config, st.keys.bucket], [json.dumps(lanes)])) == "updated"
 
     def acquire(self, provider: str, n: int = 1, timeout: Optional[float] = None) -> Decision:
         """Block until provider grants n tokens and return the granting
