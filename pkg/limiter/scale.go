@@ -110,6 +110,7 @@ func (c *Limiter) annotate(ctx context.Context, provider, kind, value string) er
 	if err != nil {
 		return err
 	}
+	defer st.hold.clear() // a change through this Limiter applies to its next call
 	_, err = c.run(ctx, st, annotateScript, []string{st.keys.config, st.keys.scale}, kind, value, c.opts.Source)
 	return err
 }
