@@ -274,9 +274,7 @@ func (c *Limiter) decideFor(ctx context.Context, st *providerState, n int) (Deci
 	if n < 1 || n > 1e9 {
 		return Decision{}, &ArgumentError{"n", n, "an integer in [1, 1000000000]"}
 	}
-	if st.member.join() { // first acquisition: join the replica registry now
-		c.beat(ctx, st)
-	}
+	c.joinOnce(ctx, st) // the first acquisition joins the replica registry
 	if st.health.isDown() {
 		return c.outage(st, n, c.opts.Now(), ErrRedisUnavailable)
 	}

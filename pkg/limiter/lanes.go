@@ -163,9 +163,7 @@ func (c *Limiter) decideLane(ctx context.Context, st *providerState, req Request
 	if n < 1 || n > 1e9 {
 		return Decision{}, &ArgumentError{"n", n, "an integer in [1, 1000000000]"}
 	}
-	if st.member.join() {
-		c.beat(ctx, st)
-	}
+	c.joinOnce(ctx, st) // the first acquisition joins the replica registry
 	if st.health.isDown() {
 		return c.outage(st, n, c.opts.Now(), ErrRedisUnavailable)
 	}

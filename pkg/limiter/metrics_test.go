@@ -88,3 +88,22 @@ func TestAcquisitionLabels(t *testing.T) {
 		t.Errorf("the refused name became a label (%v calls)", n)
 	}
 }
+
+// TestReplicasThatStartTogetherCountEachOther: three replicas joining
+// at once each learn that there are three from the early heartbeats after
+// joining, not a Heartbeat (here a minute) later.
+func TestReplicasThatStartTogetherCountEachOther(t *testing.T) {
+	srv := redistest.Start(t)
+	var regs []*prometheus.Registry
+	for range 3 {
+		c, reg := newCoord(t, srv.Client(t), limiter.Options{Heartbeat: time.Minute})
+		if len(regs) == 0 {
+			register(t, c, "p", 10, 10)
+		}
+		regs = append(regs, reg)
+		try(t, c, "p", 1) // joins: the first sees 1 replica, the second 2
+	}
+	for _, reg := range regs {
+		waitFor(t, "every replica counting 3", func() bool { return liveReplicas(t, reg, "p") == 3 })
+	}
+}

@@ -20,6 +20,42 @@ type membership struct {
 // which must then heartbeat at once.
 func (m *membership) join() bool { return !m.active.Load() && !m.active.Swap(true) }
 
+// joinBeats are when a replica heartbeats again after joining, before
+// its regular Heartbeat (those not shorter than Heartbeat are skipped):
+// replicas that start together learn of each other within a second, not a
+// Heartbeat later (a process's fair turn under held refusals divides by
+// the count, hold.go).
+var joinBeats = []time.Duration{100 * time.Millisecond, 400 * time.Millisecond, time.Second}
+
+// joinOnce makes this process a replica of st at its first acquisition: a
+// heartbeat now, then the early ones of joinBeats.
+func (c *Limiter) joinOnce(ctx context.Context, st *providerState) {
+	if !st.member.join() {
+		return
+	}
+	c.beat(ctx, st)
+	c.background(func() {
+		start := time.Now()
+		for _, at := range joinBeats {
+			if at >= c.opts.Heartbeat {
+				return
+			}
+			t := time.NewTimer(time.Until(start.Add(at)))
+			select {
+			case <-c.stop:
+				t.Stop()
+				return
+			case <-t.C:
+			}
+			bctx, cancel := context.WithTimeout(context.Background(), c.opts.Heartbeat)
+			if !st.health.isDown() {
+				c.beat(bctx, st)
+			}
+			cancel()
+		}
+	})
+}
+
 // joined reports whether the replica acquired from the provider.
 func (m *membership) joined() bool { return m.active.Load() }
 

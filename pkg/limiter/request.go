@@ -98,9 +98,7 @@ func (c *Limiter) decideRules(ctx context.Context, st *providerState, req Reques
 	if n < 1 || n > 1e9 {
 		return Decision{}, &ArgumentError{"n", n, "an integer in [1, 1000000000]"}
 	}
-	if st.member.join() {
-		c.beat(ctx, st)
-	}
+	c.joinOnce(ctx, st) // the first acquisition joins the replica registry
 	for range 3 {
 		if st.health.isDown() {
 			return c.rulesOutage(st, n, ErrRedisUnavailable)
