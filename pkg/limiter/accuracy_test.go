@@ -270,6 +270,7 @@ func TestPauseAndResume(t *testing.T) {
 	var regs []func() float64
 	for i := range 2 {
 		c, reg := newCoord(t, srv.Client(t), limiter.Options{PausedRecheck: time.Hour, Heartbeat: time.Hour}) // no heartbeat script in the quiet window
+		limiter.NoJoinBeatsForTest(c)
 		regs = append(regs, func() float64 { return pausedWaiters(reg, "pz") })
 		for range waiters / 2 {
 			go func() {

@@ -158,6 +158,7 @@ func TestHeldRefusal(t *testing.T) {
 	ctl, _ := newCoord(t, admin, limiter.Options{})
 	register(t, ctl, "h", 5, 0.01) // a token every 100 s: a refusal holds for RefusalHold
 	c, _ := newCoord(t, srv.Client(t), limiter.Options{RefusalHold: time.Second})
+	limiter.NoJoinBeatsForTest(c) // no heartbeat script among the counted commands
 	if d := try(t, c, "h", 5); !d.Allowed {
 		t.Fatalf("first call: %+v", d)
 	}

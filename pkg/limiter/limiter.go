@@ -23,6 +23,9 @@ type Limiter struct {
 	log      *slog.Logger
 	m        *metrics
 	notifier *notifier
+	// joinBeats are the early heartbeats after joining (replicas.go);
+	// tests that count Redis commands turn them off.
+	joinBeats []time.Duration
 
 	downMu sync.Mutex // orders the changes of down and the redis_up gauge
 	down   int        // providers now in outage mode
@@ -55,6 +58,7 @@ func New(rdb redis.UniversalClient, o Options) (*Limiter, error) {
 	}
 	m.redisUp.Set(1)
 	c := &Limiter{
+		joinBeats: joinBeats,
 		rdb:       rdb,
 		direct:    honoursDeadlines(rdb),
 		opts:      o,

@@ -56,7 +56,7 @@ func (n *notifier) watch(ctx context.Context, channel string) <-chan struct{} {
 		s = &subscription{ready: make(chan struct{}), gen: make(chan struct{})}
 		n.subs[channel] = s
 		if n.sub == nil {
-			n.sub = pubsub.New(n.rdb, n.rdb.Subscribe(context.Background()), n.healthCheck, func(err error) {
+			n.sub = pubsub.New(n.rdb, newPubSub(n.rdb, channel), n.healthCheck, func(err error) {
 				n.log.Debug("notification subscription lost; subscribing again", "err", err)
 			})
 			go n.loop(n.sub)
@@ -141,4 +141,14 @@ func (n *notifier) close(wait time.Duration) {
 	case <-t.C:
 		n.log.Debug("notification subscription still closing in the background (Redis does not answer)")
 	}
+}
+
+// newPubSub is a PubSub of rdb subscribed to nothing yet, except for a
+// Ring: go-redis picks a Ring's shard by the first channel and refuses
+// (panics) without one, so it is subscribed to channel at once.
+func newPubSub(rdb redis.UniversalClient, channel string) *redis.PubSub {
+	if _, ring := rdb.(*redis.Ring); ring {
+		return rdb.Subscribe(context.Background(), channel)
+	}
+	return rdb.Subscribe(context.Background())
 }

@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/sluice-dev/sluice/internal/redistest"
 	"github.com/sluice-dev/sluice/pkg/limiter"
 )
@@ -74,4 +76,44 @@ func TestPausedWaitersSurvivePubSubCut(t *testing.T) {
 	waitFor(t, "the notification subscription back", func() bool {
 		return admin.PubSubNumSub(ctx, "sluice:{p}:notify").Val()["sluice:{p}:notify"] == 1
 	})
+}
+
+// TestNotificationsOnARing: a limiter on a redis.Ring subscribes to its
+// notifications (go-redis refuses a Ring's subscription without a channel:
+// it picks the shard by it): a refusal it holds and a paused Acquire both
+// watch them, and the Acquire wakes when another replica raises the scale,
+// long before its slow re-check.
+func TestNotificationsOnARing(t *testing.T) {
+	srv := redistest.Start(t)
+	ctx := context.Background()
+	ring := redis.NewRing(&redis.RingOptions{Addrs: map[string]string{"a": srv.Addr}})
+	t.Cleanup(func() { ring.Close() })
+	c, reg := newCoord(t, ring, limiter.Options{PausedRecheck: time.Hour})
+	admin, _ := newCoord(t, srv.Client(t), limiter.Options{})
+	register(t, admin, "p", 1, 0.001)
+	try(t, c, "p", 1)
+	if d := try(t, c, "p", 1); d.Allowed { // refused by Redis: held, watching the notifications
+		t.Fatalf("second call granted: %+v", d)
+	}
+	if _, err := admin.SetBudgetScale(ctx, "p", 0); err != nil {
+		t.Fatal(err)
+	}
+	woke := make(chan error, 1)
+	go func() {
+		_, err := c.Acquire(ctx, "p", 1)
+		woke <- err
+	}()
+	waitFor(t, "the waiter paused", func() bool { return pausedWaiters(reg, "p") == 1 })
+	register(t, admin, "p", 1, 1000) // refills at once
+	if _, err := admin.SetBudgetScale(ctx, "p", 1); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-woke:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the paused Acquire on a Ring was not woken by the scale change")
+	}
 }

@@ -36,7 +36,7 @@ func (c *Limiter) joinOnce(ctx context.Context, st *providerState) {
 	c.beat(ctx, st)
 	c.background(func() {
 		start := time.Now()
-		for _, at := range joinBeats {
+		for _, at := range c.joinBeats {
 			if at >= c.opts.Heartbeat {
 				return
 			}
