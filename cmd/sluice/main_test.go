@@ -671,6 +671,7 @@ func TestBadInputBeforeStart(t *testing.T) {
 		{[]string{"coordinator", "--fail-while", missing}, nil, "--fail-while=" + missing + ": the directory"},
 		{[]string{"coordinator", "--sink-rate-file", missing}, nil, "--sink-rate-file=" + missing + ": the directory"},
 		{[]string{"pipeline", "--demand-file", missing}, nil, "--demand-file=" + missing + ": the directory"},
+		{[]string{"pipeline", "--fail-while", missing}, nil, "--fail-while=" + missing + ": the directory"},
 		// Addresses.
 		{[]string{"--redis", "redis://127.0.0.1:99999/0", "status"}, nil, `redis.url="redis://127.0.0.1:99999/0" (from flag --redis): must be redis://`},
 		{[]string{"--redis", "redis://127.0.0.1:99999/0", "controller"}, nil, `address "127.0.0.1:99999": the port must be in [1, 65535]`},

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -17,7 +18,7 @@ import (
 )
 
 func (a *app) pipelineCmd() *cli.Command {
-	var id, provider, stream, demandFile string
+	var id, provider, stream, demandFile, failWhile string
 	var demand float64
 	return &cli.Command{
 		Name:  "pipeline",
@@ -28,7 +29,9 @@ feedback.provider_name), fetches a synthetic market-data tick and appends it
 --stream a,b to each of the streams (a fan-out: a database and an archive).
 It only acquires: the controller registers the provider and steers its
 scale. It wants as many ticks as the budget allows, or --demand a second
-(--demand-file PATH: the number PATH holds while it exists, for drills). It
+(--demand-file PATH: the number PATH holds while it exists, for drills;
+--fail-while PATH: while PATH exists every fetch fails and is reported to the
+provider's shared breaker, a provider outage). It
 waits for Redis and for the provider to be registered; a failed append is
 retried, so nothing fetched is dropped. On SIGTERM it stops fetching, appends
 what it holds and prints {"appended": N, ...}.
@@ -42,6 +45,7 @@ Examples:
 			&cli.StringFlag{Name: "stream", Value: "store", Usage: "the write stream's name; a,b appends every tick to each", Destination: &stream},
 			numberFlag("demand", "ticks a second this replica wants (0: as many as the budget allows)", &demand, 0, config.ItemRateRange),
 			&cli.StringFlag{Name: "demand-file", Usage: "while this file exists, the number it holds is --demand (a drill)", Destination: &demandFile},
+			&cli.StringFlag{Name: "fail-while", Usage: "every fetch fails (reported to the shared breaker) while this file exists (provider outage drill)", Destination: &failWhile},
 			listenFlag(),
 		},
 		Action: func(c *cli.Context) error {
@@ -60,10 +64,16 @@ Examples:
 			if provider == "" { // checked by the configuration
 				provider = s.cfg.Feedback.Provider
 			}
-			if demandFile != "" {
-				if err := checkParentDir("demand-file", demandFile); err != nil {
-					return err
+			for _, f := range []struct{ flag, path string }{{"demand-file", demandFile}, {"fail-while", failWhile}} {
+				if f.path != "" {
+					if err := checkParentDir(f.flag, f.path); err != nil {
+						return err
+					}
 				}
+			}
+			var failing func() bool
+			if failWhile != "" {
+				failing = func() bool { _, err := os.Stat(failWhile); return err == nil }
 			}
 			prods, err := producers(s, stream)
 			if err != nil {
@@ -78,7 +88,7 @@ Examples:
 			defer rep.Close()
 			rate, pace := knob.New(demand, demandFile), knob.Pacer{}
 			p := synthetic.New(synthetic.Options{ID: id + "." + strconv.FormatInt(time.Now().UnixMilli(), 36), Provider: provider,
-				Limiter: rep.Limiter(), Streams: prods, Pace: func(ctx context.Context) { pace.Wait(ctx, rate.Value()) }, Log: s.Log, Registerer: s.Reg})
+				Limiter: rep.Limiter(), Streams: prods, Pace: func(ctx context.Context) { pace.Wait(ctx, rate.Value()) }, Failing: failing, Log: s.Log, Registerer: s.Reg})
 			s.Log.Info("starting", "id", id, "provider", provider, "stream", stream)
 			return s.Run(c.Context, s.Mux(s.Ready(func() error {
 				if !p.Ready() {

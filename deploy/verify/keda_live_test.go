@@ -402,6 +402,15 @@ func TestKEDAScalersLive(t *testing.T) {
 		for _, a := range r {
 			t.Errorf("a normal run at 2x to 10x: alert %s was %s", a.Metric["alertname"], a.Metric["alertstate"])
 		}
+		if len(r) > 0 { // what the scale gauges did, for the reader of the failure
+			w := time.Since(liveStart).Milliseconds()
+			for _, f := range []string{"min", "max"} {
+				g, _ := prom.query(ctx, fmt.Sprintf(`%s_over_time(avg_over_time(rate_coordinator_scale_factor[1m])[%dms:1s])`, f, w))
+				for _, s := range g {
+					t.Logf("%s over the run of the scale gauge's one-minute mean: %v %v", f, s.Metric, s.Value[1])
+				}
+			}
+		}
 	}
 
 	// open loop: no controller steers, the scale is set back to 1 by hand:

@@ -177,6 +177,13 @@ func startPrometheus(t *testing.T, dir string) *prometheus {
 // interval.
 func startPrometheusEvery(t *testing.T, dir string, interval time.Duration) *prometheus {
 	t.Helper()
+	return startPrometheusWith(t, dir, interval, path(rulesFile))
+}
+
+// startPrometheusWith is startPrometheusEvery with the alert rules of the
+// file rules.
+func startPrometheusWith(t *testing.T, dir string, interval time.Duration, rules string) *prometheus {
+	t.Helper()
 	bin := need(t, "prometheus")
 	pr := &prometheus{targets: filepath.Join(dir, "targets.json"), groups: map[string][]string{}}
 	pr.write(t)
@@ -192,7 +199,7 @@ scrape_configs:
     file_sd_configs:
       - files: [%[2]s]
         refresh_interval: %[3]s
-`, path(rulesFile), pr.targets, model.Duration(interval))), 0o644)
+`, rules, pr.targets, model.Duration(interval))), 0o644)
 	if out, err := exec.Command(need(t, "promtool"), "check", "config", cfg).CombinedOutput(); err != nil {
 		t.Fatalf("promtool check config (the test's own): %v\n%s", err, out)
 	}

@@ -60,7 +60,8 @@ func (p additive) Control(m *feedback.PolicyState, e feedback.Event, scale float
 // TestAlternatives prints the matrix for the policies that were not
 // chosen (SLUICE_MATRIX_TABLE=1): the proportional policy and AIMD
 // variants; and for the default policy with a third of the events lost on
-// the bus, and with batches of 100 instead of 50. docs/feedback.md quotes
+// the bus, with batches of 50 instead of 100, and the policy as it was
+// before its filter (set point 0.5, no filter). docs/feedback.md quotes
 // it.
 func TestAlternatives(t *testing.T) {
 	if os.Getenv("SLUICE_MATRIX_TABLE") == "" {
@@ -77,7 +78,8 @@ func TestAlternatives(t *testing.T) {
 		{"additive PI kp 4 ki 0.2", sim.Loop{Policy: additive{pi(4, 0.2)}}, 0},
 		{"additive PI, a third lost", sim.Loop{Policy: additive{pi(4, 0.2)}, DropEvery: 3}, 0},
 		{"pi, a third of the events lost", sim.Loop{DropEvery: 3}, 0},
-		{"pi, batches of 100", sim.Loop{}, 100},
+		{"pi, batches of 50", sim.Loop{}, 50},
+		{"pi unfiltered, set point 0.5 (before)", sim.Loop{Policy: unfiltered()}, 0},
 	}
 	var rows []sim.Row
 	for _, l := range loops {
@@ -122,31 +124,68 @@ func TestRobustness(t *testing.T) {
 	}
 }
 
+// unfiltered is the default policy as it was before its filter: set point
+// 0.5, the proportional term on the raw fill.
+func unfiltered() feedback.PIPolicy {
+	p := feedback.DefaultPIPolicy
+	p.SetPoint, p.Filter = 0.5, 0
+	return p
+}
+
 func pi(kp, ki float64) feedback.PIPolicy {
 	p := feedback.DefaultPIPolicy
 	p.Kp, p.Ki = kp, ki
 	return p
 }
 
-// TestRipple prints how much the admitted rate (over a second) wanders at
-// 10x once settled, under the default policy and the additive one
-// (SLUICE_MATRIX_TABLE=1).
+// TestRipple prints how much the admitted rate (over a second) and the
+// fill wander at 2x, 5x and 10x once settled (SLUICE_MATRIX_TABLE=1):
+// under the default policy with the coordinator's batches of 100 and with
+// batches of 50, under the policy as it was before its filter, and under
+// the additive one. Each case runs 5 minutes; the first minute is left out.
 func TestRipple(t *testing.T) {
 	if os.Getenv("SLUICE_MATRIX_TABLE") == "" {
 		t.Skip("set SLUICE_MATRIX_TABLE=1 to print the ripple")
 	}
+	fmt.Println("| policy | batch | case | admitted/s: mean, standard deviation | admitted within 10% of the sink | fill within ±10% of the set point |")
+	fmt.Println("|---|---|---|---|---|---|")
 	for _, l := range []struct {
-		name string
-		pol  feedback.Policy
-	}{{"pi (log)", feedback.DefaultPIPolicy}, {"additive kp 3 ki 0.1", additive{pi(3, 0.1)}}, {"additive kp 4 ki 0.2", additive{pi(4, 0.2)}}} {
-		o := simulate(t, sim.Matrix()[2].Scenario(), sim.Loop{Policy: l.pol})
-		var n, sum, sq float64
-		for _, p := range o.Points {
-			if p.T > 20*time.Second {
-				n, sum, sq = n+1, sum+p.Admitted, sq+p.Admitted*p.Admitted
-			}
+		name  string
+		pol   feedback.PIPolicy
+		batch int
+		add   bool
+	}{
+		{"pi (default)", feedback.DefaultPIPolicy, 100, false},
+		{"pi (default)", feedback.DefaultPIPolicy, 50, false},
+		{"pi unfiltered, set point 0.5 (before)", unfiltered(), 100, false},
+		{"pi unfiltered, set point 0.5 (before)", unfiltered(), 50, false},
+		{"additive kp 4 ki 0.2", pi(4, 0.2), 50, true},
+	} {
+		var pol feedback.Policy = l.pol
+		if l.add {
+			pol = additive{l.pol}
 		}
-		mean := sum / n
-		fmt.Printf("%s: admitted at 10x after 20 s: mean %.1f/s, standard deviation %.1f/s\n", l.name, mean, math.Sqrt(sq/n-mean*mean))
+		for _, c := range sim.Matrix()[:3] {
+			sc := c.Scenario()
+			sc.Duration = 5 * time.Minute
+			sc.Stores[0].BatchSize = l.batch
+			o := simulate(t, sc, sim.Loop{Policy: pol})
+			var n, sum, sq, rateIn, fillIn float64
+			for _, p := range o.Points {
+				if p.T <= time.Minute {
+					continue
+				}
+				n, sum, sq = n+1, sum+p.Admitted, sq+p.Admitted*p.Admitted
+				if math.Abs(p.Admitted-p.Sink) <= 0.1*p.Sink {
+					rateIn++
+				}
+				if math.Abs(p.Fill[0]-l.pol.SetPoint) <= 0.1*l.pol.SetPoint {
+					fillIn++
+				}
+			}
+			mean := sum / n
+			fmt.Printf("| %s | %d | %s | %.1f, %.1f | %.0f%% | %.0f%% |\n", l.name, l.batch, c.Name, mean, math.Sqrt(sq/n-mean*mean),
+				100*rateIn/n, 100*fillIn/n)
+		}
 	}
 }

@@ -9,7 +9,8 @@ import (
 // (Scenario) and for the process-level run (sluice up --scenario), which
 // both play it: a provider with a base rate of 600/s, replicas that want
 // Demand (0: as much as the budget allows), stores with a queue of 1000,
-// the default watermarks and 4 workers writing batches of 50.
+// the default watermarks and 4 workers writing batches of 100 (the
+// coordinator's defaults, as shipped).
 type Case struct {
 	Name     string
 	Duration time.Duration
@@ -45,7 +46,7 @@ func (p Plan) At(t time.Duration) float64 {
 const (
 	MatrixBase     = 600
 	MatrixCapacity = 1000
-	MatrixBatch    = 50
+	MatrixBatch    = 100
 )
 
 // Matrix returns the cases every policy is measured on (docs/feedback.md):

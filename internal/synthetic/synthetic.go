@@ -42,7 +42,11 @@ type Options struct {
 	Streams []*redisstream.Producer
 	// Pace waits until the next tick may be fetched (nil: as many as the
 	// budget allows).
-	Pace       func(ctx context.Context)
+	Pace func(ctx context.Context)
+	// Failing, when set and true, makes a fetch fail (a provider outage,
+	// for drills): the replica reports it to the provider's shared breaker
+	// (Limiter.RecordFailure) and appends nothing for it.
+	Failing    func() bool
 	Log        *slog.Logger
 	Registerer prometheus.Registerer
 }
@@ -107,6 +111,12 @@ func (p *Replica) Run(ctx context.Context) error {
 		}
 		p.ready.Store(true)
 		warned = false
+		if p.o.Failing != nil && p.o.Failing() {
+			if err := p.o.Limiter.RecordFailure(ctx, p.o.Provider); err != nil && ctx.Err() == nil {
+				p.o.Log.Warn("cannot report the provider's failure", "provider", p.o.Provider, "err", err)
+			}
+			continue
+		}
 		sym := symbols[rnd.IntN(len(symbols))]
 		if _, ok := price[sym]; !ok {
 			price[sym] = 100 + 100*rnd.Float64()

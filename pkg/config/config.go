@@ -53,7 +53,7 @@ var keys = []Key{
 	{"log.level", "SLUICE_LOG_LEVEL", "info", "log level: debug, info, warn or error"},
 	{"feedback.enable_feedback", "MDP_FB_ENABLE_FEEDBACK", "true", "close the loop: let the store's pressure scale the budget"},
 	{"feedback.provider_name", "MDP_FB_PROVIDER_NAME", "ibkr", "the provider whose budget feedback scales"},
-	{"feedback.policy", "MDP_FB_POLICY", "pi", "pressure to scale: pi[:setpoint=0.5,kp=7,ki=0.35,track=2,rise=0.5,floor=0.001] (holds the queue at setpoint), step[:ok=1,soft=0.5,hard=0] (the seed's) or proportional[:start=0.5,stop=0.9,floor=0]"},
+	{"feedback.policy", "MDP_FB_POLICY", "pi", "pressure to scale: pi[:setpoint=0.45,kp=7,ki=0.35,track=2,rise=0.5,floor=0.001,filter=0.1] (holds the queue at setpoint), step[:ok=1,soft=0.5,hard=0] (the seed's) or proportional[:start=0.5,stop=0.9,floor=0]"},
 	{"feedback.dwell", "MDP_FB_DWELL", "0s", "time the scale must stay unchanged before it may rise, in (0, 24h]; 0s: the policy's (pi none, step and proportional 5s)"},
 	{"feedback.max_rise", "MDP_FB_MAX_RISE", "0", "soft start, the largest rise per step, in (0, 1] (1 = straight to the target); 0: the policy's (1)"},
 	{"feedback.rise_rate", "MDP_FB_RISE_RATE", "0", "ramp, the largest rise of the scale per second, in (0, 1]; 0: the policy's (pi its rise, 0.5; step and proportional none)"},

@@ -31,6 +31,7 @@ type PolicyState struct {
 	Last     Event   // the coordinator's previous event (set by the Handler); Seq 0 before the first
 	Integral float64 // the controller's integral term, in its own units
 	Asked    float64 // what it asked for at Last, before clamping, in its own units
+	Filtered float64 // the controller's low-passed measurement, in its own units
 }
 
 // PIPolicy holds the queue's fill at SetPoint with a proportional-integral
@@ -39,10 +40,17 @@ type PolicyState struct {
 // logarithm of the scale, so that its gains act on the rate in proportion
 // to the rate: the same fill error moves a scale of 0.1 (a sink ten times
 // slower than the budget) by the same fraction as a scale of 0.5, and the
-// loop is as calm at 10× overload as at 2×. With e = fill − SetPoint:
+// loop is as calm at 10× overload as at 2×. With e = fill − SetPoint, and
+// ē the error low-passed with the time constant Filter ÷ scale:
 //
-//	ln scale = I − Kp × e      dI/dt = −Ki × e + (ln scale in force − ln scale asked) / Track
+//	ln scale = I − Kp × ē      dI/dt = −Ki × e + (ln scale in force − ln scale asked) / Track
 //
+// The low pass is for the queue's batch ripple: a worker takes a whole
+// batch at once, so the fill falls by a batch and climbs back once per
+// batch written, a sawtooth whose period, batch ÷ sink rate, grows as the
+// scale falls (a held sink rate is the scale × the budget); the
+// proportional term would pass it on to the rate. The integral averages it
+// out by itself and takes the raw error.
 // The second term of dI/dt is the anti-windup: when the scale in force is
 // not what this coordinator asked for (another coordinator asked for less,
 // the ramp held a rise back, an operator set it), the integral follows the
@@ -61,14 +69,19 @@ type PIPolicy struct {
 	Rise     float64       // the ramp it proposes: the largest rise of the scale per second, in (0, 1]
 	Floor    float64       // the lowest scale short of a pause, in (0, 1)
 	MaxStep  time.Duration // the longest time one event's error is integrated over, > 0
+	// Filter is the proportional term's low-pass time constant at full
+	// scale, ≥ 0 (0: none); at scale s it is Filter ÷ s, at most 100 × Filter.
+	Filter time.Duration
 }
 
-// DefaultPIPolicy is the default policy. It holds the fill at 50%, inside
+// DefaultPIPolicy is the default policy. It holds the fill at 45%, inside
 // the default watermarks' soft hysteresis band (a steady overload changes no
-// level) and far under the hard mark (85%); its gains were chosen on the
-// simulated matrix of docs/feedback.md and hold from 2× to 10× overload
-// without tuning.
-var DefaultPIPolicy = PIPolicy{SetPoint: 0.5, Kp: 7, Ki: 0.35, Track: 2 * time.Second, Rise: 0.5, Floor: 0.001, MaxStep: time.Second}
+// level, and a sink slowed to a third peaks under the soft mark) and far
+// under the hard mark (85%); its gains and filter were chosen on the
+// simulated matrix of docs/feedback.md with the coordinator's default
+// batches (100 items) and hold from 2× to 10× overload without tuning.
+var DefaultPIPolicy = PIPolicy{SetPoint: 0.45, Kp: 7, Ki: 0.35, Track: 2 * time.Second, Rise: 0.5, Floor: 0.001,
+	MaxStep: time.Second, Filter: 100 * time.Millisecond}
 
 // Scale is the answer where there are no samples to follow: the seed's
 // steps (hard 0, soft 0.5, ok 1).
@@ -85,16 +98,29 @@ func (p PIPolicy) Control(m *PolicyState, e Event, scale float64) float64 {
 		if scale == 0 {
 			inForce = 0
 		}
+		m.Filtered = err
 		m.Integral = inForce + p.Kp*err
 	case scale > 0: // during a pause the integral waits: the loop is open
 		dt := min(e.TS.Sub(m.Last.TS), p.MaxStep).Seconds()
+		m.Filtered = p.lowPass(m.Filtered, err, dt, scale)
 		m.Integral += -p.Ki*dt*err + (inForce-m.Asked)*min(1, dt/p.Track.Seconds())
+	default:
+		m.Filtered = err
 	}
-	m.Asked = m.Integral - p.Kp*err
+	m.Asked = m.Integral - p.Kp*m.Filtered
 	if e.Level == state.Hard {
 		return 0
 	}
 	return min(1, max(p.Floor, math.Exp(m.Asked)))
+}
+
+// lowPass moves the filtered error f towards err over dt seconds at scale.
+func (p PIPolicy) lowPass(f, err, dt, scale float64) float64 {
+	if p.Filter <= 0 {
+		return err
+	}
+	tc := p.Filter.Seconds() / max(scale, 0.01)
+	return f + (err-f)*(1-math.Exp(-dt/tc))
 }
 
 // ProposedRise is the rise shaping the gains were chosen with: a ramp of
@@ -120,6 +146,8 @@ func (p PIPolicy) Validate() error {
 		return fmt.Errorf("feedback: pi policy floor=%v: must be in (0, 1)", p.Floor)
 	case p.MaxStep <= 0:
 		return fmt.Errorf("feedback: pi policy max_step=%v: must be above 0", p.MaxStep)
+	case p.Filter < 0:
+		return fmt.Errorf("feedback: pi policy filter=%v: must be 0 (none) or above", p.Filter)
 	}
 	return nil
 }

@@ -35,8 +35,16 @@ func step(p feedback.StatefulPolicy, m *feedback.PolicyState, e feedback.Event, 
 	return s
 }
 
-func TestPIPolicyControl(t *testing.T) {
+// unfilteredPI is the default policy without its low pass, whose
+// arithmetic the tests follow step by step.
+func unfilteredPI() feedback.PIPolicy {
 	p := feedback.DefaultPIPolicy
+	p.Filter = 0
+	return p
+}
+
+func TestPIPolicyControl(t *testing.T) {
+	p := unfilteredPI()
 	var m feedback.PolicyState
 	// The first event changes nothing: the controller starts from the
 	// scale in force, whatever the fill.
@@ -69,7 +77,7 @@ func TestPIPolicyControl(t *testing.T) {
 	var m2 feedback.PolicyState
 	step(p, &m2, sample("s", 1, 0, 0.3), 0.5)
 	got = step(p, &m2, sample("s", 2, time.Hour, 0.3), 0.5)
-	if want := 0.5 * math.Exp(p.Ki*p.MaxStep.Seconds()*0.2); !near(got, want) {
+	if want := 0.5 * math.Exp(p.Ki*p.MaxStep.Seconds()*(p.SetPoint-0.3)); !near(got, want) {
 		t.Fatalf("after a gap: %v, want %v", got, want)
 	}
 }
@@ -77,7 +85,7 @@ func TestPIPolicyControl(t *testing.T) {
 func TestPIPolicyHardPausesAndFreezes(t *testing.T) {
 	p := feedback.DefaultPIPolicy
 	var m feedback.PolicyState
-	step(p, &m, sample("s", 1, 0, 0.5), 0.3)
+	step(p, &m, sample("s", 1, 0, p.SetPoint), 0.3)
 	if got := step(p, &m, sample("s", 2, 250*time.Millisecond, 0.9), 0.3); got != 0 {
 		t.Fatalf("hard: %v, want 0 (a pause)", got)
 	}
@@ -91,8 +99,8 @@ func TestPIPolicyHardPausesAndFreezes(t *testing.T) {
 		t.Fatalf("the integral moved during a pause: %v -> %v", integral, m.Integral)
 	}
 	// Back from the pause at the set point: it asks for what it held
-	// before the hard level, moved only by the fill's change (P).
-	got := step(p, &m, sample("s", 50, 11*time.Second, 0.5), 0)
+	// before the hard level (the filter restarts from the fill it sees).
+	got := step(p, &m, sample("s", 50, 11*time.Second, p.SetPoint), 0)
 	if want := math.Exp(integral); !near(got, want) {
 		t.Fatalf("after the pause: %v, want %v", got, want)
 	}
@@ -112,10 +120,51 @@ func TestPIPolicyAntiWindup(t *testing.T) {
 		t.Fatalf("asks for %v in ln units above the scale in force, want in [%v, %v]", excess, bound/2, bound)
 	}
 	// The floor: however full the queue, short of hard, not below it.
+	p = unfilteredPI()
 	var f feedback.PolicyState
 	step(p, &f, sample("s", 1, 0, 0.5), 0.01)
 	if got := step(p, &f, sample("s", 2, time.Second, 0.84), 0.01); got != p.Floor {
 		t.Fatalf("at 84%% fill from 0.01: %v, want the floor %v", got, p.Floor)
+	}
+}
+
+// TestPIPolicyFilter: the proportional term follows the fill through a low
+// pass of Filter ÷ scale: a step of the fill moves the scale by a part of
+// what the unfiltered policy moves it, the more so at a lower scale (a
+// slower batch ripple), and converges to the unfiltered answer; with
+// Filter 0 it is the unfiltered policy.
+func TestPIPolicyFilter(t *testing.T) {
+	p, raw := feedback.DefaultPIPolicy, unfilteredPI()
+	moved := func(p feedback.PIPolicy, scale float64, n int) float64 {
+		var m feedback.PolicyState
+		step(p, &m, sample("s", 1, 0, p.SetPoint), scale)
+		got := scale
+		for i := range n { // the fill steps up by 10 points and stays
+			got = step(p, &m, sample("s", uint64(i+2), time.Duration(i+1)*250*time.Millisecond, p.SetPoint+0.1), scale)
+		}
+		return math.Log(scale / got) // how far down, ln units
+	}
+	for _, scale := range []float64{0.5, 0.1} {
+		f, r := moved(p, scale, 1), moved(raw, scale, 1)
+		want := p.Ki*0.25*0.1 + p.Kp*0.1*(1-math.Exp(-0.25*scale/p.Filter.Seconds()))
+		if !(f < r) || !near(f, want) {
+			t.Fatalf("at scale %v: moved %v (unfiltered %v), want %v", scale, f, r, want)
+		}
+	}
+	if a, b := moved(p, 0.5, 1)/moved(raw, 0.5, 1), moved(p, 0.1, 1)/moved(raw, 0.1, 1); !(b < a) {
+		t.Fatalf("the filter passes %v of a step at scale 0.5 and %v at 0.1: want less at the lower scale", a, b)
+	}
+	var m feedback.PolicyState
+	step(p, &m, sample("s", 1, 0, p.SetPoint), 0.5)
+	for i := range 40 {
+		step(p, &m, sample("s", uint64(i+2), time.Duration(i+1)*250*time.Millisecond, p.SetPoint+0.1), 0.5)
+	}
+	if math.Abs(m.Filtered-0.1) > 1e-6 {
+		t.Fatalf("after 10 s at an error of 0.1: the filtered error is %v", m.Filtered)
+	}
+	if bad := (feedback.PIPolicy{SetPoint: 0.5, Kp: 1, Ki: 1, Track: time.Second, Rise: 1, Floor: 0.1, MaxStep: time.Second,
+		Filter: -time.Second}); bad.Validate() == nil || !strings.Contains(bad.Validate().Error(), "filter") {
+		t.Fatalf("a negative filter: %v", bad.Validate())
 	}
 }
 
@@ -124,15 +173,17 @@ func TestParsePIPolicy(t *testing.T) {
 	if err != nil || p.(feedback.PIPolicy) != feedback.DefaultPIPolicy {
 		t.Fatalf("pi: %+v %v", p, err)
 	}
-	p, err = feedback.ParsePolicy("pi:setpoint=0.4,kp=5,ki=0.2,track=3,rise=0.25,floor=0.01")
-	want := feedback.PIPolicy{SetPoint: 0.4, Kp: 5, Ki: 0.2, Track: 3 * time.Second, Rise: 0.25, Floor: 0.01, MaxStep: time.Second}
+	p, err = feedback.ParsePolicy("pi:setpoint=0.4,kp=5,ki=0.2,track=3,rise=0.25,floor=0.01,filter=0.5")
+	want := feedback.PIPolicy{SetPoint: 0.4, Kp: 5, Ki: 0.2, Track: 3 * time.Second, Rise: 0.25, Floor: 0.01, MaxStep: time.Second,
+		Filter: 500 * time.Millisecond}
 	if err != nil || p.(feedback.PIPolicy) != want {
 		t.Fatalf("pi with keys: %+v %v", p, err)
 	}
 	for bad, field := range map[string]string{
 		"pi:setpoint=1": "setpoint", "pi:setpoint=0": "setpoint", "pi:kp=-1": "kp", "pi:ki=0": "ki",
 		"pi:track=0": "track", "pi:rise=0": "rise", "pi:rise=1.5": "rise", "pi:floor=0": "floor",
-		"pi:floor=1": "floor", "pi:gain=2": "gain", "pi:ki=NaN": "ki",
+		"pi:floor=1": "floor", "pi:gain=2": "gain", "pi:ki=NaN": "ki", "pi:filter=-1": "filter",
+		"pi:filter=61": "filter", "pi:filter=NaN": "filter",
 	} {
 		if _, err := feedback.ParsePolicy(bad); err == nil || !strings.Contains(err.Error(), field) {
 			t.Errorf("ParsePolicy(%q) = %v, want an error naming %s", bad, err, field)

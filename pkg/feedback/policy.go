@@ -94,8 +94,8 @@ func (p ProportionalPolicy) Validate() error {
 // ParsePolicy reads a policy from its text form (missing keys keep the
 // default):
 //
-//	pi                            DefaultPIPolicy: holds the fill at 50%
-//	pi:setpoint=0.4,kp=7,ki=0.35,track=2,rise=0.5,floor=0.001   (track in seconds, rise per second)
+//	pi                            DefaultPIPolicy: holds the fill at 45%
+//	pi:setpoint=0.4,kp=7,ki=0.35,track=2,rise=0.5,floor=0.001,filter=0.1   (track and filter in seconds, rise per second)
 //	step                          the seed's ok 1, soft 0.5, hard 0
 //	step:ok=1,soft=0.6,hard=0.1   steps of your own
 //	proportional                  from 50% fill to a pause at 90%
@@ -133,7 +133,7 @@ func ParsePolicy(s string) (Policy, error) {
 	}
 	switch name {
 	case "pi":
-		if err := take("setpoint", "kp", "ki", "track", "rise", "floor"); err != nil {
+		if err := take("setpoint", "kp", "ki", "track", "rise", "floor", "filter"); err != nil {
 			return nil, err
 		}
 		d := DefaultPIPolicy
@@ -141,8 +141,13 @@ func ParsePolicy(s string) (Policy, error) {
 		if !(track > 0 && track <= 3600) {
 			return nil, fmt.Errorf("feedback: pi policy track=%v: must be in (0, 3600] seconds", track)
 		}
+		filter := get("filter", d.Filter.Seconds())
+		if !(filter >= 0 && filter <= 60) {
+			return nil, fmt.Errorf("feedback: pi policy filter=%v: must be in [0, 60] seconds (0: none)", filter)
+		}
 		p := PIPolicy{SetPoint: get("setpoint", d.SetPoint), Kp: get("kp", d.Kp), Ki: get("ki", d.Ki),
-			Track: time.Duration(track * float64(time.Second)), Rise: get("rise", d.Rise), Floor: get("floor", d.Floor), MaxStep: d.MaxStep}
+			Track: time.Duration(track * float64(time.Second)), Rise: get("rise", d.Rise), Floor: get("floor", d.Floor), MaxStep: d.MaxStep,
+			Filter: time.Duration(filter * float64(time.Second))}
 		return p, p.Validate()
 	case "step":
 		if err := take("ok", "soft", "hard"); err != nil {
@@ -159,7 +164,7 @@ func ParsePolicy(s string) (Policy, error) {
 		p := ProportionalPolicy{Start: get("start", d.Start), Stop: get("stop", d.Stop), Floor: get("floor", d.Floor)}
 		return p, p.Validate()
 	}
-	return nil, fmt.Errorf("feedback: policy %q: must be pi[:setpoint=..,kp=..,ki=..,track=..,rise=..,floor=..], step[:ok=..,soft=..,hard=..] or proportional[:start=..,stop=..,floor=..]", s)
+	return nil, fmt.Errorf("feedback: policy %q: must be pi[:setpoint=..,kp=..,ki=..,track=..,rise=..,floor=..,filter=..], step[:ok=..,soft=..,hard=..] or proportional[:start=..,stop=..,floor=..]", s)
 }
 
 func inUnit(f float64) bool { return !math.IsNaN(f) && f >= 0 && f <= 1 }
