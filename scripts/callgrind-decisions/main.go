@@ -1,0 +1,277 @@
+// Command callgrind-decisions counts the Redis CPU of one decision: the
+// instructions of the whole redis-server (command parsing, the script, the
+// reply) per decision, under valgrind's callgrind, which counts the same on
+// a busy machine as on an idle one. For each case it runs a warm-up, then
+// (the instructions of n decisions − those of none) ÷ n, one caller through
+// pkg/limiter with MaxBatch 1 (one script call per decision) and a bucket
+// that never limits. BENCHMARKS.md ("Pacing rules: the cost of a decision")
+// has the figures.
+//
+//	go run ./scripts/callgrind-decisions                 # every case, 2000 decisions each
+//	go run ./scripts/callgrind-decisions -n 500 -cases plain,four
+//
+// It starts its own redis-server under valgrind on a free loopback port
+// (never 6379) and stops it at the end; it needs valgrind, callgrind_control
+// and redis-server on PATH.
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/sluice-dev/sluice/internal/bench"
+	"github.com/sluice-dev/sluice/pkg/limiter"
+)
+
+// A case is a provider's setup and one decision against it.
+type decisionCase struct {
+	name, what string
+	rules      []limiter.Rule
+	decide     func(ctx context.Context, c *limiter.Limiter, i int) error
+}
+
+func plain(ctx context.Context, c *limiter.Limiter, _ int) error {
+	d, err := c.TryAcquire(ctx, "p", 1)
+	return granted(d, err)
+}
+
+// request is sluice bench's rules request: one keyed-rule key, a new
+// spacing key per decision.
+func request(i int) limiter.Request {
+	return limiter.Request{Key: "AAPL:SMART:TRADES", Keys: map[string]string{"spacing": "q" + strconv.Itoa(i)}}
+}
+
+func byRules(ctx context.Context, c *limiter.Limiter, i int) error {
+	d, err := c.TryAcquireRequest(ctx, "p", request(i))
+	if err := granted(d, err); err != nil {
+		return err
+	}
+	// Not released: the permits of this case expire with their lease (a
+	// minute, and 10,000 places: never full in one run).
+	return nil
+}
+
+func released(ctx context.Context, c *limiter.Limiter, i int) error {
+	d, err := c.TryAcquireRequest(ctx, "p", request(i))
+	if err := granted(d, err); err != nil {
+		return err
+	}
+	return d.Permit.Release(ctx)
+}
+
+func granted(d limiter.Decision, err error) error {
+	if err == nil && !d.Allowed {
+		err = fmt.Errorf("refused (%s %s): the case must never refuse", d.Reason, d.Rule)
+	}
+	return err
+}
+
+var cases = []decisionCase{
+	{name: "plain", what: "plain form, bucket only", decide: plain},
+	{name: "none", what: "rules form, no rule", decide: byRules},
+	{name: "window", what: "rules form, one window rule", rules: bench.BenchRules[:1], decide: byRules},
+	{name: "four", what: "rules form, the four rules", rules: bench.BenchRules, decide: byRules},
+	{name: "release", what: "the four rules + permit.lua release", rules: bench.BenchRules, decide: released},
+}
+
+func main() {
+	n := flag.Int("n", 2000, "decisions counted per case")
+	only := flag.String("cases", "", "comma-separated cases (default all: plain,none,window,four,release)")
+	flag.Parse()
+	if err := run(*n, *only); err != nil {
+		log.Fatal(err)
+	}
+}
+
+func run(n int, only string) error {
+	dir, err := os.MkdirTemp("", "callgrind-decisions")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	srv, err := startServer(dir)
+	if err != nil {
+		return err
+	}
+	defer srv.stop()
+	ctx := context.Background()
+	rdb := redis.NewClient(&redis.Options{Addr: srv.addr, ReadTimeout: time.Minute, WriteTimeout: time.Minute})
+	defer rdb.Close()
+
+	want := map[string]bool{}
+	for _, s := range strings.Split(only, ",") {
+		if s != "" {
+			want[s] = true
+		}
+	}
+	var base float64
+	fmt.Printf("%-40s %14s %8s\n", "decision", "instructions", "÷ plain")
+	for _, dc := range cases {
+		if len(want) > 0 && !want[dc.name] && dc.name != "plain" {
+			continue
+		}
+		per, err := measure(ctx, srv, rdb, dc, n)
+		if err != nil {
+			return fmt.Errorf("%s: %w", dc.name, err)
+		}
+		if dc.name == "plain" {
+			base = per
+		}
+		fmt.Printf("%-40s %14.0f %8.2f\n", dc.what, per, per/base)
+	}
+	return nil
+}
+
+// measure sets dc's provider up on an empty server, warms it up, and
+// returns its instructions per decision.
+func measure(ctx context.Context, srv *server, rdb *redis.Client, dc decisionCase, n int) (float64, error) {
+	if err := rdb.FlushAll(ctx).Err(); err != nil {
+		return 0, err
+	}
+	c, err := limiter.New(rdb, limiter.Options{MaxBatch: 1})
+	if err != nil {
+		return 0, err
+	}
+	defer c.Close()
+	cfg := limiter.DefaultProviderConfig()
+	cfg.Capacity, cfg.RefillRate = 1e9, 1e9
+	if _, err := c.Register(ctx, "p", cfg); err != nil {
+		return 0, err
+	}
+	if dc.rules != nil {
+		if _, err := c.SetRules(ctx, "p", dc.rules); err != nil {
+			return 0, err
+		}
+	}
+	i := 0
+	batch := func(k int) (int64, error) {
+		if err := srv.ctl("-z"); err != nil {
+			return 0, err
+		}
+		for range k {
+			i++
+			if err := dc.decide(ctx, c, i); err != nil {
+				return 0, err
+			}
+		}
+		return srv.dump()
+	}
+	if _, err := batch(200); err != nil { // warm up: scripts loaded, state made
+		return 0, err
+	}
+	idle, err := batch(0)
+	if err != nil {
+		return 0, err
+	}
+	busy, err := batch(n)
+	if err != nil {
+		return 0, err
+	}
+	return float64(busy-idle) / float64(n), nil
+}
+
+type server struct {
+	cmd  *exec.Cmd
+	addr string
+	out  string // callgrind's output file; dumps add .1, .2, ...
+}
+
+func startServer(dir string) (*server, error) {
+	port, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	s := &server{addr: "127.0.0.1:" + strconv.Itoa(port), out: filepath.Join(dir, "callgrind.out")}
+	s.cmd = exec.Command("valgrind", "--tool=callgrind", "--callgrind-out-file="+s.out,
+		"redis-server", "--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no")
+	s.cmd.Dir = dir
+	s.cmd.Stdout, s.cmd.Stderr = nil, nil
+	if err := s.cmd.Start(); err != nil {
+		return nil, err
+	}
+	rdb := redis.NewClient(&redis.Options{Addr: s.addr})
+	defer rdb.Close()
+	for range 600 {
+		if conn, err := net.Dial("tcp", s.addr); err == nil { // before go-redis, which logs refusals
+			conn.Close()
+			if rdb.Ping(context.Background()).Err() == nil {
+				return s, nil
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	s.stop()
+	return nil, errors.New("redis-server under valgrind did not answer PING within 60 s")
+}
+
+func (s *server) stop() {
+	_ = s.cmd.Process.Kill()
+	_ = s.cmd.Wait()
+}
+
+func (s *server) ctl(arg string) error {
+	out, err := exec.Command("callgrind_control", arg, strconv.Itoa(s.cmd.Process.Pid)).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("callgrind_control %s: %v: %s", arg, err, out)
+	}
+	return nil
+}
+
+// dump writes callgrind's counts since the last zeroing and returns their
+// total instructions.
+func (s *server) dump() (int64, error) {
+	before, _ := filepath.Glob(s.out + ".*")
+	if err := s.ctl("-d"); err != nil {
+		return 0, err
+	}
+	after, _ := filepath.Glob(s.out + ".*")
+	if len(after) <= len(before) {
+		return 0, errors.New("callgrind_control -d wrote no dump")
+	}
+	sort.Slice(after, func(i, j int) bool { return dumpNo(after[i]) < dumpNo(after[j]) })
+	newest := after[len(after)-1]
+	defer os.Remove(newest)
+	f, err := os.Open(newest)
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), "summary: "); ok {
+			return strconv.ParseInt(strings.Fields(v)[0], 10, 64)
+		}
+		if v, ok := strings.CutPrefix(sc.Text(), "totals: "); ok {
+			return strconv.ParseInt(strings.Fields(v)[0], 10, 64)
+		}
+	}
+	return 0, fmt.Errorf("%s: no summary line", newest)
+}
+
+func dumpNo(path string) int {
+	n, _ := strconv.Atoi(path[strings.LastIndex(path, ".")+1:])
+	return n
+}
+
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
