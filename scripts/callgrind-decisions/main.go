@@ -41,12 +41,15 @@ import (
 type decisionCase struct {
 	name, what string
 	rules      []limiter.Rule
-	decide     func(ctx context.Context, c *limiter.Limiter, i int) error
+	decide     func(ctx context.Context, c *limiter.Limiter, i int) (*limiter.Permit, error)
+	// chunk > 0: counted in chunks of that many decisions, their permits
+	// released between chunks, uncounted (at most chunk permits open).
+	chunk int
 }
 
-func plain(ctx context.Context, c *limiter.Limiter, _ int) error {
+func plain(ctx context.Context, c *limiter.Limiter, _ int) (*limiter.Permit, error) {
 	d, err := c.TryAcquire(ctx, "p", 1)
-	return granted(d, err)
+	return nil, granted(d, err)
 }
 
 // request is sluice bench's rules request: one keyed-rule key, a new
@@ -55,22 +58,17 @@ func request(i int) limiter.Request {
 	return limiter.Request{Key: "AAPL:SMART:TRADES", Keys: map[string]string{"spacing": "q" + strconv.Itoa(i)}}
 }
 
-func byRules(ctx context.Context, c *limiter.Limiter, i int) error {
+func byRules(ctx context.Context, c *limiter.Limiter, i int) (*limiter.Permit, error) {
 	d, err := c.TryAcquireRequest(ctx, "p", request(i))
-	if err := granted(d, err); err != nil {
-		return err
-	}
-	// Not released: the permits of this case expire with their lease (a
-	// minute, and 10,000 places: never full in one run).
-	return nil
+	return d.Permit, granted(d, err)
 }
 
-func released(ctx context.Context, c *limiter.Limiter, i int) error {
+func released(ctx context.Context, c *limiter.Limiter, i int) (*limiter.Permit, error) {
 	d, err := c.TryAcquireRequest(ctx, "p", request(i))
 	if err := granted(d, err); err != nil {
-		return err
+		return nil, err
 	}
-	return d.Permit.Release(ctx)
+	return nil, d.Permit.Release(ctx)
 }
 
 func granted(d limiter.Decision, err error) error {
@@ -80,17 +78,21 @@ func granted(d limiter.Decision, err error) error {
 	return err
 }
 
+var keep string // -keep
+
 var cases = []decisionCase{
 	{name: "plain", what: "plain form, bucket only", decide: plain},
 	{name: "none", what: "rules form, no rule", decide: byRules},
 	{name: "window", what: "rules form, one window rule", rules: bench.BenchRules[:1], decide: byRules},
-	{name: "four", what: "rules form, the four rules", rules: bench.BenchRules, decide: byRules},
+	{name: "four", what: "rules form, the four rules", rules: bench.BenchRules, decide: byRules, chunk: 50},
+	{name: "four-open", what: "the four rules, every permit left open", rules: bench.BenchRules, decide: byRules},
 	{name: "release", what: "the four rules + permit.lua release", rules: bench.BenchRules, decide: released},
 }
 
 func main() {
 	n := flag.Int("n", 2000, "decisions counted per case")
-	only := flag.String("cases", "", "comma-separated cases (default all: plain,none,window,four,release)")
+	only := flag.String("cases", "", "comma-separated cases (default all: plain,none,window,four,four-open,release)")
+	flag.StringVar(&keep, "keep", "", "a directory to keep each case's callgrind dump in (<case>.callgrind), for callgrind_annotate")
 	flag.Parse()
 	if err := run(*n, *only); err != nil {
 		log.Fatal(err)
@@ -158,17 +160,29 @@ func measure(ctx context.Context, srv *server, rdb *redis.Client, dc decisionCas
 		}
 	}
 	i := 0
+	var open []*limiter.Permit
 	batch := func(k int) (int64, error) {
 		if err := srv.ctl("-z"); err != nil {
 			return 0, err
 		}
 		for range k {
 			i++
-			if err := dc.decide(ctx, c, i); err != nil {
+			p, err := dc.decide(ctx, c, i)
+			if err != nil {
+				return 0, err
+			}
+			if dc.chunk > 0 && p != nil {
+				open = append(open, p)
+			}
+		}
+		ir, err := srv.dump()
+		for _, p := range open { // uncounted
+			if err := p.Release(ctx); err != nil {
 				return 0, err
 			}
 		}
-		return srv.dump()
+		open = open[:0]
+		return ir, err
 	}
 	if _, err := batch(200); err != nil { // warm up: scripts loaded, state made
 		return 0, err
@@ -177,12 +191,24 @@ func measure(ctx context.Context, srv *server, rdb *redis.Client, dc decisionCas
 	if err != nil {
 		return 0, err
 	}
-	busy, err := batch(n)
-	if err != nil {
-		return 0, err
+	dumping = dc.name
+	defer func() { dumping = "" }()
+	if dc.chunk == 0 {
+		busy, err := batch(n)
+		return float64(busy-idle) / float64(n), err
 	}
-	return float64(busy-idle) / float64(n), nil
+	var sum int64
+	for done := 0; done < n; done += dc.chunk {
+		busy, err := batch(min(dc.chunk, n-done))
+		if err != nil {
+			return 0, err
+		}
+		sum += busy - idle
+	}
+	return float64(sum) / float64(n), nil
 }
+
+var dumping string // the case whose counted run is dumped next
 
 type server struct {
 	cmd  *exec.Cmd
@@ -245,6 +271,11 @@ func (s *server) dump() (int64, error) {
 	sort.Slice(after, func(i, j int) bool { return dumpNo(after[i]) < dumpNo(after[j]) })
 	newest := after[len(after)-1]
 	defer os.Remove(newest)
+	if keep != "" && dumping != "" {
+		if b, err := os.ReadFile(newest); err == nil {
+			_ = os.WriteFile(filepath.Join(keep, dumping+".callgrind"), b, 0o644)
+		}
+	}
 	f, err := os.Open(newest)
 	if err != nil {
 		return 0, err

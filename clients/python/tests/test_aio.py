@@ -254,4 +254,5 @@ def test_rules_form_async(r, redis_server) -> None:  # type: ignore[no-untyped-d
 
 
 async def r_permits(c: "redis.asyncio.Redis[bytes]") -> int:
-    return int(await c.zcard("sluice:{ibkr}:permits:open"))
+    held = await c.hget("sluice:{ibkr}:rules", "open")  # "<held> <next>" (docs/lua.md)
+    return int(held.split(b" ")[0]) if held else 0
