@@ -689,7 +689,7 @@ func TestParseRules(t *testing.T) {
 
 // TestRuleKeysExpireWhenIdle: a keyed rule's state is a key per request
 // key, made on demand; each holds what docs/rules.md states (measured there
-// at 100,000 keys: 213 bytes at one unit) and is gone a period after its
+// at 100,000 keys: 204 bytes at one unit) and is gone a period after its
 // last unit, with nobody reading it (Redis's active expiry).
 func TestRuleKeysExpireWhenIdle(t *testing.T) {
 	srv := redistest.Start(t)

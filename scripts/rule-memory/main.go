@@ -66,7 +66,7 @@ func run(keys int) error {
 	cases := []memCase{
 		{"keyed rule, 1 unit in the window", limiter.Rule{Name: "contract", Kind: limiter.RuleKeyed, Limit: 5, Period: hour}, 1},
 		{"keyed rule, 5 units (a limit of 5 full)", limiter.Rule{Name: "contract", Kind: limiter.RuleKeyed, Limit: 5, Period: hour}, 5},
-		{"keyed rule, 33 entries (the most a log holds)", limiter.Rule{Name: "contract", Kind: limiter.RuleKeyed, Limit: 10000, Period: hour}, 64},
+		{"keyed rule, 64 units (16 entries + 1 merged)", limiter.Rule{Name: "contract", Kind: limiter.RuleKeyed, Limit: 10000, Period: hour}, 64},
 		{"spacing rule", limiter.Rule{Name: "identical", Kind: limiter.RuleSpacing, Period: hour}, 1},
 	}
 	fmt.Printf("%-48s %s\n", "state", "bytes per key")
