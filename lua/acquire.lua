@@ -48,12 +48,12 @@
 --   ARGV[2]  "rules"
 --   ARGV[3]  rev      the rules_rev the caller knows ("" for none)
 --   ARGV[4]  id       the request's id, 1-64 of [A-Za-z0-9_.-], unique to
---                     it (random): its units and permit places are the
---                     members <id>#1 .. <id>#n
---   KEYS[6..] one per rule, in the stored order: window P:{p}:rule:<r>,
---            keyed and spacing P:{p}:rule:<r>:<key> with the request's
---            key for that rule (1-256 bytes, no braces, spaces or
---            controls), concurrency P:{p}:permits:<r>
+--                     it (random): its permit is the field <rule>#<id>
+--   KEYS[6]  rules state hash P:{p}:rules: every window and concurrency
+--            rule's state, one field per rule (and one per open permit)
+--   KEYS[7..] one per keyed or spacing rule, in the stored order:
+--            P:{p}:rule:<r>:<key> with the request's key for that rule
+--            (1-256 bytes, no braces, spaces or controls)
 -- Lane form (a provider with lanes, set_lanes.lua): one request,
 --   ARGV[1]  n        integer in [1, 1e9]
 --   ARGV[2]  "lane"
@@ -79,8 +79,9 @@
 -- The request is granted only if the bucket and every rule allow it, and
 -- then every one is charged; otherwise nothing is, and the wait is the
 -- longest of the refusing ones' (-1 if one can never pass: n above a
--- rule's limit). Checking removes only what no longer counts (units out
--- of their window, permits past their lease).
+-- rule's limit). Checking removes only what no longer counts (entries out
+-- of their window, permits past their lease). The state's formats are in
+-- docs/lua.md ("Rules form").
 
 local rules_form = ARGV[2] == 'rules'
 local lane_form = ARGV[2] == 'lane'
@@ -106,140 +107,80 @@ if n == nil then
 end
 -- Hot path: read only the fields needed, and reply with the strings as
 -- stored rather than formatting numbers again.
-local cfg = redis.call('HMGET', KEYS[1], 'capacity', 'refill_rate', 'breaker_timeout_sec', 'rules_rev', 'lanes')
+local cfg, lanes_json
+if rules_form then
+  cfg = redis.call('HMGET', KEYS[1], 'capacity', 'refill_rate', 'breaker_timeout_sec', 'rules_rev', 'rules_spec', 'lanes')
+  lanes_json = cfg[6]
+else
+  cfg = redis.call('HMGET', KEYS[1], 'capacity', 'refill_rate', 'breaker_timeout_sec', 'rules_rev', 'lanes')
+  lanes_json = cfg[5]
+end
 if not cfg[1] then
   return unknown_provider(KEYS[1])
 end
-local rules
-local rule_wait, rule_take
+local spec -- the rules in force, flat: name, kind, limit, span_ms, scaled for each
+local hmget -- the HMGET of KEYS[6] that reads the window and concurrency rules' fields
+local now_s -- the rules form's now, formatted once
 if cfg[4] or rules_form then
-  local text = cfg[4] and redis.call('HGET', KEYS[1], 'rules') or '[]'
   if not rules_form or rev ~= (cfg[4] or '') then
+    local text = cfg[4] and redis.call('HGET', KEYS[1], 'rules') or '[]'
     return redis.error_reply('RULES_CHANGED ' .. (cfg[4] or '-') .. ' ' .. text)
   end
-  -- The rules form's functions, made here: a script makes every function
-  -- it defines on every call, so only the rules form pays for these.
-  local function rules_functions()
-    -- load_rules decodes the stored set. set_rules checked it whole when it
-    -- wrote it; here it is only guarded, cheaply: a set that is not what
-    -- set_rules writes (the hash edited by hand) is refused, never decided on.
-    -- It returns the rules, or nil and the field and value that are wrong.
-    local function load_rules(text)
-      local ok, rs = pcall(cjson.decode, text)
-      if not ok or type(rs) ~= 'table' then
-        return nil, 'rules', text
-      end
-      for i, r in ipairs(rs) do
-        local k = r.kind
-        local span = r[k == 'concurrency' and 'lease_ms' or 'period_ms']
-        if type(r.name) ~= 'string' or not (type(span) == 'number' and span >= 1) or not
-          (k == 'spacing' or ((k == 'window' or k == 'keyed' or k == 'concurrency') and type(r.limit) == 'number' and r.limit >= 1)) then
-          return nil, 'rules[' .. i .. ']', cjson.encode(r)
-        end
-      end
-      return rs
-    end
-
-    -- check_request checks the rules form's id and KEYS against the rules:
-    -- nil, or the error reply.
-    local function check_request(rules, id, keys)
-      local tag = keys[1]:sub(1, -7) -- '<prefix>:{<provider>}:' of '...:config'
-      if #id < 1 or #id > 64 or not id:find('^[%w_.%-]+$') then
-        return invalid('id', id == '' and '(none)' or id, '1 to 64 characters of [A-Za-z0-9_.-], unique to the request')
-      end
-      if #keys ~= 5 + #rules then
-        return invalid('keys', #keys, (5 + #rules) .. ': the bucket\'s 5 and one per rule')
-      end
-      for i, r in ipairs(rules) do
-        local k, want = keys[5 + i], tag .. 'rule:' .. r.name
-        if r.kind == 'keyed' or r.kind == 'spacing' then
-          local key = k:sub(1, #want + 1) == want .. ':' and k:sub(#want + 2) or ''
-          if key == '' then
-            return invalid('key.' .. r.name, '(none)', 'a request key: rule ' .. r.name .. ' is ' .. r.kind)
-          end
-          if #key > 256 or key:find('[%c%s{}]') then
-            return invalid('key.' .. r.name, key, '1 to 256 bytes without braces, spaces or control characters')
-          end
-          want = k
-        elseif r.kind == 'concurrency' then
-          want = tag .. 'permits:' .. r.name
-        end
-        if k ~= want then
-          return invalid('keys[' .. (5 + i) .. ']', k, want)
-        end
-      end
-      return nil
-    end
-
-    -- rule_wait returns how long the request of cost n waits for rule r, whose
-    -- state is key: 0 if r allows it now, -1 if it never will (n above r's
-    -- limit); and the units r holds now. A scaled rule's limit is
-    -- floor(limit × scale); a request above it but within the limit waits a
-    -- period (or a lease), after which the scale may be higher. A unit counted
-    -- at t is in a window until t + period (excluded); a permit holds until its
-    -- expiry.
-    local function rule_wait(r, key, now, n, scale)
-      if r.kind == 'spacing' then
-        local until_us = num(redis.call('GET', key))
-        return (until_us and until_us > now) and math.ceil(until_us - now) or 0, 0
-      end
-      local span = r.kind == 'concurrency' and 0 or r.period_ms * 1000
-      redis.call('ZREMRANGEBYSCORE', key, '-inf', int(now - span))
-      local held = redis.call('ZCARD', key)
-      if n > r.limit then
-        return -1, held
-      end
-      local limit = r.scaled and math.floor(r.limit * scale) or r.limit
-      if n > limit then -- passes only at a higher scale: look again in a period
-        return math.max(1, span, (r.lease_ms or 0) * 1000), held
-      end
-      local over = held + n - limit
-      if over <= 0 then
-        return 0, held
-      end
-      local s = redis.call('ZRANGE', key, over - 1, over - 1, 'WITHSCORES')[2]
-      return math.max(1, math.ceil(num(s) + span - now)), held
-    end
-
-    -- rule_take charges a granted request of cost n to rule r, which held
-    -- units: n units <id>#1..n scored now (a window's), the spacing until now
-    -- + period, or n places <id>#1..n of permit until now + lease. It returns
-    -- the permit's expiry (0 for other kinds). A window's key expires a period
-    -- after its newest unit, which this one is; a permits key lives as long as
-    -- its longest lease (a renewed permit's may be longer than this one's).
-    local function rule_take(r, key, now, n, id, held)
-      if r.kind == 'spacing' then
-        redis.call('SET', key, int(now + r.period_ms * 1000), 'PX', r.period_ms)
-        return 0
-      end
-      local t = r.kind == 'concurrency' and now + r.lease_ms * 1000 or now
-      local z, ts = {'ZADD', key}, int(t)
-      for j = 1, n do
-        z[2 * j + 1], z[2 * j + 2] = ts, id .. '#' .. j
-      end
-      redis.call(unpack(z))
-      if r.kind ~= 'concurrency' then
-        redis.call('PEXPIRE', key, r.period_ms)
-        return 0
-      end
-      if held == 0 then
-        redis.call('PEXPIRE', key, r.lease_ms + 1)
-      else
-        redis.call('PEXPIRE', key, r.lease_ms + 1, 'GT')
-      end
-      return t
-    end
-
-    return load_rules, check_request, rule_wait, rule_take
+  if #id < 1 or #id > 64 then
+    return invalid('id', id == '' and '(none)' or id, '1 to 64 bytes, unique to the request')
   end
-  local load_rules, check_request, field, value
-  load_rules, check_request, rule_wait, rule_take = rules_functions()
-  rules, field, value = load_rules(text)
-  if not rules then
-    return redis.error_reply('CORRUPT ' .. KEYS[1] .. ' ' .. field .. '=' .. tostring(value) ..
-      ' is not a rule as set_rules writes it: set the rules again (sluice register --rules) or HDEL the field rules')
+  -- The set in force, as set_rules wrote it in rules_spec: a flat JSON
+  -- array (decoding it costs half of decoding the rules' objects), only
+  -- guarded here: a spec that is not what set_rules writes (the hash
+  -- edited by hand) is refused, never decided on. In the same pass, the
+  -- request's KEYS are checked against the rules.
+  local text, ok, bad = '[]', false, nil
+  if cfg[4] then
+    text = cfg[5] -- false when missing: refused below
   end
-  local bad = check_request(rules, id, KEYS)
+  if text then
+    ok, spec = pcall(cjson.decode, text)
+  end
+  if ok then
+    ok, bad = pcall(function()
+      local tag, nk = KEYS[1]:sub(1, -7), 6 -- '<prefix>:{<provider>}:' of '...:config'
+      hmget = {'HMGET', KEYS[6]}
+      if #spec % 5 ~= 0 or (#spec == 0 and next(spec) ~= nil) then -- not an array of whole rules
+        error('')
+      end
+      for b = 1, #spec, 5 do
+        local name, kind, limit, span = spec[b], spec[b + 1], spec[b + 2], spec[b + 3]
+        if not (#name >= 1 and limit >= 1 and limit <= 10000 and span >= 1 and span <= 86400000) then
+          error('')
+        end
+        if kind == 'window' or kind == 'concurrency' then
+          hmget[#hmget + 1] = name
+        elseif kind == 'keyed' or kind == 'spacing' then
+          nk = nk + 1
+          local k, want = KEYS[nk] or '', tag .. 'rule:' .. name .. ':'
+          if k:find(want, 1, true) ~= 1 then
+            return invalid('keys[' .. nk .. ']', k == '' and '(none)' or k, want .. '<key>')
+          end
+          if #k == #want then
+            return invalid('key.' .. name, '(none)', 'a request key: rule ' .. name .. ' is ' .. kind)
+          end
+          if #k - #want > 256 then
+            return invalid('key.' .. name, k:sub(#want + 1), '1 to 256 bytes')
+          end
+        else
+          error('')
+        end
+      end
+      if #KEYS ~= nk or KEYS[6] ~= tag .. 'rules' then
+        return invalid(#KEYS ~= nk and 'keys' or 'keys[6]', #KEYS ~= nk and #KEYS or KEYS[6],
+          nk .. ": the bucket's 5, " .. tag .. 'rules, and one per keyed or spacing rule')
+      end
+    end)
+  end
+  if not ok then
+    return redis.error_reply('CORRUPT ' .. KEYS[1] .. ' rules_spec=' .. tostring(text or '(missing)') ..
+      ' is not a rule set as set_rules writes it: set the rules again (sluice register --rules) or HDEL the fields rules, rules_rev and rules_spec')
+  end
   if bad then
     return bad
   end
@@ -268,11 +209,11 @@ local state = br[1] or 'closed'
 -- fill is the refill rate the first request not granted waits on: the
 -- bucket's, or its lane's share.
 local tokens, behind, fill, lanes
-if cfg[5] then
+if lanes_json then
   -- The lanes' code is made here: only a provider with lanes pays for it.
   -- set_lanes checked the set whole when it wrote it; here it is only
   -- guarded: a set edited by hand is refused, never decided on.
-  local ok, ls = pcall(cjson.decode, cfg[5])
+  local ok, ls = pcall(cjson.decode, lanes_json)
   ok = ok and type(ls) == 'table' and #ls > 0
   for _, l in ipairs(ok and ls or {}) do
     ok = ok and type(l) == 'table' and type(l.name) == 'string' and type(l.priority) == 'number' and
@@ -280,7 +221,7 @@ if cfg[5] then
       type(l.guarantee) == 'number' and l.guarantee >= 0 and type(l.floor) == 'number' and l.floor >= 0
   end
   if not ok then
-    return redis.error_reply('CORRUPT ' .. KEYS[1] .. ' lanes=' .. cfg[5] ..
+    return redis.error_reply('CORRUPT ' .. KEYS[1] .. ' lanes=' .. lanes_json ..
       ' is not a lane set as set_lanes writes it: set the lanes again (Limiter.SetLanes) or HDEL the field lanes')
   end
   local me = #ls -- no lane, or one the provider lacks with none named: the last
@@ -463,7 +404,7 @@ end
 
 local function reply(allowed, retry, reason, tokens_s)
   local t = {allowed, tokens_s or dec(tokens), retry, scale_s, reason, level, cfg[1], cfg[2], state, now}
-  if rules then
+  if spec then
     t[11], t[12] = '', 0
   end
   return t
@@ -509,7 +450,7 @@ local function commit(granted, retry, reason)
   if lanes then
     lanes.store(tokens, now)
   else
-    redis.call('HSET', KEYS[2], 'tokens', tokens_s, 'ts', int(now))
+    redis.call('HSET', KEYS[2], 'tokens', tokens_s, 'ts', now_s or int(now))
   end
   if probe then
     state = 'half_open'
@@ -518,27 +459,256 @@ local function commit(granted, retry, reason)
   return reply(granted, retry, reason, tokens_s)
 end
 
-if rules then
+-- The rules form's helpers (made only in the rules form: a script makes
+-- every function it defines on every call).
+local corrupt_state, permits
+if spec then
+  corrupt_state = function(key, field, value)
+    return redis.error_reply('CORRUPT ' .. key .. ' ' .. field .. '=' .. tostring(value) ..
+      ' is not a rule state as acquire writes it: delete it (HDEL or DEL; the rule forgets what it counted)')
+  end
+  -- permits reads rule r's permits: those whose lease has not ended, by
+  -- expiry ({expiry, places} each), and their places; it deletes the
+  -- others. nil and the field when one is not a permit.
+  permits = function(r)
+    local all = redis.call('HGETALL', KEYS[6])
+    local pre, live, held, gone = r .. '#', {}, 0, {'HDEL', KEYS[6]}
+    for i = 1, #all, 2 do
+      local f = all[i]
+      if f:find(pre, 1, true) == 1 then
+        local c, e = all[i + 1]:match('^(%d+) (%d+)$')
+        if not c then
+          return nil, f
+        end
+        if e + 0 > now then
+          live[#live + 1] = {e + 0, c + 0}
+          held = held + c
+        else
+          gone[#gone + 1] = f
+        end
+      end
+    end
+    if #gone > 2 then
+      redis.call(unpack(gone))
+    end
+    table.sort(live, function(x, y) return x[1] < y[1] end)
+    return live, held
+  end
+end
+
+if spec then
+  -- The rules form's decision, in one pass over the rules: each rule's
+  -- wait and, should every wait be 0, its state after the grant; then
+  -- all of them written, or none (but what no longer counts). The state's
+  -- formats (docs/lua.md):
+  --
+  -- A window's state (window rules: a field of KEYS[6]; keyed: a key) is
+  -- "<held> <entries> <t>:<c>[ <t>:<c>...]": the units it holds, in how many
+  -- entries, the newest entry, then the older ones oldest first; an entry
+  -- is c units counted until t + period (t: Redis µs). While it has fewer
+  -- than M entries each is one grant, exact; from M on, a grant in the same
+  -- 1/M of the period as the newest entry joins it, moved later to now
+  -- (counted longer, never shorter: never over-admits), so a state holds at
+  -- most 2M + 1 entries whatever the limit.
+  --
+  -- A concurrency rule's state: field <r> of KEYS[6], "<held> <next>": the
+  -- places its permits hold and the earliest lease end among them (a lower
+  -- bound: renewals do not lower it); and a field <r>#<id> per permit,
+  -- "<places> <expiry>".
+  --
+  -- A spacing rule's key holds the Redis time of its grant (µs) and
+  -- expires a period after it (to the ms above); it is taken with SET NX as
+  -- soon as it is met if no rule before it refused (one command for a
+  -- grant), deleted again if a later one refuses, and read otherwise: a
+  -- refusal may cost more than a grant.
+  local M = 16
   local wait, rule = 0, ''
   if tokens < n then
     wait = math.ceil((n - tokens) * 1000000 / fill)
   end
-  local held = {}
-  for i, r in ipairs(rules) do
-    local w
-    w, held[i] = rule_wait(r, KEYS[5 + i], now, n, scale)
-    if wait >= 0 and (w < 0 or w > wait) then
-      wait, rule = w, r.name
+  now_s = string.format('%d', now)
+  local hv = #hmget > 2 and redis.call(unpack(hmget)) or hmget
+  local hset, sets, taken, fixed, expiry = {'HSET', KEYS[6]}, nil, nil, nil, 0
+  local hi, ki = 0, 6
+  for b = 1, #spec, 5 do
+    local name, kind, limit = spec[b], spec[b + 1], spec[b + 2]
+    local span = spec[b + 3] * 1000
+    local lim, w, s = limit, 0, nil
+    if spec[b + 4] == true then
+      lim = limit * scale
+      lim = lim - lim % 1
+    end
+    if kind == 'keyed' or kind == 'spacing' then
+      ki = ki + 1
+      if kind == 'keyed' then
+        s = redis.call('GET', KEYS[ki])
+      end
+    else
+      hi = hi + 1
+      s = hv[hi]
+    end
+    if kind == 'window' or kind == 'keyed' then
+      local held, k, tn, cn, p, tnum = 0, 0, nil, nil, nil, nil
+      if s then
+        -- The header, the newest entry and the oldest (if not the newest).
+        local t, c, q
+        held, k, tn, cn, p, t, c, q = s:match('^(%d+) (%d+) (%d+):(%d+)() (%d+):(%d+)()')
+        if not held then
+          held, k, tn, cn, p = s:match('^(%d+) (%d+) (%d+):(%d+)()$')
+          if not held then
+            return corrupt_state(kind == 'keyed' and KEYS[ki] or KEYS[6], kind == 'keyed' and 'value' or name, s)
+          end
+        end
+        local cut = now - span
+        tnum = tn + 0
+        if tnum <= cut then -- the newest is out: all are
+          held, k = 0, 0
+        else
+          held, k = held + 0, k + 0
+          while t and t + 0 <= cut do -- older entries out of the window go
+            held, k, p = held - c, k - 1, q
+            t, c, q = s:match('^ (%d+):(%d+)()', p)
+          end
+        end
+      end
+      if n > limit then
+        w = -1
+      elseif n > lim then -- passes only at a higher scale: look again in a period
+        w = span
+      elseif held + n > lim then -- until the entry that frees enough leaves
+        local over, t, q = held + n - lim, tn, p
+        while true do
+          local te, c, r = s:match('^ (%d+):(%d+)()', q)
+          if not te then
+            break
+          end
+          over, q = over - c, r
+          if over <= 0 then
+            t = te
+            break
+          end
+        end
+        w = t + span - now
+      elseif wait == 0 then -- the state after the grant
+        local v
+        if k == 0 then
+          v = string.format('%d 1 %s:%d', n, now_s, n)
+        elseif k >= M and (tnum - tnum % (span / M)) == (now - now % (span / M)) then
+          v = string.format('%d %d %s:%d', held + n, k, now_s, cn + n) .. s:sub(p)
+        else
+          v = string.format('%d %d %s:%d', held + n, k + 1, now_s, n) .. s:sub(p) .. ' ' .. tn .. ':' .. cn
+        end
+        if kind == 'window' then
+          hset[#hset + 1], hset[#hset + 2] = name, v
+        else -- the key lives while its newest unit counts
+          sets = sets or {}
+          sets[#sets + 1], sets[#sets + 2], sets[#sets + 3] = KEYS[ki], v, span
+        end
+      end
+    elseif kind == 'concurrency' then
+      local held, nxt = 0, 0
+      if s then
+        held, nxt = s:match('^(%d+) (%d+)$')
+        if not held then
+          return corrupt_state(KEYS[6], name, s)
+        end
+        held, nxt = held + 0, nxt + 0
+      end
+      local live
+      if held > 0 and nxt <= now then -- a lease ended: count the permits again
+        live, held = permits(name)
+        if not live then
+          return corrupt_state(KEYS[6], held, '')
+        end
+        nxt = live[1] and live[1][1] or 0
+        fixed = fixed or {'HSET', KEYS[6]}
+        fixed[#fixed + 1], fixed[#fixed + 2] = name, string.format('%d %d', held, nxt)
+      end
+      if n > limit then
+        w = -1
+      elseif n > lim then
+        w = span
+      elseif held + n > lim then -- until enough leases end
+        if not live then
+          live = permits(name)
+        end
+        local over, t = held + n - lim, now + span
+        for _, e in ipairs(live or {}) do
+          over = over - e[2]
+          if over <= 0 then
+            t = e[1]
+            break
+          end
+        end
+        w = t - now
+      elseif wait == 0 then
+        local exp = now + span
+        if held == 0 or nxt > exp then
+          nxt = exp
+        end
+        hset[#hset + 1], hset[#hset + 2] = name, string.format('%d %d', held + n, nxt)
+        hset[#hset + 1], hset[#hset + 2] = name .. '#' .. id, string.format('%d %d', n, exp)
+        if exp > expiry then
+          expiry = exp
+        end
+      end
+    else -- spacing: the key holds the grant's time and lives a period after
+      local key, at, set = KEYS[ki], (now + span) / 1000, false
+      if at % 1 > 0 then
+        at = at - at % 1 + 1
+      end
+      at = string.format('%d', at)
+      if wait == 0 then
+        set = redis.call('SET', key, now_s, 'NX', 'PXAT', at)
+      end
+      if not set then
+        local v = redis.call('GET', key)
+        local u = num(v)
+        if v and not u then
+          return corrupt_state(key, 'value', v)
+        end
+        if u and u + span > now then
+          w = u + span - now
+        elseif wait == 0 then
+          set = redis.call('SET', key, now_s, 'PXAT', at)
+        end
+      end
+      if set then
+        taken = taken or {'DEL'}
+        taken[#taken + 1] = key
+      end
+    end
+    if w ~= 0 and wait >= 0 then
+      if w > 0 and w % 1 > 0 then
+        w = w - w % 1 + 1
+      end
+      if w < 0 or w > wait then
+        wait, rule = w, name
+      end
     end
   end
   if wait ~= 0 then
+    if taken then -- a rule after a spacing rule refused: the spacing was free
+      redis.call(unpack(taken))
+    end
+    if fixed then
+      redis.call(unpack(fixed))
+    end
     local t = reply(0, wait, rule == '' and 'rate_limited' or 'rule_limited')
     t[11] = rule
     return t
   end
-  local expiry = 0
-  for i, r in ipairs(rules) do
-    expiry = math.max(expiry, rule_take(r, KEYS[5 + i], now, n, id, held[i]))
+  if #hset > 2 then
+    redis.call(unpack(hset))
+  end
+  if sets then
+    for i = 1, #sets, 3 do
+      local at = (now + sets[i + 2]) / 1000
+      if at % 1 > 0 then
+        at = at - at % 1 + 1
+      end
+      redis.call('SET', sets[i], sets[i + 1], 'PXAT', string.format('%d', at))
+    end
   end
   tokens = tokens - n
   local t = commit(1, 0, probe and 'probe' or 'ok')

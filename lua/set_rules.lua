@@ -2,6 +2,8 @@
 -- a new set, checked whole: a set with one bad rule changes nothing.
 --
 -- KEYS[1]  config hash   <prefix>:{<provider>}:config
+-- KEYS[2]  rules state   <prefix>:{<provider>}:rules (window and
+--          concurrency rules' state, by rule name)
 -- ARGV[1]  rules         JSON array of at most 16 rules ([] for none), each
 --          {"name": 1-64 of [A-Za-z0-9_.-], not "bucket", unique,
 --           "kind": "window" | "keyed" | "spacing" | "concurrency",
@@ -10,7 +12,9 @@
 --           "lease_ms": integer in [1, 86400000] (concurrency),
 --           "scaled": boolean, default false (not for spacing)}
 --
--- Stored as `rules` (canonical JSON) and `rules_rev`, both absent when
+-- Stored as `rules` (canonical JSON), `rules_spec` (the same rules as
+-- acquire reads them: a flat JSON array, per rule name, kind, limit (1 for
+-- spacing), period_ms or lease_ms, scaled) and `rules_rev`, all absent when
 -- there are none (acquire's plain form reads rules_rev alone); revisions
 -- come from `rules_seq`, which is never removed, so none is used twice.
 -- Reply: array of 2: "updated" or "unchanged", and the revision (integer,
@@ -18,8 +22,9 @@
 -- caller that names another rev (RULES_CHANGED), so every replica decides
 -- on the set in force.
 -- The state of a rule (its counted units, its permits) stays: a rule
--- replaced by one of the same name and kind goes on from what it counted;
--- the state of a removed rule expires by itself.
+-- replaced by one of the same name and kind goes on from what it counted.
+-- A removed rule's (or one whose kind changed) fields of KEYS[2] are
+-- deleted; a keyed or spacing rule's keys expire by themselves.
 -- Errors: UNKNOWN_PROVIDER <config key>; INVALID_ARGUMENT <field>=<value>
 -- must be <range>, the field naming the rule (rules.<name>.limit).
 
@@ -77,10 +82,10 @@ local function check_rules(text)
   return rs
 end
 
--- rules_text writes checked rules in their canonical form: the same rules
--- are the same text.
+-- rules_text writes checked rules in their canonical form (the same rules
+-- are the same text), and the spec acquire reads.
 local function rules_text(rs)
-  local out = {}
+  local out, spec = {}, {}
   for i, r in ipairs(rs) do
     local t = {'{"name":"' .. r.name .. '","kind":"' .. r.kind .. '"'}
     if r.kind ~= 'spacing' then t[#t + 1] = ',"limit":' .. int(r.limit) end
@@ -88,8 +93,10 @@ local function rules_text(rs)
     if r.kind == 'concurrency' then t[#t + 1] = ',"lease_ms":' .. int(r.lease_ms) end
     t[#t + 1] = ',"scaled":' .. tostring(r.scaled) .. '}'
     out[i] = table.concat(t)
+    spec[i] = '"' .. r.name .. '","' .. r.kind .. '",' .. int(r.limit or 1) .. ',' ..
+      int(r.period_ms or r.lease_ms) .. ',' .. tostring(r.scaled)
   end
-  return '[' .. table.concat(out, ',') .. ']'
+  return '[' .. table.concat(out, ',') .. ']', '[' .. table.concat(spec, ',') .. ']'
 end
 
 if not redis.call('HGET', KEYS[1], 'capacity') then
@@ -99,14 +106,38 @@ local rs, field, value, range = check_rules(ARGV[1] or '')
 if not rs then
   return invalid(field, value, range)
 end
-local text = rules_text(rs)
-if (redis.call('HGET', KEYS[1], 'rules') or '[]') == text then
+local text, spec = rules_text(rs)
+local old = redis.call('HMGET', KEYS[1], 'rules', 'rules_spec')
+if (old[1] or '[]') == text and (old[2] or '[]') == spec then
   return {'unchanged', tonumber(redis.call('HGET', KEYS[1], 'rules_seq')) or 0}
+end
+-- The state of the rules not kept by name and kind goes.
+local kept = {}
+for _, r in ipairs(rs) do
+  kept[r.name] = r.kind
+end
+local ok, before = pcall(cjson.decode, old[1] or '[]')
+local gone = {}
+for _, r in ipairs(ok and type(before) == 'table' and before or {}) do
+  if type(r) == 'table' and type(r.name) == 'string' and kept[r.name] ~= r.kind then
+    gone[r.name] = true
+  end
+end
+if next(gone) then
+  local del, fields = {'HDEL', KEYS[2]}, redis.call('HKEYS', KEYS[2])
+  for _, f in ipairs(fields) do
+    if gone[f] or gone[f:match('^(.-)#') or ''] then
+      del[#del + 1] = f
+    end
+  end
+  if #del > 2 then
+    redis.call(unpack(del))
+  end
 end
 local rev = redis.call('HINCRBY', KEYS[1], 'rules_seq', 1)
 if text == '[]' then
-  redis.call('HDEL', KEYS[1], 'rules', 'rules_rev')
+  redis.call('HDEL', KEYS[1], 'rules', 'rules_rev', 'rules_spec')
 else
-  redis.call('HSET', KEYS[1], 'rules', text, 'rules_rev', rev)
+  redis.call('HSET', KEYS[1], 'rules', text, 'rules_spec', spec, 'rules_rev', rev)
 end
 return {'updated', rev}

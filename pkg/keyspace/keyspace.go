@@ -82,20 +82,13 @@ type Provider struct {
 	Replicas string // sorted set: live replica ids scored by expiry
 	Notify   string // pub/sub channel: scale changed, breaker closed, cooldown cleared
 	Released string // pub/sub channel: a concurrency rule's permit was released
+	Rules    string // hash: the state of the window and concurrency rules, a field per rule (and per open permit)
 }
 
-// Rule is the state of the provider's pacing rule rule when it is not
-// keyed (a window): a sorted set of the units it counted.
-func (k Provider) Rule(rule string) string { return k.tag() + "rule:" + rule }
-
 // RuleKey is the state of the provider's keyed or spacing rule rule for
-// one request key. key is any text without braces: it follows the hash
-// tag, so it never changes the slot.
-func (k Provider) RuleKey(rule, key string) string { return k.Rule(rule) + ":" + key }
-
-// Permits is the sorted set of the open permits of the provider's
-// concurrency rule rule.
-func (k Provider) Permits(rule string) string { return k.tag() + "permits:" + rule }
+// one request key (a string with a TTL). key is any text without braces:
+// it follows the hash tag, so it never changes the slot.
+func (k Provider) RuleKey(rule, key string) string { return k.tag() + "rule:" + rule + ":" + key }
 
 // tag is "<prefix>:{<provider>}:", with which every key of the provider
 // but its replicas starts.
@@ -113,6 +106,7 @@ func (p Prefix) Provider(provider string) Provider {
 		Replicas: p.String() + ":replicas:{" + provider + "}",
 		Notify:   tag + "notify",
 		Released: tag + "released",
+		Rules:    tag + "rules",
 	}
 }
 

@@ -43,7 +43,7 @@ func (d doc) named(builder string) ([]string, bool) {
 // ruleArgs are the arguments the documents write for a Provider builder
 // of a rule's key: the rule r, the request key k.
 func (d doc) ruleArgs(builder string) ([]string, bool) {
-	a, ok := map[string][]string{"Rule": {"r"}, "RuleKey": {"r", "k"}, "Permits": {"r"}}[builder]
+	a, ok := map[string][]string{"RuleKey": {"r", "k"}}[builder]
 	return a, ok
 }
 

@@ -105,15 +105,14 @@ func (c *Limiter) decideRules(ctx context.Context, st *providerState, req Reques
 		}
 		rev, rules, _ := st.rules.get()
 		id := newPermitID()
-		keys := acquireKeys(st.keys)
+		keys := append(acquireKeys(st.keys), st.keys.rules.Rules)
 		for _, r := range rules {
-			switch r.Kind {
-			case RuleWindow:
-				keys = append(keys, st.keys.rules.Rule(r.Name))
-			case RuleKeyed, RuleSpacing:
-				keys = append(keys, st.keys.rules.RuleKey(r.Name, req.key(r.Name)))
-			case RuleConcurrency:
-				keys = append(keys, st.keys.rules.Permits(r.Name))
+			if r.Kind == RuleKeyed || r.Kind == RuleSpacing {
+				k := req.key(r.Name)
+				if err := checkRequestKey(r.Name, k); err != nil {
+					return Decision{}, err
+				}
+				keys = append(keys, st.keys.rules.RuleKey(r.Name, k))
 			}
 		}
 		res, err := c.run(ctx, st, acquireScript, keys, n, "rules", rev, id, req.Lane)
@@ -132,6 +131,24 @@ func (c *Limiter) decideRules(ctx context.Context, st *providerState, req Reques
 		return c.parseRulesDecision(st, res, rules, id, n)
 	}
 	return Decision{}, fmt.Errorf("limiter: provider %q: its rules changed three times during one acquisition", st.name)
+}
+
+// checkRequestKey checks a request's key for rule (acquire.lua checks
+// only that there is one and its length: the characters are the client's
+// to check, which costs the script nothing).
+func checkRequestKey(rule, key string) error {
+	if key == "" { // acquire.lua's error: key.<rule>=(none)
+		return nil
+	}
+	ok := len(key) <= 256
+	for i := 0; ok && i < len(key); i++ {
+		b := key[i]
+		ok = b > ' ' && b != 0x7f && b != '{' && b != '}'
+	}
+	if !ok {
+		return &ArgumentError{"key." + rule, key, "1 to 256 bytes without braces, spaces or control characters"}
+	}
+	return nil
 }
 
 func (c *Limiter) rulesOutage(st *providerState, n int, cause error) (Decision, error) {
@@ -185,8 +202,8 @@ type Permit struct {
 	Expiry time.Time
 }
 
-// ID is the permit's id in Redis: the members <id>#1 .. <id>#<cost> of
-// each concurrency rule's permits set.
+// ID is the permit's id in Redis: the field <rule>#<id> of the
+// provider's rules state hash, for each of its concurrency rules.
 func (p *Permit) ID() string {
 	if p == nil {
 		return ""
@@ -202,7 +219,7 @@ func (p *Permit) Release(ctx context.Context) error {
 		return nil
 	}
 	for _, r := range p.rules {
-		if _, err := p.c.run(ctx, p.st, permitScript, []string{p.st.keys.rules.Permits(r.Name), p.st.keys.released}, "release", p.id, p.cost); err != nil {
+		if _, err := p.c.run(ctx, p.st, permitScript, []string{p.st.keys.rules.Rules, p.st.keys.released}, "release", p.id, p.cost, "", r.Name); err != nil {
 			return err
 		}
 	}
@@ -227,8 +244,8 @@ func (p *Permit) Renew(ctx context.Context, lease time.Duration) error {
 		return &ArgumentError{"lease", lease, "whole milliseconds in [1ms, 24h]"}
 	}
 	for _, r := range p.rules {
-		res, err := p.c.run(ctx, p.st, permitScript, []string{p.st.keys.rules.Permits(r.Name), p.st.keys.released},
-			"renew", p.id, p.cost, strconv.FormatInt(lease.Milliseconds(), 10))
+		res, err := p.c.run(ctx, p.st, permitScript, []string{p.st.keys.rules.Rules, p.st.keys.released},
+			"renew", p.id, p.cost, strconv.FormatInt(lease.Milliseconds(), 10), r.Name)
 		if err != nil {
 			return err
 		}

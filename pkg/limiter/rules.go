@@ -149,7 +149,7 @@ func (c *Limiter) SetRules(ctx context.Context, provider string, rules []Rule) (
 	if err != nil {
 		return false, err
 	}
-	res, err := c.run(ctx, st, setRulesScript, []string{st.keys.config}, string(text))
+	res, err := c.run(ctx, st, setRulesScript, []string{st.keys.config, st.keys.rules.Rules}, string(text))
 	if err != nil {
 		return false, err
 	}

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -86,12 +87,28 @@ func (r *ruled) want(req limiter.Request, rule string, retry time.Duration) limi
 	return d
 }
 
-// card is the number of members of a rule's sorted set.
-func (r *ruled) card(key string) int64 {
+// held is the units a rule's state holds as stored (docs/lua.md): the
+// first number of the field of the rules state hash (a window or
+// concurrency rule), or of the key (a keyed rule's) when field is "".
+func (r *ruled) held(key, field string) int {
 	r.t.Helper()
-	n, err := r.rdb.ZCard(context.Background(), key).Result()
+	var v string
+	var err error
+	if field != "" {
+		v, err = r.rdb.HGet(context.Background(), key, field).Result()
+	} else {
+		v, err = r.rdb.Get(context.Background(), key).Result()
+	}
+	if err == redis.Nil {
+		return 0
+	}
 	if err != nil {
 		r.t.Fatal(err)
+	}
+	first, _, _ := strings.Cut(v, " ")
+	n, err := strconv.Atoi(first)
+	if err != nil {
+		r.t.Fatalf("%s %s: %q is not a rule state", key, field, v)
 	}
 	return n
 }
@@ -112,7 +129,7 @@ func TestRuleWindowSlides(t *testing.T) {
 		r.at(10*time.Second).want(one, "", 0)
 	}
 	r.want(one, "hist", 10*time.Second)
-	if n := r.card(ibKeys.Rule("hist")); n != 3 {
+	if n := r.held(ibKeys.Rules, "hist"); n != 3 {
 		t.Fatalf("the window holds %d units, want 3 (those out of it are removed)", n)
 	}
 }
@@ -121,7 +138,7 @@ func TestRuleCostCountsOnEveryRule(t *testing.T) {
 	r := newRuled(t, histRule, contractRule)
 	bidAsk := limiter.Request{Cost: 2, Key: "AAPL:SMART:BID_ASK"}
 	r.want(bidAsk, "", 0)
-	if n := r.card(ibKeys.RuleKey("contract", bidAsk.Key)); n != 2 {
+	if n := r.held(ibKeys.RuleKey("contract", bidAsk.Key), ""); n != 2 {
 		t.Fatalf("the keyed rule counted %d units, want 2", n)
 	}
 	// 2 more would make 4 > 3 in the window and 4 > 2 for the key: the
@@ -146,7 +163,7 @@ func TestRuleKeyedPerKey(t *testing.T) {
 	r.at(time.Second).want(aapl, "contract", time.Second)
 	r.want(msft, "", 0)
 	r.at(2*time.Second).want(aapl, "", 0)
-	// Two keys, two sorted sets, each expiring a period after its last unit.
+	// Two keys, each expiring a period after its last unit.
 	for _, k := range []string{aapl.Key, msft.Key} {
 		ttl := r.m.TTL(ibKeys.RuleKey("contract", k))
 		if ttl <= 0 || ttl > 2*time.Second+time.Millisecond {
@@ -187,10 +204,10 @@ func TestRuleRefusalChargesNothing(t *testing.T) {
 	d2 := r.want(a, "", 0)
 	before := mustStatus(t, r.c, "ib").Tokens
 	r.want(a, "contract", 2*time.Second) // the window and the permits had room
-	if n := r.card(ibKeys.Rule("hist")); n != 2 {
+	if n := r.held(ibKeys.Rules, "hist"); n != 2 {
 		t.Fatalf("window holds %d units after a refusal by another rule, want 2", n)
 	}
-	if n := r.card(ibKeys.Permits("open")); n != 2 {
+	if n := r.held(ibKeys.Rules, "open"); n != 2 {
 		t.Fatalf("%d permits after a refusal, want 2", n)
 	}
 	if after := mustStatus(t, r.c, "ib").Tokens; after != before {
@@ -239,7 +256,7 @@ func TestRulePermitLease(t *testing.T) {
 	if err := held.Release(ctx); err != nil { // frees nothing: the place is other's
 		t.Fatal(err)
 	}
-	if n := r.card(ibKeys.Permits("open")); n != 1 {
+	if n := r.held(ibKeys.Rules, "open"); n != 1 {
 		t.Fatalf("%d permits after releasing an expired one, want other's 1", n)
 	}
 	if err := other.Renew(ctx, 1500*time.Microsecond); err == nil || !errors.Is(err, limiter.ErrInvalidArgument) {
@@ -395,15 +412,27 @@ func TestRulesCorruptStoredSet(t *testing.T) {
 	if !errors.Is(err, limiter.ErrCorruptState) || !strings.Contains(err.Error(), `"limit":"NaN"`) {
 		t.Fatalf("decision on a corrupt rule set: %v, want ErrCorruptState quoting it", err)
 	}
-	// Readable, but not a rule: acquire.lua's guard refuses it.
-	r.rdb.HSet(ctx, ibKeys.Config, "rules", `[{"name":"hist","kind":"window","limit":-1,"period_ms":10000}]`, "rules_rev", "10")
-	_, err = r.c.TryAcquireRequest(ctx, "ib", limiter.Request{})
-	if !errors.Is(err, limiter.ErrCorruptState) || !strings.Contains(err.Error(), "rules[1]=") {
-		t.Fatalf("decision on a rule with limit -1: %v, want ErrCorruptState naming rules[1]", err)
+	// acquire.lua decides on rules_spec, the same set as it reads it:
+	// readable, but not a rule, its guard refuses it.
+	r.rdb.HSet(ctx, ibKeys.Config, "rules", `[{"name":"hist","kind":"window","limit":3,"period_ms":10000,"scaled":false}]`, "rules_rev", "10")
+	for spec, what := range map[string]string{
+		`["hist","window",-1,10000,false]`:    "a limit of -1",
+		`["hist","window",3,10000]`:           "a rule cut short",
+		`["hist","sliding",3,10000,false]`:    "an unknown kind",
+		`["hist","window","3",10000,false]`:   "a limit that is a string",
+		`["hist","window",1e999,10000,false]`: "an infinite limit",
+		`["hist","window",3,10000,false`:      "not JSON",
+		`{"name":"hist"}`:                     "an object",
+	} {
+		r.rdb.HSet(ctx, ibKeys.Config, "rules_spec", spec)
+		_, err = r.c.TryAcquireRequest(ctx, "ib", limiter.Request{})
+		if !errors.Is(err, limiter.ErrCorruptState) || !strings.Contains(err.Error(), "rules_spec=") {
+			t.Errorf("decision on %s: %v, want ErrCorruptState naming rules_spec", what, err)
+		}
 	}
-	r.rdb.HSet(ctx, ibKeys.Config, "rules", `[{"name":"hist"`)
+	r.rdb.HDel(ctx, ibKeys.Config, "rules_spec")
 	if _, err := r.c.TryAcquireRequest(ctx, "ib", limiter.Request{}); !errors.Is(err, limiter.ErrCorruptState) {
-		t.Fatalf("decision on a rule set that is not JSON: %v, want ErrCorruptState", err)
+		t.Fatalf("decision on rules without their spec: %v, want ErrCorruptState", err)
 	}
 }
 
@@ -660,7 +689,7 @@ func TestParseRules(t *testing.T) {
 
 // TestRuleKeysExpireWhenIdle: a keyed rule's state is a key per request
 // key, made on demand; each holds what docs/rules.md states (measured there
-// at 100,000 keys: 213 bytes at one unit) and is gone a period after its
+// at 100,000 keys: 204 bytes at one unit) and is gone a period after its
 // last unit, with nobody reading it (Redis's active expiry).
 func TestRuleKeysExpireWhenIdle(t *testing.T) {
 	srv := redistest.Start(t)
@@ -673,7 +702,7 @@ func TestRuleKeysExpireWhenIdle(t *testing.T) {
 		t.Fatal(err)
 	}
 	ruleKeys := func() int { // the keyed rule's keys in Redis now
-		it, count := rdb.Scan(ctx, 0, ibKeys.Rule("contract")+":*", 1<<20).Iterator(), 0
+		it, count := rdb.Scan(ctx, 0, ibKeys.RuleKey("contract", "*"), 1<<20).Iterator(), 0
 		for it.Next(ctx) {
 			count++
 		}
@@ -696,4 +725,36 @@ func TestRuleKeysExpireWhenIdle(t *testing.T) {
 		t.Fatalf("MEMORY USAGE of one key with one unit: %d bytes, want at most 256", mem)
 	}
 	waitFor(t, "every idle key expired", func() bool { return ruleKeys() == 0 })
+}
+
+// TestRuleWindowLogBounded: a window's log is exact while it holds fewer
+// than 16 entries; beyond, a grant in the same sixteenth of the period as
+// the newest entry joins it, counted from its own later time. So a
+// window holds at most 33 entries however many units, and counts a unit
+// at most a sixteenth of the period longer than it should, never shorter.
+func TestRuleWindowLogBounded(t *testing.T) {
+	win := limiter.Rule{Name: "win", Kind: limiter.RuleWindow, Limit: 1000, Period: time.Second}
+	r := newRuled(t, win)
+	const grants = 200 // one a millisecond
+	for i := range grants {
+		r.at(time.Duration(i)*time.Millisecond).want(limiter.Request{}, "", 0)
+	}
+	state, _ := r.rdb.HGet(context.Background(), ibKeys.Rules, "win").Result()
+	if entries := strings.Count(state, ":"); entries > 33 || entries < 16 {
+		t.Fatalf("%d entries for %d units: %s", entries, grants, state)
+	}
+	// 100 ms past a period: exactly, the units of 101 ms and later count.
+	r.at(time.Second+100*time.Millisecond).want(limiter.Request{}, "", 0)
+	exact := grants - 101 + 1
+	held := r.held(ibKeys.Rules, "win")
+	if held < exact || held > exact+63 {
+		t.Fatalf("the window holds %d units, the exact count is %d: want at least that, at most a sixteenth of a period's units more", held, exact)
+	}
+	// The first 16 grants were exact entries: each left at its own time.
+	r2 := newRuled(t, limiter.Rule{Name: "win", Kind: limiter.RuleWindow, Limit: 16, Period: time.Second})
+	for i := range 16 {
+		r2.at(time.Duration(i)*time.Millisecond).want(limiter.Request{}, "", 0)
+	}
+	r2.at(time.Second).want(limiter.Request{}, "", 0) // the unit of t0 left
+	r2.want(limiter.Request{}, "win", time.Millisecond)
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -28,9 +29,9 @@ type RuleState struct {
 
 // RuleStatus reads provider's pacing rules and what each holds at Redis
 // time; keyed and spacing rules for key (not read when key is ""). It
-// writes nothing (units already out of a window are not counted, not
-// removed) and takes two pipelined round trips, no transaction: each rule
-// is read as of its own instant, for inspection, not for deciding.
+// writes nothing (units already out of a window, permits past their lease
+// are not counted, not removed) and takes two pipelined round trips, no
+// transaction: for inspection, not for deciding.
 func (c *Limiter) RuleStatus(ctx context.Context, provider, key string) ([]RuleState, error) {
 	st, err := c.state(provider)
 	if err != nil {
@@ -51,59 +52,100 @@ func (c *Limiter) RuleStatus(ctx context.Context, provider, key string) ([]RuleS
 			return nil, fmt.Errorf("%w: %s rules: %v", ErrCorruptState, st.keys.config, err)
 		}
 	}
-	now := clock.Val()
+	now := clock.Val().UnixMicro()
 	pipe = c.rdb.Pipeline()
-	type read struct {
-		count *redis.IntCmd
-		first *redis.ZSliceCmd
-		until *redis.StringCmd
-	}
-	reads := make([]read, len(js))
+	state := pipe.HGetAll(ctx, st.keys.rules.Rules)
+	gets := make([]*redis.StringCmd, len(js))
 	out := make([]RuleState, len(js))
 	for i, j := range js {
 		out[i] = RuleState{Rule: j.rule()}
-		r := out[i].Rule
-		var zkey string
-		from := now.Add(-r.Period)
-		switch r.Kind {
-		case RuleWindow:
-			zkey = st.keys.rules.Rule(r.Name)
-		case RuleConcurrency:
-			zkey, from = st.keys.rules.Permits(r.Name), now
-		case RuleKeyed, RuleSpacing:
-			if key == "" {
-				continue
-			}
+		if (j.Kind == RuleKeyed || j.Kind == RuleSpacing) && key != "" {
 			out[i].Key = key
-			if r.Kind == RuleSpacing {
-				reads[i].until = pipe.Get(ctx, st.keys.rules.RuleKey(r.Name, key))
-				continue
-			}
-			zkey = st.keys.rules.RuleKey(r.Name, key)
+			gets[i] = pipe.Get(ctx, st.keys.rules.RuleKey(j.Name, key))
 		}
-		lo := "(" + strconv.FormatInt(from.UnixMicro(), 10)
-		reads[i].count = pipe.ZCount(ctx, zkey, lo, "+inf")
-		reads[i].first = pipe.ZRangeByScoreWithScores(ctx, zkey, &redis.ZRangeBy{Min: lo, Max: "+inf", Count: 1})
 	}
 	if _, err := pipe.Exec(ctx); err != nil && err != redis.Nil {
 		return nil, err
 	}
+	fields := state.Val()
 	for i := range out {
-		rd, r := reads[i], &out[i]
-		switch {
-		case rd.until != nil:
-			if us, err := strconv.ParseInt(rd.until.Val(), 10, 64); err == nil && us > now.UnixMicro() {
-				r.Held, r.Next = 1, time.UnixMicro(us)
+		r := &out[i]
+		var err error
+		switch r.Kind {
+		case RuleWindow:
+			r.Held, r.Next, err = windowHeld(fields[r.Name], now, r.Period)
+		case RuleKeyed:
+			if gets[i] != nil {
+				r.Held, r.Next, err = windowHeld(gets[i].Val(), now, r.Period)
 			}
-		case rd.count != nil:
-			r.Held = int(rd.count.Val())
-			if z := rd.first.Val(); len(z) > 0 {
-				r.Next = time.UnixMicro(int64(z[0].Score))
-				if r.Kind != RuleConcurrency {
-					r.Next = r.Next.Add(r.Period)
+		case RuleSpacing:
+			if gets[i] != nil {
+				// The key holds its grant's Redis time (µs).
+				if us, perr := strconv.ParseInt(gets[i].Val(), 10, 64); perr == nil && us+r.Period.Microseconds() > now {
+					r.Held, r.Next = 1, time.UnixMicro(us).Add(r.Period)
 				}
 			}
+		case RuleConcurrency:
+			r.Held, r.Next, err = permitsHeld(fields, r.Name, now)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("%w: %s rule %s: %v", ErrCorruptState, provider, r.Name, err)
 		}
 	}
 	return out, nil
+}
+
+// windowHeld reads a window's state as acquire.lua writes it ("<held>
+// <entries> <t>:<c>", the newest entry first, then the older ones oldest
+// first; "" for none): the units still in the window at now (µs) and
+// when the oldest of them leaves (zero when none).
+func windowHeld(s string, now int64, period time.Duration) (held int, next time.Time, err error) {
+	f := strings.Fields(s)
+	if len(f) == 0 {
+		return 0, time.Time{}, nil
+	}
+	if len(f) < 3 {
+		return 0, time.Time{}, fmt.Errorf("window state %q", s)
+	}
+	entries := append(f[3:], f[2]) // oldest first
+	cut := now - period.Microseconds()
+	for _, e := range entries {
+		ts, cs, ok := strings.Cut(e, ":")
+		t, err1 := strconv.ParseInt(ts, 10, 64)
+		c, err2 := strconv.Atoi(cs)
+		if !ok || err1 != nil || err2 != nil {
+			return 0, time.Time{}, fmt.Errorf("window state %q", s)
+		}
+		if t > cut {
+			if held == 0 {
+				next = time.UnixMicro(t).Add(period)
+			}
+			held += c
+		}
+	}
+	return held, next, nil
+}
+
+// permitsHeld reads concurrency rule rule's permits in the rules state
+// hash (fields <rule>#<id> = "<places> <expiry>"): the places of those
+// whose lease has not ended at now (µs), and the earliest such end.
+func permitsHeld(fields map[string]string, rule string, now int64) (held int, next time.Time, err error) {
+	for f, v := range fields {
+		if !strings.HasPrefix(f, rule+"#") {
+			continue
+		}
+		ps, es, ok := strings.Cut(v, " ")
+		places, err1 := strconv.Atoi(ps)
+		exp, err2 := strconv.ParseInt(es, 10, 64)
+		if !ok || err1 != nil || err2 != nil {
+			return 0, time.Time{}, fmt.Errorf("permit %s=%q", f, v)
+		}
+		if exp > now {
+			held += places
+			if t := time.UnixMicro(exp); next.IsZero() || t.Before(next) {
+				next = t
+			}
+		}
+	}
+	return held, next, nil
 }

@@ -276,4 +276,5 @@ def test_lanes_async(r, redis_server) -> None:  # type: ignore[no-untyped-def]
 
 
 async def r_permits(c: "redis.asyncio.Redis[bytes]") -> int:
-    return int(await c.zcard("sluice:{ibkr}:permits:open"))
+    held = await c.hget("sluice:{ibkr}:rules", "open")  # "<held> <next>" (docs/lua.md)
+    return int(held.split(b" ")[0]) if held else 0

@@ -80,17 +80,14 @@ class Keys:
         """"<prefix>:{<provider>}:", with which the rules' keys start."""
         return self.config[: -len("config")]
 
-    def rule(self, rule: str) -> str:
-        """A window rule's counted units."""
-        return self.tag() + "rule:" + rule
+    @property
+    def rules(self) -> str:
+        """The hash of the window and concurrency rules' state."""
+        return self.tag() + "rules"
 
     def rule_key(self, rule: str, key: str) -> str:
         """A keyed or spacing rule's state for one request key."""
-        return self.rule(rule) + ":" + key
-
-    def permits(self, rule: str) -> str:
-        """A concurrency rule's open permits."""
-        return self.tag() + "permits:" + rule
+        return self.tag() + "rule:" + rule + ":" + key
 
     @property
     def released(self) -> str:
@@ -271,18 +268,27 @@ def parse_rules_changed(msg: str) -> Optional[RulesChanged]:
     return RulesChanged("" if rev == "-" else rev, rules)
 
 
+def check_request_key(rule: str, key: str) -> None:
+    """A request's key for rule: 1 to 256 bytes without braces, spaces or
+    control characters. acquire.lua checks only that there is one and its
+    length (the characters are the client's to check: docs/lua.md); an
+    empty key is left to it (key.<rule>=(none))."""
+    b = key.encode()
+    if b and (len(b) > 256 or any(c <= 0x20 or c == 0x7F or c in (0x7B, 0x7D) for c in b)):
+        raise InvalidArgumentError("key." + rule, key, "1 to 256 bytes without braces, spaces or control characters")
+
+
 def rule_keys(keys: "Keys", rules: List[Dict[str, Any]], key: str, per_rule: Optional[Dict[str, str]]) -> List[str]:
-    """acquire.lua's KEYS of the rules form: the bucket's five, then one per
-    rule, keyed and spacing rules with the request's key for them."""
-    out = keys.acquire()
+    """acquire.lua's KEYS of the rules form: the bucket's five, the rules'
+    state hash, then one per keyed or spacing rule with the request's key
+    for that rule."""
+    out = keys.acquire() + [keys.rules]
     for r in rules:
         name, kind = str(r.get("name")), r.get("kind")
         if kind in ("keyed", "spacing"):
-            out.append(keys.rule_key(name, (per_rule or {}).get(name, key)))
-        elif kind == "concurrency":
-            out.append(keys.permits(name))
-        else:
-            out.append(keys.rule(name))
+            k = (per_rule or {}).get(name, key)
+            check_request_key(name, k)
+            out.append(keys.rule_key(name, k))
     return out
 
 

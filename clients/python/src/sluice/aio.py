@@ -211,7 +211,7 @@ class AsyncLimiter:
     async def set_rules(self, provider: str, rules: List[Dict[str, Any]]) -> Tuple[bool, int]:
         """See Limiter.set_rules."""
         st = self._state(provider)
-        res = await self._run(provider, st, "set_rules", [st.keys.config], [json.dumps(rules)])
+        res = await self._run(provider, st, "set_rules", [st.keys.config, st.keys.rules], [json.dumps(rules)])
         return as_str(res[0]) == "updated", as_int(res[1])
 
     async def set_lanes(self, provider: str, lanes: List[Dict[str, Any]]) -> bool:
@@ -534,16 +534,16 @@ class AsyncPermit:
         """See Permit.release."""
         k, freed = self._st.keys, 0
         for r in self.rules:
-            freed += as_int(await self._lim._run(self._provider, self._st, "permit", [k.permits(r), k.released],
-                                                 ["release", self.id, str(self.cost)]))
+            freed += as_int(await self._lim._run(self._provider, self._st, "permit", [k.rules, k.released],
+                                                 ["release", self.id, str(self.cost), "", r]))
         return freed
 
     async def renew(self, lease: float) -> None:
         """See Permit.renew."""
         ms, k = lease_ms(lease), self._st.keys
         for r in self.rules:
-            exp = as_int(await self._lim._run(self._provider, self._st, "permit", [k.permits(r), k.released],
-                                              ["renew", self.id, str(self.cost), str(ms)]))
+            exp = as_int(await self._lim._run(self._provider, self._st, "permit", [k.rules, k.released],
+                                              ["renew", self.id, str(self.cost), str(ms), r]))
             if exp == 0:
                 raise PermitLostError(f"sluice: permit lost: provider {self._provider!r}, rule {r}, permit {self.id}")
             self.expiry_us = exp

@@ -269,7 +269,7 @@ class Limiter:
         the script: InvalidArgumentError naming the field (rules.<name>.limit)
         changes nothing. Returns (changed, revision)."""
         st = self._state(provider)
-        res = self._run(provider, st, "set_rules", [st.keys.config], [json.dumps(rules)])
+        res = self._run(provider, st, "set_rules", [st.keys.config, st.keys.rules], [json.dumps(rules)])
         return as_str(res[0]) == "updated", as_int(res[1])
 
     def set_lanes(self, provider: str, lanes: List[Dict[str, Any]]) -> bool:
@@ -643,8 +643,8 @@ class Permit:
         the units freed, 0 when the lease had already ended."""
         k, freed = self._st.keys, 0
         for r in self.rules:
-            freed += as_int(self._lim._run(self._provider, self._st, "permit", [k.permits(r), k.released],
-                                           ["release", self.id, str(self.cost)]))
+            freed += as_int(self._lim._run(self._provider, self._st, "permit", [k.rules, k.released],
+                                           ["release", self.id, str(self.cost), "", r]))
         return freed
 
     def renew(self, lease: float) -> None:
@@ -654,8 +654,8 @@ class Permit:
         ms = lease_ms(lease)
         k = self._st.keys
         for r in self.rules:
-            exp = as_int(self._lim._run(self._provider, self._st, "permit", [k.permits(r), k.released],
-                                        ["renew", self.id, str(self.cost), str(ms)]))
+            exp = as_int(self._lim._run(self._provider, self._st, "permit", [k.rules, k.released],
+                                        ["renew", self.id, str(self.cost), str(ms), r]))
             if exp == 0:
                 raise PermitLostError(f"sluice: permit lost: provider {self._provider!r}, rule {r}, permit {self.id}")
             self.expiry_us = exp
