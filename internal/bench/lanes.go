@@ -115,8 +115,8 @@ func runLaneProc(ctx context.Context, rdb redis.UniversalClient, s laneSpec, rea
 	}
 	loop("backfill", t0.Add(s.Phase), func(at int64) { mu.Lock(); res.Backfill = append(res.Backfill, at); mu.Unlock() })
 	// Live: Poisson arrivals, each request waiting on its own until granted
-	// (it may outlive the run by a second).
-	lctx, lcancel := context.WithDeadline(ctx, end.Add(time.Second))
+	// (it may outlive the run by 10 s, on a starved machine).
+	lctx, lcancel := context.WithDeadline(ctx, end.Add(10*time.Second))
 	defer lcancel()
 	for next := t0; ; {
 		next = next.Add(time.Duration(rand.ExpFloat64() / s.LiveRate * float64(time.Second)))

@@ -351,11 +351,16 @@ func TestParseLanes(t *testing.T) {
 func TestLanesMetrics(t *testing.T) {
 	r, ctx := laned(t, backfillLane, liveLane)
 	takeAll(t, r.c, "live") // 20 granted (its 10 and the backfill's), 1 refused
-	// An Acquire whose deadline comes before the 10 ms refill: refused at once.
-	short, cancel := context.WithTimeout(ctx, 5*time.Millisecond)
+	// At scale 0.001 the next token is 10 s away: an Acquire whose deadline
+	// comes sooner (a second: time for a round trip on a loaded machine) is
+	// refused at once.
+	if _, err := r.c.SetBudgetScale(ctx, "ib", 0.001); err != nil {
+		t.Fatal(err)
+	}
+	short, cancel := context.WithTimeout(ctx, time.Second)
 	defer cancel()
 	if _, err := r.c.AcquireRequest(short, "ib", limiter.Request{Lane: "live"}); !errors.Is(err, limiter.ErrRateLimited) {
-		t.Fatalf("acquire with a 5 ms deadline: %v, want ErrRateLimited", err)
+		t.Fatalf("acquire with a 1 s deadline, the refill 10 s away: %v, want ErrRateLimited", err)
 	}
 	count := func(result string) float64 {
 		v, _ := promutil.Sum(r.reg, "rate_coordinator_lane_acquisitions_total", map[string]string{"provider": "ib", "lane": "live", "result": result})
