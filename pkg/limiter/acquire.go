@@ -20,7 +20,7 @@ func (c *Limiter) TryAcquire(ctx context.Context, provider string, n int) (Decis
 		if d, ok := c.heldRefusal(st, n); ok {
 			return d, nil
 		}
-		return c.decide(ctx, st, n)
+		return c.decide(ctx, st, n, "")
 	})
 }
 
@@ -39,7 +39,7 @@ func (c *Limiter) TryAcquire(ctx context.Context, provider string, n int) (Decis
 // error matching both the reason's sentinel (ErrPaused, ...) and ctx.Err().
 func (c *Limiter) Acquire(ctx context.Context, provider string, n int) (Decision, error) {
 	return c.acquisition(ctx, provider, n, "", true, func(ctx context.Context, st *providerState) (Decision, error) {
-		return c.decide(ctx, st, n)
+		return c.decide(ctx, st, n, "")
 	})
 }
 
@@ -253,9 +253,10 @@ func sleep(ctx context.Context, d time.Duration, wake <-chan struct{}) error {
 // mode. It never returns a grant once ctx has ended (its deadline passed
 // while the answer was on its way, or while the caller waited to be
 // scheduled): the caller has given up, and the tokens it was granted go
-// unused (under-admission, never over).
-func (c *Limiter) decide(ctx context.Context, st *providerState, n int) (Decision, error) {
-	d, err := c.decideFor(ctx, st, n)
+// unused (under-admission, never over). lane is the request's lane ("":
+// none).
+func (c *Limiter) decide(ctx context.Context, st *providerState, n int, lane string) (Decision, error) {
+	d, err := c.decideFor(ctx, st, n, lane)
 	return inTime(ctx, st, d, err)
 }
 
@@ -270,7 +271,13 @@ func inTime(ctx context.Context, st *providerState, d Decision, err error) (Deci
 	return d, err
 }
 
-func (c *Limiter) decideFor(ctx context.Context, st *providerState, n int) (Decision, error) {
+// decideFor is decide before the late-grant check. A request that names a
+// lane is decided in one script call of its own (the lane form): a lane's
+// requests are not coalesced with the provider's others (a batch is
+// granted in order, so a refused backfill would hold a live request
+// behind it). A provider with rules decides by the rules form, which
+// carries the lane.
+func (c *Limiter) decideFor(ctx context.Context, st *providerState, n int, lane string) (Decision, error) {
 	if n < 1 || n > 1e9 {
 		return Decision{}, &ArgumentError{"n", n, "an integer in [1, 1000000000]"}
 	}
@@ -279,18 +286,21 @@ func (c *Limiter) decideFor(ctx context.Context, st *providerState, n int) (Deci
 		return c.outage(st, n, c.opts.Now(), ErrRedisUnavailable)
 	}
 	if st.rules.active() {
-		return c.decideRules(ctx, st, Request{Cost: n})
+		return c.decideRules(ctx, st, Request{Cost: n, Lane: lane})
 	}
 	var d Decision
 	var err error
-	if c.opts.MaxBatch > 1 {
+	switch {
+	case lane != "":
+		d, err = c.decideOne(ctx, st, n, "lane", lane)
+	case c.opts.MaxBatch > 1:
 		d, err = c.batchDecide(ctx, st, n)
-	} else {
+	default:
 		d, err = c.decideOne(ctx, st, n)
 	}
 	if ch := rulesChangedIn(err); ch != nil { // the provider has rules now
 		st.rules.set(ch.rev, ch.rules)
-		return c.decideRules(ctx, st, Request{Cost: n})
+		return c.decideRules(ctx, st, Request{Cost: n, Lane: lane})
 	}
 	return d, err
 }

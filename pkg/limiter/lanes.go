@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"math"
 	"strconv"
 	"strings"
 	"sync"
@@ -146,36 +145,8 @@ func parseLanes(key, text string) ([]Lane, error) {
 	lanes := make([]Lane, len(js))
 	for i, j := range js {
 		lanes[i] = Lane(j)
-		if math.IsNaN(j.Weight) {
-			return nil, fmt.Errorf("%w: %s lanes=%s", ErrCorruptState, key, text)
-		}
 	}
 	return lanes, nil
-}
-
-// decideLane decides req, which names a lane, in one script call of its
-// own: a lane's requests are not coalesced with the provider's others (a
-// batch is granted in order, so a refused backfill would hold a live
-// request behind it). A provider with rules decides it by the rules form,
-// which carries the lane.
-func (c *Limiter) decideLane(ctx context.Context, st *providerState, req Request) (Decision, error) {
-	n := req.cost()
-	if n < 1 || n > 1e9 {
-		return Decision{}, &ArgumentError{"n", n, "an integer in [1, 1000000000]"}
-	}
-	c.joinOnce(ctx, st) // the first acquisition joins the replica registry
-	if st.health.isDown() {
-		return c.outage(st, n, c.opts.Now(), ErrRedisUnavailable)
-	}
-	if st.rules.active() {
-		return c.decideRules(ctx, st, req)
-	}
-	d, err := c.decideOne(ctx, st, n, "lane", req.Lane)
-	if ch := rulesChangedIn(err); ch != nil {
-		st.rules.set(ch.rev, ch.rules)
-		return c.decideRules(ctx, st, req)
-	}
-	return d, err
 }
 
 // laneTurns holds a turn per named lane of a provider, made on first use:

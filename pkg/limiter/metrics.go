@@ -93,7 +93,7 @@ type providerMetrics struct {
 	wait                     prometheus.Observer
 	results                  sync.Map // result -> prometheus.Counter
 	rules                    sync.Map // rule -> prometheus.Counter of its refusals
-	lanes                    sync.Map // lane + "\x00" + result -> prometheus.Counter
+	lanes                    sync.Map // laneResultKey -> prometheus.Counter
 	laneWaits                sync.Map // lane -> prometheus.Observer
 }
 
@@ -123,9 +123,12 @@ func (pm *providerMetrics) waited(lane string, d time.Duration) {
 	}
 }
 
+// laneResultKey is a lane's series in providerMetrics.lanes.
+type laneResultKey struct{ lane, result string }
+
 // laneResult counts one acquisition in lane that ended with result.
 func (pm *providerMetrics) laneResult(lane, result string) {
-	key := lane + "\x00" + result
+	key := laneResultKey{lane, result}
 	c, ok := pm.lanes.Load(key)
 	if !ok {
 		c, _ = pm.lanes.LoadOrStore(key, pm.m.laneCalls.WithLabelValues(pm.provider, lane, result))

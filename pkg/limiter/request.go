@@ -72,19 +72,12 @@ func (c *Limiter) AcquireRequest(ctx context.Context, provider string, req Reque
 
 // decideRequest takes req's decision: by the rules form of acquire.lua
 // when the provider has rules (or req needs them: a key), else as any
-// acquisition.
+// acquisition, in req's lane.
 func (c *Limiter) decideRequest(ctx context.Context, st *providerState, req Request) (Decision, error) {
-	n := req.cost()
-	var d Decision
-	var err error
-	switch {
-	case req.Key == "" && req.Keys == nil && req.Lane == "":
-		return c.decide(ctx, st, n) // by the rules form if the provider has rules
-	case req.Key == "" && req.Keys == nil:
-		d, err = c.decideLane(ctx, st, req)
-	default:
-		d, err = c.decideRules(ctx, st, req)
+	if req.Key == "" && req.Keys == nil {
+		return c.decide(ctx, st, req.cost(), req.Lane) // by the rules form if the provider has rules
 	}
+	d, err := c.decideRules(ctx, st, req)
 	return inTime(ctx, st, d, err)
 }
 

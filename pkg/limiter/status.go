@@ -75,12 +75,13 @@ func (c *Limiter) Status(ctx context.Context, provider string) (Status, error) {
 		return Status{}, err
 	}
 	now := time.UnixMicro(r.int(0))
-	s := Status{Provider: provider, Config: configFromHash(r.hash(1)), Now: now, Tokens: r.float(6)}
+	cfg := r.hash(1)
+	s := Status{Provider: provider, Config: configFromHash(cfg), Now: now, Tokens: r.float(6)}
 	s.readScale(r.hash(2))
 	s.Breaker = breakerStatus(r.hash(3), s.Config.BreakerTimeout, now)
 	s.Cooldown = activeCooldown(r.str(4), now)
 	s.Replicas = replicaIDs(r[5])
-	if text, ok := r.hash(1)["lanes"]; ok {
+	if text, ok := cfg["lanes"]; ok {
 		lanes, err := parseLanes(k.config, text)
 		if err != nil {
 			return Status{}, err
