@@ -340,7 +340,9 @@ if lanes_json then
     end
     return supply, got
   end
-  give(extra, 0)
+  if extra > 0 then
+    give(extra, 0)
+  end
   local elapsed = math.max(0, now - ts) / 1000000
   local _, got = give(elapsed * rate * scale, elapsed)
   for i, l in ipairs(ls) do -- floors: at least floor × rate, whatever the scale
