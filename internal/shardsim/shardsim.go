@@ -200,8 +200,6 @@ func sum(xs []float64) float64 {
 type shard struct {
 	base, capacity, scale float64
 	tokens, ts, spent     float64
-	asked                 float64 // requests of its instances since the leader last read it
-	demand                float64 // the leader's estimate of its requests a second
 }
 
 func (s *shard) settle(t float64) {
@@ -240,6 +238,8 @@ type instance struct {
 	next        int     // Rotate: the shard of the next call
 	holdUntil   float64 // refused locally before
 	sinceRefuse float64 // grants since the last refusal (the hold's turn)
+	asked       float64 // requests since the leader last read its home shard
+	demand      float64 // the leader's estimate of its requests a second
 }
 
 const (
@@ -392,7 +392,7 @@ func Simulate(r Run, d Design) (Result, error) {
 			if e.t >= r.Warmup {
 				res.Asked[i]++
 			}
-			sh[inst[i].home].asked++
+			inst[i].asked++
 			if e.t < inst[i].holdUntil {
 				continue // held: refused here, no call
 			}
@@ -425,7 +425,7 @@ func Simulate(r Run, d Design) (Result, error) {
 			sh[e.who].scale = e.v
 			res.Calls[e.who]++
 		case evLeader:
-			rebalance(e.t, r, sh, res.Calls, push)
+			rebalance(e.t, r, sh, inst, res.Calls, push)
 			push(&event{t: e.t + r.Period, kind: evLeader})
 		case evRate:
 			sh[e.who].setRate(e.t, e.v, e.w)
@@ -453,28 +453,31 @@ func scaleIntegral(changes [][2]float64, t float64) float64 {
 	return area + (t-from)*scale
 }
 
-// rebalance is the leader's step at t: it reads every shard's requests
-// since the last step (one call each; the count is kept in the shard's
-// hash, requests held in the instances included, as a client would report
-// them with its next call), smooths them, and sets each shard's base rate:
-// a floor of 5% of an even share, the rest water-filled by demand, what
-// demand leaves spread evenly; capacity in proportion to the rate. Shards
-// whose rate falls are written first (at t + RTT), those whose rate rises
-// after (t + 2 RTT), so the shards' rates never sum above the provider's.
-func rebalance(t float64, r Run, sh []shard, calls []float64, push func(*event)) {
+// rebalance is the leader's step at t: it reads every shard's demand (one
+// call each: each instance counts its requests, held ones included, in its
+// home shard's hash, as a client would report them with its next call),
+// smooths each instance's, shares the provider's rate among the instances
+// max-min fairly (water-filled, what demand leaves spread evenly) and sets
+// each shard's base rate to a floor of 5% of an even share plus its
+// instances' shares; capacity in proportion to the rate. Shards whose rate
+// falls are written first (at t + RTT), those whose rate rises after (t +
+// 2 RTT), so the shards' rates never sum above the provider's.
+func rebalance(t float64, r Run, sh []shard, inst []instance, calls []float64, push func(*event)) {
 	k := len(sh)
 	for i := range sh {
 		calls[i]++
-		d := sh[i].asked / r.Period
-		sh[i].demand = 0.5*sh[i].demand + 0.5*d
-		sh[i].asked = 0
+	}
+	want := make([]float64, len(inst))
+	for i := range inst {
+		inst[i].demand = 0.5*inst[i].demand + 0.5*inst[i].asked/r.Period
+		inst[i].asked = 0
+		want[i] = inst[i].demand
 	}
 	floor := 0.05 * r.Rate / float64(k)
-	want := make([]float64, k)
-	for i := range sh {
-		want[i] = sh[i].demand
+	give := make([]float64, k)
+	for i, g := range waterfill(r.Rate-floor*float64(k), want) {
+		give[inst[i].home] += g
 	}
-	give := waterfill(r.Rate-floor*float64(k), want)
 	for i := range give {
 		give[i] += floor
 	}

@@ -387,3 +387,20 @@ func TestValidate(t *testing.T) {
 		}
 	}
 }
+
+// TestRebalanceFairness: pinned by a hash, 32 equal instances do not fall
+// evenly on 8 shards, so under scarcity an instance on a crowded shard
+// gets less than its share (below 0.75 of it); the leader, which shares
+// the rate by each instance's demand, brings every instance to ≥ 0.85.
+func TestRebalanceFairness(t *testing.T) {
+	for seed := uint64(1); seed <= 2; seed++ {
+		r := run(scenarios()[0], 8, seed)
+		r.Duration = 10
+		if low, _ := simulate(t, r, Design{Route: Pinned}).Fairness(); low >= 0.75 {
+			t.Errorf("pinned, seed %d: worst instance %.2f of its share, want the loss (< 0.75)", seed, low)
+		}
+		if low, _ := simulate(t, r, Design{Route: Pinned, Rebalance: true}).Fairness(); low < 0.85 {
+			t.Errorf("pinned + rebalance, seed %d: worst instance %.2f of its share, want ≥ 0.85", seed, low)
+		}
+	}
+}
