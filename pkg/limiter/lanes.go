@@ -99,6 +99,16 @@ func (c *Limiter) SetLanes(ctx context.Context, provider string, lanes []Lane) (
 	if err := ValidateLanes(lanes); err != nil {
 		return false, err
 	}
+	changed, err = c.setLanes(ctx, st, lanes, c.run)
+	if err == nil {
+		st.reg.setLanes(lanes)
+	}
+	return changed, err
+}
+
+// setLanes stores lanes (valid) for st through run (errors as run
+// returns them).
+func (c *Limiter) setLanes(ctx context.Context, st *providerState, lanes []Lane, run scriptFunc) (changed bool, err error) {
 	js := make([]laneJSON, len(lanes))
 	for i, l := range lanes {
 		w := l.Weight
@@ -111,7 +121,7 @@ func (c *Limiter) SetLanes(ctx context.Context, provider string, lanes []Lane) (
 	if err != nil {
 		return false, err
 	}
-	res, err := c.run(ctx, st, setLanesScript, []string{st.keys.config, st.keys.bucket}, string(text))
+	res, err := run(ctx, st, setLanesScript, []string{st.keys.config, st.keys.bucket}, string(text))
 	if err != nil {
 		return false, err
 	}

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 )
 
 // RuleKind is the kind of a pacing rule.
@@ -141,6 +143,20 @@ func (c *Limiter) SetRules(ctx context.Context, provider string, rules []Rule) (
 	if err := ValidateRules(rules); err != nil {
 		return false, err
 	}
+	changed, err = c.setRules(ctx, st, rules, c.run)
+	if err == nil {
+		st.reg.setRules(rules)
+	}
+	return changed, err
+}
+
+// scriptFunc runs a script for a provider: c.run (which registers the
+// provider again if Redis lost it) or c.script (which does not).
+type scriptFunc func(ctx context.Context, st *providerState, s *redis.Script, keys []string, args ...any) (any, error)
+
+// setRules stores rules (valid) for st through run (errors as run
+// returns them).
+func (c *Limiter) setRules(ctx context.Context, st *providerState, rules []Rule, run scriptFunc) (changed bool, err error) {
 	js := make([]ruleJSON, len(rules))
 	for i, r := range rules {
 		js[i] = r.toJSON()
@@ -149,7 +165,7 @@ func (c *Limiter) SetRules(ctx context.Context, provider string, rules []Rule) (
 	if err != nil {
 		return false, err
 	}
-	res, err := c.run(ctx, st, setRulesScript, []string{st.keys.config, st.keys.rules.Rules}, string(text))
+	res, err := run(ctx, st, setRulesScript, []string{st.keys.config, st.keys.rules.Rules}, string(text))
 	if err != nil {
 		return false, err
 	}
