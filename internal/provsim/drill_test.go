@@ -688,7 +688,7 @@ type drillResult struct {
 	inWindows int   // units served in them
 	perWindow []int // units served in each whole window
 	crashes   []*crash
-	restart   time.Duration // Redis down (0: not restarted)
+	restarts  []time.Duration // how long Redis was down at each restart
 	live      liveReport
 	pipes     pipelineReport // the pipelines' reports added up (the killed ones' lost)
 }
@@ -701,6 +701,9 @@ type drillPlan struct {
 	kill      []int         // pipelines killed (SIGKILL) from one window in, each while it holds a permit (sluice), and started again
 	aof       bool          // Redis with appendfsync always
 	restart   bool          // Redis killed and restarted half a window in, the window full
+	// burstRestart restarts Redis again two windows in, while pipelines
+	// hold permits (sluice) and ask.
+	burstRestart bool
 }
 
 // drill runs plan: the provider, the live process alone until it has a
@@ -742,12 +745,20 @@ func drill(t *testing.T, plan drillPlan) drillResult {
 	began := time.Now()
 	var r drillResult
 	var watches sync.WaitGroup
-	if plan.restart {
-		time.Sleep(published.Window/2 - time.Since(began))
+	restart := func() {
 		t0 := time.Now()
 		srv.Restart(t) // kill -9, and start again on the same port
-		r.restart = time.Since(t0)
-		t.Logf("Redis restarted at +%.1f s (%s), down %v", time.Since(began).Seconds(), map[bool]string{true: "appendfsync always", false: "no persistence"}[plan.aof], r.restart.Round(time.Millisecond))
+		r.restarts = append(r.restarts, time.Since(t0))
+		held := 0
+		for _, p := range ps {
+			held += len(p.holding())
+		}
+		t.Logf("Redis restarted at +%.1f s (%s), down %v; %d permits held then",
+			time.Since(began).Seconds(), map[bool]string{true: "appendfsync always", false: "no persistence"}[plan.aof], time.Since(t0).Round(time.Millisecond), held)
+	}
+	if plan.restart {
+		time.Sleep(published.Window/2 - time.Since(began))
+		restart()
 	}
 	for _, v := range plan.kill {
 		time.Sleep(published.Window - time.Since(began))
@@ -767,6 +778,13 @@ func drill(t *testing.T, plan drillPlan) drillResult {
 		}
 		ps[v] = start(t, env(v)...) // again from its first item: identical requests
 		t.Logf("pipeline %d killed at +%.1f s holding %d permit(s), started again", v, time.Since(began).Seconds(), len(ids))
+	}
+	if plan.burstRestart && plan.d > 2*published.Window+published.Window/10 {
+		time.Sleep(2*published.Window - time.Since(began))
+		for until := began.Add(plan.d - published.Window/20); plan.mode == "sluice" && !holds(ps) && time.Now().Before(until); {
+			time.Sleep(2 * time.Millisecond)
+		}
+		restart()
 	}
 	time.Sleep(plan.d - time.Since(began))
 	for _, p := range ps {
@@ -818,6 +836,16 @@ func drill(t *testing.T, plan drillPlan) drillResult {
 	return r
 }
 
+// holds reports whether any of ps holds a permit.
+func holds(ps []*proc) bool {
+	for _, p := range ps {
+		if len(p.holding()) > 0 {
+			return true
+		}
+	}
+	return false
+}
+
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
 func fate(f permitFate, kill time.Time) string {
@@ -851,7 +879,7 @@ func TestDrill(t *testing.T) {
 	if testing.Short() {
 		t.Skip("processes and a redis-server: not in -short")
 	}
-	base := drillPlan{pipelines: 6, d: 25 * time.Second, kill: []int{0, 1}, aof: true, restart: true}
+	base := drillPlan{pipelines: 6, d: 25 * time.Second, kill: []int{0, 1}, aof: true, restart: true, burstRestart: true}
 	var plans []drillPlan
 	for _, mode := range []string{"sluice", "redis_rate"} {
 		p := base
@@ -866,7 +894,7 @@ func TestDrill(t *testing.T) {
 		p := plans[0]
 		p.mode = "per_rule"
 		plans = append(plans, p)
-		p.mode, p.aof, p.kill = "sluice", false, nil
+		p.mode, p.aof, p.kill, p.burstRestart = "sluice", false, nil, false
 		plans = append(plans, p)
 	case "real":
 		p := plans[0]
