@@ -99,16 +99,20 @@ func (c *Limiter) SetLanes(ctx context.Context, provider string, lanes []Lane) (
 	if err := ValidateLanes(lanes); err != nil {
 		return false, err
 	}
-	changed, err = c.setLanes(ctx, st, lanes, c.run)
-	if err == nil {
-		st.reg.setLanes(lanes)
+	text, err := lanesText(lanes)
+	if err != nil {
+		return false, err
 	}
-	return changed, err
+	res, err := c.run(ctx, st, setLanesScript, []string{st.keys.config, st.keys.bucket}, text)
+	if err != nil {
+		return false, err
+	}
+	st.reg.setLanes(lanes)
+	return res == "updated", nil
 }
 
-// setLanes stores lanes (valid) for st through run (errors as run
-// returns them).
-func (c *Limiter) setLanes(ctx context.Context, st *providerState, lanes []Lane, run scriptFunc) (changed bool, err error) {
+// lanesText is lanes as set_lanes.lua reads them.
+func lanesText(lanes []Lane) (string, error) {
 	js := make([]laneJSON, len(lanes))
 	for i, l := range lanes {
 		w := l.Weight
@@ -118,14 +122,7 @@ func (c *Limiter) setLanes(ctx context.Context, st *providerState, lanes []Lane,
 		js[i] = laneJSON{l.Name, l.Priority, w, l.Burst, l.Guarantee, l.Floor}
 	}
 	text, err := json.Marshal(js)
-	if err != nil {
-		return false, err
-	}
-	res, err := run(ctx, st, setLanesScript, []string{st.keys.config, st.keys.bucket}, string(text))
-	if err != nil {
-		return false, err
-	}
-	return res == "updated", nil
+	return string(text), err
 }
 
 // Lanes returns provider's lanes as stored: sorted by priority, highest

@@ -607,4 +607,34 @@ func TestRestartRestoresRulesAndLanes(t *testing.T) {
 	if err != nil || len(got) != 2 || got[0].Name != "live" || got[0].Burst != 10 {
 		t.Fatalf("lanes after the restart: %+v, %v", got, err)
 	}
+	// Replicas asking at once: none is decided on the provider registered
+	// again but without its rules (it would learn it has none, and grant).
+	cs := []*limiter.Limiter{c}
+	for range 2 {
+		r, _ := newCoord(t, srv.Client(t), limiter.Options{CallTimeout: defaultCallTimeout})
+		register(t, r, "p", 100, 100)
+		if _, err := r.TryAcquireRequest(ctx, "p", req); err != nil { // learns the rules
+			t.Fatal(err)
+		}
+		cs = append(cs, r)
+	}
+	for round := range 5 {
+		srv.Restart(t)
+		waitRedis(t, rdb)
+		var wg sync.WaitGroup
+		var n atomic.Int64
+		for _, r := range cs {
+			for range 4 {
+				wg.Go(func() {
+					if d, err := r.TryAcquireRequest(ctx, "p", req); err == nil && d.Allowed {
+						n.Add(1)
+					}
+				})
+			}
+		}
+		wg.Wait()
+		if n.Load() > 2 {
+			t.Fatalf("restart %d: %d of 12 concurrent requests granted through a window of 2", round, n.Load())
+		}
+	}
 }

@@ -145,39 +145,62 @@ func (c *Limiter) run(ctx context.Context, st *providerState, s *redis.Script, k
 	return res, c.mapErr(st.name, err)
 }
 
-// reregister registers st again with cfg after Redis lost it, sets its
-// pacing rules again (the set this replica last learnt from Redis, else the
-// one it last gave SetRules) and its lanes (the set it last gave SetLanes),
-// and restores scale, the last one this replica saw, if it is not 1 (an
-// operator's 0.5 survives the restart). Without the rules, every request
-// would be decided against the bucket alone. The rules' state (windows,
-// keys, permits) is lost with Redis's: see docs/rules.md. The caller holds
-// st.reg.redo.
+// reregister registers st again with cfg after Redis lost it, with its
+// pacing rules (the set this replica last learnt from Redis, else the one
+// it last gave SetRules) and its lanes (the set it last gave SetLanes), in
+// one MULTI: no replica can be decided on the provider without its rules
+// in between (it would learn that the provider has none and be granted by
+// the bucket alone). Then it restores scale, the last one this replica
+// saw, if it is not 1 (an operator's 0.5 survives the restart). The rules'
+// state (windows, keys, permits) is lost with Redis's: see docs/rules.md.
+// The caller holds st.reg.redo.
 func (c *Limiter) reregister(ctx context.Context, st *providerState, cfg ProviderConfig, scale float64) error {
 	c.log.Warn("provider missing from Redis, registering it again", "provider", st.name)
-	if _, err := c.register(ctx, st, cfg); err != nil {
-		return err
-	}
 	rules, lanes := st.reg.sets()
 	if _, learnt, known := st.rules.get(); known {
 		rules = &learnt
 	}
+	var rtext, ltext string
+	var err error
 	if rules != nil && len(*rules) > 0 {
-		if _, err := c.setRules(ctx, st, *rules, c.script); err != nil {
-			return c.mapErr(st.name, err)
+		if rtext, err = rulesText(*rules); err != nil {
+			return err
 		}
-		c.log.Warn("pacing rules set again after redis lost them (their state starts empty)", "provider", st.name, "rules", FormatRules(*rules))
 	}
 	if lanes != nil && len(*lanes) > 0 {
-		if _, err := c.setLanes(ctx, st, *lanes, c.script); err != nil {
-			return c.mapErr(st.name, err)
+		if ltext, err = lanesText(*lanes); err != nil {
+			return err
 		}
-		c.log.Warn("lanes set again after redis lost them", "provider", st.name, "lanes", FormatLanes(*lanes))
+	}
+	k := st.keys
+	if _, err := c.command(ctx, st, func(ctx context.Context) (any, error) {
+		return c.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+			registerScript.Eval(ctx, p, []string{k.config, k.bucket, k.scale}, cfg.args()...)
+			if rtext != "" {
+				setRulesScript.Eval(ctx, p, []string{k.config, k.rules.Rules}, rtext)
+			}
+			if ltext != "" {
+				setLanesScript.Eval(ctx, p, []string{k.config, k.bucket}, ltext)
+			}
+			return nil
+		})
+	}); err != nil {
+		return c.mapErr(st.name, err)
+	}
+	if _, err := c.command(ctx, st, func(ctx context.Context) (any, error) {
+		return c.rdb.SAdd(ctx, providersKey(c.opts.Prefix), st.name).Result()
+	}); err != nil {
+		return c.mapErr(st.name, err)
+	}
+	if rtext != "" {
+		c.log.Warn("pacing rules set again with the provider (their state starts empty)", "provider", st.name, "rules", FormatRules(*rules))
+	}
+	if ltext != "" {
+		c.log.Warn("lanes set again with the provider", "provider", st.name, "lanes", FormatLanes(*lanes))
 	}
 	if scale == 1 {
 		return nil
 	}
-	k := st.keys
 	if _, err := c.script(ctx, st, setScaleScript, []string{k.config, k.bucket, k.scale},
 		formatFloat(scale), c.opts.Source+" (restored after redis lost it)", k.notify); err != nil {
 		return c.mapErr(st.name, err)

@@ -9,8 +9,6 @@ import (
 	"strings"
 	"sync"
 	"time"
-
-	"github.com/redis/go-redis/v9"
 )
 
 // RuleKind is the kind of a pacing rule.
@@ -143,29 +141,11 @@ func (c *Limiter) SetRules(ctx context.Context, provider string, rules []Rule) (
 	if err := ValidateRules(rules); err != nil {
 		return false, err
 	}
-	changed, err = c.setRules(ctx, st, rules, c.run)
-	if err == nil {
-		st.reg.setRules(rules)
-	}
-	return changed, err
-}
-
-// scriptFunc runs a script for a provider: c.run (which registers the
-// provider again if Redis lost it) or c.script (which does not).
-type scriptFunc func(ctx context.Context, st *providerState, s *redis.Script, keys []string, args ...any) (any, error)
-
-// setRules stores rules (valid) for st through run (errors as run
-// returns them).
-func (c *Limiter) setRules(ctx context.Context, st *providerState, rules []Rule, run scriptFunc) (changed bool, err error) {
-	js := make([]ruleJSON, len(rules))
-	for i, r := range rules {
-		js[i] = r.toJSON()
-	}
-	text, err := json.Marshal(js)
+	text, err := rulesText(rules)
 	if err != nil {
 		return false, err
 	}
-	res, err := run(ctx, st, setRulesScript, []string{st.keys.config, st.keys.rules.Rules}, string(text))
+	res, err := c.run(ctx, st, setRulesScript, []string{st.keys.config, st.keys.rules.Rules}, text)
 	if err != nil {
 		return false, err
 	}
@@ -173,7 +153,18 @@ func (c *Limiter) setRules(ctx context.Context, st *providerState, rules []Rule,
 	if err != nil {
 		return false, err
 	}
+	st.reg.setRules(rules)
 	return r.str(0) == "updated", nil
+}
+
+// rulesText is rules as set_rules.lua reads them.
+func rulesText(rules []Rule) (string, error) {
+	js := make([]ruleJSON, len(rules))
+	for i, r := range rules {
+		js[i] = r.toJSON()
+	}
+	text, err := json.Marshal(js)
+	return string(text), err
 }
 
 // ruleSet is what this process knows of a provider's rules: the set in
