@@ -553,6 +553,7 @@ func start(t *testing.T, env ...string) *proc {
 	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
 	p := &proc{cmd: cmd, stdin: stdin, event: make(chan string, 1), done: make(chan struct{}), held: map[string]bool{}}
 	sc := bufio.NewScanner(stdout)
+	sc.Buffer(make([]byte, 64<<10), 64<<20) // the live report holds every wait: 100 kB at real scale
 	if !sc.Scan() {
 		t.Fatalf("%v: no first line: %v", env, sc.Err())
 	}
@@ -796,7 +797,7 @@ func drill(t *testing.T, plan drillPlan) drillResult {
 		r.pipes.Stale, r.pipes.Outages = r.pipes.Stale+rep.Stale, r.pipes.Outages+rep.Outages
 	}
 	if err := json.Unmarshal([]byte(live.end(t)), &r.live); err != nil {
-		t.Fatalf("the live process's report: %v", err)
+		t.Errorf("the live process's report: %v", err) // the provider's still counts
 	}
 	var st provsim.Stats
 	if err := json.Unmarshal([]byte(prov.end(t)), &st); err != nil {
