@@ -20,6 +20,8 @@ import (
 // Rules are the provider's pacing, as published (with the long window
 // time-scaled for a drill).
 type Rules struct {
+	Messages    int           // at most Messages units in any MessagesPer, every request (0: no limit)
+	MessagesPer time.Duration // the broker's 50 messages a second
 	Window      time.Duration // at most WindowLimit units in any Window
 	WindowLimit int
 	KeyPeriod   time.Duration // at most KeyLimit units per key in any KeyPeriod
@@ -31,9 +33,10 @@ type Rules struct {
 // Stats is what the provider saw.
 type Stats struct {
 	Requests   int            `json:"requests"`    // served, violations excluded
+	Live       int            `json:"live"`        // of which live requests (the message rule alone)
 	Units      int            `json:"units"`       // their cost
 	Violations int            `json:"violations"`  // requests refused for breaking a rule
-	ByRule     map[string]int `json:"by_rule"`     // violations by the rule broken: window, key, identical, open
+	ByRule     map[string]int `json:"by_rule"`     // violations by the rule broken: window, key, identical, open, messages
 	Samples    []string       `json:"samples"`     // the first violations, described
 	FirstUS    int64          `json:"first_us"`    // arrival of the first served request (Unix µs)
 	LastUS     int64          `json:"last_us"`     // and of the last
@@ -53,6 +56,7 @@ type Provider struct {
 	now func() time.Time
 
 	mu     sync.Mutex
+	msgs   []arrival            // every request's units in the message period, oldest first
 	units  []arrival            // in the window, oldest first
 	byKey  map[string][]arrival // per key, oldest first
 	idents map[string]time.Time // last arrival of each identical request
@@ -99,22 +103,17 @@ func (p *Provider) Admit(key, ident string, cost int) (broke string) {
 		broke = "identical " + ident
 	case p.open+cost > p.r.Open:
 		broke = "open"
+	default:
+		broke = p.message(now, cost)
 	}
 	if broke != "" {
-		p.st.Violations++
-		rule, _, _ := strings.Cut(broke, " ")
-		if p.st.ByRule == nil {
-			p.st.ByRule = map[string]int{}
-		}
-		p.st.ByRule[rule]++
-		if len(p.st.Samples) < 10 {
-			p.st.Samples = append(p.st.Samples, now.Format("15:04:05.000000")+" "+broke)
-		}
+		p.violation(now, broke)
 		p.byKey[key] = k
 		return broke
 	}
 	a := arrival{now, cost}
 	p.units, p.byKey[key], p.idents[ident] = append(p.units, a), append(k, a), now
+	p.msgs = append(p.msgs, a)
 	p.open += cost
 	p.st.MaxOpen = max(p.st.MaxOpen, p.open)
 	p.st.Requests++
@@ -125,6 +124,48 @@ func (p *Provider) Admit(key, ident string, cost int) (broke string) {
 	p.st.LastUS = now.UnixMicro()
 	p.st.Arrivals = append(p.st.Arrivals, [2]int64{now.UnixMicro(), int64(cost)})
 	return ""
+}
+
+// AdmitLive checks a live request of cost arriving now against the
+// message rule alone (the historical rules do not apply to it), and
+// records it unless it breaks it. It is answered at once: never open.
+func (p *Provider) AdmitLive(cost int) (broke string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	now := p.now()
+	if broke = p.message(now, cost); broke != "" {
+		p.violation(now, broke)
+		return broke
+	}
+	p.msgs = append(p.msgs, arrival{now, cost})
+	p.st.Requests++
+	p.st.Live++
+	return ""
+}
+
+// message checks the message rule for cost more units now (p.mu held).
+func (p *Provider) message(now time.Time, cost int) string {
+	if p.r.Messages == 0 {
+		return ""
+	}
+	p.msgs = drop(p.msgs, now.Add(-p.r.MessagesPer))
+	if sum(p.msgs)+cost > p.r.Messages {
+		return "messages"
+	}
+	return ""
+}
+
+// violation counts a request that broke a rule (p.mu held).
+func (p *Provider) violation(now time.Time, broke string) {
+	p.st.Violations++
+	rule, _, _ := strings.Cut(broke, " ")
+	if p.st.ByRule == nil {
+		p.st.ByRule = map[string]int{}
+	}
+	p.st.ByRule[rule]++
+	if len(p.st.Samples) < 10 {
+		p.st.Samples = append(p.st.Samples, now.Format("15:04:05.000000")+" "+broke)
+	}
 }
 
 // Done closes a request Admit let in.
@@ -165,6 +206,7 @@ func (p *Provider) grantViolations() map[string]int {
 	slices.SortStableFunc(gs, func(a, b grant) int { return int(a.us - b.us) })
 	chk := New(p.r, nil)
 	chk.r.Open = math.MaxInt
+	chk.r.Messages = 0 // live requests are not among the grants, and a request's message grant is another call
 	out := map[string]int{}
 	for _, g := range gs {
 		chk.now = func() time.Time { return time.UnixMicro(g.us) }
@@ -195,7 +237,8 @@ func sum(as []arrival) int {
 // Handler serves the provider over HTTP: GET /hist?key=&ident=&cost=&hold=
 // (&grant_us=, the Redis time of the grant, for the skew) is one request,
 // held open for hold (a duration) and answered 200; a request that breaks
-// a rule is answered 429 and its connection dropped. GET /stats is Stats.
+// a rule is answered 429 and its connection dropped. GET /live?cost= is a
+// live request (AdmitLive), answered at once. GET /stats is Stats.
 func (p *Provider) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /hist", func(w http.ResponseWriter, r *http.Request) {
@@ -216,6 +259,19 @@ func (p *Provider) Handler() http.Handler {
 		}
 		defer p.Done(cost)
 		time.Sleep(hold)
+		w.WriteHeader(http.StatusOK)
+	})
+	mux.HandleFunc("GET /live", func(w http.ResponseWriter, r *http.Request) {
+		cost, err := strconv.Atoi(r.URL.Query().Get("cost"))
+		if err != nil || cost < 1 {
+			http.Error(w, "cost (an integer ≥ 1) is required", http.StatusBadRequest)
+			return
+		}
+		if broke := p.AdmitLive(cost); broke != "" {
+			w.Header().Set("Connection", "close")
+			http.Error(w, "pacing violation: "+broke, http.StatusTooManyRequests)
+			return
+		}
 		w.WriteHeader(http.StatusOK)
 	})
 	mux.HandleFunc("GET /stats", func(w http.ResponseWriter, _ *http.Request) {

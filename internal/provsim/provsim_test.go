@@ -57,3 +57,29 @@ func TestGrantViolations(t *testing.T) {
 		t.Fatalf("%v, want one window violation (the window rule is checked first)", v)
 	}
 }
+
+func TestMessageRuleCountsEveryRequest(t *testing.T) {
+	now := t0
+	p := New(Rules{Messages: 3, MessagesPer: time.Second, Window: time.Second, WindowLimit: 9, KeyPeriod: time.Second, KeyLimit: 9,
+		Identical: time.Second, Open: 9}, func() time.Time { return now })
+	if b := p.Admit("A", "a1", 2); b != "" {
+		t.Fatalf("first historical request broke %q", b)
+	}
+	if b := p.AdmitLive(1); b != "" {
+		t.Fatalf("a live request within the message rule broke %q", b)
+	}
+	if b := p.AdmitLive(1); b != "messages" {
+		t.Fatalf("a fourth unit within 1 s broke %q, want messages", b)
+	}
+	if b := p.Admit("B", "b1", 1); b != "messages" {
+		t.Fatalf("a historical request over the message rule broke %q, want messages", b)
+	}
+	now = t0.Add(time.Second) // the first three units leave at +1 s exactly
+	if b := p.AdmitLive(3); b != "" {
+		t.Fatalf("at +1 s: %q", b)
+	}
+	st := p.Stats()
+	if st.Requests != 3 || st.Live != 2 || st.Units != 2 || st.ByRule["messages"] != 2 {
+		t.Fatalf("stats %+v", st)
+	}
+}

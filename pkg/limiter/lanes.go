@@ -99,6 +99,20 @@ func (c *Limiter) SetLanes(ctx context.Context, provider string, lanes []Lane) (
 	if err := ValidateLanes(lanes); err != nil {
 		return false, err
 	}
+	text, err := lanesText(lanes)
+	if err != nil {
+		return false, err
+	}
+	res, err := c.run(ctx, st, setLanesScript, []string{st.keys.config, st.keys.bucket}, text)
+	if err != nil {
+		return false, err
+	}
+	st.reg.setLanes(lanes)
+	return res == "updated", nil
+}
+
+// lanesText is lanes as set_lanes.lua reads them.
+func lanesText(lanes []Lane) (string, error) {
 	js := make([]laneJSON, len(lanes))
 	for i, l := range lanes {
 		w := l.Weight
@@ -108,14 +122,7 @@ func (c *Limiter) SetLanes(ctx context.Context, provider string, lanes []Lane) (
 		js[i] = laneJSON{l.Name, l.Priority, w, l.Burst, l.Guarantee, l.Floor}
 	}
 	text, err := json.Marshal(js)
-	if err != nil {
-		return false, err
-	}
-	res, err := c.run(ctx, st, setLanesScript, []string{st.keys.config, st.keys.bucket}, string(text))
-	if err != nil {
-		return false, err
-	}
-	return res == "updated", nil
+	return string(text), err
 }
 
 // Lanes returns provider's lanes as stored: sorted by priority, highest

@@ -558,3 +558,83 @@ func (c *redisClock) advance(d time.Duration) {
 	c.now = c.now.Add(d)
 	c.b.Mini.SetTime(c.now)
 }
+
+// TestRestartRestoresRulesAndLanes: after a restart without persistence the
+// replica that registers the provider again sets its pacing rules and lanes
+// again too — the rules it learnt from Redis (here set by another replica),
+// the lanes it set — or every request would be decided against the bucket
+// alone. The rules' state starts empty (docs/rules.md says what that costs).
+func TestRestartRestoresRulesAndLanes(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short")
+	}
+	srv := redistest.Start(t)
+	rdb := srv.Client(t)
+	ctx := context.Background()
+	c, _ := newCoord(t, rdb, limiter.Options{CallTimeout: defaultCallTimeout})
+	register(t, c, "p", 100, 100)
+	lanes := []limiter.Lane{{Name: "live", Priority: 1, Burst: 10}, {Name: "backfill"}}
+	if _, err := c.SetLanes(ctx, "p", lanes); err != nil {
+		t.Fatal(err)
+	}
+	admin, _ := newCoord(t, srv.Client(t), limiter.Options{CallTimeout: defaultCallTimeout})
+	rules := []limiter.Rule{{Name: "hist", Kind: limiter.RuleWindow, Limit: 2, Period: time.Hour}}
+	if _, err := admin.SetRules(ctx, "p", rules); err != nil {
+		t.Fatal(err)
+	}
+	req := limiter.Request{Key: "k", Lane: "backfill"}
+	if d, err := c.TryAcquireRequest(ctx, "p", req); err != nil || !d.Allowed {
+		t.Fatalf("before the restart: %+v, %v", d, err) // c learns the rules here
+	}
+	srv.Restart(t) // no persistence: the config, rules, lanes and state are gone
+	waitRedis(t, rdb)
+	granted := 0
+	for range 4 {
+		d, err := c.TryAcquireRequest(ctx, "p", req)
+		if err != nil {
+			t.Fatalf("after the restart: %v", err)
+		}
+		if d.Allowed {
+			granted++
+		} else if d.Rule != "hist" {
+			t.Fatalf("refused by %q, want hist: %+v", d.Rule, d)
+		}
+	}
+	if granted != 2 {
+		t.Fatalf("%d of 4 granted after the restart, want the window's 2 (its state starts empty; without the rules all 4)", granted)
+	}
+	got, err := c.Lanes(ctx, "p")
+	if err != nil || len(got) != 2 || got[0].Name != "live" || got[0].Burst != 10 {
+		t.Fatalf("lanes after the restart: %+v, %v", got, err)
+	}
+	// Replicas asking at once: none is decided on the provider registered
+	// again but without its rules (it would learn it has none, and grant).
+	cs := []*limiter.Limiter{c}
+	for range 2 {
+		r, _ := newCoord(t, srv.Client(t), limiter.Options{CallTimeout: defaultCallTimeout})
+		register(t, r, "p", 100, 100)
+		if _, err := r.TryAcquireRequest(ctx, "p", req); err != nil { // learns the rules
+			t.Fatal(err)
+		}
+		cs = append(cs, r)
+	}
+	for round := range 5 {
+		srv.Restart(t)
+		waitRedis(t, rdb)
+		var wg sync.WaitGroup
+		var n atomic.Int64
+		for _, r := range cs {
+			for range 4 {
+				wg.Go(func() {
+					if d, err := r.TryAcquireRequest(ctx, "p", req); err == nil && d.Allowed {
+						n.Add(1)
+					}
+				})
+			}
+		}
+		wg.Wait()
+		if n.Load() > 2 {
+			t.Fatalf("restart %d: %d of 12 concurrent requests granted through a window of 2", round, n.Load())
+		}
+	}
+}

@@ -21,12 +21,34 @@ const (
 )
 
 // registration is the config this process registered for a provider,
-// kept to register it again if Redis loses the provider (a restart without
-// persistence).
+// and the rules and lanes it set, kept to register it again if Redis
+// loses the provider (a restart without persistence).
 type registration struct {
-	mu   sync.Mutex
-	cfg  *ProviderConfig // set by Register; nil until then
-	redo sync.Mutex      // held by the one caller that registers again
+	mu    sync.Mutex
+	cfg   *ProviderConfig // set by Register; nil until then
+	rules *[]Rule         // set by SetRules; nil until then
+	lanes *[]Lane         // set by SetLanes; nil until then
+	redo  sync.Mutex      // held by the one caller that registers again
+}
+
+func (r *registration) setRules(rules []Rule) {
+	r.mu.Lock()
+	r.rules = &rules
+	r.mu.Unlock()
+}
+
+func (r *registration) setLanes(lanes []Lane) {
+	r.mu.Lock()
+	r.lanes = &lanes
+	r.mu.Unlock()
+}
+
+// sets returns the rules and lanes SetRules and SetLanes were given last
+// (nil: never called).
+func (r *registration) sets() (rules *[]Rule, lanes *[]Lane) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.rules, r.lanes
 }
 
 func (r *registration) set(cfg ProviderConfig) {
@@ -123,18 +145,62 @@ func (c *Limiter) run(ctx context.Context, st *providerState, s *redis.Script, k
 	return res, c.mapErr(st.name, err)
 }
 
-// reregister registers st again with cfg after Redis lost it, and restores
-// scale, the last one this replica saw, if it is not 1 (an operator's 0.5
-// survives the restart). The caller holds st.reg.redo.
+// reregister registers st again with cfg after Redis lost it, with its
+// pacing rules (the set this replica last learnt from Redis, else the one
+// it last gave SetRules) and its lanes (the set it last gave SetLanes), in
+// one MULTI: no replica can be decided on the provider without its rules
+// in between (it would learn that the provider has none and be granted by
+// the bucket alone). Then it restores scale, the last one this replica
+// saw, if it is not 1 (an operator's 0.5 survives the restart). The rules'
+// state (windows, keys, permits) is lost with Redis's: see docs/rules.md.
+// The caller holds st.reg.redo.
 func (c *Limiter) reregister(ctx context.Context, st *providerState, cfg ProviderConfig, scale float64) error {
 	c.log.Warn("provider missing from Redis, registering it again", "provider", st.name)
-	if _, err := c.register(ctx, st, cfg); err != nil {
-		return err
+	rules, lanes := st.reg.sets()
+	if _, learnt, known := st.rules.get(); known {
+		rules = &learnt
+	}
+	var rtext, ltext string
+	var err error
+	if rules != nil && len(*rules) > 0 {
+		if rtext, err = rulesText(*rules); err != nil {
+			return err
+		}
+	}
+	if lanes != nil && len(*lanes) > 0 {
+		if ltext, err = lanesText(*lanes); err != nil {
+			return err
+		}
+	}
+	k := st.keys
+	if _, err := c.command(ctx, st, func(ctx context.Context) (any, error) {
+		return c.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+			registerScript.Eval(ctx, p, []string{k.config, k.bucket, k.scale}, cfg.args()...)
+			if rtext != "" {
+				setRulesScript.Eval(ctx, p, []string{k.config, k.rules.Rules}, rtext)
+			}
+			if ltext != "" {
+				setLanesScript.Eval(ctx, p, []string{k.config, k.bucket}, ltext)
+			}
+			return nil
+		})
+	}); err != nil {
+		return c.mapErr(st.name, err)
+	}
+	if _, err := c.command(ctx, st, func(ctx context.Context) (any, error) {
+		return c.rdb.SAdd(ctx, providersKey(c.opts.Prefix), st.name).Result()
+	}); err != nil {
+		return c.mapErr(st.name, err)
+	}
+	if rtext != "" {
+		c.log.Warn("pacing rules set again with the provider (their state starts empty)", "provider", st.name, "rules", FormatRules(*rules))
+	}
+	if ltext != "" {
+		c.log.Warn("lanes set again with the provider", "provider", st.name, "lanes", FormatLanes(*lanes))
 	}
 	if scale == 1 {
 		return nil
 	}
-	k := st.keys
 	if _, err := c.script(ctx, st, setScaleScript, []string{k.config, k.bucket, k.scale},
 		formatFloat(scale), c.opts.Source+" (restored after redis lost it)", k.notify); err != nil {
 		return c.mapErr(st.name, err)

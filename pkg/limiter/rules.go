@@ -141,15 +141,11 @@ func (c *Limiter) SetRules(ctx context.Context, provider string, rules []Rule) (
 	if err := ValidateRules(rules); err != nil {
 		return false, err
 	}
-	js := make([]ruleJSON, len(rules))
-	for i, r := range rules {
-		js[i] = r.toJSON()
-	}
-	text, err := json.Marshal(js)
+	text, err := rulesText(rules)
 	if err != nil {
 		return false, err
 	}
-	res, err := c.run(ctx, st, setRulesScript, []string{st.keys.config, st.keys.rules.Rules}, string(text))
+	res, err := c.run(ctx, st, setRulesScript, []string{st.keys.config, st.keys.rules.Rules}, text)
 	if err != nil {
 		return false, err
 	}
@@ -157,7 +153,18 @@ func (c *Limiter) SetRules(ctx context.Context, provider string, rules []Rule) (
 	if err != nil {
 		return false, err
 	}
+	st.reg.setRules(rules)
 	return r.str(0) == "updated", nil
+}
+
+// rulesText is rules as set_rules.lua reads them.
+func rulesText(rules []Rule) (string, error) {
+	js := make([]ruleJSON, len(rules))
+	for i, r := range rules {
+		js[i] = r.toJSON()
+	}
+	text, err := json.Marshal(js)
+	return string(text), err
 }
 
 // ruleSet is what this process knows of a provider's rules: the set in
