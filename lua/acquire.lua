@@ -118,7 +118,57 @@ end
 if not cfg[1] then
   return unknown_provider(KEYS[1])
 end
-local spec -- the rules in force, flat: name, kind, limit, span_ms, scaled for each
+local spec -- the rules in force: count, the rules key, then name, kind, limit, span_ms, scaled, key prefix for each, and one more value
+-- st packs and unpacks many numbers in one call: Redis's struct library,
+-- or in an interpreter without it (miniredis's, which the tests run) the
+-- formats acquire uses: <, B, I<n> (little-endian, unsigned), s.
+local st = rules_form and rawget(_G, 'struct')
+if rules_form and not st then
+  st = {}
+  local function each(fmt)
+    return fmt:gmatch('([BIs])(%d*)')
+  end
+  function st.pack(fmt, ...)
+    local out, i = {}, 0
+    for c, d in each(fmt) do
+      i = i + 1
+      local v = select(i, ...)
+      if c == 's' then
+        out[#out + 1] = v .. '\0'
+      else
+        for _ = 1, c == 'B' and 1 or tonumber(d) do
+          out[#out + 1] = string.char(v % 256)
+          v = (v - v % 256) / 256
+        end
+      end
+    end
+    return table.concat(out)
+  end
+  function st.unpack(fmt, s, p)
+    local out = {}
+    p = p or 1
+    for c, d in each(fmt) do
+      if c == 's' then
+        local e = s:find('\0', p, true)
+        if not e then
+          error('data string too short')
+        end
+        out[#out + 1], p = s:sub(p, e - 1), e + 1
+      else
+        local size, v = c == 'B' and 1 or tonumber(d), 0
+        if p + size - 1 > #s then
+          error('data string too short')
+        end
+        for j = p + size - 1, p, -1 do
+          v = v * 256 + s:byte(j)
+        end
+        out[#out + 1], p = v, p + size
+      end
+    end
+    out[#out + 1] = p
+    return unpack(out)
+  end
+end
 local hmget -- the HMGET of KEYS[6] that reads the window and concurrency rules' fields
 local now_s -- the rules form's now, formatted once
 if cfg[4] or rules_form then
@@ -129,40 +179,60 @@ if cfg[4] or rules_form then
   if #id < 1 or #id > 64 then
     return invalid('id', id == '' and '(none)' or id, '1 to 64 bytes, unique to the request')
   end
-  -- The set in force, as set_rules wrote it in rules_spec: a flat JSON
-  -- array (decoding it costs half of decoding the rules' objects), only
-  -- guarded here: a spec that is not what set_rules writes (the hash
-  -- edited by hand) is refused, never decided on. In the same pass, the
-  -- request's KEYS are checked against the rules.
-  local text, ok, bad = '[]', false, nil
-  if cfg[4] then
-    text = cfg[5] -- false when missing: refused below
+  -- The set in force, as set_rules wrote it in rules_spec (docs/lua.md):
+  -- packed by Redis's struct library, {count, the rules key, then per rule
+  -- name, kind (1 window, 2 keyed, 3 spacing, 4 concurrency), limit, span
+  -- (ms), scaled (0/1), the key prefix of a keyed or spacing rule}, read
+  -- in one call (a JSON spec, written where there is no struct library or
+  -- by an earlier release, is read into the same form). Only guarded here:
+  -- a spec that is not what set_rules writes (the hash edited by hand) is
+  -- refused, never decided on. In the same pass, the request's KEYS are
+  -- checked against the rules.
+  local text, ok, bad = cfg[4] and cfg[5], false, nil -- false when missing: refused below
+  if not cfg[4] then
+    text = ''
   end
   if text then
-    ok, spec = pcall(cjson.decode, text)
-  end
-  if ok then
     ok, bad = pcall(function()
-      local tag, nk = KEYS[1]:sub(1, -7), 6 -- '<prefix>:{<provider>}:' of '...:config'
-      hmget = {'HMGET', KEYS[6]}
-      if #spec % 5 ~= 0 or (#spec == 0 and next(spec) ~= nil) then -- not an array of whole rules
-        error('')
+      local c = text:byte(1)
+      if c == nil then -- no rules
+        spec = {0, KEYS[1]:sub(1, -7) .. 'rules', 3}
+      elseif c ~= 91 then
+        spec = {st.unpack('<Bs' .. string.rep('sBI2I4Bs', c), text)}
+        if spec[#spec] ~= #text + 1 or c > 16 then
+          error('')
+        end
+      else -- '[': JSON, [name, kind, limit, span_ms, scaled, ...]
+        local j, tag = cjson.decode(text), KEYS[1]:sub(1, -7)
+        if #j % 5 ~= 0 or (#j == 0 and next(j) ~= nil) then -- not an array of whole rules
+          error('')
+        end
+        spec = {#j / 5, tag .. 'rules'}
+        for b = 1, #j, 5 do
+          local kind = ({window = 1, keyed = 2, spacing = 3, concurrency = 4})[j[b + 1]] or 0
+          spec[#spec + 1], spec[#spec + 2], spec[#spec + 3] = j[b], kind, j[b + 2]
+          spec[#spec + 1], spec[#spec + 2] = j[b + 3], j[b + 4] == true and 1 or 0
+          spec[#spec + 1] = (kind == 2 or kind == 3) and tag .. 'rule:' .. j[b] .. ':' or ''
+        end
+        spec[#spec + 1] = 0
       end
-      for b = 1, #spec, 5 do
-        local name, kind, limit, span = spec[b], spec[b + 1], spec[b + 2], spec[b + 3]
+      local nk = 6
+      hmget = {'HMGET', KEYS[6]}
+      for b = 3, #spec - 1, 6 do
+        local name, kind, limit, span, want = spec[b], spec[b + 1], spec[b + 2], spec[b + 3], spec[b + 5]
         if not (#name >= 1 and limit >= 1 and limit <= 10000 and span >= 1 and span <= 86400000) then
           error('')
         end
-        if kind == 'window' or kind == 'concurrency' then
+        if kind == 1 or kind == 4 then
           hmget[#hmget + 1] = name
-        elseif kind == 'keyed' or kind == 'spacing' then
+        elseif kind == 2 or kind == 3 then
           nk = nk + 1
-          local k, want = KEYS[nk] or '', tag .. 'rule:' .. name .. ':'
-          if k:find(want, 1, true) ~= 1 then
+          local k = KEYS[nk] or ''
+          if #want < 1 or k:find(want, 1, true) ~= 1 then
             return invalid('keys[' .. nk .. ']', k == '' and '(none)' or k, want .. '<key>')
           end
           if #k == #want then
-            return invalid('key.' .. name, '(none)', 'a request key: rule ' .. name .. ' is ' .. kind)
+            return invalid('key.' .. name, '(none)', 'a request key: rule ' .. name .. ' is ' .. (kind == 2 and 'keyed' or 'spacing'))
           end
           if #k - #want > 256 then
             return invalid('key.' .. name, k:sub(#want + 1), '1 to 256 bytes')
@@ -171,9 +241,9 @@ if cfg[4] or rules_form then
           error('')
         end
       end
-      if #KEYS ~= nk or KEYS[6] ~= tag .. 'rules' then
+      if #KEYS ~= nk or KEYS[6] ~= spec[2] then
         return invalid(#KEYS ~= nk and 'keys' or 'keys[6]', #KEYS ~= nk and #KEYS or KEYS[6],
-          nk .. ": the bucket's 5, " .. tag .. 'rules, and one per keyed or spacing rule')
+          nk .. ": the bucket's 5, " .. spec[2] .. ', and one per keyed or spacing rule')
       end
     end)
   end
@@ -509,13 +579,17 @@ if spec then
   -- formats (docs/lua.md):
   --
   -- A window's state (window rules: a field of KEYS[6]; keyed: a key) is
-  -- "<held> <entries> <t>:<c>[ <t>:<c>...]": the units it holds, in how many
-  -- entries, the newest entry, then the older ones oldest first; an entry
-  -- is c units counted until t + period (t: Redis µs). While it has fewer
-  -- than M entries each is one grant, exact; from M on, a grant in the same
-  -- 1/M of the period as the newest entry joins it, moved later to now
+  -- packed (struct, little-endian): a byte 1, the units it holds (I2), how
+  -- many entries (B), then the entries oldest first, each t (I7, Redis µs)
+  -- and c (I2): c units counted until t + period. While it has fewer than
+  -- M entries each is one grant, exact; from M on, a grant in the same 1/M
+  -- of the period as the newest entry joins it, moved later to now
   -- (counted longer, never shorter: never over-admits), so a state holds at
-  -- most 2M + 1 entries whatever the limit.
+  -- most 2M + 1 entries whatever the limit (4 + 9 × 33 = 301 bytes). Every
+  -- number is read and written by struct in one call, without the string
+  -- of each (a text log cost twice as much). A text state of the release
+  -- before ("<held> <entries> <newest t:c> ...") is read as one entry: all
+  -- its units counted until its newest entry leaves.
   --
   -- A concurrency rule's state: field <r> of KEYS[6], "<held> <next>": the
   -- places its permits hold and the earliest lease end among them (a lower
@@ -536,44 +610,50 @@ if spec then
   local hv = #hmget > 2 and redis.call(unpack(hmget)) or hmget
   local hset, sets, taken, fixed, expiry = {'HSET', KEYS[6]}, nil, nil, nil, 0
   local hi, ki = 0, 6
-  for b = 1, #spec, 5 do
+  for b = 3, #spec - 1, 6 do
     local name, kind, limit = spec[b], spec[b + 1], spec[b + 2]
     local span = spec[b + 3] * 1000
     local lim, w, s = limit, 0, nil
-    if spec[b + 4] == true then
+    if spec[b + 4] == 1 then
       lim = limit * scale
       lim = lim - lim % 1
     end
-    if kind == 'keyed' or kind == 'spacing' then
+    if kind == 2 or kind == 3 then
       ki = ki + 1
-      if kind == 'keyed' then
+      if kind == 2 then
         s = redis.call('GET', KEYS[ki])
       end
     else
       hi = hi + 1
       s = hv[hi]
     end
-    if kind == 'window' or kind == 'keyed' then
-      local held, k, tn, cn, p, tnum = 0, 0, nil, nil, nil, nil
+    if kind <= 2 then -- window, keyed
+      -- held units in k entries, the oldest still counted at q, the newest
+      -- tn:cn
+      local held, k, q, tn, cn = 0, 0, 5, 0, 0
       if s then
-        -- The header, the newest entry and the oldest (if not the newest).
-        local t, c, q
-        held, k, tn, cn, p, t, c, q = s:match('^(%d+) (%d+) (%d+):(%d+)() (%d+):(%d+)()')
-        if not held then
-          held, k, tn, cn, p = s:match('^(%d+) (%d+) (%d+):(%d+)()$')
-          if not held then
-            return corrupt_state(kind == 'keyed' and KEYS[ki] or KEYS[6], kind == 'keyed' and 'value' or name, s)
+        local v = s:byte(1)
+        if v and v >= 48 and v <= 57 then -- a text state of the release before
+          local h, t = s:match('^(%d+) %d+ (%d+):')
+          if h then
+            s = st.pack('<BI2BI7I2', 1, h, 1, t, h)
+            v = 1
           end
         end
+        k = s:byte(4)
+        if v ~= 1 or not k or k < 1 or #s ~= 4 + 9 * k then
+          return corrupt_state(kind == 2 and KEYS[ki] or KEYS[6], kind == 2 and 'value' or name, s)
+        end
         local cut = now - span
-        tnum = tn + 0
-        if tnum <= cut then -- the newest is out: all are
-          held, k = 0, 0
-        else
-          held, k = held + 0, k + 0
-          while t and t + 0 <= cut do -- older entries out of the window go
-            held, k, p = held - c, k - 1, q
-            t, c, q = s:match('^ (%d+):(%d+)()', p)
+        tn, cn = st.unpack('<I7I2', s, #s - 8)
+        if tn <= cut then -- the newest is out: all are
+          k = 0
+        else -- entries out of the window go (not the newest)
+          local t, c, p
+          v, held, k, t, c, p = st.unpack('<BI2BI7I2', s)
+          while t <= cut do
+            held, k, q = held - c, k - 1, p
+            t, c, p = st.unpack('<I7I2', s, q)
           end
         end
       end
@@ -582,36 +662,29 @@ if spec then
       elseif n > lim then -- passes only at a higher scale: look again in a period
         w = span
       elseif held + n > lim then -- until the entry that frees enough leaves
-        local over, t, q = held + n - lim, tn, p
-        while true do
-          local te, c, r = s:match('^ (%d+):(%d+)()', q)
-          if not te then
-            break
-          end
-          over, q = over - c, r
-          if over <= 0 then
-            t = te
-            break
-          end
+        local over, t, c, p = held + n - lim, tn, 0, q
+        while over > 0 and p < #s do
+          t, c, p = st.unpack('<I7I2', s, p)
+          over = over - c
         end
         w = t + span - now
       elseif wait == 0 then -- the state after the grant
         local v
         if k == 0 then
-          v = string.format('%d 1 %s:%d', n, now_s, n)
-        elseif k >= M and (tnum - tnum % (span / M)) == (now - now % (span / M)) then
-          v = string.format('%d %d %s:%d', held + n, k, now_s, cn + n) .. s:sub(p)
+          v = st.pack('<BI2BI7I2', 1, n, 1, now, n)
+        elseif k >= M and (tn - tn % (span / M)) == (now - now % (span / M)) then
+          v = st.pack('<BI2B', 1, held + n, k) .. s:sub(q, -10) .. st.pack('<I7I2', now, cn + n)
         else
-          v = string.format('%d %d %s:%d', held + n, k + 1, now_s, n) .. s:sub(p) .. ' ' .. tn .. ':' .. cn
+          v = st.pack('<BI2B', 1, held + n, k + 1) .. s:sub(q) .. st.pack('<I7I2', now, n)
         end
-        if kind == 'window' then
+        if kind == 1 then
           hset[#hset + 1], hset[#hset + 2] = name, v
         else -- the key lives while its newest unit counts
           sets = sets or {}
           sets[#sets + 1], sets[#sets + 2], sets[#sets + 3] = KEYS[ki], v, span
         end
       end
-    elseif kind == 'concurrency' then
+    elseif kind == 4 then
       local held, nxt = 0, 0
       if s then
         held, nxt = s:match('^(%d+) (%d+)$')

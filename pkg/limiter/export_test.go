@@ -20,3 +20,13 @@ func LeaseLeftForTest(c *Limiter, provider string) int64 {
 // NoJoinBeatsForTest turns c's early heartbeats after joining off, for
 // tests that count the commands Redis sees.
 func NoJoinBeatsForTest(c *Limiter) { c.joinBeats = nil }
+
+// WindowEntries decodes a window rule's stored state (windowEntries):
+// each entry's time (Redis µs) and units, oldest first.
+func WindowEntries(s string) (times []int64, units []int, err error) {
+	es, err := windowEntries(s)
+	for _, e := range es {
+		times, units = append(times, e.t), append(units, e.c)
+	}
+	return times, units, err
+}
