@@ -177,12 +177,25 @@ func TestRuleKeyedPerKey(t *testing.T) {
 	r.at(time.Second).want(aapl, "contract", time.Second)
 	r.want(msft, "", 0)
 	r.at(2*time.Second).want(aapl, "", 0)
-	// Two keys, each expiring a period after its last unit.
+	// Two keys, each expiring one to two periods after its last unit (a
+	// grant sets the expiry two periods ahead when the key would not
+	// outlive its newest unit, else keeps it). miniredis's TTL is from
+	// the time the expiry was set: msft's at 1 s, aapl's at 0 (kept by
+	// the grants of 500 ms and 2 s: the key lives to 4 s, when the unit
+	// of 2 s leaves).
 	for _, k := range []string{aapl.Key, msft.Key} {
 		ttl := r.m.TTL(ibKeys.RuleKey("contract", k))
-		if ttl <= 0 || ttl > 2*time.Second+time.Millisecond {
-			t.Fatalf("key %s: TTL %v, want at most the period", k, ttl)
+		if ttl != 4*time.Second {
+			t.Fatalf("key %s: TTL %v, want two periods from when it was set", k, ttl)
 		}
+	}
+	// 1.5 s on (TTLs counted down): msft's key expires at 5 s; a grant at
+	// 3.5 s counts until 5.5 s, so it sets the expiry two periods ahead
+	// again (4 s, not the 2.5 s left). At 2.5 s one would keep it.
+	r.m.FastForward(1500 * time.Millisecond)
+	r.at(3500 * time.Millisecond).want(msft, "", 0)
+	if ttl := r.m.TTL(ibKeys.RuleKey("contract", msft.Key)); ttl != 4*time.Second {
+		t.Fatalf("after a grant its key would not outlive: TTL %v, want 4s", ttl)
 	}
 }
 

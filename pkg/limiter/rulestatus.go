@@ -121,9 +121,9 @@ type windowEntry struct {
 	c int
 }
 
-// windowEntries decodes a window's state, oldest entry first: packed
-// (a byte 1, held as a little-endian uint16, the entry count as a byte,
-// then each entry's time as 7 bytes and units as 2, little-endian), or
+// windowEntries decodes a window's state, oldest entry first: packed,
+// little-endian (a byte 1, held in 2 bytes, the entry count in 1, a keyed
+// key's expiry in 6, then each entry's time in 7 and units in 2), or
 // the text of the release before ("<held> <entries> <newest t:c> <older
 // t:c...>").
 func windowEntries(s string) ([]windowEntry, error) {
@@ -148,11 +148,11 @@ func windowEntries(s string) ([]windowEntry, error) {
 		}
 		return out, nil
 	}
-	if len(s) < 4 || len(s) != 4+9*int(s[3]) {
+	if len(s) < 10 || len(s) != 10+9*int(s[3]) {
 		return nil, bad
 	}
 	out := make([]windowEntry, 0, s[3])
-	for p := 4; p < len(s); p += 9 {
+	for p := 10; p < len(s); p += 9 {
 		var t int64
 		for i := 6; i >= 0; i-- {
 			t = t<<8 | int64(s[p+i])

@@ -732,12 +732,13 @@ if spec then
   --
   -- A window's state (window rules: a field of KEYS[6]; keyed: a key) is
   -- packed (struct, little-endian): a byte 1, the units it holds (I2), how
-  -- many entries (B), then the entries oldest first, each t (I7, Redis µs)
-  -- and c (I2): c units counted until t + period. While it has fewer than
+  -- many entries (B), when a keyed rule's key expires (I6, ms; 0 for a
+  -- window rule), then the entries oldest first, each t (I7, Redis µs) and
+  -- c (I2): c units counted until t + period. While it has fewer than
   -- M entries each is one grant, exact; from M on, a grant in the same 1/M
   -- of the period as the newest entry joins it, moved later to now
   -- (counted longer, never shorter: never over-admits), so a state holds at
-  -- most 2M + 1 entries whatever the limit (4 + 9 × 33 = 301 bytes). Every
+  -- most 2M + 1 entries whatever the limit (10 + 9 × 33 = 307 bytes). Every
   -- number is read and written by struct in one call, without the string
   -- of each (a text log cost twice as much). A text state of the release
   -- before ("<held> <entries> <newest t:c> ...") is read as one entry: all
@@ -781,28 +782,27 @@ if spec then
     end
     if kind <= 2 then -- window, keyed
       -- held units in k entries, the oldest still counted at q, the newest
-      -- tn:cn
-      local held, k, q, tn, cn = 0, 0, 5, 0, 0
+      -- tn:cn; xp: a keyed rule's key expires then (ms)
+      local held, k, q, tn, cn, xp = 0, 0, 11, 0, 0, 0
       if s then
         local v = s:byte(1)
         if v and v >= 48 and v <= 57 then -- a text state of the release before
           local h, t = s:match('^(%d+) %d+ (%d+):')
           if h then
-            s = st.pack('<BI2BI7I2', 1, h, 1, t, h)
+            s = st.pack('<BI2BI6I7I2', 1, h, 1, 0, t, h)
             v = 1
           end
         end
         k = s:byte(4)
-        if v ~= 1 or not k or k < 1 or #s ~= 4 + 9 * k then
+        if v ~= 1 or not k or k < 1 or #s ~= 10 + 9 * k then
           return corrupt_state(kind == 2 and KEYS[ki] or KEYS[6], kind == 2 and 'value' or name, s)
         end
-        local cut = now - span
+        local cut, t, c, p = now - span, nil, nil, nil
+        v, held, k, xp, t, c, p = st.unpack('<BI2BI6I7I2', s)
         tn, cn = st.unpack('<I7I2', s, #s - 8)
         if tn <= cut then -- the newest is out: all are
-          k = 0
+          held, k = 0, 0
         else -- entries out of the window go (not the newest)
-          local t, c, p
-          v, held, k, t, c, p = st.unpack('<BI2BI7I2', s)
           while t <= cut do
             held, k, q = held - c, k - 1, p
             t, c, p = st.unpack('<I7I2', s, q)
@@ -821,19 +821,35 @@ if spec then
         end
         w = t + span - now
       elseif wait == 0 then -- the state after the grant
+        -- A keyed rule's key must live until its newest unit leaves
+        -- (ceil((now + period)/1000) ms): when it would not, its expiry is
+        -- set two periods ahead, else kept (SET KEEPTTL costs half as much).
+        local at = false
+        if kind == 2 then
+          at = (now + span) / 1000
+          if xp >= at then
+            at = false
+          else
+            at = (now + 2 * span) / 1000
+            if at % 1 > 0 then
+              at = at - at % 1 + 1
+            end
+            xp = at
+          end
+        end
         local v
         if k == 0 then
-          v = st.pack('<BI2BI7I2', 1, n, 1, now, n)
+          v = st.pack('<BI2BI6I7I2', 1, n, 1, xp, now, n)
         elseif k >= M and (tn - tn % (span / M)) == (now - now % (span / M)) then
-          v = st.pack('<BI2B', 1, held + n, k) .. s:sub(q, -10) .. st.pack('<I7I2', now, cn + n)
+          v = st.pack('<BI2BI6', 1, held + n, k, xp) .. s:sub(q, -10) .. st.pack('<I7I2', now, cn + n)
         else
-          v = st.pack('<BI2B', 1, held + n, k + 1) .. s:sub(q) .. st.pack('<I7I2', now, n)
+          v = st.pack('<BI2BI6', 1, held + n, k + 1, xp) .. s:sub(q) .. st.pack('<I7I2', now, n)
         end
         if kind == 1 then
           hset[#hset + 1], hset[#hset + 2] = name, v
-        else -- the key lives while its newest unit counts
+        else
           sets = sets or {}
-          sets[#sets + 1], sets[#sets + 2], sets[#sets + 3] = KEYS[ki], v, span
+          sets[#sets + 1], sets[#sets + 2], sets[#sets + 3] = KEYS[ki], v, at
         end
       end
     elseif kind == 4 then
@@ -934,11 +950,11 @@ if spec then
   end
   if sets then
     for i = 1, #sets, 3 do
-      local at = (now + sets[i + 2]) / 1000
-      if at % 1 > 0 then
-        at = at - at % 1 + 1
+      if sets[i + 2] then
+        redis.call('SET', sets[i], sets[i + 1], 'PXAT', string.format('%d', sets[i + 2]))
+      else
+        redis.call('SET', sets[i], sets[i + 1], 'KEEPTTL')
       end
-      redis.call('SET', sets[i], sets[i + 1], 'PXAT', string.format('%d', at))
     end
   end
   tokens = tokens - n
