@@ -193,7 +193,7 @@ func TestRuleKeyedPerKey(t *testing.T) {
 	// 3.5 s counts until 5.5 s, so it sets the expiry two periods ahead
 	// again (4 s, not the 2.5 s left). At 2.5 s one would keep it.
 	r.m.FastForward(1500 * time.Millisecond)
-	r.at(3500 * time.Millisecond).want(msft, "", 0)
+	r.at(3500*time.Millisecond).want(msft, "", 0)
 	if ttl := r.m.TTL(ibKeys.RuleKey("contract", msft.Key)); ttl != 4*time.Second {
 		t.Fatalf("after a grant its key would not outlive: TTL %v, want 4s", ttl)
 	}
