@@ -30,3 +30,6 @@ func WindowEntries(s string) (times []int64, units []int, err error) {
 	}
 	return times, units, err
 }
+
+// PairOf reads a concurrency rule's state or a permit as stored (pairOf).
+func PairOf(v string) (a, b int64, ok bool) { return pairOf(v) }

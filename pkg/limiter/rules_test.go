@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"sort"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -87,9 +86,9 @@ func (r *ruled) want(req limiter.Request, rule string, retry time.Duration) limi
 	return d
 }
 
-// held is the units a rule's state holds as stored (docs/lua.md): the
-// first number of the field of the rules state hash (a window or
-// concurrency rule), or of the key (a keyed rule's) when field is "".
+// held is the units a rule's state holds as stored (docs/lua.md): of the
+// field of the rules state hash (a window or concurrency rule), or of the
+// key (a keyed rule's) when field is "".
 func (r *ruled) held(key, field string) int {
 	r.t.Helper()
 	var v string
@@ -105,7 +104,7 @@ func (r *ruled) held(key, field string) int {
 	if err != nil {
 		r.t.Fatal(err)
 	}
-	if v != "" && v[0] == 1 { // a window's packed log: the units of its entries
+	if len(v) > 9 && v[0] == 1 { // a window's packed log (a concurrency rule's state is 9 bytes): the units of its entries
 		_, units, err := limiter.WindowEntries(v)
 		if err != nil {
 			r.t.Fatalf("%s %s: %v", key, field, err)
@@ -119,12 +118,11 @@ func (r *ruled) held(key, field string) int {
 		}
 		return n
 	}
-	first, _, _ := strings.Cut(v, " ")
-	n, err := strconv.Atoi(first)
-	if err != nil {
+	n, _, ok := limiter.PairOf(v) // a concurrency rule's places held, and its next lease end
+	if !ok {
 		r.t.Fatalf("%s %s: %q is not a rule state", key, field, v)
 	}
-	return n
+	return int(n)
 }
 
 var ibKeys = keyspace.Prefix("").Provider("ib")

@@ -163,19 +163,18 @@ func windowEntries(s string) ([]windowEntry, error) {
 }
 
 // permitsHeld reads concurrency rule rule's permits in the rules state
-// hash (fields <rule>#<id> = "<places> <expiry>"): the places of those
-// whose lease has not ended at now (µs), and the earliest such end.
+// hash (fields <rule>#<id>, places and expiry: pairOf): the places of
+// those whose lease has not ended at now (µs), and the earliest such end.
 func permitsHeld(fields map[string]string, rule string, now int64) (held int, next time.Time, err error) {
 	for f, v := range fields {
 		if !strings.HasPrefix(f, rule+"#") {
 			continue
 		}
-		ps, es, ok := strings.Cut(v, " ")
-		places, err1 := strconv.Atoi(ps)
-		exp, err2 := strconv.ParseInt(es, 10, 64)
-		if !ok || err1 != nil || err2 != nil {
+		p, exp, ok := pairOf(v)
+		if !ok {
 			return 0, time.Time{}, fmt.Errorf("permit %s=%q", f, v)
 		}
+		places := int(p)
 		if exp > now {
 			held += places
 			if t := time.UnixMicro(exp); next.IsZero() || t.Before(next) {
@@ -184,4 +183,21 @@ func permitsHeld(fields map[string]string, rule string, now int64) (held int, ne
 		}
 	}
 	return held, next, nil
+}
+
+// pairOf reads a concurrency rule's state (held, next) or a permit
+// (places, expiry) as acquire.lua writes it: 9 bytes, little-endian, a
+// 2-byte count then 7 bytes of Redis µs; or the text "<a> <b>" of the
+// release before.
+func pairOf(v string) (a, b int64, ok bool) {
+	if len(v) == 9 {
+		for i := 8; i >= 2; i-- {
+			b = b<<8 | int64(v[i])
+		}
+		return int64(v[0]) | int64(v[1])<<8, b, true
+	}
+	as, bs, ok := strings.Cut(v, " ")
+	a, err1 := strconv.ParseInt(as, 10, 64)
+	b, err2 := strconv.ParseInt(bs, 10, 64)
+	return a, b, ok && err1 == nil && err2 == nil
 }

@@ -689,8 +689,20 @@ end
 
 -- The rules form's helpers (made only in the rules form: a script makes
 -- every function it defines on every call).
-local corrupt_state, permits
+local corrupt_state, permits, two
 if spec then
+  -- two reads a concurrency rule's state (held, next) or a permit
+  -- (places, expiry): packed '<I2I7' (9 bytes), or the text "<a> <b>" of
+  -- the release before; nil when it is neither.
+  two = function(v)
+    if #v == 9 then
+      return st.unpack('<I2I7', v)
+    end
+    local a, b = v:match('^(%d+) (%d+)$')
+    if a then
+      return a + 0, b + 0
+    end
+  end
   corrupt_state = function(key, field, value)
     return redis.error_reply('CORRUPT ' .. key .. ' ' .. field .. '=' .. tostring(value) ..
       ' is not a rule state as acquire writes it: delete it (HDEL or DEL; the rule forgets what it counted)')
@@ -704,12 +716,12 @@ if spec then
     for i = 1, #all, 2 do
       local f = all[i]
       if f:find(pre, 1, true) == 1 then
-        local c, e = all[i + 1]:match('^(%d+) (%d+)$')
+        local c, e = two(all[i + 1])
         if not c then
           return nil, f
         end
-        if e + 0 > now then
-          live[#live + 1] = {e + 0, c + 0}
+        if e > now then
+          live[#live + 1] = {e, c}
           held = held + c
         else
           gone[#gone + 1] = f
@@ -744,10 +756,11 @@ if spec then
   -- before ("<held> <entries> <newest t:c> ...") is read as one entry: all
   -- its units counted until its newest entry leaves.
   --
-  -- A concurrency rule's state: field <r> of KEYS[6], "<held> <next>": the
-  -- places its permits hold and the earliest lease end among them (a lower
-  -- bound: renewals do not lower it); and a field <r>#<id> per permit,
-  -- "<places> <expiry>".
+  -- A concurrency rule's state: field <r> of KEYS[6], packed '<I2I7':
+  -- the places its permits hold and the earliest lease end among them (a
+  -- lower bound: renewals do not lower it); and a field <r>#<id> per
+  -- permit, '<I2I7': its places and expiry (Redis µs). (Text, "<a> <b>",
+  -- of the release before, is read too.)
   --
   -- A spacing rule's key holds the Redis time of its grant (µs) and
   -- expires a period after it (to the ms above); it is taken with SET NX as
@@ -855,11 +868,10 @@ if spec then
     elseif kind == 4 then
       local held, nxt = 0, 0
       if s then
-        held, nxt = s:match('^(%d+) (%d+)$')
+        held, nxt = two(s)
         if not held then
           return corrupt_state(KEYS[6], name, s)
         end
-        held, nxt = held + 0, nxt + 0
       end
       local live
       if held > 0 and nxt <= now then -- a lease ended: count the permits again
@@ -869,7 +881,7 @@ if spec then
         end
         nxt = live[1] and live[1][1] or 0
         fixed = fixed or {'HSET', KEYS[6]}
-        fixed[#fixed + 1], fixed[#fixed + 2] = name, string.format('%d %d', held, nxt)
+        fixed[#fixed + 1], fixed[#fixed + 2] = name, st.pack('<I2I7', held, nxt)
       end
       if n > limit then
         w = -1
@@ -893,8 +905,8 @@ if spec then
         if held == 0 or nxt > exp then
           nxt = exp
         end
-        hset[#hset + 1], hset[#hset + 2] = name, string.format('%d %d', held + n, nxt)
-        hset[#hset + 1], hset[#hset + 2] = name .. '#' .. id, string.format('%d %d', n, exp)
+        hset[#hset + 1], hset[#hset + 2] = name, st.pack('<I2I7', held + n, nxt)
+        hset[#hset + 1], hset[#hset + 2] = name .. '#' .. id, st.pack('<I2I7', n, exp)
         if exp > expiry then
           expiry = exp
         end
