@@ -220,6 +220,40 @@ func TestRulePerRuleKeys(t *testing.T) {
 	r.want(req("3"), "", 0)
 }
 
+// TestRuleSeveralKeyedAndSpacing: two keyed and two spacing rules in one
+// set (acquire keeps the first of each apart from the others): a refusal
+// by the last rule gives back both spacing keys taken before it, and a
+// grant writes both keyed keys, each with its expiry.
+func TestRuleSeveralKeyedAndSpacing(t *testing.T) {
+	r := newRuled(t,
+		limiter.Rule{Name: "k1", Kind: limiter.RuleKeyed, Limit: 1, Period: time.Second},
+		limiter.Rule{Name: "s1", Kind: limiter.RuleSpacing, Period: time.Second},
+		limiter.Rule{Name: "s2", Kind: limiter.RuleSpacing, Period: time.Second},
+		limiter.Rule{Name: "k2", Kind: limiter.RuleKeyed, Limit: 2, Period: time.Second})
+	req := func(k1, k2, s string) limiter.Request {
+		return limiter.Request{Keys: map[string]string{"k1": k1, "k2": k2, "s1": "x" + s, "s2": "y" + s}}
+	}
+	r.want(req("a", "a", "1"), "", 0)
+	r.want(req("b", "a", "2"), "", 0)
+	r.want(req("c", "a", "3"), "k2", time.Second)
+	for _, k := range []string{ibKeys.RuleKey("s1", "x3"), ibKeys.RuleKey("s2", "y3")} {
+		if r.m.Exists(k) {
+			t.Fatalf("%s still taken after the request was refused by a later rule", k)
+		}
+	}
+	r.want(req("c", "b", "3"), "", 0)
+	for key, want := range map[string]int{"k1:a": 1, "k1:c": 1, "k2:a": 2, "k2:b": 1} {
+		rule, k, _ := strings.Cut(key, ":")
+		full := ibKeys.RuleKey(rule, k)
+		if n := r.held(full, ""); n != want {
+			t.Fatalf("%s holds %d, want %d", full, n, want)
+		}
+		if ttl := r.m.TTL(full); ttl != 2*time.Second {
+			t.Fatalf("%s: TTL %v, want two periods", full, ttl)
+		}
+	}
+}
+
 func TestRuleRefusalChargesNothing(t *testing.T) {
 	win, open3 := histRule, openRule
 	win.Limit, open3.Limit = 10, 3

@@ -273,12 +273,13 @@ end
 local spec -- the rules in force: count, the rules key, then name, kind, limit, span_ms, scaled, key prefix for each, and one more value
 -- st packs and unpacks many numbers in one call: Redis's struct library,
 -- or in an interpreter without it (miniredis's, which the tests run) the
--- formats acquire uses: <, B, I<n> (little-endian, unsigned), s.
+-- formats acquire uses: <, B, I<n> (little-endian, unsigned), s, and c0
+-- in pack.
 local st = rules_form and rawget(_G, 'struct')
 if rules_form and not st then
   st = {}
   local function each(fmt)
-    return fmt:gmatch('([BIs])(%d*)')
+    return fmt:gmatch('([BIcs])(%d*)')
   end
   function st.pack(fmt, ...)
     local out, i = {}, 0
@@ -287,6 +288,8 @@ if rules_form and not st then
       local v = select(i, ...)
       if c == 's' then
         out[#out + 1] = v .. '\0'
+      elseif c == 'c' then -- c0: the whole string
+        out[#out + 1] = v
       else
         for _ = 1, c == 'B' and 1 or tonumber(d) do
           out[#out + 1] = string.char(v % 256)
@@ -775,6 +778,10 @@ if spec then
   now_s = string.format('%d', now)
   local hv = #hmget > 2 and redis.call(unpack(hmget)) or hmget
   local hset, sets, taken, fixed, expiry = {'HSET', KEYS[6]}, nil, nil, nil, 0
+  -- the first spacing key taken, and the first keyed key's new state,
+  -- its value and new expiry (the others in taken and sets: a table fewer
+  -- each in the common case)
+  local taken1, set_k, set_v, set_at
   local hi, ki = 0, 6
   for b = 3, #spec - 1, 6 do
     local name, kind, limit = spec[b], spec[b + 1], spec[b + 2]
@@ -854,15 +861,17 @@ if spec then
         if k == 0 then
           v = st.pack('<BI2BI6I7I2', 1, n, 1, xp, now, n)
         elseif k >= M and (tn - tn % (span / M)) == (now - now % (span / M)) then
-          v = st.pack('<BI2BI6', 1, held + n, k, xp) .. s:sub(q, -10) .. st.pack('<I7I2', now, cn + n)
+          v = st.pack('<BI2BI6c0I7I2', 1, held + n, k, xp, s:sub(q, -10), now, cn + n)
         else
-          v = st.pack('<BI2BI6', 1, held + n, k + 1, xp) .. s:sub(q) .. st.pack('<I7I2', now, n)
+          v = st.pack('<BI2BI6c0I7I2', 1, held + n, k + 1, xp, s:sub(q), now, n)
         end
         if kind == 1 then
           hset[#hset + 1], hset[#hset + 2] = name, v
-        else
+        elseif set_k then
           sets = sets or {}
           sets[#sets + 1], sets[#sets + 2], sets[#sets + 3] = KEYS[ki], v, at
+        else
+          set_k, set_v, set_at = KEYS[ki], v, at
         end
       end
     elseif kind == 4 then
@@ -933,8 +942,12 @@ if spec then
         end
       end
       if set then
-        taken = taken or {'DEL'}
-        taken[#taken + 1] = key
+        if taken1 then
+          taken = taken or {'DEL'}
+          taken[#taken + 1] = key
+        else
+          taken1 = key
+        end
       end
     end
     if w ~= 0 and wait >= 0 then
@@ -947,7 +960,10 @@ if spec then
     end
   end
   if wait ~= 0 then
-    if taken then -- a rule after a spacing rule refused: the spacing was free
+    if taken1 then -- a rule after a spacing rule refused: the spacing was free
+      redis.call('DEL', taken1)
+    end
+    if taken then
       redis.call(unpack(taken))
     end
     if fixed then
@@ -960,13 +976,19 @@ if spec then
   if #hset > 2 then
     redis.call(unpack(hset))
   end
+  local function set(key, v, at) -- a keyed rule's new state, and its expiry if it moves
+    if at then
+      redis.call('SET', key, v, 'PXAT', string.format('%d', at))
+    else
+      redis.call('SET', key, v, 'KEEPTTL')
+    end
+  end
+  if set_k then
+    set(set_k, set_v, set_at)
+  end
   if sets then
     for i = 1, #sets, 3 do
-      if sets[i + 2] then
-        redis.call('SET', sets[i], sets[i + 1], 'PXAT', string.format('%d', sets[i + 2]))
-      else
-        redis.call('SET', sets[i], sets[i + 1], 'KEEPTTL')
-      end
+      set(sets[i], sets[i + 1], sets[i + 2])
     end
   end
   tokens = tokens - n
