@@ -33,3 +33,13 @@ func WindowEntries(s string) (times []int64, units []int, err error) {
 
 // PairOf reads a concurrency rule's state or a permit as stored (pairOf).
 func PairOf(v string) (a, b int64, ok bool) { return pairOf(v) }
+
+// NewPermitForTest is a permit of id holding cost places under rules, as
+// a grant would have made it (to release one another release wrote).
+func NewPermitForTest(c *Limiter, provider, id string, cost int, rules ...Rule) *Permit {
+	st, err := c.state(provider)
+	if err != nil {
+		panic(err)
+	}
+	return &Permit{c: c, st: st, rules: rules, id: id, cost: cost}
+}

@@ -294,6 +294,44 @@ func TestRuleRefusalChargesNothing(t *testing.T) {
 	}
 }
 
+// TestRulesReadTheTextStateOfTheReleaseBefore: a window's log, a keyed
+// key's log and a concurrency rule's permits as the release before wrote
+// them (text) are read, never forgotten: a log counts all its units until
+// its newest entry leaves (never shorter than they should), the permits
+// hold their places until released or past their lease.
+func TestRulesReadTheTextStateOfTheReleaseBefore(t *testing.T) {
+	r := newRuled(t, histRule, contractRule, openRule)
+	ctx := context.Background()
+	us := func(d time.Duration) int64 { return t0.Add(d).UnixMicro() }
+	r.rdb.HSet(ctx, ibKeys.Rules, "hist", fmt.Sprintf("2 2 %d:1 %d:1", us(time.Second), us(0)),
+		"open", fmt.Sprintf("1 %d", us(30*time.Second)), "open#old", fmt.Sprintf("1 %d", us(30*time.Second)))
+	aapl := limiter.Request{Key: "AAPL"}
+	r.rdb.Set(ctx, ibKeys.RuleKey("contract", "AAPL"), fmt.Sprintf("1 1 %d:1", us(time.Second)), time.Minute)
+	// 2 + 1 in hist, 1 + 1 in contract, 1 + 1 in open: each at its limit.
+	d := r.at(time.Second).want(aapl, "", 0)
+	// The old permit's lease ends first (30 s): the longest wait is open's.
+	r.at(2*time.Second).want(limiter.Request{Key: "MSFT"}, "open", 28*time.Second)
+	if n := r.held(ibKeys.Rules, "hist"); n != 3 {
+		t.Fatalf("hist holds %d, want 3", n)
+	}
+	if n := r.held(ibKeys.RuleKey("contract", "AAPL"), ""); n != 2 {
+		t.Fatalf("contract AAPL holds %d, want 2", n)
+	}
+	// The old permit is released by permit.lua like a new one.
+	old := limiter.NewPermitForTest(r.c, "ib", "old", 1, openRule)
+	if err := old.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Permit.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n := r.held(ibKeys.Rules, "open"); n != 0 {
+		t.Fatalf("open holds %d after both permits were released, want 0", n)
+	}
+	// Both old units of hist count until the newest one's end (11 s).
+	r.want(limiter.Request{Key: "MSFT"}, "hist", 9*time.Second)
+}
+
 func TestRulePermitLease(t *testing.T) {
 	r := newRuled(t, openRule)
 	ctx := context.Background()

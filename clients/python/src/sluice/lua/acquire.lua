@@ -634,11 +634,10 @@ if behind then
 end
 
 local function reply(allowed, retry, reason, tokens_s)
-  local t = {allowed, tokens_s or dec(tokens), retry, scale_s, reason, level, cfg[1], cfg[2], state, now}
-  if spec then
-    t[11], t[12] = '', 0
+  if spec then -- the rules form's two more fields, made with the others (growing a table costs more)
+    return {allowed, tokens_s or dec(tokens), retry, scale_s, reason, level, cfg[1], cfg[2], state, now, '', 0}
   end
-  return t
+  return {allowed, tokens_s or dec(tokens), retry, scale_s, reason, level, cfg[1], cfg[2], state, now}
 end
 
 if n > (lanes and lanes.reach or capacity) then
@@ -805,21 +804,25 @@ if spec then
       -- tn:cn; xp: a keyed rule's key expires then (ms)
       local held, k, q, tn, cn, xp = 0, 0, 11, 0, 0, 0
       if s then
-        local v = s:byte(1)
-        if v and v >= 48 and v <= 57 then -- a text state of the release before
-          local h, t = s:match('^(%d+) %d+ (%d+):')
+        local v, t, c, p
+        if #s >= 19 then -- the header and the oldest entry
+          v, held, k, xp, t, c, p = st.unpack('<BI2BI6I7I2', s)
+        end
+        if v ~= 1 then -- a text state of the release before?
+          local h, tx = s:match('^(%d+) %d+ (%d+):')
           if h then
-            s = st.pack('<BI2BI6I7I2', 1, h, 1, 0, t, h)
-            v = 1
+            s = st.pack('<BI2BI6I7I2', 1, h, 1, 0, tx, h)
+            v, held, k, xp, t, c, p = st.unpack('<BI2BI6I7I2', s)
           end
         end
-        k = s:byte(4)
-        if v ~= 1 or not k or k < 1 or #s ~= 10 + 9 * k then
+        if v ~= 1 or #s ~= 10 + 9 * k or k < 1 then
           return corrupt_state(kind == 2 and KEYS[ki] or KEYS[6], kind == 2 and 'value' or name, s)
         end
-        local cut, t, c, p = now - span, nil, nil, nil
-        v, held, k, xp, t, c, p = st.unpack('<BI2BI6I7I2', s)
-        tn, cn = st.unpack('<I7I2', s, #s - 8)
+        local cut = now - span
+        tn, cn = t, c
+        if k > 1 then
+          tn, cn = st.unpack('<I7I2', s, #s - 8)
+        end
         if tn <= cut then -- the newest is out: all are
           held, k = 0, 0
         else -- entries out of the window go (not the newest)
