@@ -8,9 +8,11 @@
 -- ARGV[4]  lease_ms       renew: integer in [1, 86400000], the new lease from now
 -- ARGV[5]  rule           the concurrency rule's name
 --
--- The rule's state in KEYS[1] (acquire.lua): field <rule> = "<held>
--- <next>", the places held and the earliest lease end (a lower bound);
--- field <rule>#<permit> = "<places> <expiry>" while the permit is open.
+-- The rule's state in KEYS[1] (acquire.lua): field <rule> = the places
+-- held and the earliest lease end (a lower bound); field <rule>#<permit>
+-- = its places and expiry while the permit is open; each packed '<I2I7'
+-- (little-endian: 2 bytes, then 7 bytes of Redis µs), or the text "<a>
+-- <b>" of the release before.
 -- Reply: integer: release: the units released (0 when the lease had
 -- already expired, or the permit was released before); renew: the new
 -- expiry (Redis µs), or 0 when the permit no longer holds (its lease
@@ -38,10 +40,40 @@ if op == 'renew' then
     return invalid('lease_ms', tostring(ARGV[4]), 'an integer in [1, 86400000]')
   end
 end
+-- two reads a packed '<I2I7' value (or the text of the release before);
+-- pack2 packs one. Redis's struct library, or where there is none
+-- (miniredis) the same bytes by hand.
+local st = rawget(_G, 'struct')
+local function two(v)
+  if not v then
+    return nil
+  elseif #v ~= 9 then
+    local a, b = v:match('^(%d+) (%d+)$')
+    return tonumber(a), tonumber(b)
+  elseif st then
+    return st.unpack('<I2I7', v)
+  end
+  local b = 0
+  for i = 9, 3, -1 do
+    b = b * 256 + v:byte(i)
+  end
+  return v:byte(1) + 256 * v:byte(2), b
+end
+local function pack2(a, b)
+  if st then
+    return st.pack('<I2I7', a, b)
+  end
+  local out = {string.char(a % 256, (a - a % 256) / 256)}
+  for i = 1, 7 do
+    out[i + 1] = string.char(b % 256)
+    b = (b - b % 256) / 256
+  end
+  return table.concat(out)
+end
 local now = now_us()
 local field = rule .. '#' .. id
 local v = redis.call('HMGET', KEYS[1], field, rule)
-local places, expiry = (v[1] or ''):match('^(%d+) (%d+)$')
+local places, expiry = two(v[1])
 if not places then
   if v[1] then
     return redis.error_reply('CORRUPT ' .. KEYS[1] .. ' ' .. field .. '=' .. v[1] ..
@@ -49,12 +81,11 @@ if not places then
   end
   return 0 -- released before, or counted out after its lease
 end
-places, expiry = places + 0, expiry + 0
 if op == 'release' then
-  local held, nxt = (v[2] or ''):match('^(%d+) (%d+)$')
-  held = math.max(0, (tonumber(held) or places) - places)
+  local held, nxt = two(v[2])
+  held = math.max(0, (held or places) - places)
   redis.call('HDEL', KEYS[1], field)
-  redis.call('HSET', KEYS[1], rule, string.format('%d %d', held, held > 0 and (tonumber(nxt) or 0) or 0))
+  redis.call('HSET', KEYS[1], rule, pack2(held, held > 0 and nxt or 0))
   if expiry <= now then
     return 0 -- its lease had ended: its places were no longer counted as its
   end
@@ -66,10 +97,10 @@ if expiry <= now then
   return 0
 end
 expiry = now + lease * 1000
-local hset = {'HSET', KEYS[1], field, string.format('%d %d', places, expiry)}
-local held, nxt = (v[2] or ''):match('^(%d+) (%d+)$')
-if held and nxt + 0 > expiry then -- a shorter lease: keep next a lower bound
-  hset[5], hset[6] = rule, held .. ' ' .. string.format('%d', expiry)
+local hset = {'HSET', KEYS[1], field, pack2(places, expiry)}
+local held, nxt = two(v[2])
+if held and nxt > expiry then -- a shorter lease: keep next a lower bound
+  hset[5], hset[6] = rule, pack2(held, expiry)
 end
 redis.call(unpack(hset))
 return expiry

@@ -13,8 +13,7 @@
 --           "scaled": boolean, default false (not for spacing)}
 --
 -- Stored as `rules` (canonical JSON), `rules_spec` (the same rules as
--- acquire reads them: a flat JSON array, per rule name, kind, limit (1 for
--- spacing), period_ms or lease_ms, scaled) and `rules_rev`, all absent when
+-- acquire reads them, packed: rules_text) and `rules_rev`, all absent when
 -- there are none (acquire's plain form reads rules_rev alone); revisions
 -- come from `rules_seq`, which is never removed, so none is used twice.
 -- Reply: array of 2: "updated" or "unchanged", and the revision (integer,
@@ -83,20 +82,35 @@ local function check_rules(text)
 end
 
 -- rules_text writes checked rules in their canonical form (the same rules
--- are the same text), and the spec acquire reads.
-local function rules_text(rs)
-  local out, spec = {}, {}
-  for i, r in ipairs(rs) do
-    local t = {'{"name":"' .. r.name .. '","kind":"' .. r.kind .. '"'}
-    if r.kind ~= 'spacing' then t[#t + 1] = ',"limit":' .. int(r.limit) end
-    if r.kind ~= 'concurrency' then t[#t + 1] = ',"period_ms":' .. int(r.period_ms) end
-    if r.kind == 'concurrency' then t[#t + 1] = ',"lease_ms":' .. int(r.lease_ms) end
-    t[#t + 1] = ',"scaled":' .. tostring(r.scaled) .. '}'
-    out[i] = table.concat(t)
-    spec[i] = '"' .. r.name .. '","' .. r.kind .. '",' .. int(r.limit or 1) .. ',' ..
-      int(r.period_ms or r.lease_ms) .. ',' .. tostring(r.scaled)
+-- are the same text), and the spec acquire reads: packed with Redis's
+-- struct library (docs/lua.md: the count, the rules key, then per rule
+-- name, kind 1-4, limit, span in ms, scaled 0/1 and a keyed or spacing
+-- rule's key prefix), or where there is no struct library (miniredis) a
+-- flat JSON array, five values a rule.
+local rules_text
+do
+  local kinds = {window = 1, keyed = 2, spacing = 3, concurrency = 4}
+  local st = rawget(_G, 'struct')
+  function rules_text(rs)
+    local out, spec, tag = {}, {}, KEYS[1]:sub(1, -7) -- '<prefix>:{<provider>}:' of '...:config'
+    local packed = st and {st.pack('<Bs', #rs, tag .. 'rules')}
+    for i, r in ipairs(rs) do
+      local t = {'{"name":"' .. r.name .. '","kind":"' .. r.kind .. '"'}
+      if r.kind ~= 'spacing' then t[#t + 1] = ',"limit":' .. int(r.limit) end
+      if r.kind ~= 'concurrency' then t[#t + 1] = ',"period_ms":' .. int(r.period_ms) end
+      if r.kind == 'concurrency' then t[#t + 1] = ',"lease_ms":' .. int(r.lease_ms) end
+      t[#t + 1] = ',"scaled":' .. tostring(r.scaled) .. '}'
+      out[i] = table.concat(t)
+      local span, keyed = r.period_ms or r.lease_ms, r.kind == 'keyed' or r.kind == 'spacing'
+      if packed then
+        packed[i + 1] = st.pack('<sBI2I4Bs', r.name, kinds[r.kind], r.limit or 1, span,
+          r.scaled and 1 or 0, keyed and tag .. 'rule:' .. r.name .. ':' or '')
+      else
+        spec[i] = '"' .. r.name .. '","' .. r.kind .. '",' .. int(r.limit or 1) .. ',' .. int(span) .. ',' .. tostring(r.scaled)
+      end
+    end
+    return '[' .. table.concat(out, ',') .. ']', packed and table.concat(packed) or '[' .. table.concat(spec, ',') .. ']'
   end
-  return '[' .. table.concat(out, ',') .. ']', '[' .. table.concat(spec, ',') .. ']'
 end
 
 if not redis.call('HGET', KEYS[1], 'capacity') then

@@ -39,9 +39,9 @@ type Rule struct {
 	Name string
 	Kind RuleKind
 	// Limit is the most units in a window (window, keyed) or in flight
-	// (concurrency), in [1, 10000]: each unit is an entry in Redis, so the
-	// state of one window or key holds at most Limit entries. Not for
-	// spacing.
+	// (concurrency), in [1, 10000]. A window's or key's log holds at most
+	// 33 entries whatever Limit (docs/rules.md); a concurrency rule one
+	// field per open permit, at most Limit. Not for spacing.
 	Limit int
 	// Period is the window (window, keyed) or the spacing, whole
 	// milliseconds in [1ms, 24h]. Not for concurrency.

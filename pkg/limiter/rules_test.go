@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"sort"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -87,9 +86,9 @@ func (r *ruled) want(req limiter.Request, rule string, retry time.Duration) limi
 	return d
 }
 
-// held is the units a rule's state holds as stored (docs/lua.md): the
-// first number of the field of the rules state hash (a window or
-// concurrency rule), or of the key (a keyed rule's) when field is "".
+// held is the units a rule's state holds as stored (docs/lua.md): of the
+// field of the rules state hash (a window or concurrency rule), or of the
+// key (a keyed rule's) when field is "".
 func (r *ruled) held(key, field string) int {
 	r.t.Helper()
 	var v string
@@ -105,12 +104,25 @@ func (r *ruled) held(key, field string) int {
 	if err != nil {
 		r.t.Fatal(err)
 	}
-	first, _, _ := strings.Cut(v, " ")
-	n, err := strconv.Atoi(first)
-	if err != nil {
+	if len(v) > 9 && v[0] == 1 { // a window's packed log (a concurrency rule's state is 9 bytes): the units of its entries
+		_, units, err := limiter.WindowEntries(v)
+		if err != nil {
+			r.t.Fatalf("%s %s: %v", key, field, err)
+		}
+		n := 0
+		for _, u := range units {
+			n += u
+		}
+		if held := int(v[1]) | int(v[2])<<8; held != n {
+			r.t.Fatalf("%s %s: holds %d units in its header, %d in its entries", key, field, held, n)
+		}
+		return n
+	}
+	n, _, ok := limiter.PairOf(v) // a concurrency rule's places held, and its next lease end
+	if !ok {
 		r.t.Fatalf("%s %s: %q is not a rule state", key, field, v)
 	}
-	return n
+	return int(n)
 }
 
 var ibKeys = keyspace.Prefix("").Provider("ib")
@@ -163,12 +175,25 @@ func TestRuleKeyedPerKey(t *testing.T) {
 	r.at(time.Second).want(aapl, "contract", time.Second)
 	r.want(msft, "", 0)
 	r.at(2*time.Second).want(aapl, "", 0)
-	// Two keys, each expiring a period after its last unit.
+	// Two keys, each expiring one to two periods after its last unit (a
+	// grant sets the expiry two periods ahead when the key would not
+	// outlive its newest unit, else keeps it). miniredis's TTL is from
+	// the time the expiry was set: msft's at 1 s, aapl's at 0 (kept by
+	// the grants of 500 ms and 2 s: the key lives to 4 s, when the unit
+	// of 2 s leaves).
 	for _, k := range []string{aapl.Key, msft.Key} {
 		ttl := r.m.TTL(ibKeys.RuleKey("contract", k))
-		if ttl <= 0 || ttl > 2*time.Second+time.Millisecond {
-			t.Fatalf("key %s: TTL %v, want at most the period", k, ttl)
+		if ttl != 4*time.Second {
+			t.Fatalf("key %s: TTL %v, want two periods from when it was set", k, ttl)
 		}
+	}
+	// 1.5 s on (TTLs counted down): msft's key expires at 5 s; a grant at
+	// 3.5 s counts until 5.5 s, so it sets the expiry two periods ahead
+	// again (4 s, not the 2.5 s left). At 2.5 s one would keep it.
+	r.m.FastForward(1500 * time.Millisecond)
+	r.at(3500*time.Millisecond).want(msft, "", 0)
+	if ttl := r.m.TTL(ibKeys.RuleKey("contract", msft.Key)); ttl != 4*time.Second {
+		t.Fatalf("after a grant its key would not outlive: TTL %v, want 4s", ttl)
 	}
 }
 
@@ -193,6 +218,40 @@ func TestRulePerRuleKeys(t *testing.T) {
 	r.want(req("3"), "contract", 2*time.Second)
 	r.at(2*time.Second).want(req("1"), "ident", 13*time.Second)
 	r.want(req("3"), "", 0)
+}
+
+// TestRuleSeveralKeyedAndSpacing: two keyed and two spacing rules in one
+// set (acquire keeps the first of each apart from the others): a refusal
+// by the last rule gives back both spacing keys taken before it, and a
+// grant writes both keyed keys, each with its expiry.
+func TestRuleSeveralKeyedAndSpacing(t *testing.T) {
+	r := newRuled(t,
+		limiter.Rule{Name: "k1", Kind: limiter.RuleKeyed, Limit: 1, Period: time.Second},
+		limiter.Rule{Name: "s1", Kind: limiter.RuleSpacing, Period: time.Second},
+		limiter.Rule{Name: "s2", Kind: limiter.RuleSpacing, Period: time.Second},
+		limiter.Rule{Name: "k2", Kind: limiter.RuleKeyed, Limit: 2, Period: time.Second})
+	req := func(k1, k2, s string) limiter.Request {
+		return limiter.Request{Keys: map[string]string{"k1": k1, "k2": k2, "s1": "x" + s, "s2": "y" + s}}
+	}
+	r.want(req("a", "a", "1"), "", 0)
+	r.want(req("b", "a", "2"), "", 0)
+	r.want(req("c", "a", "3"), "k2", time.Second)
+	for _, k := range []string{ibKeys.RuleKey("s1", "x3"), ibKeys.RuleKey("s2", "y3")} {
+		if r.m.Exists(k) {
+			t.Fatalf("%s still taken after the request was refused by a later rule", k)
+		}
+	}
+	r.want(req("c", "b", "3"), "", 0)
+	for key, want := range map[string]int{"k1:a": 1, "k1:c": 1, "k2:a": 2, "k2:b": 1} {
+		rule, k, _ := strings.Cut(key, ":")
+		full := ibKeys.RuleKey(rule, k)
+		if n := r.held(full, ""); n != want {
+			t.Fatalf("%s holds %d, want %d", full, n, want)
+		}
+		if ttl := r.m.TTL(full); ttl != 2*time.Second {
+			t.Fatalf("%s: TTL %v, want two periods", full, ttl)
+		}
+	}
 }
 
 func TestRuleRefusalChargesNothing(t *testing.T) {
@@ -233,6 +292,44 @@ func TestRuleRefusalChargesNothing(t *testing.T) {
 	if d2.Permit == nil || d2.Permit.ID() == d1.Permit.ID() {
 		t.Fatalf("permits %v and %v: want two distinct", d1.Permit, d2.Permit)
 	}
+}
+
+// TestRulesReadTheTextStateOfTheReleaseBefore: a window's log, a keyed
+// key's log and a concurrency rule's permits as the release before wrote
+// them (text) are read, never forgotten: a log counts all its units until
+// its newest entry leaves (never shorter than they should), the permits
+// hold their places until released or past their lease.
+func TestRulesReadTheTextStateOfTheReleaseBefore(t *testing.T) {
+	r := newRuled(t, histRule, contractRule, openRule)
+	ctx := context.Background()
+	us := func(d time.Duration) int64 { return t0.Add(d).UnixMicro() }
+	r.rdb.HSet(ctx, ibKeys.Rules, "hist", fmt.Sprintf("2 2 %d:1 %d:1", us(time.Second), us(0)),
+		"open", fmt.Sprintf("1 %d", us(30*time.Second)), "open#old", fmt.Sprintf("1 %d", us(30*time.Second)))
+	aapl := limiter.Request{Key: "AAPL"}
+	r.rdb.Set(ctx, ibKeys.RuleKey("contract", "AAPL"), fmt.Sprintf("1 1 %d:1", us(time.Second)), time.Minute)
+	// 2 + 1 in hist, 1 + 1 in contract, 1 + 1 in open: each at its limit.
+	d := r.at(time.Second).want(aapl, "", 0)
+	// The old permit's lease ends first (30 s): the longest wait is open's.
+	r.at(2*time.Second).want(limiter.Request{Key: "MSFT"}, "open", 28*time.Second)
+	if n := r.held(ibKeys.Rules, "hist"); n != 3 {
+		t.Fatalf("hist holds %d, want 3", n)
+	}
+	if n := r.held(ibKeys.RuleKey("contract", "AAPL"), ""); n != 2 {
+		t.Fatalf("contract AAPL holds %d, want 2", n)
+	}
+	// The old permit is released by permit.lua like a new one.
+	old := limiter.NewPermitForTest(r.c, "ib", "old", 1, openRule)
+	if err := old.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Permit.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n := r.held(ibKeys.Rules, "open"); n != 0 {
+		t.Fatalf("open holds %d after both permits were released, want 0", n)
+	}
+	// Both old units of hist count until the newest one's end (11 s).
+	r.want(limiter.Request{Key: "MSFT"}, "hist", 9*time.Second)
 }
 
 func TestRulePermitLease(t *testing.T) {
@@ -740,7 +837,8 @@ func TestRuleWindowLogBounded(t *testing.T) {
 		r.at(time.Duration(i)*time.Millisecond).want(limiter.Request{}, "", 0)
 	}
 	state, _ := r.rdb.HGet(context.Background(), ibKeys.Rules, "win").Result()
-	if entries := strings.Count(state, ":"); entries > 33 || entries < 16 {
+	times, _, err := limiter.WindowEntries(state)
+	if entries := len(times); err != nil || entries > 33 || entries < 16 {
 		t.Fatalf("%d entries for %d units: %s", entries, grants, state)
 	}
 	// 100 ms past a period: exactly, the units of 101 ms and later count.

@@ -95,51 +95,86 @@ func (c *Limiter) RuleStatus(ctx context.Context, provider, key string) ([]RuleS
 	return out, nil
 }
 
-// windowHeld reads a window's state as acquire.lua writes it ("<held>
-// <entries> <t>:<c>", the newest entry first, then the older ones oldest
-// first; "" for none): the units still in the window at now (µs) and
-// when the oldest of them leaves (zero when none).
+// windowHeld reads a window's state as acquire.lua writes it (docs/lua.md;
+// "" for none): the units still in the window at now (µs) and when the
+// oldest of them leaves (zero when none).
 func windowHeld(s string, now int64, period time.Duration) (held int, next time.Time, err error) {
-	f := strings.Fields(s)
-	if len(f) == 0 {
-		return 0, time.Time{}, nil
+	entries, err := windowEntries(s)
+	if err != nil {
+		return 0, time.Time{}, err
 	}
-	if len(f) < 3 {
-		return 0, time.Time{}, fmt.Errorf("window state %q", s)
-	}
-	entries := append(f[3:], f[2]) // oldest first
 	cut := now - period.Microseconds()
 	for _, e := range entries {
-		ts, cs, ok := strings.Cut(e, ":")
-		t, err1 := strconv.ParseInt(ts, 10, 64)
-		c, err2 := strconv.Atoi(cs)
-		if !ok || err1 != nil || err2 != nil {
-			return 0, time.Time{}, fmt.Errorf("window state %q", s)
-		}
-		if t > cut {
+		if e.t > cut {
 			if held == 0 {
-				next = time.UnixMicro(t).Add(period)
+				next = time.UnixMicro(e.t).Add(period)
 			}
-			held += c
+			held += e.c
 		}
 	}
 	return held, next, nil
 }
 
+// windowEntry is c units counted until t (Redis µs) + the period.
+type windowEntry struct {
+	t int64
+	c int
+}
+
+// windowEntries decodes a window's state, oldest entry first: packed,
+// little-endian (a byte 1, held in 2 bytes, the entry count in 1, a keyed
+// key's expiry in 6, then each entry's time in 7 and units in 2), or
+// the text of the release before ("<held> <entries> <newest t:c> <older
+// t:c...>").
+func windowEntries(s string) ([]windowEntry, error) {
+	if s == "" {
+		return nil, nil
+	}
+	bad := fmt.Errorf("window state %q", s)
+	if s[0] != 1 {
+		f := strings.Fields(s)
+		if len(f) < 3 {
+			return nil, bad
+		}
+		var out []windowEntry
+		for _, e := range append(f[3:], f[2]) { // oldest first
+			ts, cs, ok := strings.Cut(e, ":")
+			t, err1 := strconv.ParseInt(ts, 10, 64)
+			c, err2 := strconv.Atoi(cs)
+			if !ok || err1 != nil || err2 != nil {
+				return nil, bad
+			}
+			out = append(out, windowEntry{t, c})
+		}
+		return out, nil
+	}
+	if len(s) < 10 || len(s) != 10+9*int(s[3]) {
+		return nil, bad
+	}
+	out := make([]windowEntry, 0, s[3])
+	for p := 10; p < len(s); p += 9 {
+		var t int64
+		for i := 6; i >= 0; i-- {
+			t = t<<8 | int64(s[p+i])
+		}
+		out = append(out, windowEntry{t, int(s[p+7]) | int(s[p+8])<<8})
+	}
+	return out, nil
+}
+
 // permitsHeld reads concurrency rule rule's permits in the rules state
-// hash (fields <rule>#<id> = "<places> <expiry>"): the places of those
-// whose lease has not ended at now (µs), and the earliest such end.
+// hash (fields <rule>#<id>, places and expiry: pairOf): the places of
+// those whose lease has not ended at now (µs), and the earliest such end.
 func permitsHeld(fields map[string]string, rule string, now int64) (held int, next time.Time, err error) {
 	for f, v := range fields {
 		if !strings.HasPrefix(f, rule+"#") {
 			continue
 		}
-		ps, es, ok := strings.Cut(v, " ")
-		places, err1 := strconv.Atoi(ps)
-		exp, err2 := strconv.ParseInt(es, 10, 64)
-		if !ok || err1 != nil || err2 != nil {
+		p, exp, ok := pairOf(v)
+		if !ok {
 			return 0, time.Time{}, fmt.Errorf("permit %s=%q", f, v)
 		}
+		places := int(p)
 		if exp > now {
 			held += places
 			if t := time.UnixMicro(exp); next.IsZero() || t.Before(next) {
@@ -148,4 +183,21 @@ func permitsHeld(fields map[string]string, rule string, now int64) (held int, ne
 		}
 	}
 	return held, next, nil
+}
+
+// pairOf reads a concurrency rule's state (held, next) or a permit
+// (places, expiry) as acquire.lua writes it: 9 bytes, little-endian, a
+// 2-byte count then 7 bytes of Redis µs; or the text "<a> <b>" of the
+// release before.
+func pairOf(v string) (a, b int64, ok bool) {
+	if len(v) == 9 {
+		for i := 8; i >= 2; i-- {
+			b = b<<8 | int64(v[i])
+		}
+		return int64(v[0]) | int64(v[1])<<8, b, true
+	}
+	as, bs, ok := strings.Cut(v, " ")
+	a, err1 := strconv.ParseInt(as, 10, 64)
+	b, err2 := strconv.ParseInt(bs, 10, 64)
+	return a, b, ok && err1 == nil && err2 == nil
 }

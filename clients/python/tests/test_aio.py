@@ -4,6 +4,7 @@ as Limiter, on redis.asyncio."""
 from __future__ import annotations
 
 import asyncio
+import struct
 
 import pytest
 import redis
@@ -276,5 +277,5 @@ def test_lanes_async(r, redis_server) -> None:  # type: ignore[no-untyped-def]
 
 
 async def r_permits(c: "redis.asyncio.Redis[bytes]") -> int:
-    held = await c.hget("sluice:{ibkr}:rules", "open")  # "<held> <next>" (docs/lua.md)
-    return int(held.split(b" ")[0]) if held else 0
+    held = await c.hget("sluice:{ibkr}:rules", "open")  # held, next packed '<I2I7' (docs/lua.md)
+    return struct.unpack_from("<H", held)[0] if held else 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 import subprocess
 import threading
 import time
@@ -416,8 +417,10 @@ def test_rules_form(lim: Limiter, r: "redis.Redis[bytes]") -> None:
     assert a.allowed and b.allowed and a.permit is not None and a.permit.id != b.permit.id
     d = lim.try_acquire_request("ibkr", key="AAPL:SMART:TRADES")
     assert not d.allowed and d.reason == "rule_limited" and d.rule == "contract" and 30 < d.retry_after <= 60
-    # the refusal charged nothing: the window's log holds 2 units (docs/lua.md)
-    assert r.hget("sluice:{ibkr}:rules", "hist").split(b" ")[0] == b"2"
+    # the refusal charged nothing: the window's log holds 2 units (docs/lua.md:
+    # packed, a byte 1 then the units held, little-endian, in 2 bytes)
+    log = r.hget("sluice:{ibkr}:rules", "hist")
+    assert log[0] == 1 and struct.unpack_from("<H", log, 1)[0] == 2
     assert a.permit.release() == 1 and a.permit.release() == 0
     c = lim.try_acquire_request("ibkr", key="MSFT:SMART:TRADES", cost=1)
     assert c.allowed

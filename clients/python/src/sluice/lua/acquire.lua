@@ -270,7 +270,60 @@ end
 if not cfg[1] then
   return unknown_provider(KEYS[1])
 end
-local spec -- the rules in force, flat: name, kind, limit, span_ms, scaled for each
+local spec -- the rules in force: count, the rules key, then name, kind, limit, span_ms, scaled, key prefix for each, and one more value
+-- st packs and unpacks many numbers in one call: Redis's struct library,
+-- or in an interpreter without it (miniredis's, which the tests run) the
+-- formats acquire uses: <, B, I<n> (little-endian, unsigned), s, and c0
+-- in pack.
+local st = rules_form and rawget(_G, 'struct')
+if rules_form and not st then
+  st = {}
+  local function each(fmt)
+    return fmt:gmatch('([BIcs])(%d*)')
+  end
+  function st.pack(fmt, ...)
+    local out, i = {}, 0
+    for c, d in each(fmt) do
+      i = i + 1
+      local v = select(i, ...)
+      if c == 's' then
+        out[#out + 1] = v .. '\0'
+      elseif c == 'c' then -- c0: the whole string
+        out[#out + 1] = v
+      else
+        for _ = 1, c == 'B' and 1 or tonumber(d) do
+          out[#out + 1] = string.char(v % 256)
+          v = (v - v % 256) / 256
+        end
+      end
+    end
+    return table.concat(out)
+  end
+  function st.unpack(fmt, s, p)
+    local out = {}
+    p = p or 1
+    for c, d in each(fmt) do
+      if c == 's' then
+        local e = s:find('\0', p, true)
+        if not e then
+          error('data string too short')
+        end
+        out[#out + 1], p = s:sub(p, e - 1), e + 1
+      else
+        local size, v = c == 'B' and 1 or tonumber(d), 0
+        if p + size - 1 > #s then
+          error('data string too short')
+        end
+        for j = p + size - 1, p, -1 do
+          v = v * 256 + s:byte(j)
+        end
+        out[#out + 1], p = v, p + size
+      end
+    end
+    out[#out + 1] = p
+    return unpack(out)
+  end
+end
 local hmget -- the HMGET of KEYS[6] that reads the window and concurrency rules' fields
 local now_s -- the rules form's now, formatted once
 if cfg[4] or rules_form then
@@ -281,40 +334,60 @@ if cfg[4] or rules_form then
   if #id < 1 or #id > 64 then
     return invalid('id', id == '' and '(none)' or id, '1 to 64 bytes, unique to the request')
   end
-  -- The set in force, as set_rules wrote it in rules_spec: a flat JSON
-  -- array (decoding it costs half of decoding the rules' objects), only
-  -- guarded here: a spec that is not what set_rules writes (the hash
-  -- edited by hand) is refused, never decided on. In the same pass, the
-  -- request's KEYS are checked against the rules.
-  local text, ok, bad = '[]', false, nil
-  if cfg[4] then
-    text = cfg[5] -- false when missing: refused below
+  -- The set in force, as set_rules wrote it in rules_spec (docs/lua.md):
+  -- packed by Redis's struct library, {count, the rules key, then per rule
+  -- name, kind (1 window, 2 keyed, 3 spacing, 4 concurrency), limit, span
+  -- (ms), scaled (0/1), the key prefix of a keyed or spacing rule}, read
+  -- in one call (a JSON spec, written where there is no struct library or
+  -- by an earlier release, is read into the same form). Only guarded here:
+  -- a spec that is not what set_rules writes (the hash edited by hand) is
+  -- refused, never decided on. In the same pass, the request's KEYS are
+  -- checked against the rules.
+  local text, ok, bad = cfg[4] and cfg[5], false, nil -- false when missing: refused below
+  if not cfg[4] then
+    text = ''
   end
   if text then
-    ok, spec = pcall(cjson.decode, text)
-  end
-  if ok then
     ok, bad = pcall(function()
-      local tag, nk = KEYS[1]:sub(1, -7), 6 -- '<prefix>:{<provider>}:' of '...:config'
-      hmget = {'HMGET', KEYS[6]}
-      if #spec % 5 ~= 0 or (#spec == 0 and next(spec) ~= nil) then -- not an array of whole rules
-        error('')
+      local c = text:byte(1)
+      if c == nil then -- no rules
+        spec = {0, KEYS[1]:sub(1, -7) .. 'rules', 3}
+      elseif c ~= 91 then
+        spec = {st.unpack('<Bs' .. string.rep('sBI2I4Bs', c), text)}
+        if spec[#spec] ~= #text + 1 or c > 16 then
+          error('')
+        end
+      else -- '[': JSON, [name, kind, limit, span_ms, scaled, ...]
+        local j, tag = cjson.decode(text), KEYS[1]:sub(1, -7)
+        if #j % 5 ~= 0 or (#j == 0 and next(j) ~= nil) then -- not an array of whole rules
+          error('')
+        end
+        spec = {#j / 5, tag .. 'rules'}
+        for b = 1, #j, 5 do
+          local kind = ({window = 1, keyed = 2, spacing = 3, concurrency = 4})[j[b + 1]] or 0
+          spec[#spec + 1], spec[#spec + 2], spec[#spec + 3] = j[b], kind, j[b + 2]
+          spec[#spec + 1], spec[#spec + 2] = j[b + 3], j[b + 4] == true and 1 or 0
+          spec[#spec + 1] = (kind == 2 or kind == 3) and tag .. 'rule:' .. j[b] .. ':' or ''
+        end
+        spec[#spec + 1] = 0
       end
-      for b = 1, #spec, 5 do
-        local name, kind, limit, span = spec[b], spec[b + 1], spec[b + 2], spec[b + 3]
+      local nk = 6
+      hmget = {'HMGET', KEYS[6]}
+      for b = 3, #spec - 1, 6 do
+        local name, kind, limit, span, want = spec[b], spec[b + 1], spec[b + 2], spec[b + 3], spec[b + 5]
         if not (#name >= 1 and limit >= 1 and limit <= 10000 and span >= 1 and span <= 86400000) then
           error('')
         end
-        if kind == 'window' or kind == 'concurrency' then
+        if kind == 1 or kind == 4 then
           hmget[#hmget + 1] = name
-        elseif kind == 'keyed' or kind == 'spacing' then
+        elseif kind == 2 or kind == 3 then
           nk = nk + 1
-          local k, want = KEYS[nk] or '', tag .. 'rule:' .. name .. ':'
-          if k:find(want, 1, true) ~= 1 then
+          local k = KEYS[nk] or ''
+          if #want < 1 or k:find(want, 1, true) ~= 1 then
             return invalid('keys[' .. nk .. ']', k == '' and '(none)' or k, want .. '<key>')
           end
           if #k == #want then
-            return invalid('key.' .. name, '(none)', 'a request key: rule ' .. name .. ' is ' .. kind)
+            return invalid('key.' .. name, '(none)', 'a request key: rule ' .. name .. ' is ' .. (kind == 2 and 'keyed' or 'spacing'))
           end
           if #k - #want > 256 then
             return invalid('key.' .. name, k:sub(#want + 1), '1 to 256 bytes')
@@ -323,9 +396,9 @@ if cfg[4] or rules_form then
           error('')
         end
       end
-      if #KEYS ~= nk or KEYS[6] ~= tag .. 'rules' then
+      if #KEYS ~= nk or KEYS[6] ~= spec[2] then
         return invalid(#KEYS ~= nk and 'keys' or 'keys[6]', #KEYS ~= nk and #KEYS or KEYS[6],
-          nk .. ": the bucket's 5, " .. tag .. 'rules, and one per keyed or spacing rule')
+          nk .. ": the bucket's 5, " .. spec[2] .. ', and one per keyed or spacing rule')
       end
     end)
   end
@@ -561,11 +634,10 @@ if behind then
 end
 
 local function reply(allowed, retry, reason, tokens_s)
-  local t = {allowed, tokens_s or dec(tokens), retry, scale_s, reason, level, cfg[1], cfg[2], state, now}
-  if spec then
-    t[11], t[12] = '', 0
+  if spec then -- the rules form's two more fields, made with the others (growing a table costs more)
+    return {allowed, tokens_s or dec(tokens), retry, scale_s, reason, level, cfg[1], cfg[2], state, now, '', 0}
   end
-  return t
+  return {allowed, tokens_s or dec(tokens), retry, scale_s, reason, level, cfg[1], cfg[2], state, now}
 end
 
 if n > (lanes and lanes.reach or capacity) then
@@ -619,8 +691,20 @@ end
 
 -- The rules form's helpers (made only in the rules form: a script makes
 -- every function it defines on every call).
-local corrupt_state, permits
+local corrupt_state, permits, two
 if spec then
+  -- two reads a concurrency rule's state (held, next) or a permit
+  -- (places, expiry): packed '<I2I7' (9 bytes), or the text "<a> <b>" of
+  -- the release before; nil when it is neither.
+  two = function(v)
+    if #v == 9 then
+      return st.unpack('<I2I7', v)
+    end
+    local a, b = v:match('^(%d+) (%d+)$')
+    if a then
+      return a + 0, b + 0
+    end
+  end
   corrupt_state = function(key, field, value)
     return redis.error_reply('CORRUPT ' .. key .. ' ' .. field .. '=' .. tostring(value) ..
       ' is not a rule state as acquire writes it: delete it (HDEL or DEL; the rule forgets what it counted)')
@@ -634,12 +718,12 @@ if spec then
     for i = 1, #all, 2 do
       local f = all[i]
       if f:find(pre, 1, true) == 1 then
-        local c, e = all[i + 1]:match('^(%d+) (%d+)$')
+        local c, e = two(all[i + 1])
         if not c then
           return nil, f
         end
-        if e + 0 > now then
-          live[#live + 1] = {e + 0, c + 0}
+        if e > now then
+          live[#live + 1] = {e, c}
           held = held + c
         else
           gone[#gone + 1] = f
@@ -661,18 +745,24 @@ if spec then
   -- formats (docs/lua.md):
   --
   -- A window's state (window rules: a field of KEYS[6]; keyed: a key) is
-  -- "<held> <entries> <t>:<c>[ <t>:<c>...]": the units it holds, in how many
-  -- entries, the newest entry, then the older ones oldest first; an entry
-  -- is c units counted until t + period (t: Redis µs). While it has fewer
-  -- than M entries each is one grant, exact; from M on, a grant in the same
-  -- 1/M of the period as the newest entry joins it, moved later to now
+  -- packed (struct, little-endian): a byte 1, the units it holds (I2), how
+  -- many entries (B), when a keyed rule's key expires (I6, ms; 0 for a
+  -- window rule), then the entries oldest first, each t (I7, Redis µs) and
+  -- c (I2): c units counted until t + period. While it has fewer than
+  -- M entries each is one grant, exact; from M on, a grant in the same 1/M
+  -- of the period as the newest entry joins it, moved later to now
   -- (counted longer, never shorter: never over-admits), so a state holds at
-  -- most 2M + 1 entries whatever the limit.
+  -- most 2M + 1 entries whatever the limit (10 + 9 × 33 = 307 bytes). Every
+  -- number is read and written by struct in one call, without the string
+  -- of each (a text log cost twice as much). A text state of the release
+  -- before ("<held> <entries> <newest t:c> ...") is read as one entry: all
+  -- its units counted until its newest entry leaves.
   --
-  -- A concurrency rule's state: field <r> of KEYS[6], "<held> <next>": the
-  -- places its permits hold and the earliest lease end among them (a lower
-  -- bound: renewals do not lower it); and a field <r>#<id> per permit,
-  -- "<places> <expiry>".
+  -- A concurrency rule's state: field <r> of KEYS[6], packed '<I2I7':
+  -- the places its permits hold and the earliest lease end among them (a
+  -- lower bound: renewals do not lower it); and a field <r>#<id> per
+  -- permit, '<I2I7': its places and expiry (Redis µs). (Text, "<a> <b>",
+  -- of the release before, is read too.)
   --
   -- A spacing rule's key holds the Redis time of its grant (µs) and
   -- expires a period after it (to the ms above); it is taken with SET NX as
@@ -687,45 +777,58 @@ if spec then
   now_s = string.format('%d', now)
   local hv = #hmget > 2 and redis.call(unpack(hmget)) or hmget
   local hset, sets, taken, fixed, expiry = {'HSET', KEYS[6]}, nil, nil, nil, 0
+  -- the first spacing key taken, and the first keyed key's new state,
+  -- its value and new expiry (the others in taken and sets: a table fewer
+  -- each in the common case)
+  local taken1, set_k, set_v, set_at
   local hi, ki = 0, 6
-  for b = 1, #spec, 5 do
+  for b = 3, #spec - 1, 6 do
     local name, kind, limit = spec[b], spec[b + 1], spec[b + 2]
     local span = spec[b + 3] * 1000
     local lim, w, s = limit, 0, nil
-    if spec[b + 4] == true then
+    if spec[b + 4] == 1 then
       lim = limit * scale
       lim = lim - lim % 1
     end
-    if kind == 'keyed' or kind == 'spacing' then
+    if kind == 2 or kind == 3 then
       ki = ki + 1
-      if kind == 'keyed' then
+      if kind == 2 then
         s = redis.call('GET', KEYS[ki])
       end
     else
       hi = hi + 1
       s = hv[hi]
     end
-    if kind == 'window' or kind == 'keyed' then
-      local held, k, tn, cn, p, tnum = 0, 0, nil, nil, nil, nil
+    if kind <= 2 then -- window, keyed
+      -- held units in k entries, the oldest still counted at q, the newest
+      -- tn:cn; xp: a keyed rule's key expires then (ms)
+      local held, k, q, tn, cn, xp = 0, 0, 11, 0, 0, 0
       if s then
-        -- The header, the newest entry and the oldest (if not the newest).
-        local t, c, q
-        held, k, tn, cn, p, t, c, q = s:match('^(%d+) (%d+) (%d+):(%d+)() (%d+):(%d+)()')
-        if not held then
-          held, k, tn, cn, p = s:match('^(%d+) (%d+) (%d+):(%d+)()$')
-          if not held then
-            return corrupt_state(kind == 'keyed' and KEYS[ki] or KEYS[6], kind == 'keyed' and 'value' or name, s)
+        local v, t, c, p
+        if #s >= 19 then -- the header and the oldest entry
+          v, held, k, xp, t, c, p = st.unpack('<BI2BI6I7I2', s)
+        end
+        if v ~= 1 then -- a text state of the release before?
+          local h, tx = s:match('^(%d+) %d+ (%d+):')
+          if h then
+            s = st.pack('<BI2BI6I7I2', 1, h, 1, 0, tx, h)
+            v, held, k, xp, t, c, p = st.unpack('<BI2BI6I7I2', s)
           end
         end
+        if v ~= 1 or #s ~= 10 + 9 * k or k < 1 then
+          return corrupt_state(kind == 2 and KEYS[ki] or KEYS[6], kind == 2 and 'value' or name, s)
+        end
         local cut = now - span
-        tnum = tn + 0
-        if tnum <= cut then -- the newest is out: all are
+        tn, cn = t, c
+        if k > 1 then
+          tn, cn = st.unpack('<I7I2', s, #s - 8)
+        end
+        if tn <= cut then -- the newest is out: all are
           held, k = 0, 0
-        else
-          held, k = held + 0, k + 0
-          while t and t + 0 <= cut do -- older entries out of the window go
-            held, k, p = held - c, k - 1, q
-            t, c, q = s:match('^ (%d+):(%d+)()', p)
+        else -- entries out of the window go (not the newest)
+          while t <= cut do
+            held, k, q = held - c, k - 1, p
+            t, c, p = st.unpack('<I7I2', s, q)
           end
         end
       end
@@ -734,43 +837,53 @@ if spec then
       elseif n > lim then -- passes only at a higher scale: look again in a period
         w = span
       elseif held + n > lim then -- until the entry that frees enough leaves
-        local over, t, q = held + n - lim, tn, p
-        while true do
-          local te, c, r = s:match('^ (%d+):(%d+)()', q)
-          if not te then
-            break
-          end
-          over, q = over - c, r
-          if over <= 0 then
-            t = te
-            break
-          end
+        local over, t, c, p = held + n - lim, tn, 0, q
+        while over > 0 and p < #s do
+          t, c, p = st.unpack('<I7I2', s, p)
+          over = over - c
         end
         w = t + span - now
       elseif wait == 0 then -- the state after the grant
+        -- A keyed rule's key must live until its newest unit leaves
+        -- (ceil((now + period)/1000) ms): when it would not, its expiry is
+        -- set two periods ahead, else kept (SET KEEPTTL costs half as much).
+        local at = false
+        if kind == 2 then
+          at = (now + span) / 1000
+          if xp >= at then
+            at = false
+          else
+            at = (now + 2 * span) / 1000
+            if at % 1 > 0 then
+              at = at - at % 1 + 1
+            end
+            xp = at
+          end
+        end
         local v
         if k == 0 then
-          v = string.format('%d 1 %s:%d', n, now_s, n)
-        elseif k >= M and (tnum - tnum % (span / M)) == (now - now % (span / M)) then
-          v = string.format('%d %d %s:%d', held + n, k, now_s, cn + n) .. s:sub(p)
+          v = st.pack('<BI2BI6I7I2', 1, n, 1, xp, now, n)
+        elseif k >= M and (tn - tn % (span / M)) == (now - now % (span / M)) then
+          v = st.pack('<BI2BI6c0I7I2', 1, held + n, k, xp, s:sub(q, -10), now, cn + n)
         else
-          v = string.format('%d %d %s:%d', held + n, k + 1, now_s, n) .. s:sub(p) .. ' ' .. tn .. ':' .. cn
+          v = st.pack('<BI2BI6c0I7I2', 1, held + n, k + 1, xp, s:sub(q), now, n)
         end
-        if kind == 'window' then
+        if kind == 1 then
           hset[#hset + 1], hset[#hset + 2] = name, v
-        else -- the key lives while its newest unit counts
+        elseif set_k then
           sets = sets or {}
-          sets[#sets + 1], sets[#sets + 2], sets[#sets + 3] = KEYS[ki], v, span
+          sets[#sets + 1], sets[#sets + 2], sets[#sets + 3] = KEYS[ki], v, at
+        else
+          set_k, set_v, set_at = KEYS[ki], v, at
         end
       end
-    elseif kind == 'concurrency' then
+    elseif kind == 4 then
       local held, nxt = 0, 0
       if s then
-        held, nxt = s:match('^(%d+) (%d+)$')
+        held, nxt = two(s)
         if not held then
           return corrupt_state(KEYS[6], name, s)
         end
-        held, nxt = held + 0, nxt + 0
       end
       local live
       if held > 0 and nxt <= now then -- a lease ended: count the permits again
@@ -780,7 +893,7 @@ if spec then
         end
         nxt = live[1] and live[1][1] or 0
         fixed = fixed or {'HSET', KEYS[6]}
-        fixed[#fixed + 1], fixed[#fixed + 2] = name, string.format('%d %d', held, nxt)
+        fixed[#fixed + 1], fixed[#fixed + 2] = name, st.pack('<I2I7', held, nxt)
       end
       if n > limit then
         w = -1
@@ -804,8 +917,8 @@ if spec then
         if held == 0 or nxt > exp then
           nxt = exp
         end
-        hset[#hset + 1], hset[#hset + 2] = name, string.format('%d %d', held + n, nxt)
-        hset[#hset + 1], hset[#hset + 2] = name .. '#' .. id, string.format('%d %d', n, exp)
+        hset[#hset + 1], hset[#hset + 2] = name, st.pack('<I2I7', held + n, nxt)
+        hset[#hset + 1], hset[#hset + 2] = name .. '#' .. id, st.pack('<I2I7', n, exp)
         if exp > expiry then
           expiry = exp
         end
@@ -832,8 +945,12 @@ if spec then
         end
       end
       if set then
-        taken = taken or {'DEL'}
-        taken[#taken + 1] = key
+        if taken1 then
+          taken = taken or {'DEL'}
+          taken[#taken + 1] = key
+        else
+          taken1 = key
+        end
       end
     end
     if w ~= 0 and wait >= 0 then
@@ -846,7 +963,10 @@ if spec then
     end
   end
   if wait ~= 0 then
-    if taken then -- a rule after a spacing rule refused: the spacing was free
+    if taken1 then -- a rule after a spacing rule refused: the spacing was free
+      redis.call('DEL', taken1)
+    end
+    if taken then
       redis.call(unpack(taken))
     end
     if fixed then
@@ -859,13 +979,19 @@ if spec then
   if #hset > 2 then
     redis.call(unpack(hset))
   end
+  local function set(key, v, at) -- a keyed rule's new state, and its expiry if it moves
+    if at then
+      redis.call('SET', key, v, 'PXAT', string.format('%d', at))
+    else
+      redis.call('SET', key, v, 'KEEPTTL')
+    end
+  end
+  if set_k then
+    set(set_k, set_v, set_at)
+  end
   if sets then
     for i = 1, #sets, 3 do
-      local at = (now + sets[i + 2]) / 1000
-      if at % 1 > 0 then
-        at = at - at % 1 + 1
-      end
-      redis.call('SET', sets[i], sets[i + 1], 'PXAT', string.format('%d', at))
+      set(sets[i], sets[i + 1], sets[i + 2])
     end
   end
   tokens = tokens - n
