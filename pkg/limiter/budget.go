@@ -8,16 +8,24 @@ import "time"
 // budget (docs/capacity.md).
 const maxStretch = time.Second
 
+// Heartbeats take beatShare of the call budget, and a heartbeat period
+// stretches to at most maxBeatStretch (the registry entry lives three
+// periods).
+const (
+	beatShare      = 0.1
+	maxBeatStretch = time.Minute
+)
+
 // stretch is d made long enough that replicas instances, each making
 // calls Redis calls per period, stay within budget calls a second in all:
-// max(d, calls × replicas ÷ budget), never longer than maxStretch unless d
-// is. A budget ≤ 0 (off) leaves d as it is.
-func stretch(d time.Duration, calls float64, replicas int, budget float64) time.Duration {
+// max(d, calls × replicas ÷ budget), never longer than most unless d is.
+// A budget ≤ 0 (off) leaves d as it is.
+func stretch(d time.Duration, calls float64, replicas int, budget float64, most time.Duration) time.Duration {
 	if budget <= 0 {
 		return d
 	}
 	s := time.Duration(calls * float64(replicas) / budget * float64(time.Second))
-	return max(d, min(s, maxStretch))
+	return max(d, min(s, most))
 }
 
 // budget is the call budget in force: 0 when off.
@@ -35,7 +43,7 @@ func (o Options) budget() float64 {
 // elsewhere applies here (a scale change's notification usually ends the
 // lease sooner).
 func (c *Limiter) leasePeriod(st *providerState) time.Duration {
-	return stretch(c.opts.TokenLease, 2, st.member.live(), c.opts.budget())
+	return stretch(c.opts.TokenLease, 2, st.member.live(), c.opts.budget(), maxStretch)
 }
 
 // holdLimit is the longest st's refusals are held (RefusalHold, stretched
@@ -45,5 +53,14 @@ func (c *Limiter) leasePeriod(st *providerState) time.Duration {
 // the budget allows in all.
 func (c *Limiter) holdLimit(st *providerState) (limit, spacing time.Duration) {
 	n, b := st.member.live(), c.opts.budget()
-	return stretch(c.opts.RefusalHold, 1, n, b), stretch(0, 1, n, b)
+	return stretch(c.opts.RefusalHold, 1, n, b, maxStretch), stretch(0, 1, n, b, maxStretch)
+}
+
+// beatPeriod is how often this replica heartbeats for st: Heartbeat,
+// stretched so that the live replicas' heartbeats stay within a tenth of
+// CallBudget (at most a minute). A replica's registry entry lives three
+// of its own periods, so a longer period only makes the count slower to
+// see replicas come and go.
+func (c *Limiter) beatPeriod(st *providerState) time.Duration {
+	return stretch(c.opts.Heartbeat, 1, st.member.live(), beatShare*c.opts.budget(), maxBeatStretch)
 }

@@ -42,7 +42,8 @@ type Options struct {
 	// so waiters do not all retry at the same instant; default 5ms.
 	WakeJitter time.Duration
 	// Heartbeat is how often this replica renews its entry in the replica
-	// registry (the entry lives 3 heartbeats); default 2s.
+	// registry (the entry lives 3 heartbeats); longer for a provider whose
+	// replicas would exceed a tenth of CallBudget; default 2s.
 	Heartbeat time.Duration
 	// RedisRetry is how often Redis is probed, in the background, for a
 	// provider whose call found Redis unable to serve it (EXISTS on the
@@ -132,8 +133,13 @@ type Options struct {
 	// hold); neither longer than 1s, so past CallBudget ÷ 2 replicas the
 	// budget is exceeded. The stretched lease is then the bound on how late
 	// a change made elsewhere applies (a scale change's notification still
-	// ends leases and holds at once). Grants under scarcity, pacing rules,
-	// lanes and heartbeats (N ÷ Heartbeat) are outside it. Default
+	// ends leases and holds at once). Heartbeats take a tenth of it: the
+	// heartbeat period stretches to max(Heartbeat, 10 × N ÷ CallBudget),
+	// at most 1 min (the registry entry lives three periods, so the count
+	// sees replicas come and go that much later). Grants under scarcity
+	// (one call per process's batch), pacing rules, lanes and the calls a
+	// scale change's notification causes (about two per leasing replica)
+	// are outside it. Default
 	// DefaultCallBudget; in (0, 1e7]; NoCallBudget turns it off (TokenLease
 	// and RefusalHold then hold whatever the replicas).
 	CallBudget float64

@@ -14,6 +14,7 @@ import (
 type membership struct {
 	active atomic.Bool
 	count  atomic.Int64 // live replicas at the last heartbeat; 0 before one
+	beaten atomic.Int64 // local time (Unix ns) of the last heartbeat sent
 }
 
 // join marks the replica active; it returns true for the call that did,
@@ -62,20 +63,25 @@ func (m *membership) joined() bool { return m.active.Load() }
 // live is the number of live replicas at the last heartbeat, at least 1.
 func (m *membership) live() int { return int(max(m.count.Load(), 1)) }
 
-func (c *Limiter) heartbeatTTL() time.Duration { return 3 * c.opts.Heartbeat }
+// heartbeatTTL is how long a heartbeat for st keeps this replica live:
+// three of its heartbeat periods.
+func (c *Limiter) heartbeatTTL(st *providerState) time.Duration { return 3 * c.beatPeriod(st) }
 
-// beatAll heartbeats for every provider this replica acquired from, except
-// those in outage mode (their probe watches Redis; on a cluster, a dead
-// node's providers must not spend the others' heartbeat time); it always
-// returns true (keep going).
+// beatAll heartbeats for every provider this replica acquired from whose
+// heartbeat period (beatPeriod: Heartbeat, or longer for a large fleet)
+// is, to within half a Heartbeat, over, except those in outage mode (their
+// probe watches Redis; on a cluster, a dead node's providers must not
+// spend the others' heartbeat time); it always returns true (keep going).
 func (c *Limiter) beatAll() bool {
 	c.mu.Lock()
 	states := c.statesLocked()
 	c.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), c.opts.Heartbeat)
 	defer cancel()
+	now := time.Now()
 	for _, st := range states {
-		if st.member.joined() && !st.health.isDown() {
+		due := time.Unix(0, st.member.beaten.Load()).Add(c.beatPeriod(st) - c.opts.Heartbeat/2)
+		if st.member.joined() && !st.health.isDown() && !now.Before(due) {
 			c.beat(ctx, st)
 		}
 	}
@@ -85,7 +91,8 @@ func (c *Limiter) beatAll() bool {
 // beat renews this replica in provider's registry and learns how many live
 // replicas share it. On failure the last count stays.
 func (c *Limiter) beat(ctx context.Context, st *providerState) {
-	res, err := c.script(ctx, st, heartbeatScript, []string{st.keys.replicas}, "beat", c.opts.ReplicaID, c.heartbeatTTL().Milliseconds())
+	st.member.beaten.Store(time.Now().UnixNano())
+	res, err := c.script(ctx, st, heartbeatScript, []string{st.keys.replicas}, "beat", c.opts.ReplicaID, c.heartbeatTTL(st).Milliseconds())
 	n, ok := res.(int64)
 	if err == nil && !ok {
 		err = fmt.Errorf("heartbeat: reply %v is not an integer", res)
@@ -101,6 +108,6 @@ func (c *Limiter) beat(ctx context.Context, st *providerState) {
 // leave removes this replica from the registry of st, if it joined it.
 func (c *Limiter) leave(ctx context.Context, st *providerState) {
 	if st.member.joined() {
-		_, _ = c.script(ctx, st, heartbeatScript, []string{st.keys.replicas}, "leave", c.opts.ReplicaID, c.heartbeatTTL().Milliseconds())
+		_, _ = c.script(ctx, st, heartbeatScript, []string{st.keys.replicas}, "leave", c.opts.ReplicaID, c.heartbeatTTL(st).Milliseconds())
 	}
 }
