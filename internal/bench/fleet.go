@@ -24,7 +24,7 @@ import (
 // FleetConfig is a `sluice bench --fleet` run (docs/capacity.md): for each
 // count of Instances, limiter instances spread over at most Procs processes
 // share one provider, each instance its own limiter.Limiter on its own
-// go-redis client (pool of 2) with one caller. The caller takes Burst
+// go-redis client (pool of 2, CallTimeout 10 s) with one caller. The caller takes Burst
 // tokens one TryAcquire at a time every Tick (its phase random), for Warmup
 // (the replicas join and count each other) and then Measure, during which
 // Redis's counters are read; halfway through Measure the parent sets the
@@ -72,12 +72,18 @@ type fleetProcResult struct {
 	// Applied holds, per instance, the wall clock (Unix ns) at which its
 	// first decision at the new scale returned; 0: none in the run.
 	Applied []int64 `json:"applied"`
+	// Stale holds, per instance, when (Unix ns) the last decision it
+	// began came back at another scale than the new one.
+	Stale []int64 `json:"stale"`
 }
 
 // fleetInstanceOptions are the limiter options of every instance of a
-// step: the shipped defaults, with the step's call budget (0: off).
+// step: the shipped defaults, with the step's call budget (0: off) and a
+// CallTimeout of 10 s: on a machine that runs the whole fleet on two cores
+// a starved client, not Redis, would otherwise trip the 500 ms default and
+// turn the instance to its outage mode for a second.
 func fleetInstanceOptions(prefix string, budget float64) limiter.Options {
-	return limiter.Options{Prefix: prefix, Logger: discard, CallBudget: budget, NoCallBudget: budget == 0}
+	return limiter.Options{Prefix: prefix, Logger: discard, CallBudget: budget, NoCallBudget: budget == 0, CallTimeout: 10 * time.Second}
 }
 
 // runFleetProc runs one process's instances of a fleet step.
@@ -86,7 +92,7 @@ func runFleetProc(ctx context.Context, rdb redis.UniversalClient, s fleetSpec, r
 	if !ok {
 		return fleetProcResult{}, errors.New("bench --fleet: needs a single Redis (--redis)")
 	}
-	res := fleetProcResult{Applied: make([]int64, s.Instances)}
+	res := fleetProcResult{Applied: make([]int64, s.Instances), Stale: make([]int64, s.Instances)}
 	var decisions, granted, errs atomic.Int64
 	var mu sync.Mutex
 	var lims []*limiter.Limiter
@@ -128,6 +134,7 @@ func runFleetProc(ctx context.Context, rdb redis.UniversalClient, s fleetSpec, r
 					return
 				}
 				for range s.Burst {
+					began := time.Now().UnixNano()
 					d, err := l.TryAcquire(cctx, provider, 1)
 					now := time.Now().UnixNano()
 					decisions.Add(1)
@@ -142,7 +149,9 @@ func runFleetProc(ctx context.Context, rdb redis.UniversalClient, s fleetSpec, r
 					if d.Allowed {
 						granted.Add(1)
 					}
-					if res.Applied[i] == 0 && d.Scale == s.Scale {
+					if d.Scale != s.Scale {
+						res.Stale[i] = began
+					} else if res.Applied[i] == 0 {
 						res.Applied[i] = now
 					}
 				}
@@ -187,8 +196,17 @@ type FleetStep struct {
 	FirstErr    string  `json:"first_err,omitempty"`
 	// The scale change: sent → each instance's first decision at the new
 	// scale returned, in ms (one machine, one clock).
-	DelayP50, DelayP99, DelayMax float64
-	NotApplied                   int `json:"not_applied"`
+	DelayP50   float64 `json:"delay_p50_ms"`
+	DelayP99   float64 `json:"delay_p99_ms"`
+	DelayMax   float64 `json:"delay_max_ms"`
+	NotApplied int     `json:"not_applied"`
+	// Stale: per instance, how long after the scale's write returned it
+	// began the last decision that came back at the old scale (a leased
+	// grant or a held refusal from before the change; 0 if none), in ms:
+	// p99 and max. The stated bound is the lease period or the hold's
+	// limit at the fleet's size.
+	StaleP99 float64 `json:"stale_p99_ms"`
+	StaleMax float64 `json:"stale_max_ms"`
 }
 
 // MeasureFleet runs every step of cfg: for each workload, each instance
@@ -293,7 +311,7 @@ func fleetStep(ctx context.Context, cfg FleetConfig, wl string, n int, budget fl
 	s.ScriptBusy = (mid.scriptUS - before.scriptUS) / 1e6 / s.Seconds
 	s.RedisCPU = (mid.cpu - before.cpu) / s.Seconds
 	s.ChangeCalls = float64(after.scripts-mid.scripts) - s.CallsPS*m1.Sub(sent).Seconds()
-	var delays []float64
+	var delays, stale []float64
 	var decisions int64
 	for _, r := range results {
 		decisions += r.Decisions
@@ -301,6 +319,9 @@ func fleetStep(ctx context.Context, cfg FleetConfig, wl string, n int, budget fl
 		s.Errors += r.Errors
 		if s.FirstErr == "" {
 			s.FirstErr = r.FirstErr
+		}
+		for _, at := range r.Stale {
+			stale = append(stale, max(0, float64(at-written.UnixNano())/1e6))
 		}
 		for _, at := range r.Applied {
 			if at == 0 {
@@ -314,6 +335,11 @@ func fleetStep(ctx context.Context, cfg FleetConfig, wl string, n int, budget fl
 	s.DelayP50, s.DelayP99 = sortedQuantile(delays, 0.5), sortedQuantile(delays, 0.99)
 	if len(delays) > 0 {
 		s.DelayMax = delays[len(delays)-1]
+	}
+	slices.Sort(stale)
+	s.StaleP99 = sortedQuantile(stale, 0.99)
+	if len(stale) > 0 {
+		s.StaleMax = stale[len(stale)-1]
 	}
 	s.DecisionsPS = float64(decisions) / run.Seconds()
 	// Scale 1 until the write returned, 0.5 from when it was sent: an
@@ -381,15 +407,15 @@ func isScript(cmdstat string) bool { return cmdstat == "cmdstat_evalsha" || cmds
 // (calls/s: the clients' script calls).
 func PrintFleet(w io.Writer, steps []FleetStep) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "workload\tbudget\tinstances\tprocs\tcalls/s\tin scripts\tcommands/s\tRedis CPU\tdecisions/s\tadmitted/bound\tscale delay p50/p99/max ms\tnot applied\tchange calls\terrors\t")
+	fmt.Fprintln(tw, "workload\tbudget\tinstances\tprocs\tcalls/s\tin scripts\tcommands/s\tRedis CPU\tdecisions/s\tadmitted/bound\tscale delay p50/p99/max ms\tnot applied\told scale after write p99/max ms\tchange calls\terrors\t")
 	for _, s := range steps {
 		b := "off"
 		if s.Budget > 0 {
 			b = strconv.FormatFloat(s.Budget, 'f', -1, 64)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%.0f\t%.2f\t%.0f\t%.2f\t%.0f\t%d/%.0f = %.3f\t%.1f/%.1f/%.1f\t%d\t%.0f\t%d\t\n",
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%.0f\t%.2f\t%.0f\t%.2f\t%.0f\t%d/%.0f = %.3f\t%.1f/%.1f/%.1f\t%d\t%.1f/%.1f\t%.0f\t%d\t\n",
 			s.Workload, b, s.Instances, s.Procs, s.CallsPS, s.ScriptBusy, s.CommandsPS, s.RedisCPU, s.DecisionsPS,
-			s.Granted, s.Bound, float64(s.Granted)/s.Bound, s.DelayP50, s.DelayP99, s.DelayMax, s.NotApplied, s.ChangeCalls, s.Errors)
+			s.Granted, s.Bound, float64(s.Granted)/s.Bound, s.DelayP50, s.DelayP99, s.DelayMax, s.NotApplied, s.StaleP99, s.StaleMax, s.ChangeCalls, s.Errors)
 	}
 	tw.Flush()
 	type key struct {
