@@ -138,6 +138,11 @@ func (a *app) bench(c *cli.Context, bc bench.Config, pc bench.PropagationConfig,
 	if err := benchFlags(c, &bc); err != nil { // bad input is refused before connecting
 		return err
 	}
+	if c.Bool("fleet") {
+		if err := fleetFlags(c, &fc); err != nil {
+			return err
+		}
+	}
 	cfg, err := a.config(c, nil)
 	if err != nil {
 		return err
@@ -173,9 +178,6 @@ func (a *app) bench(c *cli.Context, bc bench.Config, pc bench.PropagationConfig,
 		client, ok := rdb.(*redis.Client)
 		if !ok {
 			return usagef("--fleet needs a single Redis (--redis), not a cluster")
-		}
-		if err := fleetFlags(c, &fc); err != nil {
-			return err
 		}
 		fc.Client, fc.Worker, fc.Progress, fc.ScarceBurst = client, worker, a.stderr, 10
 		steps, err := bench.MeasureFleet(c.Context, fc)

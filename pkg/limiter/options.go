@@ -98,8 +98,10 @@ type Options struct {
 	// (a scale change usually sooner: its notification ends the lease); one
 	// made through this Limiter (SetBudgetScale, RecordFailure,
 	// TriggerCooldown) ends the lease before it returns. A provider with
-	// pacing rules never leases. Default DefaultTokenLease; at most 1s;
-	// NoTokenLease, or MaxBatch 1, turns it off.
+	// pacing rules never leases. With many replicas of a provider
+	// CallBudget stretches the lease (and so this bound) to 2 × replicas ÷
+	// CallBudget when that is longer. Default DefaultTokenLease; at most
+	// 1s; NoTokenLease, or MaxBatch 1, turns it off.
 	TokenLease time.Duration
 	// NoTokenLease turns the token lease off: every grant is a decision of
 	// Redis at its time, and a change made elsewhere applies at this
@@ -117,8 +119,10 @@ type Options struct {
 	// it never over-admits; what it may cost is a grant refused up to
 	// RefusalHold after a change elsewhere made room (a refund, a new
 	// config). Acquire never holds (its waiters take turns instead), nor
-	// does a provider with pacing rules. Default 20ms; at most 1s;
-	// NoRefusalHold turns it off.
+	// does a provider with pacing rules. With many replicas of a provider
+	// CallBudget stretches the limit to replicas ÷ CallBudget when that is
+	// longer, and holds a rate limit at least that long. Default 20ms; at
+	// most 1s; NoRefusalHold turns it off.
 	RefusalHold time.Duration
 	// NoRefusalHold turns the held refusals off: every TryAcquire asks
 	// Redis.
