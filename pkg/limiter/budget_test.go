@@ -1,6 +1,7 @@
 package limiter
 
 import (
+	"slices"
 	"testing"
 	"time"
 )
@@ -120,5 +121,33 @@ func TestHoldSpacing(t *testing.T) {
 	}
 	if _, held := h.refuse(1, at.Add(500*ms)); held {
 		t.Fatal("a pause held at the limit")
+	}
+}
+
+// TestHeartbeatPeriodGrowth: a heartbeat announces at most twice the
+// period the last one announced, so that the one after it comes before
+// the entry expires (three periods), however fast the count grew: 2 s,
+// 4 s, then the 5 s that 1000 replicas at 2000 calls/s ask for.
+func TestHeartbeatPeriodGrowth(t *testing.T) {
+	o, err := Options{CallBudget: 2000}.withDefaults()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &Limiter{opts: o}
+	st := fleetState(1)
+	var got []time.Duration
+	for _, n := range []int64{1, 1000, 1000, 1000} {
+		st.member.count.Store(n)
+		p := c.nextPeriod(st)
+		st.member.period.Store(int64(p))
+		got = append(got, p)
+	}
+	want := []time.Duration{2 * time.Second, 4 * time.Second, 5 * time.Second, 5 * time.Second}
+	if !slices.Equal(got, want) {
+		t.Fatalf("periods %v, want %v", got, want)
+	}
+	st.member.count.Store(1) // the fleet shrank: back to Heartbeat at once
+	if p := c.nextPeriod(st); p != 2*time.Second {
+		t.Fatalf("after the fleet shrank: %v, want 2s", p)
 	}
 }
