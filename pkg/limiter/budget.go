@@ -46,11 +46,11 @@ func (c *Limiter) leasePeriod(st *providerState) time.Duration {
 	return stretch(c.opts.TokenLease, 2, st.member.live(), c.opts.budget(), maxStretch)
 }
 
-// holdLimit is the longest st's refusals are held (RefusalHold, stretched
-// like the lease, one call a hold) and holdSpacing the least a held rate
-// limit lasts (0 with no budget): replicas ÷ CallBudget, each replica's
-// turn at the budget, so that refused replicas do not ask more often than
-// the budget allows in all.
+// holdLimit returns the longest st's refusals are held (RefusalHold,
+// stretched like the lease, one call a hold) and spacing, the least a held
+// rate limit lasts (0 with no budget): replicas ÷ CallBudget, each
+// replica's turn at the budget, so that refused replicas do not ask more
+// often than the budget allows in all.
 func (c *Limiter) holdLimit(st *providerState) (limit, spacing time.Duration) {
 	n, b := st.member.live(), c.opts.budget()
 	return stretch(c.opts.RefusalHold, 1, n, b, maxStretch), stretch(0, 1, n, b, maxStretch)

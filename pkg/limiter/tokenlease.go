@@ -43,10 +43,10 @@ func (l *tokenLease) take(n int, now time.Time) (Decision, bool) {
 // was last renewed (at least the batch's tokens), but never more than
 // refills during one lease period (leasePeriod: TokenLease, stretched by
 // CallBudget) at the scale in force (so leased tokens widen no window by
-// more than that), nor more than half of what the bucket
-// held after the batch at the process's last call: a lease is taken from
-// plenty, so while tokens are scarce processes ask only for what their
-// callers want, and shares stay fair.
+// more than that), nor more than half of what the bucket held after the
+// batch at the process's last call: a lease is taken from plenty, so while
+// tokens are scarce processes ask only for what their callers want, and
+// shares stay fair.
 func (c *Limiter) leaseWant(st *providerState, tokens int64) int64 {
 	if !c.opts.leasing() {
 		return 0
@@ -72,12 +72,12 @@ func leasable(d Decision) bool {
 
 // renewLease adds want tokens, just taken by a call that started at start
 // and took decision d, to st's lease, and makes it last one lease period
-// (leasePeriod) from start. Tokens still left from before stay, unless that lease had
-// expired: they too were taken by a call that saw the shared state open,
-// and this one saw it open again. The tokens go back instead when the lease
-// was dropped while the call was in flight (a change through this
-// Limiter, or Close), or when the call took so long that the lease
-// would be over on arrival.
+// (leasePeriod) from start. Tokens still left from before stay, unless
+// that lease had expired: they too were taken by a call that saw the
+// shared state open, and this one saw it open again. The tokens go back
+// instead when the lease was dropped while the call was in flight (a
+// change through this Limiter, or Close), or when the call took so long
+// that the lease would be over on arrival.
 func (c *Limiter) renewLease(st *providerState, want int64, start time.Time, d Decision) {
 	closed := c.isClosed()
 	b := &st.batch
