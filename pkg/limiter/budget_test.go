@@ -151,3 +151,35 @@ func TestHeartbeatPeriodGrowth(t *testing.T) {
 		t.Fatalf("after the fleet shrank: %v, want 2s", p)
 	}
 }
+
+// TestPollAfter: an Acquire waiter polls a rate limit after its
+// RetryAfter, or after its replica's turn at the call budget if later (1000
+// replicas at the default: 50 ms); other refusals, and no budget, keep the
+// RetryAfter.
+func TestPollAfter(t *testing.T) {
+	o, err := Options{}.withDefaults()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &Limiter{opts: o}
+	ms := time.Millisecond
+	limited := Decision{Reason: ReasonRateLimited, RetryAfter: ms}
+	for _, tc := range []struct {
+		replicas int64
+		d        Decision
+		want     time.Duration
+	}{
+		{1, limited, ms},
+		{1000, limited, 50 * ms},
+		{1000, Decision{Reason: ReasonRateLimited, RetryAfter: 80 * ms}, 80 * ms},
+		{1000, Decision{Reason: ReasonCooldown, RetryAfter: ms}, ms},
+	} {
+		if got := c.pollAfter(fleetState(tc.replicas), tc.d); got != tc.want {
+			t.Errorf("%d replicas, %s after %v: %v, want %v", tc.replicas, tc.d.Reason, tc.d.RetryAfter, got, tc.want)
+		}
+	}
+	c.opts.NoCallBudget = true
+	if got := c.pollAfter(fleetState(1000), limited); got != ms {
+		t.Errorf("no budget: %v, want 1ms", got)
+	}
+}

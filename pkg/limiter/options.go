@@ -134,7 +134,8 @@ type Options struct {
 	// (a busy replica renews it and gives back what is left about once a
 	// period), a refusal is held up to max(RefusalHold, N ÷ CallBudget)
 	// and a rate limit at least N ÷ CallBudget (one call per replica per
-	// hold); neither longer than 1s, so past CallBudget ÷ 2 replicas the
+	// hold; the Acquire waiter whose turn it is polls a rate limit no
+	// sooner either); neither longer than 1s, so past CallBudget ÷ 2 replicas the
 	// budget is exceeded. The stretched lease is then the bound on how late
 	// a change made elsewhere applies (a scale change's notification still
 	// ends leases and holds at once). Heartbeats take a tenth of it: the
