@@ -116,6 +116,7 @@ func globalFlags() []cli.Flag {
 		&cli.StringFlag{Name: "log-format", Usage: "text or json (env SLUICE_LOG_FORMAT)"},
 		&cli.StringFlag{Name: "log-level", Usage: "debug, info, warn or error (env SLUICE_LOG_LEVEL)"},
 		&cli.StringFlag{Name: "token-lease", Usage: "tokens taken ahead, handed out without a round trip for at most this long: a change made elsewhere applies at most this late; 0 off (env MDP_RATE_TOKEN_LEASE; default " + limiter.DefaultTokenLease.String() + ")"},
+		&cli.StringFlag{Name: "call-budget", Usage: "Redis calls a second the replicas' leases and held refusals of one provider stay within, however many replicas: leases and holds stretch with the replica count; 0 off (env MDP_RATE_CALL_BUDGET; default 20000)"},
 		&cli.StringFlag{Name: "refusal-hold", Usage: "after a refusal, refuse other TryAcquire calls locally for at most this long; 0 off (env MDP_RATE_REFUSAL_HOLD; default " + limiter.DefaultRefusalHold.String() + ")"},
 	}
 }
@@ -125,7 +126,8 @@ var flagKeys = map[string]string{
 	"redis": "redis.url", "redis-cluster": "redis.cluster_url", "prefix": "redis.prefix",
 	"log-format": "log.format", "log-level": "log.level",
 	"token-lease": "rate_coordinator.token_lease", "refusal-hold": "rate_coordinator.refusal_hold",
-	"listen": "receiver.listen", "token": "receiver.token", "max-body": "receiver.max_body",
+	"call-budget": "rate_coordinator.call_budget",
+	"listen":      "receiver.listen", "token": "receiver.token", "max-body": "receiver.max_body",
 }
 
 // config loads the configuration for the running command: the file

@@ -13,12 +13,14 @@ import (
 
 	"github.com/sluice-dev/sluice/internal/bench"
 	"github.com/sluice-dev/sluice/internal/childproc"
+	"github.com/sluice-dev/sluice/pkg/limiter"
 )
 
 func (a *app) benchCmd() *cli.Command {
 	var bc bench.Config
 	var pc bench.PropagationConfig
 	var lc bench.LanesConfig
+	var fc bench.FleetConfig
 	return &cli.Command{
 		Name:  "bench",
 		Usage: "measure decisions/s, latency and Redis cost of sluice beside redis_rate and a minimal Lua bucket",
@@ -72,10 +74,23 @@ replica's next decision is paused: checked) and → its notification received;
 then the scale set from 0 to 1 → each of --waiters paused Acquire calls
 granted (they wake on the notification with up to 5ms of jitter, on purpose).
 
+With --fleet it measures instead one provider shared by many limiter
+instances (docs/capacity.md): for each of --instances, that many instances
+over at most --fleet-procs processes, each instance its own limiter and
+go-redis client (pool of 2) with one caller taking tokens one TryAcquire at
+a time every --tick; a plenty workload (rate 1e6/s: --plenty-burst tokens a
+tick) and a scarce one (--scarce-rate/s, burst 10: --scarce-burst tokens a
+tick), each once per --budgets entry (the call budget, off = none). After
+--warmup, for --measure: Redis commands/s and CPU (INFO deltas), admitted ÷
+bound, and a scale change 1 → 0.5 halfway: the delay from sending it to
+each instance's first decision at 0.5 (p50/p99/max). Give it a Redis of its
+own with room for 3 connections per instance.
+
 Examples:
    sluice --redis redis://127.0.0.1:6379 bench --callers 1,64 --procs 1 --rounds 3
    sluice --redis redis://127.0.0.1:6379 bench --propagation --samples 500
-   sluice --redis redis://127.0.0.1:6379 bench --lanes`,
+   sluice --redis redis://127.0.0.1:6379 bench --lanes
+   sluice --redis redis://127.0.0.1:6379 bench --fleet --instances 1,10,100,300,1000 --budgets off,2000`,
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "callers", Value: "1,8,64", Usage: "total callers of each workload, comma-separated, each in [1, 4096]"},
 			&cli.StringFlag{Name: "procs", Value: "1,4", Usage: "processes of each workload, comma-separated, each in [1, 64]"},
@@ -97,20 +112,36 @@ Examples:
 			numberFlag("live-share", "with --lanes: live demand, a fraction of the budget", &lc.LiveShare, 0.2, closed(0.01, 1)),
 			numberFlag("backfill-callers", "with --lanes: backfill callers a process", &lc.Callers, 8, closed(1, 4096)),
 			durationFlag("phase", "with --lanes: length of each phase (live alone, with the backfill, at scale 0.5)", &lc.Phase, 5*time.Second, above(0, 10*time.Minute)),
+			&cli.BoolFlag{Name: "fleet", Usage: "measure one provider shared by many limiter instances instead: Redis commands/s and CPU, admitted ÷ bound, a scale change's delay to every instance"},
+			&cli.StringFlag{Name: "instances", Value: "1,10,100,300,1000", Usage: "with --fleet: instance counts, comma-separated, each in [1, 10000]"},
+			&cli.StringFlag{Name: "budgets", Value: "off,2000", Usage: "with --fleet: call budgets (calls/s per provider) to run each step with, comma-separated, off or in (0, 1e7]"},
+			&cli.StringFlag{Name: "workloads", Value: "plenty,scarce", Usage: "with --fleet: plenty and/or scarce"},
+			numberFlag("fleet-procs", "with --fleet: most processes a step spreads its instances over", &fc.Procs, 10, closed(1, 64)),
+			durationFlag("warmup", "with --fleet: time before the measured window (replicas join and count each other)", &fc.Warmup, 3*time.Second, above(0, 10*time.Minute)),
+			durationFlag("measure", "with --fleet: the measured window; the scale changes halfway", &fc.Measure, 4*time.Second, above(0, 10*time.Minute)),
+			durationFlag("tick", "with --fleet: how often each instance's caller asks", &fc.Tick, 20*time.Millisecond, above(0, time.Minute)),
+			numberFlag("plenty-burst", "with --fleet: tokens a caller asks for a tick, plenty workload", &fc.Burst[0], 1, closed(1, 1000)),
+			numberFlag("scarce-burst", "with --fleet: tokens a caller asks for a tick, scarce workload", &fc.Burst[1], 3, closed(1, 1000)),
+			numberFlag("scarce-rate", "with --fleet: the scarce provider's tokens/s", &fc.ScarceRate, 100, closed(1, 1e6)),
 			&cli.StringFlag{Name: "worker", Hidden: true, Usage: "run as a worker process of a bench (internal)"},
 		},
-		Action: func(c *cli.Context) error { return a.bench(c, bc, pc, lc) },
+		Action: func(c *cli.Context) error { return a.bench(c, bc, pc, lc, fc) },
 	}
 }
 
 // bench runs the command; bc and pc hold the flags read so far (the
 // numbers, checked).
-func (a *app) bench(c *cli.Context, bc bench.Config, pc bench.PropagationConfig, lc bench.LanesConfig) error {
+func (a *app) bench(c *cli.Context, bc bench.Config, pc bench.PropagationConfig, lc bench.LanesConfig, fc bench.FleetConfig) error {
 	if _, err := args(c, 0, "none"); err != nil {
 		return err
 	}
 	if err := benchFlags(c, &bc); err != nil { // bad input is refused before connecting
 		return err
+	}
+	if c.Bool("fleet") {
+		if err := fleetFlags(c, &fc); err != nil {
+			return err
+		}
 	}
 	cfg, err := a.config(c, nil)
 	if err != nil {
@@ -142,6 +173,22 @@ func (a *app) bench(c *cli.Context, bc bench.Config, pc bench.PropagationConfig,
 		cmd.Stderr = a.stderr
 		childproc.SetDeathSignal(cmd)
 		return cmd
+	}
+	if c.Bool("fleet") {
+		client, ok := rdb.(*redis.Client)
+		if !ok {
+			return usagef("--fleet needs a single Redis (--redis), not a cluster")
+		}
+		fc.Client, fc.Worker, fc.Progress, fc.ScarceBurst = client, worker, a.stderr, 10
+		steps, err := bench.MeasureFleet(c.Context, fc)
+		if c.Bool("json") {
+			if jerr := json.NewEncoder(a.stdout).Encode(steps); jerr != nil {
+				return jerr
+			}
+		} else {
+			bench.PrintFleet(a.stdout, steps)
+		}
+		return err
 	}
 	if c.Bool("lanes") {
 		lc.Client, lc.Worker, lc.Progress = rdb, worker, a.stderr
@@ -198,4 +245,28 @@ func intList(s, flag string, in span[int]) ([]int, error) {
 		out = append(out, n)
 	}
 	return out, nil
+}
+
+// fleetFlags checks and reads --fleet's list flags into fc.
+func fleetFlags(c *cli.Context, fc *bench.FleetConfig) error {
+	var err error
+	if fc.Instances, err = intList(c.String("instances"), "--instances", closed(1, 10000)); err != nil {
+		return err
+	}
+	for _, f := range strings.Split(c.String("budgets"), ",") {
+		var b float64
+		if f = strings.TrimSpace(f); f != "off" {
+			if err := (&numberValue[float64]{&b, above(0.0, limiter.MaxCallBudget)}).Set(f); err != nil {
+				return usagef("--budgets: %q %v (or off)", f, err)
+			}
+		}
+		fc.Budgets = append(fc.Budgets, b)
+	}
+	for _, w := range strings.Split(c.String("workloads"), ",") {
+		if w != "plenty" && w != "scarce" {
+			return usagef("--workloads: %q is not plenty or scarce", w)
+		}
+		fc.Workloads = append(fc.Workloads, w)
+	}
+	return nil
 }

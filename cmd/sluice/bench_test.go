@@ -129,3 +129,42 @@ func TestBenchLanes(t *testing.T) {
 		t.Errorf("keys left behind: %v", keys)
 	}
 }
+
+// TestBenchFleet: the fleet measurement on a real redis-server, across
+// processes: every step of every workload and budget ran without errors,
+// made calls, saw every instance take a decision at the new scale, never
+// admitted above the bound, and left no key; bad lists are refused naming
+// the flag. The figures themselves are docs/capacity.md's.
+func TestBenchFleet(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short")
+	}
+	srv := redistest.Start(t)
+	out, err := exec.Command(buildBinary(t), "--redis", srv.URL(), "bench", "--fleet", "--instances", "1,3", "--fleet-procs", "2",
+		"--budgets", "off,50", "--warmup", "200ms", "--measure", "2s", "--tick", "10ms", "--json").Output()
+	if err != nil {
+		t.Fatalf("sluice bench --fleet: %v\n%s", err, out)
+	}
+	var steps []bench.FleetStep
+	if err := json.Unmarshal(out, &steps); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	if len(steps) != 2*2*2 {
+		t.Fatalf("%d steps, want 8 (2 workloads × 2 counts × 2 budgets)", len(steps))
+	}
+	for _, s := range steps {
+		if s.Errors > 0 || s.CallsPS <= 0 || s.NotApplied > 0 || s.Granted <= 0 || float64(s.Granted) > s.Bound ||
+			s.Procs != min(2, s.Instances) || s.DelayMax < s.DelayP50 {
+			t.Errorf("step %+v", s)
+		}
+	}
+	if keys := srv.Client(t).Keys(t.Context(), "*fleet*").Val(); len(keys) > 0 {
+		t.Errorf("keys left behind: %v", keys)
+	}
+	for _, bad := range [][]string{{"--budgets", "off,-1", "--budgets"}, {"--instances", "0", "--instances"}, {"--workloads", "busy", "--workloads"}} {
+		r := sluice(t, nil, "--redis", srv.URL(), "bench", "--fleet", bad[0], bad[1])
+		if r.code == 0 || !strings.Contains(r.stderr, bad[2]) {
+			t.Errorf("%s %s: exit %d, %s", bad[0], bad[1], r.code, r.stderr)
+		}
+	}
+}

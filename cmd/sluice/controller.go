@@ -110,6 +110,7 @@ func controllerOptions(s *svc, id string, leaseTTL time.Duration) controller.Opt
 	lo := s.cfg.LimiterOptions()
 	o.Limiter.Outage, o.Limiter.TokenLease, o.Limiter.NoTokenLease = lo.Outage, lo.TokenLease, lo.NoTokenLease
 	o.Limiter.RefusalHold, o.Limiter.NoRefusalHold = lo.RefusalHold, lo.NoRefusalHold
+	o.Limiter.CallBudget, o.Limiter.NoCallBudget = lo.CallBudget, lo.NoCallBudget
 	if s.cfg.Feedback.Enabled {
 		fb := s.cfg.Feedback.Options
 		o.Feedback = &fb

@@ -119,6 +119,9 @@ type workerSpec struct {
 	// Lanes, when set, makes the worker one process of a lanes run
 	// (lanes.go) instead.
 	Lanes *laneSpec `json:"lanes,omitempty"`
+	// Fleet, when set, makes the worker one process of a fleet step
+	// (fleet.go) instead.
+	Fleet *fleetSpec `json:"fleet,omitempty"`
 }
 
 // Worker is the body of a worker process, given the spec Config.Worker
@@ -143,9 +146,12 @@ func Worker(ctx context.Context, rdb redis.UniversalClient, specJSON string, in 
 	ready := func() { fmt.Fprintln(out, "ready") }
 	var res any
 	var err error
-	if spec.Lanes != nil {
+	switch {
+	case spec.Lanes != nil:
 		res, err = runLaneProc(ctx, rdb, *spec.Lanes, ready, start)
-	} else {
+	case spec.Fleet != nil:
+		res, err = runFleetProc(ctx, rdb, *spec.Fleet, ready, start)
+	default:
 		res, err = runProc(ctx, rdb, spec.Workload, spec.Callers, ready, start)
 	}
 	if err != nil {

@@ -64,6 +64,7 @@ var keys = []Key{
 	{"rate_coordinator.outage_mode", "MDP_RATE_OUTAGE_MODE", "fail_closed", "while Redis is unreachable: fail_closed, fail_open or local_fallback"},
 	{"rate_coordinator.token_lease", "MDP_RATE_TOKEN_LEASE", limiter.DefaultTokenLease.String(), "tokens a replica takes ahead and hands out without a round trip, for at most this long: a change made elsewhere reaches it at most this late; a duration in [0, 1s], 0 off (docs/capacity.md)"},
 	{"rate_coordinator.refusal_hold", "MDP_RATE_REFUSAL_HOLD", limiter.DefaultRefusalHold.String(), "after Redis refuses one TryAcquire, the replica refuses its others locally until the refusal can have passed, for at most this long (a scale change's notification ends it); a duration in [0, 1s], 0 off"},
+	{"rate_coordinator.call_budget", "MDP_RATE_CALL_BUDGET", "20000", "Redis calls a second the replicas' token leases and held refusals of one provider stay within, however many replicas share it: leases and holds stretch with the live replica count (a lease to 2 × replicas ÷ budget, at most 1s), which is then how late a change made elsewhere may apply; a number in [0, 1e7], 0 off (docs/capacity.md)"},
 	{"rate_coordinator.provider_names", "MDP_RATE_PROVIDER_NAMES", "", "providers that MDP_RATE_<PROVIDER>_* variables alone may configure, comma-separated (feedback.provider_name and the providers the file or the flags name need no listing)"},
 	{"controller.streams", "SLUICE_CONTROLLER_STREAMS", "store", "write streams whose backlog the controller counts as pressure, comma-separated names of 1 to " + strconv.Itoa(controller.MaxStreamName) + " characters of " + keyspace.NameChars + ", each once (empty: none)"},
 	{"controller.stream_capacity", "SLUICE_CONTROLLER_STREAM_CAPACITY", "10000", "a stream's backlog that counts as full: soft from 60% (a pause with no coordinator alive), a pause from 85%; integer in [1, 1e9]"},
@@ -243,7 +244,9 @@ type Settings struct {
 	// TokenLease and RefusalHold are the limiter's options of the same
 	// names; 0 turns each off (LimiterOptions).
 	TokenLease, RefusalHold time.Duration
-	Providers               map[string]limiter.ProviderConfig
+	// CallBudget is the limiter's option of the same name; 0 turns it off.
+	CallBudget float64
+	Providers  map[string]limiter.ProviderConfig
 	// ProviderRules are the pacing rules of the providers whose rules a
 	// layer sets (none: remove them); a provider not in it keeps the set
 	// Redis holds.
@@ -977,16 +980,21 @@ func (p *parser) feedback(s *Settings) {
 	}
 	s.TokenLease = p.durationIn("rate_coordinator.token_lease", 0, time.Second)
 	s.RefusalHold = p.durationIn("rate_coordinator.refusal_hold", 0, time.Second)
+	if s.CallBudget = p.number("rate_coordinator.call_budget"); !(s.CallBudget >= 0 && s.CallBudget <= limiter.MaxCallBudget) {
+		p.fail("rate_coordinator.call_budget", "must be calls a second in [0, 1e7], 0 off")
+	}
 }
 
 // LimiterOptions are a limiter's options from the settings: the prefix,
-// the outage mode, the token lease and the refusal hold (0: off). The
+// the outage mode, the token lease, the refusal hold and the call budget
+// (0: off). The
 // caller adds who it is (ReplicaID, Source, Logger, Registerer).
 func (s *Settings) LimiterOptions() limiter.Options {
 	return limiter.Options{
 		Prefix: s.Redis.Prefix, Outage: s.Outage,
 		TokenLease: s.TokenLease, NoTokenLease: s.TokenLease == 0,
 		RefusalHold: s.RefusalHold, NoRefusalHold: s.RefusalHold == 0,
+		CallBudget: s.CallBudget, NoCallBudget: s.CallBudget == 0,
 	}
 }
 

@@ -45,6 +45,7 @@ rate_coordinator:
   outage_mode: local_fallback
   token_lease: 2ms
   refusal_hold: 10ms
+  call_budget: 5000
   providers:
     IBKR: {capacity: 100, refill_rate: 60, cooldown_sec: 300}
 receiver:
@@ -79,6 +80,7 @@ func TestConfigPrecedence(t *testing.T) {
 		{"rate_coordinator.outage_mode", "MDP_RATE_OUTAGE_MODE", "", "fail_closed", "local_fallback", "fail_open", ""},
 		{"rate_coordinator.token_lease", "MDP_RATE_TOKEN_LEASE", "token-lease", "5ms", "2ms", "0", "1s"},
 		{"rate_coordinator.refusal_hold", "MDP_RATE_REFUSAL_HOLD", "refusal-hold", "20ms", "10ms", "0s", "50ms"},
+		{"rate_coordinator.call_budget", "MDP_RATE_CALL_BUDGET", "call-budget", "20000", "5000", "0", "300000"},
 		{"rate_coordinator.providers.IBKR.capacity", "MDP_RATE_IBKR_CAPACITY", "", "", "100", "120", ""},
 		{"rate_coordinator.providers.IBKR.refill_rate", "MDP_RATE_IBKR_REFILL_RATE", "", "", "60", "75.5", ""},
 		{"rate_coordinator.providers.IBKR.cooldown_sec", "MDP_RATE_IBKR_COOLDOWN_SEC", "", "", "300", "30", ""},
@@ -145,6 +147,36 @@ func TestConfigLocalAnswers(t *testing.T) {
 	for _, bad := range []string{"MDP_RATE_TOKEN_LEASE=-1ms", "MDP_RATE_TOKEN_LEASE=2s", "MDP_RATE_TOKEN_LEASE=soon", "MDP_RATE_REFUSAL_HOLD=1h"} {
 		_, err := load("", []string{bad})
 		if err == nil || !strings.Contains(err.Error(), "[0s, 1s]") {
+			t.Errorf("%s: %v, want an error naming the range", bad, err)
+		}
+	}
+}
+
+// TestConfigCallBudget: the call budget is on by default at the limiter's
+// default, 0 turns it off, and a value outside [0, 1e7] (or not a number)
+// is refused naming the key and the range.
+func TestConfigCallBudget(t *testing.T) {
+	c, err := load("", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o := c.LimiterOptions(); o.CallBudget != limiter.DefaultCallBudget || o.NoCallBudget {
+		t.Fatalf("default: %v (off %v)", o.CallBudget, o.NoCallBudget)
+	}
+	for env, want := range map[string]float64{"MDP_RATE_CALL_BUDGET=0": 0, "MDP_RATE_CALL_BUDGET=2500": 2500, "MDP_RATE_CALL_BUDGET=1e7": 1e7} {
+		c, err := load("", []string{env})
+		if err != nil {
+			t.Fatalf("%s: %v", env, err)
+		}
+		if o := c.LimiterOptions(); o.CallBudget != want || o.NoCallBudget != (want == 0) {
+			t.Errorf("%s: %v (off %v)", env, o.CallBudget, o.NoCallBudget)
+		}
+	}
+	for _, bad := range []string{"MDP_RATE_CALL_BUDGET=-1", "MDP_RATE_CALL_BUDGET=2e7", "MDP_RATE_CALL_BUDGET=NaN", "MDP_RATE_CALL_BUDGET=lots"} {
+		_, err := load("", []string{bad})
+		if err == nil || !strings.Contains(err.Error(), "rate_coordinator.call_budget") {
+			t.Errorf("%s: %v, want an error naming the key", bad, err)
+		} else if (strings.HasSuffix(bad, "=-1") || strings.HasSuffix(bad, "=2e7")) && !strings.Contains(err.Error(), "[0, 1e7]") {
 			t.Errorf("%s: %v, want an error naming the range", bad, err)
 		}
 	}

@@ -139,9 +139,22 @@ func (w *waiter) wait(ctx context.Context, d Decision) error {
 		return denied(w.st.name, w.n, d)
 	}
 	if w.takeTurn(ctx) {
-		_ = sleep(ctx, d.RetryAfter+w.c.jitter(), nil) // on ctx's end, acquire returns
+		_ = sleep(ctx, w.c.pollAfter(w.st, d)+w.c.jitter(), nil) // on ctx's end, acquire returns
 	}
 	return nil
+}
+
+// pollAfter is how long the waiter whose turn it is waits after refusal d
+// before asking again: d's RetryAfter, and for a rate limit at least the
+// replica's turn at the call budget (live replicas ÷ CallBudget, as for a
+// held refusal), so that the polling waiters of many replicas stay within
+// the budget too.
+func (c *Limiter) pollAfter(st *providerState, d Decision) time.Duration {
+	if d.Reason != ReasonRateLimited {
+		return d.RetryAfter
+	}
+	_, spacing := c.holdLimit(st)
+	return max(d.RetryAfter, spacing)
 }
 
 // ruleLimited waits after a pacing rule's refusal. Rules may be keyed, so

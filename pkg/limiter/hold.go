@@ -20,8 +20,8 @@ type refusalHold struct {
 	n     int       // the tokens the refused request asked for
 	at    time.Time // local time the call that took it began
 	delay time.Duration
-	fair  time.Duration // the process's turn: its grants since the last refusal × replicas ÷ rate
-	until time.Time     // nothing is held at or after: at + RefusalHold at most
+	fair  time.Duration // the process's turn: its grants since the last refusal × replicas ÷ rate, or its turn at the call budget
+	until time.Time     // nothing is held at or after: at + the hold limit (RefusalHold, stretched by CallBudget) at most
 	// granted counts the tokens Redis granted this process since its last
 	// refusal.
 	granted int64
@@ -45,10 +45,11 @@ func holdable(d Decision) bool {
 // or, for a rate limit, the process's turn if later (the tokens it was
 // granted since its last refusal, times replicas, at the refill rate: so
 // that a process that just took a refill leaves the next ones to the
-// others and shares stay fair), plus a random delay of up to min(jitter,
-// that wait); at most limit from at. A pause, whose end nobody can foresee,
-// is held for limit less a random delay.
-func (h *refusalHold) observe(d Decision, n int, granted int64, replicas int, at time.Time, limit, jitter time.Duration) {
+// others and shares stay fair) or spacing (the replica's turn at the call
+// budget) if later, plus a random delay of up to min(jitter, that wait);
+// at most limit from at. A pause, whose end nobody can foresee, is held
+// for limit less a random delay.
+func (h *refusalHold) observe(d Decision, n int, granted int64, replicas int, at time.Time, limit, spacing, jitter time.Duration) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.granted += granted
@@ -58,7 +59,7 @@ func (h *refusalHold) observe(d Decision, n int, granted int64, replicas int, at
 	}
 	wait, fair := d.RetryAfter, time.Duration(0)
 	if rate := d.RefillRate * d.Scale; d.Reason == ReasonRateLimited && rate > 0 {
-		fair = time.Duration(float64(h.granted) * float64(replicas) / rate * float64(time.Second))
+		fair = max(time.Duration(float64(h.granted)*float64(replicas)/rate*float64(time.Second)), spacing)
 		wait = max(wait, fair)
 	}
 	h.granted = 0
@@ -141,7 +142,8 @@ func (c *Limiter) observed(st *providerState, d Decision, n int, granted int64, 
 	if c.opts.NoRefusalHold {
 		return
 	}
-	st.hold.observe(d, n, granted, st.member.live(), start, c.opts.RefusalHold, c.opts.WakeJitter)
+	limit, spacing := c.holdLimit(st)
+	st.hold.observe(d, n, granted, st.member.live(), start, limit, spacing, c.opts.WakeJitter)
 	if holdable(d) {
 		c.watchChanges(st)
 	}

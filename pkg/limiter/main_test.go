@@ -47,56 +47,71 @@ type replicaResult struct {
 // goroutines until it reads "stop" on stdin, then prints its replicaResult.
 // The provider is paused when the test starts it: it prints "ready" once
 // every worker waits for the pause to end. With MODE=try its workers call
-// TryAcquire in a loop instead (ready once each has been refused).
+// TryAcquire in a loop instead (ready once each has been refused). With
+// INSTANCES=n it runs n limiter instances, each on its own client with
+// WORKERS workers (a fleet of replicas in one process); CALL_BUDGET sets
+// their Options.CallBudget (unset: the default).
 func runReplica() int {
 	addr, provider := os.Getenv("REDIS_ADDR"), os.Getenv("PROVIDER")
 	workers, _ := strconv.Atoi(os.Getenv("WORKERS"))
+	instances, _ := strconv.Atoi(os.Getenv("INSTANCES"))
+	instances = max(instances, 1)
 	lease, _ := time.ParseDuration(os.Getenv("TOKEN_LEASE")) // unset: the default
-	rdb := redis.NewClient(&redis.Options{Addr: addr, PoolSize: workers + 2})
-	defer rdb.Close()
-	reg := prometheus.NewRegistry()
 	// A minute's CallTimeout, as newCoord's: a starved but healthy Redis is
 	// not an outage here (an error would end a worker).
-	o := limiter.Options{Logger: quiet, Registerer: reg, TokenLease: lease, CallTimeout: time.Minute}
+	o := limiter.Options{Logger: quiet, TokenLease: lease, CallTimeout: time.Minute}
 	o.NoRefusalHold = os.Getenv("REFUSAL_HOLD") == "0"
 	o.Heartbeat, _ = time.ParseDuration(os.Getenv("HEARTBEAT")) // unset: the default
-	c, err := limiter.New(rdb, o)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 2
-	}
-	defer c.Close()
+	o.CallBudget, _ = strconv.ParseFloat(os.Getenv("CALL_BUDGET"), 64)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	var admitted, leased, held, refused atomic.Int64
 	var wg sync.WaitGroup
-	acquire := c.Acquire
-	if os.Getenv("MODE") == "try" {
-		acquire = c.TryAcquire
-	}
-	for range workers {
-		wg.Go(func() {
-			first := true
-			for d, err := acquire(ctx, provider, 1); err == nil; d, err = acquire(ctx, provider, 1) {
-				if !d.Allowed {
-					if first {
-						refused.Add(1)
-						first = false
+	var regs []*prometheus.Registry
+	for range instances {
+		rdb := redis.NewClient(&redis.Options{Addr: addr, PoolSize: workers + 2})
+		defer rdb.Close()
+		o.Registerer = prometheus.NewRegistry()
+		regs = append(regs, o.Registerer.(*prometheus.Registry))
+		c, err := limiter.New(rdb, o)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 2
+		}
+		defer c.Close()
+		acquire := c.Acquire
+		if os.Getenv("MODE") == "try" {
+			acquire = c.TryAcquire
+		}
+		for range workers {
+			wg.Go(func() {
+				first := true
+				for d, err := acquire(ctx, provider, 1); err == nil; d, err = acquire(ctx, provider, 1) {
+					if !d.Allowed {
+						if first {
+							refused.Add(1)
+							first = false
+						}
+						if d.Held {
+							held.Add(1)
+						}
+						continue
 					}
-					if d.Held {
-						held.Add(1)
+					admitted.Add(1)
+					if d.Leased {
+						leased.Add(1)
 					}
-					continue
 				}
-				admitted.Add(1)
-				if d.Leased {
-					leased.Add(1)
-				}
-			}
-		})
+			})
+		}
 	}
-	for pausedWaiters(reg, provider) < float64(workers) && refused.Load() < int64(workers) {
+	all := int64(workers * instances)
+	for paused := float64(0); int64(paused) < all && refused.Load() < all; {
 		time.Sleep(5 * time.Millisecond)
+		paused = 0
+		for _, reg := range regs {
+			paused += pausedWaiters(reg, provider)
+		}
 	}
 	fmt.Println("ready")
 	_, _ = bufio.NewReader(os.Stdin).ReadString('\n')

@@ -42,7 +42,8 @@ type Options struct {
 	// so waiters do not all retry at the same instant; default 5ms.
 	WakeJitter time.Duration
 	// Heartbeat is how often this replica renews its entry in the replica
-	// registry (the entry lives 3 heartbeats); default 2s.
+	// registry (the entry lives 3 heartbeats); longer for a provider whose
+	// replicas would exceed a tenth of CallBudget; default 2s.
 	Heartbeat time.Duration
 	// RedisRetry is how often Redis is probed, in the background, for a
 	// provider whose call found Redis unable to serve it (EXISTS on the
@@ -97,8 +98,10 @@ type Options struct {
 	// (a scale change usually sooner: its notification ends the lease); one
 	// made through this Limiter (SetBudgetScale, RecordFailure,
 	// TriggerCooldown) ends the lease before it returns. A provider with
-	// pacing rules never leases. Default DefaultTokenLease; at most 1s;
-	// NoTokenLease, or MaxBatch 1, turns it off.
+	// pacing rules never leases. With many replicas of a provider
+	// CallBudget stretches the lease (and so this bound) to 2 × replicas ÷
+	// CallBudget when that is longer. Default DefaultTokenLease; at most
+	// 1s; NoTokenLease, or MaxBatch 1, turns it off.
 	TokenLease time.Duration
 	// NoTokenLease turns the token lease off: every grant is a decision of
 	// Redis at its time, and a change made elsewhere applies at this
@@ -116,12 +119,37 @@ type Options struct {
 	// it never over-admits; what it may cost is a grant refused up to
 	// RefusalHold after a change elsewhere made room (a refund, a new
 	// config). Acquire never holds (its waiters take turns instead), nor
-	// does a provider with pacing rules. Default 20ms; at most 1s;
-	// NoRefusalHold turns it off.
+	// does a provider with pacing rules. With many replicas of a provider
+	// CallBudget stretches the limit to replicas ÷ CallBudget when that is
+	// longer, and holds a rate limit at least that long. Default 20ms; at
+	// most 1s; NoRefusalHold turns it off.
 	RefusalHold time.Duration
 	// NoRefusalHold turns the held refusals off: every TryAcquire asks
 	// Redis.
 	NoRefusalHold bool
+	// CallBudget is the Redis calls a second that the token leases and the
+	// held refusals of all the replicas of one provider should stay within,
+	// whatever their number: with N live replicas (the count each reads at
+	// its heartbeat), a lease lasts max(TokenLease, 2 × N ÷ CallBudget)
+	// (a busy replica renews it and gives back what is left about once a
+	// period), a refusal is held up to max(RefusalHold, N ÷ CallBudget)
+	// and a rate limit at least N ÷ CallBudget (one call per replica per
+	// hold; the Acquire waiter whose turn it is polls a rate limit no
+	// sooner either); neither longer than 1s, so past CallBudget ÷ 2 replicas the
+	// budget is exceeded. The stretched lease is then the bound on how late
+	// a change made elsewhere applies (a scale change's notification still
+	// ends leases and holds at once). Heartbeats take a tenth of it: the
+	// heartbeat period stretches to max(Heartbeat, 10 × N ÷ CallBudget),
+	// at most 1 min (the registry entry lives three periods, so the count
+	// sees replicas come and go that much later). Grants under scarcity
+	// (one call per process's batch), pacing rules, lanes and the calls a
+	// scale change's notification causes (about two per leasing replica)
+	// are outside it. Default
+	// DefaultCallBudget; in (0, 1e7]; NoCallBudget turns it off (TokenLease
+	// and RefusalHold then hold whatever the replicas).
+	CallBudget float64
+	// NoCallBudget turns the call budget off.
+	NoCallBudget bool
 	// Now is the clock of the local fallback bucket; default time.Now.
 	// Everything shared uses Redis time instead.
 	Now func() time.Time
@@ -152,6 +180,7 @@ func (o Options) withDefaults() (Options, error) {
 		opts.Positive("call_timeout", &o.CallTimeout, 500*time.Millisecond),
 		opts.Positive("token_lease", &o.TokenLease, DefaultTokenLease),
 		opts.Positive("refusal_hold", &o.RefusalHold, DefaultRefusalHold),
+		opts.Positive("call_budget", &o.CallBudget, DefaultCallBudget),
 	), &oe) {
 		return o, &ArgumentError{oe.Field, oe.Value, oe.Rule}
 	}
@@ -165,6 +194,7 @@ func (o Options) validate() error {
 		check(within(o.MaxBatch, 1, maxRequests), "max_batch", o.MaxBatch, "an integer in [1, 1000]"),
 		check(withinAbove(o.TokenLease, 0, time.Second), "token_lease", o.TokenLease, "a duration in (0, 1s]"),
 		check(withinAbove(o.RefusalHold, 0, time.Second), "refusal_hold", o.RefusalHold, "a duration in (0, 1s]"),
+		check(withinAbove(o.CallBudget, 0, MaxCallBudget), "call_budget", o.CallBudget, "calls a second in (0, 1e7]"),
 		validName("prefix", o.Prefix),
 		check(len(o.ReplicaID) <= 128 && !strings.ContainsAny(o.ReplicaID, " \t\r\n"),
 			"replica_id", strconv.Quote(o.ReplicaID), "at most 128 characters without spaces"),
@@ -182,6 +212,13 @@ const (
 	DefaultTokenLease = 5 * time.Millisecond
 	// DefaultRefusalHold is Options.RefusalHold's default.
 	DefaultRefusalHold = 20 * time.Millisecond
+	// DefaultCallBudget is Options.CallBudget's default, in calls a
+	// second per provider: about 0.75 of a Redis core at ~37 µs a call
+	// (docs/capacity.md). It stretches nothing below 50 live replicas
+	// (the lease) and 400 (the refusal hold's limit).
+	DefaultCallBudget = 20000
+	// MaxCallBudget is the largest Options.CallBudget.
+	MaxCallBudget = 1e7
 )
 
 // leasing reports whether o lets a process lease tokens.

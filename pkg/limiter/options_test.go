@@ -2,6 +2,7 @@ package limiter_test
 
 import (
 	"errors"
+	"math"
 	"strings"
 	"testing"
 	"time"
@@ -26,6 +27,9 @@ func TestOptionsValidation(t *testing.T) {
 		{limiter.Options{TokenLease: -time.Millisecond}, "token_lease=-1ms"},
 		{limiter.Options{TokenLease: 2 * time.Second}, "token_lease=2s"},
 		{limiter.Options{TokenLease: time.Millisecond, MaxBatch: 1}, "max_batch is 1"},
+		{limiter.Options{CallBudget: -1}, "call_budget=-1"},
+		{limiter.Options{CallBudget: math.NaN()}, "call_budget=NaN"},
+		{limiter.Options{CallBudget: 2e7}, "call_budget=2e+07 must be calls a second in (0, 1e7]"},
 	} {
 		c, err := limiter.New(rdb, tc.o)
 		if err == nil {

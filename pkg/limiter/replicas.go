@@ -14,6 +14,8 @@ import (
 type membership struct {
 	active atomic.Bool
 	count  atomic.Int64 // live replicas at the last heartbeat; 0 before one
+	beaten atomic.Int64 // local time (Unix ns) of the last heartbeat sent
+	period atomic.Int64 // the heartbeat period (ns) that heartbeat announced; 0 before one
 }
 
 // join marks the replica active; it returns true for the call that did,
@@ -62,30 +64,47 @@ func (m *membership) joined() bool { return m.active.Load() }
 // live is the number of live replicas at the last heartbeat, at least 1.
 func (m *membership) live() int { return int(max(m.count.Load(), 1)) }
 
-func (c *Limiter) heartbeatTTL() time.Duration { return 3 * c.opts.Heartbeat }
+// nextPeriod is the heartbeat period the next heartbeat for st announces:
+// beatPeriod, but at most twice the last one announced, so that the next
+// heartbeat after it comes before the entry it renewed expires (three
+// periods) however fast the count grew.
+func (c *Limiter) nextPeriod(st *providerState) time.Duration {
+	p := c.beatPeriod(st)
+	if last := time.Duration(st.member.period.Load()); last > 0 {
+		p = min(p, 2*last)
+	}
+	return p
+}
 
-// beatAll heartbeats for every provider this replica acquired from, except
-// those in outage mode (their probe watches Redis; on a cluster, a dead
-// node's providers must not spend the others' heartbeat time); it always
-// returns true (keep going).
+// beatAll heartbeats for every provider this replica acquired from whose
+// heartbeat period (beatPeriod: Heartbeat, or longer for a large fleet)
+// is, to within half a Heartbeat, over, except those in outage mode (their
+// probe watches Redis; on a cluster, a dead node's providers must not
+// spend the others' heartbeat time); it always returns true (keep going).
 func (c *Limiter) beatAll() bool {
 	c.mu.Lock()
 	states := c.statesLocked()
 	c.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), c.opts.Heartbeat)
 	defer cancel()
+	now := time.Now()
 	for _, st := range states {
-		if st.member.joined() && !st.health.isDown() {
+		due := time.Unix(0, st.member.beaten.Load()).Add(time.Duration(st.member.period.Load()) - c.opts.Heartbeat/2)
+		if st.member.joined() && !st.health.isDown() && !now.Before(due) {
 			c.beat(ctx, st)
 		}
 	}
 	return true
 }
 
-// beat renews this replica in provider's registry and learns how many live
-// replicas share it. On failure the last count stays.
+// beat renews this replica in provider's registry for three heartbeat
+// periods (nextPeriod) and learns how many live replicas share it. On
+// failure the last count stays.
 func (c *Limiter) beat(ctx context.Context, st *providerState) {
-	res, err := c.script(ctx, st, heartbeatScript, []string{st.keys.replicas}, "beat", c.opts.ReplicaID, c.heartbeatTTL().Milliseconds())
+	period := c.nextPeriod(st)
+	st.member.beaten.Store(time.Now().UnixNano())
+	st.member.period.Store(int64(period))
+	res, err := c.script(ctx, st, heartbeatScript, []string{st.keys.replicas}, "beat", c.opts.ReplicaID, (3 * period).Milliseconds())
 	n, ok := res.(int64)
 	if err == nil && !ok {
 		err = fmt.Errorf("heartbeat: reply %v is not an integer", res)
@@ -101,6 +120,6 @@ func (c *Limiter) beat(ctx context.Context, st *providerState) {
 // leave removes this replica from the registry of st, if it joined it.
 func (c *Limiter) leave(ctx context.Context, st *providerState) {
 	if st.member.joined() {
-		_, _ = c.script(ctx, st, heartbeatScript, []string{st.keys.replicas}, "leave", c.opts.ReplicaID, c.heartbeatTTL().Milliseconds())
+		_, _ = c.script(ctx, st, heartbeatScript, []string{st.keys.replicas}, "leave", c.opts.ReplicaID, (3 * c.opts.Heartbeat).Milliseconds())
 	}
 }

@@ -16,7 +16,7 @@ type tokenLease struct {
 	left    int64     // tokens not yet handed out
 	used    int64     // handed out since the lease was last renewed
 	renewed time.Time // local time of the call that last renewed it
-	expires time.Time // renewed + Options.TokenLease: nothing is handed out after
+	expires time.Time // renewed + the lease period: nothing is handed out after
 	d       Decision  // the decision of that call: scale, level, config, breaker
 	dropped time.Time // local time of the last dropLease
 	timer   *time.Timer
@@ -41,11 +41,12 @@ func (l *tokenLease) take(n int, now time.Time) (Decision, bool) {
 // when the last decision did not find the provider open (not ok, paused,
 // breaker not closed). Otherwise twice what the lease handed out since it
 // was last renewed (at least the batch's tokens), but never more than
-// refills during one TokenLease at the scale in force (so leased tokens
-// widen no window by more than that), nor more than half of what the bucket
-// held after the batch at the process's last call: a lease is taken from
-// plenty, so while tokens are scarce processes ask only for what their
-// callers want, and shares stay fair.
+// refills during one lease period (leasePeriod: TokenLease, stretched by
+// CallBudget) at the scale in force (so leased tokens widen no window by
+// more than that), nor more than half of what the bucket held after the
+// batch at the process's last call: a lease is taken from plenty, so while
+// tokens are scarce processes ask only for what their callers want, and
+// shares stay fair.
 func (c *Limiter) leaseWant(st *providerState, tokens int64) int64 {
 	if !c.opts.leasing() {
 		return 0
@@ -59,7 +60,7 @@ func (c *Limiter) leaseWant(st *providerState, tokens int64) int64 {
 		return 0
 	}
 	want := max(2*used, tokens)
-	want = min(want, int64(last.RefillRate*last.Scale*c.opts.TokenLease.Seconds()))
+	want = min(want, int64(last.RefillRate*last.Scale*c.leasePeriod(st).Seconds()))
 	return max(0, min(want, int64(last.Remaining-float64(tokens))/2))
 }
 
@@ -70,19 +71,20 @@ func leasable(d Decision) bool {
 }
 
 // renewLease adds want tokens, just taken by a call that started at start
-// and took decision d, to st's lease, and makes it last Options.TokenLease
-// from start. Tokens still left from before stay, unless that lease had
-// expired: they too were taken by a call that saw the shared state open,
-// and this one saw it open again. The tokens go back instead when the lease
-// was dropped while the call was in flight (a change through this
-// Limiter, or Close), or when the call took so long that the lease
-// would be over on arrival.
+// and took decision d, to st's lease, and makes it last one lease period
+// (leasePeriod) from start. Tokens still left from before stay, unless
+// that lease had expired: they too were taken by a call that saw the
+// shared state open, and this one saw it open again. The tokens go back
+// instead when the lease was dropped while the call was in flight (a
+// change through this Limiter, or Close), or when the call took so long
+// that the lease would be over on arrival.
 func (c *Limiter) renewLease(st *providerState, want int64, start time.Time, d Decision) {
 	closed := c.isClosed()
 	b := &st.batch
 	b.mu.Lock()
 	l := &b.lease
-	now, expires := time.Now(), start.Add(c.opts.TokenLease)
+	period := c.leasePeriod(st)
+	now, expires := time.Now(), start.Add(period)
 	if closed || !l.dropped.Before(start) || !now.Before(expires) {
 		b.mu.Unlock()
 		c.refund(st, want)
@@ -96,7 +98,7 @@ func (c *Limiter) renewLease(st *providerState, want int64, start time.Time, d D
 	l.used = 0
 	l.renewed, l.expires, l.d = start, expires, d
 	if l.timer == nil {
-		l.timer = time.AfterFunc(c.opts.TokenLease, func() { c.expireLease(st) })
+		l.timer = time.AfterFunc(period, func() { c.expireLease(st) })
 	} else {
 		l.timer.Reset(expires.Sub(now))
 	}
