@@ -93,9 +93,9 @@ end
 if #args > 1000 then
   return invalid('requests', #args, 'at most 1000 per call')
 end
-local ns = {}
+local ns = #args > 1 and {} or args
 for i = 1, #args do
-  local n = num(args[i])
+  local n = args[i] == '1' and 1 or num(args[i])
   if not (n ~= nil and n % 1 == 0 and n >= 1 and n <= 1e9) then
     return invalid('n', args[i], 'an integer in [1, 1000000000]')
   end
@@ -120,7 +120,7 @@ if not cfg[1] then
 end
 local spec -- the rules in force, flat: name, kind, limit, span_ms, scaled for each
 local hmget -- the HMGET of KEYS[6] that reads the window and concurrency rules' fields
-local now_s -- the rules form's now, formatted once
+local now_s -- now as a decimal string (now_us)
 if cfg[4] or rules_form then
   if not rules_form or rev ~= (cfg[4] or '') then
     local text = cfg[4] and redis.call('HGET', KEYS[1], 'rules') or '[]'
@@ -185,26 +185,36 @@ if cfg[4] or rules_form then
     return bad
   end
 end
-local capacity, rate = num(cfg[1]), num(cfg[2])
-if not (capacity and rate) then
-  return corrupt(KEYS[1], capacity and 'refill_rate' or 'capacity', capacity and cfg[2] or cfg[1])
+-- Stored numbers are guarded (lib.lua): register and set_scale checked
+-- them strictly when they wrote them; here each must be finite and in the
+-- range they allow, or the call is refused (the budget never widens).
+local capacity, rate = guard(cfg[1]), guard(cfg[2])
+if not (capacity and capacity % 1 == 0 and capacity >= 1 and capacity <= 1e9) then
+  return corrupt(KEYS[1], 'capacity', cfg[1])
+end
+if not (rate and rate > 0 and rate <= 1e9) then
+  return corrupt(KEYS[1], 'refill_rate', cfg[2])
 end
 
-local now = now_us()
+local now
+now, now_s = now_us()
 local sh = redis.call('HMGET', KEYS[3], 'scale', 'level')
 local scale_s = sh[1] or '1'
-local scale = num(scale_s)
-if scale == nil then
+-- The scale, which an operator may write by hand, is read strictly, unless
+-- it is '1' (the usual, and an absent hash): comparing interned strings
+-- costs nothing.
+local scale = scale_s == '1' and 1 or num(scale_s)
+if not (scale and scale >= 0 and scale <= 100) then
   return corrupt(KEYS[3], 'scale', scale_s)
 end
 local level = sh[2] or 'ok'
 -- Usually there is neither breaker state nor a cooldown: one EXISTS for both.
 local guarded = redis.call('EXISTS', KEYS[4], KEYS[5]) > 0
-local br = {false, false, false}
+local br, state = nil, 'closed'
 if guarded then
   br = redis.call('HMGET', KEYS[4], 'state', 'opened_at', 'probe_until')
+  state = br[1] or 'closed'
 end
-local state = br[1] or 'closed'
 
 -- fill is the refill rate the first request not granted waits on: the
 -- bucket's, or its lane's share.
@@ -404,20 +414,22 @@ if behind then
   if lanes then
     lanes.store(tokens, now)
   else
-    store_bucket(KEYS[2], tokens, now)
+    redis.call('HSET', KEYS[2], 'tokens', dec(tokens), 'ts', now_s)
   end
 end
 
-local function reply(allowed, retry, reason, tokens_s)
-  local t = {allowed, tokens_s or dec(tokens), retry, scale_s, reason, level, cfg[1], cfg[2], state, now}
-  if spec then
-    t[11], t[12] = '', 0
-  end
-  return t
+-- The reply (see the top), the one table the decision makes: a refusal
+-- fills in tokens, retry_after_us and reason ([11] too in the rules form),
+-- the grant below the rest. (No helper function: making one, as a script
+-- does for each on every call, costs more than these lines.)
+local out = {0, false, 0, scale_s, 'ok', level, cfg[1], cfg[2], state, now}
+if spec then
+  out[11], out[12] = '', 0
 end
 
 if n > (lanes and lanes.reach or capacity) then
-  return reply(0, -1, 'exceeds_capacity')
+  out[2], out[3], out[5] = dec(tokens), -1, 'exceeds_capacity'
+  return out
 end
 
 local cd = guarded and redis.call('GET', KEYS[5])
@@ -425,7 +437,8 @@ if cd then
   local ok, c = pcall(cjson.decode, cd)
   local until_us = ok and type(c) == 'table' and tonumber(c.until_ms) and tonumber(c.until_ms) * 1000
   if until_us and until_us > now then
-    return reply(0, math.ceil(until_us - now), 'cooldown')
+    out[2], out[3], out[5] = dec(tokens), math.ceil(until_us - now), 'cooldown'
+    return out
   end
 end
 
@@ -434,35 +447,22 @@ local timeout_us = guarded and (num(cfg[3]) or 0) * 1000000
 if state == 'open' then
   local reopen = (num(br[2]) or 0) + timeout_us
   if reopen > now then
-    return reply(0, math.ceil(reopen - now), 'circuit_open')
+    out[2], out[3], out[5] = dec(tokens), math.ceil(reopen - now), 'circuit_open'
+    return out
   end
   probe = true
 elseif state == 'half_open' then
   local probe_until = num(br[3]) or 0
   if probe_until > now then
-    return reply(0, math.ceil(probe_until - now), 'circuit_open')
+    out[2], out[3], out[5] = dec(tokens), math.ceil(probe_until - now), 'circuit_open'
+    return out
   end
   probe = true
 end
 
 if fill <= 0 then -- scale 0, and no floor for this lane
-  return reply(0, -1, 'paused')
-end
-
--- commit writes the bucket after a grant (tokens already taken), opens
--- the probe if the grant is one, and replies.
-local function commit(granted, retry, reason)
-  local tokens_s = dec(tokens)
-  if lanes then
-    lanes.store(tokens, now)
-  else
-    redis.call('HSET', KEYS[2], 'tokens', tokens_s, 'ts', now_s or int(now))
-  end
-  if probe then
-    state = 'half_open'
-    redis.call('HSET', KEYS[4], 'state', state, 'probe_until', int(now + timeout_us))
-  end
-  return reply(granted, retry, reason, tokens_s)
+  out[2], out[3], out[5] = dec(tokens), -1, 'paused'
+  return out
 end
 
 -- The rules form's helpers (made only in the rules form: a script makes
@@ -532,7 +532,6 @@ if spec then
   if tokens < n then
     wait = math.ceil((n - tokens) * 1000000 / fill)
   end
-  now_s = string.format('%d', now)
   local hv = #hmget > 2 and redis.call(unpack(hmget)) or hmget
   local hset, sets, taken, fixed, expiry = {'HSET', KEYS[6]}, nil, nil, nil, 0
   local hi, ki = 0, 6
@@ -700,9 +699,8 @@ if spec then
     if fixed then
       redis.call(unpack(fixed))
     end
-    local t = reply(0, wait, rule == '' and 'rate_limited' or 'rule_limited')
-    t[11] = rule
-    return t
+    out[2], out[3], out[5], out[11] = dec(tokens), wait, rule == '' and 'rate_limited' or 'rule_limited', rule
+    return out
   end
   if #hset > 2 then
     redis.call(unpack(hset))
@@ -716,14 +714,12 @@ if spec then
       redis.call('SET', sets[i], sets[i + 1], 'PXAT', string.format('%d', at))
     end
   end
-  tokens = tokens - n
-  local t = commit(1, 0, probe and 'probe' or 'ok')
-  t[12] = expiry
-  return t
+  out[12] = expiry -- and granted below, as one request of the plain form
 end
 
 if tokens < n then
-  return reply(0, math.ceil((n - tokens) * 1000000 / fill), 'rate_limited')
+  out[2], out[3], out[5] = dec(tokens), math.ceil((n - tokens) * 1000000 / fill), 'rate_limited'
+  return out
 end
 
 -- Grant in order while the tokens last. A probe is one request alone.
@@ -741,4 +737,16 @@ elseif next_n and next_n > (lanes and lanes.reach or capacity) then
 elseif next_n then
   retry, reason = math.ceil((next_n - tokens) * 1000000 / fill), 'rate_limited'
 end
-return commit(granted, retry, reason)
+-- Write the bucket, open the probe if the grant is one, and reply.
+local tokens_s = dec(tokens)
+if lanes then
+  lanes.store(tokens, now)
+else
+  redis.call('HSET', KEYS[2], 'tokens', tokens_s, 'ts', now_s)
+end
+if probe then
+  out[9] = 'half_open'
+  redis.call('HSET', KEYS[4], 'state', 'half_open', 'probe_until', int(now + timeout_us))
+end
+out[1], out[2], out[3], out[5] = granted, tokens_s, retry, reason
+return out

@@ -337,9 +337,10 @@ func (c *Limiter) decideOne(ctx context.Context, st *providerState, n int, form 
 	return d, nil
 }
 
-// acquireKeys are the KEYS of acquire.lua for a provider.
+// acquireKeys are the KEYS of acquire.lua for a provider: shared, never
+// to be written (an append copies them).
 func acquireKeys(k keys) []string {
-	return []string{k.config, k.bucket, k.scale, k.breaker, k.cooldown}
+	return k.acquire
 }
 
 // count records the outcome of a public acquisition call in lane (""
