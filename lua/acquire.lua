@@ -93,6 +93,10 @@ end
 if #args > 1000 then
   return invalid('requests', #args, 'at most 1000 per call')
 end
+-- ns: the requests' n as numbers. One request's replaces its string in
+-- args (ARGV, or the forms' own table): a new table costs more than twenty
+-- lines of Lua. n is read strictly, unless it is '1' (the usual: comparing
+-- Lua strings costs nothing).
 local ns = #args > 1 and {} or args
 for i = 1, #args do
   local n = args[i] == '1' and 1 or num(args[i])

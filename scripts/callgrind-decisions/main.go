@@ -50,6 +50,9 @@ type decisionCase struct {
 	// peer, when set, decides instead of decide: the reference peer, on
 	// the same server and limits (no provider is registered).
 	peer func(ctx context.Context, rdb *redis.Client) error
+	// rate is the provider's refill rate (0: 1e9/s, a bucket always full,
+	// its tokens a whole number).
+	rate float64
 }
 
 func plain(ctx context.Context, c *limiter.Limiter, _ int) (*limiter.Permit, error) {
@@ -92,6 +95,7 @@ var keep string // -keep
 
 var cases = []decisionCase{
 	{name: "plain", what: "plain form, bucket only", decide: plain},
+	{name: "plain-frac", what: "plain form, fractional tokens", decide: plain, rate: 0.5},
 	{name: "lane-less", what: "plain form, a provider with 2 lanes", lanes: true, decide: plain},
 	{name: "lane", what: "lane form, a provider with 2 lanes", lanes: true, decide: laneReq},
 	{name: "none", what: "rules form, no rule", decide: byRules},
@@ -115,7 +119,7 @@ func redisRate(ctx context.Context, rdb *redis.Client) error {
 
 func main() {
 	n := flag.Int("n", 2000, "decisions counted per case")
-	only := flag.String("cases", "", "comma-separated cases (default all: plain,lane-less,lane,none,window,four,four-open,release,redis_rate)")
+	only := flag.String("cases", "", "comma-separated cases (default all: plain,plain-frac,lane-less,lane,none,window,four,four-open,release,redis_rate)")
 	flag.StringVar(&keep, "keep", "", "a directory to keep each case's callgrind dump in (<case>.callgrind), for callgrind_annotate")
 	flag.Parse()
 	if err := run(*n, *only); err != nil {
@@ -175,6 +179,9 @@ func measure(ctx context.Context, srv *server, rdb *redis.Client, dc decisionCas
 	defer c.Close()
 	cfg := limiter.DefaultProviderConfig()
 	cfg.Capacity, cfg.RefillRate = 1e9, 1e9
+	if dc.rate > 0 {
+		cfg.RefillRate = dc.rate
+	}
 	if _, err := c.Register(ctx, "p", cfg); err != nil {
 		return 0, err
 	}
