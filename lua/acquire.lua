@@ -85,27 +85,26 @@
 
 local rules_form = ARGV[2] == 'rules'
 local lane_form = ARGV[2] == 'lane'
-local args, rev, id = ARGV, ARGV[3] or '', ARGV[4] or ''
+local rev, id = ARGV[3] or '', ARGV[4] or ''
 local lane = lane_form and ARGV[3] or rules_form and ARGV[5] or ''
-if rules_form or lane_form then
-  args = {ARGV[1]}
+local requests = (rules_form or lane_form) and 1 or #ARGV -- ARGV[1..requests] are n
+if requests > 1000 then
+  return invalid('requests', requests, 'at most 1000 per call')
 end
-if #args > 1000 then
-  return invalid('requests', #args, 'at most 1000 per call')
-end
--- ns: the requests' n as numbers. One request's replaces its string in
--- args (ARGV, or the forms' own table): a new table costs more than twenty
--- lines of Lua. n is read strictly, unless it is '1' (the usual: comparing
--- Lua strings costs nothing).
-local ns = #args > 1 and {} or args
-for i = 1, #args do
-  local n = args[i] == '1' and 1 or num(args[i])
-  if not (n ~= nil and n % 1 == 0 and n >= 1 and n <= 1e9) then
-    return invalid('n', args[i], 'an integer in [1, 1000000000]')
+-- n: the first request's; ns: a batch's, as numbers (nil for one request:
+-- a new table costs more than twenty lines of Lua). n is read strictly,
+-- unless it is '1' (the usual: comparing Lua strings costs nothing).
+local n, ns = nil, requests > 1 and {} or nil
+for i = 1, requests do
+  local x = ARGV[i] == '1' and 1 or num(ARGV[i])
+  if not (x ~= nil and x % 1 == 0 and x >= 1 and x <= 1e9) then
+    return invalid('n', ARGV[i], 'an integer in [1, 1000000000]')
   end
-  ns[i] = n
+  if ns then
+    ns[i] = x
+  end
+  n = n or x
 end
-local n = ns[1]
 if n == nil then
   return invalid('n', '(missing)', 'an integer in [1, 1000000000]')
 end
@@ -727,13 +726,15 @@ if tokens < n then
 end
 
 -- Grant in order while the tokens last. A probe is one request alone.
-local granted, last = 0, probe and 1 or #ns
-while granted < last and ns[granted + 1] <= tokens do
-  granted = granted + 1
-  tokens = tokens - ns[granted]
+local granted, last, next_n = 0, probe and 1 or requests, n -- next_n: the first not granted
+while granted < last and next_n <= tokens do
+  granted, tokens = granted + 1, tokens - next_n
+  next_n = ns and ns[granted + 1]
+  if not next_n then
+    break
+  end
 end
 local retry, reason = 0, 'ok'
-local next_n = ns[granted + 1]
 if probe then
   reason = 'probe'
 elseif next_n and next_n > (lanes and lanes.reach or capacity) then
