@@ -298,6 +298,9 @@ func (c *Limiter) decideFor(ctx context.Context, st *providerState, n int, lane 
 	default:
 		d, err = c.decideOne(ctx, st, n)
 	}
+	if err == nil { // (errors.As's target escapes: an allocation a decision otherwise)
+		return d, nil
+	}
 	if ch := rulesChangedIn(err); ch != nil { // the provider has rules now
 		st.rules.set(ch.rev, ch.rules)
 		return c.decideRules(ctx, st, Request{Cost: n, Lane: lane})
