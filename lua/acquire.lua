@@ -85,23 +85,26 @@
 
 local rules_form = ARGV[2] == 'rules'
 local lane_form = ARGV[2] == 'lane'
-local args, rev, id = ARGV, ARGV[3] or '', ARGV[4] or ''
+local rev, id = ARGV[3] or '', ARGV[4] or ''
 local lane = lane_form and ARGV[3] or rules_form and ARGV[5] or ''
-if rules_form or lane_form then
-  args = {ARGV[1]}
+local requests = (rules_form or lane_form) and 1 or #ARGV -- ARGV[1..requests] are n
+if requests > 1000 then
+  return invalid('requests', requests, 'at most 1000 per call')
 end
-if #args > 1000 then
-  return invalid('requests', #args, 'at most 1000 per call')
-end
-local ns = {}
-for i = 1, #args do
-  local n = num(args[i])
-  if not (n ~= nil and n % 1 == 0 and n >= 1 and n <= 1e9) then
-    return invalid('n', args[i], 'an integer in [1, 1000000000]')
+-- n: the first request's; ns: a batch's, as numbers (nil for one request:
+-- a new table costs more than twenty lines of Lua). n is read strictly,
+-- unless it is '1' (the usual: comparing Lua strings costs nothing).
+local n, ns = nil, requests > 1 and {} or nil
+for i = 1, requests do
+  local x = ARGV[i] == '1' and 1 or num(ARGV[i])
+  if not (x ~= nil and x % 1 == 0 and x >= 1 and x <= 1e9) then
+    return invalid('n', ARGV[i], 'an integer in [1, 1000000000]')
   end
-  ns[i] = n
+  if ns then
+    ns[i] = x
+  end
+  n = n or x
 end
-local n = ns[1]
 if n == nil then
   return invalid('n', '(missing)', 'an integer in [1, 1000000000]')
 end
@@ -173,7 +176,7 @@ if rules_form and not st then
   end
 end
 local hmget -- the HMGET of KEYS[6] that reads the window and concurrency rules' fields
-local now_s -- the rules form's now, formatted once
+local now_s -- now as a decimal string (now_us)
 if cfg[4] or rules_form then
   if not rules_form or rev ~= (cfg[4] or '') then
     local text = cfg[4] and redis.call('HGET', KEYS[1], 'rules') or '[]'
@@ -258,26 +261,36 @@ if cfg[4] or rules_form then
     return bad
   end
 end
-local capacity, rate = num(cfg[1]), num(cfg[2])
-if not (capacity and rate) then
-  return corrupt(KEYS[1], capacity and 'refill_rate' or 'capacity', capacity and cfg[2] or cfg[1])
+-- Stored numbers are guarded (lib.lua): register and set_scale checked
+-- them strictly when they wrote them; here each must be finite and in the
+-- range they allow, or the call is refused (the budget never widens).
+local capacity, rate = guard(cfg[1]), guard(cfg[2])
+if not (capacity and capacity % 1 == 0 and capacity >= 1 and capacity <= 1e9) then
+  return corrupt(KEYS[1], 'capacity', cfg[1])
+end
+if not (rate and rate > 0 and rate <= 1e9) then
+  return corrupt(KEYS[1], 'refill_rate', cfg[2])
 end
 
-local now = now_us()
+local now
+now, now_s = now_us()
 local sh = redis.call('HMGET', KEYS[3], 'scale', 'level')
 local scale_s = sh[1] or '1'
-local scale = num(scale_s)
-if scale == nil then
+-- The scale, which an operator may write by hand, is read strictly, unless
+-- it is '1' (the usual, and an absent hash): comparing interned strings
+-- costs nothing.
+local scale = scale_s == '1' and 1 or num(scale_s)
+if not (scale and scale >= 0 and scale <= 100) then
   return corrupt(KEYS[3], 'scale', scale_s)
 end
 local level = sh[2] or 'ok'
 -- Usually there is neither breaker state nor a cooldown: one EXISTS for both.
 local guarded = redis.call('EXISTS', KEYS[4], KEYS[5]) > 0
-local br = {false, false, false}
+local br, state = nil, 'closed'
 if guarded then
   br = redis.call('HMGET', KEYS[4], 'state', 'opened_at', 'probe_until')
+  state = br[1] or 'closed'
 end
-local state = br[1] or 'closed'
 
 -- fill is the refill rate the first request not granted waits on: the
 -- bucket's, or its lane's share.
@@ -477,19 +490,25 @@ if behind then
   if lanes then
     lanes.store(tokens, now)
   else
-    store_bucket(KEYS[2], tokens, now)
+    redis.call('HSET', KEYS[2], 'tokens', dec(tokens), 'ts', now_s)
   end
 end
 
-local function reply(allowed, retry, reason, tokens_s)
-  if spec then -- the rules form's two more fields, made with the others (growing a table costs more)
-    return {allowed, tokens_s or dec(tokens), retry, scale_s, reason, level, cfg[1], cfg[2], state, now, '', 0}
-  end
-  return {allowed, tokens_s or dec(tokens), retry, scale_s, reason, level, cfg[1], cfg[2], state, now}
+-- The reply (see the top), the one table the decision makes: a refusal
+-- fills in tokens, retry_after_us and reason ([11] too in the rules form),
+-- the grant below the rest. (No helper function: making one, as a script
+-- does for each on every call, costs more than these lines; the rules
+-- form's table is made at its 12 fields: growing one costs more.)
+local out
+if spec then
+  out = {0, false, 0, scale_s, 'ok', level, cfg[1], cfg[2], state, now, '', 0}
+else
+  out = {0, false, 0, scale_s, 'ok', level, cfg[1], cfg[2], state, now}
 end
 
 if n > (lanes and lanes.reach or capacity) then
-  return reply(0, -1, 'exceeds_capacity')
+  out[2], out[3], out[5] = dec(tokens), -1, 'exceeds_capacity'
+  return out
 end
 
 local cd = guarded and redis.call('GET', KEYS[5])
@@ -497,7 +516,8 @@ if cd then
   local ok, c = pcall(cjson.decode, cd)
   local until_us = ok and type(c) == 'table' and tonumber(c.until_ms) and tonumber(c.until_ms) * 1000
   if until_us and until_us > now then
-    return reply(0, math.ceil(until_us - now), 'cooldown')
+    out[2], out[3], out[5] = dec(tokens), math.ceil(until_us - now), 'cooldown'
+    return out
   end
 end
 
@@ -506,35 +526,22 @@ local timeout_us = guarded and (num(cfg[3]) or 0) * 1000000
 if state == 'open' then
   local reopen = (num(br[2]) or 0) + timeout_us
   if reopen > now then
-    return reply(0, math.ceil(reopen - now), 'circuit_open')
+    out[2], out[3], out[5] = dec(tokens), math.ceil(reopen - now), 'circuit_open'
+    return out
   end
   probe = true
 elseif state == 'half_open' then
   local probe_until = num(br[3]) or 0
   if probe_until > now then
-    return reply(0, math.ceil(probe_until - now), 'circuit_open')
+    out[2], out[3], out[5] = dec(tokens), math.ceil(probe_until - now), 'circuit_open'
+    return out
   end
   probe = true
 end
 
 if fill <= 0 then -- scale 0, and no floor for this lane
-  return reply(0, -1, 'paused')
-end
-
--- commit writes the bucket after a grant (tokens already taken), opens
--- the probe if the grant is one, and replies.
-local function commit(granted, retry, reason)
-  local tokens_s = dec(tokens)
-  if lanes then
-    lanes.store(tokens, now)
-  else
-    redis.call('HSET', KEYS[2], 'tokens', tokens_s, 'ts', now_s or int(now))
-  end
-  if probe then
-    state = 'half_open'
-    redis.call('HSET', KEYS[4], 'state', state, 'probe_until', int(now + timeout_us))
-  end
-  return reply(granted, retry, reason, tokens_s)
+  out[2], out[3], out[5] = dec(tokens), -1, 'paused'
+  return out
 end
 
 -- The rules form's helpers (made only in the rules form: a script makes
@@ -622,7 +629,6 @@ if spec then
   if tokens < n then
     wait = math.ceil((n - tokens) * 1000000 / fill)
   end
-  now_s = string.format('%d', now)
   local hv = #hmget > 2 and redis.call(unpack(hmget)) or hmget
   local hset, sets, taken, fixed, expiry = {'HSET', KEYS[6]}, nil, nil, nil, 0
   -- the first spacing key taken, and the first keyed key's new state,
@@ -820,9 +826,8 @@ if spec then
     if fixed then
       redis.call(unpack(fixed))
     end
-    local t = reply(0, wait, rule == '' and 'rate_limited' or 'rule_limited')
-    t[11] = rule
-    return t
+    out[2], out[3], out[5], out[11] = dec(tokens), wait, rule == '' and 'rate_limited' or 'rule_limited', rule
+    return out
   end
   if #hset > 2 then
     redis.call(unpack(hset))
@@ -842,24 +847,24 @@ if spec then
       set(sets[i], sets[i + 1], sets[i + 2])
     end
   end
-  tokens = tokens - n
-  local t = commit(1, 0, probe and 'probe' or 'ok')
-  t[12] = expiry
-  return t
+  out[12] = expiry -- and granted below, as one request of the plain form
 end
 
 if tokens < n then
-  return reply(0, math.ceil((n - tokens) * 1000000 / fill), 'rate_limited')
+  out[2], out[3], out[5] = dec(tokens), math.ceil((n - tokens) * 1000000 / fill), 'rate_limited'
+  return out
 end
 
 -- Grant in order while the tokens last. A probe is one request alone.
-local granted, last = 0, probe and 1 or #ns
-while granted < last and ns[granted + 1] <= tokens do
-  granted = granted + 1
-  tokens = tokens - ns[granted]
+local granted, last, next_n = 0, probe and 1 or requests, n -- next_n: the first not granted
+while granted < last and next_n <= tokens do
+  granted, tokens = granted + 1, tokens - next_n
+  next_n = ns and ns[granted + 1]
+  if not next_n then
+    break
+  end
 end
 local retry, reason = 0, 'ok'
-local next_n = ns[granted + 1]
 if probe then
   reason = 'probe'
 elseif next_n and next_n > (lanes and lanes.reach or capacity) then
@@ -867,4 +872,16 @@ elseif next_n and next_n > (lanes and lanes.reach or capacity) then
 elseif next_n then
   retry, reason = math.ceil((next_n - tokens) * 1000000 / fill), 'rate_limited'
 end
-return commit(granted, retry, reason)
+-- Write the bucket, open the probe if the grant is one, and reply.
+local tokens_s = dec(tokens)
+if lanes then
+  lanes.store(tokens, now)
+else
+  redis.call('HSET', KEYS[2], 'tokens', tokens_s, 'ts', now_s)
+end
+if probe then
+  out[9] = 'half_open'
+  redis.call('HSET', KEYS[4], 'state', 'half_open', 'probe_until', int(now + timeout_us))
+end
+out[1], out[2], out[3], out[5] = granted, tokens_s, retry, reason
+return out

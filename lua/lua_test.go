@@ -34,8 +34,57 @@ func TestScriptsDocumented(t *testing.T) {
 		}
 	}
 	for _, name := range Names {
-		if src := Source(name); !strings.Contains(src, "local function now_us()") {
+		if src := Source(name); !strings.HasPrefix(src, "-- sluice Lua prelude") {
 			t.Errorf("Source(%q) lacks the prelude", name)
+		}
+	}
+}
+
+// Source keeps every helper of lib.lua a script names in its code (or
+// through a helper it keeps), and leaves out the others: acquire, the hot
+// path, defines none that only other scripts use.
+func TestSourceHelpers(t *testing.T) {
+	lib, err := os.ReadFile("lib.lua")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var helpers []string
+	for _, p := range parts(string(lib)) {
+		if p.name != "" {
+			helpers = append(helpers, p.name)
+		}
+	}
+	if len(helpers) < 10 || !slices.Contains(helpers, "num") || !slices.Contains(helpers, "settle") {
+		t.Fatalf("helpers of lib.lua read as %v", helpers)
+	}
+	defined := func(src, h string) bool { return strings.Contains(src, "\nlocal function "+h+"(") }
+	for _, name := range Names {
+		src := Source(name)
+		for _, h := range helpers {
+			if names(code(src), h) && !defined(src, h) {
+				t.Errorf("Source(%q) names %s but leaves it out", name, h)
+			}
+		}
+	}
+	for _, h := range []string{"load_config", "registered_config", "load_scale", "finite"} {
+		if defined(Source("acquire"), h) {
+			t.Errorf("Source(acquire) defines %s, which it never calls", h)
+		}
+	}
+	if !defined(Source("status"), "load_config") || !defined(Source("status"), "num") { // named through registered_config, load_scale
+		t.Errorf("Source(status) lacks load_config or num")
+	}
+	for text, want := range map[string]bool{
+		"x = dec(y)":                 true,
+		"x = 1 -- dec(y)":            false,
+		"x = 'dec(y)'":               false,
+		"x = 'it\\'s' .. dec(y)":     true,
+		"x = \"a -- b\" .. dec(y)":   true,
+		"x = decimal(y) + y.dec_x":   false,
+		"local function dec(x)\nend": true,
+	} {
+		if got := names(code(text), "dec"); got != want {
+			t.Errorf("names(code(%q), dec) = %v, want %v", text, got, want)
 		}
 	}
 }

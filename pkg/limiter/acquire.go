@@ -311,6 +311,9 @@ func (c *Limiter) decideFor(ctx context.Context, st *providerState, n int, lane 
 	default:
 		d, err = c.decideOne(ctx, st, n)
 	}
+	if err == nil { // (errors.As's target escapes: an allocation a decision otherwise)
+		return d, nil
+	}
 	if ch := rulesChangedIn(err); ch != nil { // the provider has rules now
 		st.rules.set(ch.rev, ch.rules)
 		return c.decideRules(ctx, st, Request{Cost: n, Lane: lane})
@@ -350,9 +353,10 @@ func (c *Limiter) decideOne(ctx context.Context, st *providerState, n int, form 
 	return d, nil
 }
 
-// acquireKeys are the KEYS of acquire.lua for a provider.
+// acquireKeys are the KEYS of acquire.lua for a provider: shared, never
+// to be written (an append copies them).
 func acquireKeys(k keys) []string {
-	return []string{k.config, k.bucket, k.scale, k.breaker, k.cooldown}
+	return k.acquire
 }
 
 // count records the outcome of a public acquisition call in lane (""

@@ -14,7 +14,8 @@ import (
 
 // BenchmarkDecision compares one non-blocking decision of sluice
 // (TryAcquire: config, cooldown, breaker, scale and bucket in one script;
-// "sluice" coalesces concurrent calls, "sluice-single" sends each alone)
+// "sluice" is the default as shipped, with the token lease; "sluice-plain"
+// coalesces concurrent calls without it; "sluice-single" sends each alone)
 // with redis_rate's AllowN (GCRA, one script), side by side on the same
 // real redis-server, serially and from parallel goroutines. The limits
 // (1e6/s, burst 1e9) grant every call and make every one write. `sluice
@@ -40,10 +41,16 @@ func BenchmarkDecision(b *testing.B) {
 		rdb := redis.NewClient(&redis.Options{Addr: srv.Addr, PoolSize: 64, ContextTimeoutEnabled: client.ctx})
 		defer rdb.Close()
 		for _, variant := range []struct {
-			name     string
-			maxBatch int
-		}{{"sluice", 0}, {"sluice-single", 1}} {
-			c, err := limiter.New(rdb, limiter.Options{Logger: quiet, MaxBatch: variant.maxBatch})
+			name string
+			opts limiter.Options
+		}{
+			{"sluice", limiter.Options{}},
+			{"sluice-plain", limiter.Options{NoTokenLease: true, NoRefusalHold: true}},
+			{"sluice-single", limiter.Options{MaxBatch: 1}},
+		} {
+			o := variant.opts
+			o.Logger = quiet
+			c, err := limiter.New(rdb, o)
 			if err != nil {
 				b.Fatal(err)
 			}

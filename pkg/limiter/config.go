@@ -97,12 +97,56 @@ func finite(f float64) bool { return !math.IsNaN(f) && !math.IsInf(f, 0) }
 
 func formatFloat(f float64) string { return strconv.FormatFloat(f, 'g', -1, 64) }
 
+// parseFloat reads a number Redis returned (in a script's reply, or a
+// stored field) as the scripts write numbers: decimal (an optional sign,
+// digits, an optional fraction and exponent) and finite. Anything else
+// reads as 0: acquire guards the stored numbers it decides on with Lua's
+// tonumber (lua/lib.lua), so a hand-written "0x32" or " 50" in the config
+// is decided on as the number it spells and echoed as written. The Python
+// client reads numbers alike (_float).
 func parseFloat(s string) float64 {
+	if !decimal(s) {
+		return 0
+	}
 	f, err := strconv.ParseFloat(s, 64)
-	if err != nil {
+	if err != nil || !finite(f) {
 		return 0
 	}
 	return f
+}
+
+// decimal reports whether s is [+-]digits[.digits][(e|E)[+-]digits], with
+// digits on at least one side of the point.
+func decimal(s string) bool {
+	i := 0
+	digits := func() int {
+		j := i
+		for i < len(s) && s[i] >= '0' && s[i] <= '9' {
+			i++
+		}
+		return i - j
+	}
+	if i < len(s) && (s[i] == '+' || s[i] == '-') {
+		i++
+	}
+	n := digits()
+	if i < len(s) && s[i] == '.' {
+		i++
+		n += digits()
+	}
+	if n == 0 {
+		return false
+	}
+	if i < len(s) && (s[i] == 'e' || s[i] == 'E') {
+		i++
+		if i < len(s) && (s[i] == '+' || s[i] == '-') {
+			i++
+		}
+		if digits() == 0 {
+			return false
+		}
+	}
+	return i == len(s)
 }
 
 func seconds(s float64) time.Duration { return time.Duration(s * float64(time.Second)) }

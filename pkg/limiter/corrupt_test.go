@@ -132,3 +132,52 @@ func TestStrictNumbers(t *testing.T) {
 		}
 	})
 }
+
+// TestStoredConfigGuarded: acquire reads the config's capacity and
+// refill_rate with Lua's tonumber and a range check (lib.lua's guard), not
+// the strict pattern register checks on the way in. A finite value outside
+// register's range is refused as corrupt like a word; a hand-written one
+// that tonumber reads (hex, spaces: 10 here) is decided on as the number it
+// spells, so the budget stays within what register allows: never more than
+// 10 grants from a bucket of 10 that does not refill.
+func TestStoredConfigGuarded(t *testing.T) {
+	redistest.Each(t, func(t *testing.T, b redistest.Backend) {
+		rdb := b.Client(t)
+		ctx := context.Background()
+		c, _ := newCoord(t, rdb, limiter.Options{NoTokenLease: true, NoRefusalHold: true})
+		for _, bad := range []struct{ field, value string }{
+			{"capacity", "1e10"}, {"capacity", "0"}, {"capacity", "2.5"}, {"capacity", "-0x10"},
+			{"refill_rate", "0"}, {"refill_rate", "-1"}, {"refill_rate", "1e10"}, {"refill_rate", "1e999"}, {"refill_rate", ""},
+		} {
+			register(t, c, "p", 10, 0.001)
+			rdb.HSet(ctx, "sluice:{p}:config", bad.field, bad.value)
+			d, err := c.TryAcquire(ctx, "p", 1)
+			if !errors.Is(err, limiter.ErrCorruptState) || d.Allowed || !strings.Contains(err.Error(), bad.field+"="+bad.value+" ") {
+				t.Fatalf("%s=%q: %+v, %v: want ErrCorruptState naming it", bad.field, bad.value, d, err)
+			}
+		}
+		for _, spelled := range []string{"0x0A", " 10", "10 ", "+10", "1e1"} {
+			if _, err := rdb.Del(ctx, "sluice:{p}:config", "sluice:{p}:bucket").Result(); err != nil {
+				t.Fatal(err)
+			}
+			register(t, c, "p", 10, 0.001)
+			rdb.HSet(ctx, "sluice:{p}:config", "capacity", spelled)
+			granted := 0
+			for range 20 {
+				d, err := c.TryAcquire(ctx, "p", 1)
+				if err != nil && !errors.Is(err, limiter.ErrCorruptState) {
+					t.Fatalf("capacity %q: %v", spelled, err)
+				}
+				if d.Allowed {
+					granted++
+					if d.Capacity != 10 && d.Capacity != 0 { // echoed as stored: a decimal reads as 10, anything else as 0
+						t.Fatalf("capacity %q: the decision says capacity %d", spelled, d.Capacity)
+					}
+				}
+			}
+			if granted > 10 {
+				t.Fatalf("capacity %q: %d grants from a bucket of 10 that does not refill", spelled, granted)
+			}
+		}
+	})
+}

@@ -41,7 +41,8 @@ var (
 	// FailClosed (or LocalFallback without anything known about the provider).
 	ErrRedisUnavailable = errors.New("limiter: redis unavailable")
 	// ErrCorruptState: a value stored in Redis (the provider's config,
-	// scale) is not a finite decimal number. The scripts refuse to decide on
+	// scale) is not a finite number in the range its writer allows
+	// (docs/lua.md, "Errors"). The scripts refuse to decide on
 	// it (a corrupt bucket is repaired empty instead): the budget never
 	// widens. The error names the key and field; Register or SetBudgetScale
 	// writes them again.

@@ -13,11 +13,15 @@ type keys struct {
 	notify                                             string // pub/sub channel: scale rose, breaker closed, cooldown cleared
 	released                                           string // pub/sub channel: a permit was released
 	rules                                              keyspace.Provider
+	// acquire is acquire.lua's KEYS (config, bucket, scale, breaker,
+	// cooldown), made once: full (len = cap), so an append copies it.
+	acquire []string
 }
 
 func providerKeys(prefix, provider string) keys {
 	k := keyspace.Prefix(prefix).Provider(provider)
 	return keys{
+		acquire:  []string{k.Config, k.Bucket, k.Scale, k.Breaker, k.Cooldown}[:5:5],
 		config:   k.Config,
 		bucket:   k.Bucket,
 		scale:    k.Scale,

@@ -31,6 +31,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/go-redis/redis_rate/v10"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/sluice-dev/sluice/internal/bench"
@@ -46,6 +47,12 @@ type decisionCase struct {
 	// chunk > 0: counted in chunks of that many decisions, their permits
 	// released between chunks, uncounted (at most chunk permits open).
 	chunk int
+	// peer, when set, decides instead of decide: the reference peer, on
+	// the same server and limits (no provider is registered).
+	peer func(ctx context.Context, rdb *redis.Client) error
+	// rate is the provider's refill rate (0: 1e9/s, a bucket always full,
+	// its tokens a whole number).
+	rate float64
 }
 
 func plain(ctx context.Context, c *limiter.Limiter, _ int) (*limiter.Permit, error) {
@@ -88,6 +95,7 @@ var keep string // -keep
 
 var cases = []decisionCase{
 	{name: "plain", what: "plain form, bucket only", decide: plain},
+	{name: "plain-frac", what: "plain form, fractional tokens", decide: plain, rate: 0.5},
 	{name: "lane-less", what: "plain form, a provider with 2 lanes", lanes: true, decide: plain},
 	{name: "lane", what: "lane form, a provider with 2 lanes", lanes: true, decide: laneReq},
 	{name: "none", what: "rules form, no rule", decide: byRules},
@@ -95,11 +103,23 @@ var cases = []decisionCase{
 	{name: "four", what: "rules form, the four rules", rules: bench.BenchRules, decide: byRules, chunk: 50},
 	{name: "four-open", what: "the four rules, every permit left open", rules: bench.BenchRules, decide: byRules},
 	{name: "release", what: "the four rules + permit.lua release", rules: bench.BenchRules, decide: released},
+	{name: "redis_rate", what: "redis_rate v10 AllowN (the peer)", peer: redisRate},
+}
+
+// redisRate is one decision of the reference peer, go-redis/redis_rate v10
+// (GCRA: TIME, GET, SET in one script), at limits that never refuse and
+// make every call write (see internal/bench's Unlimited).
+func redisRate(ctx context.Context, rdb *redis.Client) error {
+	r, err := redis_rate.NewLimiter(rdb).AllowN(ctx, "peer", redis_rate.Limit{Rate: 1e6, Burst: 1e9, Period: time.Second}, 1)
+	if err == nil && r.Allowed != 1 {
+		err = fmt.Errorf("redis_rate refused: %+v", r)
+	}
+	return err
 }
 
 func main() {
 	n := flag.Int("n", 2000, "decisions counted per case")
-	only := flag.String("cases", "", "comma-separated cases (default all: plain,lane-less,lane,none,window,four,four-open,release)")
+	only := flag.String("cases", "", "comma-separated cases (default all: plain,plain-frac,lane-less,lane,none,window,four,four-open,release,redis_rate)")
 	flag.StringVar(&keep, "keep", "", "a directory to keep each case's callgrind dump in (<case>.callgrind), for callgrind_annotate")
 	flag.Parse()
 	if err := run(*n, *only); err != nil {
@@ -159,6 +179,9 @@ func measure(ctx context.Context, srv *server, rdb *redis.Client, dc decisionCas
 	defer c.Close()
 	cfg := limiter.DefaultProviderConfig()
 	cfg.Capacity, cfg.RefillRate = 1e9, 1e9
+	if dc.rate > 0 {
+		cfg.RefillRate = dc.rate
+	}
 	if _, err := c.Register(ctx, "p", cfg); err != nil {
 		return 0, err
 	}
@@ -180,7 +203,13 @@ func measure(ctx context.Context, srv *server, rdb *redis.Client, dc decisionCas
 		}
 		for range k {
 			i++
-			p, err := dc.decide(ctx, c, i)
+			var p *limiter.Permit
+			var err error
+			if dc.peer != nil {
+				err = dc.peer(ctx, rdb)
+			} else {
+				p, err = dc.decide(ctx, c, i)
+			}
 			if err != nil {
 				return 0, err
 			}

@@ -121,3 +121,18 @@ def test_pip_install_in_a_fresh_venv(tmp_path: Path) -> None:
             "print(sluice.__version__)")
     out = subprocess.run([str(venv / "bin" / "python"), "-c", code], capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
+
+
+# Numbers in replies and stored fields are read as the scripts write them,
+# decimals, as Go's parseFloat reads them (TestParseFloatDecimalOnly): what
+# acquire's guard decides on besides (hex, spaces) and what is not finite
+# read as the default.
+@pytest.mark.parametrize("text,want", [
+    ("50", 50.0), ("-2.5", -2.5), ("+7", 7.0), (".5", 0.5), ("5.", 5.0), ("5e1", 50.0), ("1e-05", 1e-05),
+    (b"1.5E+20", 1.5e20), (12, 12.0),
+    ("0x32", 0.0), (" 50", 0.0), ("50 ", 0.0), ("5_0", 0.0), ("inf", 0.0), ("-Inf", 0.0), ("nan", 0.0),
+    ("1e999", 0.0), ("0x1p4", 0.0), ("", 0.0), (".", 0.0), ("e5", 0.0), ("5e", 0.0), ("1.2.3", 0.0), ("٣", 0.0),
+])
+def test_numbers_read_as_decimals(text: object, want: float) -> None:
+    from sluice._core import _float
+    assert _float(text) == want

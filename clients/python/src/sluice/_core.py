@@ -515,13 +515,23 @@ def _int(x: Any) -> int:
         return int(_float(x))
 
 
+# A number as the scripts write it: decimal, an optional sign, fraction and
+# exponent (docs/lua.md, "Errors"). Go's parseFloat reads the same way.
+_DECIMAL_RE = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+
+
 def _float(x: Any, default: float = 0.0) -> float:
+    """A number Redis returned (a script's reply, a stored field): a finite
+    decimal, else default. acquire guards the stored numbers it decides on
+    with Lua's tonumber, so a hand-written "0x32" or " 50" in the config is
+    decided on and echoed as written; read here, as in Go, as default."""
     if x is None:
         return default
-    try:
-        return float(_str(x))
-    except ValueError:
+    s = _str(x)
+    if not _DECIMAL_RE.fullmatch(s):
         return default
+    f = float(s)
+    return f if math.isfinite(f) else default
 
 
 def _array(reply: Any, n: int) -> Sequence[Any]:

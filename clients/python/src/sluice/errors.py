@@ -40,8 +40,9 @@ class InvalidArgumentError(SluiceError, ValueError):
 
 class CorruptStateError(SluiceError):
     """A value stored in Redis (a provider's config or scale) is not a finite
-    decimal number. The scripts refuse to decide on it, so the budget never
-    widens; register() or set_scale() writes it again."""
+    number in the range its writer allows (docs/lua.md, "Errors"). The
+    scripts refuse to decide on it, so the budget never widens; register()
+    or set_scale() writes it again."""
 
 
 class RedisUnavailableError(SluiceError):

@@ -1,30 +1,9 @@
 -- sluice Lua prelude: prepended to every script in this directory (see docs/lua.md).
 -- It defines helpers only and runs no Redis command by itself.
 
--- now_us returns the Redis server time in microseconds since the Unix epoch.
--- Replicas' clocks are never used, so skewed pods cannot cheat.
-local function now_us()
-  local t = redis.call('TIME')
-  return t[1] * 1000000 + t[2] -- arithmetic reads the digit strings: no tonumber calls
-end
 
--- int formats a whole number without exponent (tostring would print 1.7e+15).
-local function int(x)
-  return string.format('%.0f', x)
-end
 
--- dec formats a fractional number with 15 significant digits.
-local function dec(x)
-  return string.format('%.15g', x)
-end
 
--- finite reports whether x is a number that is neither NaN nor infinite.
--- (x - x is 0 for every finite x, NaN for infinities; math.huge is not
--- infinite in every interpreter: gopher-lua, which miniredis runs, makes it
--- the largest float.)
-local function finite(x)
-  return type(x) == 'number' and x - x == 0
-end
 
 -- num parses a number strictly: an optional minus sign, decimal digits with
 -- an optional fraction and exponent (what dec and int write, and what any
@@ -52,103 +31,17 @@ local function num(s)
   return nil
 end
 
--- corrupt is the error for a stored field that is not a number any more:
--- the script refuses to decide on it (it never widens the budget).
-local function corrupt(key, field, value)
-  return redis.error_reply('CORRUPT ' .. key .. ' ' .. field .. '=' .. tostring(value) ..
-    ' is not a finite decimal number: set it again (sluice register / sluice scale) or delete the key')
-end
+
 
 local function invalid(field, value, range)
   return redis.error_reply('INVALID_ARGUMENT ' .. field .. '=' .. tostring(value) .. ' must be ' .. range)
 end
 
-local function unknown_provider(key)
-  return redis.error_reply('UNKNOWN_PROVIDER ' .. key)
-end
 
--- load_config reads the provider config hash: nil when the provider is not
--- registered; nil and a CORRUPT error reply when a field is not a number.
-local function load_config(key)
-  local c = redis.call('HMGET', key, 'capacity', 'refill_rate', 'cooldown_sec',
-    'breaker_threshold', 'breaker_timeout_sec', 'max_scale')
-  if not c[1] then
-    return nil
-  end
-  local names = {'capacity', 'refill_rate', 'cooldown_sec', 'breaker_threshold', 'breaker_timeout_sec', 'max_scale'}
-  local defaults = {nil, nil, 0, 0, 0, 1}
-  local v = {}
-  for i, name in ipairs(names) do
-    if c[i] then
-      v[name] = num(c[i])
-      if v[name] == nil then
-        return nil, corrupt(key, name, c[i])
-      end
-    elseif defaults[i] == nil then
-      return nil, corrupt(key, name, '(missing)')
-    else
-      v[name] = defaults[i]
-    end
-  end
-  return v
-end
 
--- registered_config is load_config for a script that needs the provider:
--- the config, or nil and the error reply (UNKNOWN_PROVIDER or CORRUPT).
-local function registered_config(key)
-  local cfg, bad = load_config(key)
-  if bad then
-    return nil, bad
-  end
-  if cfg == nil then
-    return nil, unknown_provider(key)
-  end
-  return cfg
-end
 
--- load_scale returns the stored scale factor (1 when the hash or the field
--- is absent), or nil and a CORRUPT error reply when it is not a number.
-local function load_scale(key)
-  local raw = redis.call('HGET', key, 'scale')
-  if not raw then
-    return 1
-  end
-  local s = num(raw)
-  if s == nil then
-    return nil, corrupt(key, 'scale', raw)
-  end
-  return s
-end
 
--- settle returns the bucket's tokens at now: the stored tokens plus refill at
--- rate * scale per second since ts, capped at capacity. A missing bucket is
--- full; a corrupt one (tokens or ts not a number) is empty at now. The second result is true when ts is ahead of now (Redis's clock went
--- backwards, e.g. after a failover): nothing is refilled, and the caller
--- should store the bucket at now so refill resumes from there.
-local function settle(bucket_key, now, capacity, rate, scale)
-  local b = redis.call('HMGET', bucket_key, 'tokens', 'ts')
-  if not b[1] and not b[2] then
-    return capacity, false
-  end
-  local tokens, ts = num(b[1]), num(b[2])
-  if tokens == nil or ts == nil then
-    -- Corrupt: repaired empty, as of now (the caller stores it). Never full,
-    -- which would widen the budget.
-    return 0, true
-  end
-  local elapsed = now - ts
-  if elapsed > 0 then
-    tokens = tokens + elapsed * rate * scale / 1000000
-  end
-  if tokens > capacity then
-    tokens = capacity
-  end
-  return tokens, elapsed < 0
-end
 
-local function store_bucket(bucket_key, tokens, now)
-  redis.call('HSET', bucket_key, 'tokens', dec(tokens), 'ts', int(now))
-end
 
 -- forget.lua: remove from a consumer group the consumers that have left:
 -- those with no pending entry that have been idle for longer than ARGV[2]
