@@ -10,11 +10,12 @@
 package lanesim
 
 import (
-	"container/heap"
 	"fmt"
 	"math"
 	"math/rand/v2"
 	"slices"
+
+	"github.com/sluice-dev/sluice/internal/evq"
 )
 
 // Lane is a lane as configured: a higher Priority is served first, lanes of
@@ -364,39 +365,15 @@ type event struct {
 	t        float64
 	src      int
 	arrived  float64
-	seq      int
 	isArrive bool
-}
-
-type queue []*event
-
-func (q queue) Len() int { return len(q) }
-func (q queue) Less(i, j int) bool {
-	if q[i].t != q[j].t {
-		return q[i].t < q[j].t
-	}
-	return q[i].seq < q[j].seq
-}
-func (q queue) Swap(i, j int) { q[i], q[j] = q[j], q[i] }
-func (q *queue) Push(x any)   { *q = append(*q, x.(*event)) }
-func (q *queue) Pop() any {
-	old := *q
-	e := old[len(old)-1]
-	*q = old[:len(old)-1]
-	return e
 }
 
 // Simulate runs r against p.
 func Simulate(r Run, p Policy) Result {
 	rng := rand.New(rand.NewPCG(r.Seed, 7))
 	res := Result{Policy: p.Name(), Admitted: make([]float64, len(r.Lanes)), Waits: make([][][2]float64, len(r.Sources))}
-	q := &queue{}
-	seq := 0
-	push := func(e *event) {
-		seq++
-		e.seq = seq
-		heap.Push(q, e)
-	}
+	var q evq.Queue[*event]
+	push := func(e *event) { q.Push(e.t, e) }
 	for i, s := range r.Sources {
 		if s.Rate > 0 {
 			push(&event{t: s.From + rng.ExpFloat64()/s.Rate, src: i, isArrive: true})
@@ -410,7 +387,7 @@ func Simulate(r Run, p Policy) Result {
 	scales := slices.Clone(r.Scales)
 	scale, budget, lastT := 1.0, r.Capacity, 0.0
 	for q.Len() > 0 {
-		e := heap.Pop(q).(*event)
+		e := q.Pop()
 		if e.t >= r.Duration {
 			break
 		}

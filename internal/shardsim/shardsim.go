@@ -11,11 +11,12 @@
 package shardsim
 
 import (
-	"container/heap"
 	"fmt"
 	"hash/fnv"
 	"math"
 	"math/rand/v2"
+
+	"github.com/sluice-dev/sluice/internal/evq"
 )
 
 // Route is how an instance picks the shard of a call.
@@ -256,25 +257,6 @@ type event struct {
 	who     int // instance, or shard
 	v, w    float64
 	started float64 // evBorrow: when the first call began
-	seq     int
-}
-
-type queue []*event
-
-func (q queue) Len() int { return len(q) }
-func (q queue) Less(i, j int) bool {
-	if q[i].t != q[j].t {
-		return q[i].t < q[j].t
-	}
-	return q[i].seq < q[j].seq
-}
-func (q queue) Swap(i, j int) { q[i], q[j] = q[j], q[i] }
-func (q *queue) Push(x any)   { *q = append(*q, x.(*event)) }
-func (q *queue) Pop() any {
-	old := *q
-	e := old[len(old)-1]
-	*q = old[:len(old)-1]
-	return e
 }
 
 // HomeShard is the shard an instance is pinned to: FNV-1a of its id
@@ -304,13 +286,8 @@ func Simulate(r Run, d Design) (Result, error) {
 	res := Result{Design: d.Name(), Admitted: make([]float64, len(inst)), Asked: make([]float64, len(inst)),
 		Calls: make([]float64, k)}
 
-	q := &queue{}
-	seq := 0
-	push := func(e *event) {
-		seq++
-		e.seq = seq
-		heap.Push(q, e)
-	}
+	var q evq.Queue[*event]
+	push := func(e *event) { q.Push(e.t, e) }
 	for i, dm := range r.Demand {
 		if dm > 0 {
 			push(&event{t: rng.ExpFloat64() / dm, kind: evArrive, who: i})
@@ -381,7 +358,7 @@ func Simulate(r Run, d Design) (Result, error) {
 	}
 
 	for q.Len() > 0 {
-		e := heap.Pop(q).(*event)
+		e := q.Pop()
 		if e.t >= r.Duration {
 			break
 		}
