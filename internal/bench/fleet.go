@@ -10,7 +10,6 @@ import (
 	"os/exec"
 	"slices"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"text/tabwriter"
@@ -281,13 +280,13 @@ func fleetStep(ctx context.Context, cfg FleetConfig, wl string, n int, budget fl
 	t0 := time.Now()
 	close(start)
 	sleepCtx(ctx, cfg.Warmup)
-	before, err := redisCounters(ctx, rdb)
+	before, err := redisStats(ctx, rdb)
 	if err != nil {
 		return FleetStep{}, err
 	}
 	m0 := time.Now()
 	sleepCtx(ctx, cfg.Measure/2)
-	mid, err := redisCounters(ctx, rdb)
+	mid, err := redisStats(ctx, rdb)
 	if err != nil {
 		return FleetStep{}, err
 	}
@@ -297,7 +296,7 @@ func fleetStep(ctx context.Context, cfg FleetConfig, wl string, n int, budget fl
 	}
 	written := time.Now()
 	sleepCtx(ctx, time.Until(m0.Add(cfg.Measure)))
-	after, err := redisCounters(ctx, rdb)
+	after, err := redisStats(ctx, rdb)
 	m1 := time.Now()
 	doneWG.Wait()
 	tEnd := time.Now()
@@ -356,51 +355,6 @@ func sleepCtx(ctx context.Context, d time.Duration) {
 	case <-t.C:
 	}
 }
-
-// counters are Redis's INFO counters a fleet step reads.
-type counters struct {
-	calls, scripts int64
-	scriptUS, cpu  float64 // µs inside scripts; CPU seconds, user + sys
-}
-
-func redisCounters(ctx context.Context, rdb redis.UniversalClient) (counters, error) {
-	info, err := rdb.Info(ctx, "commandstats", "cpu").Result()
-	if err != nil {
-		return counters{}, err
-	}
-	var c counters
-	for _, line := range strings.Split(info, "\n") {
-		name, rest, ok := strings.Cut(strings.TrimSpace(line), ":")
-		if !ok {
-			continue
-		}
-		switch {
-		case strings.HasPrefix(name, "cmdstat_"):
-			for _, kv := range strings.Split(rest, ",") {
-				k, v, _ := strings.Cut(kv, "=")
-				switch k {
-				case "calls":
-					n, _ := strconv.ParseInt(v, 10, 64)
-					c.calls += n
-					if isScript(name) {
-						c.scripts += n
-					}
-				case "usec":
-					if isScript(name) {
-						us, _ := strconv.ParseFloat(v, 64)
-						c.scriptUS += us
-					}
-				}
-			}
-		case name == "used_cpu_user" || name == "used_cpu_sys":
-			sec, _ := strconv.ParseFloat(rest, 64)
-			c.cpu += sec
-		}
-	}
-	return c, nil
-}
-
-func isScript(cmdstat string) bool { return cmdstat == "cmdstat_evalsha" || cmdstat == "cmdstat_eval" }
 
 // PrintFleet writes the steps as a table, then per workload and budget
 // the ratio of commands/s at the largest instance count to that at 100

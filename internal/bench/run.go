@@ -395,9 +395,11 @@ func (wp *workerProc) run(ready func(), start <-chan struct{}, res any) error {
 	return wp.stdin.Close()
 }
 
-// stats are the Redis counters a run reads before and after.
+// stats are the Redis counters a run (or a fleet step) reads before and
+// after.
 type stats struct {
-	scripts  int64
+	calls    int64 // every command
+	scripts  int64 // EVAL and EVALSHA
 	scriptUS float64
 	cpu      float64 // seconds, user + sys
 }
@@ -409,25 +411,28 @@ func redisStats(ctx context.Context, rdb redis.UniversalClient) (stats, error) {
 	}
 	var s stats
 	for _, line := range strings.Split(info, "\n") {
-		line = strings.TrimSpace(line)
-		name, rest, ok := strings.Cut(line, ":")
+		name, rest, ok := strings.Cut(strings.TrimSpace(line), ":")
 		if !ok {
 			continue
 		}
-		switch name {
-		case "cmdstat_evalsha", "cmdstat_eval":
+		switch {
+		case strings.HasPrefix(name, "cmdstat_"):
+			script := name == "cmdstat_evalsha" || name == "cmdstat_eval"
 			for _, kv := range strings.Split(rest, ",") {
 				k, v, _ := strings.Cut(kv, "=")
-				switch k {
-				case "calls":
+				switch {
+				case k == "calls":
 					n, _ := strconv.ParseInt(v, 10, 64)
-					s.scripts += n
-				case "usec":
+					s.calls += n
+					if script {
+						s.scripts += n
+					}
+				case k == "usec" && script:
 					us, _ := strconv.ParseFloat(v, 64)
 					s.scriptUS += us
 				}
 			}
-		case "used_cpu_user", "used_cpu_sys":
+		case name == "used_cpu_user" || name == "used_cpu_sys":
 			sec, _ := strconv.ParseFloat(rest, 64)
 			s.cpu += sec
 		}
