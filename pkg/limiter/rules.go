@@ -132,7 +132,10 @@ func (j ruleJSON) rule() Rule {
 // SetRules replaces provider's pacing rules with rules, all at once (none
 // removes them); the provider must be registered. It reports whether the
 // stored set changed. Every replica takes the new set at its next
-// acquisition. The state of a rule kept by name and kind goes on.
+// acquisition that reaches Redis: this Limiter's token lease ends before
+// SetRules returns, another replica's tokens leased before the set are
+// handed out until its lease ends (TokenLease, stretched by the call
+// budget). The state of a rule kept by name and kind goes on.
 func (c *Limiter) SetRules(ctx context.Context, provider string, rules []Rule) (changed bool, err error) {
 	st, err := c.state(provider)
 	if err != nil {
@@ -145,6 +148,7 @@ func (c *Limiter) SetRules(ctx context.Context, provider string, rules []Rule) (
 	if err != nil {
 		return false, err
 	}
+	defer c.leaseAside(st)() // tokens leased before the set are not handed out under it here
 	res, err := c.run(ctx, st, setRulesScript, []string{st.keys.config, st.keys.rules.Rules}, text)
 	if err != nil {
 		return false, err

@@ -451,6 +451,37 @@ func TestRulesChangeReachesEveryReplica(t *testing.T) {
 	}
 }
 
+// TestSetRulesEndsOwnLease: the Limiter that sets the rules hands out no
+// token it leased before them: its next call reaches Redis and is decided
+// under the set (as SetBudgetScale ends the lease).
+func TestSetRulesEndsOwnLease(t *testing.T) {
+	r := newRuled(t)
+	c, _ := newCoord(t, r.rdb, limiter.Options{TokenLease: time.Second})
+	ctx := context.Background()
+	for range 4 {
+		if d, err := c.TryAcquire(ctx, "ib", 1); err != nil || !d.Allowed {
+			t.Fatalf("before rules: %+v %v", d, err)
+		}
+	}
+	if left := limiter.LeaseLeftForTest(c, "ib"); left < 1 {
+		t.Fatalf("no token leased before the set (%d): the test proves nothing", left)
+	}
+	one := histRule
+	one.Limit = 1
+	if _, err := c.SetRules(ctx, "ib", []limiter.Rule{one}); err != nil {
+		t.Fatal(err)
+	}
+	if left := limiter.LeaseLeftForTest(c, "ib"); left != 0 {
+		t.Fatalf("%d leased tokens left after SetRules; want 0", left)
+	}
+	if d, err := c.TryAcquire(ctx, "ib", 1); err != nil || !d.Allowed || d.Leased {
+		t.Fatalf("first under the rule: %+v %v; want granted by Redis", d, err)
+	}
+	if d, err := c.TryAcquire(ctx, "ib", 1); err != nil || d.Allowed || d.Rule != "hist" {
+		t.Fatalf("second under a limit of 1: %+v %v; want refused by hist", d, err)
+	}
+}
+
 func TestRulesBadInput(t *testing.T) {
 	r := newRuled(t, histRule)
 	ctx := context.Background()
