@@ -19,9 +19,10 @@ import pytest
 import redis
 import redis.asyncio
 
-from conftest import run
+from conftest import run, wait_for
 from sluice import Limiter, UnknownProviderError
 from sluice.aio import AsyncLimiter
+from test_interop import GO_DUMP, Proc, stop_all
 
 CFG: Dict[str, Any] = dict(capacity=100, refill_rate=100)  # the bucket alone would grant every request here
 RULES = [{"name": "hist", "kind": "window", "limit": 2, "period_ms": 3600000}]
@@ -146,3 +147,70 @@ def test_restart_async(r: "redis.Redis[bytes]", redis_server: Any) -> None:
             for cl in clients:
                 await cl.close()
     run(body)
+
+
+@pytest.mark.parametrize("go_registers", [False, True])
+def test_restart_go_and_python_replicas(r: "redis.Redis[bytes]", redis_server: Any, goreplica_bin: str,
+                                        go_registers: bool) -> None:
+    """Go replicas as processes (TryAcquireRequest every 2 ms) and Python
+    clients in threads, across restarts: between two restarts, no more than
+    the window's 2 grants by Redis time. Without go_registers only the
+    Python clients register the provider again (the Go replicas, which
+    never registered it, would be granted by the bucket alone if they did
+    so without the rules); with it go-reg registered it too, so either
+    language may be first (go-reg, asking every 2 ms, mostly is)."""
+    py = [Limiter(r, call_timeout=5) for _ in range(2)]
+    gos: List[Proc] = []
+    try:
+        for c in py:
+            c.register("p", **CFG)
+        py[0].set_lanes("p", LANES)
+        py[0].set_rules("p", RULES)
+        py[1].try_acquire_request("p", lane="backfill")  # learns them
+        base = [goreplica_bin, "-redis", redis_server.url, "-provider", "p", "-goroutines", "2", "-try"]
+        reg = ["-capacity", "100", "-refill-rate", "100"] if go_registers else []
+        gos = [Proc("go-reg", base + ["-id", "go-reg", "-lane", "live", *reg], dump=GO_DUMP),
+               Proc("go-ask", base + ["-id", "go-ask", "-lane", "backfill"], dump=GO_DUMP)]
+        for g in gos:
+            g.first("ready", 60)  # it asked, so it knows the rules
+        starts: List[int] = []
+        grants: List[int] = []
+        for _ in range(3):
+            calls = evalsha_calls(r)
+            starts.append(lost(r))
+            start = threading.Barrier(len(py) * 4)
+            lock = threading.Lock()
+
+            def ask(c: Limiter) -> None:
+                start.wait(10)
+                d = c.try_acquire_request("p", lane="backfill")
+                if d.allowed:
+                    with lock:
+                        grants.append(d.now_us)
+            ts = [threading.Thread(target=ask, args=(c,)) for c in py for _ in range(4)]
+            for t in ts:
+                t.start()
+            for t in ts:
+                t.join(30)
+            # The Go replicas asked many times since the restart too.
+            wait_for(lambda: evalsha_calls(r) >= calls + 200, 60, "the Go replicas to ask after the restart")
+        end = lost(r)  # no grant after this one counts
+        reports, gos = stop_all(gos, report_key="granted"), []
+        for rep in reports.values():
+            grants += [t for t in rep["grants_us"] if t >= starts[0]]
+        bounds = starts + [end]
+        per = [sum(1 for t in grants if bounds[i] <= t < bounds[i + 1]) for i in range(len(starts))]
+        assert per == [2] * len(starts), (
+            f"grants between restarts {per}, want the window's 2 each; Go replicas: "
+            + "; ".join(f"{n}: {rep['granted']} granted, {rep['errors']} errors {rep['error_samples']}"
+                        for n, rep in reports.items()))
+    finally:
+        for g in gos:  # stopped above unless the test failed first
+            g.kill()
+        for c in py:
+            c.close()
+
+
+def evalsha_calls(r: "redis.Redis[bytes]") -> int:
+    """EVALSHA calls Redis has run (INFO commandstats; FLUSHALL keeps them)."""
+    return int(r.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
