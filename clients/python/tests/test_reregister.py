@@ -20,7 +20,7 @@ import redis
 import redis.asyncio
 
 from conftest import run, wait_for
-from sluice import Limiter, UnknownProviderError
+from sluice import InvalidArgumentError, Limiter, UnknownProviderError
 from sluice.aio import AsyncLimiter
 from test_interop import GO_DUMP, Proc, stop_all
 
@@ -83,6 +83,28 @@ def test_restart_restores_given_rules(r: "redis.Redis[bytes]") -> None:
     finally:
         c.close()
         other.close()
+
+
+def test_restart_lanes_refused(r: "redis.Redis[bytes]") -> None:
+    """Lanes the config registered again no longer fits (the client
+    registered a smaller capacity since it set them): set_lanes refuses them
+    inside the MULTI, the caller gets the script's error naming the field,
+    and the provider is registered again with its rules all the same (a
+    MULTI is not rolled back; as in Go)."""
+    c = Limiter(r, call_timeout=5)
+    try:
+        c.register("p", **CFG)
+        c.set_lanes("p", [{"name": "live", "priority": 1, "burst": 50}, {"name": "backfill"}])
+        c.set_rules("p", RULES)
+        c.register("p", capacity=20, refill_rate=100)
+        lost(r)
+        with pytest.raises(InvalidArgumentError) as e:
+            c.try_acquire_request("p")
+        assert e.value.field == "lanes.live.burst" and "[0, 20]" in str(e.value)
+        assert r.hget(CONFIG, "lanes") is None and r.hget(CONFIG, "capacity") == b"20"
+        assert sum(c.try_acquire_request("p").allowed for _ in range(4)) == 2
+    finally:
+        c.close()
 
 
 def test_restart_concurrent_clients(r: "redis.Redis[bytes]") -> None:

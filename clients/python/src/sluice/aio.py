@@ -223,16 +223,16 @@ class AsyncLimiter:
 
     async def set_rules(self, provider: str, rules: List[Dict[str, Any]]) -> Tuple[bool, int]:
         """See Limiter.set_rules."""
-        st = self._state(provider)
-        res = await self._run(provider, st, "set_rules", [st.keys.config, st.keys.rules], [json.dumps(rules)])
-        st.rules_given = list(rules)
+        st, text = self._state(provider), json.dumps(rules)
+        res = await self._run(provider, st, "set_rules", [st.keys.config, st.keys.rules], [text])
+        st.rules_given = json.loads(text)  # a copy, as given
         return as_str(res[0]) == "updated", as_int(res[1])
 
     async def set_lanes(self, provider: str, lanes: List[Dict[str, Any]]) -> bool:
         """See Limiter.set_lanes."""
-        st = self._state(provider)
-        res = await self._run(provider, st, "set_lanes", [st.keys.config, st.keys.bucket], [json.dumps(lanes)])
-        st.lanes_given = list(lanes)
+        st, text = self._state(provider), json.dumps(lanes)
+        res = await self._run(provider, st, "set_lanes", [st.keys.config, st.keys.bucket], [text])
+        st.lanes_given = json.loads(text)  # a copy, as given
         return as_str(res) == "updated"
 
     async def acquire(self, provider: str, n: int = 1, timeout: Optional[float] = None) -> Decision:

@@ -287,9 +287,9 @@ class Limiter:
         name, kind, limit, period_ms, lease_ms, scaled), checked whole by
         the script: InvalidArgumentError naming the field (rules.<name>.limit)
         changes nothing. Returns (changed, revision)."""
-        st = self._state(provider)
-        res = self._run(provider, st, "set_rules", [st.keys.config, st.keys.rules], [json.dumps(rules)])
-        st.rules_given = list(rules)
+        st, text = self._state(provider), json.dumps(rules)
+        res = self._run(provider, st, "set_rules", [st.keys.config, st.keys.rules], [text])
+        st.rules_given = json.loads(text)  # a copy, as given
         return as_str(res[0]) == "updated", as_int(res[1])
 
     def set_lanes(self, provider: str, lanes: List[Dict[str, Any]]) -> bool:
@@ -299,9 +299,9 @@ class Limiter:
         (lanes.<name>.weight) changes nothing. [] removes them. Returns
         whether they changed. A request names its lane with lane= in
         try_acquire_request and acquire_request."""
-        st = self._state(provider)
-        res = self._run(provider, st, "set_lanes", [st.keys.config, st.keys.bucket], [json.dumps(lanes)])
-        st.lanes_given = list(lanes)
+        st, text = self._state(provider), json.dumps(lanes)
+        res = self._run(provider, st, "set_lanes", [st.keys.config, st.keys.bucket], [text])
+        st.lanes_given = json.loads(text)  # a copy, as given
         return as_str(res) == "updated"
 
     def acquire(self, provider: str, n: int = 1, timeout: Optional[float] = None) -> Decision:
