@@ -100,6 +100,48 @@ def test_limiters_on_a_cluster(cluster: Cluster) -> None:
     lim.close()
 
 
+def test_restart_restores_rules_on_a_cluster(cluster: Cluster) -> None:
+    """The master of a provider's slot loses the provider's keys (as a
+    restart without persistence; only them: the cluster is shared by the
+    module's tests, as is providers_on_masters' p0, so a name of its own):
+    the limiters (sync and async, on cluster clients) register the provider
+    again with its rules and lanes in one MULTI on that master; a window of
+    2 grants 2 of the requests after."""
+    p = "restart-rules"
+    config = f"sluice:{{{p}}}:config"
+
+    def lose() -> None:
+        keys = list(master.scan_iter(match=f"*{{{p}}}*"))
+        assert config.encode() in keys
+        master.delete(*keys)
+
+    rules = [{"name": "hist", "kind": "window", "limit": 2, "period_ms": 3600000}]
+    lanes = [{"name": "live", "priority": 1, "burst": 5}, {"name": "backfill"}]
+    lim = Limiter(redis.cluster.RedisCluster.from_url(cluster.url), call_timeout=5)
+    master = cluster.node(cluster.master_of(config))
+    try:
+        lim.register(p, capacity=100, refill_rate=100)
+        lim.set_lanes(p, lanes)
+        lim.set_rules(p, rules)
+        lose()
+        assert sum(lim.try_acquire_request(p, lane="live").allowed for _ in range(4)) == 2
+        assert master.hget(config, "lanes") is not None
+
+        async def body() -> None:
+            alim = AsyncLimiter(redis.asyncio.cluster.RedisCluster.from_url(cluster.url), call_timeout=5)
+            await alim.register(p, capacity=100, refill_rate=100)
+            await alim.try_acquire_request(p)  # learns the rules
+            lose()
+            got = [await alim.try_acquire_request(p) for _ in range(4)]
+            assert sum(d.allowed for d in got) == 2, got
+            assert master.hget(config, "rules") is not None
+            await alim.close()
+        run(body)
+    finally:
+        lim.close()
+        master.close()
+
+
 def subscribers(cl: Cluster, channel: str) -> int:
     n = 0
     for node in cl.live():

@@ -566,6 +566,27 @@ class ProviderState:
     turn: Any = None  # held by the one rate-limited waiter of this client that polls Redis
     rules_rev: Optional[str] = None  # the pacing rules' revision Redis last told ("" none; None not told)
     rules: List[Dict[str, Any]] = field(default_factory=list)  # and the rules
+    rules_given: Optional[List[Dict[str, Any]]] = None  # set by set_rules: set again if Redis loses the provider
+    lanes_given: Optional[List[Dict[str, Any]]] = None  # set by set_lanes: likewise
+
+
+def reregister_calls(st: ProviderState, cfg: ProviderConfig) -> Tuple[List[Tuple[str, List[str], List[str]]], str, str]:
+    """The scripts that register st's provider again with cfg after Redis
+    lost it, to run in one MULTI: register, then set_rules and set_lanes
+    when there are any, as the Go client's reregister: the rules this
+    client last learnt from Redis, else the ones it last gave set_rules;
+    the lanes it last gave set_lanes. Also the rules' and lanes' JSON ("":
+    none)."""
+    k = st.keys
+    rules = st.rules if st.rules_rev is not None else st.rules_given
+    rtext = json.dumps(rules) if rules else ""
+    ltext = json.dumps(st.lanes_given) if st.lanes_given else ""
+    calls = [("register", [k.config, k.bucket, k.scale], cfg.args())]
+    if rtext:
+        calls.append(("set_rules", [k.config, k.rules], [rtext]))
+    if ltext:
+        calls.append(("set_lanes", [k.config, k.bucket], [ltext]))
+    return calls, rtext, ltext
 
 
 class Base:

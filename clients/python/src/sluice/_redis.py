@@ -516,6 +516,21 @@ class Conn:
                 return c.eval(script_source(name), len(keys), *keys, *args)
         return self.run(keys[0], call, deadline)
 
+    def scripts_atomic(self, calls: Sequence[Tuple[str, Sequence[str], Sequence[Any]]],
+                       deadline: Optional[float] = None) -> List[Any]:
+        """Scripts (name, keys, args), all on keys of one slot, run by EVAL
+        in one MULTI: no other client's command runs between them. Their
+        replies; an error reply raises (the scripts before it ran)."""
+        def call(c: "redis.Redis[Any]") -> Any:
+            pipe = c.pipeline(transaction=True)
+            for name, keys, args in calls:
+                pipe.eval(script_source(name), len(keys), *keys, *args)
+            try:
+                return pipe.execute()
+            except redis.exceptions.ResponseError as e:
+                raise type(e)(reply_text(e)) from e  # the reply as the script gave it
+        return self.run(calls[0][1][0], call, deadline)  # type: ignore[no-any-return]
+
     def batch(self, cmds: Sequence[Tuple[str, str, Sequence[Any]]], deadline: Optional[float] = None) -> None:
         """Commands (key, method, args) in one pipeline, one per node on a
         cluster; error replies raise."""
@@ -646,6 +661,19 @@ class AsyncConn:
                     raise
                 return await c.eval(script_source(name), len(keys), *keys, *args)
         return await self.run(keys[0], call, deadline)
+
+    async def scripts_atomic(self, calls: Sequence[Tuple[str, Sequence[str], Sequence[Any]]],
+                             deadline: Optional[float] = None) -> List[Any]:
+        """See Conn.scripts_atomic."""
+        async def call(c: "redis.asyncio.Redis[Any]") -> Any:
+            pipe = c.pipeline(transaction=True)
+            for name, keys, args in calls:
+                pipe.eval(script_source(name), len(keys), *keys, *args)
+            try:
+                return await pipe.execute()
+            except redis.exceptions.ResponseError as e:
+                raise type(e)(reply_text(e)) from e
+        return await self.run(calls[0][1][0], call, deadline)  # type: ignore[no-any-return]
 
     async def batch(self, cmds: Sequence[Tuple[str, str, Sequence[Any]]], deadline: Optional[float] = None) -> None:
         """See Conn.batch."""

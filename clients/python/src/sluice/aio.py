@@ -38,6 +38,7 @@ from ._core import (
     RULES_CHANGED_TWICE,
     RulesChanged,
     lease_ms,
+    reregister_calls,
     rules_request,
 )
 from ._redis import REDIS_ERRORS, AsyncConn, grant_in_time
@@ -112,14 +113,26 @@ class AsyncLimiter:
             cfg = st.registered
             assert cfg is not None
             try:
-                await self._register(provider, st, cfg)
-                if st.last_scale is not None and st.last_scale != 1:
-                    k = st.keys
-                    await self._call("set_scale", [k.config, k.bucket, k.scale],
-                                     [fmt(st.last_scale), self._b.source + " (restored after redis lost it)", k.notify])
+                await self._reregister(provider, st, cfg)
                 return await self._call(name, keys, args, deadline)
             except REDIS_ERRORS as e:
                 raise map_error(provider, e) from e
+
+    async def _reregister(self, provider: str, st: ProviderState, cfg: ProviderConfig) -> None:
+        """See Limiter._reregister: the provider, its rules and its lanes
+        in one MULTI, then the last scale seen."""
+        k = st.keys
+        calls, rules, lanes = reregister_calls(st, cfg)
+        await self._conn.scripts_atomic(calls)
+        pk = providers_key(self._b.prefix)
+        await self._conn.run(pk, lambda c: c.sadd(pk, provider))
+        if rules:
+            log.warning("pacing rules set again with the provider (their state starts empty): %s %s", provider, rules)
+        if lanes:
+            log.warning("lanes set again with the provider: %s %s", provider, lanes)
+        if st.last_scale is not None and st.last_scale != 1:
+            await self._call("set_scale", [k.config, k.bucket, k.scale],
+                             [fmt(st.last_scale), self._b.source + " (restored after redis lost it)", k.notify])
 
     async def register(self, provider: str, config: Optional[ProviderConfig] = None, **fields: Any) -> str:
         """See Limiter.register."""
@@ -210,14 +223,17 @@ class AsyncLimiter:
 
     async def set_rules(self, provider: str, rules: List[Dict[str, Any]]) -> Tuple[bool, int]:
         """See Limiter.set_rules."""
-        st = self._state(provider)
-        res = await self._run(provider, st, "set_rules", [st.keys.config, st.keys.rules], [json.dumps(rules)])
+        st, text = self._state(provider), json.dumps(rules)
+        res = await self._run(provider, st, "set_rules", [st.keys.config, st.keys.rules], [text])
+        st.rules_given = json.loads(text)  # a copy, as given
         return as_str(res[0]) == "updated", as_int(res[1])
 
     async def set_lanes(self, provider: str, lanes: List[Dict[str, Any]]) -> bool:
         """See Limiter.set_lanes."""
-        st = self._state(provider)
-        return as_str(await self._run(provider, st, "set_lanes", [st.keys.config, st.keys.bucket], [json.dumps(lanes)])) == "updated"
+        st, text = self._state(provider), json.dumps(lanes)
+        res = await self._run(provider, st, "set_lanes", [st.keys.config, st.keys.bucket], [text])
+        st.lanes_given = json.loads(text)  # a copy, as given
+        return as_str(res) == "updated"
 
     async def acquire(self, provider: str, n: int = 1, timeout: Optional[float] = None) -> Decision:
         """See Limiter.acquire: waits out rate limits, cooldowns and an open

@@ -38,6 +38,7 @@ from ._core import (
     RULES_CHANGED_TWICE,
     RulesChanged,
     lease_ms,
+    reregister_calls,
     rules_request,
 )
 from ._redis import REDIS_ERRORS, Conn, bounded, grant_in_time
@@ -150,14 +151,32 @@ class Limiter:
             cfg = st.registered
             assert cfg is not None
             try:
-                self._register(provider, st, cfg)
-                if st.last_scale is not None and st.last_scale != 1:
-                    k = st.keys
-                    self._call("set_scale", [k.config, k.bucket, k.scale],
-                               [fmt(st.last_scale), self._b.source + " (restored after redis lost it)", k.notify])
+                self._reregister(provider, st, cfg)
                 return self._call(name, keys, args, deadline)
             except REDIS_ERRORS as e:
                 raise map_error(provider, e) from e
+
+    def _reregister(self, provider: str, st: ProviderState, cfg: ProviderConfig) -> None:
+        """Register provider again with cfg after Redis lost it, with its
+        pacing rules and lanes (restore_texts: the rules last learnt from
+        Redis, else the ones given to set_rules; the lanes given to
+        set_lanes) in one MULTI: no client can be decided on the provider
+        without its rules in between (it would learn that the provider has
+        none and be granted by the bucket alone). Then restore the last
+        scale seen if it was not 1. The rules' state (windows, permits) is
+        lost with Redis's (docs/rules.md)."""
+        k = st.keys
+        calls, rules, lanes = reregister_calls(st, cfg)
+        self._conn.scripts_atomic(calls)
+        pk = providers_key(self._b.prefix)
+        self._conn.run(pk, lambda c: c.sadd(pk, provider))
+        if rules:
+            log.warning("pacing rules set again with the provider (their state starts empty): %s %s", provider, rules)
+        if lanes:
+            log.warning("lanes set again with the provider: %s %s", provider, lanes)
+        if st.last_scale is not None and st.last_scale != 1:
+            self._call("set_scale", [k.config, k.bucket, k.scale],
+                       [fmt(st.last_scale), self._b.source + " (restored after redis lost it)", k.notify])
 
     # Providers.
 
@@ -268,8 +287,9 @@ class Limiter:
         name, kind, limit, period_ms, lease_ms, scaled), checked whole by
         the script: InvalidArgumentError naming the field (rules.<name>.limit)
         changes nothing. Returns (changed, revision)."""
-        st = self._state(provider)
-        res = self._run(provider, st, "set_rules", [st.keys.config, st.keys.rules], [json.dumps(rules)])
+        st, text = self._state(provider), json.dumps(rules)
+        res = self._run(provider, st, "set_rules", [st.keys.config, st.keys.rules], [text])
+        st.rules_given = json.loads(text)  # a copy, as given
         return as_str(res[0]) == "updated", as_int(res[1])
 
     def set_lanes(self, provider: str, lanes: List[Dict[str, Any]]) -> bool:
@@ -279,8 +299,10 @@ class Limiter:
         (lanes.<name>.weight) changes nothing. [] removes them. Returns
         whether they changed. A request names its lane with lane= in
         try_acquire_request and acquire_request."""
-        st = self._state(provider)
-        return as_str(self._run(provider, st, "set_lanes", [st.keys.config, st.keys.bucket], [json.dumps(lanes)])) == "updated"
+        st, text = self._state(provider), json.dumps(lanes)
+        res = self._run(provider, st, "set_lanes", [st.keys.config, st.keys.bucket], [text])
+        st.lanes_given = json.loads(text)  # a copy, as given
+        return as_str(res) == "updated"
 
     def acquire(self, provider: str, n: int = 1, timeout: Optional[float] = None) -> Decision:
         """Block until provider grants n tokens and return the granting
