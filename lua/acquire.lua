@@ -222,6 +222,9 @@ if cfg[4] or rules_form then
         end
         spec[#spec + 1] = 0
       end
+      if cfg[4] and spec[1] == 0 then -- rules_rev says there are rules: none is not what set_rules writes
+        error('')
+      end
       local nk = 6
       hmget = {'HMGET', KEYS[6]}
       for b = 3, #spec - 1, 6 do
