@@ -3,8 +3,10 @@ package limiter_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/sluice-dev/sluice/internal/redistest"
 	"github.com/sluice-dev/sluice/pkg/limiter"
@@ -45,6 +47,67 @@ func TestRulesSpecEmptiedIsCorrupt(t *testing.T) {
 		d, err := c.TryAcquireRequest(ctx, "ib", limiter.Request{})
 		if !errors.Is(err, limiter.ErrCorruptState) || !strings.Contains(err.Error(), "rules_spec=") {
 			t.Errorf("decision on %s while rules_rev is set: %+v, %v; want ErrCorruptState naming rules_spec", what, d, err)
+		}
+	}
+}
+
+// TestRulesTextStateTooLargeIsCorrupt: a text window state of the release
+// before whose units or time do not fit the packed form (2 bytes of units,
+// 7 of µs) is refused as corrupt, not packed cut down to what fits: 65 536
+// units held would be packed as 0 and the window of 1 grant again.
+func TestRulesTextStateTooLargeIsCorrupt(t *testing.T) {
+	srv := redistest.Start(t)
+	ctx := context.Background()
+	rdb := srv.Client(t)
+	c, _ := newCoord(t, rdb, limiter.Options{NoTokenLease: true, NoRefusalHold: true})
+	register(t, c, "ib", 1000, 1000)
+	one := limiter.Rule{Name: "one", Kind: limiter.RuleWindow, Limit: 1, Period: time.Hour}
+	if _, err := c.SetRules(ctx, "ib", []limiter.Rule{one}); err != nil {
+		t.Fatal(err)
+	}
+	now, err := rdb.Time(ctx).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	us := now.UnixMicro()
+	for _, state := range []string{
+		fmt.Sprintf("65536 1 %d:65536", us),
+		fmt.Sprintf("1 1 %d:1", int64(1)<<56+us%1000), // past 7 bytes: cut to them it is long past
+	} {
+		rdb.HSet(ctx, ibKeys.Rules, "one", state)
+		d, err := c.TryAcquireRequest(ctx, "ib", limiter.Request{})
+		if !errors.Is(err, limiter.ErrCorruptState) && (err != nil || d.Allowed) {
+			t.Errorf("decision on the text state %q: %+v, %v; want ErrCorruptState or a refusal", state, d, err)
+		}
+	}
+}
+
+// TestRulesTextPermitTooLargeIsCorrupt: a text permit of the release before
+// whose places do not fit 2 bytes is refused as corrupt, not counted and
+// then packed cut down: 65 536 places recounted would be stored as 0
+// held, and the next request granted through a concurrency limit of 1.
+func TestRulesTextPermitTooLargeIsCorrupt(t *testing.T) {
+	srv := redistest.Start(t)
+	ctx := context.Background()
+	rdb := srv.Client(t)
+	c, _ := newCoord(t, rdb, limiter.Options{NoTokenLease: true, NoRefusalHold: true})
+	register(t, c, "ib", 1000, 1000)
+	open := limiter.Rule{Name: "open", Kind: limiter.RuleConcurrency, Limit: 1, Lease: time.Hour}
+	if _, err := c.SetRules(ctx, "ib", []limiter.Rule{open}); err != nil {
+		t.Fatal(err)
+	}
+	now, err := rdb.Time(ctx).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	us := now.UnixMicro()
+	// The rule's lower bound of the next lease end has passed: acquire
+	// counts the permits again.
+	rdb.HSet(ctx, ibKeys.Rules, "open", fmt.Sprintf("1 %d", us-1), "open#old", fmt.Sprintf("65536 %d", us+3_600_000_000))
+	for i := range 2 {
+		d, err := c.TryAcquireRequest(ctx, "ib", limiter.Request{})
+		if !errors.Is(err, limiter.ErrCorruptState) && (err != nil || d.Allowed) {
+			t.Errorf("decision %d on the text permit: %+v, %v; want ErrCorruptState or a refusal", i, d, err)
 		}
 	}
 }

@@ -106,7 +106,11 @@ local function two(v)
     return nil
   elseif #v ~= 9 then
     local a, b = v:match('^(%d+) (%d+)$')
-    return tonumber(a), tonumber(b)
+    a, b = tonumber(a), tonumber(b)
+    if a and a <= 65535 and b < 72057594037927936 then -- fits I2 and I7 (else corrupt: never cut down)
+      return a, b
+    end
+    return nil
   elseif st then
     return st.unpack('<I2I7', v)
   end
