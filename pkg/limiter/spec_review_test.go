@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/sluice-dev/sluice/internal/redistest"
+	"github.com/sluice-dev/sluice/pkg/keyspace"
 	"github.com/sluice-dev/sluice/pkg/limiter"
 )
 
@@ -111,3 +112,44 @@ func TestRulesTextPermitTooLargeIsCorrupt(t *testing.T) {
 		}
 	}
 }
+
+// TestRestartLanesRefusedKeepsScaleAndListing: lanes that no longer fit
+// the config registered again are refused inside the MULTI (the caller
+// gets the error naming the field), but the provider, registered again
+// all the same, is listed again and keeps the scale this replica last saw
+// (0.5 here: at 1 it would be granted twice the operator's rate).
+func TestRestartLanesRefusedKeepsScaleAndListing(t *testing.T) {
+	srv := redistest.Start(t)
+	rdb := srv.Client(t)
+	ctx := context.Background()
+	c, _ := newCoord(t, rdb, limiter.Options{NoTokenLease: true, NoRefusalHold: true})
+	register(t, c, "p", 100, 100)
+	if _, err := c.SetLanes(ctx, "p", []limiter.Lane{{Name: "live", Priority: 1, Burst: 50}, {Name: "backfill"}}); err != nil {
+		t.Fatal(err)
+	}
+	register(t, c, "p", 20, 100) // the lanes' burst of 50 no longer fits
+	if _, err := c.SetBudgetScale(ctx, "p", 0.5); err != nil {
+		t.Fatal(err)
+	}
+	if d, err := c.TryAcquire(ctx, "p", 1); err != nil || d.Scale != 0.5 {
+		t.Fatalf("before the loss: %+v, %v; want a decision at scale 0.5", d, err)
+	}
+	if err := rdb.FlushAll(ctx).Err(); err != nil { // this test's own server
+		t.Fatal(err)
+	}
+	_, err := c.TryAcquire(ctx, "p", 1)
+	if !errors.Is(err, limiter.ErrInvalidArgument) || !strings.Contains(err.Error(), "lanes.live.burst") {
+		t.Fatalf("after the loss: %v; want the lanes refused, naming lanes.live.burst", err)
+	}
+	if s, err := rdb.HGet(ctx, ibKeysP.Scale, "scale").Result(); err != nil || s != "0.5" {
+		t.Errorf("scale after the provider was registered again: %q, %v; want 0.5 restored", s, err)
+	}
+	if names, err := c.Providers(ctx); err != nil || len(names) != 1 || names[0] != "p" {
+		t.Errorf("providers after the provider was registered again: %v, %v; want [p]", names, err)
+	}
+	if d, err := c.TryAcquire(ctx, "p", 1); err != nil || d.Scale != 0.5 {
+		t.Errorf("next decision: %+v, %v; want scale 0.5", d, err)
+	}
+}
+
+var ibKeysP = keyspace.Prefix("").Provider("p")
