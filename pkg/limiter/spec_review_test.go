@@ -153,3 +153,29 @@ func TestRestartLanesRefusedKeepsScaleAndListing(t *testing.T) {
 }
 
 var ibKeysP = keyspace.Prefix("").Provider("p")
+
+// TestBucketTokensOutOfRangeRepaired: a bucket whose tokens are a finite
+// number below 0 (written by hand: no script writes one) is corrupt and
+// repaired empty, as of now: the wait it reports is a refill's, never a
+// sum no wait covers nor a reply Redis cannot make an integer of.
+func TestBucketTokensOutOfRangeRepaired(t *testing.T) {
+	srv := redistest.Start(t)
+	ctx := context.Background()
+	rdb := srv.Client(t)
+	c, _ := newCoord(t, rdb, limiter.Options{NoTokenLease: true, NoRefusalHold: true})
+	register(t, c, "p", 10, 1)
+	for _, tokens := range []string{"-1e300", "-5"} {
+		now, err := rdb.Time(ctx).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		rdb.HSet(ctx, ibKeysP.Bucket, "tokens", tokens, "ts", now.UnixMicro())
+		d, err := c.TryAcquire(ctx, "p", 1)
+		if err != nil {
+			t.Fatalf("tokens=%s: %v", tokens, err)
+		}
+		if d.Allowed || d.RetryAfter <= 0 || d.RetryAfter > 2*time.Second {
+			t.Errorf("tokens=%s: %+v; want refused with a wait of at most a token's refill (1 s) and then some", tokens, d)
+		}
+	}
+}
