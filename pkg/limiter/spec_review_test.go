@@ -179,3 +179,44 @@ func TestBucketTokensOutOfRangeRepaired(t *testing.T) {
 		}
 	}
 }
+
+// TestPermitReleaseLeavesCorruptStateCorrupt: releasing a permit while
+// its concurrency rule's state is corrupt (written by hand) leaves the
+// state as it is, for acquire to refuse as corrupt; rewriting it as the
+// released permit's places taken from nothing (0 held) forgot the other
+// open permit, and the limit of 2 granted two more beside it.
+func TestPermitReleaseLeavesCorruptStateCorrupt(t *testing.T) {
+	srv := redistest.Start(t)
+	ctx := context.Background()
+	rdb := srv.Client(t)
+	c, _ := newCoord(t, rdb, limiter.Options{NoTokenLease: true, NoRefusalHold: true})
+	register(t, c, "ib", 1000, 1000)
+	open := limiter.Rule{Name: "open", Kind: limiter.RuleConcurrency, Limit: 2, Lease: time.Hour}
+	if _, err := c.SetRules(ctx, "ib", []limiter.Rule{open}); err != nil {
+		t.Fatal(err)
+	}
+	var held []*limiter.Permit
+	for range 2 {
+		d, err := c.TryAcquireRequest(ctx, "ib", limiter.Request{})
+		if err != nil || !d.Allowed || d.Permit == nil {
+			t.Fatalf("a permit under the limit: %+v, %v", d, err)
+		}
+		held = append(held, d.Permit)
+	}
+	rdb.HSet(ctx, ibKeys.Rules, "open", "garbage")
+	if err := held[0].Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	granted := 0
+	for range 2 {
+		d, err := c.TryAcquireRequest(ctx, "ib", limiter.Request{})
+		if err == nil && d.Allowed {
+			granted++
+		} else if err != nil && !errors.Is(err, limiter.ErrCorruptState) {
+			t.Fatal(err)
+		}
+	}
+	if granted > 1 {
+		t.Fatalf("%d granted beside the open permit through a limit of 2, want at most 1", granted)
+	}
+}

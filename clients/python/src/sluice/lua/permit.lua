@@ -144,9 +144,11 @@ if not places then
 end
 if op == 'release' then
   local held, nxt = two(v[2])
-  held = math.max(0, (held or places) - places)
   redis.call('HDEL', KEYS[1], field)
-  redis.call('HSET', KEYS[1], rule, pack2(held, held > 0 and nxt or 0))
+  if held or not v[2] then -- a corrupt state stays, for acquire to refuse (0 held would forget the others)
+    held = math.max(0, (held or places) - places)
+    redis.call('HSET', KEYS[1], rule, pack2(held, held > 0 and nxt or 0))
+  end
   if expiry <= now then
     return 0 -- its lease had ended: its places were no longer counted as its
   end
