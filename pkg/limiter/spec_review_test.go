@@ -220,3 +220,25 @@ func TestPermitReleaseLeavesCorruptStateCorrupt(t *testing.T) {
 		t.Fatalf("%d granted beside the open permit through a limit of 2, want at most 1", granted)
 	}
 }
+
+// TestSetNoRulesTwiceIsUnchanged: on a real redis-server (struct packs the
+// spec), setting no rules on a provider that has none reports no change,
+// as setting the same rules again does.
+func TestSetNoRulesTwiceIsUnchanged(t *testing.T) {
+	srv := redistest.Start(t)
+	ctx := context.Background()
+	c, _ := newCoord(t, srv.Client(t), limiter.Options{})
+	register(t, c, "ib", 1000, 1000)
+	for i := range 2 {
+		if changed, err := c.SetRules(ctx, "ib", nil); err != nil || changed {
+			t.Fatalf("SetRules(none) #%d on a provider without rules: changed=%v, %v; want unchanged", i, changed, err)
+		}
+	}
+	one := []limiter.Rule{{Name: "one", Kind: limiter.RuleWindow, Limit: 1, Period: time.Hour}}
+	if changed, err := c.SetRules(ctx, "ib", one); err != nil || !changed {
+		t.Fatalf("SetRules(one): changed=%v, %v", changed, err)
+	}
+	if changed, err := c.SetRules(ctx, "ib", one); err != nil || changed {
+		t.Fatalf("SetRules(one) again: changed=%v, %v; want unchanged", changed, err)
+	}
+}
