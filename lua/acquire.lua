@@ -222,6 +222,9 @@ if cfg[4] or rules_form then
         end
         spec[#spec + 1] = 0
       end
+      if cfg[4] and spec[1] == 0 then -- rules_rev says there are rules: none is not what set_rules writes
+        error('')
+      end
       local nk = 6
       hmget = {'HMGET', KEYS[6]}
       for b = 3, #spec - 1, 6 do
@@ -556,7 +559,7 @@ if spec then
       return st.unpack('<I2I7', v)
     end
     local a, b = v:match('^(%d+) (%d+)$')
-    if a then
+    if a and a + 0 <= 65535 and b + 0 < 72057594037927936 then -- fits I2 and I7 (else corrupt: never cut down)
       return a + 0, b + 0
     end
   end
@@ -664,7 +667,7 @@ if spec then
         end
         if v ~= 1 then -- a text state of the release before?
           local h, tx = s:match('^(%d+) %d+ (%d+):')
-          if h then
+          if h and h + 0 <= 65535 and tx + 0 < 72057594037927936 then -- fits I2 and I7 (else corrupt: never cut down)
             s = st.pack('<BI2BI6I7I2', 1, h, 1, 0, tx, h)
             v, held, k, xp, t, c, p = st.unpack('<BI2BI6I7I2', s)
           end

@@ -161,9 +161,9 @@ local function settle(bucket_key, now, capacity, rate, scale)
     return capacity, false
   end
   local tokens, ts = guard(b[1]), guard(b[2])
-  if tokens == nil or ts == nil then
-    -- Corrupt: repaired empty, as of now (the caller stores it). Never full,
-    -- which would widen the budget.
+  if tokens == nil or ts == nil or tokens < 0 then
+    -- Corrupt (no script writes tokens below 0): repaired empty, as of now
+    -- (the caller stores it). Never full, which would widen the budget.
     return 0, true
   end
   local elapsed = now - ts

@@ -122,7 +122,8 @@ if not rs then
 end
 local text, spec = rules_text(rs)
 local old = redis.call('HMGET', KEYS[1], 'rules', 'rules_spec')
-if (old[1] or '[]') == text and (old[2] or '[]') == spec then
+-- No rules is no fields at all (the packed spec of none is not '[]').
+if (old[1] or '[]') == text and (text == '[]' and not old[2] or old[2] == spec) then
   return {'unchanged', tonumber(redis.call('HGET', KEYS[1], 'rules_seq')) or 0}
 end
 -- The state of the rules not kept by name and kind goes.

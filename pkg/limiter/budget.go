@@ -18,14 +18,17 @@ const (
 
 // stretch is d made long enough that replicas instances, each making
 // calls Redis calls per period, stay within budget calls a second in all:
-// max(d, calls × replicas ÷ budget), never longer than most unless d is.
+// max(d, calls × replicas ÷ budget), never longer than most unless d is,
+// however small the budget.
 // A budget ≤ 0 (off) leaves d as it is.
 func stretch(d time.Duration, calls float64, replicas int, budget float64, most time.Duration) time.Duration {
 	if budget <= 0 {
 		return d
 	}
-	s := time.Duration(calls * float64(replicas) / budget * float64(time.Second))
-	return max(d, min(s, most))
+	// Capped as a float: past 2^63 ns a conversion to Duration wraps
+	// negative (a tiny budget, a vast count), which would leave d as it is.
+	s := min(calls*float64(replicas)/budget*float64(time.Second), float64(most))
+	return max(d, time.Duration(s))
 }
 
 // budget is the call budget in force: 0 when off.

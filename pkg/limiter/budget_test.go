@@ -30,6 +30,9 @@ func TestStretch(t *testing.T) {
 		{0, 1, 1000, 2000, time.Second, 500 * ms},                     // the spacing alone
 		{5 * ms, 2, 1000, 0, time.Second, 5 * ms},                     // off
 		{2 * time.Second, 2, 10, 1, time.Second, 2 * time.Second},     // never below d, even past the cap
+		{5 * ms, 2, 1, 1e-10, time.Second, time.Second},               // 2e19 ns passes a Duration: still the cap
+		{5 * ms, 1, 1, 0.1 * 1e-10, time.Minute, time.Minute},         // a heartbeat's tenth of a tiny budget
+		{5 * ms, 2, 1 << 40, 1, time.Second, time.Second},             // a count that large, the same
 	} {
 		if got := stretch(tc.d, tc.calls, tc.replicas, tc.budget, tc.most); got != tc.want {
 			t.Errorf("stretch(%v, %v, %d, %v, %v) = %v, want %v", tc.d, tc.calls, tc.replicas, tc.budget, tc.most, got, tc.want)

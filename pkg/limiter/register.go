@@ -151,7 +151,11 @@ func (c *Limiter) run(ctx context.Context, st *providerState, s *redis.Script, k
 // one MULTI: no replica can be decided on the provider without its rules
 // in between (it would learn that the provider has none and be granted by
 // the bucket alone). Then it restores scale, the last one this replica
-// saw, if it is not 1 (an operator's 0.5 survives the restart). The rules'
+// saw, if it is not 1 (an operator's 0.5 survives the restart). A refusal
+// of the rules or lanes inside the MULTI (lanes that no longer fit cfg)
+// is returned after the provider is listed and its scale restored: the
+// MULTI is not rolled back, so the provider is registered all the same.
+// The rules'
 // state (windows, keys, permits) is lost with Redis's: see docs/rules.md.
 // The caller holds st.reg.redo.
 func (c *Limiter) reregister(ctx context.Context, st *providerState, cfg ProviderConfig, scale float64) error {
@@ -173,8 +177,13 @@ func (c *Limiter) reregister(ctx context.Context, st *providerState, cfg Provide
 		}
 	}
 	k := st.keys
-	if _, err := c.command(ctx, st, func(ctx context.Context) (any, error) {
-		return c.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
+	// late is set_rules' or set_lanes' refusal (lanes that no longer fit
+	// cfg's capacity, say) after register ran: a MULTI is not rolled back,
+	// so the provider is listed and its scale restored all the same, and
+	// the refusal is returned last.
+	var late error
+	res, err := c.command(ctx, st, func(ctx context.Context) (any, error) {
+		cmds, err := c.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
 			registerScript.Eval(ctx, p, []string{k.config, k.bucket, k.scale}, cfg.args()...)
 			if rtext != "" {
 				setRulesScript.Eval(ctx, p, []string{k.config, k.rules.Rules}, rtext)
@@ -184,8 +193,18 @@ func (c *Limiter) reregister(ctx context.Context, st *providerState, cfg Provide
 			}
 			return nil
 		})
-	}); err != nil {
+		var rerr redis.Error
+		if err != nil && len(cmds) > 1 && cmds[0].Err() == nil && errors.As(err, &rerr) {
+			return err, nil // the reply, not a failed call: see late
+		}
+		return nil, err
+	})
+	if err != nil {
 		return c.mapErr(st.name, err)
+	}
+	if e, ok := res.(error); ok {
+		late = e
+		c.log.Warn("provider registered again, but its pacing rules or lanes were refused", "provider", st.name, "err", e)
 	}
 	if _, err := c.command(ctx, st, func(ctx context.Context) (any, error) {
 		return c.rdb.SAdd(ctx, providersKey(c.opts.Prefix), st.name).Result()
@@ -195,18 +214,17 @@ func (c *Limiter) reregister(ctx context.Context, st *providerState, cfg Provide
 	if rtext != "" {
 		c.log.Warn("pacing rules set again with the provider (their state starts empty)", "provider", st.name, "rules", FormatRules(*rules))
 	}
-	if ltext != "" {
+	if ltext != "" && late == nil {
 		c.log.Warn("lanes set again with the provider", "provider", st.name, "lanes", FormatLanes(*lanes))
 	}
-	if scale == 1 {
-		return nil
+	if scale != 1 {
+		if _, err := c.script(ctx, st, setScaleScript, []string{k.config, k.bucket, k.scale},
+			formatFloat(scale), c.opts.Source+" (restored after redis lost it)", k.notify); err != nil {
+			return c.mapErr(st.name, err)
+		}
+		c.log.Warn("scale restored after redis lost it", "provider", st.name, "scale", scale)
 	}
-	if _, err := c.script(ctx, st, setScaleScript, []string{k.config, k.bucket, k.scale},
-		formatFloat(scale), c.opts.Source+" (restored after redis lost it)", k.notify); err != nil {
-		return c.mapErr(st.name, err)
-	}
-	c.log.Warn("scale restored after redis lost it", "provider", st.name, "scale", scale)
-	return nil
+	return c.mapErr(st.name, late)
 }
 
 func isUnknownProvider(err error) bool {

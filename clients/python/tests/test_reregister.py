@@ -107,6 +107,51 @@ def test_restart_lanes_refused(r: "redis.Redis[bytes]") -> None:
         c.close()
 
 
+def test_restart_lanes_refused_keeps_scale_and_listing(r: "redis.Redis[bytes]") -> None:
+    """Lanes refused inside the MULTI: the provider, registered again all
+    the same, is listed again and keeps the scale this client last saw (at
+    1 it would be granted twice the operator's 0.5), then the refusal is
+    raised."""
+    c = Limiter(r, call_timeout=5)
+    try:
+        c.register("p", **CFG)
+        c.set_lanes("p", [{"name": "live", "priority": 1, "burst": 50}, {"name": "backfill"}])
+        c.register("p", capacity=20, refill_rate=100)
+        c.set_scale("p", 0.5)
+        assert c.try_acquire("p").scale == 0.5
+        lost(r)
+        with pytest.raises(InvalidArgumentError) as e:
+            c.try_acquire("p")
+        assert e.value.field == "lanes.live.burst"
+        assert r.hget("sluice:{p}:scale", "scale") == b"0.5"
+        assert c.providers() == ["p"]
+        assert c.try_acquire("p").scale == 0.5
+    finally:
+        c.close()
+
+
+def test_restart_lanes_refused_keeps_scale_async(r: "redis.Redis[bytes]", redis_server: Any) -> None:
+    """The same with an AsyncLimiter."""
+    async def body() -> None:
+        cl = redis.asyncio.Redis(port=redis_server.port, socket_timeout=5)
+        c = AsyncLimiter(cl, call_timeout=5)
+        try:
+            await c.register("p", **CFG)
+            await c.set_lanes("p", [{"name": "live", "priority": 1, "burst": 50}, {"name": "backfill"}])
+            await c.register("p", capacity=20, refill_rate=100)
+            await c.set_scale("p", 0.5)
+            assert (await c.try_acquire("p")).scale == 0.5
+            lost(r)
+            with pytest.raises(InvalidArgumentError):
+                await c.try_acquire("p")
+            assert r.hget("sluice:{p}:scale", "scale") == b"0.5"
+            assert await c.providers() == ["p"]
+        finally:
+            await c.close()
+            await cl.close()
+    run(body)
+
+
 def test_restart_concurrent_clients(r: "redis.Redis[bytes]") -> None:
     """Three clients registered the provider and know its rules; after
     each restart they ask 4 times each at once (threads, one client each):

@@ -100,6 +100,15 @@ def reply_text(e: BaseException) -> str:
     return str(e).split(" of pipeline caused error: ", 1)[-1]
 
 
+def _atomic_replies(replies: List[Any]) -> List[Any]:
+    """scripts_atomic's replies: error replies as the scripts gave them
+    (without redis-py's pipeline prefix); the first one's raises."""
+    out = [type(x)(reply_text(x)) if isinstance(x, redis.exceptions.ResponseError) else x for x in replies]
+    if out and isinstance(out[0], redis.exceptions.ResponseError):
+        raise out[0]
+    return out
+
+
 def classify(e: BaseException, cluster: bool) -> str:
     """What an error of a call means: "answer" (an error reply: the caller
     maps it), "moved" (MOVED: the slot has a new owner), "moving" (the slot
@@ -520,15 +529,14 @@ class Conn:
                        deadline: Optional[float] = None) -> List[Any]:
         """Scripts (name, keys, args), all on keys of one slot, run by EVAL
         in one MULTI: no other client's command runs between them. Their
-        replies; an error reply raises (the scripts before it ran)."""
+        replies: the first script's error reply raises; a later one's is
+        in its place as a ResponseError (a MULTI is not rolled back: the
+        scripts before and after it ran)."""
         def call(c: "redis.Redis[Any]") -> Any:
             pipe = c.pipeline(transaction=True)
             for name, keys, args in calls:
                 pipe.eval(script_source(name), len(keys), *keys, *args)
-            try:
-                return pipe.execute()
-            except redis.exceptions.ResponseError as e:
-                raise type(e)(reply_text(e)) from e  # the reply as the script gave it
+            return _atomic_replies(pipe.execute(raise_on_error=False))
         return self.run(calls[0][1][0], call, deadline)  # type: ignore[no-any-return]
 
     def batch(self, cmds: Sequence[Tuple[str, str, Sequence[Any]]], deadline: Optional[float] = None) -> None:
@@ -669,10 +677,7 @@ class AsyncConn:
             pipe = c.pipeline(transaction=True)
             for name, keys, args in calls:
                 pipe.eval(script_source(name), len(keys), *keys, *args)
-            try:
-                return await pipe.execute()
-            except redis.exceptions.ResponseError as e:
-                raise type(e)(reply_text(e)) from e
+            return _atomic_replies(await pipe.execute(raise_on_error=False))
         return await self.run(calls[0][1][0], call, deadline)  # type: ignore[no-any-return]
 
     async def batch(self, cmds: Sequence[Tuple[str, str, Sequence[Any]]], deadline: Optional[float] = None) -> None:

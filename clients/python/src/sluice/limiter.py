@@ -167,16 +167,22 @@ class Limiter:
         lost with Redis's (docs/rules.md)."""
         k = st.keys
         calls, rules, lanes = reregister_calls(st, cfg)
-        self._conn.scripts_atomic(calls)
+        replies = self._conn.scripts_atomic(calls)
+        # set_rules' or set_lanes' refusal (lanes that no longer fit cfg):
+        # the provider is registered all the same (a MULTI is not rolled
+        # back), so it is listed and its scale restored before it raises.
+        late = next((x for x in replies if isinstance(x, redis.exceptions.ResponseError)), None)
         pk = providers_key(self._b.prefix)
         self._conn.run(pk, lambda c: c.sadd(pk, provider))
         if rules:
             log.warning("pacing rules set again with the provider (their state starts empty): %s %s", provider, rules)
-        if lanes:
+        if lanes and late is None:
             log.warning("lanes set again with the provider: %s %s", provider, lanes)
         if st.last_scale is not None and st.last_scale != 1:
             self._call("set_scale", [k.config, k.bucket, k.scale],
                        [fmt(st.last_scale), self._b.source + " (restored after redis lost it)", k.notify])
+        if late is not None:
+            raise late
 
     # Providers.
 

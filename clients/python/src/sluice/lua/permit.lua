@@ -106,7 +106,11 @@ local function two(v)
     return nil
   elseif #v ~= 9 then
     local a, b = v:match('^(%d+) (%d+)$')
-    return tonumber(a), tonumber(b)
+    a, b = tonumber(a), tonumber(b)
+    if a and a <= 65535 and b < 72057594037927936 then -- fits I2 and I7 (else corrupt: never cut down)
+      return a, b
+    end
+    return nil
   elseif st then
     return st.unpack('<I2I7', v)
   end
@@ -140,9 +144,11 @@ if not places then
 end
 if op == 'release' then
   local held, nxt = two(v[2])
-  held = math.max(0, (held or places) - places)
   redis.call('HDEL', KEYS[1], field)
-  redis.call('HSET', KEYS[1], rule, pack2(held, held > 0 and nxt or 0))
+  if held or not v[2] then -- a corrupt state stays, for acquire to refuse (0 held would forget the others)
+    held = math.max(0, (held or places) - places)
+    redis.call('HSET', KEYS[1], rule, pack2(held, held > 0 and nxt or 0))
+  end
   if expiry <= now then
     return 0 -- its lease had ended: its places were no longer counted as its
   end
