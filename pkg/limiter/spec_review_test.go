@@ -8,10 +8,27 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/sluice-dev/sluice/internal/redistest"
 	"github.com/sluice-dev/sluice/pkg/keyspace"
 	"github.com/sluice-dev/sluice/pkg/limiter"
 )
+
+// newRealRuled is a Limiter that decides every request in Redis (no token
+// lease, no held refusal) on a real redis-server, whose struct library
+// packs the rules' state, with provider ib registered (1000, 1000) under
+// rules; and a client of that server.
+func newRealRuled(t *testing.T, rules ...limiter.Rule) (*limiter.Limiter, *redis.Client) {
+	t.Helper()
+	rdb := redistest.Start(t).Client(t)
+	c, _ := newCoord(t, rdb, limiter.Options{NoTokenLease: true, NoRefusalHold: true})
+	register(t, c, "ib", 1000, 1000)
+	if _, err := c.SetRules(context.Background(), "ib", rules); err != nil {
+		t.Fatal(err)
+	}
+	return c, rdb
+}
 
 // TestRulesSpecEmptiedIsCorrupt: on a real redis-server (struct packs the
 // spec), a provider whose rules_rev says it has rules but whose rules_spec
@@ -19,15 +36,9 @@ import (
 // is refused as corrupt, never decided on the bucket alone: the window of
 // 1 would otherwise let every request through.
 func TestRulesSpecEmptiedIsCorrupt(t *testing.T) {
-	srv := redistest.Start(t)
+	one := limiter.Rule{Name: "one", Kind: limiter.RuleWindow, Limit: 1, Period: time.Hour}
+	c, rdb := newRealRuled(t, one)
 	ctx := context.Background()
-	rdb := srv.Client(t)
-	c, _ := newCoord(t, rdb, limiter.Options{NoTokenLease: true, NoRefusalHold: true})
-	register(t, c, "ib", 1000, 1000)
-	one := limiter.Rule{Name: "one", Kind: limiter.RuleWindow, Limit: 1, Period: 3_600_000_000_000}
-	if _, err := c.SetRules(ctx, "ib", []limiter.Rule{one}); err != nil {
-		t.Fatal(err)
-	}
 	if d, err := c.TryAcquireRequest(ctx, "ib", limiter.Request{}); err != nil || !d.Allowed {
 		t.Fatalf("first request: %+v, %v; want granted", d, err)
 	}
@@ -57,15 +68,9 @@ func TestRulesSpecEmptiedIsCorrupt(t *testing.T) {
 // 7 of µs) is refused as corrupt, not packed cut down to what fits: 65 536
 // units held would be packed as 0 and the window of 1 grant again.
 func TestRulesTextStateTooLargeIsCorrupt(t *testing.T) {
-	srv := redistest.Start(t)
-	ctx := context.Background()
-	rdb := srv.Client(t)
-	c, _ := newCoord(t, rdb, limiter.Options{NoTokenLease: true, NoRefusalHold: true})
-	register(t, c, "ib", 1000, 1000)
 	one := limiter.Rule{Name: "one", Kind: limiter.RuleWindow, Limit: 1, Period: time.Hour}
-	if _, err := c.SetRules(ctx, "ib", []limiter.Rule{one}); err != nil {
-		t.Fatal(err)
-	}
+	c, rdb := newRealRuled(t, one)
+	ctx := context.Background()
 	now, err := rdb.Time(ctx).Result()
 	if err != nil {
 		t.Fatal(err)
@@ -88,15 +93,9 @@ func TestRulesTextStateTooLargeIsCorrupt(t *testing.T) {
 // then packed cut down: 65 536 places recounted would be stored as 0
 // held, and the next request granted through a concurrency limit of 1.
 func TestRulesTextPermitTooLargeIsCorrupt(t *testing.T) {
-	srv := redistest.Start(t)
-	ctx := context.Background()
-	rdb := srv.Client(t)
-	c, _ := newCoord(t, rdb, limiter.Options{NoTokenLease: true, NoRefusalHold: true})
-	register(t, c, "ib", 1000, 1000)
 	open := limiter.Rule{Name: "open", Kind: limiter.RuleConcurrency, Limit: 1, Lease: time.Hour}
-	if _, err := c.SetRules(ctx, "ib", []limiter.Rule{open}); err != nil {
-		t.Fatal(err)
-	}
+	c, rdb := newRealRuled(t, open)
+	ctx := context.Background()
 	now, err := rdb.Time(ctx).Result()
 	if err != nil {
 		t.Fatal(err)
@@ -186,15 +185,9 @@ func TestBucketTokensOutOfRangeRepaired(t *testing.T) {
 // released permit's places taken from nothing (0 held) forgot the other
 // open permit, and the limit of 2 granted two more beside it.
 func TestPermitReleaseLeavesCorruptStateCorrupt(t *testing.T) {
-	srv := redistest.Start(t)
-	ctx := context.Background()
-	rdb := srv.Client(t)
-	c, _ := newCoord(t, rdb, limiter.Options{NoTokenLease: true, NoRefusalHold: true})
-	register(t, c, "ib", 1000, 1000)
 	open := limiter.Rule{Name: "open", Kind: limiter.RuleConcurrency, Limit: 2, Lease: time.Hour}
-	if _, err := c.SetRules(ctx, "ib", []limiter.Rule{open}); err != nil {
-		t.Fatal(err)
-	}
+	c, rdb := newRealRuled(t, open)
+	ctx := context.Background()
 	var held []*limiter.Permit
 	for range 2 {
 		d, err := c.TryAcquireRequest(ctx, "ib", limiter.Request{})
