@@ -122,58 +122,11 @@ if not cfg[1] then
   return unknown_provider(KEYS[1])
 end
 local spec -- the rules in force: count, the rules key, then name, kind, limit, span_ms, scaled, key prefix for each, and one more value
--- st packs and unpacks many numbers in one call: Redis's struct library,
--- or in an interpreter without it (miniredis's, which the tests run) the
--- formats acquire uses: <, B, I<n> (little-endian, unsigned), s, and c0
--- in pack.
-local st = rules_form and rawget(_G, 'struct')
-if rules_form and not st then
-  st = {}
-  local function each(fmt)
-    return fmt:gmatch('([BIcs])(%d*)')
-  end
-  function st.pack(fmt, ...)
-    local out, i = {}, 0
-    for c, d in each(fmt) do
-      i = i + 1
-      local v = select(i, ...)
-      if c == 's' then
-        out[#out + 1] = v .. '\0'
-      elseif c == 'c' then -- c0: the whole string
-        out[#out + 1] = v
-      else
-        for _ = 1, c == 'B' and 1 or tonumber(d) do
-          out[#out + 1] = string.char(v % 256)
-          v = (v - v % 256) / 256
-        end
-      end
-    end
-    return table.concat(out)
-  end
-  function st.unpack(fmt, s, p)
-    local out = {}
-    p = p or 1
-    for c, d in each(fmt) do
-      if c == 's' then
-        local e = s:find('\0', p, true)
-        if not e then
-          error('data string too short')
-        end
-        out[#out + 1], p = s:sub(p, e - 1), e + 1
-      else
-        local size, v = c == 'B' and 1 or tonumber(d), 0
-        if p + size - 1 > #s then
-          error('data string too short')
-        end
-        for j = p + size - 1, p, -1 do
-          v = v * 256 + s:byte(j)
-        end
-        out[#out + 1], p = v, p + size
-      end
-    end
-    out[#out + 1] = p
-    return unpack(out)
-  end
+-- st and two pack and unpack the rules state's numbers (pack.lua, made
+-- only in the rules form).
+local st, two
+if rules_form then
+  -- #include pack.lua
 end
 local hmget -- the HMGET of KEYS[6] that reads the window and concurrency rules' fields
 local now_s -- now as a decimal string (now_us)
@@ -190,78 +143,78 @@ if cfg[4] or rules_form then
   -- name, kind (1 window, 2 keyed, 3 spacing, 4 concurrency), limit, span
   -- (ms), scaled (0/1), the key prefix of a keyed or spacing rule}, read
   -- in one call (a JSON spec, written where there is no struct library or
-  -- by an earlier release, is read into the same form). Only guarded here:
-  -- a spec that is not what set_rules writes (the hash edited by hand) is
-  -- refused, never decided on. In the same pass, the request's KEYS are
-  -- checked against the rules.
-  local text, ok, bad = cfg[4] and cfg[5], false, nil -- false when missing: refused below
-  if not cfg[4] then
-    text = ''
-  end
-  if text then
-    ok, bad = pcall(function()
-      local c = text:byte(1)
-      if c == nil then -- no rules
-        spec = {0, KEYS[1]:sub(1, -7) .. 'rules', 3}
-      elseif c ~= 91 then
-        spec = {st.unpack('<Bs' .. string.rep('sBI2I4Bs', c), text)}
-        if spec[#spec] ~= #text + 1 or c > 16 then
-          error('')
-        end
-      else -- '[': JSON, [name, kind, limit, span_ms, scaled, ...]
-        local j, tag = cjson.decode(text), KEYS[1]:sub(1, -7)
-        if #j % 5 ~= 0 or (#j == 0 and next(j) ~= nil) then -- not an array of whole rules
-          error('')
-        end
-        spec = {#j / 5, tag .. 'rules'}
-        for b = 1, #j, 5 do
-          local kind = ({window = 1, keyed = 2, spacing = 3, concurrency = 4})[j[b + 1]] or 0
-          spec[#spec + 1], spec[#spec + 2], spec[#spec + 3] = j[b], kind, j[b + 2]
-          spec[#spec + 1], spec[#spec + 2] = j[b + 3], j[b + 4] == true and 1 or 0
-          spec[#spec + 1] = (kind == 2 or kind == 3) and tag .. 'rule:' .. j[b] .. ':' or ''
-        end
-        spec[#spec + 1] = 0
-      end
-      if cfg[4] and spec[1] == 0 then -- rules_rev says there are rules: none is not what set_rules writes
+  -- by an earlier release, is read into the same form). spec holds
+  -- {true, count, the rules key, the six values of each rule, one more}:
+  -- the packed form is unpacked by pcall straight into it (a spec cut
+  -- short raises), so that no function is made for it (making a closure
+  -- costs more than the parse). Only guarded here: a spec that is not what
+  -- set_rules writes (the hash edited by hand) is refused, never decided
+  -- on. In the same pass, the request's KEYS are checked against the rules.
+  local text, ok = cfg[5], true
+  local c = text and text:byte(1)
+  if not cfg[4] then -- no rules
+    spec = {true, 0, KEYS[1]:sub(1, -7) .. 'rules', 0}
+  elseif c == 91 then -- '[': JSON, [name, kind, limit, span_ms, scaled, ...]
+    ok, spec = pcall(function()
+      local j, tag = cjson.decode(text), KEYS[1]:sub(1, -7)
+      if #j % 5 ~= 0 or #j == 0 then -- not an array of whole rules
         error('')
       end
-      local nk = 6
-      hmget = {'HMGET', KEYS[6]}
-      for b = 3, #spec - 1, 6 do
-        local name, kind, limit, span, want = spec[b], spec[b + 1], spec[b + 2], spec[b + 3], spec[b + 5]
-        if not (#name >= 1 and limit >= 1 and limit <= 10000 and span >= 1 and span <= 86400000) then
+      local out = {true, #j / 5, tag .. 'rules'}
+      for b = 1, #j, 5 do
+        local kind = ({window = 1, keyed = 2, spacing = 3, concurrency = 4})[j[b + 1]] or 0
+        if type(j[b]) ~= 'string' or type(j[b + 2]) ~= 'number' or type(j[b + 3]) ~= 'number' then
           error('')
         end
-        if kind == 1 or kind == 4 then
-          hmget[#hmget + 1] = name
-        elseif kind == 2 or kind == 3 then
-          nk = nk + 1
-          local k = KEYS[nk] or ''
-          if #want < 1 or k:find(want, 1, true) ~= 1 then
-            return invalid('keys[' .. nk .. ']', k == '' and '(none)' or k, want .. '<key>')
-          end
-          if #k == #want then
-            return invalid('key.' .. name, '(none)', 'a request key: rule ' .. name .. ' is ' .. (kind == 2 and 'keyed' or 'spacing'))
-          end
-          if #k - #want > 256 then
-            return invalid('key.' .. name, k:sub(#want + 1), '1 to 256 bytes')
-          end
-        else
-          error('')
-        end
+        out[#out + 1], out[#out + 2], out[#out + 3] = j[b], kind, j[b + 2]
+        out[#out + 1], out[#out + 2] = j[b + 3], j[b + 4] == true and 1 or 0
+        out[#out + 1] = (kind == 2 or kind == 3) and tag .. 'rule:' .. j[b] .. ':' or ''
       end
-      if #KEYS ~= nk or KEYS[6] ~= spec[2] then
-        return invalid(#KEYS ~= nk and 'keys' or 'keys[6]', #KEYS ~= nk and #KEYS or KEYS[6],
-          nk .. ": the bucket's 5, " .. spec[2] .. ', and one per keyed or spacing rule')
-      end
+      out[#out + 1] = 0
+      return out
     end)
+  elseif c and c >= 1 and c <= 16 then
+    spec = {pcall(st.unpack, '<Bs' .. string.rep('sBI2I4Bs', c), text)}
+    ok = spec[1] and spec[#spec] == #text + 1
+  else -- rules_rev without rules_spec, or a count set_rules never writes
+    ok = false
+  end
+  local nk = 6
+  if ok then
+    hmget = {'HMGET', KEYS[6]}
+    for b = 4, #spec - 1, 6 do
+      local name, kind, limit, span, want = spec[b], spec[b + 1], spec[b + 2], spec[b + 3], spec[b + 5]
+      if not (#name >= 1 and limit >= 1 and limit <= 10000 and span >= 1 and span <= 86400000) then
+        ok = false
+        break
+      end
+      if kind == 1 or kind == 4 then
+        hmget[#hmget + 1] = name
+      elseif kind == 2 or kind == 3 then
+        nk = nk + 1
+        local k = KEYS[nk] or ''
+        if #want < 1 or k:find(want, 1, true) ~= 1 then
+          return invalid('keys[' .. nk .. ']', k == '' and '(none)' or k, want .. '<key>')
+        end
+        if #k == #want then
+          return invalid('key.' .. name, '(none)', 'a request key: rule ' .. name .. ' is ' .. (kind == 2 and 'keyed' or 'spacing'))
+        end
+        if #k - #want > 256 then
+          return invalid('key.' .. name, k:sub(#want + 1), '1 to 256 bytes')
+        end
+      else
+        ok = false
+        break
+      end
+    end
   end
   if not ok then
     return redis.error_reply('CORRUPT ' .. KEYS[1] .. ' rules_spec=' .. tostring(text or '(missing)') ..
       ' is not a rule set as set_rules writes it: set the rules again (sluice register --rules) or HDEL the fields rules, rules_rev and rules_spec')
   end
-  if bad then
-    return bad
+  if #KEYS ~= nk or KEYS[6] ~= spec[3] then
+    return invalid(#KEYS ~= nk and 'keys' or 'keys[6]', #KEYS ~= nk and #KEYS or KEYS[6],
+      nk .. ": the bucket's 5, " .. spec[3] .. ', and one per keyed or spacing rule')
   end
 end
 -- Stored numbers are guarded (lib.lua): register and set_scale checked
@@ -547,55 +500,6 @@ if fill <= 0 then -- scale 0, and no floor for this lane
   return out
 end
 
--- The rules form's helpers (made only in the rules form: a script makes
--- every function it defines on every call).
-local corrupt_state, permits, two
-if spec then
-  -- two reads a concurrency rule's state (held, next) or a permit
-  -- (places, expiry): packed '<I2I7' (9 bytes), or the text "<a> <b>" of
-  -- the release before; nil when it is neither.
-  two = function(v)
-    if #v == 9 then
-      return st.unpack('<I2I7', v)
-    end
-    local a, b = v:match('^(%d+) (%d+)$')
-    if a and a + 0 <= 65535 and b + 0 < 72057594037927936 then -- fits I2 and I7 (else corrupt: never cut down)
-      return a + 0, b + 0
-    end
-  end
-  corrupt_state = function(key, field, value)
-    return redis.error_reply('CORRUPT ' .. key .. ' ' .. field .. '=' .. tostring(value) ..
-      ' is not a rule state as acquire writes it: delete it (HDEL or DEL; the rule forgets what it counted)')
-  end
-  -- permits reads rule r's permits: those whose lease has not ended, by
-  -- expiry ({expiry, places} each), and their places; it deletes the
-  -- others. nil and the field when one is not a permit.
-  permits = function(r)
-    local all = redis.call('HGETALL', KEYS[6])
-    local pre, live, held, gone = r .. '#', {}, 0, {'HDEL', KEYS[6]}
-    for i = 1, #all, 2 do
-      local f = all[i]
-      if f:find(pre, 1, true) == 1 then
-        local c, e = two(all[i + 1])
-        if not c then
-          return nil, f
-        end
-        if e > now then
-          live[#live + 1] = {e, c}
-          held = held + c
-        else
-          gone[#gone + 1] = f
-        end
-      end
-    end
-    if #gone > 2 then
-      redis.call(unpack(gone))
-    end
-    table.sort(live, function(x, y) return x[1] < y[1] end)
-    return live, held
-  end
-end
-
 if spec then
   -- The rules form's decision, in one pass over the rules: each rule's
   -- wait and, should every wait be 0, its state after the grant; then
@@ -628,6 +532,7 @@ if spec then
   -- grant), deleted again if a later one refuses, and read otherwise: a
   -- refusal may cost more than a grant.
   local M = 16
+  local bad_state = ' is not a rule state as acquire writes it: delete it (HDEL or DEL; the rule forgets what it counted)'
   local wait, rule = 0, ''
   if tokens < n then
     wait = math.ceil((n - tokens) * 1000000 / fill)
@@ -639,7 +544,7 @@ if spec then
   -- each in the common case)
   local taken1, set_k, set_v, set_at
   local hi, ki = 0, 6
-  for b = 3, #spec - 1, 6 do
+  for b = 4, #spec - 1, 6 do
     local name, kind, limit = spec[b], spec[b + 1], spec[b + 2]
     local span = spec[b + 3] * 1000
     local lim, w, s = limit, 0, nil
@@ -673,7 +578,7 @@ if spec then
           end
         end
         if v ~= 1 or #s ~= 10 + 9 * k or k < 1 then
-          return corrupt_state(kind == 2 and KEYS[ki] or KEYS[6], kind == 2 and 'value' or name, s)
+          return corrupt(kind == 2 and KEYS[ki] or KEYS[6], kind == 2 and 'value' or name, s, bad_state)
         end
         local cut = now - span
         tn, cn = t, c
@@ -739,29 +644,47 @@ if spec then
       if s then
         held, nxt = two(s)
         if not held then
-          return corrupt_state(KEYS[6], name, s)
+          return corrupt(KEYS[6], name, s, bad_state)
         end
       end
-      local live
-      if held > 0 and nxt <= now then -- a lease ended: count the permits again
-        live, held = permits(name)
-        if not live then
-          return corrupt_state(KEYS[6], held, '')
+      local ended, live = held > 0 and nxt <= now, nil
+      if ended or n <= lim and held + n > lim then
+        -- The rule's permits whose lease has not ended, by expiry
+        -- ({expiry, places} each), and their places; the others deleted.
+        local all, pre, count, gone = redis.call('HGETALL', KEYS[6]), name .. '#', 0, {'HDEL', KEYS[6]}
+        live = {}
+        for i = 1, #all, 2 do
+          local f = all[i]
+          if f:find(pre, 1, true) == 1 then
+            local c, e = two(all[i + 1])
+            if not c then
+              return corrupt(KEYS[6], f, all[i + 1], bad_state)
+            end
+            if e > now then
+              live[#live + 1] = {e, c}
+              count = count + c
+            else
+              gone[#gone + 1] = f
+            end
+          end
         end
-        nxt = live[1] and live[1][1] or 0
-        fixed = fixed or {'HSET', KEYS[6]}
-        fixed[#fixed + 1], fixed[#fixed + 2] = name, st.pack('<I2I7', held, nxt)
+        if #gone > 2 then
+          redis.call(unpack(gone))
+        end
+        table.sort(live, function(x, y) return x[1] < y[1] end)
+        if ended then -- a lease ended: the permits counted again
+          held, nxt = count, live[1] and live[1][1] or 0
+          fixed = fixed or {'HSET', KEYS[6]}
+          fixed[#fixed + 1], fixed[#fixed + 2] = name, st.pack('<I2I7', held, nxt)
+        end
       end
       if n > limit then
         w = -1
       elseif n > lim then
         w = span
       elseif held + n > lim then -- until enough leases end
-        if not live then
-          live = permits(name)
-        end
         local over, t = held + n - lim, now + span
-        for _, e in ipairs(live or {}) do
+        for _, e in ipairs(live) do
           over = over - e[2]
           if over <= 0 then
             t = e[1]
@@ -793,7 +716,7 @@ if spec then
         local v = redis.call('GET', key)
         local u = num(v)
         if v and not u then
-          return corrupt_state(key, 'value', v)
+          return corrupt(key, 'value', v, bad_state)
         end
         if u and u + span > now then
           w = u + span - now
@@ -835,20 +758,18 @@ if spec then
   if #hset > 2 then
     redis.call(unpack(hset))
   end
-  local function set(key, v, at) -- a keyed rule's new state, and its expiry if it moves
+  -- The keyed rules' new states, each with its expiry if it moves.
+  local k, v, at, i = set_k, set_v, set_at, 1
+  while k do
     if at then
-      redis.call('SET', key, v, 'PXAT', string.format('%d', at))
+      redis.call('SET', k, v, 'PXAT', string.format('%d', at))
     else
-      redis.call('SET', key, v, 'KEEPTTL')
+      redis.call('SET', k, v, 'KEEPTTL')
     end
-  end
-  if set_k then
-    set(set_k, set_v, set_at)
-  end
-  if sets then
-    for i = 1, #sets, 3 do
-      set(sets[i], sets[i + 1], sets[i + 2])
+    if not sets then
+      break
     end
+    k, v, at, i = sets[i], sets[i + 1], sets[i + 2], i + 3
   end
   out[12] = expiry -- and granted below, as one request of the plain form
 end

@@ -30,10 +30,36 @@ func Source(name string) string {
 		panic(err)
 	}
 	body, err := files.ReadFile(name + ".lua")
-	if err != nil {
+	if err != nil || strings.HasPrefix(name, "pack") {
 		panic(fmt.Sprintf("lua: no script %q", name))
 	}
-	return prelude(string(lib), string(body)) + "\n" + string(body)
+	text := includes(string(body))
+	return prelude(string(lib), text) + "\n" + text
+}
+
+// includeLine is how a script takes in a shared part that is not a
+// prelude helper: the line, alone (indented or not), is replaced by the
+// named file's text. pack.lua is one: code that acquire runs only in its
+// rules form, where a helper of lib.lua would be made on every call.
+const includeLine = "-- #include "
+
+// includes is body with each include line replaced by its file. It
+// panics on a file that does not exist, a programming error.
+func includes(body string) string {
+	var b strings.Builder
+	for _, line := range strings.SplitAfter(body, "\n") {
+		file, ok := strings.CutPrefix(strings.TrimSpace(line), includeLine)
+		if !ok {
+			b.WriteString(line)
+			continue
+		}
+		text, err := files.ReadFile(file)
+		if err != nil {
+			panic(fmt.Sprintf("lua: %s: %v", strings.TrimSpace(line), err))
+		}
+		b.Write(text)
+	}
+	return b.String()
 }
 
 // A part of lib.lua: a helper (a top-level "local function", with the

@@ -18,7 +18,7 @@ func TestScriptsDocumented(t *testing.T) {
 	}
 	for _, f := range files {
 		name := strings.TrimSuffix(f, ".lua")
-		if name == "lib" {
+		if name == "lib" || name == "pack" { // shared parts, not scripts
 			continue
 		}
 		if !slices.Contains(Names, name) {
@@ -38,6 +38,38 @@ func TestScriptsDocumented(t *testing.T) {
 			t.Errorf("Source(%q) lacks the prelude", name)
 		}
 	}
+}
+
+// Source puts pack.lua where a script includes it, once, and leaves no
+// include line in any script; acquire takes it in inside its rules form
+// only, so that the plain form makes none of its functions.
+func TestSourceIncludes(t *testing.T) {
+	pack, err := os.ReadFile("pack.lua")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range Names {
+		src := Source(name)
+		if strings.Contains(src, includeLine) {
+			t.Errorf("Source(%q) keeps an include line", name)
+		}
+		want := 0
+		if name == "acquire" || name == "permit" {
+			want = 1
+		}
+		if got := strings.Count(src, string(pack)); got != want {
+			t.Errorf("Source(%q) has pack.lua %d times, want %d", name, got, want)
+		}
+	}
+	if !strings.Contains(Source("acquire"), "if rules_form then\n"+string(pack)+"end\n") {
+		t.Errorf("Source(acquire) does not take pack.lua in inside 'if rules_form then'")
+	}
+	defer func() {
+		if recover() == nil {
+			t.Errorf("includes of a missing file did not panic")
+		}
+	}()
+	includes("x = 1\n  -- #include nothing.lua\n")
 }
 
 // Source keeps every helper of lib.lua a script names in its code (or

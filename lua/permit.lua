@@ -40,40 +40,9 @@ if op == 'renew' then
     return invalid('lease_ms', tostring(ARGV[4]), 'an integer in [1, 86400000]')
   end
 end
--- two reads a packed '<I2I7' value (or the text of the release before);
--- pack2 packs one. Redis's struct library, or where there is none
--- (miniredis) the same bytes by hand.
-local st = rawget(_G, 'struct')
-local function two(v)
-  if not v then
-    return nil
-  elseif #v ~= 9 then
-    local a, b = v:match('^(%d+) (%d+)$')
-    a, b = tonumber(a), tonumber(b)
-    if a and a <= 65535 and b < 72057594037927936 then -- fits I2 and I7 (else corrupt: never cut down)
-      return a, b
-    end
-    return nil
-  elseif st then
-    return st.unpack('<I2I7', v)
-  end
-  local b = 0
-  for i = 9, 3, -1 do
-    b = b * 256 + v:byte(i)
-  end
-  return v:byte(1) + 256 * v:byte(2), b
-end
-local function pack2(a, b)
-  if st then
-    return st.pack('<I2I7', a, b)
-  end
-  local out = {string.char(a % 256, (a - a % 256) / 256)}
-  for i = 1, 7 do
-    out[i + 1] = string.char(b % 256)
-    b = (b - b % 256) / 256
-  end
-  return table.concat(out)
-end
+-- st and two: the rules state's packing (pack.lua).
+local st, two
+-- #include pack.lua
 local now = now_us()
 local field = rule .. '#' .. id
 local v = redis.call('HMGET', KEYS[1], field, rule)
@@ -90,7 +59,7 @@ if op == 'release' then
   redis.call('HDEL', KEYS[1], field)
   if held or not v[2] then -- a corrupt state stays, for acquire to refuse (0 held would forget the others)
     held = math.max(0, (held or places) - places)
-    redis.call('HSET', KEYS[1], rule, pack2(held, held > 0 and nxt or 0))
+    redis.call('HSET', KEYS[1], rule, st.pack('<I2I7', held, held > 0 and nxt or 0))
   end
   if expiry <= now then
     return 0 -- its lease had ended: its places were no longer counted as its
@@ -103,10 +72,10 @@ if expiry <= now then
   return 0
 end
 expiry = now + lease * 1000
-local hset = {'HSET', KEYS[1], field, pack2(places, expiry)}
+local hset = {'HSET', KEYS[1], field, st.pack('<I2I7', places, expiry)}
 local held, nxt = two(v[2])
 if held and nxt > expiry then -- a shorter lease: keep next a lower bound
-  hset[5], hset[6] = rule, pack2(held, expiry)
+  hset[5], hset[6] = rule, st.pack('<I2I7', held, expiry)
 end
 redis.call(unpack(hset))
 return expiry

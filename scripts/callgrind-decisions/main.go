@@ -100,6 +100,9 @@ var cases = []decisionCase{
 	{name: "lane", what: "lane form, a provider with 2 lanes", lanes: true, decide: laneReq},
 	{name: "none", what: "rules form, no rule", decide: byRules},
 	{name: "window", what: "rules form, one window rule", rules: bench.BenchRules[:1], decide: byRules},
+	{name: "keyed", what: "rules form, one keyed rule", rules: bench.BenchRules[1:2], decide: byRules},
+	{name: "spacing", what: "rules form, one spacing rule", rules: bench.BenchRules[2:3], decide: byRules},
+	{name: "concurrency", what: "rules form, one concurrency rule", rules: bench.BenchRules[3:], decide: byRules, chunk: 50},
 	{name: "four", what: "rules form, the four rules", rules: bench.BenchRules, decide: byRules, chunk: 50},
 	{name: "four-open", what: "the four rules, every permit left open", rules: bench.BenchRules, decide: byRules},
 	{name: "release", what: "the four rules + permit.lua release", rules: bench.BenchRules, decide: released},
@@ -119,7 +122,7 @@ func redisRate(ctx context.Context, rdb *redis.Client) error {
 
 func main() {
 	n := flag.Int("n", 2000, "decisions counted per case")
-	only := flag.String("cases", "", "comma-separated cases (default all: plain,plain-frac,lane-less,lane,none,window,four,four-open,release,redis_rate)")
+	only := flag.String("cases", "", "comma-separated cases (default all: plain,plain-frac,lane-less,lane,none,window,keyed,spacing,concurrency,four,four-open,release,redis_rate)")
 	flag.StringVar(&keep, "keep", "", "a directory to keep each case's callgrind dump in (<case>.callgrind), for callgrind_annotate")
 	flag.Parse()
 	if err := run(*n, *only); err != nil {

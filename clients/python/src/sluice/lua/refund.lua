@@ -75,11 +75,12 @@ local function guard(s)
   return nil
 end
 
--- corrupt is the error for a stored field that is not a number any more:
--- the script refuses to decide on it (it never widens the budget).
-local function corrupt(key, field, value)
-  return redis.error_reply('CORRUPT ' .. key .. ' ' .. field .. '=' .. tostring(value) ..
-    ' is not a finite decimal number in its range: set it again (sluice register / sluice scale) or delete the key')
+-- corrupt is the error for a stored field that is not a number any more
+-- (or, with hint, not what hint says): the script refuses to decide on it
+-- (it never widens the budget).
+local function corrupt(key, field, value, hint)
+  return redis.error_reply('CORRUPT ' .. key .. ' ' .. field .. '=' .. tostring(value) .. (hint or
+    ' is not a finite decimal number in its range: set it again (sluice register / sluice scale) or delete the key'))
 end
 
 local function invalid(field, value, range)
