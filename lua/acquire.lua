@@ -121,7 +121,7 @@ end
 if not cfg[1] then
   return unknown_provider(KEYS[1])
 end
-local spec -- the rules in force: count, the rules key, then name, kind, limit, span_ms, scaled, key prefix for each, and one more value
+local spec -- the rules in force: true, count, the rules key, then name, kind, limit, span_ms, scaled, key prefix for each, and one more value
 -- st and two pack and unpack the rules state's numbers (pack.lua, made
 -- only in the rules form).
 local st, two
