@@ -20,6 +20,7 @@ type Limiter struct {
 	rdb      redis.UniversalClient
 	direct   bool // rdb bounds each round trip by its context (honoursDeadlines): called straight through
 	opts     Options
+	ownClock bool // Options.Now was given: the local clock is not time.Now (see clocks)
 	log      *slog.Logger
 	m        *metrics
 	notifier *notifier
@@ -48,6 +49,7 @@ func New(rdb redis.UniversalClient, o Options) (*Limiter, error) {
 	if rdb == nil {
 		return nil, &ArgumentError{"client", nil, "a Redis client"}
 	}
+	ownClock := o.Now != nil
 	o, err := o.withDefaults()
 	if err != nil {
 		return nil, err
@@ -59,6 +61,7 @@ func New(rdb redis.UniversalClient, o Options) (*Limiter, error) {
 	m.redisUp.Set(1)
 	c := &Limiter{
 		joinBeats: joinBeats,
+		ownClock:  ownClock,
 		rdb:       rdb,
 		direct:    honoursDeadlines(rdb),
 		opts:      o,
@@ -139,4 +142,15 @@ func (c *Limiter) background(fn func()) {
 		defer c.wg.Done()
 		fn()
 	}()
+}
+
+// clocks returns the local time a call to Redis starts at, for the held
+// refusals (time.Now), and for the last decision known (Options.Now): one
+// reading of the clock when Options.Now is time.Now, its default.
+func (c *Limiter) clocks() (start, now time.Time) {
+	start = time.Now()
+	if c.ownClock {
+		return start, c.opts.Now()
+	}
+	return start, start
 }
