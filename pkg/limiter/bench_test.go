@@ -127,9 +127,11 @@ func BenchmarkDecision(b *testing.B) {
 // caller's context with a deadline, as `sluice bench` calls them. Besides
 // ns/op and allocations it reports cpu-ns/op: this process's CPU time
 // (user and system, every thread; redis-server is another process) per
-// decision, the client's share of a decision.
+// decision, the client's share of a decision; "interleaved" runs the two
+// in turns and reports their ratios (sluice ÷ redis_rate: below 1 is
+// sluice the cheaper).
 //
-//	go test -run '^$' -bench PlainPath -benchtime 20000x -count 5 ./pkg/limiter/
+//	go test -run '^$' -bench 'PlainPath$' -benchtime 20000x -count 5 ./pkg/limiter/
 func BenchmarkPlainPath(b *testing.B) {
 	srv := redistest.Start(b)
 	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr, ContextTimeoutEnabled: true})
@@ -148,7 +150,7 @@ func BenchmarkPlainPath(b *testing.B) {
 	}
 	peer := redis_rate.NewLimiter(rdb)
 	limit := redis_rate.Limit{Rate: 1e6, Burst: 1e9, Period: time.Second}
-	for _, impl := range []struct {
+	impls := []struct {
 		name string
 		call func() (bool, error)
 	}{
@@ -160,7 +162,8 @@ func BenchmarkPlainPath(b *testing.B) {
 			r, err := peer.AllowN(ctx, "bench", limit, 1)
 			return err == nil && r.Allowed > 0, err
 		}},
-	} {
+	}
+	for _, impl := range impls {
 		b.Run(impl.name, func(b *testing.B) {
 			b.ReportAllocs()
 			before := cpuTime(b)
@@ -172,6 +175,30 @@ func BenchmarkPlainPath(b *testing.B) {
 			b.ReportMetric(float64(cpuTime(b)-before)/float64(b.N), "cpu-ns/op")
 		})
 	}
+	// The two in turns of 200 calls, so that both see the same load on a
+	// shared machine: each one's CPU and wall time per decision, and
+	// sluice's ÷ redis_rate's.
+	b.Run("interleaved", func(b *testing.B) {
+		const turn = 200
+		var cpu, wall [2]time.Duration
+		for done := 0; done < b.N; done += turn {
+			for i, impl := range impls {
+				c0, w0 := cpuTime(b), time.Now()
+				for range turn {
+					if ok, err := impl.call(); err != nil || !ok {
+						b.Fatal(ok, err)
+					}
+				}
+				cpu[i] += cpuTime(b) - c0
+				wall[i] += time.Since(w0)
+			}
+		}
+		calls := float64((b.N + turn - 1) / turn * turn)
+		b.ReportMetric(float64(cpu[0])/calls, "sluice-cpu-ns/op")
+		b.ReportMetric(float64(cpu[1])/calls, "redis_rate-cpu-ns/op")
+		b.ReportMetric(float64(cpu[0])/float64(cpu[1]), "cpu-ratio")
+		b.ReportMetric(float64(wall[0])/float64(wall[1]), "wall-ratio")
+	})
 }
 
 // cpuTime is this process's CPU time so far, user and system.

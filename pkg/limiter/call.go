@@ -116,14 +116,14 @@ func (c *Limiter) command(ctx context.Context, st *providerState, cmd func(ctx c
 // with the whole CallTimeout. A redirect never reaches the caller as it
 // came.
 func (c *Limiter) call(ctx context.Context, st *providerState, rt roundTrip) (any, error) {
+	// cctx is ctx ended at CallTimeout too: what context.WithTimeout would
+	// make, without a timer per call (callDeadlines). A caller's deadline
+	// that comes first bounds the call alone.
 	cctx := ctx
 	if dl, ok := ctx.Deadline(); !ok || time.Until(dl) > c.opts.CallTimeout {
-		// (A caller's deadline that comes first bounds the call alone:
-		// context.WithTimeout would only add a cancel of its own, which
-		// costs a decision a context, a map entry in ctx and a timer.)
-		var cancel context.CancelFunc
-		cctx, cancel = context.WithTimeout(ctx, c.opts.CallTimeout)
-		defer cancel()
+		call := c.deadlines.start(ctx)
+		defer c.deadlines.finish(call)
+		cctx = call
 	}
 	var moving error // the last answer that said the slot is in motion
 	for attempt := 0; ; attempt++ {

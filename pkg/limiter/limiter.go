@@ -24,6 +24,8 @@ type Limiter struct {
 	log      *slog.Logger
 	m        *metrics
 	notifier *notifier
+	// deadlines ends calls to Redis at CallTimeout (call).
+	deadlines callDeadlines
 	// joinBeats are the early heartbeats after joining (replicas.go);
 	// tests that count Redis commands turn them off.
 	joinBeats []time.Duration
@@ -69,6 +71,7 @@ func New(rdb redis.UniversalClient, o Options) (*Limiter, error) {
 		m:         m,
 		providers: map[string]*providerState{},
 		stop:      make(chan struct{}),
+		deadlines: callDeadlines{timeout: o.CallTimeout},
 	}
 	if !c.direct {
 		c.log.Debug("the redis client does not end round trips at context deadlines (ContextTimeoutEnabled off): " +
@@ -102,6 +105,7 @@ func (c *Limiter) Close() error {
 	for _, st := range states {
 		c.leave(ctx, st)
 	}
+	c.deadlines.stop()
 	return nil
 }
 
