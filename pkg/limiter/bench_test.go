@@ -138,31 +138,7 @@ func BenchmarkPlainPath(b *testing.B) {
 	defer rdb.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Hour)
 	defer cancel()
-	c, err := limiter.New(rdb, limiter.Options{NoTokenLease: true, NoRefusalHold: true, Logger: quiet})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer c.Close()
-	cfg := limiter.DefaultProviderConfig()
-	cfg.Capacity, cfg.RefillRate = 1e9, 1e6
-	if _, err := c.Register(ctx, "bench", cfg); err != nil {
-		b.Fatal(err)
-	}
-	peer := redis_rate.NewLimiter(rdb)
-	limit := redis_rate.Limit{Rate: 1e6, Burst: 1e9, Period: time.Second}
-	impls := []struct {
-		name string
-		call func() (bool, error)
-	}{
-		{"sluice-plain", func() (bool, error) {
-			d, err := c.TryAcquire(ctx, "bench", 1)
-			return d.Allowed, err
-		}},
-		{"redis_rate", func() (bool, error) {
-			r, err := peer.AllowN(ctx, "bench", limit, 1)
-			return err == nil && r.Allowed > 0, err
-		}},
-	}
+	impls := plainPair(ctx, b, rdb, rdb)
 	for _, impl := range impls {
 		b.Run(impl.name, func(b *testing.B) {
 			b.ReportAllocs()
@@ -201,6 +177,41 @@ func BenchmarkPlainPath(b *testing.B) {
 	})
 }
 
+// plainImpl is one side of BenchmarkPlainPath: one decision, granted or not.
+type plainImpl struct {
+	name string
+	call func() (bool, error)
+}
+
+// plainPair is BenchmarkPlainPath's two sides under ctx: sluice-plain on
+// rdb (its provider registered there, every call granted and written) and
+// redis_rate on peerRDB at the same limits. The limiter is closed when b
+// ends.
+func plainPair(ctx context.Context, b *testing.B, rdb, peerRDB *redis.Client) []plainImpl {
+	c, err := limiter.New(rdb, limiter.Options{NoTokenLease: true, NoRefusalHold: true, Logger: quiet})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { c.Close() })
+	cfg := limiter.DefaultProviderConfig()
+	cfg.Capacity, cfg.RefillRate = 1e9, 1e6
+	if _, err := c.Register(ctx, "bench", cfg); err != nil {
+		b.Fatal(err)
+	}
+	peer := redis_rate.NewLimiter(peerRDB)
+	limit := redis_rate.Limit{Rate: 1e6, Burst: 1e9, Period: time.Second}
+	return []plainImpl{
+		{"sluice-plain", func() (bool, error) {
+			d, err := c.TryAcquire(ctx, "bench", 1)
+			return d.Allowed, err
+		}},
+		{"redis_rate", func() (bool, error) {
+			r, err := peer.AllowN(ctx, "bench", limit, 1)
+			return err == nil && r.Allowed > 0, err
+		}},
+	}
+}
+
 // cpuTime is this process's CPU time so far, user and system.
 func cpuTime(b *testing.B) time.Duration {
 	var ru syscall.Rusage
@@ -229,33 +240,9 @@ func BenchmarkPlainPathNoWire(b *testing.B) {
 	}
 	rdb := newClient()
 	defer rdb.Close()
-	c, err := limiter.New(rdb, limiter.Options{NoTokenLease: true, NoRefusalHold: true, Logger: quiet})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer c.Close()
-	cfg := limiter.DefaultProviderConfig()
-	cfg.Capacity, cfg.RefillRate = 1e9, 1e6
-	if _, err := c.Register(ctx, "bench", cfg); err != nil {
-		b.Fatal(err)
-	}
 	peerRDB := newClient()
 	defer peerRDB.Close()
-	peer := redis_rate.NewLimiter(peerRDB)
-	limit := redis_rate.Limit{Rate: 1e6, Burst: 1e9, Period: time.Second}
-	for _, impl := range []struct {
-		name string
-		call func() (bool, error)
-	}{
-		{"sluice-plain", func() (bool, error) {
-			d, err := c.TryAcquire(ctx, "bench", 1)
-			return d.Allowed, err
-		}},
-		{"redis_rate", func() (bool, error) {
-			r, err := peer.AllowN(ctx, "bench", limit, 1)
-			return err == nil && r.Allowed > 0, err
-		}},
-	} {
+	for _, impl := range plainPair(ctx, b, rdb, peerRDB) {
 		if ok, err := impl.call(); err != nil || !ok { // the reply to replay
 			b.Fatal(ok, err)
 		}
@@ -270,11 +257,11 @@ func BenchmarkPlainPathNoWire(b *testing.B) {
 	}
 }
 
-// cannedReply answers every EVALSHA after the first with the first one's
-// reply, without a round trip.
+// cannedReply answers every EVALSHA of a script after its first success
+// with that one's reply, without a round trip.
 type cannedReply struct {
-	mu    sync.Mutex
-	reply any
+	mu      sync.Mutex
+	replies map[any]any // by the script's hash
 }
 
 func (h *cannedReply) DialHook(next redis.DialHook) redis.DialHook { return next }
@@ -289,17 +276,21 @@ func (h *cannedReply) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 		if !ok || cmd.Name() != "evalsha" {
 			return next(ctx, cmd)
 		}
+		sha := cmd.Args()[1]
 		h.mu.Lock()
-		reply := h.reply
+		reply, ok := h.replies[sha]
 		h.mu.Unlock()
-		if reply != nil {
+		if ok {
 			c.SetVal(reply)
 			return nil
 		}
 		err := next(ctx, cmd)
 		if err == nil {
 			h.mu.Lock()
-			h.reply = c.Val()
+			if h.replies == nil {
+				h.replies = map[any]any{}
+			}
+			h.replies[sha] = c.Val()
 			h.mu.Unlock()
 		}
 		return err
