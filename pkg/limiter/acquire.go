@@ -324,8 +324,9 @@ func (c *Limiter) decideFor(ctx context.Context, st *providerState, n int, lane 
 // decideOne takes the decision for one request in one script call; form
 // is the rest of its ARGV (the lane form's), if any.
 func (c *Limiter) decideOne(ctx context.Context, st *providerState, n int, form ...any) (Decision, error) {
-	start, now := time.Now(), c.opts.Now()
-	res, err := c.run(ctx, st, acquireScript, acquireKeys(st.keys), append([]any{n}, form...)...)
+	start, now := c.clocks()
+	argv := append(acquireArgv(st.keys, 1+len(form)), n)
+	res, err := c.runTrip(ctx, st, acquireTrip(st.keys, append(argv, form...)))
 	if err != nil {
 		if errors.Is(err, ErrRedisUnavailable) {
 			c.redisDown(st, err)
@@ -357,6 +358,20 @@ func (c *Limiter) decideOne(ctx context.Context, st *providerState, n int, form 
 // to be written (an append copies them).
 func acquireKeys(k keys) []string {
 	return k.acquire
+}
+
+// acquireArgv is a new EVALSHA command of acquire.lua for the provider of
+// k, its keys in place, with room for argc arguments (ARGV) to append.
+func acquireArgv(k keys, argc int) []any {
+	argv := make([]any, len(k.acquireCmd), len(k.acquireCmd)+argc)
+	copy(argv, k.acquireCmd)
+	return argv
+}
+
+// acquireTrip is the round trip of argv, an acquireArgv of k with its
+// arguments appended.
+func acquireTrip(k keys, argv []any) roundTrip {
+	return roundTrip{script: acquireScript, keys: k.acquire, args: argv[len(k.acquireCmd):], argv: argv}
 }
 
 // count records the outcome of a public acquisition call in lane (""

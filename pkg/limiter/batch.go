@@ -165,7 +165,7 @@ func (c *Limiter) decideBatch(ctx context.Context, st *providerState, batch []*r
 		batch[0].done <- outcome{d, err}
 		return nil
 	}
-	start, now := time.Now(), c.opts.Now()
+	start, now := c.clocks()
 	// A batch that waited behind a call which found Redis unable to serve
 	// st goes to the outage mode at once, as a new call would.
 	if st.health.isDown() {
@@ -204,14 +204,14 @@ func (c *Limiter) decideBatch(ctx context.Context, st *providerState, batch []*r
 // request for want more tokens behind them (0: none); it returns how many
 // were granted and the decision of the first refused (see parseBatch).
 func (c *Limiter) callBatch(ctx context.Context, st *providerState, batch []*request, want int64) (int, Decision, error) {
-	args := make([]any, len(batch), len(batch)+1)
-	for i, r := range batch {
-		args[i] = r.n
+	argv := acquireArgv(st.keys, len(batch)+1)
+	for _, r := range batch {
+		argv = append(argv, r.n)
 	}
 	if want > 0 && len(batch) < maxRequests {
-		args = append(args, want)
+		argv = append(argv, want)
 	}
-	res, err := c.run(ctx, st, acquireScript, acquireKeys(st.keys), args...)
+	res, err := c.runTrip(ctx, st, acquireTrip(st.keys, argv))
 	if err != nil {
 		return 0, Decision{}, err
 	}

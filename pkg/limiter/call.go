@@ -34,13 +34,33 @@ type roundTrip struct {
 	keys   []string
 	args   []any
 	cmd    func(ctx context.Context) (any, error)
+	// argv, when set, is script's EVALSHA command in full (EVALSHA, the
+	// script's hash, the count of keys, keys, then args), boxed ahead
+	// (acquireArgv): sent as it is, it spares the per-call boxing of every
+	// key that go-redis's Script.Run does.
+	argv []any
 }
 
 func (rt roundTrip) run(ctx context.Context, rdb redis.UniversalClient) (any, error) {
-	if rt.cmd != nil {
+	switch {
+	case rt.cmd != nil:
 		return rt.cmd(ctx)
+	case rt.argv != nil:
+		// What Script.Run does: EVALSHA, and EVAL when Redis lacks the script.
+		cmd := redis.NewCmd(ctx, rt.argv...)
+		cmd.SetFirstKeyPos(3) // as go-redis's own Eval: a cluster routes by the first key
+		if err := rdb.Process(ctx, cmd); !isNoScript(err) {
+			return cmd.Result()
+		}
+		return rt.script.Eval(ctx, rdb, rt.keys, rt.args...).Result()
 	}
 	return rt.script.Run(ctx, rdb, rt.keys, rt.args...).Result()
+}
+
+// isNoScript reports whether err says Redis does not have the script (its
+// cache was flushed, or Redis restarted): Script.Run's test.
+func isNoScript(err error) bool {
+	return err != nil && (errors.Is(err, redis.ErrNoScript) || redis.HasErrorPrefix(err, "NOSCRIPT"))
 }
 
 // bounded makes the round trip rt and returns by the end of ctx whatever
@@ -96,8 +116,15 @@ func (c *Limiter) command(ctx context.Context, st *providerState, cmd func(ctx c
 // with the whole CallTimeout. A redirect never reaches the caller as it
 // came.
 func (c *Limiter) call(ctx context.Context, st *providerState, rt roundTrip) (any, error) {
-	cctx, cancel := context.WithTimeout(ctx, c.opts.CallTimeout)
-	defer cancel()
+	// cctx is ctx ended at CallTimeout too: what context.WithTimeout would
+	// make, without a timer per call (callDeadlines). A caller's deadline
+	// that comes first bounds the call alone.
+	cctx := ctx
+	if dl, ok := ctx.Deadline(); !ok || time.Until(dl) > c.opts.CallTimeout {
+		call := c.deadlines.start(ctx)
+		defer c.deadlines.finish(call)
+		cctx = call
+	}
 	var moving error // the last answer that said the slot is in motion
 	for attempt := 0; ; attempt++ {
 		res, err := c.bounded(cctx, rt)

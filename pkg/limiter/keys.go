@@ -16,21 +16,30 @@ type keys struct {
 	// acquire is acquire.lua's KEYS (config, bucket, scale, breaker,
 	// cooldown), made once: full (len = cap), so an append copies it.
 	acquire []string
+	// acquireCmd is the head of acquire.lua's EVALSHA command (EVALSHA,
+	// its hash, the count of keys, acquire), boxed once (acquireArgv).
+	acquireCmd []any
 }
 
 func providerKeys(prefix, provider string) keys {
 	k := keyspace.Prefix(prefix).Provider(provider)
+	acquire := []string{k.Config, k.Bucket, k.Scale, k.Breaker, k.Cooldown}[:5:5]
+	head := []any{"evalsha", acquireScript.Hash(), len(acquire)}
+	for _, key := range acquire {
+		head = append(head, key)
+	}
 	return keys{
-		acquire:  []string{k.Config, k.Bucket, k.Scale, k.Breaker, k.Cooldown}[:5:5],
-		config:   k.Config,
-		bucket:   k.Bucket,
-		scale:    k.Scale,
-		breaker:  k.Breaker,
-		cooldown: k.Cooldown,
-		replicas: k.Replicas,
-		notify:   k.Notify,
-		released: k.Released,
-		rules:    k,
+		acquire:    acquire,
+		acquireCmd: head[:len(head):len(head)],
+		config:     k.Config,
+		bucket:     k.Bucket,
+		scale:      k.Scale,
+		breaker:    k.Breaker,
+		cooldown:   k.Cooldown,
+		replicas:   k.Replicas,
+		notify:     k.Notify,
+		released:   k.Released,
+		rules:      k,
 	}
 }
 

@@ -20,9 +20,12 @@ type Limiter struct {
 	rdb      redis.UniversalClient
 	direct   bool // rdb bounds each round trip by its context (honoursDeadlines): called straight through
 	opts     Options
+	ownClock bool // Options.Now was given: the local clock is not time.Now (see clocks)
 	log      *slog.Logger
 	m        *metrics
 	notifier *notifier
+	// deadlines ends calls to Redis at CallTimeout (call).
+	deadlines callDeadlines
 	// joinBeats are the early heartbeats after joining (replicas.go);
 	// tests that count Redis commands turn them off.
 	joinBeats []time.Duration
@@ -48,6 +51,7 @@ func New(rdb redis.UniversalClient, o Options) (*Limiter, error) {
 	if rdb == nil {
 		return nil, &ArgumentError{"client", nil, "a Redis client"}
 	}
+	ownClock := o.Now != nil
 	o, err := o.withDefaults()
 	if err != nil {
 		return nil, err
@@ -59,6 +63,7 @@ func New(rdb redis.UniversalClient, o Options) (*Limiter, error) {
 	m.redisUp.Set(1)
 	c := &Limiter{
 		joinBeats: joinBeats,
+		ownClock:  ownClock,
 		rdb:       rdb,
 		direct:    honoursDeadlines(rdb),
 		opts:      o,
@@ -66,6 +71,7 @@ func New(rdb redis.UniversalClient, o Options) (*Limiter, error) {
 		m:         m,
 		providers: map[string]*providerState{},
 		stop:      make(chan struct{}),
+		deadlines: callDeadlines{timeout: o.CallTimeout},
 	}
 	if !c.direct {
 		c.log.Debug("the redis client does not end round trips at context deadlines (ContextTimeoutEnabled off): " +
@@ -99,6 +105,7 @@ func (c *Limiter) Close() error {
 	for _, st := range states {
 		c.leave(ctx, st)
 	}
+	c.deadlines.stop()
 	return nil
 }
 
@@ -139,4 +146,15 @@ func (c *Limiter) background(fn func()) {
 		defer c.wg.Done()
 		fn()
 	}()
+}
+
+// clocks returns the local time a call to Redis starts at, for the held
+// refusals (time.Now), and for the last decision known (Options.Now): one
+// reading of the clock when Options.Now is time.Now, its default.
+func (c *Limiter) clocks() (start, now time.Time) {
+	start = time.Now()
+	if c.ownClock {
+		return start, c.opts.Now()
+	}
+	return start, start
 }

@@ -124,7 +124,12 @@ func (c *Limiter) Providers(ctx context.Context) ([]string, error) {
 // it registers it again (reregister) and retries once. Concurrent callers
 // re-register once: the others find the provider back.
 func (c *Limiter) run(ctx context.Context, st *providerState, s *redis.Script, keys []string, args ...any) (any, error) {
-	res, err := c.script(ctx, st, s, keys, args...)
+	return c.runTrip(ctx, st, roundTrip{script: s, keys: keys, args: args})
+}
+
+// runTrip is run for the script call rt.
+func (c *Limiter) runTrip(ctx context.Context, st *providerState, rt roundTrip) (any, error) {
+	res, err := c.call(ctx, st, rt)
 	if err == nil || !isUnknownProvider(err) {
 		return res, c.mapErr(st.name, err)
 	}
@@ -135,13 +140,13 @@ func (c *Limiter) run(ctx context.Context, st *providerState, s *redis.Script, k
 	st.reg.redo.Lock()
 	defer st.reg.redo.Unlock()
 	// Another caller may have registered it while this one waited.
-	if res, err = c.script(ctx, st, s, keys, args...); err == nil || !isUnknownProvider(err) {
+	if res, err = c.call(ctx, st, rt); err == nil || !isUnknownProvider(err) {
 		return res, c.mapErr(st.name, err)
 	}
 	if err := c.reregister(ctx, st, *cfg, scale); err != nil {
 		return nil, err
 	}
-	res, err = c.script(ctx, st, s, keys, args...)
+	res, err = c.call(ctx, st, rt)
 	return res, c.mapErr(st.name, err)
 }
 

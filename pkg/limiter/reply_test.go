@@ -2,6 +2,7 @@ package limiter
 
 import (
 	"math"
+	"strconv"
 	"testing"
 )
 
@@ -17,5 +18,26 @@ func TestParseFloatDecimalOnly(t *testing.T) {
 		if got := parseFloat(s); got != want || math.Signbit(got) != math.Signbit(want) && got != 0 {
 			t.Errorf("parseFloat(%q) = %v, want %v", s, got, want)
 		}
+	}
+}
+
+// Integers of up to 15 digits take a shorter path (smallInteger): it reads
+// each as strconv.ParseFloat does, and leaves the rest to it.
+func TestParseFloatSmallIntegers(t *testing.T) {
+	for _, s := range []string{
+		"0", "00", "1", "7", "10", "1000000", "1000000000", "000000000000042", "123456789012345", "999999999999999",
+		"1234567890123456", "9007199254740993", "99999999999999999999", // 16 digits and more: the general path
+		"-1", "+1", "-0", "1.0", "1e3", "12a", "a12", "1 ", "", "١٢", // not digits alone
+	} {
+		want := 0.0
+		if decimal(s) {
+			want, _ = strconv.ParseFloat(s, 64)
+		}
+		if got := parseFloat(s); got != want || math.Signbit(got) != math.Signbit(want) {
+			t.Errorf("parseFloat(%q) = %v, want %v (strconv.ParseFloat)", s, got, want)
+		}
+	}
+	if _, ok := smallInteger("1234567890123456"); ok {
+		t.Error("smallInteger took 16 digits: beyond 2^53 a float64 rounds")
 	}
 }
