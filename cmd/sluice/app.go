@@ -116,7 +116,7 @@ func globalFlags() []cli.Flag {
 		&cli.StringFlag{Name: "log-format", Usage: "text or json (env SLUICE_LOG_FORMAT)"},
 		&cli.StringFlag{Name: "log-level", Usage: "debug, info, warn or error (env SLUICE_LOG_LEVEL)"},
 		&cli.StringFlag{Name: "token-lease", Usage: "tokens taken ahead, handed out without a round trip for at most this long: a change made elsewhere applies at most this late; 0 off (env MDP_RATE_TOKEN_LEASE; default " + limiter.DefaultTokenLease.String() + ")"},
-		&cli.StringFlag{Name: "call-budget", Usage: "Redis calls a second the replicas' leases and held refusals of one provider stay within, however many replicas: leases and holds stretch with the replica count; 0 off (env MDP_RATE_CALL_BUDGET; default 20000)"},
+		&cli.StringFlag{Name: "call-budget", Usage: "Redis calls a second the replicas' leases and held refusals of one provider stay within, however many replicas: leases and holds stretch with the replica count; 0 off (env MDP_RATE_CALL_BUDGET; default 8000)"},
 		&cli.StringFlag{Name: "refusal-hold", Usage: "after a refusal, refuse other TryAcquire calls locally for at most this long; 0 off (env MDP_RATE_REFUSAL_HOLD; default " + limiter.DefaultRefusalHold.String() + ")"},
 	}
 }

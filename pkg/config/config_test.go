@@ -80,7 +80,7 @@ func TestConfigPrecedence(t *testing.T) {
 		{"rate_coordinator.outage_mode", "MDP_RATE_OUTAGE_MODE", "", "fail_closed", "local_fallback", "fail_open", ""},
 		{"rate_coordinator.token_lease", "MDP_RATE_TOKEN_LEASE", "token-lease", "5ms", "2ms", "0", "1s"},
 		{"rate_coordinator.refusal_hold", "MDP_RATE_REFUSAL_HOLD", "refusal-hold", "20ms", "10ms", "0s", "50ms"},
-		{"rate_coordinator.call_budget", "MDP_RATE_CALL_BUDGET", "call-budget", "20000", "5000", "0", "300000"},
+		{"rate_coordinator.call_budget", "MDP_RATE_CALL_BUDGET", "call-budget", "8000", "5000", "0", "300000"},
 		{"rate_coordinator.providers.IBKR.capacity", "MDP_RATE_IBKR_CAPACITY", "", "", "100", "120", ""},
 		{"rate_coordinator.providers.IBKR.refill_rate", "MDP_RATE_IBKR_REFILL_RATE", "", "", "60", "75.5", ""},
 		{"rate_coordinator.providers.IBKR.cooldown_sec", "MDP_RATE_IBKR_COOLDOWN_SEC", "", "", "300", "30", ""},

@@ -63,14 +63,14 @@ func TestAdaptedPeriods(t *testing.T) {
 		lease, limit, spacing, hb time.Duration
 	}{
 		{0, 5 * ms, 20 * ms, 0, 2 * time.Second}, // before the first heartbeat: counts as 1
-		{10, 5 * ms, 20 * ms, ms / 2, 2 * time.Second},
-		{100, 10 * ms, 20 * ms, 5 * ms, 2 * time.Second},
-		{1000, 100 * ms, 50 * ms, 50 * ms, 2 * time.Second},
-		{10000, time.Second, 500 * ms, 500 * ms, 5 * time.Second},
+		{10, 5 * ms, 20 * ms, 1250 * time.Microsecond, 2 * time.Second},
+		{100, 25 * ms, 20 * ms, 12500 * time.Microsecond, 2 * time.Second},
+		{1000, 250 * ms, 125 * ms, 125 * ms, 2 * time.Second}, // the lease: the feedback loop's period
+		{10000, time.Second, time.Second, time.Second, 12500 * ms},
 	} {
 		st := fleetState(tc.replicas)
 		if tc.replicas == 0 {
-			tc.spacing = time.Second / 20000
+			tc.spacing = time.Second / DefaultCallBudget
 		}
 		limit, spacing := c.holdLimit(st)
 		if got := c.leasePeriod(st); got != tc.lease || limit != tc.limit || spacing != tc.spacing || c.beatPeriod(st) != tc.hb {

@@ -213,10 +213,13 @@ const (
 	// DefaultRefusalHold is Options.RefusalHold's default.
 	DefaultRefusalHold = 20 * time.Millisecond
 	// DefaultCallBudget is Options.CallBudget's default, in calls a
-	// second per provider: about 0.75 of a Redis core at ~37 µs a call
-	// (docs/capacity.md). It stretches nothing below 50 live replicas
-	// (the lease) and 400 (the refusal hold's limit).
-	DefaultCallBudget = 20000
+	// second per provider: the budget at which 1,000 live replicas lease
+	// for 250 ms (2 × 1,000 ÷ 8,000 s), the feedback loop's own period, so
+	// that up to 1,000 replicas a change made elsewhere applies within one
+	// period of the loop; about 0.3 of a Redis core at ~37 µs a call
+	// (docs/capacity.md). It stretches nothing below 20 live replicas (the
+	// lease) and 160 (the refusal hold's limit).
+	DefaultCallBudget = 8000
 	// MaxCallBudget is the largest Options.CallBudget.
 	MaxCallBudget = 1e7
 )
