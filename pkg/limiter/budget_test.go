@@ -173,8 +173,8 @@ func TestPollAfter(t *testing.T) {
 		want     time.Duration
 	}{
 		{1, limited, ms},
-		{1000, limited, 50 * ms},
-		{1000, Decision{Reason: ReasonRateLimited, RetryAfter: 80 * ms}, 80 * ms},
+		{1000, limited, 125 * ms}, // 1000 ÷ DefaultCallBudget
+		{1000, Decision{Reason: ReasonRateLimited, RetryAfter: 200 * ms}, 200 * ms},
 		{1000, Decision{Reason: ReasonCooldown, RetryAfter: ms}, ms},
 	} {
 		if got := c.pollAfter(fleetState(tc.replicas), tc.d); got != tc.want {
