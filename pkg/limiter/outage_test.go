@@ -121,6 +121,35 @@ func (f *fakeClock) Add(d time.Duration) {
 // TestOutageModes stops Redis under each mode, checks what the limiter does,
 // starts Redis again and checks that it goes back to the shared bucket by
 // itself.
+// TestHeartbeatFindsRedisGone: a replica that stopped acquiring still
+// learns that Redis is gone, from its failing heartbeat:
+// rate_coordinator_redis_up turns 0 with no acquisition (the alert
+// SluiceRedisUnreachable rests on it), and 1 again once its prober reaches
+// Redis after a restart.
+func TestHeartbeatFindsRedisGone(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short")
+	}
+	srv := redistest.Start(t)
+	c, reg := newCoord(t, redis.NewClient(&redis.Options{Addr: srv.Addr, MaxRetries: -1}),
+		// No lease: its refund would be a call besides the heartbeats. A
+		// heartbeat's context lasts Heartbeat: longer than CallTimeout, so
+		// that a failed heartbeat is the call's own failure, not its
+		// caller's deadline (which suspect would check in the background).
+		limiter.Options{CallTimeout: 100 * time.Millisecond, RedisRetry: 50 * time.Millisecond, Heartbeat: 400 * time.Millisecond, NoTokenLease: true})
+	register(t, c, "p", 100, 100)
+	if d := try(t, c, "p", 1); !d.Allowed { // joins the registry: heartbeats from now on
+		t.Fatal(d)
+	}
+	if up := redisUpGauge(t, reg); up != 1 {
+		t.Fatalf("rate_coordinator_redis_up %v before the fault, want 1", up)
+	}
+	srv.Stop()
+	waitFor(t, "rate_coordinator_redis_up 0 with Redis gone and no acquisition", func() bool { return redisUpGauge(t, reg) == 0 })
+	srv.Restart(t)
+	waitFor(t, "rate_coordinator_redis_up 1 once the prober reaches Redis", func() bool { return redisUpGauge(t, reg) == 1 })
+}
+
 func TestOutageModes(t *testing.T) {
 	if testing.Short() {
 		t.Skip("-short")

@@ -99,7 +99,12 @@ func (c *Limiter) beatAll() bool {
 
 // beat renews this replica in provider's registry for three heartbeat
 // periods (nextPeriod) and learns how many live replicas share it. On
-// failure the last count stays.
+// failure the last count stays; a failure that says Redis cannot serve
+// the provider (isOutage) puts it in outage mode, as a failed acquisition
+// would, so that a replica that stopped acquiring (blocked elsewhere, say
+// retrying a write to the same Redis) still reports it
+// (rate_coordinator_redis_up) within a heartbeat, and its prober brings it
+// back.
 func (c *Limiter) beat(ctx context.Context, st *providerState) {
 	period := c.nextPeriod(st)
 	st.member.beaten.Store(time.Now().UnixNano())
@@ -111,6 +116,9 @@ func (c *Limiter) beat(ctx context.Context, st *providerState) {
 	}
 	if err != nil {
 		c.log.Debug("heartbeat failed", "provider", st.name, "err", err)
+		if isOutage(err) {
+			c.redisDown(st, err)
+		}
 		return
 	}
 	st.member.count.Store(n)
