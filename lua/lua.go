@@ -8,6 +8,7 @@ package lua
 import (
 	"embed"
 	"fmt"
+	"slices"
 	"strings"
 )
 
@@ -30,7 +31,7 @@ func Source(name string) string {
 		panic(err)
 	}
 	body, err := files.ReadFile(name + ".lua")
-	if err != nil || strings.HasPrefix(name, "pack") {
+	if err != nil || !slices.Contains(Names, name) { // lib.lua and pack.lua are parts, not scripts
 		panic(fmt.Sprintf("lua: no script %q", name))
 	}
 	text := includes(string(body))

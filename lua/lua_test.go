@@ -64,6 +64,16 @@ func TestSourceIncludes(t *testing.T) {
 	if !strings.Contains(Source("acquire"), "if rules_form then\n"+string(pack)+"end\n") {
 		t.Errorf("Source(acquire) does not take pack.lua in inside 'if rules_form then'")
 	}
+	for _, part := range []string{"pack", "lib"} { // parts, not scripts
+		func() {
+			defer func() {
+				if recover() == nil {
+					t.Errorf("Source(%q) did not panic", part)
+				}
+			}()
+			Source(part)
+		}()
+	}
 	defer func() {
 		if recover() == nil {
 			t.Errorf("includes of a missing file did not panic")
